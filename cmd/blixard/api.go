@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/blixard/blixard/gitsync"
+	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+// apiServer serves the HTTP JSON API of one node. Reads are linearizable
+// (they go through Raft's ReadIndex); writes are proposals, which Raft
+// forwards to the leader.
+type apiServer struct {
+	store         *replicated.Store
+	rec           *reconciler.Reconciler // nil when the node follows no repository
+	mirror        *gitsync.Mirror        // nil likewise
+	eval          *nixeval.Evaluator
+	attr          string
+	webhookSecret string
+	log           *slog.Logger
+}
+
+const maxRequestBody = 1 << 20
+
+var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
+func (a *apiServer) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "node": a.store.NodeID()})
+	})
+	mux.HandleFunc("GET /v1/state", a.handleState)
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
+	mux.HandleFunc("GET /v1/nodes", a.handleNodes)
+	mux.HandleFunc("GET /v1/history", a.handleHistory)
+	mux.HandleFunc("GET /v1/diff", a.handleDiff)
+	mux.HandleFunc("POST /v1/plan", a.handlePlan)
+	mux.HandleFunc("POST /v1/sync", a.handleSync)
+	if a.rec != nil {
+		mux.Handle("POST /v1/webhook", gitsync.WebhookHandler(a.webhookSecret, a.rec.Triggers(), a.log))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see `blixard --help`)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (a *apiServer) read(w http.ResponseWriter, r *http.Request) (*replicated.State, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	s, err := a.store.Read(ctx)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("reading the replicated state (is a quorum of nodes up?): %w", err))
+		return nil, false
+	}
+	return s, true
+}
+
+func (a *apiServer) leader() uint64 {
+	id, _ := a.store.Leader()
+	return id
+}
+
+func (a *apiServer) handleState(w http.ResponseWriter, r *http.Request) {
+	if s, ok := a.read(w, r); ok {
+		writeJSON(w, http.StatusOK, s)
+	}
+}
+
+func (a *apiServer) handleStatus(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.read(w, r)
+	if !ok {
+		return
+	}
+	var rs *reconciler.Status
+	if a.rec != nil {
+		st := a.rec.Status()
+		rs = &st
+	}
+	writeJSON(w, http.StatusOK, newStatusView(s, a.store.NodeID(), a.leader(), rs))
+}
+
+func (a *apiServer) handleNodes(w http.ResponseWriter, r *http.Request) {
+	if s, ok := a.read(w, r); ok {
+		writeJSON(w, http.StatusOK, nodeViews(s, a.leader()))
+	}
+}
+
+func (a *apiServer) handleHistory(w http.ResponseWriter, r *http.Request) {
+	if s, ok := a.read(w, r); ok {
+		h := s.History
+		if h == nil {
+			h = []replicated.Revision{}
+		}
+		writeJSON(w, http.StatusOK, h)
+	}
+}
+
+func (a *apiServer) handleDiff(w http.ResponseWriter, r *http.Request) {
+	if s, ok := a.read(w, r); ok {
+		d := reconciler.ComputeDrift(s)
+		if d == nil {
+			d = []reconciler.Drift{}
+		}
+		writeJSON(w, http.StatusOK, d)
+	}
+}
+
+// planRequest asks the node to evaluate a commit of the tracked repository
+// and plan it against the committed state.
+type planRequest struct {
+	Commit string `json:"commit"`
+}
+
+func (a *apiServer) handlePlan(w http.ResponseWriter, r *http.Request) {
+	var req planRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("request body: want {\"commit\": \"<40 hex digits>\"}: %w", err))
+		return
+	}
+	if !commitRE.MatchString(req.Commit) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("commit %q: want a full 40-digit hex SHA", req.Commit))
+		return
+	}
+	if a.mirror == nil {
+		writeError(w, http.StatusConflict, errors.New("this node follows no repository (started without --repo)"))
+		return
+	}
+	ctx := r.Context()
+	// The commit may be newer than the mirror: fetch first (cheap when up to date).
+	if _, err := a.mirror.Fetch(ctx); err != nil {
+		a.log.Warn("fetch before plan failed; planning from the mirror as it is", "err", err)
+	}
+	res, err := a.eval.Eval(ctx, nixeval.GitFlakeRef(a.mirror.Dir(), req.Commit), a.attr, req.Commit)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("evaluating %s: %w", req.Commit, err))
+		return
+	}
+	s, ok := a.read(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, newPlanView(s, res.Spec, req.Commit, ""))
+}
+
+func (a *apiServer) handleSync(w http.ResponseWriter, _ *http.Request) {
+	if a.rec == nil {
+		writeError(w, http.StatusConflict, errors.New("this node follows no repository (started without --repo)"))
+		return
+	}
+	a.rec.Trigger()
+	writeJSON(w, http.StatusAccepted, map[string]any{"triggered": true, "node": a.store.NodeID(), "leader": a.leader()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, apiError{Error: err.Error()})
+}

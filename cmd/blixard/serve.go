@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blixard/blixard/gitsync"
+	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+type serveOptions struct {
+	nodeID        uint64
+	dataDir       string
+	raftAddr      string
+	apiAddr       string
+	members       string
+	join          bool
+	repo          string
+	ref           string
+	attr          string
+	poll          time.Duration
+	heartbeat     time.Duration
+	evalTimeout   time.Duration
+	capacityVCPU  int
+	capacityMem   int
+	labels        string
+	logDB         string
+	webhookSecret string
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a Blixard node: Raft replica, reconciler (when leader) and HTTP API",
+		Example: `  blixard serve --node-id 1 --data-dir /var/lib/blixard \
+    --raft-addr 10.0.0.1:7001 --api-addr 10.0.0.1:7070 \
+    --members 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001 \
+    --repo https://git.example.org/infra/cluster.git --ref main \
+    --capacity-vcpu 16 --capacity-mem-mib 65536 --labels zone=a`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), o, log)
+		},
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&o.nodeID, "node-id", 0, "this node's id (> 0), unique in the cluster")
+	f.StringVar(&o.dataDir, "data-dir", "/var/lib/blixard", "directory for the Raft log, snapshots and the git mirror")
+	f.StringVar(&o.raftAddr, "raft-addr", "", "HOST:PORT for Raft traffic (default: this node's address in --members)")
+	f.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:7070", "HOST:PORT for the HTTP API")
+	f.StringVar(&o.members, "members", "", "initial voters: ID=HOST:PORT,… (the same on every node)")
+	f.BoolVar(&o.join, "join", false, "join an existing cluster instead of bootstrapping from --members")
+	f.StringVar(&o.repo, "repo", "", "cluster repository URL (file://, https://, ssh://) holding the cluster flake")
+	f.StringVar(&o.ref, "ref", "main", "branch of --repo to follow")
+	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
+	f.DurationVar(&o.poll, "poll", 5*time.Second, "how often the leader fetches --repo")
+	f.DurationVar(&o.heartbeat, "heartbeat", 2*time.Second, "how often this node reports to the cluster")
+	f.DurationVar(&o.evalTimeout, "eval-timeout", 2*time.Minute, "limit for one nix evaluation")
+	f.IntVar(&o.capacityVCPU, "capacity-vcpu", 0, "vCPUs this node offers to VMs")
+	f.IntVar(&o.capacityMem, "capacity-mem-mib", 0, "memory (MiB) this node offers to VMs")
+	f.StringVar(&o.labels, "labels", "", "node labels: k=v,… (matched by placement.labels)")
+	f.StringVar(&o.logDB, "raft-logdb", "tiny", "Raft log DB memory budget: tiny, small, medium, large")
+	f.StringVar(&o.webhookSecret, "webhook-secret", os.Getenv("BLIXARD_WEBHOOK_SECRET"), "HMAC secret for POST /v1/webhook (env BLIXARD_WEBHOOK_SECRET)")
+	return cmd
+}
+
+func parseMembers(s string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || err != nil || n == 0 || addr == "" {
+			return nil, fmt.Errorf("--members: %q is not ID=HOST:PORT with ID > 0", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--members: %q: %w", part, err)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("--members: node %d listed twice", n)
+		}
+		out[n] = addr
+	}
+	return out, nil
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--labels: %q is not KEY=VALUE", part)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (o *serveOptions) validate() (map[uint64]string, map[string]string, error) {
+	if o.nodeID == 0 {
+		return nil, nil, errors.New("--node-id is required and must be > 0")
+	}
+	members, err := parseMembers(o.members)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.raftAddr == "" {
+		o.raftAddr = members[o.nodeID]
+	}
+	if o.raftAddr == "" {
+		return nil, nil, fmt.Errorf("--raft-addr is required (node %d is not in --members)", o.nodeID)
+	}
+	if !o.join {
+		if len(members) == 0 {
+			members = map[uint64]string{o.nodeID: o.raftAddr}
+		}
+		if addr, ok := members[o.nodeID]; !ok || addr != o.raftAddr {
+			return nil, nil, fmt.Errorf("--members must list this node as %d=%s", o.nodeID, o.raftAddr)
+		}
+	}
+	if o.capacityVCPU < 0 || o.capacityMem < 0 {
+		return nil, nil, errors.New("--capacity-vcpu and --capacity-mem-mib must not be negative")
+	}
+	labels, err := parseLabels(o.labels)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.poll <= 0 || o.heartbeat <= 0 {
+		return nil, nil, errors.New("--poll and --heartbeat must be positive")
+	}
+	return members, labels, nil
+}
+
+func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
+	members, labels, err := o.validate()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
+		return fmt.Errorf("creating --data-dir: %w", err)
+	}
+	// Bind the API first, so a taken port fails before Raft starts.
+	ln, err := net.Listen("tcp", o.apiAddr)
+	if err != nil {
+		return fmt.Errorf("--api-addr: %w", err)
+	}
+	defer ln.Close()
+
+	log = log.With("node", o.nodeID)
+	store, err := replicated.Start(ctx, replicated.Config{
+		NodeID: o.nodeID, RaftAddr: o.raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
+		Members: members, Join: o.join, LogDB: o.logDB, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the Raft replica: %w", err)
+	}
+	defer store.Close()
+
+	evaluator := nixeval.New(nixeval.Options{Timeout: o.evalTimeout, Logger: log})
+	var (
+		mirror *gitsync.Mirror
+		rec    *reconciler.Reconciler
+	)
+	if o.repo != "" {
+		mirror, err = gitsync.New(gitsync.Options{URL: o.repo, Dir: filepath.Join(o.dataDir, "mirror"), Ref: o.ref, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--repo: %w", err)
+		}
+		rec = reconciler.New(reconciler.Options{
+			Store: store, Source: mirrorSource{mirror}, Evaluator: flakeEvaluator{evaluator, mirror, o.attr},
+			Ref: o.ref, Poll: o.poll, Logger: log,
+		})
+	}
+
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() { cancel(); wg.Wait() }()
+
+	api := &apiServer{store: store, rec: rec, mirror: mirror, eval: evaluator, attr: o.attr, log: log, webhookSecret: o.webhookSecret}
+	srv := &http.Server{Handler: api.routes(), ReadHeaderTimeout: 10 * time.Second}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("API server stopped", "err", err)
+			cancel()
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		defer done()
+		_ = srv.Shutdown(shutCtx)
+	}()
+
+	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
+		ID: o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
+		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
+	}}
+	if err := proposeOK(ctx, store, reg); err != nil {
+		return fmt.Errorf("registering node %d: %w", o.nodeID, err)
+	}
+	log.Info("node registered", "raft", o.raftAddr, "api", ln.Addr().String(),
+		"vcpu", o.capacityVCPU, "memMiB", o.capacityMem, "labels", o.labels)
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		heartbeatLoop(ctx, store, o.nodeID, o.heartbeat, log)
+	}()
+	if rec != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = rec.Start(ctx)
+		}()
+	} else {
+		log.Warn("no --repo given: this node replicates state but never proposes plans")
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return nil
+}
+
+// advertisedAPI is the address other nodes and clients reach the API on.
+func advertisedAPI(bound, flag string) string {
+	host, _, err := net.SplitHostPort(flag)
+	if err == nil && host != "" && host != "0.0.0.0" && host != "::" {
+		_, port, _ := net.SplitHostPort(bound)
+		return net.JoinHostPort(host, port)
+	}
+	return bound
+}
+
+// proposeOK proposes until the command is applied with an OK result or ctx ends.
+func proposeOK(ctx context.Context, store *replicated.Store, cmd replicated.Command) error {
+	for {
+		cmd.At = time.Now()
+		res, err := store.Propose(ctx, cmd)
+		if err == nil && res.Code == replicated.ResultOK {
+			return nil
+		}
+		if err == nil {
+			return errors.New(res.Message)
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func heartbeatLoop(ctx context.Context, store *replicated.Store, id uint64, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cmd := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: time.Now(),
+			NodeHeartbeat: &replicated.NodeHeartbeat{ID: id}}
+		pctx, done := context.WithTimeout(ctx, every)
+		res, err := store.Propose(pctx, cmd)
+		done()
+		if err != nil && ctx.Err() == nil {
+			log.Debug("heartbeat not committed", "err", err)
+		} else if err == nil && res.Code != replicated.ResultOK {
+			log.Warn("heartbeat refused", "reason", res.Message)
+		}
+	}
+}
+
+// mirrorSource adapts the git mirror to the reconciler.
+type mirrorSource struct{ m *gitsync.Mirror }
+
+func (s mirrorSource) Fetch(ctx context.Context) (string, error) {
+	u, err := s.m.Fetch(ctx)
+	if err != nil {
+		return "", err
+	}
+	return u.Commit, nil
+}
+
+// flakeEvaluator evaluates the cluster flake from the mirror at a commit.
+type flakeEvaluator struct {
+	ev     *nixeval.Evaluator
+	mirror *gitsync.Mirror
+	attr   string
+}
+
+func (f flakeEvaluator) Evaluate(ctx context.Context, commit string) (reconciler.Evaluation, error) {
+	res, err := f.ev.Eval(ctx, nixeval.GitFlakeRef(f.mirror.Dir(), commit), f.attr, commit)
+	if err != nil {
+		return reconciler.Evaluation{}, err
+	}
+	return reconciler.Evaluation{Spec: res.Spec, Hash: res.Hash}, nil
+}
+
+func sortedNodeIDs[V any](m map[uint64]V) []uint64 {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}

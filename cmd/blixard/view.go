@@ -1,0 +1,94 @@
+package main
+
+import (
+	"sort"
+	"time"
+
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+// statusView is the answer of GET /v1/status and `blixard status --json`.
+type statusView struct {
+	Node       uint64                `json:"node"`   // the node that answered
+	Leader     uint64                `json:"leader"` // 0 when unknown
+	Revision   *replicated.Revision  `json:"revision"`
+	LastError  *replicated.EvalError `json:"lastError"`
+	VMs        []vmView              `json:"vms"`
+	Nodes      []nodeView            `json:"nodes"`
+	Reconciler *reconciler.Status    `json:"reconciler,omitempty"` // the answering node's loop
+}
+
+type vmView struct {
+	Name       string           `json:"name"`
+	Node       uint64           `json:"node"`
+	OutPath    string           `json:"outPath"`
+	Drv        string           `json:"drv"`
+	VCPU       int              `json:"vcpu"`
+	MemMiB     int              `json:"memMiB"`
+	Generation uint64           `json:"generation"`
+	Phase      replicated.Phase `json:"phase"`
+	Message    string           `json:"message,omitempty"`
+}
+
+type nodeView struct {
+	ID              uint64               `json:"id"`
+	State           replicated.NodeState `json:"state"`
+	Leader          bool                 `json:"leader"`
+	APIAddr         string               `json:"apiAddr"`
+	RaftAddr        string               `json:"raftAddr"`
+	Capacity        replicated.Resources `json:"capacity"`
+	Allocated       replicated.Resources `json:"allocated"`
+	VMs             int                  `json:"vms"`
+	Labels          map[string]string    `json:"labels,omitempty"`
+	LastHeartbeatAt time.Time            `json:"lastHeartbeatAt"`
+	Heartbeats      uint64               `json:"heartbeats"`
+}
+
+func newStatusView(s *replicated.State, self, leader uint64, rec *reconciler.Status) statusView {
+	v := statusView{Node: self, Leader: leader, Revision: s.Revision, LastError: s.LastError,
+		VMs: vmViews(s), Nodes: nodeViews(s, leader), Reconciler: rec}
+	return v
+}
+
+func vmViews(s *replicated.State) []vmView {
+	out := make([]vmView, 0, len(s.Assignments))
+	for name, a := range s.Assignments {
+		v := vmView{Name: name, Node: a.Node, OutPath: a.OutPath, Drv: a.Drv, VCPU: a.VCPU, MemMiB: a.MemMiB,
+			Generation: a.Generation, Phase: replicated.PhasePending}
+		if st, ok := s.Observed[name]; ok && st.Node == a.Node {
+			v.Phase, v.Message = st.Phase, st.Message
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func nodeViews(s *replicated.State, leader uint64) []nodeView {
+	out := make([]nodeView, 0, len(s.Nodes))
+	for _, id := range sortedNodeIDs(s.Nodes) {
+		n := s.Nodes[id]
+		v := nodeView{ID: id, State: n.State, Leader: id == leader, APIAddr: n.APIAddr, RaftAddr: n.RaftAddr,
+			Capacity: n.Capacity, Labels: n.Labels, LastHeartbeatAt: n.LastHeartbeatAt, Heartbeats: n.LastHeartbeatSeq}
+		for _, a := range s.Assignments {
+			if a.Node == id {
+				v.VMs++
+				v.Allocated.VCPU += a.VCPU
+				v.Allocated.MemMiB += a.MemMiB
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// planView is the answer of POST /v1/plan and `blixard plan --json`.
+type planView struct {
+	Commit     string          `json:"commit,omitempty"`
+	Flake      string          `json:"flake,omitempty"`
+	Base       uint64          `json:"baseRevision"` // the revision the plan is computed against
+	HasChanges bool            `json:"hasChanges"`
+	Summary    string          `json:"summary"`
+	Plan       reconciler.Plan `json:"plan"`
+}

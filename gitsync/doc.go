@@ -1,0 +1,37 @@
+// Package gitsync keeps a local bare mirror of the cluster repository and
+// resolves the tracked branch to a commit SHA. It is what the Raft leader
+// follows: a push (seen by polling or by a webhook) becomes an [Update].
+//
+// Its one job: fetch one branch of one remote into a bare repository on
+// local disk, say which commit the branch now points at, and whether that
+// commit moved or the history was rewritten (force-push).
+//
+// It must not evaluate Nix, and it knows nothing about Raft, plans or nodes.
+// Callers evaluate `git+file://` + [Mirror.Dir] + `?rev=` + [Update.Commit];
+// the mirror keeps the objects of every commit it has resolved and keeps the
+// branch at refs/heads/REF (HEAD points at it too), so both the real git CLI
+// and nix can read it.
+//
+// Webhook payloads are never trusted for content: [WebhookHandler] verifies
+// the signature (when a secret is set) and only triggers a re-fetch; the
+// commit always comes from re-reading the ref at the remote.
+//
+// Use:
+//
+//  1. Build a [Mirror] with [New]; it validates its options and starts nothing.
+//  2. Either call [Mirror.Fetch] yourself, or call [Mirror.Run] on a goroutine
+//     you own: it fetches at start, on every interval tick and whenever the
+//     trigger channel fires (triggers coalesce), calls onUpdate after every
+//     successful fetch (level-triggered: check [Update.Changed] to skip), and
+//     returns when its context ends.
+//  3. Optionally mount [WebhookHandler] on an HTTP server with the same
+//     trigger channel (give it a buffer of 1).
+//
+// Errors: a branch missing at the remote wraps [ErrRefNotFound]; an
+// unreachable remote or a bad URL wraps the transport error and names the
+// URL. In both cases the mirror keeps its last known commit ([Mirror.Last]).
+//
+// Transports are go-git's: file:// and plain local paths (these run the git
+// CLI's git-upload-pack, so git must be installed), https:// and ssh://
+// (with [Options.Auth]).
+package gitsync

@@ -1,0 +1,254 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// Store is the replicated state as the reconciler needs it.
+type Store interface {
+	// Read returns a linearizable copy of the state.
+	Read(ctx context.Context) (*replicated.State, error)
+	// Propose commits a command through Raft and returns its result; an error
+	// means the outcome is unknown (timeout, shutdown) and the pass is retried.
+	Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error)
+	// IsLeader reports whether this replica currently leads the shard.
+	IsLeader() bool
+}
+
+// Source follows the tracked ref of the cluster repository.
+type Source interface {
+	// Fetch updates the local mirror and returns the commit the ref points to.
+	Fetch(ctx context.Context) (commit string, err error)
+}
+
+// Evaluator evaluates the cluster flake at a commit.
+type Evaluator interface {
+	// Evaluate returns the desired spec at commit. An error is an evaluation
+	// failure to record (nix's message, an invalid spec) unless ctx ended.
+	Evaluate(ctx context.Context, commit string) (Evaluation, error)
+}
+
+// Evaluation is the desired spec of one commit.
+type Evaluation struct {
+	Spec *spec.Cluster
+	Hash string // sha256 of the evaluated JSON
+}
+
+// Options configure a Reconciler.
+type Options struct {
+	Store     Store
+	Source    Source
+	Evaluator Evaluator
+	Ref       string // recorded in revisions
+	// Poll is how often the ref is fetched; Resync how often the plan is
+	// recomputed from the replicated state alone (new nodes, capacity).
+	Poll   time.Duration
+	Resync time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Reconciler is the leader loop. Construct with New, run with Start.
+type Reconciler struct {
+	opts    Options
+	trigger chan struct{}
+
+	mu     sync.Mutex
+	status Status // guarded by mu
+}
+
+// Status is the reconciler's own view, for the API (not replicated).
+type Status struct {
+	Leader      bool      `json:"leader"`
+	LastFetch   time.Time `json:"lastFetch,omitzero"`
+	FetchCommit string    `json:"fetchCommit,omitempty"`
+	FetchError  string    `json:"fetchError,omitempty"`
+	LastPass    time.Time `json:"lastPass,omitzero"`
+	PassError   string    `json:"passError,omitempty"`
+}
+
+// New returns a reconciler; it starts nothing.
+func New(o Options) *Reconciler {
+	if o.Poll <= 0 {
+		o.Poll = 5 * time.Second
+	}
+	if o.Resync <= 0 {
+		o.Resync = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Reconciler{opts: o, trigger: make(chan struct{}, 1)}
+}
+
+// Trigger asks for a fetch and a pass as soon as possible (webhook, CLI).
+// It never blocks; triggers coalesce.
+func (r *Reconciler) Trigger() {
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Triggers is the channel behind Trigger, for senders that do their own
+// non-blocking send (the webhook handler).
+func (r *Reconciler) Triggers() chan<- struct{} { return r.trigger }
+
+// Status returns a copy of the reconciler's local status.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+// Start runs the loop until ctx ends. Passes happen only while this replica
+// leads; a follower's loop just waits.
+func (r *Reconciler) Start(ctx context.Context) error {
+	resync := time.NewTicker(r.opts.Resync)
+	defer resync.Stop()
+	var lastFetch time.Time
+	fetchNow := true
+	for {
+		leader := r.opts.Store.IsLeader()
+		r.mu.Lock()
+		r.status.Leader = leader
+		r.mu.Unlock()
+		if leader {
+			if fetchNow || r.opts.Now().Sub(lastFetch) >= r.opts.Poll {
+				lastFetch = r.opts.Now()
+				fetchNow = false
+				r.fetch(ctx)
+			}
+			if err := r.Pass(ctx); err != nil && ctx.Err() == nil {
+				r.opts.Logger.Warn("reconcile pass failed; retrying", "err", err)
+			}
+		} else {
+			// A new leader fetches at once.
+			fetchNow = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+		case <-r.trigger:
+			fetchNow = true
+		}
+	}
+}
+
+func (r *Reconciler) fetch(ctx context.Context) {
+	commit, err := r.opts.Source.Fetch(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.LastFetch = r.opts.Now()
+	if err != nil {
+		r.status.FetchError = err.Error()
+		r.opts.Logger.Warn("fetching the cluster repository failed; keeping the current revision", "err", err)
+		return
+	}
+	r.status.FetchError = ""
+	if commit != r.status.FetchCommit {
+		r.opts.Logger.Info("tracked ref resolved", "ref", r.opts.Ref, "commit", commit)
+	}
+	r.status.FetchCommit = commit
+}
+
+// Pass runs one level-triggered reconciliation against the latest fetched
+// commit and the current replicated state. It returns an error when the
+// outcome is unknown and the pass should be retried.
+func (r *Reconciler) Pass(ctx context.Context) error {
+	err := r.pass(ctx)
+	r.mu.Lock()
+	r.status.LastPass = r.opts.Now()
+	r.status.PassError = ""
+	if err != nil {
+		r.status.PassError = err.Error()
+	}
+	r.mu.Unlock()
+	return err
+}
+
+func (r *Reconciler) pass(ctx context.Context) error {
+	state, err := r.opts.Store.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("reading replicated state: %w", err)
+	}
+	commit := r.Status().FetchCommit
+
+	desired, hash, planCommit := state.Desired, "", ""
+	if state.Revision != nil {
+		hash, planCommit = state.Revision.EvalHash, state.Revision.Commit
+	}
+	newCommit := commit != "" && commit != planCommit
+	if newCommit && state.LastError != nil && state.LastError.Commit == commit {
+		// Known bad: keep the running revision, but still re-plan it below
+		// (nodes may have changed).
+		newCommit = false
+	}
+	if newCommit {
+		ev, err := r.opts.Evaluator.Evaluate(ctx, commit)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.opts.Logger.Error("evaluation failed; keeping the current revision", "commit", commit, "err", err)
+			res, perr := r.opts.Store.Propose(ctx, replicated.Command{
+				Type: replicated.CmdRecordEvalError, At: r.opts.Now(),
+				RecordEvalError: &replicated.RecordEvalError{Commit: commit, Message: err.Error()},
+			})
+			if perr != nil {
+				return fmt.Errorf("recording the evaluation error of %s: %w", commit, perr)
+			}
+			if res.Code != replicated.ResultOK {
+				return fmt.Errorf("recording the evaluation error of %s: %s", commit, res.Message)
+			}
+			newCommit = false
+		} else {
+			desired, hash, planCommit = ev.Spec, ev.Hash, commit
+		}
+	}
+	if planCommit == "" {
+		return nil // nothing fetched and nothing committed yet
+	}
+
+	plan := Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments})
+	if !newCommit && !plan.HasChanges() {
+		return nil
+	}
+	var parent uint64
+	if state.Revision != nil {
+		parent = state.Revision.ID
+	}
+	res, err := r.opts.Store.Propose(ctx, replicated.Command{
+		Type: replicated.CmdCommitPlan, At: r.opts.Now(),
+		CommitPlan: &replicated.CommitPlan{
+			Parent: parent, Commit: planCommit, Ref: r.opts.Ref, EvalHash: hash,
+			Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("proposing the plan for %s: %w", planCommit, err)
+	}
+	switch res.Code {
+	case replicated.ResultOK:
+		r.opts.Logger.Info("plan committed", "revision", res.Revision, "commit", planCommit, "summary", plan.Summary())
+		return nil
+	case replicated.ResultStaleParent:
+		// Another pass committed first; the next pass re-reads the state.
+		r.Trigger()
+		return nil
+	default:
+		return errors.New("plan refused: " + res.Message)
+	}
+}

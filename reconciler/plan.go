@@ -1,0 +1,148 @@
+package reconciler
+
+// Placement rules of Compute. A plan is data: Compute reads no clock, does no
+// I/O and returns the same Plan for the same Input (everything is sorted).
+//
+//  1. Expand the desired VMs into instances (spec.Cluster.Instances: web with
+//     replicas = 3 is web-0, web-1, web-2). A committed assignment whose VM is
+//     no longer declared is Removed.
+//  2. Keep what may stay. An assigned instance stays on its node when the node
+//     is still registered and ready or cordoned, is in placement.nodes (when
+//     that list is non-empty), carries every placement.labels entry, runs no
+//     VM the instance has anti-affinity with, and still has room for it after
+//     the instances kept before it. Kept instances are checked in a fixed
+//     order: those whose resources did not grow first, then the grown ones,
+//     each group by name; so a grown VM that no longer fits is the one that
+//     moves. A kept instance whose runner or resources changed is Changed.
+//  3. Place the rest by first-fit decreasing: by memory (largest first), then
+//     vCPU, then name, each on the lowest-id node that is ready (cordoned,
+//     draining and down nodes get no new VMs), satisfies placement.nodes and
+//     placement.labels, has no anti-affinity conflict, and has the free memory
+//     and vCPU (capacity minus everything kept or placed on it so far). An
+//     instance that had another node is Moved, with the reason it left.
+//  4. An instance no node can take is Unschedulable, with a reason a user can
+//     act on. If it had an assignment, that assignment is Removed too (with
+//     the reason it could not stay): a VM never keeps running where the rules
+//     say it may not, even when it has nowhere else to go.
+//
+// Anti-affinity is between declared names and symmetric: when a lists b,
+// no instance of a shares a node with an instance of b. A name listing itself
+// spreads its own replicas over distinct nodes.
+//
+// Resources are counted against the new assignments only: a VM that moves
+// away frees its old node's resources in the plan at once, even though its
+// old instance stops only when the agent acts on the plan.
+
+import (
+	"fmt"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// Input is everything a plan depends on.
+type Input struct {
+	// Desired is the desired spec; nil means nothing is desired.
+	Desired *spec.Cluster
+	// Nodes are the registered nodes by id.
+	Nodes map[uint64]*replicated.Node
+	// Current are the committed assignments by VM name.
+	Current map[string]replicated.Assignment
+}
+
+// Plan is the outcome of Compute: the complete new assignment set and what
+// differs from the current one. It performs nothing; the caller proposes
+// Assignments in a CommitPlan.
+type Plan struct {
+	// Assignments is the complete new assignment set, sorted by VM. An
+	// assignment identical to the current one (same node, runner and
+	// resources) keeps its Generation; every other has Generation 0 and
+	// replicated fills it in when the plan commits.
+	Assignments []replicated.Assignment `json:"assignments"`
+	// Added are instances placed that had no assignment.
+	Added []Change `json:"added,omitempty"`
+	// Removed are assignments dropped: the VM is no longer declared, or it
+	// could not stay and is Unschedulable. Reason says which.
+	Removed []Change `json:"removed,omitempty"`
+	// Changed are instances kept on their node whose runner (out path or
+	// derivation) or resources changed.
+	Changed []Change `json:"changed,omitempty"`
+	// Moved are instances placed on another node than before; Reason says
+	// why they left. Their runner or resources may have changed as well.
+	Moved []Change `json:"moved,omitempty"`
+	// Unschedulable are desired instances no node can take.
+	Unschedulable []Unschedulable `json:"unschedulable,omitempty"`
+}
+
+// Change is one instance's difference between the current and the new
+// assignments. Old fields are zero for Added; new fields are zero for Removed.
+type Change struct {
+	VM         string `json:"vm"`
+	Node       uint64 `json:"node,omitempty"`
+	OldNode    uint64 `json:"oldNode,omitempty"`
+	OutPath    string `json:"outPath,omitempty"`
+	OldOutPath string `json:"oldOutPath,omitempty"`
+	Drv        string `json:"drv,omitempty"`
+	OldDrv     string `json:"oldDrv,omitempty"`
+	VCPU       int    `json:"vcpu,omitempty"`
+	OldVCPU    int    `json:"oldVcpu,omitempty"`
+	MemMiB     int    `json:"memMiB,omitempty"`
+	OldMemMiB  int    `json:"oldMemMiB,omitempty"`
+	// Reason says why the instance left its node (Moved, Removed), e.g.
+	// "node 3 is draining" or "no longer declared".
+	Reason string `json:"reason,omitempty"`
+}
+
+// Unschedulable is a desired instance that no node can take.
+type Unschedulable struct {
+	VM string `json:"vm"`
+	// Reason names what to change: a node to add or ready, a label, a
+	// placement.nodes id, or the resources asked for.
+	Reason string `json:"reason"`
+}
+
+// ReasonNotDeclared is the Reason of a Removed change whose VM is no longer
+// in the desired spec.
+const ReasonNotDeclared = "no longer declared"
+
+// HasChanges reports whether committing the plan would change the
+// assignments. Unschedulable instances alone are not a change; one that loses
+// its assignment is, through Removed.
+func (p Plan) HasChanges() bool {
+	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved) > 0
+}
+
+// Summary is a one-line description of the plan, e.g.
+// "2 added, 1 changed, 0 moved, 1 removed, 1 unschedulable".
+func (p Plan) Summary() string {
+	return fmt.Sprintf("%d added, %d changed, %d moved, %d removed, %d unschedulable",
+		len(p.Added), len(p.Changed), len(p.Moved), len(p.Removed), len(p.Unschedulable))
+}
+
+// Compute returns the plan that takes the current assignments to the desired
+// spec on the given nodes, following the placement rules at the top of this
+// file. It is pure and deterministic; it does not modify its input.
+func Compute(in Input) Plan {
+	s := newScheduler(in)
+	s.keep()
+	s.place()
+	return s.plan()
+}
+
+// changeOf describes an instance going from old to a (either may be absent).
+func changeOf(vm string, old *replicated.Assignment, a *replicated.Assignment, reason string) Change {
+	c := Change{VM: vm, Reason: reason}
+	if old != nil {
+		c.OldNode, c.OldOutPath, c.OldDrv, c.OldVCPU, c.OldMemMiB = old.Node, old.OutPath, old.Drv, old.VCPU, old.MemMiB
+	}
+	if a != nil {
+		c.Node, c.OutPath, c.Drv, c.VCPU, c.MemMiB = a.Node, a.OutPath, a.Drv, a.VCPU, a.MemMiB
+	}
+	return c
+}
+
+// sameWorkload reports whether a and b run the same runner with the same
+// resources (the node aside).
+func sameWorkload(a, b replicated.Assignment) bool {
+	return a.OutPath == b.OutPath && a.Drv == b.Drv && a.VCPU == b.VCPU && a.MemMiB == b.MemMiB
+}

@@ -1,0 +1,87 @@
+package reconciler
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// ANSI colours of Render.
+const (
+	ansiReset  = "\x1b[0m"
+	ansiGreen  = "\x1b[32m"
+	ansiYellow = "\x1b[33m"
+	ansiCyan   = "\x1b[36m"
+	ansiRed    = "\x1b[31m"
+	ansiBold   = "\x1b[1;31m"
+)
+
+// Render writes the plan for a human, one line per instance, in the manner
+// of `terraform plan`:
+//
+//	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
+//	~ db on node 1: /nix/store/…-old → /nix/store/…-new
+//	→ cache moved node 2 → node 3 (node 2 is draining)
+//	- old-vm (was on node 2): no longer declared
+//	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
+//
+// followed by a blank line and the Summary, or just "No changes." when there
+// is nothing to list. Lines are grouped by kind in that order and sorted by
+// VM. ANSI colours are written only when color is true.
+func (p Plan) Render(w io.Writer, color bool) error {
+	var b strings.Builder
+	line := func(col, format string, args ...any) {
+		if color {
+			b.WriteString(col)
+		}
+		fmt.Fprintf(&b, format, args...)
+		if color {
+			b.WriteString(ansiReset)
+		}
+		b.WriteByte('\n')
+	}
+	for _, c := range p.Added {
+		line(ansiGreen, "+ %s → node %d (%s, %d vCPU, %d MiB)", c.VM, c.Node, c.OutPath, c.VCPU, c.MemMiB)
+	}
+	for _, c := range p.Changed {
+		line(ansiYellow, "~ %s on node %d: %s", c.VM, c.Node, strings.Join(workloadDiff(c), ", "))
+	}
+	for _, c := range p.Moved {
+		s := fmt.Sprintf("→ %s moved node %d → node %d (%s)", c.VM, c.OldNode, c.Node, c.Reason)
+		if d := workloadDiff(c); len(d) > 0 {
+			s += "; " + strings.Join(d, ", ")
+		}
+		line(ansiCyan, "%s", s)
+	}
+	for _, c := range p.Removed {
+		line(ansiRed, "- %s (was on node %d): %s", c.VM, c.OldNode, c.Reason)
+	}
+	for _, u := range p.Unschedulable {
+		line(ansiBold, "! %s: unschedulable: %s", u.VM, u.Reason)
+	}
+	if b.Len() == 0 {
+		b.WriteString("No changes.\n")
+	} else {
+		b.WriteString("\n" + p.Summary() + "\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// workloadDiff lists what changed in an instance's runner and resources.
+func workloadDiff(c Change) []string {
+	var d []string
+	switch {
+	case c.OldOutPath != c.OutPath:
+		d = append(d, c.OldOutPath+" → "+c.OutPath)
+	case c.OldDrv != c.Drv:
+		d = append(d, "derivation "+c.OldDrv+" → "+c.Drv)
+	}
+	if c.OldVCPU != c.VCPU {
+		d = append(d, fmt.Sprintf("%d → %d vCPU", c.OldVCPU, c.VCPU))
+	}
+	if c.OldMemMiB != c.MemMiB {
+		d = append(d, fmt.Sprintf("%d → %d MiB", c.OldMemMiB, c.MemMiB))
+	}
+	return d
+}

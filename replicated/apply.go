@@ -1,0 +1,327 @@
+package replicated
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+	"unicode/utf8"
+)
+
+// ResultCode is the outcome of applying a command. Every code but ResultOK is
+// a rejection, and a rejection changes nothing but [State.Applied].
+type ResultCode uint64
+
+const (
+	// ResultOK: the command was applied.
+	ResultOK ResultCode = iota
+	// ResultInvalid: the command breaks a rule (bad id, negative capacity,
+	// duplicate VM, unknown state…); retrying the same command cannot help.
+	ResultInvalid
+	// ResultStaleParent: a CommitPlan was made against a revision that is no
+	// longer current; re-read the state and plan again.
+	ResultStaleParent
+	// ResultUnknownNode: the command names a node that is not registered.
+	ResultUnknownNode
+	// ResultUndecodable: the Raft entry is not a command this build can decode.
+	ResultUndecodable
+)
+
+// String is the code's stable, lower-case name.
+func (c ResultCode) String() string {
+	switch c {
+	case ResultOK:
+		return "ok"
+	case ResultInvalid:
+		return "invalid"
+	case ResultStaleParent:
+		return "stale-parent"
+	case ResultUnknownNode:
+		return "unknown-node"
+	case ResultUndecodable:
+		return "undecodable"
+	}
+	return fmt.Sprintf("code-%d", uint64(c))
+}
+
+// Result is what applying one command returns to its proposer.
+type Result struct {
+	Code    ResultCode `json:"code"`
+	Message string     `json:"message"`
+	// Revision is the current revision ID after the command (0 when none);
+	// for an applied CommitPlan it is the new revision's ID.
+	Revision uint64 `json:"revision"`
+}
+
+// OK reports whether the command was applied.
+func (r Result) OK() bool { return r.Code == ResultOK }
+
+// Err is nil when the command was applied, else a *[RejectedError].
+func (r Result) Err() error {
+	if r.OK() {
+		return nil
+	}
+	return &RejectedError{Result: r}
+}
+
+// RejectedError is a command the state machine refused; Result.Code says why.
+type RejectedError struct{ Result Result }
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("command rejected (%s): %s", e.Result.Code, e.Result.Message)
+}
+
+// Event kinds written to the event log.
+const (
+	EventNodeRegistered   = "NodeRegistered"
+	EventNodeUpdated      = "NodeUpdated"
+	EventNodeStateChanged = "NodeStateChanged"
+	EventPlanCommitted    = "PlanCommitted"
+	EventEvalFailed       = "EvalFailed"
+)
+
+// maxEventMessage bounds an event message (the full text stays elsewhere,
+// e.g. in LastError).
+const maxEventMessage = 512
+
+// Apply applies cmd, the command of the Raft entry at index, and returns its
+// result. It is deterministic: it reads only cmd and s, never a clock,
+// randomness or I/O, and keeps no reference to cmd's maps, slices or spec.
+// It always sets s.Applied = index; a rejected command changes nothing else.
+func (s *State) Apply(index uint64, cmd Command) Result {
+	s.Applied = index
+	if err := checkEnvelope(&cmd); err != nil {
+		return s.reject(ResultInvalid, err.Error())
+	}
+	at := canonicalTime(cmd.At)
+	switch cmd.Type {
+	case CmdRegisterNode:
+		return s.applyRegisterNode(index, at, cmd.RegisterNode)
+	case CmdNodeHeartbeat:
+		return s.applyNodeHeartbeat(at, cmd.NodeHeartbeat)
+	case CmdCommitPlan:
+		return s.applyCommitPlan(index, at, cmd.CommitPlan)
+	case CmdRecordEvalError:
+		return s.applyRecordEvalError(index, at, cmd.RecordEvalError)
+	case CmdSetNodeState:
+		return s.applySetNodeState(index, at, cmd.SetNodeState)
+	}
+	// Unreachable: checkEnvelope knows every type handled above.
+	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
+}
+
+func (s *State) revisionID() uint64 {
+	if s.Revision == nil {
+		return 0
+	}
+	return s.Revision.ID
+}
+
+func (s *State) ok(format string, args ...any) Result {
+	return Result{Code: ResultOK, Message: fmt.Sprintf(format, args...), Revision: s.revisionID()}
+}
+
+func (s *State) reject(code ResultCode, msg string) Result {
+	return Result{Code: code, Message: msg, Revision: s.revisionID()}
+}
+
+func (s *State) event(index uint64, at time.Time, kind, msg string) {
+	if len(msg) > maxEventMessage {
+		cut := maxEventMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "…"
+	}
+	s.Events = appendBounded(s.Events, Event{Index: index, At: at, Kind: kind, Message: msg}, MaxEvents)
+}
+
+func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) Result {
+	if c.ID == 0 {
+		return s.reject(ResultInvalid, "RegisterNode: node id must be > 0")
+	}
+	if c.Capacity.VCPU < 0 || c.Capacity.MemMiB < 0 {
+		return s.reject(ResultInvalid, fmt.Sprintf("RegisterNode: node %d: capacity must not be negative (vcpu=%d memMiB=%d)",
+			c.ID, c.Capacity.VCPU, c.Capacity.MemMiB))
+	}
+	if s.Nodes == nil {
+		s.Nodes = map[uint64]*Node{}
+	}
+	n, exists := s.Nodes[c.ID]
+	kind, verb := EventNodeUpdated, "updated"
+	if !exists {
+		n = &Node{ID: c.ID, State: NodeReady, RegisteredAt: at}
+		s.Nodes[c.ID] = n
+		kind, verb = EventNodeRegistered, "registered"
+	}
+	n.RaftAddr = c.RaftAddr
+	n.APIAddr = c.APIAddr
+	n.Capacity = c.Capacity
+	n.Labels = nilIfEmptyMap(maps.Clone(c.Labels))
+	n.CephAddrs = nilIfEmpty(slices.Clone(c.CephAddrs))
+	s.event(index, at, kind, fmt.Sprintf("node %d %s (raft %s, api %s, vcpu %d, memMiB %d)",
+		c.ID, verb, c.RaftAddr, c.APIAddr, c.Capacity.VCPU, c.Capacity.MemMiB))
+	return s.ok("node %d %s", c.ID, verb)
+}
+
+func validPhase(p Phase) bool {
+	switch p {
+	case PhasePending, PhaseBuilding, PhaseStarting, PhaseRunning, PhaseStopping, PhaseStopped, PhaseFailed:
+		return true
+	}
+	return false
+}
+
+// applyNodeHeartbeat records that a node is alive. Its statuses are the
+// node's complete observation: they replace every Observed entry the node
+// reported before. When two nodes report the same VM (a VM being moved), the
+// report of the node the VM is assigned to wins.
+func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
+	n, ok := s.Nodes[c.ID]
+	if !ok {
+		return s.reject(ResultUnknownNode, fmt.Sprintf("NodeHeartbeat: node %d is not registered; its agent must send RegisterNode first", c.ID))
+	}
+	seen := make(map[string]bool, len(c.Statuses))
+	for _, st := range c.Statuses {
+		switch {
+		case st.VM == "":
+			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: a status has no VM name", c.ID))
+		case seen[st.VM]:
+			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: VM %q is reported twice", c.ID, st.VM))
+		case !validPhase(st.Phase):
+			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: VM %q has unknown phase %q", c.ID, st.VM, st.Phase))
+		}
+		seen[st.VM] = true
+	}
+
+	n.LastHeartbeatSeq++
+	n.LastHeartbeatAt = at
+	for vm, st := range s.Observed {
+		if st.Node == c.ID && !seen[vm] {
+			delete(s.Observed, vm)
+		}
+	}
+	if s.Observed == nil && len(c.Statuses) > 0 {
+		s.Observed = map[string]VMStatus{}
+	}
+	ignored := 0
+	for _, st := range c.Statuses {
+		st.Node = c.ID
+		if st.ObservedAt.IsZero() {
+			st.ObservedAt = at
+		}
+		st.ObservedAt = canonicalTime(st.ObservedAt)
+		if prev, ok := s.Observed[st.VM]; ok && prev.Node != c.ID {
+			if a, assigned := s.Assignments[st.VM]; assigned && a.Node == prev.Node {
+				ignored++
+				continue
+			}
+		}
+		s.Observed[st.VM] = st
+	}
+	if ignored > 0 {
+		return s.ok("node %d heartbeat %d: %d statuses, %d ignored (VM assigned to and reported by another node)",
+			c.ID, n.LastHeartbeatSeq, len(c.Statuses), ignored)
+	}
+	return s.ok("node %d heartbeat %d: %d statuses", c.ID, n.LastHeartbeatSeq, len(c.Statuses))
+}
+
+// applyCommitPlan replaces the assignments and the desired spec with a new
+// revision, if the plan's parent is the current revision.
+func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Result {
+	cur := s.revisionID()
+	if c.Parent != cur {
+		return s.reject(ResultStaleParent, fmt.Sprintf(
+			"CommitPlan: stale parent: the plan was made against revision %d but the current revision is %d; re-read the state and plan again",
+			c.Parent, cur))
+	}
+	if c.Spec == nil {
+		return s.reject(ResultInvalid, "CommitPlan: the plan has no spec")
+	}
+	seen := make(map[string]bool, len(c.Assignments))
+	for _, a := range c.Assignments {
+		switch {
+		case a.VM == "":
+			return s.reject(ResultInvalid, "CommitPlan: an assignment has no VM name")
+		case seen[a.VM]:
+			return s.reject(ResultInvalid, fmt.Sprintf("CommitPlan: VM %q is assigned twice", a.VM))
+		case a.VCPU < 0 || a.MemMiB < 0:
+			return s.reject(ResultInvalid, fmt.Sprintf("CommitPlan: VM %q: resources must not be negative (vcpu=%d memMiB=%d)", a.VM, a.VCPU, a.MemMiB))
+		}
+		if _, ok := s.Nodes[a.Node]; !ok {
+			return s.reject(ResultUnknownNode, fmt.Sprintf("CommitPlan: VM %q is assigned to node %d, which is not registered", a.VM, a.Node))
+		}
+		seen[a.VM] = true
+	}
+
+	prevCommit := ""
+	if s.Revision != nil {
+		prevCommit = s.Revision.Commit
+	}
+	assignments := make(map[string]Assignment, len(c.Assignments))
+	for _, a := range c.Assignments {
+		a.Generation = index
+		if old, ok := s.Assignments[a.VM]; ok && old.Node == a.Node && old.Drv == a.Drv && old.OutPath == a.OutPath {
+			a.Generation = old.Generation
+		}
+		assignments[a.VM] = a
+	}
+	rev := Revision{
+		ID:          index,
+		Parent:      c.Parent,
+		Commit:      c.Commit,
+		Ref:         c.Ref,
+		EvalHash:    c.EvalHash,
+		CommittedAt: at,
+		Summary:     c.Summary,
+	}
+	s.Revision = &rev
+	s.History = appendBounded(s.History, rev, MaxRevisionHistory)
+	desired := cloneCluster(c.Spec)
+	canonicalCluster(desired)
+	s.Desired = desired
+	s.Assignments = assignments
+	// A plan of another commit supersedes the recorded eval error, and so does
+	// a plan of the very commit that failed. A re-plan of the running commit
+	// (say, after a node change) keeps a newer commit's error visible.
+	if s.LastError != nil && (c.Commit != prevCommit || c.Commit == s.LastError.Commit) {
+		s.LastError = nil
+	}
+	s.event(index, at, EventPlanCommitted, fmt.Sprintf("revision %d (parent %d) commit %s ref %s: %s",
+		index, c.Parent, c.Commit, c.Ref, c.Summary))
+	return s.ok("revision %d committed (parent %d, %d assignments)", index, c.Parent, len(assignments))
+}
+
+func (s *State) applyRecordEvalError(index uint64, at time.Time, c *RecordEvalError) Result {
+	if c.Message == "" {
+		return s.reject(ResultInvalid, fmt.Sprintf("RecordEvalError: commit %s: the error message is empty", c.Commit))
+	}
+	s.LastError = &EvalError{Commit: c.Commit, Message: c.Message, At: at}
+	s.event(index, at, EventEvalFailed, fmt.Sprintf("commit %s: %s", c.Commit, c.Message))
+	return s.ok("eval error of commit %s recorded; revision %d stays", c.Commit, s.revisionID())
+}
+
+func validNodeState(st NodeState) bool {
+	switch st {
+	case NodeReady, NodeCordoned, NodeDraining, NodeDown:
+		return true
+	}
+	return false
+}
+
+func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) Result {
+	n, ok := s.Nodes[c.ID]
+	if !ok {
+		return s.reject(ResultUnknownNode, fmt.Sprintf("SetNodeState: node %d is not registered; see the registered nodes with `blixard nodes`", c.ID))
+	}
+	if !validNodeState(c.State) {
+		return s.reject(ResultInvalid, fmt.Sprintf("SetNodeState: node %d: state %q is not one of ready, cordoned, draining, down", c.ID, c.State))
+	}
+	if n.State == c.State {
+		return s.ok("node %d is already %s", c.ID, c.State)
+	}
+	old := n.State
+	n.State = c.State
+	s.event(index, at, EventNodeStateChanged, fmt.Sprintf("node %d: %s -> %s", c.ID, old, c.State))
+	return s.ok("node %d: %s -> %s", c.ID, old, c.State)
+}

@@ -1,0 +1,134 @@
+package replicated
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/blixard/blixard/spec"
+)
+
+// NewState returns the empty state every replica starts from.
+func NewState() *State {
+	return &State{
+		Nodes:       map[uint64]*Node{},
+		Assignments: map[string]Assignment{},
+		Observed:    map[string]VMStatus{},
+	}
+}
+
+// Clone returns a deep copy of s: nothing in the copy aliases s. Nil and empty
+// maps and slices are preserved as they are.
+func (s *State) Clone() *State {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	if s.Nodes != nil {
+		c.Nodes = make(map[uint64]*Node, len(s.Nodes))
+		for id, n := range s.Nodes {
+			c.Nodes[id] = n.clone()
+		}
+	}
+	if s.Revision != nil {
+		r := *s.Revision
+		c.Revision = &r
+	}
+	c.History = slices.Clone(s.History)
+	c.Desired = cloneCluster(s.Desired)
+	c.Assignments = maps.Clone(s.Assignments)
+	c.Observed = maps.Clone(s.Observed)
+	if s.LastError != nil {
+		e := *s.LastError
+		c.LastError = &e
+	}
+	c.Events = slices.Clone(s.Events)
+	return &c
+}
+
+func (n *Node) clone() *Node {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	c.Labels = maps.Clone(n.Labels)
+	c.CephAddrs = slices.Clone(n.CephAddrs)
+	return &c
+}
+
+// cloneCluster deep-copies a spec, preserving nil and empty collections.
+func cloneCluster(c *spec.Cluster) *spec.Cluster {
+	if c == nil {
+		return nil
+	}
+	out := *c
+	if c.VMs != nil {
+		out.VMs = make(map[string]spec.VM, len(c.VMs))
+		for name, vm := range c.VMs {
+			vm.Placement.Nodes = slices.Clone(vm.Placement.Nodes)
+			vm.Placement.Labels = maps.Clone(vm.Placement.Labels)
+			vm.Placement.AntiAffinity = slices.Clone(vm.Placement.AntiAffinity)
+			vm.Volumes = maps.Clone(vm.Volumes)
+			out.VMs[name] = vm
+		}
+	}
+	out.Functions = maps.Clone(c.Functions)
+	return &out
+}
+
+// The canonical form of a value is the one its JSON encoding decodes back to:
+// optional (omitempty) maps and slices are nil when empty, and times carry no
+// monotonic reading and are in UTC. The state only ever holds canonical
+// values, so a snapshot round trip gives a deeply equal state.
+
+func canonicalCommand(cmd *Command) {
+	switch {
+	case cmd.RegisterNode != nil:
+		cmd.RegisterNode.Labels = nilIfEmptyMap(cmd.RegisterNode.Labels)
+		cmd.RegisterNode.CephAddrs = nilIfEmpty(cmd.RegisterNode.CephAddrs)
+	case cmd.NodeHeartbeat != nil:
+		cmd.NodeHeartbeat.Statuses = nilIfEmpty(cmd.NodeHeartbeat.Statuses)
+	case cmd.CommitPlan != nil:
+		canonicalCluster(cmd.CommitPlan.Spec)
+	}
+}
+
+// canonicalCluster rewrites c in place; call it on a copy the caller owns.
+func canonicalCluster(c *spec.Cluster) {
+	if c == nil {
+		return
+	}
+	c.Functions = nilIfEmptyMap(c.Functions)
+	for name, vm := range c.VMs {
+		vm.Placement.Nodes = nilIfEmpty(vm.Placement.Nodes)
+		vm.Placement.Labels = nilIfEmptyMap(vm.Placement.Labels)
+		vm.Placement.AntiAffinity = nilIfEmpty(vm.Placement.AntiAffinity)
+		vm.Volumes = nilIfEmptyMap(vm.Volumes)
+		c.VMs[name] = vm
+	}
+}
+
+func canonicalTime(t time.Time) time.Time { return t.Round(0).UTC() }
+
+func nilIfEmpty[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+func nilIfEmptyMap[K comparable, V any](m map[K]V) map[K]V {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// appendBounded appends v and drops the oldest elements beyond max.
+func appendBounded[T any](s []T, v T, max int) []T {
+	s = append(s, v)
+	if over := len(s) - max; over > 0 {
+		s = slices.Delete(s, 0, over)
+	}
+	return s
+}

@@ -1,0 +1,93 @@
+package replicated
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// EncodeCommand encodes cmd as the JSON payload of a Raft entry. A zero V is
+// filled with [CommandVersion]. It refuses a command whose envelope is
+// inconsistent (unknown version or type, missing or extra payload), so such a
+// command is never proposed.
+func EncodeCommand(cmd Command) ([]byte, error) {
+	if cmd.V == 0 {
+		cmd.V = CommandVersion
+	}
+	if err := checkEnvelope(&cmd); err != nil {
+		return nil, fmt.Errorf("encode command: %w", err)
+	}
+	b, err := json.Marshal(&cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", cmd.Type, err)
+	}
+	return b, nil
+}
+
+// DecodeCommand decodes the payload of a Raft entry. It rejects malformed
+// JSON, fields this version does not know, unknown versions and types, and a
+// missing or extra payload for the type. The decoded command is canonical:
+// empty optional lists and maps are nil, so encoding it and decoding again
+// gives an equal command.
+func DecodeCommand(data []byte) (Command, error) {
+	var cmd Command
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cmd); err != nil {
+		return Command{}, fmt.Errorf("decode command: malformed JSON: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Command{}, fmt.Errorf("decode command: trailing data after the JSON object")
+	}
+	if err := checkEnvelope(&cmd); err != nil {
+		return Command{}, fmt.Errorf("decode command: %w", err)
+	}
+	canonicalCommand(&cmd)
+	return cmd, nil
+}
+
+// checkEnvelope verifies the version and that exactly the payload matching
+// the type is set.
+func checkEnvelope(cmd *Command) error {
+	if cmd.V != CommandVersion {
+		return fmt.Errorf("command version %d is not supported (this build speaks version %d): upgrade this node to the version of the proposer", cmd.V, CommandVersion)
+	}
+	payloads := []struct {
+		t   CommandType
+		set bool
+	}{
+		{CmdRegisterNode, cmd.RegisterNode != nil},
+		{CmdNodeHeartbeat, cmd.NodeHeartbeat != nil},
+		{CmdCommitPlan, cmd.CommitPlan != nil},
+		{CmdRecordEvalError, cmd.RecordEvalError != nil},
+		{CmdSetNodeState, cmd.SetNodeState != nil},
+	}
+	known := false
+	for _, p := range payloads {
+		if p.t == cmd.Type {
+			known = true
+			if !p.set {
+				return fmt.Errorf("%s command has no %s payload", cmd.Type, payloadField(cmd.Type))
+			}
+		}
+	}
+	if !known {
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, RecordEvalError, SetNodeState)", cmd.Type)
+	}
+	for _, p := range payloads {
+		if p.set && p.t != cmd.Type {
+			return fmt.Errorf("%s command carries an extra %s payload", cmd.Type, payloadField(p.t))
+		}
+	}
+	return nil
+}
+
+// payloadField is the JSON field name of a command type's payload.
+func payloadField(t CommandType) string {
+	if t == "" {
+		return ""
+	}
+	return string(bytes.ToLower([]byte(t[:1]))) + string(t[1:])
+}

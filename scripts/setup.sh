@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what Blixard's build, demo and tests need on a Debian 12 machine,
+# idempotently, and writes the Nix settings the project needs into their own
+# file without touching the rest of the user's nix.conf.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+	if [ "$(id -u)" -ne 0 ]; then
+		log "must run as root (it installs Debian packages): sudo $0"
+		exit 1
+	fi
+}
+
+apt_packages=(nix-bin git ca-certificates)
+missing=()
+for p in "${apt_packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	need_root
+	log "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nix: flakes on; no sandbox (no user namespaces for the builder here); no
+# substituters by default, so builds do not wait on an unreachable cache.
+# The settings live in their own file, included from nix.conf.
+nix_conf_dir=/etc/nix
+if [ -w "$nix_conf_dir" ] || [ "$(id -u)" -eq 0 ]; then
+	mkdir -p "$nix_conf_dir"
+	cat >"$nix_conf_dir/blixard.conf" <<'CONF'
+# Written by Blixard's scripts/setup.sh; remove the include line in nix.conf to undo.
+experimental-features = nix-command flakes
+sandbox = false
+substituters =
+CONF
+	touch "$nix_conf_dir/nix.conf"
+	grep -qx '!include blixard.conf' "$nix_conf_dir/nix.conf" ||
+		printf '\n!include blixard.conf\n' >>"$nix_conf_dir/nix.conf"
+fi
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+	export PATH=/usr/local/go/bin:$PATH
+fi
+command -v go >/dev/null 2>&1 || { log "Go is missing: install Go 1.26 (https://go.dev/doc/install)"; exit 1; }
+
+log "ok: $(nix --version), $(git --version), $(go version)"

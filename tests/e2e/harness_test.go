@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// blixardBin is the binary built once by TestMain.
+var blixardBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "blixard-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	blixardBin = filepath.Join(dir, "blixard")
+	build := exec.Command("go", "build", "-o", blixardBin, "../../cmd/blixard")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building blixard:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireTools fails the test (never skips) when a real program is missing.
+func requireTools(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Fatalf("%s not found: run scripts/setup.sh", n)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// waitFor polls cond until it returns nil or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
+	}
+	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+}
+
+func gitRun(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=test", "GIT_AUTHOR_EMAIL=test@example.org",
+		"GIT_COMMITTER_NAME=test", "GIT_COMMITTER_EMAIL=test@example.org")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// repo is a bare "remote" repository and a work tree that pushes to it.
+type repo struct {
+	t      *testing.T
+	bare   string
+	work   string
+	branch string
+}
+
+func newRepo(t *testing.T) *repo {
+	root := t.TempDir()
+	r := &repo{t: t, bare: filepath.Join(root, "cluster.git"), work: filepath.Join(root, "work"), branch: "main"}
+	gitRun(t, root, "init", "-q", "--bare", "-b", r.branch, r.bare)
+	gitRun(t, root, "init", "-q", "-b", r.branch, r.work)
+	return r
+}
+
+func (r *repo) url() string { return "file://" + r.bare }
+
+// write replaces flake.nix in the work tree without committing.
+func (r *repo) write(flake string) {
+	if err := os.WriteFile(filepath.Join(r.work, "flake.nix"), []byte(flake), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// push commits flake.nix and pushes it; it returns the commit SHA.
+func (r *repo) push(flake, msg string) string {
+	r.write(flake)
+	gitRun(r.t, r.work, "add", "flake.nix")
+	gitRun(r.t, r.work, "commit", "-q", "-m", msg)
+	gitRun(r.t, r.work, "push", "-q", r.bare, "HEAD:refs/heads/"+r.branch)
+	return gitRun(r.t, r.work, "rev-parse", "HEAD")
+}
+
+// node is one `blixard serve` process.
+type node struct {
+	id      uint64
+	api     string
+	raft    string
+	dataDir string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan error
+}
+
+type cluster struct {
+	t     *testing.T
+	nodes []*node
+}
+
+type nodeSpec struct {
+	vcpu, mem int
+	labels    string
+}
+
+func startCluster(t *testing.T, repoURL string, specs []nodeSpec) *cluster {
+	t.Helper()
+	c := &cluster{t: t}
+	var members []string
+	for i := range specs {
+		n := &node{id: uint64(i + 1), api: freeAddr(t), raft: freeAddr(t), dataDir: t.TempDir()}
+		n.logPath = filepath.Join(n.dataDir, "serve.log")
+		members = append(members, fmt.Sprintf("%d=%s", n.id, n.raft))
+		c.nodes = append(c.nodes, n)
+	}
+	for i, n := range c.nodes {
+		args := []string{"serve", "--node-id", fmt.Sprint(n.id), "--data-dir", n.dataDir,
+			"--raft-addr", n.raft, "--api-addr", n.api, "--members", strings.Join(members, ","),
+			"--repo", repoURL, "--ref", "main", "--poll", "300ms", "--heartbeat", "500ms",
+			"--capacity-vcpu", fmt.Sprint(specs[i].vcpu), "--capacity-mem-mib", fmt.Sprint(specs[i].mem),
+			"--log-level", "debug"}
+		if specs[i].labels != "" {
+			args = append(args, "--labels", specs[i].labels)
+		}
+		c.start(n, args)
+	}
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+func (c *cluster) start(n *node, args []string) {
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n.cmd = exec.Command(blixardBin, args...)
+	n.cmd.Stdout, n.cmd.Stderr = logf, logf
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := n.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	n.done = make(chan error, 1)
+	go func() { n.done <- n.cmd.Wait(); logf.Close() }()
+}
+
+// stop sends SIGTERM and waits; SIGKILL after a grace period.
+func (n *node) stop() error {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return nil
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-n.done:
+		n.cmd = nil
+		return err
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+		<-n.done
+		n.cmd = nil
+		return errors.New("did not stop on SIGTERM within 15s")
+	}
+}
+
+func (c *cluster) stopAll() {
+	for _, n := range c.nodes {
+		if err := n.stop(); err != nil {
+			c.t.Errorf("node %d: %v", n.id, err)
+		}
+		if c.t.Failed() {
+			if b, err := os.ReadFile(n.logPath); err == nil {
+				c.t.Logf("--- log of node %d (last 6000 bytes):\n%s", n.id, tail(b, 6000))
+			}
+		}
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// cli runs the blixard client and returns stdout, stderr and the exit code.
+func cli(t *testing.T, dir string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, blixardBin, args...)
+	cmd.Dir = dir
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("blixard %s: %v", strings.Join(args, " "), err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func cliJSON(t *testing.T, out any, args ...string) error {
+	t.Helper()
+	stdout, stderr, code := cli(t, "", append(args, "--json")...)
+	if code != 0 {
+		return fmt.Errorf("blixard %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+	}
+	return json.Unmarshal([]byte(stdout), out)
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

@@ -7,8 +7,10 @@
 // commit moved or the history was rewritten (force-push).
 //
 // It must not evaluate Nix, and it knows nothing about Raft, plans or nodes.
-// Callers evaluate `git+file://` + [Mirror.Dir] + `?rev=` + [Update.Commit];
-// the mirror keeps the objects of every commit it has resolved and keeps the
+// Callers evaluate [Mirror.FlakeURL] of [Update.Commit], that is
+// `git+file://DIR?ref=refs/heads/REF&rev=SHA`; the ref parameter matters,
+// because nix ignores a bare repository's HEAD and defaults to "master". The
+// mirror keeps the objects of every commit it has resolved and keeps the
 // branch at refs/heads/REF (HEAD points at it too), so both the real git CLI
 // and nix can read it.
 //

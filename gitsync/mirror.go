@@ -15,6 +15,8 @@ import (
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/storage"
+	"github.com/go-git/go-git/v5/storage/memory"
 )
 
 // DefaultRef is the branch tracked when [Options.Ref] is empty.
@@ -80,7 +82,7 @@ type Mirror struct {
 // network.
 func New(o Options) (*Mirror, error) {
 	if o.URL == "" {
-		return nil, errors.New("gitsync: no repository URL: set the cluster repository URL (--repo)")
+		return nil, errors.New("gitsync: no repository URL: set the URL of the cluster repository")
 	}
 	if _, err := transport.NewEndpoint(o.URL); err != nil {
 		return nil, fmt.Errorf("gitsync: invalid repository URL %q: %w: use file://, https://, ssh:// or a local path", redactURL(o.URL), err)
@@ -117,8 +119,26 @@ func New(o Options) (*Mirror, error) {
 }
 
 // Dir returns the absolute path of the bare mirror repository. Evaluate
-// `git+file://DIR?rev=SHA` against it.
+// [Mirror.FlakeURL] (`git+file://DIR?ref=refs/heads/NAME&rev=SHA`) against it.
 func (m *Mirror) Dir() string { return m.dir }
+
+// Ref returns the tracked branch as a full reference name,
+// "refs/heads/NAME".
+func (m *Mirror) Ref() string { return m.branch.String() }
+
+// FlakeURL returns the flake reference for commit in the mirror,
+// "git+file://DIR?ref=refs/heads/NAME&rev=SHA". The ref parameter is not
+// optional in practice: nix (2.8) ignores a bare repository's HEAD and
+// defaults ref to "master", so a rev-only reference fails on any other
+// branch.
+func (m *Mirror) FlakeURL(commit string) string {
+	u := url.URL{Scheme: "git+file", Path: m.dir}
+	q := url.Values{}
+	q.Set("ref", m.branch.String())
+	q.Set("rev", commit)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
 
 // Last returns the last resolved commit SHA, or "" before the first
 // successful fetch (or before a Fetch has read a reused mirror).
@@ -138,7 +158,7 @@ func (m *Mirror) Fetch(ctx context.Context) (Update, error) {
 	m.fetchMu.Lock()
 	defer m.fetchMu.Unlock()
 
-	repo, err := m.open()
+	repo, err := m.open(ctx)
 	if err != nil {
 		return Update{}, err
 	}
@@ -151,25 +171,14 @@ func (m *Mirror) Fetch(ctx context.Context) (Update, error) {
 	}
 	m.setLast(prev)
 
-	remote := git.NewRemote(repo.Storer, &config.RemoteConfig{
-		Name: "origin",
-		URLs: []string{m.url},
-	})
 	spec := config.RefSpec(fmt.Sprintf("+%s:%s", m.branch, m.branch))
-	err = remote.FetchContext(ctx, &git.FetchOptions{
+	err = m.remote(repo.Storer).FetchContext(ctx, &git.FetchOptions{
 		RefSpecs: []config.RefSpec{spec},
 		Auth:     m.auth,
 		Tags:     git.NoTags,
 	})
-	switch {
-	case err == nil, errors.Is(err, git.NoErrAlreadyUpToDate):
-	case errors.Is(err, git.NoMatchingRefSpecError{}), errors.Is(err, transport.ErrEmptyRemoteRepository):
-		return Update{}, fmt.Errorf("gitsync: fetch %s from %s: %w (deleted or never pushed?); keeping commit %s: check --ref and push the branch",
-			m.branch.Short(), m.safeURL, ErrRefNotFound, orNone(prev))
-	case errors.Is(err, transport.ErrAuthenticationRequired), errors.Is(err, transport.ErrAuthorizationFailed):
-		return Update{}, fmt.Errorf("gitsync: fetch %s from %s: %w: check the credentials for this remote", m.branch.Short(), m.safeURL, err)
-	default:
-		return Update{}, fmt.Errorf("gitsync: fetch %s from %s: %w: check that the URL is right and the repository is reachable", m.branch.Short(), m.safeURL, err)
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return Update{}, m.fetchError(err, prev)
 	}
 
 	cur, err := m.localCommit(repo)
@@ -199,14 +208,18 @@ func (m *Mirror) Fetch(ctx context.Context) (Update, error) {
 	return u, nil
 }
 
-// open opens the bare mirror, creating it when Dir does not exist or is an
-// empty directory. HEAD is pointed at the tracked branch so tools that read
-// the default branch (nix without ?ref=) see it.
-func (m *Mirror) open() (*git.Repository, error) {
+// open opens the bare mirror. When it does not exist yet it is created, but
+// only after the remote answered and has the branch, so a bad URL or ref
+// leaves nothing on disk. HEAD is pointed at the tracked branch so tools
+// that read the default branch (nix without ?ref=) see it.
+func (m *Mirror) open(ctx context.Context) (*git.Repository, error) {
 	repo, err := git.PlainOpen(m.dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if !isEmptyDir(m.dir) {
 			return nil, fmt.Errorf("gitsync: mirror directory %s exists and is not a git repository: remove it or choose another mirror directory", m.dir)
+		}
+		if err := m.probe(ctx); err != nil {
+			return nil, err
 		}
 		repo, err = git.PlainInitWithOptions(m.dir, &git.PlainInitOptions{
 			Bare:        true,
@@ -235,6 +248,39 @@ func (m *Mirror) open() (*git.Repository, error) {
 		}
 	}
 	return repo, nil
+}
+
+// probe lists the remote's refs without touching the disk and checks that
+// the tracked branch is there.
+func (m *Mirror) probe(ctx context.Context) error {
+	refs, err := m.remote(memory.NewStorage()).ListContext(ctx, &git.ListOptions{Auth: m.auth})
+	if err != nil {
+		return m.fetchError(err, "")
+	}
+	for _, r := range refs {
+		if r.Name() == m.branch {
+			return nil
+		}
+	}
+	return m.fetchError(git.NoMatchingRefSpecError{}, "")
+}
+
+func (m *Mirror) remote(s storage.Storer) *git.Remote {
+	return git.NewRemote(s, &config.RemoteConfig{Name: "origin", URLs: []string{m.url}})
+}
+
+// fetchError turns a transport error into one that names the URL and says
+// what to check. prev is the commit the mirror keeps.
+func (m *Mirror) fetchError(err error, prev string) error {
+	switch {
+	case errors.Is(err, git.NoMatchingRefSpecError{}), errors.Is(err, transport.ErrEmptyRemoteRepository):
+		return fmt.Errorf("gitsync: fetch %s from %s: %w (deleted or never pushed?); keeping commit %s: check --ref and push the branch",
+			m.branch.Short(), m.safeURL, ErrRefNotFound, orNone(prev))
+	case errors.Is(err, transport.ErrAuthenticationRequired), errors.Is(err, transport.ErrAuthorizationFailed):
+		return fmt.Errorf("gitsync: fetch %s from %s: %w: check the credentials for this remote", m.branch.Short(), m.safeURL, err)
+	default:
+		return fmt.Errorf("gitsync: fetch %s from %s: %w: check that the URL is right and the repository is reachable", m.branch.Short(), m.safeURL, err)
+	}
 }
 
 // localCommit returns the commit the mirror's branch points at, or "" when

@@ -32,8 +32,8 @@ func requireGit(t *testing.T) {
 	}
 }
 
-// git runs the real git CLI in dir and returns its trimmed stdout.
-func git(t *testing.T, dir string, args ...string) string {
+// runGit runs the real git CLI in dir and returns its trimmed stdout.
+func runGit(t *testing.T, dir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
@@ -61,9 +61,9 @@ func newUpstream(t *testing.T, branch string) *upstream {
 	requireGit(t)
 	root := t.TempDir()
 	u := &upstream{t: t, remote: filepath.Join(root, "remote.git"), work: filepath.Join(root, "work")}
-	git(t, root, "init", "--quiet", "--bare", "--initial-branch="+branch, u.remote)
-	git(t, root, "init", "--quiet", "--initial-branch="+branch, u.work)
-	git(t, u.work, "remote", "add", "origin", u.fileURL())
+	runGit(t, root, "init", "--quiet", "--bare", "--initial-branch="+branch, u.remote)
+	runGit(t, root, "init", "--quiet", "--initial-branch="+branch, u.work)
+	runGit(t, u.work, "remote", "add", "origin", u.fileURL())
 	return u
 }
 
@@ -76,14 +76,14 @@ func (u *upstream) commit(msg string) string {
 	if err := os.WriteFile(filepath.Join(u.work, "flake.nix"), []byte(msg+"\n"), 0o644); err != nil {
 		u.t.Fatal(err)
 	}
-	git(u.t, u.work, "add", "flake.nix")
-	git(u.t, u.work, "commit", "--quiet", "-m", msg)
-	return git(u.t, u.work, "rev-parse", "HEAD")
+	runGit(u.t, u.work, "add", "flake.nix")
+	runGit(u.t, u.work, "commit", "--quiet", "-m", msg)
+	return runGit(u.t, u.work, "rev-parse", "HEAD")
 }
 
 func (u *upstream) push(args ...string) {
 	u.t.Helper()
-	git(u.t, u.work, append([]string{"push", "--quiet", "origin"}, args...)...)
+	runGit(u.t, u.work, append([]string{"push", "--quiet", "origin"}, args...)...)
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -143,21 +143,25 @@ func TestGitFetchFollowsNewCommits(t *testing.T) {
 
 	// The real git CLI reads the mirror: object, branch, HEAD, and a clone
 	// (what nix does with git+file://DIR?rev=SHA).
-	if typ := git(t, m.Dir(), "cat-file", "-t", c2); typ != "commit" {
+	if typ := runGit(t, m.Dir(), "cat-file", "-t", c2); typ != "commit" {
 		t.Fatalf("git cat-file -t %s = %q, want commit", c2, typ)
 	}
-	if ref := git(t, m.Dir(), "rev-parse", "refs/heads/main"); ref != c2 {
+	if ref := runGit(t, m.Dir(), "rev-parse", "refs/heads/main"); ref != c2 {
 		t.Fatalf("mirror refs/heads/main = %s, want %s", ref, c2)
 	}
-	if head := git(t, m.Dir(), "symbolic-ref", "HEAD"); head != "refs/heads/main" {
+	if head := runGit(t, m.Dir(), "symbolic-ref", "HEAD"); head != "refs/heads/main" {
 		t.Fatalf("mirror HEAD -> %s, want refs/heads/main", head)
 	}
-	if bare := git(t, m.Dir(), "rev-parse", "--is-bare-repository"); bare != "true" {
+	if bare := runGit(t, m.Dir(), "rev-parse", "--is-bare-repository"); bare != "true" {
 		t.Fatalf("mirror is not bare (rev-parse --is-bare-repository = %s)", bare)
 	}
+	wantURL := "git+file://" + m.Dir() + "?ref=refs%2Fheads%2Fmain&rev=" + c2
+	if got := m.FlakeURL(c2); got != wantURL {
+		t.Fatalf("FlakeURL = %s, want %s", got, wantURL)
+	}
 	clone := filepath.Join(t.TempDir(), "clone")
-	git(t, t.TempDir(), "clone", "--quiet", "file://"+m.Dir(), clone)
-	if head := git(t, clone, "rev-parse", "HEAD"); head != c2 {
+	runGit(t, t.TempDir(), "clone", "--quiet", "file://"+m.Dir(), clone)
+	if head := runGit(t, clone, "rev-parse", "HEAD"); head != c2 {
 		t.Fatalf("clone of mirror at %s, want %s", head, c2)
 	}
 }
@@ -171,7 +175,7 @@ func TestGitFetchFollowsForcePush(t *testing.T) {
 	m := newMirror(t, Options{URL: up.fileURL(), Dir: t.TempDir()})
 	fetch(t, m)
 
-	git(t, up.work, "reset", "--quiet", "--hard", "HEAD~1")
+	runGit(t, up.work, "reset", "--quiet", "--hard", "HEAD~1")
 	c2 := up.commit("rewritten")
 	up.push("--force", "main")
 
@@ -191,18 +195,18 @@ func TestGitFetchFollowsForcePush(t *testing.T) {
 	}
 
 	for _, c := range []string{c1, c2, c3} {
-		if typ := git(t, m.Dir(), "cat-file", "-t", c); typ != "commit" {
+		if typ := runGit(t, m.Dir(), "cat-file", "-t", c); typ != "commit" {
 			t.Fatalf("git cat-file -t %s = %q, want commit", c, typ)
 		}
 	}
-	git(t, m.Dir(), "fsck", "--no-dangling", "--no-progress")
+	runGit(t, m.Dir(), "fsck", "--no-dangling", "--no-progress")
 }
 
 func TestGitFetchDeletedBranchKeepsLastCommit(t *testing.T) {
 	up := newUpstream(t, "main")
 	c1 := up.commit("one")
 	up.push("main")
-	git(t, up.remote, "config", "receive.denyDeleteCurrent", "ignore")
+	runGit(t, up.remote, "config", "receive.denyDeleteCurrent", "ignore")
 
 	m := newMirror(t, Options{URL: up.fileURL(), Dir: t.TempDir()})
 	fetch(t, m)
@@ -222,7 +226,7 @@ func TestGitFetchDeletedBranchKeepsLastCommit(t *testing.T) {
 			t.Fatalf("Last() after failed fetch = %q, want %q", m.Last(), c1)
 		}
 	}
-	if ref := git(t, m.Dir(), "rev-parse", "refs/heads/main"); ref != c1 {
+	if ref := runGit(t, m.Dir(), "rev-parse", "refs/heads/main"); ref != c1 {
 		t.Fatalf("mirror branch moved to %s after deletion, want %s", ref, c1)
 	}
 
@@ -243,6 +247,9 @@ func TestGitFetchEmptyRemoteIsRefNotFound(t *testing.T) {
 	if m.Last() != "" {
 		t.Fatalf("Last() = %q, want empty", m.Last())
 	}
+	if _, err := os.Stat(filepath.Join(m.Dir(), "HEAD")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("failed first fetch initialised the mirror (stat HEAD: %v)", err)
+	}
 }
 
 func TestGitFetchBadURL(t *testing.T) {
@@ -261,8 +268,9 @@ func TestGitFetchBadURL(t *testing.T) {
 		{"file URL to a non-repo", "file://" + t.TempDir()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// A fresh mirror stays empty.
-			fresh := newMirror(t, Options{URL: tc.url, Dir: t.TempDir()})
+			// A fresh mirror stays empty: nothing is created on disk.
+			freshDir := filepath.Join(t.TempDir(), "mirror")
+			fresh := newMirror(t, Options{URL: tc.url, Dir: freshDir})
 			_, err := fresh.Fetch(context.Background())
 			if err == nil {
 				t.Fatalf("Fetch(%s) succeeded", tc.url)
@@ -276,6 +284,9 @@ func TestGitFetchBadURL(t *testing.T) {
 			if fresh.Last() != "" {
 				t.Errorf("Last() = %q after failed first fetch, want empty", fresh.Last())
 			}
+			if _, err := os.Stat(freshDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("failed first fetch created the mirror directory (stat: %v)", err)
+			}
 
 			// A mirror with a known commit keeps it.
 			m := newMirror(t, Options{URL: tc.url, Dir: dir})
@@ -285,7 +296,7 @@ func TestGitFetchBadURL(t *testing.T) {
 			if m.Last() != c1 {
 				t.Errorf("Last() = %q, want the known commit %q", m.Last(), c1)
 			}
-			if ref := git(t, dir, "rev-parse", "refs/heads/main"); ref != c1 {
+			if ref := runGit(t, dir, "rev-parse", "refs/heads/main"); ref != c1 {
 				t.Errorf("mirror branch = %s, want unchanged %s", ref, c1)
 			}
 		})
@@ -337,7 +348,7 @@ func TestGitTracksNonDefaultBranch(t *testing.T) {
 	up := newUpstream(t, "main")
 	up.commit("on main")
 	up.push("main")
-	git(t, up.work, "checkout", "--quiet", "-b", "deploy")
+	runGit(t, up.work, "checkout", "--quiet", "-b", "deploy")
 	d1 := up.commit("on deploy")
 	up.push("deploy")
 
@@ -348,23 +359,23 @@ func TestGitTracksNonDefaultBranch(t *testing.T) {
 	}
 
 	// A push to main does not move the tracked branch.
-	git(t, up.work, "checkout", "--quiet", "main")
+	runGit(t, up.work, "checkout", "--quiet", "main")
 	up.commit("main moves")
 	up.push("main")
 	if got := fetch(t, m); got.Changed || got.Commit != d1 {
 		t.Fatalf("fetch after push to main = %+v, want deploy unchanged at %s", got, d1)
 	}
 
-	git(t, up.work, "checkout", "--quiet", "deploy")
+	runGit(t, up.work, "checkout", "--quiet", "deploy")
 	d2 := up.commit("deploy moves")
 	up.push("deploy")
 	if got := fetch(t, m); !got.Changed || got.Commit != d2 {
 		t.Fatalf("fetch after push to deploy = %+v, want %s", got, d2)
 	}
-	if ref := git(t, m.Dir(), "rev-parse", "refs/heads/deploy"); ref != d2 {
+	if ref := runGit(t, m.Dir(), "rev-parse", "refs/heads/deploy"); ref != d2 {
 		t.Fatalf("mirror refs/heads/deploy = %s, want %s", ref, d2)
 	}
-	if head := git(t, m.Dir(), "symbolic-ref", "HEAD"); head != "refs/heads/deploy" {
+	if head := runGit(t, m.Dir(), "symbolic-ref", "HEAD"); head != "refs/heads/deploy" {
 		t.Fatalf("mirror HEAD -> %s, want refs/heads/deploy", head)
 	}
 }
@@ -466,7 +477,9 @@ func TestGitRunReportsErrorsAndKeepsGoing(t *testing.T) {
 	trigger := make(chan struct{}) // unbuffered works too
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx, 0, trigger, func(context.Context, Update) { t.Error("onUpdate called for a failed fetch") }) }()
+	go func() {
+		done <- m.Run(ctx, 0, trigger, func(context.Context, Update) { t.Error("onUpdate called for a failed fetch") })
+	}()
 
 	for i := range 2 {
 		select {

@@ -1,9 +1,9 @@
 package reconciler
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -18,9 +18,10 @@ import (
 type scheduler struct {
 	in Input
 
-	nodes   []*replicated.Node // ascending id; non-nil
-	nodeIdx map[uint64]int32
-	freeMem []int // per node: capacity minus what is kept or placed on it
+	ids     []uint64           // node ids, ascending
+	nodes   []*replicated.Node // by index; non-nil
+	nodeIdx map[uint64]int32   // id → index
+	freeMem []int              // per node: capacity minus what is kept or placed on it
 	freeCPU []int
 
 	insts   []instance // sorted by name
@@ -57,10 +58,9 @@ type declared struct {
 // class is a distinct combination of placement.nodes and placement.labels;
 // declared VMs with equal constraints share one.
 type class struct {
-	placement *spec.Placement
-	allowed   []uint64 // bitset: nodes satisfying placement.nodes and placement.labels
-	eligible  []int32  // allowed nodes that are ready, ascending: where new instances may go
-	reason    string   // why eligible is empty (computed once)
+	allowed  []uint64 // bitset: nodes satisfying placement.nodes and placement.labels
+	eligible []int32  // allowed nodes that are ready, ascending: where new instances may go
+	reason   string   // why eligible is empty (computed once)
 }
 
 func newScheduler(in Input) *scheduler {
@@ -73,6 +73,7 @@ func newScheduler(in Input) *scheduler {
 		}
 	}
 	slices.Sort(ids)
+	s.ids = ids
 	s.nodes = make([]*replicated.Node, len(ids))
 	s.nodeIdx = make(map[uint64]int32, len(ids))
 	s.freeMem = make([]int, len(ids))
@@ -86,17 +87,23 @@ func newScheduler(in Input) *scheduler {
 
 	var specs []spec.Instance
 	if in.Desired != nil {
-		specs = in.Desired.Instances()
+		specs = instancesOf(in.Desired)
+	}
+	if !slices.IsSortedFunc(specs, byInstanceName) {
+		slices.SortStableFunc(specs, byInstanceName) // Instances sorts already; everything below relies on it
 	}
 	// Declared VMs, by name.
-	declIdx := make(map[string]int32)
+	declIdx := make(map[string]int32, len(specs))
 	for i := range specs {
+		if i > 0 && specs[i].Declared == specs[i-1].Declared {
+			continue // replicas are mostly adjacent: skip the map
+		}
 		if _, ok := declIdx[specs[i].Declared]; !ok {
 			declIdx[specs[i].Declared] = -1
 			s.decls = append(s.decls, declared{name: specs[i].Declared, placement: &specs[i].Placement})
 		}
 	}
-	sort.Slice(s.decls, func(a, b int) bool { return s.decls[a].name < s.decls[b].name })
+	slices.SortFunc(s.decls, func(a, b declared) int { return strings.Compare(a.name, b.name) })
 	for i := range s.decls {
 		declIdx[s.decls[i].name] = int32(i)
 	}
@@ -106,7 +113,12 @@ func newScheduler(in Input) *scheduler {
 		if i > 0 && specs[i].Name == specs[i-1].Name {
 			continue // an invalid spec; spec validation rejects duplicate names
 		}
-		it := instance{spec: &specs[i], decl: declIdx[specs[i].Declared], node: -1}
+		it := instance{spec: &specs[i], node: -1}
+		if n := len(s.insts); n > 0 && specs[i].Declared == s.insts[n-1].spec.Declared {
+			it.decl = s.insts[n-1].decl
+		} else {
+			it.decl = declIdx[specs[i].Declared]
+		}
 		it.cur, it.has = in.Current[specs[i].Name]
 		s.insts = append(s.insts, it)
 	}
@@ -133,11 +145,18 @@ func (s *scheduler) buildAntiAffinity(declIdx map[string]int32) {
 			}
 		}
 	}
+	n := 0
 	for d := range s.decls {
 		if c := s.decls[d].conflicts; len(c) > 0 {
 			slices.Sort(c)
 			s.decls[d].conflicts = slices.Compact(c)
-			s.present[d] = make([]uint64, words)
+			n++
+		}
+	}
+	bits := make([]uint64, n*words) // one allocation for every bitset
+	for d := range s.decls {
+		if len(s.decls[d].conflicts) > 0 {
+			s.present[d], bits = bits[:words:words], bits[words:]
 		}
 	}
 }
@@ -146,28 +165,27 @@ func (s *scheduler) buildAntiAffinity(declIdx map[string]int32) {
 // computes, once per group, which nodes satisfy them.
 func (s *scheduler) buildClasses() {
 	byKey := make(map[string]int32)
-	var b strings.Builder
+	var key []byte
 	for d := range s.decls {
 		p := s.decls[d].placement
-		b.Reset()
-		ids := slices.Clone(p.Nodes)
-		slices.Sort(ids)
-		for _, id := range slices.Compact(ids) {
-			b.WriteString(strconv.FormatUint(id, 10))
-			b.WriteByte(',')
+		key = key[:0]
+		for _, id := range sortedIDs(p.Nodes) {
+			key = strconv.AppendUint(key, id, 10)
+			key = append(key, ',')
 		}
-		b.WriteByte('|')
-		for _, k := range sortedKeys(p.Labels) {
-			b.WriteString(k)
-			b.WriteByte(0)
-			b.WriteString(p.Labels[k])
-			b.WriteByte(0)
+		key = append(key, '|')
+		if len(p.Labels) > 0 {
+			for _, k := range sortedKeys(p.Labels) {
+				key = append(key, k...)
+				key = append(key, 0)
+				key = append(key, p.Labels[k]...)
+				key = append(key, 0)
+			}
 		}
-		key := b.String()
-		c, ok := byKey[key]
+		c, ok := byKey[string(key)]
 		if !ok {
 			c = int32(len(s.classes))
-			byKey[key] = c
+			byKey[string(key)] = c
 			s.classes = append(s.classes, s.newClass(p))
 		}
 		s.decls[d].class = c
@@ -175,7 +193,7 @@ func (s *scheduler) buildClasses() {
 }
 
 func (s *scheduler) newClass(p *spec.Placement) class {
-	c := class{placement: p, allowed: make([]uint64, (len(s.nodes)+63)/64)}
+	c := class{allowed: make([]uint64, (len(s.nodes)+63)/64)}
 	consider := func(n int32) {
 		if hasBit(c.allowed, n) || !hasLabels(s.nodes[n], p.Labels) {
 			return
@@ -231,7 +249,7 @@ func grew(it *instance) bool {
 	return it.spec.MemMiB > it.cur.MemMiB || it.spec.VCPU > it.cur.VCPU
 }
 
-// keepable returns the node index of it's current assignment, or why the
+// keepable returns the node index of the instance's current assignment, or why the
 // instance may not stay there.
 func (s *scheduler) keepable(it *instance) (int32, string) {
 	id := it.cur.Node
@@ -256,7 +274,7 @@ func (s *scheduler) keepable(it *instance) (int32, string) {
 		return -1, fmt.Sprintf("node %d does not carry labels %s", id, missingLabels(node, p.Labels))
 	}
 	if e := s.conflictOn(it.decl, n); e >= 0 {
-		return -1, fmt.Sprintf("node %d runs %s, which it has anti-affinity with", id, s.decls[e].name)
+		return -1, fmt.Sprintf("anti-affinity with %s, which already runs on node %d", s.decls[e].name, id)
 	}
 	if !s.fits(it, n) {
 		return -1, fmt.Sprintf("no longer fits on node %d: needs %d MiB memory and %d vCPU, %d MiB and %d vCPU free",
@@ -267,24 +285,25 @@ func (s *scheduler) keepable(it *instance) (int32, string) {
 
 // place places every instance not kept, first-fit decreasing (rule 3).
 func (s *scheduler) place() {
-	var order []int32
+	// insts are sorted by name, so the index breaks ties by name.
+	type key struct{ mem, cpu, i int }
+	var order []key
 	for i := range s.insts {
-		if s.insts[i].node < 0 {
-			order = append(order, int32(i))
+		if it := &s.insts[i]; it.node < 0 {
+			order = append(order, key{it.spec.MemMiB, it.spec.VCPU, i})
 		}
 	}
-	sort.Slice(order, func(a, b int) bool {
-		x, y := s.insts[order[a]].spec, s.insts[order[b]].spec
-		if x.MemMiB != y.MemMiB {
-			return x.MemMiB > y.MemMiB
+	slices.SortFunc(order, func(a, b key) int {
+		if a.mem != b.mem {
+			return cmp.Compare(b.mem, a.mem)
 		}
-		if x.VCPU != y.VCPU {
-			return x.VCPU > y.VCPU
+		if a.cpu != b.cpu {
+			return cmp.Compare(b.cpu, a.cpu)
 		}
-		return x.Name < y.Name
+		return cmp.Compare(a.i, b.i)
 	})
-	for _, i := range order {
-		it := &s.insts[i]
+	for _, k := range order {
+		it := &s.insts[k.i]
 		mem, cpu := it.spec.MemMiB, it.spec.VCPU
 		conflicts := len(s.decls[it.decl].conflicts) > 0
 		placed := false
@@ -355,7 +374,7 @@ func (s *scheduler) unschedulableReason(it *instance) string {
 		return fmt.Sprintf("every eligible node already runs a VM it has anti-affinity with (%s)", strings.Join(names, ", "))
 	}
 	r := fmt.Sprintf("needs %d MiB memory and %d vCPU; largest free on an eligible node: %d MiB memory and %d vCPU (node %d)",
-		it.spec.MemMiB, it.spec.VCPU, s.freeMem[best], s.freeCPU[best], s.nodes[best].ID)
+		it.spec.MemMiB, it.spec.VCPU, s.freeMem[best], s.freeCPU[best], s.ids[best])
 	if blocked > 0 {
 		r += fmt.Sprintf("; anti-affinity rules out %d more eligible %s", blocked, plural(blocked, "node", "nodes"))
 	}
@@ -393,7 +412,7 @@ func (s *scheduler) staticReason(p *spec.Placement) string {
 		if st := s.nodes[n].State; st == replicated.NodeReady {
 			ready++
 		} else {
-			notReady = append(notReady, fmt.Sprintf("node %d is %s", s.nodes[n].ID, st))
+			notReady = append(notReady, fmt.Sprintf("node %d is %s", s.ids[n], st))
 		}
 	}
 	var r string
@@ -418,10 +437,20 @@ func (s *scheduler) staticReason(p *spec.Placement) string {
 func (s *scheduler) plan() Plan {
 	var p Plan
 	p.Assignments = make([]replicated.Assignment, 0, len(s.insts))
-	declared := make(map[string]struct{}, len(s.insts))
+	added, matched := 0, 0
+	for i := range s.insts {
+		switch it := &s.insts[i]; {
+		case it.has:
+			matched++
+		case it.node >= 0:
+			added++
+		}
+	}
+	if added > 0 {
+		p.Added = make([]Change, 0, added)
+	}
 	for i := range s.insts {
 		it := &s.insts[i]
-		declared[it.spec.Name] = struct{}{}
 		var old *replicated.Assignment
 		if it.has {
 			old = &it.cur
@@ -435,7 +464,7 @@ func (s *scheduler) plan() Plan {
 		}
 		a := replicated.Assignment{
 			VM:      it.spec.Name,
-			Node:    s.nodes[it.node].ID,
+			Node:    s.ids[it.node],
 			Drv:     it.spec.Runner.Drv,
 			OutPath: it.spec.Runner.Out,
 			VCPU:    it.spec.VCPU,
@@ -453,13 +482,15 @@ func (s *scheduler) plan() Plan {
 		}
 		p.Assignments = append(p.Assignments, a)
 	}
-	var gone []string
-	for name := range s.in.Current {
-		if _, ok := declared[name]; !ok {
-			gone = append(gone, name)
+	// Assignments of VMs no longer declared: every other one matched an
+	// instance, so there are none when the counts agree.
+	if matched < len(s.in.Current) {
+		var gone []string
+		for name := range s.in.Current {
+			if !s.isDesired(name) {
+				gone = append(gone, name)
+			}
 		}
-	}
-	if len(gone) > 0 {
 		slices.Sort(gone)
 		for _, name := range gone {
 			old := s.in.Current[name]
@@ -468,6 +499,14 @@ func (s *scheduler) plan() Plan {
 		slices.SortFunc(p.Removed, func(a, b Change) int { return strings.Compare(a.VM, b.VM) })
 	}
 	return p
+}
+
+// isDesired reports whether name is a desired instance.
+func (s *scheduler) isDesired(name string) bool {
+	_, ok := slices.BinarySearchFunc(s.insts, name, func(it instance, name string) int {
+		return strings.Compare(it.spec.Name, name)
+	})
+	return ok
 }
 
 func hasLabels(n *replicated.Node, want map[string]string) bool {
@@ -521,4 +560,41 @@ func plural(n int, one, many string) string {
 }
 
 func hasBit(set []uint64, n int32) bool { return set[n>>6]&(1<<(uint(n)&63)) != 0 }
-func setBit(set []uint64, n int32)       { set[n>>6] |= 1 << (uint(n) & 63) }
+func setBit(set []uint64, n int32)      { set[n>>6] |= 1 << (uint(n) & 63) }
+
+// instancesOf expands c's VMs into instances sorted by name: NAME when
+// replicas ≤ 1, else NAME-0 … NAME-(replicas-1).
+//
+// TODO: call c.Instances() once package spec provides it (same rule).
+func instancesOf(c *spec.Cluster) []spec.Instance {
+	names := make([]string, 0, len(c.VMs))
+	n := 0
+	for name, vm := range c.VMs {
+		names = append(names, name)
+		n += max(vm.Replicas, 1)
+	}
+	slices.Sort(names)
+	out := make([]spec.Instance, 0, n)
+	for _, name := range names {
+		vm := c.VMs[name]
+		if vm.Replicas <= 1 {
+			out = append(out, spec.Instance{Name: name, Declared: name, VM: vm})
+			continue
+		}
+		first := len(out)
+		for i := range vm.Replicas {
+			out = append(out, spec.Instance{Name: name + "-" + strconv.Itoa(i), Declared: name, VM: vm})
+		}
+		if vm.Replicas > 10 { // name-10 sorts before name-2
+			slices.SortFunc(out[first:], byInstanceName)
+		}
+	}
+	// Expanded names of different VMs can still interleave ("a-1" < "a-1b"
+	// < "a-2"), but rarely: checking is cheap, sorting large values is not.
+	if !slices.IsSortedFunc(out, byInstanceName) {
+		slices.SortStableFunc(out, byInstanceName)
+	}
+	return out
+}
+
+func byInstanceName(a, b spec.Instance) int { return strings.Compare(a.Name, b.Name) }

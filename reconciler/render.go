@@ -19,11 +19,11 @@ const (
 // Render writes the plan for a human, one line per instance, in the manner
 // of `terraform plan`:
 //
-//	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
-//	~ db on node 1: /nix/store/…-old → /nix/store/…-new
-//	→ cache moved node 2 → node 3 (node 2 is draining)
-//	- old-vm (was on node 2): no longer declared
-//	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
+//   - web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
+//     ~ db on node 1: /nix/store/…-old → /nix/store/…-new
+//     → cache moved node 2 → node 3 (node 2 is draining)
+//   - old-vm (was on node 2): no longer declared
+//     ! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
 //
 // followed by a blank line and the Summary, or just "No changes." when there
 // is nothing to list. Lines are grouped by kind in that order and sorted by

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -159,8 +160,14 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	n.Capacity = c.Capacity
 	n.Labels = nilIfEmptyMap(maps.Clone(c.Labels))
 	n.CephAddrs = nilIfEmpty(slices.Clone(c.CephAddrs))
-	s.event(index, at, kind, fmt.Sprintf("node %d %s (raft %s, api %s, vcpu %d, memMiB %d)",
-		c.ID, verb, c.RaftAddr, c.APIAddr, c.Capacity.VCPU, c.Capacity.MemMiB))
+	msg := fmt.Sprintf("node %d %s: vcpu %d, memMiB %d", c.ID, verb, c.Capacity.VCPU, c.Capacity.MemMiB)
+	if c.RaftAddr != "" {
+		msg += ", raft " + c.RaftAddr
+	}
+	if c.APIAddr != "" {
+		msg += ", api " + c.APIAddr
+	}
+	s.event(index, at, kind, msg)
 	return s.ok("node %d %s", c.ID, verb)
 }
 
@@ -287,8 +294,14 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	if s.LastError != nil && (c.Commit != prevCommit || c.Commit == s.LastError.Commit) {
 		s.LastError = nil
 	}
-	s.event(index, at, EventPlanCommitted, fmt.Sprintf("revision %d (parent %d) commit %s ref %s: %s",
-		index, c.Parent, c.Commit, c.Ref, c.Summary))
+	msg := fmt.Sprintf("revision %d (parent %d) of commit %s", index, c.Parent, c.Commit)
+	if c.Ref != "" {
+		msg += " (" + c.Ref + ")"
+	}
+	if c.Summary != "" {
+		msg += ": " + c.Summary
+	}
+	s.event(index, at, EventPlanCommitted, msg)
 	return s.ok("revision %d committed (parent %d, %d assignments)", index, c.Parent, len(assignments))
 }
 
@@ -297,7 +310,11 @@ func (s *State) applyRecordEvalError(index uint64, at time.Time, c *RecordEvalEr
 		return s.reject(ResultInvalid, fmt.Sprintf("RecordEvalError: commit %s: the error message is empty", c.Commit))
 	}
 	s.LastError = &EvalError{Commit: c.Commit, Message: c.Message, At: at}
-	s.event(index, at, EventEvalFailed, fmt.Sprintf("commit %s: %s", c.Commit, c.Message))
+	first, _, more := strings.Cut(c.Message, "\n")
+	if more {
+		first += " …"
+	}
+	s.event(index, at, EventEvalFailed, fmt.Sprintf("commit %s: %s", c.Commit, first))
 	return s.ok("eval error of commit %s recorded; revision %d stays", c.Commit, s.revisionID())
 }
 

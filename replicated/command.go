@@ -51,6 +51,9 @@ func DecodeCommand(data []byte) (Command, error) {
 // checkEnvelope verifies the version and that exactly the payload matching
 // the type is set.
 func checkEnvelope(cmd *Command) error {
+	if cmd.V == 0 {
+		return fmt.Errorf("command has no version (\"v\"); this build speaks version %d", CommandVersion)
+	}
 	if cmd.V != CommandVersion {
 		return fmt.Errorf("command version %d is not supported (this build speaks version %d): upgrade this node to the version of the proposer", cmd.V, CommandVersion)
 	}

@@ -21,9 +21,9 @@
 //
 // Callers follow these steps:
 //
-//  1. [Start] a [Store] on every voter with the same Members map (or Join
-//     for a replica added later with [Store.AddReplica]); it returns once the
-//     shard has a leader.
+//  1. [Start] a [Store] on every voter with the same Members map (or Join,
+//     and NonVoting to match, for a replica added later with
+//     [Store.AddReplica]); it returns once the shard has a leader.
 //  2. [Store.Propose] commands from any replica; followers forward them to the
 //     leader. A CommitPlan is a compare-and-set on the current revision:
 //     re-read with [Store.Read] and re-plan on [ResultStaleParent].

@@ -81,11 +81,11 @@ func (m *stateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <
 	if err != nil {
 		return fmt.Errorf("replicated: read snapshot: %w", err)
 	}
-	st := NewState()
-	if err := json.Unmarshal(data, st); err != nil {
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("replicated: decode snapshot: %w", err)
 	}
-	m.state = st
+	m.state = &st
 	return nil
 }
 

@@ -143,7 +143,7 @@ func (a *apiServer) handlePlan(w http.ResponseWriter, r *http.Request) {
 	if _, err := a.mirror.Fetch(ctx); err != nil {
 		a.log.Warn("fetch before plan failed; planning from the mirror as it is", "err", err)
 	}
-	res, err := a.eval.Eval(ctx, nixeval.GitFlakeRef(a.mirror.Dir(), req.Commit), a.attr, req.Commit)
+	res, err := a.eval.Eval(ctx, a.mirror.FlakeURL(req.Commit), a.attr, req.Commit)
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("evaluating %s: %w", req.Commit, err))
 		return

@@ -41,6 +41,9 @@ type serveOptions struct {
 	labels        string
 	logDB         string
 	webhookSecret string
+	secretFile    string
+	configFile    string
+	checkConfig   bool
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -55,6 +58,25 @@ func newServeCommand(g *globals) *cobra.Command {
     --capacity-vcpu 16 --capacity-mem-mib 65536 --labels zone=a`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.configFile != "" {
+				if err := loadConfigFile(cmd.Flags(), o.configFile); err != nil {
+					return err
+				}
+			}
+			if o.secretFile != "" {
+				b, err := os.ReadFile(o.secretFile)
+				if err != nil {
+					return fmt.Errorf("--webhook-secret-file: %w", err)
+				}
+				o.webhookSecret = strings.TrimSpace(string(b))
+			}
+			if o.checkConfig {
+				if _, _, err := o.validate(); err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, "configuration ok")
+				return nil
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -80,6 +102,9 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.labels, "labels", "", "node labels: k=v,… (matched by placement.labels)")
 	f.StringVar(&o.logDB, "raft-logdb", "tiny", "Raft log DB memory budget: tiny, small, medium, large")
 	f.StringVar(&o.webhookSecret, "webhook-secret", os.Getenv("BLIXARD_WEBHOOK_SECRET"), "HMAC secret for POST /v1/webhook (env BLIXARD_WEBHOOK_SECRET)")
+	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
+	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
+	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
 	return cmd
 }
 
@@ -321,7 +346,7 @@ type flakeEvaluator struct {
 }
 
 func (f flakeEvaluator) Evaluate(ctx context.Context, commit string) (reconciler.Evaluation, error) {
-	res, err := f.ev.Eval(ctx, nixeval.GitFlakeRef(f.mirror.Dir(), commit), f.attr, commit)
+	res, err := f.ev.Eval(ctx, f.mirror.FlakeURL(commit), f.attr, commit)
 	if err != nil {
 		return reconciler.Evaluation{}, err
 	}

@@ -1,0 +1,317 @@
+package replicated
+
+import (
+	"bytes"
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/datadriven"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+
+	"github.com/blixard/blixard/spec"
+)
+
+// TestDataDriven runs the scripts in testdata/*.txt against the state
+// machine (Update with encoded entries, as Dragonboat calls it). Regenerate
+// the expected output with `go test ./replicated -run TestDataDriven -rewrite`
+// and review the diff.
+//
+// Commands:
+//
+//	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…]
+//	heartbeat id=1 [status=vm:phase[:booted],…]
+//	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…] [nospec]
+//	commit-plans n=N [assign=vm:node,…]     N chained plans (commit c1…cN); prints the last result
+//	record-eval-error commit=SHA [msg=M]      (or the message as the input block)
+//	set-node-state id=1 state=cordoned
+//	raw                                       the input block is the entry's bytes
+//	decode                                    decode the input block; print the command or the error
+//	snapshot-roundtrip                        save, recover into a fresh machine, compare, print state
+//	state                                     print the state
+//
+// Every command accepts at=RFC3339 (default: a fixed base time + index seconds).
+func TestDataDriven(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		h := &harness{sm: &stateMachine{state: NewState()}}
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			return h.handle(t, d)
+		})
+	})
+}
+
+type harness struct {
+	sm    *stateMachine
+	index uint64
+}
+
+var ddBase = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
+	switch d.Cmd {
+	case "register-node":
+		c := &RegisterNode{Capacity: Resources{VCPU: 8, MemMiB: 16384}}
+		d.ScanArgs(t, "id", &c.ID)
+		d.MaybeScanArgs(t, "vcpu", &c.Capacity.VCPU)
+		d.MaybeScanArgs(t, "mem", &c.Capacity.MemMiB)
+		d.MaybeScanArgs(t, "raft", &c.RaftAddr)
+		d.MaybeScanArgs(t, "api", &c.APIAddr)
+		if v := strArg(t, d, "labels"); v != "" {
+			c.Labels = map[string]string{}
+			for _, kv := range strings.Split(v, ",") {
+				k, val, _ := strings.Cut(kv, "=")
+				c.Labels[k] = val
+			}
+		}
+		if v := strArg(t, d, "ceph"); v != "" {
+			c.CephAddrs = strings.Split(v, ",")
+		}
+		return h.propose(t, d, Command{Type: CmdRegisterNode, RegisterNode: c})
+
+	case "heartbeat":
+		c := &NodeHeartbeat{}
+		d.ScanArgs(t, "id", &c.ID)
+		if v := strArg(t, d, "status"); v != "" {
+			for _, s := range strings.Split(v, ",") {
+				parts := strings.SplitN(s, ":", 3)
+				st := VMStatus{VM: parts[0]}
+				if len(parts) > 1 {
+					st.Phase = Phase(parts[1])
+				}
+				if len(parts) > 2 {
+					st.BootedOut = parts[2]
+				}
+				c.Statuses = append(c.Statuses, st)
+			}
+		}
+		return h.propose(t, d, Command{Type: CmdNodeHeartbeat, NodeHeartbeat: c})
+
+	case "commit-plan":
+		c := &CommitPlan{}
+		d.ScanArgs(t, "parent", &c.Parent)
+		d.MaybeScanArgs(t, "commit", &c.Commit)
+		d.MaybeScanArgs(t, "ref", &c.Ref)
+		d.MaybeScanArgs(t, "hash", &c.EvalHash)
+		d.MaybeScanArgs(t, "summary", &c.Summary)
+		c.Assignments, c.Spec = planArgs(t, strArg(t, d, "assign"), strArg(t, d, "runner"))
+		if d.HasArg("nospec") {
+			c.Spec = nil
+		}
+		return h.propose(t, d, Command{Type: CmdCommitPlan, CommitPlan: c})
+
+	case "commit-plans":
+		var n int
+		d.ScanArgs(t, "n", &n)
+		as, sp := planArgs(t, strArg(t, d, "assign"), "")
+		var out string
+		for i := 1; i <= n; i++ {
+			c := &CommitPlan{Parent: h.sm.state.revisionID(), Commit: fmt.Sprintf("c%d", i), Assignments: as, Spec: sp}
+			out = h.propose(t, d, Command{Type: CmdCommitPlan, CommitPlan: c})
+		}
+		return out
+
+	case "record-eval-error":
+		c := &RecordEvalError{}
+		d.MaybeScanArgs(t, "commit", &c.Commit)
+		d.MaybeScanArgs(t, "msg", &c.Message)
+		if in := strings.TrimSpace(d.Input); in != "" {
+			c.Message = in
+		}
+		return h.propose(t, d, Command{Type: CmdRecordEvalError, RecordEvalError: c})
+
+	case "set-node-state":
+		c := &SetNodeState{}
+		d.ScanArgs(t, "id", &c.ID)
+		var st string
+		d.ScanArgs(t, "state", &st)
+		c.State = NodeState(st)
+		return h.propose(t, d, Command{Type: CmdSetNodeState, SetNodeState: c})
+
+	case "raw":
+		return h.update(t, []byte(d.Input))
+
+	case "decode":
+		cmd, err := DecodeCommand([]byte(d.Input))
+		if err != nil {
+			return "error: " + err.Error() + "\n"
+		}
+		b, err := EncodeCommand(cmd)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		return "ok: " + string(b) + "\n"
+
+	case "snapshot-roundtrip":
+		var buf bytes.Buffer
+		if err := h.sm.SaveSnapshot(&buf, nil, nil); err != nil {
+			t.Fatalf("save snapshot: %v", err)
+		}
+		fresh := newStateMachine(ShardID, 1).(*stateMachine)
+		if err := fresh.RecoverFromSnapshot(bytes.NewReader(buf.Bytes()), nil, nil); err != nil {
+			t.Fatalf("recover snapshot: %v", err)
+		}
+		equal := reflect.DeepEqual(h.sm.state, fresh.state)
+		h.sm = fresh
+		return fmt.Sprintf("snapshot %d bytes, equal=%t\n", buf.Len(), equal) + renderState(fresh.state)
+
+	case "state":
+		return renderState(h.sm.state)
+	}
+	t.Fatalf("unknown command %q", d.Cmd)
+	return ""
+}
+
+func strArg(t *testing.T, d *datadriven.TestData, key string) string {
+	var v string
+	d.MaybeScanArgs(t, key, &v)
+	return v
+}
+
+// planArgs builds assignments and a matching spec from "web:1,db:2" and
+// runner versions "web:v2" (default v1).
+func planArgs(t *testing.T, assign, runner string) ([]Assignment, *spec.Cluster) {
+	vers := map[string]string{}
+	if runner != "" {
+		for _, r := range strings.Split(runner, ",") {
+			vm, ver, _ := strings.Cut(r, ":")
+			vers[vm] = ver
+		}
+	}
+	sp := &spec.Cluster{Name: "test", VMs: map[string]spec.VM{}}
+	var as []Assignment
+	if assign == "" {
+		return as, sp
+	}
+	for _, a := range strings.Split(assign, ",") {
+		vm, node, _ := strings.Cut(a, ":")
+		id, err := strconv.ParseUint(node, 10, 64)
+		if err != nil {
+			t.Fatalf("assign %q: %v", a, err)
+		}
+		ver := vers[vm]
+		if ver == "" {
+			ver = "v1"
+		}
+		r := spec.Runner{Drv: "/nix/store/" + vm + "-" + ver + ".drv", Out: "/nix/store/" + vm + "-" + ver}
+		sp.VMs[vm] = spec.VM{Runner: r, VCPU: 1, MemMiB: 512, Replicas: 1, Autostart: true}
+		as = append(as, Assignment{VM: vm, Node: id, Drv: r.Drv, OutPath: r.Out, VCPU: 1, MemMiB: 512})
+	}
+	return as, sp
+}
+
+func (h *harness) propose(t *testing.T, d *datadriven.TestData, cmd Command) string {
+	cmd.At = ddBase.Add(time.Duration(h.index+1) * time.Second)
+	if v := strArg(t, d, "at"); v != "" {
+		at, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			t.Fatalf("at=%s: %v", v, err)
+		}
+		cmd.At = at
+	}
+	data, err := EncodeCommand(cmd)
+	if err != nil {
+		return "encode error: " + err.Error() + "\n"
+	}
+	return h.update(t, data)
+}
+
+func (h *harness) update(t *testing.T, data []byte) string {
+	h.index++
+	res, err := h.sm.Update(sm.Entry{Index: h.index, Cmd: data})
+	if err != nil {
+		t.Fatalf("Update returned an error (would halt the shard): %v", err)
+	}
+	r := decodeResult(res)
+	if uint64(r.Code) != res.Value {
+		t.Fatalf("result value %d != code %d", res.Value, r.Code)
+	}
+	return fmt.Sprintf("%d: %s rev=%d: %s\n", h.index, r.Code, r.Revision, r.Message)
+}
+
+// renderState is a compact, deterministic rendering of s.
+func renderState(s *State) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "applied %d\n", s.Applied)
+	if r := s.Revision; r != nil {
+		fmt.Fprintf(&b, "revision %d parent=%d commit=%s ref=%s hash=%s at=%s summary=%q\n",
+			r.ID, r.Parent, r.Commit, r.Ref, r.EvalHash, r.CommittedAt.Format(time.RFC3339), r.Summary)
+	} else {
+		b.WriteString("revision none\n")
+	}
+	if len(s.History) > 0 {
+		ids := make([]string, 0, len(s.History))
+		for _, r := range s.History {
+			ids = append(ids, strconv.FormatUint(r.ID, 10))
+		}
+		if len(ids) > 8 {
+			ids = append(append(ids[:3:3], "…"), ids[len(ids)-3:]...)
+		}
+		fmt.Fprintf(&b, "history %d: %s\n", len(s.History), strings.Join(ids, " "))
+	}
+	for _, id := range sortedKeys(s.Nodes) {
+		n := s.Nodes[id]
+		fmt.Fprintf(&b, "node %d %s vcpu=%d mem=%d", n.ID, n.State, n.Capacity.VCPU, n.Capacity.MemMiB)
+		if len(n.Labels) > 0 {
+			var kv []string
+			for _, k := range sortedKeys(n.Labels) {
+				kv = append(kv, k+"="+n.Labels[k])
+			}
+			fmt.Fprintf(&b, " labels=%s", strings.Join(kv, ","))
+		}
+		if n.RaftAddr != "" {
+			fmt.Fprintf(&b, " raft=%s", n.RaftAddr)
+		}
+		if len(n.CephAddrs) > 0 {
+			fmt.Fprintf(&b, " ceph=%s", strings.Join(n.CephAddrs, ","))
+		}
+		fmt.Fprintf(&b, " hb=%d", n.LastHeartbeatSeq)
+		if !n.LastHeartbeatAt.IsZero() {
+			fmt.Fprintf(&b, "@%s", n.LastHeartbeatAt.Format(time.TimeOnly))
+		}
+		b.WriteString("\n")
+	}
+	if s.Desired != nil {
+		fmt.Fprintf(&b, "desired %q vms=%s\n", s.Desired.Name, strings.Join(sortedKeys(s.Desired.VMs), ","))
+	}
+	for _, vm := range sortedKeys(s.Assignments) {
+		a := s.Assignments[vm]
+		fmt.Fprintf(&b, "assign %s node=%d gen=%d out=%s\n", vm, a.Node, a.Generation, a.OutPath)
+	}
+	for _, vm := range sortedKeys(s.Observed) {
+		o := s.Observed[vm]
+		fmt.Fprintf(&b, "observed %s node=%d %s", vm, o.Node, o.Phase)
+		if o.BootedOut != "" {
+			fmt.Fprintf(&b, " booted=%s", o.BootedOut)
+		}
+		b.WriteString("\n")
+	}
+	if e := s.LastError; e != nil {
+		fmt.Fprintf(&b, "last-error commit=%s %q\n", e.Commit, e.Message)
+	}
+	if len(s.Events) > 0 {
+		evs := s.Events
+		fmt.Fprintf(&b, "events %d", len(evs))
+		if len(evs) > 6 {
+			evs = evs[len(evs)-6:]
+			b.WriteString(" (last 6)")
+		}
+		b.WriteString(":\n")
+		for _, e := range evs {
+			fmt.Fprintf(&b, "  %d %s: %s\n", e.Index, e.Kind, e.Message)
+		}
+	}
+	return b.String()
+}
+
+func sortedKeys[K interface{ ~string | ~uint64 }, V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}

@@ -1,0 +1,403 @@
+package replicated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/config"
+	"github.com/lni/dragonboat/v4/logger"
+)
+
+// ShardID is the one Raft shard Blixard uses.
+const ShardID uint64 = 1
+
+// Defaults of [Config] and of the retry loop.
+const (
+	DefaultRTTMillisecond  = 5 // 1 ms caused spurious elections and dropped proposals on loaded machines
+	DefaultLogDB           = "tiny"
+	DefaultSnapshotEntries = 1000
+
+	// heartbeatRTT and electionRTT are in RTTMillisecond units: with the
+	// default 5 ms a leader heartbeats every 10 ms and followers campaign
+	// after 100–200 ms of silence.
+	heartbeatRTT = 2
+	electionRTT  = 10 * heartbeatRTT
+
+	// attemptTimeout bounds one SyncPropose/SyncRead attempt. A new leader
+	// takes ~100 ms, with long tails; a dropped proposal only shows as a
+	// timeout, so every attempt is bounded and retried while ctx lasts.
+	attemptTimeout = 2 * time.Second
+	retryBackoff   = 20 * time.Millisecond
+	leaderPoll     = 10 * time.Millisecond
+)
+
+// Config configures one replica of the shard.
+type Config struct {
+	// NodeID is this replica's Raft replica ID (> 0); it is also the node id
+	// the agent registers.
+	NodeID uint64
+	// RaftAddr is the host:port this NodeHost listens on for Raft traffic.
+	RaftAddr string
+	// DataDir holds the Raft log and snapshots (created if missing).
+	DataDir string
+	// Members are the initial voters, replica id → raft address, the same on
+	// every initial member. Empty when Join is set or when restarting a
+	// replica whose DataDir already holds the shard.
+	Members map[uint64]string
+	// Join starts a replica that was added to a running shard with
+	// [Store.AddReplica].
+	Join bool
+	// NonVoting starts this replica as a non-voting member; it must have been
+	// added with AddReplica(…, nonVoting = true).
+	NonVoting bool
+	// RTTMillisecond is the Raft tick in ms (default 5).
+	RTTMillisecond uint64
+	// LogDB sizes the log DB's memory: tiny (default, ≤256 MB), small
+	// (≤1 GB), medium (≤4 GB) or large (≤8 GB).
+	LogDB string
+	// SnapshotEntries is the number of applied entries between automatic
+	// snapshots (default 1000).
+	SnapshotEntries uint64
+	// Logger receives the store's own logs (default slog.Default()).
+	// Dragonboat's internal logger is set to WARNING.
+	Logger *slog.Logger
+}
+
+// Store is a running replica of the shard. Its methods are safe for
+// concurrent use.
+type Store struct {
+	nh        *dragonboat.NodeHost // non-nil
+	nodeID    uint64
+	log       *slog.Logger // non-nil
+	closeOnce sync.Once
+}
+
+func logDBConfig(name string) (config.LogDBConfig, error) {
+	switch name {
+	case "", "tiny":
+		return config.GetTinyMemLogDBConfig(), nil
+	case "small":
+		return config.GetSmallMemLogDBConfig(), nil
+	case "medium":
+		return config.GetMediumMemLogDBConfig(), nil
+	case "large":
+		return config.GetLargeMemLogDBConfig(), nil
+	}
+	return config.LogDBConfig{}, fmt.Errorf("log DB size %q is not one of tiny, small, medium, large", name)
+}
+
+func (cfg *Config) validate() error {
+	if cfg.NodeID == 0 {
+		return errors.New("node id must be > 0")
+	}
+	if _, _, err := net.SplitHostPort(cfg.RaftAddr); err != nil {
+		return fmt.Errorf("raft address %q is not host:port: %w", cfg.RaftAddr, err)
+	}
+	if cfg.DataDir == "" {
+		return errors.New("data dir is empty")
+	}
+	if cfg.Join && len(cfg.Members) > 0 {
+		return errors.New("a joining replica takes no initial members: drop Members or Join")
+	}
+	if len(cfg.Members) > 0 {
+		addr, ok := cfg.Members[cfg.NodeID]
+		if !ok {
+			return fmt.Errorf("the initial members %v do not include this node %d", memberIDs(cfg.Members), cfg.NodeID)
+		}
+		if addr != cfg.RaftAddr {
+			return fmt.Errorf("the initial members give node %d the raft address %s but it listens on %s", cfg.NodeID, addr, cfg.RaftAddr)
+		}
+	}
+	return nil
+}
+
+func memberIDs(m map[uint64]string) []uint64 {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// dragonboatLogOnce guards quietDragonboat. It is the package's only
+// package-level state, and it mirrors state that is process-wide anyway:
+// Dragonboat's log levels are global and SetLevel is unsynchronised with the
+// loggers' readers, so the levels are set once, before the first NodeHost.
+var dragonboatLogOnce sync.Once
+
+// quietDragonboat turns Dragonboat's own loggers down to WARNING.
+func quietDragonboat() { dragonboatLogOnce.Do(setDragonboatLogLevels) }
+
+func setDragonboatLogLevels() {
+	for _, pkg := range []string{"dragonboat", "raft", "rsm", "transport", "logdb", "LogDB", "raftpb",
+		"config", "settings", "gossip", "registry", "server", "tan", "pebblekv", "raft-mt", "tools"} {
+		logger.GetLogger(pkg).SetLevel(logger.WARNING)
+	}
+}
+
+// Start creates the NodeHost, starts this replica of the shard and returns
+// once the shard has a leader. If ctx ends first (a majority of Members is
+// not running or not reachable), the NodeHost is closed and an error returned.
+func Start(ctx context.Context, cfg Config) (*Store, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("replicated: start node %d: %w", cfg.NodeID, err)
+	}
+	if cfg.RTTMillisecond == 0 {
+		cfg.RTTMillisecond = DefaultRTTMillisecond
+	}
+	if cfg.SnapshotEntries == 0 {
+		cfg.SnapshotEntries = DefaultSnapshotEntries
+	}
+	logdb, err := logDBConfig(cfg.LogDB)
+	if err != nil {
+		return nil, fmt.Errorf("replicated: start node %d: %w", cfg.NodeID, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "replicated", "node", cfg.NodeID)
+	quietDragonboat()
+
+	nhc := config.NodeHostConfig{
+		NodeHostDir:    cfg.DataDir,
+		RTTMillisecond: cfg.RTTMillisecond,
+		RaftAddress:    cfg.RaftAddr,
+		Expert:         config.ExpertConfig{LogDB: logdb},
+	}
+	nh, err := dragonboat.NewNodeHost(nhc)
+	if err != nil {
+		return nil, fmt.Errorf("replicated: start node %d: create NodeHost in %s on %s (is the address free and the directory writable?): %w",
+			cfg.NodeID, cfg.DataDir, cfg.RaftAddr, err)
+	}
+	rc := config.Config{
+		ReplicaID:          cfg.NodeID,
+		ShardID:            ShardID,
+		CheckQuorum:        true,
+		PreVote:            true,
+		HeartbeatRTT:       heartbeatRTT,
+		ElectionRTT:        electionRTT,
+		SnapshotEntries:    cfg.SnapshotEntries,
+		CompactionOverhead: cfg.SnapshotEntries / 2,
+		IsNonVoting:        cfg.NonVoting,
+	}
+	members := make(map[uint64]dragonboat.Target, len(cfg.Members))
+	for id, addr := range cfg.Members {
+		members[id] = addr
+	}
+	if err := nh.StartReplica(members, cfg.Join, newStateMachine, rc); err != nil {
+		nh.Close()
+		hint := ""
+		if errors.Is(err, dragonboat.ErrInvalidShardSettings) {
+			hint = " (the data dir was bootstrapped with other members or join setting; start with the original settings or an empty data dir)"
+		}
+		if errors.Is(err, dragonboat.ErrShardNotBootstrapped) {
+			hint = " (the data dir is empty: give the initial Members, or Join after AddReplica)"
+		}
+		return nil, fmt.Errorf("replicated: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
+	}
+	s := &Store{nh: nh, nodeID: cfg.NodeID, log: log}
+	if err := s.waitLeader(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("replicated: start node %d: no leader for shard %d (are a majority of %v running and reachable?): %w",
+			cfg.NodeID, ShardID, memberIDs(cfg.Members), err)
+	}
+	id, _ := s.Leader()
+	log.Info("replica started", "raftAddr", cfg.RaftAddr, "leader", id, "join", cfg.Join)
+	return s, nil
+}
+
+func (s *Store) waitLeader(ctx context.Context) error {
+	t := time.NewTicker(leaderPoll)
+	defer t.Stop()
+	for {
+		if _, ok := s.Leader(); ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// transient reports whether a Dragonboat error may go away on retry (no
+// leader yet, leader change, dropped or timed-out request, busy).
+func transient(err error) bool {
+	return errors.Is(err, dragonboat.ErrTimeout) ||
+		errors.Is(err, dragonboat.ErrSystemBusy) ||
+		errors.Is(err, dragonboat.ErrShardNotReady) ||
+		errors.Is(err, dragonboat.ErrShardNotInitialized) ||
+		errors.Is(err, dragonboat.ErrShardNotFound) ||
+		errors.Is(err, dragonboat.ErrAborted)
+}
+
+// retry runs attempt with a per-attempt timeout until it succeeds, fails
+// with a non-transient error, or ctx ends. It returns whether some attempt
+// timed out (the request may have been applied anyway).
+func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context.Context) error) (timedOut bool, err error) {
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err = attempt(actx)
+		cancel()
+		if err == nil {
+			return timedOut, nil
+		}
+		if errors.Is(err, dragonboat.ErrTimeout) {
+			timedOut = true
+		}
+		if ctx.Err() != nil {
+			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, ctx.Err(), err)
+		}
+		if !transient(err) {
+			return timedOut, fmt.Errorf("%s: %w", what, err)
+		}
+		s.log.Debug("retrying", "op", what, "attempt", n, "err", err)
+		t := time.NewTimer(retryBackoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// Propose replicates cmd (its V set to [CommandVersion]) and returns the
+// state machine's Result. Any replica may propose; followers forward to the
+// leader. Transient failures (no leader, leader change, timeouts) are retried
+// with a per-attempt timeout until ctx ends. The error is non-nil only when
+// the command could not be encoded or its outcome is unknown; a rejection is
+// a Result with a non-OK Code (see [Result.Err]).
+//
+// A retried attempt may apply a command twice. That is harmless for every
+// command but CommitPlan, whose second copy is refused as a stale parent;
+// Propose recognises that case (the current revision is this very plan) and
+// returns the revision as OK.
+func (s *Store) Propose(ctx context.Context, cmd Command) (Result, error) {
+	cmd.V = CommandVersion
+	data, err := EncodeCommand(cmd)
+	if err != nil {
+		return Result{}, fmt.Errorf("replicated: propose: %w", err)
+	}
+	what := fmt.Sprintf("replicated: propose %s", cmd.Type)
+	session := s.nh.GetNoOPSession(ShardID)
+	var res Result
+	timedOut, err := s.retry(ctx, what, func(actx context.Context) error {
+		r, err := s.nh.SyncPropose(actx, session, data)
+		if err != nil {
+			return err
+		}
+		res = decodeResult(r)
+		return nil
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	if timedOut && res.Code == ResultStaleParent && cmd.CommitPlan != nil {
+		if st, rerr := s.Read(ctx); rerr == nil && isThisPlan(st, cmd.CommitPlan) {
+			return Result{Code: ResultOK, Revision: st.Revision.ID,
+				Message: fmt.Sprintf("revision %d committed (confirmed after a retried proposal)", st.Revision.ID)}, nil
+		}
+	}
+	return res, nil
+}
+
+// isThisPlan reports whether the current revision of st was made by p.
+func isThisPlan(st *State, p *CommitPlan) bool {
+	r := st.Revision
+	if r == nil || r.Parent != p.Parent || r.Commit != p.Commit || r.Ref != p.Ref ||
+		r.EvalHash != p.EvalHash || r.Summary != p.Summary || len(st.Assignments) != len(p.Assignments) {
+		return false
+	}
+	for _, a := range p.Assignments {
+		b, ok := st.Assignments[a.VM]
+		if !ok || b.Node != a.Node || b.Drv != a.Drv || b.OutPath != a.OutPath || b.VCPU != a.VCPU || b.MemMiB != a.MemMiB {
+			return false
+		}
+	}
+	return true
+}
+
+// Read returns a linearizable copy of the state: it reflects every command
+// whose Propose returned before Read was called.
+func (s *Store) Read(ctx context.Context) (*State, error) {
+	var st *State
+	_, err := s.retry(ctx, "replicated: read", func(actx context.Context) error {
+		v, err := s.nh.SyncRead(actx, ShardID, nil)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if st, ok = v.(*State); !ok {
+			return fmt.Errorf("state machine returned %T, not *State", v)
+		}
+		return nil
+	})
+	return st, err
+}
+
+// LocalRead returns a copy of the local replica's state without contacting
+// the leader; it may lag behind. Agents read their assignments this way.
+func (s *Store) LocalRead() (*State, error) {
+	v, err := s.nh.StaleRead(ShardID, nil)
+	if err != nil {
+		return nil, fmt.Errorf("replicated: local read on node %d: %w", s.nodeID, err)
+	}
+	st, ok := v.(*State)
+	if !ok {
+		return nil, fmt.Errorf("replicated: local read on node %d: state machine returned %T, not *State", s.nodeID, v)
+	}
+	return st, nil
+}
+
+// AddReplica adds a replica with the given id and raft address to the shard:
+// a voter, or a non-voting replica when nonVoting is set. Then start it with
+// Config.Join (and Config.NonVoting to match). Call it on any replica;
+// transient failures are retried.
+func (s *Store) AddReplica(ctx context.Context, id uint64, raftAddr string, nonVoting bool) error {
+	what := fmt.Sprintf("replicated: add replica %d (%s)", id, raftAddr)
+	_, err := s.retry(ctx, what, func(actx context.Context) error {
+		if nonVoting {
+			return s.nh.SyncRequestAddNonVoting(actx, ShardID, id, raftAddr, 0)
+		}
+		return s.nh.SyncRequestAddReplica(actx, ShardID, id, raftAddr, 0)
+	})
+	return err
+}
+
+// Leader returns the replica ID of the shard's leader as known locally.
+func (s *Store) Leader() (id uint64, ok bool) {
+	id, _, valid, err := s.nh.GetLeaderID(ShardID)
+	if err != nil || !valid || id == 0 {
+		return 0, false
+	}
+	return id, true
+}
+
+// IsLeader reports whether this replica is the leader, as known locally.
+func (s *Store) IsLeader() bool {
+	id, ok := s.Leader()
+	return ok && id == s.nodeID
+}
+
+// NodeID is this replica's ID.
+func (s *Store) NodeID() uint64 { return s.nodeID }
+
+// Close stops the replica and the NodeHost. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.nh.Close()
+		s.log.Info("replica stopped")
+	})
+	return nil
+}

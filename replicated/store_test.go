@@ -1,0 +1,240 @@
+package replicated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+)
+
+// freeAddrs returns n distinct free 127.0.0.1 ports.
+func freeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	var ls []net.Listener
+	var addrs []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return addrs
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startCluster starts n voters (ids 1…n) concurrently on loopback and closes
+// them when the test ends.
+func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
+	t.Helper()
+	addrs := freeAddrs(t, n)
+	members := map[uint64]string{}
+	for i, a := range addrs {
+		members[uint64(i+1)] = a
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stores := make([]*Store, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := uint64(i + 1)
+			stores[i], errs[i] = Start(ctx, Config{
+				NodeID: id, RaftAddr: members[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
+				Members: members, Logger: quietLogger(),
+			})
+		}()
+	}
+	wg.Wait()
+	for _, s := range stores {
+		if s != nil {
+			t.Cleanup(func() { s.Close() })
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return stores, members
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+func leaderOf(t testing.TB, stores []*Store) *Store {
+	t.Helper()
+	var leader *Store
+	waitFor(t, 10*time.Second, "a leader", func() bool {
+		for _, s := range stores {
+			if s.IsLeader() {
+				leader = s
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+func mustPropose(t testing.TB, ctx context.Context, s *Store, c Command, want ResultCode) Result {
+	t.Helper()
+	r, err := s.Propose(ctx, c)
+	if err != nil {
+		t.Fatalf("propose %s on node %d: %v", c.Type, s.NodeID(), err)
+	}
+	if r.Code != want {
+		t.Fatalf("propose %s on node %d: %s (%s), want %s", c.Type, s.NodeID(), r.Code, r.Message, want)
+	}
+	return r
+}
+
+func TestDragonboatThreeReplicas(t *testing.T) {
+	stores, _ := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	for _, s := range stores {
+		mustPropose(t, ctx, s, reg(s.NodeID()), ResultOK)
+	}
+	leader := leaderOf(t, stores)
+	var follower *Store
+	for _, s := range stores {
+		if s != leader {
+			follower = s
+			break
+		}
+	}
+
+	// A plan proposed through a follower is committed and reads the same everywhere.
+	p := plan(0, "abc", asg("web", 1, "v1"), asg("db", 2, "v1"), asg("api", 3, "v1"))
+	rev := mustPropose(t, ctx, follower, p, ResultOK).Revision
+	var first *State
+	for _, s := range stores {
+		st, err := s.Read(ctx)
+		if err != nil {
+			t.Fatalf("read on node %d: %v", s.NodeID(), err)
+		}
+		if st.Revision == nil || st.Revision.ID != rev || len(st.Assignments) != 3 {
+			t.Fatalf("node %d reads revision %+v with %d assignments, want %d with 3", s.NodeID(), st.Revision, len(st.Assignments), rev)
+		}
+		if first == nil {
+			first = st
+		} else if !reflect.DeepEqual(first, st) {
+			t.Fatalf("node %d reads another state:\n%s\n%s", s.NodeID(), mustJSON(t, first), mustJSON(t, st))
+		}
+	}
+	for _, s := range stores {
+		waitFor(t, 10*time.Second, fmt.Sprintf("node %d's local replica to apply revision %d", s.NodeID(), rev), func() bool {
+			st, err := s.LocalRead()
+			return err == nil && st.Revision != nil && st.Revision.ID == rev && reflect.DeepEqual(st.Assignments, first.Assignments)
+		})
+	}
+
+	// An undecodable entry is rejected without halting the shard.
+	raw, err := leader.nh.SyncPropose(ctx, leader.nh.GetNoOPSession(ShardID), []byte("not a command"))
+	if err != nil || ResultCode(raw.Value) != ResultUndecodable {
+		t.Fatalf("raw garbage entry: value %d, %v; want undecodable", raw.Value, err)
+	}
+
+	// Stop the leader: the other two elect a new one and keep the plan.
+	oldLeader := leader.NodeID()
+	leader.Close()
+	var rest []*Store
+	for _, s := range stores {
+		if s != leader {
+			rest = append(rest, s)
+		}
+	}
+	waitFor(t, 15*time.Second, "a new leader among the remaining two", func() bool {
+		for _, s := range rest {
+			if id, ok := s.Leader(); ok && id != oldLeader && s.IsLeader() {
+				return true
+			}
+		}
+		return false
+	})
+	st, err := rest[0].Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Revision == nil || st.Revision.ID != rev || !reflect.DeepEqual(st.Assignments, first.Assignments) {
+		t.Fatalf("after the leader change: revision %+v, assignments %v", st.Revision, st.Assignments)
+	}
+
+	// The next plan with the right parent succeeds; a stale one is refused.
+	rev2 := mustPropose(t, ctx, rest[1], plan(rev, "def", asg("web", 1, "v2")), ResultOK).Revision
+	if rev2 <= rev {
+		t.Fatalf("new revision %d is not after %d", rev2, rev)
+	}
+	stale := mustPropose(t, ctx, rest[0], plan(rev, "ghi", asg("web", 2, "v3")), ResultStaleParent)
+	if stale.Revision != rev2 {
+		t.Fatalf("stale-parent result names revision %d, want %d", stale.Revision, rev2)
+	}
+	for _, s := range rest {
+		st, err := s.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Revision.ID != rev2 || st.Revision.Commit != "def" || st.Assignments["web"].OutPath != "/nix/store/web-v2" {
+			t.Fatalf("node %d: revision %+v assignments %v", s.NodeID(), st.Revision, st.Assignments)
+		}
+	}
+
+	// A non-voting replica added now catches up through the log or a snapshot.
+	addr := freeAddrs(t, 1)[0]
+	if err := rest[0].AddReplica(ctx, 4, addr, true); err != nil {
+		t.Fatal(err)
+	}
+	joined, err := Start(ctx, Config{NodeID: 4, RaftAddr: addr, DataDir: t.TempDir(), Join: true, NonVoting: true, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer joined.Close()
+	waitFor(t, 10*time.Second, "the joined replica to apply the latest revision", func() bool {
+		st, err := joined.LocalRead()
+		return err == nil && st.Revision != nil && st.Revision.ID == rev2
+	})
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for name, cfg := range map[string]Config{
+		"node id 0 is refused":                 {RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:1"}},
+		"an address without port is refused":   {NodeID: 1, RaftAddr: "127.0.0.1", DataDir: dir},
+		"an empty data dir is refused":         {NodeID: 1, RaftAddr: "127.0.0.1:1"},
+		"members without this node is refused": {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{2: "127.0.0.1:2"}},
+		"a member address mismatch is refused": {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:2"}},
+		"join with members is refused":         {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Join: true, Members: map[uint64]string{1: "127.0.0.1:1"}},
+		"an unknown log DB size is refused":    {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:1"}, LogDB: "huge"},
+	} {
+		if s, err := Start(ctx, cfg); err == nil {
+			s.Close()
+			t.Errorf("%s: Start succeeded", name)
+		}
+	}
+}

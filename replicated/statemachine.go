@@ -13,12 +13,23 @@ import (
 // Lookup and SaveSnapshot, so no lock is needed here.
 type stateMachine struct {
 	state *State // non-nil
+	// onApply, when non-nil, is told the index after each applied entry.
+	// It must not block; it lets local consumers (the
+	// node agent) react at once instead of polling. It has no effect on state.
+	onApply func(index uint64)
 }
 
 var _ sm.IStateMachine = (*stateMachine)(nil)
 
 func newStateMachine(shardID, replicaID uint64) sm.IStateMachine {
 	return &stateMachine{state: NewState()}
+}
+
+// stateMachineFactory returns a factory whose state machines call onApply.
+func stateMachineFactory(onApply func(uint64)) func(shardID, replicaID uint64) sm.IStateMachine {
+	return func(shardID, replicaID uint64) sm.IStateMachine {
+		return &stateMachine{state: NewState(), onApply: onApply}
+	}
 }
 
 // Update decodes and applies one entry. An entry that does not decode is a
@@ -33,6 +44,9 @@ func (m *stateMachine) Update(e sm.Entry) (sm.Result, error) {
 		r = m.state.reject(ResultUndecodable, err.Error())
 	} else {
 		r = m.state.Apply(e.Index, cmd)
+	}
+	if m.onApply != nil {
+		m.onApply(e.Index)
 	}
 	return encodeResult(r), nil
 }

@@ -65,6 +65,9 @@ type Config struct {
 	// SnapshotEntries is the number of applied entries between automatic
 	// snapshots (default 1000).
 	SnapshotEntries uint64
+	// OnApply, when non-nil, is called (without blocking) after every entry
+	// this replica applies, so local readers can react at once.
+	OnApply func(index uint64)
 	// Logger receives the store's own logs (default slog.Default()).
 	// Dragonboat's internal logger is set to WARNING.
 	Logger *slog.Logger
@@ -193,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 	for id, addr := range cfg.Members {
 		members[id] = addr
 	}
-	if err := nh.StartReplica(members, cfg.Join, newStateMachine, rc); err != nil {
+	if err := nh.StartReplica(members, cfg.Join, stateMachineFactory(cfg.OnApply), rc); err != nil {
 		nh.Close()
 		hint := ""
 		if errors.Is(err, dragonboat.ErrInvalidShardSettings) {

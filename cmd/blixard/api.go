@@ -8,13 +8,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"regexp"
 	"time"
 
 	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 // apiServer serves the HTTP JSON API of one node. Reads are linearizable
@@ -27,6 +30,7 @@ type apiServer struct {
 	eval          *nixeval.Evaluator
 	attr          string
 	webhookSecret string
+	stateDir      string // the agent's state dir, for console logs
 	log           *slog.Logger
 }
 
@@ -46,6 +50,7 @@ func (a *apiServer) routes() http.Handler {
 	mux.HandleFunc("GET /v1/diff", a.handleDiff)
 	mux.HandleFunc("POST /v1/plan", a.handlePlan)
 	mux.HandleFunc("POST /v1/sync", a.handleSync)
+	mux.HandleFunc("GET /v1/vms/{name}/logs", a.handleLogs)
 	if a.rec != nil {
 		mux.Handle("POST /v1/webhook", gitsync.WebhookHandler(a.webhookSecret, a.rec.Triggers(), a.log))
 	}
@@ -162,6 +167,87 @@ func (a *apiServer) handleSync(w http.ResponseWriter, _ *http.Request) {
 	}
 	a.rec.Trigger()
 	writeJSON(w, http.StatusAccepted, map[string]any{"triggered": true, "node": a.store.NodeID(), "leader": a.leader()})
+}
+
+// handleLogs streams a VM's console log. Any node answers: the node the VM is
+// assigned to (or last observed on) serves its file, others proxy to it.
+// ?follow=1 keeps streaming until the client goes away.
+func (a *apiServer) handleLogs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := spec.ValidName(name); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("VM name %q: %w", name, err))
+		return
+	}
+	follow := r.URL.Query().Get("follow") == "1"
+	local := r.URL.Query().Get("local") == "1"
+	if !local {
+		s, err := a.store.LocalRead()
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		node := uint64(0)
+		if as, ok := s.Assignments[name]; ok {
+			node = as.Node
+		} else if st, ok := s.Observed[name]; ok {
+			node = st.Node
+		}
+		if node == 0 {
+			writeError(w, http.StatusNotFound, fmt.Errorf("VM %q is neither assigned nor observed on any node (see `blixard status`)", name))
+			return
+		}
+		if node != a.store.NodeID() {
+			n, ok := s.Nodes[node]
+			if !ok || n.APIAddr == "" {
+				writeError(w, http.StatusBadGateway, fmt.Errorf("VM %q is on node %d, whose API address is unknown", name, node))
+				return
+			}
+			a.proxyLogs(w, r, n.APIAddr, name, follow)
+			return
+		}
+	}
+	path := nodeagent.LogPath(a.stateDir, name)
+	if _, err := os.Stat(path); err != nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no console log for VM %q on node %d: %w", name, a.store.NodeID(), err))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	if err := nodeagent.TailLog(r.Context(), path, follow, flushWriter{w}); err != nil {
+		a.log.Debug("log stream ended", "vm", name, "err", err)
+	}
+}
+
+func (a *apiServer) proxyLogs(w http.ResponseWriter, r *http.Request, apiAddr, name string, follow bool) {
+	q := "?local=1"
+	if follow {
+		q += "&follow=1"
+	}
+	req, err := http.NewRequestWithContext(r.Context(), "GET", "http://"+apiAddr+"/v1/vms/"+name+"/logs"+q, nil)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Errorf("reaching node at %s for the logs of %q: %w", apiAddr, name, err))
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(flushWriter{w}, resp.Body)
+}
+
+// flushWriter flushes after every write so followed logs arrive promptly.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return n, err
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

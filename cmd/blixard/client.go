@@ -53,11 +53,7 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("reading the answer of %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		var e apiError
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(data))
+		return apiErrorOf(resp.StatusCode, data)
 	}
 	if out == nil {
 		return nil
@@ -66,4 +62,17 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("decoding the answer of %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+func apiErrorOf(code int, data []byte) error {
+	var e apiError
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return fmt.Errorf("%s", e.Error)
+	}
+	return fmt.Errorf("HTTP %d: %s", code, bytes.TrimSpace(data))
+}
+
+func decodeAPIError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return apiErrorOf(resp.StatusCode, data)
 }

@@ -92,6 +92,7 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 		newStatusCommand(g),
 		newNodesCommand(g),
 		newHistoryCommand(g),
+		newLogsCommand(g),
 	)
 	return root
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 )
@@ -44,6 +45,21 @@ type serveOptions struct {
 	secretFile    string
 	configFile    string
 	checkConfig   bool
+	stateDir      string
+	backend       string
+	agent         bool
+	restartDelay  time.Duration
+	ceph          cephOptions
+}
+
+// cephOptions are accepted so that hosts can be configured ahead of Ceph
+// volume support (a later issue); until then they are only validated.
+type cephOptions struct {
+	pool, user, keyringFile, configFile string
+}
+
+func (c cephOptions) set() bool {
+	return c.pool != "" || c.user != "" || c.keyringFile != "" || c.configFile != ""
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -102,6 +118,14 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.labels, "labels", "", "node labels: k=v,… (matched by placement.labels)")
 	f.StringVar(&o.logDB, "raft-logdb", "tiny", "Raft log DB memory budget: tiny, small, medium, large")
 	f.StringVar(&o.webhookSecret, "webhook-secret", os.Getenv("BLIXARD_WEBHOOK_SECRET"), "HMAC secret for POST /v1/webhook (env BLIXARD_WEBHOOK_SECRET)")
+	f.StringVar(&o.stateDir, "state-dir", nodeagent.DefaultStateDir, "per-VM state directories (microvm.nix layout: NAME/current, NAME/booted)")
+	f.StringVar(&o.backend, "backend", "process", "how VMs run: process (the agent supervises microvm-run) or systemd (microvm@NAME units)")
+	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
+	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
+	f.StringVar(&o.ceph.pool, "ceph-pool", "", "default RBD pool for VM volumes (Ceph volume support is not built yet)")
+	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user name, without the client. prefix")
+	f.StringVar(&o.ceph.keyringFile, "ceph-keyring-file", "", "Ceph keyring of --ceph-user")
+	f.StringVar(&o.ceph.configFile, "ceph-config-file", "", "ceph.conf naming the monitors")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
@@ -174,6 +198,9 @@ func (o *serveOptions) validate() (map[uint64]string, map[string]string, error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	if o.backend != "process" && o.backend != "systemd" {
+		return nil, nil, fmt.Errorf("--backend %q: want process or systemd", o.backend)
+	}
 	if o.poll <= 0 || o.heartbeat <= 0 {
 		return nil, nil, errors.New("--poll and --heartbeat must be positive")
 	}
@@ -184,6 +211,9 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	members, labels, err := o.validate()
 	if err != nil {
 		return err
+	}
+	if o.agent && o.backend == "systemd" {
+		return errors.New("--backend systemd is not available in this build yet; use --backend process")
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("creating --data-dir: %w", err)
@@ -196,9 +226,18 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	defer ln.Close()
 
 	log = log.With("node", o.nodeID)
+	// applied wakes the agent when this replica applies an entry, so a new
+	// plan is acted on at once rather than at the next resync.
+	applied := make(chan struct{}, 1)
 	store, err := replicated.Start(ctx, replicated.Config{
 		NodeID: o.nodeID, RaftAddr: o.raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
 		Members: members, Join: o.join, LogDB: o.logDB, Logger: log,
+		OnApply: func(uint64) {
+			select {
+			case applied <- struct{}{}:
+			default:
+			}
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("starting the Raft replica: %w", err)
@@ -225,7 +264,8 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
 
-	api := &apiServer{store: store, rec: rec, mirror: mirror, eval: evaluator, attr: o.attr, log: log, webhookSecret: o.webhookSecret}
+	api := &apiServer{store: store, rec: rec, mirror: mirror, eval: evaluator, attr: o.attr, log: log,
+		webhookSecret: o.webhookSecret, stateDir: o.stateDir}
 	srv := &http.Server{Handler: api.routes(), ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(1)
 	go func() {
@@ -251,14 +291,47 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	if err := proposeOK(ctx, store, reg); err != nil {
 		return fmt.Errorf("registering node %d: %w", o.nodeID, err)
 	}
+	if o.ceph.set() {
+		log.Warn("Ceph settings given, but this build does not attach RBD volumes yet: VM volumes are not provided")
+	}
+	notifyReady(ctx, &wg, log, fmt.Sprintf("node %d serving API on %s", o.nodeID, ln.Addr()))
 	log.Info("node registered", "raft", o.raftAddr, "api", ln.Addr().String(),
 		"vcpu", o.capacityVCPU, "memMiB", o.capacityMem, "labels", o.labels)
 
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		heartbeatLoop(ctx, store, o.nodeID, o.heartbeat, log)
-	}()
+	if o.agent {
+		backend := nodeagent.NewProcessBackend(nodeagent.ProcessOptions{
+			StateDir: o.stateDir, RestartBackoff: o.restartDelay, Logger: log.With("component", "backend"),
+		})
+		agent := nodeagent.New(nodeagent.Options{
+			NodeID: o.nodeID, StateDir: o.stateDir, State: store, Proposer: store, Backend: backend,
+			Builder: flakeBuilder(ctx, mirror, o.attr), Heartbeat: o.heartbeat, Logger: log.With("component", "agent"),
+		})
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if err := agent.Start(ctx); err != nil {
+				log.Error("node agent stopped", "err", err)
+				cancel()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-applied:
+					agent.Notify()
+				}
+			}
+		}()
+	} else {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			heartbeatLoop(ctx, store, o.nodeID, o.heartbeat, log)
+		}()
+	}
 	if rec != nil {
 		wg.Add(1)
 		go func() {
@@ -351,6 +424,23 @@ func (f flakeEvaluator) Evaluate(ctx context.Context, commit string) (reconciler
 		return reconciler.Evaluation{}, err
 	}
 	return reconciler.Evaluation{Spec: res.Spec, Hash: res.Hash}, nil
+}
+
+// flakeBuilder builds runners from the cluster repository at a commit, for
+// nodes that did not evaluate that commit themselves (only the leader does).
+func flakeBuilder(ctx context.Context, mirror *gitsync.Mirror, attr string) nodeagent.Builder {
+	if mirror == nil {
+		return nil
+	}
+	return nodeagent.FlakeBuilder{Attr: attr, FlakeURL: func(commit string) (string, error) {
+		// Followers do not poll; bring the mirror up to the commit first.
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if _, err := mirror.Fetch(fctx); err != nil {
+			return "", fmt.Errorf("fetching the cluster repository for commit %s: %w", commit, err)
+		}
+		return mirror.FlakeURL(commit), nil
+	}}
 }
 
 func sortedNodeIDs[V any](m map[uint64]V) []uint64 {

@@ -121,6 +121,7 @@ func (r *repo) push(flake, msg string) string {
 
 // node is one `blixard serve` process.
 type node struct {
+	args    []string // serve arguments, for restarts
 	id      uint64
 	api     string
 	raft    string
@@ -140,7 +141,7 @@ type nodeSpec struct {
 	labels    string
 }
 
-func startCluster(t *testing.T, repoURL string, specs []nodeSpec) *cluster {
+func startCluster(t *testing.T, repoURL string, specs []nodeSpec, extra ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t}
 	var members []string
@@ -155,10 +156,12 @@ func startCluster(t *testing.T, repoURL string, specs []nodeSpec) *cluster {
 			"--raft-addr", n.raft, "--api-addr", n.api, "--members", strings.Join(members, ","),
 			"--repo", repoURL, "--ref", "main", "--poll", "300ms", "--heartbeat", "500ms",
 			"--capacity-vcpu", fmt.Sprint(specs[i].vcpu), "--capacity-mem-mib", fmt.Sprint(specs[i].mem),
-			"--log-level", "debug"}
+			"--state-dir", n.stateDir(), "--log-level", "debug"}
 		if specs[i].labels != "" {
 			args = append(args, "--labels", specs[i].labels)
 		}
+		args = append(args, extra...)
+		n.args = args
 		c.start(n, args)
 	}
 	t.Cleanup(c.stopAll)
@@ -180,6 +183,9 @@ func (c *cluster) start(n *node, args []string) {
 	go func() { n.done <- n.cmd.Wait(); logf.Close() }()
 }
 
+// restart starts the node again with its original arguments.
+func (c *cluster) restart(n *node) { c.start(n, n.args) }
+
 // stop sends SIGTERM and waits; SIGKILL after a grace period.
 func (n *node) stop() error {
 	if n.cmd == nil || n.cmd.Process == nil {
@@ -198,11 +204,47 @@ func (n *node) stop() error {
 	}
 }
 
+func (n *node) stateDir() string { return filepath.Join(n.dataDir, "vms") }
+
+// kill9 kills the node's blixard process (not its VMs, which run in their
+// own sessions) and waits for it.
+func (n *node) kill9() {
+	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.done
+	n.cmd = nil
+}
+
+// runnerPID returns the PID the agent recorded for a VM on this node, or 0.
+func (n *node) runnerPID(vm string) int {
+	b, err := os.ReadFile(filepath.Join(n.stateDir(), vm, "pid"))
+	if err != nil {
+		return 0
+	}
+	var pid int
+	fmt.Sscan(string(b), &pid)
+	if pid > 0 && syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+// killRunners ends every VM process the agents recorded: stopping a node
+// leaves its VMs running by design.
+func (n *node) killRunners() {
+	entries, _ := os.ReadDir(n.stateDir())
+	for _, e := range entries {
+		if pid := n.runnerPID(e.Name()); pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 func (c *cluster) stopAll() {
 	for _, n := range c.nodes {
 		if err := n.stop(); err != nil {
 			c.t.Errorf("node %d: %v", n.id, err)
 		}
+		n.killRunners()
 		if c.t.Failed() {
 			if b, err := os.ReadFile(n.logPath); err == nil {
 				c.t.Logf("--- log of node %d (last 6000 bytes):\n%s", n.id, tail(b, 6000))

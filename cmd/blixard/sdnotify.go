@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+// notifyReady tells systemd (Type=notify) that the node is up, and keeps its
+// watchdog fed when WatchdogSec is set. Outside systemd both are no-ops.
+func notifyReady(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, status string) {
+	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+status); err != nil {
+		log.Warn("sd_notify READY failed", "err", err)
+	} else if sent {
+		log.Debug("told systemd we are ready")
+	}
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+				return
+			case <-t.C:
+				_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			}
+		}
+	}()
+}

@@ -1,0 +1,97 @@
+package nixeval
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/blixard/blixard/spec"
+)
+
+// ErrorKind classifies an evaluation failure.
+type ErrorKind string
+
+const (
+	// EvalFailed: nix reported an error (syntax error, throw, infinite
+	// recursion, missing attribute, git fetch failure, …). Fix the flake.
+	EvalFailed ErrorKind = "EvalFailed"
+	// InvalidSpec: nix evaluated, but the value does not follow schema v1;
+	// Error.Err is the *spec.Error listing every problem with its path.
+	InvalidSpec ErrorKind = "InvalidSpec"
+	// Timeout: nix did not finish within Options.Timeout (or the caller's
+	// deadline); nix and everything it started were killed. Transient: never
+	// cached.
+	Timeout ErrorKind = "Timeout"
+	// Canceled: the caller's context was canceled. Transient: never cached.
+	Canceled ErrorKind = "Canceled"
+	// OutputTooLarge: nix printed more than Options.MaxOutput bytes of JSON.
+	OutputTooLarge ErrorKind = "OutputTooLarge"
+	// NixNotFound: the nix binary could not be run. Transient: never cached.
+	NixNotFound ErrorKind = "NixNotFound"
+)
+
+// Error is an evaluation failure, as a value.
+type Error struct {
+	Kind     ErrorKind
+	FlakeRef string
+	Attr     string
+	// Message is what a user reads: nix's own error (with file:line and the
+	// code excerpt, minus warnings, colours and the --show-trace hint), or
+	// the schema problems one per line, or what was exceeded.
+	Message string
+	// Err is the underlying error, if any: a *spec.Error for InvalidSpec,
+	// context.Canceled or context.DeadlineExceeded, an *exec.ExitError, ….
+	Err error
+
+	retry bool // failed for a reason outside the flake (nix killed by a signal): do not cache
+}
+
+func (e *Error) Error() string {
+	target := e.FlakeRef + "#" + e.Attr
+	switch e.Kind {
+	case InvalidSpec:
+		return fmt.Sprintf("%s is not a valid blixard cluster (schema v%d); fix these attributes in the flake:\n%s", target, spec.SchemaVersion, e.Message)
+	case EvalFailed:
+		return fmt.Sprintf("nix eval %s failed:\n%s", target, e.Message)
+	default:
+		return fmt.Sprintf("nix eval %s: %s", target, e.Message)
+	}
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// transient reports whether the same evaluation may succeed if run again,
+// so its result must not be cached.
+func (e *Error) transient() bool {
+	if e.retry {
+		return true
+	}
+	switch e.Kind {
+	case Timeout, Canceled, NixNotFound:
+		return true
+	}
+	return false
+}
+
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)`)
+
+// cleanMessage turns nix's stderr into the message a user needs: colour
+// codes, warnings (e.g. "warning: Git tree '…' is dirty") and the
+// --show-trace hint removed; errors, their file:line and code excerpts, and
+// any preceding git/trace output kept.
+func cleanMessage(stderr string) string {
+	stderr = ansiRE.ReplaceAllString(stderr, "")
+	stderr = strings.ReplaceAll(stderr, "\r\n", "\n")
+	var keep []string
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimRight(line, " \t\r")
+		switch {
+		case strings.HasPrefix(line, "warning: "):
+			continue
+		case strings.TrimSpace(line) == "(use '--show-trace' to show detailed location information)":
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Trim(strings.Join(keep, "\n"), "\n")
+}

@@ -1,0 +1,5 @@
+{
+  outputs = { self }: {
+    blixard = { cluster = "test" };
+  };
+}

@@ -1,0 +1,71 @@
+package nodeagent
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestTailLogFollowsAppendsAndTruncation(t *testing.T) {
+	path := LogPath(t.TempDir(), "vm")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("one\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var plain bytes.Buffer
+	if err := TailLog(t.Context(), path, false, &plain); err != nil || plain.String() != "one\n" {
+		t.Fatalf("TailLog = %q, %v; want %q", plain.String(), err, "one\n")
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	var w syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- TailLog(ctx, path, true, &w) }()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("two\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	waitFor(t, "appended line", func() (bool, string) { return w.String() == "one\ntwo\n", w.String() })
+	if err := os.WriteFile(path, []byte("three\n"), 0o644); err != nil { // truncate and rewrite
+		t.Fatal(err)
+	}
+	waitFor(t, "line after truncation", func() (bool, string) { return strings.HasSuffix(w.String(), "three\n"), w.String() })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("TailLog after cancel: %v", err)
+	}
+}
+
+func TestTailLogMissingFileSaysWhy(t *testing.T) {
+	err := TailLog(t.Context(), LogPath(t.TempDir(), "nope"), false, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "has not started on this node") {
+		t.Errorf("err = %v", err)
+	}
+}

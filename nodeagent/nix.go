@@ -1,0 +1,244 @@
+package nodeagent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Builder realises a runner that is neither in the store nor buildable
+// from a local .drv: it builds VM declared (its name in the flake) of the
+// revision at commit and returns the realised out path. The agent compares
+// that path with the plan's.
+type Builder interface {
+	Build(ctx context.Context, commit, declared string) (outPath string, err error)
+}
+
+// FlakeBuilder builds `FLAKEURL#ATTR.vms.DECLARED.runner` with
+// `nix build --json --no-link`.
+type FlakeBuilder struct {
+	// FlakeURL returns the flake reference of the cluster flake at commit
+	// (for example a `git+file://…?rev=COMMIT` or `path:` reference).
+	FlakeURL func(commit string) (string, error)
+	// Attr is the flake output holding the cluster (default "blixard").
+	Attr string
+	// Nix is the nix binary (default "nix").
+	Nix string
+}
+
+// Build implements [Builder].
+func (fb FlakeBuilder) Build(ctx context.Context, commit, declared string) (string, error) {
+	if fb.FlakeURL == nil {
+		return "", errors.New("nodeagent: FlakeBuilder has no FlakeURL")
+	}
+	url, err := fb.FlakeURL(commit)
+	if err != nil {
+		return "", fmt.Errorf("flake of commit %s: %w", commit, err)
+	}
+	attr := fb.Attr
+	if attr == "" {
+		attr = "blixard"
+	}
+	installable := fmt.Sprintf("%s#%s.vms.%s.runner", url, attr, declared)
+	stdout, err := runNix(ctx, nixBin(fb.Nix), "build", "--json", "--no-link", installable)
+	if err != nil {
+		return "", fmt.Errorf("nix build %s: %w", installable, err)
+	}
+	var res []struct {
+		Outputs map[string]string `json:"outputs"`
+	}
+	if err := json.Unmarshal(stdout, &res); err != nil || len(res) != 1 || res[0].Outputs["out"] == "" {
+		return "", fmt.Errorf("nix build %s: unexpected output %q", installable, truncate(string(stdout), 300))
+	}
+	return res[0].Outputs["out"], nil
+}
+
+func nixBin(nix string) string {
+	if nix == "" {
+		return "nix"
+	}
+	return nix
+}
+
+// nixStoreBin is nix-store next to nix (or on PATH when nix is a bare name).
+func nixStoreBin(nix string) string {
+	if strings.ContainsRune(nix, '/') {
+		return filepath.Join(filepath.Dir(nix), "nix-store")
+	}
+	return "nix-store"
+}
+
+// nixConfig is appended to the caller's NIX_CONFIG: flakes on, no sandbox
+// (unavailable on the hosts we test), no default substituters (builds would
+// otherwise wait on an unreachable cache).
+const nixConfig = "experimental-features = nix-command flakes\nsandbox = false\nsubstituters ="
+
+// runNix runs a nix program and returns its stdout; a failure carries the
+// tail of its stderr (the build log's last lines).
+func runNix(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	env := os.Environ()
+	cfg := nixConfig
+	if v := os.Getenv("NIX_CONFIG"); v != "" {
+		cfg = v + "\n" + nixConfig
+	}
+	cmd.Env = append(env, "NIX_CONFIG="+cfg)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		msg := tailLines(stderr.String(), 15)
+		if msg == "" {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s", err, msg)
+	}
+	return stdout.Bytes(), nil
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return truncate(strings.Join(lines, "\n"), 4000)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// realiser makes a runner's out path valid and roots it.
+type realiser struct {
+	nix     string
+	builder Builder
+	// builds deduplicates concurrent builds of one thing (replicas share
+	// their runner): nix would make the second wait on the first's lock,
+	// polling only every 5 seconds.
+	builds *flight
+}
+
+// flight runs one function per key at a time; concurrent callers with the
+// same key share its result.
+type flight struct {
+	mu    sync.Mutex
+	calls map[string]*flightCall // guarded by mu
+}
+
+type flightCall struct {
+	done chan struct{}
+	out  string
+	err  error
+}
+
+func (f *flight) do(ctx context.Context, key string, fn func() (string, error)) (string, error) {
+	f.mu.Lock()
+	if c, ok := f.calls[key]; ok {
+		f.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.out, c.err
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	c := &flightCall{done: make(chan struct{})}
+	f.calls[key] = c
+	f.mu.Unlock()
+	c.out, c.err = fn()
+	f.mu.Lock()
+	delete(f.calls, key)
+	f.mu.Unlock()
+	close(c.done)
+	return c.out, c.err
+}
+
+// addRoot makes out valid (already valid, or from the substituters) and
+// roots it at root as an indirect GC root (root → out, registered under
+// /nix/var/nix/gcroots/auto). It fails when out is not valid and cannot be
+// substituted.
+func (r realiser) addRoot(ctx context.Context, root, out string) error {
+	_, err := runNix(ctx, nixStoreBin(r.nix), "--add-root", root, "--indirect", "--realise", out)
+	return err
+}
+
+// realise is step 1 for one VM: out valid and rooted at root. building is
+// called before anything is built. It tries, in order: out already valid or
+// substitutable; the .drv when it exists locally; the Builder.
+func (r realiser) realise(ctx context.Context, root, drv, out, commit, declared string, building func(how string)) error {
+	if err := r.addRoot(ctx, root, out); err == nil {
+		return nil
+	} else if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var got string
+	switch {
+	case drv != "" && fileExists(drv):
+		building("from " + drv)
+		var err error
+		got, err = r.builds.do(ctx, "drv "+drv, func() (string, error) {
+			stdout, err := runNix(ctx, nixStoreBin(r.nix), "--realise", drv)
+			if err != nil {
+				return "", fmt.Errorf("build %s: %w", drv, err)
+			}
+			outs := strings.Fields(string(stdout))
+			if len(outs) == 0 {
+				return "", fmt.Errorf("build %s: nix-store printed no out path", drv)
+			}
+			for _, o := range outs {
+				if o == out {
+					return o, nil
+				}
+			}
+			return outs[0], nil
+		})
+		if err != nil {
+			return err
+		}
+	case r.builder != nil:
+		building(fmt.Sprintf("from the flake at commit %s", shortCommit(commit)))
+		var err error
+		got, err = r.builds.do(ctx, "flake "+commit+" "+declared, func() (string, error) {
+			return r.builder.Build(ctx, commit, declared)
+		})
+		if err != nil {
+			return fmt.Errorf("build runner of %s at commit %s: %w", declared, shortCommit(commit), err)
+		}
+	default:
+		return fmt.Errorf("runner %s is not in the store, its derivation %s is not here, and this agent has no builder", out, drv)
+	}
+	if got != out {
+		return fmt.Errorf("runner built as %s but the plan wants %s: the build is not reproducible or the plan is from another evaluation; check the flake at commit %s", got, out, shortCommit(commit))
+	}
+	if err := r.addRoot(ctx, root, out); err != nil {
+		return fmt.Errorf("GC root for %s: %w", out, err)
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func shortCommit(c string) string {
+	if len(c) > 12 {
+		return c[:12]
+	}
+	if c == "" {
+		return "(unknown)"
+	}
+	return c
+}

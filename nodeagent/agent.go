@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -649,23 +648,14 @@ func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 	}
 }
 
-// declaredNames maps instance names to declared names: NAME when replicas
-// ≤ 1, else NAME-0 … NAME-(replicas-1).
-//
-// TODO: use spec.Cluster.Instances once package spec provides it (same rule).
+// declaredNames maps instance names to declared names (replica expansion).
 func declaredNames(c *spec.Cluster) map[string]string {
 	m := map[string]string{}
 	if c == nil {
 		return m
 	}
-	for name, vm := range c.VMs {
-		if vm.Replicas <= 1 {
-			m[name] = name
-			continue
-		}
-		for i := range vm.Replicas {
-			m[name+"-"+strconv.Itoa(i)] = name
-		}
+	for _, in := range c.Instances() {
+		m[in.Name] = in.Declared
 	}
 	return m
 }

@@ -75,10 +75,10 @@ func nixStoreBin(nix string) string {
 	return "nix-store"
 }
 
-// nixConfig is appended to the caller's NIX_CONFIG: flakes on, no sandbox
-// (unavailable on the hosts we test), no default substituters (builds would
-// otherwise wait on an unreachable cache).
-const nixConfig = "experimental-features = nix-command flakes\nsandbox = false\nsubstituters ="
+// nixConfig is appended to the caller's NIX_CONFIG: flakes on. Sandbox and
+// substituters stay the host's choice (nix.conf): realising from a binary
+// cache is the agent's second step, so it must not be switched off here.
+const nixConfig = "extra-experimental-features = nix-command flakes"
 
 // runNix runs a nix program and returns its stdout; a failure carries the
 // tail of its stderr (the build log's last lines).

@@ -14,7 +14,7 @@ func benchInput(b *testing.B) Input {
 	nodes := randomNodes(r, cfg)
 	c := randomCluster(r, cfg, maxNodeID(nodes))
 	// Top up to exactly 10000 instances with unconstrained VMs.
-	n := len(instancesOf(c))
+	n := len(c.Instances())
 	if n > 10000 {
 		b.Fatalf("generator made %d instances, want at most 10000", n)
 	}

@@ -87,11 +87,9 @@ func newScheduler(in Input) *scheduler {
 
 	var specs []spec.Instance
 	if in.Desired != nil {
-		specs = instancesOf(in.Desired)
+		specs = in.Desired.Instances()
 	}
-	if !slices.IsSortedFunc(specs, byInstanceName) {
-		slices.SortStableFunc(specs, byInstanceName) // Instances sorts already; everything below relies on it
-	}
+	// Instances returns them sorted by name; everything below relies on it.
 	// Declared VMs, by name.
 	declIdx := make(map[string]int32, len(specs))
 	for i := range specs {
@@ -561,40 +559,3 @@ func plural(n int, one, many string) string {
 
 func hasBit(set []uint64, n int32) bool { return set[n>>6]&(1<<(uint(n)&63)) != 0 }
 func setBit(set []uint64, n int32)      { set[n>>6] |= 1 << (uint(n) & 63) }
-
-// instancesOf expands c's VMs into instances sorted by name: NAME when
-// replicas ≤ 1, else NAME-0 … NAME-(replicas-1).
-//
-// TODO: call c.Instances() once package spec provides it (same rule).
-func instancesOf(c *spec.Cluster) []spec.Instance {
-	names := make([]string, 0, len(c.VMs))
-	n := 0
-	for name, vm := range c.VMs {
-		names = append(names, name)
-		n += max(vm.Replicas, 1)
-	}
-	slices.Sort(names)
-	out := make([]spec.Instance, 0, n)
-	for _, name := range names {
-		vm := c.VMs[name]
-		if vm.Replicas <= 1 {
-			out = append(out, spec.Instance{Name: name, Declared: name, VM: vm})
-			continue
-		}
-		first := len(out)
-		for i := range vm.Replicas {
-			out = append(out, spec.Instance{Name: name + "-" + strconv.Itoa(i), Declared: name, VM: vm})
-		}
-		if vm.Replicas > 10 { // name-10 sorts before name-2
-			slices.SortFunc(out[first:], byInstanceName)
-		}
-	}
-	// Expanded names of different VMs can still interleave ("a-1" < "a-1b"
-	// < "a-2"), but rarely: checking is cheap, sorting large values is not.
-	if !slices.IsSortedFunc(out, byInstanceName) {
-		slices.SortStableFunc(out, byInstanceName)
-	}
-	return out
-}
-
-func byInstanceName(a, b spec.Instance) int { return strings.Compare(a.Name, b.Name) }

@@ -92,7 +92,7 @@ func randomCluster(r *rand.Rand, cfg genConfig, maxID uint64) *spec.Cluster {
 // undeclared VMs to random (possibly unknown) nodes, possibly over capacity.
 func randomCurrent(r *rand.Rand, c *spec.Cluster, maxID uint64) map[string]replicated.Assignment {
 	cur := map[string]replicated.Assignment{}
-	for _, it := range instancesOf(c) {
+	for _, it := range c.Instances() {
 		if r.IntN(2) == 0 {
 			continue
 		}
@@ -197,7 +197,7 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 	}
 	var insts []spec.Instance
 	if in.Desired != nil {
-		insts = instancesOf(in.Desired)
+		insts = in.Desired.Instances()
 	}
 	desired := map[string]spec.Instance{}
 	for _, it := range insts {
@@ -458,7 +458,7 @@ func TestInstancesOfExpandsReplicasSortedByName(t *testing.T) {
 		"c":    withReplicas(mkVM("c", 1, 512), 2),
 	})
 	var got []string
-	for _, it := range instancesOf(c) {
+	for _, it := range c.Instances() {
 		got = append(got, it.Name+"<"+it.Declared)
 	}
 	want := []string{"a-0<a", "a-1<a", "a-10<a", "a-11<a", "a-1b<a-1b", "a-2<a", "a-3<a", "a-4<a", "a-5<a",

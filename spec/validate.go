@@ -3,7 +3,7 @@ package spec
 import (
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -206,21 +206,37 @@ func instanceName(name string, i int) string {
 // > 1 gives NAME-0 … NAME-(n-1). Instances share the VM's maps and slices:
 // treat them as read-only. Call it on a validated cluster.
 func (c *Cluster) Instances() []Instance {
-	var out []Instance
+	// Sorting the declared names first and expanding in order avoids
+	// sorting large Instance values (10,000 of them cost ~10 ms).
+	names := make([]string, 0, len(c.VMs))
+	n := 0
 	for name, vm := range c.VMs {
+		names = append(names, name)
+		n += max(vm.Replicas, 1)
+	}
+	slices.Sort(names)
+	out := make([]Instance, 0, n)
+	for _, name := range names {
+		vm := c.VMs[name]
 		if vm.Replicas <= 1 {
 			out = append(out, Instance{Name: name, Declared: name, VM: vm})
 			continue
 		}
+		first := len(out)
 		for i := range vm.Replicas {
 			out = append(out, Instance{Name: instanceName(name, i), Declared: name, VM: vm})
 		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Name != out[j].Name {
-			return out[i].Name < out[j].Name
+		if vm.Replicas > 10 { // name-10 sorts before name-2
+			slices.SortStableFunc(out[first:], byInstanceName)
 		}
-		return out[i].Declared < out[j].Declared // only for invalid, colliding clusters
-	})
+	}
+	// Expanded names of different VMs can interleave ("a-1" < "a-1b" <
+	// "a-2"), rarely: checking is cheap. The stable sort keeps colliding
+	// names (invalid clusters) in declared-name order.
+	if !slices.IsSortedFunc(out, byInstanceName) {
+		slices.SortStableFunc(out, byInstanceName)
+	}
 	return out
 }
+
+func byInstanceName(a, b Instance) int { return strings.Compare(a.Name, b.Name) }

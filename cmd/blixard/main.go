@@ -87,6 +87,7 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(
 		newServeCommand(g),
+		newDevCommand(g),
 		newPlanCommand(g),
 		newDiffCommand(g),
 		newStatusCommand(g),

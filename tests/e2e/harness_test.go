@@ -122,6 +122,7 @@ func (r *repo) push(flake, msg string) string {
 // node is one `blixard serve` process.
 type node struct {
 	args    []string // serve arguments, for restarts
+	env     []string // extra environment
 	id      uint64
 	api     string
 	raft    string
@@ -175,6 +176,7 @@ func (c *cluster) start(n *node, args []string) {
 	}
 	n.cmd = exec.Command(blixardBin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
+	n.cmd.Env = append(os.Environ(), n.env...)
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := n.cmd.Start(); err != nil {
 		c.t.Fatal(err)

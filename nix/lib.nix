@@ -1,0 +1,295 @@
+# Blixard's Nix library: the `lib` output of Blixard's flake.
+#
+# Builtins only, no inputs (no nixpkgs): a cluster flake, and offline tests,
+# can use it as `import ./nix/lib.nix` without fetching anything.
+#
+#   mkCluster { cluster; vms; functions ? { }; }
+#       The value of a cluster flake's `blixard` output: schema v1, exactly
+#       the attributes the daemon reads, runners as derivations. Each VM (and
+#       function) entry is either a schema-v1 attrset, checked and passed
+#       through, or `{ nixosConfiguration = …; replicas; placement; volumes;
+#       autostart; }`, from which runner, vcpu and memMiB are read
+#       (config.microvm.{declaredRunner,vcpu,mem}). Wrong input throws a
+#       message naming the VM and the attribute.
+#
+#   volumeModule { name; volumes; }
+#       A NixOS module for a microvm.nix guest: one `microvm.volumes` entry
+#       per Blixard volume, at the stable attach path (volumePath) with
+#       autoCreate = false (the node agent creates and maps the RBD image;
+#       microvm.nix must not create a file there). mkCluster cannot change an
+#       already evaluated nixosConfiguration, so add this module to the VM's
+#       `modules` and give mkCluster the same `volumes`; mkCluster checks that
+#       the configuration carries the expected paths.
+#
+#   volumePath name vol    "/var/lib/microvms/NAME/volumes/VOL"
+#   isValidName s          whether s matches ^[a-z][a-z0-9-]{0,62}$
+#   schemaVersion          1
+let
+  schemaVersion = 1;
+
+  # The daemon's name rule: names become systemd unit names, directory names
+  # and RBD image names.
+  namePattern = "[a-z][a-z0-9-]{0,62}";
+  isValidName = s: builtins.isString s && builtins.match namePattern s != null;
+
+  # microvm.nix's state directory (microvm.host's stateDir default); the node
+  # agent attaches VOL of VM NAME here.
+  stateDir = "/var/lib/microvms";
+  volumePath = name: vol: "${stateDir}/${name}/volumes/${vol}";
+
+  defaultPool = "rbd";
+
+  fail = where: msg: throw "blixard.lib.mkCluster: ${where}: ${msg}";
+
+  isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
+
+  describe = v:
+    if isDerivation v then "a derivation"
+    else if builtins.isString v then "the string \"${v}\""
+    else if builtins.isInt v || builtins.isFloat v then "the number ${toString v}"
+    else if builtins.isBool v then (if v then "true" else "false")
+    else if v == null then "null"
+    else builtins.typeOf v;
+
+  quoted = names: builtins.concatStringsSep ", " names;
+
+  # Throws when attrs has a key outside allowed; otherwise returns attrs.
+  onlyKeys = where: allowed: hint: attrs:
+    let
+      unknown = builtins.filter (k: !(builtins.elem k allowed)) (builtins.attrNames attrs);
+    in
+    if unknown == [ ] then attrs
+    else fail where "unknown attribute${if builtins.length unknown > 1 then "s" else ""} ${quoted unknown}; allowed: ${quoted allowed}${hint}";
+
+  requireAttrs = where: v:
+    if builtins.isAttrs v && !(isDerivation v) then v
+    else fail where "want an attribute set, got ${describe v}";
+
+  positiveInt = where: v:
+    if builtins.isInt v && v > 0 then v
+    else fail where "want a positive integer, got ${describe v}";
+
+  nonNegativeInt = where: v:
+    if builtins.isInt v && v >= 0 then v
+    else fail where "want an integer >= 0, got ${describe v}";
+
+  bool = where: v:
+    if builtins.isBool v then v
+    else fail where "want true or false, got ${describe v}";
+
+  string = where: v:
+    if builtins.isString v then v
+    else fail where "want a string, got ${describe v}";
+
+  runnerOf = where: v:
+    if isDerivation v then v
+    else fail where "want a derivation (microvm.nix: config.microvm.declaredRunner, or any derivation with bin/microvm-run), got ${describe v}";
+
+  checkName = what: name:
+    if isValidName name then name
+    else throw "blixard.lib.mkCluster: ${what} name \"${name}\" is invalid: names must match ^${namePattern}$ (they become systemd unit, directory and RBD image names)";
+
+  listOf = where: check: v:
+    if builtins.isList v
+    then builtins.genList (i: check "${where}[${toString i}]" (builtins.elemAt v i)) (builtins.length v)
+    else fail where "want a list, got ${describe v}";
+
+  mapAttrsChecked = where: check: v:
+    builtins.mapAttrs (k: x: check "${where}.${k}" x) (requireAttrs where v);
+
+  # placement = { nodes = [ ID ]; labels = { K = "V"; }; antiAffinity = [ NAME ]; }
+  checkPlacement = where: p:
+    let
+      p' = onlyKeys where [ "nodes" "labels" "antiAffinity" ] "" (requireAttrs where p);
+    in
+    builtins.mapAttrs
+      (k: v:
+        if k == "nodes" then listOf "${where}.nodes" positiveInt v
+        else if k == "labels" then mapAttrsChecked "${where}.labels" string v
+        else listOf "${where}.antiAffinity" (w: n: if isValidName n then n else fail w "want a VM name matching ^${namePattern}$, got ${describe n}") v)
+      p';
+
+  # Attributes a Blixard volume may carry in a nixosConfiguration entry that
+  # only matter inside the guest (volumeModule reads them); mkCluster drops
+  # them from its output.
+  guestVolumeKeys = [ "mountPoint" "fsType" "label" "serial" "readOnly" "autoFormat" ];
+
+  # volumes.VOL = { sizeMiB; pool ? "rbd"; }
+  checkVolume = extraKeys: where: vol:
+    let
+      v = onlyKeys where ([ "sizeMiB" "pool" ] ++ extraKeys)
+        (if extraKeys == [ ] then "" else " (the guest-side ones are read by volumeModule)")
+        (requireAttrs where vol);
+    in
+    {
+      sizeMiB = if v ? sizeMiB then positiveInt "${where}.sizeMiB" v.sizeMiB else fail where "sizeMiB is missing";
+      pool = if v ? pool then string "${where}.pool" v.pool else defaultPool;
+    };
+
+  checkVolumes = extraKeys: where: vols:
+    builtins.mapAttrs
+      (vol: v: builtins.seq (checkName "volume" vol) (checkVolume extraKeys "${where}.${vol}" v))
+      (requireAttrs where vols);
+
+  vmKeys = [ "runner" "vcpu" "memMiB" "replicas" "placement" "volumes" "autostart" ];
+  configVMKeys = [ "nixosConfiguration" "replicas" "placement" "volumes" "autostart" ];
+
+  # The attributes both kinds of VM entry share, with the defaults the daemon
+  # applies anyway written out: replicas = 1, autostart = true.
+  commonVM = where: e: volumes:
+    {
+      replicas = if e ? replicas then positiveInt "${where}.replicas" e.replicas else 1;
+      autostart = if e ? autostart then bool "${where}.autostart" e.autostart else true;
+    }
+    // (if e ? placement then { placement = checkPlacement "${where}.placement" e.placement; } else { })
+    // (if volumes != { } || e ? volumes then { inherit volumes; } else { });
+
+  plainVM = where: e:
+    let
+      e' = onlyKeys where vmKeys " (or give nixosConfiguration = … instead of runner, vcpu and memMiB)" e;
+    in
+    {
+      runner = if e' ? runner then runnerOf "${where}.runner" e'.runner
+        else fail where "runner is missing: set runner to a derivation (microvm.nix: config.microvm.declaredRunner), or give nixosConfiguration = …";
+      vcpu = if e' ? vcpu then positiveInt "${where}.vcpu" e'.vcpu else fail where "vcpu is missing";
+      memMiB = if e' ? memMiB then positiveInt "${where}.memMiB" e'.memMiB else fail where "memMiB is missing";
+    }
+    // commonVM where e' (if e' ? volumes then checkVolumes [ ] "${where}.volumes" e'.volumes else { });
+
+  # The `config.microvm` of a microvm.nix nixosConfiguration, or a throw.
+  microvmOf = where: nc:
+    let
+      cfg = (requireAttrs "${where}.nixosConfiguration" nc).config or
+        (fail "${where}.nixosConfiguration" "has no `config`: pass the result of nixpkgs.lib.nixosSystem (e.g. self.nixosConfigurations.NAME)");
+    in
+    cfg.microvm or (fail "${where}.nixosConfiguration" "config.microvm is missing: add microvm.nixosModules.microvm to its modules");
+
+  # Checks that the guest's microvm.volumes attach each Blixard volume at its
+  # stable path with autoCreate = false.
+  checkWiring = where: name: microvm: volumes:
+    let
+      declared = microvm.volumes or [ ];
+      images = map (v: v.image or null) declared;
+      missing = builtins.filter (vol: !(builtins.elem (volumePath name vol) images)) (builtins.attrNames volumes);
+      autoCreated = builtins.filter
+        (v: builtins.elem (v.image or null) (map (volumePath name) (builtins.attrNames volumes)) && (v.autoCreate or true))
+        declared;
+      add = "add (blixard.lib.volumeModule { name = \"${name}\"; volumes = …; }) to the VM's modules, with the same volumes you give mkCluster";
+    in
+    if missing != [ ] then
+      fail "${where}.volumes" "the nixosConfiguration does not attach ${quoted missing}: config.microvm.volumes has no entry with image = ${quoted (map (vol: "\"${volumePath name vol}\"") missing)}; ${add}"
+    else if autoCreated != [ ] then
+      fail "${where}.volumes" "config.microvm.volumes entry ${quoted (map (v: "\"${v.image}\"") autoCreated)} has autoCreate = true; the node agent attaches the RBD image there, so microvm.nix must not create it: set autoCreate = false (volumeModule does)"
+    else volumes;
+
+  configVM = where: name: e:
+    let
+      e' = onlyKeys where configVMKeys
+        " (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)" e;
+      microvm = microvmOf where e'.nixosConfiguration;
+      volumes = if e' ? volumes then checkVolumes guestVolumeKeys "${where}.volumes" e'.volumes else { };
+      replicas = e'.replicas or 1;
+      wired =
+        if volumes != { } && builtins.isInt replicas && replicas > 1
+        then fail where "volumes with replicas = ${toString replicas} are not supported for a nixosConfiguration: every replica runs the same runner, which opens ${volumePath name "VOL"}; declare one VM per volume owner instead"
+        else checkWiring where name microvm volumes;
+    in
+    {
+      runner = if microvm ? declaredRunner
+        then runnerOf "${where}.nixosConfiguration: config.microvm.declaredRunner" microvm.declaredRunner
+        else fail "${where}.nixosConfiguration" "config.microvm.declaredRunner is missing: is it a microvm.nix guest (microvm.nixosModules.microvm)?";
+      vcpu = positiveInt "${where}.nixosConfiguration: config.microvm.vcpu" (microvm.vcpu or null);
+      memMiB = positiveInt "${where}.nixosConfiguration: config.microvm.mem" (microvm.mem or null);
+    }
+    // commonVM where e' wired;
+
+  checkVM = name: entry:
+    let
+      where = "vms.${name}";
+      e = requireAttrs where entry;
+    in
+    builtins.seq (checkName "VM" name) (if e ? nixosConfiguration then configVM where name e else plainVM where e);
+
+  functionKeys = [ "runner" "memMiB" "http" "minInstances" "maxInstances" ];
+  configFunctionKeys = [ "nixosConfiguration" "http" "minInstances" "maxInstances" ];
+
+  checkFunction = name: entry:
+    let
+      where = "functions.${name}";
+      e = requireAttrs where entry;
+      fromConfig = e ? nixosConfiguration;
+      e' = onlyKeys where (if fromConfig then configFunctionKeys else functionKeys) "" e;
+      microvm = microvmOf where e'.nixosConfiguration;
+      base =
+        if fromConfig then {
+          runner = runnerOf "${where}.nixosConfiguration: config.microvm.declaredRunner" (microvm.declaredRunner or null);
+          memMiB = positiveInt "${where}.nixosConfiguration: config.microvm.mem" (microvm.mem or null);
+        } else {
+          runner = if e' ? runner then runnerOf "${where}.runner" e'.runner else fail where "runner is missing";
+          memMiB = if e' ? memMiB then positiveInt "${where}.memMiB" e'.memMiB else fail where "memMiB is missing";
+        };
+      http = onlyKeys "${where}.http" [ "path" ] ""
+        (requireAttrs "${where}.http" (e'.http or (fail where "http is missing: set http.path = \"/…\", the URL path the function answers")));
+      httpPath =
+        let p = string "${where}.http.path" http.path;
+        in if builtins.substring 0 1 p == "/" then p else fail "${where}.http.path" "want a path starting with \"/\", got \"${p}\"";
+    in
+    builtins.seq (checkName "function" name) base
+    // {
+      http.path = if http ? path then httpPath else fail "${where}.http" "path is missing";
+    }
+    // (if e' ? minInstances then { minInstances = nonNegativeInt "${where}.minInstances" e'.minInstances; } else { })
+    // (if e' ? maxInstances then { maxInstances = positiveInt "${where}.maxInstances" e'.maxInstances; } else { });
+
+  mkCluster = args:
+    let
+      a = onlyKeys "arguments" [ "cluster" "vms" "functions" ] "" (requireAttrs "arguments" args);
+      cluster =
+        if !(a ? cluster) then ""
+        else if a.cluster == "" || isValidName a.cluster then a.cluster
+        else fail "cluster" "\"${toString a.cluster}\" is invalid: the cluster name must match ^${namePattern}$ (it is part of RBD image names)";
+      functions = requireAttrs "functions" (a.functions or { });
+    in
+    {
+      inherit cluster;
+      vms = builtins.mapAttrs checkVM (requireAttrs "vms" (a.vms or { }));
+    }
+    // (if functions != { } then { functions = builtins.mapAttrs checkFunction functions; } else { });
+
+  # A NixOS module (for a microvm.nix guest) attaching each Blixard volume at
+  # its stable path. Guest-side attributes per volume: mountPoint (null: not
+  # mounted), fsType (microvm.nix's default: ext4), label, serial, readOnly,
+  # and autoFormat (default true when mounted): a new RBD image is blank, so
+  # the guest formats it at first boot with fsType (NixOS
+  # fileSystems.<mountPoint>.autoFormat only formats a device that holds no
+  # file system).
+  volumeModule = { name, volumes }:
+    let
+      where = "blixard.lib.volumeModule { name = \"${name}\"; }";
+      checkedName =
+        if isValidName name then name
+        else throw "${where}: name must match ^${namePattern}$";
+      entry = vol: v:
+        {
+          image = volumePath checkedName
+            (if isValidName vol then vol else throw "${where}: volume name \"${vol}\" must match ^${namePattern}$");
+          size = v.sizeMiB or (throw "${where}: volumes.${vol}.sizeMiB is missing");
+          autoCreate = false;
+          mountPoint = v.mountPoint or null;
+        }
+        // builtins.intersectAttrs { fsType = null; label = null; serial = null; readOnly = null; } v;
+      mounted = builtins.filter (vol: (volumes.${vol}.mountPoint or null) != null && (volumes.${vol}.autoFormat or true))
+        (builtins.attrNames volumes);
+    in
+    {
+      microvm.volumes = map (vol: entry vol volumes.${vol}) (builtins.attrNames volumes);
+    }
+    // (if mounted == [ ] then { } else {
+      fileSystems = builtins.listToAttrs (map
+        (vol: { name = volumes.${vol}.mountPoint; value.autoFormat = true; })
+        mounted);
+    });
+in
+{
+  inherit schemaVersion mkCluster volumeModule volumePath isValidName;
+}

@@ -1,0 +1,311 @@
+# services.blixard: runs `blixard serve` on a NixOS host.
+#
+# The options are rendered to the daemon's JSON config file by the pure
+# function in ./render.nix (tested with plain `nix eval`); this file only
+# declares the options and wires the systemd unit, the firewall and the
+# assertions. Blixard's flake exposes it as nixosModules.default, which also
+# sets services.blixard.package to the flake's own package.
+#
+# Privileges. With backend = "systemd" (the production backend) the daemon
+# runs as root, because its node agent must:
+#   * start, stop and restart microvm.nix's `microvm@NAME` units over D-Bus
+#     (systemd only lets root, or a polkit rule, manage other units);
+#   * write the state of every VM under /var/lib/microvms (owned by the
+#     `microvm` user) and GC roots for the runners it realises;
+#   * map Ceph RBD images (`rbd device map`, CAP_SYS_ADMIN) and take their
+#     exclusive locks when ceph.enable is set.
+# What is hardened regardless: no access to /home, a private /tmp, no new
+# privileges, read-only /usr, /boot and /etc, no kernel module loading or
+# kernel log access, native system calls only. With backend = "process",
+# Ceph off and no microvm.nix host module (whose /var/lib/microvms belongs
+# to the `microvm` user) the daemon supervises `microvm-run` itself and
+# needs none of the above: it runs as the unprivileged `blixard` user (in
+# the kvm group, for /dev/kvm), owning /var/lib/microvms.
+{ config, lib, pkgs, options, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+
+  cfg = config.services.blixard;
+  settingsFormat = pkgs.formats.json { };
+  configFile = settingsFormat.generate "blixard.json" (import ./render.nix cfg);
+  ports = import ./ports.nix cfg;
+
+  runsAsRoot = cfg.backend == "systemd" || cfg.ceph.enable || microvmHostEnabled;
+  serviceUser = if runsAsRoot then "root" else "blixard";
+  microvmHostEnabled = options ? microvm && (config.microvm.host.enable or false);
+
+  # HOST:PORT, IPv6 hosts in brackets.
+  address = types.strMatching ".+:[0-9]+";
+  # Label keys and values are rendered as k=v,… for the daemon.
+  labelPart = types.strMatching "[^,=]*";
+
+  memberIds = if builtins.isList cfg.members
+    then map (m: builtins.head (builtins.match "([^=]*)=.*" m)) cfg.members
+    else builtins.attrNames cfg.members;
+  raftKnown = cfg.raftAddress != null || builtins.elem (toString cfg.nodeId) memberIds;
+in
+{
+  options.services.blixard = {
+    enable = mkEnableOption "Blixard, the GitOps reconciler for microVMs, on this host";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.blixard or (throw "services.blixard.package: pkgs has no `blixard`; import blixard.nixosModules.default (it sets the package) or add blixard.overlays.default to nixpkgs.overlays");
+      defaultText = literalExpression "blixard.packages.\${system}.blixard";
+      description = "The Blixard package to run.";
+    };
+
+    nodeId = mkOption {
+      type = types.ints.positive;
+      example = 1;
+      description = "This node's Raft id, unique in the cluster (`--node-id`).";
+    };
+
+    raftAddress = mkOption {
+      type = types.nullOr address;
+      default = null;
+      example = "10.0.0.1:7001";
+      description = "HOST:PORT for Raft traffic (`--raft-addr`); null takes this node's address from `members`.";
+    };
+
+    apiAddress = mkOption {
+      type = address;
+      default = "127.0.0.1:7070";
+      example = "10.0.0.1:7070";
+      description = ''
+        HOST:PORT of the HTTP API (`--api-addr`) used by `blixard status`, `plan` and webhooks. The API has no
+        authentication other than the webhook's HMAC: bind it to a private network.
+      '';
+    };
+
+    members = mkOption {
+      type = types.either (types.attrsOf address) (types.listOf (types.strMatching "[0-9]+=.+:[0-9]+"));
+      default = { };
+      example = literalExpression ''{ "1" = "10.0.0.1:7001"; "2" = "10.0.0.2:7001"; "3" = "10.0.0.3:7001"; }'';
+      description = ''
+        The initial voters, the same on every node (`--members`): an attribute set from node id to raft HOST:PORT, or a
+        list of "ID=HOST:PORT" strings.
+      '';
+    };
+
+    repository = {
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://git.example.org/infra/cluster.git";
+        description = ''
+          The cluster repository holding the cluster flake (`--repo`; file://, https:// or ssh://). null: this node
+          replicates state but never proposes plans.
+        '';
+      };
+      ref = mkOption {
+        type = types.str;
+        default = "main";
+        description = "Branch of the repository to follow (`--ref`).";
+      };
+      attr = mkOption {
+        type = types.str;
+        default = "blixard";
+        description = "Flake output attribute holding the cluster (`--attr`).";
+      };
+      pollInterval = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h)([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))*";
+        default = "5s";
+        example = "1m";
+        description = "How often the leader fetches the repository (`--poll`), as a Go duration.";
+      };
+      webhookSecretFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        example = "/run/secrets/blixard-webhook";
+        description = ''
+          File holding the HMAC secret for push webhooks (`--webhook-secret-file`). A string, not a Nix path, so the
+          secret never enters the Nix store.
+        '';
+      };
+    };
+
+    dataDir = mkOption {
+      type = types.strMatching "/.*";
+      default = "/var/lib/blixard";
+      description = "Directory for the Raft log, snapshots and the git mirror (`--data-dir`).";
+    };
+
+    backend = mkOption {
+      type = types.enum [ "systemd" "process" ];
+      default = "systemd";
+      description = ''
+        How VMs are run: "systemd" starts microvm.nix's `microvm@NAME` units (needs microvm.nixosModules.host);
+        "process" makes the daemon supervise `microvm-run` itself.
+      '';
+    };
+
+    capacity = {
+      vcpu = mkOption {
+        type = types.ints.unsigned;
+        example = 16;
+        description = "vCPUs this node offers to VMs (`--capacity-vcpu`); 0 places no VM here.";
+      };
+      memMiB = mkOption {
+        type = types.ints.unsigned;
+        example = 65536;
+        description = "Memory in MiB this node offers to VMs (`--capacity-mem-mib`); 0 places no VM here.";
+      };
+    };
+
+    labels = mkOption {
+      type = types.attrsOf labelPart;
+      default = { };
+      example = { zone = "a"; disk = "ssd"; };
+      description = "Node labels matched by a VM's `placement.labels` (`--labels`).";
+    };
+
+    ceph = {
+      enable = mkEnableOption "Ceph RBD volumes for VMs on this node";
+      pool = mkOption {
+        type = types.str;
+        default = "rbd";
+        description = "Default RBD pool for volumes that name none.";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "admin";
+        description = "Ceph client name without the `client.` prefix.";
+      };
+      keyringFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        example = "/etc/ceph/ceph.client.blixard.keyring";
+        description = "Keyring of the Ceph client; null uses Ceph's default search path. A string, so it stays out of the store.";
+      };
+      configFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = "/etc/ceph/ceph.conf";
+        description = "ceph.conf naming the monitors.";
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the Raft and API ports (taken from raftAddress or members, and apiAddress) in the firewall.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--log-level" "debug" ];
+      description = "Extra command-line arguments of `blixard serve`; they override the config file.";
+    };
+
+    settings = mkOption {
+      type = settingsFormat.type;
+      default = { };
+      example = { "raft-logdb" = "small"; heartbeat = "1s"; };
+      description = ''
+        Freeform settings written to the daemon's config file after the options above, keyed by `blixard serve` flag
+        name without dashes (see `blixard serve --help`). A value of null removes a rendered key. The daemon rejects
+        unknown keys at start.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.backend != "systemd" || microvmHostEnabled;
+        message = "services.blixard.backend = \"systemd\" runs VMs as microvm.nix's microvm@NAME units, but microvm.nix's host module is not enabled on this host: add microvm.nixosModules.host to this host's modules (with microvm.nix as a flake input: inputs.microvm.nixosModules.host) and leave microvm.host.enable = true, or set services.blixard.backend = \"process\".";
+      }
+      {
+        assertion = raftKnown;
+        message = "services.blixard: node ${toString cfg.nodeId} has no Raft address: set services.blixard.raftAddress, or list this node in services.blixard.members (\"${toString cfg.nodeId}\" = \"HOST:PORT\").";
+      }
+      {
+        assertion = builtins.all (id: builtins.match "[1-9][0-9]*" id != null) memberIds;
+        message = "services.blixard.members: node ids must be positive integers without leading zeros, got ${builtins.concatStringsSep ", " memberIds}.";
+      }
+      {
+        assertion = builtins.all (k: builtins.match "[^,=]+" k != null) (builtins.attrNames cfg.labels);
+        message = "services.blixard.labels: label names must be non-empty and contain neither ',' nor '='.";
+      }
+    ];
+
+    warnings = lib.optional (cfg.repository.url == null)
+      "services.blixard.repository.url is null: this node replicates the cluster's state but never proposes plans.";
+
+    users = mkIf (!runsAsRoot) {
+      users.blixard = {
+        isSystemUser = true;
+        group = "blixard";
+        extraGroups = [ "kvm" ];
+        home = cfg.dataDir;
+      };
+      groups.blixard = { };
+    };
+
+    # The CLI (`blixard status`, `plan`, `nodes`) next to the daemon.
+    environment.systemPackages = [ cfg.package ];
+
+    # `rbd device map` cannot load the module itself under ProtectKernelModules.
+    boot.kernelModules = lib.optional cfg.ceph.enable "rbd";
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall
+      (builtins.filter (p: p != null) [ ports.raft ports.api ]);
+
+    # A dataDir outside /var/lib is not a StateDirectory: create it here. The
+    # unprivileged process backend also needs its own VM state directory
+    # (microvm.nix's layout; without microvm.nix's host module nobody else
+    # creates it).
+    systemd.tmpfiles.rules = lib.optional (cfg.dataDir != "/var/lib/blixard")
+      "d ${cfg.dataDir} 0750 ${serviceUser} ${serviceUser} -"
+    ++ lib.optional (!runsAsRoot) "d /var/lib/microvms 0750 blixard kvm -";
+
+    systemd.services.blixard = {
+      description = "Blixard microVM reconciler (node ${toString cfg.nodeId})";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # nix evaluates and realises the cluster flake; nix's git fetcher needs git.
+      path = [ config.nix.package pkgs.git ] ++ lib.optional cfg.ceph.enable pkgs.ceph-client;
+      environment = {
+        NIX_CONFIG = "extra-experimental-features = nix-command flakes";
+        # Builds and GC roots go through nix-daemon, so the store can stay read-only here.
+        NIX_REMOTE = "daemon";
+      };
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = lib.concatStringsSep " " ([ "${cfg.package}/bin/blixard" "serve" "--config" "${configFile}" ]
+          ++ map lib.escapeShellArg cfg.extraArgs);
+        Restart = "on-failure";
+        RestartSec = "2s";
+        User = serviceUser;
+        Group = serviceUser;
+        # With the process backend the VMs are children of the daemon: let them outlive a daemon restart, so the
+        # restarted agent adopts them instead of rebooting every VM.
+        KillMode = if cfg.backend == "process" then "process" else "control-group";
+        LimitNOFILE = 65536;
+
+        ProtectHome = true;
+        PrivateTmp = true;
+        NoNewPrivileges = true;
+        ProtectSystem = "full";
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictSUIDSGID = true;
+        RestrictRealtime = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
+      } // (if cfg.dataDir == "/var/lib/blixard" then {
+        StateDirectory = "blixard";
+        StateDirectoryMode = "0750";
+      } else {
+        ReadWritePaths = [ cfg.dataDir ];
+      });
+    };
+  };
+}

@@ -1,0 +1,63 @@
+# The pure half of the services.blixard module: maps the module's evaluated
+# options (config.services.blixard) to the settings object `blixard serve
+# --config FILE` reads. Builtins only, so tests evaluate it with plain
+# `nix eval` and no nixpkgs.
+#
+# The daemon's contract: a JSON object whose keys are `blixard serve` flag
+# names without the leading dashes and whose values are strings, numbers or
+# booleans; unknown keys are an error; flags given on the command line win.
+#
+# cfg.settings is merged last, so it can set any other flag (e.g.
+# "raft-logdb", "heartbeat", "eval-timeout", "join") or override a rendered
+# one; a setting of null removes the key, leaving the daemon's default.
+cfg:
+let
+  optional = cond: attrs: if cond then attrs else { };
+  nonNull = name: value: optional (value != null) { ${name} = value; };
+
+  # "1=10.0.0.1:7001,2=…", ordered by numeric id so every node renders the
+  # same string.
+  renderMembers = members:
+    if builtins.isList members then builtins.concatStringsSep "," members
+    else
+      let
+        ids = builtins.sort (a: b: builtins.fromJSON a < builtins.fromJSON b) (builtins.attrNames members);
+      in
+      builtins.concatStringsSep "," (map (id: "${id}=${members.${id}}") ids);
+
+  renderLabels = labels:
+    builtins.concatStringsSep "," (map (k: "${k}=${labels.${k}}") (builtins.attrNames labels));
+
+  repo = cfg.repository;
+  members = renderMembers (cfg.members or { });
+  labels = renderLabels (cfg.labels or { });
+
+  rendered =
+    {
+      "node-id" = cfg.nodeId;
+      "data-dir" = toString cfg.dataDir;
+      "api-addr" = cfg.apiAddress;
+      "ref" = repo.ref;
+      "attr" = repo.attr;
+      "poll" = repo.pollInterval;
+      "backend" = cfg.backend;
+      "capacity-vcpu" = cfg.capacity.vcpu;
+      "capacity-mem-mib" = cfg.capacity.memMiB;
+    }
+    // nonNull "raft-addr" (cfg.raftAddress or null)
+    // nonNull "repo" (repo.url or null)
+    // nonNull "webhook-secret-file" (repo.webhookSecretFile or null)
+    // optional (members != "") { inherit members; }
+    // optional (labels != "") { inherit labels; }
+    // optional (cfg.ceph.enable or false) (
+      {
+        "ceph-pool" = cfg.ceph.pool;
+        "ceph-user" = cfg.ceph.user;
+      }
+      // nonNull "ceph-keyring-file" (cfg.ceph.keyringFile or null)
+      // nonNull "ceph-config-file" (cfg.ceph.configFile or null)
+    );
+
+  merged = rendered // (cfg.settings or { });
+in
+builtins.removeAttrs merged (builtins.filter (k: merged.${k} == null) (builtins.attrNames merged))

@@ -1,0 +1,213 @@
+package nixlib
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// flakeEval evaluates ATTR of the flake at dir (a path: flake) with its
+// inputs replaced by the local stand-ins and returns the JSON of apply
+// applied to it.
+func flakeEval(t *testing.T, dir, blixardDir, attr, apply string) []byte {
+	t.Helper()
+	// --impure: the apply functions read the rendered config file by a path
+	// taken out of ExecStart, which drops its store context.
+	args := append([]string{"eval", "--json", "--impure", "path:" + dir + "#" + attr, "--apply", apply}, flakeOverrides(blixardDir)...)
+	stdout, stderr, err := runNix(t, "nix", args...)
+	if err != nil {
+		t.Fatalf("nix eval %s#%s failed: %v\n%s", dir, attr, err, stderr)
+	}
+	return []byte(stdout)
+}
+
+// TestNixBlixardFlakeOutputs evaluates Blixard's own flake.nix with nixpkgs
+// replaced by the stand-in (real nixpkgs lib, stub packages), through a
+// wrapper flake that has both as inputs.
+func TestNixBlixardFlakeOutputs(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	dir := blixardFlake(t)
+	wrapper := t.TempDir()
+	flake := `{
+  inputs.nixpkgs.url = "path:` + nixpkgsStub + `";
+  inputs.blixard.url = "path:` + dir + `";
+  inputs.blixard.inputs.nixpkgs.follows = "nixpkgs";
+  outputs = { self, nixpkgs, blixard }: let f = blixard; sys = "x86_64-linux"; in {
+    result = {
+      outputs = builtins.attrNames f;
+      lib = builtins.attrNames f.lib;
+      packages = builtins.mapAttrs (_: p: p.name) f.packages.${sys};
+      systems = builtins.attrNames f.packages;
+      app = f.apps.${sys}.default;
+      overlay = (f.overlays.default nixpkgs.legacyPackages.${sys} nixpkgs.legacyPackages.${sys}).blixard.name;
+      modules = builtins.attrNames f.nixosModules;
+      # The flake's module makes the package default to the flake's own.
+      modulePackage = (nixpkgs.lib.nixosSystem {
+        modules = [ f.nixosModules.default { services.blixard = {
+          enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; backend = "process";
+          capacity = { vcpu = 1; memMiB = 1; }; }; } ];
+      }).config.services.blixard.package.name;
+    };
+  };
+}
+`
+	if err := os.WriteFile(filepath.Join(wrapper, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err := runNix(t, "nix", "eval", "--json", "path:"+wrapper+"#result", "--no-write-lock-file")
+	if err != nil {
+		t.Fatalf("evaluating Blixard's flake: %v\n%s", err, stderr)
+	}
+	got := []byte(stdout)
+	var v struct {
+		Outputs, Lib, Systems, Modules []string
+		Packages                       map[string]string
+		App                            map[string]string
+		Overlay, ModulePackage         string
+	}
+	if err := json.Unmarshal(got, &v); err != nil {
+		t.Fatal(err)
+	}
+	// The flake's `inputs` and `outPath` attributes come with every flake.
+	for _, want := range []string{"apps", "lib", "nixosModules", "overlays", "packages"} {
+		if !slices.Contains(v.Outputs, want) {
+			t.Errorf("outputs %v lack %s", v.Outputs, want)
+		}
+	}
+	if !reflect.DeepEqual(v.Lib, []string{"isValidName", "mkCluster", "schemaVersion", "volumeModule", "volumePath"}) {
+		t.Errorf("lib = %v", v.Lib)
+	}
+	if !reflect.DeepEqual(v.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
+		t.Errorf("package systems = %v", v.Systems)
+	}
+	if len(v.Packages) != 2 || !strings.HasPrefix(v.Packages["blixard"], "blixard-0.1.0-") || v.Packages["default"] != v.Packages["blixard"] {
+		t.Errorf("packages = %v, want blixard and default", v.Packages)
+	}
+	if v.App["type"] != "app" || !strings.HasSuffix(v.App["program"], "/bin/blixard") {
+		t.Errorf("apps.default = %v", v.App)
+	}
+	if v.Overlay != v.Packages["blixard"] {
+		t.Errorf("overlay's blixard = %q, want %q", v.Overlay, v.Packages["blixard"])
+	}
+	if !reflect.DeepEqual(v.Modules, []string{"blixard", "default"}) {
+		t.Errorf("nixosModules = %v", v.Modules)
+	}
+	if v.ModulePackage != v.Packages["blixard"] {
+		t.Errorf("nixosModules.default's package = %q, want the flake's %q", v.ModulePackage, v.Packages["blixard"])
+	}
+}
+
+// TestNixBlixardFlakeLibNeedsNoInputs checks that the flake's lib touches no
+// input: a wrapper flake uses blixard.lib with Blixard's nixpkgs replaced by
+// a flake that has nothing at all.
+func TestNixBlixardFlakeLibNeedsNoInputs(t *testing.T) {
+	t.Parallel()
+	dir := blixardFlake(t)
+	empty, wrapper := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(empty, "flake.nix"), []byte("{ outputs = { self }: { }; }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flake := `{
+  inputs.nothing.url = "path:` + empty + `";
+  inputs.blixard.url = "path:` + dir + `";
+  inputs.blixard.inputs.nixpkgs.follows = "nothing";
+  outputs = { self, nothing, blixard }: {
+    result = blixard.lib.mkCluster { cluster = "c"; vms.a = { runner = derivation { name = "r"; system = "x86_64-linux"; builder = "/bin/sh"; }; vcpu = 1; memMiB = 1; }; };
+  };
+}
+`
+	if err := os.WriteFile(filepath.Join(wrapper, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err := runNix(t, "nix", "eval", "--json", "path:"+wrapper+"#result", "--no-write-lock-file",
+		"--apply", `c: c.vms.a.replicas`)
+	if err != nil {
+		t.Fatalf("lib needs an input: %v\n%s", err, stderr)
+	}
+	if strings.TrimSpace(stdout) != "1" {
+		t.Errorf("lib.mkCluster's replicas = %s, want 1", stdout)
+	}
+}
+
+// TestNixExampleFlake evaluates examples/flake with nixpkgs, microvm.nix and
+// Blixard replaced by the stand-ins: its `blixard` output is schema v1 with
+// the VMs the README describes, its three hosts evaluate (assertions
+// included), and the daemon accepts each host's rendered config.
+func TestNixExampleFlake(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	blixardDir := blixardFlake(t)
+	example := t.TempDir()
+	copyTree(t, filepath.Join(repoRoot, "examples", "flake"), example, ".")
+
+	// Evaluated as the daemon does: through nixeval's own apply function.
+	apply, err := os.ReadFile(filepath.Join(repoRoot, "nixeval", "apply.nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := flakeEval(t, example, blixardDir, "blixard", string(apply))
+	cluster := decodeStrict(t, got)
+	if cluster.Name != "prod" || len(cluster.VMs) != 3 {
+		t.Fatalf("cluster %q with %d VMs, want prod with web, db and cache:\n%s", cluster.Name, len(cluster.VMs), indent(got))
+	}
+	web, db := cluster.VMs["web"], cluster.VMs["db"]
+	if web.Replicas != 2 || web.VCPU != 1 || web.MemMiB != 512 || !reflect.DeepEqual(web.Placement.AntiAffinity, []string{"web"}) {
+		t.Errorf("web = %+v, want 2 replicas of 1 vCPU / 512 MiB spread over hosts", web)
+	}
+	if v, ok := db.Volumes["data"]; !ok || v.SizeMiB != 10240 || v.Pool != "rbd" || db.Placement.Labels["disk"] != "ssd" {
+		t.Errorf("db = %+v, want an RBD volume data of 10240 MiB on a disk=ssd host", db)
+	}
+	for name, vm := range cluster.VMs {
+		if !strings.HasSuffix(vm.Runner.Drv, ".drv") || !strings.HasPrefix(vm.Runner.Out, "/nix/store/") || !vm.Autostart {
+			t.Errorf("%s: runner %+v autostart %v", name, vm.Runner, vm.Autostart)
+		}
+	}
+
+	for _, node := range []string{"node1", "node2", "node3"} {
+		t.Run(node, func(t *testing.T) {
+			t.Parallel()
+			var v struct {
+				Toplevel string         `json:"toplevel"`
+				Config   map[string]any `json:"config"`
+			}
+			out := flakeEval(t, example, blixardDir, "nixosConfigurations."+node, `sys: {
+				toplevel = sys.config.system.build.toplevel.drvPath;
+				config = builtins.fromJSON (builtins.readFile (builtins.head (builtins.match ".* --config ([^ ]+)"
+					sys.config.systemd.services.blixard.serviceConfig.ExecStart)));
+			}`)
+			if err := json.Unmarshal(out, &v); err != nil {
+				t.Fatal(err)
+			}
+			if v.Toplevel == "" {
+				t.Fatalf("%s does not evaluate", node)
+			}
+			// The daemon reads the webhook secret while checking; point it at
+			// a file that exists here.
+			dir := t.TempDir()
+			secret := filepath.Join(dir, "secret")
+			if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if v.Config["webhook-secret-file"] != "/run/secrets/blixard-webhook" {
+				t.Errorf("webhook-secret-file = %v", v.Config["webhook-secret-file"])
+			}
+			v.Config["webhook-secret-file"] = secret
+			data, err := json.Marshal(v.Config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(dir, "blixard.json")
+			if err := os.WriteFile(file, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := checkConfig(t, file); err != nil {
+				t.Errorf("blixard serve --check-config rejected %s's config: %v\n%s\nconfig: %s", node, err, out, indent(data))
+			}
+		})
+	}
+}

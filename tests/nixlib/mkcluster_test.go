@@ -1,0 +1,293 @@
+package nixlib
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/blixard/blixard/spec"
+)
+
+// decodeStrict decodes and validates a cluster with the daemon's own code
+// (spec.Decode rejects unknown attributes), so mkCluster's output has to be
+// exactly valid schema v1.
+func decodeStrict(t *testing.T, data []byte) spec.Cluster {
+	t.Helper()
+	c, err := spec.Decode(data)
+	if err != nil {
+		t.Fatalf("output is not schema v1: %v\n%s", err, indent(data))
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("output is not a valid cluster: %v\n%s", err, indent(data))
+	}
+	return *c
+}
+
+// expand replaces @NAME.drv@ and @NAME.out@ in want with the store paths of
+// fx.runners.NAME.
+func expand(t *testing.T, want string) []byte {
+	t.Helper()
+	var runners map[string]spec.Runner
+	if err := json.Unmarshal(evalJSON(t, "builtins.mapAttrs (_: fx.toRunner) fx.runners"), &runners); err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range runners {
+		want = strings.ReplaceAll(want, "@"+name+".drv@", r.Drv)
+		want = strings.ReplaceAll(want, "@"+name+".out@", r.Out)
+	}
+	return []byte(want)
+}
+
+func TestNixMkClusterOutput(t *testing.T) {
+	cases := []struct {
+		name  string
+		input string // argument of mkCluster; fx and L (the library) are in scope
+		want  string // JSON after nixeval's runner conversion
+	}{
+		{
+			name:  "empty cluster has cluster and vms only",
+			input: `{ cluster = "prod"; vms = { }; }`,
+			want:  `{"cluster": "prod", "vms": {}}`,
+		},
+		{
+			name: "plain entries pass through with replicas and autostart written out",
+			input: `{
+				cluster = "prod";
+				vms.web = { runner = fx.runners.web; vcpu = 1; memMiB = 256; };
+				vms.db = {
+					runner = fx.runners.db; vcpu = 2; memMiB = 1024; replicas = 3; autostart = false;
+					placement = { nodes = [ 1 2 ]; labels.disk = "ssd"; antiAffinity = [ "web" ]; };
+					volumes.data = { sizeMiB = 100; };
+					volumes.logs = { sizeMiB = 10; pool = "fast"; };
+				};
+			}`,
+			want: `{"cluster": "prod", "vms": {
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 1, "memMiB": 256,
+					"replicas": 1, "autostart": true},
+				"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "vcpu": 2, "memMiB": 1024,
+					"replicas": 3, "autostart": false,
+					"placement": {"nodes": [1, 2], "labels": {"disk": "ssd"}, "antiAffinity": ["web"]},
+					"volumes": {"data": {"sizeMiB": 100, "pool": "rbd"}, "logs": {"sizeMiB": 10, "pool": "fast"}}}
+			}}`,
+		},
+		{
+			name: "nixosConfiguration entry reads declaredRunner, vcpu and mem",
+			input: `{
+				cluster = "prod";
+				vms.web = {
+					nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; vcpu = 3; mem = 768; };
+					replicas = 2;
+					placement.antiAffinity = [ "web" ];
+				};
+			}`,
+			want: `{"cluster": "prod", "vms": {
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 3, "memMiB": 768,
+					"replicas": 2, "autostart": true, "placement": {"antiAffinity": ["web"]}}
+			}}`,
+		},
+		{
+			name: "volume wired by volumeModule is accepted and guest-only attributes are dropped",
+			input: `let
+				vols = { data = { sizeMiB = 1024; pool = "ssd"; mountPoint = "/var/lib/db"; fsType = "xfs"; }; };
+			in {
+				cluster = "prod";
+				vms.db = {
+					nixosConfiguration = fx.microvmConfig {
+						runner = fx.runners.db;
+						volumes = (L.volumeModule { name = "db"; volumes = vols; }).microvm.volumes;
+					};
+					volumes = vols;
+				};
+			}`,
+			want: `{"cluster": "prod", "vms": {
+				"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "vcpu": 2, "memMiB": 512,
+					"replicas": 1, "autostart": true, "volumes": {"data": {"sizeMiB": 1024, "pool": "ssd"}}}
+			}}`,
+		},
+		{
+			name: "volume wired by hand at the stable path with autoCreate false is accepted",
+			input: `{
+				vms.db = {
+					nixosConfiguration = fx.microvmConfig {
+						runner = fx.runners.db;
+						volumes = [
+							{ image = "/var/lib/microvms/db/volumes/data"; autoCreate = false; size = 10; mountPoint = null; }
+							{ image = "scratch.img"; size = 10; mountPoint = "/scratch"; }
+						];
+					};
+					volumes.data.sizeMiB = 10;
+				};
+			}`,
+			want: `{"cluster": "", "vms": {
+				"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "vcpu": 2, "memMiB": 512,
+					"replicas": 1, "autostart": true, "volumes": {"data": {"sizeMiB": 10, "pool": "rbd"}}}
+			}}`,
+		},
+		{
+			name: "functions pass through, from a runner or a nixosConfiguration",
+			input: `{
+				cluster = "prod";
+				vms = { };
+				functions.hello = { runner = fx.runners.hello; memMiB = 128; http.path = "/hello"; maxInstances = 4; };
+				functions.web = {
+					nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; mem = 64; };
+					http.path = "/web"; minInstances = 0;
+				};
+			}`,
+			want: `{"cluster": "prod", "vms": {}, "functions": {
+				"hello": {"runner": {"drv": "@hello.drv@", "out": "@hello.out@"}, "memMiB": 128,
+					"http": {"path": "/hello"}, "maxInstances": 4},
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "memMiB": 64,
+					"http": {"path": "/web"}, "minInstances": 0}
+			}}`,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := evalJSON(t, "let L = fx.blixardLib; in fx.toDaemon (L.mkCluster ("+tc.input+"))")
+			decodeStrict(t, got)
+			want := expand(t, tc.want)
+			if !jsonEqual(t, got, want) {
+				t.Errorf("mkCluster output differs\ngot:  %s\nwant: %s", indent(got), indent(want))
+			}
+		})
+	}
+}
+
+// TestNixMkClusterRunnerIsDerivation checks that the runner mkCluster outputs
+// is the derivation itself (what the daemon realises), not a copy of its paths.
+func TestNixMkClusterRunnerIsDerivation(t *testing.T) {
+	got := evalJSON(t, `let
+		c = fx.blixardLib.mkCluster {
+			vms.a = { runner = fx.runners.web; vcpu = 1; memMiB = 1; };
+			vms.b = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; }; };
+		};
+	in [ c.vms.a.runner.type (c.vms.a.runner == fx.runners.web) c.vms.b.runner.type (c.vms.b.runner == fx.runners.db) ]`)
+	if !jsonEqual(t, got, []byte(`["derivation", true, "derivation", true]`)) {
+		t.Errorf("runners are not the given derivations: %s", got)
+	}
+}
+
+func TestNixMkClusterThrows(t *testing.T) {
+	web := `runner = fx.runners.web; vcpu = 1; memMiB = 256;`
+	wired := `(L.volumeModule { name = "db"; volumes.data.sizeMiB = 10; }).microvm.volumes`
+	cases := []struct {
+		name  string
+		input string // argument of mkCluster; fx and L (the library) are in scope
+		want  string // part of the error message
+	}{
+		{"upper-case VM name is rejected", `{ vms.Web = { ` + web + ` }; }`,
+			`blixard.lib.mkCluster: VM name "Web" is invalid: names must match ^[a-z][a-z0-9-]{0,62}$`},
+		{"64-character VM name is rejected", `{ vms.a` + strings.Repeat("b", 63) + ` = { ` + web + ` }; }`,
+			`VM name "a` + strings.Repeat("b", 63) + `" is invalid`},
+		{"VM name starting with a digit is rejected", `{ vms."1web" = { ` + web + ` }; }`, `VM name "1web" is invalid`},
+		{"missing runner names the VM", `{ vms.web = { vcpu = 1; memMiB = 256; }; }`,
+			`vms.web: runner is missing: set runner to a derivation`},
+		{"store path string as runner is rejected", `{ vms.web = { runner = "/nix/store/x-run"; vcpu = 1; memMiB = 1; }; }`,
+			`vms.web.runner: want a derivation (microvm.nix: config.microvm.declaredRunner, or any derivation with bin/microvm-run), got the string "/nix/store/x-run"`},
+		{"attrset with outPath as runner is rejected", `{ vms.web = { runner = { outPath = "/nix/store/x"; drvPath = "/nix/store/x.drv"; }; vcpu = 1; memMiB = 1; }; }`,
+			`vms.web.runner: want a derivation`},
+		{"zero vcpu is rejected", `{ vms.web = { runner = fx.runners.web; vcpu = 0; memMiB = 256; }; }`,
+			`vms.web.vcpu: want a positive integer, got the number 0`},
+		{"negative memMiB is rejected", `{ vms.web = { runner = fx.runners.web; vcpu = 1; memMiB = -5; }; }`,
+			`vms.web.memMiB: want a positive integer, got the number -5`},
+		{"string vcpu is rejected", `{ vms.web = { runner = fx.runners.web; vcpu = "2"; memMiB = 1; }; }`,
+			`vms.web.vcpu: want a positive integer, got the string "2"`},
+		{"missing memMiB is rejected", `{ vms.web = { runner = fx.runners.web; vcpu = 1; }; }`, `vms.web: memMiB is missing`},
+		{"zero replicas is rejected", `{ vms.web = { ` + web + ` replicas = 0; }; }`, `vms.web.replicas: want a positive integer`},
+		{"unknown VM attribute is rejected", `{ vms.web = { ` + web + ` cpus = 2; }; }`,
+			`vms.web: unknown attribute cpus; allowed: runner, vcpu, memMiB, replicas, placement, volumes, autostart`},
+		{"unknown placement attribute is rejected", `{ vms.web = { ` + web + ` placement.label.zone = "a"; }; }`,
+			`vms.web.placement: unknown attribute label; allowed: nodes, labels, antiAffinity`},
+		{"non-integer placement node is rejected", `{ vms.web = { ` + web + ` placement.nodes = [ 1 "2" ]; }; }`,
+			`vms.web.placement.nodes[1]: want a positive integer, got the string "2"`},
+		{"non-string label value is rejected", `{ vms.web = { ` + web + ` placement.labels.zone = 1; }; }`,
+			`vms.web.placement.labels.zone: want a string, got the number 1`},
+		{"autostart must be a boolean", `{ vms.web = { ` + web + ` autostart = "yes"; }; }`,
+			`vms.web.autostart: want true or false`},
+		{"volume without size is rejected", `{ vms.web = { ` + web + ` volumes.data.pool = "rbd"; }; }`,
+			`vms.web.volumes.data: sizeMiB is missing`},
+		{"guest volume attributes are rejected in a plain entry", `{ vms.web = { ` + web + ` volumes.data = { sizeMiB = 1; mountPoint = "/d"; }; }; }`,
+			`vms.web.volumes.data: unknown attribute mountPoint; allowed: sizeMiB, pool`},
+		{"invalid volume name is rejected", `{ vms.web = { ` + web + ` volumes.Data.sizeMiB = 1; }; }`,
+			`volume name "Data" is invalid`},
+		{"vcpu next to nixosConfiguration points at microvm.vcpu",
+			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; }; vcpu = 4; }; }`,
+			`vms.web: unknown attribute vcpu; allowed: nixosConfiguration, replicas, placement, volumes, autostart (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)`},
+		{"configuration without microvm.nix is rejected", `{ vms.web = { nixosConfiguration = { config = { }; }; }; }`,
+			`vms.web.nixosConfiguration: config.microvm is missing: add microvm.nixosModules.microvm to its modules`},
+		{"non-configuration is rejected", `{ vms.web = { nixosConfiguration = { }; }; }`,
+			`vms.web.nixosConfiguration: has no ` + "`config`"},
+		{"configuration with zero memory is rejected",
+			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; mem = 0; }; }; }`,
+			`vms.web.nixosConfiguration: config.microvm.mem: want a positive integer, got the number 0`},
+		{"configuration whose declaredRunner is not a derivation is rejected",
+			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = "x"; }; }; }`,
+			`vms.web.nixosConfiguration: config.microvm.declaredRunner: want a derivation`},
+		{"volume missing from the configuration names volumeModule",
+			`{ vms.db = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; }; volumes.data.sizeMiB = 10; }; }`,
+			`vms.db.volumes: the nixosConfiguration does not attach data: config.microvm.volumes has no entry with image = "/var/lib/microvms/db/volumes/data"; add (blixard.lib.volumeModule { name = "db"; volumes = …; }) to the VM's modules`},
+		{"volume wired under another VM's name is rejected",
+			`{ vms.db = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; volumes = (L.volumeModule { name = "other"; volumes.data.sizeMiB = 10; }).microvm.volumes; }; volumes.data.sizeMiB = 10; }; }`,
+			`does not attach data`},
+		{"volume microvm.nix would create is rejected",
+			`{ vms.db = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; volumes = [ { image = "/var/lib/microvms/db/volumes/data"; size = 10; } ]; }; volumes.data.sizeMiB = 10; }; }`,
+			`vms.db.volumes: config.microvm.volumes entry "/var/lib/microvms/db/volumes/data" has autoCreate = true`},
+		{"volumes with replicas on a configuration are rejected",
+			`{ vms.db = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; volumes = ` + wired + `; }; volumes.data.sizeMiB = 10; replicas = 2; }; }`,
+			`vms.db: volumes with replicas = 2 are not supported for a nixosConfiguration`},
+		{"unknown mkCluster argument is rejected", `{ vm = { }; }`,
+			`blixard.lib.mkCluster: arguments: unknown attribute vm; allowed: cluster, vms, functions`},
+		{"invalid cluster name is rejected", `{ cluster = "Prod"; vms = { }; }`,
+			`blixard.lib.mkCluster: cluster: "Prod" is invalid`},
+		{"vms must be an attribute set", `{ vms = [ ]; }`, `vms: want an attribute set, got list`},
+		{"VM entry must be an attribute set", `{ vms.web = fx.runners.web; }`, `vms.web: want an attribute set, got a derivation`},
+		{"unknown function attribute is rejected",
+			`{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http.path = "/"; scale = 3; }; }`,
+			`functions.hello: unknown attribute scale`},
+		{"function without memMiB is rejected", `{ functions.hello = { runner = fx.runners.hello; http.path = "/"; }; }`,
+			`functions.hello: memMiB is missing`},
+		{"function without http is rejected", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; }; }`,
+			`functions.hello: http is missing: set http.path`},
+		{"function http path must be absolute", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http.path = "hello"; }; }`,
+			`functions.hello.http.path: want a path starting with "/", got "hello"`},
+		{"function http without path is rejected", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http = { }; }; }`,
+			`functions.hello.http: path is missing`},
+		{"invalid function name is rejected", `{ functions.Hello = { runner = fx.runners.hello; memMiB = 1; http.path = "/"; }; }`,
+			`function name "Hello" is invalid`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			stderr := evalError(t, "let L = fx.blixardLib; in fx.toDaemon (L.mkCluster ("+tc.input+"))")
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("error does not say %q:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}
+
+func TestNixVolumeModule(t *testing.T) {
+	got := evalJSON(t, `fx.blixardLib.volumeModule {
+		name = "db";
+		volumes.data = { sizeMiB = 1024; pool = "ssd"; mountPoint = "/var/lib/db"; fsType = "xfs"; };
+		volumes.raw = { sizeMiB = 10; };
+		volumes.noformat = { sizeMiB = 10; mountPoint = "/mnt/keep"; autoFormat = false; label = "keep"; };
+	}`)
+	want := `{
+		"microvm": {"volumes": [
+			{"image": "/var/lib/microvms/db/volumes/data", "size": 1024, "autoCreate": false, "mountPoint": "/var/lib/db", "fsType": "xfs"},
+			{"image": "/var/lib/microvms/db/volumes/noformat", "size": 10, "autoCreate": false, "mountPoint": "/mnt/keep", "label": "keep"},
+			{"image": "/var/lib/microvms/db/volumes/raw", "size": 10, "autoCreate": false, "mountPoint": null}
+		]},
+		"fileSystems": {"/var/lib/db": {"autoFormat": true}}
+	}`
+	if !jsonEqual(t, got, []byte(want)) {
+		t.Errorf("volumeModule output differs\ngot:  %s\nwant: %s", indent(got), indent([]byte(want)))
+	}
+	stderr := evalError(t, `fx.blixardLib.volumeModule { name = "DB"; volumes.data.sizeMiB = 1; }`)
+	if want := `blixard.lib.volumeModule { name = "DB"; }: name must match`; !strings.Contains(stderr, want) {
+		t.Errorf("error does not say %q:\n%s", want, stderr)
+	}
+}

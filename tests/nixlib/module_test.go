@@ -1,0 +1,250 @@
+package nixlib
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// hostView is what fx.inspect reports about a host built with the module.
+type hostView struct {
+	Service struct {
+		Description   string            `json:"description"`
+		WantedBy      []string          `json:"wantedBy"`
+		Wants         []string          `json:"wants"`
+		After         []string          `json:"after"`
+		Environment   map[string]string `json:"environment"`
+		ServiceConfig map[string]any    `json:"serviceConfig"`
+	} `json:"service"`
+	Toplevel       string         `json:"toplevel"`
+	ConfigFile     map[string]any `json:"configFile"`
+	Rendered       map[string]any `json:"rendered"`
+	Firewall       []int          `json:"firewall"`
+	Users          []string       `json:"users"`
+	KernelModules  []string       `json:"kernelModules"`
+	Tmpfiles       []string       `json:"tmpfiles"`
+	Path           []string       `json:"path"`
+	SystemPackages []string       `json:"systemPackages"`
+}
+
+// hostModules is a services.blixard host with the fake microvm.nix host
+// module; extra is a Nix module merged after it.
+func hostModules(extra string) string {
+	return `fx.host [
+		fx.fakeMicrovm.nixosModules.host
+		{ services.blixard = {
+			enable = true;
+			package = fx.drv "blixard-test";
+			nodeId = 1;
+			members = { "1" = "10.0.0.1:7001"; "2" = "10.0.0.2:7001"; "3" = "10.0.0.3:7001"; };
+			apiAddress = "10.0.0.1:7070";
+			capacity = { vcpu = 8; memMiB = 16384; };
+		}; }
+		(` + extra + `)
+	]`
+}
+
+func inspectHost(t *testing.T, extra string) hostView {
+	t.Helper()
+	var v hostView
+	if err := json.Unmarshal(evalJSON(t, "fx.inspect ("+hostModules(extra)+")"), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestNixModuleSystemdBackend(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard.extraArgs = [ "--log-level" "debug info" ]; }`)
+	if v.Toplevel == "" {
+		t.Error("the host does not evaluate")
+	}
+	if !reflect.DeepEqual(v.ConfigFile, v.Rendered) {
+		t.Errorf("config file %v is not render.nix's output %v", v.ConfigFile, v.Rendered)
+	}
+	if v.ConfigFile["node-id"] != float64(1) || v.ConfigFile["members"] != "1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001" {
+		t.Errorf("config file does not carry the options: %v", v.ConfigFile)
+	}
+	sc := v.Service.ServiceConfig
+	exec, _ := sc["ExecStart"].(string)
+	if !strings.HasPrefix(exec, "/nix/store/") || !strings.Contains(exec, "-blixard-test/bin/blixard serve --config /nix/store/") ||
+		!strings.HasSuffix(exec, "-blixard.json --log-level 'debug info'") {
+		t.Errorf("ExecStart = %q, want …/bin/blixard serve --config …-blixard.json followed by the escaped extraArgs", exec)
+	}
+	want := map[string]any{
+		"Type": "notify", "User": "root", "StateDirectory": "blixard", "KillMode": "control-group",
+		"ProtectHome": true, "PrivateTmp": true, "NoNewPrivileges": true, "ProtectSystem": "full",
+		"ProtectKernelModules": true,
+	}
+	for k, w := range want {
+		if sc[k] != w {
+			t.Errorf("serviceConfig.%s = %v, want %v", k, sc[k], w)
+		}
+	}
+	if !reflect.DeepEqual(v.Service.After, []string{"network-online.target"}) ||
+		!reflect.DeepEqual(v.Service.Wants, []string{"network-online.target"}) ||
+		!reflect.DeepEqual(v.Service.WantedBy, []string{"multi-user.target"}) {
+		t.Errorf("unit ordering: after %v wants %v wantedBy %v", v.Service.After, v.Service.Wants, v.Service.WantedBy)
+	}
+	if !strings.Contains(v.Service.Environment["NIX_CONFIG"], "flakes") {
+		t.Errorf("the daemon's nix has no flakes: environment %v", v.Service.Environment)
+	}
+	if !reflect.DeepEqual(v.Path, []string{"nix", "git"}) {
+		t.Errorf("service path = %v, want nix and git", v.Path)
+	}
+	if !reflect.DeepEqual(v.SystemPackages, []string{"blixard-test"}) {
+		t.Errorf("systemPackages = %v, want the CLI", v.SystemPackages)
+	}
+	if len(v.Tmpfiles) != 0 {
+		t.Errorf("tmpfiles = %v, but the default dataDir is a StateDirectory", v.Tmpfiles)
+	}
+	if len(v.Firewall) != 0 {
+		t.Errorf("firewall opened %v without openFirewall", v.Firewall)
+	}
+	for _, u := range v.Users {
+		if u == "blixard" {
+			t.Error("the systemd backend runs as root but a blixard user was created")
+		}
+	}
+}
+
+func TestNixModuleProcessBackendRunsUnprivileged(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	// No microvm.nix host module: the process backend does not need it.
+	var v hostView
+	err := json.Unmarshal(evalJSON(t, `fx.inspect (fx.host [ { services.blixard = {
+		enable = true; package = fx.drv "blixard-test"; nodeId = 1; raftAddress = "127.0.0.1:7001";
+		backend = "process"; capacity = { vcpu = 1; memMiB = 512; }; dataDir = "/srv/blixard";
+	}; } ])`), &v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := v.Service.ServiceConfig
+	if sc["User"] != "blixard" || sc["Group"] != "blixard" || sc["KillMode"] != "process" {
+		t.Errorf("process backend: User %v Group %v KillMode %v, want blixard, blixard, process", sc["User"], sc["Group"], sc["KillMode"])
+	}
+	if _, ok := sc["StateDirectory"]; ok || !reflect.DeepEqual(sc["ReadWritePaths"], []any{"/srv/blixard"}) {
+		t.Errorf("a dataDir outside /var/lib needs ReadWritePaths, not StateDirectory: %v", sc)
+	}
+	if !reflect.DeepEqual(v.Tmpfiles, []string{"d /srv/blixard 0750 blixard blixard -", "d /var/lib/microvms 0750 blixard kvm -"}) {
+		t.Errorf("tmpfiles = %v, want /srv/blixard and the VM state directory created for the blixard user", v.Tmpfiles)
+	}
+	if !reflect.DeepEqual(v.Users, []string{"blixard"}) {
+		t.Errorf("users = %v, want the blixard system user", v.Users)
+	}
+	if v.ConfigFile["backend"] != "process" {
+		t.Errorf("config file backend = %v", v.ConfigFile["backend"])
+	}
+}
+
+func TestNixModuleProcessBackendWithMicrovmHostRunsAsRoot(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	// microvm.nix's host module owns /var/lib/microvms (as the microvm user).
+	v := inspectHost(t, `{ services.blixard.backend = fx.nixpkgsLib.mkForce "process"; }`)
+	if v.Service.ServiceConfig["User"] != "root" || len(v.Tmpfiles) != 0 || len(v.Users) != 0 {
+		t.Errorf("User %v, tmpfiles %v, users %v; want root and nothing created", v.Service.ServiceConfig["User"], v.Tmpfiles, v.Users)
+	}
+}
+
+func TestNixModuleOpenFirewall(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard.openFirewall = true; }`)
+	if !reflect.DeepEqual(v.Firewall, []int{7001, 7070}) {
+		t.Errorf("firewall = %v, want the raft port from members and the API port", v.Firewall)
+	}
+}
+
+func TestNixModuleCeph(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard.ceph = { enable = true; keyringFile = "/etc/ceph/k"; }; }`)
+	if !reflect.DeepEqual(v.KernelModules, []string{"rbd"}) {
+		t.Errorf("kernelModules = %v, want rbd (ProtectKernelModules stops rbd from loading it)", v.KernelModules)
+	}
+	if !reflect.DeepEqual(v.Path, []string{"nix", "git", "ceph-client"}) {
+		t.Errorf("service path = %v, want ceph-client for rbd", v.Path)
+	}
+	if v.ConfigFile["ceph-keyring-file"] != "/etc/ceph/k" {
+		t.Errorf("config file = %v", v.ConfigFile)
+	}
+}
+
+func TestNixModuleDisabledDefinesNothing(t *testing.T) {
+	requireNixpkgs(t)
+	t.Parallel()
+	got := evalJSON(t, `let sys = fx.host [ { services.blixard.nodeId = 1; } ]; in
+		[ (builtins.attrNames sys.config.systemd.services) sys.config.assertions sys.config.environment.systemPackages ]`)
+	if !jsonEqual(t, got, []byte(`[[], [], []]`)) {
+		t.Errorf("a disabled module defined %s", got)
+	}
+}
+
+func TestNixModuleErrors(t *testing.T) {
+	requireNixpkgs(t)
+	cases := []struct {
+		name    string
+		modules string
+		want    string
+	}{
+		{
+			name:    "systemd backend without microvm.nix's host module says what to import",
+			modules: `fx.host [ { services.blixard = { enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
+			want:    `microvm.nix's host module is not enabled on this host: add microvm.nixosModules.host to this host's modules`,
+		},
+		{
+			name: "microvm.nix's host module disabled fails the same way",
+			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { microvm.host.enable = false; services.blixard = {
+				enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
+			want: `or set services.blixard.backend = "process"`,
+		},
+		{
+			name:    "node without a raft address fails an assertion",
+			modules: hostModules(`{ services.blixard.nodeId = fx.nixpkgsLib.mkForce 4; }`),
+			want:    `node 4 has no Raft address: set services.blixard.raftAddress, or list this node in services.blixard.members`,
+		},
+		{
+			name:    "node id 0 is a type error naming the option",
+			modules: hostModules(`{ services.blixard.nodeId = fx.nixpkgsLib.mkForce 0; }`),
+			want:    `services.blixard.nodeId`,
+		},
+		{
+			name:    "malformed member address is a type error",
+			modules: hostModules(`{ services.blixard.members = fx.nixpkgsLib.mkForce { "1" = "10.0.0.1"; }; }`),
+			want:    `services.blixard.members`,
+		},
+		{
+			name:    "label value with a comma is a type error",
+			modules: hostModules(`{ services.blixard.labels.zone = "a,b"; }`),
+			want:    `services.blixard.labels.zone`,
+		},
+		{
+			name:    "backend outside the enum is a type error",
+			modules: hostModules(`{ services.blixard.backend = "docker"; }`),
+			want:    `services.blixard.backend`,
+		},
+		{
+			name:    "missing capacity is reported by NixOS",
+			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { services.blixard = { enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; }; } ]`,
+			want:    `services.blixard.capacity.`,
+		},
+		{
+			name:    "without the flake's module or overlay the package says where to get it",
+			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
+			want:    "import blixard.nixosModules.default (it sets the package) or add blixard.overlays.default",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			stderr := evalError(t, "(fx.inspect ("+tc.modules+")).toplevel")
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("error does not say %q:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,117 @@
+# Fixtures for the tests in tests/nixlib: runner derivations built from
+# builtins.derivation with /bin/sh, microvm.nix-shaped configurations, and
+# services.blixard option values as the module's defaults fill them.
+#
+# nixpkgs: a directory holding nixpkgs' lib/ (the tests pass BLIXARD_NIXPKGS),
+# or null. Only nixpkgsLib, nixosStub and host need it.
+{ nixpkgs ? null }:
+let
+  blixardLib = import ../../../nix/lib.nix;
+
+  drv = name: builtins.derivation {
+    inherit name;
+    system = "x86_64-linux";
+    builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir -p $out/bin && printf '#!/bin/sh\\n' > $out/bin/microvm-run" ];
+  };
+
+  runners = {
+    web = drv "microvm-web";
+    db = drv "microvm-db";
+    hello = drv "fn-hello";
+  };
+
+  # The part of a nixpkgs.lib.nixosSystem result mkCluster reads, shaped as
+  # microvm.nix's guest module makes it.
+  microvmConfig = { runner, vcpu ? 2, mem ? 512, volumes ? [ ] }: {
+    config.microvm = {
+      declaredRunner = runner;
+      inherit vcpu mem volumes;
+    };
+  };
+
+  toRunner = r: { drv = r.drvPath; out = r.outPath; };
+  # What the daemon's nixeval applies before `nix eval --json` prints a
+  # cluster (runners become { drv, out }): its own file, not a copy.
+  toDaemon = import ../../../nixeval/apply.nix;
+
+  # config.services.blixard with every option at the module's default, plus
+  # the options that have none.
+  serviceDefaults = {
+    enable = true;
+    package = drv "blixard";
+    nodeId = 1;
+    raftAddress = null;
+    apiAddress = "127.0.0.1:7070";
+    members = { };
+    repository = {
+      url = null;
+      ref = "main";
+      attr = "blixard";
+      pollInterval = "5s";
+      webhookSecretFile = null;
+    };
+    dataDir = "/var/lib/blixard";
+    backend = "systemd";
+    capacity = { vcpu = 0; memMiB = 0; };
+    labels = { };
+    ceph = {
+      enable = false;
+      pool = "rbd";
+      user = "admin";
+      keyringFile = null;
+      configFile = "/etc/ceph/ceph.conf";
+    };
+    openFirewall = false;
+    extraArgs = [ ];
+    settings = { };
+  };
+
+  # serviceDefaults with overrides merged one level deep (repository,
+  # capacity and ceph are merged, everything else replaced).
+  service = overrides:
+    serviceDefaults // overrides // builtins.mapAttrs
+      (k: v: serviceDefaults.${k} // v)
+      (builtins.intersectAttrs { repository = null; capacity = null; ceph = null; } overrides);
+
+  render = import ../../../nixos-modules/render.nix;
+  ports = import ../../../nixos-modules/ports.nix;
+
+  # nixpkgs' lib, the NixOS stand-in (nixos-stub/nixos.nix) and the
+  # microvm.nix stand-in.
+  nixpkgsLib =
+    if nixpkgs == null
+    then throw "needs nixpkgs' lib: set BLIXARD_NIXPKGS=/path/to/nixpkgs"
+    else import "${nixpkgs}/lib";
+  nixosStub = import ./nixos-stub/nixos.nix { lib = nixpkgsLib; };
+  fakeMicrovm = (import ./fake-microvm/flake.nix).outputs { self = fakeMicrovm; };
+
+  # A host with Blixard's module and the given modules.
+  host = modules: nixosStub.nixosSystem {
+    modules = [ ../../../nixos-modules/blixard.nix ] ++ modules;
+  };
+
+  # What the module tests look at on a host.
+  inspect = sys:
+    let
+      service = sys.config.systemd.services.blixard;
+      exec = service.serviceConfig.ExecStart;
+      configPath = builtins.head (builtins.match ".* --config ([^ ]+).*" "${exec} ");
+    in
+    {
+      inherit service;
+      toplevel = sys.config.system.build.toplevel.drvPath;
+      configFile = builtins.fromJSON (builtins.readFile configPath);
+      rendered = render sys.config.services.blixard;
+      firewall = sys.config.networking.firewall.allowedTCPPorts;
+      users = builtins.attrNames sys.config.users.users;
+      kernelModules = sys.config.boot.kernelModules;
+      tmpfiles = sys.config.systemd.tmpfiles.rules;
+      path = map (p: p.name) service.path;
+      systemPackages = map (p: p.name) sys.config.environment.systemPackages;
+    };
+in
+{
+  inherit blixardLib drv runners microvmConfig toRunner toDaemon service render ports;
+  inherit nixpkgsLib nixosStub fakeMicrovm host inspect;
+}

@@ -450,7 +450,7 @@ func (a *Agent) converge(ctx context.Context, now time.Time, name string, as rep
 			st.Phase = replicated.PhaseFailed
 		}
 		st.Message = fmt.Sprintf("runner %s; restart %d in %s; see %s", us.Result, us.Restarts,
-			max(us.NextRestart.Sub(time.Now()), 0).Round(time.Millisecond), LogPath(a.o.StateDir, name))
+			max(us.NextRestart.Sub(now), 0).Round(time.Millisecond), LogPath(a.o.StateDir, name))
 		a.set(st, false)
 	case !us.Active && !us.Restarting:
 		st.Phase = replicated.PhaseStarting

@@ -24,5 +24,5 @@ echo "== go test"
 go test -count=1 -timeout 20m "$@" ./...
 
 echo "== fuzz (short)"
-go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s ./replicated
-go test -run '^$' -fuzz '^FuzzDecode$' -fuzztime 10s ./spec
+go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s -fuzzminimizetime 3s ./replicated
+go test -run '^$' -fuzz '^FuzzDecode$' -fuzztime 10s -fuzzminimizetime 3s ./spec

@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 }
 
 // requireTools fails the test (never skips) when a real program is missing.
-func requireTools(t *testing.T, names ...string) {
+func requireTools(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
@@ -48,7 +48,7 @@ func requireTools(t *testing.T, names ...string) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,7 +59,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // waitFor polls cond until it returns nil or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error
@@ -72,7 +72,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() error
 	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
 }
 
-func gitRun(t *testing.T, dir string, args ...string) string {
+func gitRun(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
@@ -87,13 +87,13 @@ func gitRun(t *testing.T, dir string, args ...string) string {
 
 // repo is a bare "remote" repository and a work tree that pushes to it.
 type repo struct {
-	t      *testing.T
+	t      testing.TB
 	bare   string
 	work   string
 	branch string
 }
 
-func newRepo(t *testing.T) *repo {
+func newRepo(t testing.TB) *repo {
 	root := t.TempDir()
 	r := &repo{t: t, bare: filepath.Join(root, "cluster.git"), work: filepath.Join(root, "work"), branch: "main"}
 	gitRun(t, root, "init", "-q", "--bare", "-b", r.branch, r.bare)
@@ -133,7 +133,7 @@ type node struct {
 }
 
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*node
 }
 
@@ -142,7 +142,7 @@ type nodeSpec struct {
 	labels    string
 }
 
-func startCluster(t *testing.T, repoURL string, specs []nodeSpec, extra ...string) *cluster {
+func startCluster(t testing.TB, repoURL string, specs []nodeSpec, extra ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t}
 	var members []string
@@ -263,7 +263,7 @@ func tail(b []byte, n int) []byte {
 }
 
 // cli runs the blixard client and returns stdout, stderr and the exit code.
-func cli(t *testing.T, dir string, args ...string) (string, string, int) {
+func cli(t testing.TB, dir string, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -283,7 +283,7 @@ func cli(t *testing.T, dir string, args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), code
 }
 
-func cliJSON(t *testing.T, out any, args ...string) error {
+func cliJSON(t testing.TB, out any, args ...string) error {
 	t.Helper()
 	stdout, stderr, code := cli(t, "", append(args, "--json")...)
 	if code != 0 {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/blixard/blixard/gitsync"
@@ -39,20 +40,39 @@ const maxRequestBody = 1 << 20
 var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
 func (a *apiServer) routes() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "node": a.store.NodeID()})
-	})
-	mux.HandleFunc("GET /v1/state", a.handleState)
-	mux.HandleFunc("GET /v1/status", a.handleStatus)
-	mux.HandleFunc("GET /v1/nodes", a.handleNodes)
-	mux.HandleFunc("GET /v1/history", a.handleHistory)
-	mux.HandleFunc("GET /v1/diff", a.handleDiff)
-	mux.HandleFunc("POST /v1/plan", a.handlePlan)
-	mux.HandleFunc("POST /v1/sync", a.handleSync)
-	mux.HandleFunc("GET /v1/vms/{name}/logs", a.handleLogs)
+	type route struct {
+		method, path string
+		h            http.Handler
+	}
+	routes := []route{
+		{"GET", "/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, map[string]any{"ok": true, "node": a.store.NodeID()})
+		})},
+		{"GET", "/v1/state", http.HandlerFunc(a.handleState)},
+		{"GET", "/v1/status", http.HandlerFunc(a.handleStatus)},
+		{"GET", "/v1/nodes", http.HandlerFunc(a.handleNodes)},
+		{"GET", "/v1/history", http.HandlerFunc(a.handleHistory)},
+		{"GET", "/v1/diff", http.HandlerFunc(a.handleDiff)},
+		{"POST", "/v1/plan", http.HandlerFunc(a.handlePlan)},
+		{"POST", "/v1/sync", http.HandlerFunc(a.handleSync)},
+		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(a.handleLogs)},
+	}
 	if a.rec != nil {
-		mux.Handle("POST /v1/webhook", gitsync.WebhookHandler(a.webhookSecret, a.rec.Triggers(), a.log))
+		routes = append(routes, route{"POST", "/v1/webhook", gitsync.WebhookHandler(a.webhookSecret, a.rec.Triggers(), a.log)})
+	}
+	mux := http.NewServeMux()
+	allowed := map[string][]string{} // path pattern → methods
+	for _, r := range routes {
+		mux.Handle(r.method+" "+r.path, r.h)
+		allowed[r.path] = append(allowed[r.path], r.method)
+	}
+	// A known path with another method is 405; anything else 404.
+	for path, methods := range allowed {
+		allow := strings.Join(methods, ", ")
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: method not allowed (use %s)", r.Method, r.URL.Path, allow))
+		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see `blixard --help`)", r.Method, r.URL.Path))

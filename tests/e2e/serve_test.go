@@ -211,6 +211,16 @@ func TestNixGitRaftServeFollowsPushes(t *testing.T) {
 		}
 	}
 
+	// `plan --commit` asks the cluster to evaluate a pushed commit: the
+	// current one changes nothing (exit 0), the first one reverts cache (exit 2).
+	if out, errOut, code := cli(t, "", "plan", "--server", api, "--commit", second); code != 0 {
+		t.Errorf("plan --commit of the committed revision: exit %d, want 0\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = cli(t, "", "plan", "--server", api, "--commit", first)
+	if code != 2 || !strings.Contains(out, "cache") {
+		t.Errorf("plan --commit of the previous commit: exit %d, want 2 and cache listed\n%s%s", code, out, errOut)
+	}
+
 	// 4. A broken flake: no new revision, status shows nix's error with the file name.
 	broken := r.push(brokenFlake, "broken")
 	waitFor(t, "the eval error of the broken commit", 60*time.Second, func() error {

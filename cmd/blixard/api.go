@@ -56,6 +56,7 @@ func (a *apiServer) routes() http.Handler {
 		{"POST", "/v1/plan", http.HandlerFunc(a.handlePlan)},
 		{"POST", "/v1/sync", http.HandlerFunc(a.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(a.handleLogs)},
+		{"GET", "/metrics", http.HandlerFunc(a.handleMetrics)},
 	}
 	if a.rec != nil {
 		routes = append(routes, route{"POST", "/v1/webhook", gitsync.WebhookHandler(a.webhookSecret, a.rec.Triggers(), a.log)})

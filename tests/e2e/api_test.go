@@ -64,6 +64,17 @@ func TestServeAPIRejectsGarbage(t *testing.T) {
 			}
 		})
 	}
+	resp, err := http.Get("http://" + n.api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"blixard_node_is_leader{node=\"1\"} 1", "blixard_revision 0", `blixard_node_heartbeats{node="1",state="ready"}`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
+		}
+	}
 	if _, stderr, code := cli(t, "", "status", "--server", n.api); code != 0 {
 		t.Fatalf("node stopped answering after garbage: exit %d: %s", code, stderr)
 	}

@@ -42,6 +42,12 @@ type Options struct {
 	// Backend runs the units (default: a [ProcessBackend] on StateDir).
 	// The agent runs its Run method.
 	Backend Backend
+	// Volumes attaches the VMs' Ceph RBD volumes (a volumes.Manager); nil:
+	// VMs that declare volumes fail with a message naming the flags to set.
+	Volumes Volumes
+	// VolumeRetry is how long a failed volume attachment of a VM is
+	// remembered before it is tried again (default 5s).
+	VolumeRetry time.Duration
 	// Nix is the nix binary; nix-store is looked up next to it (default "nix").
 	Nix string
 	// Interval is the resync period (default 1s). Passes also run on
@@ -79,6 +85,8 @@ type Agent struct {
 	done   chan opResult
 	rooted map[string]string // VM → out path valid and rooted at STATE/VM/gcroot
 	failed map[failKey]failure
+	// attached are the volumes attached (and locked) for a VM.
+	attached map[string][]spec.VolumeRef
 }
 
 type vmStatus struct {
@@ -93,12 +101,17 @@ type opKind int
 const (
 	opRealise opKind = iota
 	opRestart
-	opStop
+	opStop    // stop the unit, then detach its volumes
+	opVolumes // attach the volumes
+	opDetach  // detach the volumes of a VM that does not run
 )
 
 func (k opKind) String() string {
-	return [...]string{"realise", "restart", "stop"}[k]
+	return [...]string{"realise", "restart", "stop", "volumes", "detach"}[k]
 }
+
+// volumesKey is the failKey.out of a failed volume attachment.
+const volumesKey = "volumes"
 
 // op is the one background operation a VM may have at a time.
 type op struct {
@@ -111,6 +124,7 @@ type opResult struct {
 	vm   string
 	kind opKind
 	out  string
+	vols []spec.VolumeRef // the volumes attached (opVolumes) or detached (opStop, opDetach)
 	err  error
 }
 
@@ -138,6 +152,9 @@ func New(o Options) *Agent {
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = 2 * time.Minute
 	}
+	if o.VolumeRetry <= 0 {
+		o.VolumeRetry = 5 * time.Second
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -158,6 +175,7 @@ func New(o Options) *Agent {
 		done:     make(chan opResult),
 		rooted:   map[string]string{},
 		failed:   map[failKey]failure{},
+		attached: map[string][]spec.VolumeRef{},
 	}
 }
 
@@ -258,6 +276,8 @@ func (a *Agent) shutdown(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	running := map[string]bool{} // VMs that could not be stopped keep their volumes
 	for _, name := range names {
 		a.setPhase(name, replicated.PhaseStopping, "agent exiting")
 		wg.Add(1)
@@ -266,12 +286,25 @@ func (a *Agent) shutdown(ctx context.Context) {
 			if err := a.o.Backend.Stop(sctx, name); err != nil {
 				a.log.Error("cannot stop VM on exit", "vm", name, "err", err)
 				a.setPhase(name, replicated.PhaseFailed, "stop on exit: "+err.Error())
+				mu.Lock()
+				running[name] = true
+				mu.Unlock()
 				return
 			}
 			a.setPhase(name, replicated.PhaseStopped, "")
 		}()
 	}
 	wg.Wait()
+	for name, vols := range a.attached {
+		if running[name] {
+			continue
+		}
+		if err := a.detachVolumes(sctx, name, vols); err != nil {
+			a.log.Error("cannot detach volumes on exit", "vm", name, "err", err)
+			continue
+		}
+		delete(a.attached, name)
+	}
 }
 
 func (a *Agent) cancelOps() {
@@ -280,14 +313,15 @@ func (a *Agent) cancelOps() {
 	}
 }
 
-// startOp runs fn in the background as vm's one operation.
-func (a *Agent) startOp(ctx context.Context, vm string, kind opKind, out string, fn func(ctx context.Context) error) {
+// startOp runs fn in the background as vm's one operation; vols is passed
+// back to finish.
+func (a *Agent) startOp(ctx context.Context, vm string, kind opKind, out string, vols []spec.VolumeRef, fn func(ctx context.Context) error) {
 	octx, cancel := context.WithCancel(ctx)
 	a.ops[vm] = &op{kind: kind, out: out, cancel: cancel}
 	go func() {
 		err := fn(octx)
 		cancel()
-		a.done <- opResult{vm: vm, kind: kind, out: out, err: err}
+		a.done <- opResult{vm: vm, kind: kind, out: out, vols: vols, err: err}
 	}()
 }
 
@@ -321,8 +355,33 @@ func (a *Agent) finish(r opResult) {
 			}
 			return
 		}
+		if sameVolumes(a.attached[r.vm], r.vols) {
+			delete(a.attached, r.vm)
+		}
 		a.log.Info("VM stopped", "vm", r.vm)
 		a.setPhase(r.vm, replicated.PhaseStopped, "")
+	case opVolumes:
+		key := failKey{r.vm, volumesKey}
+		switch {
+		case r.err == nil:
+			a.attached[r.vm] = r.vols
+			delete(a.failed, key)
+		case !canceled:
+			msg := "volumes: " + r.err.Error()
+			a.failed[key] = failure{msg: msg, retryAt: a.o.Now().Add(a.o.VolumeRetry)}
+			a.log.Warn("attaching the volumes failed", "vm", r.vm, "err", r.err, "retry", a.o.VolumeRetry)
+			a.setPhase(r.vm, replicated.PhaseFailed, msg)
+		}
+	case opDetach:
+		if r.err != nil {
+			if !canceled {
+				a.log.Warn("detaching the volumes failed", "vm", r.vm, "err", r.err)
+			}
+			return
+		}
+		if sameVolumes(a.attached[r.vm], r.vols) {
+			delete(a.attached, r.vm)
+		}
 	}
 }
 
@@ -355,6 +414,7 @@ func (a *Agent) pass(ctx context.Context) {
 		}
 	}
 	declared := declaredNames(st.Desired)
+	vols := instanceVolumes(st.Desired)
 	commit := ""
 	if st.Revision != nil {
 		commit = st.Revision.Commit
@@ -369,7 +429,7 @@ func (a *Agent) pass(ctx context.Context) {
 		if d == "" {
 			d = name
 		}
-		a.converge(ctx, now, name, mine[name], d, commit)
+		a.converge(ctx, now, name, mine[name], d, commit, vols[name])
 	}
 	isUnit := map[string]bool{}
 	for _, name := range units {
@@ -377,6 +437,16 @@ func (a *Agent) pass(ctx context.Context) {
 		if _, ok := mine[name]; !ok {
 			a.retire(ctx, now, name)
 		}
+	}
+	// Volumes of VMs that are neither assigned here nor run are released
+	// (a VM that never started, a detach that failed after a stop).
+	for name, vs := range a.attached {
+		if _, ok := mine[name]; ok || isUnit[name] || a.ops[name] != nil {
+			continue
+		}
+		a.startOp(ctx, name, opDetach, "", vs, func(ctx context.Context) error {
+			return a.detachVolumes(ctx, name, vs)
+		})
 	}
 	// VMs that were reported but neither are assigned here nor run: stopped.
 	a.mu.Lock()
@@ -394,7 +464,7 @@ func (a *Agent) pass(ctx context.Context) {
 }
 
 // converge runs the steps for one assigned VM.
-func (a *Agent) converge(ctx context.Context, now time.Time, name string, as replicated.Assignment, declared, commit string) {
+func (a *Agent) converge(ctx context.Context, now time.Time, name string, as replicated.Assignment, declared, commit string, vols []spec.VolumeRef) {
 	st := replicated.VMStatus{VM: name, Node: a.o.NodeID, Generation: as.Generation, ObservedAt: now}
 	if op := a.ops[name]; op != nil {
 		a.touch(name, as.Generation, now) // the operation reports its own phase
@@ -426,7 +496,7 @@ func (a *Agent) converge(ctx context.Context, now time.Time, name string, as rep
 		}
 		a.set(st, false)
 		drv, out := as.Drv, as.OutPath
-		a.startOp(ctx, name, opRealise, out, func(ctx context.Context) error {
+		a.startOp(ctx, name, opRealise, out, nil, func(ctx context.Context) error {
 			return a.real.realise(ctx, root, drv, out, commit, declared, func(how string) {
 				a.setPhase(name, replicated.PhaseBuilding, "building runner "+how)
 			})
@@ -434,13 +504,30 @@ func (a *Agent) converge(ctx context.Context, now time.Time, name string, as rep
 		return
 	}
 
-	// Step 2: STATE/NAME/current → out path.
+	// Step 2: volumes: created or grown, locked for this node and attached
+	// at STATE/NAME/volumes/VOL before the unit may start.
+	if len(vols) > 0 && !sameVolumes(a.attached[name], vols) {
+		if f, ok := a.failed[failKey{name, volumesKey}]; ok && now.Before(f.retryAt) {
+			a.fail(st, f.msg)
+			return
+		}
+		if !us.Active {
+			st.Phase, st.Message = replicated.PhasePending, "attaching volumes"
+			a.set(st, false)
+		}
+		a.startOp(ctx, name, opVolumes, as.OutPath, vols, func(ctx context.Context) error {
+			return a.attachVolumes(ctx, name, vols)
+		})
+		return
+	}
+
+	// Step 3: STATE/NAME/current → out path.
 	if err := a.link(name, as.OutPath); err != nil {
 		a.fail(st, err.Error())
 		return
 	}
 
-	// Step 3: the unit.
+	// Step 4: the unit.
 	switch {
 	case us.Restarting && us.Booted == as.OutPath:
 		// The backend restarts it after its backoff; a new runner (below)
@@ -474,7 +561,7 @@ func (a *Agent) converge(ctx context.Context, now time.Time, name string, as rep
 		st.Phase, st.Message = replicated.PhaseStarting, fmt.Sprintf("restarting on %s (booted %s)", as.OutPath, us.Booted)
 		a.set(st, false)
 		a.log.Info("restarting VM on its new runner", "vm", name, "out", as.OutPath, "booted", us.Booted)
-		a.startOp(ctx, name, opRestart, as.OutPath, func(ctx context.Context) error {
+		a.startOp(ctx, name, opRestart, as.OutPath, nil, func(ctx context.Context) error {
 			return a.o.Backend.Restart(ctx, name)
 		})
 	default:
@@ -501,8 +588,13 @@ func (a *Agent) retire(ctx context.Context, now time.Time, name string) {
 	a.set(replicated.VMStatus{VM: name, Node: a.o.NodeID, Phase: replicated.PhaseStopping, BootedOut: us.Booted,
 		Generation: gen, ObservedAt: now, Message: "no longer assigned to this node"}, true)
 	a.log.Info("stopping VM no longer assigned here", "vm", name)
-	a.startOp(ctx, name, opStop, "", func(ctx context.Context) error {
-		return a.o.Backend.Stop(ctx, name)
+	vols := a.attached[name]
+	a.startOp(ctx, name, opStop, "", vols, func(ctx context.Context) error {
+		if err := a.o.Backend.Stop(ctx, name); err != nil {
+			return err
+		}
+		// Only a stopped VM's locks are released.
+		return a.detachVolumes(ctx, name, vols)
 	})
 }
 

@@ -14,14 +14,21 @@
 //     background, one at a time per VM, and a failure is retried only after
 //     Options.BuildRetry. Sets phase building (or failed with the build's
 //     error); a failing new version never stops the running old one.
-//  2. state directory: STATE/NAME/current → out path, switched atomically
+//  2. volumes (VMs that declare any): [Volumes.Attach] for each, in name
+//     order: the RBD image is created or grown, this node takes its
+//     exclusive lock, and it is attached at STATE/NAME/volumes/VOL. Runs in
+//     the background; sets pending ("attaching volumes"), or failed with
+//     Ceph's error (another node's lock included), retried after
+//     Options.VolumeRetry. The unit never starts before this step passed.
+//  3. state directory: STATE/NAME/current → out path, switched atomically
 //     (a new symlink renamed over the old one). Sets failed on I/O errors.
-//  3. unit: start it when it is not running, restart it when
+//  4. unit: start it when it is not running, restart it when
 //     STATE/NAME/booted (what runs) differs from current. Sets starting,
 //     running, or failed (the backend's error or a crash loop).
 //
 // VMs the backend runs that are no longer assigned to this node are stopped
-// (phase stopping, then stopped); their state directories are kept.
+// (phase stopping, then stopped), and only then their volumes are detached
+// and their locks released; their state directories and images are kept.
 //
 // The agent owns the node's heartbeat: every Options.Heartbeat and shortly
 // after any phase change it proposes a NodeHeartbeat with the complete list
@@ -38,6 +45,7 @@
 //	STATE/NAME/gcroot      → indirect nix GC root of current (nix-store --add-root --indirect)
 //	STATE/NAME/pid         → "PID STARTTIME" of the running runner (process backend)
 //	STATE/NAME/console.log → the runner's stdout and stderr (process backend; see [LogPath])
+//	STATE/NAME/volumes/VOL → the attached volume VOL (see [VolumePath])
 //
 // The agent must not decide placement, write assignments or talk to other
 // nodes' agents: it acts on the committed plan and only reports what it sees.

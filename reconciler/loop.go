@@ -198,6 +198,10 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	}
 	if newCommit {
 		ev, err := r.opts.Evaluator.Evaluate(ctx, commit)
+		if err == nil {
+			// A spec that shrinks a volume is refused like an invalid one.
+			err = CheckVolumes(state.Desired, ev.Spec)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -222,7 +226,7 @@ func (r *Reconciler) pass(ctx context.Context) error {
 		return nil // nothing fetched and nothing committed yet
 	}
 
-	plan := Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments})
+	plan := Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired})
 	if !newCommit && !plan.HasChanges() {
 		return nil
 	}

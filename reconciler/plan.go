@@ -35,6 +35,8 @@ package reconciler
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -48,6 +50,11 @@ type Input struct {
 	Nodes map[uint64]*replicated.Node
 	// Current are the committed assignments by VM name.
 	Current map[string]replicated.Assignment
+	// Previous is the committed desired spec (replicated.State.Desired), the
+	// baseline of Plan.Volumes; nil means no volume exists yet. Call
+	// CheckVolumes(Previous, Desired) before committing: Compute does not
+	// refuse a shrink, it just does not list it.
+	Previous *spec.Cluster
 }
 
 // Plan is the outcome of Compute: the complete new assignment set and what
@@ -72,6 +79,23 @@ type Plan struct {
 	Moved []Change `json:"moved,omitempty"`
 	// Unschedulable are desired instances no node can take.
 	Unschedulable []Unschedulable `json:"unschedulable,omitempty"`
+	// Volumes are the RBD volumes of placed instances that are new in the
+	// desired spec (the agent creates their image unless it exists) or
+	// larger than in Input.Previous (the agent grows the image), sorted by
+	// VM, then volume.
+	Volumes []VolumeChange `json:"volumes,omitempty"`
+}
+
+// VolumeChange is one volume a plan creates or grows.
+type VolumeChange struct {
+	VM     string `json:"vm"`     // instance name
+	Volume string `json:"volume"` // name in the flake
+	Image  string `json:"image"`  // RBD image (spec.ImageName)
+	Pool   string `json:"pool"`
+	// SizeMiB is the desired size; OldSizeMiB the committed one, 0 for a
+	// volume the committed spec does not have (created).
+	SizeMiB    int `json:"sizeMiB"`
+	OldSizeMiB int `json:"oldSizeMiB,omitempty"`
 }
 
 // Change is one instance's difference between the current and the new
@@ -109,14 +133,24 @@ const ReasonNotDeclared = "no longer declared"
 // assignments. Unschedulable instances alone are not a change; one that loses
 // its assignment is, through Removed.
 func (p Plan) HasChanges() bool {
-	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved) > 0
+	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved)+len(p.Volumes) > 0
 }
 
 // Summary is a one-line description of the plan, e.g.
 // "2 added, 1 changed, 0 moved, 1 removed, 1 unschedulable".
 func (p Plan) Summary() string {
-	return fmt.Sprintf("%d added, %d changed, %d moved, %d removed, %d unschedulable",
+	s := fmt.Sprintf("%d added, %d changed, %d moved, %d removed, %d unschedulable",
 		len(p.Added), len(p.Changed), len(p.Moved), len(p.Removed), len(p.Unschedulable))
+	if len(p.Volumes) > 0 {
+		created := 0
+		for _, v := range p.Volumes {
+			if v.OldSizeMiB == 0 {
+				created++
+			}
+		}
+		s += fmt.Sprintf(", %d volumes created, %d grown", created, len(p.Volumes)-created)
+	}
+	return s
 }
 
 // Compute returns the plan that takes the current assignments to the desired
@@ -126,7 +160,89 @@ func Compute(in Input) Plan {
 	s := newScheduler(in)
 	s.keep()
 	s.place()
-	return s.plan()
+	p := s.plan()
+	p.Volumes = volumeChanges(in.Previous, in.Desired, p.Assignments)
+	return p
+}
+
+// volumeChanges lists the volumes of the assigned instances of desired that
+// previous lacks or has smaller (compared by pool and image).
+func volumeChanges(previous, desired *spec.Cluster, assigned []replicated.Assignment) []VolumeChange {
+	if desired == nil || len(assigned) == 0 {
+		return nil
+	}
+	old := volumeSizes(previous)
+	isAssigned := make(map[string]bool, len(assigned))
+	for _, a := range assigned {
+		isAssigned[a.VM] = true
+	}
+	var out []VolumeChange
+	for _, in := range desired.Instances() {
+		if len(in.Volumes) == 0 || !isAssigned[in.Name] {
+			continue
+		}
+		for _, v := range desired.VolumesOf(in) {
+			was := old[v.Pool+"/"+v.Image]
+			if v.SizeMiB > was.SizeMiB {
+				out = append(out, VolumeChange{VM: in.Name, Volume: v.Name, Image: v.Image, Pool: v.Pool,
+					SizeMiB: v.SizeMiB, OldSizeMiB: was.SizeMiB})
+			}
+		}
+	}
+	return out // Instances and VolumesOf are sorted
+}
+
+// volumeSizes maps "POOL/IMAGE" to the volume of c (nil: none).
+func volumeSizes(c *spec.Cluster) map[string]spec.VolumeRef {
+	m := map[string]spec.VolumeRef{}
+	if c == nil {
+		return m
+	}
+	for _, in := range c.Instances() {
+		for _, v := range c.VolumesOf(in) {
+			m[v.Pool+"/"+v.Image] = v
+		}
+	}
+	return m
+}
+
+// CheckVolumes refuses a desired spec that shrinks a volume of the
+// committed one: RBD images are never shrunk (that destroys data at the
+// end of the disk). The error names every such volume and what to do. A
+// volume whose pool or name changed is a new image, not a shrink; the old
+// image is kept. Nil specs have no volumes.
+func CheckVolumes(previous, desired *spec.Cluster) error {
+	if previous == nil || desired == nil {
+		return nil
+	}
+	old := volumeSizes(previous)
+	var problems []string
+	for _, in := range desired.Instances() {
+		for _, v := range desired.VolumesOf(in) {
+			was, ok := old[v.Pool+"/"+v.Image]
+			if ok && v.SizeMiB < was.SizeMiB {
+				problems = append(problems, fmt.Sprintf(
+					"vms.%s.volumes.%s: sizeMiB %d is smaller than the committed %d (RBD image %s/%s); volumes are never shrunk: set sizeMiB to %d or more, or give the volume a new name for a new image",
+					in.Declared, v.Name, v.SizeMiB, was.SizeMiB, v.Pool, v.Image, was.SizeMiB))
+			}
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	sort.Strings(problems)
+	problems = dedupe(problems) // replicas of one VM report the same line
+	return fmt.Errorf("volume shrink refused:\n%s", strings.Join(problems, "\n"))
+}
+
+func dedupe(s []string) []string {
+	out := s[:0]
+	for i, x := range s {
+		if i == 0 || x != s[i-1] {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // changeOf describes an instance going from old to a (either may be absent).

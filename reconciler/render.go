@@ -16,14 +16,17 @@ const (
 	ansiBold   = "\x1b[1;31m"
 )
 
-// Render writes the plan for a human, one line per instance, in the manner
-// of `terraform plan`:
+// Render writes the plan for a human, one line per instance or volume, in
+// the manner of `terraform plan`:
 //
-//   - web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
-//     ~ db on node 1: /nix/store/…-old → /nix/store/…-new
-//     → cache moved node 2 → node 3 (node 2 is draining)
-//   - old-vm (was on node 2): no longer declared
-//     ! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
+//	$ blixard plan
+//	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
+//	~ db on node 1: /nix/store/…-old → /nix/store/…-new
+//	→ cache moved node 2 → node 3 (node 2 is draining)
+//	- old-vm (was on node 2): no longer declared
+//	+ volume db/data: RBD image rbd/prod.db.data, 10240 MiB (created unless it exists)
+//	~ volume web/logs: RBD image rbd/prod.web.logs grows 512 → 1024 MiB
+//	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
 //
 // followed by a blank line and the Summary, or just "No changes." when there
 // is nothing to list. Lines are grouped by kind in that order and sorted by
@@ -55,6 +58,13 @@ func (p Plan) Render(w io.Writer, color bool) error {
 	}
 	for _, c := range p.Removed {
 		line(ansiRed, "- %s (was on node %d): %s", c.VM, c.OldNode, c.Reason)
+	}
+	for _, v := range p.Volumes {
+		if v.OldSizeMiB == 0 {
+			line(ansiGreen, "+ volume %s/%s: RBD image %s/%s, %d MiB (created unless it exists)", v.VM, v.Volume, v.Pool, v.Image, v.SizeMiB)
+		} else {
+			line(ansiYellow, "~ volume %s/%s: RBD image %s/%s grows %d → %d MiB", v.VM, v.Volume, v.Pool, v.Image, v.OldSizeMiB, v.SizeMiB)
+		}
 	}
 	for _, u := range p.Unschedulable {
 		line(ansiBold, "! %s: unschedulable: %s", u.VM, u.Reason)

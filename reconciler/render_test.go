@@ -17,8 +17,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 func renderInput() Input {
 	return Input{
 		Desired: mkCluster(map[string]spec.VM{
-			"web":    withReplicas(mkVM("web", 1, 1024), 2),
-			"db":     mkVM("db-new", 2, 2048),
+			"web":    withReplicas(withVolume(mkVM("web", 1, 1024), "data", 10240), 2),
+			"db":     withVolume(mkVM("db-new", 2, 2048), "data", 1024),
 			"cache":  mkVM("cache", 1, 1024),
 			"big":    mkVM("big", 2, 4096),
 			"api":    mkVM("api-2", 1, 512),
@@ -36,6 +36,7 @@ func renderInput() Input {
 			mkAssign("old-vm", 2, "old-vm", 1, 512, 2),
 			mkAssign("pinned", 2, "pinned", 1, 512, 3),
 		),
+		Previous: mkCluster(map[string]spec.VM{"db": withVolume(mkVM("db-old", 2, 2048), "data", 512)}),
 	}
 }
 

@@ -65,6 +65,9 @@ type Config struct {
 	// SnapshotEntries is the number of applied entries between automatic
 	// snapshots (default 1000).
 	SnapshotEntries uint64
+	// QuietRaftLog lowers Dragonboat's own logging from warnings to errors
+	// (process-wide; the first Start decides).
+	QuietRaftLog bool
 	// OnApply, when non-nil, is called (without blocking) after every entry
 	// this replica applies, so local readers can react at once.
 	OnApply func(index uint64)
@@ -136,14 +139,20 @@ func memberIDs(m map[uint64]string) []uint64 {
 // loggers' readers, so the levels are set once, before the first NodeHost.
 var dragonboatLogOnce sync.Once
 
-// quietDragonboat turns Dragonboat's own loggers down to WARNING.
-func quietDragonboat() { dragonboatLogOnce.Do(setDragonboatLogLevels) }
-
-func setDragonboatLogLevels() {
-	for _, pkg := range []string{"dragonboat", "raft", "rsm", "transport", "logdb", "LogDB", "raftpb",
-		"config", "settings", "gossip", "registry", "server", "tan", "pebblekv", "raft-mt", "tools"} {
-		logger.GetLogger(pkg).SetLevel(logger.WARNING)
-	}
+// quietDragonboat turns Dragonboat's own loggers down to WARNING, or to
+// ERROR when quieter is set (a one-node dev cluster, where elections and
+// stale-read warnings are noise). The first Start in a process decides.
+func quietDragonboat(quieter bool) {
+	dragonboatLogOnce.Do(func() {
+		level := logger.WARNING
+		if quieter {
+			level = logger.ERROR
+		}
+		for _, pkg := range []string{"dragonboat", "raft", "rsm", "transport", "logdb", "LogDB", "raftpb",
+			"config", "settings", "gossip", "registry", "server", "tan", "pebblekv", "raft-mt", "tools"} {
+			logger.GetLogger(pkg).SetLevel(level)
+		}
+	})
 }
 
 // Start creates the NodeHost, starts this replica of the shard and returns
@@ -168,7 +177,7 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.Default()
 	}
 	log = log.With("component", "replicated", "node", cfg.NodeID)
-	quietDragonboat()
+	quietDragonboat(cfg.QuietRaftLog)
 
 	nhc := config.NodeHostConfig{
 		NodeHostDir:    cfg.DataDir,

@@ -60,6 +60,7 @@ else
 	ver=${pkg#linux-image-}
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
+	chown _apt "$tmp" 2>/dev/null || true # apt downloads as _apt
 	log "downloading $pkg (not installing it)"
 	(cd "$tmp" && apt-get download -qq "$pkg")
 	mkdir -p "$kernel_dir"
@@ -74,7 +75,29 @@ else
 fi
 chmod a+rx "$(dirname "$kernel_dir")" "$kernel_dir" 2>/dev/null || true
 
-# 3. Report what a runner will use.
-accel="tcg (software emulation; no usable /dev/kvm)"
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then accel="kvm"; fi
+# 3. The host's TSC frequency, which runners under software emulation pass
+# to the guest (tsc_early_khz): recorded here from the kernel's calibration,
+# because reading dmesg at run time may need root.
+if [ -r /sys/devices/system/cpu/cpu0/tsc_freq_khz ]; then
+	log "host TSC: $(cat /sys/devices/system/cpu/cpu0/tsc_freq_khz) kHz (sysfs; runners read it there)"
+else
+	mhz=$(dmesg 2>/dev/null | sed -n -e 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p' \
+		-e 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | tail -n 1)
+	if [ -n "$mhz" ] && [ -w "$kernel_dir" ]; then
+		khz=$(awk -v m="$mhz" 'BEGIN { printf "%d\n", m * 1000 }')
+		if [ "$(cat "$kernel_dir/tsc_khz" 2>/dev/null)" != "$khz" ]; then
+			echo "$khz" >"$kernel_dir/tsc_khz"
+			chmod a+r "$kernel_dir/tsc_khz"
+			log "host TSC: $khz kHz (from dmesg), recorded in $kernel_dir/tsc_khz"
+		else
+			log "host TSC: $khz kHz (already recorded in $kernel_dir/tsc_khz)"
+		fi
+	else
+		log "host TSC: not in sysfs or dmesg; runners fall back to /proc/cpuinfo (set MICROVM_TSC_KHZ if guests hang at boot)"
+	fi
+fi
+
+# 4. Report what a runner will use.
+accel="tcg (software emulation: no usable /dev/kvm)"
+if [ -r /dev/kvm ] && [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then accel="kvm"; fi
 log "ok: $(qemu-system-x86_64 --version | head -n 1), kernel $(readlink "$kernel_dir/vmlinuz"), accel $accel"

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 
 scripts/setup.sh
+scripts/setup-ceph.sh      # Ceph daemons + librados/librbd for -tags ceph,pacific (tests/ceph)
+scripts/setup-microvm.sh   # qemu, busybox and a Debian cloud kernel (tests/qemu, the demo)
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
@@ -13,15 +15,15 @@ if [ -n "$unformatted" ]; then
 	echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
 fi
 echo "== go vet"
-go vet ./...
+go vet ./... && go vet -tags ceph,pacific ./...
 echo "== staticcheck"
 if ! command -v staticcheck >/dev/null; then
 	go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fi
-staticcheck ./...
+staticcheck ./... && staticcheck -tags ceph,pacific ./...
 
 echo "== go test"
-go test -count=1 -timeout 20m "$@" ./...
+go test -tags ceph,pacific -count=1 -timeout 20m "$@" ./...
 
 echo "== fuzz (short)"
 go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s -fuzzminimizetime 3s ./replicated

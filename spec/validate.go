@@ -131,6 +131,16 @@ func validateVM(ps *problems, c *Cluster, path, name string, vm VM) {
 		if !poolRE.MatchString(v.Pool) {
 			ps.addf(attrPath(vp, "pool"), "invalid Ceph pool name %q: use letters, digits, '_', '.' or '-' (default %q)", v.Pool, DefaultPool)
 		}
+		if ValidName(vol) == nil && ValidName(name) == nil && vm.Replicas <= MaxReplicas {
+			// The longest instance name gives the longest image name.
+			inst := name
+			if vm.Replicas > 1 {
+				inst = instanceName(name, vm.Replicas-1)
+			}
+			if _, err := ImageName(c.Name, inst, vol); err != nil && (c.Name == "" || ValidName(c.Name) == nil) && ValidName(inst) == nil {
+				ps.addf(vp, "%v", err)
+			}
+		}
 	}
 }
 

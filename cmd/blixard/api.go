@@ -178,7 +178,12 @@ func (a *apiServer) handlePlan(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, newPlanView(s, res.Spec, req.Commit, ""))
+	v, err := newPlanView(s, res.Spec, req.Commit, "")
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("planning %s: %w", req.Commit, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (a *apiServer) handleSync(w http.ResponseWriter, _ *http.Request) {

@@ -231,7 +231,9 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 				if err := c.do(ctx, "GET", "/v1/state", nil, &s); err != nil {
 					return err
 				}
-				v = newPlanView(&s, res.Spec, "", abs)
+				if v, err = newPlanView(&s, res.Spec, "", abs); err != nil {
+					return err
+				}
 			}
 			if g.json {
 				if err := printJSON(g.stdout, v); err != nil {
@@ -253,13 +255,18 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 	return cmd
 }
 
-func newPlanView(s *replicated.State, desired *spec.Cluster, commit, flake string) planView {
-	p := reconciler.Compute(reconciler.Input{Desired: desired, Nodes: s.Nodes, Current: s.Assignments})
+// newPlanView plans desired against the committed state; a change the
+// cluster would refuse (a volume shrink) is an error, as it is for the leader.
+func newPlanView(s *replicated.State, desired *spec.Cluster, commit, flake string) (planView, error) {
+	if err := reconciler.CheckVolumes(s.Desired, desired); err != nil {
+		return planView{}, err
+	}
+	p := reconciler.Compute(reconciler.Input{Desired: desired, Nodes: s.Nodes, Current: s.Assignments, Previous: s.Desired})
 	v := planView{Commit: commit, Flake: flake, HasChanges: p.HasChanges(), Summary: p.Summary(), Plan: p}
 	if s.Revision != nil {
 		v.Base = s.Revision.ID
 	}
-	return v
+	return v, nil
 }
 
 func sortedStrings(s []string) []string {

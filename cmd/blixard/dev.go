@@ -61,6 +61,9 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 			if len(args) == 1 {
 				o.dir = args[0]
 			}
+			if !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn" // dev prints its own progress on stdout
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -158,7 +161,7 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	applied := make(chan struct{}, 1)
 	store, err := replicated.Start(ctx, replicated.Config{
 		NodeID: nodeID, RaftAddr: raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
-		Members: map[uint64]string{nodeID: raftAddr}, Logger: log,
+		Members: map[uint64]string{nodeID: raftAddr}, Logger: log, QuietRaftLog: true,
 		OnApply: func(uint64) {
 			select {
 			case applied <- struct{}{}:

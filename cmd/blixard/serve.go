@@ -22,6 +22,7 @@ import (
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/volumes"
 )
 
 type serveOptions struct {
@@ -122,7 +123,7 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.backend, "backend", "process", "how VMs run: process (the agent supervises microvm-run) or systemd (microvm@NAME units)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
-	f.StringVar(&o.ceph.pool, "ceph-pool", "", "default RBD pool for VM volumes (Ceph volume support is not built yet)")
+	f.StringVar(&o.ceph.pool, "ceph-pool", "", "not used yet: each volume's pool comes from the flake (default rbd); accepted so NixOS hosts can set it")
 	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user name, without the client. prefix")
 	f.StringVar(&o.ceph.keyringFile, "ceph-keyring-file", "", "Ceph keyring of --ceph-user")
 	f.StringVar(&o.ceph.configFile, "ceph-config-file", "", "ceph.conf naming the monitors")
@@ -212,6 +213,9 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if o.ceph.set() && !volumes.Built {
+		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
+	}
 	if o.agent && o.backend == "systemd" {
 		return errors.New("--backend systemd is not available in this build yet; use --backend process")
 	}
@@ -284,15 +288,24 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		_ = srv.Shutdown(shutCtx)
 	}()
 
+	// Ceph: the node's client addresses are registered so the cluster can
+	// fence them; the agent attaches VM volumes through the same client.
+	var vols *volumes.Manager
+	var cephAddrs []string
+	if o.ceph.set() && o.agent {
+		vols = volumes.NewManager(volumes.Config{ConfigFile: o.ceph.configFile, User: o.ceph.user, KeyringFile: o.ceph.keyringFile},
+			nil, log.With("component", "volumes"))
+		if cephAddrs, err = vols.Addrs(ctx); err != nil {
+			log.Warn("cannot reach Ceph yet; registering without client addresses (VMs with volumes will fail until it is reachable)", "err", err)
+		}
+	}
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
+		CephAddrs: cephAddrs,
 		ID: o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 	}}
 	if err := proposeOK(ctx, store, reg); err != nil {
 		return fmt.Errorf("registering node %d: %w", o.nodeID, err)
-	}
-	if o.ceph.set() {
-		log.Warn("Ceph settings given, but this build does not attach RBD volumes yet: VM volumes are not provided")
 	}
 	notifyReady(ctx, &wg, log, fmt.Sprintf("node %d serving API on %s", o.nodeID, ln.Addr()))
 	log.Info("node registered", "raft", o.raftAddr, "api", ln.Addr().String(),
@@ -302,16 +315,24 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		backend := nodeagent.NewProcessBackend(nodeagent.ProcessOptions{
 			StateDir: o.stateDir, RestartBackoff: o.restartDelay, Logger: log.With("component", "backend"),
 		})
-		agent := nodeagent.New(nodeagent.Options{
+		opts := nodeagent.Options{
 			NodeID: o.nodeID, StateDir: o.stateDir, State: store, Proposer: store, Backend: backend,
 			Builder: flakeBuilder(ctx, mirror, o.attr), Heartbeat: o.heartbeat, Logger: log.With("component", "agent"),
-		})
+		}
+		if vols != nil {
+			opts.Volumes = vols
+		}
+		agent := nodeagent.New(opts)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			if err := agent.Start(ctx); err != nil {
 				log.Error("node agent stopped", "err", err)
 				cancel()
+			}
+			if vols != nil {
+				// Only after the agent returned: it may still detach on exit.
+				vols.Close(context.WithoutCancel(ctx))
 			}
 		}()
 		go func() {

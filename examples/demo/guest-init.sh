@@ -1,0 +1,48 @@
+#!/bin/busybox sh
+# /init of the demo microVMs (PID 1 in a busybox initramfs built by
+# build-runner.sh). It loads the drivers the Debian cloud kernel has as
+# modules, brings up eth0 for qemu's user-mode network (10.0.2.15/24,
+# gateway 10.0.2.2), serves /www over HTTP on port 80, prints a READY line on
+# the serial console and powers off when the ACPI power button is pressed
+# (microvm-shutdown presses it through QMP `system_powerdown`).
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+. /etc/microvm # NAME, VERSION
+log() { echo "microvm[$NAME]: $*"; }
+
+# No modules.dep in here: insert in dependency order.
+for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net evdev button; do
+	insmod "/lib/modules/$m.ko" || log "insmod $m failed"
+done
+
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ "$i" -lt 100 ]; do
+	sleep 0.05
+	i=$((i + 1))
+done
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0 &&
+	ip link set eth0 up &&
+	ip route add default via 10.0.2.2 ||
+	log "no network: eth0 did not come up"
+httpd -p 80 -h /www || log "httpd did not start"
+
+# The power button(s): evdev nodes whose device is named "Power Button".
+buttons=
+for d in /sys/class/input/event*; do
+	[ "$(cat "$d/device/name" 2>/dev/null)" = "Power Button" ] && buttons="$buttons /dev/input/${d##*/}"
+done
+for ev in $buttons; do
+	# One input_event (24 bytes on x86_64) is a press.
+	(dd if="$ev" of=/dev/null bs=24 count=1 2>/dev/null && log "power button pressed; powering off" && poweroff -f) &
+done
+[ -n "$buttons" ] || log "no Power Button input device: microvm-shutdown cannot stop this VM cleanly"
+
+log "READY name=$NAME version=$VERSION http=10.0.2.15:80"
+while :; do
+	wait
+	sleep 3600
+done

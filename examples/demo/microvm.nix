@@ -1,0 +1,48 @@
+# Real microVMs without nixpkgs and without network: a runner is a
+# builtins.derivation whose out path has bin/microvm-run and
+# bin/microvm-shutdown, the contract of microvm.nix's runners.
+#
+# The guest is a Debian cloud kernel and a busybox initramfs that answers
+# HTTP on port 80, forwarded by qemu's user-mode network to 127.0.0.1:port.
+# Host tools (qemu, socat, busybox-static, cpio) and the kernel come from
+# scripts/setup-microvm.sh; the build reads them by absolute path, so the
+# nix sandbox must be off (as blixard's setup configures it).
+#
+#   let microvm = import ./microvm.nix; in
+#   microvm.vm { name = "web"; port = 18080; version = "1"; }
+#     → { runner = <derivation>; vcpu = 1; memMiB = 128; }  (a blixard VM entry)
+#
+# Changing any argument (version is there for that) changes the out path,
+# so blixard restarts exactly that VM.
+let
+  runner =
+    { name
+    , port
+    , version ? "1"
+    , memMiB ? 128
+    , vcpu ? 1
+      # Where scripts/setup-microvm.sh unpacks the kernel (links vmlinuz, modules).
+    , kernelDir ? "/var/cache/blixard/kernel"
+    }:
+    builtins.derivation {
+      name = "microvm-${name}";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      args = [ ./build-runner.sh ];
+      guestInit = ./guest-init.sh;
+      vmName = name;
+      inherit version kernelDir;
+      port = toString port;
+      memMiB = toString memMiB;
+      vcpu = toString vcpu;
+    };
+in
+{
+  inherit runner;
+
+  # vm: a blixard VM entry (schema v1) whose runner gets the same memory and vCPUs.
+  vm = { name, port, version ? "1", memMiB ? 128, vcpu ? 1, kernelDir ? "/var/cache/blixard/kernel" }: {
+    runner = runner { inherit name port version memMiB vcpu kernelDir; };
+    inherit vcpu memMiB;
+  };
+}

@@ -1,0 +1,33 @@
+package nodeagent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+func TestNixProcessVMWithVolumesFailsWithoutCephSettings(t *testing.T) {
+	e := newEnv(t)
+	r := makeRunner(t, runnerSpec{marker: "m"}).build(t)
+	e.state.assign("plain", testNode, r)
+	e.state.assign("vol", testNode, r)
+	e.state.mu.Lock()
+	vm := e.state.st.Desired.VMs["vol"]
+	vm.Volumes = map[string]spec.Volume{"data": {SizeMiB: 4, Pool: "rbd"}}
+	e.state.st.Desired.VMs["vol"] = vm
+	e.state.mu.Unlock()
+	e.start(nil) // no Options.Volumes
+
+	s := e.waitPhase("vol", replicated.PhaseFailed, nil)
+	if !strings.Contains(s.Message, "--ceph-config-file") {
+		t.Errorf("message %q does not name the Ceph flags", s.Message)
+	}
+	e.waitPhase("plain", replicated.PhaseRunning, nil)
+	if _, err := os.Lstat(filepath.Join(e.dir, "vol", "booted")); !os.IsNotExist(err) {
+		t.Errorf("the VM without its volume was started: %v", err)
+	}
+}

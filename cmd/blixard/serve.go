@@ -300,9 +300,9 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		}
 	}
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
-		CephAddrs: cephAddrs,
-		ID:        o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
+		ID: o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
+		CephAddrs: cephAddrs,
 	}}
 	if err := proposeOK(ctx, store, reg); err != nil {
 		return fmt.Errorf("registering node %d: %w", o.nodeID, err)

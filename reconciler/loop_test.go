@@ -1,0 +1,189 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// loopStore serves a fixed state and answers proposals with result.
+type loopStore struct {
+	st       *replicated.State
+	result   replicated.ResultCode
+	proposed []replicated.Command
+}
+
+func (s *loopStore) Read(context.Context) (*replicated.State, error) { return s.st, nil }
+func (s *loopStore) IsLeader() bool                                  { return true }
+func (s *loopStore) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
+	s.proposed = append(s.proposed, cmd)
+	return replicated.Result{Code: s.result, Message: s.result.String()}, nil
+}
+
+type loopSource struct {
+	commit string
+	err    error
+}
+
+func (s loopSource) Fetch(context.Context) (string, error) { return s.commit, s.err }
+
+// countingEval returns spec (or err) and counts evaluations.
+type countingEval struct {
+	spec  *spec.Cluster
+	err   error
+	calls int
+}
+
+func (e *countingEval) Evaluate(context.Context, string) (Evaluation, error) {
+	e.calls++
+	if e.err != nil {
+		return Evaluation{}, e.err
+	}
+	return Evaluation{Spec: e.spec, Hash: "hash"}, nil
+}
+
+func TestPass(t *testing.T) {
+	web := mkCluster(map[string]spec.VM{"web": mkVM("web", 1, 512)})
+	webOnNode1 := mkCurrent(mkAssign("web", 1, "web", 1, 512, 5))
+	oneNode := mkNodes(mkNode(1, replicated.NodeReady, 4, 4096))
+	twoNodes := mkNodes(mkNode(1, replicated.NodeReady, 4, 4096), mkNode(2, replicated.NodeReady, 4, 4096))
+	bigger := mkCluster(map[string]spec.VM{"web": mkVM("web", 1, 512), "db": mkVM("db", 4, 4096)})
+
+	tests := []struct {
+		name      string
+		state     *replicated.State
+		source    loopSource
+		eval      *countingEval
+		result    replicated.ResultCode
+		wantEvals int
+		wantCmds  []replicated.CommandType
+		wantErr   bool
+		check     func(t *testing.T, cmds []replicated.Command)
+	}{
+		{
+			name:      "first commit is evaluated and committed with parent 0",
+			state:     &replicated.State{Nodes: oneNode},
+			source:    loopSource{commit: "c1"},
+			eval:      &countingEval{spec: web},
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
+			check: func(t *testing.T, cmds []replicated.Command) {
+				p := cmds[0].CommitPlan
+				if p.Parent != 0 || p.Commit != "c1" || len(p.Assignments) != 1 || p.Assignments[0].Node != 1 {
+					t.Errorf("plan %+v", p)
+				}
+			},
+		},
+		{
+			name:      "new commit without changes still commits a revision recording it",
+			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
+			source:    loopSource{commit: "c2"},
+			eval:      &countingEval{spec: web},
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
+			check: func(t *testing.T, cmds []replicated.Command) {
+				if p := cmds[0].CommitPlan; p.Parent != 5 || p.Commit != "c2" {
+					t.Errorf("plan parent %d commit %s, want 5 c2", p.Parent, p.Commit)
+				}
+			},
+		},
+		{
+			name:      "unchanged commit and nodes proposes nothing and evaluates nothing",
+			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
+			source:    loopSource{commit: "c1"},
+			eval:      &countingEval{spec: web},
+			wantEvals: 0,
+		},
+		{
+			name:      "failed evaluation records the error and commits no plan",
+			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
+			source:    loopSource{commit: "bad"},
+			eval:      &countingEval{err: errors.New("error: syntax error at flake.nix:3:5")},
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdRecordEvalError},
+			check: func(t *testing.T, cmds []replicated.Command) {
+				if e := cmds[0].RecordEvalError; e.Commit != "bad" || e.Message != "error: syntax error at flake.nix:3:5" {
+					t.Errorf("recorded %+v", e)
+				}
+			},
+		},
+		{
+			name: "commit already recorded as bad is not evaluated again",
+			state: &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1,
+				LastError: &replicated.EvalError{Commit: "bad", Message: "boom"}},
+			source:    loopSource{commit: "bad"},
+			eval:      &countingEval{err: errors.New("boom")},
+			wantEvals: 0,
+		},
+		{
+			name: "new node re-plans the running commit without evaluating",
+			state: &replicated.State{Nodes: twoNodes, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: bigger,
+				Assignments: webOnNode1},
+			source:    loopSource{commit: "c1"},
+			eval:      &countingEval{spec: bigger},
+			wantEvals: 0, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
+			check: func(t *testing.T, cmds []replicated.Command) {
+				if p := cmds[0].CommitPlan; p.Commit != "c1" || len(p.Assignments) != 2 {
+					t.Errorf("plan %+v", p)
+				}
+			},
+		},
+		{
+			name:      "fetch error keeps everything as it is",
+			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
+			source:    loopSource{err: errors.New("repository unreachable")},
+			eval:      &countingEval{spec: bigger},
+			wantEvals: 0,
+		},
+		{
+			name:      "stale parent is not an error: the next pass re-reads",
+			state:     &replicated.State{Nodes: oneNode},
+			source:    loopSource{commit: "c1"},
+			eval:      &countingEval{spec: web},
+			result:    replicated.ResultStaleParent,
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
+		},
+		{
+			name:      "refused plan is an error",
+			state:     &replicated.State{Nodes: oneNode},
+			source:    loopSource{commit: "c1"},
+			eval:      &countingEval{spec: web},
+			result:    replicated.ResultInvalid,
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
+			wantErr:   true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &loopStore{st: tt.state, result: tt.result}
+			r := New(Options{Store: store, Source: tt.source, Evaluator: tt.eval, Ref: "main"})
+			ctx := context.Background()
+			r.fetch(ctx)
+			err := r.Pass(ctx)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Pass error = %v, want error: %v", err, tt.wantErr)
+			}
+			if tt.eval.calls != tt.wantEvals {
+				t.Errorf("evaluations = %d, want %d", tt.eval.calls, tt.wantEvals)
+			}
+			var got []replicated.CommandType
+			for _, c := range store.proposed {
+				got = append(got, c.Type)
+			}
+			if len(got) != len(tt.wantCmds) {
+				t.Fatalf("proposed %v, want %v", got, tt.wantCmds)
+			}
+			for i := range got {
+				if got[i] != tt.wantCmds[i] {
+					t.Fatalf("proposed %v, want %v", got, tt.wantCmds)
+				}
+			}
+			if tt.check != nil {
+				tt.check(t, store.proposed)
+			}
+			if tt.source.err != nil && r.Status().FetchError == "" {
+				t.Errorf("fetch error not kept in Status")
+			}
+		})
+	}
+}

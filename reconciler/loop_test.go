@@ -150,7 +150,7 @@ func TestPass(t *testing.T) {
 			eval:      &countingEval{spec: web},
 			result:    replicated.ResultInvalid,
 			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdCommitPlan},
-			wantErr:   true,
+			wantErr: true,
 		},
 	}
 	for _, tt := range tests {

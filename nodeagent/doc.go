@@ -34,7 +34,9 @@
 // after any phase change it proposes a NodeHeartbeat with the complete list
 // of the node's VM statuses.
 //
-// Units are run by a [Backend]; [ProcessBackend] supervises microvm-run
+// Units are run by a [Backend]: [SystemdBackend] drives microvm.nix's
+// `microvm@NAME.service` units over D-Bus (production on NixOS; it reacts to
+// PropertiesChanged signals), [ProcessBackend] supervises microvm-run
 // processes itself (dev mode, hosts without systemd). Runners outlive the
 // agent: an agent that restarts adopts them instead of restarting them.
 //

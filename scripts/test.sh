@@ -8,6 +8,7 @@ export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 scripts/setup.sh
 scripts/setup-ceph.sh      # Ceph daemons + librados/librbd for -tags ceph,pacific (tests/ceph)
 scripts/setup-microvm.sh   # qemu, busybox and a Debian cloud kernel (tests/qemu, the demo)
+scripts/setup-systemd.sh   # debootstrap + systemd-nspawn and a cached Debian rootfs with systemd (TestSystemd…)
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))

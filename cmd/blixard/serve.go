@@ -120,7 +120,7 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.logDB, "raft-logdb", "tiny", "Raft log DB memory budget: tiny, small, medium, large")
 	f.StringVar(&o.webhookSecret, "webhook-secret", os.Getenv("BLIXARD_WEBHOOK_SECRET"), "HMAC secret for POST /v1/webhook (env BLIXARD_WEBHOOK_SECRET)")
 	f.StringVar(&o.stateDir, "state-dir", nodeagent.DefaultStateDir, "per-VM state directories (microvm.nix layout: NAME/current, NAME/booted)")
-	f.StringVar(&o.backend, "backend", "process", "how VMs run: process (the agent supervises microvm-run) or systemd (microvm@NAME units)")
+	f.StringVar(&o.backend, "backend", "", "how VMs run: systemd (microvm@NAME units; the default under systemd) or process (the agent supervises microvm-run; the default otherwise)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
 	f.StringVar(&o.ceph.pool, "ceph-pool", "", "not used yet: each volume's pool comes from the flake (default rbd); accepted so NixOS hosts can set it")
@@ -199,6 +199,9 @@ func (o *serveOptions) validate() (map[uint64]string, map[string]string, error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	if o.backend == "" {
+		o.backend = defaultBackend()
+	}
 	if o.backend != "process" && o.backend != "systemd" {
 		return nil, nil, fmt.Errorf("--backend %q: want process or systemd", o.backend)
 	}
@@ -216,9 +219,6 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	if o.ceph.set() && !volumes.Built {
 		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
 	}
-	if o.agent && o.backend == "systemd" {
-		return errors.New("--backend systemd is not available in this build yet; use --backend process")
-	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("creating --data-dir: %w", err)
 	}
@@ -230,6 +230,29 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	defer ln.Close()
 
 	log = log.With("node", o.nodeID)
+	agentStarted := false
+	// The backend first: a host that lacks microvm@.service should be told
+	// so before this node joins the cluster.
+	var backend nodeagent.Backend
+	if o.agent {
+		if o.backend == "systemd" {
+			sb, err := nodeagent.NewSystemdBackend(ctx, nodeagent.SystemdOptions{StateDir: o.stateDir, Logger: log.With("component", "backend")})
+			if err != nil {
+				return fmt.Errorf("--backend systemd: %w", err)
+			}
+			backend = sb
+			// Run closes the connection; until the agent runs it, this does.
+			defer func() {
+				if !agentStarted {
+					sb.Close()
+				}
+			}()
+		} else {
+			backend = nodeagent.NewProcessBackend(nodeagent.ProcessOptions{
+				StateDir: o.stateDir, RestartBackoff: o.restartDelay, Logger: log.With("component", "backend"),
+			})
+		}
+	}
 	// applied wakes the agent when this replica applies an entry, so a new
 	// plan is acted on at once rather than at the next resync.
 	applied := make(chan struct{}, 1)
@@ -312,9 +335,6 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		"vcpu", o.capacityVCPU, "memMiB", o.capacityMem, "labels", o.labels)
 
 	if o.agent {
-		backend := nodeagent.NewProcessBackend(nodeagent.ProcessOptions{
-			StateDir: o.stateDir, RestartBackoff: o.restartDelay, Logger: log.With("component", "backend"),
-		})
 		opts := nodeagent.Options{
 			NodeID: o.nodeID, StateDir: o.stateDir, State: store, Proposer: store, Backend: backend,
 			Builder: flakeBuilder(ctx, mirror, o.attr), Heartbeat: o.heartbeat, Logger: log.With("component", "agent"),
@@ -323,6 +343,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 			opts.Volumes = vols
 		}
 		agent := nodeagent.New(opts)
+		agentStarted = true
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
@@ -365,6 +386,15 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return nil
+}
+
+// defaultBackend is systemd when this process is a systemd service (systemd
+// sets INVOCATION_ID for every unit it starts) and process otherwise.
+func defaultBackend() string {
+	if os.Getenv("INVOCATION_ID") != "" {
+		return "systemd"
+	}
+	return "process"
 }
 
 // advertisedAPI is the address other nodes and clients reach the API on.

@@ -264,6 +264,12 @@ func TestServeRejectsBadInput(t *testing.T) {
 		{"node missing from members", []string{"serve", "--node-id", "4", "--data-dir", "DATA", "--members", "1=127.0.0.1:1"}, "--raft-addr"},
 		{"bad labels", []string{"serve", "--node-id", "1", "--data-dir", "DATA", "--raft-addr", "127.0.0.1:1", "--labels", "nolabel"}, "KEY=VALUE"},
 		{"plan without a flake", []string{"plan", "--flake", "DATA"}, "no flake.nix"},
+		{"systemd backend on a host without systemd", []string{"serve", "--node-id", "1", "--data-dir", "DATA",
+			"--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:0", "--backend", "systemd", "--state-dir", "DATA"}, "--backend process"},
+		{"Ceph settings in a build without Ceph", []string{"serve", "--node-id", "1", "--data-dir", "DATA",
+			"--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:0", "--ceph-config-file", "DATA/ceph.conf"}, "without Ceph support"},
+		{"unknown backend", []string{"serve", "--node-id", "1", "--data-dir", "DATA", "--raft-addr", "127.0.0.1:1",
+			"--backend", "docker"}, "want process or systemd"},
 		{"status with nobody listening", []string{"status", "--server", "127.0.0.1:1"}, "cannot reach"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 	}

@@ -537,13 +537,13 @@ func (a *Agent) converge(ctx context.Context, now time.Time, name string, as rep
 			st.Phase = replicated.PhaseFailed
 		}
 		st.Message = fmt.Sprintf("runner %s; restart %d in %s; see %s", us.Result, us.Restarts,
-			max(us.NextRestart.Sub(now), 0).Round(time.Millisecond), LogPath(a.o.StateDir, name))
+			max(us.NextRestart.Sub(now), 0).Round(time.Millisecond), a.logHint(name))
 		a.set(st, false)
 	case !us.Active && !us.Restarting:
 		st.Phase = replicated.PhaseStarting
 		a.set(st, false)
 		if err := a.o.Backend.Start(ctx, name); err != nil {
-			a.fail(st, fmt.Sprintf("start: %v; see %s", err, LogPath(a.o.StateDir, name)))
+			a.fail(st, fmt.Sprintf("start: %v; see %s", err, a.logHint(name)))
 			return
 		}
 		a.log.Info("VM started", "vm", name, "out", as.OutPath)
@@ -750,4 +750,17 @@ func declaredNames(c *spec.Cluster) map[string]string {
 		m[in.Name] = in.Declared
 	}
 	return m
+}
+
+// logHinter is implemented by backends that know where a unit's output goes.
+type logHinter interface {
+	LogHint(name string) string
+}
+
+// logHint says where to read a VM's console output, for failure messages.
+func (a *Agent) logHint(name string) string {
+	if h, ok := a.o.Backend.(logHinter); ok {
+		return h.LogHint(name)
+	}
+	return LogPath(a.o.StateDir, name)
 }

@@ -733,3 +733,8 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
+
+// LogHint is where a unit's console output goes: the journal.
+func (b *SystemdBackend) LogHint(name string) string {
+	return "journalctl -u " + b.unit(name)
+}

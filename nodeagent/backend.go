@@ -72,3 +72,26 @@ type UnitStatus struct {
 	// Since is when the unit entered its current state.
 	Since time.Time
 }
+
+// waitRunning waits until ready is closed (a backend's Run has started),
+// failing with ErrBackendStopped once done is closed (Run has returned).
+func waitRunning(ctx context.Context, ready, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return ErrBackendStopped
+	default:
+	}
+	select {
+	case <-ready:
+		select {
+		case <-done:
+			return ErrBackendStopped
+		default:
+			return nil
+		}
+	case <-done:
+		return ErrBackendStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -214,24 +214,7 @@ func (b *ProcessBackend) adopt() {
 
 // waitReady waits until Run has adopted the running units.
 func (b *ProcessBackend) waitReady(ctx context.Context) error {
-	select {
-	case <-b.done:
-		return ErrBackendStopped
-	default:
-	}
-	select {
-	case <-b.ready:
-		select {
-		case <-b.done:
-			return ErrBackendStopped
-		default:
-			return nil
-		}
-	case <-b.done:
-		return ErrBackendStopped
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return waitRunning(ctx, b.ready, b.done)
 }
 
 func (b *ProcessBackend) unit(name string) *procUnit {

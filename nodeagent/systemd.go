@@ -284,24 +284,7 @@ func (b *SystemdBackend) closeConn() {
 
 // waitReady waits until Run has subscribed.
 func (b *SystemdBackend) waitReady(ctx context.Context) error {
-	select {
-	case <-b.done:
-		return ErrBackendStopped
-	default:
-	}
-	select {
-	case <-b.ready:
-		select {
-		case <-b.done:
-			return ErrBackendStopped
-		default:
-			return nil
-		}
-	case <-b.done:
-		return ErrBackendStopped
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return waitRunning(ctx, b.ready, b.done)
 }
 
 // unit is the unit name of VM name.

@@ -318,6 +318,11 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	if o.ceph.set() && o.agent {
 		vols = volumes.NewManager(volumes.Config{ConfigFile: o.ceph.configFile, User: o.ceph.user, KeyringFile: o.ceph.keyringFile},
 			nil, log.With("component", "volumes"))
+		defer func() {
+			if !agentStarted { // otherwise the agent's goroutine closes it after the agent stopped
+				vols.Close(context.WithoutCancel(ctx))
+			}
+		}()
 		if cephAddrs, err = vols.Addrs(ctx); err != nil {
 			log.Warn("cannot reach Ceph yet; registering without client addresses (VMs with volumes will fail until it is reachable)", "err", err)
 		}

@@ -53,6 +53,7 @@ func (a *apiServer) routes() http.Handler {
 		{"GET", "/v1/nodes", http.HandlerFunc(a.handleNodes)},
 		{"GET", "/v1/history", http.HandlerFunc(a.handleHistory)},
 		{"GET", "/v1/diff", http.HandlerFunc(a.handleDiff)},
+		{"GET", "/v1/reconciler", http.HandlerFunc(a.handleReconciler)},
 		{"POST", "/v1/plan", http.HandlerFunc(a.handlePlan)},
 		{"POST", "/v1/sync", http.HandlerFunc(a.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(a.handleLogs)},
@@ -108,12 +109,50 @@ func (a *apiServer) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var rs *reconciler.Status
-	if a.rec != nil {
+	writeJSON(w, http.StatusOK, newStatusView(s, a.store.NodeID(), a.leader(), a.leaderReconciler(r.Context(), s)))
+}
+
+// leaderReconciler is the reconciler status of the leader — the only node
+// that fetches, so the only one that knows about fetch errors. A follower
+// asks the leader's API; nil when that fails.
+func (a *apiServer) leaderReconciler(ctx context.Context, s *replicated.State) *reconciler.Status {
+	leader := a.leader()
+	if leader == a.store.NodeID() || leader == 0 {
+		if a.rec == nil {
+			return nil
+		}
 		st := a.rec.Status()
-		rs = &st
+		return &st
 	}
-	writeJSON(w, http.StatusOK, newStatusView(s, a.store.NodeID(), a.leader(), rs))
+	n, ok := s.Nodes[leader]
+	if !ok || n.APIAddr == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+n.APIAddr+"/v1/reconciler", nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var st reconciler.Status
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, maxRequestBody)).Decode(&st) != nil {
+		return nil
+	}
+	return &st
+}
+
+// handleReconciler answers this node's own reconciler status.
+func (a *apiServer) handleReconciler(w http.ResponseWriter, _ *http.Request) {
+	if a.rec == nil {
+		writeError(w, http.StatusConflict, errors.New("this node follows no repository (started without --repo)"))
+		return
+	}
+	writeJSON(w, http.StatusOK, a.rec.Status())
 }
 
 func (a *apiServer) handleNodes(w http.ResponseWriter, r *http.Request) {

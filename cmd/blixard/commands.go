@@ -66,7 +66,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 					strings.ReplaceAll(strings.TrimSpace(v.LastError.Message), "\n", "\n  "))
 			}
 			if v.Reconciler != nil && v.Reconciler.FetchError != "" {
-				fmt.Fprintf(w, "Fetch error (node %d): %s\n", v.Node, v.Reconciler.FetchError)
+				fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
 			}
 			fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -16,7 +16,7 @@ type statusView struct {
 	LastError  *replicated.EvalError `json:"lastError"`
 	VMs        []vmView              `json:"vms"`
 	Nodes      []nodeView            `json:"nodes"`
-	Reconciler *reconciler.Status    `json:"reconciler,omitempty"` // the answering node's loop
+	Reconciler *reconciler.Status    `json:"reconciler,omitempty"` // the leader's loop (fetch errors live there)
 }
 
 type vmView struct {

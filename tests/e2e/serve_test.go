@@ -239,6 +239,35 @@ func TestNixGitRaftServeFollowsPushes(t *testing.T) {
 		}
 		return nil
 	})
+	// 5. An unreachable repository: every node's status shows the leader's
+	// fetch error, and the revision stays.
+	if err := os.Rename(r.bare, r.bare+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.nodes {
+		waitFor(t, fmt.Sprintf("node %d to report the fetch error", n.id), 30*time.Second, func() error {
+			var st struct {
+				Revision   struct{ Commit string } `json:"revision"`
+				Reconciler *struct {
+					FetchError string `json:"fetchError"`
+				} `json:"reconciler"`
+			}
+			if err := cliJSON(t, &st, "status", "--server", n.api); err != nil {
+				return err
+			}
+			if st.Reconciler == nil || !strings.Contains(st.Reconciler.FetchError, "cluster.git") {
+				return fmt.Errorf("reconciler status %+v", st.Reconciler)
+			}
+			if st.Revision.Commit != second {
+				t.Errorf("revision moved to %s while the repository was unreachable", st.Revision.Commit)
+			}
+			return nil
+		})
+	}
+	if err := os.Rename(r.bare+".gone", r.bare); err != nil {
+		t.Fatal(err)
+	}
+
 	out, _, _ = cli(t, "", "status", "--server", c.nodes[0].api)
 	if !strings.Contains(out, "Last error") || !strings.Contains(out, "flake.nix") {
 		t.Errorf("human status should show the eval error:\n%s", out)

@@ -77,6 +77,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 			if len(v.VMs) == 0 {
 				fmt.Fprintln(tw, "(none)")
 			}
+			for _, u := range v.Unschedulable {
+				fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t%s\n", u.VM, u.Reason)
+			}
 			fmt.Fprintln(tw)
 			writeNodesTable(tw, v.Nodes)
 			return tw.Flush()

@@ -27,6 +27,7 @@ import (
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/volumes"
 )
 
 type devOptions struct {
@@ -38,6 +39,7 @@ type devOptions struct {
 	capacityMem  int
 	debounce     time.Duration
 	evalTimeout  time.Duration
+	ceph         cephOptions
 }
 
 func newDevCommand(g *globals) *cobra.Command {
@@ -75,10 +77,14 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 	f.StringVar(&o.dataDir, "data-dir", "", "where the dev node keeps its data (default: per project, under $XDG_STATE_HOME/blixard/dev)")
 	f.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:7070", "HOST:PORT for the HTTP API")
 	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
-	f.IntVar(&o.capacityVCPU, "capacity-vcpu", runtime.NumCPU(), "vCPUs offered to VMs")
+	// VMs' vCPUs are threads on a dev machine: offer more than there are cores.
+	f.IntVar(&o.capacityVCPU, "capacity-vcpu", 4*runtime.NumCPU(), "vCPUs offered to VMs")
 	f.IntVar(&o.capacityMem, "capacity-mem-mib", memTotalMiB(), "memory (MiB) offered to VMs")
 	f.DurationVar(&o.debounce, "debounce", 300*time.Millisecond, "quiet time after a file change before re-evaluating")
 	f.DurationVar(&o.evalTimeout, "eval-timeout", 2*time.Minute, "limit for one nix evaluation")
+	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user for VM volumes (needs a build with -tags ceph,pacific)")
+	f.StringVar(&o.ceph.keyringFile, "ceph-keyring-file", "", "Ceph keyring of --ceph-user")
+	f.StringVar(&o.ceph.configFile, "ceph-config-file", "", "ceph.conf naming the monitors")
 	return cmd
 }
 
@@ -139,6 +145,9 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	if _, err := os.Stat(filepath.Join(dir, "flake.nix")); err != nil {
 		return fmt.Errorf("%s has no flake.nix: pass the directory of a cluster flake (e.g. examples/demo)", dir)
 	}
+	if o.ceph.set() && !volumes.Built {
+		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
+	}
 	if o.dataDir == "" {
 		if o.dataDir, err = defaultDevDataDir(dir); err != nil {
 			return err
@@ -183,11 +192,20 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	})
 	stateDir := filepath.Join(o.dataDir, "vms")
 	backend := nodeagent.NewProcessBackend(nodeagent.ProcessOptions{StateDir: stateDir, Logger: log})
-	agent := nodeagent.New(nodeagent.Options{
+	agentOpts := nodeagent.Options{
 		NodeID: nodeID, StateDir: stateDir, State: store, Proposer: store, Backend: backend, StopOnExit: true,
 		Builder: nodeagent.FlakeBuilder{Attr: o.attr, FlakeURL: func(string) (string, error) { return flakeRef, nil }},
 		Logger:  log.With("component", "agent"),
-	})
+	}
+	if o.ceph.set() {
+		vols := volumes.NewManager(volumes.Config{ConfigFile: o.ceph.configFile, User: o.ceph.user, KeyringFile: o.ceph.keyringFile},
+			nil, log.With("component", "volumes"))
+		// Deferred before the goroutines' wait below, so it runs after the
+		// agent stopped its VMs and detached their volumes.
+		defer vols.Close(context.WithoutCancel(ctx))
+		agentOpts.Volumes = vols
+	}
+	agent := nodeagent.New(agentOpts)
 
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -390,6 +408,9 @@ func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
 				lastRev, strings.ReplaceAll(strings.TrimSpace(lastErr), "\n", "\n  "))
 		}
 		table := vmTable(vmViews(s))
+		for _, u := range unschedulable(s) {
+			table += fmt.Sprintf("  %s  unschedulable: %s\n", u.VM, u.Reason)
+		}
 		if table != lastTable {
 			lastTable = table
 			fmt.Fprint(out, table)

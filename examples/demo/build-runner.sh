@@ -2,10 +2,12 @@
 # off: no PATH, host tools by absolute path). It writes
 #   $out/share/microvm/vmlinuz     the Debian cloud kernel (copied, so the
 #                                  initrd's modules always match it)
-#   $out/share/microvm/initrd.gz   busybox, the modules, /init, /www
+#   $out/share/microvm/initrd.gz   busybox, the modules, /init, /www (and,
+#                                  with volumes, /www/cgi-bin/{write,read})
 #   $out/bin/microvm-run           runs qemu in the foreground
 #   $out/bin/microvm-shutdown      powers the guest off through QMP
-# Inputs (environment): vmName port version memMiB vcpu kernelDir guestInit.
+# Inputs (environment): vmName port version memMiB vcpu kernelDir guestInit,
+# and volumes (names separated by spaces; absent when the VM has none).
 set -eu
 PATH=/usr/bin:/bin
 export PATH
@@ -13,6 +15,16 @@ fail() {
 	echo "microvm.nix ($vmName): $*" >&2
 	exit 1
 }
+volumes=${volumes:-}
+for v in $volumes; do
+	case $v in
+	[a-z]*) ;;
+	*) fail "volume name \"$v\" must start with a lowercase letter" ;;
+	esac
+	case $v in
+	*[!a-z0-9-]*) fail "volume name \"$v\" may contain only lowercase letters, digits and '-'" ;;
+	esac
+done
 setup="run scripts/setup-microvm.sh (as root) to install qemu, busybox-static, cpio, socat and the kernel"
 for f in /usr/bin/qemu-system-x86_64 /usr/bin/socat /usr/bin/cpio /bin/busybox "$kernelDir/vmlinuz" "$kernelDir/modules"; do
 	[ -e "$f" ] || fail "$f is missing: $setup"
@@ -32,15 +44,74 @@ chmod 0755 "$root"
 mkdir -p "$root/bin" "$root/lib/modules" "$root/etc" "$root/www" "$root/dev" "$root/proc" "$root/sys" "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio net/core/failover \
-	drivers/net/net_failover drivers/net/virtio_net drivers/input/evdev drivers/acpi/button; do
+	drivers/net/net_failover drivers/net/virtio_net drivers/input/evdev drivers/acpi/button drivers/block/virtio_blk; do
 	f="$kernelDir/modules/kernel/$m.ko"
 	[ -r "$f" ] || fail "$f is missing from the kernel in $kernelDir: $setup"
 	cp "$f" "$root/lib/modules/"
 done
 cp "$guestInit" "$root/init"
 chmod 0755 "$root/init" "$root/bin/busybox"
-printf 'NAME=%s\nVERSION=%s\n' "$vmName" "$version" >"$root/etc/microvm"
+printf 'NAME=%s\nVERSION=%s\nVOLUMES="%s"\n' "$vmName" "$version" "$volumes" >"$root/etc/microvm"
 printf 'hello from %s, version %s (a blixard demo microVM)\n' "$vmName" "$version" >"$root/www/index.html"
+
+# Each volume is a virtio-blk disk served over NBD by blixard's agent on the
+# unix socket volumes/VOL (relative to the VM's state directory, the
+# runner's working directory). Its serial, volN, tells the guest which disk
+# is which volume (see guest-init.sh).
+drives=
+checks=
+i=0
+for v in $volumes; do
+	drives="$drives \\
+	-drive if=none,id=vol$i,format=raw,file.driver=nbd,file.server.type=unix,file.server.path=volumes/$v \\
+	-device virtio-blk-device,drive=vol$i,serial=vol$i"
+	checks="$checks
+[ -S volumes/$v ] || { echo \"microvm-run: volume $v is not attached: \$PWD/volumes/$v is not a socket (blixard's agent serves the volume's RBD image there before it starts the VM)\" >&2; exit 1; }"
+	i=$((i + 1))
+done
+if [ -n "$volumes" ]; then
+	# The guest's HTTP server reads and writes a marker on a volume (CGI).
+	mkdir -p "$root/www/cgi-bin"
+	cat >"$root/www/cgi-bin/write" <<'WRITE'
+#!/bin/sh
+# GET /cgi-bin/write?VOL=MARKER writes "MARKER\n" into the first sector of
+# volume VOL (zero-padded) and flushes it to the disk.
+reply() {
+	printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\n\r\n%s\n' "$1" "$2"
+	exit 0
+}
+usage="usage: /cgi-bin/write?VOL=MARKER (MARKER: 1 to 400 of A-Z a-z 0-9 . _ -)"
+case $QUERY_STRING in *=*) ;; *) reply "400 Bad Request" "$usage" ;; esac
+vol=${QUERY_STRING%%=*}
+marker=${QUERY_STRING#*=}
+case $vol in '' | *[!a-z0-9-]*) reply "400 Bad Request" "$usage" ;; esac
+case $marker in '' | *[!A-Za-z0-9._-]*) reply "400 Bad Request" "$usage" ;; esac
+[ "${#marker}" -le 400 ] || reply "400 Bad Request" "$usage"
+dev=/dev/volumes/$vol
+[ -b "$dev" ] || reply "404 Not Found" "no volume $vol"
+if ! err=$(printf '%s\n' "$marker" | dd of="$dev" bs=512 count=1 conv=sync,notrunc,fsync 2>&1); then
+	reply "500 Internal Server Error" "writing $dev: $err"
+fi
+reply "200 OK" "wrote $marker to $vol"
+WRITE
+	cat >"$root/www/cgi-bin/read" <<'READ'
+#!/bin/sh
+# GET /cgi-bin/read?VOL answers the first line of volume VOL (zero bytes
+# dropped: empty for a new volume), read from the disk, not from the cache.
+reply() {
+	printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\n\r\n%s\n' "$1" "$2"
+	exit 0
+}
+vol=$QUERY_STRING
+case $vol in '' | *[!a-z0-9-]*) reply "400 Bad Request" "usage: /cgi-bin/read?VOL" ;; esac
+dev=/dev/volumes/$vol
+[ -b "$dev" ] || reply "404 Not Found" "no volume $vol"
+blockdev --flushbufs "$dev" || reply "500 Internal Server Error" "blockdev --flushbufs $dev failed"
+first=$(dd if="$dev" bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+reply "200 OK" "$first"
+READ
+	chmod 0755 "$root/www/cgi-bin/write" "$root/www/cgi-bin/read"
+fi
 # Reproducible archive: fixed mtimes, sorted names, no owner or timestamp in gzip.
 find "$root" -exec touch -h -d @1 {} +
 (cd "$root" && find . | LC_ALL=C sort | cpio --quiet --reproducible -o -H newc -R 0:0) | gzip -9 -n >"$share/initrd.gz"
@@ -95,13 +166,14 @@ if [ "\$accel" = tcg ]; then
 	append="\$append tsc_early_khz=\$(tsc_khz)"
 fi
 echo "microvm-run: $vmName version $version: qemu microvm, accel \$accel (set MICROVM_ACCEL to change), kernel command line \"\$append\", http://127.0.0.1:$port"
+$checks
 rm -f qmp.sock
 exec qemu-system-x86_64 -name "$vmName" -M microvm -accel "\$accel" -cpu "\$cpu" -smp $vcpu -m $memMiB \\
 	-nodefaults -no-user-config -display none -no-reboot -serial stdio \\
 	-kernel $share/vmlinuz -initrd $share/initrd.gz \\
 	-append "\$append" \\
 	-netdev user,id=net0,hostfwd=tcp:127.0.0.1:$port-:80 -device virtio-net-device,netdev=net0 \\
-	-qmp unix:qmp.sock,server=on,wait=off -pidfile qemu.pid
+	-qmp unix:qmp.sock,server=on,wait=off -pidfile qemu.pid$drives
 RUN
 
 cat >"$out/bin/microvm-shutdown" <<'SHUTDOWN'

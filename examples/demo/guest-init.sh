@@ -4,18 +4,44 @@
 # modules, brings up eth0 for qemu's user-mode network (10.0.2.15/24,
 # gateway 10.0.2.2), serves /www over HTTP on port 80, prints a READY line on
 # the serial console and powers off when the ACPI power button is pressed
-# (microvm-shutdown presses it through QMP `system_powerdown`).
+# (microvm-shutdown presses it through QMP `system_powerdown`). With volumes
+# it also loads virtio_blk and links each volume's disk to /dev/volumes/VOL
+# (the CGI scripts in /www/cgi-bin read and write them).
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-. /etc/microvm # NAME, VERSION
+. /etc/microvm # NAME, VERSION, VOLUMES
 log() { echo "microvm[$NAME]: $*"; }
 
 # No modules.dep in here: insert in dependency order.
-for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net evdev button; do
+modules="virtio_ring virtio virtio_mmio failover net_failover virtio_net evdev button"
+[ -z "$VOLUMES" ] || modules="$modules virtio_blk"
+for m in $modules; do
 	insmod "/lib/modules/$m.ko" || log "insmod $m failed"
+done
+
+# The runner gives the disk of the i-th volume the serial "vol<i>".
+[ -z "$VOLUMES" ] || mkdir -p /dev/volumes
+i=0
+for v in $VOLUMES; do
+	disk=
+	n=0
+	while [ -z "$disk" ] && [ "$n" -lt 100 ]; do
+		for b in /sys/block/vd*; do
+			[ "$(cat "$b/serial" 2>/dev/null)" = "vol$i" ] && disk=${b##*/}
+		done
+		[ -n "$disk" ] || sleep 0.05
+		n=$((n + 1))
+	done
+	if [ -n "$disk" ]; then
+		ln -s "/dev/$disk" "/dev/volumes/$v"
+		log "volume $v is /dev/$disk ($(blockdev --getsize64 "/dev/$disk") bytes)"
+	else
+		log "volume $v: no disk with serial vol$i appeared"
+	fi
+	i=$((i + 1))
 done
 
 i=0
@@ -41,7 +67,10 @@ for ev in $buttons; do
 done
 [ -n "$buttons" ] || log "no Power Button input device: microvm-shutdown cannot stop this VM cleanly"
 
-log "READY name=$NAME version=$VERSION http=10.0.2.15:80"
+ready="READY name=$NAME version=$VERSION http=10.0.2.15:80"
+# shellcheck disable=SC2086 # word splitting joins the names with commas
+[ -z "$VOLUMES" ] || ready="$ready volumes=$(IFS=,; set -- $VOLUMES; echo "$*")"
+log "$ready"
 while :; do
 	wait
 	sleep 3600

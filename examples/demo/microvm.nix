@@ -12,6 +12,16 @@
 #   microvm.vm { name = "web"; port = 18080; version = "1"; }
 #     → { runner = <derivation>; vcpu = 1; memMiB = 128; }  (a blixard VM entry)
 #
+# Volumes: `vm { …; volumes.data = { sizeMiB = 64; }; }` declares a Ceph RBD
+# volume (the entry gets `volumes`) and gives the runner a virtio-blk disk
+# per volume, read over NBD from the unix socket volumes/VOL in the VM's
+# state directory, where blixard's agent attaches the locked image before
+# it starts the VM. In the guest the disk is /dev/volumes/VOL, and its HTTP
+# server writes and reads a marker on it:
+#   GET /cgi-bin/write?VOL=MARKER   writes "MARKER\n" at the start of the disk
+#   GET /cgi-bin/read?VOL           answers its first line
+# (`runner { …; volumes = [ "data" ]; }` takes just the names.)
+#
 # Changing any argument (version is there for that) changes the out path,
 # so blixard restarts exactly that VM.
 let
@@ -23,8 +33,10 @@ let
     , vcpu ? 1
       # Where scripts/setup-microvm.sh unpacks the kernel (links vmlinuz, modules).
     , kernelDir ? "/var/cache/blixard/kernel"
+      # Names of the VM's volumes: one virtio-blk disk each, in this order.
+    , volumes ? [ ]
     }:
-    builtins.derivation {
+    builtins.derivation ({
       name = "microvm-${name}";
       system = "x86_64-linux";
       builder = "/bin/sh";
@@ -35,14 +47,21 @@ let
       port = toString port;
       memMiB = toString memMiB;
       vcpu = toString vcpu;
-    };
+    } // (if volumes == [ ] then { } else {
+      # A list becomes its elements separated by spaces.
+      inherit volumes;
+    }));
 in
 {
   inherit runner;
 
-  # vm: a blixard VM entry (schema v1) whose runner gets the same memory and vCPUs.
-  vm = { name, port, version ? "1", memMiB ? 128, vcpu ? 1, kernelDir ? "/var/cache/blixard/kernel" }: {
-    runner = runner { inherit name port version memMiB vcpu kernelDir; };
+  # vm: a blixard VM entry (schema v1) whose runner gets the same memory,
+  # vCPUs and volumes (volumes.<vol> = { sizeMiB; pool ? "rbd"; }).
+  vm = { name, port, version ? "1", memMiB ? 128, vcpu ? 1, kernelDir ? "/var/cache/blixard/kernel", volumes ? { } }: {
+    runner = runner {
+      inherit name port version memMiB vcpu kernelDir;
+      volumes = builtins.attrNames volumes;
+    };
     inherit vcpu memMiB;
-  };
+  } // (if volumes == { } then { } else { inherit volumes; });
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -52,6 +53,28 @@ func TestNixDevFollowsWorkingTreeEdits(t *testing.T) {
 		} else if pids2[name] != pid {
 			t.Errorf("%s restarted although its runner did not change (pid %d → %d)", name, pid, pids2[name])
 		}
+	}
+
+	// A VM no node can hold is listed as unschedulable, with the reason.
+	huge := strings.Replace(clusterFlake(map[string]string{"db": "edited"}), "vms = {",
+		"vms = {\n        huge = { runner = runner \"huge\" \"v1\"; vcpu = 1; memMiB = 999999; };", 1)
+	if err := os.WriteFile(flake, []byte(huge), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "huge to be reported unschedulable", 60*time.Second, func() error {
+		var st struct {
+			Unschedulable []struct{ VM, Reason string } `json:"unschedulable"`
+		}
+		if err := cliJSON(t, &st, "status", "--server", n.api); err != nil {
+			return err
+		}
+		if len(st.Unschedulable) != 1 || st.Unschedulable[0].VM != "huge" || !strings.Contains(st.Unschedulable[0].Reason, "memory") {
+			return fmt.Errorf("unschedulable = %+v", st.Unschedulable)
+		}
+		return nil
+	})
+	if out, _, _ := cli(t, "", "status", "--server", n.api); !strings.Contains(out, "unschedulable") {
+		t.Errorf("human status should list huge as unschedulable:\n%s", out)
 	}
 
 	// Ctrl-C stops every VM and leaves no process behind.

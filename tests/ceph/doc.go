@@ -4,6 +4,7 @@
 //
 // The tests need the `ceph` build tag (go test -tags ceph,pacific
 // ./tests/ceph), the Ceph daemons and libraries (scripts/setup-ceph.sh) and,
-// for the agent tests, nix (scripts/setup.sh). Without the tag a single test
+// for the agent tests, nix (scripts/setup.sh); the qemu test also needs a
+// real microVM's parts (scripts/setup-microvm.sh). Without the tag a single test
 // fails and says so. The package has no non-test code besides this doc.
 package ceph

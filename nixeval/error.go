@@ -60,6 +60,11 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Temporary reports whether the same evaluation may succeed if run again (a
+// timeout, nix missing or killed): callers should retry later rather than
+// treat the commit as broken.
+func (e *Error) Temporary() bool { return e.transient() }
+
 // transient reports whether the same evaluation may succeed if run again,
 // so its result must not be cached.
 func (e *Error) transient() bool {

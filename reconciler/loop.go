@@ -63,6 +63,16 @@ type Reconciler struct {
 
 	mu     sync.Mutex
 	status Status // guarded by mu
+	// retryAt holds commits whose evaluation failed for a temporary reason
+	// (a timeout, say) and when to evaluate them again; a commit that failed
+	// for good is not evaluated again. Guarded by mu.
+	retryAt map[string]time.Time
+}
+
+// temporary is implemented by evaluation errors that may go away on retry
+// (nixeval.Error: timeouts, nix missing or killed).
+type temporary interface {
+	Temporary() bool
 }
 
 // Status is the reconciler's own view, for the API (not replicated).
@@ -89,7 +99,7 @@ func New(o Options) *Reconciler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Reconciler{opts: o, trigger: make(chan struct{}, 1)}
+	return &Reconciler{opts: o, trigger: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
 }
 
 // Trigger asks for a fetch and a pass as soon as possible (webhook, CLI).
@@ -164,6 +174,16 @@ func (r *Reconciler) fetch(ctx context.Context) {
 	r.status.FetchCommit = commit
 }
 
+// retryDue reports whether a commit whose evaluation failed for a temporary
+// reason should be evaluated again now: when its retry time has come, or when
+// this replica never tried it (it became leader since).
+func (r *Reconciler) retryDue(commit string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.retryAt[commit]
+	return !ok || !r.opts.Now().Before(at)
+}
+
 // Pass runs one level-triggered reconciliation against the latest fetched
 // commit and the current replicated state. It returns an error when the
 // outcome is unknown and the pass should be retried.
@@ -191,9 +211,10 @@ func (r *Reconciler) pass(ctx context.Context) error {
 		hash, planCommit = state.Revision.EvalHash, state.Revision.Commit
 	}
 	newCommit := commit != "" && commit != planCommit
-	if newCommit && state.LastError != nil && state.LastError.Commit == commit {
-		// Known bad: keep the running revision, but still re-plan it below
-		// (nodes may have changed).
+	if newCommit && state.LastError != nil && state.LastError.Commit == commit &&
+		(!state.LastError.Retryable || !r.retryDue(commit)) {
+		// Known bad (or a temporary failure not due for a retry yet): keep the
+		// running revision, but still re-plan it below (nodes may have changed).
 		newCommit = false
 	}
 	if newCommit {
@@ -207,19 +228,35 @@ func (r *Reconciler) pass(ctx context.Context) error {
 				return ctx.Err()
 			}
 			r.opts.Logger.Error("evaluation failed; keeping the current revision", "commit", commit, "err", err)
-			res, perr := r.opts.Store.Propose(ctx, replicated.Command{
-				Type: replicated.CmdRecordEvalError, At: r.opts.Now(),
-				RecordEvalError: &replicated.RecordEvalError{Commit: commit, Message: err.Error()},
-			})
-			if perr != nil {
-				return fmt.Errorf("recording the evaluation error of %s: %w", commit, perr)
+			var tmp temporary
+			retryable := errors.As(err, &tmp) && tmp.Temporary()
+			r.mu.Lock()
+			if retryable {
+				r.retryAt[commit] = r.opts.Now().Add(r.opts.Poll)
+			} else {
+				delete(r.retryAt, commit)
 			}
-			if res.Code != replicated.ResultOK {
-				return fmt.Errorf("recording the evaluation error of %s: %s", commit, res.Message)
+			r.mu.Unlock()
+			recorded := state.LastError != nil && state.LastError.Commit == commit &&
+				state.LastError.Message == err.Error() && state.LastError.Retryable == retryable
+			if !recorded {
+				res, perr := r.opts.Store.Propose(ctx, replicated.Command{
+					Type: replicated.CmdRecordEvalError, At: r.opts.Now(),
+					RecordEvalError: &replicated.RecordEvalError{Commit: commit, Message: err.Error(), Retryable: retryable},
+				})
+				if perr != nil {
+					return fmt.Errorf("recording the evaluation error of %s: %w", commit, perr)
+				}
+				if res.Code != replicated.ResultOK {
+					return fmt.Errorf("recording the evaluation error of %s: %s", commit, res.Message)
+				}
 			}
 			newCommit = false
 		} else {
 			desired, hash, planCommit = ev.Spec, ev.Hash, commit
+			r.mu.Lock()
+			delete(r.retryAt, commit)
+			r.mu.Unlock()
 		}
 	}
 	if planCommit == "" {

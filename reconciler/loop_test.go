@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -185,5 +186,59 @@ func TestPass(t *testing.T) {
 				t.Errorf("fetch error not kept in Status")
 			}
 		})
+	}
+}
+
+// timeoutErr is an evaluation error that may go away on retry.
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "nix eval: evaluation timeout after 2m0s" }
+func (timeoutErr) Temporary() bool { return true }
+
+func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
+	web := mkCluster(map[string]spec.VM{"web": mkVM("web", 1, 512)})
+	running := func(lastErr *replicated.EvalError) *replicated.State {
+		return &replicated.State{Nodes: mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
+			Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web,
+			Assignments: mkCurrent(mkAssign("web", 1, "web", 1, 512, 5)), LastError: lastErr}
+	}
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	ctx := context.Background()
+
+	// A timeout is recorded as retryable …
+	store := &loopStore{st: running(nil)}
+	ev := &countingEval{err: timeoutErr{}}
+	r := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
+	r.fetch(ctx)
+	if err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(store.proposed) != 1 || !store.proposed[0].RecordEvalError.Retryable {
+		t.Fatalf("proposed %+v, want one retryable RecordEvalError", store.proposed)
+	}
+	// … not evaluated again before the poll interval has passed …
+	store.st = running(&replicated.EvalError{Commit: "slow", Message: timeoutErr{}.Error(), Retryable: true})
+	now = now.Add(time.Second)
+	if err := r.Pass(ctx); err != nil || ev.calls != 1 {
+		t.Fatalf("pass before the retry time: err %v, evaluations %d, want 1", err, ev.calls)
+	}
+	// … evaluated again after it, without recording the same error twice.
+	now = now.Add(5 * time.Second)
+	if err := r.Pass(ctx); err != nil || ev.calls != 2 || len(store.proposed) != 1 {
+		t.Fatalf("pass after the retry time: err %v, evaluations %d (want 2), proposals %d (want 1)", err, ev.calls, len(store.proposed))
+	}
+	// A new leader (a fresh reconciler) retries a retryable failure at once.
+	r2 := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
+	r2.fetch(ctx)
+	if err := r2.Pass(ctx); err != nil || ev.calls != 3 {
+		t.Fatalf("new leader: err %v, evaluations %d, want 3", err, ev.calls)
+	}
+	// A failure for good is never evaluated again, by any leader.
+	store.st = running(&replicated.EvalError{Commit: "slow", Message: "error: syntax error"})
+	r3 := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
+	r3.fetch(ctx)
+	if err := r3.Pass(ctx); err != nil || ev.calls != 3 {
+		t.Fatalf("permanent failure: err %v, evaluations %d, want still 3", err, ev.calls)
 	}
 }

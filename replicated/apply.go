@@ -309,7 +309,7 @@ func (s *State) applyRecordEvalError(index uint64, at time.Time, c *RecordEvalEr
 	if c.Message == "" {
 		return s.reject(ResultInvalid, fmt.Sprintf("RecordEvalError: commit %s: the error message is empty", c.Commit))
 	}
-	s.LastError = &EvalError{Commit: c.Commit, Message: c.Message, At: at}
+	s.LastError = &EvalError{Commit: c.Commit, Message: c.Message, At: at, Retryable: c.Retryable}
 	first, _, more := strings.Cut(c.Message, "\n")
 	if more {
 		first += " …"

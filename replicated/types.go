@@ -105,6 +105,9 @@ type EvalError struct {
 	Commit  string    `json:"commit"`
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
+	// Retryable: the failure may go away on retry (an evaluation timeout);
+	// the leader evaluates the commit again later instead of skipping it.
+	Retryable bool `json:"retryable,omitempty"`
 }
 
 // Event is one entry of the bounded event log.
@@ -186,8 +189,9 @@ type CommitPlan struct {
 
 // RecordEvalError records a failed evaluation; the current revision is kept.
 type RecordEvalError struct {
-	Commit  string `json:"commit"`
-	Message string `json:"message"`
+	Commit    string `json:"commit"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable,omitempty"`
 }
 
 // SetNodeState cordons, drains or readies a node.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,6 +55,7 @@ func (a *apiServer) routes() http.Handler {
 		{"GET", "/v1/history", http.HandlerFunc(a.handleHistory)},
 		{"GET", "/v1/diff", http.HandlerFunc(a.handleDiff)},
 		{"GET", "/v1/reconciler", http.HandlerFunc(a.handleReconciler)},
+		{"POST", "/v1/nodes/{id}/state", http.HandlerFunc(a.handleNodeState)},
 		{"POST", "/v1/plan", http.HandlerFunc(a.handlePlan)},
 		{"POST", "/v1/sync", http.HandlerFunc(a.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(a.handleLogs)},
@@ -144,6 +146,54 @@ func (a *apiServer) leaderReconciler(ctx context.Context, s *replicated.State) *
 		return nil
 	}
 	return &st
+}
+
+// nodeStateRequest sets a node's scheduling state.
+type nodeStateRequest struct {
+	State replicated.NodeState `json:"state"`
+}
+
+// handleNodeState cordons, drains or readies a node through Raft; the leader's
+// next pass moves VMs off a draining node.
+func (a *apiServer) handleNodeState(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil || id == 0 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("node id %q: want a number > 0", r.PathValue("id")))
+		return
+	}
+	var req nodeStateRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("request body: want {\"state\": \"ready|cordoned|draining\"}: %w", err))
+		return
+	}
+	switch req.State {
+	case replicated.NodeReady, replicated.NodeCordoned, replicated.NodeDraining:
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Errorf("state %q: want ready, cordoned or draining", req.State))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	res, err := a.store.Propose(ctx, replicated.Command{Type: replicated.CmdSetNodeState, At: time.Now(),
+		SetNodeState: &replicated.SetNodeState{ID: id, State: req.State}})
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("setting node %d %s (is a quorum of nodes up?): %w", id, req.State, err))
+		return
+	}
+	if res.Code != replicated.ResultOK {
+		code := http.StatusConflict
+		if res.Code == replicated.ResultUnknownNode {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, errors.New(res.Message))
+		return
+	}
+	if a.rec != nil {
+		a.rec.Trigger()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"node": id, "state": req.State, "message": res.Message})
 }
 
 // handleReconciler answers this node's own reconciler status.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -275,4 +276,39 @@ func newPlanView(s *replicated.State, desired *spec.Cluster, commit, flake strin
 func sortedStrings(s []string) []string {
 	sort.Strings(s)
 	return s
+}
+
+func newNodeCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Change a node's scheduling state: cordon, drain, ready",
+	}
+	for _, c := range []struct {
+		verb  string
+		state replicated.NodeState
+		short string
+	}{
+		{"cordon", replicated.NodeCordoned, "Keep the node's VMs but place no new ones on it"},
+		{"drain", replicated.NodeDraining, "Move the node's VMs to other nodes and place no new ones on it"},
+		{"ready", replicated.NodeReady, "Make the node eligible for VMs again"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   c.verb + " ID",
+			Short: c.short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				var out map[string]any
+				if err := g.client().do(cmd.Context(), "POST", "/v1/nodes/"+url.PathEscape(args[0])+"/state",
+					nodeStateRequest{State: c.state}, &out); err != nil {
+					return err
+				}
+				if g.json {
+					return printJSON(g.stdout, out)
+				}
+				fmt.Fprintf(g.stdout, "node %s is %s\n", args[0], c.state)
+				return nil
+			},
+		})
+	}
+	return cmd
 }

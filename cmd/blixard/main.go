@@ -92,6 +92,7 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 		newDiffCommand(g),
 		newStatusCommand(g),
 		newNodesCommand(g),
+		newNodeCommand(g),
 		newHistoryCommand(g),
 		newLogsCommand(g),
 	)

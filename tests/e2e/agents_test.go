@@ -170,7 +170,45 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 		}
 	}
 
-	// 6. A runner whose build fails: that VM is failed with the build error,
+	// 6. Draining a node moves its VMs to the others and stops them there.
+	onNode2 := map[string]int{}
+	for name, vm := range waitAllRunning(t, c, 5) {
+		if vm.node == 2 {
+			onNode2[name] = c.nodes[1].runnerPID(name)
+		}
+	}
+	if len(onNode2) == 0 {
+		t.Fatalf("node 2 runs no VM; the drain step needs one")
+	}
+	if out, stderr, code := cli(t, "", "node", "drain", "2", "--server", c.nodes[0].api); code != 0 {
+		t.Fatalf("node drain 2: exit %d: %s%s", code, out, stderr)
+	}
+	waitFor(t, "node 2's VMs to run elsewhere", 60*time.Second, func() error {
+		vms := waitAllRunning(t, c, 5)
+		for name := range onNode2 {
+			if vms[name].node == 2 {
+				return fmt.Errorf("%s still on node 2", name)
+			}
+		}
+		return nil
+	})
+	waitFor(t, "node 2's runners to stop", 30*time.Second, func() error {
+		for name, pid := range onNode2 {
+			if alive(pid) {
+				return fmt.Errorf("%s (pid %d) still runs on the drained node", name, pid)
+			}
+		}
+		return nil
+	})
+	if _, stderr, code := cli(t, "", "node", "ready", "2", "--server", c.nodes[2].api); code != 0 {
+		t.Fatalf("node ready 2: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := cli(t, "", "node", "drain", "9", "--server", c.nodes[0].api); code != 1 || !strings.Contains(stderr, "not registered") {
+		t.Errorf("draining an unknown node: exit %d, stderr %q; want 1 and a message", code, stderr)
+	}
+	after = c.pids(t, waitAllRunning(t, c, 5))
+
+	// 7. A runner whose build fails: that VM is failed with the build error,
 	// its previous version keeps running, the others are untouched.
 	fourth := r.push(clusterFlake(map[string]string{"cache": "v2", "worker": "FAIL"}, "db"), "broken worker build")
 	waitRevision(t, c, fourth)

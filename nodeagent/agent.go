@@ -434,7 +434,9 @@ func (a *Agent) pass(ctx context.Context) {
 	isUnit := map[string]bool{}
 	for _, name := range units {
 		isUnit[name] = true
-		if _, ok := mine[name]; !ok {
+		// A replica that has applied no plan yet (still replaying its log)
+		// cannot tell which VMs to stop: keep them until it can.
+		if _, ok := mine[name]; !ok && st.Revision != nil {
 			a.retire(ctx, now, name)
 		}
 	}

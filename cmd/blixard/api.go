@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -56,6 +57,7 @@ func (a *apiServer) routes() http.Handler {
 		{"GET", "/v1/diff", http.HandlerFunc(a.handleDiff)},
 		{"GET", "/v1/reconciler", http.HandlerFunc(a.handleReconciler)},
 		{"POST", "/v1/nodes/{id}/state", http.HandlerFunc(a.handleNodeState)},
+		{"POST", "/v1/members", http.HandlerFunc(a.handleAddMember)},
 		{"POST", "/v1/plan", http.HandlerFunc(a.handlePlan)},
 		{"POST", "/v1/sync", http.HandlerFunc(a.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(a.handleLogs)},
@@ -194,6 +196,42 @@ func (a *apiServer) handleNodeState(w http.ResponseWriter, r *http.Request) {
 		a.rec.Trigger()
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"node": id, "state": req.State, "message": res.Message})
+}
+
+// memberRequest adds a Raft replica to the shard.
+type memberRequest struct {
+	ID        uint64 `json:"id"`
+	RaftAddr  string `json:"raftAddr"`
+	NonVoting bool   `json:"nonVoting"`
+}
+
+// handleAddMember adds a replica (a voter, or a non-voting member) to the
+// shard; the new node then starts with `serve --join`.
+func (a *apiServer) handleAddMember(w http.ResponseWriter, r *http.Request) {
+	var req memberRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("request body: want {\"id\": N, \"raftAddr\": \"HOST:PORT\", \"nonVoting\": bool}: %w", err))
+		return
+	}
+	if req.ID == 0 {
+		writeError(w, http.StatusBadRequest, errors.New("id: want a node id > 0"))
+		return
+	}
+	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("raftAddr %q: %w", req.RaftAddr, err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := a.store.AddReplica(ctx, req.ID, req.RaftAddr, req.NonVoting); err != nil {
+		writeError(w, http.StatusConflict, fmt.Errorf("adding node %d at %s: %w", req.ID, req.RaftAddr, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": req.ID, "raftAddr": req.RaftAddr, "nonVoting": req.NonVoting,
+		"next": fmt.Sprintf("start it with: blixard serve --node-id %d --raft-addr %s --join%s …", req.ID, req.RaftAddr,
+			map[bool]string{true: " --non-voting", false: ""}[req.NonVoting])})
 }
 
 // handleReconciler answers this node's own reconciler status.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -281,7 +282,7 @@ func sortedStrings(s []string) []string {
 func newNodeCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "node",
-		Short: "Change a node's scheduling state: cordon, drain, ready",
+		Short: "Change a node's scheduling state (cordon, drain, ready) or add a node",
 	}
 	for _, c := range []struct {
 		verb  string
@@ -310,5 +311,32 @@ func newNodeCommand(g *globals) *cobra.Command {
 			},
 		})
 	}
+	var nonVoting bool
+	add := &cobra.Command{
+		Use:   "add ID RAFT-ADDR",
+		Short: "Add a node to the Raft shard; then start it with `serve --join`",
+		Long: `Add a replica to the cluster's Raft shard. The initial members (serve --members)
+are voters; keep 3 or 5 voters and add further nodes with --non-voting. Then start
+the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join [--non-voting] …`" + `.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil || id == 0 {
+				return fmt.Errorf("node id %q: want a number > 0", args[0])
+			}
+			var out map[string]any
+			if err := g.client().do(cmd.Context(), "POST", "/v1/members",
+				memberRequest{ID: id, RaftAddr: args[1], NonVoting: nonVoting}, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.stdout, out)
+			}
+			fmt.Fprintf(g.stdout, "node %d added at %s; %v\n", id, args[1], out["next"])
+			return nil
+		},
+	}
+	add.Flags().BoolVar(&nonVoting, "non-voting", false, "replicate without voting (for nodes beyond 3 or 5 voters)")
+	cmd.AddCommand(add)
 	return cmd
 }

@@ -32,6 +32,7 @@ type serveOptions struct {
 	apiAddr       string
 	members       string
 	join          bool
+	nonVoting     bool
 	repo          string
 	ref           string
 	attr          string
@@ -107,7 +108,8 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.raftAddr, "raft-addr", "", "HOST:PORT for Raft traffic (default: this node's address in --members)")
 	f.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:7070", "HOST:PORT for the HTTP API")
 	f.StringVar(&o.members, "members", "", "initial voters: ID=HOST:PORT,… (the same on every node)")
-	f.BoolVar(&o.join, "join", false, "join an existing cluster instead of bootstrapping from --members")
+	f.BoolVar(&o.join, "join", false, "join an existing cluster (after `blixard node add` on it) instead of bootstrapping from --members")
+	f.BoolVar(&o.nonVoting, "non-voting", false, "with --join: replicate as a non-voting member (added with `blixard node add --non-voting`)")
 	f.StringVar(&o.repo, "repo", "", "cluster repository URL (file://, https://, ssh://) holding the cluster flake")
 	f.StringVar(&o.ref, "ref", "main", "branch of --repo to follow")
 	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
@@ -184,7 +186,12 @@ func (o *serveOptions) validate() (map[uint64]string, map[string]string, error) 
 	if o.raftAddr == "" {
 		return nil, nil, fmt.Errorf("--raft-addr is required (node %d is not in --members)", o.nodeID)
 	}
-	if !o.join {
+	if o.nonVoting && !o.join {
+		return nil, nil, errors.New("--non-voting needs --join: the initial members are voters")
+	}
+	if o.join {
+		members = nil // the shard knows its members; the joining node was added with `blixard node add`
+	} else {
 		if len(members) == 0 {
 			members = map[uint64]string{o.nodeID: o.raftAddr}
 		}
@@ -258,7 +265,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	applied := make(chan struct{}, 1)
 	store, err := replicated.Start(ctx, replicated.Config{
 		NodeID: o.nodeID, RaftAddr: o.raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
-		Members: members, Join: o.join, LogDB: o.logDB, Logger: log,
+		Members: members, Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB, Logger: log,
 		OnApply: func(uint64) {
 			select {
 			case applied <- struct{}{}:

@@ -63,9 +63,6 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 			if len(args) == 1 {
 				o.dir = args[0]
 			}
-			if !cmd.Flags().Changed("log-level") {
-				g.logLevel = "warn" // dev prints its own progress on stdout
-			}
 			log, err := g.logger()
 			if err != nil {
 				return err
@@ -407,10 +404,7 @@ func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
 			fmt.Fprintf(out, "%s evaluation failed; still running revision %d:\n  %s\n", time.Now().Format("15:04:05"),
 				lastRev, strings.ReplaceAll(strings.TrimSpace(lastErr), "\n", "\n  "))
 		}
-		table := vmTable(vmViews(s))
-		for _, u := range unschedulable(s) {
-			table += fmt.Sprintf("  %s  unschedulable: %s\n", u.VM, u.Reason)
-		}
+		table := vmTable(vmViews(s), unschedulable(s))
 		if table != lastTable {
 			lastTable = table
 			fmt.Fprint(out, table)
@@ -418,7 +412,7 @@ func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
 	}
 }
 
-func vmTable(vms []vmView) string {
+func vmTable(vms []vmView, unplaced []reconciler.Unschedulable) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
@@ -428,6 +422,9 @@ func vmTable(vms []vmView) string {
 			msg = msg[:60] + "…"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", vm.Name, vm.Phase, storeName(vm.OutPath), strings.ReplaceAll(msg, "\n", " "))
+	}
+	for _, u := range unplaced {
+		fmt.Fprintf(tw, "  %s\tunschedulable\t-\t%s\n", u.VM, u.Reason)
 	}
 	tw.Flush()
 	return b.String()

@@ -84,7 +84,16 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", defServer, "API address of any Blixard node (env BLIXARD_SERVER)")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "", "log level: debug, info, warn, error (default: info for serve, warn otherwise)")
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		if g.logLevel == "" {
+			// Client commands and dev print their own output; the daemon logs.
+			g.logLevel = "warn"
+			if cmd.Name() == "serve" {
+				g.logLevel = "info"
+			}
+		}
+	}
 	root.AddCommand(
 		newServeCommand(g),
 		newDevCommand(g),

@@ -36,6 +36,13 @@ type Evaluator interface {
 	Evaluate(ctx context.Context, commit string) (Evaluation, error)
 }
 
+// Fencer cuts a node off shared storage (Ceph: blocklists its client
+// addresses) before its VMs may run elsewhere. An error means the node is
+// not marked down: its VMs stay where they are until fencing succeeds.
+type Fencer interface {
+	Fence(ctx context.Context, node *replicated.Node) (fenced []string, err error)
+}
+
 // Evaluation is the desired spec of one commit.
 type Evaluation struct {
 	Spec *spec.Cluster
@@ -52,8 +59,13 @@ type Options struct {
 	// recomputed from the replicated state alone (new nodes, capacity).
 	Poll   time.Duration
 	Resync time.Duration
-	Now    func() time.Time
-	Logger *slog.Logger
+	// NodeTimeout is how long a node's heartbeat may stand still before the
+	// leader fences it (when Fencer is set) and marks it down, so its VMs
+	// are placed elsewhere; 0 turns failure detection off.
+	NodeTimeout time.Duration
+	Fencer      Fencer // optional
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Reconciler is the leader loop. Construct with New, run with Start.
@@ -67,6 +79,9 @@ type Reconciler struct {
 	// (a timeout, say) and when to evaluate them again; a commit that failed
 	// for good is not evaluated again. Guarded by mu.
 	retryAt map[string]time.Time
+	// heartbeats is this leader's liveness record; reset when leadership is
+	// lost, so a new term starts with a full grace period. Guarded by mu.
+	heartbeats Heartbeats
 }
 
 // temporary is implemented by evaluation errors that may go away on retry
@@ -133,6 +148,9 @@ func (r *Reconciler) Start(ctx context.Context) error {
 		leader := r.opts.Store.IsLeader()
 		r.mu.Lock()
 		r.status.Leader = leader
+		if !leader {
+			r.heartbeats = nil
+		}
 		r.mu.Unlock()
 		if leader {
 			if fetchNow || r.opts.Now().Sub(lastFetch) >= r.opts.Poll {
@@ -174,6 +192,48 @@ func (r *Reconciler) fetch(ctx context.Context) {
 	r.status.FetchCommit = commit
 }
 
+// markStaleNodesDown fences and marks down every node whose heartbeat stood
+// still for longer than NodeTimeout. It reports whether it marked any.
+func (r *Reconciler) markStaleNodesDown(ctx context.Context, state *replicated.State) (bool, error) {
+	if r.opts.NodeTimeout <= 0 {
+		return false, nil
+	}
+	now := r.opts.Now()
+	r.mu.Lock()
+	r.heartbeats = ObserveHeartbeats(r.heartbeats, state.Nodes, now)
+	hb := r.heartbeats
+	r.mu.Unlock()
+	marked := false
+	var errs []error
+	for _, id := range StaleNodes(hb, state.Nodes, now, r.opts.NodeTimeout) {
+		node := state.Nodes[id]
+		silent := now.Sub(hb[id].At).Round(time.Second)
+		var fenced []string
+		if r.opts.Fencer != nil {
+			f, err := r.opts.Fencer.Fence(ctx, node)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("node %d has sent no heartbeat for %s but fencing it failed, so its VMs stay assigned to it: %w", id, silent, err))
+				continue
+			}
+			fenced = f
+		}
+		reason := fmt.Sprintf("no heartbeat for %s", silent)
+		res, err := r.opts.Store.Propose(ctx, replicated.Command{Type: replicated.CmdSetNodeState, At: now,
+			SetNodeState: &replicated.SetNodeState{ID: id, State: replicated.NodeDown, Reason: reason, Fenced: fenced}})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("marking node %d down: %w", id, err))
+			continue
+		}
+		if res.Code != replicated.ResultOK {
+			errs = append(errs, fmt.Errorf("marking node %d down: %s", id, res.Message))
+			continue
+		}
+		r.opts.Logger.Warn("node marked down; its VMs will be placed elsewhere", "node", id, "reason", reason, "fenced", fenced)
+		marked = true
+	}
+	return marked, errors.Join(errs...)
+}
+
 // retryDue reports whether a commit whose evaluation failed for a temporary
 // reason should be evaluated again now: when its retry time has come, or when
 // this replica never tried it (it became leader since).
@@ -203,6 +263,11 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	state, err := r.opts.Store.Read(ctx)
 	if err != nil {
 		return fmt.Errorf("reading replicated state: %w", err)
+	}
+	if marked, err := r.markStaleNodesDown(ctx, state); err != nil || marked {
+		// The next pass plans against the node states just committed.
+		r.Trigger()
+		return err
 	}
 	commit := r.Status().FetchCommit
 

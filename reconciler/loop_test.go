@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -240,5 +241,75 @@ func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 	r3.fetch(ctx)
 	if err := r3.Pass(ctx); err != nil || ev.calls != 3 {
 		t.Fatalf("permanent failure: err %v, evaluations %d, want still 3", err, ev.calls)
+	}
+}
+
+type fakeFencer struct {
+	err   error
+	calls []uint64
+}
+
+// Fence stands in for Ceph's blocklist (tests/ceph fences for real).
+func (f *fakeFencer) Fence(_ context.Context, n *replicated.Node) ([]string, error) {
+	f.calls = append(f.calls, n.ID)
+	if f.err != nil {
+		return nil, f.err
+	}
+	return n.CephAddrs, nil
+}
+
+func TestPassMarksSilentNodesDownAfterFencing(t *testing.T) {
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	ctx := context.Background()
+	state := func(seq1, seq2 uint64) *replicated.State {
+		n1 := mkNode(1, replicated.NodeReady, 4, 4096)
+		n1.LastHeartbeatSeq, n1.CephAddrs = seq1, []string{"127.0.0.1:0/1"}
+		n2 := mkNode(2, replicated.NodeReady, 4, 4096)
+		n2.LastHeartbeatSeq = seq2
+		return &replicated.State{Nodes: mkNodes(n1, n2)}
+	}
+	for _, tt := range []struct {
+		name       string
+		fencer     *fakeFencer
+		wantDown   bool
+		wantFenced []string
+		wantErr    bool
+	}{
+		{"without a fencer a silent node is marked down", nil, true, nil, false},
+		{"a fenced silent node is marked down with its fenced addresses", &fakeFencer{}, true, []string{"127.0.0.1:0/1"}, false},
+		{"a node that cannot be fenced is not marked down", &fakeFencer{err: errors.New("monitor unreachable")}, false, nil, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &loopStore{st: state(5, 3)}
+			opts := Options{Store: store, Source: loopSource{}, Evaluator: &countingEval{}, NodeTimeout: 10 * time.Second, Now: clock}
+			if tt.fencer != nil {
+				opts.Fencer = tt.fencer
+			}
+			r := New(opts)
+			// The first observation is the grace period: nothing is judged.
+			if err := r.Pass(ctx); err != nil || len(store.proposed) != 0 {
+				t.Fatalf("first pass: err %v, proposed %+v", err, store.proposed)
+			}
+			now = now.Add(11 * time.Second)
+			store.st = state(5, 4) // node 2 heartbeats, node 1 is silent
+			err := r.Pass(ctx)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if !tt.wantDown {
+				if len(store.proposed) != 0 {
+					t.Fatalf("proposed %+v, want nothing", store.proposed)
+				}
+				return
+			}
+			if len(store.proposed) != 1 || store.proposed[0].SetNodeState == nil {
+				t.Fatalf("proposed %+v, want one SetNodeState", store.proposed)
+			}
+			c := store.proposed[0].SetNodeState
+			if c.ID != 1 || c.State != replicated.NodeDown || c.Reason != "no heartbeat for 11s" || !reflect.DeepEqual(c.Fenced, tt.wantFenced) {
+				t.Fatalf("SetNodeState = %+v", c)
+			}
+		})
 	}
 }

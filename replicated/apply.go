@@ -339,6 +339,19 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 	}
 	old := n.State
 	n.State = c.State
-	s.event(index, at, EventNodeStateChanged, fmt.Sprintf("node %d: %s -> %s", c.ID, old, c.State))
-	return s.ok("node %d: %s -> %s", c.ID, old, c.State)
+	switch c.State {
+	case NodeDown:
+		n.Fenced = slices.Clone(nilIfEmpty(c.Fenced))
+	case NodeReady:
+		n.Fenced = nil
+	}
+	msg := fmt.Sprintf("node %d: %s -> %s", c.ID, old, c.State)
+	if c.Reason != "" {
+		msg += " (" + c.Reason + ")"
+	}
+	if len(c.Fenced) > 0 {
+		msg += "; fenced " + strings.Join(c.Fenced, ", ")
+	}
+	s.event(index, at, EventNodeStateChanged, msg)
+	return s.ok("%s", msg)
 }

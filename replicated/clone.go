@@ -53,6 +53,7 @@ func (n *Node) clone() *Node {
 	c := *n
 	c.Labels = maps.Clone(n.Labels)
 	c.CephAddrs = slices.Clone(n.CephAddrs)
+	c.Fenced = slices.Clone(n.Fenced)
 	return &c
 }
 
@@ -90,6 +91,8 @@ func canonicalCommand(cmd *Command) {
 		cmd.NodeHeartbeat.Statuses = nilIfEmpty(cmd.NodeHeartbeat.Statuses)
 	case cmd.CommitPlan != nil:
 		canonicalCluster(cmd.CommitPlan.Spec)
+	case cmd.SetNodeState != nil:
+		cmd.SetNodeState.Fenced = nilIfEmpty(cmd.SetNodeState.Fenced)
 	}
 }
 

@@ -129,6 +129,14 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		var st string
 		d.ScanArgs(t, "state", &st)
 		c.State = NodeState(st)
+		if d.HasArg("reason") {
+			d.ScanArgs(t, "reason", &c.Reason)
+		}
+		if d.HasArg("fenced") {
+			var f string
+			d.ScanArgs(t, "fenced", &f)
+			c.Fenced = strings.Split(f, ",")
+		}
 		return h.propose(t, d, Command{Type: CmdSetNodeState, SetNodeState: c})
 
 	case "raw":

@@ -39,8 +39,11 @@ type Node struct {
 	Capacity Resources         `json:"capacity"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	State    NodeState         `json:"state"`
-	// CephAddrs are the node's Ceph client addresses, for fencing (later issue).
+	// CephAddrs are the node's Ceph client addresses, for fencing.
 	CephAddrs []string `json:"cephAddrs,omitempty"`
+	// Fenced are the addresses the leader blocklisted when it marked the node
+	// down; cleared when the node is made ready again.
+	Fenced []string `json:"fenced,omitempty"`
 	// RegisteredAt and LastHeartbeatAt come from the commands (the proposer's clock).
 	RegisteredAt    time.Time `json:"registeredAt"`
 	LastHeartbeatAt time.Time `json:"lastHeartbeatAt"`
@@ -194,8 +197,12 @@ type RecordEvalError struct {
 	Retryable bool   `json:"retryable,omitempty"`
 }
 
-// SetNodeState cordons, drains or readies a node.
+// SetNodeState cordons, drains or readies a node, or — proposed by the
+// leader when the node stopped heartbeating — marks it down, after fencing
+// its Ceph client addresses (Fenced).
 type SetNodeState struct {
-	ID    uint64    `json:"id"`
-	State NodeState `json:"state"`
+	ID     uint64    `json:"id"`
+	State  NodeState `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	Fenced []string  `json:"fenced,omitempty"`
 }

@@ -38,6 +38,7 @@ type serveOptions struct {
 	attr          string
 	poll          time.Duration
 	heartbeat     time.Duration
+	nodeTimeout   time.Duration
 	evalTimeout   time.Duration
 	capacityVCPU  int
 	capacityMem   int
@@ -115,6 +116,7 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
 	f.DurationVar(&o.poll, "poll", 5*time.Second, "how often the leader fetches --repo")
 	f.DurationVar(&o.heartbeat, "heartbeat", 2*time.Second, "how often this node reports to the cluster")
+	f.DurationVar(&o.nodeTimeout, "node-timeout", 30*time.Second, "a node silent this long is fenced (Ceph) and marked down, and its VMs move; 0: never")
 	f.DurationVar(&o.evalTimeout, "eval-timeout", 2*time.Minute, "limit for one nix evaluation")
 	f.IntVar(&o.capacityVCPU, "capacity-vcpu", 0, "vCPUs this node offers to VMs")
 	f.IntVar(&o.capacityMem, "capacity-mem-mib", 0, "memory (MiB) this node offers to VMs")
@@ -278,6 +280,24 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	}
 	defer store.Close()
 
+	// Ceph: the node's client addresses are registered so the cluster can
+	// fence them; the agent attaches VM volumes through the same client.
+	var vols *volumes.Manager
+	var cephAddrs []string
+	var fencer reconciler.Fencer
+	if o.ceph.set() {
+		vols = volumes.NewManager(volumes.Config{ConfigFile: o.ceph.configFile, User: o.ceph.user, KeyringFile: o.ceph.keyringFile},
+			nil, log.With("component", "volumes"))
+		defer func() {
+			if !agentStarted { // otherwise the agent's goroutine closes it after the agent stopped
+				vols.Close(context.WithoutCancel(ctx))
+			}
+		}()
+		fencer = cephFencer{vols}
+		if cephAddrs, err = vols.Addrs(ctx); err != nil {
+			log.Warn("cannot reach Ceph yet; registering without client addresses (VMs with volumes will fail until it is reachable)", "err", err)
+		}
+	}
 	evaluator := nixeval.New(nixeval.Options{Timeout: o.evalTimeout, Logger: log})
 	var (
 		mirror *gitsync.Mirror
@@ -288,10 +308,14 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--repo: %w", err)
 		}
-		rec = reconciler.New(reconciler.Options{
+		recOpts := reconciler.Options{
 			Store: store, Source: mirrorSource{mirror}, Evaluator: flakeEvaluator{evaluator, mirror, o.attr},
-			Ref: o.ref, Poll: o.poll, Logger: log,
-		})
+			Ref: o.ref, Poll: o.poll, NodeTimeout: o.nodeTimeout, Logger: log,
+		}
+		if fencer != nil {
+			recOpts.Fencer = fencer
+		}
+		rec = reconciler.New(recOpts)
 	}
 
 	var wg sync.WaitGroup
@@ -318,22 +342,6 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		_ = srv.Shutdown(shutCtx)
 	}()
 
-	// Ceph: the node's client addresses are registered so the cluster can
-	// fence them; the agent attaches VM volumes through the same client.
-	var vols *volumes.Manager
-	var cephAddrs []string
-	if o.ceph.set() && o.agent {
-		vols = volumes.NewManager(volumes.Config{ConfigFile: o.ceph.configFile, User: o.ceph.user, KeyringFile: o.ceph.keyringFile},
-			nil, log.With("component", "volumes"))
-		defer func() {
-			if !agentStarted { // otherwise the agent's goroutine closes it after the agent stopped
-				vols.Close(context.WithoutCancel(ctx))
-			}
-		}()
-		if cephAddrs, err = vols.Addrs(ctx); err != nil {
-			log.Warn("cannot reach Ceph yet; registering without client addresses (VMs with volumes will fail until it is reachable)", "err", err)
-		}
-	}
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
@@ -487,6 +495,29 @@ func (f flakeEvaluator) Evaluate(ctx context.Context, commit string) (reconciler
 		return reconciler.Evaluation{}, err
 	}
 	return reconciler.Evaluation{Spec: res.Spec, Hash: res.Hash}, nil
+}
+
+// cephFencer blocklists a node's registered Ceph client addresses, so a node
+// that is only silent (partitioned, frozen) cannot write to the images its
+// VMs had once they run elsewhere.
+type cephFencer struct{ vols *volumes.Manager }
+
+// fenceExpiry bounds a blocklist entry; a fenced node's agent restarts with
+// a new client (and new addresses) long before, when it comes back.
+const fenceExpiry = 24 * time.Hour
+
+func (f cephFencer) Fence(ctx context.Context, n *replicated.Node) ([]string, error) {
+	if len(n.CephAddrs) == 0 {
+		return nil, nil // it registered no Ceph client: nothing of it can write
+	}
+	conn, err := f.vols.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to Ceph to fence node %d: %w", n.ID, err)
+	}
+	if err := conn.Blocklist(ctx, n.CephAddrs, fenceExpiry); err != nil {
+		return nil, fmt.Errorf("blocklisting node %d's addresses %v: %w", n.ID, n.CephAddrs, err)
+	}
+	return n.CephAddrs, nil
 }
 
 // flakeBuilder builds runners from the cluster repository at a commit, for

@@ -1,0 +1,52 @@
+package reconciler
+
+import (
+	"sort"
+	"time"
+
+	"github.com/blixard/blixard/replicated"
+)
+
+// Heartbeats is the leader's record of when (by its own clock) it last saw
+// each node's heartbeat sequence advance. Liveness is judged by the sequence
+// moving, never by comparing clocks across nodes. A new leader starts with
+// an empty record, so every node gets a full timeout of grace before it can
+// be judged: the new leader has no heartbeat history yet.
+type Heartbeats map[uint64]HeartbeatSeen
+
+// HeartbeatSeen is one node's entry in [Heartbeats].
+type HeartbeatSeen struct {
+	Seq uint64
+	At  time.Time
+}
+
+// ObserveHeartbeats returns the record updated with the nodes' current
+// sequences: a node seen for the first time, or whose sequence changed, is
+// stamped now. Nodes no longer registered are dropped. prev is not modified.
+func ObserveHeartbeats(prev Heartbeats, nodes map[uint64]*replicated.Node, now time.Time) Heartbeats {
+	next := make(Heartbeats, len(nodes))
+	for id, n := range nodes {
+		if p, ok := prev[id]; ok && p.Seq == n.LastHeartbeatSeq {
+			next[id] = p
+			continue
+		}
+		next[id] = HeartbeatSeen{Seq: n.LastHeartbeatSeq, At: now}
+	}
+	return next
+}
+
+// StaleNodes lists, by id, the nodes not already down whose heartbeat has
+// not advanced for longer than timeout.
+func StaleNodes(hb Heartbeats, nodes map[uint64]*replicated.Node, now time.Time, timeout time.Duration) []uint64 {
+	var out []uint64
+	for id, n := range nodes {
+		if n.State == replicated.NodeDown {
+			continue
+		}
+		if seen, ok := hb[id]; ok && now.Sub(seen.At) > timeout {
+			out = append(out, id)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}

@@ -42,7 +42,7 @@ func (n NBDAttacher) Attach(ctx context.Context, conn *Conn, v spec.VolumeRef, p
 	if len(path) > 107 {
 		return nil, fmt.Errorf("volume socket path %s has %d bytes, unix sockets allow 107: use a shorter --state-dir", path, len(path))
 	}
-	held, err := conn.Lock(ctx, v.Pool, v.Image)
+	held, err := lockBreakingFenced(ctx, conn, v)
 	if err != nil {
 		return nil, err
 	}
@@ -164,4 +164,24 @@ func (a *kernelAttachment) Detach(ctx context.Context) error {
 		return err
 	}
 	return os.Remove(a.path)
+}
+
+// lockBreakingFenced takes the image's exclusive lock. A lock held by clients
+// that are all blocklisted (a node the leader fenced before moving its VMs)
+// is broken and taken; a lock held by a live client is left alone and
+// reported as a *LockedError.
+func lockBreakingFenced(ctx context.Context, conn *Conn, v spec.VolumeRef) (*Held, error) {
+	held, err := conn.Lock(ctx, v.Pool, v.Image)
+	var locked *LockedError
+	if !errors.As(err, &locked) {
+		return held, err
+	}
+	if berr := conn.BreakLock(ctx, v.Pool, v.Image); berr != nil {
+		var notFenced *NotFencedError
+		if errors.As(berr, &notFenced) {
+			return nil, err // held by a client that is not fenced: wait for it
+		}
+		return nil, fmt.Errorf("%w; breaking the fenced holder's lock failed: %w", err, berr)
+	}
+	return conn.Lock(ctx, v.Pool, v.Image)
 }

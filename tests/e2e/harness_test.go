@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	blixardBin = filepath.Join(dir, "blixard")
-	build := exec.Command("go", "build", "-o", blixardBin, "../../cmd/blixard")
+	build := exec.Command("go", "build", "-tags", blixardTags, "-o", blixardBin, "../../cmd/blixard")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building blixard:", err)
@@ -293,3 +294,17 @@ func cliJSON(t testing.TB, out any, args ...string) error {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// cliJSONRaw GETs a node's API path and decodes its JSON answer.
+func cliJSONRaw(t testing.TB, api, path string, out any) error {
+	t.Helper()
+	resp, err := http.Get("http://" + api + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}

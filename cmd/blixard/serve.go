@@ -211,6 +211,7 @@ func (o *serveOptions) validate() (map[uint64]string, map[string]string, error) 
 	if o.backend == "" {
 		o.backend = defaultBackend()
 	}
+
 	if o.backend != "process" && o.backend != "systemd" {
 		return nil, nil, fmt.Errorf("--backend %q: want process or systemd", o.backend)
 	}
@@ -227,6 +228,16 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	}
 	if o.ceph.set() && !volumes.Built {
 		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
+	}
+	// Checked at start, not by --check-config: on NixOS these files (secrets)
+	// do not exist when the configuration is built.
+	for _, f := range []struct{ flag, path string }{{"--ceph-config-file", o.ceph.configFile}, {"--ceph-keyring-file", o.ceph.keyringFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("creating --data-dir: %w", err)

@@ -283,6 +283,12 @@ func TestNixGitRaftServeFollowsPushes(t *testing.T) {
 }
 
 func TestServeRejectsBadInput(t *testing.T) {
+	// A build with Ceph support accepts Ceph settings; the same case then
+	// checks that a missing keyring file stops the daemon at start.
+	cephArgs, cephWant := []string{"--ceph-user", "admin"}, "without Ceph support"
+	if blixardTags != "" {
+		cephArgs, cephWant = []string{"--ceph-user", "admin", "--ceph-keyring-file", "DATA/nokeyring"}, "--ceph-keyring-file"
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -295,8 +301,8 @@ func TestServeRejectsBadInput(t *testing.T) {
 		{"plan without a flake", []string{"plan", "--flake", "DATA"}, "no flake.nix"},
 		{"systemd backend on a host without systemd", []string{"serve", "--node-id", "1", "--data-dir", "DATA",
 			"--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:0", "--backend", "systemd", "--state-dir", "DATA"}, "--backend process"},
-		{"Ceph settings in a build without Ceph", []string{"serve", "--node-id", "1", "--data-dir", "DATA",
-			"--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:0", "--ceph-config-file", "DATA/ceph.conf"}, "without Ceph support"},
+		{"Ceph settings (in a build without Ceph support)", append([]string{"serve", "--node-id", "1", "--data-dir", "DATA",
+			"--raft-addr", "127.0.0.1:1", "--api-addr", "127.0.0.1:0"}, cephArgs...), cephWant},
 		{"unknown backend", []string{"serve", "--node-id", "1", "--data-dir", "DATA", "--raft-addr", "127.0.0.1:1",
 			"--backend", "docker"}, "want process or systemd"},
 		{"status with nobody listening", []string{"status", "--server", "127.0.0.1:1"}, "cannot reach"},

@@ -287,9 +287,12 @@ func TestSystemdCrashingRunnerIsFailedWithSystemdResult(t *testing.T) {
 			t.Errorf("message %q does not mention %q", s.Message, want)
 		}
 	}
+	// The failed phase itself says the agent saw >= 3 restarts. The unit keeps
+	// crash-looping meanwhile (and the agent may reset and start it between
+	// two restarts, which zeroes NRestarts), so only its last exit is stable.
 	us, err := b.Status("sd-crash")
-	if err != nil || us.Restarts < 3 || us.ExitCode != 3 || us.Active {
-		t.Errorf("Status = %+v, %v; want >= 3 restarts, exit code 3, not active", us, err)
+	if err != nil || us.ExitCode != 3 {
+		t.Errorf("Status = %+v, %v; want exit code 3", us, err)
 	}
 
 	// The agent's policy: a new runner replaces a crash-looping one at once.

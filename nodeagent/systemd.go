@@ -401,6 +401,10 @@ type unitState struct {
 	ExecMainStatus                   int
 	NRestarts                        int
 	RestartDelay                     time.Duration // RestartUSec
+	// JobQueued: a job is pending for the unit. Between two automatic
+	// restarts systemd briefly shows inactive (dead) with the restart's start
+	// job queued; that is still a restart, not a stopped unit.
+	JobQueued bool
 }
 
 // state reads unit's properties (two GetAll calls: Unit and Service).
@@ -416,6 +420,12 @@ func (b *SystemdBackend) state(ctx context.Context, unit string) (unitState, err
 	s.ConditionResult, _ = u["ConditionResult"].(bool)
 	if us, ok := u["StateChangeTimestamp"].(uint64); ok && us > 0 {
 		s.Changed = time.UnixMicro(int64(us))
+	}
+	// Job is (job id, object path); id 0 means no job.
+	if job, ok := u["Job"].([]interface{}); ok && len(job) > 0 {
+		if id, ok := job[0].(uint32); ok && id != 0 {
+			s.JobQueued = true
+		}
 	}
 	if s.LoadState != "loaded" {
 		return s, nil
@@ -455,7 +465,8 @@ func (s unitState) running() bool {
 }
 
 func (s unitState) restarting() bool {
-	return s.ActiveState == "activating" && s.SubState == "auto-restart"
+	return (s.ActiveState == "activating" && s.SubState == "auto-restart") ||
+		(s.ActiveState == "inactive" && s.JobQueued)
 }
 
 // result describes the last exit in systemd's words, with where its logs are.

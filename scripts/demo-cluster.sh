@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds blixard, and starts a local 3-node cluster
 # on 127.0.0.1 that follows a git repository made from examples/demo (real
-# qemu microVMs). Ctrl-C stops every node; the VMs keep running, as they
-# would on real hosts — stop them with `kill $(cat STATE/*/qemu.pid)` or
-# remove them from the flake and push first.
+# qemu microVMs). Ctrl-C stops every node and then the VMs (a real node's
+# VMs outlive its blixard; the demo cleans up after itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
@@ -31,6 +30,11 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	# A stopped blixard leaves its VMs running (they belong to the host); the
+	# demo stops them too, through their recorded PIDs.
+	for f in "$work"/node*/vms/*/pid; do
+		[ -f "$f" ] && kill -TERM "$(cut -d' ' -f1 "$f")" 2>/dev/null || true
+	done
 }
 trap cleanup EXIT INT TERM
 for i in 1 2 3; do

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -523,68 +522,15 @@ func BenchmarkSystemdCommitToUnitActive(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	be := sdStartTimes{SystemdBackend: sb, started: make(chan string, 16)}
-	ra := e.start(func(o *Options) {
-		o.Backend = be
-		o.Interval = time.Hour // only Notify triggers passes
-		o.Heartbeat = time.Hour
-	})
+	be := startRecorder{Backend: sb, started: make(chan string, 16)}
+	ra := startAgentWith(e, be)
 	var names []string
 	b.Cleanup(func() {
 		ra.stop(b)
 		(&sdEnv{env: e, c: c}).stopUnits(names)
 	})
-	var lat []time.Duration
-	prev := ""
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		name := fmt.Sprintf("bench-commit-%d", i)
-		names = append(names, name)
-		t0 := time.Now()
-		e.state.assign(name, testNode, r)
-		ra.agent.Notify()
-		if got := <-be.started; got != name {
-			b.Fatalf("started %s, want %s", got, name)
-		}
-		lat = append(lat, time.Since(t0))
-
-		b.StopTimer() // stop the previous VM outside the measurement
-		if prev != "" {
-			e.state.unassign(prev)
-			ra.agent.Notify()
-			waitFor(b, prev+" stopped", func() (bool, string) {
-				s, err := sb.Status(prev)
-				return err == nil && !s.Active, fmt.Sprintf("%+v", s)
-			})
-		}
-		prev = name
-		b.StartTimer()
-	}
-	b.StopTimer()
+	lat := measureCommitToStart(b, e, ra, be, r, "bench-commit", &names)
 	reportPercentiles(b, "commit", lat)
-}
-
-type sdStartTimes struct {
-	*SystemdBackend
-	started chan string
-}
-
-func (s sdStartTimes) Start(ctx context.Context, name string) error {
-	err := s.SystemdBackend.Start(ctx, name)
-	if err == nil {
-		s.started <- name
-	}
-	return err
-}
-
-func reportPercentiles(b *testing.B, what string, d []time.Duration) {
-	if len(d) == 0 {
-		return
-	}
-	slices.Sort(d)
-	b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, what+"-p50-ms")
-	b.ReportMetric(float64(d[(len(d)*99)/100].Microseconds())/1000, what+"-p99-ms")
-	b.ReportMetric(0, "ns/op")
 }
 
 // BenchmarkSystemdStatus measures one Status of a running unit (two GetAll

@@ -1,0 +1,94 @@
+package layering
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/blixard/blixard/"
+
+// mustNot lists, per package, import paths (prefixes) it must not use:
+// each package owns one job and reaches the others only where the design
+// says so.
+var mustNot = map[string][]string{
+	// Plain data and pure helpers: no programs, no git, no Raft.
+	"spec": {"os/exec", "github.com/go-git/", "github.com/lni/", module},
+	// Runs nix; must not know about Raft, plans, git or hosts.
+	"nixeval": {"github.com/lni/", "github.com/go-git/", module + "replicated", module + "reconciler",
+		module + "gitsync", module + "nodeagent", module + "volumes", module + "cmd"},
+	// The git mirror: must not evaluate Nix or know the cluster.
+	"gitsync": {"os/exec", module},
+	// The state machine: no programs, no git, no evaluation, no hosts.
+	"replicated": {"os/exec", "github.com/go-git/", module + "nixeval", module + "gitsync", module + "reconciler",
+		module + "nodeagent", module + "volumes"},
+	// Planning: must not touch hosts or run programs; it sees git and nix
+	// only through the interfaces it declares.
+	"reconciler": {"os/exec", "github.com/lni/", "github.com/go-git/", module + "nixeval", module + "gitsync",
+		module + "nodeagent", module + "volumes"},
+	// The agent: must not decide placement; Ceph reaches it through its own
+	// Volumes interface.
+	"nodeagent": {module + "reconciler", module + "gitsync", module + "nixeval", module + "volumes", "github.com/ceph/"},
+	// The Ceph edge: no knowledge of the cluster's state or placement.
+	"volumes": {module + "replicated", module + "reconciler", module + "gitsync", module + "nixeval", module + "nodeagent"},
+}
+
+func TestPackagesKeepToTheirJob(t *testing.T) {
+	for pkg, forbidden := range mustNot {
+		t.Run(pkg, func(t *testing.T) {
+			files, err := filepath.Glob(filepath.Join("..", "..", pkg, "*.go"))
+			if err != nil || len(files) == 0 {
+				t.Fatalf("no Go files in %s (%v)", pkg, err)
+			}
+			docs := 0
+			for _, name := range files {
+				if strings.HasSuffix(name, "_test.go") {
+					continue
+				}
+				f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ImportsOnly|parser.ParseComments)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f.Doc != nil {
+					docs++
+				}
+				for _, imp := range f.Imports {
+					path, _ := strconv.Unquote(imp.Path.Value)
+					for _, bad := range forbidden {
+						if strings.HasPrefix(path, bad) && !(bad == module && path == module+"spec" && pkg != "spec") {
+							t.Errorf("%s imports %s; package %s must not (see its doc.go and DESIGN.md §2)", filepath.Base(name), path, pkg)
+						}
+					}
+				}
+			}
+			if docs != 1 {
+				t.Errorf("package %s has %d package doc comments, want exactly 1", pkg, docs)
+			}
+		})
+	}
+}
+
+// TestEveryPackageIsListed keeps mustNot complete: a new top-level package
+// must state its boundaries here too.
+func TestEveryPackageIsListed(t *testing.T) {
+	entries, err := os.ReadDir(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		gofiles, _ := filepath.Glob(filepath.Join("..", "..", e.Name(), "*.go"))
+		if len(gofiles) == 0 {
+			continue // cmd, tests, examples, nix…: no library package at the top
+		}
+		if _, ok := mustNot[e.Name()]; !ok {
+			t.Errorf("top-level package %s has no entry in mustNot", e.Name())
+		}
+	}
+}

@@ -143,7 +143,7 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 		return fmt.Errorf("%s has no flake.nix: pass the directory of a cluster flake (e.g. examples/demo)", dir)
 	}
 	if o.ceph.set() && !volumes.Built {
-		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
+		return fmt.Errorf("the Ceph settings need Ceph support, but %w", volumes.ErrNotBuilt)
 	}
 	if o.dataDir == "" {
 		if o.dataDir, err = defaultDevDataDir(dir); err != nil {

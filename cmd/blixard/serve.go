@@ -227,7 +227,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		return err
 	}
 	if o.ceph.set() && !volumes.Built {
-		return fmt.Errorf("Ceph settings given, but %w", volumes.ErrNotBuilt)
+		return fmt.Errorf("the Ceph settings need Ceph support, but %w", volumes.ErrNotBuilt)
 	}
 	// Checked at start, not by --check-config: on NixOS these files (secrets)
 	// do not exist when the configuration is built.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
+	"github.com/blixard/blixard/tests/microvm"
 )
 
 // A real qemu microVM (the demo's runner, software emulation) writes a
@@ -23,13 +24,14 @@ import (
 // (/cgi-bin/write?data=MARKER, /cgi-bin/read?data).
 func TestCephQemuMicroVMWritesAMarkerIsMovedAndReadsItBack(t *testing.T) {
 	cfg := requireCeph(t)
-	requireMicrovm(t)
+	microvm.Require(t)
 	c := connect(t)
 	reaper := newQemuReaper(t) // registered first: checks after the agents stopped
 	// Both nodes run the same runner on this machine, one after the other,
 	// so they forward the same port.
-	port := freePort(t)
-	r := buildMicrovm(t, "db", port, []string{"data"})
+	port := microvm.FreePort(t)
+	built := microvm.Build(t, microvm.Options{Name: "db", Port: port, Volumes: []string{"data"}})
+	r := spec.Runner{Drv: built.Drv, Out: built.Out}
 	clusterName := fmt.Sprintf("q%d-%d", os.Getpid(), seq.Add(1))
 	img := clusterName + ".db.data"
 	st := newTestState(clusterName)

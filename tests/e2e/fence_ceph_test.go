@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -103,4 +105,18 @@ func TestCephNixGitRaftSilentNodeIsFencedBeforeItsVMMoves(t *testing.T) {
 			t.Errorf("blocklist lacks %s:\n%s", a, bl)
 		}
 	}
+}
+
+// cliJSONRaw GETs a node's API path and decodes its JSON answer.
+func cliJSONRaw(t testing.TB, api, path string, out any) error {
+	t.Helper()
+	resp, err := http.Get("http://" + api + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }

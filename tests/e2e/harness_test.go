@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -294,17 +293,3 @@ func cliJSON(t testing.TB, out any, args ...string) error {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
-
-// cliJSONRaw GETs a node's API path and decodes its JSON answer.
-func cliJSONRaw(t testing.TB, api, path string, out any) error {
-	t.Helper()
-	resp, err := http.Get("http://" + api + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/tests/microvm"
 )
 
 // BenchmarkQemuBoot measures boot to the first HTTP answer of the demo's
@@ -19,7 +20,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkQemuBoot -benchtime 3x ./tests/qemu
 func BenchmarkQemuBoot(b *testing.B) {
-	requireMicrovm(b)
+	microvm.Require(b)
 	r := buildRunner(b, "web", "bench")
 
 	b.Run("agent", func(b *testing.B) {
@@ -93,7 +94,7 @@ func waitBoot(b *testing.B, port int, console string) {
 	b.Helper()
 	deadline := time.Now().Add(bootTimeout)
 	for {
-		if _, err := get(context.Background(), port); err == nil {
+		if _, err := microvm.Get(context.Background(), port, "/", time.Second); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -1,15 +1,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,51 +16,11 @@ import (
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
+	"github.com/blixard/blixard/tests/microvm"
 )
 
 // demoDir is the demo flake, relative to this package.
 const demoDir = "../../examples/demo"
-
-const (
-	setupNix     = "run scripts/setup.sh (as root) to install nix"
-	setupMicrovm = "run scripts/setup-microvm.sh (as root) to install qemu, socat, busybox-static, cpio and the cloud kernel"
-)
-
-// nixConfig is appended to the caller's NIX_CONFIG for every nix run.
-const nixConfig = "experimental-features = nix-command flakes\nsandbox = false\nsubstituters ="
-
-// kernelDir is where scripts/setup-microvm.sh unpacks the kernel.
-func kernelDir() string {
-	if d := os.Getenv("BLIXARD_KERNEL_DIR"); d != "" {
-		return d
-	}
-	return "/var/cache/blixard/kernel"
-}
-
-// requireMicrovm fails the test (never skips) when something the demo's
-// runners need is missing. The runners run with PATH=/usr/bin:/bin.
-func requireMicrovm(t testing.TB) {
-	t.Helper()
-	for _, p := range []string{"nix", "nix-store"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s not found on PATH: %s", p, setupNix)
-		}
-	}
-	for _, f := range []string{"/usr/bin/qemu-system-x86_64", "/usr/bin/socat", "/usr/bin/cpio", "/bin/busybox",
-		filepath.Join(kernelDir(), "vmlinuz"), filepath.Join(kernelDir(), "modules", "kernel")} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("%s: %v: %s", f, err, setupMicrovm)
-		}
-	}
-}
-
-func nixEnv() []string {
-	cfg := nixConfig
-	if v := os.Getenv("NIX_CONFIG"); v != "" {
-		cfg = v + "\n" + nixConfig
-	}
-	return append(os.Environ(), "NIX_CONFIG="+cfg)
-}
 
 // runner is a built runner derivation.
 type runner struct {
@@ -74,90 +29,12 @@ type runner struct {
 	version  string
 }
 
-// buildRunner builds the demo's microvm.nix runner for vm name with a free
-// port, through a test flake next to copies of the demo's files (a flake
-// cannot import files outside itself in pure evaluation).
+// buildRunner builds the demo's runner for vm name with a free port.
 func buildRunner(t testing.TB, name, version string) runner {
 	t.Helper()
-	flake := t.TempDir()
-	entries, err := os.ReadDir(demoDir)
-	if err != nil {
-		t.Fatalf("demo flake: %v", err)
-	}
-	for _, e := range entries {
-		if e.IsDir() || e.Name() == "flake.nix" || e.Name() == "flake.lock" {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(demoDir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(flake, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port := freePort(t)
-	src := fmt.Sprintf(`{
-  outputs = { self }: {
-    runner = (import ./microvm.nix).runner {
-      name = %q; port = %d; version = %q; kernelDir = %q;
-    };
-  };
-}
-`, name, port, version, kernelDir())
-	if err := os.WriteFile(filepath.Join(flake, "flake.nix"), []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nix", "build", "--json", "--no-link", "path:"+flake+"#runner")
-	cmd.Env = nixEnv()
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("nix build of the demo runner: %v\n%s\n(if a host tool or the kernel is missing: %s)", err, stderr.String(), setupMicrovm)
-	}
-	var res []struct {
-		DrvPath string            `json:"drvPath"`
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil || len(res) != 1 || res[0].Outputs["out"] == "" {
-		t.Fatalf("nix build --json printed %q (%v)", stdout.String(), err)
-	}
-	return runner{drv: res[0].DrvPath, out: res[0].Outputs["out"], port: port, version: version}
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// get fetches the guest's page through its forwarded port.
-func get(ctx context.Context, port int) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+"/", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var body bytes.Buffer
-	if _, err := body.ReadFrom(resp.Body); err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("HTTP %s: %q", resp.Status, body.String())
-	}
-	return body.String(), nil
+	port := microvm.FreePort(t)
+	r := microvm.Build(t, microvm.Options{Name: name, Port: port, Version: version})
+	return runner{drv: r.Drv, out: r.Out, port: port, version: version}
 }
 
 // waitFor polls cond until it returns nil, failing the test after timeout.
@@ -174,18 +51,6 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
-}
-
-// waitHTTP polls the guest until it answers, returning the body.
-func waitHTTP(t testing.TB, port int, timeout time.Duration, console string) string {
-	t.Helper()
-	var body string
-	waitFor(t, fmt.Sprintf("the guest to answer HTTP on 127.0.0.1:%d (console: %s)", port, console), timeout, func() error {
-		b, err := get(context.Background(), port)
-		body = b
-		return err
-	})
-	return body
 }
 
 func fileContains(path, s string) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/tests/microvm"
 )
 
 // bootTimeout bounds boot to HTTP; software emulation (no KVM) boots in
@@ -20,7 +21,7 @@ import (
 const bootTimeout = 60 * time.Second
 
 func TestQemuDemoVMBootsAnswersHTTPAndStopsCleanlyUnderTheAgent(t *testing.T) {
-	requireMicrovm(t)
+	microvm.Require(t)
 	r := buildRunner(t, "web", "test-1")
 	e := startAgent(t)
 	console := nodeagent.LogPath(e.dir, "web")
@@ -28,7 +29,7 @@ func TestQemuDemoVMBootsAnswersHTTPAndStopsCleanlyUnderTheAgent(t *testing.T) {
 	start := time.Now()
 	e.state.assign("web", testNode, r)
 	e.agent.Notify()
-	body := waitHTTP(t, r.port, bootTimeout, console)
+	body := microvm.WaitHTTP(t, r.port, bootTimeout, "console: "+console)
 	t.Logf("assignment → HTTP answer: %s", time.Since(start).Round(time.Millisecond))
 	if want := "hello from web, version test-1"; !strings.Contains(body, want) {
 		t.Errorf("the guest answered %q, want it to contain %q", body, want)
@@ -86,7 +87,7 @@ func TestQemuDemoVMBootsAnswersHTTPAndStopsCleanlyUnderTheAgent(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, "web", "qemu.pid")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("qemu.pid left behind after a clean exit: %v", err)
 	}
-	if _, err := get(context.Background(), r.port); err == nil {
+	if _, err := microvm.Get(context.Background(), r.port, "/", time.Second); err == nil {
 		t.Errorf("port %d still answers after the stop", r.port)
 	}
 	if t.Failed() {
@@ -98,8 +99,8 @@ func TestQemuDemoVMBootsAnswersHTTPAndStopsCleanlyUnderTheAgent(t *testing.T) {
 // The demo flake is a valid schema-v1 cluster, and editing one VM's version
 // changes only that VM's runner (so only that VM restarts).
 func TestQemuDemoFlakeIsValidAndVersionsAreIndependent(t *testing.T) {
-	requireMicrovm(t)
-	ev := nixeval.New(nixeval.Options{Env: []string{"NIX_CONFIG=" + nixConfig}})
+	microvm.Require(t)
+	ev := nixeval.New(nixeval.Options{Env: []string{"NIX_CONFIG=" + microvm.NixConfig}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	res, err := ev.Eval(ctx, nixeval.PathFlakeRef(demoDir), "", "")

@@ -2,12 +2,7 @@ package systemd
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,11 +10,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/nodeagent"
-)
-
-const (
-	setupNix     = "run scripts/setup.sh (as root) to install nix"
-	setupMicrovm = "run scripts/setup-microvm.sh (as root) to install qemu, socat, busybox-static, cpio and the cloud kernel"
+	"github.com/blixard/blixard/tests/microvm"
 )
 
 // TestSystemdQemuDemoVMRunsAsUnitInContainer runs the demo's real qemu
@@ -30,20 +21,7 @@ const (
 // off through its microvm-shutdown (qemu exits by itself with code 0).
 // Then the harness is torn down, twice, leaving nothing.
 func TestSystemdQemuDemoVMRunsAsUnitInContainer(t *testing.T) {
-	for _, p := range []string{"nix-instantiate", "nix-store"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s not found on PATH: %s", p, setupNix)
-		}
-	}
-	kernel := os.Getenv("BLIXARD_KERNEL_DIR")
-	if kernel == "" {
-		kernel = "/var/cache/blixard/kernel"
-	}
-	for _, f := range []string{"/usr/bin/qemu-system-x86_64", "/usr/bin/socat", filepath.Join(kernel, "vmlinuz")} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("%s: %v: %s", f, err, setupMicrovm)
-		}
-	}
+	microvm.Require(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	c, err := Start(ctx)
@@ -58,8 +36,8 @@ func TestSystemdQemuDemoVMRunsAsUnitInContainer(t *testing.T) {
 	})
 
 	const vm = "sdqemu"
-	port := freePort(t)
-	out := buildDemoRunner(t, vm, port, kernel)
+	port := microvm.FreePort(t)
+	out := microvm.Build(t, microvm.Options{Name: vm, Port: port, Version: "systemd"}).Out
 	dir := filepath.Join(c.StateDir, vm)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -89,7 +67,7 @@ func TestSystemdQemuDemoVMRunsAsUnitInContainer(t *testing.T) {
 	if err := b.Start(ctx, vm); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	body := waitHTTP(t, port, 90*time.Second)
+	body := microvm.WaitHTTP(t, port, 90*time.Second, "journalctl -u microvm@sdqemu inside the container")
 	if want := "hello from " + vm; !strings.Contains(body, want) {
 		t.Errorf("guest answered %q, want %q", body, want)
 	}
@@ -124,7 +102,7 @@ func TestSystemdQemuDemoVMRunsAsUnitInContainer(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(dir, "booted")); err == nil {
 		t.Errorf("booted still exists after Stop")
 	}
-	if _, err := get(port); err == nil {
+	if _, err := microvm.Get(context.Background(), port, "/", time.Second); err == nil {
 		t.Errorf("the guest still answers after Stop")
 	}
 
@@ -135,87 +113,5 @@ func TestSystemdQemuDemoVMRunsAsUnitInContainer(t *testing.T) {
 	}
 	if err := c.Stop(ctx); err != nil {
 		t.Errorf("a second stop: %v", err)
-	}
-}
-
-// buildDemoRunner builds the demo's runner for vm with the real nix.
-func buildDemoRunner(t *testing.T, vm string, port int, kernel string) string {
-	t.Helper()
-	demo, err := filepath.Abs("../../examples/demo/microvm.nix")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(demo); err != nil {
-		t.Fatalf("the demo: %v", err)
-	}
-	expr := fmt.Sprintf(`(import %s).runner { name = %q; port = %d; version = "systemd"; kernelDir = %q; }`, demo, vm, port, kernel)
-	nixCfg := "experimental-features = nix-command flakes\nsandbox = false\nsubstituters ="
-	if v := os.Getenv("NIX_CONFIG"); v != "" {
-		nixCfg = v + "\n" + nixCfg
-	}
-	run := func(args ...string) string {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Env = append(os.Environ(), "NIX_CONFIG="+nixCfg)
-		b, err := cmd.Output()
-		if err != nil {
-			stderr := ""
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = string(ee.Stderr)
-			}
-			t.Fatalf("%s: %v\n%s\n(if a host tool or the kernel is missing: %s)", strings.Join(args, " "), err, stderr, setupMicrovm)
-		}
-		return strings.TrimSpace(string(b))
-	}
-	drv := run("nix-instantiate", "-E", expr)
-	return run("nix-store", "--realise", drv)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func get(port int) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/", port), nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("HTTP %s: %q", resp.Status, b)
-	}
-	return string(b), nil
-}
-
-// waitHTTP polls the guest until it answers.
-func waitHTTP(t testing.TB, port int, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		body, err := get(port)
-		if err == nil {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the guest did not answer on 127.0.0.1:%d within %s: %v (journalctl -u microvm@sdqemu inside the container)", port, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
 	}
 }

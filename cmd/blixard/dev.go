@@ -10,13 +10,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -164,16 +162,10 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	defer ln.Close()
 
 	const nodeID = 1
-	applied := make(chan struct{}, 1)
+	onApply, applied := appliedSignal()
 	store, err := replicated.Start(ctx, replicated.Config{
 		NodeID: nodeID, RaftAddr: raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
-		Members: map[uint64]string{nodeID: raftAddr}, Logger: log, QuietRaftLog: true,
-		OnApply: func(uint64) {
-			select {
-			case applied <- struct{}{}:
-			default:
-			}
-		},
+		Members: map[uint64]string{nodeID: raftAddr}, Logger: log, QuietRaftLog: true, OnApply: onApply,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the dev node's Raft replica in %s: %w", o.dataDir, err)
@@ -205,27 +197,11 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	agent := nodeagent.New(agentOpts)
 
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	goFn := func(fn func()) {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn() }()
-	}
+	var g group
+	defer func() { cancel(); g.Wait() }()
 
 	api := &apiServer{store: store, rec: rec, eval: evaluator, attr: o.attr, log: log, stateDir: stateDir}
-	srv := &http.Server{Handler: api.routes(), ReadHeaderTimeout: 10 * time.Second}
-	goFn(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API server stopped", "err", err)
-			cancel()
-		}
-	})
-	goFn(func() {
-		<-ctx.Done()
-		sctx, done := context.WithTimeout(context.Background(), 5*time.Second)
-		defer done()
-		_ = srv.Shutdown(sctx)
-	})
+	serveAPI(ctx, &g, ln, api.routes(), log, cancel)
 
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: nodeID, RaftAddr: raftAddr, APIAddr: ln.Addr().String(),
@@ -237,29 +213,20 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 	fmt.Fprintf(out, "blixard dev: watching %s\n  data in %s, API on %s (blixard status / logs VM -f)\n  Ctrl-C stops every VM\n",
 		dir, o.dataDir, ln.Addr())
 
-	goFn(func() {
+	g.Go(func() {
 		if err := agent.Start(ctx); err != nil {
 			log.Error("node agent stopped", "err", err)
 			cancel()
 		}
 	})
-	goFn(func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-applied:
-				agent.Notify()
-			}
-		}
-	})
-	goFn(func() { _ = rec.Start(ctx) })
-	goFn(func() {
+	g.Go(func() { forwardApplied(ctx, applied, agent.Notify) })
+	g.Go(func() { _ = rec.Start(ctx) })
+	g.Go(func() {
 		if err := watchTree(ctx, dir, o.debounce, rec.Trigger, log); err != nil {
 			log.Warn("file watching stopped; changes are picked up every 10s instead", "err", err)
 		}
 	})
-	goFn(func() { devProgress(ctx, store, out) })
+	g.Go(func() { devProgress(ctx, store, out) })
 
 	<-ctx.Done()
 	fmt.Fprintln(out, "blixard dev: stopping every VM …")

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -11,7 +10,7 @@ import (
 
 // notifyReady tells systemd (Type=notify) that the node is up, and keeps its
 // watchdog fed when WatchdogSec is set. Outside systemd both are no-ops.
-func notifyReady(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, status string) {
+func notifyReady(ctx context.Context, g *group, log *slog.Logger, status string) {
 	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+status); err != nil {
 		log.Warn("sd_notify READY failed", "err", err)
 	} else if sent {
@@ -21,9 +20,7 @@ func notifyReady(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, stat
 	if err != nil || interval <= 0 {
 		return
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	g.Go(func() {
 		t := time.NewTicker(interval / 2)
 		defer t.Stop()
 		for {
@@ -35,5 +32,5 @@ func notifyReady(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, stat
 				_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 			}
 		}
-	}()
+	})
 }

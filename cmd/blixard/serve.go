@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -273,18 +271,11 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 			})
 		}
 	}
-	// applied wakes the agent when this replica applies an entry, so a new
-	// plan is acted on at once rather than at the next resync.
-	applied := make(chan struct{}, 1)
+	// applied wakes the agent when this replica applies an entry.
+	onApply, applied := appliedSignal()
 	store, err := replicated.Start(ctx, replicated.Config{
 		NodeID: o.nodeID, RaftAddr: o.raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
-		Members: members, Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB, Logger: log,
-		OnApply: func(uint64) {
-			select {
-			case applied <- struct{}{}:
-			default:
-			}
-		},
+		Members: members, Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB, Logger: log, OnApply: onApply,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the Raft replica: %w", err)
@@ -329,29 +320,13 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		rec = reconciler.New(recOpts)
 	}
 
-	var wg sync.WaitGroup
+	var g group
 	ctx, cancel := context.WithCancel(ctx)
-	defer func() { cancel(); wg.Wait() }()
+	defer func() { cancel(); g.Wait() }()
 
 	api := &apiServer{store: store, rec: rec, mirror: mirror, eval: evaluator, attr: o.attr, log: log,
 		webhookSecret: o.webhookSecret, stateDir: o.stateDir}
-	srv := &http.Server{Handler: api.routes(), ReadHeaderTimeout: 10 * time.Second}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API server stopped", "err", err)
-			cancel()
-		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
-		defer done()
-		_ = srv.Shutdown(shutCtx)
-	}()
+	serveAPI(ctx, &g, ln, api.routes(), log, cancel)
 
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: o.nodeID, RaftAddr: o.raftAddr, APIAddr: advertisedAPI(ln.Addr().String(), o.apiAddr),
@@ -361,7 +336,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	if err := proposeOK(ctx, store, reg); err != nil {
 		return fmt.Errorf("registering node %d: %w", o.nodeID, err)
 	}
-	notifyReady(ctx, &wg, log, fmt.Sprintf("node %d serving API on %s", o.nodeID, ln.Addr()))
+	notifyReady(ctx, &g, log, fmt.Sprintf("node %d serving API on %s", o.nodeID, ln.Addr()))
 	log.Info("node registered", "raft", o.raftAddr, "api", ln.Addr().String(),
 		"vcpu", o.capacityVCPU, "memMiB", o.capacityMem, "labels", o.labels)
 
@@ -375,9 +350,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 		}
 		agent := nodeagent.New(opts)
 		agentStarted = true
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
+		g.Go(func() {
 			if err := agent.Start(ctx); err != nil {
 				log.Error("node agent stopped", "err", err)
 				cancel()
@@ -386,31 +359,13 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 				// Only after the agent returned: it may still detach on exit.
 				vols.Close(context.WithoutCancel(ctx))
 			}
-		}()
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-applied:
-					agent.Notify()
-				}
-			}
-		}()
+		})
+		g.Go(func() { forwardApplied(ctx, applied, agent.Notify) })
 	} else {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			heartbeatLoop(ctx, store, o.nodeID, o.heartbeat, log)
-		}()
+		g.Go(func() { heartbeatLoop(ctx, store, o.nodeID, o.heartbeat, log) })
 	}
 	if rec != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = rec.Start(ctx)
-		}()
+		g.Go(func() { _ = rec.Start(ctx) })
 	} else {
 		log.Warn("no --repo given: this node replicates state but never proposes plans")
 	}

@@ -14,23 +14,7 @@ func lightFlake(n int, v string) string {
 	for i := range n {
 		fmt.Fprintf(&b, "        vm%02d = { runner = runner \"vm%02d\" %q; vcpu = 1; memMiB = 64; };\n", i, i, v)
 	}
-	return `{
-  outputs = { self }: let
-    runner = name: tag: builtins.derivation {
-      name = "microvm-${name}";
-      system = "x86_64-linux";
-      builder = "/bin/sh";
-      args = [ "-c" "/bin/mkdir -p $out/bin && printf '#!/bin/sh\\necho ${name} ${tag}\\nexec /bin/sleep infinity\\n' > $out/bin/microvm-run && /bin/chmod +x $out/bin/microvm-run" ];
-    };
-  in {
-    blixard = {
-      cluster = "bench";
-      vms = {
-` + b.String() + `      };
-    };
-  };
-}
-`
+	return lightRunnerFlake("bench", b.String())
 }
 
 // BenchmarkPushTo30VMsRunning measures, on three `blixard serve` processes,

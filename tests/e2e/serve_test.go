@@ -38,6 +38,13 @@ func clusterFlake(tags map[string]string, omit ...string) string {
 		}
 		fmt.Fprintf(&b, "        %s = { runner = %s %q %q; %s };\n", vm.name, fn, vm.name, tag, vm.rest)
 	}
+	return lightRunnerFlake("e2e", b.String())
+}
+
+// lightRunnerFlake is a cluster flake whose VM entries (vms, one per line)
+// use `runner NAME TAG`: a tiny /bin/sh derivation whose microvm-run prints
+// a line and sleeps; or `failing NAME TAG`, whose build fails.
+func lightRunnerFlake(cluster, vms string) string {
 	return `{
   outputs = { self }: let
     runner = name: tag: builtins.derivation {
@@ -54,9 +61,9 @@ func clusterFlake(tags map[string]string, omit ...string) string {
     };
   in {
     blixard = {
-      cluster = "e2e";
+      cluster = "` + cluster + `";
       vms = {
-` + b.String() + `      };
+` + vms + `      };
     };
   };
 }

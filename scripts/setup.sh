@@ -37,6 +37,9 @@ if [ -w "$nix_conf_dir" ] || [ "$(id -u)" -eq 0 ]; then
 experimental-features = nix-command flakes
 sandbox = false
 substituters =
+# Debian's nix-bin creates no nixbld group: build as the calling user
+# (single-user root builds) instead of failing on a missing group.
+build-users-group =
 CONF
 	touch "$nix_conf_dir/nix.conf"
 	grep -qx '!include blixard.conf' "$nix_conf_dir/nix.conf" ||
@@ -48,4 +51,18 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 fi
 command -v go >/dev/null 2>&1 || { log "Go is missing: install Go 1.26 (https://go.dev/doc/install)"; exit 1; }
 
-log "ok: $(nix --version), $(git --version), $(go version)"
+# Check the result instead of trusting it: nix must evaluate and build a
+# trivial derivation, as every Nix test does (a machine set up by hand once
+# can hide a missing setting).
+check_dir=$(mktemp -d)
+trap 'rm -rf "$check_dir"' EXIT
+nonce="$(date +%s%N)-$$"
+if ! out=$(nix build --no-link --json --impure --expr \
+	"builtins.derivation { name = \"blixard-setup-check\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo $nonce > \$out\" ]; }" 2>&1); then
+	log "nix cannot build a trivial derivation: $out"
+	log "check /etc/nix/nix.conf and /etc/nix/blixard.conf"
+	exit 1
+fi
+git -C "$check_dir" init -q || { log "git cannot create a repository"; exit 1; }
+
+log "ok: $(nix --version), $(git --version), $(go version); nix builds"

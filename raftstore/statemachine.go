@@ -1,18 +1,19 @@
-package replicated
+package raftstore
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
 
+	"github.com/blixard/blixard/replicated"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 )
 
-// stateMachine adapts [State] to Dragonboat's IStateMachine. Dragonboat holds
+// stateMachine adapts [replicated.State] to Dragonboat's IStateMachine. Dragonboat holds
 // a write lock around Update and RecoverFromSnapshot and a read lock around
 // Lookup and SaveSnapshot, so no lock is needed here.
 type stateMachine struct {
-	state *State // non-nil
+	state *replicated.State // non-nil
 	// onApply, when non-nil, is told the index after each applied entry.
 	// It must not block; it lets local consumers (the
 	// node agent) react at once instead of polling. It has no effect on state.
@@ -22,84 +23,66 @@ type stateMachine struct {
 var _ sm.IStateMachine = (*stateMachine)(nil)
 
 func newStateMachine(shardID, replicaID uint64) sm.IStateMachine {
-	return &stateMachine{state: NewState()}
+	return &stateMachine{state: replicated.NewState()}
 }
 
 // stateMachineFactory returns a factory whose state machines call onApply.
 func stateMachineFactory(onApply func(uint64)) func(shardID, replicaID uint64) sm.IStateMachine {
 	return func(shardID, replicaID uint64) sm.IStateMachine {
-		return &stateMachine{state: NewState(), onApply: onApply}
+		return &stateMachine{state: replicated.NewState(), onApply: onApply}
 	}
 }
 
-// Update decodes and applies one entry. An entry that does not decode is a
-// rejected command (ResultUndecodable), never an error: an error from Update
-// halts the replica. The returned Value is the ResultCode and Data the JSON of
-// the [Result].
+// Update decodes and applies one entry ([replicated.State.ApplyEntry]: an
+// undecodable entry is a rejection, never an error, because an error from
+// Update halts the replica). The returned Value is the ResultCode and Data
+// the JSON of the [replicated.Result].
 func (m *stateMachine) Update(e sm.Entry) (sm.Result, error) {
-	var r Result
-	cmd, err := DecodeCommand(e.Cmd)
-	if err != nil {
-		m.state.Applied = e.Index
-		r = m.state.reject(ResultUndecodable, err.Error())
-	} else {
-		r = m.state.Apply(e.Index, cmd)
-	}
+	r := m.state.ApplyEntry(e.Index, e.Cmd)
 	if m.onApply != nil {
 		m.onApply(e.Index)
 	}
 	return encodeResult(r), nil
 }
 
-func encodeResult(r Result) sm.Result {
+func encodeResult(r replicated.Result) sm.Result {
 	data, err := json.Marshal(r)
 	if err != nil {
-		// A Result is a number and two strings; Marshal cannot fail on it.
+		// A replicated.Result is a number and two strings; Marshal cannot fail on it.
 		data = nil
 	}
 	return sm.Result{Value: uint64(r.Code), Data: data}
 }
 
-// decodeResult turns a Dragonboat result back into a [Result].
-func decodeResult(res sm.Result) Result {
-	var r Result
+// decodeResult turns a Dragonboat result back into a [replicated.Result].
+func decodeResult(res sm.Result) replicated.Result {
+	var r replicated.Result
 	if err := json.Unmarshal(res.Data, &r); err != nil {
-		return Result{Code: ResultCode(res.Value), Message: "the state machine returned no readable result"}
+		return replicated.Result{Code: replicated.ResultCode(res.Value), Message: "the state machine returned no readable result"}
 	}
 	return r
 }
 
-// Lookup answers a nil query with a deep copy of the state (*State).
+// Lookup answers a nil query with a deep copy of the state (*replicated.State).
 func (m *stateMachine) Lookup(query any) (any, error) {
 	if query != nil {
-		return nil, fmt.Errorf("replicated: unknown query %T; only nil (the whole state) is supported", query)
+		return nil, fmt.Errorf("raftstore: unknown query %T; only nil (the whole state) is supported", query)
 	}
 	return m.state.Clone(), nil
 }
 
 // SaveSnapshot writes the JSON of the state.
 func (m *stateMachine) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
-	data, err := json.Marshal(m.state)
-	if err != nil {
-		return fmt.Errorf("replicated: encode snapshot: %w", err)
-	}
-	if _, err := w.Write(data); err != nil {
-		return fmt.Errorf("replicated: write snapshot: %w", err)
-	}
-	return nil
+	return replicated.EncodeSnapshot(w, m.state)
 }
 
 // RecoverFromSnapshot replaces the state with the one SaveSnapshot wrote.
 func (m *stateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
-	data, err := io.ReadAll(r)
+	st, err := replicated.DecodeSnapshot(r)
 	if err != nil {
-		return fmt.Errorf("replicated: read snapshot: %w", err)
+		return err
 	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		return fmt.Errorf("replicated: decode snapshot: %w", err)
-	}
-	m.state = &st
+	m.state = st
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package replicated
+package raftstore
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blixard/blixard/replicated"
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/config"
 	"github.com/lni/dragonboat/v4/logger"
@@ -36,6 +37,9 @@ const (
 	attemptTimeout = 2 * time.Second
 	retryBackoff   = 20 * time.Millisecond
 	leaderPoll     = 10 * time.Millisecond
+	// unknownOutcomeBackoff spaces ProposeOK's retries after Propose gave up
+	// (each Propose already retried for as long as its ctx allowed).
+	unknownOutcomeBackoff = 200 * time.Millisecond
 )
 
 // Config configures one replica of the shard.
@@ -160,7 +164,7 @@ func quietDragonboat(quieter bool) {
 // not running or not reachable), the NodeHost is closed and an error returned.
 func Start(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
-		return nil, fmt.Errorf("replicated: start node %d: %w", cfg.NodeID, err)
+		return nil, fmt.Errorf("raftstore: start node %d: %w", cfg.NodeID, err)
 	}
 	if cfg.RTTMillisecond == 0 {
 		cfg.RTTMillisecond = DefaultRTTMillisecond
@@ -170,13 +174,13 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	logdb, err := logDBConfig(cfg.LogDB)
 	if err != nil {
-		return nil, fmt.Errorf("replicated: start node %d: %w", cfg.NodeID, err)
+		return nil, fmt.Errorf("raftstore: start node %d: %w", cfg.NodeID, err)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "replicated", "node", cfg.NodeID)
+	log = log.With("component", "raftstore", "node", cfg.NodeID)
 	quietDragonboat(cfg.QuietRaftLog)
 
 	nhc := config.NodeHostConfig{
@@ -187,7 +191,7 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil {
-		return nil, fmt.Errorf("replicated: start node %d: create NodeHost in %s on %s (is the address free and the directory writable?): %w",
+		return nil, fmt.Errorf("raftstore: start node %d: create NodeHost in %s on %s (is the address free and the directory writable?): %w",
 			cfg.NodeID, cfg.DataDir, cfg.RaftAddr, err)
 	}
 	rc := config.Config{
@@ -214,12 +218,12 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 		if errors.Is(err, dragonboat.ErrShardNotBootstrapped) {
 			hint = " (the data dir is empty: give the initial Members, or Join after AddReplica)"
 		}
-		return nil, fmt.Errorf("replicated: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
+		return nil, fmt.Errorf("raftstore: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
 	}
 	s := &Store{nh: nh, nodeID: cfg.NodeID, log: log}
 	if err := s.waitLeader(ctx); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("replicated: start node %d: no leader for shard %d (are a majority of %v running and reachable?): %w",
+		return nil, fmt.Errorf("raftstore: start node %d: no leader for shard %d (are a majority of %v running and reachable?): %w",
 			cfg.NodeID, ShardID, memberIDs(cfg.Members), err)
 	}
 	id, _ := s.Leader()
@@ -284,26 +288,26 @@ func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context
 	}
 }
 
-// Propose replicates cmd (its V set to [CommandVersion]) and returns the
-// state machine's Result. Any replica may propose; followers forward to the
+// Propose replicates cmd (its V set to [replicated.CommandVersion]) and returns the
+// state machine's [replicated.Result]. Any replica may propose; followers forward to the
 // leader. Transient failures (no leader, leader change, timeouts) are retried
 // with a per-attempt timeout until ctx ends. The error is non-nil only when
 // the command could not be encoded or its outcome is unknown; a rejection is
-// a Result with a non-OK Code (see [Result.Err]).
+// a [replicated.Result] with a non-OK Code (see [replicated.Result.Err]).
 //
 // A retried attempt may apply a command twice. That is harmless for every
 // command but CommitPlan, whose second copy is refused as a stale parent;
 // Propose recognises that case (the current revision is this very plan) and
 // returns the revision as OK.
-func (s *Store) Propose(ctx context.Context, cmd Command) (Result, error) {
-	cmd.V = CommandVersion
-	data, err := EncodeCommand(cmd)
+func (s *Store) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	cmd.V = replicated.CommandVersion
+	data, err := replicated.EncodeCommand(cmd)
 	if err != nil {
-		return Result{}, fmt.Errorf("replicated: propose: %w", err)
+		return replicated.Result{}, fmt.Errorf("raftstore: propose: %w", err)
 	}
-	what := fmt.Sprintf("replicated: propose %s", cmd.Type)
+	what := fmt.Sprintf("raftstore: propose %s", cmd.Type)
 	session := s.nh.GetNoOPSession(ShardID)
-	var res Result
+	var res replicated.Result
 	timedOut, err := s.retry(ctx, what, func(actx context.Context) error {
 		r, err := s.nh.SyncPropose(actx, session, data)
 		if err != nil {
@@ -313,44 +317,52 @@ func (s *Store) Propose(ctx context.Context, cmd Command) (Result, error) {
 		return nil
 	})
 	if err != nil {
-		return Result{}, err
+		return replicated.Result{}, err
 	}
-	if timedOut && res.Code == ResultStaleParent && cmd.CommitPlan != nil {
-		if st, rerr := s.Read(ctx); rerr == nil && isThisPlan(st, cmd.CommitPlan) {
-			return Result{Code: ResultOK, Revision: st.Revision.ID,
+	if timedOut && res.Code == replicated.ResultStaleParent && cmd.CommitPlan != nil {
+		if st, rerr := s.Read(ctx); rerr == nil && st.IsCurrentPlan(cmd.CommitPlan) {
+			return replicated.Result{Code: replicated.ResultOK, Revision: st.Revision.ID,
 				Message: fmt.Sprintf("revision %d committed (confirmed after a retried proposal)", st.Revision.ID)}, nil
 		}
 	}
 	return res, nil
 }
 
-// isThisPlan reports whether the current revision of st was made by p.
-func isThisPlan(st *State, p *CommitPlan) bool {
-	r := st.Revision
-	if r == nil || r.Parent != p.Parent || r.Commit != p.Commit || r.Ref != p.Ref ||
-		r.EvalHash != p.EvalHash || r.Summary != p.Summary || len(st.Assignments) != len(p.Assignments) {
-		return false
-	}
-	for _, a := range p.Assignments {
-		b, ok := st.Assignments[a.VM]
-		if !ok || b.Node != a.Node || b.Drv != a.Drv || b.OutPath != a.OutPath || b.VCPU != a.VCPU || b.MemMiB != a.MemMiB {
-			return false
+// ProposeOK proposes cmd until it is applied or rejected, retrying while
+// its outcome is unknown (no quorum yet, a leader change) until ctx ends.
+// Each attempt stamps cmd.At with now(). A rejection is returned as its
+// [replicated.RejectedError] (see [replicated.Result.Err]); retrying it could
+// not help. It is for commands that must land before a node goes on, such
+// as RegisterNode at start.
+func (s *Store) ProposeOK(ctx context.Context, cmd replicated.Command, now func() time.Time) (replicated.Result, error) {
+	for {
+		cmd.At = now()
+		res, err := s.Propose(ctx, cmd)
+		if err == nil {
+			return res, res.Err()
+		}
+		s.log.Debug("proposal outcome unknown; retrying", "type", cmd.Type, "err", err)
+		t := time.NewTimer(unknownOutcomeBackoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return replicated.Result{}, err
+		case <-t.C:
 		}
 	}
-	return true
 }
 
 // Read returns a linearizable copy of the state: it reflects every command
 // whose Propose returned before Read was called.
-func (s *Store) Read(ctx context.Context) (*State, error) {
-	var st *State
-	_, err := s.retry(ctx, "replicated: read", func(actx context.Context) error {
+func (s *Store) Read(ctx context.Context) (*replicated.State, error) {
+	var st *replicated.State
+	_, err := s.retry(ctx, "raftstore: read", func(actx context.Context) error {
 		v, err := s.nh.SyncRead(actx, ShardID, nil)
 		if err != nil {
 			return err
 		}
 		var ok bool
-		if st, ok = v.(*State); !ok {
+		if st, ok = v.(*replicated.State); !ok {
 			return fmt.Errorf("state machine returned %T, not *State", v)
 		}
 		return nil
@@ -360,14 +372,14 @@ func (s *Store) Read(ctx context.Context) (*State, error) {
 
 // LocalRead returns a copy of the local replica's state without contacting
 // the leader; it may lag behind. Agents read their assignments this way.
-func (s *Store) LocalRead() (*State, error) {
+func (s *Store) LocalRead() (*replicated.State, error) {
 	v, err := s.nh.StaleRead(ShardID, nil)
 	if err != nil {
-		return nil, fmt.Errorf("replicated: local read on node %d: %w", s.nodeID, err)
+		return nil, fmt.Errorf("raftstore: local read on node %d: %w", s.nodeID, err)
 	}
-	st, ok := v.(*State)
+	st, ok := v.(*replicated.State)
 	if !ok {
-		return nil, fmt.Errorf("replicated: local read on node %d: state machine returned %T, not *State", s.nodeID, v)
+		return nil, fmt.Errorf("raftstore: local read on node %d: state machine returned %T, not *State", s.nodeID, v)
 	}
 	return st, nil
 }
@@ -377,7 +389,7 @@ func (s *Store) LocalRead() (*State, error) {
 // Config.Join (and Config.NonVoting to match). Call it on any replica;
 // transient failures are retried.
 func (s *Store) AddReplica(ctx context.Context, id uint64, raftAddr string, nonVoting bool) error {
-	what := fmt.Sprintf("replicated: add replica %d (%s)", id, raftAddr)
+	what := fmt.Sprintf("raftstore: add replica %d (%s)", id, raftAddr)
 	_, err := s.retry(ctx, what, func(actx context.Context) error {
 		if nonVoting {
 			return s.nh.SyncRequestAddNonVoting(actx, ShardID, id, raftAddr, 0)

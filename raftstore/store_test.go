@@ -1,4 +1,4 @@
-package replicated
+package raftstore
 
 import (
 	"context"
@@ -12,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/replicated"
 )
 
 // freeAddrs returns n distinct free 127.0.0.1 ports.
@@ -72,23 +75,10 @@ func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 	return stores, members
 }
 
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
-
 func leaderOf(t testing.TB, stores []*Store) *Store {
 	t.Helper()
 	var leader *Store
-	waitFor(t, 10*time.Second, "a leader", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a leader", testkit.Until(func() bool {
 		for _, s := range stores {
 			if s.IsLeader() {
 				leader = s
@@ -96,11 +86,11 @@ func leaderOf(t testing.TB, stores []*Store) *Store {
 			}
 		}
 		return false
-	})
+	}))
 	return leader
 }
 
-func mustPropose(t testing.TB, ctx context.Context, s *Store, c Command, want ResultCode) Result {
+func mustPropose(t testing.TB, ctx context.Context, s *Store, c replicated.Command, want replicated.ResultCode) replicated.Result {
 	t.Helper()
 	r, err := s.Propose(ctx, c)
 	if err != nil {
@@ -118,7 +108,7 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 	defer cancel()
 
 	for _, s := range stores {
-		mustPropose(t, ctx, s, reg(s.NodeID()), ResultOK)
+		mustPropose(t, ctx, s, testkit.Register(s.NodeID()), replicated.ResultOK)
 	}
 	leader := leaderOf(t, stores)
 	var follower *Store
@@ -130,9 +120,9 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 	}
 
 	// A plan proposed through a follower is committed and reads the same everywhere.
-	p := plan(0, "abc", asg("web", 1, "v1"), asg("db", 2, "v1"), asg("api", 3, "v1"))
-	rev := mustPropose(t, ctx, follower, p, ResultOK).Revision
-	var first *State
+	p := testkit.Plan(0, "abc", testkit.Assign("web", 1, "v1"), testkit.Assign("db", 2, "v1"), testkit.Assign("api", 3, "v1"))
+	rev := mustPropose(t, ctx, follower, p, replicated.ResultOK).Revision
+	var first *replicated.State
 	for _, s := range stores {
 		st, err := s.Read(ctx)
 		if err != nil {
@@ -144,19 +134,19 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 		if first == nil {
 			first = st
 		} else if !reflect.DeepEqual(first, st) {
-			t.Fatalf("node %d reads another state:\n%s\n%s", s.NodeID(), mustJSON(t, first), mustJSON(t, st))
+			t.Fatalf("node %d reads another state:\n%s\n%s", s.NodeID(), testkit.JSON(t, first), testkit.JSON(t, st))
 		}
 	}
 	for _, s := range stores {
-		waitFor(t, 10*time.Second, fmt.Sprintf("node %d's local replica to apply revision %d", s.NodeID(), rev), func() bool {
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("node %d's local replica to apply revision %d", s.NodeID(), rev), testkit.Until(func() bool {
 			st, err := s.LocalRead()
 			return err == nil && st.Revision != nil && st.Revision.ID == rev && reflect.DeepEqual(st.Assignments, first.Assignments)
-		})
+		}))
 	}
 
 	// An undecodable entry is rejected without halting the shard.
 	raw, err := leader.nh.SyncPropose(ctx, leader.nh.GetNoOPSession(ShardID), []byte("not a command"))
-	if err != nil || ResultCode(raw.Value) != ResultUndecodable {
+	if err != nil || replicated.ResultCode(raw.Value) != replicated.ResultUndecodable {
 		t.Fatalf("raw garbage entry: value %d, %v; want undecodable", raw.Value, err)
 	}
 
@@ -169,14 +159,14 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 			rest = append(rest, s)
 		}
 	}
-	waitFor(t, 15*time.Second, "a new leader among the remaining two", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "a new leader among the remaining two", testkit.Until(func() bool {
 		for _, s := range rest {
 			if id, ok := s.Leader(); ok && id != oldLeader && s.IsLeader() {
 				return true
 			}
 		}
 		return false
-	})
+	}))
 	st, err := rest[0].Read(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -186,11 +176,11 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 	}
 
 	// The next plan with the right parent succeeds; a stale one is refused.
-	rev2 := mustPropose(t, ctx, rest[1], plan(rev, "def", asg("web", 1, "v2")), ResultOK).Revision
+	rev2 := mustPropose(t, ctx, rest[1], testkit.Plan(rev, "def", testkit.Assign("web", 1, "v2")), replicated.ResultOK).Revision
 	if rev2 <= rev {
 		t.Fatalf("new revision %d is not after %d", rev2, rev)
 	}
-	stale := mustPropose(t, ctx, rest[0], plan(rev, "ghi", asg("web", 2, "v3")), ResultStaleParent)
+	stale := mustPropose(t, ctx, rest[0], testkit.Plan(rev, "ghi", testkit.Assign("web", 2, "v3")), replicated.ResultStaleParent)
 	if stale.Revision != rev2 {
 		t.Fatalf("stale-parent result names revision %d, want %d", stale.Revision, rev2)
 	}
@@ -214,10 +204,10 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer joined.Close()
-	waitFor(t, 10*time.Second, "the joined replica to apply the latest revision", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the joined replica to apply the latest revision", testkit.Until(func() bool {
 		st, err := joined.LocalRead()
 		return err == nil && st.Revision != nil && st.Revision.ID == rev2
-	})
+	}))
 }
 
 func TestStartRefusesBadConfig(t *testing.T) {

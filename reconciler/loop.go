@@ -276,8 +276,9 @@ func (r *Reconciler) pass(ctx context.Context) error {
 		hash, planCommit = state.Revision.EvalHash, state.Revision.Commit
 	}
 	newCommit := commit != "" && commit != planCommit
-	if newCommit && state.LastError != nil && state.LastError.Commit == commit &&
-		(!state.LastError.Retryable || !r.retryDue(commit)) {
+	lastErr, failed := state.Condition(replicated.EvalFailed)
+	if newCommit && failed && lastErr.Commit == commit &&
+		(!lastErr.Retryable || !r.retryDue(commit)) {
 		// Known bad (or a temporary failure not due for a retry yet): keep the
 		// running revision, but still re-plan it below (nodes may have changed).
 		newCommit = false
@@ -302,12 +303,12 @@ func (r *Reconciler) pass(ctx context.Context) error {
 				delete(r.retryAt, commit)
 			}
 			r.mu.Unlock()
-			recorded := state.LastError != nil && state.LastError.Commit == commit &&
-				state.LastError.Message == err.Error() && state.LastError.Retryable == retryable
+			recorded := failed && lastErr.Commit == commit &&
+				lastErr.Message == err.Error() && lastErr.Retryable == retryable
 			if !recorded {
 				res, perr := r.opts.Store.Propose(ctx, replicated.Command{
-					Type: replicated.CmdRecordEvalError, At: r.opts.Now(),
-					RecordEvalError: &replicated.RecordEvalError{Commit: commit, Message: err.Error(), Retryable: retryable},
+					Type: replicated.CmdSetCondition, At: r.opts.Now(),
+					SetCondition: &replicated.SetCondition{Type: replicated.EvalFailed, Commit: commit, Message: err.Error(), Retryable: retryable},
 				})
 				if perr != nil {
 					return fmt.Errorf("recording the evaluation error of %s: %w", commit, perr)
@@ -340,7 +341,7 @@ func (r *Reconciler) pass(ctx context.Context) error {
 		Type: replicated.CmdCommitPlan, At: r.opts.Now(),
 		CommitPlan: &replicated.CommitPlan{
 			Parent: parent, Commit: planCommit, Ref: r.opts.Ref, EvalHash: hash,
-			Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments,
+			Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments, Unschedulable: plan.Unschedulable,
 		},
 	})
 	if err != nil {

@@ -102,9 +102,9 @@ func TestPass(t *testing.T) {
 			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
 			source:    loopSource{commit: "bad"},
 			eval:      &countingEval{err: errors.New("error: syntax error at flake.nix:3:5")},
-			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdRecordEvalError},
+			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdSetCondition},
 			check: func(t *testing.T, cmds []replicated.Command) {
-				if e := cmds[0].RecordEvalError; e.Commit != "bad" || e.Message != "error: syntax error at flake.nix:3:5" {
+				if e := cmds[0].SetCondition; e.Commit != "bad" || e.Message != "error: syntax error at flake.nix:3:5" {
 					t.Errorf("recorded %+v", e)
 				}
 			},
@@ -112,7 +112,7 @@ func TestPass(t *testing.T) {
 		{
 			name: "commit already recorded as bad is not evaluated again",
 			state: &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1,
-				LastError: &replicated.EvalError{Commit: "bad", Message: "boom"}},
+				Conditions: []replicated.Condition{{Type: replicated.EvalFailed, Commit: "bad", Message: "boom"}}},
 			source:    loopSource{commit: "bad"},
 			eval:      &countingEval{err: errors.New("boom")},
 			wantEvals: 0,
@@ -198,10 +198,14 @@ func (timeoutErr) Temporary() bool { return true }
 
 func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 	web := mkCluster(map[string]spec.VM{"web": mkVM("web", 1, 512)})
-	running := func(lastErr *replicated.EvalError) *replicated.State {
-		return &replicated.State{Nodes: mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
+	running := func(lastErr *replicated.Condition) *replicated.State {
+		st := &replicated.State{Nodes: mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
 			Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web,
-			Assignments: mkCurrent(mkAssign("web", 1, "web", 1, 512, 5)), LastError: lastErr}
+			Assignments: mkCurrent(mkAssign("web", 1, "web", 1, 512, 5))}
+		if lastErr != nil {
+			st.Conditions = []replicated.Condition{*lastErr}
+		}
+		return st
 	}
 	now := time.Unix(1000, 0)
 	clock := func() time.Time { return now }
@@ -215,11 +219,11 @@ func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 	if err := r.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if len(store.proposed) != 1 || !store.proposed[0].RecordEvalError.Retryable {
-		t.Fatalf("proposed %+v, want one retryable RecordEvalError", store.proposed)
+	if len(store.proposed) != 1 || !store.proposed[0].SetCondition.Retryable {
+		t.Fatalf("proposed %+v, want one retryable SetCondition", store.proposed)
 	}
 	// … not evaluated again before the poll interval has passed …
-	store.st = running(&replicated.EvalError{Commit: "slow", Message: timeoutErr{}.Error(), Retryable: true})
+	store.st = running(&replicated.Condition{Type: replicated.EvalFailed, Commit: "slow", Message: timeoutErr{}.Error(), Retryable: true})
 	now = now.Add(time.Second)
 	if err := r.Pass(ctx); err != nil || ev.calls != 1 {
 		t.Fatalf("pass before the retry time: err %v, evaluations %d, want 1", err, ev.calls)
@@ -236,7 +240,7 @@ func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 		t.Fatalf("new leader: err %v, evaluations %d, want 3", err, ev.calls)
 	}
 	// A failure for good is never evaluated again, by any leader.
-	store.st = running(&replicated.EvalError{Commit: "slow", Message: "error: syntax error"})
+	store.st = running(&replicated.Condition{Type: replicated.EvalFailed, Commit: "slow", Message: "error: syntax error"})
 	r3 := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
 	r3.fetch(ctx)
 	if err := r3.Pass(ctx); err != nil || ev.calls != 3 {

@@ -454,26 +454,30 @@ func (s *scheduler) plan() Plan {
 			old = &it.cur
 		}
 		if it.node < 0 {
-			p.Unschedulable = append(p.Unschedulable, Unschedulable{VM: it.spec.Name, Reason: it.why})
+			p.Unschedulable = append(p.Unschedulable, replicated.Unschedulable{VM: it.spec.Name, Declared: it.spec.Declared, Reason: it.why})
 			if old != nil {
 				p.Removed = append(p.Removed, changeOf(it.spec.Name, old, nil, it.leave))
 			}
 			continue
 		}
 		a := replicated.Assignment{
-			VM:      it.spec.Name,
-			Node:    s.ids[it.node],
-			Drv:     it.spec.Runner.Drv,
-			OutPath: it.spec.Runner.Out,
-			VCPU:    it.spec.VCPU,
-			MemMiB:  it.spec.MemMiB,
+			VM:       it.spec.Name,
+			Declared: it.spec.Declared,
+			Node:     s.ids[it.node],
+			Drv:      it.spec.Runner.Drv,
+			OutPath:  it.spec.Runner.Out,
+			VCPU:     it.spec.VCPU,
+			MemMiB:   it.spec.MemMiB,
+		}
+		if len(it.spec.Volumes) > 0 {
+			a.Volumes = s.in.Desired.VolumesOf(*it.spec)
 		}
 		switch {
 		case old == nil:
 			p.Added = append(p.Added, changeOf(a.VM, nil, &a, ""))
 		case old.Node != a.Node:
 			p.Moved = append(p.Moved, changeOf(a.VM, old, &a, it.leave))
-		case !sameWorkload(*old, a):
+		case !old.SameWorkload(a):
 			p.Changed = append(p.Changed, changeOf(a.VM, old, &a, ""))
 		default:
 			a.Generation = old.Generation

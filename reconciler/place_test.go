@@ -96,7 +96,7 @@ func randomCurrent(r *rand.Rand, c *spec.Cluster, maxID uint64) map[string]repli
 		if r.IntN(2) == 0 {
 			continue
 		}
-		a := replicated.Assignment{VM: it.Name, Node: 1 + uint64(r.IntN(int(maxID)+2)), Drv: it.Runner.Drv,
+		a := replicated.Assignment{VM: it.Name, Declared: it.Declared, Node: 1 + uint64(r.IntN(int(maxID)+2)), Drv: it.Runner.Drv,
 			OutPath: it.Runner.Out, VCPU: it.VCPU, MemMiB: it.MemMiB, Generation: uint64(1 + r.IntN(100))}
 		if r.IntN(4) == 0 {
 			a.OutPath, a.MemMiB = "/nix/store/older", a.MemMiB/2
@@ -323,7 +323,7 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 			want[a.VM] = "added"
 		case old.Node != a.Node:
 			want[a.VM] = "moved"
-		case !sameWorkload(old, a):
+		case !old.SameWorkload(a):
 			want[a.VM] = "changed"
 			if a.Generation != 0 {
 				fail("changed %s kept generation %d", a.VM, a.Generation)
@@ -405,7 +405,7 @@ func TestComputeProperties(t *testing.T) {
 	}
 }
 
-func vmNames(us []Unschedulable) []string {
+func vmNames(us []replicated.Unschedulable) []string {
 	var out []string
 	for _, u := range us {
 		out = append(out, u.VM)

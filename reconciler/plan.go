@@ -71,14 +71,14 @@ type Plan struct {
 	// Removed are assignments dropped: the VM is no longer declared, or it
 	// could not stay and is Unschedulable. Reason says which.
 	Removed []Change `json:"removed,omitempty"`
-	// Changed are instances kept on their node whose runner (out path or
-	// derivation) or resources changed.
+	// Changed are instances kept on their node whose workload changed
+	// (replicated.Assignment.SameWorkload: runner, resources or volumes).
 	Changed []Change `json:"changed,omitempty"`
 	// Moved are instances placed on another node than before; Reason says
 	// why they left. Their runner or resources may have changed as well.
 	Moved []Change `json:"moved,omitempty"`
 	// Unschedulable are desired instances no node can take.
-	Unschedulable []Unschedulable `json:"unschedulable,omitempty"`
+	Unschedulable []replicated.Unschedulable `json:"unschedulable,omitempty"`
 	// Volumes are the RBD volumes of placed instances that are new in the
 	// desired spec (the agent creates their image unless it exists) or
 	// larger than in Input.Previous (the agent grows the image), sorted by
@@ -115,14 +115,6 @@ type Change struct {
 	// Reason says why the instance left its node (Moved, Removed), e.g.
 	// "node 3 is draining" or "no longer declared".
 	Reason string `json:"reason,omitempty"`
-}
-
-// Unschedulable is a desired instance that no node can take.
-type Unschedulable struct {
-	VM string `json:"vm"`
-	// Reason names what to change: a node to add or ready, a label, a
-	// placement.nodes id, or the resources asked for.
-	Reason string `json:"reason"`
 }
 
 // ReasonNotDeclared is the Reason of a Removed change whose VM is no longer
@@ -255,10 +247,4 @@ func changeOf(vm string, old *replicated.Assignment, a *replicated.Assignment, r
 		c.Node, c.OutPath, c.Drv, c.VCPU, c.MemMiB = a.Node, a.OutPath, a.Drv, a.VCPU, a.MemMiB
 	}
 	return c
-}
-
-// sameWorkload reports whether a and b run the same runner with the same
-// resources (the node aside).
-func sameWorkload(a, b replicated.Assignment) bool {
-	return a.OutPath == b.OutPath && a.Drv == b.Drv && a.VCPU == b.VCPU && a.MemMiB == b.MemMiB
 }

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -44,8 +45,16 @@ func withReplicas(v spec.VM, n int) spec.VM { v.Replicas = n; return v }
 
 func mkCluster(vms map[string]spec.VM) *spec.Cluster { return &spec.Cluster{Name: "test", VMs: vms} }
 
+// mkAssign assigns instance vm (its declared name is vm without a replica
+// suffix: web-1 → web).
 func mkAssign(vm string, node uint64, out string, vcpu, mem int, gen uint64) replicated.Assignment {
-	return replicated.Assignment{VM: vm, Node: node, Drv: "/nix/store/" + out + ".drv", OutPath: "/nix/store/" + out,
+	declared := vm
+	if i := strings.LastIndexByte(vm, '-'); i > 0 {
+		if _, err := strconv.Atoi(vm[i+1:]); err == nil {
+			declared = vm[:i]
+		}
+	}
+	return replicated.Assignment{VM: vm, Declared: declared, Node: node, Drv: "/nix/store/" + out + ".drv", OutPath: "/nix/store/" + out,
 		VCPU: vcpu, MemMiB: mem, Generation: gen}
 }
 
@@ -491,7 +500,7 @@ func TestComputeDoesNotModifyInput(t *testing.T) {
 
 func TestPlanSummary(t *testing.T) {
 	p := Plan{Added: make([]Change, 2), Changed: make([]Change, 1), Removed: make([]Change, 1),
-		Unschedulable: make([]Unschedulable, 1)}
+		Unschedulable: make([]replicated.Unschedulable, 1)}
 	if got, want := p.Summary(), "2 added, 1 changed, 0 moved, 1 removed, 1 unschedulable"; got != want {
 		t.Fatalf("Summary() = %q, want %q", got, want)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/blixard/blixard/spec"
 )
 
 // ResultCode is the outcome of applying a command. Every code but ResultOK is
@@ -79,10 +81,12 @@ const (
 	EventNodeStateChanged = "NodeStateChanged"
 	EventPlanCommitted    = "PlanCommitted"
 	EventEvalFailed       = "EvalFailed"
+	EventFetchFailed      = "FetchFailed"
+	EventConditionCleared = "ConditionCleared"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
-// e.g. in LastError).
+// e.g. in a Condition).
 const maxEventMessage = 512
 
 // Apply applies cmd, the command of the Raft entry at index, and returns its
@@ -102,8 +106,10 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 		return s.applyNodeHeartbeat(at, cmd.NodeHeartbeat)
 	case CmdCommitPlan:
 		return s.applyCommitPlan(index, at, cmd.CommitPlan)
-	case CmdRecordEvalError:
-		return s.applyRecordEvalError(index, at, cmd.RecordEvalError)
+	case CmdSetCondition:
+		return s.applySetCondition(index, at, cmd.SetCondition)
+	case CmdClearCondition:
+		return s.applyClearCondition(index, at, cmd.ClearCondition)
 	case CmdSetNodeState:
 		return s.applySetNodeState(index, at, cmd.SetNodeState)
 	}
@@ -254,6 +260,8 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 			return s.reject(ResultInvalid, fmt.Sprintf("CommitPlan: VM %q is assigned twice", a.VM))
 		case a.VCPU < 0 || a.MemMiB < 0:
 			return s.reject(ResultInvalid, fmt.Sprintf("CommitPlan: VM %q: resources must not be negative (vcpu=%d memMiB=%d)", a.VM, a.VCPU, a.MemMiB))
+		case !slices.IsSortedFunc(a.Volumes, func(x, y spec.VolumeRef) int { return strings.Compare(x.Name, y.Name) }):
+			return s.reject(ResultInvalid, fmt.Sprintf("CommitPlan: VM %q: volumes are not sorted by name", a.VM))
 		}
 		if _, ok := s.Nodes[a.Node]; !ok {
 			return s.reject(ResultUnknownNode, fmt.Sprintf("CommitPlan: VM %q is assigned to node %d, which is not registered", a.VM, a.Node))
@@ -268,11 +276,14 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	assignments := make(map[string]Assignment, len(c.Assignments))
 	for _, a := range c.Assignments {
 		a.Generation = index
-		if old, ok := s.Assignments[a.VM]; ok && old.Node == a.Node && old.Drv == a.Drv && old.OutPath == a.OutPath {
+		if old, ok := s.Assignments[a.VM]; ok && old.Node == a.Node && old.SameWorkload(a) {
 			a.Generation = old.Generation
 		}
+		a.Volumes = nilIfEmpty(slices.Clone(a.Volumes))
 		assignments[a.VM] = a
 	}
+	unschedulable := nilIfEmpty(slices.Clone(c.Unschedulable))
+	slices.SortFunc(unschedulable, func(x, y Unschedulable) int { return strings.Compare(x.VM, y.VM) })
 	rev := Revision{
 		ID:          index,
 		Parent:      c.Parent,
@@ -288,11 +299,12 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	canonicalCluster(desired)
 	s.Desired = desired
 	s.Assignments = assignments
+	s.Unschedulable = unschedulable
 	// A plan of another commit supersedes the recorded eval error, and so does
 	// a plan of the very commit that failed. A re-plan of the running commit
 	// (say, after a node change) keeps a newer commit's error visible.
-	if s.LastError != nil && (c.Commit != prevCommit || c.Commit == s.LastError.Commit) {
-		s.LastError = nil
+	if e, ok := s.Condition(EvalFailed); ok && (c.Commit != prevCommit || c.Commit == e.Commit) {
+		s.removeCondition(EvalFailed)
 	}
 	msg := fmt.Sprintf("revision %d (parent %d) of commit %s", index, c.Parent, c.Commit)
 	if c.Ref != "" {
@@ -305,17 +317,71 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	return s.ok("revision %d committed (parent %d, %d assignments)", index, c.Parent, len(assignments))
 }
 
-func (s *State) applyRecordEvalError(index uint64, at time.Time, c *RecordEvalError) Result {
-	if c.Message == "" {
-		return s.reject(ResultInvalid, fmt.Sprintf("RecordEvalError: commit %s: the error message is empty", c.Commit))
+// Condition returns the condition of type t when it is true.
+func (s *State) Condition(t ConditionType) (Condition, bool) {
+	for _, c := range s.Conditions {
+		if c.Type == t {
+			return c, true
+		}
 	}
-	s.LastError = &EvalError{Commit: c.Commit, Message: c.Message, At: at, Retryable: c.Retryable}
+	return Condition{}, false
+}
+
+func (s *State) removeCondition(t ConditionType) {
+	s.Conditions = nilIfEmpty(slices.DeleteFunc(s.Conditions, func(c Condition) bool { return c.Type == t }))
+}
+
+func validConditionType(t ConditionType) bool {
+	return t == FetchFailed || t == EvalFailed
+}
+
+// applySetCondition makes a condition true. Since is kept while the
+// condition stays true for the same commit, so "failing since" means what
+// it says across repeated records.
+func (s *State) applySetCondition(index uint64, at time.Time, c *SetCondition) Result {
+	if !validConditionType(c.Type) {
+		return s.reject(ResultInvalid, fmt.Sprintf("SetCondition: type %q is not one of FetchFailed, EvalFailed", c.Type))
+	}
+	if c.Message == "" {
+		return s.reject(ResultInvalid, fmt.Sprintf("SetCondition: %s of commit %s: the message is empty", c.Type, c.Commit))
+	}
+	since := at
+	if old, ok := s.Condition(c.Type); ok && old.Commit == c.Commit {
+		since = old.Since
+	}
+	s.removeCondition(c.Type)
+	s.Conditions = append(s.Conditions, Condition{Type: c.Type, Commit: c.Commit, Message: c.Message,
+		Retryable: c.Retryable, Since: since, At: at})
+	slices.SortFunc(s.Conditions, func(x, y Condition) int { return strings.Compare(string(x.Type), string(y.Type)) })
 	first, _, more := strings.Cut(c.Message, "\n")
 	if more {
 		first += " …"
 	}
-	s.event(index, at, EventEvalFailed, fmt.Sprintf("commit %s: %s", c.Commit, first))
-	return s.ok("eval error of commit %s recorded; revision %d stays", c.Commit, s.revisionID())
+	kind := EventEvalFailed
+	if c.Type == FetchFailed {
+		kind = EventFetchFailed
+	}
+	s.event(index, at, kind, fmt.Sprintf("commit %s: %s", orNone(c.Commit), first))
+	return s.ok("%s of commit %s recorded; revision %d stays", c.Type, orNone(c.Commit), s.revisionID())
+}
+
+func (s *State) applyClearCondition(index uint64, at time.Time, c *ClearCondition) Result {
+	if !validConditionType(c.Type) {
+		return s.reject(ResultInvalid, fmt.Sprintf("ClearCondition: type %q is not one of FetchFailed, EvalFailed", c.Type))
+	}
+	if _, ok := s.Condition(c.Type); !ok {
+		return s.ok("%s is not set", c.Type)
+	}
+	s.removeCondition(c.Type)
+	s.event(index, at, EventConditionCleared, string(c.Type)+" cleared")
+	return s.ok("%s cleared", c.Type)
+}
+
+func orNone(commit string) string {
+	if commit == "" {
+		return "(none)"
+	}
+	return commit
 }
 
 func validNodeState(st NodeState) bool {

@@ -45,7 +45,7 @@ func plan(parent uint64, commit string, as ...Assignment) Command {
 }
 
 func evalErr(commit, msg string) Command {
-	return cmdAt(t0, Command{Type: CmdRecordEvalError, RecordEvalError: &RecordEvalError{Commit: commit, Message: msg}})
+	return cmdAt(t0, Command{Type: CmdSetCondition, SetCondition: &SetCondition{Type: EvalFailed, Commit: commit, Message: msg}})
 }
 
 func setState(id uint64, st NodeState) Command {
@@ -206,33 +206,33 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{
-			name:  "CommitPlan of another commit clears LastError",
+			name:  "CommitPlan of another commit clears EvalFailed",
 			setup: []Command{reg(1), plan(0, "abc"), evalErr("bad", "boom")},
 			cmd:   plan(2, "def"),
 			check: func(t *testing.T, _, s *State, _ Result) {
-				if s.LastError != nil {
-					t.Fatalf("LastError = %+v", s.LastError)
+				if c, ok := s.Condition(EvalFailed); ok {
+					t.Fatalf("EvalFailed = %+v", c)
 				}
 			},
 		},
 		{
-			name:  "CommitPlan re-planning the running commit keeps a newer commit's LastError",
+			name:  "CommitPlan re-planning the running commit keeps a newer commit's EvalFailed",
 			setup: []Command{reg(1), plan(0, "abc"), evalErr("bad", "boom")},
 			cmd:   plan(2, "abc"),
 			check: func(t *testing.T, _, s *State, _ Result) {
-				if s.LastError == nil || s.LastError.Commit != "bad" {
-					t.Fatalf("LastError = %+v", s.LastError)
+				if c, ok := s.Condition(EvalFailed); !ok || c.Commit != "bad" {
+					t.Fatalf("EvalFailed = %+v", c)
 				}
 			},
 		},
 		{
-			name:  "RecordEvalError sets LastError and keeps the revision",
+			name:  "SetCondition EvalFailed records the error and keeps the revision",
 			setup: []Command{reg(1), plan(0, "abc", asg("web", 1, "v1"))},
 			cmd:   cmdAt(t0.Add(time.Second), evalErr("def", "attribute 'vms' missing")),
 			check: func(t *testing.T, before, s *State, r Result) {
-				want := &EvalError{Commit: "def", Message: "attribute 'vms' missing", At: t0.Add(time.Second)}
-				if !reflect.DeepEqual(s.LastError, want) {
-					t.Fatalf("LastError = %+v", s.LastError)
+				want := []Condition{{Type: EvalFailed, Commit: "def", Message: "attribute 'vms' missing", Since: t0.Add(time.Second), At: t0.Add(time.Second)}}
+				if !reflect.DeepEqual(s.Conditions, want) {
+					t.Fatalf("Conditions = %+v", s.Conditions)
 				}
 				if !reflect.DeepEqual(s.Revision, before.Revision) || !reflect.DeepEqual(s.Assignments, before.Assignments) || r.Revision != 2 {
 					t.Fatal("revision changed")
@@ -378,7 +378,7 @@ func TestIsThisPlanRecognisesARetriedCommitPlan(t *testing.T) {
 	s := NewState()
 	p := plan(0, "abc", asg("web", 1, "v1"))
 	applyAll(t, s, reg(1), p)
-	if !isThisPlan(s, p.CommitPlan) {
+	if !s.IsCurrentPlan(p.CommitPlan) {
 		t.Fatal("the committed plan is not recognised")
 	}
 	for name, other := range map[string]Command{
@@ -387,11 +387,11 @@ func TestIsThisPlanRecognisesARetriedCommitPlan(t *testing.T) {
 		"another assignment is not this plan": plan(0, "abc", asg("web", 1, "v2")),
 		"fewer assignments is not this plan":  plan(0, "abc"),
 	} {
-		if isThisPlan(s, other.CommitPlan) {
+		if s.IsCurrentPlan(other.CommitPlan) {
 			t.Errorf("%s: recognised as the committed plan", name)
 		}
 	}
-	if isThisPlan(NewState(), p.CommitPlan) {
+	if NewState().IsCurrentPlan(p.CommitPlan) {
 		t.Error("a state without revision has no plan")
 	}
 }

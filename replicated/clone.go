@@ -36,12 +36,16 @@ func (s *State) Clone() *State {
 	}
 	c.History = slices.Clone(s.History)
 	c.Desired = cloneCluster(s.Desired)
-	c.Assignments = maps.Clone(s.Assignments)
-	c.Observed = maps.Clone(s.Observed)
-	if s.LastError != nil {
-		e := *s.LastError
-		c.LastError = &e
+	if s.Assignments != nil {
+		c.Assignments = make(map[string]Assignment, len(s.Assignments))
+		for name, a := range s.Assignments {
+			a.Volumes = slices.Clone(a.Volumes)
+			c.Assignments[name] = a
+		}
 	}
+	c.Observed = maps.Clone(s.Observed)
+	c.Unschedulable = slices.Clone(s.Unschedulable)
+	c.Conditions = slices.Clone(s.Conditions)
 	c.Events = slices.Clone(s.Events)
 	return &c
 }
@@ -91,6 +95,10 @@ func canonicalCommand(cmd *Command) {
 		cmd.NodeHeartbeat.Statuses = nilIfEmpty(cmd.NodeHeartbeat.Statuses)
 	case cmd.CommitPlan != nil:
 		canonicalCluster(cmd.CommitPlan.Spec)
+		cmd.CommitPlan.Unschedulable = nilIfEmpty(cmd.CommitPlan.Unschedulable)
+		for i := range cmd.CommitPlan.Assignments {
+			cmd.CommitPlan.Assignments[i].Volumes = nilIfEmpty(cmd.CommitPlan.Assignments[i].Volumes)
+		}
 	case cmd.SetNodeState != nil:
 		cmd.SetNodeState.Fenced = nilIfEmpty(cmd.SetNodeState.Fenced)
 	}

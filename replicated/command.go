@@ -64,7 +64,8 @@ func checkEnvelope(cmd *Command) error {
 		{CmdRegisterNode, cmd.RegisterNode != nil},
 		{CmdNodeHeartbeat, cmd.NodeHeartbeat != nil},
 		{CmdCommitPlan, cmd.CommitPlan != nil},
-		{CmdRecordEvalError, cmd.RecordEvalError != nil},
+		{CmdSetCondition, cmd.SetCondition != nil},
+		{CmdClearCondition, cmd.ClearCondition != nil},
 		{CmdSetNodeState, cmd.SetNodeState != nil},
 	}
 	known := false
@@ -77,7 +78,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, RecordEvalError, SetNodeState)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

@@ -26,9 +26,12 @@ func sampleCommands() []Command {
 				Placement: spec.Placement{Nodes: []uint64{1}, Labels: map[string]string{"zone": "a"}, AntiAffinity: []string{"db"}},
 				Volumes:   map[string]spec.Volume{"data": {SizeMiB: 10, Pool: "rbd"}}, Autostart: true,
 			}}, Functions: map[string]spec.Function{"f": {MemMiB: 64, HTTP: spec.FunctionHTTP{Path: "/f"}, MaxInstances: 2}}},
-			Assignments: []Assignment{asg("web-0", 1, "v1")},
+			Assignments: []Assignment{{VM: "web-0", Declared: "web", Node: 1, Drv: "/nix/store/w.drv", OutPath: "/nix/store/w",
+				VCPU: 1, MemMiB: 256, Volumes: []spec.VolumeRef{{Name: "data", Image: "prod.web-0.data", Pool: "rbd", SizeMiB: 10}}}},
+			Unschedulable: []Unschedulable{{VM: "web-1", Declared: "web", Reason: "no node has 256 MiB free"}},
 		}}),
-		cmdAt(at, Command{Type: CmdRecordEvalError, RecordEvalError: &RecordEvalError{Commit: "def", Message: "boom"}}),
+		cmdAt(at, Command{Type: CmdSetCondition, SetCondition: &SetCondition{Type: EvalFailed, Commit: "def", Message: "boom"}}),
+		cmdAt(at, Command{Type: CmdClearCondition, ClearCondition: &ClearCondition{Type: FetchFailed}}),
 		cmdAt(at, Command{Type: CmdSetNodeState, SetNodeState: &SetNodeState{ID: 1, State: NodeDraining}}),
 	}
 }

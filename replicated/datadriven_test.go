@@ -10,14 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
+
 	"github.com/cockroachdb/datadriven"
-	sm "github.com/lni/dragonboat/v4/statemachine"
 
 	"github.com/blixard/blixard/spec"
 )
 
 // TestDataDriven runs the scripts in testdata/*.txt against the state
-// machine (Update with encoded entries, as Dragonboat calls it). Regenerate
+// (ApplyEntry with encoded entries, as the Raft state machine calls it). Regenerate
 // the expected output with `go test ./replicated -run TestDataDriven -rewrite`
 // and review the diff.
 //
@@ -25,9 +26,12 @@ import (
 //
 //	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…]
 //	heartbeat id=1 [status=vm:phase[:booted],…]
-//	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…] [nospec]
+//	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…]
+//	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [nospec]
 //	commit-plans n=N [assign=vm:node,…]     N chained plans (commit c1…cN); prints the last result
-//	record-eval-error commit=SHA [msg=M]      (or the message as the input block)
+//	record-eval-error commit=SHA [msg=M]      SetCondition EvalFailed (or the message as the input block)
+//	set-condition type=T [commit=SHA] [msg=M] [retryable]
+//	clear-condition type=T
 //	set-node-state id=1 state=cordoned
 //	raw                                       the input block is the entry's bytes
 //	decode                                    decode the input block; print the command or the error
@@ -37,7 +41,7 @@ import (
 // Every command accepts at=RFC3339 (default: a fixed base time + index seconds).
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
-		h := &harness{sm: &stateMachine{state: NewState()}}
+		h := &harness{state: NewState()}
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			return h.handle(t, d)
 		})
@@ -45,7 +49,7 @@ func TestDataDriven(t *testing.T) {
 }
 
 type harness struct {
-	sm    *stateMachine
+	state *State
 	index uint64
 }
 
@@ -98,6 +102,33 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.MaybeScanArgs(t, "hash", &c.EvalHash)
 		d.MaybeScanArgs(t, "summary", &c.Summary)
 		c.Assignments, c.Spec = planArgs(t, strArg(t, d, "assign"), strArg(t, d, "runner"))
+		if v := strArg(t, d, "mem"); v != "" {
+			for _, vm := range strings.Split(v, ",") {
+				name, mem, _ := strings.Cut(vm, ":")
+				for i := range c.Assignments {
+					if c.Assignments[i].VM == name {
+						c.Assignments[i].MemMiB, _ = strconv.Atoi(mem)
+					}
+				}
+			}
+		}
+		if v := strArg(t, d, "volume"); v != "" {
+			for _, vm := range strings.Split(v, ",") {
+				name, size, _ := strings.Cut(vm, ":")
+				for i := range c.Assignments {
+					if c.Assignments[i].VM == name {
+						n, _ := strconv.Atoi(size)
+						c.Assignments[i].Volumes = []spec.VolumeRef{{Name: "data", Image: "test." + name + ".data", Pool: "rbd", SizeMiB: n}}
+					}
+				}
+			}
+		}
+		if v := strArg(t, d, "unschedulable"); v != "" {
+			for _, u := range strings.Split(v, ",") {
+				vm, reason, _ := strings.Cut(u, ":")
+				c.Unschedulable = append(c.Unschedulable, Unschedulable{VM: vm, Reason: reason})
+			}
+		}
 		if d.HasArg("nospec") {
 			c.Spec = nil
 		}
@@ -109,19 +140,26 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		as, sp := planArgs(t, strArg(t, d, "assign"), "")
 		var out string
 		for i := 1; i <= n; i++ {
-			c := &CommitPlan{Parent: h.sm.state.revisionID(), Commit: fmt.Sprintf("c%d", i), Assignments: as, Spec: sp}
+			c := &CommitPlan{Parent: h.state.revisionID(), Commit: fmt.Sprintf("c%d", i), Assignments: as, Spec: sp}
 			out = h.propose(t, d, Command{Type: CmdCommitPlan, CommitPlan: c})
 		}
 		return out
 
-	case "record-eval-error":
-		c := &RecordEvalError{}
+	case "record-eval-error", "set-condition":
+		c := &SetCondition{Type: EvalFailed}
+		if d.Cmd == "set-condition" {
+			c.Type = ConditionType(strArg(t, d, "type"))
+		}
 		d.MaybeScanArgs(t, "commit", &c.Commit)
 		d.MaybeScanArgs(t, "msg", &c.Message)
+		c.Retryable = d.HasArg("retryable")
 		if in := strings.TrimSpace(d.Input); in != "" {
 			c.Message = in
 		}
-		return h.propose(t, d, Command{Type: CmdRecordEvalError, RecordEvalError: c})
+		return h.propose(t, d, Command{Type: CmdSetCondition, SetCondition: c})
+
+	case "clear-condition":
+		return h.propose(t, d, Command{Type: CmdClearCondition, ClearCondition: &ClearCondition{Type: ConditionType(strArg(t, d, "type"))}})
 
 	case "set-node-state":
 		c := &SetNodeState{}
@@ -155,19 +193,19 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 
 	case "snapshot-roundtrip":
 		var buf bytes.Buffer
-		if err := h.sm.SaveSnapshot(&buf, nil, nil); err != nil {
+		if err := EncodeSnapshot(&buf, h.state); err != nil {
 			t.Fatalf("save snapshot: %v", err)
 		}
-		fresh := newStateMachine(ShardID, 1).(*stateMachine)
-		if err := fresh.RecoverFromSnapshot(bytes.NewReader(buf.Bytes()), nil, nil); err != nil {
+		fresh, err := DecodeSnapshot(bytes.NewReader(buf.Bytes()))
+		if err != nil {
 			t.Fatalf("recover snapshot: %v", err)
 		}
-		equal := reflect.DeepEqual(h.sm.state, fresh.state)
-		h.sm = fresh
-		return fmt.Sprintf("snapshot %d bytes, equal=%t\n", buf.Len(), equal) + renderState(fresh.state)
+		equal := reflect.DeepEqual(h.state, fresh)
+		h.state = fresh
+		return fmt.Sprintf("snapshot %d bytes, equal=%t\n", buf.Len(), equal) + renderState(fresh)
 
 	case "state":
-		return renderState(h.sm.state)
+		return renderState(h.state)
 	}
 	t.Fatalf("unknown command %q", d.Cmd)
 	return ""
@@ -229,13 +267,15 @@ func (h *harness) propose(t *testing.T, d *datadriven.TestData, cmd Command) str
 
 func (h *harness) update(t *testing.T, data []byte) string {
 	h.index++
-	res, err := h.sm.Update(sm.Entry{Index: h.index, Cmd: data})
+	r := h.state.ApplyEntry(h.index, data)
+	// The result travels to the proposer as JSON: it must survive that.
+	b, err := json.Marshal(r)
 	if err != nil {
-		t.Fatalf("Update returned an error (would halt the shard): %v", err)
+		t.Fatal(err)
 	}
-	r := decodeResult(res)
-	if uint64(r.Code) != res.Value {
-		t.Fatalf("result value %d != code %d", res.Value, r.Code)
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil || back != r {
+		t.Fatalf("result %+v does not round-trip through JSON: %+v, %v", r, back, err)
 	}
 	return fmt.Sprintf("%d: %s rev=%d: %s\n", h.index, r.Code, r.Revision, r.Message)
 }
@@ -287,7 +327,11 @@ func renderState(s *State) string {
 	}
 	for _, vm := range sortedKeys(s.Assignments) {
 		a := s.Assignments[vm]
-		fmt.Fprintf(&b, "assign %s node=%d gen=%d out=%s\n", vm, a.Node, a.Generation, a.OutPath)
+		fmt.Fprintf(&b, "assign %s node=%d gen=%d out=%s mem=%d", vm, a.Node, a.Generation, a.OutPath, a.MemMiB)
+		for _, v := range a.Volumes {
+			fmt.Fprintf(&b, " vol=%s:%d", v.Name, v.SizeMiB)
+		}
+		b.WriteString("\n")
 	}
 	for _, vm := range sortedKeys(s.Observed) {
 		o := s.Observed[vm]
@@ -297,8 +341,12 @@ func renderState(s *State) string {
 		}
 		b.WriteString("\n")
 	}
-	if e := s.LastError; e != nil {
-		fmt.Fprintf(&b, "last-error commit=%s %q\n", e.Commit, e.Message)
+	for _, u := range s.Unschedulable {
+		fmt.Fprintf(&b, "unschedulable %s: %s\n", u.VM, u.Reason)
+	}
+	for _, c := range s.Conditions {
+		fmt.Fprintf(&b, "condition %s commit=%s retryable=%t since=%s %q\n", c.Type, c.Commit, c.Retryable,
+			c.Since.Format(time.TimeOnly), c.Message)
 	}
 	if len(s.Events) > 0 {
 		evs := s.Events

@@ -1,6 +1,7 @@
 package replicated
 
 import (
+	"slices"
 	"time"
 
 	"github.com/blixard/blixard/spec"
@@ -66,17 +67,42 @@ type Revision struct {
 	Summary string `json:"summary"`
 }
 
-// Assignment places one VM instance on one node.
+// Assignment places one VM instance on one node. It carries everything the
+// node's agent needs to run the instance, so agents never read the desired
+// spec.
 type Assignment struct {
-	VM      string `json:"vm"`
-	Node    uint64 `json:"node"`
-	Drv     string `json:"drv"`
-	OutPath string `json:"outPath"`
-	VCPU    int    `json:"vcpu"`
-	MemMiB  int    `json:"memMiB"`
+	VM string `json:"vm"` // instance name: unit, directory and image name
+	// Declared is the VM's name in the flake (web for the replica web-1);
+	// agents that build the runner from the flake build it by this name.
+	Declared string `json:"declared"`
+	Node     uint64 `json:"node"`
+	Drv      string `json:"drv"`
+	OutPath  string `json:"outPath"`
+	VCPU     int    `json:"vcpu"`
+	MemMiB   int    `json:"memMiB"`
+	// Volumes are the instance's RBD volumes, sorted by name.
+	Volumes []spec.VolumeRef `json:"volumes,omitempty"`
 	// Generation is the Raft index of the CommitPlan that last changed this
-	// assignment (its node or its runner); unchanged assignments keep theirs.
+	// assignment (see [Assignment.SameWorkload]); unchanged ones keep theirs.
 	Generation uint64 `json:"generation"`
+}
+
+// SameWorkload reports whether a and b run the same instance the same way:
+// same runner, resources and volumes (the node and generation aside). It is
+// the one rule for "this assignment changed": the planner lists an instance
+// as changed, and Apply gives it a new generation, exactly when it is false.
+func (a Assignment) SameWorkload(b Assignment) bool {
+	return a.Declared == b.Declared && a.Drv == b.Drv && a.OutPath == b.OutPath &&
+		a.VCPU == b.VCPU && a.MemMiB == b.MemMiB && slices.Equal(a.Volumes, b.Volumes)
+}
+
+// Unschedulable is a desired instance that no node can take, and why.
+type Unschedulable struct {
+	VM       string `json:"vm"`
+	Declared string `json:"declared,omitempty"`
+	// Reason names what to change: a node to add or ready, a label, a
+	// placement.nodes id, or the resources asked for.
+	Reason string `json:"reason"`
 }
 
 // Phase is a VM's observed lifecycle phase, reported by its node's agent.
@@ -103,14 +129,34 @@ type VMStatus struct {
 	ObservedAt time.Time `json:"observedAt"`
 }
 
-// EvalError is the last failed evaluation (or invalid spec) of the tracked ref.
-type EvalError struct {
-	Commit  string    `json:"commit"`
-	Message string    `json:"message"`
-	At      time.Time `json:"at"`
-	// Retryable: the failure may go away on retry (an evaluation timeout);
-	// the leader evaluates the commit again later instead of skipping it.
+// ConditionType names a condition of the cluster's source. Conditions have
+// negative polarity: one exists only while it is true.
+type ConditionType string
+
+const (
+	// FetchFailed: the leader cannot fetch the tracked ref (repository
+	// unreachable, branch deleted); the cluster keeps its revision.
+	FetchFailed ConditionType = "FetchFailed"
+	// EvalFailed: the newest fetched commit does not evaluate to a valid
+	// spec (nix error, invalid spec, volume shrink); it is not deployed.
+	EvalFailed ConditionType = "EvalFailed"
+)
+
+// Condition is a fact about the cluster's source that every node shows the
+// same way, and that survives leader changes.
+type Condition struct {
+	Type ConditionType `json:"type"`
+	// Commit is the commit it concerns (EvalFailed: the commit that failed;
+	// FetchFailed: the last commit fetched before, if any).
+	Commit  string `json:"commit,omitempty"`
+	Message string `json:"message"`
+	// Retryable: the failure may go away on retry (a timeout, an
+	// unreachable flake input); the leader tries the commit again later.
 	Retryable bool `json:"retryable,omitempty"`
+	// Since is when the condition became true (for this commit); At when
+	// it was last recorded. Both come from the proposer's clock.
+	Since time.Time `json:"since"`
+	At    time.Time `json:"at"`
 }
 
 // Event is one entry of the bounded event log.
@@ -132,19 +178,24 @@ type State struct {
 	Desired     *spec.Cluster         `json:"desired"`
 	Assignments map[string]Assignment `json:"assignments"`
 	Observed    map[string]VMStatus   `json:"observed"`
-	LastError   *EvalError            `json:"lastError"`
-	Events      []Event               `json:"events"` // oldest first, bounded
+	// Unschedulable are the desired instances the current revision's plan
+	// could not place, with the planner's reasons, sorted by VM.
+	Unschedulable []Unschedulable `json:"unschedulable"`
+	// Conditions are the source's failures that are true now, sorted by type.
+	Conditions []Condition `json:"conditions"`
+	Events     []Event     `json:"events"` // oldest first, bounded
 }
 
 // CommandType names a command.
 type CommandType string
 
 const (
-	CmdRegisterNode    CommandType = "RegisterNode"
-	CmdNodeHeartbeat   CommandType = "NodeHeartbeat"
-	CmdCommitPlan      CommandType = "CommitPlan"
-	CmdRecordEvalError CommandType = "RecordEvalError"
-	CmdSetNodeState    CommandType = "SetNodeState"
+	CmdRegisterNode   CommandType = "RegisterNode"
+	CmdNodeHeartbeat  CommandType = "NodeHeartbeat"
+	CmdCommitPlan     CommandType = "CommitPlan"
+	CmdSetCondition   CommandType = "SetCondition"
+	CmdClearCondition CommandType = "ClearCondition"
+	CmdSetNodeState   CommandType = "SetNodeState"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -155,11 +206,12 @@ type Command struct {
 	// At is the proposer's clock; Update never reads a clock itself.
 	At time.Time `json:"at"`
 
-	RegisterNode    *RegisterNode    `json:"registerNode,omitempty"`
-	NodeHeartbeat   *NodeHeartbeat   `json:"nodeHeartbeat,omitempty"`
-	CommitPlan      *CommitPlan      `json:"commitPlan,omitempty"`
-	RecordEvalError *RecordEvalError `json:"recordEvalError,omitempty"`
-	SetNodeState    *SetNodeState    `json:"setNodeState,omitempty"`
+	RegisterNode   *RegisterNode   `json:"registerNode,omitempty"`
+	NodeHeartbeat  *NodeHeartbeat  `json:"nodeHeartbeat,omitempty"`
+	CommitPlan     *CommitPlan     `json:"commitPlan,omitempty"`
+	SetCondition   *SetCondition   `json:"setCondition,omitempty"`
+	ClearCondition *ClearCondition `json:"clearCondition,omitempty"`
+	SetNodeState   *SetNodeState   `json:"setNodeState,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.
@@ -188,13 +240,23 @@ type CommitPlan struct {
 	Summary     string        `json:"summary"`
 	Spec        *spec.Cluster `json:"spec"`
 	Assignments []Assignment  `json:"assignments"` // Generation is filled in by Update
+	// Unschedulable are the desired instances the planner could not place.
+	Unschedulable []Unschedulable `json:"unschedulable,omitempty"`
 }
 
-// RecordEvalError records a failed evaluation; the current revision is kept.
-type RecordEvalError struct {
-	Commit    string `json:"commit"`
-	Message   string `json:"message"`
-	Retryable bool   `json:"retryable,omitempty"`
+// SetCondition makes a condition true (or updates its message); the current
+// revision is kept.
+type SetCondition struct {
+	Type      ConditionType `json:"type"`
+	Commit    string        `json:"commit,omitempty"`
+	Message   string        `json:"message"`
+	Retryable bool          `json:"retryable,omitempty"`
+}
+
+// ClearCondition makes a condition false (removes it); clearing a condition
+// that is not true is a no-op.
+type ClearCondition struct {
+	Type ConditionType `json:"type"`
 }
 
 // SetNodeState cordons, drains or readies a node, or — proposed by the

@@ -18,6 +18,7 @@ import (
 	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -27,7 +28,7 @@ import (
 // (they go through Raft's ReadIndex); writes are proposals, which Raft
 // forwards to the leader.
 type apiServer struct {
-	store         *replicated.Store
+	store         *raftstore.Store
 	rec           *reconciler.Reconciler // nil when the node follows no repository
 	mirror        *gitsync.Mirror        // nil likewise
 	eval          *nixeval.Evaluator

@@ -23,6 +23,7 @@ import (
 
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
@@ -163,7 +164,7 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 
 	const nodeID = 1
 	onApply, applied := appliedSignal()
-	store, err := replicated.Start(ctx, replicated.Config{
+	store, err := raftstore.Start(ctx, raftstore.Config{
 		NodeID: nodeID, RaftAddr: raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
 		Members: map[uint64]string{nodeID: raftAddr}, Logger: log, QuietRaftLog: true, OnApply: onApply,
 	})
@@ -347,7 +348,7 @@ func watchTree(ctx context.Context, dir string, debounce time.Duration, changed 
 
 // devProgress prints what changes: new revisions with their plan summary,
 // evaluation errors, and a compact VM table whenever a phase changes.
-func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
+func devProgress(ctx context.Context, store *raftstore.Store, out io.Writer) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var lastRev uint64
@@ -366,12 +367,12 @@ func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
 			lastRev = s.Revision.ID
 			fmt.Fprintf(out, "%s revision %d: %s\n", time.Now().Format("15:04:05"), s.Revision.ID, s.Revision.Summary)
 		}
-		if s.LastError != nil && s.LastError.Message != lastErr {
-			lastErr = s.LastError.Message
+		if e, ok := s.Condition(replicated.EvalFailed); ok && e.Message != lastErr {
+			lastErr = e.Message
 			fmt.Fprintf(out, "%s evaluation failed; still running revision %d:\n  %s\n", time.Now().Format("15:04:05"),
 				lastRev, strings.ReplaceAll(strings.TrimSpace(lastErr), "\n", "\n  "))
 		}
-		table := vmTable(vmViews(s), unschedulable(s))
+		table := vmTable(vmViews(s), s.Unschedulable)
 		if table != lastTable {
 			lastTable = table
 			fmt.Fprint(out, table)
@@ -379,7 +380,7 @@ func devProgress(ctx context.Context, store *replicated.Store, out io.Writer) {
 	}
 }
 
-func vmTable(vms []vmView, unplaced []reconciler.Unschedulable) string {
+func vmTable(vms []vmView, unplaced []replicated.Unschedulable) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })

@@ -35,7 +35,7 @@ func writeMetrics(w io.Writer, s *replicated.State, self, leader uint64) {
 	}
 	fmt.Fprintf(w, "blixard_revision %d\n", rev)
 	gauge("blixard_eval_error", "1 while the tracked ref's last evaluation failed.")
-	fmt.Fprintf(w, "blixard_eval_error %d\n", b2i(s.LastError != nil))
+	fmt.Fprintf(w, "blixard_eval_error %d\n", b2i(hasCondition(s, replicated.EvalFailed)))
 
 	phases := map[replicated.Phase]int{}
 	for _, v := range vmViews(s) {
@@ -57,4 +57,9 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+func hasCondition(s *replicated.State, t replicated.ConditionType) bool {
+	_, ok := s.Condition(t)
+	return ok
 }

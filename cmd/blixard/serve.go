@@ -18,6 +18,7 @@ import (
 	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
@@ -273,7 +274,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger) error {
 	}
 	// applied wakes the agent when this replica applies an entry.
 	onApply, applied := appliedSignal()
-	store, err := replicated.Start(ctx, replicated.Config{
+	store, err := raftstore.Start(ctx, raftstore.Config{
 		NodeID: o.nodeID, RaftAddr: o.raftAddr, DataDir: filepath.Join(o.dataDir, "raft"),
 		Members: members, Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB, Logger: log, OnApply: onApply,
 	})
@@ -394,28 +395,12 @@ func advertisedAPI(bound, flag string) string {
 }
 
 // proposeOK proposes until the command is applied with an OK result or ctx ends.
-func proposeOK(ctx context.Context, store *replicated.Store, cmd replicated.Command) error {
-	for {
-		cmd.At = time.Now()
-		res, err := store.Propose(ctx, cmd)
-		if err == nil && res.Code == replicated.ResultOK {
-			return nil
-		}
-		if err == nil {
-			return errors.New(res.Message)
-		}
-		if ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+func proposeOK(ctx context.Context, store *raftstore.Store, cmd replicated.Command) error {
+	_, err := store.ProposeOK(ctx, cmd, time.Now)
+	return err
 }
 
-func heartbeatLoop(ctx context.Context, store *replicated.Store, id uint64, every time.Duration, log *slog.Logger) {
+func heartbeatLoop(ctx context.Context, store *raftstore.Store, id uint64, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -10,13 +10,16 @@ import (
 
 // statusView is the answer of GET /v1/status and `blixard status --json`.
 type statusView struct {
-	Node      uint64                `json:"node"`   // the node that answered
-	Leader    uint64                `json:"leader"` // 0 when unknown
-	Revision  *replicated.Revision  `json:"revision"`
-	LastError *replicated.EvalError `json:"lastError"`
-	VMs       []vmView              `json:"vms"`
+	Node     uint64               `json:"node"`   // the node that answered
+	Leader   uint64               `json:"leader"` // 0 when unknown
+	Revision *replicated.Revision `json:"revision"`
+	// LastError is the EvalFailed condition, if true.
+	LastError *replicated.Condition `json:"lastError"`
+	// Conditions are the source's failures that are true now.
+	Conditions []replicated.Condition `json:"conditions"`
+	VMs        []vmView               `json:"vms"`
 	// Unschedulable lists desired VMs the committed plan could not place, with why.
-	Unschedulable []reconciler.Unschedulable `json:"unschedulable"`
+	Unschedulable []replicated.Unschedulable `json:"unschedulable"`
 	Nodes         []nodeView                 `json:"nodes"`
 	Reconciler    *reconciler.Status         `json:"reconciler,omitempty"` // the leader's loop (fetch errors live there)
 }
@@ -48,21 +51,18 @@ type nodeView struct {
 }
 
 func newStatusView(s *replicated.State, self, leader uint64, rec *reconciler.Status) statusView {
-	v := statusView{Node: self, Leader: leader, Revision: s.Revision, LastError: s.LastError,
-		VMs: vmViews(s), Unschedulable: unschedulable(s), Nodes: nodeViews(s, leader), Reconciler: rec}
-	return v
-}
-
-// unschedulable re-plans the committed spec against the committed state: the
-// plan is pure, so its unschedulable list (with reasons) is what the leader
-// saw when it committed, as long as nothing changed since.
-func unschedulable(s *replicated.State) []reconciler.Unschedulable {
-	out := []reconciler.Unschedulable{}
-	if s.Desired == nil {
-		return out
+	v := statusView{Node: self, Leader: leader, Revision: s.Revision, Conditions: s.Conditions,
+		VMs: vmViews(s), Unschedulable: s.Unschedulable, Nodes: nodeViews(s, leader), Reconciler: rec}
+	if v.Conditions == nil {
+		v.Conditions = []replicated.Condition{}
 	}
-	p := reconciler.Compute(reconciler.Input{Desired: s.Desired, Nodes: s.Nodes, Current: s.Assignments, Previous: s.Desired})
-	return append(out, p.Unschedulable...)
+	if v.Unschedulable == nil {
+		v.Unschedulable = []replicated.Unschedulable{}
+	}
+	if c, ok := s.Condition(replicated.EvalFailed); ok {
+		v.LastError = &c
+	}
+	return v
 }
 
 func vmViews(s *replicated.State) []vmView {

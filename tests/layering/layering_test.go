@@ -23,16 +23,22 @@ var mustNot = map[string][]string{
 		module + "gitsync", module + "nodeagent", module + "volumes", module + "cmd"},
 	// The git mirror: must not evaluate Nix or know the cluster.
 	"gitsync": {"os/exec", module},
-	// The state machine: no programs, no git, no evaluation, no hosts.
-	"replicated": {"os/exec", "github.com/go-git/", module + "nixeval", module + "gitsync", module + "reconciler",
+	// The pure replicated state: no Raft library, no programs, no git, no
+	// evaluation, no hosts.
+	"replicated": {"os/exec", "github.com/lni/", "github.com/go-git/", module + "nixeval", module + "gitsync",
+		module + "reconciler", module + "nodeagent", module + "volumes", module + "raftstore"},
+	// The Raft shell around the state: no programs, no git, no evaluation,
+	// no planning, no hosts.
+	"raftstore": {"os/exec", "github.com/go-git/", module + "nixeval", module + "gitsync", module + "reconciler",
 		module + "nodeagent", module + "volumes"},
 	// Planning: must not touch hosts or run programs; it sees git and nix
 	// only through the interfaces it declares.
 	"reconciler": {"os/exec", "github.com/lni/", "github.com/go-git/", module + "nixeval", module + "gitsync",
-		module + "nodeagent", module + "volumes"},
+		module + "nodeagent", module + "volumes", module + "raftstore"},
 	// The agent: must not decide placement; Ceph reaches it through its own
 	// Volumes interface.
-	"nodeagent": {module + "reconciler", module + "gitsync", module + "nixeval", module + "volumes", "github.com/ceph/"},
+	"nodeagent": {module + "reconciler", module + "gitsync", module + "nixeval", module + "volumes", module + "raftstore",
+		"github.com/lni/", "github.com/ceph/"},
 	// The Ceph edge: no knowledge of the cluster's state or placement.
 	"volumes": {module + "replicated", module + "reconciler", module + "gitsync", module + "nixeval", module + "nodeagent"},
 }

@@ -1,0 +1,183 @@
+// Package testkit is the one set of test helpers the packages share: polling
+// with a deadline instead of sleeping, an in-memory replicated state that
+// applies proposals with the real [replicated.State.Apply], and builders of
+// commands. It is imported only by tests.
+//
+// The in-memory [Store] models a single replica that always leads and
+// applies every proposal at once; it does not model Raft: no leader changes,
+// no lost or duplicated proposals, no lag between Read and LocalRead. Tests
+// of those behaviours run the real raftstore on loopback.
+package testkit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// pollEvery is how often WaitFor re-checks its condition.
+const pollEvery = 10 * time.Millisecond
+
+// WaitFor polls cond until it returns nil, and fails the test with what and
+// cond's last error when timeout passes first.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		}
+		<-tick.C
+	}
+}
+
+// Until turns a boolean condition into one for WaitFor.
+func Until(cond func() bool) func() error {
+	return func() error {
+		if cond() {
+			return nil
+		}
+		return errors.New("not yet")
+	}
+}
+
+// Store is an in-memory replicated state. It satisfies the reconciler's and
+// the agent's state interfaces (Read, LocalRead, Propose, IsLeader). Every
+// proposal is applied with replicated.State.Apply at the next index and
+// recorded. Safe for concurrent use.
+type Store struct {
+	mu       sync.Mutex
+	state    *replicated.State // guarded by mu
+	proposed []replicated.Command
+	// Leader is what IsLeader answers (default true). Guarded by mu.
+	leader bool
+	// failWith, when set, makes Propose fail with it (outcome unknown).
+	failWith error
+}
+
+// NewStore returns a store holding s (a fresh state when nil).
+func NewStore(s *replicated.State) *Store {
+	if s == nil {
+		s = replicated.NewState()
+	}
+	return &Store{state: s, leader: true}
+}
+
+// Read returns a copy of the state.
+func (s *Store) Read(context.Context) (*replicated.State, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state.Clone(), nil
+}
+
+// LocalRead returns a copy of the state.
+func (s *Store) LocalRead() (*replicated.State, error) { return s.Read(context.Background()) }
+
+// IsLeader reports the value set by SetLeader (true by default).
+func (s *Store) IsLeader() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leader
+}
+
+// SetLeader sets what IsLeader answers.
+func (s *Store) SetLeader(v bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.leader = v
+}
+
+// FailProposals makes every Propose fail with err (nil: succeed again).
+func (s *Store) FailProposals(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failWith = err
+}
+
+// Propose applies cmd and records it.
+func (s *Store) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failWith != nil {
+		return replicated.Result{}, s.failWith
+	}
+	cmd.V = replicated.CommandVersion
+	s.proposed = append(s.proposed, cmd)
+	return s.state.Apply(s.state.Applied+1, cmd), nil
+}
+
+// Update changes the state in place (as if commands had been applied).
+func (s *Store) Update(fn func(*replicated.State)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(s.state)
+}
+
+// Proposed returns the commands proposed so far, oldest first.
+func (s *Store) Proposed() []replicated.Command {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]replicated.Command(nil), s.proposed...)
+}
+
+// ProposedOf returns the proposed commands of type typ.
+func (s *Store) ProposedOf(typ replicated.CommandType) []replicated.Command {
+	var out []replicated.Command
+	for _, c := range s.Proposed() {
+		if c.Type == typ {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// T0 is the time the command builders stamp.
+var T0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Register is a RegisterNode of node id with 8 vCPUs and 16 GiB.
+func Register(id uint64) replicated.Command {
+	return replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdRegisterNode, At: T0,
+		RegisterNode: &replicated.RegisterNode{ID: id, RaftAddr: fmt.Sprintf("127.0.0.1:%d", 7000+id),
+			Capacity: replicated.Resources{VCPU: 8, MemMiB: 16384}, Labels: map[string]string{"zone": "a"}}}
+}
+
+// Assign is an assignment of vm to node running version ver of its runner.
+func Assign(vm string, node uint64, ver string) replicated.Assignment {
+	return replicated.Assignment{VM: vm, Declared: vm, Node: node, Drv: "/nix/store/" + vm + "-" + ver + ".drv",
+		OutPath: "/nix/store/" + vm + "-" + ver, VCPU: 1, MemMiB: 256}
+}
+
+// Plan is a CommitPlan on parent of commit with the assignments and a
+// matching spec.
+func Plan(parent uint64, commit string, as ...replicated.Assignment) replicated.Command {
+	sp := &spec.Cluster{Name: "t", VMs: map[string]spec.VM{}}
+	for _, a := range as {
+		sp.VMs[a.Declared] = spec.VM{Runner: spec.Runner{Drv: a.Drv, Out: a.OutPath}, VCPU: a.VCPU, MemMiB: a.MemMiB, Replicas: 1}
+	}
+	return replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdCommitPlan, At: T0,
+		CommitPlan: &replicated.CommitPlan{Parent: parent, Commit: commit, Ref: "refs/heads/main",
+			EvalHash: "h-" + commit, Spec: sp, Assignments: as}}
+}
+
+// JSON is v as indented JSON, for failure messages.
+func JSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

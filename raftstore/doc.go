@@ -1,0 +1,23 @@
+// Package raftstore runs Blixard's replicated state on Dragonboat v4: one
+// NodeHost with one shard whose state machine is [replicated.State].
+//
+// Its one job is the Raft shell around the pure state: starting and joining
+// the shard, proposing commands with per-attempt timeouts and retries,
+// linearizable and local reads, membership changes, and snapshots through
+// the state's own encoding. It must not decide placement, evaluate Nix, touch
+// hosts, or change the state other than through [replicated.State.ApplyEntry]
+// (the state machine's Update stays deterministic: no clock, no I/O).
+//
+// Callers follow these steps:
+//
+//  1. [Start] a [Store] on every voter with the same Members map (or Join,
+//     and NonVoting to match, for a replica added later with
+//     [Store.AddReplica]); it returns once the shard has a leader.
+//  2. [Store.Propose] commands from any replica; followers forward them to the
+//     leader. A CommitPlan is a compare-and-set on the current revision:
+//     re-read with [Store.Read] and re-plan on ResultStaleParent.
+//     [Store.ProposeOK] keeps proposing until the outcome is known.
+//  3. Read with [Store.Read] (linearizable, for the CLI and the reconciler) or
+//     [Store.LocalRead] (the local replica, possibly stale, for agents).
+//  4. [Store.Close] when done.
+package raftstore

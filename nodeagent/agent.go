@@ -62,6 +62,10 @@ type Options struct {
 	// StopOnExit stops every VM when Start's ctx ends (for `blixard dev`).
 	// Without it the VMs keep running and the next agent adopts them.
 	StopOnExit bool
+	// ControlPlaneOnly runs no VMs: the agent only sends the node's
+	// heartbeat (with no statuses), so the leader sees a control-plane-only
+	// node alive. Backend, StateDir and Builder are not used.
+	ControlPlaneOnly bool
 	// StopTimeout bounds stopping every VM on exit (default 2m).
 	StopTimeout time.Duration
 	Now         func() time.Time
@@ -202,6 +206,10 @@ func (a *Agent) Statuses() []replicated.VMStatus {
 func (a *Agent) Start(ctx context.Context) error {
 	if a.o.State == nil || a.o.Proposer == nil || a.o.NodeID == 0 {
 		return errors.New("nodeagent: Options.State, Options.Proposer and Options.NodeID are required")
+	}
+	if a.o.ControlPlaneOnly {
+		a.report(ctx)
+		return nil
 	}
 	if err := os.MkdirAll(a.o.StateDir, 0o755); err != nil {
 		return fmt.Errorf("nodeagent: state directory %s: %w (set --state-dir to a writable directory)", a.o.StateDir, err)

@@ -25,8 +25,19 @@ type Store interface {
 
 // Source follows the tracked ref of the cluster repository.
 type Source interface {
-	// Fetch updates the local mirror and returns the commit the ref points to.
-	Fetch(ctx context.Context) (commit string, err error)
+	// Fetch updates the local mirror and returns the commit the ref points
+	// to. An error means nothing was learned: the cluster keeps its revision.
+	Fetch(ctx context.Context) (Fetched, error)
+}
+
+// Fetched is what one fetch of the tracked ref found.
+type Fetched struct {
+	Commit string
+	// Previous is the commit the source knew before ("" at first).
+	Previous string
+	// Rewritten: history was rewritten (a force-push): Previous is not an
+	// ancestor of Commit. The new commit is followed all the same.
+	Rewritten bool
 }
 
 // Evaluator evaluates the cluster flake at a commit.
@@ -176,7 +187,8 @@ func (r *Reconciler) Start(ctx context.Context) error {
 }
 
 func (r *Reconciler) fetch(ctx context.Context) {
-	commit, err := r.opts.Source.Fetch(ctx)
+	fetched, err := r.opts.Source.Fetch(ctx)
+	commit := fetched.Commit
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.status.LastFetch = r.opts.Now()

@@ -30,7 +30,7 @@ type loopSource struct {
 	err    error
 }
 
-func (s loopSource) Fetch(context.Context) (string, error) { return s.commit, s.err }
+func (s loopSource) Fetch(context.Context) (Fetched, error) { return Fetched{Commit: s.commit}, s.err }
 
 // countingEval returns spec (or err) and counts evaluations.
 type countingEval struct {

@@ -24,7 +24,7 @@ func (s *recordingStore) Propose(_ context.Context, cmd replicated.Command) (rep
 
 type fixedSource string
 
-func (f fixedSource) Fetch(context.Context) (string, error) { return string(f), nil }
+func (f fixedSource) Fetch(context.Context) (Fetched, error) { return Fetched{Commit: string(f)}, nil }
 
 type fixedEval struct{ c *spec.Cluster }
 

@@ -238,8 +238,9 @@ func dev(ctx context.Context, o *devOptions, out io.Writer, log *slog.Logger) er
 // the working tree, so any edit is a new revision.
 type worktreeSource struct{ dir string }
 
-func (s worktreeSource) Fetch(ctx context.Context) (string, error) {
-	return hashTree(s.dir)
+func (s worktreeSource) Fetch(ctx context.Context) (reconciler.Fetched, error) {
+	h, err := hashTree(s.dir)
+	return reconciler.Fetched{Commit: h}, err
 }
 
 // hashTree hashes names, modes and contents of every file under dir except

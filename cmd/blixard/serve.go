@@ -425,12 +425,12 @@ func heartbeatLoop(ctx context.Context, store *raftstore.Store, id uint64, every
 // mirrorSource adapts the git mirror to the reconciler.
 type mirrorSource struct{ m *gitsync.Mirror }
 
-func (s mirrorSource) Fetch(ctx context.Context) (string, error) {
+func (s mirrorSource) Fetch(ctx context.Context) (reconciler.Fetched, error) {
 	u, err := s.m.Fetch(ctx)
 	if err != nil {
-		return "", err
+		return reconciler.Fetched{}, err
 	}
-	return u.Commit, nil
+	return reconciler.Fetched{Commit: u.Commit, Previous: u.Previous, Rewritten: u.Rewritten}, nil
 }
 
 // flakeEvaluator evaluates the cluster flake from the mirror at a commit.

@@ -26,7 +26,7 @@ func BenchmarkNixEval(b *testing.B) {
 	}
 
 	raw := func(b *testing.B, args ...string) {
-		env := nixEnv(append(os.Environ(), cacheEnv))
+		env := append(os.Environ(), cacheEnv, "NIX_CONFIG="+os.Getenv("NIX_CONFIG")+"\n"+nixConfig)
 		base := []string{"--extra-experimental-features", "nix-command flakes", "eval", "--json", "--no-write-lock-file"}
 		for b.Loop() {
 			cmd := exec.Command(realNix, append(append(base, args...), ref+"#blixard")...)

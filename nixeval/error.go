@@ -2,8 +2,6 @@ package nixeval
 
 import (
 	"fmt"
-	"regexp"
-	"strings"
 
 	"github.com/blixard/blixard/spec"
 )
@@ -19,8 +17,8 @@ const (
 	// Error.Err is the *spec.Error listing every problem with its path.
 	InvalidSpec ErrorKind = "InvalidSpec"
 	// Timeout: nix did not finish within Options.Timeout (or the caller's
-	// deadline); nix and everything it started were killed. Transient: never
-	// cached.
+	// deadline) and was killed, with everything it started when the run had
+	// a cgroup; Message says what was killed. Transient: never cached.
 	Timeout ErrorKind = "Timeout"
 	// Canceled: the caller's context was canceled. Transient: never cached.
 	Canceled ErrorKind = "Canceled"
@@ -37,10 +35,11 @@ type Error struct {
 	Attr     string
 	// Message is what a user reads: nix's own error (with file:line and the
 	// code excerpt, minus warnings, colours and the --show-trace hint), or
-	// the schema problems one per line, or what was exceeded.
+	// the schema problems one per line, or what was exceeded and killed.
 	Message string
 	// Err is the underlying error, if any: a *spec.Error for InvalidSpec,
-	// context.Canceled or context.DeadlineExceeded, an *exec.ExitError, ….
+	// the *nixrun.Error of a failed nix run (which wraps the
+	// *exec.ExitError, context.Canceled or context.DeadlineExceeded), ….
 	Err error
 
 	retry bool // failed for a reason outside the flake (nix killed by a signal): do not cache
@@ -76,27 +75,4 @@ func (e *Error) transient() bool {
 		return true
 	}
 	return false
-}
-
-var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)`)
-
-// cleanMessage turns nix's stderr into the message a user needs: colour
-// codes, warnings (e.g. "warning: Git tree '…' is dirty") and the
-// --show-trace hint removed; errors, their file:line and code excerpts, and
-// any preceding git/trace output kept.
-func cleanMessage(stderr string) string {
-	stderr = ansiRE.ReplaceAllString(stderr, "")
-	stderr = strings.ReplaceAll(stderr, "\r\n", "\n")
-	var keep []string
-	for _, line := range strings.Split(stderr, "\n") {
-		line = strings.TrimRight(line, " \t\r")
-		switch {
-		case strings.HasPrefix(line, "warning: "):
-			continue
-		case strings.TrimSpace(line) == "(use '--show-trace' to show detailed location information)":
-			continue
-		}
-		keep = append(keep, line)
-	}
-	return strings.Trim(strings.Join(keep, "\n"), "\n")
 }

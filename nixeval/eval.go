@@ -35,8 +35,8 @@ const (
 type Options struct {
 	// Nix is the nix binary: a path, or a name looked up in PATH.
 	Nix string
-	// Timeout bounds one nix run; on expiry nix's whole process group is
-	// killed.
+	// Timeout bounds one nix run; on expiry nix and what it started are
+	// killed (see package nixrun).
 	Timeout time.Duration
 	// MaxOutput caps the JSON nix prints (bytes); more is an OutputTooLarge
 	// error.

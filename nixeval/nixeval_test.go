@@ -485,68 +485,6 @@ func TestFlakeRefs(t *testing.T) {
 	}
 }
 
-func TestNixEnvKeepsUserConfig(t *testing.T) {
-	tests := []struct {
-		name    string
-		environ []string
-		want    string
-	}{
-		{"no NIX_CONFIG", []string{"A=1"}, "sandbox = false\nsubstituters ="},
-		{"user NIX_CONFIG comes first", []string{"NIX_CONFIG=cores = 2\n", "A=1"}, "cores = 2\nsandbox = false\nsubstituters ="},
-		{"several NIX_CONFIG entries are joined in order", []string{"NIX_CONFIG=a = 1", "NIX_CONFIG=b = 2"}, "a = 1\nb = 2\nsandbox = false\nsubstituters ="},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			env := nixEnv(tt.environ)
-			var cfgs []string
-			for _, kv := range env {
-				if v, ok := strings.CutPrefix(kv, "NIX_CONFIG="); ok {
-					cfgs = append(cfgs, v)
-				}
-			}
-			if len(cfgs) != 1 || cfgs[0] != tt.want {
-				t.Fatalf("NIX_CONFIG entries %q, want exactly %q", cfgs, tt.want)
-			}
-		})
-	}
-}
-
-func TestCleanMessage(t *testing.T) {
-	in := "warning: Git tree '/src/repo' is dirty\n" +
-		"\x1b[35;1mwarning:\x1b[0m unknown setting 'foo'\n" +
-		"\x1b[31;1merror:\x1b[0m syntax error, unexpected '}', expecting ';'\n" +
-		"\n" +
-		"       at \x1b[35;1m/nix/store/abc-source/flake.nix\x1b[0m:3:34:\n" +
-		"\n" +
-		"            3|     blixard = { cluster = \"test\" };\n" +
-		"(use '--show-trace' to show detailed location information)\n"
-	want := "error: syntax error, unexpected '}', expecting ';'\n" +
-		"\n" +
-		"       at /nix/store/abc-source/flake.nix:3:34:\n" +
-		"\n" +
-		"            3|     blixard = { cluster = \"test\" };"
-	if got := cleanMessage(in); got != want {
-		t.Fatalf("cleanMessage:\n%s\nwant:\n%s", got, want)
-	}
-	// git's own complaint, printed before nix's error, is kept.
-	git := "fatal: couldn't find remote ref refs/heads/master\nerror: program 'git' failed with exit code 128\n"
-	if got := cleanMessage(git); got != strings.TrimSpace(git) {
-		t.Fatalf("cleanMessage dropped git's message: %q", got)
-	}
-}
-
-func TestTailBufferKeepsTheEnd(t *testing.T) {
-	b := &tailBuffer{max: 20}
-	for i := range 100 {
-		b.Write([]byte(strings.Repeat("x", i%7) + "\n"))
-	}
-	b.Write([]byte("error: end\n"))
-	got := b.String()
-	if !strings.HasPrefix(got, "(earlier output dropped)\n") || !strings.HasSuffix(got, "error: end\n") || len(got) > 20+len("(earlier output dropped)\n") {
-		t.Fatalf("tailBuffer = %q", got)
-	}
-}
-
 // A caller waiting on another caller's evaluation of the same key does not
 // inherit that caller's cancellation: it evaluates itself.
 func TestNixEvalWaiterOutlivesCanceledRunner(t *testing.T) {

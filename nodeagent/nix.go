@@ -1,16 +1,15 @@
 package nodeagent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/blixard/blixard/nixrun"
 )
 
 // Builder realises a runner that is neither in the store nor buildable
@@ -47,7 +46,7 @@ func (fb FlakeBuilder) Build(ctx context.Context, commit, declared string) (stri
 		attr = "blixard"
 	}
 	installable := fmt.Sprintf("%s#%s.vms.%s.runner", url, attr, declared)
-	stdout, err := runNix(ctx, nixBin(fb.Nix), "build", "--json", "--no-link", installable)
+	stdout, err := runNixOf(ctx, fb.Nix, "nix", "build", "--json", "--no-link", installable)
 	if err != nil {
 		return "", fmt.Errorf("nix build %s: %w", installable, err)
 	}
@@ -60,50 +59,54 @@ func (fb FlakeBuilder) Build(ctx context.Context, commit, declared string) (stri
 	return res[0].Outputs["out"], nil
 }
 
-func nixBin(nix string) string {
-	if nix == "" {
-		return "nix"
-	}
-	return nix
-}
-
-// nixStoreBin is nix-store next to nix (or on PATH when nix is a bare name).
-func nixStoreBin(nix string) string {
-	if strings.ContainsRune(nix, '/') {
-		return filepath.Join(filepath.Dir(nix), "nix-store")
-	}
-	return "nix-store"
-}
-
 // nixConfig is appended to the caller's NIX_CONFIG: flakes on. Sandbox and
 // substituters stay the host's choice (nix.conf): realising from a binary
 // cache is the agent's second step, so it must not be switched off here.
 const nixConfig = "extra-experimental-features = nix-command flakes"
 
-// runNix runs a nix program and returns its stdout; a failure carries the
-// tail of its stderr (the build log's last lines).
-func runNix(ctx context.Context, bin string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, bin, args...)
-	env := os.Environ()
-	cfg := nixConfig
-	if v := os.Getenv("NIX_CONFIG"); v != "" {
-		cfg = v + "\n" + nixConfig
-	}
-	cmd.Env = append(env, "NIX_CONFIG="+cfg)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		msg := tailLines(stderr.String(), 15)
-		if msg == "" {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: %s", err, msg)
-	}
-	return stdout.Bytes(), nil
+// runNix runs program (nix, nix-store, nix-instantiate) from PATH.
+func runNix(ctx context.Context, program string, args ...string) ([]byte, error) {
+	return runNixOf(ctx, "", program, args...)
 }
+
+// runNixOf runs program of the nix installation of nix (a path or "" for
+// PATH; see nixrun.Runner.Nix) and returns its stdout. A failure reads as
+// the agent's always have: the exit status, then the last lines of stderr
+// (the build log's end); it unwraps to the *nixrun.Error. A canceled run
+// returns ctx.Err().
+func runNixOf(ctx context.Context, nix, program string, args ...string) ([]byte, error) {
+	out, err := nixrun.Runner{Nix: nix}.Run(ctx, nixrun.Command{Program: program, Args: args, ExtraConfig: nixConfig})
+	if err == nil {
+		return out, nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var re *nixrun.Error
+	if !errors.As(err, &re) {
+		return nil, err
+	}
+	return nil, &nixError{run: re}
+}
+
+// nixError words a failed nix run for the agent's messages, which name the
+// command themselves.
+type nixError struct{ run *nixrun.Error }
+
+func (e *nixError) Error() string {
+	switch e.run.Kind {
+	case nixrun.Failed, nixrun.Killed:
+		if msg := tailLines(e.run.Message, 15); msg != "" {
+			return fmt.Sprintf("%v: %s", e.run.Err, msg)
+		}
+		return e.run.Err.Error()
+	case nixrun.NotFound:
+		return e.run.Err.Error()
+	}
+	return e.run.Message
+}
+
+func (e *nixError) Unwrap() error { return e.run }
 
 func tailLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
@@ -170,7 +173,7 @@ func (f *flight) do(ctx context.Context, key string, fn func() (string, error)) 
 // /nix/var/nix/gcroots/auto). It fails when out is not valid and cannot be
 // substituted.
 func (r realiser) addRoot(ctx context.Context, root, out string) error {
-	_, err := runNix(ctx, nixStoreBin(r.nix), "--add-root", root, "--indirect", "--realise", out)
+	_, err := runNixOf(ctx, r.nix, "nix-store", "--add-root", root, "--indirect", "--realise", out)
 	return err
 }
 
@@ -189,7 +192,7 @@ func (r realiser) realise(ctx context.Context, root, drv, out, commit, declared 
 		building("from " + drv)
 		var err error
 		got, err = r.builds.do(ctx, "drv "+drv, func() (string, error) {
-			stdout, err := runNix(ctx, nixStoreBin(r.nix), "--realise", drv)
+			stdout, err := runNixOf(ctx, r.nix, "nix-store", "--realise", drv)
 			if err != nil {
 				return "", fmt.Errorf("build %s: %w", drv, err)
 			}

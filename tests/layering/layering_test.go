@@ -18,8 +18,10 @@ const module = "github.com/blixard/blixard/"
 var mustNot = map[string][]string{
 	// Plain data and pure helpers: no programs, no git, no Raft.
 	"spec": {"os/exec", "github.com/go-git/", "github.com/lni/", module},
+	// Runs nix programs for nixeval and nodeagent: nothing of this module.
+	"nixrun": {module, "github.com/lni/", "github.com/go-git/"},
 	// Runs nix; must not know about Raft, plans, git or hosts.
-	"nixeval": {"github.com/lni/", "github.com/go-git/", module + "replicated", module + "reconciler",
+	"nixeval": {"os/exec", "github.com/lni/", "github.com/go-git/", module + "replicated", module + "reconciler",
 		module + "gitsync", module + "nodeagent", module + "volumes", module + "cmd"},
 	// The git mirror: must not evaluate Nix or know the cluster.
 	"gitsync": {"os/exec", module},

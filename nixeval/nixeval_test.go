@@ -523,3 +523,65 @@ func TestNixEvalWaiterOutlivesCanceledRunner(t *testing.T) {
 		t.Fatalf("nix ran %d times, want 2", n)
 	}
 }
+
+// TestNixCommitNotFetchedYetIsTemporaryAndNotCached: asking about a commit
+// the mirror does not have yet (`blixard plan --commit` before the push)
+// must not become a verdict: the error is temporary, nothing is cached, and
+// once the commit arrives the same Eval succeeds.
+func TestNixCommitNotFetchedYetIsTemporaryAndNotCached(t *testing.T) {
+	requireNix(t)
+	t.Parallel()
+	dir, _ := fixtureRepo(t, "valid")
+	bare := filepath.Join(t.TempDir(), "mirror.git")
+	runGit(t, dir, "clone", "--quiet", "--bare", dir, bare)
+	replaceInFile(t, dir, "flake.nix", `cluster = "test";`, `cluster = "pushed-later";`)
+	later := commitAll(t, dir, "not in the mirror yet")
+
+	ev := newEvaluator(t, Options{})
+	ref := GitFlakeRef(bare, "refs/heads/main", later)
+	_, err := ev.Eval(context.Background(), ref, "blixard", later)
+	e := evalErr(t, err, EvalFailed)
+	if !e.Temporary() || !strings.Contains(e.Message, "Cannot find Git revision") {
+		t.Fatalf("a commit not fetched yet: Temporary() = %v, message %q; want a temporary fetch failure", e.Temporary(), e.Message)
+	}
+
+	runGit(t, bare, "fetch", "--quiet", dir, "main:main")
+	res, err := ev.Eval(context.Background(), ref, "blixard", later)
+	if err != nil {
+		t.Fatalf("after the commit arrived: %v (a cached failure?)", err)
+	}
+	if res.Spec.Name != "pushed-later" {
+		t.Fatalf("cluster %q, want pushed-later", res.Spec.Name)
+	}
+}
+
+// TestNixUnreachableInputIsTemporary: a flake input that cannot be fetched
+// (network down) is not a verdict on the commit.
+func TestNixUnreachableInputIsTemporary(t *testing.T) {
+	requireNix(t)
+	t.Parallel()
+	dir, _ := fixtureRepo(t, "valid")
+	// A closed loopback port stands for a network that is down.
+	replaceInFile(t, dir, "flake.nix", "outputs = ", `inputs.dep.url = "git+http://127.0.0.1:1/dep.git"; outputs = `)
+	commit := commitAll(t, dir, "unreachable input")
+	ev := newEvaluator(t, Options{})
+	_, err := ev.Eval(context.Background(), GitFlakeRef(dir, "", commit), "blixard", commit)
+	e := evalErr(t, err, EvalFailed)
+	if !e.Temporary() {
+		t.Fatalf("an unreachable input: Temporary() = false, message %q", e.Message)
+	}
+}
+
+func TestFetchFailureWords(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"error: Cannot find Git revision 'abc' in ref 'main' of repository '/m'!":            true,
+		"fatal: unable to access 'http://h/x.git/': Failed to connect to h port 1":           true,
+		"error: unable to download 'https://h/y.tar.gz': Couldn't resolve host name (6)":     true,
+		"error: syntax error, unexpected '}'\n       at /nix/store/…-source/flake.nix:3:5:": false,
+		"error: attribute 'vms' missing":                                                   false,
+	} {
+		if got := fetchFailure(msg); got != want {
+			t.Errorf("fetchFailure(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/blixard/blixard/nixrun"
 )
@@ -70,7 +71,36 @@ func (e *Evaluator) run(ctx context.Context, flakeRef, attr string) ([]byte, *Er
 	}
 	ee := fail(EvalFailed, re, "%s", msg)
 	// Killed by a signal from outside (e.g. out of memory) or an I/O error
-	// of ours: may work next time.
-	ee.retry = re.Temporary()
+	// of ours, or a source nix could not fetch: may work next time.
+	ee.retry = re.Temporary() || fetchFailure(msg)
 	return nil, ee
+}
+
+// fetchFailures are nix's (and git's, curl's) words for "could not get the
+// source", which say nothing about the flake itself: a commit the mirror
+// does not have yet, an input behind a network that is down.
+var fetchFailures = []string{
+	"Cannot find Git revision",
+	"unable to download",
+	"unable to access",
+	"Couldn't resolve host",
+	"Could not resolve host",
+	"Failed to connect",
+	"Couldn't connect to server",
+	"Connection refused",
+	"Connection timed out",
+	"Operation timed out",
+	"Network is unreachable",
+}
+
+// fetchFailure reports whether nix's message says a source could not be
+// fetched, so the failure is temporary (retried, never cached) rather than
+// a verdict on the commit.
+func fetchFailure(msg string) bool {
+	for _, f := range fetchFailures {
+		if strings.Contains(msg, f) {
+			return true
+		}
+	}
+	return false
 }

@@ -574,11 +574,11 @@ func TestNixUnreachableInputIsTemporary(t *testing.T) {
 
 func TestFetchFailureWords(t *testing.T) {
 	for msg, want := range map[string]bool{
-		"error: Cannot find Git revision 'abc' in ref 'main' of repository '/m'!":            true,
-		"fatal: unable to access 'http://h/x.git/': Failed to connect to h port 1":           true,
-		"error: unable to download 'https://h/y.tar.gz': Couldn't resolve host name (6)":     true,
+		"error: Cannot find Git revision 'abc' in ref 'main' of repository '/m'!":           true,
+		"fatal: unable to access 'http://h/x.git/': Failed to connect to h port 1":          true,
+		"error: unable to download 'https://h/y.tar.gz': Couldn't resolve host name (6)":    true,
 		"error: syntax error, unexpected '}'\n       at /nix/store/…-source/flake.nix:3:5:": false,
-		"error: attribute 'vms' missing":                                                   false,
+		"error: attribute 'vms' missing":                                                    false,
 	} {
 		if got := fetchFailure(msg); got != want {
 			t.Errorf("fetchFailure(%q) = %v, want %v", msg, got, want)

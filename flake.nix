@@ -15,11 +15,11 @@
       version = "0.1.0-${self.shortRev or "dirty"}";
 
       # go.mod asks for Go 1.26; use nixpkgs' Go 1.26 builder when the default
-      # Go is older.
-      package = pkgs: pkgs.callPackage ./nix/package.nix {
+      # Go is older. args: package.nix's own (withCeph).
+      package = pkgs: args: pkgs.callPackage ./nix/package.nix ({
         inherit version;
         buildGoModule = pkgs.buildGo126Module or pkgs.buildGoModule;
-      };
+      } // args);
     in
     {
       # Builtins only and no inputs: usable offline, and by flakes that do not
@@ -27,7 +27,10 @@
       lib = import ./nix/lib.nix;
 
       packages = forAllSystems (pkgs: rec {
-        blixard = package pkgs;
+        # Pure Go, no Ceph support.
+        blixard = package pkgs { };
+        # With Ceph RBD volumes (cgo, librados and librbd from nixpkgs' ceph).
+        blixard-ceph = package pkgs { withCeph = true; };
         default = blixard;
       });
 
@@ -38,12 +41,17 @@
         };
       });
 
-      overlays.default = final: prev: { blixard = package final; };
+      overlays.default = final: prev: {
+        blixard = package final { };
+        blixard-ceph = package final { withCeph = true; };
+      };
 
-      # services.blixard, with the package defaulting to this flake's.
-      nixosModules.default = { lib, pkgs, ... }: {
+      # services.blixard, with the package defaulting to this flake's: the
+      # Ceph build when services.blixard.ceph.enable is set.
+      nixosModules.default = { config, lib, pkgs, ... }: {
         imports = [ ./nixos-modules/blixard.nix ];
-        services.blixard.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.blixard;
+        services.blixard.package = lib.mkDefault
+          self.packages.${pkgs.stdenv.hostPlatform.system}.${if config.services.blixard.ceph.enable then "blixard-ceph" else "blixard"};
       };
       nixosModules.blixard = self.nixosModules.default;
     };

@@ -21,17 +21,18 @@
 // Use:
 //
 //  1. Build a [Mirror] with [New]; it validates its options and starts nothing.
-//  2. Either call [Mirror.Fetch] yourself, or call [Mirror.Run] on a goroutine
-//     you own: it fetches at start, on every interval tick and whenever the
-//     trigger channel fires (triggers coalesce), calls onUpdate after every
-//     successful fetch (level-triggered: check [Update.Changed] to skip), and
-//     returns when its context ends.
-//  3. Optionally mount [WebhookHandler] on an HTTP server with the same
-//     trigger channel (give it a buffer of 1).
+//  2. Call [Mirror.Fetch] whenever the tracked ref should be re-read. The
+//     package runs no loop of its own: the caller owns the schedule (in
+//     Blixard, the leader's reconciler polls and fetches on triggers, and
+//     records fetch failures in the replicated state).
+//  3. Optionally mount [WebhookHandler] on an HTTP server, with the caller's
+//     trigger channel (a buffer of 1; the reconciler's Triggers): a push then
+//     asks the caller for a fetch at once instead of at the next poll.
 //
 // Errors: a branch missing at the remote wraps [ErrRefNotFound]; an
 // unreachable remote or a bad URL wraps the transport error and names the
-// URL. In both cases the mirror keeps its last known commit ([Mirror.Last]).
+// URL. In both cases the mirror keeps its last known commit ([Mirror.Last]),
+// and the next Fetch simply tries again.
 //
 // Transports are go-git's: file:// and plain local paths (these run the git
 // CLI's git-upload-pack, so git must be installed), https:// and ssh://

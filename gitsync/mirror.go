@@ -42,9 +42,6 @@ type Options struct {
 	Logger *slog.Logger
 	// Auth is the optional credential for https:// or ssh:// remotes.
 	Auth transport.AuthMethod
-	// OnError, when set, is called by [Mirror.Run] with every fetch error,
-	// so the caller can surface it in status. It runs on Run's goroutine.
-	OnError func(error)
 }
 
 // Update is the result of one successful fetch.
@@ -70,7 +67,6 @@ type Mirror struct {
 	branch  plumbing.ReferenceName
 	auth    transport.AuthMethod
 	logger  *slog.Logger // non-nil
-	onError func(error)  // may be nil
 
 	fetchMu sync.Mutex // serializes Fetch; held for the whole fetch
 
@@ -114,7 +110,6 @@ func New(o Options) (*Mirror, error) {
 		branch:  branch,
 		auth:    o.Auth,
 		logger:  logger.With("repo", safe, "ref", ref),
-		onError: o.OnError,
 	}, nil
 }
 

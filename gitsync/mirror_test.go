@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // gitEnv makes the git CLI independent of the user's and the system's config.
@@ -419,99 +418,59 @@ func TestGitConcurrentFetch(t *testing.T) {
 	}
 }
 
-func TestGitRunFetchesOnTriggerAndStops(t *testing.T) {
+// The caller owns the schedule (no Run loop): a failed fetch leaves the
+// mirror usable, and the next Fetch succeeds once the remote is back.
+func TestGitFetchRecoversWhenTheRemoteComesBack(t *testing.T) {
 	up := newUpstream(t, "main")
 	c1 := up.commit("one")
 	up.push("main")
 	m := newMirror(t, Options{URL: up.fileURL(), Dir: t.TempDir()})
+	fetch(t, m)
 
-	updates := make(chan Update, 64)
-	trigger := make(chan struct{}, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		// A long interval: only the start and the trigger fetch.
-		done <- m.Run(ctx, time.Hour, trigger, func(_ context.Context, u Update) { updates <- u })
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-
-	waitUpdate(t, updates, c1)
-
+	moved := up.remote + ".away"
+	if err := os.Rename(up.remote, moved); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		_, err := m.Fetch(context.Background())
+		if err == nil || !strings.Contains(err.Error(), up.fileURL()) {
+			t.Fatalf("fetch %d with the remote gone: err = %v, want an error naming %s", i, err, up.fileURL())
+		}
+		if m.Last() != c1 {
+			t.Fatalf("Last() = %q after a failed fetch, want %q", m.Last(), c1)
+		}
+	}
+	if err := os.Rename(moved, up.remote); err != nil {
+		t.Fatal(err)
+	}
 	c2 := up.commit("two")
 	up.push("main")
-	trigger <- struct{}{}
-	if u := waitUpdate(t, updates, c2); !u.Changed || u.Previous != c1 {
-		t.Fatalf("triggered update = %+v, want Changed from %s", u, c1)
-	}
-
-	// A burst of triggers is coalesced and never blocks the sender for long.
-	for range 20 {
-		select {
-		case trigger <- struct{}{}:
-		case <-time.After(30 * time.Second):
-			t.Fatal("trigger send blocked: Run is not draining triggers")
-		}
-	}
-
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run returned %v after cancel, want nil", err)
-		}
-		done <- nil // for the cleanup
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after its context was cancelled")
+	if got, want := fetch(t, m), (Update{Commit: c2, Previous: c1, Changed: true}); got != want {
+		t.Fatalf("fetch after the remote came back = %+v, want %+v", got, want)
 	}
 }
 
-func TestGitRunReportsErrorsAndKeepsGoing(t *testing.T) {
-	requireGit(t)
-	bad := filepath.Join(t.TempDir(), "missing.git")
-	errs := make(chan error, 64)
-	m := newMirror(t, Options{URL: bad, Dir: t.TempDir(), OnError: func(err error) { errs <- err }})
+// A cancelled context (the leader stepping down, shutdown) ends a fetch
+// with an error and moves nothing.
+func TestGitFetchWithCancelledContextKeepsLastCommit(t *testing.T) {
+	up := newUpstream(t, "main")
+	c1 := up.commit("one")
+	up.push("main")
+	m := newMirror(t, Options{URL: up.fileURL(), Dir: t.TempDir()})
+	fetch(t, m)
+	up.commit("two")
+	up.push("main")
 
-	trigger := make(chan struct{}) // unbuffered works too
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- m.Run(ctx, 0, trigger, func(context.Context, Update) { t.Error("onUpdate called for a failed fetch") })
-	}()
-
-	for i := range 2 {
-		select {
-		case err := <-errs:
-			if !strings.Contains(err.Error(), bad) {
-				t.Fatalf("OnError got %v, want an error naming %s", err, bad)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("OnError not called for fetch %d", i)
-		}
-		trigger <- struct{}{}
-	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run returned %v, want nil", err)
+	if _, err := m.Fetch(ctx); err == nil {
+		t.Fatal("Fetch with a cancelled context succeeded")
 	}
-}
-
-// waitUpdate reads updates until one reports commit, failing after a
-// generous deadline (a hang guard, not a timing assertion).
-func waitUpdate(t *testing.T, updates <-chan Update, commit string) Update {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case u := <-updates:
-			if u.Commit == commit {
-				return u
-			}
-		case <-deadline:
-			t.Fatalf("no update with commit %s before the deadline", commit)
-		}
+	if m.Last() != c1 {
+		t.Fatalf("Last() = %q after a cancelled fetch, want %q", m.Last(), c1)
+	}
+	if ref := runGit(t, m.Dir(), "rev-parse", "refs/heads/main"); ref != c1 {
+		t.Fatalf("mirror branch = %s after a cancelled fetch, want %s", ref, c1)
 	}
 }
 

@@ -24,8 +24,9 @@ const maxWebhookBody = 25 << 20
 // non-blocking send on trigger (dropped when one is already pending).
 //
 // The payload is never trusted for content: it only triggers a re-fetch, and
-// the commit comes from the remote. Give trigger a buffer of 1 and pass it to
-// [Mirror.Run].
+// the commit comes from the remote when the owner of trigger calls
+// [Mirror.Fetch]. Give trigger a buffer of 1 (Blixard passes the leader
+// reconciler's Triggers channel).
 func WebhookHandler(secret string, trigger chan<- struct{}, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.Default()

@@ -51,9 +51,13 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.blixard or (throw "services.blixard.package: pkgs has no `blixard`; import blixard.nixosModules.default (it sets the package) or add blixard.overlays.default to nixpkgs.overlays");
-      defaultText = literalExpression "blixard.packages.\${system}.blixard";
-      description = "The Blixard package to run.";
+      # With ceph.enable, the build with Ceph support (cgo, librados, librbd);
+      # the default build refuses Ceph settings.
+      default =
+        let name = if cfg.ceph.enable then "blixard-ceph" else "blixard"; in
+        pkgs.${name} or (throw "services.blixard.package: pkgs has no `${name}`${lib.optionalString cfg.ceph.enable " (Blixard built with Ceph support, for ceph.enable)"}; import blixard.nixosModules.default (it sets the package) or add blixard.overlays.default to nixpkgs.overlays");
+      defaultText = literalExpression "if config.services.blixard.ceph.enable then blixard.packages.\${system}.blixard-ceph else blixard.packages.\${system}.blixard";
+      description = "The Blixard package to run. The default follows ceph.enable: Blixard built with Ceph support when it is set.";
     };
 
     nodeId = mkOption {

@@ -1,5 +1,7 @@
 // Package reconciler turns the tracked commit of the cluster repository into
-// a committed plan. It runs only on the Raft leader.
+// a committed plan. Its one job: make the replicated revision and
+// assignments match the newest good commit of the tracked ref and the
+// registered nodes. It acts only on the Raft leader.
 //
 // It has two halves:
 //
@@ -7,11 +9,50 @@
 //     nodes and the committed assignments and returns a [Plan]: the new
 //     assignments plus what was added, removed, changed, moved and what could
 //     not be placed, each with a reason. It reads no clock and does no I/O.
-//   - a thin shell, [Reconciler], which on every pass (level-triggered: a new
-//     commit, a new node, a changed capacity, or just the next tick) fetches
-//     the ref, evaluates a new commit, computes the plan and proposes it as a
-//     compare-and-set CommitPlan. A failed evaluation commits nothing; it is
-//     recorded as the cluster's last error and the running revision stays.
+//     [PlanCommit] and [PlanSpec] (evaluate → [CheckVolumes] → Compute) are
+//     the one evaluation path, shared with `blixard plan`.
+//   - a thin shell, [Reconciler]. [Reconciler.Start] is the one loop owner:
+//     it runs passes, turns each pass's [Result] and error into a wait
+//     (see Result for the contract), and owns the one goroutine that
+//     evaluates a newly fetched commit.
 //
-// The reconciler must not touch hosts: agents act on the plan.
+// One pass (level-triggered: it re-reads everything and never asks what
+// event woke it; time is Options.Now, read once):
+//
+//  1. Fetch the tracked ref when the poll interval passed, a trigger asked
+//     for it (webhook, `POST /v1/sync`, a node state change) or this
+//     replica just became leader.
+//  2. Read the replicated state linearizably.
+//  3. Liveness: fence and mark down every node whose heartbeat stood still
+//     for NodeTimeout (a new leader first gives every node a full timeout);
+//     when any was marked, read the state again.
+//  4. FetchFailed: after a failed fetch, propose SetCondition{FetchFailed}
+//     with the last known commit unless that message is already recorded;
+//     after a good one, ClearCondition{FetchFailed} when it is set.
+//  5. Evaluation: a fetched commit that is not the running revision is
+//     evaluated on the loop's goroutine, at most one at a time; a newer
+//     fetched commit or the loss of leadership cancels it, and a cancelled
+//     evaluation is no verdict. Meanwhile passes go on with the committed
+//     desired spec. Whether a failed commit is evaluated again is decided
+//     from the replicated EvalFailed condition and the clock alone: never
+//     after a permanent failure, Poll after a temporary one (at once for a
+//     new leader), so every leader decides the same way.
+//  6. Plan: a finished evaluation is planned against the state just read
+//     (PlanSpec) and committed as a compare-and-set CommitPlan (recording a
+//     force-push as Rewrote), or its failure is proposed as
+//     SetCondition{EvalFailed}, retryable when the error's Temporary()
+//     says so. Otherwise the running revision is re-planned and committed
+//     only when the plan changes assignments (new node, capacity, drain).
+//     A stale parent means another plan won; the next pass re-reads.
+//  7. Return: a transient error (unknown outcome, failed read or fencing)
+//     is retried with backoff; a refusal is terminal and not proposed again
+//     unchanged; RequeueAfter names the next poll or retry.
+//
+// The reconciler must not touch hosts (agents act on the plan), run
+// programs, or know git, nix or Raft beyond the Store, Source, Evaluator and
+// Fencer interfaces it declares. A pass must not sleep, wait for an
+// evaluation or trigger itself. It evaluates only commits its Source
+// fetched and records EvalFailed only from its own evaluations: a commit a
+// user merely asked about (`blixard plan --commit`) is never recorded, so a
+// preview cannot mark a commit as bad before it is pushed.
 package reconciler

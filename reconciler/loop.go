@@ -2,8 +2,6 @@ package reconciler
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -26,7 +24,8 @@ type Store interface {
 // Source follows the tracked ref of the cluster repository.
 type Source interface {
 	// Fetch updates the local mirror and returns the commit the ref points
-	// to. An error means nothing was learned: the cluster keeps its revision.
+	// to. An error means nothing was learned: the cluster keeps its revision
+	// and the leader records the error as the FetchFailed condition.
 	Fetch(ctx context.Context) (Fetched, error)
 }
 
@@ -36,7 +35,8 @@ type Fetched struct {
 	// Previous is the commit the source knew before ("" at first).
 	Previous string
 	// Rewritten: history was rewritten (a force-push): Previous is not an
-	// ancestor of Commit. The new commit is followed all the same.
+	// ancestor of Commit. The new commit is followed all the same, and the
+	// next revision of a new commit records Previous as Rewrote.
 	Rewritten bool
 }
 
@@ -44,6 +44,9 @@ type Fetched struct {
 type Evaluator interface {
 	// Evaluate returns the desired spec at commit. An error is an evaluation
 	// failure to record (nix's message, an invalid spec) unless ctx ended.
+	// An error that implements Temporary() bool and returns true (a timeout,
+	// nix missing or killed, an input that could not be fetched) is recorded
+	// as retryable; any other is final for that commit.
 	Evaluate(ctx context.Context, commit string) (Evaluation, error)
 }
 
@@ -60,55 +63,103 @@ type Evaluation struct {
 	Hash string // sha256 of the evaluated JSON
 }
 
+// temporary is implemented by evaluation errors that may go away on retry
+// (nixeval.Error: timeouts, nix missing or killed). It is the only
+// classification the reconciler knows, through errors.As.
+type temporary interface {
+	Temporary() bool
+}
+
 // Options configure a Reconciler.
 type Options struct {
 	Store     Store
 	Source    Source
 	Evaluator Evaluator
 	Ref       string // recorded in revisions
-	// Poll is how often the ref is fetched; Resync how often the plan is
-	// recomputed from the replicated state alone (new nodes, capacity).
-	Poll   time.Duration
+	// Poll is how often the ref is fetched, and how long a temporarily
+	// failed evaluation waits before it is tried again (default 5 s).
+	Poll time.Duration
+	// Resync is how often a pass runs without any other input, to act on
+	// changes of the replicated state (new nodes, capacity, drains, silent
+	// nodes); it is also the first backoff step after a transient error
+	// (default 1 s).
 	Resync time.Duration
 	// NodeTimeout is how long a node's heartbeat may stand still before the
 	// leader fences it (when Fencer is set) and marks it down, so its VMs
 	// are placed elsewhere; 0 turns failure detection off.
 	NodeTimeout time.Duration
 	Fencer      Fencer // optional
-	Now         func() time.Time
-	Logger      *slog.Logger
+	// Now is the clock every decision reads, once per pass (default
+	// time.Now). Waiting uses real timers; tests drive passes themselves.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
-// Reconciler is the leader loop. Construct with New, run with Start.
+// Reconciler is the leader loop. Construct with New, run with Start; see
+// the package doc for what one pass does.
 type Reconciler struct {
 	opts    Options
 	trigger chan struct{}
 
 	mu     sync.Mutex
 	status Status // guarded by mu
-	// retryAt holds commits whose evaluation failed for a temporary reason
-	// (a timeout, say) and when to evaluate them again; a commit that failed
-	// for good is not evaluated again. Guarded by mu.
-	retryAt map[string]time.Time
-	// heartbeats is this leader's liveness record; reset when leadership is
-	// lost, so a new term starts with a full grace period. Guarded by mu.
+
+	// evals counts running evaluation goroutines; Start waits for them.
+	evals sync.WaitGroup
+
+	// loop belongs to the goroutine running Start (in tests, to the test
+	// standing in for it): nothing else reads or writes it, so it has no lock.
+	loop loopState
+}
+
+// loopState is what the loop carries from one pass to the next. None of it
+// decides whether a failed commit is evaluated again: that is read from the
+// replicated EvalFailed condition.
+type loopState struct {
+	leading bool
+	// termStart is when this replica's current term began (Options.Now).
+	termStart time.Time
+	// fetchDue: a trigger or a new term asks for a fetch before the next pass.
+	fetchDue  bool
+	lastFetch time.Time // when the last fetch was attempted
+	// commit is the commit of the last good fetch, kept across terms (it is
+	// what the Source knows).
+	commit string
+	// fetchErr is the error of this term's last fetch, nil after a good
+	// one; fetched says whether this term fetched at all.
+	fetchErr error
+	fetched  bool
+	// rewrite is a force-push seen by a fetch of this term and not yet
+	// recorded on a revision.
+	rewrite *Fetched
+	// heartbeats is this term's liveness record (see ObserveHeartbeats).
 	heartbeats Heartbeats
+	// eval is the running evaluation, or a cancelled one that has not
+	// returned yet; nil when none. At most one exists.
+	eval *evaluation
+	// outcome is this term's last finished evaluation.
+	outcome *outcome
+	// refused is the last plan the cluster refused for good, and why.
+	refused    *replicated.CommitPlan
+	refusedErr error
+	// backoff is the wait after the last transient error (0 after a good pass).
+	backoff time.Duration
+	// lastTerminal is the last terminal error logged, so it is logged once.
+	lastTerminal string
 }
 
-// temporary is implemented by evaluation errors that may go away on retry
-// (nixeval.Error: timeouts, nix missing or killed).
-type temporary interface {
-	Temporary() bool
-}
-
-// Status is the reconciler's own view, for the API (not replicated).
+// Status is the reconciler's own view, for the API. It is this node's
+// local view and is not replicated: the cluster-wide facts (FetchFailed,
+// EvalFailed) are conditions in the replicated state.
 type Status struct {
 	Leader      bool      `json:"leader"`
 	LastFetch   time.Time `json:"lastFetch,omitzero"`
 	FetchCommit string    `json:"fetchCommit,omitempty"`
 	FetchError  string    `json:"fetchError,omitempty"`
-	LastPass    time.Time `json:"lastPass,omitzero"`
-	PassError   string    `json:"passError,omitempty"`
+	// Evaluating is the commit whose evaluation is running, if any.
+	Evaluating string    `json:"evaluating,omitempty"`
+	LastPass   time.Time `json:"lastPass,omitzero"`
+	PassError  string    `json:"passError,omitempty"`
 }
 
 // New returns a reconciler; it starts nothing.
@@ -125,11 +176,11 @@ func New(o Options) *Reconciler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Reconciler{opts: o, trigger: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
+	return &Reconciler{opts: o, trigger: make(chan struct{}, 1)}
 }
 
-// Trigger asks for a fetch and a pass as soon as possible (webhook, CLI).
-// It never blocks; triggers coalesce.
+// Trigger asks for a fetch and a pass as soon as possible (webhook, CLI,
+// a node state change). It never blocks; triggers coalesce.
 func (r *Reconciler) Trigger() {
 	select {
 	case r.trigger <- struct{}{}:
@@ -148,226 +199,223 @@ func (r *Reconciler) Status() Status {
 	return r.status
 }
 
-// Start runs the loop until ctx ends. Passes happen only while this replica
-// leads; a follower's loop just waits.
+func (r *Reconciler) updateStatus(fn func(*Status)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn(&r.status)
+}
+
+// Start runs the loop until ctx ends, then cancels a running evaluation,
+// waits for it and returns nil. It is the one owner of the loop: it runs
+// the passes (only while this replica leads; a follower's loop just waits),
+// turns their results into waits (see [Result]) and owns the evaluation
+// goroutine. Start must not be called twice at the same time.
 func (r *Reconciler) Start(ctx context.Context) error {
-	resync := time.NewTicker(r.opts.Resync)
-	defer resync.Stop()
-	var lastFetch time.Time
-	fetchNow := true
+	defer r.stopEvaluation()
+	timer := time.NewTimer(r.opts.Resync)
+	defer timer.Stop()
 	for {
-		leader := r.opts.Store.IsLeader()
-		r.mu.Lock()
-		r.status.Leader = leader
-		if !leader {
-			r.heartbeats = nil
+		res, err := r.step(ctx)
+		if ctx.Err() != nil {
+			return nil
 		}
-		r.mu.Unlock()
-		if leader {
-			if fetchNow || r.opts.Now().Sub(lastFetch) >= r.opts.Poll {
-				lastFetch = r.opts.Now()
-				fetchNow = false
-				r.fetch(ctx)
-			}
-			if err := r.Pass(ctx); err != nil && ctx.Err() == nil {
-				r.opts.Logger.Warn("reconcile pass failed; retrying", "err", err)
-			}
-		} else {
-			// A new leader fetches at once.
-			fetchNow = true
-		}
+		timer.Reset(r.afterPass(res, err))
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-resync.C:
+		case <-timer.C:
 		case <-r.trigger:
-			fetchNow = true
+			r.loop.fetchDue = true
+		case o := <-r.evalDone():
+			r.finishEvaluation(ctx, o)
 		}
 	}
 }
 
-func (r *Reconciler) fetch(ctx context.Context) {
-	fetched, err := r.opts.Source.Fetch(ctx)
-	commit := fetched.Commit
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.status.LastFetch = r.opts.Now()
-	if err != nil {
-		r.status.FetchError = err.Error()
-		r.opts.Logger.Warn("fetching the cluster repository failed; keeping the current revision", "err", err)
-		return
+// afterPass logs a pass's error and returns how long to wait.
+func (r *Reconciler) afterPass(res Result, err error) time.Duration {
+	l := &r.loop
+	if err != nil && !res.IsZero() {
+		r.opts.Logger.Warn("a reconcile pass returned both a requeue and an error; the error wins", "requeueAfter", res.RequeueAfter, "err", err)
 	}
-	r.status.FetchError = ""
-	if commit != r.status.FetchCommit {
-		r.opts.Logger.Info("tracked ref resolved", "ref", r.opts.Ref, "commit", commit)
+	wait, backoff := waitAfter(res, err, l.backoff, r.opts.Resync)
+	l.backoff = backoff
+	switch {
+	case err == nil:
+		l.lastTerminal = ""
+	case IsTerminal(err):
+		if msg := err.Error(); msg != l.lastTerminal {
+			l.lastTerminal = msg
+			r.opts.Logger.Error("reconcile pass failed; not retried until its input changes", "err", err)
+		}
+	default:
+		r.opts.Logger.Warn("reconcile pass failed; retrying", "in", wait, "err", err)
 	}
-	r.status.FetchCommit = commit
+	return wait
 }
 
-// markStaleNodesDown fences and marks down every node whose heartbeat stood
-// still for longer than NodeTimeout. It reports whether it marked any.
-func (r *Reconciler) markStaleNodesDown(ctx context.Context, state *replicated.State) (bool, error) {
-	if r.opts.NodeTimeout <= 0 {
-		return false, nil
+// step is one turn of the loop, without waiting: it follows leadership,
+// fetches when due, runs a pass and starts the evaluation the pass asks
+// for. Only the loop's goroutine calls it.
+func (r *Reconciler) step(ctx context.Context) (Result, error) {
+	select {
+	case <-r.trigger:
+		r.loop.fetchDue = true
+	default:
 	}
 	now := r.opts.Now()
-	r.mu.Lock()
-	r.heartbeats = ObserveHeartbeats(r.heartbeats, state.Nodes, now)
-	hb := r.heartbeats
-	r.mu.Unlock()
-	marked := false
-	var errs []error
-	for _, id := range StaleNodes(hb, state.Nodes, now, r.opts.NodeTimeout) {
-		node := state.Nodes[id]
-		silent := now.Sub(hb[id].At).Round(time.Second)
-		var fenced []string
-		if r.opts.Fencer != nil {
-			f, err := r.opts.Fencer.Fence(ctx, node)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("node %d has sent no heartbeat for %s but fencing it failed, so its VMs stay assigned to it: %w", id, silent, err))
-				continue
-			}
-			fenced = f
+	if !r.opts.Store.IsLeader() {
+		r.follow()
+		return Result{}, nil
+	}
+	l := &r.loop
+	if !l.leading {
+		l.leading, l.termStart, l.fetchDue = true, now, true
+		r.opts.Logger.Info("leading: following the tracked ref", "ref", r.opts.Ref)
+		r.updateStatus(func(s *Status) { s.Leader = true })
+	}
+	if l.fetchDue || !now.Before(l.lastFetch.Add(r.opts.Poll)) {
+		r.fetch(ctx, now)
+	}
+	res, evaluate, err := r.reconcile(ctx, now)
+	if evaluate != "" && ctx.Err() == nil {
+		r.startEvaluation(ctx, evaluate)
+	}
+	if err == nil {
+		if untilPoll := l.lastFetch.Add(r.opts.Poll).Sub(now); res.RequeueAfter <= 0 || untilPoll < res.RequeueAfter {
+			res.RequeueAfter = max(untilPoll, time.Millisecond)
 		}
-		reason := fmt.Sprintf("no heartbeat for %s", silent)
-		res, err := r.opts.Store.Propose(ctx, replicated.Command{Type: replicated.CmdSetNodeState, At: now,
-			SetNodeState: &replicated.SetNodeState{ID: id, State: replicated.NodeDown, Reason: reason, Fenced: fenced}})
+	}
+	r.updateStatus(func(s *Status) {
+		s.LastPass, s.PassError = now, ""
 		if err != nil {
-			errs = append(errs, fmt.Errorf("marking node %d down: %w", id, err))
-			continue
+			s.PassError = err.Error()
 		}
-		if res.Code != replicated.ResultOK {
-			errs = append(errs, fmt.Errorf("marking node %d down: %s", id, res.Message))
-			continue
-		}
-		r.opts.Logger.Warn("node marked down; its VMs will be placed elsewhere", "node", id, "reason", reason, "fenced", fenced)
-		marked = true
-	}
-	return marked, errors.Join(errs...)
-}
-
-// retryDue reports whether a commit whose evaluation failed for a temporary
-// reason should be evaluated again now: when its retry time has come, or when
-// this replica never tried it (it became leader since).
-func (r *Reconciler) retryDue(commit string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	at, ok := r.retryAt[commit]
-	return !ok || !r.opts.Now().Before(at)
-}
-
-// Pass runs one level-triggered reconciliation against the latest fetched
-// commit and the current replicated state. It returns an error when the
-// outcome is unknown and the pass should be retried.
-func (r *Reconciler) Pass(ctx context.Context) error {
-	err := r.pass(ctx)
-	r.mu.Lock()
-	r.status.LastPass = r.opts.Now()
-	r.status.PassError = ""
-	if err != nil {
-		r.status.PassError = err.Error()
-	}
-	r.mu.Unlock()
-	return err
-}
-
-func (r *Reconciler) pass(ctx context.Context) error {
-	state, err := r.opts.Store.Read(ctx)
-	if err != nil {
-		return fmt.Errorf("reading replicated state: %w", err)
-	}
-	if marked, err := r.markStaleNodesDown(ctx, state); err != nil || marked {
-		// The next pass plans against the node states just committed.
-		r.Trigger()
-		return err
-	}
-	commit := r.Status().FetchCommit
-
-	desired, hash, planCommit := state.Desired, "", ""
-	if state.Revision != nil {
-		hash, planCommit = state.Revision.EvalHash, state.Revision.Commit
-	}
-	newCommit := commit != "" && commit != planCommit
-	lastErr, failed := state.Condition(replicated.EvalFailed)
-	if newCommit && failed && lastErr.Commit == commit &&
-		(!lastErr.Retryable || !r.retryDue(commit)) {
-		// Known bad (or a temporary failure not due for a retry yet): keep the
-		// running revision, but still re-plan it below (nodes may have changed).
-		newCommit = false
-	}
-	if newCommit {
-		ev, err := r.opts.Evaluator.Evaluate(ctx, commit)
-		if err == nil {
-			// A spec that shrinks a volume is refused like an invalid one.
-			err = CheckVolumes(state.Desired, ev.Spec)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r.opts.Logger.Error("evaluation failed; keeping the current revision", "commit", commit, "err", err)
-			var tmp temporary
-			retryable := errors.As(err, &tmp) && tmp.Temporary()
-			r.mu.Lock()
-			if retryable {
-				r.retryAt[commit] = r.opts.Now().Add(r.opts.Poll)
-			} else {
-				delete(r.retryAt, commit)
-			}
-			r.mu.Unlock()
-			recorded := failed && lastErr.Commit == commit &&
-				lastErr.Message == err.Error() && lastErr.Retryable == retryable
-			if !recorded {
-				res, perr := r.opts.Store.Propose(ctx, replicated.Command{
-					Type: replicated.CmdSetCondition, At: r.opts.Now(),
-					SetCondition: &replicated.SetCondition{Type: replicated.EvalFailed, Commit: commit, Message: err.Error(), Retryable: retryable},
-				})
-				if perr != nil {
-					return fmt.Errorf("recording the evaluation error of %s: %w", commit, perr)
-				}
-				if res.Code != replicated.ResultOK {
-					return fmt.Errorf("recording the evaluation error of %s: %s", commit, res.Message)
-				}
-			}
-			newCommit = false
-		} else {
-			desired, hash, planCommit = ev.Spec, ev.Hash, commit
-			r.mu.Lock()
-			delete(r.retryAt, commit)
-			r.mu.Unlock()
-		}
-	}
-	if planCommit == "" {
-		return nil // nothing fetched and nothing committed yet
-	}
-
-	plan := Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired})
-	if !newCommit && !plan.HasChanges() {
-		return nil
-	}
-	var parent uint64
-	if state.Revision != nil {
-		parent = state.Revision.ID
-	}
-	res, err := r.opts.Store.Propose(ctx, replicated.Command{
-		Type: replicated.CmdCommitPlan, At: r.opts.Now(),
-		CommitPlan: &replicated.CommitPlan{
-			Parent: parent, Commit: planCommit, Ref: r.opts.Ref, EvalHash: hash,
-			Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments, Unschedulable: plan.Unschedulable,
-		},
 	})
+	return res, err
+}
+
+// follow is step on a follower: it ends this replica's term, if it had one.
+// The running evaluation is cancelled; what the term learned about nodes,
+// evaluations and refusals is dropped, so a later term starts afresh.
+func (r *Reconciler) follow() {
+	l := &r.loop
+	if l.leading {
+		r.opts.Logger.Info("no longer leading: passes stop until this replica leads again")
+	}
+	r.cancelEvaluation("this replica no longer leads")
+	l.leading, l.fetched, l.fetchErr = false, false, nil
+	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
+	r.updateStatus(func(s *Status) { s.Leader = false })
+}
+
+// fetch asks the Source for the tracked ref. An error is kept for the pass,
+// which records it as FetchFailed; the last good commit stays the target.
+func (r *Reconciler) fetch(ctx context.Context, now time.Time) {
+	l := &r.loop
+	l.fetchDue, l.lastFetch = false, now
+	f, err := r.opts.Source.Fetch(ctx)
+	if ctx.Err() != nil {
+		return // shutting down: no verdict on the repository
+	}
+	l.fetched = true
 	if err != nil {
-		return fmt.Errorf("proposing the plan for %s: %w", planCommit, err)
+		if l.fetchErr == nil || l.fetchErr.Error() != err.Error() {
+			r.opts.Logger.Warn("fetching the cluster repository failed; keeping the current revision", "err", err)
+		}
+		l.fetchErr = err
+		r.updateStatus(func(s *Status) { s.LastFetch, s.FetchError = now, err.Error() })
+		return
 	}
-	switch res.Code {
-	case replicated.ResultOK:
-		r.opts.Logger.Info("plan committed", "revision", res.Revision, "commit", planCommit, "summary", plan.Summary())
-		return nil
-	case replicated.ResultStaleParent:
-		// Another pass committed first; the next pass re-reads the state.
-		r.Trigger()
-		return nil
-	default:
-		return errors.New("plan refused: " + res.Message)
+	if l.fetchErr != nil {
+		r.opts.Logger.Info("fetching the cluster repository works again", "commit", f.Commit)
 	}
+	l.fetchErr = nil
+	if f.Commit != l.commit {
+		r.opts.Logger.Info("tracked ref resolved", "ref", r.opts.Ref, "commit", f.Commit)
+	}
+	if f.Rewritten {
+		r.opts.Logger.Warn("history rewritten (force-push): following the new commit", "previous", f.Previous, "commit", f.Commit)
+		rw := f
+		l.rewrite = &rw
+	}
+	l.commit = f.Commit
+	r.updateStatus(func(s *Status) { s.LastFetch, s.FetchError, s.FetchCommit = now, "", f.Commit })
+}
+
+// evaluation is one run of the Evaluator on its own goroutine.
+type evaluation struct {
+	commit    string
+	cancel    context.CancelFunc
+	cancelled bool         // cancel was called: its outcome is dropped
+	done      chan outcome // buffered 1: the goroutine's one send never blocks
+}
+
+// outcome is a finished evaluation.
+type outcome struct {
+	commit string
+	result Evaluation
+	err    error
+	at     time.Time // when the loop received it (Options.Now)
+	// acted: a pass committed it, or recorded its failure.
+	acted bool
+}
+
+// startEvaluation evaluates commit on a goroutine the loop owns; its
+// outcome reaches the loop through evalDone. Only one runs at a time.
+func (r *Reconciler) startEvaluation(ctx context.Context, commit string) {
+	ectx, cancel := context.WithCancel(ctx)
+	e := &evaluation{commit: commit, cancel: cancel, done: make(chan outcome, 1)}
+	r.loop.eval = e
+	r.evals.Add(1)
+	go func() {
+		defer r.evals.Done()
+		defer cancel()
+		res, err := r.opts.Evaluator.Evaluate(ectx, commit)
+		e.done <- outcome{commit: commit, result: res, err: err}
+	}()
+	r.opts.Logger.Info("evaluating", "commit", commit)
+	r.updateStatus(func(s *Status) { s.Evaluating = commit })
+}
+
+// evalDone is the running evaluation's channel, nil when none runs.
+func (r *Reconciler) evalDone() <-chan outcome {
+	if r.loop.eval == nil {
+		return nil
+	}
+	return r.loop.eval.done
+}
+
+// finishEvaluation takes a finished evaluation's outcome for the next pass,
+// unless it was cancelled (a newer commit, leadership lost, ctx ended):
+// a cancelled evaluation is no verdict on its commit.
+func (r *Reconciler) finishEvaluation(ctx context.Context, o outcome) {
+	e := r.loop.eval
+	r.loop.eval = nil
+	r.updateStatus(func(s *Status) { s.Evaluating = "" })
+	if e == nil || e.cancelled || ctx.Err() != nil || !r.loop.leading {
+		return
+	}
+	o.at = r.opts.Now()
+	r.loop.outcome = &o
+}
+
+// cancelEvaluation cancels the running evaluation, if any; the loop still
+// waits for it to return before it starts another one.
+func (r *Reconciler) cancelEvaluation(why string) {
+	e := r.loop.eval
+	if e == nil || e.cancelled {
+		return
+	}
+	e.cancel()
+	e.cancelled = true
+	r.opts.Logger.Info("evaluation cancelled", "commit", e.commit, "why", why)
+}
+
+// stopEvaluation cancels the running evaluation and waits for it.
+func (r *Reconciler) stopEvaluation() {
+	r.cancelEvaluation("the reconciler stops")
+	r.evals.Wait()
+	r.loop.eval = nil
+	r.updateStatus(func(s *Status) { s.Evaluating = "" })
 }

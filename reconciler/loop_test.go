@@ -3,28 +3,23 @@ package reconciler
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"os"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 )
 
-// loopStore serves a fixed state and answers proposals with result.
-type loopStore struct {
-	st       *replicated.State
-	result   replicated.ResultCode
-	proposed []replicated.Command
-}
+// The reconciler's own fakes: a Source and Evaluators. The replicated state
+// is testkit's in-memory Store, which applies proposals with the real Apply.
 
-func (s *loopStore) Read(context.Context) (*replicated.State, error) { return s.st, nil }
-func (s *loopStore) IsLeader() bool                                  { return true }
-func (s *loopStore) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
-	s.proposed = append(s.proposed, cmd)
-	return replicated.Result{Code: s.result, Message: s.result.String()}, nil
-}
-
+// loopSource answers every Fetch with the same commit (or error).
 type loopSource struct {
 	commit string
 	err    error
@@ -32,19 +27,137 @@ type loopSource struct {
 
 func (s loopSource) Fetch(context.Context) (Fetched, error) { return Fetched{Commit: s.commit}, s.err }
 
+// scriptSource answers Fetch with what the test set last.
+type scriptSource struct {
+	mu  sync.Mutex
+	f   Fetched
+	err error
+}
+
+func (s *scriptSource) Fetch(context.Context) (Fetched, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f, s.err
+}
+
+func (s *scriptSource) set(f Fetched, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.f, s.err = f, err
+}
+
 // countingEval returns spec (or err) and counts evaluations.
 type countingEval struct {
-	spec  *spec.Cluster
-	err   error
+	spec *spec.Cluster
+	err  error
+
+	mu    sync.Mutex
 	calls int
 }
 
 func (e *countingEval) Evaluate(context.Context, string) (Evaluation, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	e.calls++
 	if e.err != nil {
 		return Evaluation{}, e.err
 	}
 	return Evaluation{Spec: e.spec, Hash: "hash"}, nil
+}
+
+func (e *countingEval) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.calls
+}
+
+// answeringStore is a testkit store that answers CommitPlan proposals with
+// a fixed code instead of applying them: a plan another one beat (stale
+// parent) or one the cluster refuses. It records every proposal.
+type answeringStore struct {
+	*testkit.Store
+	code replicated.ResultCode
+
+	mu       sync.Mutex
+	proposed []replicated.Command
+}
+
+func (s *answeringStore) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	s.mu.Lock()
+	s.proposed = append(s.proposed, cmd)
+	s.mu.Unlock()
+	if cmd.Type == replicated.CmdCommitPlan {
+		return replicated.Result{Code: s.code, Message: s.code.String()}, nil
+	}
+	return s.Store.Propose(ctx, cmd)
+}
+
+func (s *answeringStore) Proposed() []replicated.Command {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]replicated.Command(nil), s.proposed...)
+}
+
+// testStore is what the tests need of a store.
+type testStore interface {
+	Store
+	Proposed() []replicated.Command
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// newTestReconciler returns a reconciler whose loop the test drives with
+// step and settle; its evaluation is stopped when the test ends.
+func newTestReconciler(t *testing.T, o Options) *Reconciler {
+	t.Helper()
+	if o.Logger == nil {
+		o.Logger = testLogger()
+	}
+	r := New(o)
+	t.Cleanup(r.stopEvaluation)
+	return r
+}
+
+// settle stands in for the loop owner: one step, then, while an evaluation
+// runs, wait for it and step again. It returns the last step's result.
+func settle(t *testing.T, ctx context.Context, r *Reconciler) (Result, error) {
+	t.Helper()
+	res, err := r.step(ctx)
+	for r.loop.eval != nil {
+		awaitEvaluation(t, ctx, r)
+		res, err = r.step(ctx)
+	}
+	return res, err
+}
+
+// awaitEvaluation hands the running evaluation's outcome to the loop, as
+// Start does when it returns. The deadline is a hang guard, not a timing
+// assertion.
+func awaitEvaluation(t *testing.T, ctx context.Context, r *Reconciler) {
+	t.Helper()
+	e := r.loop.eval
+	if e == nil {
+		t.Fatal("no evaluation is running")
+	}
+	select {
+	case o := <-e.done:
+		r.finishEvaluation(ctx, o)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the evaluation of %s did not return", e.commit)
+	}
+}
+
+func commandTypes(cmds []replicated.Command) []replicated.CommandType {
+	var out []replicated.CommandType
+	for _, c := range cmds {
+		out = append(out, c.Type)
+	}
+	return out
 }
 
 func TestPass(t *testing.T) {
@@ -104,7 +217,7 @@ func TestPass(t *testing.T) {
 			eval:      &countingEval{err: errors.New("error: syntax error at flake.nix:3:5")},
 			wantEvals: 1, wantCmds: []replicated.CommandType{replicated.CmdSetCondition},
 			check: func(t *testing.T, cmds []replicated.Command) {
-				if e := cmds[0].SetCondition; e.Commit != "bad" || e.Message != "error: syntax error at flake.nix:3:5" {
+				if e := cmds[0].SetCondition; e.Type != replicated.EvalFailed || e.Commit != "bad" || e.Message != "error: syntax error at flake.nix:3:5" || e.Retryable {
 					t.Errorf("recorded %+v", e)
 				}
 			},
@@ -131,11 +244,17 @@ func TestPass(t *testing.T) {
 			},
 		},
 		{
-			name:      "fetch error keeps everything as it is",
+			name:      "fetch error keeps the revision and records FetchFailed with the running commit",
 			state:     &replicated.State{Nodes: oneNode, Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web, Assignments: webOnNode1},
 			source:    loopSource{err: errors.New("repository unreachable")},
 			eval:      &countingEval{spec: bigger},
-			wantEvals: 0,
+			wantEvals: 0, wantCmds: []replicated.CommandType{replicated.CmdSetCondition},
+			check: func(t *testing.T, cmds []replicated.Command) {
+				c := cmds[0].SetCondition
+				if c.Type != replicated.FetchFailed || c.Commit != "c1" || c.Message != "repository unreachable" || !c.Retryable {
+					t.Errorf("recorded %+v", c)
+				}
+			},
 		},
 		{
 			name:      "stale parent is not an error: the next pass re-reads",
@@ -157,31 +276,24 @@ func TestPass(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := &loopStore{st: tt.state, result: tt.result}
-			r := New(Options{Store: store, Source: tt.source, Evaluator: tt.eval, Ref: "main"})
-			ctx := context.Background()
-			r.fetch(ctx)
-			err := r.Pass(ctx)
+			var store testStore = testkit.NewStore(tt.state)
+			if tt.result != replicated.ResultOK {
+				store = &answeringStore{Store: testkit.NewStore(tt.state), code: tt.result}
+			}
+			r := newTestReconciler(t, Options{Store: store, Source: tt.source, Evaluator: tt.eval, Ref: "main"})
+			_, err := settle(t, context.Background(), r)
 			if (err != nil) != tt.wantErr {
-				t.Fatalf("Pass error = %v, want error: %v", err, tt.wantErr)
+				t.Fatalf("pass error = %v, want error: %v", err, tt.wantErr)
 			}
-			if tt.eval.calls != tt.wantEvals {
-				t.Errorf("evaluations = %d, want %d", tt.eval.calls, tt.wantEvals)
+			if tt.eval.count() != tt.wantEvals {
+				t.Errorf("evaluations = %d, want %d", tt.eval.count(), tt.wantEvals)
 			}
-			var got []replicated.CommandType
-			for _, c := range store.proposed {
-				got = append(got, c.Type)
-			}
-			if len(got) != len(tt.wantCmds) {
+			proposed := store.Proposed()
+			if got := commandTypes(proposed); !reflect.DeepEqual(got, tt.wantCmds) {
 				t.Fatalf("proposed %v, want %v", got, tt.wantCmds)
 			}
-			for i := range got {
-				if got[i] != tt.wantCmds[i] {
-					t.Fatalf("proposed %v, want %v", got, tt.wantCmds)
-				}
-			}
 			if tt.check != nil {
-				tt.check(t, store.proposed)
+				tt.check(t, proposed)
 			}
 			if tt.source.err != nil && r.Status().FetchError == "" {
 				t.Errorf("fetch error not kept in Status")
@@ -198,53 +310,51 @@ func (timeoutErr) Temporary() bool { return true }
 
 func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 	web := mkCluster(map[string]spec.VM{"web": mkVM("web", 1, 512)})
-	running := func(lastErr *replicated.Condition) *replicated.State {
-		st := &replicated.State{Nodes: mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
-			Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web,
-			Assignments: mkCurrent(mkAssign("web", 1, "web", 1, 512, 5))}
-		if lastErr != nil {
-			st.Conditions = []replicated.Condition{*lastErr}
-		}
-		return st
-	}
-	now := time.Unix(1000, 0)
-	clock := func() time.Time { return now }
+	running := &replicated.State{Nodes: mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
+		Revision: &replicated.Revision{ID: 5, Commit: "c1"}, Desired: web,
+		Assignments: mkCurrent(mkAssign("web", 1, "web", 1, 512, 5))}
+	clock := testkit.NewClock(time.Unix(1000, 0))
 	ctx := context.Background()
+	store := testkit.NewStore(running)
+	ev := &countingEval{err: timeoutErr{}}
+	opts := Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock.Now}
 
 	// A timeout is recorded as retryable …
-	store := &loopStore{st: running(nil)}
-	ev := &countingEval{err: timeoutErr{}}
-	r := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
-	r.fetch(ctx)
-	if err := r.Pass(ctx); err != nil {
+	r := newTestReconciler(t, opts)
+	if _, err := settle(t, ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if len(store.proposed) != 1 || !store.proposed[0].SetCondition.Retryable {
-		t.Fatalf("proposed %+v, want one retryable SetCondition", store.proposed)
+	if p := store.Proposed(); len(p) != 1 || !p[0].SetCondition.Retryable {
+		t.Fatalf("proposed %+v, want one retryable SetCondition", p)
 	}
 	// … not evaluated again before the poll interval has passed …
-	store.st = running(&replicated.Condition{Type: replicated.EvalFailed, Commit: "slow", Message: timeoutErr{}.Error(), Retryable: true})
-	now = now.Add(time.Second)
-	if err := r.Pass(ctx); err != nil || ev.calls != 1 {
-		t.Fatalf("pass before the retry time: err %v, evaluations %d, want 1", err, ev.calls)
+	clock.Advance(time.Second)
+	if res, err := settle(t, ctx, r); err != nil || ev.count() != 1 {
+		t.Fatalf("pass before the retry time: err %v, evaluations %d, want 1", err, ev.count())
+	} else if res.RequeueAfter != 4*time.Second {
+		t.Errorf("pass before the retry time asks for a pass in %s, want 4s (when the retry is due)", res.RequeueAfter)
 	}
 	// … evaluated again after it, without recording the same error twice.
-	now = now.Add(5 * time.Second)
-	if err := r.Pass(ctx); err != nil || ev.calls != 2 || len(store.proposed) != 1 {
-		t.Fatalf("pass after the retry time: err %v, evaluations %d (want 2), proposals %d (want 1)", err, ev.calls, len(store.proposed))
+	clock.Advance(5 * time.Second)
+	if _, err := settle(t, ctx, r); err != nil || ev.count() != 2 || len(store.Proposed()) != 1 {
+		t.Fatalf("pass after the retry time: err %v, evaluations %d (want 2), proposals %d (want 1)", err, ev.count(), len(store.Proposed()))
 	}
 	// A new leader (a fresh reconciler) retries a retryable failure at once.
-	r2 := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
-	r2.fetch(ctx)
-	if err := r2.Pass(ctx); err != nil || ev.calls != 3 {
-		t.Fatalf("new leader: err %v, evaluations %d, want 3", err, ev.calls)
+	r2 := newTestReconciler(t, opts)
+	if _, err := settle(t, ctx, r2); err != nil || ev.count() != 3 {
+		t.Fatalf("new leader: err %v, evaluations %d, want 3", err, ev.count())
 	}
 	// A failure for good is never evaluated again, by any leader.
-	store.st = running(&replicated.Condition{Type: replicated.EvalFailed, Commit: "slow", Message: "error: syntax error"})
-	r3 := New(Options{Store: store, Source: loopSource{commit: "slow"}, Evaluator: ev, Poll: 5 * time.Second, Now: clock})
-	r3.fetch(ctx)
-	if err := r3.Pass(ctx); err != nil || ev.calls != 3 {
-		t.Fatalf("permanent failure: err %v, evaluations %d, want still 3", err, ev.calls)
+	store.Update(func(s *replicated.State) {
+		s.Conditions = []replicated.Condition{{Type: replicated.EvalFailed, Commit: "slow", Message: "error: syntax error"}}
+	})
+	r3 := newTestReconciler(t, opts)
+	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 3 {
+		t.Fatalf("permanent failure: err %v, evaluations %d, want still 3", err, ev.count())
+	}
+	clock.Advance(time.Hour)
+	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 3 {
+		t.Fatalf("permanent failure an hour later: err %v, evaluations %d, want still 3", err, ev.count())
 	}
 }
 
@@ -263,14 +373,12 @@ func (f *fakeFencer) Fence(_ context.Context, n *replicated.Node) ([]string, err
 }
 
 func TestPassMarksSilentNodesDownAfterFencing(t *testing.T) {
-	now := time.Unix(1000, 0)
-	clock := func() time.Time { return now }
 	ctx := context.Background()
-	state := func(seq1, seq2 uint64) *replicated.State {
+	state := func() *replicated.State {
 		n1 := mkNode(1, replicated.NodeReady, 4, 4096)
-		n1.LastHeartbeatSeq, n1.CephAddrs = seq1, []string{"127.0.0.1:0/1"}
+		n1.LastHeartbeatSeq, n1.CephAddrs = 5, []string{"127.0.0.1:0/1"}
 		n2 := mkNode(2, replicated.NodeReady, 4, 4096)
-		n2.LastHeartbeatSeq = seq2
+		n2.LastHeartbeatSeq = 3
 		return &replicated.State{Nodes: mkNodes(n1, n2)}
 	}
 	for _, tt := range []struct {
@@ -285,32 +393,37 @@ func TestPassMarksSilentNodesDownAfterFencing(t *testing.T) {
 		{"a node that cannot be fenced is not marked down", &fakeFencer{err: errors.New("monitor unreachable")}, false, nil, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			store := &loopStore{st: state(5, 3)}
-			opts := Options{Store: store, Source: loopSource{}, Evaluator: &countingEval{}, NodeTimeout: 10 * time.Second, Now: clock}
+			clock := testkit.NewClock(time.Unix(1000, 0))
+			store := testkit.NewStore(state())
+			opts := Options{Store: store, Source: loopSource{}, Evaluator: &countingEval{}, NodeTimeout: 10 * time.Second, Now: clock.Now}
 			if tt.fencer != nil {
 				opts.Fencer = tt.fencer
 			}
-			r := New(opts)
+			r := newTestReconciler(t, opts)
 			// The first observation is the grace period: nothing is judged.
-			if err := r.Pass(ctx); err != nil || len(store.proposed) != 0 {
-				t.Fatalf("first pass: err %v, proposed %+v", err, store.proposed)
+			if _, err := r.step(ctx); err != nil || len(store.Proposed()) != 0 {
+				t.Fatalf("first pass: err %v, proposed %+v", err, store.Proposed())
 			}
-			now = now.Add(11 * time.Second)
-			store.st = state(5, 4) // node 2 heartbeats, node 1 is silent
-			err := r.Pass(ctx)
+			clock.Advance(11 * time.Second)
+			store.Update(func(s *replicated.State) { s.Nodes[2].LastHeartbeatSeq = 4 }) // node 2 heartbeats, node 1 is silent
+			_, err := r.step(ctx)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}
+			if tt.wantErr && IsTerminal(err) {
+				t.Errorf("a fencing failure is terminal (%v); want it retried with backoff", err)
+			}
+			proposed := store.Proposed()
 			if !tt.wantDown {
-				if len(store.proposed) != 0 {
-					t.Fatalf("proposed %+v, want nothing", store.proposed)
+				if len(proposed) != 0 {
+					t.Fatalf("proposed %+v, want nothing", proposed)
 				}
 				return
 			}
-			if len(store.proposed) != 1 || store.proposed[0].SetNodeState == nil {
-				t.Fatalf("proposed %+v, want one SetNodeState", store.proposed)
+			if len(proposed) != 1 || proposed[0].SetNodeState == nil {
+				t.Fatalf("proposed %+v, want one SetNodeState", proposed)
 			}
-			c := store.proposed[0].SetNodeState
+			c := proposed[0].SetNodeState
 			if c.ID != 1 || c.State != replicated.NodeDown || c.Reason != "no heartbeat for 11s" || !reflect.DeepEqual(c.Fenced, tt.wantFenced) {
 				t.Fatalf("SetNodeState = %+v", c)
 			}

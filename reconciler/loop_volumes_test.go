@@ -5,22 +5,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 )
-
-// recordingStore serves a fixed state and records proposals.
-type recordingStore struct {
-	st       *replicated.State
-	proposed []replicated.Command
-}
-
-func (s *recordingStore) Read(context.Context) (*replicated.State, error) { return s.st, nil }
-func (s *recordingStore) IsLeader() bool                                  { return true }
-func (s *recordingStore) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
-	s.proposed = append(s.proposed, cmd)
-	return replicated.Result{Code: replicated.ResultOK}, nil
-}
 
 type fixedSource string
 
@@ -37,22 +25,22 @@ func TestPassRefusesAVolumeShrinkAsAnEvalError(t *testing.T) {
 	shrunk := mkCluster(map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 512)})
 	db := mkAssign("db", 1, "db", 1, 512, 5)
 	db.Volumes = old.VolumesOf(old.Instances()[0])
-	store := &recordingStore{st: &replicated.State{
+	store := testkit.NewStore(&replicated.State{
 		Nodes:       mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
 		Revision:    &replicated.Revision{ID: 5, Commit: "old"},
 		Desired:     old,
 		Assignments: mkCurrent(db),
-	}}
-	r := New(Options{Store: store, Source: fixedSource("new"), Evaluator: fixedEval{shrunk}})
-	r.fetch(context.Background())
-	if err := r.Pass(context.Background()); err != nil {
+	})
+	r := newTestReconciler(t, Options{Store: store, Source: fixedSource("new"), Evaluator: fixedEval{shrunk}})
+	if _, err := settle(t, context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
-	if len(store.proposed) != 1 || store.proposed[0].Type != replicated.CmdSetCondition {
-		t.Fatalf("proposed %+v, want exactly one SetCondition", store.proposed)
+	proposed := store.Proposed()
+	if len(proposed) != 1 || proposed[0].Type != replicated.CmdSetCondition {
+		t.Fatalf("proposed %+v, want exactly one SetCondition", proposed)
 	}
-	rec := store.proposed[0].SetCondition
-	if rec.Commit != "new" || !strings.Contains(rec.Message, "vms.db.volumes.data: sizeMiB 512 is smaller than the committed 1024") {
-		t.Fatalf("recorded %+v, want the shrunk volume named", rec)
+	rec := proposed[0].SetCondition
+	if rec.Commit != "new" || rec.Retryable || !strings.Contains(rec.Message, "vms.db.volumes.data: sizeMiB 512 is smaller than the committed 1024") {
+		t.Fatalf("recorded %+v, want the shrunk volume named, not retryable", rec)
 	}
 }

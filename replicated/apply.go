@@ -83,6 +83,7 @@ const (
 	EventEvalFailed       = "EvalFailed"
 	EventFetchFailed      = "FetchFailed"
 	EventConditionCleared = "ConditionCleared"
+	EventHistoryRewritten = "HistoryRewritten"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
@@ -292,6 +293,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 		EvalHash:    c.EvalHash,
 		CommittedAt: at,
 		Summary:     c.Summary,
+		Rewrote:     c.Rewrote,
 	}
 	s.Revision = &rev
 	s.History = appendBounded(s.History, rev, MaxRevisionHistory)
@@ -305,6 +307,10 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	// (say, after a node change) keeps a newer commit's error visible.
 	if e, ok := s.Condition(EvalFailed); ok && (c.Commit != prevCommit || c.Commit == e.Commit) {
 		s.removeCondition(EvalFailed)
+	}
+	if c.Rewrote != "" {
+		s.event(index, at, EventHistoryRewritten, fmt.Sprintf("history rewritten (force-push): commit %s was replaced; revision %d follows commit %s",
+			c.Rewrote, index, c.Commit))
 	}
 	msg := fmt.Sprintf("revision %d (parent %d) of commit %s", index, c.Parent, c.Commit)
 	if c.Ref != "" {

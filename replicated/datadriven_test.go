@@ -27,7 +27,7 @@ import (
 //	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…]
 //	heartbeat id=1 [status=vm:phase[:booted],…]
 //	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…]
-//	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [nospec]
+//	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [rewrote=SHA] [nospec]
 //	commit-plans n=N [assign=vm:node,…]     N chained plans (commit c1…cN); prints the last result
 //	record-eval-error commit=SHA [msg=M]      SetCondition EvalFailed (or the message as the input block)
 //	set-condition type=T [commit=SHA] [msg=M] [retryable]
@@ -101,6 +101,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.MaybeScanArgs(t, "ref", &c.Ref)
 		d.MaybeScanArgs(t, "hash", &c.EvalHash)
 		d.MaybeScanArgs(t, "summary", &c.Summary)
+		d.MaybeScanArgs(t, "rewrote", &c.Rewrote)
 		c.Assignments, c.Spec = planArgs(t, strArg(t, d, "assign"), strArg(t, d, "runner"))
 		if v := strArg(t, d, "mem"); v != "" {
 			for _, vm := range strings.Split(v, ",") {
@@ -287,6 +288,9 @@ func renderState(s *State) string {
 	if r := s.Revision; r != nil {
 		fmt.Fprintf(&b, "revision %d parent=%d commit=%s ref=%s hash=%s at=%s summary=%q\n",
 			r.ID, r.Parent, r.Commit, r.Ref, r.EvalHash, r.CommittedAt.Format(time.RFC3339), r.Summary)
+		if r.Rewrote != "" {
+			fmt.Fprintf(&b, "  rewrote=%s\n", r.Rewrote)
+		}
 	} else {
 		b.WriteString("revision none\n")
 	}

@@ -65,6 +65,9 @@ type Revision struct {
 	CommittedAt time.Time `json:"committedAt"`
 	// Summary is a one-line human description ("+2 ~1 -0 moved 0 unschedulable 1").
 	Summary string `json:"summary"`
+	// Rewrote is the commit a force-push replaced on the tracked ref before
+	// this revision's commit was fetched ("" when history was not rewritten).
+	Rewrote string `json:"rewrote,omitempty"`
 }
 
 // Assignment places one VM instance on one node. It carries everything the
@@ -242,6 +245,9 @@ type CommitPlan struct {
 	Assignments []Assignment  `json:"assignments"` // Generation is filled in by Update
 	// Unschedulable are the desired instances the planner could not place.
 	Unschedulable []Unschedulable `json:"unschedulable,omitempty"`
+	// Rewrote is the commit a force-push replaced on the tracked ref before
+	// Commit was fetched; it becomes [Revision.Rewrote].
+	Rewrote string `json:"rewrote,omitempty"`
 }
 
 // SetCondition makes a condition true (or updates its message); the current

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 
 scripts/setup.sh
+scripts/setup-nixlib.sh    # pinned nixpkgs lib + microvm.nix for tests/nixlib (from ../shared/third-party, else GitHub)
 scripts/setup-ceph.sh      # Ceph daemons + librados/librbd for -tags ceph,pacific (tests/ceph)
 scripts/setup-microvm.sh   # qemu, busybox and a Debian cloud kernel (tests/qemu, the demo)
 scripts/setup-systemd.sh   # debootstrap + systemd-nspawn and a cached Debian rootfs with systemd (TestSystemd…)
@@ -27,6 +28,18 @@ staticcheck -tags ceph,pacific ./...
 
 echo "== go test"
 go test -tags ceph,pacific -count=1 -timeout 20m "$@" ./...
+
+# What a user gets without Ceph: the packages whose build differs without
+# the tags (they link the volumes package, or have tag-specific tests).
+echo "== go test, the build without Ceph"
+no_ceph=()
+for pkg in $(go list ./...); do
+	if go list -deps "$pkg" | grep -qx 'github.com/blixard/blixard/volumes' ||
+		grep -lqs '^//go:build' "$(go list -f '{{.Dir}}' "$pkg")"/*.go; then
+		no_ceph+=("$pkg")
+	fi
+done
+go test -count=1 -timeout 20m "$@" "${no_ceph[@]}"
 
 echo "== fuzz (short)"
 go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s -fuzzminimizetime 3s ./replicated

@@ -29,7 +29,7 @@ func flakeEval(t *testing.T, dir, blixardDir, attr, apply string) []byte {
 // replaced by the stand-in (real nixpkgs lib, stub packages), through a
 // wrapper flake that has both as inputs.
 func TestNixBlixardFlakeOutputs(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	dir := blixardFlake(t)
 	wrapper := t.TempDir()
@@ -42,6 +42,10 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
       outputs = builtins.attrNames f;
       lib = builtins.attrNames f.lib;
       packages = builtins.mapAttrs (_: p: p.name) f.packages.${sys};
+      # What the stand-in buildGoModule was given, per package.
+      builds = builtins.mapAttrs (_: p: { inherit (p) tags env vendorHash; buildInputs = map (i: i.name) p.buildInputs; })
+        f.packages.${sys};
+      overlayCeph = (f.overlays.default nixpkgs.legacyPackages.${sys} nixpkgs.legacyPackages.${sys}).blixard-ceph.name;
       systems = builtins.attrNames f.packages;
       app = f.apps.${sys}.default;
       overlay = (f.overlays.default nixpkgs.legacyPackages.${sys} nixpkgs.legacyPackages.${sys}).blixard.name;
@@ -50,6 +54,12 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
       modulePackage = (nixpkgs.lib.nixosSystem {
         modules = [ f.nixosModules.default { services.blixard = {
           enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; backend = "process";
+          capacity = { vcpu = 1; memMiB = 1; }; }; } ];
+      }).config.services.blixard.package.name;
+      # … and the Ceph build when ceph.enable is set.
+      modulePackageCeph = (nixpkgs.lib.nixosSystem {
+        modules = [ f.nixosModules.default { services.blixard = {
+          enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; backend = "process"; ceph.enable = true;
           capacity = { vcpu = 1; memMiB = 1; }; }; } ];
       }).config.services.blixard.package.name;
     };
@@ -67,8 +77,14 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
 	var v struct {
 		Outputs, Lib, Systems, Modules []string
 		Packages                       map[string]string
-		App                            map[string]string
-		Overlay, ModulePackage         string
+		Builds                         map[string]struct {
+			Tags        []string          `json:"tags"`
+			Env         map[string]string `json:"env"`
+			VendorHash  string            `json:"vendorHash"`
+			BuildInputs []string          `json:"buildInputs"`
+		}
+		App                                                    map[string]string
+		Overlay, OverlayCeph, ModulePackage, ModulePackageCeph string
 	}
 	if err := json.Unmarshal(got, &v); err != nil {
 		t.Fatal(err)
@@ -85,8 +101,20 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
 	if !reflect.DeepEqual(v.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
 		t.Errorf("package systems = %v", v.Systems)
 	}
-	if len(v.Packages) != 2 || !strings.HasPrefix(v.Packages["blixard"], "blixard-0.1.0-") || v.Packages["default"] != v.Packages["blixard"] {
-		t.Errorf("packages = %v, want blixard and default", v.Packages)
+	if len(v.Packages) != 3 || !strings.HasPrefix(v.Packages["blixard"], "blixard-0.1.0-") || v.Packages["default"] != v.Packages["blixard"] ||
+		!strings.HasPrefix(v.Packages["blixard-ceph"], "blixard-ceph-0.1.0-") {
+		t.Errorf("packages = %v, want blixard, blixard-ceph and default", v.Packages)
+	}
+	plain, ceph := v.Builds["blixard"], v.Builds["blixard-ceph"]
+	if len(plain.Tags) != 0 || plain.Env["CGO_ENABLED"] != "0" || len(plain.BuildInputs) != 0 {
+		t.Errorf("blixard builds with %+v, want pure Go (CGO_ENABLED=0, no tags, no libraries)", plain)
+	}
+	if !reflect.DeepEqual(ceph.Tags, []string{"ceph", "pacific"}) || ceph.Env["CGO_ENABLED"] != "1" ||
+		!reflect.DeepEqual(ceph.BuildInputs, []string{"ceph", "ceph"}) {
+		t.Errorf("blixard-ceph builds with %+v, want cgo, tags ceph and pacific, and nixpkgs' ceph (dev and lib outputs)", ceph)
+	}
+	if !strings.HasPrefix(plain.VendorHash, "sha256-") || plain.VendorHash != ceph.VendorHash {
+		t.Errorf("vendorHash: blixard %q, blixard-ceph %q; want the same real hash", plain.VendorHash, ceph.VendorHash)
 	}
 	if v.App["type"] != "app" || !strings.HasSuffix(v.App["program"], "/bin/blixard") {
 		t.Errorf("apps.default = %v", v.App)
@@ -97,8 +125,14 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
 	if !reflect.DeepEqual(v.Modules, []string{"blixard", "default"}) {
 		t.Errorf("nixosModules = %v", v.Modules)
 	}
+	if v.OverlayCeph != v.Packages["blixard-ceph"] {
+		t.Errorf("overlay's blixard-ceph = %q, want %q", v.OverlayCeph, v.Packages["blixard-ceph"])
+	}
 	if v.ModulePackage != v.Packages["blixard"] {
 		t.Errorf("nixosModules.default's package = %q, want the flake's %q", v.ModulePackage, v.Packages["blixard"])
+	}
+	if v.ModulePackageCeph != v.Packages["blixard-ceph"] {
+		t.Errorf("nixosModules.default's package with ceph.enable = %q, want the flake's %q", v.ModulePackageCeph, v.Packages["blixard-ceph"])
 	}
 }
 
@@ -139,7 +173,7 @@ func TestNixBlixardFlakeLibNeedsNoInputs(t *testing.T) {
 // the VMs the README describes, its three hosts evaluate (assertions
 // included), and the daemon accepts each host's rendered config.
 func TestNixExampleFlake(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	blixardDir := blixardFlake(t)
 	example := t.TempDir()
@@ -174,9 +208,13 @@ func TestNixExampleFlake(t *testing.T) {
 			var v struct {
 				Toplevel string         `json:"toplevel"`
 				Config   map[string]any `json:"config"`
+				Package  string         `json:"package"`
+				Units    []string       `json:"units"`
 			}
 			out := flakeEval(t, example, blixardDir, "nixosConfigurations."+node, `sys: {
 				toplevel = sys.config.system.build.toplevel.drvPath;
+				package = sys.config.services.blixard.package.pname;
+				units = builtins.attrNames sys.config.system.build.units;
 				config = builtins.fromJSON (builtins.readFile (builtins.head (builtins.match ".* --config ([^ ]+)"
 					sys.config.systemd.services.blixard.serviceConfig.ExecStart)));
 			}`)
@@ -185,6 +223,16 @@ func TestNixExampleFlake(t *testing.T) {
 			}
 			if v.Toplevel == "" {
 				t.Fatalf("%s does not evaluate", node)
+			}
+			// The hosts enable Ceph: the flake's module picks the Ceph build.
+			if v.Package != "blixard-ceph" {
+				t.Errorf("%s runs package %q, want blixard-ceph (ceph.enable is set)", node, v.Package)
+			}
+			// microvm.nix's real host module is part of every host.
+			for _, unit := range []string{"blixard.service", "microvm@.service", "microvm-set-booted@.service"} {
+				if !slices.Contains(v.Units, unit) {
+					t.Errorf("%s has no unit %s: %v", node, unit, v.Units)
+				}
 			}
 			// The daemon reads the webhook secret while checking; point it at
 			// a file that exists here.
@@ -205,8 +253,9 @@ func TestNixExampleFlake(t *testing.T) {
 			if err := os.WriteFile(file, data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if out, err := checkConfig(t, file); err != nil {
-				t.Errorf("blixard serve --check-config rejected %s's config: %v\n%s\nconfig: %s", node, err, out, indent(data))
+			// The daemon the host runs: built with Ceph support.
+			if out, err := checkConfigWith(t, blixardCeph(t), file); err != nil {
+				t.Errorf("blixard (-tags ceph,pacific) serve --check-config rejected %s's config: %v\n%s\nconfig: %s", node, err, out, indent(data))
 			}
 		})
 	}

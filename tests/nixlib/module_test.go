@@ -3,6 +3,7 @@ package nixlib
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -28,11 +29,15 @@ type hostView struct {
 	SystemPackages []string       `json:"systemPackages"`
 }
 
-// hostModules is a services.blixard host with the fake microvm.nix host
+// nixosDefaultPath is the path NixOS appends to every service's (the stub
+// NixOS models it).
+var nixosDefaultPath = []string{"coreutils", "findutils", "gnugrep", "gnused", "systemd"}
+
+// hostModules is a services.blixard host with microvm.nix's real host
 // module; extra is a Nix module merged after it.
 func hostModules(extra string) string {
 	return `fx.host [
-		fx.fakeMicrovm.nixosModules.host
+		fx.microvm.nixosModules.host
 		{ services.blixard = {
 			enable = true;
 			package = fx.drv "blixard-test";
@@ -55,7 +60,7 @@ func inspectHost(t *testing.T, extra string) hostView {
 }
 
 func TestNixModuleSystemdBackend(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	v := inspectHost(t, `{ services.blixard.extraArgs = [ "--log-level" "debug info" ]; }`)
 	if v.Toplevel == "" {
@@ -91,11 +96,11 @@ func TestNixModuleSystemdBackend(t *testing.T) {
 	if !strings.Contains(v.Service.Environment["NIX_CONFIG"], "flakes") {
 		t.Errorf("the daemon's nix has no flakes: environment %v", v.Service.Environment)
 	}
-	if !reflect.DeepEqual(v.Path, []string{"nix", "git"}) {
-		t.Errorf("service path = %v, want nix and git", v.Path)
+	if want := append([]string{"nix", "git"}, nixosDefaultPath...); !reflect.DeepEqual(v.Path, want) {
+		t.Errorf("service path = %v, want nix and git (then NixOS's defaults): %v", v.Path, want)
 	}
-	if !reflect.DeepEqual(v.SystemPackages, []string{"blixard-test"}) {
-		t.Errorf("systemPackages = %v, want the CLI", v.SystemPackages)
+	if slices.Sort(v.SystemPackages); !reflect.DeepEqual(v.SystemPackages, []string{"blixard-test", "microvm"}) {
+		t.Errorf("systemPackages = %v, want the CLI next to microvm.nix's microvm command", v.SystemPackages)
 	}
 	if len(v.Tmpfiles) != 0 {
 		t.Errorf("tmpfiles = %v, but the default dataDir is a StateDirectory", v.Tmpfiles)
@@ -111,7 +116,7 @@ func TestNixModuleSystemdBackend(t *testing.T) {
 }
 
 func TestNixModuleProcessBackendRunsUnprivileged(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	// No microvm.nix host module: the process backend does not need it.
 	var v hostView
@@ -141,17 +146,17 @@ func TestNixModuleProcessBackendRunsUnprivileged(t *testing.T) {
 }
 
 func TestNixModuleProcessBackendWithMicrovmHostRunsAsRoot(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	// microvm.nix's host module owns /var/lib/microvms (as the microvm user).
 	v := inspectHost(t, `{ services.blixard.backend = fx.nixpkgsLib.mkForce "process"; }`)
-	if v.Service.ServiceConfig["User"] != "root" || len(v.Tmpfiles) != 0 || len(v.Users) != 0 {
-		t.Errorf("User %v, tmpfiles %v, users %v; want root and nothing created", v.Service.ServiceConfig["User"], v.Tmpfiles, v.Users)
+	if v.Service.ServiceConfig["User"] != "root" || len(v.Tmpfiles) != 0 || !reflect.DeepEqual(v.Users, []string{"microvm"}) {
+		t.Errorf("User %v, tmpfiles %v, users %v; want root, and only microvm.nix's microvm user", v.Service.ServiceConfig["User"], v.Tmpfiles, v.Users)
 	}
 }
 
 func TestNixModuleOpenFirewall(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	v := inspectHost(t, `{ services.blixard.openFirewall = true; }`)
 	if !reflect.DeepEqual(v.Firewall, []int{7001, 7070}) {
@@ -160,22 +165,42 @@ func TestNixModuleOpenFirewall(t *testing.T) {
 }
 
 func TestNixModuleCeph(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	v := inspectHost(t, `{ services.blixard.ceph = { enable = true; keyringFile = "/etc/ceph/k"; }; }`)
-	if !reflect.DeepEqual(v.KernelModules, []string{"rbd"}) {
+	if !slices.Contains(v.KernelModules, "rbd") {
 		t.Errorf("kernelModules = %v, want rbd (ProtectKernelModules stops rbd from loading it)", v.KernelModules)
 	}
-	if !reflect.DeepEqual(v.Path, []string{"nix", "git", "ceph-client"}) {
-		t.Errorf("service path = %v, want ceph-client for rbd", v.Path)
+	if want := append([]string{"nix", "git", "ceph-client"}, nixosDefaultPath...); !reflect.DeepEqual(v.Path, want) {
+		t.Errorf("service path = %v, want ceph-client for rbd: %v", v.Path, want)
 	}
 	if v.ConfigFile["ceph-keyring-file"] != "/etc/ceph/k" {
 		t.Errorf("config file = %v", v.ConfigFile)
 	}
 }
 
+func TestNixModulePackageFollowsCeph(t *testing.T) {
+	requireThirdParty(t)
+	t.Parallel()
+	// pkgs as blixard.overlays.default makes it: both builds.
+	got := evalJSON(t, `let
+		pkgs = fx.nixosStub.pkgs // { blixard = fx.drv "blixard-plain"; blixard-ceph = fx.drv "blixard-ceph"; };
+		package = extra: (fx.host [ fx.microvm.nixosModules.host {
+			_module.args.pkgs = fx.nixpkgsLib.mkForce pkgs;
+			services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; };
+		} extra ]).config.services.blixard.package.name;
+	in [
+		(package { })
+		(package { services.blixard.ceph.enable = true; })
+		(package { services.blixard.ceph.enable = true; services.blixard.package = fx.drv "mine"; })
+	]`)
+	if !jsonEqual(t, got, []byte(`["blixard-plain", "blixard-ceph", "mine"]`)) {
+		t.Errorf("packages = %s, want pkgs.blixard, pkgs.blixard-ceph with ceph.enable, and the package set by the user", got)
+	}
+}
+
 func TestNixModuleDisabledDefinesNothing(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	t.Parallel()
 	got := evalJSON(t, `let sys = fx.host [ { services.blixard.nodeId = 1; } ]; in
 		[ (builtins.attrNames sys.config.systemd.services) sys.config.assertions sys.config.environment.systemPackages ]`)
@@ -185,7 +210,7 @@ func TestNixModuleDisabledDefinesNothing(t *testing.T) {
 }
 
 func TestNixModuleErrors(t *testing.T) {
-	requireNixpkgs(t)
+	requireThirdParty(t)
 	cases := []struct {
 		name    string
 		modules string
@@ -198,7 +223,7 @@ func TestNixModuleErrors(t *testing.T) {
 		},
 		{
 			name: "microvm.nix's host module disabled fails the same way",
-			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { microvm.host.enable = false; services.blixard = {
+			modules: `fx.host [ fx.microvm.nixosModules.host { microvm.host.enable = false; services.blixard = {
 				enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
 			want: `or set services.blixard.backend = "process"`,
 		},
@@ -229,12 +254,18 @@ func TestNixModuleErrors(t *testing.T) {
 		},
 		{
 			name:    "missing capacity is reported by NixOS",
-			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { services.blixard = { enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; }; } ]`,
+			modules: `fx.host [ fx.microvm.nixosModules.host { services.blixard = { enable = true; package = fx.drv "b"; nodeId = 1; raftAddress = "127.0.0.1:7001"; }; } ]`,
 			want:    `services.blixard.capacity.`,
 		},
 		{
+			name: "with ceph.enable and without the flake's module or overlay the package names the Ceph build",
+			modules: `fx.host [ fx.microvm.nixosModules.host { services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001";
+				capacity = { vcpu = 1; memMiB = 1; }; ceph.enable = true; }; } ]`,
+			want: "pkgs has no `blixard-ceph` (Blixard built with Ceph support, for ceph.enable); import blixard.nixosModules.default",
+		},
+		{
 			name:    "without the flake's module or overlay the package says where to get it",
-			modules: `fx.host [ fx.fakeMicrovm.nixosModules.host { services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
+			modules: `fx.host [ fx.microvm.nixosModules.host { services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001"; capacity = { vcpu = 1; memMiB = 1; }; }; } ]`,
 			want:    "import blixard.nixosModules.default (it sets the package) or add blixard.overlays.default",
 		},
 	}

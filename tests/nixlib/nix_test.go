@@ -8,27 +8,40 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// nixpkgsEnv names the nixpkgs checkout (a directory holding nixpkgs' lib/)
-// that the tests of the NixOS module and of the flakes evaluate against.
-// nixpkgs' lib is not part of this repository and cannot be fetched here.
+// nixpkgsEnv names a nixpkgs checkout (a directory holding nixpkgs' lib/)
+// to evaluate against instead of the pinned nixpkgs lib.
 const nixpkgsEnv = "BLIXARD_NIXPKGS"
 
-// skipNoNixpkgs is the message of the tests skipped without nixpkgsEnv.
-const skipNoNixpkgs = "needs nixpkgs' lib (unavailable offline on CI machines): set " + nixpkgsEnv + "=/path/to/nixpkgs to run"
+// thirdPartyCacheEnv names the directory scripts/setup-nixlib.sh unpacks the
+// pinned third-party sources into (default defaultThirdPartyCache); the
+// script reads the same variable.
+const (
+	thirdPartyCacheEnv     = "BLIXARD_THIRD_PARTY_CACHE"
+	defaultThirdPartyCache = "/var/cache/blixard/third-party"
+	setupNixlibScript      = "scripts/setup-nixlib.sh"
+)
 
 // Paths set once by TestMain.
 var (
 	blixardBin string // the daemon, built from ../../cmd/blixard
+	binDir     string // where TestMain builds binaries
 	repoRoot   string // absolute path of the repository
 	testdata   string // absolute path of ./testdata
-	// nixpkgsStub is the stand-in nixpkgs flake (testdata/nixos-stub with
-	// lib/ copied from $BLIXARD_NIXPKGS), or "" when BLIXARD_NIXPKGS is unset.
-	nixpkgsStub string
+
+	// The pinned third-party sources (see thirdParty), or "" with
+	// thirdPartyErr saying why and what to run.
+	nixpkgsLib    string // a directory holding nixpkgs' lib/: the cache, or $BLIXARD_NIXPKGS
+	microvmSrc    string // the microvm.nix checkout in the cache
+	nixpkgsStub   string // stand-in nixpkgs flake: testdata/nixos-stub with nixpkgsLib's lib/
+	microvmStub   string // stand-in microvm.nix flake: testdata/fake-microvm with microvmSrc's host module
+	thirdPartyErr error
 )
 
 func TestMain(m *testing.M) {
@@ -51,6 +64,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	binDir = dir
 	blixardBin = filepath.Join(dir, "blixard")
 	build := exec.Command("go", "build", "-o", blixardBin, "../../cmd/blixard")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -58,43 +72,144 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building blixard:", err)
 		return 1
 	}
-	if src := os.Getenv(nixpkgsEnv); src != "" {
-		nixpkgsStub = filepath.Join(dir, "nixpkgs")
-		if err := assembleNixpkgsStub(src, nixpkgsStub); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	} else {
-		fmt.Fprintf(os.Stderr, "tests/nixlib: %s is unset: the NixOS module and flake tests are SKIPPED (%s)\n", nixpkgsEnv, skipNoNixpkgs)
+	if err := setUpThirdParty(dir); err != nil {
+		thirdPartyErr = err
+		fmt.Fprintf(os.Stderr, "tests/nixlib: the tests of the NixOS module, the flakes and microvm.nix will FAIL: %v\n", err)
 	}
 	return m.Run()
 }
 
-// assembleNixpkgsStub makes the stand-in nixpkgs flake in dst: the files of
-// testdata/nixos-stub and a copy of src/lib (src is a nixpkgs checkout).
-func assembleNixpkgsStub(src, dst string) error {
-	if !filepath.IsAbs(src) {
-		return fmt.Errorf("%s=%s: want an absolute path to a nixpkgs checkout", nixpkgsEnv, src)
+// setUpThirdParty finds the pinned nixpkgs lib and microvm.nix that
+// scripts/setup-nixlib.sh unpacked and assembles the stand-in flakes in dir.
+func setUpThirdParty(dir string) error {
+	pins, err := readPins()
+	if err != nil {
+		return err
 	}
-	if _, err := os.Stat(filepath.Join(src, "lib", "default.nix")); err != nil {
-		return fmt.Errorf("%s=%s has no lib/default.nix: point it at a nixpkgs checkout: %w", nixpkgsEnv, src, err)
+	cache := os.Getenv(thirdPartyCacheEnv)
+	if cache == "" {
+		cache = defaultThirdPartyCache
 	}
-	if err := copyFiles(filepath.Join(testdata, "nixos-stub"), dst, "."); err != nil {
+	if src := os.Getenv(nixpkgsEnv); src != "" {
+		if !filepath.IsAbs(src) {
+			return fmt.Errorf("%s=%s: want an absolute path to a nixpkgs checkout", nixpkgsEnv, src)
+		}
+		if _, err := os.Stat(filepath.Join(src, "lib", "default.nix")); err != nil {
+			return fmt.Errorf("%s=%s has no lib/default.nix: point it at a nixpkgs checkout: %w", nixpkgsEnv, src, err)
+		}
+		nixpkgsLib = src
+	} else if nixpkgsLib, err = thirdParty(cache, pins["nixpkgs-lib"]); err != nil {
+		return err
+	}
+	if microvmSrc, err = thirdParty(cache, pins["microvm.nix"]); err != nil {
+		return err
+	}
+	nixpkgsStub = filepath.Join(dir, "nixpkgs")
+	if err := copyFiles(filepath.Join(testdata, "nixos-stub"), nixpkgsStub, "."); err != nil {
 		return fmt.Errorf("assembling the stand-in nixpkgs: %w", err)
 	}
-	if err := copyFiles(src, dst, "lib"); err != nil {
-		return fmt.Errorf("copying nixpkgs' lib from %s=%s: %w", nixpkgsEnv, src, err)
+	if err := copyFiles(nixpkgsLib, nixpkgsStub, "lib"); err != nil {
+		return fmt.Errorf("copying nixpkgs' lib from %s: %w", nixpkgsLib, err)
+	}
+	// microvm.nix's host module imports ../../pkgs/microvm-command.nix.
+	microvmStub = filepath.Join(dir, "microvm")
+	if err := copyFiles(filepath.Join(testdata, "fake-microvm"), microvmStub, "."); err != nil {
+		return fmt.Errorf("assembling the stand-in microvm.nix: %w", err)
+	}
+	if err := copyFiles(microvmSrc, microvmStub, "nixos-modules", "pkgs"); err != nil {
+		return fmt.Errorf("copying microvm.nix's modules from %s: %w", microvmSrc, err)
 	}
 	return nil
 }
 
-// requireNixpkgs skips the test, saying so loudly, when BLIXARD_NIXPKGS is
-// unset: nixpkgs' module system is not available offline.
-func requireNixpkgs(t *testing.T) {
-	t.Helper()
-	if nixpkgsStub == "" {
-		t.Skip(skipNoNixpkgs)
+// thirdPartyPin is one pinned source, as scripts/setup-nixlib.sh lists it.
+type thirdPartyPin struct {
+	name, commit, nar string
+}
+
+// pinLine matches an entry of the script's pins array:
+// "NAME|OWNER/REPO|COMMIT|ARCHIVE|ARCHIVE-SHA256|NAR-HASH".
+var pinLine = regexp.MustCompile(`"([^"|]+)\|[^"|]+\|([0-9a-f]{40})\|[^"|]+\|[0-9a-f]{64}\|(sha256-[A-Za-z0-9+/]+=*)"`)
+
+// readPins reads the pinned commits and NAR hashes from the setup script, so
+// that the tests use exactly what it unpacks.
+func readPins() (map[string]thirdPartyPin, error) {
+	script := filepath.Join(repoRoot, setupNixlibScript)
+	data, err := os.ReadFile(script)
+	if err != nil {
+		return nil, fmt.Errorf("reading the pins: %w", err)
 	}
+	pins := map[string]thirdPartyPin{}
+	for _, m := range pinLine.FindAllStringSubmatch(string(data), -1) {
+		pins[m[1]] = thirdPartyPin{name: m[1], commit: m[2], nar: m[3]}
+	}
+	for _, name := range []string{"nixpkgs-lib", "microvm.nix"} {
+		if _, ok := pins[name]; !ok {
+			return nil, fmt.Errorf("%s pins no %s (want a line \"%s|OWNER/REPO|COMMIT|ARCHIVE|SHA256|NAR-HASH\")", script, name, name)
+		}
+	}
+	return pins, nil
+}
+
+// thirdParty returns the cache directory of a pinned source after checking
+// that it holds exactly the pinned tree (its NAR hash).
+func thirdParty(cache string, pin thirdPartyPin) (string, error) {
+	dir := filepath.Join(cache, pin.name+"-"+pin.commit)
+	fix := fmt.Sprintf("run %s (it unpacks the pinned archives from ../shared/third-party, or downloads them)", setupNixlibScript)
+	if cache != defaultThirdPartyCache {
+		fix = fmt.Sprintf("run %s=%s %s (it unpacks the pinned archives from ../shared/third-party, or downloads them)", thirdPartyCacheEnv, cache, setupNixlibScript)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("%s %s is not unpacked in %s: %s", pin.name, pin.commit, dir, fix)
+	}
+	cmd := exec.Command("nix", "hash", "path", dir)
+	cmd.Env = nixEnv()
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("nix hash path %s: %v: run scripts/setup.sh, then %s", dir, err, fix)
+	}
+	if got := strings.TrimSpace(string(out)); got != pin.nar {
+		return "", fmt.Errorf("%s has NAR hash %s, want %s (commit %s): remove it and %s", dir, got, pin.nar, pin.commit, fix)
+	}
+	return dir, nil
+}
+
+// requireThirdParty fails the test (never skips) when the pinned nixpkgs lib
+// or microvm.nix is missing, with the command that unpacks them.
+func requireThirdParty(t *testing.T) {
+	t.Helper()
+	requireNix(t)
+	if thirdPartyErr != nil {
+		t.Fatal(thirdPartyErr)
+	}
+}
+
+// cephBin is the daemon built with Ceph support, as packages.blixard-ceph
+// builds it; built once, on first use.
+var cephBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// blixardCeph returns the daemon built with `-tags ceph,pacific` (what
+// services.blixard runs with ceph.enable), failing the test when it cannot
+// be built.
+func blixardCeph(t *testing.T) string {
+	t.Helper()
+	cephBin.once.Do(func() {
+		path := filepath.Join(binDir, "blixard-ceph")
+		out, err := exec.Command("go", "build", "-tags", "ceph,pacific", "-o", path, "../../cmd/blixard").CombinedOutput()
+		if err != nil {
+			cephBin.err = fmt.Errorf("building blixard with -tags ceph,pacific: %v\n%s\nrun scripts/setup-ceph.sh (librados-dev, librbd-dev)", err, out)
+			return
+		}
+		cephBin.path = path
+	})
+	if cephBin.err != nil {
+		t.Fatal(cephBin.err)
+	}
+	return cephBin.path
 }
 
 // requireNix fails the test (never skips) when nix is missing.
@@ -138,13 +253,14 @@ func runNix(t *testing.T, program string, args ...string) (string, string, error
 }
 
 // fixtures is a Nix expression binding `fx` to testdata/fixtures.nix (given
-// the stand-in nixpkgs, if any), to be followed by `in EXPR`.
+// the stand-in nixpkgs and microvm.nix, if set up), to be followed by
+// `in EXPR`.
 func fixtures() string {
-	nixpkgs := "null"
+	nixpkgs, microvm := "null", "null"
 	if nixpkgsStub != "" {
-		nixpkgs = nixString(nixpkgsStub)
+		nixpkgs, microvm = nixString(nixpkgsStub), nixString(microvmStub)
 	}
-	return fmt.Sprintf("let fx = import %s { nixpkgs = %s; }; ", filepath.Join(testdata, "fixtures.nix"), nixpkgs)
+	return fmt.Sprintf("let fx = import %s { nixpkgs = %s; microvm = %s; }; ", filepath.Join(testdata, "fixtures.nix"), nixpkgs, microvm)
 }
 
 // nixString quotes s as a Nix string literal.
@@ -175,13 +291,13 @@ func evalError(t *testing.T, expr string) string {
 
 // flakeOverrides are the --override-input flags that replace the inputs of
 // Blixard's flake and of examples/flake with local stand-ins; blixardDir is
-// a copy of Blixard's flake. The caller has called requireNixpkgs.
+// a copy of Blixard's flake. The caller has called requireThirdParty.
 func flakeOverrides(blixardDir string) []string {
 	nixpkgs := "path:" + nixpkgsStub
 	return []string{
 		"--no-write-lock-file",
 		"--override-input", "nixpkgs", nixpkgs,
-		"--override-input", "microvm", "path:" + filepath.Join(testdata, "fake-microvm"),
+		"--override-input", "microvm", "path:" + microvmStub,
 		"--override-input", "blixard", "path:" + blixardDir,
 		"--override-input", "blixard/nixpkgs", nixpkgs,
 	}

@@ -114,9 +114,15 @@ func TestNixPorts(t *testing.T) {
 // file and returns its combined output.
 func checkConfig(t *testing.T, configFile string) (string, error) {
 	t.Helper()
+	return checkConfigWith(t, blixardBin, configFile)
+}
+
+// checkConfigWith is checkConfig with the given daemon binary.
+func checkConfigWith(t *testing.T, bin, configFile string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, blixardBin, "serve", "--config", configFile, "--check-config")
+	cmd := exec.CommandContext(ctx, bin, "serve", "--config", configFile, "--check-config")
 	cmd.Env = append(os.Environ(), "BLIXARD_WEBHOOK_SECRET=")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

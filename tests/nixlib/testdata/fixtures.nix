@@ -2,9 +2,12 @@
 # builtins.derivation with /bin/sh, microvm.nix-shaped configurations, and
 # services.blixard option values as the module's defaults fill them.
 #
-# nixpkgs: a directory holding nixpkgs' lib/ (the tests pass BLIXARD_NIXPKGS),
-# or null. Only nixpkgsLib, nixosStub and host need it.
-{ nixpkgs ? null }:
+# nixpkgs: a directory holding nixpkgs' lib/ (the tests pass their stand-in
+# nixpkgs, made of the pinned nixpkgs lib that scripts/setup-nixlib.sh
+# unpacks), or null. microvm: the stand-in microvm.nix flake (fake-microvm/
+# with microvm.nix's real nixos-modules/ and pkgs/), or null. Only
+# nixpkgsLib, nixosStub, microvm, host and inspect need them.
+{ nixpkgs ? null, microvm ? null }:
 let
   blixardLib = import ../../../nix/lib.nix;
 
@@ -78,13 +81,13 @@ let
   ports = import ../../../nixos-modules/ports.nix;
 
   # nixpkgs' lib, the NixOS stand-in (nixos-stub/nixos.nix) and the
-  # microvm.nix stand-in.
-  nixpkgsLib =
-    if nixpkgs == null
-    then throw "needs nixpkgs' lib: set BLIXARD_NIXPKGS=/path/to/nixpkgs"
-    else import "${nixpkgs}/lib";
+  # microvm.nix stand-in (its nixosModules.host is microvm.nix's own).
+  needs = what: throw "needs ${what}: run scripts/setup-nixlib.sh";
+  nixpkgsLib = if nixpkgs == null then needs "nixpkgs' lib" else import "${nixpkgs}/lib";
   nixosStub = import ./nixos-stub/nixos.nix { lib = nixpkgsLib; };
-  fakeMicrovm = (import ./fake-microvm/flake.nix).outputs { self = fakeMicrovm; };
+  microvmFlake =
+    if microvm == null then needs "microvm.nix"
+    else (import "${microvm}/flake.nix").outputs { self = microvmFlake; };
 
   # A host with Blixard's module and the given modules.
   host = modules: nixosStub.nixosSystem {
@@ -113,5 +116,6 @@ let
 in
 {
   inherit blixardLib drv runners microvmConfig toRunner toDaemon service render ports;
-  inherit nixpkgsLib nixosStub fakeMicrovm host inspect;
+  inherit nixpkgsLib nixosStub host inspect;
+  microvm = microvmFlake;
 }

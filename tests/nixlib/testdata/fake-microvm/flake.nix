@@ -1,7 +1,12 @@
-# Stand-in for microvm.nix in offline tests, written for Blixard and modelled
-# on microvm.nix's option names. It declares only what Blixard's lib, its
-# NixOS module and examples/flake read or set, with the loosest types that
-# still catch a misspelt or mistyped value. It builds and boots nothing.
+# Stand-in for microvm.nix in offline tests. Its host module is microvm.nix's
+# own: tests/nixlib's TestMain copies this file next to the nixos-modules/
+# and pkgs/ directories of the pinned microvm.nix (unpacked by
+# scripts/setup-nixlib.sh) and uses that directory as the `microvm` input.
+# Its guest module is a fake, written for Blixard and modelled on
+# microvm.nix's option names: the real one needs the whole of NixOS. The
+# fake declares only what Blixard's lib and examples/flake read or set, with
+# the loosest types that still catch a misspelt or mistyped value. It builds
+# and boots nothing.
 #
 # nixosModules.microvm (guest):
 #   vcpu, mem        read by mkCluster
@@ -12,10 +17,10 @@
 #                    runner's would
 #   hypervisor, interfaces
 #                    set by examples/flake's VMs, not read by Blixard
-# nixosModules.host:
-#   host.enable      read by Blixard's module (systemd backend); on by
-#                    default once the host module is imported
-#   stateDir         where VM state lives; Blixard's lib assumes the default
+# nixosModules.host: microvm.nix's nixos-modules/host (host.enable, read by
+#   Blixard's module for the systemd backend, is on by default once it is
+#   imported; stateDir is where VM state lives, Blixard's lib assumes the
+#   default /var/lib/microvms).
 {
   outputs = { self }: {
     nixosModules.microvm = { config, lib, ... }:
@@ -61,11 +66,6 @@
         };
       };
 
-    nixosModules.host = { lib, ... }: {
-      options.microvm = {
-        host.enable = lib.mkOption { type = lib.types.bool; default = true; };
-        stateDir = lib.mkOption { type = lib.types.str; default = "/var/lib/microvms"; };
-      };
-    };
+    nixosModules.host = ./nixos-modules/host;
   };
 }

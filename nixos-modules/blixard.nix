@@ -290,6 +290,9 @@ in
         # restarted agent adopts them instead of rebooting every VM.
         KillMode = if cfg.backend == "process" then "process" else "control-group";
         LimitNOFILE = 65536;
+        # Each nix evaluation or build runs in its own child cgroup, so a timeout kills every builder it started
+        # (import-from-derivation builders run in their own session): the daemon needs its subtree delegated.
+        Delegate = true;
 
         ProtectHome = true;
         PrivateTmp = true;

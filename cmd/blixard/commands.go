@@ -1,10 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,10 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/node"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
-	"github.com/blixard/blixard/spec"
 )
 
 func printJSON(w io.Writer, v any) error {
@@ -43,53 +43,89 @@ func storeName(p string) string {
 	return base
 }
 
-func newStatusCommand(g *globals) *cobra.Command {
+// show prints v as JSON with --json, and with human otherwise.
+func (g *globals) show(v any, human func(w io.Writer) error) error {
+	if g.json {
+		return printJSON(g.stdout, v)
+	}
+	return human(g.stdout)
+}
+
+// changes ends plan and diff with exit code 2 when there are changes.
+func changes(has bool) error {
+	if has {
+		return exitCode(exitChanges)
+	}
+	return nil
+}
+
+// readCommand is a command that GETs one answer and shows it; exit, when
+// set, turns the answer into the exit code.
+func readCommand[T any](g *globals, use, short, long string, get func(*api.Client, context.Context) (T, error),
+	human func(io.Writer, T) error, exit func(T) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "status",
-		Short: "Show the committed revision, the last error, VMs and nodes",
-		Args:  cobra.NoArgs,
+		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var v statusView
-			if err := g.client().do(cmd.Context(), "GET", "/v1/status", nil, &v); err != nil {
+			v, err := get(g.client(), cmd.Context())
+			if err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(g.stdout, v)
+			if err := g.show(v, func(w io.Writer) error { return human(w, v) }); err != nil || exit == nil {
+				return err
 			}
-			w := g.stdout
-			if v.Revision == nil {
-				fmt.Fprintln(w, "Revision: none committed yet")
-			} else {
-				fmt.Fprintf(w, "Revision: %d  commit %s  ref %s  %s\n  %s\n", v.Revision.ID, short(v.Revision.Commit, 12),
-					v.Revision.Ref, v.Revision.CommittedAt.Local().Format(time.RFC3339), v.Revision.Summary)
-			}
-			if v.LastError != nil {
-				fmt.Fprintf(w, "Last error (commit %s, not deployed):\n  %s\n", short(v.LastError.Commit, 12),
-					strings.ReplaceAll(strings.TrimSpace(v.LastError.Message), "\n", "\n  "))
-			}
-			if v.Reconciler != nil && v.Reconciler.FetchError != "" {
-				fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
-			}
-			fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VM\tNODE\tPHASE\tVCPU\tMEM\tRUNNER")
-			for _, vm := range v.VMs {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, vm.Phase, vm.VCPU, vm.MemMiB, storeName(vm.OutPath))
-			}
-			if len(v.VMs) == 0 {
-				fmt.Fprintln(tw, "(none)")
-			}
-			for _, u := range v.Unschedulable {
-				fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t%s\n", u.VM, u.Reason)
-			}
-			fmt.Fprintln(tw)
-			writeNodesTable(tw, v.Nodes)
-			return tw.Flush()
+			return exit(v)
 		},
 	}
 }
 
-func writeNodesTable(tw *tabwriter.Writer, nodes []nodeView) {
+func newReadCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{
+		readCommand(g, "status", "Show the committed revision, the last error, VMs and nodes", "",
+			(*api.Client).Status, writeStatus, nil),
+		readCommand(g, "nodes", "List registered nodes with their state, capacity and allocation (* = leader)", "",
+			(*api.Client).Nodes, writeNodes, nil),
+		readCommand(g, "history", "List committed revisions, newest first", "", (*api.Client).History, writeHistory, nil),
+		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
+			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
+			(*api.Client).Diff, writeDrift, func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
+	}
+}
+
+func writeStatus(w io.Writer, v api.StatusView) error {
+	if v.Revision == nil {
+		fmt.Fprintln(w, "Revision: none committed yet")
+	} else {
+		fmt.Fprintf(w, "Revision: %d  commit %s  ref %s  %s\n  %s\n", v.Revision.ID, short(v.Revision.Commit, 12),
+			v.Revision.Ref, v.Revision.CommittedAt.Local().Format(time.RFC3339), v.Revision.Summary)
+	}
+	if v.LastError != nil {
+		fmt.Fprintf(w, "Last error (commit %s, not deployed):\n  %s\n", short(v.LastError.Commit, 12),
+			strings.ReplaceAll(strings.TrimSpace(v.LastError.Message), "\n", "\n  "))
+	}
+	if v.Reconciler != nil && v.Reconciler.FetchError != "" {
+		fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
+	}
+	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tNODE\tPHASE\tVCPU\tMEM\tRUNNER")
+	for _, vm := range v.VMs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, vm.Phase, vm.VCPU, vm.MemMiB, storeName(vm.OutPath))
+	}
+	if len(v.VMs) == 0 {
+		fmt.Fprintln(tw, "(none)")
+	}
+	for _, u := range v.Unschedulable {
+		fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t%s\n", u.VM, u.Reason)
+	}
+	fmt.Fprintln(tw)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeNodes(w, v.Nodes)
+}
+
+func writeNodes(w io.Writer, nodes []api.NodeView) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tVMS\tVCPU\tMEM\tAPI\tLABELS")
 	for _, n := range nodes {
 		id := fmt.Sprint(n.ID)
@@ -100,90 +136,34 @@ func writeNodesTable(tw *tabwriter.Writer, nodes []nodeView) {
 		for k, v := range n.Labels {
 			labels = append(labels, k+"="+v)
 		}
+		sort.Strings(labels)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d MiB\t%s\t%s\n", id, n.State, n.VMs, n.Allocated.VCPU, n.Capacity.VCPU,
-			n.Allocated.MemMiB, n.Capacity.MemMiB, n.APIAddr, strings.Join(sortedStrings(labels), ","))
+			n.Allocated.MemMiB, n.Capacity.MemMiB, n.APIAddr, strings.Join(labels, ","))
 	}
+	return tw.Flush()
 }
 
-func newNodesCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "nodes",
-		Short: "List registered nodes with their state, capacity and allocation (* = leader)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var nodes []nodeView
-			if err := g.client().do(cmd.Context(), "GET", "/v1/nodes", nil, &nodes); err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(g.stdout, nodes)
-			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			writeNodesTable(tw, nodes)
-			return tw.Flush()
-		},
+func writeHistory(w io.Writer, revs []replicated.Revision) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REVISION\tCOMMIT\tREF\tTIME\tCHANGES")
+	for i := len(revs) - 1; i >= 0; i-- {
+		r := revs[i]
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.ID, short(r.Commit, 12), r.Ref, r.CommittedAt.Local().Format(time.RFC3339), r.Summary)
 	}
+	return tw.Flush()
 }
 
-func newHistoryCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "history",
-		Short: "List committed revisions, newest first",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var revs []replicated.Revision
-			if err := g.client().do(cmd.Context(), "GET", "/v1/history", nil, &revs); err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(g.stdout, revs)
-			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "REVISION\tCOMMIT\tREF\tTIME\tCHANGES")
-			for i := len(revs) - 1; i >= 0; i-- {
-				r := revs[i]
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.ID, short(r.Commit, 12), r.Ref,
-					r.CommittedAt.Local().Format(time.RFC3339), r.Summary)
-			}
-			return tw.Flush()
-		},
+func writeDrift(w io.Writer, drift []reconciler.Drift) error {
+	if len(drift) == 0 {
+		_, err := fmt.Fprintln(w, "No drift: every VM runs its committed closure on its assigned node.")
+		return err
 	}
-}
-
-func newDiffCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "diff",
-		Short: "Show drift between the committed plan and what the agents observe",
-		Long: `Compare the committed desired state with the VMs the node agents report.
-Exit code 0: no drift; 2: drift; 1: error.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var drift []reconciler.Drift
-			if err := g.client().do(cmd.Context(), "GET", "/v1/diff", nil, &drift); err != nil {
-				return err
-			}
-			if g.json {
-				if err := printJSON(g.stdout, drift); err != nil {
-					return err
-				}
-			} else if len(drift) == 0 {
-				fmt.Fprintln(g.stdout, "No drift: every VM runs its committed closure on its assigned node.")
-			} else {
-				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VM\tNODE\tOBSERVED\tREASON")
-				for _, d := range drift {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", d.VM, d.Node, d.Phase, d.Reason)
-				}
-				if err := tw.Flush(); err != nil {
-					return err
-				}
-			}
-			if len(drift) > 0 {
-				return exitCode(exitChanges)
-			}
-			return nil
-		},
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tNODE\tOBSERVED\tREASON")
+	for _, d := range drift {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", d.VM, d.Node, d.Phase, d.Reason)
 	}
+	return tw.Flush()
 }
 
 func newPlanCommand(g *globals) *cobra.Command {
@@ -205,14 +185,14 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
   blixard plan --commit 3f2c…    # a pushed commit, evaluated by the cluster`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			c := g.client()
-			var v planView
+			ctx, c := cmd.Context(), g.client()
+			var v api.PlanView
 			if commit != "" {
 				if cmd.Flags().Changed("flake") {
 					return fmt.Errorf("--flake and --commit exclude each other")
 				}
-				if err := c.do(ctx, "POST", "/v1/plan", planRequest{Commit: commit}, &v); err != nil {
+				var err error
+				if v, err = c.Plan(ctx, commit); err != nil {
 					return err
 				}
 			} else {
@@ -227,30 +207,20 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 				if err != nil {
 					return err
 				}
-				ev := nixeval.New(nixeval.Options{Timeout: evalTimeout, Logger: log})
-				res, err := ev.Eval(ctx, nixeval.PathFlakeRef(abs), attr, "")
+				st, err := c.State(ctx)
 				if err != nil {
 					return err
 				}
-				var s replicated.State
-				if err := c.do(ctx, "GET", "/v1/state", nil, &s); err != nil {
+				p, err := reconciler.PlanCommit(ctx, node.LocalEvaluator(abs, attr, evalTimeout, log), "", st)
+				if err != nil {
 					return err
 				}
-				if v, err = newPlanView(&s, res.Spec, "", abs); err != nil {
-					return err
-				}
+				v = api.NewPlanView(p, abs)
 			}
-			if g.json {
-				if err := printJSON(g.stdout, v); err != nil {
-					return err
-				}
-			} else {
-				v.Plan.Render(g.stdout, isTerminal(g.stdout))
+			if err := g.show(v, func(w io.Writer) error { return v.Plan.Render(w, isTerminal(w)) }); err != nil {
+				return err
 			}
-			if v.HasChanges {
-				return exitCode(exitChanges)
-			}
-			return nil
+			return changes(v.HasChanges)
 		},
 	}
 	cmd.Flags().StringVar(&flakeDir, "flake", ".", "directory of the cluster flake to evaluate locally")
@@ -260,23 +230,12 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 	return cmd
 }
 
-// newPlanView plans desired against the committed state; a change the
-// cluster would refuse (a volume shrink) is an error, as it is for the leader.
-func newPlanView(s *replicated.State, desired *spec.Cluster, commit, flake string) (planView, error) {
-	if err := reconciler.CheckVolumes(s.Desired, desired); err != nil {
-		return planView{}, err
+func parseNodeID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("node id %q: want a number > 0", s)
 	}
-	p := reconciler.Compute(reconciler.Input{Desired: desired, Nodes: s.Nodes, Current: s.Assignments, Previous: s.Desired})
-	v := planView{Commit: commit, Flake: flake, HasChanges: p.HasChanges(), Summary: p.Summary(), Plan: p}
-	if s.Revision != nil {
-		v.Base = s.Revision.ID
-	}
-	return v, nil
-}
-
-func sortedStrings(s []string) []string {
-	sort.Strings(s)
-	return s
+	return id, nil
 }
 
 func newNodeCommand(g *globals) *cobra.Command {
@@ -298,16 +257,18 @@ func newNodeCommand(g *globals) *cobra.Command {
 			Short: c.short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				var out map[string]any
-				if err := g.client().do(cmd.Context(), "POST", "/v1/nodes/"+url.PathEscape(args[0])+"/state",
-					nodeStateRequest{State: c.state}, &out); err != nil {
+				id, err := parseNodeID(args[0])
+				if err != nil {
 					return err
 				}
-				if g.json {
-					return printJSON(g.stdout, out)
+				out, err := g.client().SetNodeState(cmd.Context(), id, c.state)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(g.stdout, "node %s is %s\n", args[0], c.state)
-				return nil
+				return g.show(out, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "node %d is %s\n", id, c.state)
+					return err
+				})
 			},
 		})
 	}
@@ -320,23 +281,35 @@ are voters; keep 3 or 5 voters and add further nodes with --non-voting. Then sta
 the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join [--non-voting] …`" + `.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || id == 0 {
-				return fmt.Errorf("node id %q: want a number > 0", args[0])
-			}
-			var out map[string]any
-			if err := g.client().do(cmd.Context(), "POST", "/v1/members",
-				memberRequest{ID: id, RaftAddr: args[1], NonVoting: nonVoting}, &out); err != nil {
+			id, err := parseNodeID(args[0])
+			if err != nil {
 				return err
 			}
-			if g.json {
-				return printJSON(g.stdout, out)
+			out, err := g.client().AddMember(cmd.Context(), api.MemberRequest{ID: id, RaftAddr: args[1], NonVoting: nonVoting})
+			if err != nil {
+				return err
 			}
-			fmt.Fprintf(g.stdout, "node %d added at %s; %v\n", id, args[1], out["next"])
-			return nil
+			return g.show(out, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "node %d added at %s; %s\n", id, args[1], out.Next)
+				return err
+			})
 		},
 	}
 	add.Flags().BoolVar(&nonVoting, "non-voting", false, "replicate without voting (for nodes beyond 3 or 5 voters)")
 	cmd.AddCommand(add)
+	return cmd
+}
+
+func newLogsCommand(g *globals) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs VM",
+		Short: "Show a VM's console output, from whichever node runs it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client().Logs(cmd.Context(), args[0], follow, g.stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	return cmd
 }

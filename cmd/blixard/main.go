@@ -1,8 +1,9 @@
 // Command blixard is the Blixard node daemon and its command-line client.
 //
-// This package only wires parts together: flags, the HTTP API, output
-// formatting. Planning lives in reconciler, state in replicated, evaluation
-// in nixeval and git in gitsync.
+// This package only parses flags and configuration files into a
+// node.Config (serve, dev) or API calls (every other command), and formats
+// their answers. The node's assembly lives in node, the HTTP API and its
+// client in api, planning in reconciler.
 package main
 
 import (
@@ -17,6 +18,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/blixard/blixard/api"
 )
 
 // Exit codes that scripts can rely on (as `terraform plan -detailed-exitcode`).
@@ -94,17 +97,8 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 			}
 		}
 	}
-	root.AddCommand(
-		newServeCommand(g),
-		newDevCommand(g),
-		newPlanCommand(g),
-		newDiffCommand(g),
-		newStatusCommand(g),
-		newNodesCommand(g),
-		newNodeCommand(g),
-		newHistoryCommand(g),
-		newLogsCommand(g),
-	)
+	root.AddCommand(newServeCommand(g), newDevCommand(g), newPlanCommand(g), newNodeCommand(g), newLogsCommand(g))
+	root.AddCommand(newReadCommands(g)...)
 	return root
 }
 
@@ -115,6 +109,8 @@ func (g *globals) logger() (*slog.Logger, error) {
 	}
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level})), nil
 }
+
+func (g *globals) client() *api.Client { return api.NewClient(g.server) }
 
 // isTerminal reports whether w is a terminal, for colour.
 func isTerminal(w io.Writer) bool {

@@ -181,3 +181,14 @@ func JSON(t testing.TB, v any) string {
 	}
 	return string(b)
 }
+
+// Detail turns a condition that explains itself (ok, and what it saw) into
+// one for WaitFor.
+func Detail(cond func() (ok bool, detail string)) func() error {
+	return func() error {
+		if ok, detail := cond(); !ok {
+			return errors.New(detail)
+		}
+		return nil
+	}
+}

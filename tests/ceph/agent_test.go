@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -189,11 +190,11 @@ func killRunners(dir string) {
 func (n *node) waitPhase(vm string, p replicated.Phase, extra func(replicated.VMStatus) bool) replicated.VMStatus {
 	n.t.Helper()
 	var got replicated.VMStatus
-	waitFor(n.t, fmt.Sprintf("%s %s on node %d", vm, p, n.id), func() (bool, string) {
+	testkit.WaitFor(n.t, cephWait, fmt.Sprintf("%s %s on node %d", vm, p, n.id), testkit.Detail(func() (bool, string) {
 		s, ok := n.rec.status(vm)
 		got = s
 		return ok && s.Phase == p && (extra == nil || extra(s)), fmt.Sprintf("last status %+v", s)
-	})
+	}))
 	return got
 }
 
@@ -245,10 +246,10 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 	if got := ownerAddrs(t, c, img); !slices.Equal(got, n1.addrs(t)) {
 		t.Fatalf("lock owners %v, want node 1's client %v", got, n1.addrs(t))
 	}
-	waitFor(t, "runner's console", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "runner's console", testkit.Detail(func() (bool, string) {
 		s := n1.console("db")
 		return strings.Contains(s, "volume-attached"), s
-	})
+	}))
 	sock1 := nodeagent.VolumePath(n1.dir, "db", "data")
 	if out, err := qemuIO(t, sock1, "write -P 0x5a 1M 64k"); err != nil {
 		t.Fatalf("write through node 1's attachment: %v\n%s", err, out)
@@ -260,10 +261,10 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 	st.assign("db", 2, r, vols)
 	n2.waitPhase("db", replicated.PhaseRunning, nil)
 	t.Logf("move: reassignment → running on node 2 (stop, release, lock, start): %v", time.Since(t0).Round(time.Millisecond))
-	waitFor(t, "node 1 reports db stopped (or forgets it)", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "node 1 reports db stopped (or forgets it)", testkit.Detail(func() (bool, string) {
 		s, ok := n1.rec.status("db")
 		return !ok || s.Phase == replicated.PhaseStopped, fmt.Sprintf("%+v", s)
-	})
+	}))
 	if got := ownerAddrs(t, c, img); !slices.Equal(got, n2.addrs(t)) {
 		t.Fatalf("lock owners after the move %v, want node 2's client %v", got, n2.addrs(t))
 	}
@@ -277,21 +278,21 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 
 	// A grown spec grows the image in place; node 2 keeps the lock.
 	st.assign("db", 2, r, map[string]spec.Volume{"data": {SizeMiB: 16, Pool: "rbd"}})
-	waitFor(t, "image grown to 16 MiB", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "image grown to 16 MiB", testkit.Detail(func() (bool, string) {
 		size, err := c.Size(context.Background(), "rbd", img)
 		return err == nil && size == 16*volumes.MiB, fmt.Sprintf("size %d, %v", size, err)
-	})
+	}))
 	if got := ownerAddrs(t, c, img); !slices.Equal(got, n2.addrs(t)) {
 		t.Fatalf("lock owners after growing %v, want node 2's client %v", got, n2.addrs(t))
 	}
 
 	// Removed from the flake: the VM stops, the lock is released, the image stays.
 	st.unassign("db")
-	waitFor(t, "db stopped and its lock released", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "db stopped and its lock released", testkit.Detail(func() (bool, string) {
 		got := ownerAddrs(t, c, img)
 		s, _ := n2.rec.status("db")
 		return len(got) == 0 && (s.Phase == replicated.PhaseStopped || s.Phase == ""), fmt.Sprintf("owners %v, status %+v", got, s)
-	})
+	}))
 	if ok, err := c.Exists(context.Background(), "rbd", img); err != nil || !ok {
 		t.Fatalf("image %s after removal from the flake: exists %v, %v; want it kept", img, ok, err)
 	}

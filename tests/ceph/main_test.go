@@ -90,21 +90,8 @@ func imageName(t testing.TB) string {
 	return fmt.Sprintf("%s-%d-%d", n, os.Getpid(), seq.Add(1))
 }
 
-// waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t testing.TB, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %s", what, detail)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
+// cephWait bounds every wait of these tests.
+const cephWait = 30 * time.Second
 
 // qemuIO runs qemu-io commands against the NBD export on socket.
 func qemuIO(t testing.TB, socket string, cmds ...string) (string, error) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/tests/microvm"
 )
 
@@ -33,14 +34,14 @@ func qemuPID(t testing.TB, stateDir, vm string) int {
 	t.Helper()
 	path := filepath.Join(stateDir, vm, "qemu.pid")
 	var pid int
-	waitFor(t, "qemu's pid file "+path, func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "qemu's pid file "+path, testkit.Detail(func() (bool, string) {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return false, err.Error()
 		}
 		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		return err == nil && pid > 1 && isQemu(pid), fmt.Sprintf("it holds %q", b)
-	})
+	}))
 	return pid
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 	"github.com/blixard/blixard/tests/microvm"
@@ -49,11 +50,11 @@ func TestCephQemuMicroVMWritesAMarkerIsMovedAndReadsItBack(t *testing.T) {
 	n1.waitPhase("db", replicated.PhaseRunning, nil)
 	reaper.add(qemuPID(t, n1.dir, "db"))
 	var first string
-	waitFor(t, "the guest on node 1 to read its volume over HTTP", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "the guest on node 1 to read its volume over HTTP", testkit.Detail(func() (bool, string) {
 		b, err := guestGet(port, "/cgi-bin/read?data")
 		first = b
 		return err == nil, fmt.Sprint(err)
-	})
+	}))
 	t.Logf("assignment → guest on node 1 reads its new volume: %v", time.Since(t0).Round(time.Millisecond))
 	if first != "" {
 		t.Fatalf("a new volume reads %q, want nothing (zeros)", first)
@@ -99,11 +100,11 @@ func TestCephQemuMicroVMWritesAMarkerIsMovedAndReadsItBack(t *testing.T) {
 	}
 
 	var got string
-	waitFor(t, "the guest on node 2 to read its volume over HTTP", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "the guest on node 2 to read its volume over HTTP", testkit.Detail(func() (bool, string) {
 		b, err := guestGet(port, "/cgi-bin/read?data")
 		got = b
 		return err == nil, fmt.Sprint(err)
-	})
+	}))
 	total := time.Since(tWrite)
 	if got != marker {
 		t.Fatalf("after the move the guest reads %q, want the marker %q written on node 1", got, marker)
@@ -118,10 +119,10 @@ func TestCephQemuMicroVMWritesAMarkerIsMovedAndReadsItBack(t *testing.T) {
 	// Removed from the flake: node 2 powers the guest off and releases the
 	// lock; the image and its data stay.
 	st.unassign("db")
-	waitFor(t, "db stopped on node 2 and its lock released", func() (bool, string) {
+	testkit.WaitFor(t, cephWait, "db stopped on node 2 and its lock released", testkit.Detail(func() (bool, string) {
 		owners := ownerAddrs(t, c, img)
 		return len(owners) == 0 && !isQemu(pid2), fmt.Sprintf("owners %v, qemu (pid %d) runs: %v", owners, pid2, isQemu(pid2))
-	})
+	}))
 	if ok, err := c.Exists(context.Background(), "rbd", img); err != nil || !ok {
 		t.Fatalf("image %s after removal from the flake: exists %v, %v; want it kept", img, ok, err)
 	}

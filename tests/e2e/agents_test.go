@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // vmState is what the test needs of one VM in `status --json`.
@@ -38,7 +40,7 @@ func vmStates(t *testing.T, api string) (map[string]vmState, error) {
 func waitAllRunning(t *testing.T, c *cluster, want int) map[string]vmState {
 	t.Helper()
 	var vms map[string]vmState
-	waitFor(t, fmt.Sprintf("%d VMs running", want), 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("%d VMs running", want), func() error {
 		var err error
 		if vms, err = vmStates(t, c.nodes[0].api); err != nil {
 			return err
@@ -91,7 +93,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	second := r.push(clusterFlake(map[string]string{"cache": "v2"}), "cache v2")
 	waitRevision(t, c, second)
 	vms2 := waitAllRunning(t, c, 6)
-	waitFor(t, "cache restarted on its new runner", 30*time.Second, func() error {
+	testkit.WaitFor(t, 30*time.Second, "cache restarted on its new runner", func() error {
 		vms2 = waitAllRunning(t, c, 6)
 		if vms2["cache"].outPath == vms["cache"].outPath {
 			return fmt.Errorf("cache still has %s", vms2["cache"].outPath)
@@ -113,7 +115,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	third := r.push(clusterFlake(map[string]string{"cache": "v2"}, "db"), "remove db")
 	waitRevision(t, c, third)
 	waitAllRunning(t, c, 5)
-	waitFor(t, "db's runner to end", 30*time.Second, func() error {
+	testkit.WaitFor(t, 30*time.Second, "db's runner to end", func() error {
 		if alive(pids2["db"]) {
 			return fmt.Errorf("db runner %d still alive", pids2["db"])
 		}
@@ -125,7 +127,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "diff to report web-0's drift", 30*time.Second, func() error {
+	testkit.WaitFor(t, 30*time.Second, "diff to report web-0's drift", func() error {
 		out, _, code := cli(t, "", "diff", "--server", c.nodes[1].api)
 		if code != 2 || !strings.Contains(out, "web-0") {
 			return fmt.Errorf("diff: exit %d: %s", code, out)
@@ -143,7 +145,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	n.kill9()
 	c.restart(n)
 	var hb0 uint64
-	waitFor(t, "node 1 to report again after its restart", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "node 1 to report again after its restart", func() error {
 		var nodes []struct {
 			ID         uint64 `json:"id"`
 			Heartbeats uint64 `json:"heartbeats"`
@@ -183,7 +185,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	if out, stderr, code := cli(t, "", "node", "drain", "2", "--server", c.nodes[0].api); code != 0 {
 		t.Fatalf("node drain 2: exit %d: %s%s", code, out, stderr)
 	}
-	waitFor(t, "node 2's VMs to run elsewhere", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "node 2's VMs to run elsewhere", func() error {
 		vms := waitAllRunning(t, c, 5)
 		for name := range onNode2 {
 			if vms[name].node == 2 {
@@ -192,7 +194,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 		}
 		return nil
 	})
-	waitFor(t, "node 2's runners to stop", 30*time.Second, func() error {
+	testkit.WaitFor(t, 30*time.Second, "node 2's runners to stop", func() error {
 		for name, pid := range onNode2 {
 			if alive(pid) {
 				return fmt.Errorf("%s (pid %d) still runs on the drained node", name, pid)
@@ -212,7 +214,7 @@ func TestNixGitRaftAgentsConvergePlan(t *testing.T) {
 	// its previous version keeps running, the others are untouched.
 	fourth := r.push(clusterFlake(map[string]string{"cache": "v2", "worker": "FAIL"}, "db"), "broken worker build")
 	waitRevision(t, c, fourth)
-	waitFor(t, "worker-0 and worker-1 failed with the build error", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "worker-0 and worker-1 failed with the build error", func() error {
 		vms, err := vmStates(t, c.nodes[2].api)
 		if err != nil {
 			return err

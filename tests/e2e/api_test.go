@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // TestServeAPIRejectsGarbage sends malformed requests to a real node: each
@@ -20,7 +22,7 @@ func TestServeAPIRejectsGarbage(t *testing.T) {
 	c.start(n, []string{"serve", "--node-id", "1", "--data-dir", n.dataDir, "--raft-addr", n.raft,
 		"--api-addr", n.api, "--state-dir", n.stateDir(), "--agent=false"})
 	t.Cleanup(c.stopAll)
-	waitFor(t, "the node to serve", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "the node to serve", func() error {
 		_, err := http.Get("http://" + n.api + "/healthz")
 		return err
 	})

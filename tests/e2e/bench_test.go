@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // lightFlake declares n small VMs whose runners all carry version v.
@@ -45,7 +47,7 @@ func BenchmarkPushTo30VMsRunning(b *testing.B) {
 // waitVersion waits until n VMs run and the revision is commit (any when "").
 func waitVersion(tb testing.TB, c *cluster, n int, commit string) {
 	tb.Helper()
-	waitFor(tb, fmt.Sprintf("%d VMs running revision %s", n, commit), 120*time.Second, func() error {
+	testkit.WaitFor(tb, 120*time.Second, fmt.Sprintf("%d VMs running revision %s", n, commit), func() error {
 		var s struct {
 			Revision *struct{ Commit string } `json:"revision"`
 			VMs      []struct{ Phase string } `json:"vms"`

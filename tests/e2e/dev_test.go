@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 func TestNixDevFollowsWorkingTreeEdits(t *testing.T) {
@@ -37,7 +39,7 @@ func TestNixDevFollowsWorkingTreeEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	var after map[string]vmState
-	waitFor(t, "db to run its edited runner", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "db to run its edited runner", func() error {
 		after = waitAllRunning(t, c, 6)
 		if after["db"].outPath == vms["db"].outPath {
 			return fmt.Errorf("db still on %s", after["db"].outPath)
@@ -61,7 +63,7 @@ func TestNixDevFollowsWorkingTreeEdits(t *testing.T) {
 	if err := os.WriteFile(flake, []byte(huge), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "huge to be reported unschedulable", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "huge to be reported unschedulable", func() error {
 		var st struct {
 			Unschedulable []struct{ VM, Reason string } `json:"unschedulable"`
 		}

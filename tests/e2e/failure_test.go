@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // TestNixGitRaftSilentNodeIsMarkedDownAndItsVMsMove kills a node's blixard
@@ -42,7 +44,7 @@ func TestNixGitRaftSilentNodeIsMarkedDownAndItsVMsMove(t *testing.T) {
 		}
 	}
 
-	waitFor(t, fmt.Sprintf("node %d marked down and its VMs running elsewhere", victim.id), 90*time.Second, func() error {
+	testkit.WaitFor(t, 90*time.Second, fmt.Sprintf("node %d marked down and its VMs running elsewhere", victim.id), func() error {
 		var nodes []struct {
 			ID    uint64 `json:"id"`
 			State string `json:"state"`
@@ -73,7 +75,7 @@ func TestNixGitRaftSilentNodeIsMarkedDownAndItsVMsMove(t *testing.T) {
 	// The node comes back: it stays down (an operator readies it), and its
 	// agent stops the copies that now run elsewhere.
 	c.restart(victim)
-	waitFor(t, "the returning node to stop its stale runners", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "the returning node to stop its stale runners", func() error {
 		for name, pid := range stale {
 			if alive(pid) {
 				return fmt.Errorf("%s (pid %d) still runs on node %d", name, pid, victim.id)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // volumeFlake declares one VM with a Ceph volume and a light runner.
@@ -78,7 +80,7 @@ func TestCephNixGitRaftSilentNodeIsFencedBeforeItsVMMoves(t *testing.T) {
 			break
 		}
 	}
-	waitFor(t, "the victim fenced, down, and cache running elsewhere", 90*time.Second, func() error {
+	testkit.WaitFor(t, 90*time.Second, "the victim fenced, down, and cache running elsewhere", func() error {
 		n, err := stateOf(other.api, victim.id)
 		if err != nil {
 			return err

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // TestNixGitRaftNonVotingNodeJoins: three voters that run no VMs (capacity 0,
@@ -17,7 +19,7 @@ func TestNixGitRaftNonVotingNodeJoins(t *testing.T) {
 	commit := r.push(clusterFlake(nil), "six VMs")
 	c := startCluster(t, r.url(), []nodeSpec{{0, 0, ""}, {0, 0, ""}, {0, 0, ""}}, "--agent=false")
 	waitRevision(t, c, commit)
-	waitFor(t, "6 unschedulable VMs", 30*time.Second, func() error {
+	testkit.WaitFor(t, 30*time.Second, "6 unschedulable VMs", func() error {
 		var st struct {
 			Unschedulable []struct{ VM string } `json:"unschedulable"`
 		}

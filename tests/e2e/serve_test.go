@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // clusterFlake renders a cluster flake whose runners are tiny /bin/sh
@@ -129,7 +131,7 @@ func assignments(s statusJSON) map[string]string {
 func waitRevision(t *testing.T, c *cluster, commit string) statusJSON {
 	t.Helper()
 	var first statusJSON
-	waitFor(t, "revision "+commit[:12]+" on all nodes", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "revision "+commit[:12]+" on all nodes", func() error {
 		for i, n := range c.nodes {
 			s, err := status(t, n.api)
 			if err != nil {
@@ -230,7 +232,7 @@ func TestNixGitRaftServeFollowsPushes(t *testing.T) {
 
 	// 4. A broken flake: no new revision, status shows nix's error with the file name.
 	broken := r.push(brokenFlake, "broken")
-	waitFor(t, "the eval error of the broken commit", 60*time.Second, func() error {
+	testkit.WaitFor(t, 60*time.Second, "the eval error of the broken commit", func() error {
 		s, err := status(t, c.nodes[2].api)
 		if err != nil {
 			return err
@@ -252,7 +254,7 @@ func TestNixGitRaftServeFollowsPushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range c.nodes {
-		waitFor(t, fmt.Sprintf("node %d to report the fetch error", n.id), 30*time.Second, func() error {
+		testkit.WaitFor(t, 30*time.Second, fmt.Sprintf("node %d to report the fetch error", n.id), func() error {
 			var st struct {
 				Revision   struct{ Commit string } `json:"revision"`
 				Reconciler *struct {

@@ -43,6 +43,15 @@ var mustNot = map[string][]string{
 		"github.com/lni/", "github.com/ceph/"},
 	// The Ceph edge: no knowledge of the cluster's state or placement.
 	"volumes": {module + "replicated", module + "reconciler", module + "gitsync", module + "nixeval", module + "nodeagent"},
+	// The HTTP API: translates HTTP to the interfaces it declares; no
+	// programs, no Raft library, no git, no hosts; it plans only through
+	// reconciler.PlanCommit and never assembles a node.
+	"api": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", module + "raftstore",
+		module + "nixeval", module + "nixrun", module + "nodeagent", module + "volumes", module + "node", module + "cmd"},
+	// The node assembly: wires every package, but runs no programs, serves
+	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
+	// gitsync and volumes.
+	"node": {"os/exec", "net/http", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", module + "cmd"},
 }
 
 func TestPackagesKeepToTheirJob(t *testing.T) {

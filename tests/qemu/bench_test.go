@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/tests/microvm"
 )
@@ -37,7 +38,7 @@ func BenchmarkQemuBoot(b *testing.B) {
 			b.StopTimer()
 			e.state.unassign("web")
 			e.agent.Notify()
-			waitFor(b, "web to stop", 40*time.Second, func() error {
+			testkit.WaitFor(b, 40*time.Second, "web to stop", func() error {
 				us, err := e.backend.Status("web")
 				if err != nil {
 					return err

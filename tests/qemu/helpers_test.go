@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -35,22 +36,6 @@ func buildRunner(t testing.TB, name, version string) runner {
 	port := microvm.FreePort(t)
 	r := microvm.Build(t, microvm.Options{Name: name, Port: port, Version: version})
 	return runner{drv: r.Drv, out: r.Out, port: port, version: version}
-}
-
-// waitFor polls cond until it returns nil, failing the test after timeout.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
 }
 
 func fileContains(path, s string) error {
@@ -206,7 +191,7 @@ func (e *agentEnv) status(vm string) (replicated.VMStatus, bool) {
 
 func (e *agentEnv) waitPhase(t testing.TB, vm string, p replicated.Phase, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%s %s", vm, p), timeout, func() error {
+	testkit.WaitFor(t, timeout, fmt.Sprintf("%s %s", vm, p), func() error {
 		s, ok := e.status(vm)
 		if !ok {
 			return errors.New("no status")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
@@ -53,7 +54,7 @@ func TestQemuDemoVMBootsAnswersHTTPAndStopsCleanlyUnderTheAgent(t *testing.T) {
 	start = time.Now()
 	e.state.unassign("web")
 	e.agent.Notify()
-	waitFor(t, "web to stop", 40*time.Second, func() error {
+	testkit.WaitFor(t, 40*time.Second, "web to stop", func() error {
 		us, err := e.backend.Status("web")
 		if err != nil {
 			return err

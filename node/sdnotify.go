@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 // notifyReady tells systemd (Type=notify) that the node is up, and keeps its
 // watchdog fed when WatchdogSec is set. Outside systemd both are no-ops.
-func notifyReady(ctx context.Context, g *group, log *slog.Logger, status string) {
+func notifyReady(g *group, log *slog.Logger, status string) {
 	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+status); err != nil {
 		log.Warn("sd_notify READY failed", "err", err)
 	} else if sent {
@@ -20,14 +20,14 @@ func notifyReady(ctx context.Context, g *group, log *slog.Logger, status string)
 	if err != nil || interval <= 0 {
 		return
 	}
-	g.Go(func() {
+	g.Go("", func(ctx context.Context) error {
 		t := time.NewTicker(interval / 2)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
-				return
+				return nil
 			case <-t.C:
 				_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 			}

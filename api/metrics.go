@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"fmt"
@@ -10,17 +10,18 @@ import (
 
 // handleMetrics serves Prometheus' text exposition format, computed from the
 // local replica on each scrape (no client library: a handful of gauges).
-func (a *apiServer) handleMetrics(w http.ResponseWriter, _ *http.Request) {
-	s, err := a.store.LocalRead()
+func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
+	st, err := s.o.Replica.LocalRead()
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("node %d: reading the local replica: %w", s.o.Replica.NodeID(), err))
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	writeMetrics(w, s, a.store.NodeID(), a.leader())
+	WriteMetrics(w, st, s.o.Replica.NodeID(), s.leader())
 }
 
-func writeMetrics(w io.Writer, s *replicated.State, self, leader uint64) {
+// WriteMetrics writes the gauges of state s as node self sees it.
+func WriteMetrics(w io.Writer, s *replicated.State, self, leader uint64) {
 	gauge := func(name, help string) {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
 	}
@@ -35,10 +36,14 @@ func writeMetrics(w io.Writer, s *replicated.State, self, leader uint64) {
 	}
 	fmt.Fprintf(w, "blixard_revision %d\n", rev)
 	gauge("blixard_eval_error", "1 while the tracked ref's last evaluation failed.")
-	fmt.Fprintf(w, "blixard_eval_error %d\n", b2i(hasCondition(s, replicated.EvalFailed)))
+	_, evalFailed := s.Condition(replicated.EvalFailed)
+	fmt.Fprintf(w, "blixard_eval_error %d\n", b2i(evalFailed))
+	gauge("blixard_fetch_error", "1 while the leader cannot fetch the tracked ref.")
+	_, fetchFailed := s.Condition(replicated.FetchFailed)
+	fmt.Fprintf(w, "blixard_fetch_error %d\n", b2i(fetchFailed))
 
 	phases := map[replicated.Phase]int{}
-	for _, v := range vmViews(s) {
+	for _, v := range VMViews(s) {
 		phases[v.Phase]++
 	}
 	gauge("blixard_vms", "Assigned VMs by observed phase.")
@@ -57,9 +62,4 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func hasCondition(s *replicated.State, t replicated.ConditionType) bool {
-	_, ok := s.Condition(t)
-	return ok
 }

@@ -1,0 +1,72 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/replicated"
+)
+
+func TestClientDecodesEveryAnswer(t *testing.T) {
+	f := newFixture(t)
+	c := api.NewClient(strings.TrimPrefix(f.srv.URL, "http://")) // HOST:PORT, as --server takes it
+	ctx := context.Background()
+
+	if st, err := c.Status(ctx); err != nil || st.LastError == nil || st.Reconciler.FetchError == "" {
+		t.Errorf("Status: %+v, %v", st, err)
+	}
+	if s, err := c.State(ctx); err != nil || len(s.Nodes) != 2 {
+		t.Errorf("State: %v", err)
+	}
+	if ns, err := c.Nodes(ctx); err != nil || len(ns) != 2 {
+		t.Errorf("Nodes: %+v, %v", ns, err)
+	}
+	if h, err := c.History(ctx); err != nil || len(h) != 1 {
+		t.Errorf("History: %+v, %v", h, err)
+	}
+	if d, err := c.Diff(ctx); err != nil || len(d) != 1 {
+		t.Errorf("Diff: %+v, %v", d, err)
+	}
+	if rs, err := c.Reconciler(ctx); err != nil || !rs.Leader {
+		t.Errorf("Reconciler: %+v, %v", rs, err)
+	}
+	if p, err := c.Plan(ctx, commitB); err != nil || !p.HasChanges {
+		t.Errorf("Plan: %+v, %v", p, err)
+	}
+	if a, err := c.SetNodeState(ctx, 2, replicated.NodeDraining); err != nil || a.State != replicated.NodeDraining {
+		t.Errorf("SetNodeState: %+v, %v", a, err)
+	}
+	if a, err := c.AddMember(ctx, api.MemberRequest{ID: 5, RaftAddr: "h:5"}); err != nil || !strings.Contains(a.Next, "--join") {
+		t.Errorf("AddMember: %+v, %v", a, err)
+	}
+	if a, err := c.Sync(ctx); err != nil || !a.Triggered {
+		t.Errorf("Sync: %+v, %v", a, err)
+	}
+	var logs bytes.Buffer
+	if err := c.Logs(ctx, "web", false, &logs); err != nil || logs.String() != "booted web v1\n" {
+		t.Errorf("Logs: %q, %v", logs.String(), err)
+	}
+}
+
+func TestClientErrorsCarryTheServersMessage(t *testing.T) {
+	f := newFixture(t)
+	c := api.NewClient(f.srv.URL)
+	ctx := context.Background()
+	_, err := c.SetNodeState(ctx, 9, replicated.NodeDraining)
+	var e *api.Error
+	if !errors.As(err, &e) || e.Code != http.StatusNotFound || !strings.Contains(err.Error(), "not registered") {
+		t.Errorf("SetNodeState of an unknown node: %v", err)
+	}
+	if err := c.Logs(ctx, "ghost", false, &bytes.Buffer{}); !errors.As(err, &e) || e.Code != http.StatusNotFound {
+		t.Errorf("Logs of an unknown VM: %v", err)
+	}
+	f.srv.Close()
+	if _, err := c.Status(ctx); err == nil || !strings.Contains(err.Error(), "cannot reach a Blixard node") || !strings.Contains(err.Error(), "BLIXARD_SERVER") {
+		t.Errorf("Status of a stopped node: %v", err)
+	}
+}

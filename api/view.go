@@ -1,0 +1,192 @@
+package api
+
+import (
+	"sort"
+	"time"
+
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+// Health is the answer of GET /healthz.
+type Health struct {
+	OK   bool   `json:"ok"`
+	Node uint64 `json:"node"`
+}
+
+// StatusView is the answer of GET /v1/status and `blixard status --json`.
+// Everything in it but Node, Leader and Reconciler's local fields comes from
+// the replicated state, so every node answers the same.
+type StatusView struct {
+	Node     uint64               `json:"node"`   // the node that answered
+	Leader   uint64               `json:"leader"` // 0 when unknown
+	Revision *replicated.Revision `json:"revision"`
+	// LastError is the EvalFailed condition, if true.
+	LastError *replicated.Condition `json:"lastError"`
+	// Conditions are the source's failures that are true now.
+	Conditions []replicated.Condition `json:"conditions"`
+	VMs        []VMView               `json:"vms"`
+	// Unschedulable lists desired VMs the committed plan could not place, with why.
+	Unschedulable []replicated.Unschedulable `json:"unschedulable"`
+	Nodes         []NodeView                 `json:"nodes"`
+	// Reconciler is this node's loop, with FetchError taken from the
+	// FetchFailed condition; nil on a node without a reconciler while no
+	// fetch fails.
+	Reconciler *reconciler.Status `json:"reconciler,omitempty"`
+}
+
+// VMView is one assigned VM with its observed phase.
+type VMView struct {
+	Name       string           `json:"name"`
+	Node       uint64           `json:"node"`
+	OutPath    string           `json:"outPath"`
+	Drv        string           `json:"drv"`
+	VCPU       int              `json:"vcpu"`
+	MemMiB     int              `json:"memMiB"`
+	Generation uint64           `json:"generation"`
+	Phase      replicated.Phase `json:"phase"`
+	Message    string           `json:"message,omitempty"`
+}
+
+// NodeView is one registered node with what is assigned to it.
+type NodeView struct {
+	ID              uint64               `json:"id"`
+	State           replicated.NodeState `json:"state"`
+	Leader          bool                 `json:"leader"`
+	APIAddr         string               `json:"apiAddr"`
+	RaftAddr        string               `json:"raftAddr"`
+	Capacity        replicated.Resources `json:"capacity"`
+	Allocated       replicated.Resources `json:"allocated"`
+	VMs             int                  `json:"vms"`
+	Labels          map[string]string    `json:"labels,omitempty"`
+	LastHeartbeatAt time.Time            `json:"lastHeartbeatAt"`
+	Heartbeats      uint64               `json:"heartbeats"`
+}
+
+// NewStatusView builds the status of s as node self sees it; local is
+// self's own reconciler status (nil: it runs none).
+func NewStatusView(s *replicated.State, self, leader uint64, local *reconciler.Status) StatusView {
+	v := StatusView{Node: self, Leader: leader, Revision: s.Revision, Conditions: s.Conditions,
+		VMs: VMViews(s), Unschedulable: s.Unschedulable, Nodes: NodeViews(s, leader)}
+	if v.Conditions == nil {
+		v.Conditions = []replicated.Condition{}
+	}
+	if v.Unschedulable == nil {
+		v.Unschedulable = []replicated.Unschedulable{}
+	}
+	if c, ok := s.Condition(replicated.EvalFailed); ok {
+		v.LastError = &c
+	}
+	if local != nil {
+		rs := *local
+		v.Reconciler = &rs
+	}
+	if c, ok := s.Condition(replicated.FetchFailed); ok {
+		if v.Reconciler == nil {
+			v.Reconciler = &reconciler.Status{}
+		}
+		v.Reconciler.FetchError = c.Message
+	}
+	return v
+}
+
+// VMViews lists the assigned VMs by name; a VM's phase is pending until its
+// node observed it.
+func VMViews(s *replicated.State) []VMView {
+	out := make([]VMView, 0, len(s.Assignments))
+	for name, a := range s.Assignments {
+		v := VMView{Name: name, Node: a.Node, OutPath: a.OutPath, Drv: a.Drv, VCPU: a.VCPU, MemMiB: a.MemMiB,
+			Generation: a.Generation, Phase: replicated.PhasePending}
+		if st, ok := s.Observed[name]; ok && st.Node == a.Node {
+			v.Phase, v.Message = st.Phase, st.Message
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// NodeViews lists the registered nodes by id.
+func NodeViews(s *replicated.State, leader uint64) []NodeView {
+	out := make([]NodeView, 0, len(s.Nodes))
+	for _, id := range sortedNodeIDs(s.Nodes) {
+		n := s.Nodes[id]
+		v := NodeView{ID: id, State: n.State, Leader: id == leader, APIAddr: n.APIAddr, RaftAddr: n.RaftAddr,
+			Capacity: n.Capacity, Labels: n.Labels, LastHeartbeatAt: n.LastHeartbeatAt, Heartbeats: n.LastHeartbeatSeq}
+		for _, a := range s.Assignments {
+			if a.Node == id {
+				v.VMs++
+				v.Allocated.VCPU += a.VCPU
+				v.Allocated.MemMiB += a.MemMiB
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func sortedNodeIDs[V any](m map[uint64]V) []uint64 {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// PlanRequest asks a node to evaluate a commit of the repository it follows
+// and plan it against the committed state (POST /v1/plan).
+type PlanRequest struct {
+	Commit string `json:"commit"`
+}
+
+// PlanView is the answer of POST /v1/plan and `blixard plan --json`.
+type PlanView struct {
+	Commit     string          `json:"commit,omitempty"`
+	Flake      string          `json:"flake,omitempty"`
+	Base       uint64          `json:"baseRevision"` // the revision the plan is computed against
+	EvalHash   string          `json:"evalHash,omitempty"`
+	HasChanges bool            `json:"hasChanges"`
+	Summary    string          `json:"summary"`
+	Plan       reconciler.Plan `json:"plan"`
+}
+
+// NewPlanView presents a preview; flake is the local directory evaluated
+// ("" for a commit).
+func NewPlanView(p reconciler.Preview, flake string) PlanView {
+	return PlanView{Commit: p.Commit, Flake: flake, Base: p.Base, EvalHash: p.Hash,
+		HasChanges: p.Plan.HasChanges(), Summary: p.Plan.Summary(), Plan: p.Plan}
+}
+
+// NodeStateRequest sets a node's scheduling state (POST /v1/nodes/ID/state).
+type NodeStateRequest struct {
+	State replicated.NodeState `json:"state"`
+}
+
+// NodeStateAnswer is the answer of POST /v1/nodes/ID/state.
+type NodeStateAnswer struct {
+	Node    uint64               `json:"node"`
+	State   replicated.NodeState `json:"state"`
+	Message string               `json:"message"`
+}
+
+// MemberRequest adds a Raft replica to the shard (POST /v1/members).
+type MemberRequest struct {
+	ID        uint64 `json:"id"`
+	RaftAddr  string `json:"raftAddr"`
+	NonVoting bool   `json:"nonVoting"`
+}
+
+// MemberAnswer is the answer of POST /v1/members; Next is the command to
+// start the new node with.
+type MemberAnswer struct {
+	MemberRequest
+	Next string `json:"next"`
+}
+
+// SyncAnswer is the answer of POST /v1/sync.
+type SyncAnswer struct {
+	Triggered bool   `json:"triggered"`
+	Node      uint64 `json:"node"`
+	Leader    uint64 `json:"leader"`
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/node"
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+func TestServeFlagsMapToConfig(t *testing.T) {
+	base := serveOptions{nodeID: 2, members: "1=h:1,2=h:2", apiAddr: "h:7070", dataDir: "/d", stateDir: "/s", agent: true,
+		poll: time.Second, heartbeat: time.Second, ref: "main"}
+	tests := []struct {
+		name         string
+		change       func(o *serveOptions)
+		underSystemd bool
+		check        func(c node.Config) bool
+	}{
+		{"the Raft address comes from --members", func(*serveOptions) {}, false,
+			func(c node.Config) bool { return c.Members[2] == "h:2" && c.Backend == node.BackendProcess }},
+		{"under systemd the backend defaults to systemd", func(*serveOptions) {}, true,
+			func(c node.Config) bool { return c.Backend == node.BackendSystemd }},
+		{"--agent=false runs no VMs", func(o *serveOptions) { o.agent = false }, true,
+			func(c node.Config) bool { return c.Backend == node.BackendNone }},
+		{"--repo and --labels reach the config", func(o *serveOptions) { o.repo, o.labels = "file:///r", "zone=a" }, false,
+			func(c node.Config) bool {
+				return c.Source.Repo == "file:///r" && c.Source.Ref == "main" && c.Labels["zone"] == "a"
+			}},
+		{"no Ceph flag is no Ceph", func(*serveOptions) {}, false, func(c node.Config) bool { return c.Ceph == nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := base
+			tt.change(&o)
+			c, err := o.config(tt.underSystemd)
+			if err != nil || !tt.check(c) {
+				t.Fatalf("config: %+v, %v", c, err)
+			}
+		})
+	}
+}
+
+type evalFunc func(string) (reconciler.Evaluation, error)
+
+func (f evalFunc) Evaluate(_ context.Context, c string) (reconciler.Evaluation, error) { return f(c) }
+
+// TestCommandsFormatAndExit runs the CLI against a real API server on an
+// in-memory state: two nodes, web on node 1 never observed, an EvalFailed
+// condition.
+func TestCommandsFormatAndExit(t *testing.T) {
+	st := testkit.NewStore(nil)
+	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), testkit.Plan(0, "c1", testkit.Assign("web", 1, "v1")),
+		{V: 1, Type: replicated.CmdSetCondition, SetCondition: &replicated.SetCondition{Type: replicated.EvalFailed, Commit: "c2", Message: "flake.nix:3: boom"}}} {
+		st.Propose(context.Background(), cmd)
+	}
+	v2 := testkit.Plan(0, "", testkit.Assign("web", 1, "v2")).CommitPlan.Spec
+	ev := evalFunc(func(c string) (reconciler.Evaluation, error) {
+		if c == strings.Repeat("b", 40) {
+			return reconciler.Evaluation{Spec: v2}, nil
+		}
+		return reconciler.Evaluation{}, fmt.Errorf("cannot evaluate %s", c)
+	})
+	srv := httptest.NewServer(api.NewServer(api.Options{Replica: testkit.NewReplica(st, 1, 1), Evaluator: ev}).Handler())
+	defer srv.Close()
+	for _, tt := range []struct {
+		args []string
+		code int
+		want []string
+	}{
+		{[]string{"status"}, 0, []string{"Last error (commit c2", "flake.nix:3: boom", "pending", "web-v1", "1*"}},
+		{[]string{"nodes"}, 0, []string{"NODE", "0/8", "zone=a"}},
+		{[]string{"history"}, 0, []string{"c1"}},
+		{[]string{"diff"}, 2, []string{"web", "not yet reported"}},
+		{[]string{"diff", "--json"}, 2, []string{`"vm": "web"`}},
+		{[]string{"plan", "--commit", strings.Repeat("b", 40)}, 2, []string{"web"}},
+		{[]string{"plan", "--commit", strings.Repeat("c", 40)}, 1, []string{"cannot evaluate"}},
+		{[]string{"node", "drain", "9"}, 1, []string{"not registered"}},
+		{[]string{"node", "cordon", "2"}, 0, []string{"node 2 is cordoned"}},
+		{[]string{"node", "add", "x", "h:1"}, 1, []string{`node id "x"`}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), append(tt.args, "--server", srv.URL), &out, &errb)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tt.code, out.String(), errb.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String()+errb.String(), w) {
+					t.Errorf("output lacks %q:\n%s%s", w, out.String(), errb.String())
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,281 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/volumes"
+)
+
+// Backend says how the node runs VMs.
+type Backend string
+
+const (
+	// BackendNone runs no VMs: a control-plane-only node that only sends
+	// its heartbeat (the zero value).
+	BackendNone Backend = ""
+	// BackendSystemd runs VMs as microvm.nix's microvm@NAME units.
+	BackendSystemd Backend = "systemd"
+	// BackendProcess supervises the runners itself.
+	BackendProcess Backend = "process"
+)
+
+// Source is what the node's reconciler follows: a branch of a git
+// repository, a working tree as it is on disk, or nothing (the node then
+// replicates state but never proposes plans).
+type Source struct {
+	// Repo is the cluster repository's URL (file://, https://, ssh://) and
+	// Ref its branch (default "main"); mirrored in DataDir/mirror.
+	Repo, Ref string
+	// Worktree is a directory holding the cluster flake, followed as it is
+	// on disk (uncommitted and untracked files included); changes are seen
+	// Debounce after the last write (default 300ms), and at every Poll.
+	Worktree string
+	Debounce time.Duration
+}
+
+// Config is everything one node needs. Zero durations take the defaults
+// documented on each field.
+type Config struct {
+	// NodeID is this node's id (> 0), unique in the cluster; it is also its
+	// Raft replica id.
+	NodeID uint64
+	// DataDir holds the Raft log (DataDir/raft) and the git mirror
+	// (DataDir/mirror); created if missing.
+	DataDir string
+	// RaftAddr is the HOST:PORT of Raft traffic (default: this node's
+	// address in Members). Empty with no Members and no Join: a single
+	// voter on loopback, whose free port is chosen once and remembered in
+	// DataDir/raft-addr, since the Raft log records it.
+	RaftAddr string
+	// APIAddr is the HOST:PORT the API listens on, unless APIListener is
+	// set. Other nodes reach the API at it; a wildcard or empty host
+	// advertises the bound address instead.
+	APIAddr string
+	// APIListener is an already-bound listener for the API; Run owns it
+	// and closes it.
+	APIListener net.Listener
+	// Members are the initial voters (id → Raft address), the same on
+	// every initial member (default: this node alone); ignored with Join.
+	Members map[uint64]string
+	// Join starts a replica added with `blixard node add`; NonVoting
+	// matches --non-voting there.
+	Join, NonVoting bool
+	// LogDB sizes the Raft log DB: tiny (default), small, medium, large.
+	LogDB string
+	// QuietRaftLog lowers Dragonboat's own logging to errors.
+	QuietRaftLog bool
+
+	Source Source
+	// Attr is the flake output holding the cluster (default "blixard").
+	Attr string
+	// Poll is how often the leader fetches the source (default 5s).
+	// Negative durations are errors; zero ones take the default.
+	Poll time.Duration
+	// Heartbeat is how often this node reports to the cluster (default 2s).
+	Heartbeat time.Duration
+	// NodeTimeout: a node silent this long is fenced (with Ceph) and
+	// marked down, and its VMs move; 0 never.
+	NodeTimeout time.Duration
+	// EvalTimeout bounds one nix evaluation (default 2m).
+	EvalTimeout time.Duration
+
+	// Capacity and Labels are what the node offers to placement.
+	Capacity replicated.Resources
+	Labels   map[string]string
+	// WebhookSecret is the HMAC secret of POST /v1/webhook.
+	WebhookSecret string
+
+	// StateDir holds one directory per VM (microvm.nix's layout).
+	StateDir string
+	// Backend runs the VMs; BackendNone makes a control-plane-only node.
+	Backend Backend
+	// RestartBackoff is the first delay before a crashed VM is restarted
+	// (process backend; default 250ms, doubling to 30s).
+	RestartBackoff time.Duration
+	// StopOnExit stops every VM when Run returns (`blixard dev`); otherwise
+	// they keep running and the next agent adopts them.
+	StopOnExit bool
+	// Ceph, when set, attaches the VMs' RBD volumes, registers the node's
+	// Ceph client addresses and lets the leader fence silent nodes. It
+	// needs a build with `-tags ceph,pacific`.
+	Ceph *volumes.Config
+
+	// OnReady, when set, is called once the node is registered and its API
+	// serves on addr.
+	OnReady func(addr net.Addr)
+	// OnState, when set, is called with the local replica's state after
+	// registration and after every applied entry (coalesced), on one
+	// goroutine; it must not keep s.
+	OnState func(s *replicated.State)
+	// Logger receives the node's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Check reports whether c is a valid configuration; its errors name the
+// flags of `blixard serve`. It touches nothing but a working tree's
+// flake.nix.
+func (c Config) Check() error {
+	_, err := c.withDefaults()
+	return err
+}
+
+// withDefaults checks c and fills in its defaults.
+func (c Config) withDefaults() (Config, error) {
+	if c.NodeID == 0 {
+		return c, errors.New("--node-id is required and must be > 0")
+	}
+	if c.DataDir == "" {
+		return c, errors.New("--data-dir is required")
+	}
+	if c.RaftAddr == "" {
+		c.RaftAddr = c.Members[c.NodeID]
+	}
+	if c.RaftAddr == "" && (len(c.Members) > 0 || c.Join) {
+		return c, fmt.Errorf("--raft-addr is required (node %d is not in --members)", c.NodeID)
+	}
+	if c.NonVoting && !c.Join {
+		return c, errors.New("--non-voting needs --join: the initial members are voters")
+	}
+	if c.Join {
+		c.Members = nil // the shard knows its members; the joining node was added with `blixard node add`
+	} else if c.RaftAddr != "" {
+		if len(c.Members) == 0 {
+			c.Members = map[uint64]string{c.NodeID: c.RaftAddr}
+		}
+		if addr, ok := c.Members[c.NodeID]; !ok || addr != c.RaftAddr {
+			return c, fmt.Errorf("--members must list this node as %d=%s", c.NodeID, c.RaftAddr)
+		}
+	}
+	if c.APIListener == nil && c.APIAddr == "" {
+		return c, errors.New("--api-addr is required")
+	}
+	switch c.Backend {
+	case BackendNone, BackendSystemd, BackendProcess:
+	default:
+		return c, fmt.Errorf("--backend %q: want process or systemd", c.Backend)
+	}
+	if c.Backend != BackendNone && c.StateDir == "" {
+		return c, errors.New("--state-dir is required to run VMs")
+	}
+	if c.Source.Repo != "" && c.Source.Worktree != "" {
+		return c, errors.New("follow either a repository (--repo) or a working tree (blixard dev), not both")
+	}
+	if c.Source.Worktree != "" {
+		dir, err := filepath.Abs(c.Source.Worktree)
+		if err != nil {
+			return c, err
+		}
+		if _, err := os.Stat(filepath.Join(dir, "flake.nix")); err != nil {
+			return c, fmt.Errorf("%s has no flake.nix: pass the directory of a cluster flake (e.g. examples/demo)", dir)
+		}
+		c.Source.Worktree = dir
+	}
+	if c.Capacity.VCPU < 0 || c.Capacity.MemMiB < 0 {
+		return c, errors.New("--capacity-vcpu and --capacity-mem-mib must not be negative")
+	}
+	if c.Poll < 0 || c.Heartbeat < 0 {
+		return c, errors.New("--poll and --heartbeat must be positive")
+	}
+	if c.Ceph != nil && !volumes.Built {
+		return c, fmt.Errorf("the Ceph settings need Ceph support, but %w", volumes.ErrNotBuilt)
+	}
+	if c.Source.Ref == "" {
+		c.Source.Ref = "main"
+	}
+	setDefault(&c.Source.Debounce, 300*time.Millisecond)
+	setDefault(&c.Poll, 5*time.Second)
+	setDefault(&c.Heartbeat, 2*time.Second)
+	setDefault(&c.EvalTimeout, 2*time.Minute)
+	if c.Attr == "" {
+		c.Attr = "blixard"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// ParseMembers parses initial voters, `ID=HOST:PORT,…` (--members, as the
+// NixOS module renders it); "" is none.
+func ParseMembers(s string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || err != nil || n == 0 || addr == "" {
+			return nil, fmt.Errorf("--members: %q is not ID=HOST:PORT with ID > 0", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--members: %q: %w", part, err)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("--members: node %d listed twice", n)
+		}
+		out[n] = addr
+	}
+	return out, nil
+}
+
+// ParseLabels parses node labels, `KEY=VALUE,…` (--labels); "" is none.
+func ParseLabels(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--labels: %q is not KEY=VALUE", part)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// checkCephFiles fails when a configured Ceph file is missing. It runs at
+// start, not when the configuration is checked: on NixOS these files
+// (secrets) do not exist when the configuration is built.
+func checkCephFiles(c *volumes.Config) error {
+	if c == nil {
+		return nil
+	}
+	for _, f := range []struct{ flag, path string }{{"--ceph-config-file", c.ConfigFile}, {"--ceph-keyring-file", c.KeyringFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
+	return nil
+}
+
+// advertisedAPI is the address other nodes and clients reach the API on:
+// the configured host with the bound port, or the bound address when the
+// configured host is empty or a wildcard.
+func advertisedAPI(bound, configured string) string {
+	host, _, err := net.SplitHostPort(configured)
+	if err == nil && host != "" && host != "0.0.0.0" && host != "::" {
+		_, port, _ := net.SplitHostPort(bound)
+		return net.JoinHostPort(host, port)
+	}
+	return bound
+}

@@ -1,0 +1,282 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/gitsync"
+	"github.com/blixard/blixard/nixeval"
+	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/raftstore"
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/volumes"
+)
+
+// Run runs the node cfg describes until ctx ends, then stops every part
+// and returns nil; it returns an error when the node cannot start (a taken
+// port, a host without the systemd template, no quorum before ctx ends) or
+// when a part fails (the agent's backend, the API server).
+//
+// The steps, in order:
+//
+//  1. Check cfg; bind the API (a taken port fails before Raft starts) and
+//     make the backend (a host without microvm@.service is told so before
+//     the node joins).
+//  2. Start the Raft replica (it returns once the shard has a leader).
+//  3. Connect to Ceph (when configured) for the node's client addresses.
+//  4. Serve the API, then register the node (capacity, labels, addresses)
+//     until that is committed.
+//  5. Tell systemd READY=1 and call OnReady.
+//  6. Run the agent (or the control-plane-only heartbeat), the reconciler
+//     and the working tree's watcher until ctx ends.
+//
+// Every resource is closed by Run itself after all goroutines returned:
+// the agent stops (and with StopOnExit stops the VMs and detaches their
+// volumes) before the Ceph client closes, and the replica closes last.
+func Run(ctx context.Context, cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		if cfg.APIListener != nil {
+			cfg.APIListener.Close()
+		}
+		return err
+	}
+	log := cfg.Logger.With("node", cfg.NodeID)
+	ln := cfg.APIListener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+			return fmt.Errorf("--api-addr %s (is another blixard running? pick another address): %w", cfg.APIAddr, err)
+		}
+	}
+	defer ln.Close()
+	if err := checkCephFiles(cfg.Ceph); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("creating --data-dir: %w", err)
+	}
+	if cfg.RaftAddr == "" {
+		if cfg.RaftAddr, err = stableRaftAddr(cfg.DataDir); err != nil {
+			return err
+		}
+		cfg.Members = map[uint64]string{cfg.NodeID: cfg.RaftAddr}
+	}
+
+	backend, err := newBackend(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if sb, ok := backend.(*nodeagent.SystemdBackend); ok {
+		// The agent's backend Run closes the connection too; Close is for
+		// when the agent never ran, and a no-op otherwise.
+		defer sb.Close()
+	}
+
+	onApply, applied := appliedSignal()
+	store, err := raftstore.Start(ctx, raftstore.Config{
+		NodeID: cfg.NodeID, RaftAddr: cfg.RaftAddr, DataDir: filepath.Join(cfg.DataDir, "raft"),
+		Members: cfg.Members, Join: cfg.Join, NonVoting: cfg.NonVoting, LogDB: cfg.LogDB,
+		QuietRaftLog: cfg.QuietRaftLog, Logger: log, OnApply: onApply,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the Raft replica in %s: %w", cfg.DataDir, err)
+	}
+	defer store.Close()
+
+	// Ceph: the node's client addresses are registered so the cluster can
+	// fence them; the agent attaches VM volumes through the same client.
+	var (
+		vols      *volumes.Manager
+		cephAddrs []string
+	)
+	if cfg.Ceph != nil {
+		vols = volumes.NewManager(*cfg.Ceph, nil, log.With("component", "volumes"))
+		// Closed after the goroutines below returned (defers run last in,
+		// first out): the agent may still detach volumes on its way out.
+		defer vols.Close(context.WithoutCancel(ctx))
+		if cephAddrs, err = vols.Addrs(ctx); err != nil {
+			log.Warn("cannot reach Ceph yet; registering without client addresses (VMs with volumes will fail until it is reachable)", "err", err)
+		}
+	}
+
+	p, err := newParts(cfg, store, vols, log)
+	if err != nil {
+		return err
+	}
+
+	g := newGroup(ctx)
+	defer g.Wait()
+	ctx = g.ctx
+	g.Go("API server", func(ctx context.Context) error { return p.api.Serve(ctx, ln) })
+
+	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
+		ID: cfg.NodeID, RaftAddr: cfg.RaftAddr, APIAddr: advertisedAPI(ln.Addr().String(), cfg.APIAddr),
+		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs,
+	}}
+	if _, err := store.ProposeOK(ctx, reg, time.Now); err != nil {
+		if ctx.Err() != nil {
+			return g.Wait() // stopped while starting
+		}
+		return fmt.Errorf("registering node %d: %w", cfg.NodeID, err)
+	}
+	notifyReady(g, log, fmt.Sprintf("node %d serving API on %s", cfg.NodeID, ln.Addr()))
+	log.Info("node registered", "raft", cfg.RaftAddr, "api", ln.Addr().String(),
+		"vcpu", cfg.Capacity.VCPU, "memMiB", cfg.Capacity.MemMiB, "labels", cfg.Labels)
+	if cfg.OnReady != nil {
+		cfg.OnReady(ln.Addr())
+	}
+
+	agent := nodeagent.New(p.agentOptions(ctx, cfg, store, backend, vols, log))
+	g.Go("node agent", agent.Start)
+	g.Go("", func(ctx context.Context) error {
+		forwardApplied(ctx, applied, agent.Notify, store, cfg.OnState)
+		return nil
+	})
+	if p.rec != nil {
+		g.Go("reconciler", p.rec.Start)
+	} else {
+		log.Warn("no --repo given: this node replicates state but never proposes plans")
+	}
+	if p.worktree != nil {
+		g.Go("", func(ctx context.Context) error {
+			if err := p.worktree.Watch(ctx, cfg.Source.Debounce, p.rec.Trigger); err != nil {
+				log.Warn("file watching stopped; changes are picked up at every poll instead", "every", cfg.Poll, "err", err)
+			}
+			return nil
+		})
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return g.Wait()
+}
+
+// parts are the node's pieces that follow from its source.
+type parts struct {
+	rec      *reconciler.Reconciler // nil without a source
+	mirror   *gitsync.Mirror        // nil unless following a repository
+	worktree *gitsync.Worktree      // nil unless following a working tree
+	builder  nodeagent.Builder      // nil without a source
+	api      *api.Server
+}
+
+func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, log *slog.Logger) (*parts, error) {
+	p := &parts{}
+	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, Logger: log})
+	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Logger: log}
+	if vols != nil {
+		recOpts.Fencer = fencer{volumes.NewFencer(vols, 0)}
+	}
+	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api")}
+	if cfg.Backend != BackendNone {
+		apiOpts.Logs = consoleLogs{cfg.StateDir}
+	}
+	switch {
+	case cfg.Source.Repo != "":
+		m, err := gitsync.New(gitsync.Options{URL: cfg.Source.Repo, Dir: filepath.Join(cfg.DataDir, "mirror"), Ref: cfg.Source.Ref, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--repo: %w", err)
+		}
+		p.mirror = m
+		recOpts.Source = source{m}
+		recOpts.Evaluator = evaluator{ev: ev, attr: cfg.Attr, flakeRef: m.FlakeURL}
+		apiOpts.Source, apiOpts.Evaluator = recOpts.Source, recOpts.Evaluator
+	case cfg.Source.Worktree != "":
+		w, err := gitsync.NewWorktree(cfg.Source.Worktree, log)
+		if err != nil {
+			return nil, err
+		}
+		p.worktree = w
+		ref := nixeval.PathFlakeRef(w.Dir())
+		recOpts.Source = source{w}
+		recOpts.Ref = "worktree"
+		recOpts.Evaluator = evaluator{ev: ev, attr: cfg.Attr, flakeRef: func(string) string { return ref }}
+		p.builder = nodeagent.FlakeBuilder{Attr: cfg.Attr, FlakeURL: func(string) (string, error) { return ref, nil }}
+	}
+	if recOpts.Source != nil {
+		p.rec = reconciler.New(recOpts)
+		apiOpts.Reconciler = p.rec
+	}
+	p.api = api.NewServer(apiOpts)
+	return p, nil
+}
+
+// agentOptions configures the agent: a converging one with a backend, a
+// heartbeat-only one without.
+func (p *parts) agentOptions(ctx context.Context, cfg Config, store *raftstore.Store, backend nodeagent.Backend,
+	vols *volumes.Manager, log *slog.Logger) nodeagent.Options {
+	o := nodeagent.Options{NodeID: cfg.NodeID, State: store, Proposer: store, Heartbeat: cfg.Heartbeat,
+		Logger: log.With("component", "agent")}
+	if backend == nil {
+		o.ControlPlaneOnly = true
+		return o
+	}
+	o.StateDir, o.Backend, o.StopOnExit, o.Builder = cfg.StateDir, backend, cfg.StopOnExit, p.builder
+	if p.mirror != nil {
+		o.Builder = mirrorBuilder(ctx, p.mirror, cfg.Attr)
+	}
+	if vols != nil {
+		o.Volumes = vols
+	}
+	return o
+}
+
+// newBackend makes the VM backend (nil for BackendNone).
+func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (nodeagent.Backend, error) {
+	blog := log.With("component", "backend")
+	switch cfg.Backend {
+	case BackendSystemd:
+		sb, err := nodeagent.NewSystemdBackend(ctx, nodeagent.SystemdOptions{StateDir: cfg.StateDir, Logger: blog})
+		if err != nil {
+			return nil, fmt.Errorf("--backend systemd: %w", err)
+		}
+		return sb, nil
+	case BackendProcess:
+		return nodeagent.NewProcessBackend(nodeagent.ProcessOptions{
+			StateDir: cfg.StateDir, RestartBackoff: cfg.RestartBackoff, Logger: blog,
+		}), nil
+	}
+	return nil, nil
+}
+
+// appliedSignal returns a replica OnApply hook and the channel it signals
+// (coalesced, never blocking Raft's apply loop).
+func appliedSignal() (func(uint64), <-chan struct{}) {
+	ch := make(chan struct{}, 1)
+	return func(uint64) {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}, ch
+}
+
+// forwardApplied wakes the agent for every applied-entry signal, so it acts
+// on a new plan at once rather than at its resync, and hands the local
+// state to onState (when set), until ctx ends.
+func forwardApplied(ctx context.Context, applied <-chan struct{}, notify func(), store *raftstore.Store, onState func(*replicated.State)) {
+	report := func() {
+		if onState == nil {
+			return
+		}
+		if s, err := store.LocalRead(); err == nil {
+			onState(s)
+		}
+	}
+	report()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-applied:
+			notify()
+			report()
+		}
+	}
+}

@@ -127,12 +127,7 @@ func (m *Mirror) Ref() string { return m.branch.String() }
 // defaults ref to "master", so a rev-only reference fails on any other
 // branch.
 func (m *Mirror) FlakeURL(commit string) string {
-	u := url.URL{Scheme: "git+file", Path: m.dir}
-	q := url.Values{}
-	q.Set("ref", m.branch.String())
-	q.Set("rev", commit)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return GitFlakeURL(m.dir, m.branch.String(), commit)
 }
 
 // Last returns the last resolved commit SHA, or "" before the first

@@ -154,7 +154,7 @@ func TestGitFetchFollowsNewCommits(t *testing.T) {
 	if bare := runGit(t, m.Dir(), "rev-parse", "--is-bare-repository"); bare != "true" {
 		t.Fatalf("mirror is not bare (rev-parse --is-bare-repository = %s)", bare)
 	}
-	wantURL := "git+file://" + m.Dir() + "?ref=refs%2Fheads%2Fmain&rev=" + c2
+	wantURL := "git+file://" + m.Dir() + "?ref=refs/heads/main&rev=" + c2
 	if got := m.FlakeURL(c2); got != wantURL {
 		t.Fatalf("FlakeURL = %s, want %s", got, wantURL)
 	}

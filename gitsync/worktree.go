@@ -60,6 +60,10 @@ func NewWorktree(dir string, logger *slog.Logger) (*Worktree, error) {
 // Dir returns the absolute path of the working tree.
 func (w *Worktree) Dir() string { return w.dir }
 
+// FlakeURL is the flake reference of the working tree as it is on disk,
+// uncommitted and untracked edits included (see [PathFlakeURL]).
+func (w *Worktree) FlakeURL() string { return PathFlakeURL(w.dir) }
+
 // Fetch hashes the tree as it is now and returns its token as the Commit
 // of an [Update] (Previous is the token of the previous Fetch; Rewritten is
 // never set). An unreadable file fails it, naming the file.

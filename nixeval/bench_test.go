@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/blixard/blixard/gitsync"
 )
 
 // BenchmarkNixEval compares blixard's evaluation path (Evaluator.Eval
@@ -16,7 +18,7 @@ import (
 func BenchmarkNixEval(b *testing.B) {
 	realNix := requireNix(b)
 	dir, commit := fixtureRepo(b, "bench")
-	ref := GitFlakeRef(dir, "", commit)
+	ref := gitsync.GitFlakeURL(dir, "", commit)
 	cacheEnv := "XDG_CACHE_HOME=" + b.TempDir()
 	ev := New(Options{Env: []string{cacheEnv}})
 	ctx := context.Background()

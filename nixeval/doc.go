@@ -1,8 +1,8 @@
 // Package nixeval evaluates a cluster flake's `blixard` output with the real
 // `nix eval --json` and turns it into a validated [spec.Cluster].
 //
-// Its one job: run nix (with a timeout that kills nix's whole process
-// group, and caps on what nix prints), decode and validate the result, and
+// Its one job: run nix through nixrun (a timeout kills nix and everything it
+// started, and what nix prints is capped), decode and validate the result, and
 // return evaluation failures as values ([*Error] with an [ErrorKind]) whose
 // message is nix's own, with file and line. It must not know about Raft,
 // plans, nodes or git history: callers hand it a flake reference and say
@@ -11,14 +11,16 @@
 // Use:
 //
 //  1. Build one [Evaluator] with [New] and share it; it starts nothing.
-//  2. Make a flake reference: [GitFlakeRef] for a commit of a repository
-//     (bare or not, on any branch), or [PathFlakeRef] for a working tree as
-//     it is on disk, uncommitted and untracked edits included.
+//  2. Get a flake reference from gitsync, the one place that builds them:
+//     gitsync.GitFlakeURL for a commit of a repository (bare or not, on any
+//     branch), gitsync.PathFlakeURL for a working tree as it is on disk,
+//     uncommitted and untracked edits included.
 //  3. Call [Evaluator.Eval]. Pass the commit SHA as cacheKey when the
 //     reference pins a commit: the same (commit, attribute) is then
 //     evaluated once, even by concurrent callers, and its result, failure
-//     included, is remembered. Timeouts and cancellations are never
-//     remembered. Pass "" for a working tree.
+//     included, is remembered. Timeouts, cancellations and sources nix could
+//     not fetch (a commit not in the mirror yet, an unreachable input) are
+//     never remembered: they are no verdict on the commit. Pass "" for a working tree.
 //
 // Nix runs with `--extra-experimental-features 'nix-command flakes'` and
 // `--no-write-lock-file`, and with `sandbox = false` and an empty

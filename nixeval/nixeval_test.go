@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/spec"
 )
 
@@ -39,7 +40,7 @@ func TestNixEvalValidSpec(t *testing.T) {
 	t.Parallel()
 	dir, commit := fixtureRepo(t, "valid")
 	ev := newEvaluator(t, Options{})
-	refs := map[string]string{"git": GitFlakeRef(dir, "", commit), "path": PathFlakeRef(dir)}
+	refs := map[string]string{"git": gitsync.GitFlakeURL(dir, "", commit), "path": gitsync.PathFlakeURL(dir)}
 	hashes := map[string]string{}
 	for name, ref := range refs {
 		res, err := ev.Eval(context.Background(), ref, "blixard", "")
@@ -96,14 +97,14 @@ func TestNixPathFlakeRefSeesUncommittedAndUntrackedEdits(t *testing.T) {
 	writeFile(t, dir, "extra.nix", `runner: { cache = { runner = runner "cache-runner"; vcpu = 1; memMiB = 64; }; }`)
 	ev := newEvaluator(t, Options{})
 
-	res, err := ev.Eval(context.Background(), PathFlakeRef(dir), "blixard", "")
+	res, err := ev.Eval(context.Background(), gitsync.PathFlakeURL(dir), "blixard", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := res.Spec.VMs["cache"]; res.Spec.Name != "edited" || !ok {
 		t.Fatalf("path: cluster %q with VMs %v, want the uncommitted name \"edited\" and the untracked VM cache", res.Spec.Name, keys(res.Spec.VMs))
 	}
-	res, err = ev.Eval(context.Background(), GitFlakeRef(dir, "", commit), "blixard", "")
+	res, err = ev.Eval(context.Background(), gitsync.GitFlakeURL(dir, "", commit), "blixard", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestNixEvalErrors(t *testing.T) {
 		{"missing attribute is named", validDir, validCommit, "nope", []string{"does not provide attribute", "'nope'"}, ""},
 	}
 	for _, tt := range tests {
-		for refName, ref := range map[string]string{"git": GitFlakeRef(tt.dir, "", tt.commit), "path": PathFlakeRef(tt.dir)} {
+		for refName, ref := range map[string]string{"git": gitsync.GitFlakeURL(tt.dir, "", tt.commit), "path": gitsync.PathFlakeURL(tt.dir)} {
 			t.Run(tt.name+" via "+refName, func(t *testing.T) {
 				t.Parallel()
 				_, err := ev.Eval(context.Background(), ref, tt.attr, "")
@@ -196,7 +197,7 @@ func TestNixEvalSchemaViolations(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.attr, func(t *testing.T) {
 			t.Parallel()
-			_, err := ev.Eval(context.Background(), GitFlakeRef(dir, "", commit), tt.attr, commit)
+			_, err := ev.Eval(context.Background(), gitsync.GitFlakeURL(dir, "", commit), tt.attr, commit)
 			ee := evalErr(t, err, InvalidSpec)
 			var se *spec.Error
 			if !errors.As(err, &se) {
@@ -221,7 +222,7 @@ func TestNixEvalCache(t *testing.T) {
 	nix, pidLog := wrapNix(t, realNix)
 	ev := newEvaluator(t, Options{Nix: nix})
 	ctx := context.Background()
-	ref := GitFlakeRef(dir, "", commit)
+	ref := gitsync.GitFlakeURL(dir, "", commit)
 	runs := func() int { return len(readPIDs(t, pidLog)) }
 
 	first, err := ev.Eval(ctx, ref, "blixard", commit)
@@ -280,7 +281,7 @@ func TestNixEvalCache(t *testing.T) {
 	}
 
 	// An evaluation failure of a commit is remembered too.
-	eref := GitFlakeRef(errorsDir, "", errorsCommit)
+	eref := gitsync.GitFlakeURL(errorsDir, "", errorsCommit)
 	for range 2 {
 		_, err := ev.Eval(ctx, eref, "throws", errorsCommit)
 		evalErr(t, err, EvalFailed)
@@ -303,7 +304,7 @@ func TestNixEvalCacheForgetsOldest(t *testing.T) {
 	dir, commit := fixtureRepo(t, "valid")
 	nix, pidLog := wrapNix(t, realNix)
 	ev := newEvaluator(t, Options{Nix: nix, CacheSize: 2})
-	ref := GitFlakeRef(dir, "", commit)
+	ref := gitsync.GitFlakeURL(dir, "", commit)
 	for _, key := range []string{"a", "b", "c", "c", "b", "a"} {
 		if _, err := ev.Eval(context.Background(), ref, "blixard", key); err != nil {
 			t.Fatal(err)
@@ -323,7 +324,7 @@ func TestNixEvalTimeoutKillsProcessGroup(t *testing.T) {
 	// the kill must reach it too.
 	nix, pidLog := wrapNix(t, realNix, "sleep 600 &")
 	ev := newEvaluator(t, Options{Nix: nix, Timeout: 2 * time.Second})
-	ref := GitFlakeRef(dir, "", commit)
+	ref := gitsync.GitFlakeURL(dir, "", commit)
 
 	_, err := ev.Eval(context.Background(), ref, "hang", commit)
 	ee := evalErr(t, err, Timeout)
@@ -363,7 +364,7 @@ func TestNixEvalCancelKillsProcessGroup(t *testing.T) {
 		}
 		cancel()
 	}()
-	_, err := ev.Eval(ctx, GitFlakeRef(dir, "", commit), "hang", commit)
+	_, err := ev.Eval(ctx, gitsync.GitFlakeURL(dir, "", commit), "hang", commit)
 	evalErr(t, err, Canceled)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v does not wrap context.Canceled", err)
@@ -398,7 +399,7 @@ func TestNixEvalCanceledBeforeStart(t *testing.T) {
 	ev := newEvaluator(t, Options{Nix: nix})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := ev.Eval(ctx, PathFlakeRef(t.TempDir()), "blixard", "k")
+	_, err := ev.Eval(ctx, gitsync.PathFlakeURL(t.TempDir()), "blixard", "k")
 	evalErr(t, err, Canceled)
 	if n := len(readPIDs(t, pidLog)); n != 0 {
 		t.Fatalf("nix ran %d times for a canceled context", n)
@@ -410,7 +411,7 @@ func TestNixEvalOutputTooLarge(t *testing.T) {
 	t.Parallel()
 	dir, commit := fixtureRepo(t, "valid")
 	ev := newEvaluator(t, Options{MaxOutput: 100})
-	_, err := ev.Eval(context.Background(), GitFlakeRef(dir, "", commit), "blixard", commit)
+	_, err := ev.Eval(context.Background(), gitsync.GitFlakeURL(dir, "", commit), "blixard", commit)
 	ee := evalErr(t, err, OutputTooLarge)
 	if !strings.Contains(ee.Message, "more than 100 bytes") {
 		t.Fatalf("message %q does not state the limit", ee.Message)
@@ -444,7 +445,7 @@ func TestNixBareRepoAtNonHeadCommit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ref := GitFlakeRef(bare, tt.ref, tt.commit)
+			ref := gitsync.GitFlakeURL(bare, tt.ref, tt.commit)
 			res, err := ev.Eval(context.Background(), ref, "blixard", tt.commit)
 			if err != nil {
 				t.Fatalf("Eval(%s): %v", ref, err)
@@ -468,23 +469,6 @@ func TestEvalNixNotFound(t *testing.T) {
 	}
 }
 
-func TestFlakeRefs(t *testing.T) {
-	tests := []struct{ got, want string }{
-		{GitFlakeRef("/srv/mirror.git", "refs/heads/main", "abc"), "git+file:///srv/mirror.git?ref=refs/heads/main&rev=abc"},
-		{GitFlakeRef("/srv/mirror.git", "", "abc"), "git+file:///srv/mirror.git?ref=HEAD&rev=abc"},
-		{GitFlakeRef("/srv/a b", "x&y", "abc"), "git+file:///srv/a%20b?ref=x%26y&rev=abc"},
-		{PathFlakeRef("/srv/flake/"), "path:/srv/flake"},
-	}
-	for _, tt := range tests {
-		if tt.got != tt.want {
-			t.Errorf("got %s, want %s", tt.got, tt.want)
-		}
-	}
-	if ref := PathFlakeRef("rel"); !strings.HasPrefix(ref, "path:/") {
-		t.Errorf("PathFlakeRef(rel) = %s, want an absolute path", ref)
-	}
-}
-
 // A caller waiting on another caller's evaluation of the same key does not
 // inherit that caller's cancellation: it evaluates itself.
 func TestNixEvalWaiterOutlivesCanceledRunner(t *testing.T) {
@@ -493,7 +477,7 @@ func TestNixEvalWaiterOutlivesCanceledRunner(t *testing.T) {
 	dir, commit := fixtureRepo(t, "errors")
 	nix, pidLog := wrapNix(t, realNix)
 	ev := newEvaluator(t, Options{Nix: nix, Timeout: 2 * time.Second})
-	ref := GitFlakeRef(dir, "", commit)
+	ref := gitsync.GitFlakeURL(dir, "", commit)
 	waitPIDs := func(n int) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); len(readPIDs(t, pidLog)) < n; time.Sleep(10 * time.Millisecond) {
@@ -538,7 +522,7 @@ func TestNixCommitNotFetchedYetIsTemporaryAndNotCached(t *testing.T) {
 	later := commitAll(t, dir, "not in the mirror yet")
 
 	ev := newEvaluator(t, Options{})
-	ref := GitFlakeRef(bare, "refs/heads/main", later)
+	ref := gitsync.GitFlakeURL(bare, "refs/heads/main", later)
 	_, err := ev.Eval(context.Background(), ref, "blixard", later)
 	e := evalErr(t, err, EvalFailed)
 	if !e.Temporary() || !strings.Contains(e.Message, "Cannot find Git revision") {
@@ -565,7 +549,7 @@ func TestNixUnreachableInputIsTemporary(t *testing.T) {
 	replaceInFile(t, dir, "flake.nix", "outputs = ", `inputs.dep.url = "git+http://127.0.0.1:1/dep.git"; outputs = `)
 	commit := commitAll(t, dir, "unreachable input")
 	ev := newEvaluator(t, Options{})
-	_, err := ev.Eval(context.Background(), GitFlakeRef(dir, "", commit), "blixard", commit)
+	_, err := ev.Eval(context.Background(), gitsync.GitFlakeURL(dir, "", commit), "blixard", commit)
 	e := evalErr(t, err, EvalFailed)
 	if !e.Temporary() {
 		t.Fatalf("an unreachable input: Temporary() = false, message %q", e.Message)

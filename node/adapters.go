@@ -52,7 +52,7 @@ func (e evaluator) Evaluate(ctx context.Context, commit string) (reconciler.Eval
 // (uncommitted edits included), for `blixard plan`: pass it, with commit
 // "", to reconciler.PlanCommit.
 func LocalEvaluator(dir, attr string, timeout time.Duration, log *slog.Logger) reconciler.Evaluator {
-	ref := nixeval.PathFlakeRef(dir)
+	ref := gitsync.PathFlakeURL(dir)
 	return evaluator{ev: nixeval.New(nixeval.Options{Timeout: timeout, Logger: log}), attr: attr,
 		flakeRef: func(string) string { return ref }}
 }

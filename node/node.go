@@ -193,7 +193,7 @@ func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, log *sl
 			return nil, err
 		}
 		p.worktree = w
-		ref := nixeval.PathFlakeRef(w.Dir())
+		ref := w.FlakeURL()
 		recOpts.Source = source{w}
 		recOpts.Ref = "worktree"
 		recOpts.Evaluator = evaluator{ev: ev, attr: cfg.Attr, flakeRef: func(string) string { return ref }}

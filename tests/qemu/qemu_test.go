@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
@@ -104,7 +105,7 @@ func TestQemuDemoFlakeIsValidAndVersionsAreIndependent(t *testing.T) {
 	ev := nixeval.New(nixeval.Options{Env: []string{"NIX_CONFIG=" + microvm.NixConfig}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := ev.Eval(ctx, nixeval.PathFlakeRef(demoDir), "", "")
+	res, err := ev.Eval(ctx, gitsync.PathFlakeURL(demoDir), "", "")
 	if err != nil {
 		t.Fatalf("evaluating the demo flake: %v", err)
 	}
@@ -143,7 +144,7 @@ func TestQemuDemoFlakeIsValidAndVersionsAreIndependent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res2, err := ev.Eval(ctx, nixeval.PathFlakeRef(edited), "", "")
+	res2, err := ev.Eval(ctx, gitsync.PathFlakeURL(edited), "", "")
 	if err != nil {
 		t.Fatalf("evaluating the edited demo flake: %v", err)
 	}

@@ -1,4 +1,4 @@
-package nixeval
+package gitsync
 
 import (
 	"net/url"
@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// GitFlakeRef returns the flake reference of commit in the git repository
+// GitFlakeURL returns the flake reference of commit in the git repository
 // at repoDir, bare or not: `git+file:///ABS?ref=REF&rev=SHA`.
 //
 // ref names a branch or tag that contains commit ("refs/heads/main",
@@ -15,7 +15,7 @@ import (
 // and without a ref fetches "master" even when the repository has none; a
 // commit on another branch is only found through its own ref. A non-bare
 // repository's commits are read directly, ref or not.
-func GitFlakeRef(repoDir, ref, commit string) string {
+func GitFlakeURL(repoDir, ref, commit string) string {
 	if ref == "" {
 		ref = "HEAD"
 	}
@@ -23,11 +23,11 @@ func GitFlakeRef(repoDir, ref, commit string) string {
 	return u.String() + "?ref=" + queryEscape(ref) + "&rev=" + queryEscape(commit)
 }
 
-// PathFlakeRef returns the flake reference of the directory dir as it is
+// PathFlakeURL returns the flake reference of the directory dir as it is
 // on disk, uncommitted and untracked files included: `path:/ABS`. Nix (2.8)
 // does not decode escapes in path: references, so a directory whose path
 // contains spaces, '?' or '#' cannot be referenced this way.
-func PathFlakeRef(dir string) string {
+func PathFlakeURL(dir string) string {
 	return "path:" + absPath(dir)
 }
 

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/replicated"
-	"github.com/blixard/blixard/spec"
 )
 
 // StateReader gives the local replica's state; replicated.Store.LocalRead
@@ -45,13 +44,14 @@ type Options struct {
 	// Volumes attaches the VMs' Ceph RBD volumes (a volumes.Manager); nil:
 	// VMs that declare volumes fail with a message naming the flags to set.
 	Volumes Volumes
-	// VolumeRetry is how long a failed volume attachment of a VM is
-	// remembered before it is tried again (default 5s).
+	// VolumeRetry is how long a failed attach or detach of a VM's volumes
+	// is remembered before it is tried again (default 5s).
 	VolumeRetry time.Duration
 	// Nix is the nix binary; nix-store is looked up next to it (default "nix").
 	Nix string
 	// Interval is the resync period (default 1s). Passes also run on
-	// [Agent.Notify], backend events and finished builds.
+	// [Agent.Notify], backend events and finished operations. A failed
+	// switch of current, start, restart or stop is tried again after it.
 	Interval time.Duration
 	// Heartbeat is the period of NodeHeartbeat proposals (default 2s); a
 	// phase change is reported about 100ms after it happens as well.
@@ -68,12 +68,16 @@ type Options struct {
 	ControlPlaneOnly bool
 	// StopTimeout bounds stopping every VM on exit (default 2m).
 	StopTimeout time.Duration
-	Now         func() time.Time
-	Logger      *slog.Logger
+	// Now is the agent's clock (default time.Now): the time of each pass,
+	// of statuses and heartbeats, and of when failures may be retried.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
-// Agent converges this node's VMs towards the committed plan. See the
-// package documentation for its steps.
+// Agent converges this node's VMs towards the committed plan: on every
+// pass it observes (the local replica, the backend, its own records),
+// calls [Decide], and runs the actions it returns. See [Decide] for the
+// steps.
 type Agent struct {
 	o      Options
 	log    *slog.Logger
@@ -85,58 +89,15 @@ type Agent struct {
 	changed  chan struct{}        // buffered(1): a status changed (send with mu held or not)
 
 	// Owned by the Start goroutine.
-	ops    map[string]*op
-	done   chan opResult
-	rooted map[string]string // VM → out path valid and rooted at STATE/VM/gcroot
-	failed map[failKey]failure
-	// attached are the volumes attached (and locked) for a VM.
-	attached map[string][]spec.VolumeRef
+	rec  *records
+	done chan Result
 }
 
 type vmStatus struct {
 	replicated.VMStatus
-	// unassigned: the VM is not (or no longer) assigned here; once its
-	// stopped status has been sent, it is forgotten.
-	unassigned bool
-}
-
-type opKind int
-
-const (
-	opRealise opKind = iota
-	opRestart
-	opStop    // stop the unit, then detach its volumes
-	opVolumes // attach the volumes
-	opDetach  // detach the volumes of a VM that does not run
-)
-
-func (k opKind) String() string {
-	return [...]string{"realise", "restart", "stop", "volumes", "detach"}[k]
-}
-
-// volumesKey is the failKey.out of a failed volume attachment.
-const volumesKey = "volumes"
-
-// op is the one background operation a VM may have at a time.
-type op struct {
-	kind   opKind
-	out    string
-	cancel context.CancelFunc
-}
-
-type opResult struct {
-	vm   string
-	kind opKind
-	out  string
-	vols []spec.VolumeRef // the volumes attached (opVolumes) or detached (opStop, opDetach)
-	err  error
-}
-
-type failKey struct{ vm, out string }
-
-type failure struct {
-	msg     string
-	retryAt time.Time
+	// forget: the VM is gone from this node; once its stopped status has
+	// been sent, it is dropped.
+	forget bool
 }
 
 // New returns an agent; it starts nothing until Start.
@@ -175,11 +136,10 @@ func New(o Options) *Agent {
 		notify:   make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
 		statuses: map[string]*vmStatus{},
-		ops:      map[string]*op{},
-		done:     make(chan opResult),
-		rooted:   map[string]string{},
-		failed:   map[failKey]failure{},
-		attached: map[string][]spec.VolumeRef{},
+		// A failed switch, start, restart or stop is retried on the next
+		// resync, as a level-triggered loop would.
+		rec:  newRecords(o.BuildRetry, o.VolumeRetry, o.Interval),
+		done: make(chan Result),
 	}
 }
 
@@ -252,10 +212,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.sendHeartbeat(context.WithoutCancel(ctx), 2*time.Second)
 			return nil
 		case err := <-backendErr:
-			a.cancelOps()
-			for len(a.ops) > 0 {
-				a.finish(<-a.done)
-			}
+			a.drainOps()
 			return fmt.Errorf("nodeagent: backend: %w", err)
 		case <-ticker.C:
 		case <-a.notify:
@@ -269,10 +226,7 @@ func (a *Agent) Start(ctx context.Context) error {
 
 // shutdown ends every operation and, with StopOnExit, stops every VM.
 func (a *Agent) shutdown(ctx context.Context) {
-	a.cancelOps()
-	for len(a.ops) > 0 {
-		a.finish(<-a.done)
-	}
+	a.drainOps()
 	if !a.o.StopOnExit {
 		return
 	}
@@ -303,309 +257,158 @@ func (a *Agent) shutdown(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
-	for name, vols := range a.attached {
-		if running[name] {
+	for name, v := range a.rec.vms {
+		if running[name] || len(v.attached) == 0 {
 			continue
 		}
-		if err := a.detachVolumes(sctx, name, vols); err != nil {
+		if err := a.detachVolumes(sctx, name, v.attached); err != nil {
 			a.log.Error("cannot detach volumes on exit", "vm", name, "err", err)
 			continue
 		}
-		delete(a.attached, name)
+		v.attached = nil
 	}
 }
 
-func (a *Agent) cancelOps() {
-	for _, op := range a.ops {
-		op.cancel()
+// drainOps cancels every operation and waits for their results.
+func (a *Agent) drainOps() {
+	a.rec.cancelAll()
+	for a.rec.inFlight() > 0 {
+		a.finish(<-a.done)
 	}
 }
 
-// startOp runs fn in the background as vm's one operation; vols is passed
-// back to finish.
-func (a *Agent) startOp(ctx context.Context, vm string, kind opKind, out string, vols []spec.VolumeRef, fn func(ctx context.Context) error) {
-	octx, cancel := context.WithCancel(ctx)
-	a.ops[vm] = &op{kind: kind, out: out, cancel: cancel}
-	go func() {
-		err := fn(octx)
-		cancel()
-		a.done <- opResult{vm: vm, kind: kind, out: out, vols: vols, err: err}
-	}()
-}
-
-// finish records the end of an operation.
-func (a *Agent) finish(r opResult) {
-	delete(a.ops, r.vm)
-	canceled := errors.Is(r.err, context.Canceled)
-	switch r.kind {
-	case opRealise:
-		key := failKey{r.vm, r.out}
-		switch {
-		case r.err == nil:
-			a.rooted[r.vm] = r.out
-			delete(a.failed, key)
-		case !canceled:
-			msg := "realise runner: " + r.err.Error()
-			a.failed[key] = failure{msg: msg, retryAt: a.o.Now().Add(a.o.BuildRetry)}
-			a.log.Warn("realising the runner failed", "vm", r.vm, "out", r.out, "err", r.err, "retry", a.o.BuildRetry)
-			a.setPhase(r.vm, replicated.PhaseFailed, msg)
-		}
-	case opRestart:
-		if r.err != nil && !canceled {
-			a.log.Warn("restarting the VM failed", "vm", r.vm, "err", r.err)
-			a.setPhase(r.vm, replicated.PhaseFailed, "restart: "+r.err.Error())
-		}
-	case opStop:
-		if r.err != nil {
-			if !canceled {
-				a.log.Warn("stopping the VM failed", "vm", r.vm, "err", r.err)
-				a.setPhase(r.vm, replicated.PhaseFailed, "stop: "+r.err.Error())
-			}
-			return
-		}
-		if sameVolumes(a.attached[r.vm], r.vols) {
-			delete(a.attached, r.vm)
-		}
-		a.log.Info("VM stopped", "vm", r.vm)
-		a.setPhase(r.vm, replicated.PhaseStopped, "")
-	case opVolumes:
-		key := failKey{r.vm, volumesKey}
-		switch {
-		case r.err == nil:
-			a.attached[r.vm] = r.vols
-			delete(a.failed, key)
-		case !canceled:
-			msg := "volumes: " + r.err.Error()
-			a.failed[key] = failure{msg: msg, retryAt: a.o.Now().Add(a.o.VolumeRetry)}
-			a.log.Warn("attaching the volumes failed", "vm", r.vm, "err", r.err, "retry", a.o.VolumeRetry)
-			a.setPhase(r.vm, replicated.PhaseFailed, msg)
-		}
-	case opDetach:
-		if r.err != nil {
-			if !canceled {
-				a.log.Warn("detaching the volumes failed", "vm", r.vm, "err", r.err)
-			}
-			return
-		}
-		if sameVolumes(a.attached[r.vm], r.vols) {
-			delete(a.attached, r.vm)
-		}
-	}
-}
-
-// pass converges every VM of this node once.
+// pass observes, decides and acts once.
 func (a *Agent) pass(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	now := a.o.Now()
+	in, err := a.observe()
+	if err != nil {
+		a.log.Warn("cannot observe this node; trying again on the next pass", "err", err)
+		return
+	}
+	a.execute(ctx, Decide(in))
+}
+
+// observe takes the snapshot Decide reads: the local replica's plan, the
+// backend's units, STATE/NAME/current, and the agent's own records.
+func (a *Agent) observe() (Input, error) {
 	st, err := a.o.State.LocalRead()
 	if err != nil {
-		a.log.Warn("cannot read the local state", "err", err)
-		return
+		return Input{}, fmt.Errorf("read the local state: %w", err)
 	}
 	units, err := a.o.Backend.List()
 	if err != nil {
-		a.log.Warn("cannot list the backend's units", "err", err)
-		return
+		return Input{}, fmt.Errorf("list the backend's units: %w", err)
 	}
-	mine := map[string]replicated.Assignment{}
-	for name, as := range st.Assignments {
-		if as.Node == a.o.NodeID {
-			mine[name] = as
-		}
+	in := Input{
+		Now:         a.o.Now(),
+		Node:        a.o.NodeID,
+		Planned:     st.Revision != nil,
+		Assignments: st.Assignments,
+		Units:       units,
+		VMs:         map[string]Observed{},
 	}
-	// Builds of runners the plan no longer wants here are abandoned.
-	for name, op := range a.ops {
-		if as, ok := mine[name]; op.kind == opRealise && (!ok || as.OutPath != op.out) {
-			op.cancel()
-		}
-	}
-	declared := declaredNames(st.Desired)
-	vols := instanceVolumes(st.Desired)
-	commit := ""
 	if st.Revision != nil {
-		commit = st.Revision.Commit
+		in.Commit = st.Revision.Commit
 	}
-	names := make([]string, 0, len(mine))
-	for name := range mine {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		d := declared[name]
-		if d == "" {
-			d = name
-		}
-		a.converge(ctx, now, name, mine[name], d, commit, vols[name])
-	}
-	isUnit := map[string]bool{}
-	for _, name := range units {
-		isUnit[name] = true
-		// A replica that has applied no plan yet (still replaying its log)
-		// cannot tell which VMs to stop: keep them until it can.
-		if _, ok := mine[name]; !ok && st.Revision != nil {
-			a.retire(ctx, now, name)
-		}
-	}
-	// Volumes of VMs that are neither assigned here nor run are released
-	// (a VM that never started, a detach that failed after a stop).
-	for name, vs := range a.attached {
-		if _, ok := mine[name]; ok || isUnit[name] || a.ops[name] != nil {
-			continue
-		}
-		a.startOp(ctx, name, opDetach, "", vs, func(ctx context.Context) error {
-			return a.detachVolumes(ctx, name, vs)
-		})
-	}
-	// VMs that were reported but neither are assigned here nor run: stopped.
 	a.mu.Lock()
+	reported := make(map[string]replicated.VMStatus, len(a.statuses))
 	for name, s := range a.statuses {
-		if _, ok := mine[name]; ok || isUnit[name] || a.ops[name] != nil {
-			continue
-		}
-		s.unassigned = true
-		if s.Phase != replicated.PhaseStopped {
-			s.Phase, s.Message, s.BootedOut = replicated.PhaseStopped, "", ""
-			a.signalChangedLocked()
-		}
+		reported[name] = s.VMStatus
 	}
 	a.mu.Unlock()
+	observeVMs(&in, a.rec, reported, a.o.Backend.Status, func(name string) string {
+		// An unreadable link counts as missing: switching it reports the error.
+		cur, _ := readLink(filepath.Join(a.o.StateDir, name, "current"))
+		return cur
+	}, a.logHint)
+	return in, nil
 }
 
-// converge runs the steps for one assigned VM.
-func (a *Agent) converge(ctx context.Context, now time.Time, name string, as replicated.Assignment, declared, commit string, vols []spec.VolumeRef) {
-	st := replicated.VMStatus{VM: name, Node: a.o.NodeID, Generation: as.Generation, ObservedAt: now}
-	if op := a.ops[name]; op != nil {
-		a.touch(name, as.Generation, now) // the operation reports its own phase
-		return
+// execute applies a decision: the statuses, then each VM's actions in
+// order. Background actions become the VM's operation; their results come
+// back through a.done.
+func (a *Agent) execute(ctx context.Context, d Decision) {
+	keep := make(map[string]bool, len(d.VMs))
+	for _, vd := range d.VMs {
+		keep[vd.VM] = true
+		a.set(vd)
+	actions:
+		for _, act := range vd.Actions {
+			switch act.Kind {
+			case ActCancel:
+				a.rec.cancel(act.VM)
+			case ActSwitchCurrent:
+				if err := a.link(act.VM, act.Out); err != nil {
+					a.log.Warn("switching the runner failed", "vm", act.VM, "out", act.Out, "err", err)
+					a.rec.failed(act.VM, act.Kind, act.Out, err, a.o.Now())
+					a.Notify() // decide again at once: it reports the failure
+					break actions
+				}
+			default:
+				a.startOp(ctx, act)
+			}
+		}
 	}
-	us, err := a.o.Backend.Status(name)
-	if err != nil {
-		a.fail(st, "unit status: "+err.Error())
-		return
-	}
-	st.BootedOut = us.Booted
+	a.rec.prune(keep)
+}
 
-	// Step 1: realise the runner and root it.
-	if a.rooted[name] != as.OutPath {
-		key := failKey{name, as.OutPath}
-		if f, ok := a.failed[key]; ok && now.Before(f.retryAt) {
-			a.fail(st, f.msg)
-			return
-		}
-		root := filepath.Join(a.o.StateDir, name, "gcroot")
-		if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
-			a.fail(st, "state directory: "+err.Error())
-			return
-		}
-		if us.Active && us.Booted == as.OutPath {
-			st.Phase = replicated.PhaseRunning // adopted: only the GC root is checked
-		} else {
-			st.Phase, st.Message = replicated.PhasePending, "realising runner "+as.OutPath
-		}
-		a.set(st, false)
-		drv, out := as.Drv, as.OutPath
-		a.startOp(ctx, name, opRealise, out, nil, func(ctx context.Context) error {
-			return a.real.realise(ctx, root, drv, out, commit, declared, func(how string) {
-				a.setPhase(name, replicated.PhaseBuilding, "building runner "+how)
+// startOp runs act in the background as its VM's one operation.
+func (a *Agent) startOp(ctx context.Context, act Action) {
+	octx, cancel := context.WithCancel(ctx)
+	op := a.rec.begin(act, cancel)
+	fn := a.operation(act, op)
+	go func() {
+		err := fn(octx)
+		cancel()
+		a.done <- Result{VM: act.VM, Kind: act.Kind, Out: act.Out, Volumes: act.Volumes, Err: err}
+	}()
+}
+
+// operation is the I/O of a background action.
+func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) error {
+	name := act.VM
+	switch act.Kind {
+	case ActRealise:
+		return func(ctx context.Context) error {
+			root := filepath.Join(a.o.StateDir, name, "gcroot")
+			if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+				return fmt.Errorf("state directory: %w", err)
+			}
+			return a.real.realise(ctx, root, act.Drv, act.Out, act.Commit, act.Declared, func(how string) {
+				op.progress.Store(&how)
+				a.Notify()
 			})
-		})
-		return
+		}
+	case ActAttach:
+		return func(ctx context.Context) error { return a.attachVolumes(ctx, name, act.Volumes) }
+	case ActDetach:
+		return func(ctx context.Context) error { return a.detachVolumes(ctx, name, act.Volumes) }
+	case ActStart:
+		return func(ctx context.Context) error { return a.o.Backend.Start(ctx, name) }
+	case ActRestart:
+		a.log.Info("restarting VM on its new runner", "vm", name, "out", act.Out)
+		return func(ctx context.Context) error { return a.o.Backend.Restart(ctx, name) }
+	case ActStop:
+		a.log.Info("stopping VM no longer assigned here", "vm", name)
+		return func(ctx context.Context) error { return a.o.Backend.Stop(ctx, name) }
 	}
-
-	// Step 2: volumes: created or grown, locked for this node and attached
-	// at STATE/NAME/volumes/VOL before the unit may start.
-	if len(vols) > 0 && !sameVolumes(a.attached[name], vols) {
-		if f, ok := a.failed[failKey{name, volumesKey}]; ok && now.Before(f.retryAt) {
-			a.fail(st, f.msg)
-			return
-		}
-		if !us.Active {
-			st.Phase, st.Message = replicated.PhasePending, "attaching volumes"
-			a.set(st, false)
-		}
-		a.startOp(ctx, name, opVolumes, as.OutPath, vols, func(ctx context.Context) error {
-			return a.attachVolumes(ctx, name, vols)
-		})
-		return
-	}
-
-	// Step 3: STATE/NAME/current → out path.
-	if err := a.link(name, as.OutPath); err != nil {
-		a.fail(st, err.Error())
-		return
-	}
-
-	// Step 4: the unit.
-	switch {
-	case us.Restarting && us.Booted == as.OutPath:
-		// The backend restarts it after its backoff; a new runner (below)
-		// is restarted at once instead.
-		st.Phase = replicated.PhaseStarting
-		if us.Restarts >= 3 {
-			st.Phase = replicated.PhaseFailed
-		}
-		st.Message = fmt.Sprintf("runner %s; restart %d in %s; see %s", us.Result, us.Restarts,
-			max(us.NextRestart.Sub(now), 0).Round(time.Millisecond), a.logHint(name))
-		a.set(st, false)
-	case !us.Active && !us.Restarting:
-		st.Phase = replicated.PhaseStarting
-		a.set(st, false)
-		if err := a.o.Backend.Start(ctx, name); err != nil {
-			a.fail(st, fmt.Sprintf("start: %v; see %s", err, a.logHint(name)))
-			return
-		}
-		a.log.Info("VM started", "vm", name, "out", as.OutPath)
-		us, err = a.o.Backend.Status(name)
-		if err != nil {
-			a.fail(st, "unit status: "+err.Error())
-			return
-		}
-		st.BootedOut = us.Booted
-		if us.Active {
-			st.Phase = replicated.PhaseRunning
-		}
-		a.set(st, false)
-	case us.Booted != as.OutPath:
-		st.Phase, st.Message = replicated.PhaseStarting, fmt.Sprintf("restarting on %s (booted %s)", as.OutPath, us.Booted)
-		a.set(st, false)
-		a.log.Info("restarting VM on its new runner", "vm", name, "out", as.OutPath, "booted", us.Booted)
-		a.startOp(ctx, name, opRestart, as.OutPath, nil, func(ctx context.Context) error {
-			return a.o.Backend.Restart(ctx, name)
-		})
-	default:
-		st.Phase = replicated.PhaseRunning
-		a.set(st, false)
-	}
+	return func(context.Context) error { return fmt.Errorf("nodeagent: %s is not a background action", act.Kind) }
 }
 
-// retire stops a unit that is no longer assigned to this node.
-func (a *Agent) retire(ctx context.Context, now time.Time, name string) {
-	if op := a.ops[name]; op != nil {
-		return // wait for it; a pending realisation was cancelled by pass
+// finish feeds an operation's result back into the records.
+func (a *Agent) finish(r Result) {
+	switch {
+	case errors.Is(r.Err, context.Canceled):
+	case r.Err != nil:
+		a.log.Warn(r.Kind.String()+" failed", "vm", r.VM, "out", r.Out, "err", r.Err)
+	case r.Kind == ActStart:
+		a.log.Info("VM started", "vm", r.VM, "out", r.Out)
+	case r.Kind == ActStop:
+		a.log.Info("VM stopped", "vm", r.VM)
 	}
-	us, err := a.o.Backend.Status(name)
-	if err != nil {
-		return
-	}
-	a.mu.Lock()
-	var gen uint64
-	if s := a.statuses[name]; s != nil {
-		gen = s.Generation
-	}
-	a.mu.Unlock()
-	a.set(replicated.VMStatus{VM: name, Node: a.o.NodeID, Phase: replicated.PhaseStopping, BootedOut: us.Booted,
-		Generation: gen, ObservedAt: now, Message: "no longer assigned to this node"}, true)
-	a.log.Info("stopping VM no longer assigned here", "vm", name)
-	vols := a.attached[name]
-	a.startOp(ctx, name, opStop, "", vols, func(ctx context.Context) error {
-		if err := a.o.Backend.Stop(ctx, name); err != nil {
-			return err
-		}
-		// Only a stopped VM's locks are released.
-		return a.detachVolumes(ctx, name, vols)
-	})
+	a.rec.finish(r, a.o.Now())
 }
 
 // link switches STATE/NAME/current to out atomically.
@@ -628,16 +431,19 @@ func (a *Agent) link(name, out string) error {
 	return nil
 }
 
-func (a *Agent) fail(st replicated.VMStatus, msg string) {
-	st.Phase, st.Message = replicated.PhaseFailed, msg
-	a.set(st, false)
-}
-
-// set records a VM's status and signals the reporter when it changed.
-func (a *Agent) set(st replicated.VMStatus, unassigned bool) {
+// set records a VM's decided status and signals the reporter when it changed.
+func (a *Agent) set(vd VMDecision) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	old := a.statuses[st.VM]
+	old := a.statuses[vd.VM]
+	if vd.Status == nil {
+		if old != nil {
+			delete(a.statuses, vd.VM)
+			a.signalChangedLocked()
+		}
+		return
+	}
+	st := *vd.Status
 	if old == nil || old.Phase != st.Phase || old.Message != st.Message || old.BootedOut != st.BootedOut ||
 		old.Generation != st.Generation {
 		if old == nil || old.Phase != st.Phase {
@@ -645,7 +451,7 @@ func (a *Agent) set(st replicated.VMStatus, unassigned bool) {
 		}
 		a.signalChangedLocked()
 	}
-	a.statuses[st.VM] = &vmStatus{VMStatus: st, unassigned: unassigned}
+	a.statuses[st.VM] = &vmStatus{VMStatus: st, forget: vd.Forget}
 }
 
 // setPhase changes the phase and message of a VM's status, keeping the rest.
@@ -667,18 +473,6 @@ func (a *Agent) setPhase(vm string, phase replicated.Phase, msg string) {
 	s.ObservedAt = a.o.Now()
 }
 
-func (a *Agent) touch(vm string, gen uint64, now time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if s := a.statuses[vm]; s != nil {
-		if s.Generation != gen {
-			s.Generation = gen
-			a.signalChangedLocked()
-		}
-		s.ObservedAt = now
-	}
-}
-
 func (a *Agent) signalChangedLocked() {
 	select {
 	case a.changed <- struct{}{}:
@@ -695,7 +489,12 @@ func (a *Agent) snapshotLocked() []replicated.VMStatus {
 	return out
 }
 
-// report proposes heartbeats: every Options.Heartbeat, and ~100ms after a change.
+// report proposes heartbeats: ~100ms after a change, and Options.Heartbeat
+// after the last one. The period restarts after every heartbeat so that a
+// tick that came due while a change was debounced does not send a second
+// one right after it: that would cost a Raft proposal for nothing, and a VM
+// gone from this node (dropped once a heartbeat carried it stopped) would
+// vanish from the node's report as soon as it was reported stopped.
 func (a *Agent) report(ctx context.Context) {
 	const debounce = 100 * time.Millisecond
 	t := time.NewTicker(a.o.Heartbeat)
@@ -715,6 +514,7 @@ func (a *Agent) report(ctx context.Context) {
 			}
 		}
 		a.sendHeartbeat(ctx, 10*time.Second)
+		t.Reset(a.o.Heartbeat)
 	}
 }
 
@@ -743,23 +543,17 @@ func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, sent := range snap {
-		if s := a.statuses[sent.VM]; s != nil && s.unassigned && s.Phase == replicated.PhaseStopped && sent.Phase == replicated.PhaseStopped {
-			delete(a.statuses, sent.VM)
-		}
-	}
+	forgetSent(a.statuses, snap)
 }
 
-// declaredNames maps instance names to declared names (replica expansion).
-func declaredNames(c *spec.Cluster) map[string]string {
-	m := map[string]string{}
-	if c == nil {
-		return m
+// forgetSent drops the statuses of VMs gone from this node once a heartbeat
+// (sent) carried them stopped.
+func forgetSent(statuses map[string]*vmStatus, sent []replicated.VMStatus) {
+	for _, st := range sent {
+		if s := statuses[st.VM]; s != nil && s.forget && s.Phase == replicated.PhaseStopped && st.Phase == replicated.PhaseStopped {
+			delete(statuses, st.VM)
+		}
 	}
-	for _, in := range c.Instances() {
-		m[in.Name] = in.Declared
-	}
-	return m
 }
 
 // logHinter is implemented by backends that know where a unit's output goes.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -41,7 +42,7 @@ func TestNixProcessConvergesFromLocalDrv(t *testing.T) {
 	if s.BootedOut != r.out || s.Node != testNode || s.Generation == 0 || s.ObservedAt.IsZero() {
 		t.Errorf("status = %+v, want booted %s on node %d with a generation", s, r.out, testNode)
 	}
-	if _, ok := e.rec.last()["elsewhere"]; ok {
+	if _, ok := e.last()["elsewhere"]; ok {
 		t.Errorf("a VM of another node is reported")
 	}
 	for _, l := range []string{"current", "booted", "gcroot"} {
@@ -50,7 +51,7 @@ func TestNixProcessConvergesFromLocalDrv(t *testing.T) {
 		}
 	}
 	e.pid("a")
-	waitFor(t, "console marker", func() (bool, string) { return fileContains(LogPath(e.dir, "a"), "hello-from-a") })
+	testkit.WaitFor(t, waitTimeout, "console marker", fileContains(LogPath(e.dir, "a"), "hello-from-a"))
 }
 
 func TestNixProcessChangedRunnerRestartsOnlyThatVM(t *testing.T) {
@@ -76,7 +77,7 @@ func TestNixProcessChangedRunnerRestartsOnlyThatVM(t *testing.T) {
 	if got := e.link("a", "booted"); got != r2.out {
 		t.Errorf("a booted → %s, want %s", got, r2.out)
 	}
-	waitFor(t, "v2 marker", func() (bool, string) { return fileContains(LogPath(e.dir, "a"), "v2") })
+	testkit.WaitFor(t, waitTimeout, "v2 marker", fileContains(LogPath(e.dir, "a"), "v2"))
 }
 
 func TestNixProcessUnassignedVMIsStopped(t *testing.T) {
@@ -91,10 +92,10 @@ func TestNixProcessUnassignedVMIsStopped(t *testing.T) {
 
 	e.state.unassign("a")
 	e.waitGone(pa)
-	waitFor(t, "a reported stopped, then forgotten", func() (bool, string) {
-		_, still := e.rec.last()["a"]
-		return e.rec.ever("a", replicated.PhaseStopped) && !still, "not yet"
-	})
+	testkit.WaitFor(t, waitTimeout, "a reported stopped, then forgotten", testkit.Until(func() bool {
+		_, still := e.last()["a"]
+		return e.ever("a", replicated.PhaseStopped) && !still
+	}))
 	if _, err := os.Stat(filepath.Join(e.dir, "a", "current")); err != nil {
 		t.Errorf("state directory of a not kept: %v", err)
 	}
@@ -123,10 +124,10 @@ func TestNixProcessKilledRunnerIsRestarted(t *testing.T) {
 	}
 	h.close()
 	e.waitGone(old)
-	waitFor(t, "a restarted with a new pid", func() (bool, string) {
+	testkit.WaitFor(t, waitTimeout, "a restarted with a new pid", testkit.Until(func() bool {
 		id, err := readPidFile(filepath.Join(e.dir, "a", "pid"))
-		return err == nil && id != old && id.alive(), "not yet"
-	})
+		return err == nil && id != old && id.alive()
+	}))
 	e.waitPhase("a", replicated.PhaseRunning, nil)
 }
 
@@ -144,14 +145,14 @@ func TestNixProcessRestartedAgentAdoptsRunners(t *testing.T) {
 		t.Fatalf("runners did not survive their agent")
 	}
 
-	e.rec = &recorder{}
+	e.newAgent()
 	e.start(nil)
 	e.waitPhase("a", replicated.PhaseRunning, nil)
 	e.waitPhase("b", replicated.PhaseRunning, nil)
 	if e.pid("a") != pa || e.pid("b") != pb {
 		t.Errorf("runners restarted by the new agent")
 	}
-	if e.rec.ever("a", replicated.PhaseStarting) {
+	if e.ever("a", replicated.PhaseStarting) {
 		t.Errorf("the new agent reported a starting although a was running")
 	}
 	b, _ := os.ReadFile(LogPath(e.dir, "a"))
@@ -190,7 +191,7 @@ func TestNixProcessFailingBuildKeepsOldVersion(t *testing.T) {
 	if got := e.link("a", "current"); got != good.out {
 		t.Errorf("a's current switched to %s by a failed build", got)
 	}
-	if st := e.rec.last()["b"]; st.Phase != replicated.PhaseRunning {
+	if st := e.last()["b"]; st.Phase != replicated.PhaseRunning {
 		t.Errorf("b = %+v, want running", st)
 	}
 }
@@ -214,11 +215,13 @@ func TestNixProcessStopOnExit(t *testing.T) {
 			t.Errorf("state of %s not kept: %v", vm, err)
 		}
 	}
-	waitFor(t, "the agent's goroutines to end", func() (bool, string) {
-		n := runtime.NumGoroutine()
-		return n <= baseline, fmt.Sprintf("%d goroutines, %d before the agent", n, baseline)
+	testkit.WaitFor(t, waitTimeout, "the agent's goroutines to end", func() error {
+		if n := runtime.NumGoroutine(); n > baseline {
+			return fmt.Errorf("%d goroutines, %d before the agent", n, baseline)
+		}
+		return nil
 	})
-	last := e.rec.last()
+	last := e.last()
 	if last["a"].Phase != replicated.PhaseStopped || last["b"].Phase != replicated.PhaseStopped {
 		t.Errorf("last heartbeat = %+v, want both stopped", last)
 	}
@@ -264,17 +267,9 @@ func TestNixFlakeBuilderBuildsMissingRunner(t *testing.T) {
 	want := string(out)
 	// web-0: an instance of declared VM web; no .drv is known, so the
 	// builder builds it from the flake.
-	e.state.assign("web-0", testNode, runner{out: want})
-	e.state.mu.Lock()
-	vm := e.state.st.Desired.VMs["web-0"]
-	delete(e.state.st.Desired.VMs, "web-0")
-	vm.Replicas = 2
-	e.state.st.Desired.VMs["web"] = vm
-	e.state.mu.Unlock()
-	e.state.assign("web-1", testNode, runner{out: "/nix/store/00000000000000000000000000000000-other"})
-	e.state.mu.Lock()
-	delete(e.state.st.Desired.VMs, "web-1")
-	e.state.mu.Unlock()
+	e.state.put(replicated.Assignment{VM: "web-0", Declared: "web", Node: testNode, OutPath: want})
+	e.state.put(replicated.Assignment{VM: "web-1", Declared: "web", Node: testNode,
+		OutPath: "/nix/store/00000000000000000000000000000000-other"})
 	flakeURL := func(commit string) (string, error) {
 		// The flake's commit would select a revision; a path: flake has one.
 		return "path:" + flake, nil
@@ -288,7 +283,7 @@ func TestNixFlakeBuilderBuildsMissingRunner(t *testing.T) {
 		}}
 	})
 	e.waitPhase("web-0", replicated.PhaseRunning, func(s replicated.VMStatus) bool { return s.BootedOut == want })
-	waitFor(t, "console", func() (bool, string) { return fileContains(LogPath(e.dir, "web-0"), "from-flake") })
+	testkit.WaitFor(t, waitTimeout, "console", fileContains(LogPath(e.dir, "web-0"), "from-flake"))
 	// web-1 is built from the same declared VM, but the plan wants another path.
 	s := e.waitPhase("web-1", replicated.PhaseFailed, nil)
 	if !strings.Contains(s.Message, "but the plan wants") {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // startRecorder wraps a Backend to record when a unit has started.
@@ -57,9 +59,11 @@ func measureCommitToStart(b *testing.B, e *env, ra *runningAgent, be startRecord
 		if prev != "" {
 			e.state.unassign(prev)
 			ra.agent.Notify()
-			waitFor(b, prev+" stopped", func() (bool, string) {
-				s, err := be.Status(prev)
-				return err == nil && !s.Active, fmt.Sprintf("%+v", s)
+			testkit.WaitFor(b, waitTimeout, prev+" stopped", func() error {
+				if s, err := be.Status(prev); err != nil || s.Active {
+					return fmt.Errorf("%+v, %v", s, err)
+				}
+				return nil
 			})
 		}
 		prev = name

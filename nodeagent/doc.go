@@ -1,34 +1,22 @@
 // Package nodeagent converges one host towards the plan: it is the per-node
 // loop of the design's §6 ("Node agent and the microvm.nix contract").
 //
-// Its one job is per-host convergence. On every pass (level-triggered: a
-// resync tick, [Agent.Notify], a finished build or a backend event) it reads
-// the local replica's state and, for every assignment whose Node is this
-// node, runs the ordered steps below; the first step that fails or has to
-// wait ends the VM's pass, and the next pass starts again from step 1:
+// Its one job is per-host convergence, split the way etcd-raft splits its
+// Ready/Advance loop: on every pass (level-triggered: a resync tick,
+// [Agent.Notify], a finished operation or a backend event) the agent
 //
-//  1. realise: the runner's out path is made valid in the local store (already
-//     valid or substitutable → the assignment's .drv when it exists locally →
-//     [Builder]) and rooted against garbage collection at STATE/NAME/gcroot;
-//     the realised path must equal the plan's out path. Builds run in the
-//     background, one at a time per VM, and a failure is retried only after
-//     Options.BuildRetry. Sets phase building (or failed with the build's
-//     error); a failing new version never stops the running old one.
-//  2. volumes (VMs that declare any): [Volumes.Attach] for each, in name
-//     order: the RBD image is created or grown, this node takes its
-//     exclusive lock, and it is attached at STATE/NAME/volumes/VOL. Runs in
-//     the background; sets pending ("attaching volumes"), or failed with
-//     Ceph's error (another node's lock included), retried after
-//     Options.VolumeRetry. The unit never starts before this step passed.
-//  3. state directory: STATE/NAME/current → out path, switched atomically
-//     (a new symlink renamed over the old one). Sets failed on I/O errors.
-//  4. unit: start it when it is not running, restart it when
-//     STATE/NAME/booted (what runs) differs from current. Sets starting,
-//     running, or failed (the backend's error or a crash loop).
-//
-// VMs the backend runs that are no longer assigned to this node are stopped
-// (phase stopping, then stopped), and only then their volumes are detached
-// and their locks released; their state directories and images are kept.
+//  1. observes: the local replica's assignments for this node, the
+//     backend's units and their status, STATE/NAME/current, and its own
+//     records (what it realised, attached, failed, and has in flight);
+//  2. decides with [Decide], a pure function of that [Input] and the time:
+//     per VM, the status to report and the [Action]s to run. Decide's
+//     documentation holds the ordered steps (realise → volumes → current →
+//     unit; stop, then detach, what is no longer assigned here) and their
+//     rules: adoption, crash loops, retries, and that a failing new version
+//     never stops the running old one;
+//  3. acts: switches of current run at once; every other action runs in the
+//     background as the VM's one operation, whose [Result] is fed back into
+//     the records, and the next pass decides again.
 //
 // The agent owns the node's heartbeat: every Options.Heartbeat and shortly
 // after any phase change it proposes a NodeHeartbeat with the complete list

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
-	"github.com/blixard/blixard/spec"
 )
 
 const setupHint = "run scripts/setup.sh (as root) to install nix"
@@ -88,99 +88,56 @@ func (r runner) build(t testing.TB) runner {
 	return r
 }
 
-// testState is a StateReader over a state the test changes.
+// testState is the replicated state the agent reads and proposes to (a
+// testkit.Store), with test node registered and a plan applied; the test
+// changes its assignments as committed plans would.
 type testState struct {
-	mu  sync.Mutex
-	st  *replicated.State
-	gen uint64
+	*testkit.Store
+	gen uint64 // guarded by the store's lock (changed in Update only)
 }
 
-func newTestState() *testState {
-	return &testState{st: &replicated.State{
-		Revision:    &replicated.Revision{ID: 1, Commit: "0123456789abcdef"},
-		Desired:     &spec.Cluster{VMs: map[string]spec.VM{}},
-		Assignments: map[string]replicated.Assignment{},
-	}}
+func newTestState(t testing.TB) *testState {
+	t.Helper()
+	st := replicated.NewState()
+	if res := st.Apply(1, testkit.Register(testNode)); !res.OK() {
+		t.Fatalf("register node %d: %s", testNode, res.Message)
+	}
+	st.Revision = &replicated.Revision{ID: 1, Commit: "0123456789abcdef"}
+	return &testState{Store: testkit.NewStore(st)}
 }
 
-func (s *testState) LocalRead() (*replicated.State, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.st.Clone(), nil
-}
-
+// assign assigns vm to node, running r.
 func (s *testState) assign(vm string, node uint64, r runner) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gen++
-	s.st.Desired.VMs[vm] = spec.VM{Runner: spec.Runner{Drv: r.drv, Out: r.out}}
-	s.st.Assignments[vm] = replicated.Assignment{VM: vm, Node: node, Drv: r.drv, OutPath: r.out, Generation: s.gen}
+	s.put(replicated.Assignment{VM: vm, Declared: vm, Node: node, Drv: r.drv, OutPath: r.out})
+}
+
+// put sets an assignment, with a new generation.
+func (s *testState) put(as replicated.Assignment) {
+	s.Update(func(st *replicated.State) {
+		s.gen++
+		as.Generation = s.gen
+		if st.Assignments == nil {
+			st.Assignments = map[string]replicated.Assignment{}
+		}
+		st.Assignments[as.VM] = as
+	})
 }
 
 func (s *testState) unassign(vm string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.st.Desired.VMs, vm)
-	delete(s.st.Assignments, vm)
+	s.Update(func(st *replicated.State) { delete(st.Assignments, vm) })
 }
 
-// recorder is a Proposer that records heartbeats.
-type recorder struct {
-	mu    sync.Mutex
-	beats []replicated.NodeHeartbeat
-}
-
-func (r *recorder) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
-	if cmd.Type != replicated.CmdNodeHeartbeat || cmd.NodeHeartbeat == nil || cmd.At.IsZero() {
-		return replicated.Result{Code: replicated.ResultInvalid, Message: "unexpected command"}, nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.beats = append(r.beats, *cmd.NodeHeartbeat)
-	return replicated.Result{Code: replicated.ResultOK}, nil
-}
-
-// last returns the statuses of the last heartbeat by VM.
-func (r *recorder) last() map[string]replicated.VMStatus {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := map[string]replicated.VMStatus{}
-	if len(r.beats) > 0 {
-		for _, s := range r.beats[len(r.beats)-1].Statuses {
-			m[s.VM] = s
+// heartbeats returns the statuses of the heartbeats proposed after the
+// first skip ones, oldest first.
+func (s *testState) heartbeats(skip int) [][]replicated.VMStatus {
+	cmds := s.ProposedOf(replicated.CmdNodeHeartbeat)
+	var out [][]replicated.VMStatus
+	for i, c := range cmds {
+		if i >= skip && c.NodeHeartbeat != nil {
+			out = append(out, c.NodeHeartbeat.Statuses)
 		}
 	}
-	return m
-}
-
-// ever reports whether some heartbeat had vm in phase p.
-func (r *recorder) ever(vm string, p replicated.Phase) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, b := range r.beats {
-		for _, s := range b.Statuses {
-			if s.VM == vm && s.Phase == p {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t testing.TB, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %s", what, detail)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
+	return out
 }
 
 // env is one agent on one state directory, with cleanup of every runner.
@@ -188,14 +145,15 @@ type env struct {
 	t     testing.TB
 	dir   string
 	state *testState
-	rec   *recorder
+	// since: heartbeats before it were sent by earlier agents (see newAgent).
+	since int
 }
 
 const testNode = 7
 
 func newEnv(t testing.TB) *env {
 	requireNix(t)
-	e := &env{t: t, dir: t.TempDir(), state: newTestState(), rec: &recorder{}}
+	e := &env{t: t, dir: t.TempDir(), state: newTestState(t)}
 	t.Cleanup(func() { killRunners(t, e.dir) })
 	return e
 }
@@ -228,7 +186,7 @@ func (e *env) start(mod func(*Options)) *runningAgent {
 		NodeID:    testNode,
 		StateDir:  e.dir,
 		State:     e.state,
-		Proposer:  e.rec,
+		Proposer:  e.state,
 		Interval:  200 * time.Millisecond,
 		Heartbeat: 500 * time.Millisecond,
 		Backend: NewProcessBackend(ProcessOptions{
@@ -262,15 +220,46 @@ func (r *runningAgent) stop(t testing.TB) {
 	})
 }
 
+// newAgent makes the heartbeats checked from now on those of the next agent.
+func (e *env) newAgent() {
+	e.since = len(e.state.ProposedOf(replicated.CmdNodeHeartbeat))
+}
+
+// last returns the statuses of the last heartbeat by VM.
+func (e *env) last() map[string]replicated.VMStatus {
+	m := map[string]replicated.VMStatus{}
+	if hb := e.state.heartbeats(e.since); len(hb) > 0 {
+		for _, s := range hb[len(hb)-1] {
+			m[s.VM] = s
+		}
+	}
+	return m
+}
+
+// ever reports whether some heartbeat had vm in phase p.
+func (e *env) ever(vm string, p replicated.Phase) bool {
+	for _, hb := range e.state.heartbeats(e.since) {
+		for _, s := range hb {
+			if s.VM == vm && s.Phase == p {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // waitPhase waits until the last heartbeat reports vm in phase p (and the
 // extra condition, when given).
 func (e *env) waitPhase(vm string, p replicated.Phase, extra func(replicated.VMStatus) bool) replicated.VMStatus {
 	e.t.Helper()
 	var got replicated.VMStatus
-	waitFor(e.t, fmt.Sprintf("%s %s", vm, p), func() (bool, string) {
-		s, ok := e.rec.last()[vm]
+	testkit.WaitFor(e.t, waitTimeout, fmt.Sprintf("%s %s", vm, p), func() error {
+		s, ok := e.last()[vm]
 		got = s
-		return ok && s.Phase == p && (extra == nil || extra(s)), fmt.Sprintf("last status %+v", s)
+		if ok && s.Phase == p && (extra == nil || extra(s)) {
+			return nil
+		}
+		return fmt.Errorf("last status %+v", s)
 	})
 	return got
 }
@@ -299,18 +288,27 @@ func (e *env) link(vm, name string) string {
 
 func (e *env) waitGone(id procIdentity) {
 	e.t.Helper()
-	waitFor(e.t, fmt.Sprintf("process %d gone", id.PID), func() (bool, string) {
-		return !id.alive(), "still alive"
+	testkit.WaitFor(e.t, waitTimeout, fmt.Sprintf("process %d gone", id.PID), func() error {
+		if id.alive() {
+			return errors.New("still alive")
+		}
+		return nil
 	})
 }
 
-func fileContains(path, s string) (bool, string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return false, path + " does not exist"
+// waitTimeout bounds the waits of these tests (builds, starts, stops).
+const waitTimeout = 30 * time.Second
+
+// fileContains is a WaitFor condition: the file at path contains s.
+func fileContains(path, s string) func() error {
+	return func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
 		}
-		return false, err.Error()
+		if !strings.Contains(string(b), s) {
+			return fmt.Errorf("%s: %q", path, b)
+		}
+		return nil
 	}
-	return strings.Contains(string(b), s), fmt.Sprintf("%s: %q", path, b)
 }

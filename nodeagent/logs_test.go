@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 type syncBuffer struct {
@@ -52,11 +54,11 @@ func TestTailLogFollowsAppendsAndTruncation(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	waitFor(t, "appended line", func() (bool, string) { return w.String() == "one\ntwo\n", w.String() })
+	testkit.WaitFor(t, waitTimeout, "appended line", testkit.Until(func() bool { return w.String() == "one\ntwo\n" }))
 	if err := os.WriteFile(path, []byte("three\n"), 0o644); err != nil { // truncate and rewrite
 		t.Fatal(err)
 	}
-	waitFor(t, "line after truncation", func() (bool, string) { return strings.HasSuffix(w.String(), "three\n"), w.String() })
+	testkit.WaitFor(t, waitTimeout, "line after truncation", testkit.Until(func() bool { return strings.HasSuffix(w.String(), "three\n") }))
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("TailLog after cancel: %v", err)

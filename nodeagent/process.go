@@ -32,7 +32,31 @@ type ProcessOptions struct {
 	RestartBackoff    time.Duration
 	MaxRestartBackoff time.Duration
 	ResetBackoffAfter time.Duration
-	Logger            *slog.Logger
+	// Clock is the backend's time (default: the system's): when a runner
+	// started and exited, when its restart is due, and how long Stop waits
+	// for a runner to exit. Tests pass one they advance, so that crash
+	// backoff takes no real time. Only microvm-shutdown's own deadline is
+	// real time: it bounds a process through its context.
+	Clock  Clock
+	Logger *slog.Logger
+}
+
+// Clock is a source of time and timers ([ProcessOptions.Clock]).
+type Clock interface {
+	Now() time.Time
+	// NewTimer returns a channel that receives once d has passed, and a
+	// function that stops the timer (reporting whether it was still running).
+	NewTimer(d time.Duration) (c <-chan time.Time, stop func() bool)
+}
+
+// systemClock is the system's clock.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
 }
 
 // ProcessBackend is a [Backend] that supervises runners itself: each unit is
@@ -102,6 +126,9 @@ func NewProcessBackend(o ProcessOptions) *ProcessBackend {
 	if o.ResetBackoffAfter <= 0 {
 		o.ResetBackoffAfter = 10 * time.Second
 	}
+	if o.Clock == nil {
+		o.Clock = systemClock{}
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -138,10 +165,8 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 	b.adopt()
 	close(b.ready)
 
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		now := time.Now()
+		now := b.o.Clock.Now()
 		next := time.Time{}
 		b.mu.Lock()
 		for _, u := range b.units {
@@ -163,14 +188,16 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 		if !next.IsZero() {
 			wait = next.Sub(now)
 		}
-		timer.Reset(wait)
+		timer, stop := b.o.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			stop()
 			b.watchers.Wait()
 			return nil
 		case <-b.wake:
-		case <-timer.C:
+		case <-timer:
 		}
+		stop()
 	}
 }
 
@@ -203,7 +230,7 @@ func (b *ProcessBackend) adopt() {
 			continue
 		}
 		booted, _ := readLink(filepath.Join(dir, "booted"))
-		now := time.Now()
+		now := b.o.Clock.Now()
 		u := &procUnit{name: name, h: h, exited: make(chan struct{}), booted: booted, startedAt: now, since: now}
 		b.units[name] = u
 		b.watchers.Add(1)
@@ -277,7 +304,7 @@ func (b *ProcessBackend) startOpLocked(u *procUnit) error {
 		return ErrBackendStopped
 	}
 	h, cmd, out, err := b.spawn(u.name)
-	now := time.Now()
+	now := b.o.Clock.Now()
 	b.mu.Lock()
 	if err != nil {
 		u.result = "start failed: " + err.Error()
@@ -371,7 +398,7 @@ func (b *ProcessBackend) watch(u *procUnit, h *procHandle, cmd *exec.Cmd, exited
 	if id, err := readPidFile(pidPath); err == nil && id == h.id {
 		_ = os.Remove(pidPath)
 	}
-	now := time.Now()
+	now := b.o.Clock.Now()
 	b.mu.Lock()
 	u.h, u.cmd = nil, nil
 	close(exited)
@@ -420,7 +447,7 @@ func (b *ProcessBackend) autoRestart(ctx context.Context, u *procUnit) {
 	}
 	if err := b.startOpLocked(u); err != nil {
 		b.mu.Lock()
-		now := time.Now()
+		now := b.o.Clock.Now()
 		u.startedAt = now
 		b.scheduleRestartLocked(u, now)
 		b.mu.Unlock()
@@ -446,7 +473,7 @@ func (b *ProcessBackend) stopOpLocked(ctx context.Context, u *procUnit) error {
 		if u.h == nil {
 			u.booted = ""
 			u.restarts, u.backoff = 0, 0
-			u.since = time.Now()
+			u.since = b.o.Clock.Now()
 		}
 		b.mu.Unlock()
 	}()
@@ -467,25 +494,25 @@ func (b *ProcessBackend) stopOpLocked(ctx context.Context, u *procUnit) error {
 // SIGKILL, each step waiting for the runner to exit.
 func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHandle, exited <-chan struct{}, booted string) error {
 	waitExit := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
+		timer, stop := b.o.Clock.NewTimer(d)
+		defer stop()
 		select {
 		case <-exited:
 			return true
-		case <-t.C:
+		case <-timer:
 		case <-ctx.Done():
 		}
 		return false
 	}
 	dir := filepath.Join(b.o.StateDir, name)
-	start := time.Now()
+	start := b.o.Clock.Now()
 	if shutdown := filepath.Join(booted, "bin", "microvm-shutdown"); booted != "" && isExecutable(shutdown) {
 		sctx, cancel := context.WithTimeout(ctx, b.o.ShutdownTimeout)
 		err := b.runShutdown(sctx, name, dir, shutdown)
 		cancel()
 		if err != nil {
 			b.log.Warn("microvm-shutdown failed; terminating the runner", "vm", name, "err", err)
-		} else if waitExit(b.o.ShutdownTimeout - time.Since(start)) {
+		} else if waitExit(b.o.ShutdownTimeout - b.o.Clock.Now().Sub(start)) {
 			return nil
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 	sdharness "github.com/blixard/blixard/tests/systemd"
 )
@@ -128,7 +129,7 @@ type sdEnv struct {
 
 func newSystemdEnv(t *testing.T, vms ...string) *sdEnv {
 	c := systemdContainer(t)
-	e := &sdEnv{env: &env{t: t, dir: c.StateDir, state: newTestState(), rec: &recorder{}}, c: c}
+	e := &sdEnv{env: &env{t: t, dir: c.StateDir, state: newTestState(t)}, c: c}
 	t.Cleanup(func() { e.stopUnits(vms) })
 	return e
 }
@@ -195,10 +196,13 @@ func (e *sdEnv) stopUnits(vms []string) {
 func waitUnit(t testing.TB, b *SystemdBackend, vm, what string, cond func(UnitStatus) bool) UnitStatus {
 	t.Helper()
 	var s UnitStatus
-	waitFor(t, vm+" "+what, func() (bool, string) {
+	testkit.WaitFor(t, waitTimeout, vm+" "+what, func() error {
 		var err error
 		s, err = b.Status(vm)
-		return err == nil && cond(s), fmt.Sprintf("status %+v, err %v", s, err)
+		if err != nil || !cond(s) {
+			return fmt.Errorf("status %+v, err %v", s, err)
+		}
+		return nil
 	})
 	return s
 }
@@ -248,8 +252,8 @@ func TestSystemdAgentStartsRestartsOntoNewClosureAndStops(t *testing.T) {
 	if got := e.link("sd-a", "booted"); got != r2.out {
 		t.Errorf("booted → %q, want %s", got, r2.out)
 	}
-	if ok, detail := fileContains(filepath.Join(e.dir, "sd-a", "shutdown-ran"), "v1"); !ok {
-		t.Errorf("the old runner's microvm-shutdown did not run: %s", detail)
+	if err := fileContains(filepath.Join(e.dir, "sd-a", "shutdown-ran"), "v1")(); err != nil {
+		t.Errorf("the old runner's microvm-shutdown did not run: %v", err)
 	}
 	if got, _ := b.Status("sd-b"); got.PID != b1.PID {
 		t.Errorf("sd-b restarted (main PID %d → %d) although only sd-a changed", b1.PID, got.PID)
@@ -332,9 +336,11 @@ func TestSystemdFailedUnitIsResetAndStartedOnCurrent(t *testing.T) {
 	// Failed (listed) once the start limit refused a restart; between two
 	// restarts the unit is briefly inactive. systemd keeps the first failure
 	// as the Result (exit-code), not start-limit-hit.
-	waitFor(t, "sd-limit failed by its start limit", func() (bool, string) {
-		names, err := b.List()
-		return err == nil && contains(names, "sd-limit"), fmt.Sprintf("List = %v, %v", names, err)
+	testkit.WaitFor(t, waitTimeout, "sd-limit failed by its start limit", func() error {
+		if names, err := b.List(); err != nil || !contains(names, "sd-limit") {
+			return fmt.Errorf("List = %v, %v", names, err)
+		}
+		return nil
 	})
 	// Status follows from the unit's change signals, which may trail List.
 	s := waitUnit(t, b, "sd-limit", "reported failed", func(s UnitStatus) bool {
@@ -411,7 +417,7 @@ func TestSystemdRestartedAgentAdoptsUnitsUntouched(t *testing.T) {
 		}
 	}
 
-	e.rec = &recorder{}
+	e.newAgent()
 	e.startAgent()
 	e.waitPhase("sd-keep1", replicated.PhaseRunning, func(s replicated.VMStatus) bool { return s.BootedOut == r.out })
 	e.waitPhase("sd-keep2", replicated.PhaseRunning, func(s replicated.VMStatus) bool { return s.BootedOut == r.out })
@@ -516,7 +522,7 @@ func BenchmarkSystemdStartStopJob(b *testing.B) {
 // BenchmarkNixCommitToRunnerStarted (the ProcessBackend).
 func BenchmarkSystemdCommitToUnitActive(b *testing.B) {
 	c := systemdContainer(b)
-	e := &env{t: b, dir: c.StateDir, state: newTestState(), rec: &recorder{}}
+	e := &env{t: b, dir: c.StateDir, state: newTestState(b)}
 	r := systemdRunner(b, "bench", false)
 	sb, err := NewSystemdBackend(context.Background(), SystemdOptions{StateDir: e.dir, BusAddress: c.Bus})
 	if err != nil {

@@ -30,32 +30,6 @@ func VolumePath(stateDir, name, vol string) string {
 	return filepath.Join(stateDir, name, "volumes", vol)
 }
 
-// instanceVolumes maps instance names to their volumes (replica expansion).
-func instanceVolumes(c *spec.Cluster) map[string][]spec.VolumeRef {
-	m := map[string][]spec.VolumeRef{}
-	if c == nil {
-		return m
-	}
-	for _, in := range c.Instances() {
-		if vs := c.VolumesOf(in); len(vs) > 0 {
-			m[in.Name] = vs
-		}
-	}
-	return m
-}
-
-func sameVolumes(a, b []spec.VolumeRef) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // attachVolumes attaches every volume of VM name, in order.
 func (a *Agent) attachVolumes(ctx context.Context, name string, vols []spec.VolumeRef) error {
 	if a.o.Volumes == nil {

@@ -14,12 +14,8 @@ func TestNixProcessVMWithVolumesFailsWithoutCephSettings(t *testing.T) {
 	e := newEnv(t)
 	r := makeRunner(t, runnerSpec{marker: "m"}).build(t)
 	e.state.assign("plain", testNode, r)
-	e.state.assign("vol", testNode, r)
-	e.state.mu.Lock()
-	vm := e.state.st.Desired.VMs["vol"]
-	vm.Volumes = map[string]spec.Volume{"data": {SizeMiB: 4, Pool: "rbd"}}
-	e.state.st.Desired.VMs["vol"] = vm
-	e.state.mu.Unlock()
+	e.state.put(replicated.Assignment{VM: "vol", Declared: "vol", Node: testNode, Drv: r.drv, OutPath: r.out,
+		Volumes: []spec.VolumeRef{{Name: "data", Image: "t.vol.data", Pool: "rbd", SizeMiB: 4}}})
 	e.start(nil) // no Options.Volumes
 
 	s := e.waitPhase("vol", replicated.PhaseFailed, nil)

@@ -83,6 +83,7 @@ const brokenFlake = `{
 `
 
 type statusJSON struct {
+	Leader   uint64 `json:"leader"`
 	Revision *struct {
 		ID     uint64 `json:"id"`
 		Commit string `json:"commit"`

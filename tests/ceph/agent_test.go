@@ -94,7 +94,11 @@ func (s *testState) assign(vm string, node uint64, r spec.Runner, vols map[strin
 	defer s.mu.Unlock()
 	s.gen++
 	s.st.Desired.VMs[vm] = spec.VM{Runner: r, VCPU: 1, MemMiB: 64, Replicas: 1, Volumes: vols, Autostart: true}
-	s.st.Assignments[vm] = replicated.Assignment{VM: vm, Node: node, Drv: r.Drv, OutPath: r.Out, VCPU: 1, MemMiB: 64, Generation: s.gen}
+	// The assignment carries the instance's volumes, as the planner commits
+	// them: agents read assignments only.
+	in := spec.Instance{Name: vm, Declared: vm, VM: s.st.Desired.VMs[vm]}
+	s.st.Assignments[vm] = replicated.Assignment{VM: vm, Declared: vm, Node: node, Drv: r.Drv, OutPath: r.Out,
+		VCPU: 1, MemMiB: 64, Volumes: s.st.Desired.VolumesOf(in), Generation: s.gen}
 }
 
 func (s *testState) unassign(vm string) {

@@ -1,10 +1,16 @@
-// Package gitsync keeps a local bare mirror of the cluster repository and
-// resolves the tracked branch to a commit SHA. It is what the Raft leader
-// follows: a push (seen by polling or by a webhook) becomes an [Update].
+// Package gitsync is the source of the cluster flake: it keeps a local bare
+// mirror of the cluster repository and resolves the tracked branch to a
+// commit SHA ([Mirror]), or, for `blixard dev`, follows a working tree on
+// disk ([Worktree]: a hash of its files stands for the commit, and a
+// debounced fsnotify watch says when it changed). A push (seen by polling or
+// by a webhook) or an edit becomes an [Update].
 //
 // Its one job: fetch one branch of one remote into a bare repository on
 // local disk, say which commit the branch now points at, and whether that
-// commit moved or the history was rewritten (force-push).
+// commit moved or the history was rewritten (force-push). It is also the one
+// place that builds flake references ([GitFlakeURL], [PathFlakeURL],
+// [Mirror.FlakeURL], [Worktree.FlakeURL]): nix sees the cluster flake only
+// through them.
 //
 // It must not evaluate Nix, and it knows nothing about Raft, plans or nodes.
 // Callers evaluate [Mirror.FlakeURL] of [Update.Commit], that is

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -212,7 +214,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		h.apply(dec)
 		out := fmt.Sprintf("now +%s\n", h.now.Sub(ddBase)) + dec.String()
 		var ops []string
-		for _, name := range sortedKeys(h.rec.vms) {
+		for _, name := range slices.Sorted(maps.Keys(h.rec.vms)) {
 			if op := h.rec.vms[name].op; op != nil {
 				s := name + ":" + op.kind.String()
 				if h.canceled[name] {
@@ -227,7 +229,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		return out
 	case "heartbeat":
 		snap := make([]replicated.VMStatus, 0, len(h.statuses))
-		for _, name := range sortedKeys(h.statuses) {
+		for _, name := range slices.Sorted(maps.Keys(h.statuses)) {
 			snap = append(snap, h.statuses[name].VMStatus)
 		}
 		forgetSent(h.statuses, snap)
@@ -254,7 +256,7 @@ func (h *decideHarness) input() Input {
 	if h.planned {
 		in.Commit = "c1"
 	}
-	in.Units = sortedKeys(h.listed)
+	in.Units = slices.Sorted(maps.Keys(h.listed))
 	reported := map[string]replicated.VMStatus{}
 	for name, s := range h.statuses {
 		reported[name] = s.VMStatus
@@ -376,13 +378,4 @@ func parseVolumes(t *testing.T, vm, s string) []spec.VolumeRef {
 	}
 	sort.Slice(vs, func(i, j int) bool { return vs[i].Name < vs[j].Name })
 	return vs
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -8,6 +8,10 @@
 // hosts, or change the state other than through [replicated.State.ApplyEntry]
 // (the state machine's Update stays deterministic: no clock, no I/O).
 //
+// With [Config.TLS] every Raft connection is mutual TLS with the cluster
+// PKI's node certificates (package pki): a host without a certificate from
+// the cluster CA can neither join the shard nor send it messages.
+//
 // Callers follow these steps:
 //
 //  1. [Start] a [Store] on every voter with the same Members map (or Join,

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blixard/blixard/pki"
 	"github.com/blixard/blixard/replicated"
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/config"
@@ -72,6 +73,12 @@ type Config struct {
 	// QuietRaftLog lowers Dragonboat's own logging from warnings to errors
 	// (process-wide; the first Start decides).
 	QuietRaftLog bool
+	// TLS, when set, makes all Raft traffic mutual TLS (Dragonboat's
+	// MutualTLS): this replica presents its node certificate and accepts
+	// only peers whose certificate the CA signed, so a host without one
+	// cannot join the shard or send it messages. Every replica of a shard
+	// must use it, or none.
+	TLS TLSFiles
 	// OnApply, when non-nil, is called (without blocking) after every entry
 	// this replica applies, so local readers can react at once.
 	OnApply func(index uint64)
@@ -79,6 +86,22 @@ type Config struct {
 	// Dragonboat's internal logger is set to WARNING.
 	Logger *slog.Logger
 }
+
+// TLSFiles are the PEM files of Raft's mutual TLS, as package pki writes
+// them. All three are set, or none (plain TCP: anyone who reaches the raft
+// port can take part in the shard).
+type TLSFiles struct {
+	// CAFile is the cluster CA's certificate (ca.crt).
+	CAFile string
+	// CertFile is this node's certificate (node-ID.crt, ID being NodeID); it
+	// must name the host of RaftAddr, which peers check when they dial it.
+	CertFile string
+	// KeyFile is CertFile's key (node-ID.key, mode 0600).
+	KeyFile string
+}
+
+// enabled reports whether any file is set; validate requires all then.
+func (f TLSFiles) enabled() bool { return f != TLSFiles{} }
 
 // Store is a running replica of the shard. Its methods are safe for
 // concurrent use.
@@ -115,6 +138,10 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Join && len(cfg.Members) > 0 {
 		return errors.New("a joining replica takes no initial members: drop Members or Join")
+	}
+	if cfg.TLS.enabled() && (cfg.TLS.CAFile == "" || cfg.TLS.CertFile == "" || cfg.TLS.KeyFile == "") {
+		return fmt.Errorf("raft TLS needs a CA, a certificate and a key file, got CA %q, certificate %q, key %q: give all three or none",
+			cfg.TLS.CAFile, cfg.TLS.CertFile, cfg.TLS.KeyFile)
 	}
 	if len(cfg.Members) > 0 {
 		addr, ok := cfg.Members[cfg.NodeID]
@@ -159,12 +186,67 @@ func quietDragonboat(quieter bool) {
 	})
 }
 
+// checkTLS loads the TLS files the way Dragonboat will and checks what
+// Dragonboat would only report as failed handshakes, peer by peer: that the
+// certificate is this node's, verifies against the CA for both directions,
+// and names the host peers dial.
+func (cfg *Config) checkTLS() error {
+	f := cfg.TLS
+	srv, err := pki.ServerTLS(f.CAFile, f.CertFile, f.KeyFile)
+	if err != nil {
+		return fmt.Errorf("raft TLS: %w", err)
+	}
+	if _, err := pki.ClientTLS(f.CAFile, f.CertFile, f.KeyFile); err != nil {
+		return fmt.Errorf("raft TLS: %w", err)
+	}
+	leaf := srv.Certificates[0].Leaf
+	issue := fmt.Sprintf("issue one with `blixard cert issue --ca DIR --node %d --host HOST`", cfg.NodeID)
+	id, err := pki.IdentityOf(leaf)
+	if err != nil {
+		return fmt.Errorf("raft TLS: %s: %w; %s", f.CertFile, err, issue)
+	}
+	if id.Kind != pki.KindNode || id.NodeID != cfg.NodeID {
+		return fmt.Errorf("raft TLS: %s is the certificate of %s %s, not of node %d: %s", f.CertFile, id.Kind, id.Name, cfg.NodeID, issue)
+	}
+	host, _, _ := net.SplitHostPort(cfg.RaftAddr) // validate checked the form
+	if err := leaf.VerifyHostname(host); err != nil {
+		return fmt.Errorf("raft TLS: %s does not name %s, the host of the raft address %s, which peers check: issue it again with --host %s: %w",
+			f.CertFile, host, cfg.RaftAddr, host, err)
+	}
+	return nil
+}
+
 // Start creates the NodeHost, starts this replica of the shard and returns
 // once the shard has a leader. If ctx ends first (a majority of Members is
 // not running or not reachable), the NodeHost is closed and an error returned.
 func Start(ctx context.Context, cfg Config) (*Store, error) {
+	s, err := open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitLeader(ctx); err != nil {
+		s.Close()
+		hint := fmt.Sprintf("are a majority of %v running and reachable?", memberIDs(cfg.Members))
+		if cfg.TLS.enabled() {
+			hint += " Do their certificates come from the CA in " + cfg.TLS.CAFile + "?"
+		}
+		return nil, fmt.Errorf("raftstore: start node %d: no leader for shard %d (%s): %w", cfg.NodeID, ShardID, hint, err)
+	}
+	id, _ := s.Leader()
+	s.log.Info("replica started", "raftAddr", cfg.RaftAddr, "leader", id, "join", cfg.Join, "mutualTLS", cfg.TLS.enabled())
+	return s, nil
+}
+
+// open creates the NodeHost and starts this replica without waiting for a
+// leader; tests use it for replicas that must never find one.
+func open(cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("raftstore: start node %d: %w", cfg.NodeID, err)
+	}
+	if cfg.TLS.enabled() {
+		if err := cfg.checkTLS(); err != nil {
+			return nil, fmt.Errorf("raftstore: start node %d: %w", cfg.NodeID, err)
+		}
 	}
 	if cfg.RTTMillisecond == 0 {
 		cfg.RTTMillisecond = DefaultRTTMillisecond
@@ -188,6 +270,10 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 		RTTMillisecond: cfg.RTTMillisecond,
 		RaftAddress:    cfg.RaftAddr,
 		Expert:         config.ExpertConfig{LogDB: logdb},
+		MutualTLS:      cfg.TLS.enabled(),
+		CAFile:         cfg.TLS.CAFile,
+		CertFile:       cfg.TLS.CertFile,
+		KeyFile:        cfg.TLS.KeyFile,
 	}
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil {
@@ -220,15 +306,7 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("raftstore: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
 	}
-	s := &Store{nh: nh, nodeID: cfg.NodeID, log: log}
-	if err := s.waitLeader(ctx); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("raftstore: start node %d: no leader for shard %d (are a majority of %v running and reachable?): %w",
-			cfg.NodeID, ShardID, memberIDs(cfg.Members), err)
-	}
-	id, _ := s.Leader()
-	log.Info("replica started", "raftAddr", cfg.RaftAddr, "leader", id, "join", cfg.Join)
-	return s, nil
+	return &Store{nh: nh, nodeID: cfg.NodeID, log: log}, nil
 }
 
 func (s *Store) waitLeader(ctx context.Context) error {

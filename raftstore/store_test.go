@@ -42,6 +42,12 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // them when the test ends.
 func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 	t.Helper()
+	return startClusterTLS(t, n, func(uint64) TLSFiles { return TLSFiles{} })
+}
+
+// startClusterTLS is startCluster with each replica's TLS files.
+func startClusterTLS(t testing.TB, n int, tlsFor func(id uint64) TLSFiles) ([]*Store, map[uint64]string) {
+	t.Helper()
 	addrs := freeAddrs(t, n)
 	members := map[uint64]string{}
 	for i, a := range addrs {
@@ -49,6 +55,10 @@ func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	tlsFiles := make([]TLSFiles, n)
+	for i := range n {
+		tlsFiles[i] = tlsFor(uint64(i + 1)) // here: it may fail the test, which a goroutine may not
+	}
 	stores := make([]*Store, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -59,7 +69,7 @@ func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 			id := uint64(i + 1)
 			stores[i], errs[i] = Start(ctx, Config{
 				NodeID: id, RaftAddr: members[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
-				Members: members, Logger: quietLogger(),
+				Members: members, Logger: quietLogger(), TLS: tlsFiles[i],
 			})
 		}()
 	}

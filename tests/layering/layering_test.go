@@ -48,6 +48,9 @@ var mustNot = map[string][]string{
 	// reconciler.PlanCommit and never assembles a node.
 	"api": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", module + "raftstore",
 		module + "nixeval", module + "nixrun", module + "nodeagent", module + "volumes", module + "node", module + "cmd"},
+	// The cluster PKI: creates and loads certificates; knows no Raft, HTTP
+	// routing, git or nix, and imports nothing of this module.
+	"pki": {module, "os/exec", "github.com/lni/", "github.com/go-git/"},
 	// The node assembly: wires every package, but runs no programs, serves
 	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
 	// gitsync and volumes.

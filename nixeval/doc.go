@@ -23,6 +23,20 @@
 //     never remembered: they are no verdict on the commit. Pass "" for a working tree.
 //
 // Nix runs with `--extra-experimental-features 'nix-command flakes'` and
-// `--no-write-lock-file`, and with `sandbox = false` and an empty
-// `substituters =` appended to the caller's NIX_CONFIG.
+// `--no-write-lock-file`, and with nixConfig (see run.go) appended to the
+// caller's NIX_CONFIG, so that it wins: no import-from-derivation and no
+// builds at all, pure evaluation, no builtins.exec, the flake's own
+// nixConfig ignored, no substituters.
+//
+// A flake is code from whoever can push, so an evaluation is confined:
+// it builds and runs nothing of the flake's (above), its memory is bounded
+// (Options.MaxMemory, a MemoryLimit error), its time too (Options.Timeout),
+// and with Options.User it runs as an unprivileged user, so that the
+// flake's inputs (path:, git+file:, which nix fetches whatever pure mode
+// says) can read only what that user may read. Options.Store says where
+// that user's nix writes sources and .drv files: the host's nix-daemon, or
+// a chroot store of its own. Error messages are nix's own (the flake's
+// files and lines, store paths, and the host paths the flake itself
+// named), the schema problems, or blixard's words for a limit: no cgroup
+// paths, environment or settings of the host (docs/security.md).
 package nixeval

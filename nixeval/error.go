@@ -18,14 +18,20 @@ const (
 	InvalidSpec ErrorKind = "InvalidSpec"
 	// Timeout: nix did not finish within Options.Timeout (or the caller's
 	// deadline) and was killed, with everything it started when the run had
-	// a cgroup; Message says what was killed. Transient: never cached.
+	// a cgroup (the log says what was killed; Err, a *nixrun.Error, too).
+	// Transient: never cached.
 	Timeout ErrorKind = "Timeout"
 	// Canceled: the caller's context was canceled. Transient: never cached.
 	Canceled ErrorKind = "Canceled"
 	// OutputTooLarge: nix printed more than Options.MaxOutput bytes of JSON.
 	OutputTooLarge ErrorKind = "OutputTooLarge"
-	// NixNotFound: the nix binary could not be run. Transient: never cached.
+	// NixNotFound: the nix binary could not be run, or not as
+	// Options.User. Transient: never cached.
 	NixNotFound ErrorKind = "NixNotFound"
+	// MemoryLimit: the evaluation needed more memory than
+	// Options.MaxMemory. Not transient: the same commit needs as much
+	// again.
+	MemoryLimit ErrorKind = "MemoryLimit"
 )
 
 // Error is an evaluation failure, as a value.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -27,6 +28,10 @@ const (
 	DefaultMaxOutput = 64 << 20
 	DefaultMaxStderr = 1 << 20
 	DefaultCacheSize = 64
+	// DefaultMaxMemory bounds one evaluation: well above what evaluating
+	// a few NixOS systems takes, far below what a runaway flake would
+	// take from a node that also runs VMs.
+	DefaultMaxMemory = 4 << 30
 	// DefaultAttr is the flake output evaluated when Eval gets attr "".
 	DefaultAttr = "blixard"
 )
@@ -47,6 +52,29 @@ type Options struct {
 	// CacheSize bounds the number of remembered (cacheKey, attr) results;
 	// the oldest are forgotten first.
 	CacheSize int
+	// MaxMemory bounds the memory of one evaluation (bytes; default
+	// DefaultMaxMemory, negative for no bound): the address space of nix,
+	// and of each process it starts (git), see nixrun.Command.MaxMemory.
+	// An evaluation that needs more fails with a MemoryLimit error.
+	MaxMemory int64
+	// User evaluates as this user (a name or a numeric uid) instead of as
+	// this process, which must then be root: nix, and so the flake, can
+	// read only what that user may read. The flake reference (the mirror)
+	// must be readable by it, and nix must be able to write the flake's
+	// sources and .drv files to Store as that user. nix gets that user's
+	// HOME (for its caches) and only part of this process's environment
+	// (see nixrun.Runner.User); git is told to read repositories owned by
+	// others (safe.directory). "" evaluates as this process.
+	User string
+	// Store is the nix store the evaluation writes the flake's sources and
+	// the runners' .drv files to (nix's --store): "daemon" for the host's
+	// nix-daemon (how an unprivileged User evaluates on NixOS),
+	// "local?root=DIR" for a store of the evaluation's own under DIR (a
+	// chroot store: the same /nix/store paths, kept in DIR/nix/store; for
+	// hosts without a daemon), "unix://SOCKET" for a daemon at another
+	// socket. "" is nix's default (the local store as root; for others the
+	// daemon when its socket exists).
+	Store string
 	// Env adds KEY=VALUE entries to nix's environment, after (overriding)
 	// the process's own, e.g. HOME or XDG_CACHE_HOME for nix's caches.
 	// A NIX_CONFIG given here is kept and appended to like the process's.
@@ -109,9 +137,16 @@ func New(o Options) *Evaluator {
 	if o.CacheSize <= 0 {
 		o.CacheSize = DefaultCacheSize
 	}
+	if o.MaxMemory == 0 {
+		o.MaxMemory = DefaultMaxMemory
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if o.User == "" && os.Geteuid() == 0 {
+		log.Warn("evaluating flakes as root: import-from-derivation is off and evaluation is pure, " +
+			"but a flake's inputs (path:, git+file:) can still read any file of this host; configure an evaluation user")
 	}
 	return &Evaluator{opts: o, log: log, cache: map[cacheKey]*entry{}}
 }

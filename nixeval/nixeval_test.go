@@ -331,6 +331,9 @@ func TestNixEvalTimeoutKillsProcessGroup(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(ee.Message, "did not finish within 2s") {
 		t.Fatalf("timeout error %v does not say what happened", err)
 	}
+	if strings.Contains(ee.Message, "cgroup") {
+		t.Errorf("the message shows the host's cgroups to whoever reads the status: %s", ee.Message)
+	}
 	pids := readPIDs(t, pidLog)
 	if len(pids) != 1 {
 		t.Fatalf("nix ran %d times, want 1", len(pids))
@@ -465,6 +468,18 @@ func TestEvalNixNotFound(t *testing.T) {
 		ee := evalErr(t, err, NixNotFound)
 		if !strings.Contains(ee.Message, "install Nix") {
 			t.Fatalf("message %q does not say what to do", ee.Message)
+		}
+	}
+}
+
+func TestEvalAsUnknownUser(t *testing.T) {
+	t.Parallel()
+	ev := New(Options{User: "no-such-user-nixeval"})
+	for range 2 { // not cached: the user may be created
+		_, err := ev.Eval(context.Background(), "path:/nonexistent", "blixard", "k")
+		ee := evalErr(t, err, NixNotFound)
+		if !strings.HasPrefix(ee.Message, "cannot evaluate as user no-such-user-nixeval (") || !ee.Temporary() {
+			t.Fatalf("message %q does not name the user, or the error is not Temporary", ee.Message)
 		}
 	}
 }

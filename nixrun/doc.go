@@ -19,6 +19,18 @@
 // appended (so a caller can turn substituters off for evaluation and leave
 // them on for builds).
 //
+// Two more bounds are the caller's choice. [Command.MaxMemory] limits the
+// address space of nix and of each process it starts (RLIMIT_AS, set by a
+// /bin/sh that then execs nix: Go cannot set a limit between fork and exec,
+// and limits are per process, so setting it here would limit the daemon);
+// nix running out of memory under it is a MemoryLimit error. A cgroup
+// memory limit would bound the whole run, but a run's cgroup is a child of
+// this process's own, which holds this process, so cgroup v2's "no
+// internal processes" rule keeps the memory controller away from it.
+// [Runner.User] runs the programs as another user (needs root, or
+// CAP_SETUID and CAP_SETGID), with a reduced environment, so that what they
+// read is what that user may read.
+//
 // It must not know about Raft, git, the cluster spec or placement: it imports
 // nothing of this module. Callers word the errors for their users.
 //

@@ -12,7 +12,8 @@ import (
 type Kind string
 
 const (
-	// NotFound: the program could not be found or started.
+	// NotFound: the program could not be found or started (Error.Err is a
+	// *UserError when it could not run as Runner.User).
 	NotFound Kind = "NotFound"
 	// Timeout: the run did not finish within Command.Timeout or the
 	// caller's deadline; Error.Stopped says what was killed.
@@ -29,6 +30,10 @@ const (
 	// Killed: a signal from outside this package (the OOM killer, an
 	// operator) ended the program.
 	Killed Kind = "Killed"
+	// MemoryLimit: the program ran out of memory under Command.MaxMemory
+	// (Error.Err is its exit status). Not temporary: the same command needs
+	// as much again.
+	MemoryLimit Kind = "MemoryLimit"
 )
 
 // Error is a failed run, as a value.
@@ -69,8 +74,8 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Temporary reports whether the same command may succeed if run again:
 // after a timeout, a cancellation, a kill from outside, a missing program
-// or an I/O error of ours. A non-zero exit status or too much output is the
-// command's own result.
+// or an I/O error of ours. A non-zero exit status, too much output or too
+// much memory is the command's own result.
 func (e *Error) Temporary() bool {
 	switch e.Kind {
 	case NotFound, Timeout, Canceled, Killed:
@@ -85,17 +90,23 @@ func (e *Error) Temporary() bool {
 var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)`)
 
 // cleanMessage turns nix's stderr into the message a user needs: colour
-// codes, warnings (e.g. "warning: Git tree '…' is dirty") and the
-// --show-trace hint removed; errors, their file:line and code excerpts, and
-// any preceding git/trace/build output kept.
+// codes, warnings (e.g. "warning: Git tree '…' is dirty", the Boehm GC's
+// "GC Warning: Failed to expand heap", repeated for every attempt), errors
+// nix itself ignored and the --show-trace hint removed; errors, their
+// file:line and code excerpts, and any preceding git/trace/build output
+// kept.
 func cleanMessage(stderr string) string {
 	stderr = ansiRE.ReplaceAllString(stderr, "")
 	stderr = strings.ReplaceAll(stderr, "\r\n", "\n")
 	var keep []string
+	gcWarning := false
 	for _, line := range strings.Split(stderr, "\n") {
+		// The GC continues some warnings on a line of their own, indented.
+		continued := gcWarning && strings.HasPrefix(line, "\t")
+		gcWarning = strings.HasPrefix(line, "GC Warning: ") || continued
 		line = strings.TrimRight(line, " \t\r")
 		switch {
-		case strings.HasPrefix(line, "warning: "):
+		case gcWarning, strings.HasPrefix(line, "warning: "), strings.HasPrefix(line, "error (ignored): "):
 			continue
 		case strings.TrimSpace(line) == "(use '--show-trace' to show detailed location information)":
 			continue

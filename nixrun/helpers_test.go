@@ -21,6 +21,10 @@ import (
 // no sandbox (builders use host tools by absolute path).
 const testConfig = "extra-experimental-features = nix-command flakes\nsandbox = false\nsubstituters ="
 
+// testUser is the unprivileged user of the tests of Runner.User: it exists
+// on Debian and NixOS alike.
+const testUser = "nobody"
+
 // requireNix returns the path of the real nix, failing the test (not
 // skipping it) when nix is missing.
 func requireNix(t testing.TB) string {

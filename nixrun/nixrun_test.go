@@ -5,7 +5,10 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -285,6 +288,10 @@ func TestNixConfigMerge(t *testing.T) {
 
 func TestCleanMessage(t *testing.T) {
 	in := "warning: Git tree '/src/repo' is dirty\n" +
+		"GC Warning: Failed to expand heap by 8388608 bytes\n" +
+		"GC Warning: Repeated allocation of very large block (appr. size 1052672):\n" +
+		"\tMay lead to memory leak and poor GC performance\n" +
+		"error (ignored): error: end of string reached\n" +
 		"\x1b[35;1mwarning:\x1b[0m unknown setting 'foo'\n" +
 		"\x1b[31;1merror:\x1b[0m syntax error, unexpected '}', expecting ';'\n" +
 		"\n" +
@@ -316,5 +323,126 @@ func TestTailBufferKeepsTheEnd(t *testing.T) {
 	got := b.String()
 	if !strings.HasPrefix(got, "(earlier output dropped)\n") || !strings.HasSuffix(got, "error: end\n") || len(got) > 20+len("(earlier output dropped)\n") {
 		t.Fatalf("tailBuffer = %q", got)
+	}
+}
+
+// Running out of memory under Command.MaxMemory is a MemoryLimit error, not
+// a temporary one; the run's cgroup is gone as after any run.
+func TestNixRunMemoryLimit(t *testing.T) {
+	nix := requireNix(t)
+	t.Parallel()
+	r, cl := testRunner(t, nix, cgroupAny)
+	// Unbounded, this takes about 7 GiB and 30 s here.
+	_, err := r.Run(context.Background(), Command{Args: []string{"eval", "--expr", "builtins.length (builtins.genList (x: x) 100000000)"},
+		MaxMemory: 256 << 20, ExtraConfig: testConfig})
+	re := runErr(t, err, MemoryLimit)
+	if re.Temporary() {
+		t.Error("a memory limit error is Temporary; the same command needs as much memory again")
+	}
+	if want := "ran out of memory under its limit of 256 MiB"; !strings.HasPrefix(re.Message, want) {
+		t.Errorf("message %q does not start with %q", re.Message, want)
+	}
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) {
+		t.Errorf("error %v does not wrap nix's exit status", err)
+	}
+	cl.requireGone(t, 0)
+
+	// Under the limit, nix works as ever.
+	out, err := r.Run(context.Background(), Command{Args: []string{"eval", "--expr", "builtins.length (builtins.genList (x: x) 1000)"},
+		MaxMemory: 256 << 20, ExtraConfig: testConfig})
+	if err != nil || strings.TrimSpace(string(out)) != "1000" {
+		t.Fatalf("a small evaluation under the limit = %q, %v", out, err)
+	}
+}
+
+// The limit is RLIMIT_AS, soft and hard (the program cannot raise it), and
+// the program still runs with its own pid: the shell execs it.
+func TestRunMemoryLimitIsAddressSpaceLimit(t *testing.T) {
+	t.Parallel()
+	var r Runner
+	out, err := r.Run(context.Background(), Command{Program: "/bin/sh",
+		Args:      []string{"-c", `ulimit -Sv; ulimit -Hv; [ "$$" = "$(cut -d' ' -f4 /proc/self/stat)" ] && echo exec`},
+		MaxMemory: 100 << 20})
+	if err != nil || strings.Fields(string(out))[0] != "102400" || strings.Join(strings.Fields(string(out)), " ") != "102400 102400 exec" {
+		t.Fatalf("ulimit under MaxMemory 100 MiB = %q, %v; want soft and hard 102400 KiB, and the program exec'd by the shell", out, err)
+	}
+	// Without MaxMemory the program has this process's limit.
+	var own syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_AS, &own); err != nil {
+		t.Fatal(err)
+	}
+	want := "unlimited"
+	if own.Cur != ^uint64(0) {
+		want = strconv.FormatUint(own.Cur/1024, 10)
+	}
+	out, err = r.Run(context.Background(), Command{Program: "/bin/sh", Args: []string{"-c", "ulimit -v"}})
+	if err != nil || strings.TrimSpace(string(out)) != want {
+		t.Fatalf("ulimit without MaxMemory = %q, %v; want this process's %s", out, err, want)
+	}
+}
+
+// A run as another user gets that user's uid, groups and HOME, runs in /,
+// and sees only the kept part of this process's environment plus Env.
+func TestRunAsUser(t *testing.T) {
+	t.Setenv("NIXRUN_TEST_SECRET", "s3cret")
+	t.Setenv("NIX_CONFIG", "cores = 1")
+	u, err := user.Lookup(testUser)
+	if err != nil {
+		t.Fatalf("user %s: %v", testUser, err)
+	}
+	r := Runner{User: testUser, Env: []string{"EXTRA=1"}}
+	out, err := r.Run(context.Background(), Command{Program: "/bin/sh",
+		Args: []string{"-c", `id -u; id -g; id -G; pwd; echo "home=$HOME user=$USER"; env`}, ExtraConfig: "substituters ="})
+	if os.Geteuid() != 0 && !canSwitchUser() && strconv.Itoa(os.Geteuid()) != u.Uid {
+		re := runErr(t, err, NotFound)
+		if !strings.Contains(re.Message, "needs root or CAP_SETUID and CAP_SETGID") {
+			t.Fatalf("as uid %d, running as %s: %v; want an error saying it needs root", os.Geteuid(), testUser, err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(out), "\n")
+	if lines[0] != u.Uid || lines[1] != u.Gid || lines[3] != "/" || lines[4] != "home="+u.HomeDir+" user="+testUser {
+		t.Errorf("uid, gid, directory, HOME and USER = %q, want %s, %s, /, home=%s user=%s", lines[:5], u.Uid, u.Gid, u.HomeDir, testUser)
+	}
+	if slices.Contains(strings.Fields(lines[2]), "0") {
+		t.Errorf("the run kept root's group: groups %s", lines[2])
+	}
+	env := lines[5:]
+	if slices.ContainsFunc(env, func(kv string) bool { return strings.Contains(kv, "s3cret") }) {
+		t.Errorf("this process's environment reached the other user: %q", env)
+	}
+	for _, want := range []string{"EXTRA=1", "NIX_CONFIG=cores = 1", "substituters =", "PATH=" + os.Getenv("PATH")} {
+		if !slices.Contains(env, want) {
+			t.Errorf("environment lacks %q: %q", want, env)
+		}
+	}
+}
+
+func TestRunAsUnknownUser(t *testing.T) {
+	t.Parallel()
+	r := Runner{User: "no-such-user-nixrun"}
+	_, err := r.Run(context.Background(), Command{Program: "/bin/true"})
+	re := runErr(t, err, NotFound)
+	if !strings.Contains(re.Message, `no user "no-such-user-nixrun"`) {
+		t.Fatalf("message %q does not name the missing user", re.Message)
+	}
+}
+
+func TestOutOfMemory(t *testing.T) {
+	for stderr, want := range map[string]bool{
+		"GC Warning: Failed to expand heap by 8388608 bytes\nGC Warning: Out of Memory! Heap size: 1805 MiB. Returning NULL!\nerror: out of memory\n": true,
+		"error: out of memory\n": true,
+		"error: std::bad_alloc\n(use '--show-trace' to show detailed location information)\n": true,
+		"error: boom\n": false,
+		"error: out of memory in the flake's own words, at flake.nix:3\n": false,
+		"trace: error: out of memory\nerror: attribute 'x' missing\n":     false,
+	} {
+		if got := outOfMemory(stderr); got != want {
+			t.Errorf("outOfMemory(%q) = %v, want %v", stderr, got, want)
+		}
 	}
 }

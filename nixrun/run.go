@@ -48,6 +48,14 @@ type Runner struct {
 	Env []string
 	// Logger gets a debug line per run and a line per kill (default: none).
 	Logger *slog.Logger
+	// User, when set, runs the programs as this user (a name, or a numeric
+	// uid) with its primary and supplementary groups, in directory "/";
+	// switching needs root (or CAP_SETUID and CAP_SETGID). The programs then see only part of this
+	// process's environment (PATH, locale, proxies, certificates,
+	// NIX_CONFIG and NIX_REMOTE; see keptForUser), the user's HOME, USER
+	// and LOGNAME, and Env. "" runs them as this process's user with its
+	// whole environment.
+	User string
 
 	// cgroups restricts how runs are grouped, for tests of each way.
 	cgroups cgroupMode
@@ -70,6 +78,12 @@ type Command struct {
 	// ExtraConfig is appended to the merged NIX_CONFIG (nix.conf lines),
 	// after the caller's, so it wins.
 	ExtraConfig string
+	// MaxMemory limits the address space (RLIMIT_AS, bytes) of the program
+	// and, separately, of each process it starts; 0 means no limit. A nix
+	// that runs out of memory under it fails with a MemoryLimit error. The
+	// limit is applied by starting the program through /bin/sh (see
+	// limitShell).
+	MaxMemory int64
 }
 
 // Run runs c and returns what it printed on stdout. Failures are *Error
@@ -87,6 +101,18 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 	bin, err := exec.LookPath(r.programPath(program))
 	if err != nil {
 		return nil, fail(NotFound, err, "cannot run %s (%v)", program, err)
+	}
+	environ := append(os.Environ(), r.Env...)
+	var as *runAs
+	if r.User != "" {
+		if as, err = lookupUser(r.User); err != nil {
+			return nil, fail(NotFound, err, "cannot run %s as user %s (%v)", program, r.User, err)
+		}
+		environ = append(userEnviron(os.Environ(), as), r.Env...)
+	}
+	path, args := bin, c.Args
+	if c.MaxMemory > 0 {
+		path, args = withMemoryLimit(bin, c.Args, c.MaxMemory)
 	}
 	if ctx.Err() != nil {
 		return nil, callerError(ctx, line, "")
@@ -113,7 +139,7 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 	defer cancel(nil)
 	stdout := &cappedBuffer{max: maxStdout, overflow: func() { cancel(errOutputTooLarge) }}
 	stderr := &tailBuffer{max: maxStderr}
-	env := nixEnv(append(os.Environ(), r.Env...), c.ExtraConfig)
+	env := nixEnv(environ, c.ExtraConfig)
 
 	var (
 		cmd     *exec.Cmd
@@ -123,11 +149,17 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 		started = make(chan struct{})
 	)
 	newCmd := func(g *cgroup, noCgroup error) *exec.Cmd {
-		cmd := exec.CommandContext(rctx, bin, c.Args...)
+		cmd := exec.CommandContext(rctx, path, args...)
 		cmd.Env = env
 		// nix leads its own process group, so a kill without a cgroup still
 		// reaches what nix started in the same session.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if as != nil {
+			// The other user may not be allowed into this process's
+			// working directory.
+			cmd.Dir = "/"
+			cmd.SysProcAttr.Credential = as.cred
+		}
 		cmd.Cancel = func() error {
 			<-started
 			stopped = kill(cmd.Process.Pid, g, noCgroup, filepath.Base(program))
@@ -154,11 +186,11 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 		cmd = newCmd(nil, cgErr)
 		if err := cmd.Start(); err != nil {
 			close(started)
-			return nil, fail(NotFound, err, "cannot run %s (%v)", bin, err)
+			return nil, fail(NotFound, err, "cannot run %s (%v)", path, err)
 		}
 	}
 	close(started)
-	log.Debug("nix started", "cmd", line, "pid", cmd.Process.Pid, "cgroup", g.path())
+	log.Debug("nix started", "cmd", line, "pid", cmd.Process.Pid, "cgroup", g.path(), "user", r.User, "maxMemory", c.MaxMemory)
 
 	err = cmd.Wait()
 	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
@@ -193,6 +225,9 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 	if errors.As(err, &exitErr) {
 		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			ee.Kind = Killed
+		} else if c.MaxMemory > 0 && outOfMemory(stderr.String()) {
+			ee.Kind = MemoryLimit
+			ee.Message = fmt.Sprintf("ran out of memory under its limit of %d MiB (address space per process)", c.MaxMemory>>20)
 		}
 	}
 	return nil, ee

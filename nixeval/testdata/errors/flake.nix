@@ -15,5 +15,7 @@
       stackOverflow = let f = x: f (x + 1); in f 0;
       hang = { cluster = "test"; vms.web.vcpu = loop 5; };
       notJSON = { cluster = x: x; };
+      # 100 million list elements: about 7 GiB and 30 s without a limit.
+      allocate = { cluster = "test"; vms.web.vcpu = builtins.length (builtins.genList (x: x) 100000000); };
     };
 }

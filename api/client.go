@@ -105,6 +105,13 @@ func (c *Client) AddMember(ctx context.Context, m MemberRequest) (MemberAnswer, 
 	return v, c.do(ctx, "POST", "/v1/members", m, &v)
 }
 
+// SetVMRunState starts, stops or restarts VM vm (an instance, or a declared
+// VM: every replica) through POST /v1/vms/VM/ACTION.
+func (c *Client) SetVMRunState(ctx context.Context, vm string, action VMAction) (VMRunStateAnswer, error) {
+	var v VMRunStateAnswer
+	return v, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(vm)+"/"+string(action), nil, &v)
+}
+
 // Sync asks the node's reconciler to fetch now (POST /v1/sync).
 func (c *Client) Sync(ctx context.Context) (SyncAnswer, error) {
 	var v SyncAnswer

@@ -44,6 +44,9 @@ func TestClientDecodesEveryAnswer(t *testing.T) {
 	if a, err := c.AddMember(ctx, api.MemberRequest{ID: 5, RaftAddr: "h:5"}); err != nil || !strings.Contains(a.Next, "--join") {
 		t.Errorf("AddMember: %+v, %v", a, err)
 	}
+	if a, err := c.SetVMRunState(ctx, "web", api.VMStop); err != nil || a.VM != "web" || a.Action != api.VMStop {
+		t.Errorf("SetVMRunState: %+v, %v", a, err)
+	}
 	if a, err := c.Sync(ctx); err != nil || !a.Triggered {
 		t.Errorf("Sync: %+v, %v", a, err)
 	}
@@ -61,6 +64,9 @@ func TestClientErrorsCarryTheServersMessage(t *testing.T) {
 	var e *api.Error
 	if !errors.As(err, &e) || e.Code != http.StatusNotFound || !strings.Contains(err.Error(), "not registered") {
 		t.Errorf("SetNodeState of an unknown node: %v", err)
+	}
+	if _, err := c.SetVMRunState(ctx, "ghost", api.VMStart); !errors.As(err, &e) || e.Code != http.StatusNotFound || !strings.Contains(err.Error(), "ghost") {
+		t.Errorf("SetVMRunState of an unknown VM: %v", err)
 	}
 	if err := c.Logs(ctx, "ghost", false, &bytes.Buffer{}); !errors.As(err, &e) || e.Code != http.StatusNotFound {
 		t.Errorf("Logs of an unknown VM: %v", err)

@@ -1,5 +1,7 @@
 // Package api is a Blixard node's HTTP JSON API: the [Server] every node
-// runs and the typed [Client] the CLI uses.
+// runs, the typed [Client] the CLI uses, and the text renderings of its
+// answers the CLI prints ([WriteStatus], [WriteNodes], [WriteHistory],
+// [WriteDrift]).
 //
 // Its one job is to translate HTTP to the node's parts and back: routing
 // (405 with Allow for a known path and another method, 404 for anything
@@ -9,7 +11,8 @@
 // the local replica for metrics and logs); writes are proposals. Status is
 // built from the replicated state alone — the source's conditions
 // (FetchFailed, EvalFailed) and the committed planner outcome — so every
-// node answers the same.
+// node answers the same. VM start, stop and restart are SetVMRunState
+// proposals; the VMs' agents act on the committed choice.
 //
 // The server depends only on the small interfaces it declares ([Replica],
 // [Reconciler], [ConsoleLogs]) and on a [reconciler.Source] and

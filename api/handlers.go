@@ -289,3 +289,46 @@ func (s *streamWriter) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// handleVMRunState starts, stops or restarts VM name (an instance, or a
+// declared VM: all its replicas) by committing SetVMRunState; the VM's
+// agent acts on the committed choice. The body is empty or {}.
+func (s *Server) handleVMRunState(action VMAction) http.HandlerFunc {
+	cmd := replicated.SetVMRunState{}
+	switch action {
+	case VMStart:
+		cmd.Want = replicated.RunStateRunning
+	case VMStop:
+		cmd.Want = replicated.RunStateStopped
+	case VMRestart:
+		cmd.Restart = true
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if err := spec.ValidName(name); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("VM name %q: %w", name, err))
+			return
+		}
+		var req VMRunStateRequest
+		if !decodeOptional(w, r, &req, "no body, or {}") {
+			return
+		}
+		c := cmd
+		c.VM = name
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		res, err := s.o.Replica.Propose(ctx, replicated.Command{Type: replicated.CmdSetVMRunState, At: s.o.Now(), SetVMRunState: &c})
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("%s VM %s (is a quorum of nodes up?): %w", action, name, err))
+			return
+		}
+		switch res.Code {
+		case replicated.ResultOK:
+			writeJSON(w, http.StatusOK, VMRunStateAnswer{VM: name, Action: action, Message: res.Message})
+		case replicated.ResultUnknownVM:
+			writeError(w, http.StatusNotFound, errors.New(res.Message))
+		default:
+			writeError(w, http.StatusConflict, errors.New(res.Message))
+		}
+	}
+}

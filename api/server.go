@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -182,6 +183,9 @@ func (s *Server) routes() http.Handler {
 		{"POST", "/v1/plan", http.HandlerFunc(s.handlePlan)},
 		{"POST", "/v1/sync", http.HandlerFunc(s.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(s.handleLogs)},
+		{"POST", "/v1/vms/{name}/start", s.handleVMRunState(VMStart)},
+		{"POST", "/v1/vms/{name}/stop", s.handleVMRunState(VMStop)},
+		{"POST", "/v1/vms/{name}/restart", s.handleVMRunState(VMRestart)},
 		{"GET", "/metrics", http.HandlerFunc(s.handleMetrics)},
 	}
 	if s.o.Reconciler != nil {
@@ -248,6 +252,16 @@ func decode(w http.ResponseWriter, r *http.Request, v any, want string) bool {
 	}
 	writeError(w, http.StatusBadRequest, fmt.Errorf("%s %s: request body: want %s: %w", r.Method, r.URL.Path, want, err))
 	return false
+}
+
+// decodeOptional is decode for a body that may also be empty.
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any, want string) bool {
+	br := bufio.NewReader(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
+		return true
+	}
+	r.Body = io.NopCloser(br)
+	return decode(w, r, v, want)
 }
 
 // read answers 503 when the state cannot be read linearizably.

@@ -94,7 +94,7 @@ func clusterState(t *testing.T) *testkit.Store {
 	t.Helper()
 	st := testkit.NewStore(nil)
 	ctx := context.Background()
-	plan := testkit.Plan(0, commitA, testkit.Assign("web", 1, "v1"), testkit.Assign("db", 2, "v1"))
+	plan := autostarted(testkit.Plan(0, commitA, testkit.Assign("web", 1, "v1"), testkit.Assign("db", 2, "v1")))
 	plan.CommitPlan.Unschedulable = []replicated.Unschedulable{{VM: "huge", Reason: "needs 999 GiB of memory"}}
 	hb := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: testkit.T0, NodeHeartbeat: &replicated.NodeHeartbeat{ID: 1,
 		Statuses: []replicated.VMStatus{{VM: "web", Node: 1, Phase: replicated.PhaseRunning, Generation: 3, BootedOut: "/nix/store/web-v1"}}}}
@@ -110,6 +110,16 @@ func clusterState(t *testing.T) *testkit.Store {
 		}
 	}
 	return st
+}
+
+// autostarted sets autostart (the flake's default, which testkit.Plan's
+// spec leaves false) on every VM of the plan cmd, so they are wanted running.
+func autostarted(cmd replicated.Command) replicated.Command {
+	for name, vm := range cmd.CommitPlan.Spec.VMs {
+		vm.Autostart = true
+		cmd.CommitPlan.Spec.VMs[name] = vm
+	}
+	return cmd
 }
 
 // desired is the committed spec with web at version ver.
@@ -308,6 +318,33 @@ func TestEndpoints(t *testing.T) {
 			}
 		}},
 		{"an unknown path is a JSON 404", "GET", "/v1/nope", "", 404, errorSays("no such endpoint", "/v1/nope")},
+		{"stopping a VM commits it; status and diff show it stopped on purpose", "POST", "/v1/vms/db/stop", "", 200,
+			func(t *testing.T, f *fixture, b []byte) {
+				if a := decodeAs[api.VMRunStateAnswer](t, b); a.VM != "db" || a.Action != api.VMStop || !strings.Contains(a.Message, "wanted stopped") {
+					t.Errorf("answer %+v", a)
+				}
+				_, _, body := do(t, f.srv, "GET", "/v1/status", "")
+				v := decodeAs[api.StatusView](t, body)
+				if db := v.VMs[0]; db.Name != "db" || db.Want != replicated.RunStateStopped || db.Stopped != replicated.StoppedByOperator {
+					t.Errorf("status of db %+v, want it wanted stopped by the operator", db)
+				}
+				if web := v.VMs[1]; web.Want != replicated.RunStateRunning || web.Stopped != "" {
+					t.Errorf("status of web %+v, want it wanted running", web)
+				}
+			}},
+		{"starting a VM takes {} as its body", "POST", "/v1/vms/web/start", "{}", 200, func(t *testing.T, f *fixture, b []byte) {
+			if a := decodeAs[api.VMRunStateAnswer](t, b); a.Action != api.VMStart || !strings.Contains(a.Message, "web: wanted running") {
+				t.Errorf("answer %+v", a)
+			}
+		}},
+		{"restarting a running VM commits a restart request", "POST", "/v1/vms/web/restart", "", 200, func(t *testing.T, f *fixture, b []byte) {
+			s, _ := f.replica.Read(context.Background())
+			if a := s.Assignments["web"]; a.Restart == 0 || a.Stopped != "" {
+				t.Errorf("web's assignment %+v, want a restart request", a)
+			}
+		}},
+		{"starting an unknown VM is 404 naming it", "POST", "/v1/vms/ghost/start", "", 404, errorSays(`"ghost"`, "blixard status")},
+		{"stopping an invalid VM name is 400", "POST", "/v1/vms/Bad_Name/stop", "", 400, errorSays("VM name")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -328,6 +365,7 @@ func TestWrongMethodIsJSON405WithAllow(t *testing.T) {
 		{"GET", "/healthz"}, {"GET", "/v1/state"}, {"GET", "/v1/status"}, {"GET", "/v1/nodes"}, {"GET", "/v1/history"},
 		{"GET", "/v1/diff"}, {"GET", "/v1/reconciler"}, {"POST", "/v1/nodes/1/state"}, {"POST", "/v1/members"},
 		{"POST", "/v1/plan"}, {"POST", "/v1/sync"}, {"GET", "/v1/vms/web/logs"}, {"GET", "/metrics"}, {"POST", "/v1/webhook"},
+		{"POST", "/v1/vms/web/start"}, {"POST", "/v1/vms/web/stop"}, {"POST", "/v1/vms/web/restart"},
 	}
 	f := newFixture(t)
 	for _, r := range routes {
@@ -357,6 +395,8 @@ func TestBadBodiesAreRefusedWithWhatToSend(t *testing.T) {
 		{"garbage node state body is 400", "/v1/nodes/1/state", "[]", 400, []string{"ready|cordoned|draining"}},
 		{"node state body with an unknown field is 400", "/v1/nodes/1/state", `{"state": "ready", "why": "x"}`, 400, []string{"unknown field"}},
 		{"member body with a string id is 400", "/v1/members", `{"id": "4", "raftAddr": "h:1"}`, 400, []string{"raftAddr"}},
+		{"garbage VM stop body is 400", "/v1/vms/web/stop", "{x", 400, []string{"request body", "no body, or {}"}},
+		{"VM start body with a field is 400", "/v1/vms/web/start", `{"now": true}`, 400, []string{"unknown field"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -457,6 +497,10 @@ func TestProposalsWithUnknownOutcomeAre503(t *testing.T) {
 		t.Fatalf("HTTP %d, want 503: %s", code, body)
 	}
 	errorSays("quorum", "timeout")(t, f, body)
+	if code, _, body = do(t, f.srv, "POST", "/v1/vms/web/stop", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("stopping a VM without quorum: HTTP %d, want 503: %s", code, body)
+	}
+	errorSays("stop VM web", "quorum", "timeout")(t, f, body)
 	f.replica.FailAddReplica(errors.New("shard busy"))
 	if code, _, body = do(t, f.srv, "POST", "/v1/members", `{"id": 4, "raftAddr": "h:1"}`); code != http.StatusConflict {
 		t.Fatalf("failed AddReplica: HTTP %d, want 409: %s", code, body)
@@ -482,4 +526,30 @@ func TestLogsOfAVMOnAnotherNodeComeFromThatNode(t *testing.T) {
 		t.Fatalf("node 2 without an API address: HTTP %d, want 502: %s", code, body)
 	}
 	errorSays("node 2")(t, nil, body)
+}
+
+func TestVMRunStateSequence(t *testing.T) {
+	f := newFixture(t)
+	c := api.NewClient(f.srv.URL)
+	ctx := context.Background()
+	if _, err := c.SetVMRunState(ctx, "web", api.VMStop); err != nil {
+		t.Fatal(err)
+	}
+	// Restarting a VM kept stopped would start it behind the operator's back.
+	_, err := c.SetVMRunState(ctx, "web", api.VMRestart)
+	var e *api.Error
+	if !errors.As(err, &e) || e.Code != http.StatusConflict || !strings.Contains(e.Message, "blixard vm start web") {
+		t.Fatalf("restart of a stopped VM: %v, want 409 saying to start it", err)
+	}
+	if _, err := c.SetVMRunState(ctx, "web", api.VMStart); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.SetVMRunState(ctx, "web", api.VMRestart)
+	if err != nil || !strings.Contains(a.Message, "restarted") {
+		t.Fatalf("restart of a running VM: %+v, %v", a, err)
+	}
+	d, err := c.Diff(ctx)
+	if err != nil || len(d) != 1 || d[0].VM != "db" {
+		t.Errorf("diff %+v, %v: want only db, never reported", d, err)
+	}
 }

@@ -37,15 +37,19 @@ type StatusView struct {
 
 // VMView is one assigned VM with its observed phase.
 type VMView struct {
-	Name       string           `json:"name"`
-	Node       uint64           `json:"node"`
-	OutPath    string           `json:"outPath"`
-	Drv        string           `json:"drv"`
-	VCPU       int              `json:"vcpu"`
-	MemMiB     int              `json:"memMiB"`
-	Generation uint64           `json:"generation"`
-	Phase      replicated.Phase `json:"phase"`
-	Message    string           `json:"message,omitempty"`
+	Name       string `json:"name"`
+	Node       uint64 `json:"node"`
+	OutPath    string `json:"outPath"`
+	Drv        string `json:"drv"`
+	VCPU       int    `json:"vcpu"`
+	MemMiB     int    `json:"memMiB"`
+	Generation uint64 `json:"generation"`
+	// Want is whether the VM should run (running) or is kept stopped on
+	// purpose (stopped; Stopped says why: autostart, operator).
+	Want    replicated.RunState   `json:"want"`
+	Stopped replicated.StopReason `json:"stopped,omitempty"`
+	Phase   replicated.Phase      `json:"phase"`
+	Message string                `json:"message,omitempty"`
 }
 
 // NodeView is one registered node with what is assigned to it.
@@ -96,7 +100,10 @@ func VMViews(s *replicated.State) []VMView {
 	out := make([]VMView, 0, len(s.Assignments))
 	for name, a := range s.Assignments {
 		v := VMView{Name: name, Node: a.Node, OutPath: a.OutPath, Drv: a.Drv, VCPU: a.VCPU, MemMiB: a.MemMiB,
-			Generation: a.Generation, Phase: replicated.PhasePending}
+			Generation: a.Generation, Want: replicated.RunStateRunning, Stopped: a.Stopped, Phase: replicated.PhasePending}
+		if a.Stopped != "" {
+			v.Want = replicated.RunStateStopped
+		}
 		if st, ok := s.Observed[name]; ok && st.Node == a.Node {
 			v.Phase, v.Message = st.Phase, st.Message
 		}
@@ -189,4 +196,25 @@ type SyncAnswer struct {
 	Triggered bool   `json:"triggered"`
 	Node      uint64 `json:"node"`
 	Leader    uint64 `json:"leader"`
+}
+
+// VMAction is what POST /v1/vms/NAME/ACTION does to a VM.
+type VMAction string
+
+const (
+	VMStart   VMAction = "start"   // keep it running (`blixard vm start`)
+	VMStop    VMAction = "stop"    // keep it stopped (`blixard vm stop`)
+	VMRestart VMAction = "restart" // restart it once (`blixard vm restart`)
+)
+
+// VMRunStateRequest is the (optional, empty) body of POST
+// /v1/vms/NAME/start|stop|restart.
+type VMRunStateRequest struct{}
+
+// VMRunStateAnswer is the answer of POST /v1/vms/NAME/start|stop|restart:
+// the choice is committed; the VM's agent acts on it.
+type VMRunStateAnswer struct {
+	VM      string   `json:"vm"`
+	Action  VMAction `json:"action"`
+	Message string   `json:"message"`
 }

@@ -41,6 +41,16 @@
 // and the next Fetch simply tries again.
 //
 // Transports are go-git's: file:// and plain local paths (these run the git
-// CLI's git-upload-pack, so git must be installed), https:// and ssh://
-// (with [Options.Auth]).
+// CLI's git-upload-pack, so git must be installed), https:// (with a token
+// file, [Options.HTTPTokenFile]) and ssh:// (with a key file and a
+// known_hosts file: an SSH server whose host key cannot be checked is
+// refused, see [HostKeyError]). Credentials are files read at each fetch;
+// secrets never appear in logs or errors: URLs are printed with their user
+// information redacted, and transport errors are scrubbed of credentials.
+//
+// Trust: [LoadTrust] reads OpenPGP keyrings and SSH allowed_signers files,
+// and a [Verifier] says whether a commit of the mirror is signed by one of
+// their keys, and by whom ([SignatureError] when not). Verifying is the
+// caller's decision (the reconciler verifies a commit before evaluating
+// it); fetching never refuses a commit.
 package gitsync

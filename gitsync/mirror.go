@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,8 +39,34 @@ type Options struct {
 	Ref string
 	// Logger receives fetch results and errors; slog.Default() when nil.
 	Logger *slog.Logger
-	// Auth is the optional credential for https:// or ssh:// remotes.
-	Auth transport.AuthMethod
+
+	// Credentials. Each is a file, read at every fetch (so a rotated key or
+	// a renewed token needs no restart) and refused when every user may
+	// access it; their contents never reach logs, errors or the replicated
+	// state. A password in URL still works but is discouraged: it is hidden
+	// in everything gitsync prints, but it sits in the daemon's
+	// configuration and command line.
+
+	// SSHKeyFile is the private key for an ssh:// (or scp-like
+	// user@host:path) remote, without passphrase. Required for SSH remotes.
+	SSHKeyFile string
+	// SSHKnownHostsFile lists the SSH server's host keys (OpenSSH
+	// known_hosts format). An SSH remote needs it: Blixard does not connect
+	// to a server whose key it cannot check, and never reads
+	// ~/.ssh/known_hosts or an SSH agent.
+	SSHKnownHostsFile string
+	// SSHInsecureIgnoreHostKey connects to an SSH remote without checking
+	// its host key, so anyone on the path can serve any commit. Only for
+	// throw-away setups; it excludes SSHKnownHostsFile.
+	SSHInsecureIgnoreHostKey bool
+	// HTTPTokenFile holds an access token for an https:// remote (one
+	// line), sent as the password of HTTP basic authentication.
+	HTTPTokenFile string
+	// HTTPUsername goes with HTTPTokenFile (DefaultHTTPUsername when empty).
+	HTTPUsername string
+
+	// caBundle adds trusted CAs for https:// remotes (tests).
+	caBundle []byte
 }
 
 // Update is the result of one successful fetch.
@@ -61,12 +86,14 @@ type Update struct {
 // Mirror is a bare local mirror of one branch of one remote repository.
 // Its methods are safe for concurrent use.
 type Mirror struct {
-	url     string // as given, used for the transport
-	safeURL string // url without a password, for logs and errors
-	dir     string // absolute
-	branch  plumbing.ReferenceName
-	auth    transport.AuthMethod
-	logger  *slog.Logger // non-nil
+	url      string // as given, used for the transport
+	safeURL  string // url without credentials, for logs and errors
+	redact   redactor
+	dir      string // absolute
+	branch   plumbing.ReferenceName
+	creds    credentials
+	caBundle []byte
+	logger   *slog.Logger // non-nil
 
 	fetchMu sync.Mutex // serializes Fetch; held for the whole fetch
 
@@ -75,13 +102,25 @@ type Mirror struct {
 }
 
 // New validates o and returns a Mirror. It touches neither the disk nor the
-// network.
+// network: credential files are read by each fetch ([Mirror.CheckCredentials]
+// reads them at once).
 func New(o Options) (*Mirror, error) {
 	if o.URL == "" {
 		return nil, errors.New("gitsync: no repository URL: set the URL of the cluster repository")
 	}
-	if _, err := transport.NewEndpoint(o.URL); err != nil {
-		return nil, fmt.Errorf("gitsync: invalid repository URL %q: %w: use file://, https://, ssh:// or a local path", redactURL(o.URL), err)
+	red := redactor{raw: o.URL, safe: redactURL(o.URL), secrets: urlSecrets(o.URL)}
+	ep, err := transport.NewEndpoint(o.URL)
+	if err != nil {
+		if len(red.secrets) > 0 {
+			// The parser quotes pieces of the URL ("invalid port
+			// \":PASSWORD\""), which redaction cannot recognise.
+			return nil, fmt.Errorf("gitsync: invalid repository URL %q (the parser's message is not shown: it would show the URL's credentials): check its user information, and put a token in --git-token-file instead", red.safe)
+		}
+		return nil, fmt.Errorf("gitsync: invalid repository URL %q: %w: use file://, https://, ssh:// or a local path", red.safe, err)
+	}
+	creds, err := newCredentials(o, ep)
+	if err != nil {
+		return nil, err
 	}
 	if o.Dir == "" {
 		return nil, errors.New("gitsync: no mirror directory: set the directory for the local bare mirror")
@@ -102,15 +141,31 @@ func New(o Options) (*Mirror, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	safe := redactURL(o.URL)
-	return &Mirror{
-		url:     o.URL,
-		safeURL: safe,
-		dir:     dir,
-		branch:  branch,
-		auth:    o.Auth,
-		logger:  logger.With("repo", safe, "ref", ref),
-	}, nil
+	m := &Mirror{
+		url:      o.URL,
+		safeURL:  red.safe,
+		redact:   red,
+		dir:      dir,
+		branch:   branch,
+		creds:    creds,
+		caBundle: o.caBundle,
+		logger:   logger.With("repo", red.safe, "ref", ref),
+	}
+	if len(red.secrets) > 0 {
+		m.logger.Warn("the repository URL carries a password or token: it is hidden in logs and errors, but it sits in the configuration and on the command line; use a token file (--git-token-file) or an SSH key (--git-ssh-key) instead")
+	}
+	return m, nil
+}
+
+// CheckCredentials reads and parses the credential files of the options
+// (SSH key, known_hosts, token), as every fetch does, without touching the
+// network: a startup or `--check-config` can report a missing or malformed
+// file at once instead of as the first FetchFailed.
+func (m *Mirror) CheckCredentials() error {
+	if _, _, err := m.creds.auth(); err != nil {
+		return fmt.Errorf("gitsync: credentials for %s: %w", m.safeURL, err)
+	}
+	return nil
 }
 
 // Dir returns the absolute path of the bare mirror repository. Evaluate
@@ -161,14 +216,19 @@ func (m *Mirror) Fetch(ctx context.Context) (Update, error) {
 	}
 	m.setLast(prev)
 
+	auth, secrets, err := m.creds.auth()
+	if err != nil {
+		return Update{}, fmt.Errorf("gitsync: fetch %s from %s: %w; keeping commit %s", m.branch.Short(), m.safeURL, err, orNone(prev))
+	}
 	spec := config.RefSpec(fmt.Sprintf("+%s:%s", m.branch, m.branch))
 	err = m.remote(repo.Storer).FetchContext(ctx, &git.FetchOptions{
 		RefSpecs: []config.RefSpec{spec},
-		Auth:     m.auth,
+		Auth:     auth,
 		Tags:     git.NoTags,
+		CABundle: m.caBundle,
 	})
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return Update{}, m.fetchError(err, prev)
+		return Update{}, m.fetchError(err, prev, secrets)
 	}
 
 	cur, err := m.localCommit(repo)
@@ -243,16 +303,20 @@ func (m *Mirror) open(ctx context.Context) (*git.Repository, error) {
 // probe lists the remote's refs without touching the disk and checks that
 // the tracked branch is there.
 func (m *Mirror) probe(ctx context.Context) error {
-	refs, err := m.remote(memory.NewStorage()).ListContext(ctx, &git.ListOptions{Auth: m.auth})
+	auth, secrets, err := m.creds.auth()
 	if err != nil {
-		return m.fetchError(err, "")
+		return fmt.Errorf("gitsync: fetch %s from %s: %w", m.branch.Short(), m.safeURL, err)
+	}
+	refs, err := m.remote(memory.NewStorage()).ListContext(ctx, &git.ListOptions{Auth: auth, CABundle: m.caBundle})
+	if err != nil {
+		return m.fetchError(err, "", secrets)
 	}
 	for _, r := range refs {
 		if r.Name() == m.branch {
 			return nil
 		}
 	}
-	return m.fetchError(git.NoMatchingRefSpecError{}, "")
+	return m.fetchError(git.NoMatchingRefSpecError{}, "", nil)
 }
 
 func (m *Mirror) remote(s storage.Storer) *git.Remote {
@@ -260,14 +324,24 @@ func (m *Mirror) remote(s storage.Storer) *git.Remote {
 }
 
 // fetchError turns a transport error into one that names the URL and says
-// what to check. prev is the commit the mirror keeps.
-func (m *Mirror) fetchError(err error, prev string) error {
-	switch {
-	case errors.Is(err, git.NoMatchingRefSpecError{}), errors.Is(err, transport.ErrEmptyRemoteRepository):
+// what to check. prev is the commit the mirror keeps; secrets are the
+// credentials of this fetch. The transport's text is redacted (see
+// redactor.err): net/http and go-git print a URL's user name, which may be
+// a token.
+func (m *Mirror) fetchError(err error, prev string, secrets []string) error {
+	if errors.Is(err, git.NoMatchingRefSpecError{}) || errors.Is(err, transport.ErrEmptyRemoteRepository) {
 		return fmt.Errorf("gitsync: fetch %s from %s: %w (deleted or never pushed?); keeping commit %s: check --ref and push the branch",
 			m.branch.Short(), m.safeURL, ErrRefNotFound, orNone(prev))
-	case errors.Is(err, transport.ErrAuthenticationRequired), errors.Is(err, transport.ErrAuthorizationFailed):
-		return fmt.Errorf("gitsync: fetch %s from %s: %w: check the credentials for this remote", m.branch.Short(), m.safeURL, err)
+	}
+	err = m.redact.err(err, secrets...)
+	var hk *HostKeyError
+	switch {
+	case errors.As(err, &hk):
+		// The host key error says what to do itself.
+		return fmt.Errorf("gitsync: fetch %s from %s: %w", m.branch.Short(), m.safeURL, err)
+	case errors.Is(err, transport.ErrAuthenticationRequired), errors.Is(err, transport.ErrAuthorizationFailed),
+		strings.Contains(err.Error(), "ssh: unable to authenticate"):
+		return fmt.Errorf("gitsync: fetch %s from %s: %w: check the credentials for this remote (--git-ssh-key, --git-token-file)", m.branch.Short(), m.safeURL, err)
 	default:
 		return fmt.Errorf("gitsync: fetch %s from %s: %w: check that the URL is right and the repository is reachable", m.branch.Short(), m.safeURL, err)
 	}
@@ -327,17 +401,4 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
-}
-
-// redactURL hides a password embedded in a URL so it never reaches logs or
-// error messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }

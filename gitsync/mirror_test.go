@@ -485,7 +485,8 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"invalid branch is rejected", Options{URL: "file:///srv/repo.git", Dir: "m", Ref: "a..b"}, "--ref"},
 		{"non-branch ref is rejected", Options{URL: "file:///srv/repo.git", Dir: "m", Ref: "refs/tags/v1"}, "--ref"},
 		{"https URL is accepted", Options{URL: "https://example.invalid/cluster.git", Dir: "m"}, ""},
-		{"ssh URL is accepted", Options{URL: "ssh://git@example.invalid/cluster.git", Dir: "m", Ref: "refs/heads/deploy"}, ""},
+		{"ssh URL is accepted", Options{URL: "ssh://git@example.invalid/cluster.git", Dir: "m", Ref: "refs/heads/deploy",
+			SSHKeyFile: "id_ed25519", SSHKnownHostsFile: "known_hosts"}, ""},
 		{"local path is accepted", Options{URL: "../cluster", Dir: "m"}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,7 +21,25 @@
 #       `modules` and give mkCluster the same `volumes`; mkCluster checks that
 #       the configuration carries the expected paths.
 #
-#   volumePath name vol    "/var/lib/microvms/NAME/volumes/VOL"
+#       The contract with the node agent (`blixard serve
+#       --volume-attach=kernel`, the production path; `auto` picks it when
+#       the host kernel has its rbd driver: boot.kernelModules = [ "rbd" ]):
+#       before it starts the VM, the agent maps the RBD image with the
+#       kernel client (`rbd device map --exclusive`, which takes the image's
+#       exclusive lock for this host) and makes volumePath NAME VOL a symlink
+#       to the mapped block device /dev/rbdN, which it gives the owner and
+#       group of the VM's state directory (microvm:kvm, the user the runner
+#       runs as). microvm.nix's qemu runner opens `image` as a raw drive
+#       (-drive file=IMAGE,format=raw) and qemu follows the link to the
+#       device. The link and the mapping stay while the VM is assigned to
+#       the host, across restarts of blixard; after the VM stopped the agent
+#       unmaps the image and removes the link. (`--volume-attach=daemon`,
+#       for kernels without rbd, puts a unix socket at the same path, served
+#       over NBD by a qemu-storage-daemon: a runner must open it with qemu's
+#       nbd driver, as examples/demo's does; a raw `image` cannot.)
+#
+#   volumePath name vol    "/var/lib/microvms/NAME/volumes/VOL" (while
+#                          attached, a link to /dev/rbdN)
 #   isValidName s          whether s matches ^[a-z][a-z0-9-]{0,62}$
 #   schemaVersion          1
 let
@@ -33,7 +51,7 @@ let
   isValidName = s: builtins.isString s && builtins.match namePattern s != null;
 
   # microvm.nix's state directory (microvm.host's stateDir default); the node
-  # agent attaches VOL of VM NAME here.
+  # agent attaches VOL of VM NAME here (see volumeModule for the contract).
   stateDir = "/var/lib/microvms";
   volumePath = name: vol: "${stateDir}/${name}/volumes/${vol}";
 

@@ -128,6 +128,53 @@ in
           secret never enters the Nix store.
         '';
       };
+      trust = mkOption {
+        type = types.listOf (types.strMatching "/.*");
+        default = [ ];
+        example = [ "/etc/blixard/allowed_signers" "/etc/blixard/release-keys.asc" ];
+        description = ''
+          OpenPGP keyrings and SSH allowed_signers files (`--trust`): when set, the leader evaluates only commits
+          signed by one of their keys; any other commit is refused before `nix eval` runs.
+        '';
+      };
+      sshKeyFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = "Private key for an ssh:// repository (`--git-ssh-key`); needs `knownHostsFile`. A string: it stays out of the store.";
+      };
+      knownHostsFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = "known_hosts file with the git server's host key (`--git-known-hosts`).";
+      };
+      tokenFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = "File holding an access token for an https:// repository (`--git-token-file`). A string: it stays out of the store.";
+      };
+      username = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "User name sent with the token (`--git-username`).";
+      };
+    };
+
+    evaluation = {
+      maxMemoryMiB = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 8192;
+        description = "Memory limit of one nix evaluation in MiB (`--eval-max-memory-mib`); null: the daemon's default (4096).";
+      };
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "blixard-eval";
+        description = ''
+          Evaluate the cluster flake as this unprivileged user (`--eval-user`), so a flake's inputs cannot read host
+          files the daemon can. The user must be able to read the git mirror under `dataDir`; see docs/security.md.
+        '';
+      };
     };
 
     dataDir = mkOption {
@@ -167,10 +214,15 @@ in
 
     ceph = {
       enable = mkEnableOption "Ceph RBD volumes for VMs on this node";
+      # Removed (the daemon's --ceph-pool too): each volume's pool comes from
+      # the cluster flake, as a pool per host would let one flake name
+      # different RBD images on different nodes. Kept hidden so that an old
+      # configuration fails with what to do (see the assertion).
       pool = mkOption {
-        type = types.str;
-        default = "rbd";
-        description = "Default RBD pool for volumes that name none.";
+        type = types.nullOr types.str;
+        default = null;
+        visible = false;
+        description = "Removed: each volume's Ceph pool comes from the cluster flake.";
       };
       user = mkOption {
         type = types.str;
@@ -187,6 +239,14 @@ in
         type = types.nullOr (types.strMatching "/.*");
         default = "/etc/ceph/ceph.conf";
         description = "ceph.conf naming the monitors.";
+      };
+      volumeAttach = mkOption {
+        type = types.enum [ "auto" "kernel" "daemon" ];
+        default = "auto";
+        description = ''
+          How RBD volumes reach the VMs (`--volume-attach`): kernel (`rbd device map --exclusive`; needs the rbd
+          kernel module), daemon (a qemu-storage-daemon per volume) or auto (kernel when the module is loaded).
+        '';
       };
     };
 
@@ -228,6 +288,10 @@ in
       {
         assertion = builtins.all (id: builtins.match "[1-9][0-9]*" id != null) memberIds;
         message = "services.blixard.members: node ids must be positive integers without leading zeros, got ${builtins.concatStringsSep ", " memberIds}.";
+      }
+      {
+        assertion = cfg.ceph.pool == null;
+        message = "services.blixard.ceph.pool is gone: each volume's Ceph pool comes from the cluster flake, vms.<vm>.volumes.<name>.pool (default \"rbd\"); remove the setting.";
       }
       {
         assertion = builtins.all (k: builtins.match "[^,=]+" k != null) (builtins.attrNames cfg.labels);
@@ -286,9 +350,10 @@ in
         RestartSec = "2s";
         User = serviceUser;
         Group = serviceUser;
-        # With the process backend the VMs are children of the daemon: let them outlive a daemon restart, so the
-        # restarted agent adopts them instead of rebooting every VM.
-        KillMode = if cfg.backend == "process" then "process" else "control-group";
+        # What the daemon starts must outlive a daemon restart, so the restarted agent adopts it instead of rebooting
+        # every VM or cutting it off its disk: the VMs (process backend) and the volume daemons (qemu-storage-daemon,
+        # both backends). Nix runs are the daemon's to stop: it kills their cgroups when it shuts down.
+        KillMode = "process";
         LimitNOFILE = 65536;
         # Each nix evaluation or build runs in its own child cgroup, so a timeout kills every builder it started
         # (import-from-derivation builders run in their own session): the daemon needs its subtree delegated.

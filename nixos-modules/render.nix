@@ -5,7 +5,8 @@
 #
 # The daemon's contract: a JSON object whose keys are `blixard serve` flag
 # names without the leading dashes and whose values are strings, numbers or
-# booleans; unknown keys are an error; flags given on the command line win.
+# booleans (lists of strings for repeatable flags such as "trust"); unknown
+# keys are an error; flags given on the command line win.
 #
 # cfg.settings is merged last, so it can set any other flag (e.g.
 # "raft-logdb", "heartbeat", "eval-timeout", "join") or override a rendered
@@ -49,11 +50,15 @@ let
     // nonNull "webhook-secret-file" (repo.webhookSecretFile or null)
     // optional (members != "") { inherit members; }
     // optional (labels != "") { inherit labels; }
+    // optional ((repo.trust or [ ]) != [ ]) { trust = repo.trust; }
+    // nonNull "git-ssh-key" (repo.sshKeyFile or null)
+    // nonNull "git-known-hosts" (repo.knownHostsFile or null)
+    // nonNull "git-token-file" (repo.tokenFile or null)
+    // nonNull "git-username" (repo.username or null)
+    // nonNull "eval-max-memory-mib" ((cfg.evaluation or { }).maxMemoryMiB or null)
+    // nonNull "eval-user" ((cfg.evaluation or { }).user or null)
     // optional (cfg.ceph.enable or false) (
-      {
-        "ceph-pool" = cfg.ceph.pool;
-        "ceph-user" = cfg.ceph.user;
-      }
+      { "ceph-user" = cfg.ceph.user; "volume-attach" = cfg.ceph.volumeAttach or "auto"; }
       // nonNull "ceph-keyring-file" (cfg.ceph.keyringFile or null)
       // nonNull "ceph-config-file" (cfg.ceph.configFile or null)
     );

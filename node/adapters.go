@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/blixard/blixard/gitsync"
@@ -58,22 +57,24 @@ func LocalEvaluator(dir, attr string, timeout time.Duration, log *slog.Logger) r
 }
 
 // fencer adapts volumes.Fencer to reconciler.Fencer: it fences the
-// addresses the node registered.
+// node's Ceph addresses, those it registered and those its heartbeats
+// added (its volume daemons and kernel mappings).
 type fencer struct{ f *volumes.Fencer }
 
 func (f fencer) Fence(ctx context.Context, n *replicated.Node) ([]string, error) {
 	return f.f.Fence(ctx, n.ID, n.CephAddrs)
 }
 
-// consoleLogs serves the agent's console logs (api.ConsoleLogs).
-type consoleLogs struct{ stateDir string }
+// consoleLogs serves the VMs' console output on this node (api.ConsoleLogs)
+// from where the agent's backend keeps it: the journal under systemd,
+// STATE/NAME/console.log under the process backend.
+type consoleLogs struct {
+	backend  nodeagent.Backend
+	stateDir string
+}
 
 func (c consoleLogs) Tail(ctx context.Context, name string, follow bool, w io.Writer) error {
-	path := nodeagent.LogPath(c.stateDir, name)
-	if _, err := os.Stat(path); err != nil {
-		return err
-	}
-	return nodeagent.TailLog(ctx, path, follow, w)
+	return nodeagent.TailConsole(ctx, c.backend, c.stateDir, name, follow, w)
 }
 
 // mirrorBuilder builds runners from the cluster repository at a commit, for

@@ -40,6 +40,24 @@ type Source struct {
 	// Debounce after the last write (default 300ms), and at every Poll.
 	Worktree string
 	Debounce time.Duration
+	// Git credentials for Repo (see gitsync.Options): an SSH key with the
+	// server's known_hosts, or an HTTPS token (and user name). Files, read
+	// at every fetch; secrets never appear in URLs, logs or status.
+	SSHKeyFile, SSHKnownHostsFile string
+	HTTPTokenFile, HTTPUsername   string
+	// Trust lists OpenPGP keyrings and SSH allowed_signers files: when set,
+	// the leader evaluates only commits signed by one of their keys.
+	Trust []string
+}
+
+// Eval confines the leader's nix evaluation (see nixeval.Options).
+type Eval struct {
+	// MaxMemory bounds one evaluation's memory in bytes (0: the default,
+	// negative: none).
+	MaxMemory int64
+	// User evaluates as this unprivileged user; Store is the nix store it
+	// writes to ("" : the default store, e.g. through a nix-daemon).
+	User, Store string
 }
 
 // Config is everything one node needs. Zero durations take the defaults
@@ -87,6 +105,7 @@ type Config struct {
 	NodeTimeout time.Duration
 	// EvalTimeout bounds one nix evaluation (default 2m).
 	EvalTimeout time.Duration
+	Eval        Eval
 
 	// Capacity and Labels are what the node offers to placement.
 	Capacity replicated.Resources
@@ -169,6 +188,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Source.Repo != "" && c.Source.Worktree != "" {
 		return c, errors.New("follow either a repository (--repo) or a working tree (blixard dev), not both")
 	}
+	if c.Source.Repo == "" && (len(c.Source.Trust) > 0 || c.Source.SSHKeyFile != "" || c.Source.HTTPTokenFile != "") {
+		return c, errors.New("--trust and the --git-* credentials need --repo: they apply to the cluster repository")
+	}
 	if c.Source.Worktree != "" {
 		dir, err := filepath.Abs(c.Source.Worktree)
 		if err != nil {
@@ -187,6 +209,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Ceph != nil && !volumes.Built {
 		return c, fmt.Errorf("the Ceph settings need Ceph support, but %w", volumes.ErrNotBuilt)
+	}
+	if c.Ceph != nil {
+		if err := c.Ceph.Attach.Check(); err != nil {
+			return c, err
+		}
 	}
 	if c.Source.Ref == "" {
 		c.Source.Ref = "main"

@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	p, err := newParts(cfg, store, vols, log)
+	p, err := newParts(cfg, store, vols, backend, log)
 	if err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: cfg.NodeID, RaftAddr: cfg.RaftAddr, APIAddr: advertisedAPI(ln.Addr().String(), cfg.APIAddr),
-		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs,
+		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil,
 	}}
 	if _, err := store.ProposeOK(ctx, reg, time.Now); err != nil {
 		if ctx.Err() != nil {
@@ -166,27 +166,47 @@ type parts struct {
 	api      *api.Server
 }
 
-func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, log *slog.Logger) (*parts, error) {
+func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, log *slog.Logger) (*parts, error) {
 	p := &parts{}
-	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, Logger: log})
+	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
+		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
 	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Logger: log}
 	if vols != nil {
 		recOpts.Fencer = fencer{volumes.NewFencer(vols, 0)}
 	}
 	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api")}
-	if cfg.Backend != BackendNone {
-		apiOpts.Logs = consoleLogs{cfg.StateDir}
+	if backend != nil {
+		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}
 	switch {
 	case cfg.Source.Repo != "":
-		m, err := gitsync.New(gitsync.Options{URL: cfg.Source.Repo, Dir: filepath.Join(cfg.DataDir, "mirror"), Ref: cfg.Source.Ref, Logger: log})
+		m, err := gitsync.New(gitsync.Options{URL: cfg.Source.Repo, Dir: filepath.Join(cfg.DataDir, "mirror"), Ref: cfg.Source.Ref,
+			SSHKeyFile: cfg.Source.SSHKeyFile, SSHKnownHostsFile: cfg.Source.SSHKnownHostsFile,
+			HTTPTokenFile: cfg.Source.HTTPTokenFile, HTTPUsername: cfg.Source.HTTPUsername, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("--repo: %w", err)
+		}
+		if err := m.CheckCredentials(); err != nil {
+			return nil, err
 		}
 		p.mirror = m
 		recOpts.Source = source{m}
 		recOpts.Evaluator = evaluator{ev: ev, attr: cfg.Attr, flakeRef: m.FlakeURL}
 		apiOpts.Source, apiOpts.Evaluator = recOpts.Source, recOpts.Evaluator
+		if len(cfg.Source.Trust) > 0 {
+			trust, err := gitsync.LoadTrust(cfg.Source.Trust...)
+			if err != nil {
+				return nil, fmt.Errorf("--trust: %w", err)
+			}
+			log.Info("evaluating only signed commits", "trust", trust.String())
+			for _, w := range trust.Warnings() {
+				log.Warn("--trust", "warning", w)
+			}
+			v := gitsync.NewVerifier(m.Dir(), trust)
+			// Set only with trust: a nil *Verifier in the interface is not nil.
+			recOpts.Verifier = v
+			apiOpts.Evaluator = reconciler.VerifyFirst(v, recOpts.Evaluator)
+		}
 	case cfg.Source.Worktree != "":
 		w, err := gitsync.NewWorktree(cfg.Source.Worktree, log)
 		if err != nil {

@@ -174,6 +174,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := os.MkdirAll(a.o.StateDir, 0o755); err != nil {
 		return fmt.Errorf("nodeagent: state directory %s: %w (set --state-dir to a writable directory)", a.o.StateDir, err)
 	}
+	a.recordLeftAttachments()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
@@ -318,7 +319,7 @@ func (a *Agent) observe() (Input, error) {
 		reported[name] = s.VMStatus
 	}
 	a.mu.Unlock()
-	observeVMs(&in, a.rec, reported, a.o.Backend.Status, func(name string) string {
+	observeVMs(&in, a.rec, reported, st.Observed, a.o.Backend.Status, func(name string) string {
 		// An unreadable link counts as missing: switching it reports the error.
 		cur, _ := readLink(filepath.Join(a.o.StateDir, name, "current"))
 		return cur
@@ -340,7 +341,7 @@ func (a *Agent) execute(ctx context.Context, d Decision) {
 			case ActCancel:
 				a.rec.cancel(act.VM)
 			case ActSwitchCurrent:
-				if err := a.link(act.VM, act.Out); err != nil {
+				if err := switchCurrent(a.o.Backend, a.o.StateDir, act.VM, act.Out); err != nil {
 					a.log.Warn("switching the runner failed", "vm", act.VM, "out", act.Out, "err", err)
 					a.rec.failed(act.VM, act.Kind, act.Out, err, a.o.Now())
 					a.Notify() // decide again at once: it reports the failure
@@ -388,10 +389,10 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 	case ActStart:
 		return func(ctx context.Context) error { return a.o.Backend.Start(ctx, name) }
 	case ActRestart:
-		a.log.Info("restarting VM on its new runner", "vm", name, "out", act.Out)
+		a.log.Info("restarting VM (new runner or `blixard vm restart`)", "vm", name, "out", act.Out, "restart", act.Restart)
 		return func(ctx context.Context) error { return a.o.Backend.Restart(ctx, name) }
 	case ActStop:
-		a.log.Info("stopping VM no longer assigned here", "vm", name)
+		a.log.Info("stopping VM (no longer assigned here, or kept stopped)", "vm", name)
 		return func(ctx context.Context) error { return a.o.Backend.Stop(ctx, name) }
 	}
 	return func(context.Context) error { return fmt.Errorf("nodeagent: %s is not a background action", act.Kind) }
@@ -409,26 +410,6 @@ func (a *Agent) finish(r Result) {
 		a.log.Info("VM stopped", "vm", r.VM)
 	}
 	a.rec.finish(r, a.o.Now())
-}
-
-// link switches STATE/NAME/current to out atomically.
-func (a *Agent) link(name, out string) error {
-	dir := filepath.Join(a.o.StateDir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	cur := filepath.Join(dir, "current")
-	have, err := readLink(cur)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", cur, err)
-	}
-	if have == out {
-		return nil
-	}
-	if err := symlinkAtomic(out, cur); err != nil {
-		return fmt.Errorf("switch %s: %w", cur, err)
-	}
-	return nil
 }
 
 // set records a VM's decided status and signals the reporter when it changed.
@@ -518,8 +499,10 @@ func (a *Agent) report(ctx context.Context) {
 	}
 }
 
-// sendHeartbeat proposes one NodeHeartbeat with every status; once sent,
-// stopped VMs that are not assigned here are forgotten.
+// sendHeartbeat proposes one NodeHeartbeat with every status and the
+// node's Ceph client addresses (its volumes' clients come and go, and
+// fencing must cover them); once sent, stopped VMs that are not assigned
+// here are forgotten.
 func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 	a.mu.Lock()
 	snap := a.snapshotLocked()
@@ -528,7 +511,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 		V:             replicated.CommandVersion,
 		Type:          replicated.CmdNodeHeartbeat,
 		At:            a.o.Now(),
-		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.o.NodeID, Statuses: snap},
+		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.o.NodeID, Statuses: snap, CephAddrs: a.cephAddrs()},
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

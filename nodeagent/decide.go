@@ -76,6 +76,9 @@ type Action struct {
 	Drv, Declared, Commit string
 	// Volumes are attached (ActAttach) or detached (ActDetach).
 	Volumes []spec.VolumeRef
+	// Restart is the assignment's restart request (replicated.Assignment.
+	// Restart) that ActStart or ActRestart carries out once it succeeds.
+	Restart uint64
 }
 
 // Op is the operation a VM has in flight.
@@ -142,6 +145,10 @@ type Observed struct {
 	BuildFailure, VolumeFailure, UnitFailure *Failure
 	// Reported is the status the agent reports now (nil: none).
 	Reported *replicated.VMStatus
+	// Restarted is the last assignment restart request carried out here:
+	// the agent's records, or after an agent restart the status this node
+	// last reported through Raft (replicated.VMStatus.Restart).
+	Restarted uint64
 	// LogHint says where the VM's console goes, for messages.
 	LogHint string
 }
@@ -222,8 +229,19 @@ type VMDecision struct {
 //     runner is left to it (starting, and failed with the runner's last
 //     result once it restarted 3 times or more: a crash loop); a unit
 //     that does not run is started (starting); a unit that runs another
-//     out path is restarted (starting "restarting on OUT"); otherwise the
-//     VM is running.
+//     out path is restarted (starting "restarting on OUT"); a unit the
+//     operator asked to restart (`blixard vm restart`: the assignment's
+//     Restart is newer than Observed.Restarted) is restarted once
+//     (starting "restarting (blixard vm restart)"); otherwise the VM is
+//     running. A start or restart carries out every restart request up to
+//     the assignment's, and the status reports it (VMStatus.Restart).
+//
+// A VM assigned here but kept stopped on purpose (replicated.Assignment.
+// Stopped: autostart = false, or `blixard vm stop`) keeps its place and
+// none of the steps above run for it: its unit is stopped while the backend
+// lists it (stopping), then its volumes are detached (stopped "detaching
+// volumes"), and it is reported stopped with why and the command that
+// starts it. A realisation in flight for it is cancelled.
 //
 // A VM not assigned to this node (unassigned, or moved to another node) is
 // stopped while the backend lists its unit (stopping "no longer assigned
@@ -257,7 +275,9 @@ func Decide(in Input) Decision {
 	for _, name := range sorted {
 		o := in.VMs[name]
 		var vd VMDecision
-		if as, ok := in.Assignments[name]; ok && as.Node == in.Node {
+		if as, ok := in.Assignments[name]; ok && as.Node == in.Node && as.Stopped != "" {
+			vd = decideStopped(in, name, as, o, units[name])
+		} else if ok && as.Node == in.Node {
 			vd = decideAssigned(in, name, as, o)
 		} else {
 			vd = decideUnassigned(in, name, o, units[name])
@@ -272,7 +292,7 @@ func Decide(in Input) Decision {
 // decideAssigned runs the steps of [Decide] for a VM assigned here.
 func decideAssigned(in Input, name string, as replicated.Assignment, o Observed) VMDecision {
 	vd := VMDecision{VM: name}
-	st := replicated.VMStatus{VM: name, Node: in.Node, Generation: as.Generation, ObservedAt: in.Now}
+	st := replicated.VMStatus{VM: name, Node: in.Node, Generation: as.Generation, Restart: o.Restarted, ObservedAt: in.Now}
 	report := func(phase replicated.Phase, msg string) VMDecision {
 		st.Phase, st.Message = phase, msg
 		vd.Status = &st
@@ -329,8 +349,9 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 	}
 
 	// Step 4: the unit.
+	restart := as.Restart > o.Restarted
 	switch {
-	case us.Restarting && us.Booted == as.OutPath:
+	case us.Restarting && us.Booted == as.OutPath && !restart:
 		// The backend restarts it after its backoff; a new runner (below)
 		// is restarted at once instead.
 		phase := replicated.PhaseStarting
@@ -340,14 +361,57 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 		return report(phase, fmt.Sprintf("runner %s; restart %d in %s; see %s", us.Result, us.Restarts,
 			max(us.NextRestart.Sub(in.Now), 0).Round(time.Millisecond), o.LogHint))
 	case !us.Active && !us.Restarting:
-		vd.Actions = append(vd.Actions, Action{Kind: ActStart, VM: name, Out: as.OutPath})
+		vd.Actions = append(vd.Actions, Action{Kind: ActStart, VM: name, Out: as.OutPath, Restart: as.Restart})
 		return report(replicated.PhaseStarting, "")
 	case us.Booted != as.OutPath:
-		vd.Actions = append(vd.Actions, Action{Kind: ActRestart, VM: name, Out: as.OutPath})
+		vd.Actions = append(vd.Actions, Action{Kind: ActRestart, VM: name, Out: as.OutPath, Restart: as.Restart})
 		return report(replicated.PhaseStarting, fmt.Sprintf("restarting on %s (booted %s)", as.OutPath, us.Booted))
+	case restart:
+		vd.Actions = append(vd.Actions, Action{Kind: ActRestart, VM: name, Out: as.OutPath, Restart: as.Restart})
+		return report(replicated.PhaseStarting, "restarting (blixard vm restart)")
 	default:
 		return report(replicated.PhaseRunning, "")
 	}
+}
+
+// decideStopped handles a VM assigned here that is kept stopped on
+// purpose: stop its unit, then detach its volumes, then report it stopped
+// with why and what to run.
+func decideStopped(in Input, name string, as replicated.Assignment, o Observed, listed bool) VMDecision {
+	vd := VMDecision{VM: name}
+	st := replicated.VMStatus{VM: name, Node: in.Node, Generation: as.Generation, Restart: o.Restarted, ObservedAt: in.Now}
+	report := func(phase replicated.Phase, msg string) VMDecision {
+		st.Phase, st.Message = phase, msg
+		vd.Status = &st
+		return vd
+	}
+	if o.Op != nil {
+		vd.Status = inFlight(st, o)
+		if o.Op.Kind == ActRealise {
+			vd.Actions = []Action{{Kind: ActCancel, VM: name}}
+		}
+		return vd
+	}
+	if o.UnitErr != "" {
+		return report(replicated.PhaseFailed, "unit status: "+o.UnitErr)
+	}
+	why := fmt.Sprintf("kept stopped: %s; start it with `blixard vm start %s`", as.Stopped.Why(), name)
+	switch {
+	case listed:
+		st.BootedOut = o.Unit.Booted
+		if f := o.UnitFailure; f.pending(in.Now) {
+			return report(replicated.PhaseFailed, f.message(o.LogHint))
+		}
+		vd.Actions = []Action{{Kind: ActStop, VM: name}}
+		return report(replicated.PhaseStopping, why)
+	case len(o.Attached) > 0:
+		if f := o.VolumeFailure; f.pending(in.Now) {
+			return report(replicated.PhaseFailed, f.message(o.LogHint))
+		}
+		vd.Actions = []Action{{Kind: ActDetach, VM: name, Volumes: slices.Clone(o.Attached)}}
+		return report(replicated.PhaseStopped, "detaching volumes; "+why)
+	}
+	return report(replicated.PhaseStopped, why)
 }
 
 // decideUnassigned handles a VM this node runs or ran that is not (or no
@@ -430,6 +494,9 @@ func (d Decision) String() string {
 		b.WriteString(":")
 		if s := vd.Status; s != nil {
 			fmt.Fprintf(&b, " %s gen=%d", s.Phase, s.Generation)
+			if s.Restart != 0 {
+				fmt.Fprintf(&b, " restart=%d", s.Restart)
+			}
 			if s.BootedOut != "" {
 				fmt.Fprintf(&b, " booted=%s", s.BootedOut)
 			}
@@ -455,8 +522,13 @@ func (a Action) String() string {
 	switch a.Kind {
 	case ActRealise:
 		s += fmt.Sprintf(" %s drv=%s declared=%s commit=%s", a.Out, a.Drv, a.Declared, a.Commit)
-	case ActSwitchCurrent, ActStart, ActRestart:
+	case ActSwitchCurrent:
 		s += " " + a.Out
+	case ActStart, ActRestart:
+		s += " " + a.Out
+		if a.Restart != 0 {
+			s += fmt.Sprintf(" (restart %d)", a.Restart)
+		}
 	case ActAttach, ActDetach:
 		s += " " + volumesString(a.Volumes)
 	}

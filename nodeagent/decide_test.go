@@ -27,6 +27,9 @@ import (
 // Commands (this node is node 1; times are offsets from a fixed base):
 //
 //	assign vm=web [node=1] [out=v1] [drv=OUT.drv] [declared=VM] [gen=N] [volumes=data:1024,…]
+//	       [stopped=autostart|operator] [restart=N]
+//	                               the assignment; stopped and restart as Apply derives them
+//	                               from autostart and `blixard vm start|stop|restart`
 //	unassign vm=web
 //	no-plan                        the replica has applied no plan yet
 //	plan                           it has (the default)
@@ -45,8 +48,9 @@ import (
 //	decide [now=DURATION]          set the time, decide and print; then apply the decision as
 //	                               the executor does: statuses reported, switches done,
 //	                               background actions begun, cancels sent
-//	heartbeat                      a heartbeat carries the statuses; stopped VMs gone from
-//	                               this node are then forgotten
+//	heartbeat                      a heartbeat carries the statuses (they become the
+//	                               replicated ones a restarted agent reads); stopped VMs
+//	                               gone from this node are then forgotten
 func TestDecide(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		h := newDecideHarness()
@@ -72,6 +76,9 @@ type decideHarness struct {
 	rec         *records
 	statuses    map[string]*vmStatus
 	canceled    map[string]bool // operations a cancel was sent to
+	// committed are the statuses the last heartbeat carried (the
+	// replicated state's Observed); they survive restart-agent.
+	committed map[string]replicated.VMStatus
 }
 
 func newDecideHarness() *decideHarness {
@@ -86,6 +93,7 @@ func newDecideHarness() *decideHarness {
 		rec:         newRecords(30*time.Second, 5*time.Second, time.Second),
 		statuses:    map[string]*vmStatus{},
 		canceled:    map[string]bool{},
+		committed:   map[string]replicated.VMStatus{},
 	}
 }
 
@@ -107,6 +115,10 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			d.ScanArgs(t, "volumes", &v)
 			as.Volumes = parseVolumes(t, as.VM, v)
 		}
+		var stopped string
+		d.MaybeScanArgs(t, "stopped", &stopped)
+		as.Stopped = replicated.StopReason(stopped)
+		d.MaybeScanArgs(t, "restart", &as.Restart)
 		h.assignments[as.VM] = as
 		return ""
 	case "unassign":
@@ -233,9 +245,16 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			snap = append(snap, h.statuses[name].VMStatus)
 		}
 		forgetSent(h.statuses, snap)
+		h.committed = map[string]replicated.VMStatus{}
+		for _, s := range snap {
+			h.committed[s.VM] = s
+		}
 		var b strings.Builder
 		for _, s := range snap {
 			fmt.Fprintf(&b, "%s %s", s.VM, s.Phase)
+			if s.Restart != 0 {
+				fmt.Fprintf(&b, " restart=%d", s.Restart)
+			}
 			if _, ok := h.statuses[s.VM]; !ok {
 				b.WriteString(" (forgotten)")
 			}
@@ -261,7 +280,7 @@ func (h *decideHarness) input() Input {
 	for name, s := range h.statuses {
 		reported[name] = s.VMStatus
 	}
-	observeVMs(&in, h.rec, reported, func(name string) (UnitStatus, error) {
+	observeVMs(&in, h.rec, reported, h.committed, func(name string) (UnitStatus, error) {
 		if msg := h.unitErr[name]; msg != "" {
 			return UnitStatus{}, errors.New(msg)
 		}

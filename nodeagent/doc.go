@@ -11,7 +11,8 @@
 //  2. decides with [Decide], a pure function of that [Input] and the time:
 //     per VM, the status to report and the [Action]s to run. Decide's
 //     documentation holds the ordered steps (realise → volumes → current →
-//     unit; stop, then detach, what is no longer assigned here) and their
+//     unit; stop, then detach, what is no longer assigned here or kept stopped
+//     on purpose) and their
 //     rules: adoption, crash loops, retries, and that a failing new version
 //     never stops the running old one;
 //  3. acts: switches of current run at once; every other action runs in the
@@ -28,13 +29,19 @@
 // processes itself (dev mode, hosts without systemd). Runners outlive the
 // agent: an agent that restarts adopts them instead of restarting them.
 //
-// The layout of STATE (default /var/lib/microvms) is microvm.nix's own:
+// The layout of STATE (default /var/lib/microvms) is microvm.nix's own, and
+// the agent prepares STATE/NAME the way microvm.nix's install-microvm-NAME
+// does: the directory and current belong to microvm:kvm when that user and
+// group exist (see switchCurrent), so microvm.nix's units, which run as
+// microvm, can write booted:
 //
 //	STATE/NAME/current     → runner out path the plan wants (symlink)
-//	STATE/NAME/booted      → runner out path that runs (symlink, written by the backend)
+//	STATE/NAME/booted      → runner out path that runs (symlink; under systemd written by
+//	                         microvm-set-booted@NAME as microvm, by the process backend otherwise)
 //	STATE/NAME/gcroot      → indirect nix GC root of current (nix-store --add-root --indirect)
 //	STATE/NAME/pid         → "PID STARTTIME" of the running runner (process backend)
-//	STATE/NAME/console.log → the runner's stdout and stderr (process backend; see [LogPath])
+//	STATE/NAME/console.log → the runner's stdout and stderr (process backend; see [LogPath]);
+//	                         capped, one older log in console.log.1 (ProcessOptions.MaxLogBytes)
 //	STATE/NAME/volumes/VOL → the attached volume VOL (see [VolumePath])
 //
 // The agent must not decide placement, write assignments or talk to other

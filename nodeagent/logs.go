@@ -1,12 +1,16 @@
 package nodeagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -19,6 +23,85 @@ func LogPath(stateDir, name string) string {
 	return filepath.Join(stateDir, name, "console.log")
 }
 
+// consoleTailer is implemented by backends that keep their units' console
+// output elsewhere than LogPath ([SystemdBackend]: the journal).
+type consoleTailer interface {
+	TailConsole(ctx context.Context, name string, follow bool, w io.Writer) error
+}
+
+// TailConsole copies VM name's console output on this node to w, from
+// where backend b keeps it: the journal of microvm@NAME.service for a
+// [SystemdBackend], STATE/NAME/console.log ([LogPath] under stateDir)
+// otherwise. With follow it keeps copying what is added until ctx ends.
+// When there is no output of the VM here it returns, before writing, an
+// error wrapping fs.ErrNotExist.
+func TailConsole(ctx context.Context, b Backend, stateDir, name string, follow bool, w io.Writer) error {
+	if t, ok := b.(consoleTailer); ok {
+		return t.TailConsole(ctx, name, follow, w)
+	}
+	return TailLog(ctx, LogPath(stateDir, name), follow, w)
+}
+
+// TailConsole copies the journal of VM name's unit (journalctl -u
+// microvm@NAME.service -o cat, through SystemdOptions.Root when set) to w;
+// with follow it keeps copying new entries (journalctl -f) until ctx ends,
+// then returns nil. A unit without journal entries is an error wrapping
+// fs.ErrNotExist. It needs journalctl, not Run.
+func (b *SystemdBackend) TailConsole(ctx context.Context, name string, follow bool, w io.Writer) error {
+	if err := b.checkName(name); err != nil {
+		return err
+	}
+	unit := b.unit(name)
+	args := func(more ...string) []string {
+		a := []string{"--no-pager", "--quiet", "--output=cat", "--unit=" + unit}
+		if b.o.Root != "" {
+			a = append(a, "--root="+b.o.Root)
+		}
+		return append(a, more...)
+	}
+	// journalctl says "-- No entries --" (or, quiet, nothing) for a unit
+	// that never logged: answer "no log" before writing anything.
+	var last bytes.Buffer
+	if err := b.journalctl(ctx, args("--lines=1"), &last); err != nil {
+		return err
+	}
+	if last.Len() == 0 {
+		return fmt.Errorf("no journal entries of %s: the VM has not started on this node (check `blixard status` for its node): %w",
+			unit, fs.ErrNotExist)
+	}
+	all := args("--lines=all") // -f alone would start at the last 10 lines
+	if follow {
+		all = append(all, "--follow")
+	}
+	err := b.journalctl(ctx, all, w)
+	if ctx.Err() != nil {
+		return nil // the reader went away, or the follow ended
+	}
+	return err
+}
+
+// journalctl runs journalctl with args, its stdout to w.
+func (b *SystemdBackend) journalctl(ctx context.Context, args []string, w io.Writer) error {
+	path, err := exec.LookPath("journalctl")
+	if err != nil {
+		return fmt.Errorf("nodeagent: reading the journal: %w (install systemd's journalctl; the units' output is in the journal)", err)
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	// Wait returns even when w blocks: journalctl is killed with ctx, and
+	// its output is then abandoned after WaitDelay.
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > 2000 {
+			msg = msg[len(msg)-2000:]
+		}
+		return fmt.Errorf("nodeagent: journalctl %s: %w: %s", strings.Join(args, " "), err, msg)
+	}
+	return nil
+}
+
 // TailLog copies the log at path to w. With follow it then keeps copying
 // what is appended (starting over if the file is truncated or replaced)
 // until ctx ends, and returns nil; without follow it returns at the end of
@@ -26,7 +109,7 @@ func LogPath(stateDir, name string) string {
 func TailLog(ctx context.Context, path string, follow bool, w io.Writer) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no console log at %s: the VM has not started on this node (check `blixard status` for its node)", path)
+		return fmt.Errorf("no console log at %s: the VM has not started on this node (check `blixard status` for its node): %w", path, err)
 	}
 	if err != nil {
 		return err

@@ -3,6 +3,8 @@ package nodeagent
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,7 +69,30 @@ func TestTailLogFollowsAppendsAndTruncation(t *testing.T) {
 
 func TestTailLogMissingFileSaysWhy(t *testing.T) {
 	err := TailLog(t.Context(), LogPath(t.TempDir(), "nope"), false, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "has not started on this node") {
+	// fs.ErrNotExist: the API answers 404.
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "has not started on this node") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TailConsole reads where the backend keeps the console: the process
+// backend's STATE/NAME/console.log (the systemd backend's journal is
+// TestSystemdConsoleIsTheUnitsJournal).
+func TestTailConsoleOfTheProcessBackendIsConsoleLog(t *testing.T) {
+	dir := t.TempDir()
+	b := NewProcessBackend(ProcessOptions{StateDir: dir})
+	if err := TailConsole(t.Context(), b, dir, "vm", false, &bytes.Buffer{}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("TailConsole without a console.log: %v, want fs.ErrNotExist", err)
+	}
+	path := LogPath(dir, "vm")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("booting\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := TailConsole(t.Context(), b, dir, "vm", false, &out); err != nil || out.String() != "booting\n" {
+		t.Errorf("TailConsole = %q, %v; want %q", out.String(), err, "booting\n")
 	}
 }

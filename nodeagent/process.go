@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -32,14 +33,26 @@ type ProcessOptions struct {
 	RestartBackoff    time.Duration
 	MaxRestartBackoff time.Duration
 	ResetBackoffAfter time.Duration
+	// MaxLogBytes caps each STATE/NAME/console.log (default 10 MiB;
+	// negative: no cap). A log over the cap is rotated: its last
+	// MaxLogBytes go to console.log.1, replacing the older one, and it is
+	// truncated (see [rotateLog] for why it is copied and truncated rather
+	// than renamed, and what that costs). The cap is checked before a
+	// runner starts, for adopted runners when Run starts, and every
+	// LogCheckInterval (default 1s) while runners run.
+	MaxLogBytes      int64
+	LogCheckInterval time.Duration
 	// Clock is the backend's time (default: the system's): when a runner
 	// started and exited, when its restart is due, and how long Stop waits
 	// for a runner to exit. Tests pass one they advance, so that crash
-	// backoff takes no real time. Only microvm-shutdown's own deadline is
-	// real time: it bounds a process through its context.
+	// backoff takes no real time. Only microvm-shutdown's own deadline and
+	// the log size checks (LogCheckInterval, housekeeping) are real time.
 	Clock  Clock
 	Logger *slog.Logger
 }
+
+// DefaultMaxLogBytes is the default [ProcessOptions.MaxLogBytes].
+const DefaultMaxLogBytes = 10 << 20
 
 // Clock is a source of time and timers ([ProcessOptions.Clock]).
 type Clock interface {
@@ -67,7 +80,8 @@ func (systemClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 // STARTTIME", the start time from /proc/PID/stat guarding against PID reuse)
 // and STATE/NAME/booted; Run adopts every runner whose pid file names a live
 // process and watches it through a pidfd (or by polling /proc where pidfds
-// are unavailable).
+// are unavailable). Console logs are capped at ProcessOptions.MaxLogBytes,
+// with one older log kept as console.log.1.
 type ProcessBackend struct {
 	o      ProcessOptions
 	log    *slog.Logger
@@ -126,6 +140,12 @@ func NewProcessBackend(o ProcessOptions) *ProcessBackend {
 	if o.ResetBackoffAfter <= 0 {
 		o.ResetBackoffAfter = 10 * time.Second
 	}
+	if o.MaxLogBytes == 0 {
+		o.MaxLogBytes = DefaultMaxLogBytes
+	}
+	if o.LogCheckInterval <= 0 {
+		o.LogCheckInterval = time.Second
+	}
 	if o.Clock == nil {
 		o.Clock = systemClock{}
 	}
@@ -165,6 +185,10 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 	b.adopt()
 	close(b.ready)
 
+	// Real time: the log cap is housekeeping, not behaviour that tests
+	// step through on a fake Clock.
+	logCheck := time.NewTicker(b.o.LogCheckInterval)
+	defer logCheck.Stop()
 	for {
 		now := b.o.Clock.Now()
 		next := time.Time{}
@@ -196,9 +220,110 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 			return nil
 		case <-b.wake:
 		case <-timer:
+		case <-logCheck.C:
+			b.capRunningLogs()
 		}
 		stop()
 	}
+}
+
+// capRunningLogs rotates the console logs of the running units that grew
+// over the cap.
+func (b *ProcessBackend) capRunningLogs() {
+	b.mu.Lock()
+	var names []string
+	for name, u := range b.units {
+		if u.h != nil {
+			names = append(names, name)
+		}
+	}
+	b.mu.Unlock()
+	for _, name := range names {
+		b.capLog(name)
+	}
+}
+
+// capLog rotates VM name's console log when it is over the cap. A failure
+// is logged, not returned: the runner keeps running with a larger log.
+func (b *ProcessBackend) capLog(name string) {
+	if b.o.MaxLogBytes < 0 {
+		return
+	}
+	path := LogPath(b.o.StateDir, name)
+	rotated, err := rotateLog(path, b.o.MaxLogBytes)
+	switch {
+	case err != nil:
+		b.log.Warn("cannot rotate the console log; it keeps growing", "vm", name, "log", path, "err", err)
+	case rotated:
+		b.log.Debug("console log rotated", "vm", name, "log", path, "old", path+".1")
+	}
+}
+
+// rotateLog caps the log at path at about limit bytes: when it is larger,
+// its last limit bytes are copied to path.1 (replacing the previous old
+// log) and it is truncated to zero length. It reports whether it rotated; a
+// missing file is not an error.
+//
+// Why copy and truncate rather than rename: the runner writes the file
+// itself, through the descriptor it inherited (opened with O_APPEND), so
+// that it never depends on the agent staying alive — no pipe, no copier
+// process. A renamed file would keep receiving its output. With O_APPEND
+// the runner's next write after the truncation lands at the new end, offset
+// 0, and readers that follow the file ([TailLog]) see it shrink and start
+// over. The cost (logrotate's copytruncate has the same): what the runner
+// writes between the end of the copy and the truncation is lost, and the
+// cap is soft — the file grows past limit by what is written between two
+// checks, and without bound while no agent runs (the next agent rotates it
+// when it adopts the runner).
+func rotateLog(path string, limit int64) (bool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if fi.Size() <= limit {
+		return false, nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".1-*")
+	if err != nil {
+		return false, fmt.Errorf("rotate %s: %w", path, err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := f.Seek(fi.Size()-limit, io.SeekStart); err != nil {
+		return false, fmt.Errorf("rotate %s: %w", path, err)
+	}
+	// Copy to the end, whatever the runner appended meanwhile, then cut.
+	if _, err := io.Copy(tmp, f); err != nil {
+		return false, fmt.Errorf("rotate %s: copy to %s: %w", path, tmp.Name(), err)
+	}
+	if err := f.Truncate(0); err != nil {
+		return false, fmt.Errorf("rotate %s: truncate: %w", path, err)
+	}
+	if err := tmp.Chmod(0o640); err != nil {
+		return false, fmt.Errorf("rotate %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return false, fmt.Errorf("rotate %s: %w", path, err)
+	}
+	keep = true
+	if err := os.Rename(tmp.Name(), path+".1"); err != nil {
+		os.Remove(tmp.Name())
+		return false, fmt.Errorf("rotate %s: %w", path, err)
+	}
+	return true, nil
 }
 
 // adopt takes over the runners recorded in STATE/*/pid that still run.
@@ -230,6 +355,7 @@ func (b *ProcessBackend) adopt() {
 			continue
 		}
 		booted, _ := readLink(filepath.Join(dir, "booted"))
+		b.capLog(name) // it grew unchecked while no agent ran
 		now := b.o.Clock.Now()
 		u := &procUnit{name: name, h: h, exited: make(chan struct{}), booted: booted, startedAt: now, since: now}
 		b.units[name] = u
@@ -333,6 +459,7 @@ func (b *ProcessBackend) spawn(name string) (*procHandle, *exec.Cmd, string, err
 		return nil, nil, "", fmt.Errorf("start %s: %s does not exist (the agent links it to the runner first)", name, filepath.Join(dir, "current"))
 	}
 	run := filepath.Join(out, "bin", "microvm-run")
+	b.capLog(name)
 	logf, err := os.OpenFile(LogPath(b.o.StateDir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start %s: console log: %w", name, err)

@@ -1,10 +1,15 @@
 package nodeagent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,5 +124,148 @@ func TestNixProcessAgentTakesTimeFromOptionsNow(t *testing.T) {
 		if !c.At.Equal(at) {
 			t.Errorf("heartbeat at %s, want the injected %s", c.At, at)
 		}
+	}
+}
+
+func TestRotateLogKeepsTheTailAndTheWriterAppendsAtTheStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	if rotated, err := rotateLog(path, 40); rotated || err != nil {
+		t.Fatalf("a missing log: rotated %v, %v; want nothing done", rotated, err)
+	}
+	// The runner's descriptor: O_APPEND, as spawn opens it.
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	write := func(s string) {
+		t.Helper()
+		if _, err := w.WriteString(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(p string) string {
+		t.Helper()
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write(strings.Repeat("0123456789", 4))
+	if rotated, err := rotateLog(path, 40); rotated || err != nil {
+		t.Fatalf("a log at the cap: rotated %v, %v; want it left alone", rotated, err)
+	}
+	write("abcdefghij")
+	if rotated, err := rotateLog(path, 40); !rotated || err != nil {
+		t.Fatalf("a log over the cap: rotated %v, %v; want it rotated", rotated, err)
+	}
+	if got, want := read(path+".1"), strings.Repeat("0123456789", 3)+"abcdefghij"; got != want {
+		t.Errorf("console.log.1 = %q, want the last 40 bytes %q", got, want)
+	}
+	if fi, err := os.Stat(path + ".1"); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("console.log.1: %v, %v; want mode 0640", fi, err)
+	}
+	write("after\n")
+	if got := read(path); got != "after\n" {
+		t.Errorf("console.log after the rotation = %q, want the runner's next write at offset 0 (no hole)", got)
+	}
+	write(strings.Repeat("x", 40))
+	if rotated, err := rotateLog(path, 40); !rotated || err != nil {
+		t.Fatalf("second rotation: %v, %v", rotated, err)
+	}
+	if got := read(path + ".1"); got != strings.Repeat("x", 40) {
+		t.Errorf("console.log.1 = %q, want the old one replaced by the newest tail", got)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".console.log.1-*")); len(tmps) > 0 {
+		t.Errorf("temporary files left behind: %v", tmps)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestProcessConsoleLogIsCappedAndFollowedAcrossRotations(t *testing.T) {
+	dir := t.TempDir()
+	t.Cleanup(func() { killRunners(t, dir) })
+	const limit = 8 << 10
+	b := NewProcessBackend(ProcessOptions{StateDir: dir, MaxLogBytes: limit, LogCheckInterval: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// ~7 KB/s: a rotation every second or so.
+	fakeRunner(t, dir, "a", "#!/bin/sh\ni=0\nwhile :; do echo \"line $i: "+strings.Repeat("=", 56)+"\"; i=$((i+1)); /bin/sleep 0.01; done\n")
+	if err := b.Start(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	var followed lockedBuffer
+	tailDone := make(chan error, 1)
+	go func() { tailDone <- TailLog(ctx, LogPath(dir, "a"), true, &followed) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-tailDone; err != nil {
+			t.Errorf("TailLog: %v", err)
+		}
+	})
+
+	lineRE := regexp.MustCompile(`line (\d+):`)
+	lastLine := func(s string) int {
+		m := lineRE.FindAllStringSubmatch(s, -1)
+		if len(m) == 0 {
+			return -1
+		}
+		n, _ := strconv.Atoi(m[len(m)-1][1])
+		return n
+	}
+	// Twice: the follower reads past a rotation — lines the runner wrote
+	// after console.log.1 was cut off — and the log stays near the cap.
+	seenOld := -1
+	for round := range 2 {
+		testkit.WaitFor(t, 30*time.Second, fmt.Sprintf("rotation %d followed", round+1), func() error {
+			old, err := os.ReadFile(LogPath(dir, "a") + ".1")
+			if err != nil {
+				return err
+			}
+			last := lastLine(string(old))
+			if last <= seenOld {
+				return fmt.Errorf("console.log.1 ends at line %d: no new rotation yet", last)
+			}
+			if got := lastLine(followed.String()); got < last+3 {
+				return fmt.Errorf("the follower is at line %d; console.log.1 ends at line %d", got, last)
+			}
+			seenOld = last
+			return nil
+		})
+		fi, err := os.Stat(LogPath(dir, "a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > limit+64<<10 {
+			t.Errorf("console.log is %d bytes; the cap is %d", fi.Size(), limit)
+		}
+	}
+	if out := followed.String(); strings.ContainsRune(out, 0) {
+		t.Errorf("the follower read NUL bytes: the runner wrote past a hole after a truncation")
 	}
 }

@@ -35,18 +35,22 @@ type records struct {
 type vmRecord struct {
 	rooted   string
 	attached []spec.VolumeRef
-	op       *opState
-	build    *Failure
-	volumes  *Failure
-	unit     *Failure
+	// restarted is the last assignment restart request a start or restart
+	// carried out (Action.Restart).
+	restarted uint64
+	op        *opState
+	build     *Failure
+	volumes   *Failure
+	unit      *Failure
 }
 
 // opState is a VM's operation in flight.
 type opState struct {
-	kind   ActionKind
-	out    string
-	vols   []spec.VolumeRef
-	cancel context.CancelFunc
+	kind    ActionKind
+	out     string
+	vols    []spec.VolumeRef
+	restart uint64 // Action.Restart
+	cancel  context.CancelFunc
 	// progress is set by the operation's goroutine (a realisation that
 	// starts building) and read by the passes.
 	progress atomic.Pointer[string]
@@ -72,6 +76,7 @@ func (r *records) observe(name string, o *Observed) {
 		return
 	}
 	o.Rooted, o.Attached = v.rooted, slices.Clone(v.attached)
+	o.Restarted = max(o.Restarted, v.restarted)
 	o.BuildFailure, o.VolumeFailure, o.UnitFailure = copyFailure(v.build), copyFailure(v.volumes), copyFailure(v.unit)
 	if v.op != nil {
 		o.Op = &Op{Kind: v.op.kind, Out: v.op.out}
@@ -91,7 +96,7 @@ func copyFailure(f *Failure) *Failure {
 
 // begin records that a's operation runs; cancel cancels it.
 func (r *records) begin(a Action, cancel context.CancelFunc) *opState {
-	op := &opState{kind: a.Kind, out: a.Out, vols: a.Volumes, cancel: cancel}
+	op := &opState{kind: a.Kind, out: a.Out, vols: a.Volumes, restart: a.Restart, cancel: cancel}
 	r.vm(a.VM).op = op
 	return op
 }
@@ -127,6 +132,7 @@ func (r *records) inFlight() int {
 // the time it may be retried; a cancellation teaches nothing.
 func (r *records) finish(res Result, now time.Time) {
 	v := r.vm(res.VM)
+	op := v.op
 	v.op = nil
 	if errors.Is(res.Err, context.Canceled) {
 		return
@@ -149,7 +155,12 @@ func (r *records) finish(res Result, now time.Time) {
 			v.attached = nil
 		}
 		v.volumes = nil
-	case ActStart, ActRestart, ActStop, ActSwitchCurrent:
+	case ActStart, ActRestart:
+		if op != nil {
+			v.restarted = max(v.restarted, op.restart)
+		}
+		v.unit = nil
+	case ActStop, ActSwitchCurrent:
 		v.unit = nil
 	}
 }
@@ -185,8 +196,11 @@ func (r *records) prune(keep map[string]bool) {
 // probes: every VM assigned to in.Node, listed in in.Units, with records or
 // with a reported status. The unit's status is read only for VMs assigned
 // here or listed that have no operation in flight (Decide does not look at
-// it otherwise), STATE/NAME/current only for VMs assigned here.
-func observeVMs(in *Input, rec *records, reported map[string]replicated.VMStatus,
+// it otherwise), STATE/NAME/current only for VMs assigned here. committed
+// are the statuses in the replicated state (replicated.State.Observed):
+// what this node reported there tells a restarted agent which restart
+// requests it carried out before (Observed.Restarted).
+func observeVMs(in *Input, rec *records, reported, committed map[string]replicated.VMStatus,
 	unit func(name string) (UnitStatus, error), current func(name string) string, hint func(name string) string) {
 	mine := map[string]bool{}
 	for name, as := range in.Assignments {
@@ -215,6 +229,9 @@ func observeVMs(in *Input, rec *records, reported map[string]replicated.VMStatus
 	}
 	for name := range names {
 		var o Observed
+		if c, ok := committed[name]; ok && c.Node == in.Node && mine[name] {
+			o.Restarted = c.Restart
+		}
 		rec.observe(name, &o)
 		if s, ok := reported[name]; ok {
 			o.Reported = &s

@@ -23,11 +23,18 @@ import (
 type SystemdOptions struct {
 	// StateDir is STATE as this process sees it (default /var/lib/microvms):
 	// the backend reads STATE/NAME/booted there. The units use their own
-	// paths (microvm.nix's template hard-codes /var/lib/microvms).
+	// paths (microvm.nix's microvm.stateDir, /var/lib/microvms by default).
 	StateDir string
 	// BusAddress is the D-Bus address of the bus systemd is on; "" is the
 	// system bus. Tests pass unix:path=… of a container's system bus.
 	BusAddress string
+	// Root is the root directory, as this process sees it, of the system
+	// that systemd runs: the units' user and group (microvm:kvm) are looked
+	// up in its etc/passwd and etc/group, and their journal is read through
+	// it (journalctl --root). "" (the default) is this host: users through
+	// NSS, the journal as journalctl finds it. Tests whose systemd runs in a
+	// container pass that container's root.
+	Root string
 	// UnitPrefix names unit NAME UnitPrefix+NAME+".service" (default
 	// "microvm@", the instances of microvm.nix's microvm@.service template).
 	UnitPrefix string
@@ -36,11 +43,16 @@ type SystemdOptions struct {
 
 // SystemdBackend is a [Backend] that runs each VM as a systemd unit,
 // microvm@NAME.service, the way microvm.nix's host module does: systemd
-// supervises the runner (Restart=always in the template), keeps its logs
-// (journalctl -u microvm@NAME) and records STATE/NAME/booted (the template's
-// companion microvm-set-booted@NAME.service). The backend starts, restarts
-// and stops units through systemd jobs over D-Bus, reads their state from
-// unit properties, and learns of changes from PropertiesChanged signals.
+// supervises the runner (Restart=always in the template), runs it as
+// microvm:kvm in STATE/NAME, keeps its logs (journalctl -u microvm@NAME,
+// served by TailConsole) and records STATE/NAME/booted (the template's
+// companion microvm-set-booted@NAME.service, also as microvm:kvm: the
+// backend never writes booted itself). The agent gives STATE/NAME and
+// current to microvm:kvm when it switches current, as microvm.nix's
+// install-microvm-NAME does; Start repairs a directory that is still
+// root's. The backend starts, restarts and stops units through systemd jobs
+// over D-Bus, reads their state from unit properties, and learns of changes
+// from PropertiesChanged signals.
 //
 // Units belong to systemd, not to the agent: ending Run does not touch them,
 // and a new backend simply reads them (adoption needs no bookkeeping).
@@ -626,6 +638,15 @@ func (b *SystemdBackend) startOrRestart(ctx context.Context, name string, restar
 	if !restart && (s.running() || s.ActiveState == "activating") {
 		return nil
 	}
+	// microvm-set-booted@ and the runner write in STATE/NAME as the units'
+	// user: a directory an older agent made as root would fail the start.
+	owner, err := b.unitOwner()
+	if err == nil {
+		err = ownStateDir(b.o.StateDir, name, owner)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", verb, unit, err)
+	}
 	if s.ActiveState == "failed" {
 		err := b.conn.ResetFailedUnitContext(ctx, unit)
 		b.invalidate(name)
@@ -710,6 +731,11 @@ func (b *SystemdBackend) job(ctx context.Context, verb, unit string, call func(c
 			return nil
 		}
 		msg := fmt.Sprintf("%s %s: job %s", verb, unit, r)
+		if r == "dependency" {
+			// microvm-set-booted@, -tap-interfaces@, … of the same instance.
+			inst := strings.TrimSuffix(strings.TrimPrefix(unit, b.o.UnitPrefix), ".service")
+			return fmt.Errorf("%s: a unit it requires failed (journalctl -u 'microvm-*@%s.service')", msg, inst)
+		}
 		if s, err := b.state(ctx, unit); err == nil {
 			if res := s.result(unit); res != "" {
 				return fmt.Errorf("%s: %s", msg, res)
@@ -731,4 +757,9 @@ func orDefault(s, def string) string {
 // LogHint is where a unit's console output goes: the journal.
 func (b *SystemdBackend) LogHint(name string) string {
 	return "journalctl -u " + b.unit(name)
+}
+
+// unitOwner implements [unitOwner]: microvm:kvm of the system systemd runs.
+func (b *SystemdBackend) unitOwner() (stateOwner, error) {
+	return lookupOwner(b.o.Root)
 }

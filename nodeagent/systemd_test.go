@@ -1,11 +1,14 @@
 package nodeagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,9 +20,10 @@ import (
 )
 
 // The systemd tests share one container (a real systemd 252 in
-// systemd-nspawn, tests/systemd/nspawn.sh), started by the first of them
-// and stopped by TestMain; each test uses its own VM names and stops its
-// units when it ends.
+// systemd-nspawn, tests/systemd/nspawn.sh) running microvm.nix's own host
+// units as its microvm user, started by the first of them and stopped by
+// TestMain; each test uses its own VM names and stops its units when it
+// ends.
 
 // sharedSystemd is the container of this test binary.
 var sharedSystemd struct {
@@ -42,19 +46,22 @@ func TestMain(m *testing.M) {
 }
 
 // testRestartDropIn makes crashed units restart after 100ms instead of
-// microvm.nix's 5s. Start limits are switched off (for the unit and its
-// companion, which restarts with it) to keep what 5s gives: systemd's
-// default limit (5 starts in 10s) is never reached.
-const testRestartDropIn = "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\nRestartSec=100ms\n"
-
-const testCompanionDropIn = "[Unit]\nStartLimitIntervalSec=0\n"
+// microvm.nix's 5s, so that the crash tests take seconds. Start limits are
+// switched off, for microvm@ and for every unit it requires (each restart
+// starts them again): with 5s systemd's default limit (5 starts in 10s) is
+// never reached, with 100ms it would be. Nothing else of microvm.nix's
+// units is changed (tests/systemd/doc.go).
+const (
+	testRestartDropIn = "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\nRestartSec=100ms\n"
+	testLimitDropIn   = "[Unit]\nStartLimitIntervalSec=0\n"
+)
 
 // systemdContainer returns the shared container, booting it on first use.
 func systemdContainer(t testing.TB) *sdharness.Container {
 	t.Helper()
 	requireNix(t)
 	sharedSystemd.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		c, err := sdharness.Start(ctx)
 		if err != nil {
@@ -62,8 +69,12 @@ func systemdContainer(t testing.TB) *sdharness.Container {
 			return
 		}
 		sharedSystemd.c = c
-		for unit, conf := range map[string]string{"microvm@": testRestartDropIn, "microvm-set-booted@": testCompanionDropIn} {
-			d := filepath.Join(c.UnitDir, unit+".service.d")
+		for file := range c.Units.Files {
+			conf := testLimitDropIn
+			if file == "microvm@.service" {
+				conf = testRestartDropIn
+			}
+			d := filepath.Join(c.UnitDir, file+".d")
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				sharedSystemd.err = err
 				return
@@ -73,7 +84,7 @@ func systemdContainer(t testing.TB) *sdharness.Container {
 				return
 			}
 		}
-		sharedSystemd.err = reloadSystemd(ctx, c.Bus)
+		sharedSystemd.err = reloadSystemd(ctx, c)
 	})
 	if sharedSystemd.err != nil {
 		t.Fatalf("systemd container: %v", sharedSystemd.err)
@@ -81,9 +92,15 @@ func systemdContainer(t testing.TB) *sdharness.Container {
 	return sharedSystemd.c
 }
 
+// sdOptions are the options of a SystemdBackend on container c: its bus,
+// its root (microvm's uid, the journal) and the host's view of its STATE.
+func sdOptions(c *sdharness.Container) SystemdOptions {
+	return SystemdOptions{StateDir: c.StateDir, BusAddress: c.Bus, Root: c.Root}
+}
+
 // reloadSystemd makes systemd read unit files again (daemon-reload).
-func reloadSystemd(ctx context.Context, bus string) error {
-	b, err := NewSystemdBackend(ctx, SystemdOptions{BusAddress: bus})
+func reloadSystemd(ctx context.Context, c *sdharness.Container) error {
+	b, err := NewSystemdBackend(ctx, sdOptions(c))
 	if err != nil {
 		return err
 	}
@@ -138,7 +155,7 @@ func newSystemdEnv(t *testing.T, vms ...string) *sdEnv {
 func (e *sdEnv) backend() *SystemdBackend {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	b, err := NewSystemdBackend(ctx, SystemdOptions{StateDir: e.dir, BusAddress: e.c.Bus})
+	b, err := NewSystemdBackend(ctx, sdOptions(e.c))
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)
@@ -160,7 +177,7 @@ func (e *sdEnv) backend() *SystemdBackend {
 // startAgent runs an agent with a SystemdBackend of its own.
 func (e *sdEnv) startAgent() *runningAgent {
 	e.t.Helper()
-	b, err := NewSystemdBackend(context.Background(), SystemdOptions{StateDir: e.dir, BusAddress: e.c.Bus})
+	b, err := NewSystemdBackend(context.Background(), sdOptions(e.c))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -175,7 +192,7 @@ func (e *sdEnv) stopUnits(vms []string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := NewSystemdBackend(ctx, SystemdOptions{StateDir: e.dir, BusAddress: e.c.Bus})
+	b, err := NewSystemdBackend(ctx, sdOptions(e.c))
 	if err != nil {
 		e.t.Errorf("cleanup: %v", err)
 		return
@@ -240,6 +257,15 @@ func TestSystemdAgentStartsRestartsOntoNewClosureAndStops(t *testing.T) {
 	if got := e.link("sd-a", "booted"); got != r1.out {
 		t.Errorf("booted → %q, want %s", got, r1.out)
 	}
+	// microvm.nix's units as they run on a NixOS host: the agent gave
+	// STATE/NAME and current to microvm:kvm (install-microvm-NAME), the
+	// runner runs as microvm, and microvm-set-booted@ (as microvm) wrote
+	// booted: the agent runs as root, so a root-owned booted would be its.
+	checkOwnedByUnitUser(t, e.c, filepath.Join(e.dir, "sd-a"), filepath.Join(e.dir, "sd-a", "current"),
+		filepath.Join(e.dir, "sd-a", "booted"))
+	if uid := processUID(t, e.c, a1.PID); uid != e.c.UID {
+		t.Errorf("the runner (pid %d in the container) runs as uid %d, want %s's %d", a1.PID, uid, sdharness.UnitUser, e.c.UID)
+	}
 
 	// A new closure: systemd restarts the unit onto it (microvm-shutdown of
 	// the booted runner first), and the template moves booted.
@@ -254,6 +280,11 @@ func TestSystemdAgentStartsRestartsOntoNewClosureAndStops(t *testing.T) {
 	}
 	if err := fileContains(filepath.Join(e.dir, "sd-a", "shutdown-ran"), "v1")(); err != nil {
 		t.Errorf("the old runner's microvm-shutdown did not run: %v", err)
+	}
+	checkOwnedByUnitUser(t, e.c, filepath.Join(e.dir, "sd-a", "current"), filepath.Join(e.dir, "sd-a", "booted"),
+		filepath.Join(e.dir, "sd-a", "shutdown-ran"))
+	if uid := processUID(t, e.c, a2.PID); uid != e.c.UID {
+		t.Errorf("the restarted runner runs as uid %d, want %d", uid, e.c.UID)
 	}
 	if got, _ := b.Status("sd-b"); got.PID != b1.PID {
 		t.Errorf("sd-b restarted (main PID %d → %d) although only sd-a changed", b1.PID, got.PID)
@@ -321,10 +352,7 @@ func TestSystemdFailedUnitIsResetAndStartedOnCurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := systemdRunner(t, "", true)
-	if err := os.MkdirAll(filepath.Join(e.dir, "sd-limit"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := symlinkAtomic(bad.out, filepath.Join(e.dir, "sd-limit", "current")); err != nil {
+	if err := switchCurrent(b, e.dir, "sd-limit", bad.out); err != nil {
 		t.Fatal(err)
 	}
 	drain(b.Events())
@@ -354,7 +382,7 @@ func TestSystemdFailedUnitIsResetAndStartedOnCurrent(t *testing.T) {
 	// Start resets it and runs current, and booted follows current although
 	// the companion unit that records it stayed active when the unit failed.
 	good := systemdRunner(t, "good", false)
-	if err := symlinkAtomic(good.out, filepath.Join(e.dir, "sd-limit", "current")); err != nil {
+	if err := switchCurrent(b, e.dir, "sd-limit", good.out); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(t.Context(), "sd-limit"); err != nil {
@@ -377,6 +405,9 @@ func TestSystemdEventsReportACrash(t *testing.T) {
 	e := newSystemdEnv(t, "sd-ev")
 	b := e.backend()
 	r := systemdRunner(t, "ev", false)
+	// A state directory made as root (by hand, or by an agent before it gave
+	// them to microvm:kvm): Start gives it to the units' user first, or
+	// microvm-set-booted@ could not write booted in it.
 	if err := os.MkdirAll(filepath.Join(e.dir, "sd-ev"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +417,9 @@ func TestSystemdEventsReportACrash(t *testing.T) {
 	if err := b.Start(t.Context(), "sd-ev"); err != nil {
 		t.Fatal(err)
 	}
-	s1 := waitUnit(t, b, "sd-ev", "active", func(s UnitStatus) bool { return s.Active })
+	s1 := waitUnit(t, b, "sd-ev", "active", func(s UnitStatus) bool { return s.Active && s.Booted == r.out })
+	checkOwnedByUnitUser(t, e.c, filepath.Join(e.dir, "sd-ev"), filepath.Join(e.dir, "sd-ev", "current"),
+		filepath.Join(e.dir, "sd-ev", "booted"))
 	drain(b.Events())
 	if err := b.conn.KillUnitWithTarget(t.Context(), b.unit("sd-ev"), "main", 9); err != nil {
 		t.Fatal(err)
@@ -426,6 +459,98 @@ func TestSystemdRestartedAgentAdoptsUnitsUntouched(t *testing.T) {
 			t.Errorf("%s after the new agent adopted it: %+v, %v; want main PID %d untouched", vm, s, err, want.PID)
 		}
 	}
+}
+
+func TestSystemdConsoleIsTheUnitsJournal(t *testing.T) {
+	e := newSystemdEnv(t, "sd-log")
+	b := e.backend()
+	// The console of a VM that never ran here: no log (404 at the API).
+	err := TailConsole(t.Context(), b, e.dir, "sd-nolog", false, &bytes.Buffer{})
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "has not started on this node") {
+		t.Fatalf("TailConsole of a VM that never started: %v, want fs.ErrNotExist saying so", err)
+	}
+
+	// Markers of this run only: the shared container's journal keeps
+	// earlier runs' (go test -count).
+	v1, v2 := fmt.Sprintf("console-v1-%d", nonce.Add(1)), fmt.Sprintf("console-v2-%d", nonce.Add(1))
+	r1 := systemdRunner(t, v1, false)
+	if err := switchCurrent(b, e.dir, "sd-log", r1.out); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(t.Context(), "sd-log"); err != nil {
+		t.Fatal(err)
+	}
+	// What `blixard logs sd-log` shows: the runner's output, from the
+	// container's journal (TailConsole dispatches to the backend, which
+	// runs journalctl --root on the container's root).
+	testkit.WaitFor(t, waitTimeout, "the runner's output in the journal", func() error {
+		var out bytes.Buffer
+		if err := TailConsole(t.Context(), b, e.dir, "sd-log", false, &out); err != nil {
+			return err
+		}
+		if !strings.Contains(out.String(), v1+"\n") {
+			return fmt.Errorf("journal: %q", out.String())
+		}
+		return nil
+	})
+
+	// Followed (`blixard logs sd-log -f`): what a restart onto a new runner
+	// prints arrives while the follow runs; it ends with its ctx.
+	ctx, cancel := context.WithCancel(t.Context())
+	var w syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- TailConsole(ctx, b, e.dir, "sd-log", true, &w) }()
+	testkit.WaitFor(t, waitTimeout, "the old output first", testkit.Until(func() bool { return strings.Contains(w.String(), v1+"\n") }))
+	if strings.Contains(w.String(), v2) {
+		t.Fatalf("the followed journal has %s before its runner ran", v2)
+	}
+	r2 := systemdRunner(t, v2, false)
+	if err := switchCurrent(b, e.dir, "sd-log", r2.out); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Restart(t.Context(), "sd-log"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, waitTimeout, "the new runner's output, followed", testkit.Until(func() bool { return strings.Contains(w.String(), v2+"\n") }))
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("TailConsole -f after its ctx ended: %v", err)
+	}
+	if err := b.TailConsole(t.Context(), "bad/name", false, &bytes.Buffer{}); err == nil {
+		t.Error("TailConsole accepted a name that cannot name a unit")
+	}
+}
+
+// checkOwnedByUnitUser fails unless every path (not its link target)
+// belongs to the container's microvm:kvm.
+func checkOwnedByUnitUser(t *testing.T, c *sdharness.Container, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if uid, gid, _ := ownerOf(t, p); uid != c.UID || gid != c.GID {
+			t.Errorf("%s belongs to %d:%d, want %s:%s (%d:%d)", p, uid, gid, sdharness.UnitUser, sdharness.UnitGroup, c.UID, c.GID)
+		}
+	}
+}
+
+// processUID is the real uid of pid, a pid of the container's namespace
+// (as systemd reports MainPID), read through the container's /proc.
+func processUID(t *testing.T, c *sdharness.Container, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.Root, "proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		t.Fatalf("status of pid %d in the container: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			uid, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return uid
+		}
+	}
+	t.Fatalf("no Uid: in the status of pid %d", pid)
+	return -1
 }
 
 func drain(ch <-chan string) {
@@ -474,7 +599,7 @@ func BenchmarkSystemdStartStopJob(b *testing.B) {
 			dir := c.StateDir
 			switch kind {
 			case "systemd":
-				sb, err := NewSystemdBackend(context.Background(), SystemdOptions{StateDir: dir, BusAddress: c.Bus})
+				sb, err := NewSystemdBackend(context.Background(), sdOptions(c))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -490,10 +615,7 @@ func BenchmarkSystemdStartStopJob(b *testing.B) {
 			go func() { done <- be.Run(ctx) }()
 			defer func() { cancel(); <-done }()
 			vm := "bench-" + kind
-			if err := os.MkdirAll(filepath.Join(dir, vm), 0o755); err != nil {
-				b.Fatal(err)
-			}
-			if err := symlinkAtomic(r.out, filepath.Join(dir, vm, "current")); err != nil {
+			if err := switchCurrent(be, dir, vm, r.out); err != nil {
 				b.Fatal(err)
 			}
 			var start, stop []time.Duration
@@ -524,7 +646,7 @@ func BenchmarkSystemdCommitToUnitActive(b *testing.B) {
 	c := systemdContainer(b)
 	e := &env{t: b, dir: c.StateDir, state: newTestState(b)}
 	r := systemdRunner(b, "bench", false)
-	sb, err := NewSystemdBackend(context.Background(), SystemdOptions{StateDir: e.dir, BusAddress: c.Bus})
+	sb, err := NewSystemdBackend(context.Background(), sdOptions(c))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -548,10 +670,7 @@ func BenchmarkSystemdStatus(b *testing.B) {
 	r := systemdRunner(b, "status", false)
 	vm := "bench-status"
 	b.Cleanup(func() { e.stopUnits([]string{vm}) })
-	if err := os.MkdirAll(filepath.Join(e.dir, vm), 0o755); err != nil {
-		b.Fatal(err)
-	}
-	if err := symlinkAtomic(r.out, filepath.Join(e.dir, vm, "current")); err != nil {
+	if err := switchCurrent(be, e.dir, vm, r.out); err != nil {
 		b.Fatal(err)
 	}
 	if err := be.Start(context.Background(), vm); err != nil {

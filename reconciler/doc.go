@@ -36,23 +36,35 @@
 //     desired spec. Whether a failed commit is evaluated again is decided
 //     from the replicated EvalFailed condition and the clock alone: never
 //     after a permanent failure, Poll after a temporary one (at once for a
-//     new leader), so every leader decides the same way.
-//  6. Plan: a finished evaluation is planned against the state just read
+//     new leader), so every leader decides the same way. A commit recorded
+//     as SignatureRefused is never evaluated.
+//  6. Trust (only with a Verifier, that is with trust files): the commit
+//     about to be evaluated must verify first, so nix never runs on an
+//     untrusted commit. A refusal (unsigned, an unknown key, a bad
+//     signature) is proposed as SignatureRefused with the commit, the
+//     signer and why; it is final for that commit, for every leader, and
+//     the running revision stays. A check that could not run (the commit
+//     unreadable) is a transient error. A SignatureRefused of a commit the
+//     tracked ref no longer points at is cleared. The verified signer
+//     travels with the evaluation into the CommitPlan (Revision.Signer); a
+//     re-plan of the running revision keeps its signer.
+//  7. Plan: a finished evaluation is planned against the state just read
 //     (PlanSpec) and committed as a compare-and-set CommitPlan (recording a
 //     force-push as Rewrote), or its failure is proposed as
 //     SetCondition{EvalFailed}, retryable when the error's Temporary()
 //     says so. Otherwise the running revision is re-planned and committed
 //     only when the plan changes assignments (new node, capacity, drain).
 //     A stale parent means another plan won; the next pass re-reads.
-//  7. Return: a transient error (unknown outcome, failed read or fencing)
+//  8. Return: a transient error (unknown outcome, failed read or fencing)
 //     is retried with backoff; a refusal is terminal and not proposed again
 //     unchanged; RequeueAfter names the next poll or retry.
 //
 // The reconciler must not touch hosts (agents act on the plan), run
-// programs, or know git, nix or Raft beyond the Store, Source, Evaluator and
-// Fencer interfaces it declares. A pass must not sleep, wait for an
-// evaluation or trigger itself. It evaluates only commits its Source
+// programs, or know git, nix or Raft beyond the Store, Source, Evaluator,
+// Verifier and Fencer interfaces it declares. A pass must not sleep, wait
+// for an evaluation or trigger itself. It evaluates only commits its Source
 // fetched and records EvalFailed only from its own evaluations: a commit a
 // user merely asked about (`blixard plan --commit`) is never recorded, so a
-// preview cannot mark a commit as bad before it is pushed.
+// preview cannot mark a commit as bad before it is pushed ([VerifyFirst]
+// keeps previews from evaluating untrusted commits).
 package reconciler

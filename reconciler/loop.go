@@ -89,6 +89,9 @@ type Options struct {
 	// are placed elsewhere; 0 turns failure detection off.
 	NodeTimeout time.Duration
 	Fencer      Fencer // optional
+	// Verifier, when set, must accept a fetched commit's signature before
+	// it is evaluated (see Verifier); nil evaluates every fetched commit.
+	Verifier Verifier
 	// Now is the clock every decision reads, once per pass (default
 	// time.Now). Waiting uses real timers; tests drive passes themselves.
 	Now    func() time.Time
@@ -278,7 +281,7 @@ func (r *Reconciler) step(ctx context.Context) (Result, error) {
 		r.fetch(ctx, now)
 	}
 	res, evaluate, err := r.reconcile(ctx, now)
-	if evaluate != "" && ctx.Err() == nil {
+	if evaluate.commit != "" && ctx.Err() == nil {
 		r.startEvaluation(ctx, evaluate)
 	}
 	if err == nil {
@@ -346,6 +349,7 @@ func (r *Reconciler) fetch(ctx context.Context, now time.Time) {
 // evaluation is one run of the Evaluator on its own goroutine.
 type evaluation struct {
 	commit    string
+	signer    string // who signed commit, as the Verifier said ("" without one)
 	cancel    context.CancelFunc
 	cancelled bool         // cancel was called: its outcome is dropped
 	done      chan outcome // buffered 1: the goroutine's one send never blocks
@@ -354,6 +358,7 @@ type evaluation struct {
 // outcome is a finished evaluation.
 type outcome struct {
 	commit string
+	signer string // who signed commit ("" without a Verifier)
 	result Evaluation
 	err    error
 	at     time.Time // when the loop received it (Options.Now)
@@ -361,18 +366,19 @@ type outcome struct {
 	acted bool
 }
 
-// startEvaluation evaluates commit on a goroutine the loop owns; its
+// startEvaluation evaluates req's commit on a goroutine the loop owns; its
 // outcome reaches the loop through evalDone. Only one runs at a time.
-func (r *Reconciler) startEvaluation(ctx context.Context, commit string) {
+func (r *Reconciler) startEvaluation(ctx context.Context, req evalRequest) {
+	commit := req.commit
 	ectx, cancel := context.WithCancel(ctx)
-	e := &evaluation{commit: commit, cancel: cancel, done: make(chan outcome, 1)}
+	e := &evaluation{commit: commit, signer: req.signer, cancel: cancel, done: make(chan outcome, 1)}
 	r.loop.eval = e
 	r.evals.Add(1)
 	go func() {
 		defer r.evals.Done()
 		defer cancel()
 		res, err := r.opts.Evaluator.Evaluate(ectx, commit)
-		e.done <- outcome{commit: commit, result: res, err: err}
+		e.done <- outcome{commit: commit, signer: req.signer, result: res, err: err}
 	}()
 	r.opts.Logger.Info("evaluating", "commit", commit)
 	r.updateStatus(func(s *Status) { s.Evaluating = commit })

@@ -26,7 +26,7 @@ func TestPassRefusesAVolumeShrinkAsAnEvalError(t *testing.T) {
 	db := mkAssign("db", 1, "db", 1, 512, 5)
 	db.Volumes = old.VolumesOf(old.Instances()[0])
 	store := testkit.NewStore(&replicated.State{
-		Nodes:       mkNodes(mkNode(1, replicated.NodeReady, 4, 4096)),
+		Nodes:       mkNodes(withCeph(mkNode(1, replicated.NodeReady, 4, 4096))),
 		Revision:    &replicated.Revision{ID: 5, Commit: "old"},
 		Desired:     old,
 		Assignments: mkCurrent(db),

@@ -12,21 +12,21 @@ import (
 
 // reconcile is one level-triggered pass against the replicated state, the
 // last fetch and the last finished evaluation (see the package doc for its
-// steps). It returns the result for the loop owner, the commit whose
-// evaluation the loop should start ("" for none) and the pass's error.
+// steps). It returns the result for the loop owner, the evaluation the loop
+// should start (a zero commit for none) and the pass's error.
 // It never waits for an evaluation and never triggers itself.
-func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, string, error) {
+func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, evalRequest, error) {
 	// 1. Read.
 	state, err := r.opts.Store.Read(ctx)
 	if err != nil {
-		return Result{}, "", fmt.Errorf("reading the replicated state: %w", err)
+		return Result{}, evalRequest{}, fmt.Errorf("reading the replicated state: %w", err)
 	}
 	// 2. Liveness.
 	errs, marked := r.markStaleNodesDown(ctx, state, now)
 	if marked {
 		// Plan against the node states just committed.
 		if state, err = r.opts.Store.Read(ctx); err != nil {
-			return Result{}, "", joinErrors(append(errs, fmt.Errorf("reading the replicated state: %w", err)))
+			return Result{}, evalRequest{}, joinErrors(append(errs, fmt.Errorf("reading the replicated state: %w", err)))
 		}
 	}
 	// 3. FetchFailed.
@@ -34,8 +34,13 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, stri
 		errs = append(errs, err)
 	}
 	// 4. Which evaluation to act on, start or wait for.
-	act, evaluate, res := r.nextEvaluation(state, now)
-	// 5. Commit a plan or record EvalFailed.
+	act, commit, res := r.nextEvaluation(state, now)
+	// 5. Trust: verify the commit to evaluate; record a refusal.
+	evaluate, err := r.reconcileTrust(ctx, state, commit, now)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	// 6. Commit a plan or record EvalFailed.
 	if err := r.reconcilePlan(ctx, state, act, now); err != nil {
 		errs = append(errs, err)
 	}
@@ -128,6 +133,11 @@ func (r *Reconciler) nextEvaluation(state *replicated.State, now time.Time) (act
 		r.cancelEvaluation("the fetched commit is the running revision")
 		return nil, "", Result{}
 	}
+	if c, ok := state.Condition(replicated.SignatureRefused); ok && c.Commit == target {
+		// Refused for good, by this leader or another: never evaluated.
+		r.cancelEvaluation(fmt.Sprintf("commit %s was refused: its signature is not trusted", target))
+		return nil, "", Result{}
+	}
 	if l.eval != nil {
 		if l.eval.commit != target {
 			r.cancelEvaluation(fmt.Sprintf("commit %s was fetched since", target))
@@ -192,9 +202,10 @@ func evalDue(cond replicated.Condition, failed bool, commit string, now, termSta
 // and the running revision is re-planned instead.
 func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State, act *outcome, now time.Time) error {
 	l := &r.loop
-	desired, hash, commit := state.Desired, "", ""
+	desired, hash, commit, signer := state.Desired, "", "", ""
 	if state.Revision != nil {
-		hash, commit = state.Revision.EvalHash, state.Revision.Commit
+		// A re-plan of the running revision keeps its signer.
+		hash, commit, signer = state.Revision.EvalHash, state.Revision.Commit, state.Revision.Signer
 	}
 	var plan Plan
 	newCommit := false
@@ -206,7 +217,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 			}
 			act.acted = true
 		} else {
-			desired, hash, commit, plan, newCommit = pv.Spec, pv.Hash, act.commit, pv.Plan, true
+			desired, hash, commit, signer, plan, newCommit = pv.Spec, pv.Hash, act.commit, act.signer, pv.Plan, true
 		}
 	}
 	if commit == "" {
@@ -223,7 +234,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		parent = state.Revision.ID
 	}
 	cp := &replicated.CommitPlan{
-		Parent: parent, Commit: commit, Ref: r.opts.Ref, EvalHash: hash,
+		Parent: parent, Commit: commit, Ref: r.opts.Ref, EvalHash: hash, Signer: signer,
 		Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments, Unschedulable: plan.Unschedulable,
 	}
 	if newCommit && l.rewrite != nil {
@@ -238,7 +249,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 	}
 	switch res.Code {
 	case replicated.ResultOK:
-		r.opts.Logger.Info("plan committed", "revision", res.Revision, "commit", commit, "summary", plan.Summary(), "rewrote", cp.Rewrote)
+		r.opts.Logger.Info("plan committed", "revision", res.Revision, "commit", commit, "signer", signer, "summary", plan.Summary(), "rewrote", cp.Rewrote)
 		if newCommit {
 			act.acted = true
 			l.rewrite = nil

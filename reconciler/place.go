@@ -49,16 +49,18 @@ type instance struct {
 type declared struct {
 	name      string
 	placement *spec.Placement
-	class     int32
+	// volumes: the VM declares volumes, so it needs a node with Ceph.
+	volumes bool
+	class   int32
 	// conflicts are the declared VMs this one must not share a node with
 	// (anti-affinity, made symmetric), sorted, without duplicates.
 	conflicts []int32
 }
 
-// class is a distinct combination of placement.nodes and placement.labels;
-// declared VMs with equal constraints share one.
+// class is a distinct combination of placement.nodes, placement.labels and
+// the need for Ceph; declared VMs with equal constraints share one.
 type class struct {
-	allowed  []uint64 // bitset: nodes satisfying placement.nodes and placement.labels
+	allowed  []uint64 // bitset: nodes satisfying placement.nodes and placement.labels (and with Ceph, if needed)
 	eligible []int32  // allowed nodes that are ready, ascending: where new instances may go
 	reason   string   // why eligible is empty (computed once)
 }
@@ -98,7 +100,8 @@ func newScheduler(in Input) *scheduler {
 		}
 		if _, ok := declIdx[specs[i].Declared]; !ok {
 			declIdx[specs[i].Declared] = -1
-			s.decls = append(s.decls, declared{name: specs[i].Declared, placement: &specs[i].Placement})
+			s.decls = append(s.decls, declared{name: specs[i].Declared, placement: &specs[i].Placement,
+				volumes: len(specs[i].Volumes) > 0})
 		}
 	}
 	slices.SortFunc(s.decls, func(a, b declared) int { return strings.Compare(a.name, b.name) })
@@ -160,13 +163,16 @@ func (s *scheduler) buildAntiAffinity(declIdx map[string]int32) {
 }
 
 // buildClasses groups declared VMs by their node and label constraints and
-// computes, once per group, which nodes satisfy them.
+// their need for Ceph, and computes, once per group, which nodes satisfy them.
 func (s *scheduler) buildClasses() {
 	byKey := make(map[string]int32)
 	var key []byte
 	for d := range s.decls {
-		p := s.decls[d].placement
+		p, ceph := s.decls[d].placement, s.decls[d].volumes
 		key = key[:0]
+		if ceph {
+			key = append(key, 'c')
+		}
 		for _, id := range sortedIDs(p.Nodes) {
 			key = strconv.AppendUint(key, id, 10)
 			key = append(key, ',')
@@ -184,16 +190,25 @@ func (s *scheduler) buildClasses() {
 		if !ok {
 			c = int32(len(s.classes))
 			byKey[string(key)] = c
-			s.classes = append(s.classes, s.newClass(p))
+			s.classes = append(s.classes, s.newClass(p, ceph))
 		}
 		s.decls[d].class = c
 	}
 }
 
-func (s *scheduler) newClass(p *spec.Placement) class {
+func (s *scheduler) newClass(p *spec.Placement, ceph bool) class {
 	c := class{allowed: make([]uint64, (len(s.nodes)+63)/64)}
+	// withoutCeph counts the ready nodes that would be eligible but for
+	// their lack of Ceph, to say so when none is left.
+	withoutCeph := 0
 	consider := func(n int32) {
 		if hasBit(c.allowed, n) || !hasLabels(s.nodes[n], p.Labels) {
+			return
+		}
+		if ceph && !s.nodes[n].Ceph {
+			if s.nodes[n].State == replicated.NodeReady {
+				withoutCeph++
+			}
 			return
 		}
 		setBit(c.allowed, n)
@@ -214,10 +229,27 @@ func (s *scheduler) newClass(p *spec.Placement) class {
 			c.eligible = append(c.eligible, int32(n))
 		}
 	}
-	if len(c.eligible) == 0 {
+	switch {
+	case len(c.eligible) > 0:
+	case withoutCeph > 0:
+		c.reason = cephReason(p)
+	default:
 		c.reason = s.staticReason(p)
 	}
 	return c
+}
+
+// cephReason says that the ready nodes placement p allows lack Ceph,
+// which an instance with volumes needs.
+func cephReason(p *spec.Placement) string {
+	where := "ready node"
+	if len(p.Nodes) > 0 {
+		where += fmt.Sprintf(" in placement.nodes %v", sortedIDs(p.Nodes))
+	}
+	if len(p.Labels) > 0 {
+		where += " carrying labels " + labelString(p.Labels)
+	}
+	return fmt.Sprintf("needs Ceph for volume data: no %s has Ceph configured (start nodes with `blixard serve --ceph-config-file …`, or remove the VM's volumes)", where)
 }
 
 // keep keeps every assigned instance on its node where the rules allow it
@@ -269,7 +301,10 @@ func (s *scheduler) keepable(it *instance) (int32, string) {
 		if len(p.Nodes) > 0 && !slices.Contains(p.Nodes, id) {
 			return -1, fmt.Sprintf("node %d is not in placement.nodes %v", id, sortedIDs(p.Nodes))
 		}
-		return -1, fmt.Sprintf("node %d does not carry labels %s", id, missingLabels(node, p.Labels))
+		if !hasLabels(node, p.Labels) {
+			return -1, fmt.Sprintf("node %d does not carry labels %s", id, missingLabels(node, p.Labels))
+		}
+		return -1, fmt.Sprintf("node %d has no Ceph configured, which the VM's volumes need", id)
 	}
 	if e := s.conflictOn(it.decl, n); e >= 0 {
 		return -1, fmt.Sprintf("anti-affinity with %s, which already runs on node %d", s.decls[e].name, id)

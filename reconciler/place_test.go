@@ -23,6 +23,9 @@ type genConfig struct {
 	readyOnly bool
 	// bigNodes gives nodes room for many VMs (benchmarks).
 	bigNodes bool
+	// volumes is the fraction of declared VMs with a volume; when > 0, two
+	// nodes in three have Ceph.
+	volumes float64
 }
 
 var nodeStates = []replicated.NodeState{
@@ -45,6 +48,7 @@ func randomNodes(r *rand.Rand, cfg genConfig) map[uint64]*replicated.Node {
 			vcpu, mem = 64, 256*1024
 		}
 		n := mkNode(id, st, vcpu, mem)
+		n.Ceph = cfg.volumes > 0 && r.IntN(3) != 0
 		if r.IntN(2) == 0 {
 			n.Labels = map[string]string{"zone": []string{"a", "b", "c"}[r.IntN(3)]}
 			if r.IntN(3) == 0 {
@@ -82,6 +86,9 @@ func randomCluster(r *rand.Rand, cfg genConfig, maxID uint64) *spec.Cluster {
 			case 3:
 				v.Placement.AntiAffinity = []string{names[r.IntN(len(names))], "undeclared"}
 			}
+		}
+		if cfg.volumes > 0 && r.Float64() < cfg.volumes {
+			v = withVolume(v, "data", 64)
 		}
 		c.VMs[name] = v
 	}
@@ -285,6 +292,9 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 		if !hasLabels(n, pl.Labels) {
 			fail("%s on node %d lacking labels %v", a.VM, a.Node, pl.Labels)
 		}
+		if len(desired[a.VM].Volumes) > 0 && !n.Ceph {
+			fail("%s has volumes but is on node %d, which has no Ceph", a.VM, a.Node)
+		}
 		if onNode[a.Node] == nil {
 			onNode[a.Node] = map[string]bool{}
 		}
@@ -354,8 +364,14 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 	if !reflect.DeepEqual(got, want) {
 		fail("changes %v, want %v", got, want)
 	}
-	if p.HasChanges() != (len(want) > 0) {
-		fail("HasChanges() = %v with changes %v", p.HasChanges(), want)
+	// Volumes are created or grown only for placed instances.
+	for _, v := range p.Volumes {
+		if _, ok := byVM[v.VM]; !ok {
+			fail("volume %s/%s listed for %s, which is not placed", v.VM, v.Volume, v.VM)
+		}
+	}
+	if p.HasChanges() != (len(want) > 0 || len(p.Volumes) > 0) {
+		fail("HasChanges() = %v with changes %v and %d volume changes", p.HasChanges(), want, len(p.Volumes))
 	}
 }
 
@@ -369,7 +385,7 @@ func TestComputeProperties(t *testing.T) {
 	}
 	for seed := range uint64(seeds) {
 		r := rand.New(rand.NewPCG(seed, 0xb11a))
-		cfg := genConfig{nodes: r.IntN(12), declared: r.IntN(25), maxReplicas: 4, constrained: 0.4}
+		cfg := genConfig{nodes: r.IntN(12), declared: r.IntN(25), maxReplicas: 4, constrained: 0.4, volumes: 0.3}
 		nodes := randomNodes(r, cfg)
 		maxID := max(maxNodeID(nodes), 1)
 		c := randomCluster(r, cfg, maxID)
@@ -391,6 +407,7 @@ func TestComputeProperties(t *testing.T) {
 			// (d) idempotent: the plan's own assignments need no change.
 			next := in
 			next.Current = asCurrent(p.Assignments, 1000+uint64(step))
+			next.Previous = in.Desired // committed with the plan: its volumes exist
 			p2 := Compute(next)
 			if p2.HasChanges() {
 				t.Fatalf("%s: re-planning a committed plan changes it: %s\n%s", name, p2.Summary(), renderString(p2))

@@ -8,8 +8,9 @@ package reconciler
 //     no longer declared is Removed.
 //  2. Keep what may stay. An assigned instance stays on its node when the node
 //     is still registered and ready or cordoned, is in placement.nodes (when
-//     that list is non-empty), carries every placement.labels entry, runs no
-//     VM the instance has anti-affinity with, and still has room for it after
+//     that list is non-empty), carries every placement.labels entry, has
+//     Ceph configured (replicated.Node.Ceph) when the instance declares
+//     volumes, runs no VM the instance has anti-affinity with, and still has room for it after
 //     the instances kept before it. Kept instances are checked in a fixed
 //     order: those whose resources did not grow first, then the grown ones,
 //     each group by name; so a grown VM that no longer fits is the one that
@@ -17,13 +18,23 @@ package reconciler
 //  3. Place the rest by first-fit decreasing: by memory (largest first), then
 //     vCPU, then name, each on the lowest-id node that is ready (cordoned,
 //     draining and down nodes get no new VMs), satisfies placement.nodes and
-//     placement.labels, has no anti-affinity conflict, and has the free memory
-//     and vCPU (capacity minus everything kept or placed on it so far). An
-//     instance that had another node is Moved, with the reason it left.
+//     placement.labels, has Ceph when the instance declares volumes (their
+//     data lives in RBD images), has no anti-affinity conflict, and has the
+//     free memory and vCPU (capacity minus everything kept or placed on it
+//     so far). An instance that had another node is Moved, with the reason
+//     it left.
 //  4. An instance no node can take is Unschedulable, with a reason a user can
-//     act on. If it had an assignment, that assignment is Removed too (with
-//     the reason it could not stay): a VM never keeps running where the rules
-//     say it may not, even when it has nowhere else to go.
+//     act on (for volumes on a cluster without Ceph: "needs Ceph for volume
+//     data: no ready node has Ceph configured …"). If it had an assignment,
+//     that assignment is Removed too (with the reason it could not stay): a
+//     VM never keeps running where the rules say it may not, even when it
+//     has nowhere else to go. Plan.Volumes lists only placed instances'
+//     volumes, so an unschedulable instance creates no image.
+//
+// An instance kept stopped (autostart = false, `blixard vm stop`) is placed
+// like any other and holds its resources: starting it needs no new plan.
+// Whether it runs is not the planner's business: replicated.Apply derives
+// it (replicated.KeptStopped).
 //
 // Anti-affinity is between declared names and symmetric: when a lists b,
 // no instance of a shares a node with an instance of b. A name listing itself

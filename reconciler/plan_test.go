@@ -34,6 +34,9 @@ func mkNodes(ns ...*replicated.Node) map[uint64]*replicated.Node {
 
 func ready(id uint64) *replicated.Node { return mkNode(id, replicated.NodeReady, 8, 8192) }
 
+// withCeph gives n Ceph, which instances with volumes need.
+func withCeph(n *replicated.Node) *replicated.Node { n.Ceph = true; return n }
+
 func mkVM(out string, vcpu, mem int) spec.VM {
 	return spec.VM{Runner: spec.Runner{Drv: "/nix/store/" + out + ".drv", Out: "/nix/store/" + out},
 		VCPU: vcpu, MemMiB: mem, Replicas: 1, Autostart: true}
@@ -433,6 +436,68 @@ func TestCompute(t *testing.T) {
 			wantNodes:   map[string]uint64{"web-0": 1, "web-1": 2},
 			wantLines:   []string{"→ web-1 moved node 1 → node 2 (anti-affinity with web, which already runs on node 1)"},
 			wantChanges: true,
+		},
+		{
+			name: "a VM with volumes on a cluster without Ceph is unschedulable, saying what to configure",
+			in: Input{
+				Desired: mkCluster(map[string]spec.VM{"db": withVolume(mkVM("db", 1, 1024), "data", 64), "web": mkVM("web", 1, 1024)}),
+				Nodes:   mkNodes(ready(1), ready(2)),
+			},
+			wantNodes: map[string]uint64{"web": 1},
+			wantLines: []string{
+				"+ web → node 1 (/nix/store/web, 1 vCPU, 1024 MiB)",
+				"! db: unschedulable: needs Ceph for volume data: no ready node has Ceph configured (start nodes with `blixard serve --ceph-config-file …`, or remove the VM's volumes)",
+			},
+			wantChanges: true,
+		},
+		{
+			name: "a VM with volumes goes to the node with Ceph, skipping lower ids without it",
+			in: Input{
+				Desired: mkCluster(map[string]spec.VM{"db": withVolume(mkVM("db", 1, 1024), "data", 64)}),
+				Nodes:   mkNodes(ready(1), withCeph(ready(2))),
+			},
+			wantNodes: map[string]uint64{"db": 2},
+			wantLines: []string{
+				"+ db → node 2 (/nix/store/db, 1 vCPU, 1024 MiB)",
+				"+ volume db/data: RBD image rbd/test.db.data, 64 MiB (created unless it exists)",
+			},
+			wantChanges: true,
+		},
+		{
+			name: "a VM with volumes leaves a node without Ceph for one with it",
+			in: Input{
+				Desired: mkCluster(map[string]spec.VM{"db": withVolume(mkVM("db", 1, 1024), "data", 64)}),
+				Nodes:   mkNodes(ready(1), withCeph(ready(2))),
+				Current: mkCurrent(mkAssign("db", 1, "db", 1, 1024, 3)),
+			},
+			wantNodes: map[string]uint64{"db": 2},
+			wantLines: []string{
+				"→ db moved node 1 → node 2 (node 1 has no Ceph configured, which the VM's volumes need)",
+				"+ volume db/data: RBD image rbd/test.db.data, 64 MiB (created unless it exists)",
+			},
+			wantChanges: true,
+		},
+		{
+			name: "Ceph only on nodes the placement rules out names the rules in the reason",
+			in: Input{
+				Desired: mkCluster(map[string]spec.VM{"db": withPlacement(withVolume(mkVM("db", 1, 1024), "data", 64),
+					spec.Placement{Nodes: []uint64{2, 1}, Labels: map[string]string{"disk": "ssd"}})}),
+				Nodes: mkNodes(mkNode(1, isReady, 8, 8192, "disk=ssd"), withCeph(ready(2)), withCeph(mkNode(3, isReady, 8, 8192, "disk=ssd"))),
+			},
+			wantNodes: map[string]uint64{},
+			wantLines: []string{
+				"! db: unschedulable: needs Ceph for volume data: no ready node in placement.nodes [1 2] carrying labels disk=ssd has Ceph configured (start nodes with `blixard serve --ceph-config-file …`, or remove the VM's volumes)",
+			},
+		},
+		{
+			name: "placement that no ready node satisfies keeps its own reason, Ceph or not",
+			in: Input{
+				Desired: mkCluster(map[string]spec.VM{"db": withPlacement(withVolume(mkVM("db", 1, 1024), "data", 64),
+					spec.Placement{Labels: map[string]string{"zone": "x"}})}),
+				Nodes: mkNodes(withCeph(ready(1))),
+			},
+			wantNodes: map[string]uint64{},
+			wantLines: []string{"! db: unschedulable: no ready node carries labels zone=x"},
 		},
 		{
 			name: "unschedulable alone is not a change",

@@ -25,9 +25,9 @@ func renderInput() Input {
 			"pinned": withPlacement(mkVM("pinned", 1, 512), spec.Placement{Nodes: []uint64{2}}),
 		}),
 		Nodes: mkNodes(
-			mkNode(1, replicated.NodeReady, 4, 4096),
-			mkNode(2, replicated.NodeDraining, 8, 8192),
-			mkNode(3, replicated.NodeReady, 4, 3072),
+			withCeph(mkNode(1, replicated.NodeReady, 4, 4096)),
+			withCeph(mkNode(2, replicated.NodeDraining, 8, 8192)),
+			withCeph(mkNode(3, replicated.NodeReady, 4, 3072)),
 		),
 		Current: mkCurrent(
 			mkAssign("db", 1, "db-old", 2, 2048, 4),

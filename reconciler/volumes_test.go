@@ -20,33 +20,40 @@ func withVolume(v spec.VM, name string, sizeMiB int) spec.VM {
 }
 
 func TestPlanVolumes(t *testing.T) {
-	nodes := mkNodes(mkNode(1, replicated.NodeReady, 8, 8192))
+	nodes := mkNodes(withCeph(mkNode(1, replicated.NodeReady, 8, 8192)))
 	tests := []struct {
 		name     string
 		previous map[string]spec.VM // nil: no committed spec
 		desired  map[string]spec.VM
 		want     []VolumeChange
+		nodes    map[uint64]*replicated.Node // nil: node 1, with Ceph
 	}{
 		{"first plan creates every volume", nil,
 			map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 1024)},
-			[]VolumeChange{{VM: "db", Volume: "data", Image: "test.db.data", Pool: "rbd", SizeMiB: 1024}}},
+			[]VolumeChange{{VM: "db", Volume: "data", Image: "test.db.data", Pool: "rbd", SizeMiB: 1024}}, nil},
 		{"a larger size grows the volume", map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 1024)},
 			map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 2048)},
-			[]VolumeChange{{VM: "db", Volume: "data", Image: "test.db.data", Pool: "rbd", SizeMiB: 2048, OldSizeMiB: 1024}}},
+			[]VolumeChange{{VM: "db", Volume: "data", Image: "test.db.data", Pool: "rbd", SizeMiB: 2048, OldSizeMiB: 1024}}, nil},
 		{"an unchanged volume is not listed", map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 1024)},
-			map[string]spec.VM{"db": withVolume(mkVM("db-2", 1, 512), "data", 1024)}, nil},
+			map[string]spec.VM{"db": withVolume(mkVM("db-2", 1, 512), "data", 1024)}, nil, nil},
 		{"replicas get one image each", nil,
 			map[string]spec.VM{"web": withReplicas(withVolume(mkVM("web", 1, 512), "data", 64), 2)},
 			[]VolumeChange{
 				{VM: "web-0", Volume: "data", Image: "test.web-0.data", Pool: "rbd", SizeMiB: 64},
 				{VM: "web-1", Volume: "data", Image: "test.web-1.data", Pool: "rbd", SizeMiB: 64},
-			}},
+			}, nil},
 		{"an unschedulable VM's volume is not created", nil,
-			map[string]spec.VM{"big": withVolume(mkVM("big", 1, 99999), "data", 64)}, nil},
+			map[string]spec.VM{"big": withVolume(mkVM("big", 1, 99999), "data", 64)}, nil, nil},
+		{"a VM unschedulable for want of Ceph creates no volume", nil,
+			map[string]spec.VM{"db": withVolume(mkVM("db", 1, 512), "data", 1024)}, nil,
+			mkNodes(mkNode(1, replicated.NodeReady, 8, 8192))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := Input{Desired: mkCluster(tt.desired), Nodes: nodes}
+			if tt.nodes != nil {
+				in.Nodes = tt.nodes
+			}
 			if tt.previous != nil {
 				in.Previous = mkCluster(tt.previous)
 			}

@@ -28,6 +28,9 @@ const (
 	ResultUnknownNode
 	// ResultUndecodable: the Raft entry is not a command this build can decode.
 	ResultUndecodable
+	// ResultUnknownVM: the command names a VM that is neither an instance
+	// nor a declared VM of the current revision.
+	ResultUnknownVM
 )
 
 // String is the code's stable, lower-case name.
@@ -43,6 +46,8 @@ func (c ResultCode) String() string {
 		return "unknown-node"
 	case ResultUndecodable:
 		return "undecodable"
+	case ResultUnknownVM:
+		return "unknown-vm"
 	}
 	return fmt.Sprintf("code-%d", uint64(c))
 }
@@ -84,6 +89,8 @@ const (
 	EventFetchFailed      = "FetchFailed"
 	EventConditionCleared = "ConditionCleared"
 	EventHistoryRewritten = "HistoryRewritten"
+	EventSignatureRefused = "SignatureRefused"
+	EventVMRunState       = "VMRunStateChanged"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
@@ -113,6 +120,8 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 		return s.applyClearCondition(index, at, cmd.ClearCondition)
 	case CmdSetNodeState:
 		return s.applySetNodeState(index, at, cmd.SetNodeState)
+	case CmdSetVMRunState:
+		return s.applySetVMRunState(index, at, cmd.SetVMRunState)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
@@ -167,6 +176,9 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	n.Capacity = c.Capacity
 	n.Labels = nilIfEmptyMap(maps.Clone(c.Labels))
 	n.CephAddrs = nilIfEmpty(slices.Clone(c.CephAddrs))
+	// Registered addresses mean Ceph too: nodes registered by a build
+	// without the Ceph field keep their volumes.
+	n.Ceph = c.Ceph || len(c.CephAddrs) > 0
 	msg := fmt.Sprintf("node %d %s: vcpu %d, memMiB %d", c.ID, verb, c.Capacity.VCPU, c.Capacity.MemMiB)
 	if c.RaftAddr != "" {
 		msg += ", raft " + c.RaftAddr
@@ -210,6 +222,15 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 
 	n.LastHeartbeatSeq++
 	n.LastHeartbeatAt = at
+	// The clients of the node's volumes come and go with its VMs (a daemon
+	// per volume, restarted when it dies): each is added to the node's
+	// addresses, none is dropped before the node registers again, so a
+	// fence blocklists every client that may still write.
+	for _, a := range c.CephAddrs {
+		if a != "" && !slices.Contains(n.CephAddrs, a) {
+			n.CephAddrs = append(n.CephAddrs, a)
+		}
+	}
 	for vm, st := range s.Observed {
 		if st.Node == c.ID && !seen[vm] {
 			delete(s.Observed, vm)
@@ -274,6 +295,18 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	if s.Revision != nil {
 		prevCommit = s.Revision.Commit
 	}
+	desired := cloneCluster(c.Spec)
+	canonicalCluster(desired)
+	unschedulable := nilIfEmpty(slices.Clone(c.Unschedulable))
+	slices.SortFunc(unschedulable, func(x, y Unschedulable) int { return strings.Compare(x.VM, y.VM) })
+	// The operators' choices stay for the instances the plan still has
+	// (placed or not) and are forgotten with the others.
+	var controls map[string]RunControl
+	for _, u := range unschedulable {
+		if rc, ok := s.RunControls[u.VM]; ok {
+			controls = putControl(controls, u.VM, rc)
+		}
+	}
 	assignments := make(map[string]Assignment, len(c.Assignments))
 	for _, a := range c.Assignments {
 		a.Generation = index
@@ -281,10 +314,14 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 			a.Generation = old.Generation
 		}
 		a.Volumes = nilIfEmpty(slices.Clone(a.Volumes))
+		rc, ok := s.RunControls[a.VM]
+		if ok {
+			controls = putControl(controls, a.VM, rc)
+		}
+		a.Stopped = KeptStopped(autostart(desired, a), rc.Want)
+		a.Restart = rc.Restart
 		assignments[a.VM] = a
 	}
-	unschedulable := nilIfEmpty(slices.Clone(c.Unschedulable))
-	slices.SortFunc(unschedulable, func(x, y Unschedulable) int { return strings.Compare(x.VM, y.VM) })
 	rev := Revision{
 		ID:          index,
 		Parent:      c.Parent,
@@ -294,19 +331,22 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 		CommittedAt: at,
 		Summary:     c.Summary,
 		Rewrote:     c.Rewrote,
+		Signer:      c.Signer,
 	}
 	s.Revision = &rev
 	s.History = appendBounded(s.History, rev, MaxRevisionHistory)
-	desired := cloneCluster(c.Spec)
-	canonicalCluster(desired)
 	s.Desired = desired
 	s.Assignments = assignments
 	s.Unschedulable = unschedulable
+	s.RunControls = controls
 	// A plan of another commit supersedes the recorded eval error, and so does
 	// a plan of the very commit that failed. A re-plan of the running commit
 	// (say, after a node change) keeps a newer commit's error visible.
-	if e, ok := s.Condition(EvalFailed); ok && (c.Commit != prevCommit || c.Commit == e.Commit) {
-		s.removeCondition(EvalFailed)
+	// The same holds for a refused signature.
+	for _, t := range []ConditionType{EvalFailed, SignatureRefused} {
+		if e, ok := s.Condition(t); ok && (c.Commit != prevCommit || c.Commit == e.Commit) {
+			s.removeCondition(t)
+		}
 	}
 	if c.Rewrote != "" {
 		s.event(index, at, EventHistoryRewritten, fmt.Sprintf("history rewritten (force-push): commit %s was replaced; revision %d follows commit %s",
@@ -315,6 +355,9 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	msg := fmt.Sprintf("revision %d (parent %d) of commit %s", index, c.Parent, c.Commit)
 	if c.Ref != "" {
 		msg += " (" + c.Ref + ")"
+	}
+	if c.Signer != "" {
+		msg += ", signed by " + c.Signer
 	}
 	if c.Summary != "" {
 		msg += ": " + c.Summary
@@ -338,7 +381,7 @@ func (s *State) removeCondition(t ConditionType) {
 }
 
 func validConditionType(t ConditionType) bool {
-	return t == FetchFailed || t == EvalFailed
+	return t == FetchFailed || t == EvalFailed || t == SignatureRefused
 }
 
 // applySetCondition makes a condition true. Since is kept while the
@@ -346,7 +389,7 @@ func validConditionType(t ConditionType) bool {
 // it says across repeated records.
 func (s *State) applySetCondition(index uint64, at time.Time, c *SetCondition) Result {
 	if !validConditionType(c.Type) {
-		return s.reject(ResultInvalid, fmt.Sprintf("SetCondition: type %q is not one of FetchFailed, EvalFailed", c.Type))
+		return s.reject(ResultInvalid, fmt.Sprintf("SetCondition: type %q is not one of FetchFailed, EvalFailed, SignatureRefused", c.Type))
 	}
 	if c.Message == "" {
 		return s.reject(ResultInvalid, fmt.Sprintf("SetCondition: %s of commit %s: the message is empty", c.Type, c.Commit))
@@ -364,8 +407,11 @@ func (s *State) applySetCondition(index uint64, at time.Time, c *SetCondition) R
 		first += " …"
 	}
 	kind := EventEvalFailed
-	if c.Type == FetchFailed {
+	switch c.Type {
+	case FetchFailed:
 		kind = EventFetchFailed
+	case SignatureRefused:
+		kind = EventSignatureRefused
 	}
 	s.event(index, at, kind, fmt.Sprintf("commit %s: %s", orNone(c.Commit), first))
 	return s.ok("%s of commit %s recorded; revision %d stays", c.Type, orNone(c.Commit), s.revisionID())
@@ -373,7 +419,7 @@ func (s *State) applySetCondition(index uint64, at time.Time, c *SetCondition) R
 
 func (s *State) applyClearCondition(index uint64, at time.Time, c *ClearCondition) Result {
 	if !validConditionType(c.Type) {
-		return s.reject(ResultInvalid, fmt.Sprintf("ClearCondition: type %q is not one of FetchFailed, EvalFailed", c.Type))
+		return s.reject(ResultInvalid, fmt.Sprintf("ClearCondition: type %q is not one of FetchFailed, EvalFailed, SignatureRefused", c.Type))
 	}
 	if _, ok := s.Condition(c.Type); !ok {
 		return s.ok("%s is not set", c.Type)
@@ -425,5 +471,146 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 		msg += "; fenced " + strings.Join(c.Fenced, ", ")
 	}
 	s.event(index, at, EventNodeStateChanged, msg)
+	return s.ok("%s", msg)
+}
+
+// autostart is the flake's autostart of a's declared VM; true when the
+// spec does not declare it (a plan made without one).
+func autostart(desired *spec.Cluster, a Assignment) bool {
+	declared := a.Declared
+	if declared == "" {
+		declared = a.VM
+	}
+	if desired == nil {
+		return true
+	}
+	vm, ok := desired.VMs[declared]
+	return !ok || vm.Autostart
+}
+
+func putControl(m map[string]RunControl, vm string, rc RunControl) map[string]RunControl {
+	if m == nil {
+		m = map[string]RunControl{}
+	}
+	m[vm] = rc
+	return m
+}
+
+// instancesNamed resolves name to the instances of the current revision:
+// the instance of that name, else every instance of the declared VM of that
+// name (its replicas). The revision's instances are its assignments and its
+// unschedulable instances. The result is sorted; nil when name is unknown.
+func (s *State) instancesNamed(name string) []string {
+	if _, ok := s.Assignments[name]; ok {
+		return []string{name}
+	}
+	for _, u := range s.Unschedulable {
+		if u.VM == name {
+			return []string{name}
+		}
+	}
+	var out []string
+	for vm, a := range s.Assignments {
+		if a.Declared == name {
+			out = append(out, vm)
+		}
+	}
+	for _, u := range s.Unschedulable {
+		if u.Declared == name {
+			out = append(out, u.VM)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// instance is the assignment of instance vm, or for an unschedulable
+// instance its name and declared name.
+func (s *State) instance(vm string) Assignment {
+	if a, ok := s.Assignments[vm]; ok {
+		return a
+	}
+	for _, u := range s.Unschedulable {
+		if u.VM == vm {
+			return Assignment{VM: vm, Declared: u.Declared}
+		}
+	}
+	return Assignment{VM: vm}
+}
+
+// applySetVMRunState records an operator's run-state choice for the
+// instances name resolves to and derives their assignments' Stopped and
+// Restart from it. A restart is refused unless every instance is then
+// wanted running: restarting a VM kept stopped would start it behind the
+// operator's back.
+func (s *State) applySetVMRunState(index uint64, at time.Time, c *SetVMRunState) Result {
+	switch {
+	case c.VM == "":
+		return s.reject(ResultInvalid, "SetVMRunState: no VM named; name an instance (web-1) or a declared VM (web)")
+	case c.Want != "" && c.Want != RunStateRunning && c.Want != RunStateStopped:
+		return s.reject(ResultInvalid, fmt.Sprintf("SetVMRunState: VM %q: want %q is not one of running, stopped", c.VM, c.Want))
+	case c.Want == "" && !c.Restart:
+		return s.reject(ResultInvalid, fmt.Sprintf("SetVMRunState: VM %q: nothing to do (set want or restart)", c.VM))
+	}
+	names := s.instancesNamed(c.VM)
+	if len(names) == 0 {
+		return s.reject(ResultUnknownVM, fmt.Sprintf(
+			"SetVMRunState: VM %q is neither an instance nor a declared VM of revision %d; see `blixard status` for the VMs",
+			c.VM, s.revisionID()))
+	}
+	want := func(vm string) RunState {
+		if c.Want != "" {
+			return c.Want
+		}
+		return s.RunControls[vm].Want
+	}
+	if c.Restart {
+		var stopped []string
+		for _, vm := range names {
+			if KeptStopped(autostart(s.Desired, s.instance(vm)), want(vm)) != "" {
+				stopped = append(stopped, vm)
+			}
+		}
+		if len(stopped) > 0 {
+			return s.reject(ResultInvalid, fmt.Sprintf(
+				"SetVMRunState: cannot restart %s: kept stopped (autostart = false or `blixard vm stop`); start it with `blixard vm start %s`",
+				strings.Join(stopped, ", "), stopped[0]))
+		}
+	}
+	changed := false
+	for _, vm := range names {
+		rc := s.RunControls[vm]
+		old := rc
+		rc.Want = want(vm)
+		if c.Restart {
+			rc.Restart = index
+		}
+		if rc.Want == old.Want && rc.Restart == old.Restart {
+			continue
+		}
+		changed = true
+		rc.At = at
+		s.RunControls = putControl(s.RunControls, vm, rc)
+		if a, ok := s.Assignments[vm]; ok {
+			a.Stopped = KeptStopped(autostart(s.Desired, a), rc.Want)
+			a.Restart = rc.Restart
+			s.Assignments[vm] = a
+		}
+	}
+	what := "wanted " + string(c.Want)
+	switch {
+	case c.Want != "" && c.Restart:
+		what += ", restarted"
+	case c.Restart:
+		what = "restarted"
+	}
+	if !changed {
+		return s.ok("%s: already %s", strings.Join(names, ", "), what)
+	}
+	msg := fmt.Sprintf("%s: %s", strings.Join(names, ", "), what)
+	if c.Restart {
+		msg += fmt.Sprintf(" (restart %d)", index)
+	}
+	s.event(index, at, EventVMRunState, msg)
 	return s.ok("%s", msg)
 }

@@ -395,3 +395,26 @@ func TestIsThisPlanRecognisesARetriedCommitPlan(t *testing.T) {
 		t.Error("a state without revision has no plan")
 	}
 }
+
+func TestKeptStopped(t *testing.T) {
+	tests := []struct {
+		name      string
+		autostart bool
+		want      RunState
+		stopped   StopReason
+	}{
+		{"autostart without a choice runs", true, "", ""},
+		{"autostart = false without a choice is kept stopped by autostart", false, "", StoppedByAutostart},
+		{"vm start beats autostart = false", false, RunStateRunning, ""},
+		{"vm start with autostart runs", true, RunStateRunning, ""},
+		{"vm stop beats autostart", true, RunStateStopped, StoppedByOperator},
+		{"vm stop with autostart = false is kept stopped by the operator", false, RunStateStopped, StoppedByOperator},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := KeptStopped(tt.autostart, tt.want); got != tt.stopped {
+				t.Errorf("KeptStopped(%t, %q) = %q, want %q", tt.autostart, tt.want, got, tt.stopped)
+			}
+		})
+	}
+}

@@ -47,6 +47,7 @@ func (s *State) Clone() *State {
 	c.Unschedulable = slices.Clone(s.Unschedulable)
 	c.Conditions = slices.Clone(s.Conditions)
 	c.Events = slices.Clone(s.Events)
+	c.RunControls = maps.Clone(s.RunControls)
 	return &c
 }
 
@@ -93,6 +94,7 @@ func canonicalCommand(cmd *Command) {
 		cmd.RegisterNode.CephAddrs = nilIfEmpty(cmd.RegisterNode.CephAddrs)
 	case cmd.NodeHeartbeat != nil:
 		cmd.NodeHeartbeat.Statuses = nilIfEmpty(cmd.NodeHeartbeat.Statuses)
+		cmd.NodeHeartbeat.CephAddrs = nilIfEmpty(cmd.NodeHeartbeat.CephAddrs)
 	case cmd.CommitPlan != nil:
 		canonicalCluster(cmd.CommitPlan.Spec)
 		cmd.CommitPlan.Unschedulable = nilIfEmpty(cmd.CommitPlan.Unschedulable)

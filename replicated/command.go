@@ -67,6 +67,7 @@ func checkEnvelope(cmd *Command) error {
 		{CmdSetCondition, cmd.SetCondition != nil},
 		{CmdClearCondition, cmd.ClearCondition != nil},
 		{CmdSetNodeState, cmd.SetNodeState != nil},
+		{CmdSetVMRunState, cmd.SetVMRunState != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -78,7 +79,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

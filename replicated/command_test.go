@@ -33,6 +33,7 @@ func sampleCommands() []Command {
 		cmdAt(at, Command{Type: CmdSetCondition, SetCondition: &SetCondition{Type: EvalFailed, Commit: "def", Message: "boom"}}),
 		cmdAt(at, Command{Type: CmdClearCondition, ClearCondition: &ClearCondition{Type: FetchFailed}}),
 		cmdAt(at, Command{Type: CmdSetNodeState, SetNodeState: &SetNodeState{ID: 1, State: NodeDraining}}),
+		cmdAt(at, Command{Type: CmdSetVMRunState, SetVMRunState: &SetVMRunState{VM: "web", Want: RunStateStopped, Restart: true}}),
 	}
 }
 

@@ -24,10 +24,14 @@ import (
 //
 // Commands:
 //
-//	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…]
+//	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…] [cephnode]
 //	heartbeat id=1 [status=vm:phase[:booted],…]
 //	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…]
-//	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [rewrote=SHA] [nospec]
+//	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [rewrote=SHA] [signer=S] [nospec]
+//	            [replicas=web:N,…] [noautostart=vm,…]
+//	            replicas: the instances web-0…web-N-1 (assigned or unschedulable) are
+//	            replicas of declared VM web; noautostart: declared VMs with autostart = false
+//	vm-run-state vm=NAME [want=running|stopped] [restart]   SetVMRunState
 //	commit-plans n=N [assign=vm:node,…]     N chained plans (commit c1…cN); prints the last result
 //	record-eval-error commit=SHA [msg=M]      SetCondition EvalFailed (or the message as the input block)
 //	set-condition type=T [commit=SHA] [msg=M] [retryable]
@@ -74,6 +78,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		if v := strArg(t, d, "ceph"); v != "" {
 			c.CephAddrs = strings.Split(v, ",")
 		}
+		c.Ceph = d.HasArg("cephnode")
 		return h.propose(t, d, Command{Type: CmdRegisterNode, RegisterNode: c})
 
 	case "heartbeat":
@@ -92,6 +97,9 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 				c.Statuses = append(c.Statuses, st)
 			}
 		}
+		if v := strArg(t, d, "ceph"); v != "" {
+			c.CephAddrs = strings.Split(v, ",")
+		}
 		return h.propose(t, d, Command{Type: CmdNodeHeartbeat, NodeHeartbeat: c})
 
 	case "commit-plan":
@@ -102,6 +110,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.MaybeScanArgs(t, "hash", &c.EvalHash)
 		d.MaybeScanArgs(t, "summary", &c.Summary)
 		d.MaybeScanArgs(t, "rewrote", &c.Rewrote)
+		d.MaybeScanArgs(t, "signer", &c.Signer)
 		c.Assignments, c.Spec = planArgs(t, strArg(t, d, "assign"), strArg(t, d, "runner"))
 		if v := strArg(t, d, "mem"); v != "" {
 			for _, vm := range strings.Split(v, ",") {
@@ -130,10 +139,30 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 				c.Unschedulable = append(c.Unschedulable, Unschedulable{VM: vm, Reason: reason})
 			}
 		}
+		if v := strArg(t, d, "replicas"); v != "" {
+			for _, r := range strings.Split(v, ",") {
+				declared, n, _ := strings.Cut(r, ":")
+				replicas, _ := strconv.Atoi(n)
+				asReplicas(c, declared, replicas)
+			}
+		}
+		if v := strArg(t, d, "noautostart"); v != "" {
+			for _, vm := range strings.Split(v, ",") {
+				x := c.Spec.VMs[vm]
+				x.Autostart = false
+				c.Spec.VMs[vm] = x
+			}
+		}
 		if d.HasArg("nospec") {
 			c.Spec = nil
 		}
 		return h.propose(t, d, Command{Type: CmdCommitPlan, CommitPlan: c})
+
+	case "vm-run-state":
+		c := &SetVMRunState{Restart: d.HasArg("restart")}
+		d.MaybeScanArgs(t, "vm", &c.VM)
+		c.Want = RunState(strArg(t, d, "want"))
+		return h.propose(t, d, Command{Type: CmdSetVMRunState, SetVMRunState: c})
 
 	case "commit-plans":
 		var n int
@@ -250,6 +279,31 @@ func planArgs(t *testing.T, assign, runner string) ([]Assignment, *spec.Cluster)
 	return as, sp
 }
 
+// asReplicas makes the instances declared-0 … declared-(n-1) of c
+// replicas of one declared VM: their Declared name and one spec entry.
+func asReplicas(c *CommitPlan, declared string, n int) {
+	var vm spec.VM
+	for i := range n {
+		name := fmt.Sprintf("%s-%d", declared, i)
+		for j := range c.Assignments {
+			if c.Assignments[j].VM == name {
+				c.Assignments[j].Declared = declared
+			}
+		}
+		for j := range c.Unschedulable {
+			if c.Unschedulable[j].VM == name {
+				c.Unschedulable[j].Declared = declared
+			}
+		}
+		if x, ok := c.Spec.VMs[name]; ok {
+			vm = x
+			delete(c.Spec.VMs, name)
+		}
+	}
+	vm.Replicas, vm.Autostart = n, true
+	c.Spec.VMs[declared] = vm
+}
+
 func (h *harness) propose(t *testing.T, d *datadriven.TestData, cmd Command) string {
 	cmd.At = ddBase.Add(time.Duration(h.index+1) * time.Second)
 	if v := strArg(t, d, "at"); v != "" {
@@ -291,6 +345,9 @@ func renderState(s *State) string {
 		if r.Rewrote != "" {
 			fmt.Fprintf(&b, "  rewrote=%s\n", r.Rewrote)
 		}
+		if r.Signer != "" {
+			fmt.Fprintf(&b, "  signer=%q\n", r.Signer)
+		}
 	} else {
 		b.WriteString("revision none\n")
 	}
@@ -319,6 +376,8 @@ func renderState(s *State) string {
 		}
 		if len(n.CephAddrs) > 0 {
 			fmt.Fprintf(&b, " ceph=%s", strings.Join(n.CephAddrs, ","))
+		} else if n.Ceph {
+			b.WriteString(" ceph=(no addresses)")
 		}
 		fmt.Fprintf(&b, " hb=%d", n.LastHeartbeatSeq)
 		if !n.LastHeartbeatAt.IsZero() {
@@ -335,7 +394,17 @@ func renderState(s *State) string {
 		for _, v := range a.Volumes {
 			fmt.Fprintf(&b, " vol=%s:%d", v.Name, v.SizeMiB)
 		}
+		if a.Stopped != "" {
+			fmt.Fprintf(&b, " stopped=%s", a.Stopped)
+		}
+		if a.Restart != 0 {
+			fmt.Fprintf(&b, " restart=%d", a.Restart)
+		}
 		b.WriteString("\n")
+	}
+	for _, vm := range sortedKeys(s.RunControls) {
+		rc := s.RunControls[vm]
+		fmt.Fprintf(&b, "run-control %s want=%s restart=%d at=%s\n", vm, orNone(string(rc.Want)), rc.Restart, rc.At.Format(time.TimeOnly))
 	}
 	for _, vm := range sortedKeys(s.Observed) {
 		o := s.Observed[vm]

@@ -1,7 +1,8 @@
 // Package replicated is Blixard's replicated state as pure data: the nodes,
 // the current revision and its bounded history, the desired spec, the
 // assignments with the planner's whole outcome (instance specs, generations,
-// unschedulable instances), the observed VM statuses, the source's
+// unschedulable instances), the observed VM statuses, the operators'
+// run-state choices (`blixard vm start|stop|restart`), the source's
 // conditions (FetchFailed, EvalFailed) and a bounded event log; the
 // versioned commands that change it; and its snapshot encoding.
 //

@@ -40,8 +40,14 @@ type Node struct {
 	Capacity Resources         `json:"capacity"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	State    NodeState         `json:"state"`
-	// CephAddrs are the node's Ceph client addresses, for fencing.
+	// CephAddrs are the node's Ceph client addresses, for fencing: the ones
+	// it registered, and those its heartbeats reported since (the clients
+	// of its volumes), until it registers again.
 	CephAddrs []string `json:"cephAddrs,omitempty"`
+	// Ceph: the node is configured for Ceph (serve --ceph-config-file …),
+	// so it can attach RBD volumes; placement puts instances with volumes
+	// only on such nodes.
+	Ceph bool `json:"ceph,omitempty"`
 	// Fenced are the addresses the leader blocklisted when it marked the node
 	// down; cleared when the node is made ready again.
 	Fenced []string `json:"fenced,omitempty"`
@@ -68,6 +74,11 @@ type Revision struct {
 	// Rewrote is the commit a force-push replaced on the tracked ref before
 	// this revision's commit was fetched ("" when history was not rewritten).
 	Rewrote string `json:"rewrote,omitempty"`
+	// Signer is who signed Commit, as the leader verified it against the
+	// trust files (`serve --trust`): the trusted name and key, such as
+	// "alice@example.org (SSH key SHA256:…)". "" when no trust files are
+	// configured, so commits are deployed unverified.
+	Signer string `json:"signer,omitempty"`
 }
 
 // Assignment places one VM instance on one node. It carries everything the
@@ -88,6 +99,16 @@ type Assignment struct {
 	// Generation is the Raft index of the CommitPlan that last changed this
 	// assignment (see [Assignment.SameWorkload]); unchanged ones keep theirs.
 	Generation uint64 `json:"generation"`
+	// Stopped says the instance is placed (it holds its node's resources)
+	// but kept stopped, and why; "" means it runs. Apply derives it from
+	// the flake's autostart and the operator's choice with [KeptStopped],
+	// when a plan commits and on [SetVMRunState]; a plan's value is ignored.
+	Stopped StopReason `json:"stopped,omitempty"`
+	// Restart is the Raft index of the instance's last `blixard vm
+	// restart` (0: none). The agent restarts a running instance once for
+	// each new value, and reports the value it carried out
+	// ([VMStatus.Restart]). Set by Apply, like Stopped.
+	Restart uint64 `json:"restart,omitempty"`
 }
 
 // SameWorkload reports whether a and b run the same instance the same way:
@@ -97,6 +118,68 @@ type Assignment struct {
 func (a Assignment) SameWorkload(b Assignment) bool {
 	return a.Declared == b.Declared && a.Drv == b.Drv && a.OutPath == b.OutPath &&
 		a.VCPU == b.VCPU && a.MemMiB == b.MemMiB && slices.Equal(a.Volumes, b.Volumes)
+}
+
+// RunState is whether an operator wants an instance running or stopped
+// (`blixard vm start|stop`); "" is no choice: the flake's autostart decides.
+type RunState string
+
+const (
+	RunStateRunning RunState = "running"
+	RunStateStopped RunState = "stopped"
+)
+
+// StopReason says why a placed instance is kept stopped ("" when it runs).
+type StopReason string
+
+const (
+	// StoppedByAutostart: the flake says autostart = false and no
+	// `blixard vm start` was given since.
+	StoppedByAutostart StopReason = "autostart"
+	// StoppedByOperator: `blixard vm stop`.
+	StoppedByOperator StopReason = "operator"
+)
+
+// Why says in words why an instance is kept stopped ("" when it runs).
+func (r StopReason) Why() string {
+	switch r {
+	case "":
+		return ""
+	case StoppedByAutostart:
+		return "autostart = false in the flake"
+	case StoppedByOperator:
+		return "stopped with `blixard vm stop`"
+	}
+	return string(r)
+}
+
+// KeptStopped is the one run-state rule: whether an instance of a VM
+// declared with autostart, for which the operator chose want, is kept
+// stopped, and why. The operator's choice wins over the flake, so a new
+// revision (even one that flips autostart) never undoes a `blixard vm
+// start` or `stop`; without a choice, autostart = false keeps it stopped.
+func KeptStopped(autostart bool, want RunState) StopReason {
+	switch want {
+	case RunStateRunning:
+		return ""
+	case RunStateStopped:
+		return StoppedByOperator
+	}
+	if !autostart {
+		return StoppedByAutostart
+	}
+	return ""
+}
+
+// RunControl is what the operator asked of one instance. It is kept while
+// the instance is desired (assigned or unschedulable) and forgotten with it.
+type RunControl struct {
+	// Want is the chosen run state; "" follows the flake's autostart.
+	Want RunState `json:"want,omitempty"`
+	// Restart is the Raft index of the last restart asked for (0: none).
+	Restart uint64 `json:"restart,omitempty"`
+	// At is when it last changed (the proposer's clock).
+	At time.Time `json:"at"`
 }
 
 // Unschedulable is a desired instance that no node can take, and why.
@@ -123,12 +206,16 @@ const (
 
 // VMStatus is what an agent observed about a VM.
 type VMStatus struct {
-	VM         string    `json:"vm"`
-	Node       uint64    `json:"node"`
-	Phase      Phase     `json:"phase"`
-	BootedOut  string    `json:"bootedOut,omitempty"`
-	Message    string    `json:"message,omitempty"`
-	Generation uint64    `json:"generation"` // the assignment generation the agent acted on
+	VM         string `json:"vm"`
+	Node       uint64 `json:"node"`
+	Phase      Phase  `json:"phase"`
+	BootedOut  string `json:"bootedOut,omitempty"`
+	Message    string `json:"message,omitempty"`
+	Generation uint64 `json:"generation"` // the assignment generation the agent acted on
+	// Restart is the last [Assignment.Restart] the agent carried out (a
+	// start counts): a restarted agent reads it back, so it neither
+	// repeats a restart nor misses one asked for while it was down.
+	Restart    uint64    `json:"restart,omitempty"`
 	ObservedAt time.Time `json:"observedAt"`
 }
 
@@ -143,6 +230,11 @@ const (
 	// EvalFailed: the newest fetched commit does not evaluate to a valid
 	// spec (nix error, invalid spec, volume shrink); it is not deployed.
 	EvalFailed ConditionType = "EvalFailed"
+	// SignatureRefused: the newest fetched commit is not signed by a key
+	// of the trust files (unsigned, an unknown key, a bad signature), so it
+	// was not evaluated and is not deployed; the message names the signer
+	// and why. It is final for that commit.
+	SignatureRefused ConditionType = "SignatureRefused"
 )
 
 // Condition is a fact about the cluster's source that every node shows the
@@ -150,7 +242,8 @@ const (
 type Condition struct {
 	Type ConditionType `json:"type"`
 	// Commit is the commit it concerns (EvalFailed: the commit that failed;
-	// FetchFailed: the last commit fetched before, if any).
+	// SignatureRefused: the commit refused; FetchFailed: the last commit
+	// fetched before, if any).
 	Commit  string `json:"commit,omitempty"`
 	Message string `json:"message"`
 	// Retryable: the failure may go away on retry (a timeout, an
@@ -187,6 +280,9 @@ type State struct {
 	// Conditions are the source's failures that are true now, sorted by type.
 	Conditions []Condition `json:"conditions"`
 	Events     []Event     `json:"events"` // oldest first, bounded
+	// RunControls are the operators' choices by instance name (see
+	// [SetVMRunState]); nil when there are none.
+	RunControls map[string]RunControl `json:"runControls,omitempty"`
 }
 
 // CommandType names a command.
@@ -199,6 +295,7 @@ const (
 	CmdSetCondition   CommandType = "SetCondition"
 	CmdClearCondition CommandType = "ClearCondition"
 	CmdSetNodeState   CommandType = "SetNodeState"
+	CmdSetVMRunState  CommandType = "SetVMRunState"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -215,6 +312,7 @@ type Command struct {
 	SetCondition   *SetCondition   `json:"setCondition,omitempty"`
 	ClearCondition *ClearCondition `json:"clearCondition,omitempty"`
 	SetNodeState   *SetNodeState   `json:"setNodeState,omitempty"`
+	SetVMRunState  *SetVMRunState  `json:"setVMRunState,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.
@@ -225,12 +323,20 @@ type RegisterNode struct {
 	Capacity  Resources         `json:"capacity"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	CephAddrs []string          `json:"cephAddrs,omitempty"`
+	// Ceph: the node is configured for Ceph ([Node.Ceph]), even when Ceph
+	// was unreachable at registration and CephAddrs is empty.
+	Ceph bool `json:"ceph,omitempty"`
 }
 
 // NodeHeartbeat says a node is alive and carries its agent's observations, batched.
 type NodeHeartbeat struct {
 	ID       uint64     `json:"id"`
 	Statuses []VMStatus `json:"statuses,omitempty"`
+	// CephAddrs are the Ceph client addresses that write for the node's
+	// VMs besides the one it registered (its volumes' qemu-storage-daemons
+	// and kernel mappings); Apply adds them to Node.CephAddrs, so that
+	// fencing the node blocklists them too.
+	CephAddrs []string `json:"cephAddrs,omitempty"`
 }
 
 // CommitPlan replaces the assignments with a new plan. It is a compare-and-set:
@@ -248,6 +354,9 @@ type CommitPlan struct {
 	// Rewrote is the commit a force-push replaced on the tracked ref before
 	// Commit was fetched; it becomes [Revision.Rewrote].
 	Rewrote string `json:"rewrote,omitempty"`
+	// Signer is who signed Commit, as the leader verified it; it becomes
+	// [Revision.Signer].
+	Signer string `json:"signer,omitempty"`
 }
 
 // SetCondition makes a condition true (or updates its message); the current
@@ -273,4 +382,19 @@ type SetNodeState struct {
 	State  NodeState `json:"state"`
 	Reason string    `json:"reason,omitempty"`
 	Fenced []string  `json:"fenced,omitempty"`
+}
+
+// SetVMRunState records an operator's choice for a VM: keep it running
+// (`blixard vm start`), keep it stopped (`blixard vm stop`), or restart it
+// once (`blixard vm restart`). The choice outlives new revisions while the
+// VM is declared; Apply turns it into [Assignment.Stopped] and
+// [Assignment.Restart], which the VM's agent acts on.
+type SetVMRunState struct {
+	// VM is an instance name (web-1) or a declared name (web: every
+	// replica) of the current revision.
+	VM string `json:"vm"`
+	// Want is running or stopped; "" leaves the choice as it is.
+	Want RunState `json:"want,omitempty"`
+	// Restart restarts the instances once; each must be wanted running.
+	Restart bool `json:"restart,omitempty"`
 }

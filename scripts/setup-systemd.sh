@@ -5,7 +5,12 @@
 #   - the cached Debian bookworm rootfs those tests boot with systemd-nspawn
 #     (tests/systemd/nspawn.sh build: ~1.5–3 min once, ~285 MB, in
 #     ${BLIXARD_SYSTEMD_CACHE:-/var/cache/blixard/systemd-rootfs}).
-# The real-microVM test in tests/systemd also needs scripts/setup-microvm.sh.
+# Then it checks the result: it boots a throw-away container of that rootfs
+# (nspawn.sh check: systemd reaches running, sysusers.d and tmpfiles.d bound
+# in are applied at boot, teardown leaves no process, mount or cgroup).
+# The tests render the container's units from microvm.nix's host module at
+# the pinned commit, so they also need scripts/setup-nixlib.sh; the
+# real-microVM test in tests/systemd also needs scripts/setup-microvm.sh.
 # It prints what it did and what it skipped.
 set -euo pipefail
 
@@ -32,3 +37,4 @@ fi
 
 here=$(cd "$(dirname "$0")" && pwd)
 bash "$here/../tests/systemd/nspawn.sh" build
+bash "$here/../tests/systemd/nspawn.sh" check

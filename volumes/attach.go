@@ -6,182 +6,232 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
+	"syscall"
 
 	"github.com/blixard/blixard/spec"
 )
 
-// NBDAttacher exposes a volume as an NBD export on a unix socket at the
-// volume's path, served from this process through the node's Ceph client,
-// which holds the image's exclusive lock while attached. A qemu runner
-// opens it with
-//
-//	-drive if=virtio,format=raw,driver=nbd,server.type=unix,server.path=STATE/NAME/volumes/VOL
-//
-// (or file=nbd+unix:///?socket=PATH). Because the VM's I/O uses the node's
-// own client, blocklisting the node's registered addresses fences the VM:
-// its next write fails with ESHUTDOWN.
-//
-// Limits: the attachment lives in the agent's process, so an agent restart
-// disconnects the VMs' disks (qemu's nbd `reconnect-delay` can ride it out,
-// but the restarted agent finds its previous client's lock until the
-// cluster breaks it); unix socket paths are limited to 107 bytes; a size
-// grown while attached ([Manager.Attach] grows the image in place) is seen
-// by the VM only after it reconnects.
-type NBDAttacher struct {
-	Logger *slog.Logger // nil: discard
-}
-
-// Attach takes the lock through conn and serves the image at path.
-func (n NBDAttacher) Attach(ctx context.Context, conn *Conn, v spec.VolumeRef, path string) (Attachment, error) {
-	if len(path) > 107 {
-		return nil, fmt.Errorf("volume socket path %s has %d bytes, unix sockets allow 107: use a shorter --state-dir", path, len(path))
-	}
-	held, err := lockBreakingFenced(ctx, conn, v)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		_ = held.Release()
-		return nil, fmt.Errorf("volume directory: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		_ = held.Release()
-		return nil, fmt.Errorf("replace %s: %w", path, err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		_ = held.Release()
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	log := n.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	srv := serveNBD(ln, held, log.With("volume", v.Pool+"/"+v.Image))
-	return &nbdAttachment{srv: srv, held: held, path: path}, nil
-}
-
-type nbdAttachment struct {
-	srv  *nbdServer
-	held *Held
-	path string
-	once sync.Once
-	err  error
-}
-
-// Grow grows the attached image through the lock holder; the VM sees the
-// new size after it reconnects (its next start).
-func (a *nbdAttachment) Grow(_ context.Context, sizeMiB int) (bool, error) {
-	return a.held.Grow(sizeMiB)
-}
-
-func (a *nbdAttachment) Detach(context.Context) error {
-	a.once.Do(func() {
-		_ = a.srv.Close() // removes the socket file too
-		_ = os.Remove(a.path)
-		a.err = a.held.Release()
-	})
-	return a.err
-}
-
 // KernelAttacher maps a volume with the kernel RBD client, `rbd device map
-// --exclusive`, and points path at the mapped device (a symlink to
-// /dev/rbdN). With --exclusive the kernel client takes the image's
-// exclusive lock itself and never hands it over until `rbd device unmap`;
-// it ignores the Conn it is given (its own client holds the lock, and that
-// client's address is what fencing must blocklist).
+// --exclusive`, and points path (STATE/NAME/volumes/VOL) at the mapped
+// device with a symlink to /dev/rbdN. That is the contract with the VM's
+// runner: microvm.nix's qemu runner opens `microvm.volumes.*.image` (set by
+// lib.volumeModule to that path) as a raw disk, and qemu follows the link to
+// the block device. The device is given the owner and group of the VM's
+// state directory STATE/NAME (microvm.nix makes it microvm:kvm, the user its
+// runner runs as), so the runner can open it.
 //
-// This is the production path on hosts with the rbd kernel module. It
-// cannot run on the machines Blixard is tested on (their kernels have no
-// rbd or nbd driver), so it is small and untested; use NBDAttacher there.
-// A size grown while mapped applies at the next map.
+// With --exclusive the kernel client takes the image's exclusive lock when
+// it maps it and never hands it over until `rbd device unmap`. Its client
+// address (/sys/bus/rbd/devices/N/client_addr) is reported with the node's
+// heartbeat, so fencing the node blocklists it too. The mapping belongs to
+// the kernel: it outlives the agent, and after a restart Attach adopts a link
+// that points at a device mapped for the same image.
+//
+// This is the production path on hosts with the rbd kernel module. The
+// machines Blixard is tested on have none, so its tests run a stand-in rbd
+// program. A size grown while mapped applies at the next map.
 type KernelAttacher struct {
 	Config Config
 	// Rbd is the rbd binary (default "rbd").
 	Rbd string
+	// Sysfs is where the kernel lists mapped images (default
+	// /sys/bus/rbd/devices).
+	Sysfs  string
+	Logger *slog.Logger // nil: discard
+}
+
+func (k KernelAttacher) withDefaults() KernelAttacher {
+	k.Config = k.Config.withDefaults()
+	if k.Rbd == "" {
+		k.Rbd = "rbd"
+	}
+	if k.Sysfs == "" {
+		k.Sysfs = "/sys/bus/rbd/devices"
+	}
+	if k.Logger == nil {
+		k.Logger = slog.New(slog.DiscardHandler)
+	}
+	return k
+}
+
+// rbdArgs is the rbd command line for args, with the node's Ceph settings.
+func (k KernelAttacher) rbdArgs(args ...string) []string {
+	pre := []string{"--id", k.Config.User}
+	if k.Config.ConfigFile != "" {
+		pre = append(pre, "-c", k.Config.ConfigFile)
+	}
+	if k.Config.KeyringFile != "" {
+		pre = append(pre, "--keyring", k.Config.KeyringFile)
+	}
+	return append(pre, args...)
 }
 
 func (k KernelAttacher) rbd(ctx context.Context, args ...string) (string, error) {
-	bin := k.Rbd
-	if bin == "" {
-		bin = "rbd"
-	}
-	cfg := k.Config.withDefaults()
-	pre := []string{"--id", cfg.User}
-	if cfg.ConfigFile != "" {
-		pre = append(pre, "-c", cfg.ConfigFile)
-	}
-	if cfg.KeyringFile != "" {
-		pre = append(pre, "--keyring", cfg.KeyringFile)
-	}
-	cmd := exec.CommandContext(ctx, bin, append(pre, args...)...)
+	cmd := exec.CommandContext(ctx, k.Rbd, k.rbdArgs(args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("%s %s: %w: %s", bin, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("`%s %s`: %w: %s", k.Rbd, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return strings.TrimSpace(string(out)), nil
 }
 
-// Attach maps the image exclusively and links path to its device.
-func (k KernelAttacher) Attach(ctx context.Context, _ *Conn, v spec.VolumeRef, path string) (Attachment, error) {
-	dev, err := k.rbd(ctx, "device", "map", "--exclusive", v.Pool+"/"+v.Image)
-	if err != nil {
-		return nil, err
+// Attach maps the image exclusively and links path to its device, or adopts
+// the mapping a previous agent left at path.
+func (k KernelAttacher) Attach(ctx context.Context, conn *Conn, v spec.VolumeRef, path string) (Attachment, error) {
+	k = k.withDefaults()
+	log := k.Logger.With("image", v.Pool+"/"+v.Image, "path", path)
+	if dev, ok := k.mappedAt(path, v); ok {
+		a := k.attachment(dev, path)
+		log.Info("kernel mapping adopted", "device", dev, "addrs", a.addrs)
+		return a, nil
 	}
-	if err = os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
-		tmp := path + ".tmp"
-		_ = os.Remove(tmp)
-		if err = os.Symlink(dev, tmp); err == nil {
-			err = os.Rename(tmp, path)
+	// The kernel refuses to map a locked image; a holder that the leader
+	// fenced is broken first. (Tests without Ceph pass no conn.)
+	if conn != nil {
+		if err := clearLock(ctx, conn, v, ""); err != nil {
+			return nil, err
 		}
 	}
+	dev, err := k.rbd(ctx, "device", "map", "--exclusive", v.Pool+"/"+v.Image)
 	if err != nil {
-		_, _ = k.rbd(context.WithoutCancel(ctx), "device", "unmap", dev)
-		return nil, fmt.Errorf("link %s → %s: %w", path, dev, err)
+		return nil, fmt.Errorf("map RBD image %s/%s with the kernel client: %w (is the rbd kernel module loaded? `modprobe rbd`; without it use --volume-attach=daemon)",
+			v.Pool, v.Image, err)
 	}
-	return &kernelAttachment{k: k, dev: dev, path: path}, nil
+	undo := func(err error) (Attachment, error) {
+		if _, uerr := k.rbd(context.WithoutCancel(ctx), "device", "unmap", dev); uerr != nil {
+			err = fmt.Errorf("%w; unmapping it again failed too: %w", err, uerr)
+		}
+		return nil, err
+	}
+	if !strings.HasPrefix(filepath.Base(dev), "rbd") {
+		return undo(fmt.Errorf("map RBD image %s/%s: rbd printed %q, not a /dev/rbdN device", v.Pool, v.Image, dev))
+	}
+	vmDir := filepath.Dir(filepath.Dir(path))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return undo(fmt.Errorf("volume directory: %w", err))
+	}
+	if err := giveToVM(dev, vmDir); err != nil {
+		return undo(fmt.Errorf("give %s (RBD image %s/%s) the owner of %s: %w", dev, v.Pool, v.Image, vmDir, err))
+	}
+	if err := symlinkAtomic(dev, path); err != nil {
+		return undo(fmt.Errorf("link %s → %s: %w", path, dev, err))
+	}
+	a := k.attachment(dev, path)
+	log.Info("mapped with the kernel client", "device", dev, "addrs", a.addrs)
+	return a, nil
+}
+
+// mappedAt returns the device path links to when the kernel maps v there.
+func (k KernelAttacher) mappedAt(path string, v spec.VolumeRef) (string, bool) {
+	dev, err := os.Readlink(path)
+	if err != nil {
+		return "", false
+	}
+	dir := k.sysfsDir(dev)
+	pool, err1 := os.ReadFile(filepath.Join(dir, "pool"))
+	name, err2 := os.ReadFile(filepath.Join(dir, "name"))
+	if err1 != nil || err2 != nil || strings.TrimSpace(string(pool)) != v.Pool || strings.TrimSpace(string(name)) != v.Image {
+		return "", false
+	}
+	if _, err := os.Stat(dev); err != nil {
+		return "", false
+	}
+	return dev, true
+}
+
+// sysfsDir is the kernel's directory of the mapping /dev/rbdN.
+func (k KernelAttacher) sysfsDir(dev string) string {
+	return filepath.Join(k.Sysfs, strings.TrimPrefix(filepath.Base(dev), "rbd"))
+}
+
+// giveToVM gives path (a mapped device, a volume daemon's socket) the
+// owner and group of the VM's directory dir, STATE/NAME: microvm.nix makes
+// it microvm:kvm, the user its runner runs as.
+func giveToVM(path, dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return errors.New("no owner information")
+	}
+	return os.Chown(path, int(sys.Uid), int(sys.Gid))
+}
+
+// DetachPath unmaps the device a previous agent linked at path.
+func (k KernelAttacher) DetachPath(ctx context.Context, _ *Conn, path string) error {
+	k = k.withDefaults()
+	dev, err := os.Readlink(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return (&kernelAttachment{k: k, dev: dev, path: path}).Detach(ctx) // unmap ignores the address
 }
 
 type kernelAttachment struct {
 	k         KernelAttacher
 	dev, path string
+	addrs     []string // the kernel client's, read once
 }
 
+// attachment is the mapping of dev at path, with the kernel client's
+// address read from sysfs.
+func (k KernelAttacher) attachment(dev, path string) *kernelAttachment {
+	a := &kernelAttachment{k: k, dev: dev, path: path}
+	b, err := os.ReadFile(filepath.Join(k.sysfsDir(dev), "client_addr"))
+	if err != nil {
+		k.Logger.Warn("cannot read the kernel client's address: fencing this node will not cover the mapping (a new node then waits for its lock instead of breaking it)",
+			"device", dev, "err", err)
+		return a
+	}
+	a.addrs = normAddrs(string(b))
+	return a
+}
+
+// Addrs is the kernel client's address.
+func (a *kernelAttachment) Addrs() []string { return a.addrs }
+
+// Leave keeps the mapping: it belongs to the kernel.
+func (a *kernelAttachment) Leave() {}
+
+// Detach unmaps the device (releasing the lock) and removes the link.
 func (a *kernelAttachment) Detach(ctx context.Context) error {
 	if _, err := os.Stat(a.dev); errors.Is(err, os.ErrNotExist) {
-		_ = os.Remove(a.path)
-		return nil
+		return removeIfExists(a.path)
 	}
 	if _, err := a.k.rbd(ctx, "device", "unmap", a.dev); err != nil {
-		return err
+		return fmt.Errorf("unmap %s: %w (the VM must have stopped: is the device still open?)", a.dev, err)
 	}
-	return os.Remove(a.path)
+	return removeIfExists(a.path)
 }
 
-// lockBreakingFenced takes the image's exclusive lock. A lock held by clients
-// that are all blocklisted (a node the leader fenced before moving its VMs)
-// is broken and taken; a lock held by a live client is left alone and
-// reported as a *LockedError.
-func lockBreakingFenced(ctx context.Context, conn *Conn, v spec.VolumeRef) (*Held, error) {
-	held, err := conn.Lock(ctx, v.Pool, v.Image)
-	var locked *LockedError
-	if !errors.As(err, &locked) {
-		return held, err
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	if berr := conn.BreakLock(ctx, v.Pool, v.Image); berr != nil {
-		var notFenced *NotFencedError
-		if errors.As(berr, &notFenced) {
-			return nil, err // held by a client that is not fenced: wait for it
-		}
-		return nil, fmt.Errorf("%w; breaking the fenced holder's lock failed: %w", err, berr)
+	return nil
+}
+
+// symlinkAtomic points link at target: a new symlink link.tmp renamed over link.
+func symlinkAtomic(target, link string) error {
+	tmp := link + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
 	}
-	return conn.Lock(ctx, v.Pool, v.Image)
+	if err := os.Rename(tmp, link); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -237,6 +236,34 @@ func (c *Conn) Owners(ctx context.Context, pool, name string) ([]Owner, error) {
 	return owners(img)
 }
 
+// Watchers lists the client addresses watching image pool/name: the
+// clients that have it open for writing (a qemu-storage-daemon, a kernel
+// mapping, another agent's momentary open).
+func (c *Conn) Watchers(ctx context.Context, pool, name string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return nil, err
+	}
+	// Read-only: this client does not add a watch of its own.
+	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
+	if err != nil {
+		return nil, fmt.Errorf("ceph: open RBD image %s/%s: %w", pool, name, err)
+	}
+	defer img.Close()
+	ws, err := img.ListWatchers()
+	if err != nil {
+		return nil, fmt.Errorf("ceph: watchers of RBD image %s/%s: %w", pool, name, err)
+	}
+	var out []string
+	for _, w := range ws {
+		out = append(out, normAddrs(w.Addr)...)
+	}
+	return out, nil
+}
+
 // owners reads the lockers of the image header: the managed exclusive lock
 // is a cls lock whose locker carries the holder's entity and address.
 func owners(img *rbd.Image) ([]Owner, error) {
@@ -457,33 +484,4 @@ func Errno(err error) int {
 		return ce.ErrorCode()
 	}
 	return 0
-}
-
-// normAddrs turns a Ceph address as librados and the monitors print it
-// ("v2:127.0.0.1:0/123", "[v2:127.0.0.1:0/123,v1:…]", "127.0.0.1:0/123")
-// into the plain form the blocklist uses ("127.0.0.1:0/123").
-func normAddrs(s string) []string {
-	s = strings.TrimSpace(s)
-	s = strings.TrimPrefix(s, "[")
-	s = strings.TrimSuffix(s, "]")
-	var out []string
-	for _, a := range strings.Split(s, ",") {
-		a = strings.TrimSpace(a)
-		a = strings.TrimPrefix(a, "v2:")
-		a = strings.TrimPrefix(a, "v1:")
-		a = strings.TrimPrefix(a, "any:")
-		if a != "" && !containsString(out, a) {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

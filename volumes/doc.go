@@ -7,26 +7,33 @@
 //  1. [Conn.Ensure]: the image exists (created with the features its lock
 //     needs: layering and exclusive-lock) and is at least the declared size
 //     (grown when the spec grew, never shrunk).
-//  2. [Conn.Lock]: this node's client takes the image's exclusive lock and
-//     keeps it until [Held.Release]. The lock is librbd's managed
-//     exclusive lock (rbd_lock_acquire), not an advisory lock: images with
-//     the exclusive-lock feature refuse advisory locks (EBUSY), and only the
-//     managed lock is honoured by librbd's own I/O path and by the kernel
-//     client (`rbd device map --exclusive` takes the same lock), so one
-//     mechanism covers every attacher.
-//  3. An [Attacher] exposes a held image at a stable path the VM's runner
-//     uses, STATE/NAME/volumes/VOL: [NBDAttacher] serves it over NBD on a
-//     unix socket from this process (it runs anywhere, the VM's I/O goes
-//     through the node's own Ceph client, so fencing the node fences the
-//     VM); [KernelAttacher] maps it with the kernel RBD client (production).
+//  2. The image's exclusive lock, one mechanism for every attacher:
+//     librbd's exclusive lock, not an advisory lock (images with the
+//     exclusive-lock feature refuse advisory locks with EBUSY). The kernel
+//     client (`rbd device map --exclusive`) and [Conn.Lock] take it as a
+//     managed lock that is never handed over; a qemu-storage-daemon's
+//     client takes it on its first write and hands it to any client that
+//     asks, so [DaemonAttacher] makes it take the lock before the VM can
+//     start and every attach first checks that no other client holds it.
+//  3. An [Attacher] exposes an image at a stable path the VM's runner
+//     opens, STATE/NAME/volumes/VOL, with the image's exclusive lock held
+//     by a client that is not the agent's, so that restarting or upgrading
+//     blixard leaves every VM's disk alone: [KernelAttacher] maps it with
+//     the kernel RBD client and links the path to /dev/rbdN (production,
+//     what microvm.nix opens); [DaemonAttacher] serves it over NBD on a unix
+//     socket at the path from a qemu-storage-daemon of its own, supervised
+//     and adopted after an agent restart (where the kernel has no rbd
+//     driver). [AttachMode] (serve --volume-attach) picks one.
 //  4. Fencing: [Conn.Blocklist] and [Conn.Unblocklist] add and lift OSD
 //     blocklist entries for a node's client addresses ([Conn.Addrs], which
-//     every node registers); [Conn.BreakLock] breaks an image's lock only
-//     after its holder is blocklisted.
+//     every node registers, and [Manager.ClientAddrs], the addresses of its
+//     volume daemons and kernel mappings, which it reports in every
+//     heartbeat); [Conn.BreakLock] breaks an image's lock only after its
+//     holder is blocklisted.
 //
 // [Manager] ties them together for the node agent: one lazily connected
-// client per node, Attach (ensure, lock, expose) and Detach (unexpose,
-// release).
+// client per node, Attach (ensure, lock, expose or adopt), Detach
+// (unexpose, release) and Close, which leaves the attachments serving.
 //
 // Files that import go-ceph carry the build tag `ceph`; go-ceph itself needs
 // `pacific` with Debian 12's libraries. Build and test with

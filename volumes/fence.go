@@ -13,8 +13,10 @@ import (
 const DefaultFenceExpiry = 24 * time.Hour
 
 // Fencer cuts a silent node (partitioned, frozen, its agent dead) off the
-// Ceph cluster by blocklisting the client addresses the node registered, so
-// it cannot write to the images its VMs had once they run elsewhere. It
+// Ceph cluster by blocklisting its client addresses, so it cannot write to
+// the images its VMs had once they run elsewhere: the one its agent
+// registered and those its heartbeats reported ([Manager.ClientAddrs]: its
+// volume daemons, which outlive the agent, and its kernel mappings). It
 // uses the fencing node's own client ([Manager.Conn]).
 //
 // Policy: a node that registered no addresses has no Ceph client that could
@@ -37,8 +39,9 @@ func NewFencer(m *Manager, expiry time.Duration) *Fencer {
 	return &Fencer{m: m, expiry: expiry}
 }
 
-// Fence blocklists addrs, the registered Ceph client addresses of node
-// nodeID, and returns the addresses it fenced (none when addrs is empty).
+// Fence blocklists addrs, the Ceph client addresses of node nodeID
+// (replicated Node.CephAddrs), and returns the addresses it fenced (none
+// when addrs is empty).
 // An error means the node is not fenced: its VMs must not run elsewhere.
 func (f *Fencer) Fence(ctx context.Context, nodeID uint64, addrs []string) ([]string, error) {
 	if len(addrs) == 0 {

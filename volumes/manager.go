@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/blixard/blixard/spec"
@@ -22,6 +23,7 @@ type Manager struct {
 
 	mu       sync.Mutex
 	conn     *Conn                  // guarded by mu; nil until connected
+	addrs    []string               // guarded by mu; conn's addresses
 	attached map[string]*attachment // by path; guarded by mu
 }
 
@@ -31,15 +33,24 @@ type attachment struct {
 }
 
 // NewManager returns a manager; it connects on first use. att nil means
-// NBDAttacher.
+// the attacher of cfg.Attach: a [KernelAttacher] or a [DaemonAttacher]
+// (AttachAuto: kernel when the kernel has the rbd driver).
 func NewManager(cfg Config, att Attacher, log *slog.Logger) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	cfg = cfg.withDefaults()
 	if att == nil {
-		att = NBDAttacher{Logger: log}
+		mode := cfg.Attach.resolve()
+		switch mode {
+		case AttachKernel:
+			att = KernelAttacher{Config: cfg, Logger: log}
+		default:
+			att = DaemonAttacher{Config: cfg, Logger: log}
+		}
+		log.Info("volumes attach", "mode", mode, "asked", cfg.Attach)
 	}
-	return &Manager{cfg: cfg.withDefaults(), att: att, log: log, attached: map[string]*attachment{}}
+	return &Manager{cfg: cfg, att: att, log: log, attached: map[string]*attachment{}}
 }
 
 // Conn returns the node's client, connecting when there is none yet. A
@@ -56,6 +67,7 @@ func (m *Manager) Conn(ctx context.Context) (*Conn, error) {
 	}
 	m.conn = c
 	if addrs, err := c.Addrs(); err == nil {
+		m.addrs = addrs
 		m.log.Info("connected to Ceph", "user", m.cfg.User, "addrs", addrs)
 	}
 	return c, nil
@@ -73,10 +85,46 @@ func (m *Manager) Addrs(ctx context.Context) ([]string, error) {
 	return c.Addrs()
 }
 
+// ClientAddrs returns every Ceph client address that writes for this node
+// now: its own client's (once connected) and those of the daemons or
+// kernel mappings of its attached volumes. The agent reports them in its
+// heartbeat (NodeHeartbeat.CephAddrs), so that fencing the node
+// blocklists them all. It never blocks on Ceph.
+func (m *Manager) ClientAddrs() []string {
+	m.mu.Lock()
+	out := slices.Clone(m.addrs)
+	atts := make([]Attachment, 0, len(m.attached))
+	for _, a := range m.attached {
+		atts = append(atts, a.a)
+	}
+	m.mu.Unlock()
+	for _, a := range atts {
+		for _, addr := range a.Addrs() {
+			if !slices.Contains(out, addr) {
+				out = append(out, addr)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Attachment returns the attachment at path, nil when this manager has
+// none there (yet: an agent's first Attach after a restart adopts it).
+func (m *Manager) Attachment(path string) Attachment {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a := m.attached[path]; a != nil {
+		return a.a
+	}
+	return nil
+}
+
 // Attach makes v ready for its VM at path: the image exists and has at
 // least v.SizeMiB ([Conn.Ensure]), this node holds its exclusive lock and it
-// is exposed at path by the attacher. A path already attached to the same
-// image is left as it is.
+// is exposed at path by the attacher, which adopts what a previous agent
+// left attached there. A path already attached to the same image is left
+// as it is (a larger size grows the image in place where the attacher can).
 func (m *Manager) Attach(ctx context.Context, v spec.VolumeRef, path string) error {
 	if v.Image == "" {
 		return fmt.Errorf("volume %s has no valid image name", v.Name)
@@ -85,26 +133,7 @@ func (m *Manager) Attach(ctx context.Context, v spec.VolumeRef, path string) err
 	cur := m.attached[path]
 	m.mu.Unlock()
 	if cur != nil && cur.ref.Pool == v.Pool && cur.ref.Image == v.Image {
-		if v.SizeMiB <= cur.ref.SizeMiB {
-			return nil
-		}
-		g, ok := cur.a.(interface {
-			Grow(ctx context.Context, sizeMiB int) (bool, error)
-		})
-		if !ok {
-			return nil // grown at the next attach
-		}
-		grown, err := g.Grow(ctx, v.SizeMiB)
-		if err != nil {
-			return err
-		}
-		if grown {
-			m.log.Info("RBD image grown while attached", "image", v.Pool+"/"+v.Image, "sizeMiB", v.SizeMiB)
-		}
-		m.mu.Lock()
-		cur.ref.SizeMiB = v.SizeMiB
-		m.mu.Unlock()
-		return nil
+		return m.grow(ctx, cur, v)
 	}
 	if cur != nil {
 		if err := m.Detach(ctx, path); err != nil {
@@ -136,14 +165,51 @@ func (m *Manager) Attach(ctx context.Context, v spec.VolumeRef, path string) err
 	return nil
 }
 
+// grow grows an attached image when v is larger, where the attachment can
+// (a daemon's: librbd has the lock holder resize it); otherwise the image
+// grows at its next attach.
+func (m *Manager) grow(ctx context.Context, cur *attachment, v spec.VolumeRef) error {
+	if v.SizeMiB <= cur.ref.SizeMiB {
+		return nil
+	}
+	g, ok := cur.a.(interface {
+		Grow(ctx context.Context, conn *Conn, sizeMiB int) (bool, error)
+	})
+	if !ok {
+		return nil // grown at the next attach
+	}
+	c, err := m.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	grown, err := g.Grow(ctx, c, v.SizeMiB)
+	if err != nil {
+		return err
+	}
+	if grown {
+		m.log.Info("RBD image grown while attached", "image", v.Pool+"/"+v.Image, "sizeMiB", v.SizeMiB)
+	}
+	m.mu.Lock()
+	cur.ref.SizeMiB = v.SizeMiB
+	m.mu.Unlock()
+	return nil
+}
+
 // Detach unexposes path and releases its image's lock; a path that is not
-// attached is not an error. Call it after the VM stopped.
+// attached is not an error, and what a previous agent left attached there
+// is detached too. Call it after the VM stopped.
 func (m *Manager) Detach(ctx context.Context, path string) error {
 	m.mu.Lock()
 	cur := m.attached[path]
 	delete(m.attached, path)
 	m.mu.Unlock()
 	if cur == nil {
+		// Without a client the attacher does what it can (stop a daemon
+		// that exits cleanly, unmap) and fails only if it needs one.
+		c, cerr := m.Conn(ctx)
+		if err := m.att.DetachPath(ctx, c, path); err != nil {
+			return errors.Join(err, cerr)
+		}
 		return nil
 	}
 	if err := cur.a.Detach(ctx); err != nil {
@@ -153,24 +219,23 @@ func (m *Manager) Detach(ctx context.Context, path string) error {
 	return nil
 }
 
-// Close detaches every volume and ends the client session. Call it after
-// the VMs stopped, or at exit: NBD attachments cannot outlive the process.
-func (m *Manager) Close(ctx context.Context) error {
+// Close ends the client session and forgets the attachments without
+// detaching them: their daemons or kernel mappings keep serving the VMs,
+// and the next agent's Attach adopts them. The agent detaches the volumes
+// of the VMs it stops itself (StopOnExit) before.
+func (m *Manager) Close(context.Context) error {
 	m.mu.Lock()
-	paths := make([]string, 0, len(m.attached))
-	for p := range m.attached {
-		paths = append(paths, p)
-	}
+	atts := m.attached
+	m.attached = map[string]*attachment{}
 	m.mu.Unlock()
-	var errs []error
-	for _, p := range paths {
-		errs = append(errs, m.Detach(ctx, p))
+	for _, a := range atts {
+		a.a.Leave()
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.conn != nil {
 		m.conn.Close()
-		m.conn = nil
+		m.conn, m.addrs = nil, nil
 	}
-	m.mu.Unlock()
-	return errors.Join(errs...)
+	return nil
 }

@@ -36,6 +36,9 @@ func (c *Conn) Size(context.Context, string, string) (uint64, error) { return 0,
 // Owners fails with ErrNotBuilt.
 func (c *Conn) Owners(context.Context, string, string) ([]Owner, error) { return nil, ErrNotBuilt }
 
+// Watchers fails with ErrNotBuilt.
+func (c *Conn) Watchers(context.Context, string, string) ([]string, error) { return nil, ErrNotBuilt }
+
 // Lock fails with ErrNotBuilt.
 func (c *Conn) Lock(context.Context, string, string) (*Held, error) { return nil, ErrNotBuilt }
 

@@ -7,10 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,22 +22,6 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-func short(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
-}
-
-// storeName shortens /nix/store/HASH-name to HASH[:8]-name for tables.
-func storeName(p string) string {
-	base := filepath.Base(p)
-	if h, rest, ok := strings.Cut(base, "-"); ok && len(h) == 32 {
-		return h[:8] + "-" + rest
-	}
-	return base
 }
 
 // show prints v as JSON with --json, and with human otherwise.
@@ -80,90 +61,15 @@ func readCommand[T any](g *globals, use, short, long string, get func(*api.Clien
 
 func newReadCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
-		readCommand(g, "status", "Show the committed revision, the last error, VMs and nodes", "",
-			(*api.Client).Status, writeStatus, nil),
+		readCommand(g, "status", "Show the committed revision, the last error, VMs (with their wanted run state) and nodes", "",
+			(*api.Client).Status, api.WriteStatus, nil),
 		readCommand(g, "nodes", "List registered nodes with their state, capacity and allocation (* = leader)", "",
-			(*api.Client).Nodes, writeNodes, nil),
-		readCommand(g, "history", "List committed revisions, newest first", "", (*api.Client).History, writeHistory, nil),
+			(*api.Client).Nodes, api.WriteNodes, nil),
+		readCommand(g, "history", "List committed revisions, newest first", "", (*api.Client).History, api.WriteHistory, nil),
 		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
 			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
-			(*api.Client).Diff, writeDrift, func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
+			(*api.Client).Diff, api.WriteDrift, func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
 	}
-}
-
-func writeStatus(w io.Writer, v api.StatusView) error {
-	if v.Revision == nil {
-		fmt.Fprintln(w, "Revision: none committed yet")
-	} else {
-		fmt.Fprintf(w, "Revision: %d  commit %s  ref %s  %s\n  %s\n", v.Revision.ID, short(v.Revision.Commit, 12),
-			v.Revision.Ref, v.Revision.CommittedAt.Local().Format(time.RFC3339), v.Revision.Summary)
-	}
-	if v.LastError != nil {
-		fmt.Fprintf(w, "Last error (commit %s, not deployed):\n  %s\n", short(v.LastError.Commit, 12),
-			strings.ReplaceAll(strings.TrimSpace(v.LastError.Message), "\n", "\n  "))
-	}
-	if v.Reconciler != nil && v.Reconciler.FetchError != "" {
-		fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
-	}
-	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tNODE\tPHASE\tVCPU\tMEM\tRUNNER")
-	for _, vm := range v.VMs {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, vm.Phase, vm.VCPU, vm.MemMiB, storeName(vm.OutPath))
-	}
-	if len(v.VMs) == 0 {
-		fmt.Fprintln(tw, "(none)")
-	}
-	for _, u := range v.Unschedulable {
-		fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t%s\n", u.VM, u.Reason)
-	}
-	fmt.Fprintln(tw)
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	return writeNodes(w, v.Nodes)
-}
-
-func writeNodes(w io.Writer, nodes []api.NodeView) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tVMS\tVCPU\tMEM\tAPI\tLABELS")
-	for _, n := range nodes {
-		id := fmt.Sprint(n.ID)
-		if n.Leader {
-			id += "*"
-		}
-		var labels []string
-		for k, v := range n.Labels {
-			labels = append(labels, k+"="+v)
-		}
-		sort.Strings(labels)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d MiB\t%s\t%s\n", id, n.State, n.VMs, n.Allocated.VCPU, n.Capacity.VCPU,
-			n.Allocated.MemMiB, n.Capacity.MemMiB, n.APIAddr, strings.Join(labels, ","))
-	}
-	return tw.Flush()
-}
-
-func writeHistory(w io.Writer, revs []replicated.Revision) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tCOMMIT\tREF\tTIME\tCHANGES")
-	for i := len(revs) - 1; i >= 0; i-- {
-		r := revs[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.ID, short(r.Commit, 12), r.Ref, r.CommittedAt.Local().Format(time.RFC3339), r.Summary)
-	}
-	return tw.Flush()
-}
-
-func writeDrift(w io.Writer, drift []reconciler.Drift) error {
-	if len(drift) == 0 {
-		_, err := fmt.Fprintln(w, "No drift: every VM runs its committed closure on its assigned node.")
-		return err
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tNODE\tOBSERVED\tREASON")
-	for _, d := range drift {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", d.VM, d.Node, d.Phase, d.Reason)
-	}
-	return tw.Flush()
 }
 
 func newPlanCommand(g *globals) *cobra.Command {
@@ -297,6 +203,42 @@ the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join 
 	}
 	add.Flags().BoolVar(&nonVoting, "non-voting", false, "replicate without voting (for nodes beyond 3 or 5 voters)")
 	cmd.AddCommand(add)
+	return cmd
+}
+
+func newVMCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Start, stop or restart a VM; the choice outlives new revisions",
+		Long: `Start, stop or restart a VM through Raft. NAME is an instance (web-1) or a
+declared VM (web: every replica). A stopped VM keeps its place and resources;
+start and stop hold across new revisions until changed again, and beat the
+flake's autostart (autostart = false: placed, kept stopped until vm start).`,
+	}
+	for _, c := range []struct {
+		action api.VMAction
+		short  string
+	}{
+		{api.VMStart, "Run the VM and keep it running (also one with autostart = false)"},
+		{api.VMStop, "Stop the VM and keep it stopped; it keeps its place"},
+		{api.VMRestart, "Restart a running VM once"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   string(c.action) + " NAME",
+			Short: c.short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				out, err := g.client().SetVMRunState(cmd.Context(), args[0], c.action)
+				if err != nil {
+					return err
+				}
+				return g.show(out, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "%s (see `blixard status`)\n", out.Message)
+					return err
+				})
+			},
+		})
+	}
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -39,20 +40,47 @@ func loadConfigFile(flags *pflag.FlagSet, path string) error {
 		if f.Changed {
 			continue
 		}
-		var value string
-		switch v := settings[key].(type) {
-		case string:
-			value = v
-		case json.Number:
-			value = v.String()
-		case bool:
-			value = strconv.FormatBool(v)
-		default:
-			return fmt.Errorf("--config %s: setting %q: want a string, number or boolean, got %T", path, key, v)
+		values := []any{settings[key]}
+		if list, ok := settings[key].([]any); ok && f.Value.Type() == "stringArray" {
+			values = list // a repeatable flag, e.g. "trust": ["a.asc", "allowed_signers"]
 		}
-		if err := f.Value.Set(value); err != nil {
-			return fmt.Errorf("--config %s: setting %q: %w", path, key, err)
+		for _, v := range values {
+			var value string
+			switch v := v.(type) {
+			case string:
+				value = v
+			case json.Number:
+				value = v.String()
+			case bool:
+				value = strconv.FormatBool(v)
+			default:
+				return fmt.Errorf("--config %s: setting %q: want a string, number or boolean, got %T", path, key, v)
+			}
+			if err := f.Value.Set(value); err != nil {
+				return fmt.Errorf("--config %s: setting %q: %w", path, key, err)
+			}
 		}
 	}
 	return nil
 }
+
+// removedCephPool says why --ceph-pool is gone and what replaces it: a pool
+// per node would let one flake name different images on different nodes.
+const removedCephPool = "--ceph-pool is gone: each volume's Ceph pool comes from the cluster flake, " +
+	"vms.<vm>.volumes.<name>.pool (default \"rbd\"); remove ceph-pool from the command line or the --config file " +
+	"(NixOS: services.blixard.ceph.pool)"
+
+// removedFlag keeps a removed flag as a hidden one that fails with why, so
+// an old command line or --config file says what to change instead of
+// "unknown".
+func removedFlag(f *pflag.FlagSet, name, why string) {
+	f.Var(removedValue(why), name, why)
+	_ = f.MarkHidden(name)
+}
+
+// removedValue is the value of a removed flag: setting it fails with why.
+type removedValue string
+
+func (removedValue) String() string     { return "" }
+func (removedValue) Type() string       { return "string" }
+func (r removedValue) Set(string) error { return errors.New(string(r)) }

@@ -135,7 +135,7 @@ func vmTable(vms []api.VMView, unplaced []replicated.Unschedulable) string {
 		if len(msg) > 60 {
 			msg = msg[:60] + "…"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", vm.Name, vm.Phase, storeName(vm.OutPath), strings.ReplaceAll(msg, "\n", " "))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", vm.Name, vm.Phase, api.StoreName(vm.OutPath), strings.ReplaceAll(msg, "\n", " "))
 	}
 	for _, u := range unplaced {
 		fmt.Fprintf(tw, "  %s\tunschedulable\t-\t%s\n", u.VM, u.Reason)

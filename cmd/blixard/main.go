@@ -97,7 +97,7 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 			}
 		}
 	}
-	root.AddCommand(newServeCommand(g), newDevCommand(g), newPlanCommand(g), newNodeCommand(g), newLogsCommand(g))
+	root.AddCommand(newServeCommand(g), newDevCommand(g), newPlanCommand(g), newNodeCommand(g), newVMCommand(g), newLogsCommand(g))
 	root.AddCommand(newReadCommands(g)...)
 	return root
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/blixard/blixard/node"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 func TestServeFlagsMapToConfig(t *testing.T) {
@@ -36,6 +39,14 @@ func TestServeFlagsMapToConfig(t *testing.T) {
 				return c.Source.Repo == "file:///r" && c.Source.Ref == "main" && c.Labels["zone"] == "a"
 			}},
 		{"no Ceph flag is no Ceph", func(*serveOptions) {}, false, func(c node.Config) bool { return c.Ceph == nil }},
+		{"trust, git credentials and eval limits reach the config", func(o *serveOptions) {
+			o.repo = "ssh://git@h/c.git"
+			o.git = node.Source{Trust: []string{"a.asc", "allowed_signers"}, SSHKeyFile: "/k", SSHKnownHostsFile: "/kh"}
+			o.eval = node.Eval{MaxMemory: 512, User: "blixard-eval"}
+		}, false, func(c node.Config) bool {
+			return len(c.Source.Trust) == 2 && c.Source.SSHKeyFile == "/k" && c.Source.SSHKnownHostsFile == "/kh" &&
+				c.Eval.MaxMemory == 512<<20 && c.Eval.User == "blixard-eval"
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,7 +69,9 @@ func (f evalFunc) Evaluate(_ context.Context, c string) (reconciler.Evaluation, 
 // condition.
 func TestCommandsFormatAndExit(t *testing.T) {
 	st := testkit.NewStore(nil)
-	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), testkit.Plan(0, "c1", testkit.Assign("web", 1, "v1")),
+	plan := testkit.Plan(0, "c1", testkit.Assign("web", 1, "v1"))
+	plan.CommitPlan.Spec.VMs["web"] = func(vm spec.VM) spec.VM { vm.Autostart = true; return vm }(plan.CommitPlan.Spec.VMs["web"])
+	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), plan,
 		{V: 1, Type: replicated.CmdSetCondition, SetCondition: &replicated.SetCondition{Type: replicated.EvalFailed, Commit: "c2", Message: "flake.nix:3: boom"}}} {
 		st.Propose(context.Background(), cmd)
 	}
@@ -86,6 +99,12 @@ func TestCommandsFormatAndExit(t *testing.T) {
 		{[]string{"node", "drain", "9"}, 1, []string{"not registered"}},
 		{[]string{"node", "cordon", "2"}, 0, []string{"node 2 is cordoned"}},
 		{[]string{"node", "add", "x", "h:1"}, 1, []string{`node id "x"`}},
+		{[]string{"status"}, 0, []string{"WANT", "running"}},
+		{[]string{"vm", "stop", "web"}, 0, []string{"web: wanted stopped"}},
+		{[]string{"status"}, 0, []string{"stopped (operator)"}},
+		{[]string{"vm", "restart", "web"}, 1, []string{"blixard vm start web"}},
+		{[]string{"vm", "start", "web", "--json"}, 0, []string{`"action": "start"`, "wanted running"}},
+		{[]string{"vm", "restart", "ghost"}, 1, []string{`"ghost"`}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errb bytes.Buffer
@@ -99,5 +118,40 @@ func TestCommandsFormatAndExit(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestServeConfigFileTakesListsForRepeatableFlags(t *testing.T) {
+	cmd := newServeCommand(&globals{})
+	path := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(path, []byte(`{"trust": ["a.asc", "allowed_signers"], "node-id": 3}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadConfigFile(cmd.Flags(), path); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := cmd.Flags().GetStringArray("trust")
+	if strings.Join(got, ",") != "a.asc,allowed_signers" {
+		t.Fatalf("trust = %v", got)
+	}
+	if err := os.WriteFile(path, []byte(`{"node-id": [3]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadConfigFile(newServeCommand(&globals{}).Flags(), path); err == nil {
+		t.Fatal("a list for a single-valued flag was accepted")
+	}
+}
+
+func TestServeRefusesTheRemovedCephPoolSaying(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "blixard.json")
+	if err := os.WriteFile(cfg, []byte(`{"node-id": 1, "ceph-pool": "rbd"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"serve", "--config", cfg, "--check-config"}, {"serve", "--node-id", "1", "--ceph-pool", "rbd", "--check-config"}} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), args, &out, &errb); code != 1 ||
+			!strings.Contains(errb.String(), "--ceph-pool is gone") || !strings.Contains(errb.String(), "volumes.<name>.pool") {
+			t.Errorf("%v: exit %d, %s%s; want 1 and what replaces --ceph-pool", args, code, out.String(), errb.String())
+		}
 	}
 }

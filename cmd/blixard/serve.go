@@ -25,20 +25,22 @@ type serveOptions struct {
 	backend                                         string
 	restartDelay                                    time.Duration
 	ceph                                            cephOptions
+	git                                             node.Source // credentials and trust only
+	eval                                            node.Eval
 }
 
-// cephOptions are the Ceph flags; --ceph-pool is accepted (NixOS hosts set
-// it) but unused: each volume's pool comes from the flake.
+// cephOptions are the Ceph flags. There is no pool flag: each volume's pool
+// comes from the flake (see removedCephPool).
 type cephOptions struct {
-	pool, user, keyringFile, configFile string
+	user, keyringFile, configFile, attach string
 }
 
 // config is the node's Ceph configuration, nil when no Ceph flag is set.
 func (c cephOptions) config() *volumes.Config {
-	if c.pool == "" && c.user == "" && c.keyringFile == "" && c.configFile == "" {
+	if c.user == "" && c.keyringFile == "" && c.configFile == "" {
 		return nil
 	}
-	return &volumes.Config{ConfigFile: c.configFile, User: c.user, KeyringFile: c.keyringFile}
+	return &volumes.Config{ConfigFile: c.configFile, User: c.user, KeyringFile: c.keyringFile, Attach: volumes.AttachMode(c.attach)}
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -103,10 +105,19 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.backend, "backend", "", "how VMs run: systemd (microvm@NAME units; the default under systemd) or process (the agent supervises microvm-run; the default otherwise)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
-	f.StringVar(&o.ceph.pool, "ceph-pool", "", "not used yet: each volume's pool comes from the flake (default rbd); accepted so NixOS hosts can set it")
+	removedFlag(f, "ceph-pool", removedCephPool)
 	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user name, without the client. prefix")
 	f.StringVar(&o.ceph.keyringFile, "ceph-keyring-file", "", "Ceph keyring of --ceph-user")
 	f.StringVar(&o.ceph.configFile, "ceph-config-file", "", "ceph.conf naming the monitors")
+	f.StringVar(&o.ceph.attach, "volume-attach", "auto", "how RBD volumes reach VMs at STATE/NAME/volumes/VOL: kernel (rbd device map --exclusive; a link to /dev/rbdN), daemon (a qemu-storage-daemon per volume; NBD on a unix socket there) or auto (kernel when /sys/bus/rbd exists)")
+	f.StringArrayVar(&o.git.Trust, "trust", nil, "evaluate only commits signed by a key of this OpenPGP keyring or SSH allowed_signers file (repeatable)")
+	f.StringVar(&o.git.SSHKeyFile, "git-ssh-key", "", "private key for an ssh:// --repo (needs --git-known-hosts)")
+	f.StringVar(&o.git.SSHKnownHostsFile, "git-known-hosts", "", "known_hosts file with the git server's host key")
+	f.StringVar(&o.git.HTTPTokenFile, "git-token-file", "", "file holding an access token for an https:// --repo")
+	f.StringVar(&o.git.HTTPUsername, "git-username", "", "user name sent with --git-token-file")
+	f.Int64Var(&o.eval.MaxMemory, "eval-max-memory-mib", 0, "memory limit of one nix evaluation in MiB (0: 4096; -1: none)")
+	f.StringVar(&o.eval.User, "eval-user", "", "evaluate as this unprivileged user (see docs/security.md)")
+	f.StringVar(&o.eval.Store, "eval-store", "", "nix store the evaluation writes to, e.g. local?root=/var/lib/blixard-eval/store (default: nix's)")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
@@ -140,8 +151,10 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 	cfg := node.Config{
 		NodeID: o.nodeID, DataDir: o.dataDir, RaftAddr: o.raftAddr, APIAddr: o.apiAddr, Members: members,
 		Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB,
-		Source: node.Source{Repo: o.repo, Ref: o.ref}, Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat,
-		NodeTimeout: o.nodeTimeout, EvalTimeout: o.evalTimeout,
+		Source: node.Source{Repo: o.repo, Ref: o.ref, SSHKeyFile: o.git.SSHKeyFile, SSHKnownHostsFile: o.git.SSHKnownHostsFile,
+			HTTPTokenFile: o.git.HTTPTokenFile, HTTPUsername: o.git.HTTPUsername, Trust: o.git.Trust},
+		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, EvalTimeout: o.evalTimeout,
+		Eval: node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
 		Ceph: o.ceph.config(),

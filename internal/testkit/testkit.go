@@ -165,7 +165,8 @@ func Assign(vm string, node uint64, ver string) replicated.Assignment {
 func Plan(parent uint64, commit string, as ...replicated.Assignment) replicated.Command {
 	sp := &spec.Cluster{Name: "t", VMs: map[string]spec.VM{}}
 	for _, a := range as {
-		sp.VMs[a.Declared] = spec.VM{Runner: spec.Runner{Drv: a.Drv, Out: a.OutPath}, VCPU: a.VCPU, MemMiB: a.MemMiB, Replicas: 1}
+		sp.VMs[a.Declared] = spec.VM{Runner: spec.Runner{Drv: a.Drv, Out: a.OutPath}, VCPU: a.VCPU, MemMiB: a.MemMiB, Replicas: 1,
+			Autostart: true} // the flake's default
 	}
 	return replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdCommitPlan, At: T0,
 		CommitPlan: &replicated.CommitPlan{Parent: parent, Commit: commit, Ref: "refs/heads/main",

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,15 +109,27 @@ func (s *testState) unassign(vm string) {
 	delete(s.st.Assignments, vm)
 }
 
-// recorder is a Proposer keeping the last status of each VM.
+// recorder is a Proposer keeping the last status of each VM and the Ceph
+// addresses of the last heartbeat; with a leader it also applies each
+// heartbeat to the leader's replicated state, as Raft would.
 type recorder struct {
-	mu   sync.Mutex
-	last map[string]replicated.VMStatus
+	leader *testkit.Store // nil: none
+
+	mu    sync.Mutex
+	last  map[string]replicated.VMStatus
+	addrs []string
 }
 
-func (r *recorder) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
+func (r *recorder) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
 	if cmd.NodeHeartbeat == nil {
 		return replicated.Result{Code: replicated.ResultInvalid, Message: "unexpected command"}, nil
+	}
+	res := replicated.Result{Code: replicated.ResultOK}
+	if r.leader != nil {
+		var err error
+		if res, err = r.leader.Propose(ctx, cmd); err != nil {
+			return res, err
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -124,7 +137,16 @@ func (r *recorder) Propose(_ context.Context, cmd replicated.Command) (replicate
 	for _, s := range cmd.NodeHeartbeat.Statuses {
 		r.last[s.VM] = s
 	}
-	return replicated.Result{Code: replicated.ResultOK}, nil
+	r.addrs = cmd.NodeHeartbeat.CephAddrs
+	return res, nil
+}
+
+// reset forgets what was reported: the statuses of a restarted agent are
+// waited for afresh.
+func (r *recorder) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.last, r.addrs = nil, nil
 }
 
 func (r *recorder) status(vm string) (replicated.VMStatus, bool) {
@@ -134,44 +156,98 @@ func (r *recorder) status(vm string) (replicated.VMStatus, bool) {
 	return s, ok
 }
 
-// node is one agent with its own state directory and Ceph client.
-type node struct {
-	t   testing.TB
-	id  uint64
-	dir string
-	rec *recorder
-	m   *volumes.Manager
+func (r *recorder) reported() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.addrs)
 }
 
+// node is one agent with its own state directory and Ceph client. It can
+// be stopped and started again on the same directory: a restarted agent.
+type node struct {
+	t          *testing.T
+	id         uint64
+	dir        string
+	st         *testState
+	cfg        volumes.Config
+	stopOnExit bool
+	rec        *recorder
+
+	m      *volumes.Manager // the running agent's
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startNode starts an agent that stops its VMs and detaches their volumes
+// when it stops, as `blixard dev` does.
 func startNode(t *testing.T, id uint64, st *testState, cfg volumes.Config) *node {
+	return newNode(t, id, st, cfg, true, nil)
+}
+
+// newNode starts an agent; with stopOnExit false its VMs and their volume
+// daemons outlive it, as under `blixard serve`. leader, when set, receives
+// its heartbeats.
+func newNode(t *testing.T, id uint64, st *testState, cfg volumes.Config, stopOnExit bool, leader *testkit.Store) *node {
 	t.Helper()
 	// Unix socket paths are short: keep the state directory near /tmp.
 	dir, err := os.MkdirTemp("", "bx-ceph-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, id: id, dir: dir, rec: &recorder{}, m: volumes.NewManager(cfg, nil, nil)}
-	a := nodeagent.New(nodeagent.Options{
-		NodeID: id, StateDir: dir, State: st, Proposer: n.rec, Volumes: n.m,
-		Interval: 100 * time.Millisecond, Heartbeat: 200 * time.Millisecond, VolumeRetry: 200 * time.Millisecond,
-		StopOnExit: true, StopTimeout: 20 * time.Second,
-		Backend: nodeagent.NewProcessBackend(nodeagent.ProcessOptions{StateDir: dir, TermTimeout: 5 * time.Second, ShutdownTimeout: 5 * time.Second}),
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Start(ctx) }()
+	n := &node{t: t, id: id, dir: dir, st: st, cfg: cfg, stopOnExit: stopOnExit, rec: &recorder{leader: leader}}
+	n.start()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent %d: %v", id, err)
-		}
-		if err := n.m.Close(context.Background()); err != nil {
-			t.Errorf("closing the volumes of node %d: %v", id, err)
+		n.stop()
+		// An agent that stops its VMs detaches their volumes: no daemon
+		// may be left.
+		for _, id := range killDaemons(dir) {
+			if stopOnExit && !t.Failed() {
+				t.Errorf("node %d left volume daemon %d (%s/%s) running", n.id, id.PID, id.Pool, id.Image)
+			}
 		}
 		killRunners(dir)
 		os.RemoveAll(dir)
 	})
 	return n
+}
+
+// start runs a new agent and volumes manager on the node's directory.
+func (n *node) start() {
+	n.rec.reset()
+	n.m = volumes.NewManager(n.cfg, nil, slog.New(slog.NewTextHandler(testWriter{n.t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", n.id))
+	a := nodeagent.New(nodeagent.Options{
+		NodeID: n.id, StateDir: n.dir, State: n.st, Proposer: n.rec, Volumes: n.m,
+		Interval: 100 * time.Millisecond, Heartbeat: 200 * time.Millisecond, VolumeRetry: 200 * time.Millisecond,
+		StopOnExit: n.stopOnExit, StopTimeout: 20 * time.Second,
+		Backend: nodeagent.NewProcessBackend(nodeagent.ProcessOptions{StateDir: n.dir, TermTimeout: 5 * time.Second, ShutdownTimeout: 5 * time.Second}),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel, n.done = cancel, make(chan error, 1)
+	go func() { n.done <- a.Start(ctx) }()
+}
+
+// stop stops the agent and closes its volumes manager (which leaves the
+// volumes attached); without stopOnExit the VMs keep running.
+func (n *node) stop() {
+	if n.cancel == nil {
+		return
+	}
+	n.cancel()
+	if err := <-n.done; err != nil {
+		n.t.Errorf("agent %d: %v", n.id, err)
+	}
+	if err := n.m.Close(context.Background()); err != nil {
+		n.t.Errorf("closing the volumes of node %d: %v", n.id, err)
+	}
+	n.cancel = nil
+}
+
+// testWriter sends a logger's lines to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
 
 // killRunners kills runners left behind by a failed test.
@@ -191,6 +267,45 @@ func killRunners(dir string) {
 	}
 }
 
+// killDaemons kills (by PID) the volume daemons recorded under dir that
+// still run and returns them.
+func killDaemons(dir string) []volumes.DaemonIdentity {
+	files, _ := filepath.Glob(filepath.Join(dir, "*", "volumes", "*.daemon"))
+	var out []volumes.DaemonIdentity
+	for _, f := range files {
+		id, err := volumes.ReadDaemonIdentity(strings.TrimSuffix(f, ".daemon"))
+		if err == nil && id.Alive() {
+			_ = syscall.Kill(id.PID, syscall.SIGKILL)
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// daemon returns the identity of the daemon serving vm's volume vol.
+func (n *node) daemon(t testing.TB, vm, vol string) volumes.DaemonIdentity {
+	t.Helper()
+	id, err := volumes.ReadDaemonIdentity(nodeagent.VolumePath(n.dir, vm, vol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// holds fails the test unless img's lock is held by the daemon serving vm's
+// volume vol on n, and n reports that daemon's address in its heartbeat.
+func (n *node) holds(t testing.TB, c *volumes.Conn, img, vm, vol string) volumes.DaemonIdentity {
+	t.Helper()
+	id := n.daemon(t, vm, vol)
+	if got := ownerAddrs(t, c, img); !slices.Equal(got, []string{id.Addr}) {
+		t.Fatalf("lock owners of %s %v, want node %d's volume daemon %s", img, got, n.id, id.Addr)
+	}
+	if !slices.Contains(n.m.ClientAddrs(), id.Addr) {
+		t.Fatalf("node %d's client addresses %v lack its volume daemon's %s", n.id, n.m.ClientAddrs(), id.Addr)
+	}
+	return id
+}
+
 func (n *node) waitPhase(vm string, p replicated.Phase, extra func(replicated.VMStatus) bool) replicated.VMStatus {
 	n.t.Helper()
 	var got replicated.VMStatus
@@ -205,15 +320,6 @@ func (n *node) waitPhase(vm string, p replicated.Phase, extra func(replicated.VM
 func (n *node) console(vm string) string {
 	b, _ := os.ReadFile(nodeagent.LogPath(n.dir, vm))
 	return string(b)
-}
-
-func (n *node) addrs(t testing.TB) []string {
-	t.Helper()
-	a, err := n.m.Addrs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 func ownerAddrs(t testing.TB, c *volumes.Conn, img string) []string {
@@ -247,9 +353,7 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 	if size, err := c.Size(context.Background(), "rbd", img); err != nil || size != 8*volumes.MiB {
 		t.Fatalf("image %s: size %d, %v; want 8 MiB", img, size, err)
 	}
-	if got := ownerAddrs(t, c, img); !slices.Equal(got, n1.addrs(t)) {
-		t.Fatalf("lock owners %v, want node 1's client %v", got, n1.addrs(t))
-	}
+	n1.holds(t, c, img, "db", "data")
 	testkit.WaitFor(t, cephWait, "runner's console", testkit.Detail(func() (bool, string) {
 		s := n1.console("db")
 		return strings.Contains(s, "volume-attached"), s
@@ -269,9 +373,7 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 		s, ok := n1.rec.status("db")
 		return !ok || s.Phase == replicated.PhaseStopped, fmt.Sprintf("%+v", s)
 	}))
-	if got := ownerAddrs(t, c, img); !slices.Equal(got, n2.addrs(t)) {
-		t.Fatalf("lock owners after the move %v, want node 2's client %v", got, n2.addrs(t))
-	}
+	n2.holds(t, c, img, "db", "data")
 	if _, err := os.Stat(sock1); !os.IsNotExist(err) {
 		t.Errorf("node 1 still exposes the volume at %s: %v", sock1, err)
 	}
@@ -286,9 +388,7 @@ func TestCephNixAgentLocksBeforeStartMovesAndKeepsTheImage(t *testing.T) {
 		size, err := c.Size(context.Background(), "rbd", img)
 		return err == nil && size == 16*volumes.MiB, fmt.Sprintf("size %d, %v", size, err)
 	}))
-	if got := ownerAddrs(t, c, img); !slices.Equal(got, n2.addrs(t)) {
-		t.Fatalf("lock owners after growing %v, want node 2's client %v", got, n2.addrs(t))
-	}
+	n2.holds(t, c, img, "db", "data")
 
 	// Removed from the flake: the VM stops, the lock is released, the image stays.
 	st.unassign("db")

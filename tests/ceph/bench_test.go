@@ -11,8 +11,9 @@ import (
 	"github.com/blixard/blixard/volumes"
 )
 
-// benchAttach measures Manager.Attach (ensure, lock, serve over NBD) of a
-// new image (create) or of an existing one; Detach is not timed.
+// benchAttach measures Manager.Attach (ensure, start a volume daemon, take
+// the lock through it, publish its NBD socket) of a new image (create) or
+// of an existing one; Detach is not timed.
 func benchAttach(b *testing.B, existing bool) {
 	cfg := requireCeph(b)
 	ctx := context.Background()
@@ -21,7 +22,7 @@ func benchAttach(b *testing.B, existing bool) {
 	if _, err := m.Conn(ctx); err != nil { // connecting is not what is measured
 		b.Fatal(err)
 	}
-	dir := b.TempDir()
+	dir := shortTempDir(b)
 	existingImg := imageName(b)
 	for i := 0; b.Loop(); i++ {
 		v := spec.VolumeRef{Name: "data", Image: existingImg, Pool: "rbd", SizeMiB: 64}

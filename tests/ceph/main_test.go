@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 }
 
 func startCluster() error {
-	for _, p := range []string{"ceph-mon", "ceph-osd", "ceph", "rbd", "qemu-io"} {
+	for _, p := range []string{"ceph-mon", "ceph-osd", "ceph", "rbd", "qemu-io", "qemu-storage-daemon"} {
 		if _, err := exec.LookPath(p); err != nil {
 			return fmt.Errorf("%s not found on PATH: %s", p, setupHint)
 		}
@@ -80,6 +81,28 @@ func connect(t testing.TB) *volumes.Conn {
 }
 
 var seq atomic.Int64
+
+// shortTempDir is a temporary directory near /tmp (unix socket paths are
+// short), removed after the test together with the volume daemons recorded
+// under it that still run (killed by PID).
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "bx-vol-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.daemon"))
+		more, _ := filepath.Glob(filepath.Join(dir, "*", "*.daemon"))
+		for _, f := range append(files, more...) {
+			if id, err := volumes.ReadDaemonIdentity(strings.TrimSuffix(f, ".daemon")); err == nil && id.Alive() {
+				_ = syscall.Kill(id.PID, syscall.SIGKILL)
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
 
 // imageName returns a fresh image name for this test.
 func imageName(t testing.TB) string {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/volumes"
 )
 
 // blixardBin is the binary built once by TestMain.
@@ -233,6 +235,7 @@ func (c *cluster) stopAll() {
 			c.t.Errorf("node %d: %v", n.id, err)
 		}
 		n.killRunners()
+		killVolumeDaemons(n.stateDir()) // they outlive blixard by design
 		if c.t.Failed() {
 			if b, err := os.ReadFile(n.logPath); err == nil {
 				c.t.Logf("--- log of node %d (last 6000 bytes):\n%s", n.id, tail(b, 6000))
@@ -279,3 +282,15 @@ func cliJSON(t testing.TB, out any, args ...string) error {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// killVolumeDaemons kills (by PID) the volume daemons recorded under a
+// node's state directory that still run: like its VMs, a stopped `blixard
+// serve` leaves them running by design.
+func killVolumeDaemons(stateDir string) {
+	files, _ := filepath.Glob(filepath.Join(stateDir, "*", "volumes", "*.daemon"))
+	for _, f := range files {
+		if id, err := volumes.ReadDaemonIdentity(strings.TrimSuffix(f, ".daemon")); err == nil && id.Alive() {
+			_ = syscall.Kill(id.PID, syscall.SIGKILL)
+		}
+	}
+}

@@ -79,7 +79,7 @@ func TestNixModuleSystemdBackend(t *testing.T) {
 		t.Errorf("ExecStart = %q, want …/bin/blixard serve --config …-blixard.json followed by the escaped extraArgs", exec)
 	}
 	want := map[string]any{
-		"Type": "notify", "User": "root", "StateDirectory": "blixard", "KillMode": "control-group",
+		"Type": "notify", "User": "root", "StateDirectory": "blixard", "KillMode": "process",
 		"ProtectHome": true, "PrivateTmp": true, "NoNewPrivileges": true, "ProtectSystem": "full",
 		"ProtectKernelModules": true,
 	}
@@ -262,6 +262,11 @@ func TestNixModuleErrors(t *testing.T) {
 			modules: `fx.host [ fx.microvm.nixosModules.host { services.blixard = { enable = true; nodeId = 1; raftAddress = "127.0.0.1:7001";
 				capacity = { vcpu = 1; memMiB = 1; }; ceph.enable = true; }; } ]`,
 			want: "pkgs has no `blixard-ceph` (Blixard built with Ceph support, for ceph.enable); import blixard.nixosModules.default",
+		},
+		{
+			name:    "the removed ceph.pool says where pools come from now",
+			modules: hostModules(`{ services.blixard.ceph.pool = "rbd"; }`),
+			want:    `vms.<vm>.volumes.<name>.pool`,
 		},
 		{
 			name:    "without the flake's module or overlay the package says where to get it",

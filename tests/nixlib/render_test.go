@@ -46,6 +46,21 @@ var renderCases = []struct {
 			"capacity-vcpu": 16, "capacity-mem-mib": 65536, "labels": "disk=ssd,zone=a"}`,
 	},
 	{
+		name: "trust, git credentials and evaluation limits render to their flags",
+		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001";
+			repository = { url = "ssh://git@git.example.org/cluster.git";
+				trust = [ "/etc/blixard/allowed_signers" "/etc/blixard/keys.asc" ];
+				sshKeyFile = "/run/secrets/git-key"; knownHostsFile = "/etc/blixard/known_hosts"; };
+			evaluation = { maxMemoryMiB = 8192; user = "blixard-eval"; };
+		}`,
+		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
+			"repo": "ssh://git@git.example.org/cluster.git", "ref": "main", "attr": "blixard", "poll": "5s",
+			"backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"trust": ["/etc/blixard/allowed_signers", "/etc/blixard/keys.asc"],
+			"git-ssh-key": "/run/secrets/git-key", "git-known-hosts": "/etc/blixard/known_hosts",
+			"eval-max-memory-mib": 8192, "eval-user": "blixard-eval"}`,
+	},
+	{
 		name: "members as a list keep their order",
 		options: `{ nodeId = 3; members = [ "3=127.0.0.1:7003" "1=127.0.0.1:7001" "2=127.0.0.1:7002" ];
 			capacity = { vcpu = 1; memMiB = 512; }; }`,
@@ -89,7 +104,8 @@ func TestNixRenderCeph(t *testing.T) {
 	want := `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
 		"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd",
 		"capacity-vcpu": 0, "capacity-mem-mib": 0,
-		"ceph-pool": "rbd", "ceph-user": "blixard", "ceph-keyring-file": "/etc/ceph/k", "ceph-config-file": "/etc/ceph/ceph.conf"}`
+		"ceph-user": "blixard", "ceph-keyring-file": "/etc/ceph/k", "ceph-config-file": "/etc/ceph/ceph.conf",
+		"volume-attach": "auto"}`
 	if !jsonEqual(t, got, []byte(want)) {
 		t.Errorf("render differs\ngot:  %s\nwant: %s", indent(got), indent([]byte(want)))
 	}

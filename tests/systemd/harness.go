@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 )
 
@@ -25,10 +26,28 @@ type Container struct {
 	// StateDir is the host directory the container sees as /var/lib/microvms.
 	StateDir string
 	// UnitDir is the host directory the container sees as
-	// /usr/local/lib/systemd/system: drop-ins written there take effect after
-	// systemd's Reload.
+	// /usr/local/lib/systemd/system: microvm.nix's units (Units.Files);
+	// drop-ins written there take effect after systemd's Reload.
 	UnitDir string
+	// Root is the container's root directory as the host sees it
+	// (/proc/PID/root of its init, valid while it runs): its etc/passwd and
+	// etc/group name the units' user, its journal holds the units' output.
+	Root string
+	// Units are the microvm.nix host units, users and tmpfiles lines the
+	// container was booted with.
+	Units *HostUnits
+	// UID and GID of the units' user and group (microvm:kvm) in the
+	// container, as systemd-sysusers made them at boot.
+	UID, GID int
 }
+
+// UnitUser and UnitGroup are the user and group microvm.nix's units run as
+// (nodeagent's own copy cannot be imported here: nodeagent's tests import
+// this package).
+const (
+	UnitUser  = "microvm"
+	UnitGroup = "kvm"
+)
 
 // Script is the path of nspawn.sh.
 func Script() string {
@@ -36,8 +55,10 @@ func Script() string {
 	return filepath.Join(filepath.Dir(file), "nspawn.sh")
 }
 
-// Start boots a container in a new run directory. The error says what to
-// run when a prerequisite is missing.
+// Start boots a container in a new run directory with microvm.nix's host
+// units, users and tmpfiles lines installed ([EvalHostUnits],
+// [HostUnits.Write]). The error says what to run when a prerequisite is
+// missing.
 func Start(ctx context.Context) (*Container, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the systemd harness needs root (it boots a container with systemd-nspawn)")
@@ -47,9 +68,17 @@ func Start(ctx context.Context) (*Container, error) {
 			return nil, fmt.Errorf("%s not found on PATH: %s", p, SetupHint)
 		}
 	}
+	units, err := EvalHostUnits(ctx)
+	if err != nil {
+		return nil, err
+	}
 	run, err := os.MkdirTemp("", "blixard-systemd-")
 	if err != nil {
 		return nil, err
+	}
+	if err := units.Write(run); err != nil {
+		_ = os.RemoveAll(run)
+		return nil, fmt.Errorf("writing microvm.nix's units into %s: %w", run, err)
 	}
 	out, err := script(ctx, "start", run)
 	if err != nil {
@@ -62,12 +91,48 @@ func Start(ctx context.Context) (*Container, error) {
 		Bus:      lastLine(out),
 		StateDir: filepath.Join(run, "state"),
 		UnitDir:  filepath.Join(run, "units"),
+		Units:    units,
 	}
 	if !strings.HasPrefix(c.Bus, "unix:path=") {
 		_ = c.Stop(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("nspawn.sh start printed %q, want a bus address", out)
 	}
+	if err := c.findUser(); err != nil {
+		_ = c.Stop(context.WithoutCancel(ctx))
+		return nil, err
+	}
 	return c, nil
+}
+
+// findUser sets Root, UID and GID once the container has booted.
+func (c *Container) findUser() error {
+	pid, err := c.initPID()
+	if err != nil {
+		return err
+	}
+	c.Root = "/proc/" + pid + "/root"
+	if c.UID, err = lookupID(filepath.Join(c.Root, "etc", "passwd"), UnitUser); err != nil {
+		return fmt.Errorf("the container has no user %s (systemd-sysusers makes it at boot from microvm.nix's users): %w", UnitUser, err)
+	}
+	if c.GID, err = lookupID(filepath.Join(c.Root, "etc", "group"), UnitGroup); err != nil {
+		return fmt.Errorf("the container has no group %s (systemd-sysusers makes it at boot): %w", UnitGroup, err)
+	}
+	return nil
+}
+
+// lookupID returns the id (third field) of name in a passwd or group file.
+func lookupID(file, name string) (int, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 3 && f[0] == name {
+			return strconv.Atoi(f[2])
+		}
+	}
+	return 0, fmt.Errorf("%s is not in %s", name, file)
 }
 
 // Stop tears the container down and removes RunDir; it fails when a
@@ -132,25 +197,25 @@ func lastLine(s string) string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
-// Journal returns the container's journal of unit (journalctl -u UNIT -o
-// cat), read from the host through /proc/PID/root of its init.
-func (c *Container) Journal(ctx context.Context, unit string) (string, error) {
+// initPID is the host pid of the container's init (systemd).
+func (c *Container) initPID() (string, error) {
 	cg, err := os.ReadFile(filepath.Join(c.RunDir, "cgroup"))
 	if err != nil {
 		return "", err
 	}
-	var pid string
 	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"} {
 		b, err := os.ReadFile(filepath.Join(root, strings.TrimSpace(string(cg)), "payload", "init.scope", "cgroup.procs"))
 		if err == nil && len(bytes.Fields(b)) > 0 {
-			pid = string(bytes.Fields(b)[0])
-			break
+			return string(bytes.Fields(b)[0]), nil
 		}
 	}
-	if pid == "" {
-		return "", errors.New("cannot find the container's init process")
-	}
-	cmd := exec.CommandContext(ctx, "journalctl", "--no-pager", "-o", "cat", "--root", "/proc/"+pid+"/root", "-u", unit)
+	return "", errors.New("cannot find the container's init process")
+}
+
+// Journal returns the container's journal of unit (journalctl -u UNIT -o
+// cat), read by the host's journalctl through Root.
+func (c *Container) Journal(ctx context.Context, unit string) (string, error) {
+	cmd := exec.CommandContext(ctx, "journalctl", "--no-pager", "-o", "cat", "--root", c.Root, "-u", unit)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("journalctl -u %s: %w: %s", unit, err, out)

@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # A throw-away real systemd for the systemd backend's tests: a minimal Debian
 # bookworm booted with systemd-nspawn, whose system bus is reachable from the
-# host and which runs microvm.nix-style microvm@NAME.service units.
+# host and which runs microvm.nix's own microvm@NAME.service units.
 #
 #   nspawn.sh build           build the cached rootfs (once; scripts/setup-systemd.sh calls it)
+#   nspawn.sh check           boot a throw-away container, check it, tear it down
 #   nspawn.sh start  RUNDIR   boot a container for RUNDIR; prints its bus address
 #   nspawn.sh stop   RUNDIR   tear down everything start made and remove RUNDIR
 #   nspawn.sh status RUNDIR   "running BUS" (exit 0) or "stopped" (exit 3)
 #
-# RUNDIR (created by start, removed by stop; one container per RUNDIR, so
-# several test packages can each have their own) holds:
+# RUNDIR (one container per RUNDIR, so several test packages can each have
+# their own; removed by stop) holds:
 #   dbus/     bound to the container's /run/dbus: dbus/system_bus_socket is its
 #             system bus (dial unix:path=RUNDIR/dbus/system_bus_socket, EXTERNAL
 #             auth, Hello; the container's /run/systemd/private refuses clients
 #             from the host's PID namespace)
-#   units/    bound read-only to /usr/local/lib/systemd/system: the
-#             microvm@.service template (an equivalent of microvm.nix's host
-#             module); tests may add drop-ins there and then call Reload
+#   units/    bound read-only to /usr/local/lib/systemd/system (drop-ins tests
+#             write there from the host take effect after a daemon-reload)
+#   sysusers.d/, tmpfiles.d/
+#             bound read-only to /usr/local/lib/sysusers.d and
+#             /usr/local/lib/tmpfiles.d: systemd-sysusers and systemd-tmpfiles
+#             apply them at boot
 #   state/    bound to /var/lib/microvms (unless BLIXARD_SYSTEMD_STATE names
 #             another host directory): the agent on the host and the units in
 #             the container see the same STATE/NAME/{current,booted}
 #   nspawn.pid, cgroup, bus, console.log
+# The caller fills units/, sysusers.d/ and tmpfiles.d/ before start: the Go
+# harness (harness.go, units.go) renders microvm.nix's host module there —
+# microvm@.service and the units it requires, its microvm user (in group
+# kvm) and its tmpfiles line for /var/lib/microvms. Empty, the container is
+# a plain systemd.
 # The host's /nix/store is bound read-only at /nix/store, so runners built on
 # the host run inside. The container shares the host's network namespace so
 # that ports a VM forwards (qemu hostfwd on 127.0.0.1) are reachable from the
@@ -113,56 +122,8 @@ cgroup_roots() {
 	return 0
 }
 
-write_units() {
-	local d=$1
-	mkdir -p "$d"
-	# Equivalent of microvm.nix's host module (nixos-modules/host): the VM
-	# runs STATE/NAME/current/bin/microvm-run; a oneshot companion points
-	# STATE/NAME/booted at what current is when the VM (re)starts, and removes
-	# it when the VM stops; microvm-shutdown of the booted runner stops it.
-	# Differences: runs as root (no microvm user in the container) and the
-	# companion's rm tolerates a missing booted link.
-	cat >"$d/microvm@.service" <<'EOF'
-[Unit]
-Description=MicroVM '%i'
-Requires=microvm-set-booted@%i.service
-After=network.target microvm-set-booted@%i.service
-ConditionPathExists=/var/lib/microvms/%i/current/bin/microvm-run
-
-[Service]
-Type=simple
-WorkingDirectory=/var/lib/microvms/%i
-ExecStart=/var/lib/microvms/%i/current/bin/microvm-run
-ExecStop=/var/lib/microvms/%i/booted/bin/microvm-shutdown
-ExecStartPost=+/bin/sh -c 'if [ -x /var/lib/microvms/%i/current/bin/microvm-register ]; then /var/lib/microvms/%i/current/bin/microvm-register $MAINPID; fi'
-ExecStopPost=+/bin/sh -c 'if [ -x /var/lib/microvms/%i/current/bin/microvm-unregister ]; then /var/lib/microvms/%i/current/bin/microvm-unregister; fi'
-TimeoutSec=150
-Restart=always
-RestartSec=5s
-SyslogIdentifier=microvm@%i
-LimitNOFILE=1048576
-NotifyAccess=all
-LimitMEMLOCK=infinity
-EOF
-	cat >"$d/microvm-set-booted@.service" <<'EOF'
-[Unit]
-Description=Save MicroVM '%i' booted configuration
-Before=microvm@%i.service
-PartOf=microvm@%i.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-SyslogIdentifier=microvm-set-booted@%i
-WorkingDirectory=/var/lib/microvms/%i
-ExecStart=/bin/sh -c 'rm -f booted && ln -s "$$(readlink current)" booted'
-ExecStop=/bin/rm -f booted
-EOF
-}
-
 # running prints nspawn's pid when RUNDIR's container runs.
 running() {
-	local pid
 	local pid cg
 	pid=$(cat "$run/nspawn.pid" 2>/dev/null) || return 1
 	cg=$(cat "$run/cgroup" 2>/dev/null) || return 1
@@ -171,6 +132,21 @@ running() {
 }
 
 bus() { echo "unix:path=$run/dbus/system_bus_socket"; }
+
+# init_pid prints the host pid of RUNDIR's container's init (systemd).
+init_pid() {
+	local cg root pid
+	cg=$(cat "$run/cgroup" 2>/dev/null) || return 1
+	for root in $(cgroup_roots); do
+		# cgroupfs files have size 0: read them.
+		pid=$(head -n 1 "$root/$cg/payload/init.scope/cgroup.procs" 2>/dev/null || true)
+		if [ -n "$pid" ]; then
+			echo "$pid"
+			return 0
+		fi
+	done
+	return 1
+}
 
 system_state() {
 	busctl --address="$(bus)" get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
@@ -189,10 +165,9 @@ start() {
 		return
 	fi
 	stop_quiet # leftovers of a container that died
-	mkdir -p "$run/dbus" "$run/units"
+	mkdir -p "$run/dbus" "$run/units" "$run/sysusers.d" "$run/tmpfiles.d"
 	local state=${BLIXARD_SYSTEMD_STATE:-$run/state}
 	mkdir -p "$state"
-	write_units "$run/units"
 	local id cg
 	id=$(basename "$run" | tr -c 'a-zA-Z0-9\n' '-' | cut -c1-40)
 	id=bx-${id}-$$
@@ -211,6 +186,8 @@ start() {
 			--console=passive --machine="$id" \
 			--bind="$run/dbus:/run/dbus" \
 			--bind-ro="$run/units:/usr/local/lib/systemd/system" \
+			--bind-ro="$run/sysusers.d:/usr/local/lib/sysusers.d" \
+			--bind-ro="$run/tmpfiles.d:/usr/local/lib/tmpfiles.d" \
 			--bind-ro=/nix/store \
 			--bind="$state:/var/lib/microvms" \
 			</dev/null >"$run/console.log" 2>&1
@@ -302,14 +279,52 @@ status() {
 	return 3
 }
 
+# check boots a throw-away container whose sysusers.d and tmpfiles.d make a
+# user and a directory of its state dir owned by it (what the tests rely on),
+# checks both from the host, and tears it down, checking that nothing is
+# left. It is setup-systemd.sh's check of its result.
+check() {
+	need_root check
+	unset BLIXARD_SYSTEMD_STATE # the check's state directory is its own
+	run=$(mktemp -d "${TMPDIR:-/tmp}/blixard-nspawn-check-XXXXXX")
+	mkdir -p "$run/sysusers.d" "$run/tmpfiles.d"
+	echo 'u blixard-check -' >"$run/sysusers.d/check.conf"
+	echo 'd /var/lib/microvms/check 0750 blixard-check - -' >"$run/tmpfiles.d/check.conf"
+	local ok=yes bus_addr
+	if ! bus_addr=$(start); then
+		stop >/dev/null 2>&1 || true
+		die "check: the container did not boot (see above)"
+	fi
+	local uid owner
+	uid=$(awk -F: '$1 == "blixard-check" { print $3 }' "/proc/$(init_pid)/root/etc/passwd" 2>/dev/null || true)
+	owner=$(stat -c %u "$run/state/check" 2>/dev/null || true)
+	if [ -z "$uid" ] || [ "$uid" != "$owner" ]; then
+		log "check: sysusers.d/tmpfiles.d were not applied at boot (user id '${uid}', owner of /var/lib/microvms/check '${owner}')"
+		ok=no
+	fi
+	local cg
+	cg=$(cat "$run/cgroup")
+	stop >/dev/null 2>&1 || die "check: stopping the container failed"
+	local left=
+	for root in $(cgroup_roots); do
+		[ ! -d "$root/$cg" ] || left="$left cgroup $root/$cg"
+	done
+	[ ! -e "$run" ] || left="$left directory $run"
+	left="$left$(awk -v r="$run" 'index($2, r) == 1 { printf " mount %s", $2 }' /proc/self/mounts)"
+	[ -z "$left" ] || die "check: left after stopping the container:$left"
+	[ "$ok" = yes ] || die "check failed"
+	log "ok: a container of $rootfs booted (bus $bus_addr), applied its sysusers.d and tmpfiles.d, and was torn down leaving nothing"
+}
+
 cmd=${1:-}
 case $cmd in
 build) build ;;
+check) check ;;
 start | stop | status)
 	[ $# -eq 2 ] || die "usage: $0 $cmd RUNDIR"
 	run=$(realpath -m "$2")
 	case $run in /) die "RUNDIR must not be /" ;; esac
 	"$cmd"
 	;;
-*) die "usage: $0 build | start RUNDIR | stop RUNDIR | status RUNDIR" ;;
+*) die "usage: $0 build | check | start RUNDIR | stop RUNDIR | status RUNDIR" ;;
 esac

@@ -60,7 +60,6 @@ let
     labels = { };
     ceph = {
       enable = false;
-      pool = "rbd";
       user = "admin";
       keyringFile = null;
       configFile = "/etc/ceph/ceph.conf";

@@ -1,0 +1,131 @@
+package api
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+)
+
+// The text renderings of the answers, as `blixard` prints them without
+// --json (like reconciler.Plan.Render for plans).
+
+// WriteStatus writes the status as `blixard status` prints it: the
+// revision, the errors, the VMs (with their wanted run state) and the nodes.
+func WriteStatus(w io.Writer, v StatusView) error {
+	if v.Revision == nil {
+		fmt.Fprintln(w, "Revision: none committed yet")
+	} else {
+		fmt.Fprintf(w, "Revision: %d  commit %s  ref %s  %s\n  %s\n", v.Revision.ID, short(v.Revision.Commit, 12),
+			v.Revision.Ref, v.Revision.CommittedAt.Local().Format(time.RFC3339), v.Revision.Summary)
+		if v.Revision.Signer != "" {
+			fmt.Fprintf(w, "  signed by %s\n", v.Revision.Signer)
+		}
+	}
+	for _, c := range v.Conditions {
+		if c.Type == replicated.SignatureRefused {
+			fmt.Fprintf(w, "Refused (commit %s, signature):\n  %s\n", short(c.Commit, 12),
+				strings.ReplaceAll(strings.TrimSpace(c.Message), "\n", "\n  "))
+		}
+	}
+	if v.LastError != nil {
+		fmt.Fprintf(w, "Last error (commit %s, not deployed):\n  %s\n", short(v.LastError.Commit, 12),
+			strings.ReplaceAll(strings.TrimSpace(v.LastError.Message), "\n", "\n  "))
+	}
+	if v.Reconciler != nil && v.Reconciler.FetchError != "" {
+		fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
+	}
+	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tNODE\tPHASE\tWANT\tVCPU\tMEM\tRUNNER")
+	for _, vm := range v.VMs {
+		want := string(vm.Want)
+		if vm.Stopped != "" {
+			want += " (" + string(vm.Stopped) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, vm.Phase, want, vm.VCPU, vm.MemMiB, StoreName(vm.OutPath))
+	}
+	if len(v.VMs) == 0 {
+		fmt.Fprintln(tw, "(none)")
+	}
+	for _, u := range v.Unschedulable {
+		fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t\t%s\n", u.VM, u.Reason)
+	}
+	fmt.Fprintln(tw)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return WriteNodes(w, v.Nodes)
+}
+
+// WriteNodes writes the nodes as `blixard nodes` prints them (* = leader).
+func WriteNodes(w io.Writer, nodes []NodeView) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tVMS\tVCPU\tMEM\tAPI\tLABELS")
+	for _, n := range nodes {
+		id := fmt.Sprint(n.ID)
+		if n.Leader {
+			id += "*"
+		}
+		var labels []string
+		for k, v := range n.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d MiB\t%s\t%s\n", id, n.State, n.VMs, n.Allocated.VCPU, n.Capacity.VCPU,
+			n.Allocated.MemMiB, n.Capacity.MemMiB, n.APIAddr, strings.Join(labels, ","))
+	}
+	return tw.Flush()
+}
+
+// WriteHistory writes the revisions newest first, as `blixard history`.
+func WriteHistory(w io.Writer, revs []replicated.Revision) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REVISION\tCOMMIT\tREF\tTIME\tSIGNER\tCHANGES")
+	for i := len(revs) - 1; i >= 0; i-- {
+		r := revs[i]
+		signer := r.Signer
+		if signer == "" {
+			signer = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, short(r.Commit, 12), r.Ref, r.CommittedAt.Local().Format(time.RFC3339),
+			signer, r.Summary)
+	}
+	return tw.Flush()
+}
+
+// WriteDrift writes the drift as `blixard diff` prints it.
+func WriteDrift(w io.Writer, drift []reconciler.Drift) error {
+	if len(drift) == 0 {
+		_, err := fmt.Fprintln(w, "No drift: every VM runs its committed closure on its assigned node (or is stopped on purpose).")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tNODE\tOBSERVED\tREASON")
+	for _, d := range drift {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", d.VM, d.Node, d.Phase, d.Reason)
+	}
+	return tw.Flush()
+}
+
+// StoreName shortens /nix/store/HASH-name to HASH[:8]-name for tables.
+func StoreName(p string) string {
+	base := filepath.Base(p)
+	if h, rest, ok := strings.Cut(base, "-"); ok && len(h) == 32 {
+		return h[:8] + "-" + rest
+	}
+	return base
+}
+
+func short(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

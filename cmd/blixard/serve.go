@@ -154,7 +154,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Source: node.Source{Repo: o.repo, Ref: o.ref, SSHKeyFile: o.git.SSHKeyFile, SSHKnownHostsFile: o.git.SSHKnownHostsFile,
 			HTTPTokenFile: o.git.HTTPTokenFile, HTTPUsername: o.git.HTTPUsername, Trust: o.git.Trust},
 		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, EvalTimeout: o.evalTimeout,
-		Eval: node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
+		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
 		Ceph: o.ceph.config(),

@@ -3,15 +3,19 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/blixard/blixard/pki"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 )
@@ -22,19 +26,105 @@ const maxAnswer = 256 << 20
 // Client talks to one node's API. Its methods return the server's error
 // message as an [*Error].
 type Client struct {
-	base string
+	base  string
+	token string // "" : none
 	// http has a timeout for the request-answer calls; stream has none
 	// (followed logs run until the caller's ctx ends).
 	http, stream *http.Client
 }
 
-// NewClient returns a client of the node at server: HOST:PORT or a URL.
-func NewClient(server string) *Client {
+// ClientOptions say how a [Client] authenticates.
+type ClientOptions struct {
+	// TLS makes the client speak HTTPS with this configuration
+	// (pki.ClientTLS: the cluster CA, and the caller's certificate when it
+	// has one). Without it a server without a scheme is plain HTTP.
+	TLS *tls.Config
+	// Token is a bearer token (`blixard token create`) sent with every
+	// request; only over HTTPS.
+	Token string
+}
+
+// NewClient returns a client of the node at server: HOST:PORT (HTTPS with
+// o.TLS, plain HTTP without) or an http:// or https:// URL. It refuses
+// combinations that would send credentials in clear text.
+func NewClient(server string, o ClientOptions) (*Client, error) {
 	base := strings.TrimRight(server, "/")
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		scheme := "http://"
+		if o.TLS != nil {
+			scheme = "https://"
+		}
+		base = scheme + base
 	}
-	return &Client{base: base, http: &http.Client{Timeout: 5 * time.Minute}, stream: &http.Client{}}
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return nil, fmt.Errorf("--server %q: want HOST:PORT or https://HOST:PORT", server)
+	}
+	switch {
+	case u.Scheme == "http" && o.TLS != nil:
+		return nil, fmt.Errorf("--server %s is plain http:// but a CA, certificate or key is given: use https://%s", base, u.Host)
+	case u.Scheme == "http" && o.Token != "":
+		return nil, fmt.Errorf("--server %s is plain http://: a token is sent only over HTTPS; give the cluster CA (--ca or BLIXARD_CA) and https://%s", base, u.Host)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("--server %q: want http:// or https://", server)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = o.TLS
+	return &Client{base: base, token: o.Token, http: &http.Client{Transport: tr, Timeout: 5 * time.Minute},
+		stream: &http.Client{Transport: tr}}, nil
+}
+
+// Credentials name the files a client authenticates with: the CLI's --ca,
+// --cert, --key and --token-file.
+type Credentials struct {
+	CAFile, CertFile, KeyFile, TokenFile string
+}
+
+// Options loads the files: a TLS configuration trusting CAFile (and
+// presenting CertFile with KeyFile, when given) and the token in TokenFile
+// (its first line; refused when every user can read the file).
+func (c Credentials) Options() (ClientOptions, error) {
+	var o ClientOptions
+	if c.CAFile == "" && (c.CertFile != "" || c.KeyFile != "") {
+		return o, errors.New("--cert and --key need --ca (BLIXARD_CA): the cluster's ca.crt, to check the server")
+	}
+	if c.CAFile != "" {
+		cfg, err := pki.ClientTLS(c.CAFile, c.CertFile, c.KeyFile)
+		if err != nil {
+			return o, err
+		}
+		o.TLS = cfg
+	}
+	if c.TokenFile != "" {
+		tok, err := readTokenFile(c.TokenFile)
+		if err != nil {
+			return o, err
+		}
+		o.Token = tok
+	}
+	return o, nil
+}
+
+// readTokenFile reads a token file's first line; like a key, the file must
+// not be open to every user.
+func readTokenFile(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o007 != 0 {
+		return "", fmt.Errorf("--token-file %s is open to every user (mode %v): run `chmod 600 %s`", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok, _, _ := strings.Cut(string(b), "\n")
+	tok = strings.TrimSpace(tok)
+	if !strings.HasPrefix(tok, TokenPrefix) {
+		return "", fmt.Errorf("--token-file %s does not start with a token (%s…, from `blixard token create`)", path, TokenPrefix)
+	}
+	return tok, nil
 }
 
 // Base is the URL the client talks to.
@@ -112,6 +202,31 @@ func (c *Client) SetVMRunState(ctx context.Context, vm string, action VMAction) 
 	return v, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(vm)+"/"+string(action), nil, &v)
 }
 
+// Events returns the replicated event log, oldest first (GET /v1/events).
+func (c *Client) Events(ctx context.Context) ([]replicated.Event, error) {
+	var v []replicated.Event
+	return v, c.do(ctx, "GET", "/v1/events", nil, &v)
+}
+
+// CreateToken creates a bearer token with role (POST /v1/tokens); the
+// answer holds its secret, which nothing shows again.
+func (c *Client) CreateToken(ctx context.Context, name, role string) (TokenAnswer, error) {
+	var v TokenAnswer
+	return v, c.do(ctx, "POST", "/v1/tokens", TokenRequest{Name: name, Role: role}, &v)
+}
+
+// Tokens lists the bearer tokens (GET /v1/tokens).
+func (c *Client) Tokens(ctx context.Context) ([]TokenView, error) {
+	var v []TokenView
+	return v, c.do(ctx, "GET", "/v1/tokens", nil, &v)
+}
+
+// RevokeToken revokes the token name (DELETE /v1/tokens/NAME).
+func (c *Client) RevokeToken(ctx context.Context, name string) (RevokeAnswer, error) {
+	var v RevokeAnswer
+	return v, c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(name), nil, &v)
+}
+
 // Sync asks the node's reconciler to fetch now (POST /v1/sync).
 func (c *Client) Sync(ctx context.Context) (SyncAnswer, error) {
 	var v SyncAnswer
@@ -129,6 +244,7 @@ func (c *Client) Logs(ctx context.Context, vm string, follow bool, w io.Writer) 
 	if err != nil {
 		return fmt.Errorf("--server %q: %w", c.base, err)
 	}
+	c.authorize(req)
 	resp, err := c.stream.Do(req)
 	if err != nil {
 		return c.unreachable(err)
@@ -143,6 +259,13 @@ func (c *Client) Logs(ctx context.Context, vm string, follow bool, w io.Writer) 
 		return nil // the caller stopped following
 	}
 	return err
+}
+
+// authorize adds the bearer token, if any.
+func (c *Client) authorize(req *http.Request) {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 }
 
 func (c *Client) unreachable(err error) error {
@@ -166,6 +289,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	c.authorize(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return c.unreachable(err)

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"strings"
@@ -14,7 +15,7 @@ import (
 
 func TestClientDecodesEveryAnswer(t *testing.T) {
 	f := newFixture(t)
-	c := api.NewClient(strings.TrimPrefix(f.srv.URL, "http://")) // HOST:PORT, as --server takes it
+	c := newClient(t, strings.TrimPrefix(f.srv.URL, "http://")) // HOST:PORT, as --server takes it
 	ctx := context.Background()
 
 	if st, err := c.Status(ctx); err != nil || st.LastError == nil || st.Reconciler.FetchError == "" {
@@ -54,11 +55,58 @@ func TestClientDecodesEveryAnswer(t *testing.T) {
 	if err := c.Logs(ctx, "web", false, &logs); err != nil || logs.String() != "booted web v1\n" {
 		t.Errorf("Logs: %q, %v", logs.String(), err)
 	}
+	if ev, err := c.Events(ctx); err != nil || len(ev) == 0 || !strings.Contains(ev[len(ev)-1].Message, "(by anonymous)") {
+		t.Errorf("Events: %+v, %v; want the last change made by anonymous", ev, err)
+	}
+	tok, err := c.CreateToken(ctx, "ci", "operate")
+	if err != nil || !strings.HasPrefix(tok.Token, api.TokenPrefix) || tok.Role != "operate" {
+		t.Errorf("CreateToken: %+v, %v", tok, err)
+	}
+	if ts, err := c.Tokens(ctx); err != nil || len(ts) != 1 || ts[0].Name != "ci" || ts[0].CreatedBy != "anonymous" {
+		t.Errorf("Tokens: %+v, %v", ts, err)
+	}
+	if a, err := c.RevokeToken(ctx, "ci"); err != nil || a.Name != "ci" {
+		t.Errorf("RevokeToken: %+v, %v", a, err)
+	}
+}
+
+// newClient is a plain client of url.
+func newClient(t *testing.T, url string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(url, api.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestClientRefusesToSendCredentialsInClearText(t *testing.T) {
+	for _, tt := range []struct {
+		name, server string
+		o            api.ClientOptions
+		want         string
+	}{
+		{"a token over http:// is refused", "http://h:7070", api.ClientOptions{Token: "blx_x"}, "only over HTTPS"},
+		{"a token without TLS is refused", "h:7070", api.ClientOptions{Token: "blx_x"}, "only over HTTPS"},
+		{"TLS with an http:// server is refused", "http://h:7070", api.ClientOptions{TLS: &tls.Config{}}, "use https://h:7070"},
+		{"a path is no server", "h:7070/v1", api.ClientOptions{}, "HOST:PORT"},
+		{"another scheme is refused", "ftp://h:7070", api.ClientOptions{}, "want http:// or https://"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := api.NewClient(tt.server, tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewClient(%q): %v, want an error with %q", tt.server, err, tt.want)
+			}
+		})
+	}
+	c, err := api.NewClient("h:7070", api.ClientOptions{TLS: &tls.Config{}, Token: "blx_x"})
+	if err != nil || c.Base() != "https://h:7070" {
+		t.Fatalf("NewClient with TLS: %v, base %q; want https://h:7070", err, c.Base())
+	}
 }
 
 func TestClientErrorsCarryTheServersMessage(t *testing.T) {
 	f := newFixture(t)
-	c := api.NewClient(f.srv.URL)
+	c := newClient(t, f.srv.URL)
 	ctx := context.Background()
 	_, err := c.SetNodeState(ctx, 9, replicated.NodeDraining)
 	var e *api.Error

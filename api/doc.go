@@ -5,10 +5,19 @@
 //
 // Its one job is to translate HTTP to the node's parts and back: routing
 // (405 with Allow for a known path and another method, 404 for anything
-// else), strict request decoding (1 MiB, unknown fields refused), JSON
-// answers, and errors as `{"error": "…"}` that say what failed and where to
-// look. Reads come from the replicated state (linearizable through Raft, or
-// the local replica for metrics and logs); writes are proposals. Status is
+// else), authentication and roles (HTTPS with a client certificate from
+// the cluster CA or a bearer token; read, operate, admin: see auth.go; 401
+// and 403 hang up without reading the body), strict request decoding
+// (1 MiB, unknown fields and trailing data refused, path and query
+// parameters validated), JSON answers, and errors as `{"error": "…"}` that
+// say what failed and where to look — never the text of an internal error,
+// which can name files and addresses: that goes to the node's log under a
+// reference the answer gives. Its edges are bounded: header, read, write
+// and idle timeouts, a connection cap below the file descriptor limit, and
+// a cap on followed logs. Reads come from the replicated state
+// (linearizable through Raft, or the local replica for metrics, logs and
+// tokens); writes are proposals that name the caller ([replicated.Command]
+// Actor), so the event log says who asked for each change. Status is
 // built from the replicated state alone — the source's conditions
 // (FetchFailed, EvalFailed) and the committed planner outcome — so every
 // node answers the same. VM start, stop and restart are SetVMRunState

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/blixard/blixard/reconciler"
@@ -24,8 +25,14 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, Health{OK: true, Node: s.o.Replica.NodeID()})
 }
 
+// handleState answers the replicated state, without the tokens' hashes:
+// a read-only caller has no use for them.
 func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {
 	if st, ok := s.read(w, r); ok {
+		for name, t := range st.Tokens {
+			t.Hash = ""
+			st.Tokens[name] = t
+		}
 		writeJSON(w, http.StatusOK, st)
 	}
 }
@@ -99,9 +106,9 @@ func (s *Server) handleNodeState(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	res, err := s.o.Replica.Propose(ctx, replicated.Command{Type: replicated.CmdSetNodeState, At: s.o.Now(),
-		SetNodeState: &replicated.SetNodeState{ID: id, State: req.State}})
+		Actor: callerOf(r.Context()).Name, SetNodeState: &replicated.SetNodeState{ID: id, State: req.State}})
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("setting node %d %s (is a quorum of nodes up?): %w", id, req.State, err))
+		s.internalError(w, r, http.StatusServiceUnavailable, fmt.Sprintf("setting node %d %s failed; the outcome is unknown (is a quorum of nodes up? see `blixard nodes`)", id, req.State), err)
 		return
 	}
 	if res.Code != replicated.ResultOK {
@@ -129,15 +136,22 @@ func (s *Server) handleAddMember(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("id: want a node id > 0"))
 		return
 	}
-	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {
+	if err := checkRaftAddr(req.RaftAddr); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("raftAddr %q: %w", req.RaftAddr, err))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := s.o.Replica.AddReplica(ctx, req.ID, req.RaftAddr, req.NonVoting); err != nil {
-		writeError(w, http.StatusConflict, fmt.Errorf("adding node %d at %s: %w", req.ID, req.RaftAddr, err))
+		s.internalError(w, r, http.StatusConflict, fmt.Sprintf("adding node %d at %s failed (is the id a member already? is a quorum of nodes up?)", req.ID, req.RaftAddr), err)
 		return
+	}
+	// Dragonboat's membership change leaves no trace in the replicated
+	// state; this records who made it. The member is added either way.
+	rec := replicated.Command{Type: replicated.CmdRecordMember, At: s.o.Now(), Actor: callerOf(r.Context()).Name,
+		RecordMember: &replicated.RecordMember{ID: req.ID, RaftAddr: req.RaftAddr, NonVoting: req.NonVoting}}
+	if res, err := s.o.Replica.Propose(ctx, rec); err != nil || !res.OK() {
+		s.log.Warn("node added, but recording it in the event log failed", "node", req.ID, "err", err, "result", res.Message)
 	}
 	next := fmt.Sprintf("start it with: blixard serve --node-id %d --raft-addr %s --join", req.ID, req.RaftAddr)
 	if req.NonVoting {
@@ -180,11 +194,12 @@ func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, NewPlanView(p, ""))
 }
 
-func (s *Server) handleSync(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {
 	if s.o.Reconciler == nil {
 		writeError(w, http.StatusConflict, s.errNoRepository())
 		return
 	}
+	s.log.Info("fetch requested", "caller", callerOf(r.Context()).Name)
 	s.o.Reconciler.Trigger()
 	writeJSON(w, http.StatusAccepted, SyncAnswer{Triggered: true, Node: s.o.Replica.NodeID(), Leader: s.leader()})
 }
@@ -198,12 +213,30 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("VM name %q: %w", name, err))
 		return
 	}
-	follow := r.URL.Query().Get("follow") == "1"
+	q, err := logsQuery(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("GET %s: %w", r.URL.Path, err))
+		return
+	}
+	follow := q.follow
+	if follow {
+		// Each follower holds a connection (and, on the node of the VM, a
+		// reader of its log) for as long as it likes: they are capped, and
+		// exempt from the write deadline.
+		select {
+		case s.followers <- struct{}{}:
+			defer func() { <-s.followers }()
+		default:
+			w.Header().Set("Retry-After", "10")
+			writeError(w, http.StatusTooManyRequests, fmt.Errorf("node %d already streams %d followed logs, its limit: try again later, or ask another node", s.o.Replica.NodeID(), cap(s.followers)))
+			return
+		}
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	}
 	self := s.o.Replica.NodeID()
-	if r.URL.Query().Get("local") != "1" {
-		st, err := s.o.Replica.LocalRead()
-		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("node %d: reading the local replica: %w", self, err))
+	if !q.local {
+		st, ok := s.localRead(w, r)
+		if !ok {
 			return
 		}
 		node := uint64(0)
@@ -231,12 +264,13 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sw := &streamWriter{w: w}
-	err := s.o.Logs.Tail(r.Context(), name, follow, sw)
+	err = s.o.Logs.Tail(r.Context(), name, follow, sw)
 	switch {
 	case err != nil && !sw.started && errors.Is(err, fs.ErrNotExist):
-		writeError(w, http.StatusNotFound, fmt.Errorf("no console log for VM %q on node %d: %w", name, self, err))
+		// Not %w: the error names the log's file.
+		writeError(w, http.StatusNotFound, fmt.Errorf("no console log for VM %q on node %d (has it run there yet? see `blixard status`)", name, self))
 	case err != nil && !sw.started:
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("reading the console log of VM %q on node %d: %w", name, self, err))
+		s.internalError(w, r, http.StatusInternalServerError, fmt.Sprintf("reading the console log of VM %q failed", name), err)
 	case err != nil:
 		s.log.Debug("log stream ended", "vm", name, "err", err)
 	case !sw.started:
@@ -244,20 +278,69 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// logsParams are the query parameters of GET /v1/vms/NAME/logs.
+type logsParams struct {
+	// follow keeps streaming; local serves only this node's log (what a
+	// node asks the node of the VM when it proxies).
+	follow, local bool
+}
+
+// logsQuery parses the query of GET /v1/vms/NAME/logs: follow and local,
+// each 0 or 1, and nothing else.
+func logsQuery(q url.Values) (logsParams, error) {
+	var p logsParams
+	for key, vals := range q {
+		var dst *bool
+		switch key {
+		case "follow":
+			dst = &p.follow
+		case "local":
+			dst = &p.local
+		default:
+			return p, fmt.Errorf("unknown query parameter %q (known: follow=1, local=1)", key)
+		}
+		if len(vals) != 1 || (vals[0] != "0" && vals[0] != "1") {
+			return p, fmt.Errorf("query parameter %s=%q: want 0 or 1, once", key, strings.Join(vals, ","))
+		}
+		*dst = vals[0] == "1"
+	}
+	return p, nil
+}
+
+// checkRaftAddr accepts a Raft address as Dragonboat takes it: HOST:PORT
+// with a port number and a host name or IP address.
+func checkRaftAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q: want 1-65535", port)
+	}
+	if host == "" || strings.ContainsAny(host, "/?#@ \t\n") {
+		return fmt.Errorf("host %q: want a host name or an IP address", host)
+	}
+	return nil
+}
+
 func (s *Server) proxyLogs(w http.ResponseWriter, r *http.Request, apiAddr, name string, follow bool) {
 	q := url.Values{"local": {"1"}}
 	if follow {
 		q.Set("follow", "1")
 	}
-	u := "http://" + apiAddr + "/v1/vms/" + url.PathEscape(name) + "/logs?" + q.Encode()
+	scheme := "http"
+	if s.o.PeerTLS != nil {
+		scheme = "https"
+	}
+	u := (&url.URL{Scheme: scheme, Host: apiAddr, Path: "/v1/vms/" + name + "/logs", RawQuery: q.Encode()}).String()
 	req, err := http.NewRequestWithContext(r.Context(), "GET", u, nil)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
+		s.internalError(w, r, http.StatusBadGateway, fmt.Sprintf("node %s holds the logs of VM %q, but its API address is not usable", apiAddr, name), err)
 		return
 	}
-	resp, err := s.o.HTTPClient.Do(req)
+	resp, err := s.peers.Do(req)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, fmt.Errorf("reaching the node at %s for the logs of VM %q: %w", apiAddr, name, err))
+		s.internalError(w, r, http.StatusBadGateway, fmt.Sprintf("reaching the node at %s for the logs of VM %q failed (is it up?)", apiAddr, name), err)
 		return
 	}
 	defer resp.Body.Close()
@@ -317,9 +400,10 @@ func (s *Server) handleVMRunState(action VMAction) http.HandlerFunc {
 		c.VM = name
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		defer cancel()
-		res, err := s.o.Replica.Propose(ctx, replicated.Command{Type: replicated.CmdSetVMRunState, At: s.o.Now(), SetVMRunState: &c})
+		res, err := s.o.Replica.Propose(ctx, replicated.Command{Type: replicated.CmdSetVMRunState, At: s.o.Now(),
+			Actor: callerOf(r.Context()).Name, SetVMRunState: &c})
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("%s VM %s (is a quorum of nodes up?): %w", action, name, err))
+			s.internalError(w, r, http.StatusServiceUnavailable, fmt.Sprintf("%s VM %s failed; the outcome is unknown (is a quorum of nodes up?)", action, name), err)
 			return
 		}
 		switch res.Code {

@@ -10,10 +10,9 @@ import (
 
 // handleMetrics serves Prometheus' text exposition format, computed from the
 // local replica on each scrape (no client library: a handful of gauges).
-func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
-	st, err := s.o.Replica.LocalRead()
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("node %d: reading the local replica: %w", s.o.Replica.NodeID(), err))
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	st, ok := s.localRead(w, r)
+	if !ok {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

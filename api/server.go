@@ -3,17 +3,22 @@ package api
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/blixard/blixard/gitsync"
+	"github.com/blixard/blixard/pki"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 )
@@ -22,11 +27,18 @@ import (
 // own, larger bound).
 const MaxRequestBody = 1 << 20
 
+// maxHeaderBytes bounds a request's header: the API's requests carry a
+// few short headers, a bearer token at most.
+const maxHeaderBytes = 64 << 10
+
 // Defaults of [Options].
 const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadTimeout       = 30 * time.Second
-	DefaultMaxConns          = 256
+	DefaultWriteTimeout      = time.Minute
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultMaxConns          = 1024
+	DefaultMaxLogFollowers   = 64
 )
 
 // Replica is the node's replica of the state, as the API needs it;
@@ -84,14 +96,31 @@ type Options struct {
 	// WebhookSecret is the HMAC secret of POST /v1/webhook ("" accepts any
 	// POST).
 	WebhookSecret string
-	// HTTPClient reaches other nodes' APIs (logs of VMs elsewhere);
-	// default http.DefaultClient.
-	HTTPClient *http.Client
+
+	// TLS makes [Server.Serve] speak HTTPS (HTTP/1.1) with this
+	// configuration, as pki.ServerTLSClientCertIfGiven makes it: callers
+	// authenticate with a client certificate the cluster CA signed or with
+	// a bearer token. Without it Serve refuses to run unless Insecure.
+	TLS *tls.Config
+	// PeerTLS reaches other nodes' APIs (logs of VMs elsewhere) over HTTPS
+	// with this node's certificate (pki.ClientTLS); nil: plain HTTP.
+	PeerTLS *tls.Config
+	// Insecure turns authentication off: every caller acts as admin and
+	// the event log names it "anonymous". It is for plain HTTP on loopback
+	// (`blixard dev`, `serve --insecure`) and excludes TLS.
+	Insecure bool
+
 	// ReadHeaderTimeout and ReadTimeout bound reading a request's header
-	// and whole request (slow bodies do not hold a connection); MaxConns
-	// caps concurrent connections (further ones wait to be accepted).
-	ReadHeaderTimeout, ReadTimeout time.Duration
-	MaxConns                       int
+	// (and a TLS handshake) and whole request, so slow clients do not hold
+	// a connection; WriteTimeout bounds writing an answer (followed logs
+	// excepted); IdleTimeout closes idle keep-alive connections.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MaxConns caps concurrent connections (further ones wait to be
+	// accepted); Serve lowers it to keep a quarter of the file descriptor
+	// limit, and at least 256 descriptors, for the rest of the node.
+	// MaxLogFollowers caps concurrent `logs -f` streams (further ones get
+	// 429).
+	MaxConns, MaxLogFollowers int
 	// Now is the clock of proposals (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -100,24 +129,25 @@ type Options struct {
 // Server is one node's HTTP API. Construct with [NewServer]; it starts
 // nothing until [Server.Serve].
 type Server struct {
-	o       Options
-	log     *slog.Logger // non-nil
-	handler http.Handler // non-nil
+	o         Options
+	log       *slog.Logger  // non-nil
+	handler   http.Handler  // non-nil
+	peers     *http.Client  // non-nil; reaches other nodes' APIs
+	followers chan struct{} // one token per followed log stream
+	refs      atomic.Uint64 // numbers the internal errors logged
 }
 
 // NewServer returns a server for o.
 func NewServer(o Options) *Server {
-	if o.HTTPClient == nil {
-		o.HTTPClient = http.DefaultClient
-	}
-	if o.ReadHeaderTimeout <= 0 {
-		o.ReadHeaderTimeout = DefaultReadHeaderTimeout
-	}
-	if o.ReadTimeout <= 0 {
-		o.ReadTimeout = DefaultReadTimeout
-	}
+	setDefault(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDefault(&o.ReadTimeout, DefaultReadTimeout)
+	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&o.IdleTimeout, DefaultIdleTimeout)
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
+	}
+	if o.MaxLogFollowers <= 0 {
+		o.MaxLogFollowers = DefaultMaxLogFollowers
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -125,9 +155,18 @@ func NewServer(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, log: o.Logger}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = o.PeerTLS
+	s := &Server{o: o, log: o.Logger, followers: make(chan struct{}, o.MaxLogFollowers),
+		peers: &http.Client{Transport: tr}}
 	s.handler = s.routes()
 	return s
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
 }
 
 // Handler returns the API's routes.
@@ -136,17 +175,42 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Serve serves the API on ln until ctx ends, then shuts it down: requests
 // still running (followed logs) see their context end. It returns nil after
 // ctx ended, or the error that stopped the server. ln is closed.
+//
+// It serves HTTPS with [Options.TLS], plain HTTP with [Options.Insecure],
+// and refuses to serve with neither.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	switch {
+	case s.o.TLS == nil && !s.o.Insecure:
+		ln.Close()
+		return errors.New("api: refusing to serve plain HTTP with authentication on: give a TLS configuration, or Insecure for an unauthenticated API on loopback")
+	case s.o.TLS != nil && s.o.Insecure:
+		ln.Close()
+		return errors.New("api: TLS and Insecure exclude each other: an HTTPS API without authentication would look safe and not be")
+	}
+	conns := connLimit(s.o.MaxConns, fileLimit())
+	if conns < s.o.MaxConns {
+		s.log.Info("API connections capped below the file descriptor limit", "maxConns", conns)
+	}
+	served := limitListener(ln, conns)
+	if s.o.TLS != nil {
+		cfg := s.o.TLS.Clone()
+		// HTTP/1.1 only: one request at a time per connection keeps the
+		// connection cap a cap on concurrent requests.
+		cfg.NextProtos = []string{"http/1.1"}
+		served = tls.NewListener(served, cfg)
+	}
 	srv := &http.Server{
-		Handler:           s.handler,
+		Handler: s.handler,
+		// The TLS handshake is bounded by the smallest of these too.
 		ReadHeaderTimeout: s.o.ReadHeaderTimeout,
 		ReadTimeout:       s.o.ReadTimeout,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       s.o.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(limitListener(ln, s.o.MaxConns)) }()
+	go func() { done <- srv.Serve(served) }()
 	select {
 	case err := <-done:
 		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
@@ -163,39 +227,82 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// route is one endpoint.
+// connLimit is limit, lowered so that connections leave a quarter of the
+// file descriptor limit files (0: unknown), and at least 256 descriptors,
+// to the rest of the node: running out of descriptors in Raft, its log DB,
+// nix or the agent can stop the node, while a client over the cap only
+// waits to be accepted. (A node uses a few dozen descriptors besides its
+// API's connections.)
+func connLimit(limit int, files uint64) int {
+	if files == 0 {
+		return limit
+	}
+	files = min(files, 1<<20)
+	reserve := max(files/4, 256)
+	if files < reserve+16 {
+		return min(limit, 16)
+	}
+	return min(limit, int(files-reserve))
+}
+
+// fileLimit is the process's soft limit on open files (0: unknown or
+// unlimited). Go raises it to the hard limit when the program starts.
+func fileLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == math.MaxUint64 {
+		return 0
+	}
+	return rl.Cur
+}
+
+// route is one endpoint and the role it needs ("": none, for /healthz and
+// the webhook, which checks its own HMAC).
 type route struct {
 	method, path string
+	need         pki.Role
 	h            http.Handler
 }
 
 func (s *Server) routes() http.Handler {
+	const (
+		read    = pki.RoleRead
+		operate = pki.RoleOperate
+		admin   = pki.RoleAdmin
+	)
 	routes := []route{
-		{"GET", "/healthz", http.HandlerFunc(s.handleHealth)},
-		{"GET", "/v1/state", http.HandlerFunc(s.handleState)},
-		{"GET", "/v1/status", http.HandlerFunc(s.handleStatus)},
-		{"GET", "/v1/nodes", http.HandlerFunc(s.handleNodes)},
-		{"GET", "/v1/history", http.HandlerFunc(s.handleHistory)},
-		{"GET", "/v1/diff", http.HandlerFunc(s.handleDiff)},
-		{"GET", "/v1/reconciler", http.HandlerFunc(s.handleReconciler)},
-		{"POST", "/v1/nodes/{id}/state", http.HandlerFunc(s.handleNodeState)},
-		{"POST", "/v1/members", http.HandlerFunc(s.handleAddMember)},
-		{"POST", "/v1/plan", http.HandlerFunc(s.handlePlan)},
-		{"POST", "/v1/sync", http.HandlerFunc(s.handleSync)},
-		{"GET", "/v1/vms/{name}/logs", http.HandlerFunc(s.handleLogs)},
-		{"POST", "/v1/vms/{name}/start", s.handleVMRunState(VMStart)},
-		{"POST", "/v1/vms/{name}/stop", s.handleVMRunState(VMStop)},
-		{"POST", "/v1/vms/{name}/restart", s.handleVMRunState(VMRestart)},
-		{"GET", "/metrics", http.HandlerFunc(s.handleMetrics)},
+		{"GET", "/healthz", "", http.HandlerFunc(s.handleHealth)},
+		{"GET", "/v1/state", read, http.HandlerFunc(s.handleState)},
+		{"GET", "/v1/status", read, http.HandlerFunc(s.handleStatus)},
+		{"GET", "/v1/nodes", read, http.HandlerFunc(s.handleNodes)},
+		{"GET", "/v1/history", read, http.HandlerFunc(s.handleHistory)},
+		{"GET", "/v1/diff", read, http.HandlerFunc(s.handleDiff)},
+		{"GET", "/v1/events", read, http.HandlerFunc(s.handleEvents)},
+		{"GET", "/v1/reconciler", read, http.HandlerFunc(s.handleReconciler)},
+		{"POST", "/v1/nodes/{id}/state", operate, http.HandlerFunc(s.handleNodeState)},
+		{"POST", "/v1/members", admin, http.HandlerFunc(s.handleAddMember)},
+		{"POST", "/v1/plan", operate, http.HandlerFunc(s.handlePlan)},
+		{"POST", "/v1/sync", operate, http.HandlerFunc(s.handleSync)},
+		{"GET", "/v1/vms/{name}/logs", read, http.HandlerFunc(s.handleLogs)},
+		{"POST", "/v1/vms/{name}/start", operate, s.handleVMRunState(VMStart)},
+		{"POST", "/v1/vms/{name}/stop", operate, s.handleVMRunState(VMStop)},
+		{"POST", "/v1/vms/{name}/restart", operate, s.handleVMRunState(VMRestart)},
+		{"GET", "/v1/tokens", admin, http.HandlerFunc(s.handleListTokens)},
+		{"POST", "/v1/tokens", admin, http.HandlerFunc(s.handleCreateToken)},
+		{"DELETE", "/v1/tokens/{name}", admin, http.HandlerFunc(s.handleRevokeToken)},
+		{"GET", "/metrics", read, http.HandlerFunc(s.handleMetrics)},
 	}
 	if s.o.Reconciler != nil {
-		routes = append(routes, route{"POST", "/v1/webhook", gitsync.WebhookHandler(s.o.WebhookSecret, s.o.Reconciler.Triggers(), s.log)})
+		routes = append(routes, route{"POST", "/v1/webhook", "", gitsync.WebhookHandler(s.o.WebhookSecret, s.o.Reconciler.Triggers(), s.log)})
 	}
 	mux := http.NewServeMux()
 	var paths []string
 	allowed := map[string][]string{} // path pattern → methods
 	for _, r := range routes {
-		mux.Handle(r.method+" "+r.path, r.h)
+		h := r.h
+		if r.need != "" {
+			h = s.guard(r.need, h)
+		}
+		mux.Handle(r.method+" "+r.path, h)
 		if _, ok := allowed[r.path]; !ok {
 			paths = append(paths, r.path)
 		}
@@ -212,7 +319,12 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see `blixard --help`)", r.Method, r.URL.Path))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A client that does not read its answer holds no connection for
+		// long; the log stream clears this while it follows.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // ErrorBody is the JSON body of every error answer.
@@ -232,15 +344,22 @@ func writeError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, ErrorBody{Error: err.Error()})
 }
 
-// decode reads exactly one JSON object of at most MaxRequestBody bytes with
-// no unknown fields into v; on failure it answers (400 or 413) saying what
-// the body should be, and returns false.
+// decode reads exactly one JSON value of at most MaxRequestBody bytes with
+// no unknown fields into v, and nothing after it but white space; on
+// failure it answers (400 or 413) saying what the body should be, and
+// returns false.
 func decode(w http.ResponseWriter, r *http.Request, v any, want string) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxRequestBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
-	if err == nil && dec.More() {
-		err = errors.New("more than one JSON value")
+	if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errors.New("more than one JSON value, or data after it")
+			var tooBig *http.MaxBytesError
+			if errors.As(terr, &tooBig) {
+				err = terr
+			}
+		}
 	}
 	if err == nil {
 		return true
@@ -270,10 +389,36 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) (*replicated.State
 	defer cancel()
 	st, err := s.o.Replica.Read(ctx)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("node %d: reading the replicated state (is a quorum of nodes up? see `blixard nodes` on another node): %w", s.o.Replica.NodeID(), err))
+		s.internalError(w, r, http.StatusServiceUnavailable,
+			"reading the replicated state failed (is a quorum of nodes up? see `blixard nodes` on another node)", err)
 		return nil, false
 	}
 	return st, true
+}
+
+// localRead answers 503 when the local replica cannot be read.
+func (s *Server) localRead(w http.ResponseWriter, r *http.Request) (*replicated.State, bool) {
+	st, err := s.o.Replica.LocalRead()
+	if err != nil {
+		s.internalError(w, r, http.StatusServiceUnavailable, "reading the local replica failed (is the node starting or stopping?)", err)
+		return nil, false
+	}
+	return st, true
+}
+
+// internalError answers code with public, which says what failed and what
+// to check, and logs err under a reference the answer names. err itself
+// stays in the node's log: errors from Raft, its log DB, the file system
+// or other nodes can name files, addresses and internals that are no
+// business of API clients.
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, code int, public string, err error) {
+	ref := s.refs.Add(1)
+	node := s.o.Replica.NodeID()
+	s.log.Warn(public, "err", err, "ref", ref, "method", r.Method, "path", r.URL.Path, "caller", callerOf(r.Context()).Name)
+	if errors.Is(err, context.DeadlineExceeded) {
+		public += "; it timed out"
+	}
+	writeError(w, code, fmt.Errorf("node %d: %s (details in the node's log, ref %d)", node, public, ref))
 }
 
 func (s *Server) leader() uint64 {

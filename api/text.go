@@ -114,6 +114,35 @@ func WriteDrift(w io.Writer, drift []reconciler.Drift) error {
 	return tw.Flush()
 }
 
+// WriteTokens writes the tokens as `blixard token list` prints them.
+func WriteTokens(w io.Writer, tokens []TokenView) error {
+	if len(tokens) == 0 {
+		_, err := fmt.Fprintln(w, "No tokens (create one with `blixard token create --name NAME --role ROLE`).")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tBY")
+	for _, t := range tokens {
+		by := t.CreatedBy
+		if by == "" {
+			by = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Role, t.CreatedAt.Local().Format(time.RFC3339), by)
+	}
+	return tw.Flush()
+}
+
+// WriteEvents writes the event log, oldest first, as `blixard events`
+// prints it; an event's message names who asked for it through the API.
+func WriteEvents(w io.Writer, events []replicated.Event) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tTIME\tKIND\tMESSAGE")
+	for _, e := range events {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", e.Index, e.At.Local().Format(time.RFC3339), e.Kind, strings.ReplaceAll(e.Message, "\n", " "))
+	}
+	return tw.Flush()
+}
+
 // StoreName shortens /nix/store/HASH-name to HASH[:8]-name for tables.
 func StoreName(p string) string {
 	base := filepath.Base(p)

@@ -218,3 +218,32 @@ type VMRunStateAnswer struct {
 	Action  VMAction `json:"action"`
 	Message string   `json:"message"`
 }
+
+// TokenRequest creates a bearer token (POST /v1/tokens).
+type TokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// TokenAnswer is the answer of POST /v1/tokens. Token is the secret: it is
+// in no other answer, and nowhere in the cluster.
+type TokenAnswer struct {
+	Name    string `json:"name"`
+	Role    string `json:"role"`
+	Token   string `json:"token"`
+	Message string `json:"message"`
+}
+
+// TokenView is one token of GET /v1/tokens (its secret is not kept).
+type TokenView struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"createdAt"`
+	CreatedBy string    `json:"createdBy,omitempty"`
+}
+
+// RevokeAnswer is the answer of DELETE /v1/tokens/NAME.
+type RevokeAnswer struct {
+	Name    string `json:"name"`
+	Message string `json:"message"`
+}

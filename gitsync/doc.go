@@ -20,9 +20,13 @@
 // branch at refs/heads/REF (HEAD points at it too), so both the real git CLI
 // and nix can read it.
 //
-// Webhook payloads are never trusted for content: [WebhookHandler] verifies
-// the signature (when a secret is set) and only triggers a re-fetch; the
-// commit always comes from re-reading the ref at the remote.
+// Webhook payloads are never trusted for content, nor parsed:
+// [WebhookHandler] checks that the sender knows the secret (when one is set:
+// an HMAC of the body, as GitHub, Gitea and Forgejo sign, or GitLab's
+// token) and only triggers a re-fetch; the commit always comes from
+// re-reading the ref at the remote. It bounds what a flood of deliveries
+// costs: bodies stream through the HMAC up to [MaxWebhookBody] and are never
+// buffered, and at most [MaxWebhookDeliveries] are handled at once.
 //
 // Use:
 //

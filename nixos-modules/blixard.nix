@@ -44,6 +44,10 @@ let
     then map (m: builtins.head (builtins.match "([^=]*)=.*" m)) cfg.members
     else builtins.attrNames cfg.members;
   raftKnown = cfg.raftAddress != null || builtins.elem (toString cfg.nodeId) memberIds;
+  apiLoopback = builtins.match "(127[.][0-9.]+|[[]::1]|localhost):[0-9]+" cfg.apiAddress != null;
+  # A file the daemon reads: an absolute path as a string, never a Nix path,
+  # which would copy the file (a key) into the world-readable store.
+  secretPath = types.strMatching "/.*";
 in
 {
   options.services.blixard = {
@@ -78,8 +82,50 @@ in
       default = "127.0.0.1:7070";
       example = "10.0.0.1:7070";
       description = ''
-        HOST:PORT of the HTTP API (`--api-addr`) used by `blixard status`, `plan` and webhooks. The API has no
-        authentication other than the webhook's HMAC: bind it to a private network.
+        HOST:PORT of the API (`--api-addr`) used by `blixard status`, `plan` and webhooks. It serves HTTPS with the
+        `tls` files: clients present a certificate from the cluster CA or a bearer token, and each needs the role of
+        what it does (see docs/security.md). Its certificate must name this host.
+      '';
+    };
+
+    tls = {
+      caFile = mkOption {
+        type = secretPath;
+        default = "${cfg.dataDir}/tls/ca.crt";
+        defaultText = literalExpression ''"''${config.services.blixard.dataDir}/tls/ca.crt"'';
+        description = ''
+          The cluster CA's certificate (`--tls-ca`; from `blixard ca init`). With `certFile` and `keyFile` it makes the
+          API HTTPS with client certificates or tokens, and Raft mutual TLS. A string, read when the daemon starts.
+        '';
+      };
+      certFile = mkOption {
+        type = secretPath;
+        default = "${cfg.dataDir}/tls/node-${toString cfg.nodeId}.crt";
+        defaultText = literalExpression ''"''${config.services.blixard.dataDir}/tls/node-''${toString config.services.blixard.nodeId}.crt"'';
+        description = ''
+          This node's certificate (`--tls-cert`; `blixard cert issue --node ID --host …`), naming the hosts of the Raft
+          and API addresses.
+        '';
+      };
+      keyFile = mkOption {
+        type = secretPath;
+        default = "${cfg.dataDir}/tls/node-${toString cfg.nodeId}.key";
+        defaultText = literalExpression ''"''${config.services.blixard.dataDir}/tls/node-''${toString config.services.blixard.nodeId}.key"'';
+        example = "/run/secrets/blixard-node-1.key";
+        description = ''
+          The key of `certFile` (`--tls-key`), mode 0600, owned by the daemon's user. A string, not a Nix path: a path
+          literal would copy the key into the world-readable Nix store (use agenix, sops-nix or a file put there by hand).
+        '';
+      };
+    };
+
+    insecure = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Serve the API over plain HTTP without any authentication (every client may drain nodes, stop VMs and add
+        Raft members) and Raft over plain TCP, instead of using the `tls` files (`--insecure`). Only for an apiAddress
+        on loopback; elsewhere the daemon also wants `settings."insecure-i-know" = true`.
       '';
     };
 
@@ -292,6 +338,10 @@ in
       {
         assertion = cfg.ceph.pool == null;
         message = "services.blixard.ceph.pool is gone: each volume's Ceph pool comes from the cluster flake, vms.<vm>.volumes.<name>.pool (default \"rbd\"); remove the setting.";
+      }
+      {
+        assertion = !cfg.insecure || apiLoopback || (cfg.settings."insecure-i-know" or false);
+        message = "services.blixard.insecure serves the API without authentication, but apiAddress ${cfg.apiAddress} is not loopback: anyone who reaches it could drain nodes, stop VMs and add Raft members. Leave insecure off and give services.blixard.tls.* (see docs/security.md), bind apiAddress to 127.0.0.1, or set services.blixard.settings.\"insecure-i-know\" = true.";
       }
       {
         assertion = builtins.all (k: builtins.match "[^,=]+" k != null) (builtins.attrNames cfg.labels);

@@ -30,6 +30,14 @@ let
     builtins.concatStringsSep "," (map (k: "${k}=${labels.${k}}") (builtins.attrNames labels));
 
   repo = cfg.repository;
+  tls = cfg.tls or { };
+  # TLS for the API and Raft, or plain and unauthenticated when asked for.
+  transport =
+    if cfg.insecure or false then { insecure = true; }
+    else
+      nonNull "tls-ca" (tls.caFile or null)
+      // nonNull "tls-cert" (tls.certFile or null)
+      // nonNull "tls-key" (tls.keyFile or null);
   members = renderMembers (cfg.members or { });
   labels = renderLabels (cfg.labels or { });
 
@@ -45,6 +53,7 @@ let
       "capacity-vcpu" = cfg.capacity.vcpu;
       "capacity-mem-mib" = cfg.capacity.memMiB;
     }
+    // transport
     // nonNull "raft-addr" (cfg.raftAddress or null)
     // nonNull "repo" (repo.url or null)
     // nonNull "webhook-secret-file" (repo.webhookSecretFile or null)

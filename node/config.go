@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
 )
@@ -81,6 +82,17 @@ type Config struct {
 	// APIListener is an already-bound listener for the API; Run owns it
 	// and closes it.
 	APIListener net.Listener
+	// TLS, when set (all three files), serves the API over HTTPS — callers
+	// present a client certificate from the CA in CAFile or a bearer
+	// token —, makes all Raft traffic mutual TLS, and lets the API reach
+	// other nodes' APIs with this node's certificate. The certificate must
+	// be this node's (`blixard cert issue --node ID`) and name the hosts of
+	// RaftAddr and APIAddr. The files are read when Run starts.
+	TLS raftstore.TLSFiles
+	// Insecure serves the API over plain HTTP without authentication
+	// (every caller acts as admin) and Raft over plain TCP; it excludes
+	// TLS. On an API address that is not loopback it needs InsecureIKnow.
+	Insecure, InsecureIKnow bool
 	// Members are the initial voters (id → Raft address), the same on
 	// every initial member (default: this node alone); ignored with Join.
 	Members map[uint64]string
@@ -215,6 +227,9 @@ func (c Config) withDefaults() (Config, error) {
 			return c, err
 		}
 	}
+	if err := c.checkTransport(); err != nil {
+		return c, err
+	}
 	if c.Source.Ref == "" {
 		c.Source.Ref = "main"
 	}
@@ -269,6 +284,50 @@ func ParseLabels(s string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+// checkTransport checks how the API and Raft are protected: TLS with all
+// three files, or plain and unauthenticated when asked for explicitly —
+// on loopback, or anywhere when asked for twice.
+func (c Config) checkTransport() error {
+	tlsOn := c.TLS != raftstore.TLSFiles{}
+	switch {
+	case tlsOn && (c.TLS.CAFile == "" || c.TLS.CertFile == "" || c.TLS.KeyFile == ""):
+		return fmt.Errorf("--tls-ca, --tls-cert and --tls-key go together (got CA %q, certificate %q, key %q): give all three", c.TLS.CAFile, c.TLS.CertFile, c.TLS.KeyFile)
+	case tlsOn && c.Insecure:
+		return errors.New("--insecure and --tls-ca/--tls-cert/--tls-key exclude each other: drop --insecure to serve HTTPS")
+	case c.InsecureIKnow && !c.Insecure:
+		return errors.New("--insecure-i-know goes with --insecure")
+	case !tlsOn && !c.Insecure:
+		return errors.New("the API needs TLS: give --tls-ca, --tls-cert and --tls-key (from `blixard ca init` and `blixard cert issue --node ID`; see docs/security.md), " +
+			"or --insecure for plain HTTP without authentication on a loopback --api-addr")
+	}
+	if !c.Insecure || c.InsecureIKnow {
+		return nil
+	}
+	addr := c.APIAddr
+	if c.APIListener != nil {
+		addr = c.APIListener.Addr().String()
+	}
+	if !Loopback(addr) {
+		return fmt.Errorf("--insecure on --api-addr %s, which is not a loopback address, lets anyone who reaches it drain nodes, stop VMs and add Raft members: "+
+			"give --tls-ca, --tls-cert and --tls-key instead, bind the API to 127.0.0.1, or add --insecure-i-know", addr)
+	}
+	return nil
+}
+
+// Loopback reports whether the host of addr (HOST:PORT) is a loopback
+// address or localhost; an empty or wildcard host is every interface.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func setDefault(d *time.Duration, def time.Duration) {

@@ -1,6 +1,8 @@
 // Package node assembles one Blixard node from a [Config] and runs it:
 // [Run] starts the Raft replica, registers the node, and runs the API
-// server, the reconciler (when the node follows a source), the node agent
+// server (both with the node's certificate when [Config.TLS] is set:
+// mutual TLS on Raft, HTTPS with client certificates or tokens on the API;
+// plain and unauthenticated only with [Config.Insecure]), the reconciler (when the node follows a source), the node agent
 // (or, without a backend, a control-plane-only heartbeat), the file watcher
 // of a working-tree source and sd_notify readiness, and stops them all when
 // its context ends.

@@ -26,9 +26,10 @@ import (
 //
 // The steps, in order:
 //
-//  1. Check cfg; bind the API (a taken port fails before Raft starts) and
-//     make the backend (a host without microvm@.service is told so before
-//     the node joins).
+//  1. Check cfg; bind the API (a taken port fails before Raft starts), load
+//     the TLS files (a wrong one is named before Raft starts) and make the
+//     backend (a host without microvm@.service is told so before the node
+//     joins).
 //  2. Start the Raft replica (it returns once the shard has a leader).
 //  3. Connect to Ceph (when configured) for the node's client addresses.
 //  4. Serve the API, then register the node (capacity, labels, addresses)
@@ -56,6 +57,12 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	defer ln.Close()
+	var tlsCfg apiTLS
+	if !cfg.Insecure {
+		if tlsCfg, err = loadAPITLS(cfg.TLS, cfg.NodeID, advertisedAPI(ln.Addr().String(), cfg.APIAddr)); err != nil {
+			return err
+		}
+	}
 	if err := checkCephFiles(cfg.Ceph); err != nil {
 		return err
 	}
@@ -83,7 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	store, err := raftstore.Start(ctx, raftstore.Config{
 		NodeID: cfg.NodeID, RaftAddr: cfg.RaftAddr, DataDir: filepath.Join(cfg.DataDir, "raft"),
 		Members: cfg.Members, Join: cfg.Join, NonVoting: cfg.NonVoting, LogDB: cfg.LogDB,
-		QuietRaftLog: cfg.QuietRaftLog, Logger: log, OnApply: onApply,
+		QuietRaftLog: cfg.QuietRaftLog, Logger: log, OnApply: onApply, TLS: cfg.TLS,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the Raft replica in %s: %w", cfg.DataDir, err)
@@ -106,7 +113,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	p, err := newParts(cfg, store, vols, backend, log)
+	p, err := newParts(cfg, store, vols, backend, tlsCfg, log)
 	if err != nil {
 		return err
 	}
@@ -166,7 +173,7 @@ type parts struct {
 	api      *api.Server
 }
 
-func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, log *slog.Logger) (*parts, error) {
+func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, tlsCfg apiTLS, log *slog.Logger) (*parts, error) {
 	p := &parts{}
 	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
 		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
@@ -174,7 +181,8 @@ func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, backend
 	if vols != nil {
 		recOpts.Fencer = fencer{volumes.NewFencer(vols, 0)}
 	}
-	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api")}
+	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api"),
+		TLS: tlsCfg.server, PeerTLS: tlsCfg.peer, Insecure: cfg.Insecure}
 	if backend != nil {
 		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}

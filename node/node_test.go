@@ -12,9 +12,14 @@ import (
 
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/pki"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
 )
+
+// tlsFiles are names only: Check reads no file.
+var tlsFiles = raftstore.TLSFiles{CAFile: "ca.crt", CertFile: "node-1.crt", KeyFile: "node-1.key"}
 
 func TestConfigCheck(t *testing.T) {
 	flakeDir := t.TempDir()
@@ -22,7 +27,8 @@ func TestConfigCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := func() Config {
-		return Config{NodeID: 1, DataDir: "/d", RaftAddr: "127.0.0.1:7001", APIAddr: "127.0.0.1:7070", StateDir: "/s", Backend: BackendProcess}
+		return Config{NodeID: 1, DataDir: "/d", RaftAddr: "127.0.0.1:7001", APIAddr: "127.0.0.1:7070", StateDir: "/s", Backend: BackendProcess,
+			Insecure: true}
 	}
 	tests := []struct {
 		name   string
@@ -48,6 +54,19 @@ func TestConfigCheck(t *testing.T) {
 		{"a working tree without flake.nix is refused", func(c *Config) { c.Source.Worktree = t.TempDir() }, "has no flake.nix"},
 		{"negative capacity is refused", func(c *Config) { c.Capacity = replicated.Resources{VCPU: -1} }, "must not be negative"},
 		{"a negative poll is refused", func(c *Config) { c.Poll = -time.Second }, "--poll"},
+		{"TLS with all three files is valid", func(c *Config) { c.Insecure, c.TLS = false, tlsFiles }, ""},
+		{"neither TLS nor --insecure is refused", func(c *Config) { c.Insecure = false }, "the API needs TLS"},
+		{"TLS without a key is refused", func(c *Config) {
+			c.Insecure, c.TLS = false, raftstore.TLSFiles{CAFile: "ca.crt", CertFile: "node-1.crt"}
+		}, "go together"},
+		{"TLS and --insecure exclude each other", func(c *Config) { c.TLS = tlsFiles }, "exclude each other"},
+		{"--insecure on a wildcard address is refused", func(c *Config) { c.APIAddr = "0.0.0.0:7070" }, "--insecure-i-know"},
+		{"--insecure on a LAN address is refused", func(c *Config) { c.APIAddr = "10.0.0.1:7070" }, "not a loopback address"},
+		{"--insecure on a LAN address with --insecure-i-know is valid", func(c *Config) {
+			c.APIAddr, c.InsecureIKnow = "10.0.0.1:7070", true
+		}, ""},
+		{"--insecure on localhost and ::1 is valid", func(c *Config) { c.APIAddr = "localhost:7070" }, ""},
+		{"--insecure-i-know alone is refused", func(c *Config) { c.Insecure, c.InsecureIKnow, c.TLS = false, true, tlsFiles }, "goes with --insecure"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,7 +84,7 @@ func TestConfigCheck(t *testing.T) {
 }
 
 func TestCephSettingsNeedCephSupport(t *testing.T) {
-	c := Config{NodeID: 1, DataDir: "/d", RaftAddr: "h:1", APIAddr: "h:2", Ceph: &volumes.Config{User: "admin"}}
+	c := Config{NodeID: 1, DataDir: "/d", RaftAddr: "h:1", APIAddr: "127.0.0.1:2", Ceph: &volumes.Config{User: "admin"}, Insecure: true}
 	err := c.Check()
 	if volumes.Built != (err == nil) {
 		t.Fatalf("Check with Ceph settings (Ceph built: %v): %v", volumes.Built, err)
@@ -133,7 +152,7 @@ func TestRaftControlPlaneNodeRunsAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{NodeID: 1, DataDir: dataDir, APIListener: ln, Heartbeat: 50 * time.Millisecond,
+		done <- Run(ctx, Config{NodeID: 1, DataDir: dataDir, APIListener: ln, Heartbeat: 50 * time.Millisecond, Insecure: true,
 			Capacity: replicated.Resources{VCPU: 2, MemMiB: 512}, QuietRaftLog: true,
 			OnReady: func(a net.Addr) { ready <- a },
 			OnState: func(s *replicated.State) {
@@ -150,7 +169,10 @@ func TestRaftControlPlaneNodeRunsAndStops(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the node did not get ready within 60s")
 	}
-	c := api.NewClient(ln.Addr().String())
+	c, err := api.NewClient(ln.Addr().String(), api.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	testkit.WaitFor(t, 30*time.Second, "two heartbeats of node 1", func() error {
 		ns, err := c.Nodes(context.Background())
 		if err != nil {
@@ -188,11 +210,57 @@ func TestATakenAPIPortFailsBeforeRaftStarts(t *testing.T) {
 	}
 	defer taken.Close()
 	dataDir := t.TempDir()
-	err = Run(context.Background(), Config{NodeID: 1, DataDir: dataDir, APIAddr: taken.Addr().String()})
+	err = Run(context.Background(), Config{NodeID: 1, DataDir: dataDir, APIAddr: taken.Addr().String(), Insecure: true})
 	if err == nil || !strings.Contains(err.Error(), "--api-addr") {
 		t.Fatalf("Run on a taken port: %v, want an error naming --api-addr", err)
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, "raft")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the Raft directory exists (%v): Raft started", err)
+	}
+}
+
+func TestAPITLSNamesTheWrongFile(t *testing.T) {
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	if err := pki.InitCA(caDir); err != nil {
+		t.Fatal(err)
+	}
+	node, err := pki.IssueNode(caDir, filepath.Join(dir, "n"), 1, []string{"127.0.0.1", "node1.example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := pki.IssueUser(caDir, filepath.Join(dir, "u"), "alice", pki.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(caDir, pki.CACertFile)
+	files := raftstore.TLSFiles{CAFile: ca, CertFile: node.Cert, KeyFile: node.Key}
+	for _, tt := range []struct {
+		name    string
+		files   raftstore.TLSFiles
+		id      uint64
+		apiAddr string
+		want    string // "" loads
+	}{
+		{"the node's certificate for its API host loads", files, 1, "127.0.0.1:7070", ""},
+		{"a host name it names loads", files, 1, "node1.example.org:7070", ""},
+		{"a wildcard address is not checked", files, 1, "0.0.0.0:7070", ""},
+		{"another node's id is refused", files, 2, "127.0.0.1:7070", "not of node 2"},
+		{"a host it does not name is refused", files, 1, "10.0.0.9:7070", "--host 10.0.0.9"},
+		{"a user certificate is refused", raftstore.TLSFiles{CAFile: ca, CertFile: user.Cert, KeyFile: user.Key}, 1, "127.0.0.1:7070", "alice.crt"},
+		{"a missing file is named", raftstore.TLSFiles{CAFile: ca, CertFile: node.Cert, KeyFile: node.Key + ".gone"}, 1, "127.0.0.1:7070", ".gone"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := loadAPITLS(tt.files, tt.id, tt.apiAddr)
+			if tt.want == "" {
+				if err != nil || got.server == nil || got.peer == nil {
+					t.Fatalf("loadAPITLS: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("loadAPITLS: %v, want an error with %q", err, tt.want)
+			}
+		})
 	}
 }

@@ -19,10 +19,14 @@
 // One pass (level-triggered: it re-reads everything and never asks what
 // event woke it; time is Options.Now, read once):
 //
-//  1. Fetch the tracked ref when the poll interval passed, a trigger asked
-//     for it (webhook, `POST /v1/sync`, a node state change) or this
-//     replica just became leader.
-//  2. Read the replicated state linearizably.
+//  1. Read the replicated state linearizably.
+//  2. Fetch the tracked ref when the poll interval passed, a trigger asked
+//     for it (webhook, `POST /v1/sync`, a node state change), this replica
+//     just became leader, or the state's SyncRequests differs from the
+//     value read before this term's last fetch (another node was told of a
+//     push; a new leader takes the value it reads as seen, since it fetches
+//     at once anyway). The fetch comes after the read, so a request applied
+//     during it makes the next pass fetch again.
 //  3. Liveness: fence and mark down every node whose heartbeat stood still
 //     for NodeTimeout (a new leader first gives every node a full timeout);
 //     when any was marked, read the state again.
@@ -58,6 +62,13 @@
 //  8. Return: a transient error (unknown outcome, failed read or fencing)
 //     is retried with backoff; a refusal is terminal and not proposed again
 //     unchanged; RequeueAfter names the next poll or retry.
+//
+// On a follower no pass runs and nothing is fetched. A trigger there (the
+// webhook handler and `POST /v1/sync` reach whichever node the sender
+// chose) becomes a RequestSync proposal, which the loop makes itself and
+// waits for: at most one in flight per node and at most one per Resync, so
+// a burst of webhooks makes one; a trigger during a proposal is kept for the
+// next. The leader notices the count at its next pass (within Resync).
 //
 // The reconciler must not touch hosts (agents act on the plan), run
 // programs, or know git, nix or Raft beyond the Store, Source, Evaluator,

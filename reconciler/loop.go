@@ -77,12 +77,15 @@ type Options struct {
 	Evaluator Evaluator
 	Ref       string // recorded in revisions
 	// Poll is how often the ref is fetched, and how long a temporarily
-	// failed evaluation waits before it is tried again (default 5 s).
+	// failed evaluation waits before it is tried again (default 5 s). It
+	// also bounds a follower's RequestSync proposal: by then the leader
+	// has polled anyway.
 	Poll time.Duration
 	// Resync is how often a pass runs without any other input, to act on
 	// changes of the replicated state (new nodes, capacity, drains, silent
-	// nodes); it is also the first backoff step after a transient error
-	// (default 1 s).
+	// nodes, sync requests); it is also the first backoff step after a
+	// transient error, and the shortest time between two RequestSync
+	// proposals of a follower (default 1 s).
 	Resync time.Duration
 	// NodeTimeout is how long a node's heartbeat may stand still before the
 	// leader fences it (when Fencer is set) and marks it down, so its VMs
@@ -122,9 +125,18 @@ type loopState struct {
 	leading bool
 	// termStart is when this replica's current term began (Options.Now).
 	termStart time.Time
-	// fetchDue: a trigger or a new term asks for a fetch before the next pass.
+	// fetchDue: a trigger or a new term asks for a fetch in the next pass;
+	// on a follower, a trigger asks for a RequestSync proposal.
 	fetchDue  bool
 	lastFetch time.Time // when the last fetch was attempted
+	// syncSeen is the replicated SyncRequests as read before this term's
+	// last fetch: a pass that reads another value fetches (level-triggered:
+	// whatever number of requests came since, one fetch after them answers
+	// them all).
+	syncSeen uint64
+	// syncAsked is when this replica, as a follower, last proposed
+	// RequestSync (Options.Now); zero before the first.
+	syncAsked time.Time
 	// commit is the commit of the last good fetch, kept across terms (it is
 	// what the Source knows).
 	commit string
@@ -163,6 +175,11 @@ type Status struct {
 	Evaluating string    `json:"evaluating,omitempty"`
 	LastPass   time.Time `json:"lastPass,omitzero"`
 	PassError  string    `json:"passError,omitempty"`
+	// SyncRequested is when this node, not leading, last asked the leader
+	// to fetch (a RequestSync for a webhook or `POST /v1/sync`), and
+	// SyncRequestError why that proposal failed ("" when it did not).
+	SyncRequested    time.Time `json:"syncRequested,omitzero"`
+	SyncRequestError string    `json:"syncRequestError,omitempty"`
 }
 
 // New returns a reconciler; it starts nothing.
@@ -183,7 +200,16 @@ func New(o Options) *Reconciler {
 }
 
 // Trigger asks for a fetch and a pass as soon as possible (webhook, CLI,
-// a node state change). It never blocks; triggers coalesce.
+// a node state change). It never blocks; triggers coalesce. On the leader
+// the loop fetches at once. A follower never fetches, so its loop asks the
+// leader through the replicated state instead: it proposes RequestSync, and
+// the leader's next pass (within Resync, unless it is backing off after
+// errors) sees the count move and fetches.
+// A burst of triggers on a follower makes one proposal: the loop makes it
+// and waits for it (at most one in flight per node), and makes at most one
+// per Resync — the leader reads the count once per pass, so more could not
+// make it fetch more often. A trigger that arrives meanwhile is kept for the
+// next proposal, so a push announced during one is not lost.
 func (r *Reconciler) Trigger() {
 	select {
 	case r.trigger <- struct{}{}:
@@ -192,7 +218,8 @@ func (r *Reconciler) Trigger() {
 }
 
 // Triggers is the channel behind Trigger, for senders that do their own
-// non-blocking send (the webhook handler).
+// non-blocking send (the webhook handler). A send means what Trigger means,
+// on a follower too: the loop, which receives both, decides.
 func (r *Reconciler) Triggers() chan<- struct{} { return r.trigger }
 
 // Status returns a copy of the reconciler's local status.
@@ -269,16 +296,13 @@ func (r *Reconciler) step(ctx context.Context) (Result, error) {
 	now := r.opts.Now()
 	if !r.opts.Store.IsLeader() {
 		r.follow()
-		return Result{}, nil
+		return r.requestSync(ctx, now), nil
 	}
 	l := &r.loop
 	if !l.leading {
 		l.leading, l.termStart, l.fetchDue = true, now, true
 		r.opts.Logger.Info("leading: following the tracked ref", "ref", r.opts.Ref)
 		r.updateStatus(func(s *Status) { s.Leader = true })
-	}
-	if l.fetchDue || !now.Before(l.lastFetch.Add(r.opts.Poll)) {
-		r.fetch(ctx, now)
 	}
 	res, evaluate, err := r.reconcile(ctx, now)
 	if evaluate.commit != "" && ctx.Err() == nil {
@@ -307,9 +331,60 @@ func (r *Reconciler) follow() {
 		r.opts.Logger.Info("no longer leading: passes stop until this replica leads again")
 	}
 	r.cancelEvaluation("this replica no longer leads")
-	l.leading, l.fetched, l.fetchErr = false, false, nil
+	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, nil, 0
 	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
 	r.updateStatus(func(s *Status) { s.Leader = false })
+}
+
+// requestSync is step on a follower with a trigger pending: only the leader
+// fetches, so the follower asks it to by proposing RequestSync (see
+// Trigger). The loop makes the proposal itself and waits for it, so at most
+// one is in flight; another trigger meanwhile stays pending for the next
+// one, which comes no sooner than Resync after this one (the Result says
+// when). A failed proposal is logged and not retried: the leader's poll
+// picks the push up, and a new leader fetches at once anyway.
+func (r *Reconciler) requestSync(ctx context.Context, now time.Time) Result {
+	l := &r.loop
+	if !l.fetchDue {
+		return Result{}
+	}
+	if !l.syncAsked.IsZero() {
+		if next := l.syncAsked.Add(r.opts.Resync); now.Before(next) {
+			return Result{RequeueAfter: next.Sub(now)}
+		}
+	}
+	l.fetchDue, l.syncAsked = false, now
+	// A request older than a poll interval is moot: the leader has polled
+	// since. Bounding it also keeps a follower without a leader from
+	// waiting on Raft for ever.
+	pctx, cancel := context.WithTimeout(ctx, r.opts.Poll)
+	defer cancel()
+	err := r.propose(pctx, "asking the leader to fetch (RequestSync)", replicated.Command{Type: replicated.CmdRequestSync, At: now,
+		RequestSync: &replicated.RequestSync{}})
+	if ctx.Err() != nil {
+		return Result{}
+	}
+	r.updateStatus(func(s *Status) {
+		s.SyncRequested, s.SyncRequestError = now, ""
+		if err != nil {
+			s.SyncRequestError = err.Error()
+		}
+	})
+	if err != nil {
+		r.opts.Logger.Warn("a push was announced to this node, which does not lead, and it could not ask the leader to fetch; the leader's next poll picks it up",
+			"poll", r.opts.Poll, "err", err)
+		return Result{}
+	}
+	r.opts.Logger.Info("not leading: asked the leader to fetch the tracked ref", "ref", r.opts.Ref)
+	return Result{}
+}
+
+// shouldFetch reports whether this pass fetches: a trigger or a new term asked
+// for it, the poll interval passed, or state holds sync requests this term
+// has not fetched after (RequestSync, from nodes that do not lead).
+func (r *Reconciler) shouldFetch(state *replicated.State, now time.Time) bool {
+	l := &r.loop
+	return l.fetchDue || !now.Before(l.lastFetch.Add(r.opts.Poll)) || state.SyncRequests != l.syncSeen
 }
 
 // fetch asks the Source for the tracked ref. An error is kept for the pass,

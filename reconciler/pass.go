@@ -21,7 +21,13 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if err != nil {
 		return Result{}, evalRequest{}, fmt.Errorf("reading the replicated state: %w", err)
 	}
-	// 2. Liveness.
+	// 2. Fetch, after the read: the sync requests just read are answered
+	// by this fetch, and any applied later make the next pass fetch again.
+	if r.shouldFetch(state, now) {
+		r.fetch(ctx, now)
+		r.loop.syncSeen = state.SyncRequests
+	}
+	// 3. Liveness.
 	errs, marked := r.markStaleNodesDown(ctx, state, now)
 	if marked {
 		// Plan against the node states just committed.
@@ -29,18 +35,18 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 			return Result{}, evalRequest{}, joinErrors(append(errs, fmt.Errorf("reading the replicated state: %w", err)))
 		}
 	}
-	// 3. FetchFailed.
+	// 4. FetchFailed.
 	if err := r.reconcileFetchFailed(ctx, state, now); err != nil {
 		errs = append(errs, err)
 	}
-	// 4. Which evaluation to act on, start or wait for.
+	// 5. Which evaluation to act on, start or wait for.
 	act, commit, res := r.nextEvaluation(state, now)
-	// 5. Trust: verify the commit to evaluate; record a refusal.
+	// 6. Trust: verify the commit to evaluate; record a refusal.
 	evaluate, err := r.reconcileTrust(ctx, state, commit, now)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	// 6. Commit a plan or record EvalFailed.
+	// 7. Commit a plan or record EvalFailed.
 	if err := r.reconcilePlan(ctx, state, act, now); err != nil {
 		errs = append(errs, err)
 	}

@@ -3,6 +3,7 @@ package replicated
 import (
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -31,6 +32,8 @@ const (
 	// ResultUnknownVM: the command names a VM that is neither an instance
 	// nor a declared VM of the current revision.
 	ResultUnknownVM
+	// ResultUnknownToken: RevokeToken names no token.
+	ResultUnknownToken
 )
 
 // String is the code's stable, lower-case name.
@@ -48,6 +51,8 @@ func (c ResultCode) String() string {
 		return "undecodable"
 	case ResultUnknownVM:
 		return "unknown-vm"
+	case ResultUnknownToken:
+		return "unknown-token"
 	}
 	return fmt.Sprintf("code-%d", uint64(c))
 }
@@ -91,6 +96,10 @@ const (
 	EventHistoryRewritten = "HistoryRewritten"
 	EventSignatureRefused = "SignatureRefused"
 	EventVMRunState       = "VMRunStateChanged"
+	EventSyncRequested    = "SyncRequested"
+	EventTokenCreated     = "TokenCreated"
+	EventTokenRevoked     = "TokenRevoked"
+	EventMemberAdded      = "MemberAdded"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
@@ -106,6 +115,18 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 	if err := checkEnvelope(&cmd); err != nil {
 		return s.reject(ResultInvalid, err.Error())
 	}
+	if err := checkActor(cmd.Actor); err != nil {
+		return s.reject(ResultInvalid, fmt.Sprintf("%s: %v", cmd.Type, err))
+	}
+	res := s.apply(index, cmd)
+	if res.OK() && cmd.Actor != "" {
+		s.attribute(index, cmd.Actor)
+	}
+	return res
+}
+
+// apply dispatches cmd, whose envelope and actor are valid.
+func (s *State) apply(index uint64, cmd Command) Result {
 	at := canonicalTime(cmd.At)
 	switch cmd.Type {
 	case CmdRegisterNode:
@@ -122,6 +143,14 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 		return s.applySetNodeState(index, at, cmd.SetNodeState)
 	case CmdSetVMRunState:
 		return s.applySetVMRunState(index, at, cmd.SetVMRunState)
+	case CmdRequestSync:
+		return s.applyRequestSync(index, at)
+	case CmdCreateToken:
+		return s.applyCreateToken(index, at, cmd.Actor, cmd.CreateToken)
+	case CmdRevokeToken:
+		return s.applyRevokeToken(index, at, cmd.RevokeToken)
+	case CmdRecordMember:
+		return s.applyRecordMember(index, at, cmd.RecordMember)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
@@ -143,14 +172,52 @@ func (s *State) reject(code ResultCode, msg string) Result {
 }
 
 func (s *State) event(index uint64, at time.Time, kind, msg string) {
-	if len(msg) > maxEventMessage {
-		cut := maxEventMessage
-		for cut > 0 && !utf8.RuneStart(msg[cut]) {
-			cut--
-		}
-		msg = msg[:cut] + "…"
+	s.Events = appendBounded(s.Events, Event{Index: index, At: at, Kind: kind, Message: clip(msg, maxEventMessage)}, MaxEvents)
+}
+
+// clip cuts msg to at most n bytes (on a rune boundary), marking the cut.
+func clip(msg string, n int) string {
+	if len(msg) <= n {
+		return msg
 	}
-	s.Events = appendBounded(s.Events, Event{Index: index, At: at, Kind: kind, Message: msg}, MaxEvents)
+	cut := n
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "…"
+}
+
+// maxActor bounds [Command.Actor]: certificate user and token names are at
+// most 64 bytes, and "token " is the longest prefix.
+const maxActor = 80
+
+// checkActor refuses an actor that could not have come from the API: too
+// long, or with characters that would garble the event log.
+func checkActor(actor string) error {
+	if len(actor) > maxActor {
+		return fmt.Errorf("actor is %d bytes long, at most %d", len(actor), maxActor)
+	}
+	if !utf8.ValidString(actor) {
+		return fmt.Errorf("actor %q is not UTF-8", actor)
+	}
+	for _, r := range actor {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("actor %q holds a control character", actor)
+		}
+	}
+	return nil
+}
+
+// attribute names actor in the events the entry at index recorded (the
+// newest events with that index): every change made through the API says
+// who asked for it.
+func (s *State) attribute(index uint64, actor string) {
+	suffix := " (by " + actor + ")"
+	for i := len(s.Events) - 1; i >= 0 && s.Events[i].Index == index; i-- {
+		e := &s.Events[i]
+		e.Actor = actor
+		e.Message = clip(e.Message, maxEventMessage-len(suffix)) + suffix
+	}
 }
 
 func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) Result {
@@ -612,5 +679,88 @@ func (s *State) applySetVMRunState(index uint64, at time.Time, c *SetVMRunState)
 		msg += fmt.Sprintf(" (restart %d)", index)
 	}
 	s.event(index, at, EventVMRunState, msg)
+	return s.ok("%s", msg)
+}
+
+// applyRequestSync counts a request for a fetch. A run of requests with
+// nothing else in between keeps one event, the last: webhooks for a busy
+// repository (one per push to any branch) must not push plans, failures and
+// node changes out of the bounded event log.
+func (s *State) applyRequestSync(index uint64, at time.Time) Result {
+	s.SyncRequests++
+	ev := Event{Index: index, At: at, Kind: EventSyncRequested,
+		Message: fmt.Sprintf("fetch of the tracked ref requested (request %d)", s.SyncRequests)}
+	if n := len(s.Events); n > 0 && s.Events[n-1].Kind == EventSyncRequested {
+		s.Events[n-1] = ev
+	} else {
+		s.Events = appendBounded(s.Events, ev, MaxEvents)
+	}
+	return s.ok("sync request %d recorded", s.SyncRequests)
+}
+
+// tokenNameRE is the shape of token names: the shape of certificate user
+// names (package pki), so "token NAME" and a user's name read alike in the
+// event log.
+var tokenNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+
+// ValidTokenName reports whether name can name an API token, and why not.
+func ValidTokenName(name string) error {
+	if !tokenNameRE.MatchString(name) {
+		return fmt.Errorf("token name %q must be 1–64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// validTokenRole is the roles of user certificates (package pki).
+func validTokenRole(role string) bool {
+	return role == "read" || role == "operate" || role == "admin"
+}
+
+var tokenHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func (s *State) applyCreateToken(index uint64, at time.Time, actor string, c *CreateToken) Result {
+	if err := ValidTokenName(c.Name); err != nil {
+		return s.reject(ResultInvalid, "CreateToken: "+err.Error())
+	}
+	if !validTokenRole(c.Role) {
+		return s.reject(ResultInvalid, fmt.Sprintf("CreateToken: token %s: role %q is not one of read, operate, admin", c.Name, c.Role))
+	}
+	if !tokenHashRE.MatchString(c.Hash) {
+		return s.reject(ResultInvalid, fmt.Sprintf("CreateToken: token %s: the hash is not a hex SHA-256", c.Name))
+	}
+	if _, ok := s.Tokens[c.Name]; ok {
+		return s.reject(ResultInvalid, fmt.Sprintf("CreateToken: a token named %s exists; revoke it first (`blixard token revoke %s`) or choose another name", c.Name, c.Name))
+	}
+	if s.Tokens == nil {
+		s.Tokens = map[string]Token{}
+	}
+	s.Tokens[c.Name] = Token{Name: c.Name, Role: c.Role, Hash: c.Hash, CreatedAt: at, CreatedBy: actor}
+	s.event(index, at, EventTokenCreated, fmt.Sprintf("token %s created with role %s", c.Name, c.Role))
+	return s.ok("token %s created with role %s", c.Name, c.Role)
+}
+
+func (s *State) applyRevokeToken(index uint64, at time.Time, c *RevokeToken) Result {
+	t, ok := s.Tokens[c.Name]
+	if !ok {
+		return s.reject(ResultUnknownToken, fmt.Sprintf("RevokeToken: no token is named %q; see `blixard token list`", c.Name))
+	}
+	delete(s.Tokens, c.Name)
+	if len(s.Tokens) == 0 {
+		s.Tokens = nil
+	}
+	s.event(index, at, EventTokenRevoked, fmt.Sprintf("token %s (role %s) revoked", c.Name, t.Role))
+	return s.ok("token %s revoked", c.Name)
+}
+
+func (s *State) applyRecordMember(index uint64, at time.Time, c *RecordMember) Result {
+	if c.ID == 0 {
+		return s.reject(ResultInvalid, "RecordMember: node id must be > 0")
+	}
+	kind := "voting"
+	if c.NonVoting {
+		kind = "non-voting"
+	}
+	msg := fmt.Sprintf("node %d added to the Raft shard as a %s member at %s", c.ID, kind, c.RaftAddr)
+	s.event(index, at, EventMemberAdded, msg)
 	return s.ok("%s", msg)
 }

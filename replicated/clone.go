@@ -48,6 +48,7 @@ func (s *State) Clone() *State {
 	c.Conditions = slices.Clone(s.Conditions)
 	c.Events = slices.Clone(s.Events)
 	c.RunControls = maps.Clone(s.RunControls)
+	c.Tokens = maps.Clone(s.Tokens)
 	return &c
 }
 

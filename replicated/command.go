@@ -68,6 +68,10 @@ func checkEnvelope(cmd *Command) error {
 		{CmdClearCondition, cmd.ClearCondition != nil},
 		{CmdSetNodeState, cmd.SetNodeState != nil},
 		{CmdSetVMRunState, cmd.SetVMRunState != nil},
+		{CmdRequestSync, cmd.RequestSync != nil},
+		{CmdCreateToken, cmd.CreateToken != nil},
+		{CmdRevokeToken, cmd.RevokeToken != nil},
+		{CmdRecordMember, cmd.RecordMember != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -79,7 +83,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

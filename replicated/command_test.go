@@ -34,6 +34,11 @@ func sampleCommands() []Command {
 		cmdAt(at, Command{Type: CmdClearCondition, ClearCondition: &ClearCondition{Type: FetchFailed}}),
 		cmdAt(at, Command{Type: CmdSetNodeState, SetNodeState: &SetNodeState{ID: 1, State: NodeDraining}}),
 		cmdAt(at, Command{Type: CmdSetVMRunState, SetVMRunState: &SetVMRunState{VM: "web", Want: RunStateStopped, Restart: true}}),
+		cmdAt(at, Command{Type: CmdRequestSync, RequestSync: &RequestSync{}}),
+		cmdAt(at, Command{Type: CmdCreateToken, Actor: "alice", CreateToken: &CreateToken{Name: "ci", Role: "operate",
+			Hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}),
+		cmdAt(at, Command{Type: CmdRevokeToken, Actor: "token ci", RevokeToken: &RevokeToken{Name: "ci"}}),
+		cmdAt(at, Command{Type: CmdRecordMember, Actor: "node-1", RecordMember: &RecordMember{ID: 4, RaftAddr: "10.0.0.4:7001", NonVoting: true}}),
 	}
 }
 

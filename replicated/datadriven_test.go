@@ -2,6 +2,8 @@ package replicated
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"reflect"
 	"sort"
@@ -37,12 +39,17 @@ import (
 //	set-condition type=T [commit=SHA] [msg=M] [retryable]
 //	clear-condition type=T
 //	set-node-state id=1 state=cordoned
+//	request-sync [n=N]                        RequestSync (N times; prints the last result)
+//	create-token name=N role=R [hash=H]       CreateToken (hash: default the SHA-256 of "secret-N")
+//	revoke-token name=N                       RevokeToken
+//	record-member id=N raft=ADDR [nonvoting]  RecordMember
 //	raw                                       the input block is the entry's bytes
 //	decode                                    decode the input block; print the command or the error
 //	snapshot-roundtrip                        save, recover into a fresh machine, compare, print state
 //	state                                     print the state
 //
-// Every command accepts at=RFC3339 (default: a fixed base time + index seconds).
+// Every command accepts at=RFC3339 (default: a fixed base time + index seconds)
+// and by=ACTOR (the API client who proposed it, Command.Actor).
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		h := &harness{state: NewState()}
@@ -207,6 +214,35 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		}
 		return h.propose(t, d, Command{Type: CmdSetNodeState, SetNodeState: c})
 
+	case "request-sync":
+		n := 1
+		d.MaybeScanArgs(t, "n", &n)
+		var out string
+		for range n {
+			out = h.propose(t, d, Command{Type: CmdRequestSync, RequestSync: &RequestSync{}})
+		}
+		return out
+
+	case "create-token":
+		c := &CreateToken{}
+		d.ScanArgs(t, "name", &c.Name)
+		d.MaybeScanArgs(t, "role", &c.Role)
+		sum := sha256.Sum256([]byte("secret-" + c.Name))
+		c.Hash = hex.EncodeToString(sum[:])
+		d.MaybeScanArgs(t, "hash", &c.Hash)
+		return h.propose(t, d, Command{Type: CmdCreateToken, CreateToken: c})
+
+	case "revoke-token":
+		c := &RevokeToken{}
+		d.ScanArgs(t, "name", &c.Name)
+		return h.propose(t, d, Command{Type: CmdRevokeToken, RevokeToken: c})
+
+	case "record-member":
+		c := &RecordMember{NonVoting: d.HasArg("nonvoting")}
+		d.ScanArgs(t, "id", &c.ID)
+		d.MaybeScanArgs(t, "raft", &c.RaftAddr)
+		return h.propose(t, d, Command{Type: CmdRecordMember, RecordMember: c})
+
 	case "raw":
 		return h.update(t, []byte(d.Input))
 
@@ -313,6 +349,7 @@ func (h *harness) propose(t *testing.T, d *datadriven.TestData, cmd Command) str
 		}
 		cmd.At = at
 	}
+	d.MaybeScanArgs(t, "by", &cmd.Actor)
 	data, err := EncodeCommand(cmd)
 	if err != nil {
 		return "encode error: " + err.Error() + "\n"
@@ -416,6 +453,17 @@ func renderState(s *State) string {
 	}
 	for _, u := range s.Unschedulable {
 		fmt.Fprintf(&b, "unschedulable %s: %s\n", u.VM, u.Reason)
+	}
+	if s.SyncRequests > 0 {
+		fmt.Fprintf(&b, "sync-requests %d\n", s.SyncRequests)
+	}
+	for _, name := range sortedKeys(s.Tokens) {
+		tok := s.Tokens[name]
+		fmt.Fprintf(&b, "token %s role=%s hash=%.8s… created=%s", tok.Name, tok.Role, tok.Hash, tok.CreatedAt.Format(time.TimeOnly))
+		if tok.CreatedBy != "" {
+			fmt.Fprintf(&b, " by=%q", tok.CreatedBy)
+		}
+		b.WriteString("\n")
 	}
 	for _, c := range s.Conditions {
 		fmt.Fprintf(&b, "condition %s commit=%s retryable=%t since=%s %q\n", c.Type, c.Commit, c.Retryable,

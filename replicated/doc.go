@@ -3,8 +3,12 @@
 // assignments with the planner's whole outcome (instance specs, generations,
 // unschedulable instances), the observed VM statuses, the operators'
 // run-state choices (`blixard vm start|stop|restart`), the source's
-// conditions (FetchFailed, EvalFailed) and a bounded event log; the
-// versioned commands that change it; and its snapshot encoding.
+// conditions (FetchFailed, EvalFailed), the count of requests for a fetch
+// (RequestSync: how a node that does not lead passes a push webhook on to
+// the leader), the API's bearer tokens (hashes only) and a bounded event
+// log that names who asked for each change made through the API
+// ([Command.Actor]); the versioned commands that change it; and its
+// snapshot encoding.
 //
 // [DecodeCommand] turns a Raft entry into a [Command]; [State.Apply] (or
 // [State.ApplyEntry] on raw bytes) changes the state and returns a [Result].

@@ -261,6 +261,9 @@ type Event struct {
 	At      time.Time `json:"at"`
 	Kind    string    `json:"kind"`
 	Message string    `json:"message"`
+	// Actor is who asked for the change through the API ([Command.Actor]),
+	// also named at the end of Message; "" for the cluster's own changes.
+	Actor string `json:"actor,omitempty"`
 }
 
 // State is the whole replicated state. Maps marshal with sorted keys, so its
@@ -283,6 +286,29 @@ type State struct {
 	// RunControls are the operators' choices by instance name (see
 	// [SetVMRunState]); nil when there are none.
 	RunControls map[string]RunControl `json:"runControls,omitempty"`
+	// SyncRequests counts the applied [RequestSync] commands: a node that
+	// received a push webhook or `POST /v1/sync` but does not lead asks the
+	// leader to fetch by making it move. The leader fetches when it reads a
+	// value it has not fetched after; the value itself means nothing else.
+	SyncRequests uint64 `json:"syncRequests,omitempty"`
+	// Tokens are the API's bearer tokens by name ([CreateToken]); nil when
+	// there are none. Only their hashes are kept.
+	Tokens map[string]Token `json:"tokens,omitempty"`
+}
+
+// Token is an API bearer token, for automation that holds no client
+// certificate (`blixard token create`). The secret itself is never
+// replicated: it is shown once to whoever created the token.
+type Token struct {
+	Name string `json:"name"`
+	// Role is read, operate or admin, as in a user certificate.
+	Role string `json:"role"`
+	// Hash is the hex SHA-256 of the secret; the API compares it in
+	// constant time. Empty in the API's answers.
+	Hash string `json:"hash,omitempty"`
+	// CreatedAt is the proposer's clock; CreatedBy the [Command.Actor].
+	CreatedAt time.Time `json:"createdAt"`
+	CreatedBy string    `json:"createdBy,omitempty"`
 }
 
 // CommandType names a command.
@@ -296,6 +322,10 @@ const (
 	CmdClearCondition CommandType = "ClearCondition"
 	CmdSetNodeState   CommandType = "SetNodeState"
 	CmdSetVMRunState  CommandType = "SetVMRunState"
+	CmdRequestSync    CommandType = "RequestSync"
+	CmdCreateToken    CommandType = "CreateToken"
+	CmdRevokeToken    CommandType = "RevokeToken"
+	CmdRecordMember   CommandType = "RecordMember"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -305,6 +335,11 @@ type Command struct {
 	Type CommandType `json:"type"`
 	// At is the proposer's clock; Update never reads a clock itself.
 	At time.Time `json:"at"`
+	// Actor is who asked for the command through the API: a certificate's
+	// user ("alice") or node ("node-2"), "token NAME", or "anonymous" on
+	// an API without authentication (--insecure); "" for the cluster's own
+	// proposals. Apply names it in the events the command records.
+	Actor string `json:"actor,omitempty"`
 
 	RegisterNode   *RegisterNode   `json:"registerNode,omitempty"`
 	NodeHeartbeat  *NodeHeartbeat  `json:"nodeHeartbeat,omitempty"`
@@ -313,6 +348,10 @@ type Command struct {
 	ClearCondition *ClearCondition `json:"clearCondition,omitempty"`
 	SetNodeState   *SetNodeState   `json:"setNodeState,omitempty"`
 	SetVMRunState  *SetVMRunState  `json:"setVMRunState,omitempty"`
+	RequestSync    *RequestSync    `json:"requestSync,omitempty"`
+	CreateToken    *CreateToken    `json:"createToken,omitempty"`
+	RevokeToken    *RevokeToken    `json:"revokeToken,omitempty"`
+	RecordMember   *RecordMember   `json:"recordMember,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.
@@ -397,4 +436,35 @@ type SetVMRunState struct {
 	Want RunState `json:"want,omitempty"`
 	// Restart restarts the instances once; each must be wanted running.
 	Restart bool `json:"restart,omitempty"`
+}
+
+// RequestSync asks the leader to fetch the tracked ref now rather than at
+// its next poll: Apply increments [State.SyncRequests]. Followers propose
+// it for the pushes they are told about (webhooks, `POST /v1/sync`), since
+// only the leader fetches. It carries nothing: the leader re-reads the ref
+// at the remote, so no payload could say anything it would trust.
+type RequestSync struct{}
+
+// CreateToken adds an API bearer token. The proposer (the API node)
+// generated the secret and sends only its hash; a name already taken is
+// refused (revoke it first).
+type CreateToken struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+	Hash string `json:"hash"`
+}
+
+// RevokeToken removes an API bearer token: from the moment a node applied
+// it, that node refuses the token.
+type RevokeToken struct {
+	Name string `json:"name"`
+}
+
+// RecordMember records in the event log that a replica was added to the
+// Raft shard (`blixard node add`), which Dragonboat's membership change
+// itself does not: it changes nothing else.
+type RecordMember struct {
+	ID        uint64 `json:"id"`
+	RaftAddr  string `json:"raftAddr"`
+	NonVoting bool   `json:"nonVoting,omitempty"`
 }

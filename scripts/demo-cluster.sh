@@ -43,6 +43,7 @@ for i in 1 2 3; do
 		--raft-addr "127.0.0.1:1700$i" --api-addr "127.0.0.1:707$i" --members "$members" \
 		--repo "file://$work/cluster.git" --ref main --poll 2s \
 		--capacity-vcpu 4 --capacity-mem-mib 2048 --labels "$labels" --state-dir "$work/node$i/vms" \
+		--insecure \
 		>"$work/node$i.log" 2>&1 &
 	pids+=($!)
 done

@@ -46,3 +46,4 @@ go test -count=1 -timeout 20m "$@" "${no_ceph[@]}"
 echo "== fuzz (short)"
 go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s -fuzzminimizetime 3s ./replicated
 go test -run '^$' -fuzz '^FuzzDecode$' -fuzztime 10s -fuzzminimizetime 3s ./spec
+go test -run '^$' -fuzz '^FuzzDecodeRequest$' -fuzztime 10s -fuzzminimizetime 3s ./api

@@ -47,7 +47,11 @@ func readCommand[T any](g *globals, use, short, long string, get func(*api.Clien
 	return &cobra.Command{
 		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v, err := get(g.client(), cmd.Context())
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := get(c, cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -69,6 +73,9 @@ func newReadCommands(g *globals) []*cobra.Command {
 		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
 			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
 			(*api.Client).Diff, api.WriteDrift, func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
+		readCommand(g, "events", "List the cluster's recent events, oldest first, with who asked for each change",
+			"The replicated event log (the last 200 events): nodes registered and changed, plans committed, failures,\ntokens and members; a change made through the API names who made it.",
+			(*api.Client).Events, api.WriteEvents, nil),
 	}
 }
 
@@ -91,13 +98,16 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
   blixard plan --commit 3f2c…    # a pushed commit, evaluated by the cluster`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, c := cmd.Context(), g.client()
+			ctx := cmd.Context()
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
 			var v api.PlanView
 			if commit != "" {
 				if cmd.Flags().Changed("flake") {
 					return fmt.Errorf("--flake and --commit exclude each other")
 				}
-				var err error
 				if v, err = c.Plan(ctx, commit); err != nil {
 					return err
 				}
@@ -167,7 +177,11 @@ func newNodeCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				out, err := g.client().SetNodeState(cmd.Context(), id, c.state)
+				client, err := g.client()
+				if err != nil {
+					return err
+				}
+				out, err := client.SetNodeState(cmd.Context(), id, c.state)
 				if err != nil {
 					return err
 				}
@@ -191,7 +205,11 @@ the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join 
 			if err != nil {
 				return err
 			}
-			out, err := g.client().AddMember(cmd.Context(), api.MemberRequest{ID: id, RaftAddr: args[1], NonVoting: nonVoting})
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			out, err := c.AddMember(cmd.Context(), api.MemberRequest{ID: id, RaftAddr: args[1], NonVoting: nonVoting})
 			if err != nil {
 				return err
 			}
@@ -228,7 +246,11 @@ flake's autostart (autostart = false: placed, kept stopped until vm start).`,
 			Short: c.short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				out, err := g.client().SetVMRunState(cmd.Context(), args[0], c.action)
+				client, err := g.client()
+				if err != nil {
+					return err
+				}
+				out, err := client.SetVMRunState(cmd.Context(), args[0], c.action)
 				if err != nil {
 					return err
 				}
@@ -249,7 +271,11 @@ func newLogsCommand(g *globals) *cobra.Command {
 		Short: "Show a VM's console output, from whichever node runs it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.client().Logs(cmd.Context(), args[0], follow, g.stdout)
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			return c.Logs(cmd.Context(), args[0], follow, g.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")

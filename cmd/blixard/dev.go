@@ -77,6 +77,9 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 // running VMs with the process backend and stopping them on exit; its
 // progress goes to out.
 func (o *devOptions) config(dir string, out io.Writer) (node.Config, error) {
+	if !node.Loopback(o.apiAddr) {
+		return node.Config{}, fmt.Errorf("--api-addr %s: blixard dev serves its API without authentication, so only on loopback: use 127.0.0.1:PORT (a cluster for others is `blixard serve` with TLS)", o.apiAddr)
+	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return node.Config{}, err
@@ -94,6 +97,9 @@ func (o *devOptions) config(dir string, out io.Writer) (node.Config, error) {
 		Source: node.Source{Worktree: dir, Debounce: o.debounce}, Attr: o.attr, Poll: 10 * time.Second, EvalTimeout: o.evalTimeout,
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem},
 		StateDir: filepath.Join(dataDir, "vms"), Backend: node.BackendProcess, StopOnExit: true, Ceph: o.ceph.config(),
+		// A one-person cluster on this machine: plain HTTP on loopback, no
+		// credentials (a non-loopback --api-addr is refused).
+		Insecure: true,
 		OnReady: func(addr net.Addr) {
 			fmt.Fprintf(out, "blixard dev: watching %s\n  data in %s, API on %s (blixard status / logs VM -f)\n  Ctrl-C stops every VM\n",
 				dir, dataDir, addr)

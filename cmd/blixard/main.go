@@ -37,6 +37,7 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
 // globals are the flags every command takes.
 type globals struct {
 	server   string
+	creds    api.Credentials
 	json     bool
 	logLevel string
 	stdout   io.Writer
@@ -83,11 +84,16 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 	}
 	defServer := os.Getenv("BLIXARD_SERVER")
 	if defServer == "" {
-		defServer = "http://127.0.0.1:7070"
+		defServer = "127.0.0.1:7070"
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", defServer, "API address of any Blixard node (env BLIXARD_SERVER)")
-	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "", "log level: debug, info, warn, error (default: info for serve, warn otherwise)")
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.server, "server", defServer, "API address of any Blixard node: HOST:PORT (HTTPS with --ca, else plain HTTP) or a URL (env BLIXARD_SERVER)")
+	pf.StringVar(&g.creds.CAFile, "ca", os.Getenv("BLIXARD_CA"), "the cluster CA's ca.crt, to check the server; turns on HTTPS (env BLIXARD_CA)")
+	pf.StringVar(&g.creds.CertFile, "cert", os.Getenv("BLIXARD_CERT"), "your client certificate, from `blixard cert issue --user` (env BLIXARD_CERT)")
+	pf.StringVar(&g.creds.KeyFile, "key", os.Getenv("BLIXARD_KEY"), "the key of --cert (env BLIXARD_KEY)")
+	pf.StringVar(&g.creds.TokenFile, "token-file", os.Getenv("BLIXARD_TOKEN_FILE"), "file holding a bearer token, from `blixard token create` (env BLIXARD_TOKEN_FILE)")
+	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	pf.StringVar(&g.logLevel, "log-level", "", "log level: debug, info, warn, error (default: info for serve, warn otherwise)")
 	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
 		if g.logLevel == "" {
 			// Client commands and dev print their own output; the daemon logs.
@@ -97,7 +103,8 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 			}
 		}
 	}
-	root.AddCommand(newServeCommand(g), newDevCommand(g), newPlanCommand(g), newNodeCommand(g), newVMCommand(g), newLogsCommand(g))
+	root.AddCommand(newServeCommand(g), newDevCommand(g), newPlanCommand(g), newNodeCommand(g), newVMCommand(g), newLogsCommand(g),
+		newTokenCommand(g), newCACommand(g), newCertCommand(g))
 	root.AddCommand(newReadCommands(g)...)
 	return root
 }
@@ -110,7 +117,15 @@ func (g *globals) logger() (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level})), nil
 }
 
-func (g *globals) client() *api.Client { return api.NewClient(g.server) }
+// client is a client of --server with the credentials of --ca, --cert,
+// --key and --token-file.
+func (g *globals) client() (*api.Client, error) {
+	o, err := g.creds.Options()
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(g.server, o)
+}
 
 // isTerminal reports whether w is a terminal, for colour.
 func isTerminal(w io.Writer) bool {

@@ -14,14 +14,15 @@ import (
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/node"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 )
 
 func TestServeFlagsMapToConfig(t *testing.T) {
-	base := serveOptions{nodeID: 2, members: "1=h:1,2=h:2", apiAddr: "h:7070", dataDir: "/d", stateDir: "/s", agent: true,
-		poll: time.Second, heartbeat: time.Second, ref: "main"}
+	base := serveOptions{nodeID: 2, members: "1=h:1,2=h:2", apiAddr: "127.0.0.1:7070", dataDir: "/d", stateDir: "/s", agent: true,
+		poll: time.Second, heartbeat: time.Second, ref: "main", insecure: true}
 	tests := []struct {
 		name         string
 		change       func(o *serveOptions)
@@ -47,6 +48,13 @@ func TestServeFlagsMapToConfig(t *testing.T) {
 			return len(c.Source.Trust) == 2 && c.Source.SSHKeyFile == "/k" && c.Source.SSHKnownHostsFile == "/kh" &&
 				c.Eval.MaxMemory == 512<<20 && c.Eval.User == "blixard-eval"
 		}},
+		{"the TLS files reach the config", func(o *serveOptions) {
+			o.insecure, o.tls = false, raftstore.TLSFiles{CAFile: "/ca.crt", CertFile: "/node-2.crt", KeyFile: "/node-2.key"}
+		}, false, func(c node.Config) bool {
+			return !c.Insecure && c.TLS.CertFile == "/node-2.crt" && c.TLS.KeyFile == "/node-2.key"
+		}},
+		{"--insecure-i-know allows a LAN address", func(o *serveOptions) { o.apiAddr, o.insecureIKnow = "10.0.0.2:7070", true }, false,
+			func(c node.Config) bool { return c.Insecure && c.InsecureIKnow }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,7 +90,7 @@ func TestCommandsFormatAndExit(t *testing.T) {
 		}
 		return reconciler.Evaluation{}, fmt.Errorf("cannot evaluate %s", c)
 	})
-	srv := httptest.NewServer(api.NewServer(api.Options{Replica: testkit.NewReplica(st, 1, 1), Evaluator: ev}).Handler())
+	srv := httptest.NewServer(api.NewServer(api.Options{Replica: testkit.NewReplica(st, 1, 1), Evaluator: ev, Insecure: true}).Handler())
 	defer srv.Close()
 	for _, tt := range []struct {
 		args []string
@@ -105,6 +113,14 @@ func TestCommandsFormatAndExit(t *testing.T) {
 		{[]string{"vm", "restart", "web"}, 1, []string{"blixard vm start web"}},
 		{[]string{"vm", "start", "web", "--json"}, 0, []string{`"action": "start"`, "wanted running"}},
 		{[]string{"vm", "restart", "ghost"}, 1, []string{`"ghost"`}},
+		{[]string{"events"}, 0, []string{"NodeStateChanged", "(by anonymous)"}},
+		{[]string{"token", "create", "--name", "ci", "--role", "operate"}, 0, []string{"shown only now", "blx_"}},
+		{[]string{"token", "create", "--name", "ci", "--role", "read"}, 1, []string{"exists"}},
+		{[]string{"token", "list"}, 0, []string{"ci", "operate", "anonymous"}},
+		{[]string{"token", "revoke", "ci"}, 0, []string{"token ci revoked"}},
+		{[]string{"token", "revoke", "ci"}, 1, []string{"no token is named"}},
+		{[]string{"status", "--token-file", "/nonexistent"}, 1, []string{"--token-file"}},
+		{[]string{"status", "--cert", "x.crt", "--key", "x.key"}, 1, []string{"need --ca"}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errb bytes.Buffer
@@ -153,5 +169,13 @@ func TestServeRefusesTheRemovedCephPoolSaying(t *testing.T) {
 			!strings.Contains(errb.String(), "--ceph-pool is gone") || !strings.Contains(errb.String(), "volumes.<name>.pool") {
 			t.Errorf("%v: exit %d, %s%s; want 1 and what replaces --ceph-pool", args, code, out.String(), errb.String())
 		}
+	}
+}
+
+func TestDevServesOnlyOnLoopback(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"dev", t.TempDir(), "--api-addr", "0.0.0.0:7070"}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "only on loopback") {
+		t.Fatalf("dev on a wildcard address: exit %d: %s%s", code, out.String(), errb.String())
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/blixard/blixard/node"
 	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
 )
@@ -27,6 +28,8 @@ type serveOptions struct {
 	ceph                                            cephOptions
 	git                                             node.Source // credentials and trust only
 	eval                                            node.Eval
+	tls                                             raftstore.TLSFiles
+	insecure, insecureIKnow                         bool
 }
 
 // cephOptions are the Ceph flags. There is no pool flag: each volume's pool
@@ -50,6 +53,7 @@ func newServeCommand(g *globals) *cobra.Command {
 		Short: "Run a Blixard node: Raft replica, reconciler (when leader) and HTTP API",
 		Example: `  blixard serve --node-id 1 --data-dir /var/lib/blixard \
     --raft-addr 10.0.0.1:7001 --api-addr 10.0.0.1:7070 \
+    --tls-ca /etc/blixard/ca.crt --tls-cert /etc/blixard/node-1.crt --tls-key /run/secrets/node-1.key \
     --members 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001 \
     --repo https://git.example.org/infra/cluster.git --ref main \
     --capacity-vcpu 16 --capacity-mem-mib 65536 --labels zone=a`,
@@ -118,6 +122,11 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.Int64Var(&o.eval.MaxMemory, "eval-max-memory-mib", 0, "memory limit of one nix evaluation in MiB (0: 4096; -1: none)")
 	f.StringVar(&o.eval.User, "eval-user", "", "evaluate as this unprivileged user (see docs/security.md)")
 	f.StringVar(&o.eval.Store, "eval-store", "", "nix store the evaluation writes to, e.g. local?root=/var/lib/blixard-eval/store (default: nix's)")
+	f.StringVar(&o.tls.CAFile, "tls-ca", "", "the cluster CA's ca.crt: with --tls-cert and --tls-key, the API serves HTTPS to clients with a certificate or token, and Raft is mutual TLS")
+	f.StringVar(&o.tls.CertFile, "tls-cert", "", "this node's certificate (`blixard cert issue --node ID --host …`), naming the hosts of --raft-addr and --api-addr")
+	f.StringVar(&o.tls.KeyFile, "tls-key", "", "the key of --tls-cert (mode 0600)")
+	f.BoolVar(&o.insecure, "insecure", false, "serve the API over plain HTTP without authentication (everyone is admin) and Raft over plain TCP; loopback --api-addr only")
+	f.BoolVar(&o.insecureIKnow, "insecure-i-know", false, "with --insecure: allow it on an --api-addr that is not loopback")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
@@ -157,7 +166,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
-		Ceph: o.ceph.config(),
+		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow,
 	}
 	return cfg, cfg.Check()
 }

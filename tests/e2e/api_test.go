@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -22,9 +23,19 @@ func TestServeAPIRejectsGarbage(t *testing.T) {
 	c.start(n, []string{"serve", "--node-id", "1", "--data-dir", n.dataDir, "--raft-addr", n.raft,
 		"--api-addr", n.api, "--state-dir", n.stateDir(), "--agent=false"})
 	t.Cleanup(c.stopAll)
-	testkit.WaitFor(t, 60*time.Second, "the node to serve", func() error {
-		_, err := http.Get("http://" + n.api + "/healthz")
-		return err
+	// Registered, not only serving: /healthz answers before the node's own
+	// RegisterNode is applied, and /metrics below counts the nodes.
+	testkit.WaitFor(t, 60*time.Second, "the node to serve and be registered", func() error {
+		resp, err := http.Get("http://" + n.api + "/v1/nodes")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"id": 1`) {
+			return fmt.Errorf("GET /v1/nodes: %d %s", resp.StatusCode, b)
+		}
+		return nil
 	})
 
 	tests := []struct {

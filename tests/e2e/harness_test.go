@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,6 +112,7 @@ func (r *repo) push(flake, msg string) string {
 type node struct {
 	args    []string // serve arguments, for restarts
 	env     []string // extra environment
+	fdLimit int      // RLIMIT_NOFILE (soft and hard) of the process; 0: inherited
 	id      uint64
 	api     string
 	raft    string
@@ -132,6 +134,14 @@ type nodeSpec struct {
 
 func startCluster(t testing.TB, repoURL string, specs []nodeSpec, extra ...string) *cluster {
 	t.Helper()
+	return startClusterWith(t, repoURL, specs, nil, extra...)
+}
+
+// startClusterWith is startCluster with setup (may be nil) called for each
+// node before it starts: it returns the node's own arguments and may set
+// its fields (fdLimit, env). Without --repo when repoURL is "".
+func startClusterWith(t testing.TB, repoURL string, specs []nodeSpec, setup func(n *node) []string, extra ...string) *cluster {
+	t.Helper()
 	c := &cluster{t: t}
 	var members []string
 	for i := range specs {
@@ -143,11 +153,17 @@ func startCluster(t testing.TB, repoURL string, specs []nodeSpec, extra ...strin
 	for i, n := range c.nodes {
 		args := []string{"serve", "--node-id", fmt.Sprint(n.id), "--data-dir", n.dataDir,
 			"--raft-addr", n.raft, "--api-addr", n.api, "--members", strings.Join(members, ","),
-			"--repo", repoURL, "--ref", "main", "--poll", "300ms", "--heartbeat", "500ms",
+			"--ref", "main", "--poll", "300ms", "--heartbeat", "500ms",
 			"--capacity-vcpu", fmt.Sprint(specs[i].vcpu), "--capacity-mem-mib", fmt.Sprint(specs[i].mem),
 			"--state-dir", n.stateDir(), "--log-level", "debug"}
+		if repoURL != "" {
+			args = append(args, "--repo", repoURL)
+		}
 		if specs[i].labels != "" {
 			args = append(args, "--labels", specs[i].labels)
+		}
+		if setup != nil {
+			args = append(args, setup(n)...)
 		}
 		args = append(args, extra...)
 		n.args = args
@@ -157,12 +173,27 @@ func startCluster(t testing.TB, repoURL string, specs []nodeSpec, extra ...strin
 	return c
 }
 
+// plainServe adds --insecure to a `serve` without TLS files: the tests that
+// predate TLS talk plain HTTP on loopback, which the daemon allows only
+// when asked.
+func plainServe(args []string) []string {
+	if len(args) > 0 && args[0] == "serve" && !slices.Contains(args, "--tls-ca") && !slices.Contains(args, "--insecure") {
+		return append(slices.Clip(args), "--insecure")
+	}
+	return args
+}
+
+// start starts n with args (see plainServe).
 func (c *cluster) start(n *node, args []string) {
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	n.cmd = exec.Command(blixardBin, args...)
+	n.cmd = exec.Command(blixardBin, plainServe(args)...)
+	if n.fdLimit > 0 {
+		// exec keeps the PID, so signals reach blixard itself.
+		n.cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, n.fdLimit), blixardBin}, plainServe(args)...)...)
+	}
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
 	n.cmd.Env = append(os.Environ(), n.env...)
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -251,12 +282,13 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// cli runs the blixard client and returns stdout, stderr and the exit code.
+// cli runs the blixard client (or a `serve` that should fail; see
+// plainServe) and returns stdout, stderr and the exit code.
 func cli(t testing.TB, dir string, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, blixardBin, args...)
+	cmd := exec.CommandContext(ctx, blixardBin, plainServe(args)...)
 	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -72,6 +72,12 @@ func TestNixModuleSystemdBackend(t *testing.T) {
 	if v.ConfigFile["node-id"] != float64(1) || v.ConfigFile["members"] != "1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001" {
 		t.Errorf("config file does not carry the options: %v", v.ConfigFile)
 	}
+	// TLS is on by default, with the files where `blixard cert issue` names
+	// them, under the data directory.
+	if v.ConfigFile["tls-cert"] != "/var/lib/blixard/tls/node-1.crt" || v.ConfigFile["tls-key"] != "/var/lib/blixard/tls/node-1.key" ||
+		v.ConfigFile["tls-ca"] != "/var/lib/blixard/tls/ca.crt" || v.ConfigFile["insecure"] != nil {
+		t.Errorf("config file TLS settings: %v", v.ConfigFile)
+	}
 	sc := v.Service.ServiceConfig
 	exec, _ := sc["ExecStart"].(string)
 	if !strings.HasPrefix(exec, "/nix/store/") || !strings.Contains(exec, "-blixard-test/bin/blixard serve --config /nix/store/") ||
@@ -264,6 +270,16 @@ func TestNixModuleErrors(t *testing.T) {
 			want: "pkgs has no `blixard-ceph` (Blixard built with Ceph support, for ceph.enable); import blixard.nixosModules.default",
 		},
 		{
+			name:    "insecure on a LAN API address fails an assertion saying what to set",
+			modules: hostModules(`{ services.blixard.insecure = true; }`),
+			want:    `apiAddress 10.0.0.1:7070 is not loopback`,
+		},
+		{
+			name:    "a TLS key given as a Nix path is a type error: it would land in the store",
+			modules: hostModules(`{ services.blixard.tls.keyFile = ./node-1.key; }`),
+			want:    `services.blixard.tls.keyFile`,
+		},
+		{
 			name:    "the removed ceph.pool says where pools come from now",
 			modules: hostModules(`{ services.blixard.ceph.pool = "rbd"; }`),
 			want:    `vms.<vm>.volumes.<name>.pool`,
@@ -282,5 +298,20 @@ func TestNixModuleErrors(t *testing.T) {
 				t.Errorf("error does not say %q:\n%s", tc.want, stderr)
 			}
 		})
+	}
+}
+
+func TestNixModuleTLSFilesAndInsecure(t *testing.T) {
+	requireThirdParty(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard.tls = { caFile = "/etc/blixard/ca.crt"; certFile = "/etc/blixard/node-1.crt";
+		keyFile = "/run/secrets/node-1.key"; }; }`)
+	if v.ConfigFile["tls-ca"] != "/etc/blixard/ca.crt" || v.ConfigFile["tls-cert"] != "/etc/blixard/node-1.crt" ||
+		v.ConfigFile["tls-key"] != "/run/secrets/node-1.key" {
+		t.Errorf("config file TLS settings: %v", v.ConfigFile)
+	}
+	v = inspectHost(t, `{ services.blixard = { insecure = true; apiAddress = fx.nixpkgsLib.mkForce "127.0.0.1:7070"; }; }`)
+	if v.ConfigFile["insecure"] != true || v.ConfigFile["tls-key"] != nil {
+		t.Errorf("insecure config file: %v, want insecure and no TLS files", v.ConfigFile)
 	}
 }

@@ -24,6 +24,7 @@ var renderCases = []struct {
 		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001"; }`,
 		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
 			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd",
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-1.crt", "tls-key": "/var/lib/blixard/tls/node-1.key",
 			"capacity-vcpu": 0, "capacity-mem-mib": 0}`,
 	},
 	{
@@ -40,6 +41,7 @@ var renderCases = []struct {
 			labels = { zone = "a"; disk = "ssd"; };
 		}`,
 		want: `{"node-id": 2, "data-dir": "/srv/blixard", "api-addr": "127.0.0.1:7072",
+			"tls-ca": "/srv/blixard/tls/ca.crt", "tls-cert": "/srv/blixard/tls/node-2.crt", "tls-key": "/srv/blixard/tls/node-2.key",
 			"members": "1=127.0.0.1:7001,2=127.0.0.1:7002,10=127.0.0.1:7010",
 			"repo": "file:///srv/cluster.git", "ref": "prod", "attr": "cluster", "poll": "30s",
 			"webhook-secret-file": "@SECRET@", "backend": "process",
@@ -56,6 +58,7 @@ var renderCases = []struct {
 		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
 			"repo": "ssh://git@git.example.org/cluster.git", "ref": "main", "attr": "blixard", "poll": "5s",
 			"backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-1.crt", "tls-key": "/var/lib/blixard/tls/node-1.key",
 			"trust": ["/etc/blixard/allowed_signers", "/etc/blixard/keys.asc"],
 			"git-ssh-key": "/run/secrets/git-key", "git-known-hosts": "/etc/blixard/known_hosts",
 			"eval-max-memory-mib": 8192, "eval-user": "blixard-eval"}`,
@@ -66,6 +69,7 @@ var renderCases = []struct {
 			capacity = { vcpu = 1; memMiB = 512; }; }`,
 		want: `{"node-id": 3, "data-dir": "/var/lib/blixard", "api-addr": "127.0.0.1:7070",
 			"members": "3=127.0.0.1:7003,1=127.0.0.1:7001,2=127.0.0.1:7002",
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-3.crt", "tls-key": "/var/lib/blixard/tls/node-3.key",
 			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd",
 			"capacity-vcpu": 1, "capacity-mem-mib": 512}`,
 	},
@@ -75,7 +79,31 @@ var renderCases = []struct {
 			settings = { "raft-logdb" = "small"; heartbeat = "1s"; join = true; poll = "1m"; "api-addr" = null; }; }`,
 		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001",
 			"ref": "main", "attr": "blixard", "poll": "1m", "backend": "systemd",
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-1.crt", "tls-key": "/var/lib/blixard/tls/node-1.key",
 			"capacity-vcpu": 0, "capacity-mem-mib": 0, "raft-logdb": "small", "heartbeat": "1s", "join": true}`,
+	},
+	{
+		name: "tls files render to their flags",
+		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001";
+			tls = { certFile = "/etc/blixard/node-1.crt"; keyFile = "/run/secrets/node-1.key"; }; }`,
+		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
+			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/etc/blixard/node-1.crt", "tls-key": "/run/secrets/node-1.key"}`,
+	},
+	{
+		name:    "insecure renders --insecure and no TLS files",
+		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001"; insecure = true; }`,
+		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
+			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"insecure": true}`,
+	},
+	{
+		name: "insecure on a LAN address needs insecure-i-know in settings",
+		options: `{ nodeId = 1; raftAddress = "10.0.0.1:7001"; apiAddress = "10.0.0.1:7070"; insecure = true;
+			settings."insecure-i-know" = true; }`,
+		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "10.0.0.1:7001", "api-addr": "10.0.0.1:7070",
+			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"insecure": true, "insecure-i-know": true}`,
 	},
 }
 
@@ -104,6 +132,7 @@ func TestNixRenderCeph(t *testing.T) {
 	want := `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
 		"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd",
 		"capacity-vcpu": 0, "capacity-mem-mib": 0,
+		"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-1.crt", "tls-key": "/var/lib/blixard/tls/node-1.key",
 		"ceph-user": "blixard", "ceph-keyring-file": "/etc/ceph/k", "ceph-config-file": "/etc/ceph/ceph.conf",
 		"volume-attach": "auto"}`
 	if !jsonEqual(t, got, []byte(want)) {
@@ -185,5 +214,28 @@ func TestNixDaemonRejectsUnknownSetting(t *testing.T) {
 	}
 	if !strings.Contains(out, `"heartbaet"`) {
 		t.Errorf("the daemon's error does not name the unknown setting:\n%s", out)
+	}
+}
+
+// TestNixDaemonRefusesAnUnprotectedAPI: a rendered config that neither
+// names TLS files nor asks for --insecure, or asks for --insecure on a LAN
+// address alone, fails the daemon's check, saying what to set.
+func TestNixDaemonRefusesAnUnprotectedAPI(t *testing.T) {
+	for _, tc := range []struct{ name, options, want string }{
+		{"no TLS files", `{ nodeId = 1; raftAddress = "127.0.0.1:7001"; settings = { "tls-ca" = null; "tls-cert" = null; "tls-key" = null; }; }`,
+			"the API needs TLS"},
+		{"insecure on a LAN address", `{ nodeId = 1; raftAddress = "10.0.0.1:7001"; apiAddress = "10.0.0.1:7070"; insecure = true; }`,
+			"--insecure-i-know"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "blixard.json")
+			if err := os.WriteFile(file, evalJSON(t, renderExpr(tc.options, "")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := checkConfig(t, file)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Fatalf("--check-config: %v, want a refusal with %q:\n%s", err, tc.want, out)
+			}
+		})
 	}
 }

@@ -65,16 +65,27 @@ let
       configFile = "/etc/ceph/ceph.conf";
     };
     openFirewall = false;
+    insecure = false;
     extraArgs = [ ];
     settings = { };
   };
 
+  # The module's defaults of the tls files, which follow dataDir and nodeId.
+  tlsDefaults = s: {
+    caFile = "${s.dataDir}/tls/ca.crt";
+    certFile = "${s.dataDir}/tls/node-${toString s.nodeId}.crt";
+    keyFile = "${s.dataDir}/tls/node-${toString s.nodeId}.key";
+  };
+
   # serviceDefaults with overrides merged one level deep (repository,
-  # capacity and ceph are merged, everything else replaced).
+  # capacity, ceph and tls are merged, everything else replaced).
   service = overrides:
-    serviceDefaults // overrides // builtins.mapAttrs
-      (k: v: serviceDefaults.${k} // v)
-      (builtins.intersectAttrs { repository = null; capacity = null; ceph = null; } overrides);
+    let
+      s = serviceDefaults // overrides // builtins.mapAttrs
+        (k: v: serviceDefaults.${k} // v)
+        (builtins.intersectAttrs { repository = null; capacity = null; ceph = null; } overrides);
+    in
+    s // { tls = tlsDefaults s // (overrides.tls or { }); };
 
   render = import ../../../nixos-modules/render.nix;
   ports = import ../../../nixos-modules/ports.nix;

@@ -23,6 +23,20 @@
       # An HMAC secret shared with the git server's push webhook; keep it out
       # of the Nix store (agenix, sops-nix, or a file put there by hand).
       webhookSecretFile = "/run/secrets/blixard-webhook";
+      # Deploy only commits signed by these keys (git's SSH signatures;
+      # OpenPGP keyrings work too). Every other commit is refused before
+      # nix evaluates it.
+      trust = [ "/etc/blixard/allowed_signers" ];
+      # An access token for the https:// repository, outside the Nix store.
+      tokenFile = "/run/secrets/blixard-git-token";
+    };
+    # The cluster's certificates (`blixard ca init`, `blixard cert issue
+    # --node ID --host 10.0.0.ID`), copied to each host: they secure Raft
+    # and the API. Paths as strings, so keys never enter the Nix store.
+    tls = {
+      caFile = "/var/lib/blixard/tls/ca.crt";
+      certFile = "/var/lib/blixard/tls/node.crt";
+      keyFile = "/var/lib/blixard/tls/node.key";
     };
     # What this host offers to VMs; keep some for the host itself.
     capacity = { vcpu = 8; memMiB = 16384; };

@@ -50,3 +50,24 @@ func StaleNodes(hb Heartbeats, nodes map[uint64]*replicated.Node, now time.Time,
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// DiscountBlindness returns the record with a leader's blindness taken out
+// of it: when this observation (now) follows the previous one
+// (lastObserved) by more than expected — the leader was frozen while it kept
+// its term, or could not read a quorum — the whole gap is added to every
+// node's last-seen time, because the silence the leader saw then was its
+// own, not the nodes'. Passes run every Resync; a gap beyond expected (a
+// few of them) is blindness. Being slower to judge is the safe side. prev
+// is not modified.
+func DiscountBlindness(prev Heartbeats, lastObserved, now time.Time, expected time.Duration) Heartbeats {
+	gap := now.Sub(lastObserved)
+	if lastObserved.IsZero() || gap <= expected {
+		return prev
+	}
+	next := make(Heartbeats, len(prev))
+	for id, seen := range prev {
+		seen.At = seen.At.Add(gap)
+		next[id] = seen
+	}
+	return next
+}

@@ -147,8 +147,10 @@ type loopState struct {
 	// rewrite is a force-push seen by a fetch of this term and not yet
 	// recorded on a revision.
 	rewrite *Fetched
-	// heartbeats is this term's liveness record (see ObserveHeartbeats).
+	// heartbeats is this term's liveness record (see ObserveHeartbeats);
+	// observed is when it was last updated from a state read (see Blind).
 	heartbeats Heartbeats
+	observed   time.Time
 	// eval is the running evaluation, or a cancelled one that has not
 	// returned yet; nil when none. At most one exists.
 	eval *evaluation
@@ -333,6 +335,7 @@ func (r *Reconciler) follow() {
 	r.cancelEvaluation("this replica no longer leads")
 	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, nil, 0
 	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
+	l.observed = time.Time{}
 	r.updateStatus(func(s *Status) { s.Leader = false })
 }
 

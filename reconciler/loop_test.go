@@ -404,9 +404,16 @@ func TestPassMarksSilentNodesDownAfterFencing(t *testing.T) {
 			if _, err := r.step(ctx); err != nil || len(store.Proposed()) != 0 {
 				t.Fatalf("first pass: err %v, proposed %+v", err, store.Proposed())
 			}
-			clock.Advance(11 * time.Second)
-			store.Update(func(s *replicated.State) { s.Nodes[2].LastHeartbeatSeq = 4 }) // node 2 heartbeats, node 1 is silent
-			_, err := r.step(ctx)
+			// Passes every second, as the loop runs them: node 2 heartbeats,
+			// node 1 is silent; the pass at 11s judges it.
+			var err error
+			for range 11 {
+				clock.Advance(time.Second)
+				store.Update(func(s *replicated.State) { s.Nodes[2].LastHeartbeatSeq++ })
+				if _, err = r.step(ctx); err != nil && !tt.wantErr {
+					t.Fatalf("pass at %s: %v", clock.Now().Sub(time.Unix(1000, 0)), err)
+				}
+			}
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}
@@ -424,9 +431,59 @@ func TestPassMarksSilentNodesDownAfterFencing(t *testing.T) {
 				t.Fatalf("proposed %+v, want one SetNodeState", proposed)
 			}
 			c := proposed[0].SetNodeState
-			if c.ID != 1 || c.State != replicated.NodeDown || c.Reason != "no heartbeat for 11s" || !reflect.DeepEqual(c.Fenced, tt.wantFenced) {
+			if c.ID != 1 || c.State != replicated.NodeDown || c.Reason != "no heartbeat for 11s" || !reflect.DeepEqual(c.Fenced, tt.wantFenced) ||
+				c.HeartbeatSeq != 5 {
 				t.Fatalf("SetNodeState = %+v", c)
 			}
 		})
+	}
+}
+
+// TestPassDoesNotCountItsOwnBlindnessAsSilence: a leader that could not
+// observe the cluster (frozen while it kept its term, or no quorum to read)
+// for longer than the node timeout judges nobody at once; the nodes get the
+// time they were not observed back. Found by tests/sim.
+func TestPassDoesNotCountItsOwnBlindnessAsSilence(t *testing.T) {
+	ctx := context.Background()
+	n1 := mkNode(1, replicated.NodeReady, 4, 4096)
+	n1.LastHeartbeatSeq = 5
+	clock := testkit.NewClock(time.Unix(1000, 0))
+	store := testkit.NewStore(&replicated.State{Nodes: mkNodes(n1)})
+	r := newTestReconciler(t, Options{Store: store, Source: loopSource{}, Evaluator: &countingEval{},
+		NodeTimeout: 10 * time.Second, Now: clock.Now})
+	if _, err := r.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(30 * time.Second) // no pass ran: the leader was frozen
+	if _, err := r.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := store.ProposedOf(replicated.CmdSetNodeState); len(p) != 0 {
+		t.Fatalf("right after a 30s blind gap: proposed %+v, want nothing", p)
+	}
+	// Observed silence still counts: 11 more seconds of passes judge it.
+	for range 11 {
+		clock.Advance(time.Second)
+		if _, err := r.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := store.ProposedOf(replicated.CmdSetNodeState); len(p) != 1 {
+		t.Fatalf("after 11s of observed silence: proposed %+v, want one SetNodeState", p)
+	}
+}
+
+func TestDiscountBlindness(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	hb := Heartbeats{1: {Seq: 3, At: t0}}
+	if got := DiscountBlindness(hb, t0.Add(time.Second), t0.Add(2*time.Second), 2*time.Second); got[1].At != t0 {
+		t.Errorf("a gap within the expected pass period moved the record: %v", got)
+	}
+	if got := DiscountBlindness(hb, time.Time{}, t0.Add(time.Minute), 2*time.Second); got[1].At != t0 {
+		t.Errorf("a first observation moved the record: %v", got)
+	}
+	got := DiscountBlindness(hb, t0.Add(time.Second), t0.Add(31*time.Second), 2*time.Second)
+	if got[1].At != t0.Add(30*time.Second) || hb[1].At != t0 {
+		t.Errorf("a 30s gap: got %v (input %v), want the node's time moved by 30s and the input unchanged", got, hb)
 	}
 }

@@ -64,7 +64,13 @@ func (r *Reconciler) markStaleNodesDown(ctx context.Context, state *replicated.S
 		return nil, false
 	}
 	l := &r.loop
+	if gap := now.Sub(l.observed); !l.observed.IsZero() && gap > 2*r.opts.Resync {
+		r.opts.Logger.Warn("this leader could not observe the cluster for a while; that time does not count as the nodes' silence",
+			"gap", gap.Round(time.Millisecond))
+	}
+	l.heartbeats = DiscountBlindness(l.heartbeats, l.observed, now, 2*r.opts.Resync)
 	l.heartbeats = ObserveHeartbeats(l.heartbeats, state.Nodes, now)
+	l.observed = now
 	marked := false
 	var errs []error
 	for _, id := range StaleNodes(l.heartbeats, state.Nodes, now, r.opts.NodeTimeout) {
@@ -80,10 +86,20 @@ func (r *Reconciler) markStaleNodesDown(ctx context.Context, state *replicated.S
 			fenced = f
 		}
 		reason := fmt.Sprintf("no heartbeat for %s", silent)
-		err := r.propose(ctx, fmt.Sprintf("marking node %d down", id), replicated.Command{Type: replicated.CmdSetNodeState, At: now,
-			SetNodeState: &replicated.SetNodeState{ID: id, State: replicated.NodeDown, Reason: reason, Fenced: fenced}})
-		if err != nil {
-			errs = append(errs, err)
+		res, err := r.opts.Store.Propose(ctx, replicated.Command{Type: replicated.CmdSetNodeState, At: now,
+			SetNodeState: &replicated.SetNodeState{ID: id, State: replicated.NodeDown, Reason: reason, Fenced: fenced,
+				HeartbeatSeq: l.heartbeats[id].Seq}})
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("marking node %d down: %w", id, err))
+			continue
+		case res.Code == replicated.ResultStaleParent:
+			// It sent a heartbeat after the judgement: it is alive. (Fenced
+			// addresses stay blocklisted until `blixard node ready`.)
+			r.opts.Logger.Info("node heartbeated after it was judged silent; not marked down", "node", id, "detail", res.Message)
+			continue
+		case !res.OK():
+			errs = append(errs, TerminalError(fmt.Errorf("marking node %d down: %w", id, res.Err())))
 			continue
 		}
 		r.opts.Logger.Warn("node marked down; its VMs will be placed elsewhere", "node", id, "reason", reason, "fenced", fenced)

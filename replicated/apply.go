@@ -522,6 +522,11 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 	if n.State == c.State {
 		return s.ok("node %d is already %s", c.ID, c.State)
 	}
+	if c.State == NodeDown && c.HeartbeatSeq != 0 && n.LastHeartbeatSeq != c.HeartbeatSeq {
+		return s.reject(ResultStaleParent, fmt.Sprintf(
+			"SetNodeState: node %d was judged silent at heartbeat %d but has sent heartbeat %d since; it stays %s",
+			c.ID, c.HeartbeatSeq, n.LastHeartbeatSeq, n.State))
+	}
 	old := n.State
 	n.State = c.State
 	switch c.State {

@@ -38,7 +38,7 @@ import (
 //	record-eval-error commit=SHA [msg=M]      SetCondition EvalFailed (or the message as the input block)
 //	set-condition type=T [commit=SHA] [msg=M] [retryable]
 //	clear-condition type=T
-//	set-node-state id=1 state=cordoned
+//	set-node-state id=1 state=cordoned [seq=N] [reason=R] [fenced=A,…]
 //	request-sync [n=N]                        RequestSync (N times; prints the last result)
 //	create-token name=N role=R [hash=H]       CreateToken (hash: default the SHA-256 of "secret-N")
 //	revoke-token name=N                       RevokeToken
@@ -204,6 +204,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		var st string
 		d.ScanArgs(t, "state", &st)
 		c.State = NodeState(st)
+		d.MaybeScanArgs(t, "seq", &c.HeartbeatSeq)
 		if d.HasArg("reason") {
 			d.ScanArgs(t, "reason", &c.Reason)
 		}

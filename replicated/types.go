@@ -421,6 +421,11 @@ type SetNodeState struct {
 	State  NodeState `json:"state"`
 	Reason string    `json:"reason,omitempty"`
 	Fenced []string  `json:"fenced,omitempty"`
+	// HeartbeatSeq, when set with State down, is the heartbeat sequence the
+	// leader judged silent: the command is refused as stale if the node's
+	// sequence moved since (a heartbeat committed after the judgement, or a
+	// retried proposal applied after the node came back).
+	HeartbeatSeq uint64 `json:"heartbeatSeq,omitempty"`
 }
 
 // SetVMRunState records an operator's choice for a VM: keep it running

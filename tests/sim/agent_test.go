@@ -1,0 +1,449 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/blixard/blixard/nodeagent"
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// agent is nodeagent.Agent around the real nodeagent.Decide: the observe
+// step (nodeagent's observeVMs), the records (records.go), the executor
+// (execute, startOp, finish) and the heartbeat reporter (report,
+// sendHeartbeat, forgetSent), rewritten line by line on the simulated host
+// because those parts of the agent are unexported and do I/O. It lives as
+// long as its blixard process: its records and statuses die with it.
+type agent struct {
+	w *world
+	n *node
+
+	rec      map[string]*vmRecord
+	statuses map[string]*vmStatus
+	opSeq    int
+
+	passPending bool
+	// The heartbeat reporter.
+	hbInFlight bool // a NodeHeartbeat proposal is out
+	hbChanged  bool // a status changed while it was out
+	hbDebounce bool // a change is being debounced
+	hbGen      int  // the periodic tick in force
+}
+
+// vmRecord is nodeagent's vmRecord.
+type vmRecord struct {
+	rooted    string
+	attached  []spec.VolumeRef
+	restarted uint64
+	op        *opState
+	build     *nodeagent.Failure
+	volumes   *nodeagent.Failure
+	unit      *nodeagent.Failure
+}
+
+type opState struct {
+	id       int
+	kind     nodeagent.ActionKind
+	out      string
+	vols     []spec.VolumeRef
+	restart  uint64
+	progress string
+	canceled bool
+}
+
+type vmStatus struct {
+	replicated.VMStatus
+	forget bool
+}
+
+func newAgent(w *world, n *node) *agent {
+	return &agent{w: w, n: n, rec: map[string]*vmRecord{}, statuses: map[string]*vmStatus{}}
+}
+
+// start is Agent.Start: a first pass, the resync ticker and the reporter.
+func (a *agent) start() {
+	a.pass()
+	var tick func()
+	tick = func() {
+		a.pass()
+		a.w.afterOn(a.n, agentInterval, tick)
+	}
+	a.w.afterOn(a.n, agentInterval, tick)
+	a.resetHeartbeatTick()
+}
+
+// notify is Agent.Notify: a pass soon, coalesced.
+func (a *agent) notify() {
+	if a.passPending || a.n.agent != a {
+		return
+	}
+	a.passPending = true
+	a.w.afterOn(a.n, 1, func() {
+		a.passPending = false
+		a.pass()
+	})
+}
+
+// pass observes, decides and acts once.
+func (a *agent) pass() {
+	if a.n.agent != a {
+		return
+	}
+	d := nodeagent.Decide(a.observe())
+	a.w.mix(uint64(len(d.VMs)), a.n.id)
+	a.execute(d)
+}
+
+// observe is Agent.observe with observeVMs: the local replica's plan, the
+// backend's units, STATE/NAME/current and the agent's records.
+func (a *agent) observe() nodeagent.Input {
+	w, n, st := a.w, a.n, a.n.st
+	in := nodeagent.Input{
+		Now:         at(w.now),
+		Node:        n.id,
+		Planned:     st.Revision != nil,
+		Assignments: st.Assignments,
+		Units:       w.list(n),
+		VMs:         map[string]nodeagent.Observed{},
+	}
+	if st.Revision != nil {
+		in.Commit = st.Revision.Commit
+	}
+	mine := map[string]bool{}
+	for name, as := range st.Assignments {
+		if as.Node == n.id {
+			mine[name] = true
+		}
+	}
+	listed := map[string]bool{}
+	for _, name := range in.Units {
+		listed[name] = true
+	}
+	names := map[string]bool{}
+	for _, set := range []map[string]bool{mine, listed} {
+		for name := range set {
+			names[name] = true
+		}
+	}
+	for name := range a.rec {
+		names[name] = true
+	}
+	for name := range a.statuses {
+		names[name] = true
+	}
+	for name := range names {
+		var o nodeagent.Observed
+		if c, ok := st.Observed[name]; ok && c.Node == n.id && mine[name] {
+			o.Restarted = c.Restart
+		}
+		a.observeRecord(name, &o)
+		if s, ok := a.statuses[name]; ok {
+			r := s.VMStatus
+			o.Reported = &r
+		}
+		if o.Op == nil && (mine[name] || listed[name]) {
+			o.Unit = w.status(n, name)
+		}
+		if mine[name] {
+			o.Current = n.host.current[name]
+		}
+		o.LogHint = "STATE/" + name + "/console.log"
+		in.VMs[name] = o
+	}
+	return in
+}
+
+// observeRecord is records.observe.
+func (a *agent) observeRecord(name string, o *nodeagent.Observed) {
+	v := a.rec[name]
+	if v == nil {
+		return
+	}
+	o.Rooted, o.Attached = v.rooted, slices.Clone(v.attached)
+	o.Restarted = max(o.Restarted, v.restarted)
+	o.BuildFailure, o.VolumeFailure, o.UnitFailure = copyFailure(v.build), copyFailure(v.volumes), copyFailure(v.unit)
+	if v.op != nil {
+		o.Op = &nodeagent.Op{Kind: v.op.kind, Out: v.op.out, Progress: v.op.progress}
+	}
+}
+
+func copyFailure(f *nodeagent.Failure) *nodeagent.Failure {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	return &c
+}
+
+func (a *agent) record(name string) *vmRecord {
+	v := a.rec[name]
+	if v == nil {
+		v = &vmRecord{}
+		a.rec[name] = v
+	}
+	return v
+}
+
+// execute is Agent.execute: statuses, then each VM's actions in order.
+func (a *agent) execute(d nodeagent.Decision) {
+	keep := make(map[string]bool, len(d.VMs))
+	for _, vd := range d.VMs {
+		keep[vd.VM] = true
+		a.set(vd)
+		background := 0
+		for i, act := range vd.Actions {
+			switch act.Kind {
+			case nodeagent.ActCancel:
+				a.cancel(act.VM)
+			case nodeagent.ActSwitchCurrent:
+				a.n.host.current[act.VM] = act.Out
+			default:
+				// Decide's contract: one background action, the last, and
+				// none while the VM has an operation in flight (the
+				// executor would lose track of the first).
+				background++
+				if v := a.rec[act.VM]; v != nil && v.op != nil {
+					a.w.chk.failf("nodeagent.Decide on node %d returned %s for %s while its %s operation is in flight",
+						a.n.id, act.Kind, act.VM, v.op.kind)
+				}
+				if i != len(vd.Actions)-1 || background > 1 {
+					a.w.chk.failf("nodeagent.Decide on node %d returned background action %s for %s that is not its last action: %v",
+						a.n.id, act.Kind, act.VM, vd.Actions)
+				}
+				a.startOp(act)
+			}
+		}
+	}
+	for name, v := range a.rec {
+		if !keep[name] && v.op == nil && len(v.attached) == 0 {
+			delete(a.rec, name)
+		}
+	}
+}
+
+// set is Agent.set: record the decided status, signal the reporter when it
+// changed.
+func (a *agent) set(vd nodeagent.VMDecision) {
+	old := a.statuses[vd.VM]
+	if vd.Status == nil {
+		if old != nil {
+			delete(a.statuses, vd.VM)
+			a.changed()
+		}
+		return
+	}
+	st := *vd.Status
+	if old == nil || old.Phase != st.Phase || old.Message != st.Message || old.BootedOut != st.BootedOut ||
+		old.Generation != st.Generation {
+		a.changed()
+	}
+	a.statuses[st.VM] = &vmStatus{VMStatus: st, forget: vd.Forget}
+}
+
+// cancel is records.cancel: the operation's context ends; its result
+// (context.Canceled) comes back shortly.
+func (a *agent) cancel(name string) {
+	v := a.rec[name]
+	if v == nil || v.op == nil || v.op.canceled {
+		return
+	}
+	op := v.op
+	op.canceled = true
+	a.w.cover("a build the plan no longer wants cancelled")
+	a.w.afterOn(a.n, a.w.rnd(5, 50), func() {
+		if v.op == op {
+			a.finish(name, op, context.Canceled)
+		}
+	})
+}
+
+// startOp begins act as its VM's one operation, with the simulated
+// duration and outcome of its I/O.
+func (a *agent) startOp(act nodeagent.Action) {
+	w, n := a.w, a.n
+	a.opSeq++
+	op := &opState{id: a.opSeq, kind: act.Kind, out: act.Out, vols: act.Volumes, restart: act.Restart}
+	v := a.record(act.VM)
+	v.op = op
+	name := act.VM
+	done := func(d int64, effect func() error) {
+		w.afterOn(n, d, func() {
+			if v.op != op || op.canceled {
+				return
+			}
+			var err error
+			if effect != nil {
+				err = effect()
+			}
+			a.finish(name, op, err)
+		})
+	}
+	switch act.Kind {
+	case nodeagent.ActRealise:
+		if n.host.store[act.Out] {
+			done(w.rnd(20, 200), nil)
+			return
+		}
+		op.progress = "from " + act.Drv
+		a.notify()
+		done(w.rnd(1000, 15000), func() error {
+			switch {
+			case w.repo.unbuildable[act.Out]:
+				return fmt.Errorf("builder for '%s' failed with exit code 1", act.Drv)
+			case w.faulty() && w.chance(0.05):
+				return errors.New("nix build: cannot connect to the daemon (transient)")
+			}
+			n.host.store[act.Out] = true
+			return nil
+		})
+	case nodeagent.ActStart:
+		done(w.rnd(20, 200), func() error {
+			if w.faulty() && w.chance(0.02) {
+				return errors.New("runner exited at once with code 1")
+			}
+			return w.spawn(n, name)
+		})
+	case nodeagent.ActRestart:
+		stop := w.stopDuration()
+		w.afterOn(n, stop, func() {
+			if v.op == op {
+				w.stopUnit(n, name)
+			}
+		})
+		done(stop+w.rnd(20, 200), func() error { return w.spawn(n, name) })
+	case nodeagent.ActStop:
+		done(w.stopDuration(), func() error {
+			w.stopUnit(n, name)
+			return nil
+		})
+	default: // attach, detach: no volumes are modelled
+		done(10, nil)
+	}
+}
+
+// stopDuration is how long stopping a runner takes: microvm-shutdown
+// usually returns within seconds; rarely it hangs and SIGKILL ends it.
+func (w *world) stopDuration() int64 {
+	if w.faulty() && w.chance(0.02) {
+		return hungStop
+	}
+	return w.rnd(200, 3000)
+}
+
+// finish is Agent.finish with records.finish, then a pass.
+func (a *agent) finish(name string, op *opState, err error) {
+	now := at(a.w.now)
+	v := a.record(name)
+	v.op = nil
+	a.w.mix(uint64(op.kind), uint64(op.id))
+	switch {
+	case errors.Is(err, context.Canceled):
+	case err != nil:
+		a.w.tracef("node %d: %s %s failed: %v", a.n.id, op.kind, name, err)
+		a.w.cover(op.kind.String() + " failed")
+		f := &nodeagent.Failure{Action: op.kind, Out: op.out, Err: err.Error()}
+		switch op.kind {
+		case nodeagent.ActRealise:
+			f.RetryAt = now.Add(msDuration(buildRetry))
+			v.build = f
+		case nodeagent.ActAttach, nodeagent.ActDetach:
+			f.RetryAt = now.Add(msDuration(volumeRetry))
+			v.volumes = f
+		default:
+			f.RetryAt = now.Add(msDuration(agentInterval))
+			v.unit = f
+		}
+	default:
+		switch op.kind {
+		case nodeagent.ActRealise:
+			v.rooted = op.out
+			if v.build != nil && v.build.Out == op.out {
+				v.build = nil
+			}
+		case nodeagent.ActAttach:
+			v.attached = slices.Clone(op.vols)
+			v.volumes = nil
+		case nodeagent.ActDetach:
+			if slices.Equal(v.attached, op.vols) {
+				v.attached = nil
+			}
+			v.volumes = nil
+		case nodeagent.ActStart, nodeagent.ActRestart:
+			if op.restart > v.restarted {
+				a.w.cover("vm restart carried out")
+			}
+			v.restarted = max(v.restarted, op.restart)
+			v.unit = nil
+		case nodeagent.ActStop:
+			v.unit = nil
+		}
+	}
+	a.pass()
+}
+
+// changed is the reporter's "changed" signal: a heartbeat ~100 ms later,
+// or after the one in flight.
+func (a *agent) changed() {
+	if a.hbInFlight {
+		a.hbChanged = true
+		return
+	}
+	if a.hbDebounce {
+		return
+	}
+	a.hbDebounce = true
+	a.w.afterOn(a.n, heartbeatDebounce, func() {
+		a.hbDebounce = false
+		a.sendHeartbeat()
+	})
+}
+
+// resetHeartbeatTick restarts the period after a heartbeat (report's
+// t.Reset).
+func (a *agent) resetHeartbeatTick() {
+	a.hbGen++
+	gen := a.hbGen
+	a.w.afterOn(a.n, heartbeatEvery, func() {
+		// A tick while a change is debounced is dropped: the send after
+		// the debounce resets the ticker.
+		if gen == a.hbGen && !a.hbDebounce && !a.hbInFlight {
+			a.sendHeartbeat()
+		}
+	})
+}
+
+// sendHeartbeat proposes one NodeHeartbeat with every status; once it
+// committed, stopped VMs gone from this node are forgotten.
+func (a *agent) sendHeartbeat() {
+	if a.hbInFlight || a.n.agent != a {
+		return
+	}
+	snap := make([]replicated.VMStatus, 0, len(a.statuses))
+	for _, name := range sortedKeys(a.statuses) {
+		snap = append(snap, a.statuses[name].VMStatus)
+	}
+	a.hbInFlight = true
+	a.hbGen++ // no tick while it is out
+	cmd := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: at(a.w.now),
+		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.n.id, Statuses: snap}}
+	a.w.propose(a.n, cmd, heartbeatTimeout, func(res replicated.Result, err error) {
+		a.hbInFlight = false
+		if err == nil && res.OK() {
+			for _, st := range snap {
+				if s := a.statuses[st.VM]; s != nil && s.forget && s.Phase == replicated.PhaseStopped && st.Phase == replicated.PhaseStopped {
+					delete(a.statuses, st.VM)
+				}
+			}
+		} else if err == nil {
+			a.w.chk.failf("node %d: heartbeat refused: %s", a.n.id, res.Message)
+		}
+		a.resetHeartbeatTick()
+		if a.hbChanged {
+			a.hbChanged = false
+			a.changed()
+		}
+	})
+}

@@ -54,7 +54,9 @@ type Options struct {
 	// switch of current, start, restart or stop is tried again after it.
 	Interval time.Duration
 	// Heartbeat is the period of NodeHeartbeat proposals (default 2s); a
-	// phase change is reported about 100ms after it happens as well.
+	// phase change is reported about 100ms after it happens as well, but
+	// at most one heartbeat per half period (100ms to 1s) is sent while
+	// statuses keep changing.
 	Heartbeat time.Duration
 	// BuildRetry is how long a failed realisation of one (VM, out path) is
 	// remembered before it is tried again (default 30s).
@@ -476,17 +478,25 @@ func (a *Agent) snapshotLocked() []replicated.VMStatus {
 // one right after it: that would cost a Raft proposal for nothing, and a VM
 // gone from this node (dropped once a heartbeat carried it stopped) would
 // vanish from the node's report as soon as it was reported stopped.
+//
+// While statuses keep changing (hundreds of VMs starting at once), changes
+// are coalesced: a heartbeat follows the previous one by at least half the
+// period (100ms to 1s). Every heartbeat carries all of the node's
+// statuses, so a burst costs one Raft proposal per half period instead of
+// one per 100ms plus the proposal's latency, and leaves Raft its time.
 func (a *Agent) report(ctx context.Context) {
 	const debounce = 100 * time.Millisecond
+	minGap := min(max(a.o.Heartbeat/2, debounce), time.Second)
 	t := time.NewTicker(a.o.Heartbeat)
 	defer t.Stop()
+	var last time.Time // when the last heartbeat was sent
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-a.changed:
-			d := time.NewTimer(debounce)
+			d := time.NewTimer(max(debounce, time.Until(last.Add(minGap))))
 			select {
 			case <-ctx.Done():
 				d.Stop()
@@ -495,6 +505,7 @@ func (a *Agent) report(ctx context.Context) {
 			}
 		}
 		a.sendHeartbeat(ctx, 10*time.Second)
+		last = time.Now()
 		t.Reset(a.o.Heartbeat)
 	}
 }

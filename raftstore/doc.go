@@ -12,6 +12,13 @@
 // PKI's node certificates (package pki): a host without a certificate from
 // the cluster CA can neither join the shard nor send it messages.
 //
+// Timing is for real, busy hosts, like etcd's: the leader heartbeats every
+// 100 ms and a follower campaigns after 1–2 s without one
+// ([DefaultRTTMillisecond], [DefaultHeartbeatRTT], [DefaultElectionRTT];
+// [Config] can change them). CheckQuorum and PreVote stay on. Every attempt
+// of a proposal or read outlasts a leader change and is retried while its
+// context lasts.
+//
 // Callers follow these steps:
 //
 //  1. [Start] a [Store] on every voter with the same Members map (or Join,

@@ -21,23 +21,49 @@ import (
 const ShardID uint64 = 1
 
 // Defaults of [Config] and of the retry loop.
+//
+// Raft timing is chosen for real hosts, which are busy: a node starting
+// thousands of VMs, building closures or swapping must not make followers
+// call elections. Like etcd (100 ms heartbeat, 1 s election timeout), a
+// leader heartbeats every 100 ms and a follower campaigns only after 1–2 s
+// (Dragonboat randomises the election timeout between ElectionRTT and
+// 2×ElectionRTT ticks) without hearing from it; with CheckQuorum a leader steps
+// down after 1 s without a quorum. A lost leader is replaced within ~1–2 s,
+// far inside any node timeout, and a host that is starved for less than a
+// second costs nothing. Measured on a 2-core host starting 2,000 VMs on three
+// nodes (docs/benchmarks.md): the old timing (RTT 5 ms, heartbeat 10 ms,
+// election 100–200 ms) changed leaders in two of three runs even with the
+// agents' nix runs bounded; this timing in none of four.
 const (
-	DefaultRTTMillisecond  = 5 // 1 ms caused spurious elections and dropped proposals on loaded machines
+	// DefaultRTTMillisecond is the Raft tick: Dragonboat counts heartbeats
+	// and elections in it. 1 ms caused spurious elections and dropped
+	// proposals on loaded machines; 10 ms halves the ticks of 5 ms.
+	DefaultRTTMillisecond = 10
+	// DefaultHeartbeatRTT is the leader's heartbeat period in ticks
+	// (10 × 10 ms = 100 ms).
+	DefaultHeartbeatRTT = 10
+	// DefaultElectionRTT is the election timeout in ticks (100 × 10 ms =
+	// 1 s, randomised up to 2 s): ten heartbeats may be lost or late before
+	// a follower campaigns.
+	DefaultElectionRTT = 100
+	// MinElectionHeartbeats is the least ElectionRTT/HeartbeatRTT a Config
+	// may set: Dragonboat needs more than 2 and recommends 10.
+	MinElectionHeartbeats = 10
+
 	DefaultLogDB           = "tiny"
 	DefaultSnapshotEntries = 1000
 
-	// heartbeatRTT and electionRTT are in RTTMillisecond units: with the
-	// default 5 ms a leader heartbeats every 10 ms and followers campaign
-	// after 100–200 ms of silence.
-	heartbeatRTT = 2
-	electionRTT  = 10 * heartbeatRTT
-
-	// attemptTimeout bounds one SyncPropose/SyncRead attempt. A new leader
-	// takes ~100 ms, with long tails; a dropped proposal only shows as a
-	// timeout, so every attempt is bounded and retried while ctx lasts.
-	attemptTimeout = 2 * time.Second
-	retryBackoff   = 20 * time.Millisecond
-	leaderPoll     = 10 * time.Millisecond
+	// minAttemptTimeout bounds one SyncPropose/SyncRead attempt from below.
+	// An attempt lasts attemptElections election timeouts (3 s with the
+	// defaults): longer than a leader change takes (the randomised timeout,
+	// at most 2 election timeouts, plus a vote), so a proposal made just
+	// before the leader was lost is not given up while it may still commit.
+	// A dropped proposal only shows as a timeout, so every attempt is
+	// bounded and retried while ctx lasts.
+	minAttemptTimeout = 2 * time.Second
+	attemptElections  = 3
+	retryBackoff      = 20 * time.Millisecond
+	leaderPoll        = 10 * time.Millisecond
 	// unknownOutcomeBackoff spaces ProposeOK's retries after Propose gave up
 	// (each Propose already retried for as long as its ctx allowed).
 	unknownOutcomeBackoff = 200 * time.Millisecond
@@ -62,8 +88,18 @@ type Config struct {
 	// NonVoting starts this replica as a non-voting member; it must have been
 	// added with AddReplica(…, nonVoting = true).
 	NonVoting bool
-	// RTTMillisecond is the Raft tick in ms (default 5).
+	// RTTMillisecond is the Raft tick in ms (default
+	// [DefaultRTTMillisecond], 10). Set it to about the round trip between
+	// the hosts, or more.
 	RTTMillisecond uint64
+	// HeartbeatRTT is the leader's heartbeat period in ticks (default
+	// [DefaultHeartbeatRTT], 10: 100 ms with the default tick).
+	HeartbeatRTT uint64
+	// ElectionRTT is the election timeout in ticks (default
+	// [DefaultElectionRTT], 100: 1 s with the default tick, randomised up
+	// to twice that). It must be at least [MinElectionHeartbeats] ×
+	// HeartbeatRTT. Every replica of a shard should use the same timing.
+	ElectionRTT uint64
 	// LogDB sizes the log DB's memory: tiny (default, ≤256 MB), small
 	// (≤1 GB), medium (≤4 GB) or large (≤8 GB).
 	LogDB string
@@ -110,6 +146,9 @@ type Store struct {
 	nodeID    uint64
 	log       *slog.Logger // non-nil
 	closeOnce sync.Once
+	// attemptTimeout bounds one SyncPropose/SyncRead attempt
+	// (Config.attemptTimeout).
+	attemptTimeout time.Duration
 }
 
 func logDBConfig(name string) (config.LogDBConfig, error) {
@@ -136,6 +175,9 @@ func (cfg *Config) validate() error {
 	if cfg.DataDir == "" {
 		return errors.New("data dir is empty")
 	}
+	if err := cfg.checkTiming(); err != nil {
+		return err
+	}
 	if cfg.Join && len(cfg.Members) > 0 {
 		return errors.New("a joining replica takes no initial members: drop Members or Join")
 	}
@@ -153,6 +195,53 @@ func (cfg *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// withTimingDefaults fills RTTMillisecond, HeartbeatRTT and ElectionRTT
+// where they are zero.
+func (cfg Config) withTimingDefaults() Config {
+	if cfg.RTTMillisecond == 0 {
+		cfg.RTTMillisecond = DefaultRTTMillisecond
+	}
+	if cfg.HeartbeatRTT == 0 {
+		cfg.HeartbeatRTT = DefaultHeartbeatRTT
+	}
+	if cfg.ElectionRTT == 0 {
+		cfg.ElectionRTT = DefaultElectionRTT
+	}
+	return cfg
+}
+
+// checkTiming refuses an election timeout too close to the heartbeat
+// period: a follower would campaign after a few late heartbeats.
+func (cfg *Config) checkTiming() error {
+	t := cfg.withTimingDefaults()
+	if t.ElectionRTT < MinElectionHeartbeats*t.HeartbeatRTT {
+		return fmt.Errorf("raft election timeout of %d ticks is less than %d heartbeats of %d ticks: raise ElectionRTT to at least %d (or lower HeartbeatRTT)",
+			t.ElectionRTT, MinElectionHeartbeats, t.HeartbeatRTT, MinElectionHeartbeats*t.HeartbeatRTT)
+	}
+	return nil
+}
+
+// HeartbeatInterval is how often the leader heartbeats with cfg's timing
+// (defaults filled in).
+func (cfg Config) HeartbeatInterval() time.Duration {
+	t := cfg.withTimingDefaults()
+	return time.Duration(t.HeartbeatRTT*t.RTTMillisecond) * time.Millisecond
+}
+
+// ElectionTimeout is the least time a follower waits without hearing from
+// a leader before it campaigns (Dragonboat waits up to twice as long), and
+// the time after which a leader without a quorum steps down.
+func (cfg Config) ElectionTimeout() time.Duration {
+	t := cfg.withTimingDefaults()
+	return time.Duration(t.ElectionRTT*t.RTTMillisecond) * time.Millisecond
+}
+
+// attemptTimeout bounds one SyncPropose/SyncRead attempt: attemptElections
+// election timeouts, at least minAttemptTimeout.
+func (cfg Config) attemptTimeout() time.Duration {
+	return max(minAttemptTimeout, attemptElections*cfg.ElectionTimeout())
 }
 
 func memberIDs(m map[uint64]string) []uint64 {
@@ -248,9 +337,7 @@ func open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("raftstore: start node %d: %w", cfg.NodeID, err)
 		}
 	}
-	if cfg.RTTMillisecond == 0 {
-		cfg.RTTMillisecond = DefaultRTTMillisecond
-	}
+	cfg = cfg.withTimingDefaults()
 	if cfg.SnapshotEntries == 0 {
 		cfg.SnapshotEntries = DefaultSnapshotEntries
 	}
@@ -285,8 +372,8 @@ func open(cfg Config) (*Store, error) {
 		ShardID:            ShardID,
 		CheckQuorum:        true,
 		PreVote:            true,
-		HeartbeatRTT:       heartbeatRTT,
-		ElectionRTT:        electionRTT,
+		HeartbeatRTT:       cfg.HeartbeatRTT,
+		ElectionRTT:        cfg.ElectionRTT,
 		SnapshotEntries:    cfg.SnapshotEntries,
 		CompactionOverhead: cfg.SnapshotEntries / 2,
 		IsNonVoting:        cfg.NonVoting,
@@ -306,7 +393,7 @@ func open(cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("raftstore: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
 	}
-	return &Store{nh: nh, nodeID: cfg.NodeID, log: log}, nil
+	return &Store{nh: nh, nodeID: cfg.NodeID, log: log, attemptTimeout: cfg.attemptTimeout()}, nil
 }
 
 func (s *Store) waitLeader(ctx context.Context) error {
@@ -340,7 +427,7 @@ func transient(err error) bool {
 // timed out (the request may have been applied anyway).
 func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context.Context) error) (timedOut bool, err error) {
 	for n := 1; ; n++ {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		actx, cancel := context.WithTimeout(ctx, s.attemptTimeout)
 		err = attempt(actx)
 		cancel()
 		if err == nil {
@@ -351,6 +438,11 @@ func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context
 		}
 		if ctx.Err() != nil {
 			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, ctx.Err(), err)
+		}
+		if errors.Is(err, dragonboat.ErrTimeoutTooSmall) || errors.Is(err, dragonboat.ErrInvalidDeadline) {
+			// Less than a tick was left of ctx (an attempt's own timeout is
+			// seconds): ctx is ending, and that is what the caller should see.
+			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, context.DeadlineExceeded, err)
 		}
 		if !transient(err) {
 			return timedOut, fmt.Errorf("%s: %w", what, err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,6 +122,14 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 		mustPropose(t, ctx, s, testkit.Register(s.NodeID()), replicated.ResultOK)
 	}
 	leader := leaderOf(t, stores)
+	// A context with less than a Raft tick left ends the proposal as a
+	// deadline, not as one of Dragonboat's "timeout too small" errors.
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Millisecond)
+	_, err := leader.Propose(short, testkit.Register(leader.NodeID()))
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("propose with 3ms left: %v, want a context deadline", err)
+	}
 	var follower *Store
 	for _, s := range stores {
 		if s != leader {
@@ -161,15 +170,18 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 	}
 
 	// Stop the leader: the other two elect a new one and keep the plan.
+	// With the default timing they wait at least one election timeout (1 s)
+	// of silence, at most two, before they campaign.
 	oldLeader := leader.NodeID()
 	leader.Close()
+	stopped := time.Now()
 	var rest []*Store
 	for _, s := range stores {
 		if s != leader {
 			rest = append(rest, s)
 		}
 	}
-	testkit.WaitFor(t, 15*time.Second, "a new leader among the remaining two", testkit.Until(func() bool {
+	testkit.WaitFor(t, 20*time.Second, "a new leader among the remaining two", testkit.Until(func() bool {
 		for _, s := range rest {
 			if id, ok := s.Leader(); ok && id != oldLeader && s.IsLeader() {
 				return true
@@ -177,6 +189,11 @@ func TestDragonboatThreeReplicas(t *testing.T) {
 		}
 		return false
 	}))
+	took, election := time.Since(stopped), Config{}.ElectionTimeout()
+	t.Logf("a new leader %v after the old one stopped (election timeout %v)", took.Round(time.Millisecond), election)
+	if took < election/2 {
+		t.Errorf("a new leader %v after the old one stopped: the followers did not wait for the election timeout %v", took, election)
+	}
 	st, err := rest[0].Read(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -231,10 +248,46 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		"a member address mismatch is refused": {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:2"}},
 		"join with members is refused":         {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Join: true, Members: map[uint64]string{1: "127.0.0.1:1"}},
 		"an unknown log DB size is refused":    {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:1"}, LogDB: "huge"},
+		"an election of 9 heartbeats is refused": {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir, Members: map[uint64]string{1: "127.0.0.1:1"},
+			HeartbeatRTT: 10, ElectionRTT: 90},
+		"an election timeout below 10 default heartbeats is refused": {NodeID: 1, RaftAddr: "127.0.0.1:1", DataDir: dir,
+			Members: map[uint64]string{1: "127.0.0.1:1"}, ElectionRTT: 50},
 	} {
 		if s, err := Start(ctx, cfg); err == nil {
 			s.Close()
 			t.Errorf("%s: Start succeeded", name)
 		}
+	}
+}
+
+func TestTimingDefaultsAreForRealHosts(t *testing.T) {
+	var cfg Config
+	if got := cfg.HeartbeatInterval(); got != 100*time.Millisecond {
+		t.Errorf("default heartbeat interval %v, want 100ms", got)
+	}
+	if got := cfg.ElectionTimeout(); got != time.Second {
+		t.Errorf("default election timeout %v, want 1s", got)
+	}
+	// An attempt outlasts a leader change: up to two election timeouts.
+	if got := cfg.attemptTimeout(); got <= 2*cfg.ElectionTimeout() {
+		t.Errorf("attempt timeout %v does not exceed an election (up to %v)", got, 2*cfg.ElectionTimeout())
+	}
+	fast := Config{RTTMillisecond: 1, HeartbeatRTT: 2, ElectionRTT: 20}
+	if got := fast.ElectionTimeout(); got != 20*time.Millisecond {
+		t.Errorf("election timeout of %+v: %v, want 20ms", fast, got)
+	}
+	if got := fast.attemptTimeout(); got != minAttemptTimeout {
+		t.Errorf("attempt timeout of %+v: %v, want the floor %v", fast, got, minAttemptTimeout)
+	}
+	slow := Config{RTTMillisecond: 50, HeartbeatRTT: 10, ElectionRTT: 100}
+	if got, want := slow.attemptTimeout(), 15*time.Second; got != want {
+		t.Errorf("attempt timeout of %+v: %v, want %v", slow, got, want)
+	}
+	if err := (&Config{HeartbeatRTT: 1, ElectionRTT: 10}).checkTiming(); err != nil {
+		t.Errorf("an election of exactly 10 heartbeats is refused: %v", err)
+	}
+	err := (&Config{HeartbeatRTT: 5, ElectionRTT: 40}).checkTiming()
+	if err == nil || !strings.Contains(err.Error(), "at least 50") {
+		t.Errorf("an election of 8 heartbeats: %v, want a refusal naming 50 ticks", err)
 	}
 }

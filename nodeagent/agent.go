@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -132,9 +133,10 @@ func New(o Options) *Agent {
 		o.Backend = NewProcessBackend(ProcessOptions{StateDir: o.StateDir, Logger: o.Logger})
 	}
 	return &Agent{
-		o:        o,
-		log:      o.Logger.With("node", o.NodeID),
-		real:     realiser{nix: o.Nix, builder: o.Builder, builds: &flight{calls: map[string]*flightCall{}}},
+		o:   o,
+		log: o.Logger.With("node", o.NodeID),
+		real: realiser{nix: o.Nix, builder: o.Builder, builds: &flight{calls: map[string]*flightCall{}},
+			rooting: make(chan struct{}, 2*runtime.NumCPU())},
 		notify:   make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
 		statuses: map[string]*vmStatus{},

@@ -131,6 +131,13 @@ type realiser struct {
 	// their runner): nix would make the second wait on the first's lock,
 	// polling only every 5 seconds.
 	builds *flight
+	// rooting bounds the `nix-store --add-root --realise` runs at once.
+	// Each costs ~50 ms of CPU; hundreds of VMs assigned at once would
+	// otherwise start hundreds of them together and starve the node's Raft
+	// replica of CPU for tens of seconds (docs/benchmarks.md, start storm).
+	// Builds are not bounded here: they are few (deduplicated by builds)
+	// and long.
+	rooting chan struct{}
 }
 
 // flight runs one function per key at a time; concurrent callers with the
@@ -173,6 +180,14 @@ func (f *flight) do(ctx context.Context, key string, fn func() (string, error)) 
 // /nix/var/nix/gcroots/auto). It fails when out is not valid and cannot be
 // substituted.
 func (r realiser) addRoot(ctx context.Context, root, out string) error {
+	if r.rooting != nil {
+		select {
+		case r.rooting <- struct{}{}:
+			defer func() { <-r.rooting }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	_, err := runNixOf(ctx, r.nix, "nix-store", "--add-root", root, "--indirect", "--realise", out)
 	return err
 }

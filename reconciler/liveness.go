@@ -18,19 +18,27 @@ type Heartbeats map[uint64]HeartbeatSeen
 type HeartbeatSeen struct {
 	Seq uint64
 	At  time.Time
+	// Down: the node was down when last observed. A node made ready again
+	// (`blixard node ready`) gets a full timeout of grace from then on,
+	// not the silence of its time down.
+	Down bool
 }
 
 // ObserveHeartbeats returns the record updated with the nodes' current
-// sequences: a node seen for the first time, or whose sequence changed, is
-// stamped now. Nodes no longer registered are dropped. prev is not modified.
+// sequences: a node seen for the first time, whose sequence changed, or
+// that was down and is not any more, is stamped now. Nodes no longer registered are dropped. prev is not modified.
 func ObserveHeartbeats(prev Heartbeats, nodes map[uint64]*replicated.Node, now time.Time) Heartbeats {
 	next := make(Heartbeats, len(nodes))
 	for id, n := range nodes {
-		if p, ok := prev[id]; ok && p.Seq == n.LastHeartbeatSeq {
+		down := n.State == replicated.NodeDown
+		p, seen := prev[id]
+		readied := seen && p.Down && !down
+		if seen && p.Seq == n.LastHeartbeatSeq && !readied {
+			p.Down = down
 			next[id] = p
 			continue
 		}
-		next[id] = HeartbeatSeen{Seq: n.LastHeartbeatSeq, At: now}
+		next[id] = HeartbeatSeen{Seq: n.LastHeartbeatSeq, At: now, Down: down}
 	}
 	return next
 }

@@ -59,3 +59,25 @@ func TestObserveHeartbeatsDropsUnregisteredNodesAndKeepsPrev(t *testing.T) {
 		t.Error("prev modified")
 	}
 }
+
+// TestObserveHeartbeatsGivesAReadiedNodeFreshGrace: a node made ready again
+// (`blixard node ready`) must not be judged on the silence of its time
+// down; without a new stamp it would be marked down again at once.
+func TestObserveHeartbeatsGivesAReadiedNodeFreshGrace(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	down := &replicated.Node{ID: 1, State: replicated.NodeDown, LastHeartbeatSeq: 7}
+	hb := ObserveHeartbeats(nil, map[uint64]*replicated.Node{1: down}, t0)
+	hb = ObserveHeartbeats(hb, map[uint64]*replicated.Node{1: down}, t0.Add(time.Minute))
+	if hb[1].At != t0 {
+		t.Fatalf("a node staying down was re-stamped: %+v", hb[1])
+	}
+	ready := &replicated.Node{ID: 1, State: replicated.NodeReady, LastHeartbeatSeq: 7}
+	readiedAt := t0.Add(2 * time.Minute)
+	hb = ObserveHeartbeats(hb, map[uint64]*replicated.Node{1: ready}, readiedAt)
+	if hb[1].At != readiedAt || hb[1].Down {
+		t.Fatalf("readied node: %+v, want stamped at %s", hb[1], readiedAt)
+	}
+	if stale := StaleNodes(hb, map[uint64]*replicated.Node{1: ready}, readiedAt.Add(time.Second), 10*time.Second); len(stale) != 0 {
+		t.Fatalf("a node readied a second ago is judged silent: %v", stale)
+	}
+}

@@ -19,6 +19,7 @@ fi
 echo "== go vet"
 go vet ./...
 go vet -tags ceph,pacific ./...
+go vet -tags load ./tests/bench   # the load measurements (run by hand, see docs/benchmarks.md)
 echo "== staticcheck"
 if ! command -v staticcheck >/dev/null; then
 	go install honnef.co/go/tools/cmd/staticcheck@v0.8.2

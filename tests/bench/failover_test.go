@@ -1,3 +1,5 @@
+//go:build load
+
 package bench
 
 import (
@@ -19,7 +21,7 @@ import (
 // readied (`blixard node ready`). --heartbeat is serve's default unless
 // BLIXARD_FAILOVER_HEARTBEAT sets it.
 //
-//	BLIXARD_LOAD=1 go test ./tests/bench -run TestLoadNodeKillFailover -v -timeout 60m
+//	BLIXARD_LOAD=1 go test -tags load ./tests/bench -run TestLoadNodeKillFailover -v -timeout 60m
 func TestLoadNodeKillFailover(t *testing.T) {
 	requireLoad(t)
 	requireTools(t, "nix", "nix-store", "git")

@@ -1,3 +1,5 @@
+//go:build load
+
 package bench
 
 // A few helpers copied from tests/e2e (which this package must not import:

@@ -1,3 +1,5 @@
+//go:build load
+
 package bench
 
 import (
@@ -34,7 +36,7 @@ import (
 // directory to keep the nodes' logs. The test stops every
 // node and runner if the machine's MemAvailable falls below 3 GiB.
 //
-//	BLIXARD_LOAD=1 go test ./tests/bench -run TestLoadStartManyVMs -v -timeout 60m
+//	BLIXARD_LOAD=1 go test -tags load ./tests/bench -run TestLoadStartManyVMs -v -timeout 60m
 func TestLoadStartManyVMs(t *testing.T) {
 	requireLoad(t)
 	requireTools(t, "nix", "nix-store", "git")

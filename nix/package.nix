@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-fapYLJA0MZTNAruLT8d1y2OfiIj/k52AU5A9VfE3tHA=";
+  vendorHash = "sha256-5V47JKkll87D8bSMSyMoj5GPko6twdA816rwYhcHW0k=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

@@ -15,7 +15,7 @@ need_root() {
 
 # gnupg and openssh-client: gitsync's tests sign commits with gpg and
 # ssh-keygen, as people pushing to a cluster with --trust do.
-apt_packages=(nix-bin git ca-certificates gnupg openssh-client)
+apt_packages=(nix-bin git ca-certificates gnupg openssh-client iproute2 procps)   # ip, sysctl: tests/fault
 missing=()
 for p in "${apt_packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

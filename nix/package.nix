@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-5V47JKkll87D8bSMSyMoj5GPko6twdA816rwYhcHW0k=";
+  vendorHash = "sha256-4MdlGGbwpp/qfwqj+Q4a0BBccPE94xZ8mNz0jvHa+SM=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

@@ -51,6 +51,9 @@ var mustNot = map[string][]string{
 	// The cluster PKI: creates and loads certificates; knows no Raft, HTTP
 	// routing, git or nix, and imports nothing of this module.
 	"pki": {module, "os/exec", "github.com/lni/", "github.com/go-git/"},
+	// Host networking over netlink: never runs ip(8) or any program, and
+	// takes its own input types instead of knowing the replicated state.
+	"hostnet": {"os/exec", module, "github.com/lni/", "github.com/go-git/", "github.com/ceph/"},
 	// The node assembly: wires every package, but runs no programs, serves
 	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
 	// gitsync and volumes.

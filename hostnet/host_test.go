@@ -1,0 +1,294 @@
+package hostnet_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/blixard/blixard/hostnet"
+)
+
+// desired is what the agent on node self derives from the replicated state:
+// its own instances' taps, every other instance with its node's underlay
+// address, and the other nodes' own overlay addresses.
+func desired(l *lab, self int, placement map[*instance]int) hostnet.Desired {
+	var d hostnet.Desired
+	for i, nd := range l.nodes {
+		if i != self {
+			d.Remote = append(d.Remote, hostnet.NodeRemote(nd.addr, nd.underlay))
+		}
+	}
+	for in, at := range placement {
+		if at == self {
+			d.LocalTaps = append(d.LocalTaps, hostnet.Tap{Name: in.tap, MAC: in.mac})
+		} else {
+			d.Remote = append(d.Remote, hostnet.Remote{MAC: in.mac, IP: in.ip, Node: l.nodes[at].underlay})
+		}
+	}
+	return d
+}
+
+// syncAll runs Sync on every node with the desired tables of placement and
+// returns how many operations each carried out.
+func syncAll(ctx context.Context, t *testing.T, l *lab, placement map[*instance]int) []int {
+	t.Helper()
+	counts := make([]int, len(l.nodes))
+	for i, nd := range l.nodes {
+		ops, err := nd.host.Sync(ctx, nd.config(), desired(l, i, placement))
+		if err != nil {
+			t.Fatalf("Sync on node %d: %v", i+1, err)
+		}
+		counts[i] = len(ops)
+	}
+	return counts
+}
+
+// TestNetnsThreeNodesPingAcrossTheOverlayAndAfterAMove is the overlay end to
+// end on real kernel networking: three nodes on an underlay bridge, instance
+// A on node 1 pings instance B on node 2 through the VXLAN devices; B moves
+// to node 3 (same MAC and address), every node syncs, and A reaches B again.
+func TestNetnsThreeNodesPingAcrossTheOverlayAndAfterAMove(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	l := newLab(t, 3)
+	a := newInstance(t, "vm-a", mac("52:54:00:00:00:0a"), netip.MustParseAddr("10.100.1.10"))
+	b := newInstance(t, "vm-b", mac("52:54:00:00:00:0b"), netip.MustParseAddr("10.100.1.11"))
+	a.plug(t, l.nodes[0])
+	b.plug(t, l.nodes[1])
+	placement := map[*instance]int{a: 0, b: 1}
+
+	start := time.Now()
+	syncAll(ctx, t, l, placement)
+	took, err := ping(ctx, a.ns, b.ip)
+	if err != nil {
+		t.Fatalf("A on node 1 → B on node 2: %v", err)
+	}
+	t.Logf("first setup: Sync of 3 nodes to first echo reply A→B: %v (ping alone %v)", time.Since(start), took)
+	if counts := syncAll(ctx, t, l, placement); slices.Max(counts) != 0 {
+		t.Fatalf("second Sync changed something: operations per node %v", counts)
+	}
+	// The node's host reaches a remote instance too (an ingress proxy
+	// would): its source is node 1's own overlay address.
+	if _, err := ping(ctx, l.nodes[0].ns, b.ip); err != nil {
+		t.Fatalf("node 1's host → B on node 2: %v", err)
+	}
+
+	// B moves to node 3: its VM stops on node 2 (the tap goes), starts on
+	// node 3 with the same identity, and every node syncs the new table.
+	b.unplug(t, l.nodes[1])
+	b.plug(t, l.nodes[2])
+	placement[b] = 2
+	start = time.Now()
+	counts := syncAll(ctx, t, l, placement)
+	if _, err := ping(ctx, a.ns, b.ip); err != nil {
+		t.Fatalf("A on node 1 → B moved to node 3: %v", err)
+	}
+	t.Logf("move: Sync of 3 nodes (operations %v) to first echo reply A→B: %v", counts, time.Since(start))
+	if _, err := ping(ctx, l.nodes[0].ns, b.ip); err != nil {
+		t.Fatalf("node 1's host → B moved to node 3: %v", err)
+	}
+	if counts := syncAll(ctx, t, l, placement); slices.Max(counts) != 0 {
+		t.Fatalf("Sync after the move changed something again: operations per node %v", counts)
+	}
+
+	have, err := l.nodes[0].host.Observe(ctx)
+	must(t, err)
+	var dsts []netip.Addr
+	for _, e := range have.FDB {
+		if e.Dev == "blxvx42" && !e.Master && slices.Equal(e.MAC, b.mac) {
+			dsts = append(dsts, e.Dst)
+		}
+	}
+	if !slices.Equal(dsts, []netip.Addr{l.nodes[2].underlay}) {
+		t.Fatalf("node 1's VXLAN entries for B = %v, want only node 3 (%s)", dsts, l.nodes[2].underlay)
+	}
+
+	// B is removed from the cluster: its entries go everywhere.
+	b.unplug(t, l.nodes[2])
+	delete(placement, b)
+	syncAll(ctx, t, l, placement)
+	for i, nd := range l.nodes {
+		have, err := nd.host.Observe(ctx)
+		must(t, err)
+		for _, e := range have.FDB {
+			if slices.Equal(e.MAC, b.mac) {
+				t.Errorf("node %d still has %+v for removed instance B", i+1, e)
+			}
+		}
+		for _, n := range have.Neighbours {
+			if n.IP == b.ip {
+				t.Errorf("node %d still has neighbour %+v for removed instance B", i+1, n)
+			}
+		}
+	}
+}
+
+// TestNetnsArpForRemoteInstanceIsAnsweredLocally checks the no-multicast
+// model: instance A learns B's MAC although no broadcast crosses the
+// underlay (the VXLAN device has no flood entry); node 1's bridge answers.
+func TestNetnsArpForRemoteInstanceIsAnsweredLocally(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	l := newLab(t, 2)
+	a := newInstance(t, "vm-a", mac("52:54:00:00:00:0a"), netip.MustParseAddr("10.100.1.10"))
+	b := newInstance(t, "vm-b", mac("52:54:00:00:00:0b"), netip.MustParseAddr("10.100.1.11"))
+	a.plug(t, l.nodes[0])
+	b.plug(t, l.nodes[1])
+	placement := map[*instance]int{a: 0, b: 1}
+	syncAll(ctx, t, l, placement)
+	if _, err := ping(ctx, a.ns, b.ip); err != nil {
+		t.Fatal(err)
+	}
+	neigh, err := a.nl.NeighList(0, netlink.FAMILY_V4)
+	must(t, err)
+	i := slices.IndexFunc(neigh, func(n netlink.Neigh) bool { return n.IP.Equal(b.ip.AsSlice()) })
+	if i < 0 || !slices.Equal(neigh[i].HardwareAddr, b.mac) {
+		t.Fatalf("A's ARP cache has no entry B → %s: %v", b.mac, neigh)
+	}
+	// A's request could only have been answered on node 1: node 1's VXLAN
+	// device has no all-zeros (flood) entry to send a broadcast anywhere.
+	have, err := l.nodes[0].host.Observe(ctx)
+	must(t, err)
+	for _, e := range have.FDB {
+		if e.Dev == "blxvx42" && slices.Equal(e.MAC, make([]byte, 6)) {
+			t.Fatalf("node 1 has a flood entry %+v", e)
+		}
+	}
+}
+
+// TestNetnsConflictsChangeNothing: a bridge with another address and a
+// VXLAN id held by another device are refused with the action to take, and
+// the namespace is left as it was.
+func TestNetnsConflictsChangeNothing(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t, 1)
+	nd := l.nodes[0]
+	want := hostnet.Desired{Remote: []hostnet.Remote{{MAC: mac("52:54:00:00:00:0b"), IP: netip.MustParseAddr("10.100.1.11"), Node: netip.MustParseAddr("192.168.77.2")}}}
+
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "blixard0"}}
+	must(t, nd.nl.LinkAdd(br))
+	addAddr(t, nd.nl, br, netip.MustParsePrefix("192.168.1.1/24"))
+	before, err := nd.host.Observe(ctx)
+	must(t, err)
+	ops, err := nd.host.Sync(ctx, nd.config(), want)
+	var conflict *hostnet.ConflictError
+	if !errors.As(err, &conflict) || err.Error() != "bridge blixard0 exists with address 192.168.1.1/24, not 10.100.0.1/16: pick --bridge or remove it" {
+		t.Fatalf("Sync with a foreign bridge: %v (%T)", err, err)
+	}
+	after, err := nd.host.Observe(ctx)
+	must(t, err)
+	if len(ops) != 0 || len(after.Links) != len(before.Links) {
+		t.Fatalf("refused Sync changed the host: operations %q, links %d → %d", strs(ops), len(before.Links), len(after.Links))
+	}
+	must(t, nd.nl.LinkDel(br))
+
+	other := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "flannel.1"}, VxlanId: vni, Port: 4789, SrcAddr: nd.underlay.AsSlice()}
+	must(t, nd.nl.LinkAdd(other))
+	ops, err = nd.host.Sync(ctx, nd.config(), want)
+	if !errors.As(err, &conflict) || err.Error() != "vxlan id 42 (port 4789) is in use by device flannel.1: pick another --vxlan-id" {
+		t.Fatalf("Sync with a foreign VXLAN device: %v (%T)", err, err)
+	}
+	if len(ops) != 0 {
+		t.Fatalf("refused Sync changed the host: %q", strs(ops))
+	}
+	if _, err := nd.nl.LinkByName("blixard0"); err == nil {
+		t.Fatal("refused Sync created the bridge")
+	}
+}
+
+// TestNetnsProcessBackendCreatesOwnedTapsAndDeletesThem: with CreateTaps
+// hostnet creates a persistent tap owned by the VM's user (checked with
+// ip(8)), attaches it, and deletes it when no longer wanted; a tap it did
+// not create is only detached.
+func TestNetnsProcessBackendCreatesOwnedTapsAndDeletesThem(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t, 1)
+	nd := l.nodes[0]
+	cfg := nd.config()
+	cfg.CreateTaps = true
+	own := hostnet.Tap{Name: "vm-c", MAC: mac("52:54:00:00:00:0c"), Owner: 4242, Group: 4343, MultiQueue: true}
+
+	foreign := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-f"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI}
+	must(t, inNS(nd.ns, func() error { return nd.nl.LinkAdd(foreign) }))
+
+	ops, err := nd.host.Sync(ctx, cfg, hostnet.Desired{LocalTaps: []hostnet.Tap{own, {Name: "vm-f", MAC: mac("52:54:00:00:00:0f")}}})
+	must(t, err)
+	if !slices.Contains(strs(ops), "tuntap add vm-c mode tap user 4242 group 4343 vnet_hdr multi_queue mtu 1450") {
+		t.Fatalf("Sync did not create vm-c: %q", strs(ops))
+	}
+	out := ipIn(t, nd, "-d", "link", "show", "vm-c")
+	for _, want := range []string{"master blixard0", "mtu 1450", "tun type tap", "user 4242", "group 4343", "multi_queue", "persist on", "alias blixard-tap"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ip -d link show vm-c lacks %q:\n%s", want, out)
+		}
+	}
+	if out := ipIn(t, nd, "link", "show", "vm-f"); !strings.Contains(out, "master blixard0") {
+		t.Errorf("vm-f is not attached:\n%s", out)
+	}
+	fdb := ipIn(t, nd, "fdb")
+	if !strings.Contains(fdb, "52:54:00:00:00:0c dev vm-c master blixard0 static") {
+		t.Errorf("no static entry for vm-c's guest:\n%s", fdb)
+	}
+
+	ops, err = nd.host.Sync(ctx, cfg, hostnet.Desired{})
+	must(t, err)
+	if got, want := strs(ops), []string{"link del vm-c", "link set vm-f nomaster"}; !slices.Equal(got, want) {
+		t.Fatalf("Sync without taps: %q, want %q", got, want)
+	}
+	if _, err := nd.nl.LinkByName("vm-c"); err == nil {
+		t.Error("vm-c still exists")
+	}
+	if l, err := nd.nl.LinkByName("vm-f"); err != nil || l.Attrs().MasterIndex != 0 {
+		t.Errorf("vm-f after detaching: %v, master index %d; want it kept and detached", err, l.Attrs().MasterIndex)
+	}
+}
+
+// TestNetnsTapMadeLaterIsAttachedByTheNextSync: under systemd a wanted tap
+// that microvm-tap-interfaces@ has not created yet is skipped, and the next
+// Sync attaches it.
+func TestNetnsTapMadeLaterIsAttachedByTheNextSync(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t, 1)
+	nd := l.nodes[0]
+	want := hostnet.Desired{LocalTaps: []hostnet.Tap{{Name: "vm-a", MAC: mac("52:54:00:00:00:0a")}}}
+	if _, err := nd.host.Sync(ctx, nd.config(), want); err != nil {
+		t.Fatal(err)
+	}
+	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "vm-a"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}
+	must(t, inNS(nd.ns, func() error { return nd.nl.LinkAdd(tap) }))
+	ops, err := nd.host.Sync(ctx, nd.config(), want)
+	must(t, err)
+	if got, want := strs(ops), []string{
+		"link set vm-a mtu 1450", "link set vm-a master blixard0", "link set vm-a up",
+		"fdb replace 52:54:00:00:00:0a dev vm-a master static",
+	}; !slices.Equal(got, want) {
+		t.Fatalf("Sync after the tap appeared: %q, want %q", got, want)
+	}
+}
+
+// ipIn runs ip(8) (or bridge(8) for "fdb") inside nd's namespace, for
+// inspection only.
+func ipIn(t *testing.T, nd *node, args ...string) string {
+	t.Helper()
+	prog := "ip"
+	if args[0] == "fdb" {
+		prog, args = "bridge", []string{"fdb", "show"}
+	}
+	cmd := exec.CommandContext(t.Context(), "nsenter", append([]string{"--net=/proc/self/fd/3", prog}, args...)...)
+	ns, err := dupFile(nd)
+	must(t, err)
+	defer ns.Close()
+	cmd.ExtraFiles = append(cmd.ExtraFiles, ns)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s (needs util-linux nsenter and iproute2)", prog, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

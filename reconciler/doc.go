@@ -29,7 +29,10 @@
 //     during it makes the next pass fetch again.
 //  3. Liveness: fence and mark down every node whose heartbeat stood still
 //     for NodeTimeout (a new leader first gives every node a full timeout);
-//     when any was marked, read the state again.
+//     when any was marked, read the state again. Then lift the fences of
+//     the nodes that are back ([NodesToUnfence]: not down, and reporting
+//     new Ceph clients and none of the fenced ones) through the Unfencer,
+//     and record each with UnfenceNode.
 //  4. FetchFailed: after a failed fetch, propose SetCondition{FetchFailed}
 //     with the last known commit unless that message is already recorded;
 //     after a good one, ClearCondition{FetchFailed} when it is set.
@@ -72,10 +75,11 @@
 //
 // The reconciler must not touch hosts (agents act on the plan), run
 // programs, or know git, nix or Raft beyond the Store, Source, Evaluator,
-// Verifier and Fencer interfaces it declares. A pass must not sleep, wait
-// for an evaluation or trigger itself. It evaluates only commits its Source
-// fetched and records EvalFailed only from its own evaluations: a commit a
-// user merely asked about (`blixard plan --commit`) is never recorded, so a
-// preview cannot mark a commit as bad before it is pushed ([VerifyFirst]
-// keeps previews from evaluating untrusted commits).
+// Verifier, Fencer and Unfencer interfaces it declares. A pass must not
+// sleep, wait for an evaluation or trigger itself. It evaluates only
+// commits its Source fetched and records EvalFailed only from its own
+// evaluations: a commit a user merely asked about (`blixard plan
+// --commit`) is never recorded, so a preview cannot mark a commit as bad
+// before it is pushed ([VerifyFirst] keeps previews from evaluating
+// untrusted commits).
 package reconciler

@@ -92,6 +92,10 @@ type Options struct {
 	// are placed elsewhere; 0 turns failure detection off.
 	NodeTimeout time.Duration
 	Fencer      Fencer // optional
+	// Unfencer, when set, lifts the fence of a node that is ready again
+	// once its fenced clients are gone (see NodesToUnfence); usually the
+	// same Ceph edge as Fencer. Without it fences expire on their own.
+	Unfencer Unfencer
 	// Verifier, when set, must accept a fetched commit's signature before
 	// it is evaluated (see Verifier); nil evaluates every fetched commit.
 	Verifier Verifier

@@ -35,6 +35,8 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 			return Result{}, evalRequest{}, joinErrors(append(errs, fmt.Errorf("reading the replicated state: %w", err)))
 		}
 	}
+	// 3b. Lift the fences of nodes that are back with new Ceph clients.
+	errs = append(errs, r.unfenceNodes(ctx, state, now)...)
 	// 4. FetchFailed.
 	if err := r.reconcileFetchFailed(ctx, state, now); err != nil {
 		errs = append(errs, err)
@@ -94,8 +96,9 @@ func (r *Reconciler) markStaleNodesDown(ctx context.Context, state *replicated.S
 			errs = append(errs, fmt.Errorf("marking node %d down: %w", id, err))
 			continue
 		case res.Code == replicated.ResultStaleParent:
-			// It sent a heartbeat after the judgement: it is alive. (Fenced
-			// addresses stay blocklisted until `blixard node ready`.)
+			// It sent a heartbeat after the judgement: it is alive. (Its
+			// fenced addresses stay blocklisted: they are not recorded as
+			// Fenced, so no leader lifts them; they expire.)
 			r.opts.Logger.Info("node heartbeated after it was judged silent; not marked down", "node", id, "detail", res.Message)
 			continue
 		case !res.OK():
@@ -246,7 +249,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		return nil // nothing evaluated and nothing committed yet
 	}
 	if !newCommit {
-		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired})
+		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired, Network: state.Network})
 		if !plan.HasChanges() {
 			return nil
 		}

@@ -259,7 +259,7 @@ func (s *scheduler) keep() {
 	for _, grown := range []bool{false, true} {
 		for i := range s.insts {
 			it := &s.insts[i]
-			if it.has && grew(it) == grown {
+			if it.has && it.why == "" && grew(it) == grown {
 				order = append(order, int32(i))
 			}
 		}
@@ -322,7 +322,7 @@ func (s *scheduler) place() {
 	type key struct{ mem, cpu, i int }
 	var order []key
 	for i := range s.insts {
-		if it := &s.insts[i]; it.node < 0 {
+		if it := &s.insts[i]; it.node < 0 && it.why == "" { // why: no network address (allocateNetwork)
 			order = append(order, key{it.spec.MemMiB, it.spec.VCPU, i})
 		}
 	}

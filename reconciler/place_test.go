@@ -370,7 +370,7 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 			fail("volume %s/%s listed for %s, which is not placed", v.VM, v.Volume, v.VM)
 		}
 	}
-	if p.HasChanges() != (len(want) > 0 || len(p.Volumes) > 0) {
+	if p.HasChanges() != (len(want) > 0 || len(p.Volumes) > 0 || len(p.Readdressed) > 0 || p.OldCIDR.IsValid()) {
 		fail("HasChanges() = %v with changes %v and %d volume changes", p.HasChanges(), want, len(p.Volumes))
 	}
 }

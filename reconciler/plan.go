@@ -23,6 +23,13 @@ package reconciler
 //     free memory and vCPU (capacity minus everything kept or placed on it
 //     so far). An instance that had another node is Moved, with the reason
 //     it left.
+//  0. Before anything is kept or placed, the desired instances get their
+//     network identities (replicated.AllocateNetwork, the rule Apply
+//     applies when the plan commits: an instance keeps its address while
+//     it is an instance address of network.cidr, new ones get the lowest
+//     free address). An instance the network has no free address for is
+//     Unschedulable with replicated.NoAddressReason and holds no
+//     resources; one that had an assignment is Removed.
 //  4. An instance no node can take is Unschedulable, with a reason a user can
 //     act on (for volumes on a cluster without Ceph: "needs Ceph for volume
 //     data: no ready node has Ceph configured …"). If it had an assignment,
@@ -46,6 +53,8 @@ package reconciler
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -66,6 +75,9 @@ type Input struct {
 	// CheckVolumes(Previous, Desired) before committing: Compute does not
 	// refuse a shrink, it just does not list it.
 	Previous *spec.Cluster
+	// Network is the committed network (replicated.State.Network): the
+	// identities instances keep. Nil means none are committed yet.
+	Network *replicated.Network
 }
 
 // Plan is the outcome of Compute: the complete new assignment set and what
@@ -95,6 +107,24 @@ type Plan struct {
 	// larger than in Input.Previous (the agent grows the image), sorted by
 	// VM, then volume.
 	Volumes []VolumeChange `json:"volumes,omitempty"`
+	// Network is the network the plan commits: Desired's CIDR and the
+	// identity of every desired instance that has an address. Apply
+	// computes the same when the plan commits. Nil without a desired spec.
+	Network *replicated.Network `json:"network,omitempty"`
+	// OldCIDR is the committed network's CIDR when the plan changes it
+	// (every node's bridge gets the new gateway); the zero Prefix otherwise.
+	OldCIDR netip.Prefix `json:"oldCidr,omitzero"`
+	// Readdressed are the instances that keep their identity but not their
+	// address: it is no instance address of the new CIDR. New is the zero
+	// Addr for one the network has no free address for (Unschedulable).
+	Readdressed []AddressChange `json:"readdressed,omitempty"`
+}
+
+// AddressChange is an instance's address before and after a plan.
+type AddressChange struct {
+	VM  string     `json:"vm"`
+	Old netip.Addr `json:"old"`
+	New netip.Addr `json:"new,omitzero"`
 }
 
 // VolumeChange is one volume a plan creates or grows.
@@ -136,7 +166,8 @@ const ReasonNotDeclared = "no longer declared"
 // assignments. Unschedulable instances alone are not a change; one that loses
 // its assignment is, through Removed.
 func (p Plan) HasChanges() bool {
-	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved)+len(p.Volumes) > 0
+	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved)+len(p.Volumes)+len(p.Readdressed) > 0 ||
+		p.OldCIDR.IsValid()
 }
 
 // Summary is a one-line description of the plan, e.g.
@@ -153,6 +184,12 @@ func (p Plan) Summary() string {
 		}
 		s += fmt.Sprintf(", %d volumes created, %d grown", created, len(p.Volumes)-created)
 	}
+	if p.OldCIDR.IsValid() && p.Network != nil {
+		s += fmt.Sprintf(", network %s → %s", p.OldCIDR, p.Network.CIDR)
+	}
+	if len(p.Readdressed) > 0 {
+		s += fmt.Sprintf(", %d readdressed", len(p.Readdressed))
+	}
 	return s
 }
 
@@ -161,11 +198,70 @@ func (p Plan) Summary() string {
 // file. It is pure and deterministic; it does not modify its input.
 func Compute(in Input) Plan {
 	s := newScheduler(in)
+	network, unaddressed := s.allocateNetwork()
 	s.keep()
 	s.place()
 	p := s.plan()
 	p.Volumes = volumeChanges(in.Previous, in.Desired, p.Assignments)
+	p.Network = network
+	p.OldCIDR, p.Readdressed = networkChanges(in.Network, network, unaddressed)
 	return p
+}
+
+// allocateNetwork gives the desired instances their identities (rule 0) and
+// marks those without an address unschedulable, so that keep and place
+// pass them over. It returns the network and those instances, sorted.
+func (s *scheduler) allocateNetwork() (*replicated.Network, []string) {
+	if s.in.Desired == nil {
+		return nil, nil
+	}
+	names := make([]string, len(s.insts))
+	for i := range s.insts {
+		names[i] = s.insts[i].spec.Name
+	}
+	cidr := s.in.Desired.NetworkCIDR()
+	network, unaddressed := replicated.AllocateNetwork(s.in.Network, s.in.Desired.Name, cidr, names)
+	for _, name := range unaddressed {
+		i, ok := slices.BinarySearchFunc(s.insts, name, func(it instance, name string) int {
+			return strings.Compare(it.spec.Name, name)
+		})
+		if !ok {
+			continue
+		}
+		it := &s.insts[i]
+		it.why = replicated.NoAddressReason(cidr)
+		if it.has {
+			it.leave = it.why
+		}
+	}
+	return network, unaddressed
+}
+
+// networkChanges lists what a plan's network changes in the committed one
+// (nil: nothing committed, so nothing changes): the CIDR, when it differs,
+// and the instances that had an address and get another one or, being
+// unaddressed, none; sorted by VM. Instances no longer declared are not
+// listed: their address goes with them.
+func networkChanges(old, network *replicated.Network, unaddressed []string) (netip.Prefix, []AddressChange) {
+	if old == nil || network == nil {
+		return netip.Prefix{}, nil
+	}
+	var cidr netip.Prefix
+	if old.CIDR != network.CIDR {
+		cidr = old.CIDR
+	}
+	var out []AddressChange
+	for vm, was := range old.Identities {
+		now, ok := network.Identities[vm]
+		if ok && now.Address == was.Address {
+			continue
+		}
+		if _, lost := slices.BinarySearch(unaddressed, vm); ok || lost {
+			out = append(out, AddressChange{VM: vm, Old: was.Address, New: now.Address})
+		}
+	}
+	slices.SortFunc(out, func(a, b AddressChange) int { return strings.Compare(a.VM, b.VM) })
+	return cidr, out
 }
 
 // volumeChanges lists the volumes of the assigned instances of desired that

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/blixard/blixard/replicated"
 )
 
 // ANSI colours of Render.
@@ -26,6 +28,8 @@ const (
 //	- old-vm (was on node 2): no longer declared
 //	+ volume db/data: RBD image rbd/prod.db.data, 10240 MiB (created unless it exists)
 //	~ volume web/logs: RBD image rbd/prod.web.logs grows 512 → 1024 MiB
+//	~ network 10.100.0.0/16 → 10.200.0.0/24 (gateway 10.100.0.1 → 10.200.0.1)
+//	~ address of web-0: 10.100.0.2 → 10.200.0.2 (not an instance address of network 10.200.0.0/24)
 //	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
 //
 // followed by a blank line and the Summary, or just "No changes." when there
@@ -64,6 +68,16 @@ func (p Plan) Render(w io.Writer, color bool) error {
 			line(ansiGreen, "+ volume %s/%s: RBD image %s/%s, %d MiB (created unless it exists)", v.VM, v.Volume, v.Pool, v.Image, v.SizeMiB)
 		} else {
 			line(ansiYellow, "~ volume %s/%s: RBD image %s/%s grows %d → %d MiB", v.VM, v.Volume, v.Pool, v.Image, v.OldSizeMiB, v.SizeMiB)
+		}
+	}
+	if p.OldCIDR.IsValid() && p.Network != nil {
+		line(ansiYellow, "~ network %s → %s (gateway %s → %s)", p.OldCIDR, p.Network.CIDR, replicated.Gateway(p.OldCIDR), p.Network.Gateway)
+	}
+	for _, c := range p.Readdressed {
+		if c.New.IsValid() {
+			line(ansiYellow, "~ address of %s: %s → %s (not an instance address of network %s)", c.VM, c.Old, c.New, p.Network.CIDR)
+		} else {
+			line(ansiRed, "- address of %s: %s released (no free address in network %s)", c.VM, c.Old, p.Network.CIDR)
 		}
 	}
 	for _, u := range p.Unschedulable {

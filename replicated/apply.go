@@ -100,6 +100,7 @@ const (
 	EventTokenCreated     = "TokenCreated"
 	EventTokenRevoked     = "TokenRevoked"
 	EventMemberAdded      = "MemberAdded"
+	EventNodeUnfenced     = "NodeUnfenced"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
@@ -151,6 +152,8 @@ func (s *State) apply(index uint64, cmd Command) Result {
 		return s.applyRevokeToken(index, at, cmd.RevokeToken)
 	case CmdRecordMember:
 		return s.applyRecordMember(index, at, cmd.RecordMember)
+	case CmdUnfenceNode:
+		return s.applyUnfenceNode(index, at, cmd.UnfenceNode)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
@@ -243,6 +246,7 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	n.Capacity = c.Capacity
 	n.Labels = nilIfEmptyMap(maps.Clone(c.Labels))
 	n.CephAddrs = nilIfEmpty(slices.Clone(c.CephAddrs))
+	n.ReportedCephAddrs = addrSet(c.CephAddrs)
 	// Registered addresses mean Ceph too: nodes registered by a build
 	// without the Ceph field keep their volumes.
 	n.Ceph = c.Ceph || len(c.CephAddrs) > 0
@@ -298,6 +302,7 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 			n.CephAddrs = append(n.CephAddrs, a)
 		}
 	}
+	n.ReportedCephAddrs = addrSet(c.CephAddrs)
 	for vm, st := range s.Observed {
 		if st.Node == c.ID && !seen[vm] {
 			delete(s.Observed, vm)
@@ -364,6 +369,10 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	}
 	desired := cloneCluster(c.Spec)
 	canonicalCluster(desired)
+	network, err := s.planNetwork(c, desired)
+	if err != nil {
+		return s.reject(ResultInvalid, "CommitPlan: "+err.Error())
+	}
 	unschedulable := nilIfEmpty(slices.Clone(c.Unschedulable))
 	slices.SortFunc(unschedulable, func(x, y Unschedulable) int { return strings.Compare(x.VM, y.VM) })
 	// The operators' choices stay for the instances the plan still has
@@ -403,6 +412,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	s.Revision = &rev
 	s.History = appendBounded(s.History, rev, MaxRevisionHistory)
 	s.Desired = desired
+	s.Network = network
 	s.Assignments = assignments
 	s.Unschedulable = unschedulable
 	s.RunControls = controls
@@ -529,11 +539,11 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 	}
 	old := n.State
 	n.State = c.State
-	switch c.State {
-	case NodeDown:
-		n.Fenced = slices.Clone(nilIfEmpty(c.Fenced))
-	case NodeReady:
-		n.Fenced = nil
+	// A fence is lifted only by UnfenceNode, once the fenced clients are
+	// gone: a node made ready keeps it, and a new fence adds to one not
+	// lifted yet.
+	if c.State == NodeDown {
+		n.Fenced = addrSet(append(slices.Clone(n.Fenced), c.Fenced...))
 	}
 	msg := fmt.Sprintf("node %d: %s -> %s", c.ID, old, c.State)
 	if c.Reason != "" {
@@ -768,4 +778,54 @@ func (s *State) applyRecordMember(index uint64, at time.Time, c *RecordMember) R
 	msg := fmt.Sprintf("node %d added to the Raft shard as a %s member at %s", c.ID, kind, c.RaftAddr)
 	s.event(index, at, EventMemberAdded, msg)
 	return s.ok("%s", msg)
+}
+
+// applyUnfenceNode drops addresses whose blocklist entries the leader
+// lifted from the node's fenced and known addresses.
+func (s *State) applyUnfenceNode(index uint64, at time.Time, c *UnfenceNode) Result {
+	n, ok := s.Nodes[c.ID]
+	if !ok {
+		return s.reject(ResultUnknownNode, fmt.Sprintf("UnfenceNode: node %d is not registered", c.ID))
+	}
+	if len(c.Addrs) == 0 || slices.Contains(c.Addrs, "") {
+		return s.reject(ResultInvalid, fmt.Sprintf("UnfenceNode: node %d: the addresses %q must be non-empty", c.ID, c.Addrs))
+	}
+	if n.State == NodeDown {
+		return s.reject(ResultStaleParent, fmt.Sprintf("UnfenceNode: node %d is down again: its fence stays until it is made ready and reports new Ceph clients", c.ID))
+	}
+	lifted := intersect(n.Fenced, c.Addrs)
+	if len(lifted) == 0 {
+		return s.ok("node %d: none of %s is fenced", c.ID, strings.Join(c.Addrs, ", "))
+	}
+	n.Fenced = nilIfEmpty(slices.DeleteFunc(n.Fenced, func(a string) bool { return slices.Contains(lifted, a) }))
+	n.CephAddrs = nilIfEmpty(slices.DeleteFunc(n.CephAddrs, func(a string) bool { return slices.Contains(lifted, a) }))
+	msg := fmt.Sprintf("node %d: fence lifted: blocklist entries of %s removed", c.ID, strings.Join(lifted, ", "))
+	if len(n.ReportedCephAddrs) > 0 {
+		msg += "; its Ceph clients now: " + strings.Join(n.ReportedCephAddrs, ", ")
+	}
+	s.event(index, at, EventNodeUnfenced, msg)
+	return s.ok("%s", msg)
+}
+
+// addrSet returns the non-empty addresses of addrs, each once, in their
+// first order (nil when none).
+func addrSet(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		if a != "" && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// intersect returns the elements of a that are in b, in a's order.
+func intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -45,6 +45,7 @@ func (s *State) Clone() *State {
 	}
 	c.Observed = maps.Clone(s.Observed)
 	c.Unschedulable = slices.Clone(s.Unschedulable)
+	c.Network = s.Network.clone()
 	c.Conditions = slices.Clone(s.Conditions)
 	c.Events = slices.Clone(s.Events)
 	c.RunControls = maps.Clone(s.RunControls)
@@ -59,6 +60,7 @@ func (n *Node) clone() *Node {
 	c := *n
 	c.Labels = maps.Clone(n.Labels)
 	c.CephAddrs = slices.Clone(n.CephAddrs)
+	c.ReportedCephAddrs = slices.Clone(n.ReportedCephAddrs)
 	c.Fenced = slices.Clone(n.Fenced)
 	return &c
 }
@@ -80,6 +82,7 @@ func cloneCluster(c *spec.Cluster) *spec.Cluster {
 		}
 	}
 	out.Functions = maps.Clone(c.Functions)
+	out.Ingress = maps.Clone(c.Ingress)
 	return &out
 }
 
@@ -104,6 +107,8 @@ func canonicalCommand(cmd *Command) {
 		}
 	case cmd.SetNodeState != nil:
 		cmd.SetNodeState.Fenced = nilIfEmpty(cmd.SetNodeState.Fenced)
+	case cmd.UnfenceNode != nil:
+		cmd.UnfenceNode.Addrs = nilIfEmpty(cmd.UnfenceNode.Addrs)
 	}
 }
 
@@ -113,6 +118,7 @@ func canonicalCluster(c *spec.Cluster) {
 		return
 	}
 	c.Functions = nilIfEmptyMap(c.Functions)
+	c.Ingress = nilIfEmptyMap(c.Ingress)
 	for name, vm := range c.VMs {
 		vm.Placement.Nodes = nilIfEmpty(vm.Placement.Nodes)
 		vm.Placement.Labels = nilIfEmptyMap(vm.Placement.Labels)

@@ -72,6 +72,7 @@ func checkEnvelope(cmd *Command) error {
 		{CmdCreateToken, cmd.CreateToken != nil},
 		{CmdRevokeToken, cmd.RevokeToken != nil},
 		{CmdRecordMember, cmd.RecordMember != nil},
+		{CmdUnfenceNode, cmd.UnfenceNode != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -83,7 +84,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

@@ -39,6 +39,7 @@ func sampleCommands() []Command {
 			Hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}),
 		cmdAt(at, Command{Type: CmdRevokeToken, Actor: "token ci", RevokeToken: &RevokeToken{Name: "ci"}}),
 		cmdAt(at, Command{Type: CmdRecordMember, Actor: "node-1", RecordMember: &RecordMember{ID: 4, RaftAddr: "10.0.0.4:7001", NonVoting: true}}),
+		cmdAt(at, Command{Type: CmdUnfenceNode, UnfenceNode: &UnfenceNode{ID: 1, Addrs: []string{"10.0.0.1:0/42", "10.0.0.1:0/43"}}}),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,6 +40,7 @@ import (
 //	set-condition type=T [commit=SHA] [msg=M] [retryable]
 //	clear-condition type=T
 //	set-node-state id=1 state=cordoned [seq=N] [reason=R] [fenced=A,…]
+//	unfence-node id=1 addrs=A,…               UnfenceNode
 //	request-sync [n=N]                        RequestSync (N times; prints the last result)
 //	create-token name=N role=R [hash=H]       CreateToken (hash: default the SHA-256 of "secret-N")
 //	revoke-token name=N                       RevokeToken
@@ -214,6 +216,14 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 			c.Fenced = strings.Split(f, ",")
 		}
 		return h.propose(t, d, Command{Type: CmdSetNodeState, SetNodeState: c})
+
+	case "unfence-node":
+		c := &UnfenceNode{}
+		d.ScanArgs(t, "id", &c.ID)
+		if v := strArg(t, d, "addrs"); v != "" {
+			c.Addrs = strings.Split(v, ",")
+		}
+		return h.propose(t, d, Command{Type: CmdUnfenceNode, UnfenceNode: c})
 
 	case "request-sync":
 		n := 1
@@ -416,6 +426,12 @@ func renderState(s *State) string {
 			fmt.Fprintf(&b, " ceph=%s", strings.Join(n.CephAddrs, ","))
 		} else if n.Ceph {
 			b.WriteString(" ceph=(no addresses)")
+		}
+		if len(n.ReportedCephAddrs) > 0 && !slices.Equal(n.ReportedCephAddrs, n.CephAddrs) {
+			fmt.Fprintf(&b, " reported=%s", strings.Join(n.ReportedCephAddrs, ","))
+		}
+		if len(n.Fenced) > 0 {
+			fmt.Fprintf(&b, " fenced=%s", strings.Join(n.Fenced, ","))
 		}
 		fmt.Fprintf(&b, " hb=%d", n.LastHeartbeatSeq)
 		if !n.LastHeartbeatAt.IsZero() {

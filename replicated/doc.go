@@ -1,14 +1,15 @@
 // Package replicated is Blixard's replicated state as pure data: the nodes,
 // the current revision and its bounded history, the desired spec, the
 // assignments with the planner's whole outcome (instance specs, generations,
-// unschedulable instances), the observed VM statuses, the operators'
-// run-state choices (`blixard vm start|stop|restart`), the source's
-// conditions (FetchFailed, EvalFailed), the count of requests for a fetch
-// (RequestSync: how a node that does not lead passes a push webhook on to
-// the leader), the API's bearer tokens (hashes only) and a bounded event
-// log that names who asked for each change made through the API
-// ([Command.Actor]); the versioned commands that change it; and its
-// snapshot encoding.
+// unschedulable instances), the network identities of the instances
+// (address, MAC, tap, hostname: [AllocateNetwork]), the observed VM
+// statuses, the operators' run-state choices (`blixard vm
+// start|stop|restart`), the source's conditions (FetchFailed, EvalFailed),
+// the count of requests for a fetch (RequestSync: how a node that does not
+// lead passes a push webhook on to the leader), the API's bearer tokens
+// (hashes only) and a bounded event log that names who asked for each
+// change made through the API ([Command.Actor]); the versioned commands that
+// change it; and its snapshot encoding.
 //
 // [DecodeCommand] turns a Raft entry into a [Command]; [State.Apply] (or
 // [State.ApplyEntry] on raw bytes) changes the state and returns a [Result].

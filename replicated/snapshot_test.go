@@ -2,6 +2,7 @@ package replicated
 
 import (
 	"bytes"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -18,12 +19,20 @@ func fill(t *testing.T, v reflect.Value, seed int) {
 		v.Set(reflect.ValueOf(time.Date(2025, 1, 1, 0, 0, seed, 0, time.UTC)))
 		return
 	}
+	if v.Type() == reflect.TypeOf(netip.Addr{}) {
+		v.Set(reflect.ValueOf(netip.AddrFrom4([4]byte{10, 0, 0, byte(seed)})))
+		return
+	}
+	if v.Type() == reflect.TypeOf(netip.Prefix{}) {
+		v.Set(reflect.ValueOf(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(seed), 0, 0}), 16)))
+		return
+	}
 	switch v.Kind() {
 	case reflect.String:
 		v.SetString("s" + strings.Repeat("x", seed))
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		v.SetInt(int64(seed))
-	case reflect.Uint64, reflect.Uint32, reflect.Uint:
+	case reflect.Uint64, reflect.Uint32, reflect.Uint, reflect.Uint8:
 		v.SetUint(uint64(seed))
 	case reflect.Bool:
 		v.SetBool(seed%2 == 1)
@@ -37,6 +46,10 @@ func fill(t *testing.T, v reflect.Value, seed int) {
 				t.Fatalf("fill: %s has unexported field %s", v.Type(), v.Type().Field(i).Name)
 			}
 			fill(t, v.Field(i), seed)
+		}
+	case reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			fill(t, v.Index(i), seed)
 		}
 	case reflect.Slice:
 		s := reflect.MakeSlice(v.Type(), 1, 1)

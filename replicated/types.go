@@ -42,14 +42,22 @@ type Node struct {
 	State    NodeState         `json:"state"`
 	// CephAddrs are the node's Ceph client addresses, for fencing: the ones
 	// it registered, and those its heartbeats reported since (the clients
-	// of its volumes), until it registers again.
+	// of its volumes), until it registers again or the leader lifts their
+	// fence (UnfenceNode).
 	CephAddrs []string `json:"cephAddrs,omitempty"`
+	// ReportedCephAddrs are the Ceph client addresses of the node's last
+	// report (its last heartbeat, else its registration): the clients that
+	// write for it now. Unlike CephAddrs they are replaced, not added to,
+	// so they say when a fenced client is gone.
+	ReportedCephAddrs []string `json:"reportedCephAddrs,omitempty"`
 	// Ceph: the node is configured for Ceph (serve --ceph-config-file …),
 	// so it can attach RBD volumes; placement puts instances with volumes
 	// only on such nodes.
 	Ceph bool `json:"ceph,omitempty"`
-	// Fenced are the addresses the leader blocklisted when it marked the node
-	// down; cleared when the node is made ready again.
+	// Fenced are the addresses the leader blocklisted when it marked the
+	// node down. They stay when the node is made ready again, until the
+	// leader has lifted their blocklist entries (UnfenceNode): once the
+	// node no longer reports any of them and reports a new one.
 	Fenced []string `json:"fenced,omitempty"`
 	// RegisteredAt and LastHeartbeatAt come from the commands (the proposer's clock).
 	RegisteredAt    time.Time `json:"registeredAt"`
@@ -280,6 +288,11 @@ type State struct {
 	// Unschedulable are the desired instances the current revision's plan
 	// could not place, with the planner's reasons, sorted by VM.
 	Unschedulable []Unschedulable `json:"unschedulable"`
+	// Network is the committed cluster network: the CIDR, its gateway and
+	// the identity (address, MAC, tap, hostname) of every desired instance
+	// that has one. Apply allocates it when a plan commits
+	// ([AllocateNetwork]); nil before the first plan.
+	Network *Network `json:"network,omitempty"`
 	// Conditions are the source's failures that are true now, sorted by type.
 	Conditions []Condition `json:"conditions"`
 	Events     []Event     `json:"events"` // oldest first, bounded
@@ -326,6 +339,7 @@ const (
 	CmdCreateToken    CommandType = "CreateToken"
 	CmdRevokeToken    CommandType = "RevokeToken"
 	CmdRecordMember   CommandType = "RecordMember"
+	CmdUnfenceNode    CommandType = "UnfenceNode"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -352,6 +366,7 @@ type Command struct {
 	CreateToken    *CreateToken    `json:"createToken,omitempty"`
 	RevokeToken    *RevokeToken    `json:"revokeToken,omitempty"`
 	RecordMember   *RecordMember   `json:"recordMember,omitempty"`
+	UnfenceNode    *UnfenceNode    `json:"unfenceNode,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.
@@ -472,4 +487,15 @@ type RecordMember struct {
 	ID        uint64 `json:"id"`
 	RaftAddr  string `json:"raftAddr"`
 	NonVoting bool   `json:"nonVoting,omitempty"`
+}
+
+// UnfenceNode records that the leader lifted the blocklist entries of
+// addresses it had fenced for a node (Node.Fenced): the node was made
+// ready again and its clients with those addresses are gone (it reports a
+// new client and none of them). Apply drops Addrs from the node's Fenced
+// and CephAddrs, so no leader lifts them again or fences them again. It is
+// refused as stale while the node is down: a fence taken since must stay.
+type UnfenceNode struct {
+	ID    uint64   `json:"id"`
+	Addrs []string `json:"addrs"`
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,10 @@ const (
 	DefaultPool         = "rbd"
 	DefaultMinInstances = 0
 	DefaultMaxInstances = 1
+	// DefaultCIDR is network.cidr when a flake leaves it out.
+	DefaultCIDR            = "10.100.0.0/16"
+	DefaultIngressPath     = "/"
+	DefaultIngressProtocol = IngressHTTP
 )
 
 // Decode strictly decodes the JSON of an evaluated `blixard` output (runners
@@ -27,7 +32,11 @@ const (
 // Every unknown attribute, wrong type and missing required attribute is
 // reported with its path, all of them at once, as an *Error. Absent optional
 // attributes get their defaults: replicas 1, autostart true, volume pool
-// "rbd", cluster "", vms {}, function minInstances 0 and maxInstances 1.
+// "rbd", cluster "", vms {}, function minInstances 0 and maxInstances 1,
+// ingress path "/", protocol "http" and listenPort null (0). A missing
+// network.cidr stays the zero Prefix, which means DefaultCIDR
+// ([Cluster.NetworkCIDR]), so clusters that never mention the network
+// decode as before.
 // Decode does not check values (names, sizes, store paths): call
 // [Cluster.Validate] for that.
 func Decode(data []byte) (*Cluster, error) {
@@ -80,7 +89,7 @@ func (d *decoder) object(path string, v any, fields ...string) (m map[string]any
 
 func (d *decoder) cluster(v any) *Cluster {
 	c := &Cluster{VMs: map[string]VM{}}
-	m, ok := d.object("", v, "cluster", "vms", "functions")
+	m, ok := d.object("", v, "cluster", "vms", "functions", "network", "ingress")
 	if !ok {
 		return c
 	}
@@ -106,7 +115,69 @@ func (d *decoder) cluster(v any) *Cluster {
 			d.ps.addf("functions", "expected an attribute set of functions, got %s", describe(x))
 		}
 	}
+	if x, ok := m["network"]; ok {
+		if nm, ok := d.object("network", x, "cidr"); ok {
+			if x, ok := nm["cidr"]; ok {
+				c.Network.CIDR = d.cidr("network.cidr", x)
+			}
+		}
+	}
+	if x, ok := m["ingress"]; ok {
+		if entries, ok := x.(map[string]any); ok {
+			c.Ingress = make(map[string]Ingress, len(entries))
+			for _, name := range sortedKeys(entries) {
+				c.Ingress[name] = d.ingress(attrPath("ingress", name), entries[name])
+			}
+		} else {
+			d.ps.addf("ingress", "expected an attribute set of ingress entries, got %s", describe(x))
+		}
+	}
 	return c
+}
+
+// cidr parses an IPv4 CIDR such as "10.100.0.0/16"; Validate checks its
+// values (IPv4, prefix length, network address).
+func (d *decoder) cidr(path string, v any) netip.Prefix {
+	s, ok := v.(string)
+	if !ok {
+		d.ps.addf(path, "expected a string such as %q, got %s", DefaultCIDR, describe(v))
+		return netip.Prefix{}
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		d.ps.addf(path, "%q is not a CIDR such as %q: %v", s, DefaultCIDR, err)
+		return netip.Prefix{}
+	}
+	return p
+}
+
+var ingressFields = []string{"host", "path", "to", "port", "protocol", "listenPort"}
+
+func (d *decoder) ingress(path string, v any) Ingress {
+	in := Ingress{Path: DefaultIngressPath, Protocol: DefaultIngressProtocol}
+	m, ok := d.object(path, v, ingressFields...)
+	if !ok {
+		return in
+	}
+	if x, ok := d.required(m, path, "host", `a host name such as "web.example.org"`); ok {
+		in.Host = d.str(attrPath(path, "host"), x)
+	}
+	if x, ok := m["path"]; ok {
+		in.Path = d.str(attrPath(path, "path"), x)
+	}
+	if x, ok := d.required(m, path, "to", "the name of a VM in vms"); ok {
+		in.To = d.str(attrPath(path, "to"), x)
+	}
+	if x, ok := d.required(m, path, "port", "the VM's port, 1–65535"); ok {
+		in.Port = d.int(attrPath(path, "port"), x)
+	}
+	if x, ok := m["protocol"]; ok {
+		in.Protocol = d.str(attrPath(path, "protocol"), x)
+	}
+	if x, ok := m["listenPort"]; ok && x != nil {
+		in.ListenPort = d.int(attrPath(path, "listenPort"), x)
+	}
+	return in
 }
 
 var vmFields = []string{"runner", "vcpu", "memMiB", "replicas", "placement", "volumes", "autostart"}

@@ -21,6 +21,11 @@ func FuzzDecode(f *testing.F) {
 		`{"vms": {"web": {"runner": "/nix/store/x", "vcpu": 1.5, "memMiB": -1}}}`,
 		`{"functions": {"f": {"runner": ` + testRunnerJSON + `, "memMiB": 1, "http": {"path": "/"}, "minInstances": 0, "maxInstances": 2}}}`,
 		`{"vms": {"web": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1, "replicas": 2}, "web-0": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1}}}`,
+		`{"network": {"cidr": "10.200.0.0/24"}}`,
+		`{"network": {"cidr": "10.200.0.5/24"}}`,
+		`{"network": {}}`,
+		vmJSON(``)[:len(vmJSON(``))-1] + `, "ingress": {"site": {"host": "web.example.org", "to": "web", "port": 80}, "pg": {"host": "d.e", "to": "web", "port": 5432, "protocol": "tcp", "listenPort": 15432}}}`,
+		vmJSON(``)[:len(vmJSON(``))-1] + `, "ingress": {"site": {"host": "web.example.org", "path": "/a", "to": "web", "port": 80, "listenPort": null}}}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))

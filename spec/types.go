@@ -6,6 +6,8 @@
 // the reconciler and the replicated state consume them.
 package spec
 
+import "net/netip"
+
 // SchemaVersion is the version of the flake schema this package decodes.
 const SchemaVersion = 1
 
@@ -15,6 +17,43 @@ type Cluster struct {
 	Name      string              `json:"cluster"`
 	VMs       map[string]VM       `json:"vms"`
 	Functions map[string]Function `json:"functions,omitempty"`
+	// Network is the cluster's virtual network; its zero value means the
+	// default CIDR (read it with [Cluster.NetworkCIDR]).
+	Network Network `json:"network,omitzero"`
+	// Ingress routes traffic from outside the cluster to VMs, by entry name.
+	Ingress map[string]Ingress `json:"ingress,omitempty"`
+}
+
+// Network is the `network` attribute of a cluster flake.
+type Network struct {
+	// CIDR is the IPv4 network instances get their addresses from: its
+	// first host address is the gateway (every node's bridge), the others
+	// go to instances. The zero Prefix means DefaultCIDR.
+	CIDR netip.Prefix `json:"cidr"`
+}
+
+// Ingress protocols.
+const (
+	// IngressHTTP entries are routed by host and path by every node's
+	// HTTP reverse proxy.
+	IngressHTTP = "http"
+	// IngressTCP entries are passed through from ListenPort on every node.
+	IngressTCP = "tcp"
+)
+
+// Ingress is one `ingress.NAME` entry: traffic for Host and Path (HTTP),
+// or arriving at ListenPort (TCP), goes to Port on the running instances
+// of the VM To.
+type Ingress struct {
+	Host string `json:"host"`
+	Path string `json:"path"`
+	// To is a declared VM name (every replica of it receives traffic).
+	To       string `json:"to"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	// ListenPort is the port every node listens on for a TCP entry; 0 (the
+	// flake's null) for HTTP entries.
+	ListenPort int `json:"listenPort,omitempty"`
 }
 
 // Runner identifies a VM's runner derivation: a microvm.nix

@@ -51,8 +51,8 @@ func ValidName(s string) error {
 }
 
 // Validate checks the values of a decoded (or hand-built) cluster: names,
-// resources, runner store paths, replica expansion, volumes, placement and
-// functions. It reports every problem at once as an *Error, or returns nil.
+// resources, runner store paths, replica expansion, volumes, placement,
+// functions, network.cidr and ingress. It reports every problem at once as an *Error, or returns nil.
 func (c *Cluster) Validate() error {
 	var ps problems
 	if c.Name != "" {
@@ -64,6 +64,8 @@ func (c *Cluster) Validate() error {
 		validateVM(&ps, c, attrPath("vms", name), name, c.VMs[name])
 	}
 	validateInstanceNames(&ps, c)
+	validateNetwork(&ps, c)
+	validateIngress(&ps, c)
 	paths := map[string]string{} // http.path → function name
 	for _, name := range sortedKeys(c.Functions) {
 		path := attrPath("functions", name)

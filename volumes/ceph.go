@@ -24,21 +24,42 @@ const Built = true
 // RBD client that `rbd device map --exclusive` runs on.
 const features = rbd.FeatureLayering | rbd.FeatureExclusiveLock
 
-// Conn is one Ceph client (one RADOS session): one client address, the unit
-// of fencing. Safe for concurrent use.
+// Conn is a Ceph client: one RADOS session at a time, whose client address
+// is the unit of fencing. [Conn.Reconnect] replaces the session with a new
+// one (a new address) under the same handle, so everything holding the
+// handle (the manager, its attachments) uses the new client from then on.
+// Safe for concurrent use.
 type Conn struct {
-	cfg  Config
-	conn *rados.Conn
+	cfg Config
+
+	// session is held shared by every operation and exclusively by
+	// Reconnect and Close, which shut a session down: librados must not be
+	// called on a session after its shutdown.
+	session sync.RWMutex
+	conn    *rados.Conn // guarded by session; nil after Close
 
 	mu    sync.Mutex
-	pools map[string]*rados.IOContext // guarded by mu
+	pools map[string]*rados.IOContext // guarded by mu; the session's
+	held  map[*Held]struct{}          // guarded by mu; images open in the session
 }
+
+// errClosed is the error of an operation on a closed Conn.
+var errClosed = errors.New("ceph: connection closed")
 
 // Connect opens a client session. librados cannot be interrupted while it
 // connects: when ctx ends first, Connect returns ctx's error at once and
 // the attempt ends within cfg.Timeout in the background.
 func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	cfg = cfg.withDefaults()
+	conn, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{cfg: cfg, conn: conn, pools: map[string]*rados.IOContext{}, held: map[*Held]struct{}{}}, nil
+}
+
+// dial opens a RADOS session for cfg (with its defaults).
+func dial(ctx context.Context, cfg Config) (*rados.Conn, error) {
 	conn, err := rados.NewConnWithUser(cfg.User)
 	if err != nil {
 		return nil, fmt.Errorf("ceph: new client %q: %w", cfg.User, err)
@@ -85,7 +106,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("ceph: connect as client.%s using %s: %w (check the monitors in the config file, the keyring --ceph-keyring-file and the user --ceph-user)",
 			cfg.User, orDefault(cfg.ConfigFile, "the default ceph.conf"), err)
 	}
-	return &Conn{cfg: cfg, conn: conn, pools: map[string]*rados.IOContext{}}, nil
+	return conn, nil
 }
 
 func orDefault(s, d string) string {
@@ -95,13 +116,62 @@ func orDefault(s, d string) string {
 	return s
 }
 
-// Close ends the session; images opened through it must be released first.
+// Close ends the session. Images still open through it ([Held]) are
+// closed first; their handles fail from then on. Calling it twice is not an
+// error.
 func (c *Conn) Close() {
+	c.session.Lock()
+	defer c.session.Unlock()
+	if c.conn == nil {
+		return
+	}
+	c.endSessionLocked()
+	c.conn = nil
+}
+
+// Reconnect replaces the session with a new one: a new RADOS client, with a
+// new client address. It is how a node whose client the leader fenced
+// (blocklisted) gets a working client again without a restart; a fenced
+// client stays useless (its I/O fails with ESHUTDOWN) until it is replaced.
+//
+// The new session is opened first, so on an error the old one stays. Then
+// Reconnect waits for the operations in flight, closes the images still
+// open through the old session (their [Held] handles fail from then on)
+// and shuts the old session down before it returns. That order is what
+// makes lifting the old address's blocklist entry safe afterwards: a
+// librados client that is still open works again once its entry is gone
+// (only its open images stay dead), so the old address must belong to no
+// live client by then.
+func (c *Conn) Reconnect(ctx context.Context) error {
+	next, err := dial(ctx, c.cfg)
+	if err != nil {
+		return err
+	}
+	c.session.Lock()
+	defer c.session.Unlock()
+	if c.conn == nil {
+		next.Shutdown()
+		return errClosed
+	}
+	c.endSessionLocked()
+	c.conn = next
 	c.mu.Lock()
+	c.pools, c.held = map[string]*rados.IOContext{}, map[*Held]struct{}{}
+	c.mu.Unlock()
+	return nil
+}
+
+// endSessionLocked closes what is open in the session and shuts it down;
+// c.session must be held exclusively.
+func (c *Conn) endSessionLocked() {
+	c.mu.Lock()
+	for h := range c.held {
+		h.closeLocked()
+	}
 	for _, io := range c.pools {
 		io.Destroy()
 	}
-	c.pools = nil
+	c.pools, c.held = nil, nil
 	c.mu.Unlock()
 	c.conn.Shutdown()
 }
@@ -109,6 +179,11 @@ func (c *Conn) Close() {
 // Addrs returns this client's addresses in the form the OSD blocklist uses,
 // for RegisterNode.CephAddrs.
 func (c *Conn) Addrs() ([]string, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
+	if c.conn == nil {
+		return nil, errClosed
+	}
 	s, err := c.conn.GetAddrs()
 	if err != nil {
 		return nil, fmt.Errorf("ceph: client addresses: %w", err)
@@ -116,11 +191,13 @@ func (c *Conn) Addrs() ([]string, error) {
 	return normAddrs(s), nil
 }
 
+// ioctx returns the session's I/O context of pool; c.session must be held
+// (shared is enough).
 func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.pools == nil {
-		return nil, errors.New("ceph: connection closed")
+		return nil, errClosed
 	}
 	if io := c.pools[pool]; io != nil {
 		return io, nil
@@ -140,6 +217,8 @@ func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
 // (features layering and exclusive-lock) or grows it; a larger image is left
 // as it is. An existing image without exclusive-lock is an error.
 func (c *Conn) Ensure(ctx context.Context, pool, name string, sizeMiB int) (Ensured, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	var res Ensured
 	if err := ctx.Err(); err != nil {
 		return res, err
@@ -193,6 +272,8 @@ func (c *Conn) Ensure(ctx context.Context, pool, name string, sizeMiB int) (Ensu
 
 // Exists reports whether image pool/name exists.
 func (c *Conn) Exists(ctx context.Context, pool, name string) (bool, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	io, err := c.ioctx(pool)
 	if err != nil {
 		return false, err
@@ -210,6 +291,8 @@ func (c *Conn) Exists(ctx context.Context, pool, name string) (bool, error) {
 
 // Size returns the size in bytes of image pool/name.
 func (c *Conn) Size(ctx context.Context, pool, name string) (uint64, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	io, err := c.ioctx(pool)
 	if err != nil {
 		return 0, err
@@ -224,6 +307,8 @@ func (c *Conn) Size(ctx context.Context, pool, name string) (uint64, error) {
 
 // Owners lists the holders of the exclusive lock of image pool/name.
 func (c *Conn) Owners(ctx context.Context, pool, name string) ([]Owner, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	io, err := c.ioctx(pool)
 	if err != nil {
 		return nil, err
@@ -240,6 +325,8 @@ func (c *Conn) Owners(ctx context.Context, pool, name string) ([]Owner, error) {
 // clients that have it open for writing (a qemu-storage-daemon, a kernel
 // mapping, another agent's momentary open).
 func (c *Conn) Watchers(ctx context.Context, pool, name string) ([]string, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -284,12 +371,18 @@ func owners(img *rbd.Image) ([]Owner, error) {
 }
 
 // Held is an open image whose exclusive lock this client holds. Its I/O
-// fails with ESHUTDOWN (-108) once the client is blocklisted.
+// fails with ESHUTDOWN (-108) once the client is blocklisted, and with
+// errHeldClosed once its session ended ([Conn.Reconnect], [Conn.Close]).
 type Held struct {
+	c          *Conn
 	pool, name string
-	img        *rbd.Image
-	once       sync.Once
+
+	mu  sync.Mutex
+	img *rbd.Image // guarded by mu; nil once released or its session ended
 }
+
+// errHeldClosed is the error of a Held whose session ended.
+var errHeldClosed = errors.New("ceph: the image was closed with its client session (reconnected or closed): lock it again")
 
 // Lock opens image pool/name and takes its exclusive lock for this client.
 // When another client holds it, Lock fails at once with a *LockedError (a
@@ -318,55 +411,111 @@ func (c *Conn) Lock(ctx context.Context, pool, name string) (*Held, error) {
 		}
 		return nil, fmt.Errorf("ceph: lock RBD image %s/%s: %w", pool, name, err)
 	}
-	return &Held{pool: pool, name: name, img: img}, nil
+	h := &Held{c: c, pool: pool, name: name, img: img}
+	c.mu.Lock()
+	c.held[h] = struct{}{}
+	c.mu.Unlock()
+	return h, nil
+}
+
+// with runs fn on the open image, with its session held.
+func (h *Held) with(fn func(img *rbd.Image) error) error {
+	h.c.session.RLock()
+	defer h.c.session.RUnlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.img == nil {
+		return errHeldClosed
+	}
+	return fn(h.img)
+}
+
+// closeLocked closes the image as its session ends (the session is held
+// exclusively): the lock goes with the session.
+func (h *Held) closeLocked() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.img != nil {
+		_ = h.img.Close()
+		h.img = nil
+	}
 }
 
 // ReadAt reads from the image.
-func (h *Held) ReadAt(p []byte, off int64) (int, error) { return h.img.ReadAt(p, off) }
+func (h *Held) ReadAt(p []byte, off int64) (n int, err error) {
+	err = h.with(func(img *rbd.Image) error { n, err = img.ReadAt(p, off); return err })
+	return n, err
+}
 
 // WriteAt writes to the image.
-func (h *Held) WriteAt(p []byte, off int64) (int, error) { return h.img.WriteAt(p, off) }
+func (h *Held) WriteAt(p []byte, off int64) (n int, err error) {
+	err = h.with(func(img *rbd.Image) error { n, err = img.WriteAt(p, off); return err })
+	return n, err
+}
 
 // Flush makes written data durable.
-func (h *Held) Flush() error { return h.img.Flush() }
+func (h *Held) Flush() error { return h.with(func(img *rbd.Image) error { return img.Flush() }) }
 
 // Size is the image's size in bytes.
-func (h *Held) Size() (uint64, error) { return h.img.GetSize() }
+func (h *Held) Size() (size uint64, err error) {
+	err = h.with(func(img *rbd.Image) error { size, err = img.GetSize(); return err })
+	return size, err
+}
 
 // Grow resizes the image to sizeMiB through the lock holder's handle (the
 // only one that may, while the lock is held); a larger image is left alone.
-func (h *Held) Grow(sizeMiB int) (bool, error) {
+func (h *Held) Grow(sizeMiB int) (grown bool, err error) {
+	err = h.with(func(img *rbd.Image) error { grown, err = h.grow(img, sizeMiB); return err })
+	return grown, err
+}
+
+func (h *Held) grow(img *rbd.Image, sizeMiB int) (bool, error) {
 	want := uint64(sizeMiB) * MiB
-	size, err := h.img.GetSize()
+	size, err := img.GetSize()
 	if err != nil {
 		return false, fmt.Errorf("ceph: size of RBD image %s/%s: %w", h.pool, h.name, err)
 	}
 	if size >= want {
 		return false, nil
 	}
-	if err := h.img.Resize(want); err != nil {
+	if err := img.Resize(want); err != nil {
 		return false, fmt.Errorf("ceph: grow RBD image %s/%s from %d to %d MiB: %w", h.pool, h.name, size/MiB, sizeMiB, err)
 	}
 	return true, nil
 }
 
 // Release releases the lock and closes the image. A fenced client cannot
-// release (its lock was broken); Release then just closes.
+// release (its lock was broken); Release then just closes. Releasing twice,
+// or after the session ended, is not an error.
 func (h *Held) Release() error {
+	h.c.session.RLock()
+	defer h.c.session.RUnlock()
+	h.mu.Lock()
+	img := h.img
+	h.img = nil
+	h.mu.Unlock()
+	if img == nil {
+		return nil
+	}
+	h.c.mu.Lock()
+	delete(h.c.held, h)
+	h.c.mu.Unlock()
 	var err error
-	h.once.Do(func() {
-		if e := h.img.LockRelease(); e != nil {
-			err = fmt.Errorf("ceph: release the lock of RBD image %s/%s: %w", h.pool, h.name, e)
-		}
-		if e := h.img.Close(); e != nil && err == nil {
-			err = fmt.Errorf("ceph: close RBD image %s/%s: %w", h.pool, h.name, e)
-		}
-	})
+	if e := img.LockRelease(); e != nil {
+		err = fmt.Errorf("ceph: release the lock of RBD image %s/%s: %w", h.pool, h.name, e)
+	}
+	if e := img.Close(); e != nil && err == nil {
+		err = fmt.Errorf("ceph: close RBD image %s/%s: %w", h.pool, h.name, e)
+	}
 	return err
 }
 
-// monCommand runs one monitor command given as a JSON object.
+// monCommand runs one monitor command given as a JSON object; c.session
+// must be held.
 func (c *Conn) monCommand(cmd map[string]any) ([]byte, error) {
+	if c.conn == nil {
+		return nil, errClosed
+	}
 	b, err := json.Marshal(cmd)
 	if err != nil {
 		return nil, err
@@ -383,6 +532,8 @@ func (c *Conn) monCommand(cmd map[string]any) ([]byte, error) {
 // clients, whose I/O fails with ESHUTDOWN. It returns when the monitors
 // have committed the entries.
 func (c *Conn) Blocklist(ctx context.Context, addrs []string, expire time.Duration) error {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	for _, a := range addrs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -400,6 +551,8 @@ func (c *Conn) Blocklist(ctx context.Context, addrs []string, expire time.Durati
 // Unblocklist lifts the blocklist entries of addrs; absent entries are
 // not an error.
 func (c *Conn) Unblocklist(ctx context.Context, addrs []string) error {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	for _, a := range addrs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -411,8 +564,16 @@ func (c *Conn) Unblocklist(ctx context.Context, addrs []string) error {
 	return nil
 }
 
-// Blocklisted lists the addresses on the OSD blocklist.
+// Blocklisted lists the addresses on the OSD blocklist. The monitors
+// answer a blocklisted client too.
 func (c *Conn) Blocklisted(ctx context.Context) ([]string, error) {
+	c.session.RLock()
+	defer c.session.RUnlock()
+	return c.blocklisted(ctx)
+}
+
+// blocklisted is Blocklisted with c.session held.
+func (c *Conn) blocklisted(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -442,6 +603,8 @@ func (c *Conn) Blocklisted(ctx context.Context) ([]string, error) {
 // *NotFencedError and leaves the lock alone. An unlocked image is not an
 // error.
 func (c *Conn) BreakLock(ctx context.Context, pool, name string) error {
+	c.session.RLock()
+	defer c.session.RUnlock()
 	io, err := c.ioctx(pool)
 	if err != nil {
 		return err
@@ -455,7 +618,7 @@ func (c *Conn) BreakLock(ctx context.Context, pool, name string) error {
 	if err != nil || len(os) == 0 {
 		return err
 	}
-	bl, err := c.Blocklisted(ctx)
+	bl, err := c.blocklisted(ctx)
 	if err != nil {
 		return err
 	}

@@ -257,6 +257,15 @@ func (d *daemonAttachment) adoptable(ctx context.Context, id DaemonIdentity) (st
 	if len(owners) != 1 || owners[0].Addr != id.Addr {
 		return fmt.Sprintf("it does not hold the image's lock (holders %v, its address %s)", owners, id.Addr), nil
 	}
+	// A fenced daemon still runs and holds the lock, but its image stays
+	// dead for good: it must be replaced, not adopted.
+	bl, err := d.conn.Blocklisted(ctx)
+	if err != nil {
+		return "", fmt.Errorf("reading the OSD blocklist to adopt the volume daemon (pid %d) of RBD image %s/%s: %w", id.PID, d.v.Pool, d.v.Image, err)
+	}
+	if slices.Contains(bl, id.Addr) {
+		return fmt.Sprintf("its Ceph client %s is blocklisted (the node was fenced)", id.Addr), nil
+	}
 	return "", nil
 }
 
@@ -618,16 +627,45 @@ func (d *daemonAttachment) Detach(ctx context.Context) error {
 				return
 			}
 		}
-		for _, suffix := range []string{"", identitySuffix, newSuffix, keySuffix} {
-			if err := os.Remove(d.path + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
-				d.err = err
-			}
-		}
+		d.err = d.removeFiles()
 		if id.PID > 0 {
 			d.log.Info("volume daemon stopped", "pid", id.PID)
 		}
 	})
 	return d.err
+}
+
+// removeFiles removes the socket, the identity and the temporary files;
+// the log stays.
+func (d *daemonAttachment) removeFiles() error {
+	var err error
+	for _, suffix := range []string{"", identitySuffix, newSuffix, keySuffix} {
+		if e := os.Remove(d.path + suffix); e != nil && !errors.Is(e, os.ErrNotExist) {
+			err = e
+		}
+	}
+	return err
+}
+
+// abandon stops the daemon of a fenced client (see Manager.Reconnect): it
+// stops supervising it, terminates it (SIGTERM, SIGKILL after StopTimeout)
+// and removes its files, but leaves the lock it may hold alone: the
+// agent's client that would break it was fenced too. On an error the
+// daemon may still run; a later Detach is a no-op after a success.
+func (d *daemonAttachment) abandon(ctx context.Context) error {
+	d.stopSupervising()
+	d.mu.Lock()
+	id, exited := d.id, d.exited
+	d.mu.Unlock()
+	if _, err := d.terminate(ctx, id, exited); err != nil {
+		return err
+	}
+	if err := d.removeFiles(); err != nil {
+		return err
+	}
+	d.once.Do(func() {}) // nothing left to detach
+	d.log.Info("fenced volume daemon stopped", "pid", id.PID, "addr", id.Addr)
+	return nil
 }
 
 // terminate stops the daemon id: SIGTERM, then SIGKILL after StopTimeout.

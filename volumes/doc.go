@@ -29,11 +29,19 @@
 //     every node registers, and [Manager.ClientAddrs], the addresses of its
 //     volume daemons and kernel mappings, which it reports in every
 //     heartbeat); [Conn.BreakLock] breaks an image's lock only after its
-//     holder is blocklisted.
+//     holder is blocklisted. [Fencer] is the leader's side (Fence, and
+//     Unfence once the fenced clients are gone).
+//  5. Rejoining: a fenced client stays useless (its requests fail with
+//     EBLOCKLISTED, and the manager's errors wrap [ErrFenced]) until
+//     [Manager.Reconnect], called when the node is made ready again, stops
+//     the fenced attachments and replaces the client ([Conn.Reconnect]: a
+//     new address) before it reports the new addresses; a fenced volume
+//     daemon is never adopted.
 //
 // [Manager] ties them together for the node agent: one lazily connected
 // client per node, Attach (ensure, lock, expose or adopt), Detach
-// (unexpose, release) and Close, which leaves the attachments serving.
+// (unexpose, release), Reconnect and Close, which leaves the attachments
+// serving.
 //
 // Files that import go-ceph carry the build tag `ceph`; go-ceph itself needs
 // `pacific` with Debian 12's libraries. Build and test with

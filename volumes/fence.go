@@ -7,9 +7,11 @@ import (
 	"time"
 )
 
-// DefaultFenceExpiry bounds a fencing blocklist entry. A fenced node's agent
-// restarts with a new Ceph client (new addresses) long before it runs out,
-// when the node comes back; the entry only has to outlive the old client.
+// DefaultFenceExpiry bounds a fencing blocklist entry. A fenced node that
+// comes back gets a new Ceph client (new addresses) when it is made ready
+// ([Manager.Reconnect]) or restarts, and the leader then lifts the entries
+// ([Fencer.Unfence]); the expiry only bounds entries nobody lifts (a node
+// that never comes back).
 const DefaultFenceExpiry = 24 * time.Hour
 
 // Fencer cuts a silent node (partitioned, frozen, its agent dead) off the
@@ -22,8 +24,9 @@ const DefaultFenceExpiry = 24 * time.Hour
 // Policy: a node that registered no addresses has no Ceph client that could
 // write, so there is nothing to fence and that is not an error; otherwise
 // every address is blocklisted for Expiry, or the fencing fails as a whole.
-// It compiles without Ceph support, where fencing a node with addresses
-// fails with [ErrNotBuilt].
+// [Fencer.Unfence] lifts the entries again once the node is back with new
+// clients. It compiles without Ceph support, where fencing a node with
+// addresses fails with [ErrNotBuilt].
 type Fencer struct {
 	m *Manager
 	// expiry is how long a blocklist entry lasts (> 0).
@@ -55,4 +58,26 @@ func (f *Fencer) Fence(ctx context.Context, nodeID uint64, addrs []string) ([]st
 		return nil, fmt.Errorf("blocklisting node %d's Ceph addresses %v: %w", nodeID, addrs, err)
 	}
 	return slices.Clone(addrs), nil
+}
+
+// Unfence lifts the blocklist entries of addrs, the addresses the leader
+// fenced for node nodeID (replicated Node.Fenced). Call it only once no
+// client with those addresses is alive: a librados client that is still
+// open works again when its entry is lifted. The leader knows that when
+// the node, ready again, reports new client addresses and none of these
+// ([Manager.Reconnect] shuts the old clients down before it reports new
+// ones; a restarted agent has new ones anyway). Entries already gone
+// (lifted before, expired) are not an error, so a retry is safe.
+func (f *Fencer) Unfence(ctx context.Context, nodeID uint64, addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	conn, err := f.m.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting to Ceph to lift the fence of node %d: %w", nodeID, err)
+	}
+	if err := conn.Unblocklist(ctx, addrs); err != nil {
+		return fmt.Errorf("lifting the blocklist entries of node %d's old Ceph addresses %v: %w", nodeID, addrs, err)
+	}
+	return nil
 }

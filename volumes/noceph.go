@@ -19,6 +19,9 @@ func Connect(context.Context, Config) (*Conn, error) { return nil, ErrNotBuilt }
 // Close does nothing.
 func (c *Conn) Close() {}
 
+// Reconnect fails with ErrNotBuilt.
+func (c *Conn) Reconnect(context.Context) error { return ErrNotBuilt }
+
 // Addrs fails with ErrNotBuilt.
 func (c *Conn) Addrs() ([]string, error) { return nil, ErrNotBuilt }
 

@@ -54,6 +54,12 @@ var mustNot = map[string][]string{
 	// Host networking over netlink: never runs ip(8) or any program, and
 	// takes its own input types instead of knowing the replicated state.
 	"hostnet": {"os/exec", module, "github.com/lni/", "github.com/go-git/", "github.com/ceph/"},
+	// The ingress proxy: routes outside traffic by the table it is given;
+	// runs no programs, reaches no Raft, git or Ceph, plans nothing and
+	// leaves host networking to hostnet.
+	"ingress": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync", module + "nixeval",
+		module + "nixrun", module + "volumes", module + "api", module + "node", module + "hostnet", module + "cmd"},
 	// The node assembly: wires every package, but runs no programs, serves
 	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
 	// gitsync and volumes.

@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-4MdlGGbwpp/qfwqj+Q4a0BBccPE94xZ8mNz0jvHa+SM=";
+  vendorHash = "sha256-Ksx0zGpVYgbGDYU41NHNr5WfF4cXHaIzEvBa7duOe08=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

@@ -15,7 +15,8 @@ need_root() {
 
 # gnupg and openssh-client: gitsync's tests sign commits with gpg and
 # ssh-keygen, as people pushing to a cluster with --trust do.
-apt_packages=(nix-bin git ca-certificates gnupg openssh-client iproute2 procps)   # ip, sysctl: tests/fault
+# dnsmasq-base: the DHCP and DNS server netdns runs on every node's bridge.
+apt_packages=(nix-bin git ca-certificates gnupg openssh-client iproute2 procps dnsmasq-base)   # ip, sysctl: tests/fault
 missing=()
 for p in "${apt_packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -66,5 +67,9 @@ if ! out=$(nix build --no-link --json --impure --expr \
 	exit 1
 fi
 git -C "$check_dir" init -q || { log "git cannot create a repository"; exit 1; }
+# dnsmasq lives in /usr/sbin, which a user's PATH may lack.
+dnsmasq=$(PATH=$PATH:/usr/sbin command -v dnsmasq) &&
+	"$dnsmasq" --test --conf-file=/dev/null >/dev/null 2>&1 ||
+	{ log "dnsmasq (dnsmasq-base) is missing or does not run: netdns's DHCP and DNS need it"; exit 1; }
 
-log "ok: $(nix --version), $(git --version), $(go version); nix builds"
+log "ok: $(nix --version), $(git --version), $(go version), $("$dnsmasq" --version | head -n1); nix builds"

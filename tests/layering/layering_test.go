@@ -54,6 +54,10 @@ var mustNot = map[string][]string{
 	// Host networking over netlink: never runs ip(8) or any program, and
 	// takes its own input types instead of knowing the replicated state.
 	"hostnet": {"os/exec", module, "github.com/lni/", "github.com/go-git/", "github.com/ceph/"},
+	// DHCP and DNS through dnsmasq: runs that one program, but takes its
+	// own input types instead of knowing the replicated state, and never
+	// programs links (hostnet does).
+	"netdns": {module, "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/"},
 	// The ingress proxy: routes outside traffic by the table it is given;
 	// runs no programs, reaches no Raft, git or Ceph, plans nothing and
 	// leaves host networking to hostnet.

@@ -71,6 +71,42 @@ type Options struct {
 	ControlPlaneOnly bool
 	// StopTimeout bounds stopping every VM on exit (default 2m).
 	StopTimeout time.Duration
+	// Lease is how long this node may run VMs without a committed
+	// heartbeat (0: no self-fencing). A node cut off from the quorum keeps
+	// its VMs running while the leader, after --node-timeout without its
+	// heartbeat, places them elsewhere: the lease makes it stop them first.
+	//
+	// Only a NodeHeartbeat that committed renews it, because committed
+	// heartbeats are what the leader judges liveness by; it is renewed to
+	// the agent's clock when that heartbeat was sent. The leader counts its
+	// node timeout from when it sees the heartbeat's sequence advance, which
+	// is after the commit, which is after the send: the lease runs out at
+	// least (node timeout - Lease) before the leader may declare the node
+	// down, each measured on its own clock. At Start it counts from this
+	// node's
+	// LastHeartbeatAt in the local replica (its own clock when it sent its
+	// last committed heartbeat; a stale replica gives an older time, the
+	// safe side), or from Start when the node has sent none (nothing is
+	// assigned to it yet). So an agent restarted after a long outage kills
+	// the runners it adopted until a heartbeat commits; one restarted
+	// quickly keeps them.
+	//
+	// When it runs out (a timer set to the expiry triggers the pass) the
+	// agent is fenced: it cancels every operation, kills every runner the
+	// backend lists at once with SIGKILL ([Backend.Kill]: no
+	// microvm-shutdown, no SIGTERM grace, so the kill fits in the gap
+	// between the lease and the node timeout), kills again whatever the
+	// backend lists on every later pass, starts nothing, detaches nothing,
+	// and reports every VM stopped saying why (see [Decide]). Once a
+	// heartbeat commits again the lease is renewed and the normal passes
+	// resume. The lease must be shorter than the leader's node timeout by
+	// more than a kill takes; node.Config derives it from --node-timeout.
+	//
+	// With a lease the agent is also fenced while the local replica shows
+	// this node marked down (until `blixard node ready`): the leader may
+	// have placed its VMs elsewhere, and other nodes no longer wait for the
+	// copies of a node marked down.
+	Lease time.Duration
 	// Now is the agent's clock (default time.Now): the time of each pass,
 	// of statuses and heartbeats, and of when failures may be retried.
 	Now    func() time.Time
@@ -90,10 +126,21 @@ type Agent struct {
 	mu       sync.Mutex
 	statuses map[string]*vmStatus // guarded by mu
 	changed  chan struct{}        // buffered(1): a status changed (send with mu held or not)
+	// renewed is the agent's clock when the last committed heartbeat was
+	// sent (the lease runs from it); fenced says whether the last pass
+	// found the lease run out. Both guarded by mu: the reporter renews.
+	// A committed heartbeat's Propose returns only once the local replica
+	// applied it (Dragonboat's SyncPropose answers with the local state
+	// machine's result), so a pass after a renewal sees every plan and
+	// node mark committed before that heartbeat.
+	renewed time.Time
+	fenced  bool
 
 	// Owned by the Start goroutine.
 	rec  *records
 	done chan Result
+	// fencedBy is why the last pass was fenced ("": it was not).
+	fencedBy string
 }
 
 type vmStatus struct {
@@ -179,6 +226,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("nodeagent: state directory %s: %w (set --state-dir to a writable directory)", a.o.StateDir, err)
 	}
 	a.recordLeftAttachments()
+	a.startLease()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
@@ -197,7 +245,18 @@ func (a *Agent) Start(ctx context.Context) error {
 		backendErr <- err
 	}()
 
+	// The pass that fences runs when the lease runs out, not up to a
+	// resync later: the kill must fit in the gap before the node timeout.
+	var expiry <-chan time.Time
+	rearm := func() {}
+	if a.o.Lease > 0 {
+		t := time.NewTimer(a.untilExpiry())
+		defer t.Stop()
+		expiry = t.C
+		rearm = func() { t.Reset(a.untilExpiry()) }
+	}
 	a.pass(ctx)
+	rearm()
 	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer rcancel()
 	wg.Add(1)
@@ -222,11 +281,74 @@ func (a *Agent) Start(ctx context.Context) error {
 		case <-ticker.C:
 		case <-a.notify:
 		case <-events:
+		case <-expiry:
 		case r := <-a.done:
 			a.finish(r)
 		}
 		a.pass(ctx)
+		rearm()
 	}
+}
+
+// startLease starts the lease at this node's last committed heartbeat in
+// the local replica (the node's own clock when it sent it), or now when
+// the node has sent none.
+func (a *Agent) startLease() {
+	if a.o.Lease <= 0 {
+		return
+	}
+	from := a.o.Now()
+	st, err := a.o.State.LocalRead()
+	if err != nil {
+		// Unknown: the safe side is a lease that has run out; the first
+		// committed heartbeat renews it.
+		a.log.Warn("cannot read this node's last heartbeat; fenced until a heartbeat commits", "err", err)
+		from = time.Time{}
+	} else if n, ok := st.Nodes[a.o.NodeID]; ok && n.LastHeartbeatSeq > 0 {
+		from = n.LastHeartbeatAt
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.renewed = from
+}
+
+// leaseState says why the node is fenced at now because its lease ran out
+// ("" while it holds).
+func (a *Agent) leaseState(now time.Time) string {
+	if a.o.Lease <= 0 {
+		return ""
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	silent := now.Sub(a.renewed)
+	a.fenced = silent > a.o.Lease
+	if !a.fenced {
+		return ""
+	}
+	return FenceReason(silent, a.o.Lease)
+}
+
+// FenceReason is the status message of every VM of a fenced node: no
+// heartbeat committed for silent, longer than the lease.
+func FenceReason(silent, lease time.Duration) string {
+	s := "yet" // the lease never started: the local replica was unreadable
+	if silent < 100*365*24*time.Hour {
+		s = "for " + silent.Round(100*time.Millisecond).String()
+	}
+	return fmt.Sprintf("fenced: no heartbeat committed %s (lease %s): this node cannot reach a quorum; VMs stay stopped until it can",
+		s, lease)
+}
+
+// untilExpiry is how long until the lease runs out (an hour while fenced:
+// a committed heartbeat calls Notify instead).
+func (a *Agent) untilExpiry() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.fenced {
+		return time.Hour
+	}
+	// Just past the expiry: at it the lease still holds.
+	return max(a.renewed.Add(a.o.Lease).Sub(a.o.Now()), 0) + time.Millisecond
 }
 
 // shutdown ends every operation and, with StopOnExit, stops every VM.
@@ -287,24 +409,54 @@ func (a *Agent) pass(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	in, err := a.observe()
+	in, self, err := a.observe()
 	if err != nil {
 		a.log.Warn("cannot observe this node; trying again on the next pass", "err", err)
 		return
 	}
-	a.execute(ctx, Decide(in))
+	in.Fenced = a.leaseState(in.Now)
+	if in.Fenced == "" && a.o.Lease > 0 && self.State == replicated.NodeDown {
+		// The leader judged this node silent: it may have placed its VMs
+		// elsewhere already, or be about to (a plan follows the mark), and
+		// the other nodes no longer wait for this one's copies. A heartbeat
+		// that renewed the lease since does not change that; `node ready`
+		// does. (A committed heartbeat's Propose returns once the local
+		// replica applied it, so a lease regained after the mark sees it.)
+		in.Fenced = MarkedDownReason(a.o.NodeID)
+	}
+	was := a.fencedBy
+	k := a.execute(ctx, Decide(in))
+	a.fencedBy = in.Fenced
+	switch {
+	case in.Fenced != "" && was == "":
+		a.log.Warn("fenced: this node killed its VMs and starts none", "reason", in.Fenced,
+			"lease", a.o.Lease, "killed", k.killed, "failed", k.failed, "took", k.took)
+	case in.Fenced != "" && k.killed+k.failed > 0:
+		a.log.Info("killed runners found running while fenced (a start raced the fence)", "killed", k.killed, "failed", k.failed)
+	case in.Fenced == "" && was != "":
+		a.log.Info("no longer fenced: a heartbeat committed and this node is not marked down; VMs assigned here start again",
+			"lease", a.o.Lease)
+	}
+}
+
+// MarkedDownReason is the status message of every VM of a node fenced
+// because the leader marked it down.
+func MarkedDownReason(node uint64) string {
+	return fmt.Sprintf("fenced: this node is marked down (the leader heard no heartbeat of it for the node timeout) "+
+		"and its VMs may run elsewhere; once it is healthy, `blixard node ready %d` lets it run VMs again", node)
 }
 
 // observe takes the snapshot Decide reads: the local replica's plan, the
-// backend's units, STATE/NAME/current, and the agent's own records.
-func (a *Agent) observe() (Input, error) {
+// backend's units, STATE/NAME/current, and the agent's own records; and
+// this node as the local replica has it (zero when not registered).
+func (a *Agent) observe() (Input, replicated.Node, error) {
 	st, err := a.o.State.LocalRead()
 	if err != nil {
-		return Input{}, fmt.Errorf("read the local state: %w", err)
+		return Input{}, replicated.Node{}, fmt.Errorf("read the local state: %w", err)
 	}
 	units, err := a.o.Backend.List()
 	if err != nil {
-		return Input{}, fmt.Errorf("list the backend's units: %w", err)
+		return Input{}, replicated.Node{}, fmt.Errorf("list the backend's units: %w", err)
 	}
 	in := Input{
 		Now:         a.o.Now(),
@@ -323,25 +475,33 @@ func (a *Agent) observe() (Input, error) {
 		reported[name] = s.VMStatus
 	}
 	a.mu.Unlock()
-	observeVMs(&in, a.rec, reported, st.Observed, a.o.Backend.Status, func(name string) string {
+	observeVMs(&in, a.rec, reported, st.Observed, st.Nodes, a.o.Backend.Status, func(name string) string {
 		// An unreadable link counts as missing: switching it reports the error.
 		cur, _ := readLink(filepath.Join(a.o.StateDir, name, "current"))
 		return cur
 	}, a.logHint)
-	return in, nil
+	var self replicated.Node
+	if n := st.Nodes[a.o.NodeID]; n != nil {
+		self = *n
+	}
+	return in, self, nil
 }
 
 // execute applies a decision: the statuses, then each VM's actions in
 // order. Background actions become the VM's operation; their results come
-// back through a.done.
-func (a *Agent) execute(ctx context.Context, d Decision) {
+// back through a.done. Kills run last, all at once, and execute waits for
+// them.
+func (a *Agent) execute(ctx context.Context, d Decision) killReport {
 	keep := make(map[string]bool, len(d.VMs))
+	var kills []string
 	for _, vd := range d.VMs {
 		keep[vd.VM] = true
 		a.set(vd)
 	actions:
 		for _, act := range vd.Actions {
 			switch act.Kind {
+			case ActKill:
+				kills = append(kills, act.VM)
 			case ActCancel:
 				a.rec.cancel(act.VM)
 			case ActSwitchCurrent:
@@ -357,6 +517,47 @@ func (a *Agent) execute(ctx context.Context, d Decision) {
 		}
 	}
 	a.rec.prune(keep)
+	return a.kill(ctx, kills)
+}
+
+// killTimeout bounds one pass's kills: SIGKILL takes milliseconds; a
+// runner stuck in the kernel is reported and killed again next pass.
+const killTimeout = 5 * time.Second
+
+// killReport is what one pass's kills did.
+type killReport struct {
+	killed, failed int
+	took           time.Duration
+}
+
+// kill kills the units of names in parallel and waits for them: a fenced
+// node must be rid of every runner as fast as the slowest one dies.
+func (a *Agent) kill(ctx context.Context, names []string) killReport {
+	if len(names) == 0 {
+		return killReport{}
+	}
+	start := a.o.Now()
+	kctx, cancel := context.WithTimeout(ctx, killTimeout)
+	defer cancel()
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() { errs[i] = a.o.Backend.Kill(kctx, name) })
+	}
+	wg.Wait()
+	now := a.o.Now()
+	r := killReport{took: now.Sub(start)}
+	for i, err := range errs {
+		if err != nil {
+			r.failed++
+			a.log.Error("killing a VM of a fenced node failed; it may still run", "vm", names[i], "err", err)
+			a.rec.failed(names[i], ActKill, "", err, now)
+			continue
+		}
+		r.killed++
+		a.rec.killed(names[i])
+	}
+	return r
 }
 
 // startOp runs act in the background as its VM's one operation.
@@ -514,8 +715,9 @@ func (a *Agent) report(ctx context.Context) {
 
 // sendHeartbeat proposes one NodeHeartbeat with every status and the
 // node's Ceph client addresses (its volumes' clients come and go, and
-// fencing must cover them); once sent, stopped VMs that are not assigned
-// here are forgotten.
+// fencing must cover them); once committed, it renews the lease (to its
+// time of sending) and stopped VMs that are not assigned here are
+// forgotten.
 func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 	a.mu.Lock()
 	snap := a.snapshotLocked()
@@ -538,8 +740,17 @@ func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
 		return
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	// The lease counts from the send: the leader counts its node timeout
+	// from a later moment, when it sees this heartbeat applied.
+	if cmd.At.After(a.renewed) {
+		a.renewed = cmd.At
+	}
+	fenced := a.fenced
 	forgetSent(a.statuses, snap)
+	a.mu.Unlock()
+	if fenced {
+		a.Notify() // the lease is back: resume at once, not at the next resync
+	}
 }
 
 // forgetSent drops the statuses of VMs gone from this node once a heartbeat

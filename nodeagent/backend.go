@@ -31,6 +31,16 @@ type Backend interface {
 	Stop(ctx context.Context, name string) error
 	// Restart stops unit name (as Stop) and starts it on current.
 	Restart(ctx context.Context, name string) error
+	// Kill ends unit name now: SIGKILL to all of its processes, with no
+	// microvm-shutdown and no SIGTERM grace, then waits (bounded by ctx)
+	// until they are gone. The unit is not restarted and ends stopped as
+	// after Stop (booted and the pid file removed); a restart scheduled
+	// after a crash is dropped. It does not wait for an operation in
+	// progress on the unit: a graceful Stop may hold the unit for minutes,
+	// and a fenced agent must be done within the gap between its lease and
+	// the leader's node timeout. Killing a unit that does not run is not an
+	// error.
+	Kill(ctx context.Context, name string) error
 	// Status reports unit name; a unit the backend does not know is
 	// reported inactive with a nil error.
 	Status(name string) (UnitStatus, error)

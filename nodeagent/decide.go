@@ -12,8 +12,8 @@ import (
 )
 
 // ActionKind names one thing the agent does to a VM. All but
-// [ActSwitchCurrent] and [ActCancel] run in the background as the VM's one
-// operation; their outcome comes back as a [Result].
+// [ActSwitchCurrent], [ActCancel] and [ActKill] run in the background as
+// the VM's one operation; their outcome comes back as a [Result].
 type ActionKind int
 
 const (
@@ -36,8 +36,14 @@ const (
 	// ActDetach detaches Volumes and releases their locks.
 	ActDetach
 	// ActCancel cancels the VM's operation (a build the plan no longer
-	// wants). It runs at once; the operation's Result still comes back.
+	// wants, any operation of a fenced node). It runs at once; the
+	// operation's Result still comes back.
 	ActCancel
+	// ActKill kills the unit at once (Backend.Kill: SIGKILL, no shutdown,
+	// no grace), for a fenced node. It runs in the pass, for every VM at
+	// once, beside the VM's operation rather than as one: a graceful stop
+	// in flight must not delay it.
+	ActKill
 )
 
 func (k ActionKind) String() string {
@@ -58,12 +64,14 @@ func (k ActionKind) String() string {
 		return "detach"
 	case ActCancel:
 		return "cancel"
+	case ActKill:
+		return "kill"
 	}
 	return fmt.Sprintf("ActionKind(%d)", int(k))
 }
 
 // background: the action runs as the VM's one operation.
-func (k ActionKind) background() bool { return k != ActSwitchCurrent && k != ActCancel }
+func (k ActionKind) background() bool { return k != ActSwitchCurrent && k != ActCancel && k != ActKill }
 
 // Action is one thing to do to VM.
 type Action struct {
@@ -115,7 +123,7 @@ func (f *Failure) message(hint string) string {
 		return "detach volumes: " + f.Err
 	case ActStart:
 		return fmt.Sprintf("start: %s; see %s", f.Err, hint)
-	case ActRestart, ActStop:
+	case ActRestart, ActStop, ActKill:
 		return f.Action.String() + ": " + f.Err
 	}
 	return f.Err // ActSwitchCurrent: the error names the path
@@ -141,7 +149,7 @@ type Observed struct {
 	Op *Op
 	// BuildFailure is the last failed realisation, VolumeFailure the last
 	// failed attach or detach, UnitFailure the last failed switch of
-	// current, start, restart or stop. Nil when there is none.
+	// current, start, restart, stop or kill. Nil when there is none.
 	BuildFailure, VolumeFailure, UnitFailure *Failure
 	// Reported is the status the agent reports now (nil: none).
 	Reported *replicated.VMStatus
@@ -151,6 +159,10 @@ type Observed struct {
 	Restarted uint64
 	// LogHint says where the VM's console goes, for messages.
 	LogHint string
+	// Elsewhere is what another node last reported of the VM through Raft
+	// (replicated.State.Observed), when that node is not marked down and
+	// did not report it stopped: a copy may run there. Nil otherwise.
+	Elsewhere *replicated.VMStatus
 }
 
 // Input is what [Decide] reads: one snapshot, taken at the start of a pass.
@@ -169,6 +181,11 @@ type Input struct {
 	// VMs is what is observed of every VM the agent knows of: assigned
 	// here, listed by the backend, with an operation, volumes or a status.
 	VMs map[string]Observed
+	// Fenced, when not "", says why this node is fenced: its lease ran out
+	// (no heartbeat committed for longer than Options.Lease), or the leader
+	// marked it down. Its VMs may have been placed elsewhere, so none may
+	// run here. It is the status message of every VM while fenced.
+	Fenced string
 }
 
 // Decision is what one pass does: per VM, the status to report and the
@@ -214,7 +231,11 @@ type VMDecision struct {
 //     it and only checks its GC root; building while it builds). A failed
 //     realisation is reported failed and retried only after
 //     Options.BuildRetry; a failing new version never stops the running
-//     old one, which keeps running and stays booted.
+//     old one, which keeps running and stays booted. A VM that does not
+//     run here and that another node (not marked down) last reported in a
+//     phase other than stopped (Observed.Elsewhere: a move, whose old node
+//     stops it once it applies the plan) goes no further than this step
+//     (pending "waiting for node N to stop it"): one copy at a time.
 //  2. volumes (assignments that declare any): unless exactly these
 //     volumes are attached, attach them (pending "attaching volumes", or
 //     running while an older unit runs: a grown volume is attached again).
@@ -249,6 +270,24 @@ type VMDecision struct {
 // volumes"; retried after Options.VolumeRetry). Then it is reported
 // stopped once and forgotten. Its state directory and images are kept.
 // Before the replica has applied a plan, no VM is stopped or detached.
+//
+// This node reports nothing of a VM that may not run here while another
+// node's report says a copy may run there (Observed.Elsewhere): Apply lets
+// the report of the node a VM is assigned to replace another node's, so
+// this node's report would hide that copy from every node, this one
+// included.
+//
+// While the node is fenced (in.Fenced: its lease ran out, or the leader
+// marked it down) none of the above
+// applies, planned or not: every operation in flight is cancelled, every
+// unit the backend lists is killed ([ActKill], again on every pass, so a
+// start that raced the fence dies too), nothing starts or detaches
+// (Ceph may be out of reach as well; the leader's blocklist guards the
+// data), and every VM is reported stopped with in.Fenced as its message
+// (failed when killing its unit failed). A VM no longer assigned here,
+// gone from the backend and without volumes is forgotten once reported.
+// When the fence is lifted the steps above resume: VMs still assigned here
+// start again; the others stay stopped, and their volumes are detached.
 func Decide(in Input) Decision {
 	units := make(map[string]bool, len(in.Units))
 	for _, u := range in.Units {
@@ -275,18 +314,35 @@ func Decide(in Input) Decision {
 	for _, name := range sorted {
 		o := in.VMs[name]
 		var vd VMDecision
-		if as, ok := in.Assignments[name]; ok && as.Node == in.Node && as.Stopped != "" {
+		if in.Fenced != "" {
+			vd = decideFenced(in, name, o, units[name])
+		} else if as, ok := in.Assignments[name]; ok && as.Node == in.Node && as.Stopped != "" {
 			vd = decideStopped(in, name, as, o, units[name])
 		} else if ok && as.Node == in.Node {
 			vd = decideAssigned(in, name, as, o)
 		} else {
 			vd = decideUnassigned(in, name, o, units[name])
 		}
-		if vd.Status != nil || len(vd.Actions) > 0 {
+		if vd.Status != nil && o.Elsewhere != nil && !mayRunHere(units[name], o) {
+			// Apply lets the report of the node a VM is assigned to replace
+			// another node's: this node's would hide the copy that may run
+			// there, and with it what keeps a start here waiting.
+			vd.Status, vd.Forget = nil, false
+		}
+		// A VM assigned here stays in the decision without a status or an
+		// action (waiting for another node's copy): the agent keeps its
+		// records of it.
+		if as, ok := in.Assignments[name]; vd.Status != nil || len(vd.Actions) > 0 || o.Reported != nil || (ok && as.Node == in.Node) {
 			d.VMs = append(d.VMs, vd)
 		}
 	}
 	return d
+}
+
+// mayRunHere: a runner of the VM may run on this node (its unit is listed
+// and runs, restarts, or has an operation in flight).
+func mayRunHere(listed bool, o Observed) bool {
+	return listed && (o.Op != nil || o.Unit.Active || o.Unit.Restarting)
 }
 
 // decideAssigned runs the steps of [Decide] for a VM assigned here.
@@ -325,6 +381,13 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 			return report(replicated.PhaseRunning, "")
 		}
 		return report(replicated.PhasePending, "realising runner "+as.OutPath)
+	}
+
+	// One copy: while another node may still run it (a move: that node
+	// stops it when it applies the plan), it is neither attached nor
+	// started here. The runner is realised meanwhile.
+	if e := o.Elsewhere; e != nil && !us.Active && !us.Restarting {
+		return report(replicated.PhasePending, fmt.Sprintf("waiting for node %d to stop it (it reports %s)", e.Node, e.Phase))
 	}
 
 	// Step 2: the volumes, attached before the unit may start.
@@ -467,6 +530,38 @@ func decideUnassigned(in Input, name string, o Observed, listed bool) VMDecision
 		vd.Forget = true
 		return report(replicated.PhaseStopped, "")
 	}
+	return vd
+}
+
+// decideFenced handles every VM while the node is fenced: cancel its
+// operation, kill its unit while the backend lists it, report it stopped.
+func decideFenced(in Input, name string, o Observed, listed bool) VMDecision {
+	vd := VMDecision{VM: name}
+	as, ok := in.Assignments[name]
+	mine := ok && as.Node == in.Node
+	if !mine && !listed && o.Op == nil && o.Reported == nil && len(o.Attached) == 0 {
+		return vd
+	}
+	st := replicated.VMStatus{VM: name, Node: in.Node, Phase: replicated.PhaseStopped, Message: in.Fenced, ObservedAt: in.Now}
+	switch {
+	case mine:
+		st.Generation, st.Restart = as.Generation, o.Restarted
+	case o.Reported != nil:
+		st.Generation = o.Reported.Generation
+	}
+	if o.Op != nil {
+		vd.Actions = append(vd.Actions, Action{Kind: ActCancel, VM: name})
+	}
+	if listed {
+		vd.Actions = append(vd.Actions, Action{Kind: ActKill, VM: name})
+		if f := o.UnitFailure; f != nil && f.Action == ActKill {
+			// The last kill failed (a success clears it): it may still
+			// run, so say so rather than stopped.
+			st.Phase, st.Message = replicated.PhaseFailed, in.Fenced+"; "+f.message(o.LogHint)
+		}
+	}
+	vd.Forget = !mine && !listed && o.Op == nil && len(o.Attached) == 0
+	vd.Status = &st
 	return vd
 }
 

@@ -45,9 +45,16 @@ import (
 //	fail web KIND [out=OUT]        action KIND failed now with the input block (as a result)
 //	done web [canceled]            web's operation ends: fails with the input block, or succeeds
 //	restart-agent                  the agent restarts: its records and statuses are gone
+//	elsewhere web node=2 phase=running
+//	                               node 2's last report of web through Raft
+//	node-down node=2               node 2 is marked down
+//	fenced for=4.1s lease=3.5s     the lease ran out (no heartbeat committed for that long)
+//	lease-back                     a heartbeat committed: the lease holds again
+//	kill-error web                 the next kills of web fail with the input block (until
+//	                               kill-error web with an empty block)
 //	decide [now=DURATION]          set the time, decide and print; then apply the decision as
 //	                               the executor does: statuses reported, switches done,
-//	                               background actions begun, cancels sent
+//	                               background actions begun, cancels sent, units killed
 //	heartbeat                      a heartbeat carries the statuses (they become the
 //	                               replicated ones a restarted agent reads); stopped VMs
 //	                               gone from this node are then forgotten
@@ -76,6 +83,9 @@ type decideHarness struct {
 	rec         *records
 	statuses    map[string]*vmStatus
 	canceled    map[string]bool // operations a cancel was sent to
+	fenced      string          // Input.Fenced
+	nodes       map[uint64]*replicated.Node
+	killErr     map[string]string
 	// committed are the statuses the last heartbeat carried (the
 	// replicated state's Observed); they survive restart-agent.
 	committed map[string]replicated.VMStatus
@@ -93,6 +103,8 @@ func newDecideHarness() *decideHarness {
 		rec:         newRecords(30*time.Second, 5*time.Second, time.Second),
 		statuses:    map[string]*vmStatus{},
 		canceled:    map[string]bool{},
+		killErr:     map[string]string{},
+		nodes:       map[uint64]*replicated.Node{ddNode: {ID: ddNode, State: replicated.NodeReady}},
 		committed:   map[string]replicated.VMStatus{},
 	}
 }
@@ -203,6 +215,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		case strings.TrimSpace(d.Input) != "":
 			res.Err = errors.New(strings.TrimSpace(d.Input))
 		}
+		sentCancel := h.canceled[vm]
 		delete(h.canceled, vm)
 		h.rec.finish(res, h.now)
 		switch {
@@ -210,8 +223,36 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			return fmt.Sprintf("%s: %s ok", vm, res.Kind)
 		case errors.Is(res.Err, context.Canceled):
 			return fmt.Sprintf("%s: %s canceled", vm, res.Kind)
+		case sentCancel:
+			return fmt.Sprintf("%s: %s canceled (ended with: %v)", vm, res.Kind, res.Err)
 		}
 		return h.failureString(vm, res.Kind)
+	case "elsewhere":
+		// Another node's report through Raft (the replicated Observed).
+		st := replicated.VMStatus{VM: pos(t, d, 0)}
+		d.ScanArgs(t, "node", &st.Node)
+		var phase string
+		d.ScanArgs(t, "phase", &phase)
+		st.Phase = replicated.Phase(phase)
+		h.committed[st.VM] = st
+		if h.nodes[st.Node] == nil {
+			h.nodes[st.Node] = &replicated.Node{ID: st.Node, State: replicated.NodeReady}
+		}
+		return ""
+	case "node-down":
+		var id uint64
+		d.ScanArgs(t, "node", &id)
+		h.nodes[id] = &replicated.Node{ID: id, State: replicated.NodeDown}
+		return ""
+	case "fenced":
+		h.fenced = FenceReason(durArg(t, d, "for"), durArg(t, d, "lease"))
+		return ""
+	case "lease-back":
+		h.fenced = ""
+		return ""
+	case "kill-error":
+		h.killErr[pos(t, d, 0)] = strings.TrimSpace(d.Input)
+		return ""
 	case "restart-agent":
 		h.rec = newRecords(h.rec.buildRetry, h.rec.volumeRetry, h.rec.unitRetry)
 		h.statuses = map[string]*vmStatus{}
@@ -245,8 +286,20 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			snap = append(snap, h.statuses[name].VMStatus)
 		}
 		forgetSent(h.statuses, snap)
-		h.committed = map[string]replicated.VMStatus{}
+		// As Apply: this node's statuses replace its own, never another
+		// node's report of a VM assigned to that node.
+		for vm, s := range h.committed {
+			if s.Node == ddNode {
+				delete(h.committed, vm)
+			}
+		}
 		for _, s := range snap {
+			s.Node = ddNode
+			if prev, ok := h.committed[s.VM]; ok && prev.Node != ddNode {
+				if as, ok := h.assignments[s.VM]; ok && as.Node == prev.Node {
+					continue
+				}
+			}
 			h.committed[s.VM] = s
 		}
 		var b strings.Builder
@@ -271,7 +324,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 
 // input is what the agent's observe would return.
 func (h *decideHarness) input() Input {
-	in := Input{Now: h.now, Node: ddNode, Planned: h.planned, Assignments: h.assignments}
+	in := Input{Now: h.now, Node: ddNode, Planned: h.planned, Assignments: h.assignments, Fenced: h.fenced}
 	if h.planned {
 		in.Commit = "c1"
 	}
@@ -280,7 +333,7 @@ func (h *decideHarness) input() Input {
 	for name, s := range h.statuses {
 		reported[name] = s.VMStatus
 	}
-	observeVMs(&in, h.rec, reported, h.committed, func(name string) (UnitStatus, error) {
+	observeVMs(&in, h.rec, reported, h.committed, h.nodes, func(name string) (UnitStatus, error) {
 		if msg := h.unitErr[name]; msg != "" {
 			return UnitStatus{}, errors.New(msg)
 		}
@@ -291,7 +344,8 @@ func (h *decideHarness) input() Input {
 }
 
 // apply does what the executor does with a decision, minus the I/O: every
-// switch succeeds, background actions stay in flight until `done`.
+// switch succeeds, every kill succeeds unless kill-error says otherwise
+// (the unit is then gone), background actions stay in flight until `done`.
 func (h *decideHarness) apply(dec Decision) {
 	keep := map[string]bool{}
 	for _, vd := range dec.VMs {
@@ -307,6 +361,14 @@ func (h *decideHarness) apply(dec Decision) {
 				h.rec.cancel(a.VM)
 			case ActSwitchCurrent:
 				h.current[a.VM] = a.Out
+			case ActKill:
+				if msg := h.killErr[a.VM]; msg != "" {
+					h.rec.failed(a.VM, ActKill, "", errors.New(msg), h.now)
+					continue
+				}
+				delete(h.listed, a.VM)
+				h.units[a.VM] = UnitStatus{Result: "killed by signal: killed"}
+				h.rec.killed(a.VM)
 			default:
 				h.begin(a)
 			}
@@ -374,7 +436,7 @@ func durArg(t *testing.T, d *datadriven.TestData, key string) time.Duration {
 
 func parseKind(t *testing.T, s string) ActionKind {
 	t.Helper()
-	for k := ActRealise; k <= ActCancel; k++ {
+	for k := ActRealise; k <= ActKill; k++ {
 		if k.String() == s {
 			return k
 		}

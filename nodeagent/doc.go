@@ -15,13 +15,32 @@
 //     on purpose) and their
 //     rules: adoption, crash loops, retries, and that a failing new version
 //     never stops the running old one;
-//  3. acts: switches of current run at once; every other action runs in the
-//     background as the VM's one operation, whose [Result] is fed back into
-//     the records, and the next pass decides again.
+//  3. acts: switches of current, cancels and kills run at once; every other
+//     action runs in the background as the VM's one operation, whose
+//     [Result] is fed back into the records, and the next pass decides
+//     again.
 //
 // The agent owns the node's heartbeat: every Options.Heartbeat and shortly
 // after any phase change it proposes a NodeHeartbeat with the complete list
 // of the node's VM statuses.
+//
+// One copy of each VM. Two rules keep a VM from running on two nodes:
+//
+//   - self-fencing (Options.Lease): only a committed heartbeat renews the
+//     node's lease, and it runs out before the leader's --node-timeout can
+//     (it counts from the heartbeat's send, the leader from seeing it
+//     applied). A node whose lease ran out is fenced: it kills every runner
+//     at once ([Backend.Kill]: SIGKILL, no shutdown) and starts nothing
+//     until a heartbeat commits again, so by the time the leader declares
+//     it down and places its VMs elsewhere, they no longer run there. A
+//     blixard that is frozen (SIGSTOP) or not running cannot fence: its
+//     runners keep running until it runs again, and its first pass then
+//     kills them (its lease counts from its last committed heartbeat in
+//     the local replica);
+//   - moves: a VM that another node (not marked down) last reported through
+//     Raft in a phase other than stopped is neither attached nor started
+//     here, and this node reports nothing of it meanwhile (see [Decide]):
+//     the old node stops it once it applies the plan.
 //
 // Units are run by a [Backend]: [SystemdBackend] drives microvm.nix's
 // `microvm@NAME.service` units over D-Bus (production on NixOS; it reacts to

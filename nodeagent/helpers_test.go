@@ -39,6 +39,9 @@ type runnerSpec struct {
 	fail     string // the build fails, printing this
 	waitFor  string // the build waits until this file exists
 	crash    bool   // the runner exits with code 3 at once
+	// ignoreTerm: the runner ignores SIGTERM (a guest that takes its time):
+	// only SIGKILL ends it before its hour is up.
+	ignoreTerm bool
 }
 
 type runner struct{ drv, out string }
@@ -49,6 +52,9 @@ func makeRunner(t testing.TB, rs runnerSpec) runner {
 	run := fmt.Sprintf("#!/bin/sh\necho %s\nexec /bin/sleep 1000\n", rs.marker)
 	if rs.crash {
 		run = "#!/bin/sh\necho crashing\nexit 3\n"
+	}
+	if rs.ignoreTerm {
+		run = fmt.Sprintf("#!/bin/sh\necho %s\ntrap '' TERM\nexec /bin/sleep 3600\n", rs.marker)
 	}
 	shutdown := "#!/bin/sh\n/bin/touch shutdown-ran\nread p s < pid\nkill $p\n"
 	script := `/bin/mkdir -p $out/bin; printf '%s' "$run" > $out/bin/microvm-run; /bin/chmod +x $out/bin/microvm-run`

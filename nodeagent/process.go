@@ -109,6 +109,7 @@ type procUnit struct {
 	exited      chan struct{} // closed when h's process has exited
 	booted      string
 	stopping    bool // Stop in progress: an exit is not a crash
+	kills       int  // Kill calls waiting for the runner to exit: neither is an exit of theirs
 	restarting  bool // crashed; restart due at nextRestart
 	inFlight    bool // an autoRestart goroutine owns the restart
 	nextRestart time.Time
@@ -389,6 +390,12 @@ func (b *ProcessBackend) Start(ctx context.Context, name string) error {
 	u := b.unit(name)
 	u.op.Lock()
 	defer u.op.Unlock()
+	// The lock may have been held for long (a Stop's shutdown): a caller
+	// that gave up meanwhile (a fenced agent cancels its operations) must
+	// not start a runner.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	return b.startOpLocked(u)
 }
 
@@ -402,6 +409,9 @@ func (b *ProcessBackend) Restart(ctx context.Context, name string) error {
 	defer u.op.Unlock()
 	if err := b.stopOpLocked(ctx, u); err != nil {
 		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err // cancelled while stopping (a fenced agent): start nothing
 	}
 	return b.startOpLocked(u)
 }
@@ -520,7 +530,6 @@ func (b *ProcessBackend) watch(u *procUnit, h *procHandle, cmd *exec.Cmd, exited
 			}
 		}
 	}
-	h.close()
 	pidPath := filepath.Join(b.o.StateDir, u.name, "pid")
 	if id, err := readPidFile(pidPath); err == nil && id == h.id {
 		_ = os.Remove(pidPath)
@@ -530,12 +539,16 @@ func (b *ProcessBackend) watch(u *procUnit, h *procHandle, cmd *exec.Cmd, exited
 	u.h, u.cmd = nil, nil
 	close(exited)
 	u.exitCode, u.result, u.since = code, result, now
-	crash := !u.stopping
+	crash := !u.stopping && u.kills == 0
 	if crash {
 		b.scheduleRestartLocked(u, now)
 	}
 	delay := u.nextRestart.Sub(now)
 	b.mu.Unlock()
+	// Closed only now that u.h no longer names it: Kill signals through the
+	// handle under b.mu, and a closed pidfd would make it fall back to the
+	// PID, which the reaped runner no longer owns.
+	h.close()
 	if crash {
 		b.log.Warn("runner exited; restarting it", "vm", u.name, "pid", h.id.PID, "result", result,
 			"in", delay.Round(time.Millisecond), "console", LogPath(b.o.StateDir, u.name))
@@ -617,9 +630,85 @@ func (b *ProcessBackend) stopOpLocked(ctx context.Context, u *procUnit) error {
 	return nil
 }
 
+// Kill implements [Backend]. It does not take the unit's op lock, which a
+// Stop or Restart holds through microvm-shutdown and the SIGTERM grace
+// (minutes): it signals the runner's process group under b.mu, while the
+// handle is valid (the watcher closes its pidfd only after clearing u.h
+// under b.mu, so the signal goes through the pidfd and a reaped runner's
+// PID or group is never signalled), and waits for the watcher to see the
+// exit. A Stop in progress then finds its runner gone and returns.
+func (b *ProcessBackend) Kill(ctx context.Context, name string) error {
+	if err := b.waitReady(ctx); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	u := b.units[name]
+	if u == nil {
+		b.mu.Unlock()
+		return nil
+	}
+	u.restarting = false // a crashed runner's restart is dropped
+	h, exited := u.h, u.exited
+	var serr error
+	if h != nil {
+		u.kills++
+		serr = h.signal(syscall.SIGKILL, true)
+	}
+	b.mu.Unlock()
+	if h != nil {
+		defer func() {
+			b.mu.Lock()
+			u.kills--
+			b.mu.Unlock()
+		}()
+		if serr != nil {
+			return fmt.Errorf("kill %s: SIGKILL to runner (pid %d): %w", name, h.id.PID, serr)
+		}
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			return fmt.Errorf("kill %s: runner (pid %d) still running after SIGKILL: %w (a process stuck in the kernel, see /proc/%d/stack, outlives any signal)",
+				name, h.id.PID, ctx.Err(), h.id.PID)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if u.h != nil {
+		// A Start that raced the kill runs a new runner: its records stay,
+		// and the caller kills it on its next pass.
+		return nil
+	}
+	u.booted = ""
+	u.restarts, u.backoff = 0, 0
+	u.since = b.o.Clock.Now()
+	dir := filepath.Join(b.o.StateDir, name)
+	if err := os.Remove(filepath.Join(dir, "booted")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	if h != nil {
+		// The watcher removed the pid file when it named this runner; one
+		// that names another process is not ours to remove.
+		if id, err := readPidFile(filepath.Join(dir, "pid")); err == nil && id == h.id {
+			_ = os.Remove(filepath.Join(dir, "pid"))
+		}
+	}
+	return nil
+}
+
 // stopProcess: booted/bin/microvm-shutdown when present, then SIGTERM, then
 // SIGKILL, each step waiting for the runner to exit.
 func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHandle, exited <-chan struct{}, booted string) error {
+	// The runner may exit at any point (a Kill, microvm-shutdown): then
+	// the watcher has closed h, there is nothing left to signal, and the
+	// stop has succeeded whatever else happened meanwhile.
+	gone := func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+			return false
+		}
+	}
 	waitExit := func(d time.Duration) bool {
 		timer, stop := b.o.Clock.NewTimer(d)
 		defer stop()
@@ -629,7 +718,7 @@ func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHa
 		case <-timer:
 		case <-ctx.Done():
 		}
-		return false
+		return gone()
 	}
 	dir := filepath.Join(b.o.StateDir, name)
 	start := b.o.Clock.Now()
@@ -643,7 +732,7 @@ func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHa
 			return nil
 		}
 	}
-	if err := h.signal(syscall.SIGTERM, true); err != nil {
+	if err := h.signal(syscall.SIGTERM, true); err != nil && !gone() {
 		return fmt.Errorf("stop %s: SIGTERM: %w", name, err)
 	}
 	if waitExit(b.o.TermTimeout) {
@@ -651,7 +740,7 @@ func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHa
 	}
 	if ctx.Err() == nil {
 		b.log.Warn("runner ignored SIGTERM; killing it", "vm", name, "pid", h.id.PID, "after", b.o.TermTimeout)
-		if err := h.signal(syscall.SIGKILL, true); err != nil {
+		if err := h.signal(syscall.SIGKILL, true); err != nil && !gone() {
 			return fmt.Errorf("stop %s: SIGKILL: %w", name, err)
 		}
 	}
@@ -659,6 +748,9 @@ func (b *ProcessBackend) stopProcess(ctx context.Context, name string, h *procHa
 	case <-exited:
 		return nil
 	case <-ctx.Done():
+		if gone() {
+			return nil
+		}
 		return fmt.Errorf("stop %s: runner (pid %d) still running: %w", name, h.id.PID, ctx.Err())
 	}
 }

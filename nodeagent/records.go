@@ -51,6 +51,9 @@ type opState struct {
 	vols    []spec.VolumeRef
 	restart uint64 // Action.Restart
 	cancel  context.CancelFunc
+	// canceled: the agent cancelled it; whatever error it ends with is the
+	// cancellation's, not the action's.
+	canceled bool
 	// progress is set by the operation's goroutine (a realisation that
 	// starts building) and read by the passes.
 	progress atomic.Pointer[string]
@@ -104,6 +107,7 @@ func (r *records) begin(a Action, cancel context.CancelFunc) *opState {
 // cancel cancels VM name's operation, if any.
 func (r *records) cancel(name string) {
 	if v := r.vms[name]; v != nil && v.op != nil && v.op.cancel != nil {
+		v.op.canceled = true
 		v.op.cancel()
 	}
 }
@@ -129,12 +133,14 @@ func (r *records) inFlight() int {
 // finish feeds res back: its VM's operation has ended at now. A success
 // records what now holds (the runner rooted, the volumes attached or
 // detached) and clears the step's failure; a failure is remembered with
-// the time it may be retried; a cancellation teaches nothing.
+// the time it may be retried; a cancellation teaches nothing, whatever
+// error the cancelled operation ended with (a build killed by it must not
+// hold the VM back for BuildRetry once the node is no longer fenced).
 func (r *records) finish(res Result, now time.Time) {
 	v := r.vm(res.VM)
 	op := v.op
 	v.op = nil
-	if errors.Is(res.Err, context.Canceled) {
+	if errors.Is(res.Err, context.Canceled) || (res.Err != nil && op != nil && op.canceled) {
 		return
 	}
 	if res.Err != nil {
@@ -182,6 +188,14 @@ func (r *records) failed(name string, kind ActionKind, out string, err error, no
 	}
 }
 
+// killed records that VM name's unit was killed: a failed kill before it
+// no longer holds.
+func (r *records) killed(name string) {
+	if v := r.vms[name]; v != nil && v.unit != nil && v.unit.Action == ActKill {
+		v.unit = nil
+	}
+}
+
 // prune forgets the VMs that keep does not name and that have neither an
 // operation nor attached volumes: nothing is left to undo for them.
 func (r *records) prune(keep map[string]bool) {
@@ -199,8 +213,10 @@ func (r *records) prune(keep map[string]bool) {
 // it otherwise), STATE/NAME/current only for VMs assigned here. committed
 // are the statuses in the replicated state (replicated.State.Observed):
 // what this node reported there tells a restarted agent which restart
-// requests it carried out before (Observed.Restarted).
-func observeVMs(in *Input, rec *records, reported, committed map[string]replicated.VMStatus,
+// requests it carried out before (Observed.Restarted), and what another
+// node reported that a copy may still run there (Observed.Elsewhere, with
+// nodes, the replicated nodes, to leave out those marked down).
+func observeVMs(in *Input, rec *records, reported, committed map[string]replicated.VMStatus, nodes map[uint64]*replicated.Node,
 	unit func(name string) (UnitStatus, error), current func(name string) string, hint func(name string) string) {
 	mine := map[string]bool{}
 	for name, as := range in.Assignments {
@@ -231,6 +247,11 @@ func observeVMs(in *Input, rec *records, reported, committed map[string]replicat
 		var o Observed
 		if c, ok := committed[name]; ok && c.Node == in.Node && mine[name] {
 			o.Restarted = c.Restart
+		}
+		if c, ok := committed[name]; ok && c.Node != in.Node && c.Phase != replicated.PhaseStopped {
+			if n := nodes[c.Node]; n != nil && n.State != replicated.NodeDown {
+				o.Elsewhere = &c
+			}
 		}
 		rec.observe(name, &o)
 		if s, ok := reported[name]; ok {

@@ -694,8 +694,7 @@ func (b *SystemdBackend) Stop(ctx context.Context, name string) error {
 	err := b.job(ctx, "stop", unit, func(ch chan<- string) (int, error) {
 		return b.conn.StopUnitContext(ctx, unit, "replace", ch)
 	})
-	var de dbus.Error
-	if errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.NoSuchUnit" {
+	if noSuchUnit(err) {
 		return nil
 	}
 	if err != nil {
@@ -709,11 +708,73 @@ func (b *SystemdBackend) Stop(ctx context.Context, name string) error {
 		b.log.Warn("unit stopped failed; resetting it", "unit", unit, "result", s.result(unit))
 		err := b.conn.ResetFailedUnitContext(ctx, unit)
 		b.invalidate(name)
-		if err != nil {
+		if err != nil && !noSuchUnit(err) { // a Kill reset it first
 			return fmt.Errorf("stop %s: reset-failed: %w", unit, err)
 		}
 	}
 	return nil
+}
+
+// Kill implements [Backend]. It enqueues a stop job first: once a stop job
+// is pending, systemd does not restart the unit when its processes die
+// (Restart=always would otherwise start it again after RestartSec). Then it
+// sends SIGKILL to every process of the unit (KillUnit with who=all: the
+// runner and a microvm-shutdown that hangs in ExecStop alike), and waits
+// for the stop job, which ends once they are gone. It does not take the
+// unit's op lock, which a graceful Stop holds while its job waits on
+// ExecStop and TimeoutStopSec: systemd merges the two stop jobs, and both
+// callers learn the result. A unit that ends failed (killed by a signal) is
+// reset, as Stop does; microvm-set-booted@NAME stops with it (PartOf) and
+// removes booted.
+func (b *SystemdBackend) Kill(ctx context.Context, name string) error {
+	if err := b.waitReady(ctx); err != nil {
+		return err
+	}
+	if err := b.checkName(name); err != nil {
+		return err
+	}
+	unit := b.unit(name)
+	err := b.job(ctx, "kill", unit, func(ch chan<- string) (int, error) {
+		id, err := b.conn.StopUnitContext(ctx, unit, "replace", ch)
+		if err != nil {
+			return id, err
+		}
+		if err := b.conn.KillUnitWithTarget(ctx, unit, sddbus.All, int32(syscall.SIGKILL)); err != nil && !noSuchUnit(err) {
+			// The stop job goes on, gracefully: the caller kills again.
+			return id, fmt.Errorf("SIGKILL to its processes: %w", err)
+		}
+		return id, nil
+	})
+	if noSuchUnit(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s, err := b.state(ctx, unit)
+	if err != nil {
+		return fmt.Errorf("kill %s: %w", unit, err)
+	}
+	switch {
+	case s.running():
+		return fmt.Errorf("kill %s: the unit is %s (%s) again: a start raced the kill", unit, s.ActiveState, s.SubState)
+	case s.ActiveState == "failed":
+		err := b.conn.ResetFailedUnitContext(ctx, unit)
+		b.invalidate(name)
+		// A Stop waiting on the same job may have reset it first, and
+		// systemd then unloads the unit.
+		if err != nil && !noSuchUnit(err) {
+			return fmt.Errorf("kill %s: reset-failed: %w", unit, err)
+		}
+	}
+	return nil
+}
+
+// noSuchUnit: err is systemd's answer for a unit it has not loaded (an
+// instance that never ran, or one collected after it stopped).
+func noSuchUnit(err error) bool {
+	var de dbus.Error
+	return errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.NoSuchUnit"
 }
 
 // job enqueues a job with call and waits for its result.

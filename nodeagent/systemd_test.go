@@ -119,6 +119,13 @@ func systemdRunner(t testing.TB, marker string, crash bool) runner {
 		run = "#!/bin/sh\necho crashing\nexit 3\n"
 	}
 	shutdown := "#!/bin/sh\necho " + marker + " > shutdown-ran\nkill \"$MAINPID\"\n"
+	return systemdRunnerScripts(t, run, shutdown)
+}
+
+// systemdRunnerScripts builds a runner for the container whose
+// bin/microvm-run and bin/microvm-shutdown are the given scripts.
+func systemdRunnerScripts(t testing.TB, run, shutdown string) runner {
+	t.Helper()
 	script := `/bin/mkdir -p $out/bin; printf '%s' "$run" > $out/bin/microvm-run; printf '%s' "$shutdown" > $out/bin/microvm-shutdown; /bin/chmod +x $out/bin/*`
 	expr := fmt.Sprintf(`builtins.derivation {
   name = "runner"; system = "x86_64-linux"; builder = "/bin/sh";

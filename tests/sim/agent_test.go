@@ -13,10 +13,12 @@ import (
 
 // agent is nodeagent.Agent around the real nodeagent.Decide: the observe
 // step (nodeagent's observeVMs), the records (records.go), the executor
-// (execute, startOp, finish) and the heartbeat reporter (report,
-// sendHeartbeat, forgetSent), rewritten line by line on the simulated host
-// because those parts of the agent are unexported and do I/O. It lives as
-// long as its blixard process: its records and statuses die with it.
+// (execute, startOp, finish, kill), the lease (startLease, leaseState, the
+// expiry timer, the renewal in sendHeartbeat) and the heartbeat reporter
+// (report, sendHeartbeat, forgetSent), rewritten line by line on the
+// simulated host because those parts of the agent are unexported and do
+// I/O. It lives as long as its blixard process: its records and statuses
+// die with it.
 type agent struct {
 	w *world
 	n *node
@@ -31,6 +33,15 @@ type agent struct {
 	hbChanged  bool // a status changed while it was out
 	hbDebounce bool // a change is being debounced
 	hbGen      int  // the periodic tick in force
+
+	// The lease (Options.Lease): renewed is when the last committed
+	// heartbeat was sent; fenced, whether the last pass found it run out;
+	// expiryAt, the expiry the timer is set for (expiryGen, which timer).
+	renewed   int64
+	fenced    bool
+	expiryAt  int64
+	expiryGen int
+	fencedBy  string // why the pass is (or the last one was) fenced; "": it is not
 }
 
 // vmRecord is nodeagent's vmRecord.
@@ -63,8 +74,10 @@ func newAgent(w *world, n *node) *agent {
 	return &agent{w: w, n: n, rec: map[string]*vmRecord{}, statuses: map[string]*vmStatus{}}
 }
 
-// start is Agent.Start: a first pass, the resync ticker and the reporter.
+// start is Agent.Start: the lease, a first pass, the resync ticker and the
+// reporter.
 func (a *agent) start() {
+	a.startLease()
 	a.pass()
 	var tick func()
 	tick = func() {
@@ -87,14 +100,91 @@ func (a *agent) notify() {
 	})
 }
 
+// startLease is Agent.startLease: the lease runs from this node's last
+// committed heartbeat in its local replica (the time it sent it), or from
+// now when it has sent none.
+func (a *agent) startLease() {
+	a.renewed = a.w.now
+	if nd, ok := a.n.st.Nodes[a.n.id]; ok && nd.LastHeartbeatSeq > 0 {
+		a.renewed = nd.LastHeartbeatAt.Sub(base).Milliseconds()
+	}
+}
+
+// leaseState is Agent.leaseState: why the node is fenced ("" while the
+// lease holds).
+func (a *agent) leaseState() string {
+	if a.w.lease <= 0 {
+		return ""
+	}
+	silent := a.w.now - a.renewed
+	a.fenced = silent > a.w.lease
+	if !a.fenced {
+		return ""
+	}
+	return nodeagent.FenceReason(msDuration(silent), msDuration(a.w.lease))
+}
+
+// armLease is the expiry timer's Reset after a pass: a pass just past the
+// expiry, none while fenced (a committed heartbeat notifies instead).
+func (a *agent) armLease() {
+	if a.w.lease <= 0 || a.fenced {
+		return
+	}
+	expiry := a.renewed + a.w.lease + 1
+	if expiry == a.expiryAt {
+		return
+	}
+	a.expiryAt = expiry
+	a.expiryGen++
+	gen := a.expiryGen
+	a.w.afterOn(a.n, expiry-a.w.now, func() {
+		if gen == a.expiryGen {
+			a.pass()
+		}
+	})
+}
+
 // pass observes, decides and acts once.
 func (a *agent) pass() {
 	if a.n.agent != a {
 		return
 	}
-	d := nodeagent.Decide(a.observe())
+	in := a.observe()
+	in.Fenced = a.leaseState()
+	if nd := a.n.st.Nodes[a.n.id]; in.Fenced == "" && a.w.lease > 0 && nd != nil && nd.State == replicated.NodeDown {
+		in.Fenced = nodeagent.MarkedDownReason(a.n.id)
+	}
+	was := a.fencedBy
+	a.fencedBy = in.Fenced
+	d := nodeagent.Decide(in)
 	a.w.mix(uint64(len(d.VMs)), a.n.id)
-	a.execute(d)
+	killed := a.execute(d)
+	switch {
+	case in.Fenced != "" && was == "":
+		why := "marked down"
+		if a.fenced {
+			why = fmt.Sprintf("lease expired, last committed heartbeat sent at %.3fs", float64(a.renewed)/1000)
+			a.w.cover("a node fenced itself (lease expired)")
+			if w := a.w; w.chk.acted[a.n.id] && w.available() && w.reach(a.n, w.leader) && a.n.slowUntil <= w.now {
+				// Its heartbeats were slow to commit (lost messages, an
+				// election), not cut off: the safe side, at a price.
+				a.w.cover("a node connected to the leader fenced itself (lease expired)")
+				why += ", connected to the leader"
+			}
+		} else {
+			a.w.cover("a node fenced itself (marked down)")
+		}
+		a.w.tracef("node %d: fenced (%s): %d runners killed", a.n.id, why, killed)
+		if killed > 0 {
+			a.w.cover("a fenced node killed its runners")
+		}
+	case in.Fenced != "" && killed > 0:
+		a.w.tracef("node %d: fenced: %d runners killed", a.n.id, killed)
+	case in.Fenced == "" && was != "":
+		a.w.tracef("node %d: no longer fenced", a.n.id)
+	}
+	a.armLease()
+	a.w.chk.agentPassed(a.n)
 }
 
 // observe is Agent.observe with observeVMs: the local replica's plan, the
@@ -138,6 +228,11 @@ func (a *agent) observe() nodeagent.Input {
 		var o nodeagent.Observed
 		if c, ok := st.Observed[name]; ok && c.Node == n.id && mine[name] {
 			o.Restarted = c.Restart
+		}
+		if c, ok := st.Observed[name]; ok && c.Node != n.id && c.Phase != replicated.PhaseStopped {
+			if nd := st.Nodes[c.Node]; nd != nil && nd.State != replicated.NodeDown {
+				o.Elsewhere = &c
+			}
 		}
 		a.observeRecord(name, &o)
 		if s, ok := a.statuses[name]; ok {
@@ -187,15 +282,21 @@ func (a *agent) record(name string) *vmRecord {
 	return v
 }
 
-// execute is Agent.execute: statuses, then each VM's actions in order.
-func (a *agent) execute(d nodeagent.Decision) {
+// execute is Agent.execute: statuses, then each VM's actions in order,
+// then the kills (Agent.kill: SIGKILL and the exit take milliseconds,
+// modelled as immediate, within the pass). It returns how many runners it
+// killed.
+func (a *agent) execute(d nodeagent.Decision) int {
 	keep := make(map[string]bool, len(d.VMs))
+	var kills []string
 	for _, vd := range d.VMs {
 		keep[vd.VM] = true
 		a.set(vd)
 		background := 0
 		for i, act := range vd.Actions {
 			switch act.Kind {
+			case nodeagent.ActKill:
+				kills = append(kills, act.VM)
 			case nodeagent.ActCancel:
 				a.cancel(act.VM)
 			case nodeagent.ActSwitchCurrent:
@@ -222,6 +323,13 @@ func (a *agent) execute(d nodeagent.Decision) {
 			delete(a.rec, name)
 		}
 	}
+	killed := 0
+	for _, name := range kills {
+		if a.w.killUnit(a.n, name) {
+			killed++
+		}
+	}
+	return killed
 }
 
 // set is Agent.set: record the decided status, signal the reporter when it
@@ -252,7 +360,11 @@ func (a *agent) cancel(name string) {
 	}
 	op := v.op
 	op.canceled = true
-	a.w.cover("a build the plan no longer wants cancelled")
+	if a.fencedBy != "" {
+		a.w.cover("a fenced node cancelled an operation")
+	} else {
+		a.w.cover("a build the plan no longer wants cancelled")
+	}
 	a.w.afterOn(a.n, a.w.rnd(5, 50), func() {
 		if v.op == op {
 			a.finish(name, op, context.Canceled)
@@ -340,7 +452,7 @@ func (a *agent) finish(name string, op *opState, err error) {
 	v.op = nil
 	a.w.mix(uint64(op.kind), uint64(op.id))
 	switch {
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled) || (err != nil && op.canceled):
 	case err != nil:
 		a.w.tracef("node %d: %s %s failed: %v", a.n.id, op.kind, name, err)
 		a.w.cover(op.kind.String() + " failed")
@@ -406,7 +518,7 @@ func (a *agent) changed() {
 func (a *agent) resetHeartbeatTick() {
 	a.hbGen++
 	gen := a.hbGen
-	a.w.afterOn(a.n, heartbeatEvery, func() {
+	a.w.afterOn(a.n, a.w.heartbeatEvery, func() {
 		// A tick while a change is debounced is dropped: the send after
 		// the debounce resets the ticker.
 		if gen == a.hbGen && !a.hbDebounce && !a.hbInFlight {
@@ -427,11 +539,17 @@ func (a *agent) sendHeartbeat() {
 	}
 	a.hbInFlight = true
 	a.hbGen++ // no tick while it is out
-	cmd := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: at(a.w.now),
+	sent := a.w.now
+	cmd := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: at(sent),
 		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.n.id, Statuses: snap}}
 	a.w.propose(a.n, cmd, heartbeatTimeout, func(res replicated.Result, err error) {
 		a.hbInFlight = false
 		if err == nil && res.OK() {
+			// The lease runs from the send (the leader counts from later).
+			a.renewed = max(a.renewed, sent)
+			if a.fenced {
+				a.notify()
+			}
 			for _, st := range snap {
 				if s := a.statuses[st.VM]; s != nil && s.forget && s.Phase == replicated.PhaseStopped && st.Phase == replicated.PhaseStopped {
 					delete(a.statuses, st.VM)

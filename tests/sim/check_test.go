@@ -38,8 +38,15 @@ type checker struct {
 	// (b) double runs.
 	overlapStart map[string]int64
 	overlapNodes map[string][]uint64
+	// overlapExcused: the open double run has been excused throughout
+	// (all copies but one on nodes whose blixard could not fence).
+	overlapExcused map[string]bool
+	// acted: the node's agent has made a pass since its blixard last
+	// froze, died or booted; until then it cannot have fenced itself.
+	acted        map[uint64]bool
 	impaired     map[uint64]bool
 	lastImpaired map[uint64]int64
+	maxExcused   overlapRecord
 	maxIsolated  overlapRecord
 	maxHandoff   overlapRecord
 	overlaps     int
@@ -63,7 +70,8 @@ type overlapRecord struct {
 
 func newChecker(w *world) *checker {
 	return &checker{w: w, revIndex: map[uint64]int{}, availFrom: -1, heardAt: map[uint64]int64{}, judgedSeq: map[uint64]uint64{},
-		overlapStart: map[string]int64{}, overlapNodes: map[string][]uint64{}, impaired: map[uint64]bool{},
+		overlapStart: map[string]int64{}, overlapNodes: map[string][]uint64{}, overlapExcused: map[string]bool{},
+		acted: map[uint64]bool{}, impaired: map[uint64]bool{},
 		lastImpaired: map[uint64]int64{}, idle: map[string]int64{}, healAt: -1, convergedAt: -1}
 }
 
@@ -289,47 +297,102 @@ func (c *checker) judged(id uint64, leader *node, seq uint64) {
 	}
 }
 
-// runnersChanged updates the double-run record of VM name.
-func (c *checker) runnersChanged(name string) {
-	w := c.w
+// runningOn lists the nodes where VM name's runner runs.
+func (w *world) runningOn(name string) []uint64 {
 	var on []uint64
 	for _, n := range w.nodes {
 		if u := n.host.units[name]; u != nil && u.alive {
 			on = append(on, n.id)
 		}
 	}
+	return on
+}
+
+// runnersChanged updates the double-run record of VM name.
+func (c *checker) runnersChanged(name string) {
+	w := c.w
+	on := w.runningOn(name)
 	start, open := c.overlapStart[name]
 	switch {
 	case len(on) >= 2 && !open:
 		c.overlapStart[name] = w.now
 		c.overlapNodes[name] = on
+		c.overlapExcused[name] = true
 		c.overlaps++
 		w.tracef("double run: %s runs on nodes %v", name, on)
-		if w.cfg.StrictOneCopy {
-			c.failf("one copy: %s runs on nodes %v at once (StrictOneCopy)", name, on)
-		}
+		c.checkOverlap(name, on)
 	case len(on) >= 2:
 		for _, id := range on {
 			if !slices.Contains(c.overlapNodes[name], id) {
 				c.overlapNodes[name] = append(c.overlapNodes[name], id)
 			}
 		}
+		c.checkOverlap(name, on)
 	case open:
 		c.closeOverlap(name, start)
 	}
 }
 
-// closeOverlap ends a double run and files it: isolated when one of its
-// nodes could not learn or act on the plan (cut off from the leader,
-// frozen, down, replicating slowly) during it or the node timeout before
-// it — the documented window without self-fencing — else a handoff (a
-// move between healthy nodes: the new copy starts before the old one has
-// stopped).
+// cannotFence: node id's blixard cannot have fenced itself: it is frozen
+// or not running, or its agent has made no pass since it was.
+func (c *checker) cannotFence(id uint64) bool {
+	n := c.w.node(id)
+	return !n.procUp || n.frozen || !c.acted[id]
+}
+
+// blixardStopped is called when node n's blixard freezes or stops.
+func (c *checker) blixardStopped(n *node) { c.acted[n.id] = false }
+
+// agentPassed is called after every pass of node n's agent: from now on
+// its node can fence itself, so its open double runs are checked again.
+func (c *checker) agentPassed(n *node) {
+	if c.acted[n.id] {
+		return
+	}
+	c.acted[n.id] = true
+	for _, name := range sortedKeys(c.overlapStart) {
+		c.checkOverlap(name, c.w.runningOn(name))
+	}
+}
+
+// checkOverlap checks a double run of VM name on nodes on: with
+// StrictOneCopy it is a violation unless every copy but one runs on a
+// node whose blixard cannot fence (frozen or not running, or without an
+// agent pass since: see doc.go).
+func (c *checker) checkOverlap(name string, on []uint64) {
+	if len(on) < 2 {
+		return
+	}
+	able := 0
+	for _, id := range on {
+		if !c.cannotFence(id) {
+			able++
+		}
+	}
+	if able <= 1 {
+		return
+	}
+	c.overlapExcused[name] = false
+	if c.w.cfg.StrictOneCopy {
+		c.failf("one copy: %s runs on nodes %v at once, %d of them with a blixard that has made an agent pass since it last froze or started (StrictOneCopy)",
+			name, on, able)
+	}
+}
+
+// closeOverlap ends a double run and files it: excused when every copy
+// but one ran on a node whose blixard could not fence all along; else
+// (only without StrictOneCopy) isolated when one of its nodes could not
+// learn or act on the plan (cut off from the leader, frozen, down,
+// replicating slowly) during it or the node timeout before it, or a
+// handoff (a move between healthy nodes: the new copy starts before the
+// old one has stopped).
 func (c *checker) closeOverlap(name string, start int64) {
 	w := c.w
 	delete(c.overlapStart, name)
 	nodes := c.overlapNodes[name]
 	delete(c.overlapNodes, name)
+	excused := c.overlapExcused[name]
+	delete(c.overlapExcused, name)
 	rec := overlapRecord{dur: w.now - start, vm: name, nodes: nodes, start: start}
 	isolated := false
 	for _, id := range nodes {
@@ -339,13 +402,21 @@ func (c *checker) closeOverlap(name string, start int64) {
 	}
 	kind := "handoff"
 	defer func() { w.cover("a double run (" + kind + ")") }()
-	if isolated {
+	switch {
+	case excused:
+		kind = "blixard frozen or not running"
+		if rec.dur > c.maxExcused.dur {
+			c.maxExcused = rec
+		}
+	case isolated:
 		kind = "isolated"
 		if rec.dur > c.maxIsolated.dur {
 			c.maxIsolated = rec
 		}
-	} else if rec.dur > c.maxHandoff.dur {
-		c.maxHandoff = rec
+	default:
+		if rec.dur > c.maxHandoff.dur {
+			c.maxHandoff = rec
+		}
 	}
 	w.tracef("double run of %s on %v ended after %.3fs (%s)", name, nodes, float64(rec.dur)/1000, kind)
 }
@@ -431,10 +502,10 @@ func (c *checker) healed() { c.healAt = c.w.now }
 //	+ the longest wait of an agent: a build that failed just before heal is
 //	  retried after BuildRetry (30 s) and takes up to 15 s; a hung stop
 //	  takes 40 s; a crashed runner is restarted within 30 s
-//	+ two heartbeats (4 s) for the statuses to reach the state + 5 s slack.
+//	+ two heartbeat periods for the statuses to reach the state + 5 s slack.
 func (c *checker) bound() int64 {
 	return msOf(c.w.cfg.NodeTimeout) + 2000 + electionMax + pollEvery + 12000 +
-		max(buildRetry+15000, hungStop, maxRestartBackoff) + 2*heartbeatEvery + 5000
+		max(buildRetry+15000, hungStop, maxRestartBackoff) + 2*c.w.heartbeatEvery + 5000
 }
 
 // converged says why the cluster has not converged ("" when it has):

@@ -146,6 +146,26 @@ func (w *world) stopUnit(n *node, name string) {
 	}
 }
 
+// killUnit is ProcessBackend.Kill once it returned: the runner is gone at
+// once, no restart is pending, nothing is booted. It reports whether a
+// runner was running.
+func (w *world) killUnit(n *node, name string) bool {
+	u := n.host.units[name]
+	if u == nil {
+		return false
+	}
+	wasAlive := u.alive
+	if wasAlive {
+		w.tracef("node %d: runner %s killed (fenced)", n.id, name)
+	}
+	u.alive, u.h, u.booted, u.restarting = false, false, "", false
+	u.restarts, u.backoff, u.since, u.result = 0, 0, w.now, "killed by signal: killed"
+	if wasAlive {
+		w.chk.runnersChanged(name)
+	}
+	return wasAlive
+}
+
 // crashRunner makes a runner exit on its own. The ProcessBackend notices
 // (when it runs) and restarts it after its backoff.
 func (w *world) crashRunner(n *node, name, why string) {
@@ -268,6 +288,7 @@ func (w *world) stopProcess(n *node, why string, killRunners bool) {
 		return
 	}
 	w.tracef("node %d: %s", n.id, why)
+	w.chk.blixardStopped(n)
 	n.procUp, n.frozen, n.registered = false, false, false
 	n.epoch++
 	n.deferred = nil
@@ -295,6 +316,7 @@ func (w *world) freeze(n *node) {
 		return
 	}
 	n.frozen = true
+	w.chk.blixardStopped(n)
 	n.frozenTerm = -1
 	if w.leader == n {
 		n.frozenTerm = w.term

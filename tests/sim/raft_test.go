@@ -30,7 +30,10 @@ import (
 //     it can be lost on the way (the attempt times out and is retried), or
 //     commit while its answer is lost (retried too: applied twice, as
 //     raftstore's doc warns). Without a reachable leader it is retried
-//     until the proposer's deadline.
+//     until the proposer's deadline. Its answer comes with the entries up
+//     to it: Dragonboat's SyncPropose returns the result of the proposer's
+//     own state machine, so its replica has applied them (the agent relies
+//     on it: a heartbeat that renews the lease shows every plan before it).
 //
 // The replicas persist their applied state across process restarts (the
 // Raft log is on disk), and no snapshots are modelled.
@@ -259,7 +262,13 @@ func (w *world) attempt(p *proposal, epoch int) {
 				Message: "confirmed after a retried proposal"}
 			w.cover("a retried CommitPlan confirmed")
 		}
-		w.afterOn(n, w.netDelay(n), func() { p.cb(res, nil) })
+		// SyncPropose answers with the proposer's own state machine's
+		// result: its replica has applied the log up to the entry.
+		idx := len(w.log)
+		w.afterOn(n, w.netDelay(n), func() {
+			w.applyUpTo(n, idx)
+			p.cb(res, nil)
+		})
 	})
 }
 

@@ -19,7 +19,7 @@ var (
 	seedFlag  = flag.Uint64("seed", 0, "run only this seed (TestSim), with its whole trace when -v")
 	seedsFlag = flag.Int("seeds", 1000, "how many seeds TestSimSeeds runs (from -first)")
 	firstFlag = flag.Uint64("first", 1, "the first seed TestSimSeeds runs")
-	strict    = flag.Bool("strict-one-copy", false, "make any VM running on two nodes at once a violation (self-fencing)")
+	strict    = flag.Bool("strict-one-copy", true, "make any VM running on two nodes at once a violation, but for a frozen node's copies while it is frozen (false only measures double runs)")
 	enforce   = flag.Bool("enforce-known", true, "make violations of known issues fail the run (both liveness issues are fixed; false only lists them)")
 )
 
@@ -34,10 +34,10 @@ type Config struct {
 	// seed); then every fault heals and the final spec is pushed.
 	FaultPhase time.Duration
 	// StrictOneCopy makes any VM instance running on two nodes at once a
-	// violation. Off today: without self-fencing (issue 12 item 1) a node
-	// cut off from the leader keeps running its VMs until it heals, while
-	// the leader has placed them elsewhere; and a move between healthy
-	// nodes starts the new copy before the old one stopped.
+	// violation, except where the model says it cannot be avoided: the
+	// copies of a frozen node (SIGSTOP of blixard) while it is frozen, and
+	// until its first pass after the thaw (see doc.go). On for the seeds
+	// (-strict-one-copy); off only measures double runs.
 	StrictOneCopy bool
 	// EnforceKnown makes violations of known, reported issues fail the
 	// run instead of being listed in Report.Known.
@@ -59,15 +59,19 @@ type Report struct {
 	Trace   string   // its last lines
 	All     []string // every line, with Config.KeepTrace
 
-	MaxIsolated, MaxHandoff overlapRecord
-	Overlaps                int
-	Converged               time.Duration // from heal to converged; -1 when never
-	Bound                   time.Duration
-	Entries, Revisions      int
-	Downs                   int
-	Virtual                 time.Duration
-	Events                  uint64
-	Seen                    map[string]bool
+	// MaxExcused is the longest double run StrictOneCopy allows (a copy
+	// on a node whose blixard could not fence); MaxIsolated and MaxHandoff
+	// are the longest of the others, which only a run without
+	// StrictOneCopy lets happen.
+	MaxExcused, MaxIsolated, MaxHandoff overlapRecord
+	Overlaps                            int
+	Converged                           time.Duration // from heal to converged; -1 when never
+	Bound                               time.Duration
+	Entries, Revisions                  int
+	Downs                               int
+	Virtual                             time.Duration
+	Events                              uint64
+	Seen                                map[string]bool
 }
 
 // world is one simulated cluster: the clock, the event queue, the seeded
@@ -78,6 +82,9 @@ type world struct {
 	now int64
 	seq uint64
 	q   eventQueue
+
+	// The agent's heartbeat period and lease, in ms (agentTimings).
+	heartbeatEvery, lease int64
 
 	nodes     []*node
 	log       []entry
@@ -111,6 +118,8 @@ func newWorld(cfg Config) *world {
 	if w.cfg.Nodes == 0 {
 		w.cfg.Nodes = int(w.rnd(3, 5))
 	}
+	hb, lease := agentTimings(w.cfg.NodeTimeout)
+	w.heartbeatEvery, w.lease = msOf(hb), msOf(lease)
 	if w.cfg.FaultPhase == 0 {
 		w.cfg.FaultPhase = time.Duration(w.rnd(40, 90)) * time.Second
 	}
@@ -137,7 +146,8 @@ func newWorld(cfg Config) *world {
 // violation, or the convergence bound passed.
 func run(cfg Config) Report {
 	w := newWorld(cfg)
-	w.tracef("seed %d: %d nodes, node timeout %s", cfg.Seed, len(w.nodes), w.cfg.NodeTimeout)
+	w.tracef("seed %d: %d nodes, node timeout %s, heartbeat %s, lease %s", cfg.Seed, len(w.nodes), w.cfg.NodeTimeout,
+		msDuration(w.heartbeatEvery), msDuration(w.lease))
 	for _, n := range w.nodes {
 		w.after(w.rnd(0, 500), func() { w.boot(n) })
 	}
@@ -178,7 +188,7 @@ func run(cfg Config) Report {
 	r := Report{
 		Seed: cfg.Seed, Nodes: len(w.nodes), Failure: w.chk.failure, Known: w.chk.known,
 		Hash: w.trace.hash, Trace: w.traceText(), All: w.trace.all,
-		MaxIsolated: w.chk.maxIsolated, MaxHandoff: w.chk.maxHandoff, Overlaps: w.chk.overlaps,
+		MaxExcused: w.chk.maxExcused, MaxIsolated: w.chk.maxIsolated, MaxHandoff: w.chk.maxHandoff, Overlaps: w.chk.overlaps,
 		Converged: -1, Bound: msDuration(w.chk.bound()),
 		Entries: len(w.log), Revisions: len(w.chk.revs), Downs: w.chk.downs,
 		Virtual: msDuration(w.now), Events: events, Seen: w.seen,
@@ -224,9 +234,9 @@ func TestSim(t *testing.T) {
 	if again := run(baseConfig(seed)); again.Hash != r.Hash {
 		t.Fatalf("seed %d is not deterministic: trace hash %x, then %x\nrerun: %s", seed, r.Hash, again.Hash, rerun(seed))
 	}
-	t.Logf("seed %d: %d nodes, %d entries, %d revisions, %d marked down, converged %s after heal (bound %s), double runs %d: max %s isolated (%s on %v), %s handoff",
+	t.Logf("seed %d: %d nodes, %d entries, %d revisions, %d marked down, converged %s after heal (bound %s), double runs %d: max %s with a blixard frozen or not running (%s on %v), %s isolated, %s handoff",
 		seed, r.Nodes, r.Entries, r.Revisions, r.Downs, r.Converged, r.Bound, r.Overlaps,
-		msDuration(r.MaxIsolated.dur), r.MaxIsolated.vm, r.MaxIsolated.nodes, msDuration(r.MaxHandoff.dur))
+		msDuration(r.MaxExcused.dur), r.MaxExcused.vm, r.MaxExcused.nodes, msDuration(r.MaxIsolated.dur), msDuration(r.MaxHandoff.dur))
 	for _, k := range r.Known {
 		t.Logf("known issue: %s", k)
 	}
@@ -269,8 +279,8 @@ func TestSimSeeds(t *testing.T) {
 	elapsed := time.Since(start)
 
 	var failed []Report
-	var maxIso, maxHand overlapRecord
-	var isoSeed, handSeed uint64
+	var maxExc, maxIso, maxHand overlapRecord
+	var excSeed, isoSeed, handSeed uint64
 	var conv []time.Duration
 	var virtual time.Duration
 	var events uint64
@@ -280,6 +290,9 @@ func TestSimSeeds(t *testing.T) {
 		if r.Failure != "" {
 			failed = append(failed, r)
 			continue
+		}
+		if r.MaxExcused.dur > maxExc.dur {
+			maxExc, excSeed = r.MaxExcused, r.Seed
 		}
 		if r.MaxIsolated.dur > maxIso.dur {
 			maxIso, isoSeed = r.MaxIsolated, r.Seed
@@ -311,10 +324,14 @@ func TestSimSeeds(t *testing.T) {
 	if len(conv) > 0 {
 		t.Logf("convergence after heal: median %s, max %s (bound %s)", conv[len(conv)/2], conv[len(conv)-1], reports[0].Bound)
 	}
-	t.Logf("longest double run, isolated node (documented window, no self-fencing): %s (%s on nodes %v, seed %d)",
-		msDuration(maxIso.dur), maxIso.vm, maxIso.nodes, isoSeed)
-	t.Logf("longest double run, handoff between healthy nodes: %s (%s on nodes %v, seed %d)",
-		msDuration(maxHand.dur), maxHand.vm, maxHand.nodes, handSeed)
+	t.Logf("longest double run allowed, a copy on a node whose blixard was frozen or not running: %s (%s on nodes %v, seed %d)",
+		msDuration(maxExc.dur), maxExc.vm, maxExc.nodes, excSeed)
+	if !*strict {
+		t.Logf("longest double run, isolated node: %s (%s on nodes %v, seed %d)",
+			msDuration(maxIso.dur), maxIso.vm, maxIso.nodes, isoSeed)
+		t.Logf("longest double run, handoff between healthy nodes: %s (%s on nodes %v, seed %d)",
+			msDuration(maxHand.dur), maxHand.vm, maxHand.nodes, handSeed)
+	}
 	var cov []string
 	for _, what := range sortedKeys(seen) {
 		cov = append(cov, fmt.Sprintf("%s: %d", what, seen[what]))

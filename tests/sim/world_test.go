@@ -17,11 +17,20 @@ func at(ms int64) time.Time { return base.Add(time.Duration(ms) * time.Milliseco
 
 func msOf(d time.Duration) int64 { return d.Milliseconds() }
 
+// agentTimings are the agent's heartbeat period (nodeagent.Options.Heartbeat)
+// and lease (Options.Lease) for a node timeout, by the rule node.Config
+// applies when serve is given neither --heartbeat nor --lease: heartbeat =
+// min(2s, nodeTimeout/10), lease = nodeTimeout - max(nodeTimeout/4, 1s).
+// The gap between the lease and the node timeout is the time a fenced
+// node has to kill its runners before the leader may place them elsewhere.
+func agentTimings(nodeTimeout time.Duration) (heartbeat, lease time.Duration) {
+	return min(2*time.Second, nodeTimeout/10), nodeTimeout - max(nodeTimeout/4, time.Second)
+}
+
 // Timings of the modelled programs, in ms. They are the defaults of the
 // real options unless a comment says otherwise.
 const (
 	agentInterval     = 1000   // nodeagent.Options.Interval
-	heartbeatEvery    = 2000   // nodeagent.Options.Heartbeat
 	heartbeatDebounce = 100    // nodeagent report(): a change is sent ~100 ms later
 	heartbeatTimeout  = 10000  // nodeagent sendHeartbeat's proposal timeout
 	buildRetry        = 30000  // nodeagent.Options.BuildRetry

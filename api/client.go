@@ -23,6 +23,12 @@ import (
 // maxAnswer bounds an answer the client reads into memory.
 const maxAnswer = 256 << 20
 
+// DefaultClientTimeout bounds a request and its answer when
+// ClientOptions.Timeout is not set. Reads answer at once, from the local
+// replica when there is no quorum, and a change that is not committed in
+// seconds waits for a quorum that the caller should hear about.
+const DefaultClientTimeout = 10 * time.Second
+
 // Client talks to one node's API. Its methods return the server's error
 // message as an [*Error].
 type Client struct {
@@ -31,6 +37,7 @@ type Client struct {
 	// http has a timeout for the request-answer calls; stream has none
 	// (followed logs run until the caller's ctx ends).
 	http, stream *http.Client
+	timeout      time.Duration // http's
 }
 
 // ClientOptions say how a [Client] authenticates.
@@ -42,6 +49,9 @@ type ClientOptions struct {
 	// Token is a bearer token (`blixard token create`) sent with every
 	// request; only over HTTPS.
 	Token string
+	// Timeout bounds each request and its answer, followed logs excepted
+	// (default DefaultClientTimeout).
+	Timeout time.Duration
 }
 
 // NewClient returns a client of the node at server: HOST:PORT (HTTPS with
@@ -68,9 +78,12 @@ func NewClient(server string, o ClientOptions) (*Client, error) {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, fmt.Errorf("--server %q: want http:// or https://", server)
 	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultClientTimeout
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.TLS
-	return &Client{base: base, token: o.Token, http: &http.Client{Transport: tr, Timeout: 5 * time.Minute},
+	return &Client{base: base, token: o.Token, timeout: o.Timeout, http: &http.Client{Transport: tr, Timeout: o.Timeout},
 		stream: &http.Client{Transport: tr}}, nil
 }
 
@@ -272,19 +285,36 @@ func (c *Client) unreachable(err error) error {
 	return fmt.Errorf("cannot reach a Blixard node at %s (set --server or BLIXARD_SERVER): %w", c.base, err)
 }
 
+// Get GETs a read-only endpoint (such as "/v1/nodes"), decodes its JSON
+// answer into out and returns the answer's freshness: stale when the node
+// answered from its own replica for lack of a quorum.
+func (c *Client) Get(ctx context.Context, path string, out any) (Freshness, error) {
+	h, err := c.send(ctx, "GET", path, nil, out)
+	if err != nil {
+		return Freshness{}, err
+	}
+	return FreshnessOf(h), nil
+}
+
 // do sends body as JSON (none when nil) and decodes a JSON answer into out.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.send(ctx, method, path, body, out)
+	return err
+}
+
+// send is do, returning the answer's headers.
+func (c *Client) send(ctx context.Context, method, path string, body, out any) (http.Header, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return fmt.Errorf("--server %q: %w", c.base, err)
+		return nil, fmt.Errorf("--server %q: %w", c.base, err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -292,20 +322,35 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	c.authorize(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return c.unreachable(err)
+		return nil, c.failed(method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
-		return fmt.Errorf("reading the answer of %s %s from %s: %w", method, path, c.base, err)
+		return nil, c.failed(method, path, fmt.Errorf("reading the answer: %w", err))
 	}
 	if resp.StatusCode >= 300 {
-		return errorOf(resp.StatusCode, data)
+		return nil, errorOf(resp.StatusCode, data)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("decoding the answer of %s %s from %s: %w", method, path, c.base, err)
+		return nil, fmt.Errorf("decoding the answer of %s %s from %s: %w", method, path, c.base, err)
 	}
-	return nil
+	return resp.Header, nil
+}
+
+// failed explains a request that got no (whole) answer: a timeout says
+// which, and that a change may have been made all the same; anything else
+// is an unreachable node.
+func (c *Client) failed(method, path string, err error) error {
+	var ne interface{ Timeout() bool }
+	if !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+		return c.unreachable(err)
+	}
+	if method == "GET" {
+		return fmt.Errorf("no answer from %s to %s %s in time (timeout %v: raise --timeout; is the node overloaded?): %w", c.base, method, path, c.timeout, err)
+	}
+	return fmt.Errorf("no answer from %s to %s %s in time (timeout %v); the change may still be committed: check with `blixard events` "+
+		"(raise --timeout; is a quorum of nodes up?): %w", c.base, method, path, c.timeout, err)
 }
 
 func errorOf(code int, data []byte) error {

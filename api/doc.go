@@ -14,9 +14,12 @@
 // which can name files and addresses: that goes to the node's log under a
 // reference the answer gives. Its edges are bounded: header, read, write
 // and idle timeouts, a connection cap below the file descriptor limit, and
-// a cap on followed logs. Reads come from the replicated state
-// (linearizable through Raft, or the local replica for metrics, logs and
-// tokens); writes are proposals that name the caller ([replicated.Command]
+// a cap on followed logs. Reads come from the replicated state and
+// answer at once: linearizable through Raft when a leader confirms within
+// a heartbeat period, else from the node's local replica, marked stale
+// ([Freshness]: JSON fields and headers); /healthz says 503 without a
+// leader or progress; metrics, logs and authentication read the local
+// replica. Writes are proposals that name the caller ([replicated.Command]
 // Actor), so the event log says who asked for each change. Status is
 // built from the replicated state alone — the source's conditions
 // (FetchFailed, EvalFailed) and the committed planner outcome — so every

@@ -21,14 +21,10 @@ import (
 
 var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
-func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, Health{OK: true, Node: s.o.Replica.NodeID()})
-}
-
 // handleState answers the replicated state, without the tokens' hashes:
 // a read-only caller has no use for them.
 func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {
-	if st, ok := s.read(w, r); ok {
+	if st, _, ok := s.read(w, r); ok {
 		for name, t := range st.Tokens {
 			t.Hash = ""
 			st.Tokens[name] = t
@@ -38,7 +34,7 @@ func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	st, ok := s.read(w, r)
+	st, fresh, ok := s.read(w, r)
 	if !ok {
 		return
 	}
@@ -47,17 +43,19 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		rs := s.o.Reconciler.Status()
 		local = &rs
 	}
-	writeJSON(w, http.StatusOK, NewStatusView(st, s.o.Replica.NodeID(), s.leader(), local))
+	v := NewStatusView(st, s.o.Replica.NodeID(), s.leader(), local)
+	v.Freshness = fresh
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
-	if st, ok := s.read(w, r); ok {
+	if st, _, ok := s.read(w, r); ok {
 		writeJSON(w, http.StatusOK, NodeViews(st, s.leader()))
 	}
 }
 
 func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
-	if st, ok := s.read(w, r); ok {
+	if st, _, ok := s.read(w, r); ok {
 		h := st.History
 		if h == nil {
 			h = []replicated.Revision{}
@@ -67,7 +65,7 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDiff(w http.ResponseWriter, r *http.Request) {
-	if st, ok := s.read(w, r); ok {
+	if st, _, ok := s.read(w, r); ok {
 		d := reconciler.ComputeDrift(st)
 		if d == nil {
 			d = []reconciler.Drift{}
@@ -143,6 +141,10 @@ func (s *Server) handleAddMember(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := s.o.Replica.AddReplica(ctx, req.ID, req.RaftAddr, req.NonVoting); err != nil {
+		if refusal(err) { // a taken or removed id, a member's address
+			writeError(w, http.StatusConflict, fmt.Errorf("adding node %d at %s: %w", req.ID, req.RaftAddr, err))
+			return
+		}
 		s.internalError(w, r, http.StatusConflict, fmt.Sprintf("adding node %d at %s failed (is the id a member already? is a quorum of nodes up?)", req.ID, req.RaftAddr), err)
 		return
 	}
@@ -155,9 +157,11 @@ func (s *Server) handleAddMember(w http.ResponseWriter, r *http.Request) {
 	}
 	next := fmt.Sprintf("start it with: blixard serve --node-id %d --raft-addr %s --join", req.ID, req.RaftAddr)
 	if req.NonVoting {
-		next += " --non-voting"
+		next += " --non-voting …"
+	} else {
+		next += " …; it joins as a learner and becomes a voter once it has caught up"
 	}
-	writeJSON(w, http.StatusOK, MemberAnswer{MemberRequest: req, Next: next + " …"})
+	writeJSON(w, http.StatusOK, MemberAnswer{MemberRequest: req, Next: next})
 }
 
 // handlePlan evaluates a commit of the followed repository and plans it
@@ -182,7 +186,9 @@ func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("fetch before plan failed; planning from the mirror as it is", "err", err)
 		}
 	}
-	st, ok := s.read(w, r)
+	// The plan is a preview and proposes nothing: a stale base is good
+	// enough when no quorum answers, and the answer says it is stale.
+	st, fresh, ok := s.read(w, r)
 	if !ok {
 		return
 	}
@@ -191,7 +197,9 @@ func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("planning commit %s: %w", req.Commit, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, NewPlanView(p, ""))
+	v := NewPlanView(p, "")
+	v.Freshness = fresh
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) handleSync(w http.ResponseWriter, r *http.Request) {

@@ -121,7 +121,19 @@ type Options struct {
 	// MaxLogFollowers caps concurrent `logs -f` streams (further ones get
 	// 429).
 	MaxConns, MaxLogFollowers int
-	// Now is the clock of proposals (default time.Now).
+	// Health tells /healthz and the stale answers' reasons about the
+	// replica's leader and progress without waiting on Raft (the node
+	// passes its *raftstore.Store). nil: they rely on Replica.Leader alone.
+	Health ReplicaHealth
+	// ReadWait is how long a read-only call waits for a linearizable read
+	// before it answers from the local replica, marked stale (default
+	// DefaultReadWait; the node passes raftstore.Config.ReadWait).
+	ReadWait time.Duration
+	// StalledAfter: /healthz answers 503 when the replica applied nothing
+	// for this long although it knows a leader (default
+	// DefaultStalledAfter; only with Health).
+	StalledAfter time.Duration
+	// Now is the clock of proposals and of /healthz (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
 }
@@ -135,6 +147,8 @@ type Server struct {
 	peers     *http.Client  // non-nil; reaches other nodes' APIs
 	followers chan struct{} // one token per followed log stream
 	refs      atomic.Uint64 // numbers the internal errors logged
+	// unconfirmed is the last leader that did not confirm a read in time.
+	unconfirmed unconfirmed
 }
 
 // NewServer returns a server for o.
@@ -143,6 +157,8 @@ func NewServer(o Options) *Server {
 	setDefault(&o.ReadTimeout, DefaultReadTimeout)
 	setDefault(&o.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&o.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&o.ReadWait, DefaultReadWait)
+	setDefault(&o.StalledAfter, DefaultStalledAfter)
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns
 	}
@@ -280,6 +296,8 @@ func (s *Server) routes() http.Handler {
 		{"GET", "/v1/reconciler", read, http.HandlerFunc(s.handleReconciler)},
 		{"POST", "/v1/nodes/{id}/state", operate, http.HandlerFunc(s.handleNodeState)},
 		{"POST", "/v1/members", admin, http.HandlerFunc(s.handleAddMember)},
+		{"GET", "/v1/members", admin, http.HandlerFunc(s.handleListMembers)},
+		{"POST", "/v1/members/remove", admin, http.HandlerFunc(s.handleRemoveMember)},
 		{"POST", "/v1/plan", operate, http.HandlerFunc(s.handlePlan)},
 		{"POST", "/v1/sync", operate, http.HandlerFunc(s.handleSync)},
 		{"GET", "/v1/vms/{name}/logs", read, http.HandlerFunc(s.handleLogs)},
@@ -381,19 +399,6 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any, want string) 
 	}
 	r.Body = io.NopCloser(br)
 	return decode(w, r, v, want)
-}
-
-// read answers 503 when the state cannot be read linearizably.
-func (s *Server) read(w http.ResponseWriter, r *http.Request) (*replicated.State, bool) {
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	st, err := s.o.Replica.Read(ctx)
-	if err != nil {
-		s.internalError(w, r, http.StatusServiceUnavailable,
-			"reading the replicated state failed (is a quorum of nodes up? see `blixard nodes` on another node)", err)
-		return nil, false
-	}
-	return st, true
 }
 
 // localRead answers 503 when the local replica cannot be read.

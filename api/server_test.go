@@ -363,7 +363,7 @@ func TestEndpoints(t *testing.T) {
 func TestWrongMethodIsJSON405WithAllow(t *testing.T) {
 	routes := []struct{ method, path string }{
 		{"GET", "/healthz"}, {"GET", "/v1/state"}, {"GET", "/v1/status"}, {"GET", "/v1/nodes"}, {"GET", "/v1/history"},
-		{"GET", "/v1/diff"}, {"GET", "/v1/events"}, {"GET", "/v1/reconciler"}, {"POST", "/v1/nodes/1/state"}, {"POST", "/v1/members"},
+		{"GET", "/v1/diff"}, {"GET", "/v1/events"}, {"GET", "/v1/reconciler"}, {"POST", "/v1/nodes/1/state"}, {"POST", "/v1/members/remove"},
 		{"DELETE", "/v1/tokens/ci"},
 		{"POST", "/v1/plan"}, {"POST", "/v1/sync"}, {"GET", "/v1/vms/web/logs"}, {"GET", "/metrics"}, {"POST", "/v1/webhook"},
 		{"POST", "/v1/vms/web/start"}, {"POST", "/v1/vms/web/stop"}, {"POST", "/v1/vms/web/restart"},

@@ -16,9 +16,11 @@ import (
 // The text renderings of the answers, as `blixard` prints them without
 // --json (like reconciler.Plan.Render for plans).
 
-// WriteStatus writes the status as `blixard status` prints it: the
-// revision, the errors, the VMs (with their wanted run state) and the nodes.
+// WriteStatus writes the status as `blixard status` prints it: a warning
+// when it is stale, the revision, the errors, the VMs (with their wanted
+// run state) and the nodes.
 func WriteStatus(w io.Writer, v StatusView) error {
+	WriteStale(w, v.Freshness)
 	if v.Revision == nil {
 		fmt.Fprintln(w, "Revision: none committed yet")
 	} else {

@@ -48,7 +48,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 
 // handleListTokens answers the tokens, without their hashes.
 func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
-	st, ok := s.read(w, r)
+	st, _, ok := s.read(w, r)
 	if !ok {
 		return
 	}
@@ -89,7 +89,7 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 // handleEvents answers the replicated event log, oldest first: what
 // changed, when, and who asked through the API.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	if st, ok := s.read(w, r); ok {
+	if st, _, ok := s.read(w, r); ok {
 		ev := st.Events
 		if ev == nil {
 			ev = []replicated.Event{}

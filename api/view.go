@@ -8,16 +8,26 @@ import (
 	"github.com/blixard/blixard/replicated"
 )
 
-// Health is the answer of GET /healthz.
+// Health is the answer of GET /healthz: 200 with OK, or 503 with Reason.
 type Health struct {
-	OK   bool   `json:"ok"`
-	Node uint64 `json:"node"`
+	OK     bool   `json:"ok"`
+	Node   uint64 `json:"node"`
+	Leader uint64 `json:"leader"` // 0: none known
+	// AppliedIndex is the last Raft index this replica applied (0 when the
+	// node does not report it).
+	AppliedIndex uint64 `json:"appliedIndex"`
+	// Reason says why the node is not healthy, e.g. "no quorum: no Raft
+	// leader known for 3.2s".
+	Reason string `json:"reason,omitempty"`
 }
 
 // StatusView is the answer of GET /v1/status and `blixard status --json`.
 // Everything in it but Node, Leader and Reconciler's local fields comes from
 // the replicated state, so every node answers the same.
 type StatusView struct {
+	// Freshness says whether the answer is stale: from the answering
+	// node's own replica, because no quorum confirmed a read in time.
+	Freshness
 	Node     uint64               `json:"node"`   // the node that answered
 	Leader   uint64               `json:"leader"` // 0 when unknown
 	Revision *replicated.Revision `json:"revision"`
@@ -149,6 +159,9 @@ type PlanRequest struct {
 
 // PlanView is the answer of POST /v1/plan and `blixard plan --json`.
 type PlanView struct {
+	// Freshness is that of the committed state the plan is computed
+	// against: a stale base may lack the latest revision.
+	Freshness
 	Commit     string          `json:"commit,omitempty"`
 	Flake      string          `json:"flake,omitempty"`
 	Base       uint64          `json:"baseRevision"` // the revision the plan is computed against

@@ -398,6 +398,8 @@ in
           ++ map lib.escapeShellArg cfg.extraArgs);
         Restart = "on-failure";
         RestartSec = "2s";
+        # Exit 3: this node's Raft data is lost or corrupt; restarting cannot help (docs/reliability.md).
+        RestartPreventExitStatus = 3;
         User = serviceUser;
         Group = serviceUser;
         # What the daemon starts must outlive a daemon restart, so the restarted agent adopts it instead of rebooting

@@ -65,6 +65,12 @@ func (f fencer) Fence(ctx context.Context, n *replicated.Node) ([]string, error)
 	return f.f.Fence(ctx, n.ID, n.CephAddrs)
 }
 
+// Unfence lifts the blocklist entries of a readied node's old clients
+// (reconciler.Unfencer).
+func (f fencer) Unfence(ctx context.Context, n *replicated.Node, addrs []string) error {
+	return f.f.Unfence(ctx, n.ID, addrs)
+}
+
 // consoleLogs serves the VMs' console output on this node (api.ConsoleLogs)
 // from where the agent's backend keeps it: the journal under systemd,
 // STATE/NAME/console.log under the process backend.

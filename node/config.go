@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -101,6 +102,10 @@ type Config struct {
 	Join, NonVoting bool
 	// LogDB sizes the Raft log DB: tiny (default), small, medium, large.
 	LogDB string
+	// Raft is the Raft timing (zero fields: raftstore's defaults, like
+	// etcd's: 100 ms heartbeat, 1 s election timeout). Every replica of a
+	// cluster should use the same.
+	Raft RaftTiming
 	// QuietRaftLog lowers Dragonboat's own logging to errors.
 	QuietRaftLog bool
 
@@ -110,11 +115,21 @@ type Config struct {
 	// Poll is how often the leader fetches the source (default 5s).
 	// Negative durations are errors; zero ones take the default.
 	Poll time.Duration
-	// Heartbeat is how often this node reports to the cluster (default 2s).
+	// Heartbeat is how often this node reports to the cluster (default
+	// min(2s, NodeTimeout/10); 2s without a node timeout). More than
+	// NodeTimeout/3 is refused: one late heartbeat would get a healthy
+	// node marked down.
 	Heartbeat time.Duration
 	// NodeTimeout: a node silent this long is fenced (with Ceph) and
 	// marked down, and its VMs move; 0 never.
 	NodeTimeout time.Duration
+	// Lease is how long this node's agent keeps its VMs running while its
+	// heartbeats do not commit (cut off from the quorum); then it stops
+	// them, before the leader may start them elsewhere after NodeTimeout.
+	// Default NodeTimeout - max(NodeTimeout/4, 1s); it must hold two
+	// heartbeats and end at least 500ms before NodeTimeout. 0 without a
+	// node timeout (nothing is ever moved, nothing needs stopping).
+	Lease time.Duration
 	// EvalTimeout bounds one nix evaluation (default 2m).
 	EvalTimeout time.Duration
 	Eval        Eval
@@ -149,6 +164,19 @@ type Config struct {
 	OnState func(s *replicated.State)
 	// Logger receives the node's logs (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// RaftTiming is the Raft tick and the heartbeat and election timeout
+// counted in ticks, as Dragonboat takes them (RTTMillisecond, HeartbeatRTT,
+// ElectionRTT); see raftstore.Config.
+type RaftTiming struct {
+	// RTT is the tick (whole milliseconds; default 10ms): about the round
+	// trip between the hosts, or more.
+	RTT time.Duration
+	// HeartbeatRTT is the leader's heartbeat period in ticks (default 10);
+	// ElectionRTT the election timeout in ticks (default 100, at least 10
+	// heartbeats; Dragonboat randomises it up to twice that).
+	HeartbeatRTT, ElectionRTT uint64
 }
 
 // Check reports whether c is a valid configuration; its errors name the
@@ -219,6 +247,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Poll < 0 || c.Heartbeat < 0 {
 		return c, errors.New("--poll and --heartbeat must be positive")
 	}
+	if err := c.Raft.check(); err != nil {
+		return c, err
+	}
+	if err := c.timing(); err != nil {
+		return c, err
+	}
 	if c.Ceph != nil && !volumes.Built {
 		return c, fmt.Errorf("the Ceph settings need Ceph support, but %w", volumes.ErrNotBuilt)
 	}
@@ -235,7 +269,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	setDefault(&c.Source.Debounce, 300*time.Millisecond)
 	setDefault(&c.Poll, 5*time.Second)
-	setDefault(&c.Heartbeat, 2*time.Second)
 	setDefault(&c.EvalTimeout, 2*time.Minute)
 	if c.Attr == "" {
 		c.Attr = "blixard"
@@ -244,6 +277,92 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.Default()
 	}
 	return c, nil
+}
+
+// raftConfig is the Raft timing in raftstore's terms (zero: its default).
+func (t RaftTiming) raftConfig() raftstore.Config {
+	return raftstore.Config{RTTMillisecond: uint64(t.RTT / time.Millisecond), HeartbeatRTT: t.HeartbeatRTT, ElectionRTT: t.ElectionRTT}
+}
+
+// check refuses a tick that is not whole milliseconds, and an election
+// timeout too close to the heartbeat: followers would campaign after a few
+// late heartbeats, and a busy host would change leaders all the time.
+func (t RaftTiming) check() error {
+	if t.RTT < 0 || t.RTT%time.Millisecond != 0 || t.RTT > 10*time.Second {
+		return fmt.Errorf("--raft-rtt %v: want whole milliseconds from 1ms to 10s (about the round trip between the hosts; default %dms)",
+			t.RTT, raftstore.DefaultRTTMillisecond)
+	}
+	r := t.raftConfig()
+	hb, el := cmp.Or(r.HeartbeatRTT, raftstore.DefaultHeartbeatRTT), cmp.Or(r.ElectionRTT, raftstore.DefaultElectionRTT)
+	if el < raftstore.MinElectionHeartbeats*hb {
+		return fmt.Errorf("--raft-election-rtt %d is less than %d heartbeats of --raft-heartbeat-rtt %d ticks: followers would call "+
+			"elections after a few late heartbeats; raise --raft-election-rtt to at least %d or lower --raft-heartbeat-rtt",
+			el, raftstore.MinElectionHeartbeats, hb, raftstore.MinElectionHeartbeats*hb)
+	}
+	return nil
+}
+
+// timing fills in the heartbeat and the lease from the node timeout and
+// checks how they fit (see Config.Heartbeat and Config.Lease):
+//
+//	heartbeat   = min(2s, timeout/10)            (2s without a timeout)
+//	lease       = timeout - max(timeout/4, 1s)   (0 without a timeout)
+//	heartbeat  <= timeout/3
+//	2×heartbeat <= lease < timeout - 500ms
+//
+// The leader marks a node down after NodeTimeout without a new heartbeat,
+// so several heartbeats must fit in it; the agent stops its VMs after
+// Lease without a committed one, which must happen before the leader
+// starts them elsewhere (500ms for the stop to take effect), and one lost
+// heartbeat must not end the lease.
+func (c *Config) timing() error {
+	nt := c.NodeTimeout
+	if nt < 0 || c.Lease < 0 {
+		return errors.New("--node-timeout and --lease must not be negative (0: never mark nodes down)")
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 2 * time.Second
+		if nt > 0 {
+			c.Heartbeat = min(c.Heartbeat, nt/10)
+		}
+	}
+	if nt == 0 {
+		if c.Lease != 0 {
+			return fmt.Errorf("--lease %v needs a --node-timeout: without one no node is marked down and its VMs never move, so none needs to stop them", c.Lease)
+		}
+		return nil
+	}
+	if c.Heartbeat > nt/3 {
+		return fmt.Errorf("--heartbeat %v is more than a third of --node-timeout %v: one late heartbeat would get a healthy node marked down "+
+			"and its VMs moved; use --heartbeat %v or less (the default is min(2s, node-timeout/10))", c.Heartbeat, nt, nt/3)
+	}
+	if c.Lease == 0 {
+		c.Lease = nt - max(nt/4, time.Second)
+	}
+	if c.Lease < 2*c.Heartbeat || c.Lease >= nt-500*time.Millisecond {
+		return fmt.Errorf("--lease %v must hold two heartbeats (--heartbeat %v: at least %v) and end at least 500ms before --node-timeout %v "+
+			"(below %v), so that a node cut off from the cluster stops its VMs before the leader starts them elsewhere; "+
+			"the default is node-timeout - max(node-timeout/4, 1s)", c.Lease, c.Heartbeat, 2*c.Heartbeat, nt, nt-500*time.Millisecond)
+	}
+	return nil
+}
+
+// LeaseRisk says, when it is so, that a Raft leader change can keep this
+// node's heartbeats from committing for longer than its lease, so that its
+// agent would stop its VMs during a routine election: the election
+// timeout is randomised up to twice ElectionRTT, and the last heartbeat
+// before it may be a whole period old. "" when the lease outlasts that.
+func (c Config) LeaseRisk() string {
+	if c.Lease == 0 {
+		return ""
+	}
+	gap := 2*c.Raft.raftConfig().ElectionTimeout() + c.Heartbeat
+	if c.Lease > gap {
+		return ""
+	}
+	return fmt.Sprintf("--lease %v is not longer than a Raft leader change can keep heartbeats from committing (up to %v: twice the election timeout "+
+		"plus a heartbeat): a leader change may make this node stop its VMs; raise --node-timeout (or --lease), or lower --raft-election-rtt",
+		c.Lease, gap)
 }
 
 // ParseMembers parses initial voters, `ID=HOST:PORT,…` (--members, as the

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -86,16 +87,25 @@ func Run(ctx context.Context, cfg Config) error {
 		defer sb.Close()
 	}
 
+	if risk := cfg.LeaseRisk(); risk != "" {
+		log.Warn(risk)
+	}
 	onApply, applied := appliedSignal()
-	store, err := raftstore.Start(ctx, raftstore.Config{
-		NodeID: cfg.NodeID, RaftAddr: cfg.RaftAddr, DataDir: filepath.Join(cfg.DataDir, "raft"),
-		Members: cfg.Members, Join: cfg.Join, NonVoting: cfg.NonVoting, LogDB: cfg.LogDB,
-		QuietRaftLog: cfg.QuietRaftLog, Logger: log, OnApply: onApply, TLS: cfg.TLS,
-	})
+	rc := cfg.Raft.raftConfig()
+	rc.NodeID, rc.RaftAddr, rc.DataDir = cfg.NodeID, cfg.RaftAddr, filepath.Join(cfg.DataDir, "raft")
+	rc.Members, rc.Join, rc.NonVoting, rc.LogDB = cfg.Members, cfg.Join, cfg.NonVoting, cfg.LogDB
+	rc.QuietRaftLog, rc.Logger, rc.OnApply, rc.TLS = cfg.QuietRaftLog, log, onApply, cfg.TLS
+	store, err := raftstore.Start(ctx, rc)
+	if errors.Is(err, raftstore.ErrDataLost) {
+		// The node cannot rejoin under its id, and the leader moves its VMs
+		// once it is marked down: the copies here must not run on beside them.
+		killOrphans(ctx, backend, log)
+	}
 	if err != nil {
 		return fmt.Errorf("starting the Raft replica in %s: %w", cfg.DataDir, err)
 	}
 	defer store.Close()
+	store.SetHeartbeatInterval(cfg.Heartbeat)
 
 	// Ceph: the node's client addresses are registered so the cluster can
 	// fence them; the agent attaches VM volumes through the same client.
@@ -113,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	p, err := newParts(cfg, store, vols, backend, tlsCfg, log)
+	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, log)
 	if err != nil {
 		return err
 	}
@@ -122,6 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer g.Wait()
 	ctx = g.ctx
 	g.Go("API server", func(ctx context.Context) error { return p.api.Serve(ctx, ln) })
+	g.Go("quorum watch", store.WatchQuorum)
 
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: cfg.NodeID, RaftAddr: cfg.RaftAddr, APIAddr: advertisedAPI(ln.Addr().String(), cfg.APIAddr),
@@ -143,7 +154,7 @@ func Run(ctx context.Context, cfg Config) error {
 	agent := nodeagent.New(p.agentOptions(ctx, cfg, store, backend, vols, log))
 	g.Go("node agent", agent.Start)
 	g.Go("", func(ctx context.Context) error {
-		forwardApplied(ctx, applied, agent.Notify, store, cfg.OnState)
+		forwardApplied(ctx, applied, agent.Notify, store, onState(ctx, cfg, vols, log))
 		return nil
 	})
 	if p.rec != nil {
@@ -173,16 +184,23 @@ type parts struct {
 	api      *api.Server
 }
 
-func newParts(cfg Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, tlsCfg apiTLS, log *slog.Logger) (*parts, error) {
+func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, tlsCfg apiTLS,
+	log *slog.Logger) (*parts, error) {
 	p := &parts{}
 	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
 		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
 	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Logger: log}
 	if vols != nil {
-		recOpts.Fencer = fencer{volumes.NewFencer(vols, 0)}
+		f := fencer{volumes.NewFencer(vols, 0)}
+		recOpts.Fencer, recOpts.Unfencer = f, f
 	}
+	// Reads wait a heartbeat period for a quorum, then answer from the
+	// local replica. Every node proposes a heartbeat each period, so a
+	// replica that applies nothing for three of them and a leader change
+	// is unhealthy.
 	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api"),
-		TLS: tlsCfg.server, PeerTLS: tlsCfg.peer, Insecure: cfg.Insecure}
+		TLS: tlsCfg.server, PeerTLS: tlsCfg.peer, Insecure: cfg.Insecure,
+		Health: store, ReadWait: rc.ReadWait(), StalledAfter: 3*cfg.Heartbeat + 2*rc.ElectionTimeout()}
 	if backend != nil {
 		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}
@@ -241,18 +259,36 @@ func (p *parts) agentOptions(ctx context.Context, cfg Config, store *raftstore.S
 	vols *volumes.Manager, log *slog.Logger) nodeagent.Options {
 	o := nodeagent.Options{NodeID: cfg.NodeID, State: store, Proposer: store, Heartbeat: cfg.Heartbeat,
 		Logger: log.With("component", "agent")}
+	if vols != nil {
+		// Also without VMs: the heartbeat reports the node's Ceph client
+		// addresses, which the leader fences and later un-fences.
+		o.Volumes = vols
+	}
 	if backend == nil {
 		o.ControlPlaneOnly = true
 		return o
 	}
 	o.StateDir, o.Backend, o.StopOnExit, o.Builder = cfg.StateDir, backend, cfg.StopOnExit, p.builder
+	o.Lease = cfg.Lease // withDefaults derived it from NodeTimeout
 	if p.mirror != nil {
 		o.Builder = mirrorBuilder(ctx, p.mirror, cfg.Attr)
 	}
-	if vols != nil {
-		o.Volumes = vols
-	}
 	return o
+}
+
+// onState is what runs on every applied state: cfg.OnState, and with Ceph
+// the rejoiner that replaces a fenced client once the node is readied.
+func onState(ctx context.Context, cfg Config, vols *volumes.Manager, log *slog.Logger) func(*replicated.State) {
+	if vols == nil {
+		return cfg.OnState
+	}
+	r := &rejoiner{id: cfg.NodeID, vols: vols, every: max(cfg.Heartbeat, time.Second), log: log.With("component", "volumes")}
+	return func(s *replicated.State) {
+		r.observe(ctx, s)
+		if cfg.OnState != nil {
+			cfg.OnState(s)
+		}
+	}
 }
 
 // newBackend makes the VM backend (nil for BackendNone).
@@ -306,5 +342,43 @@ func forwardApplied(ctx context.Context, applied <-chan struct{}, notify func(),
 			notify()
 			report()
 		}
+	}
+}
+
+// ErrDataLost: this node's Raft data is lost or corrupt (raftstore.ErrDataLost);
+// it must be replaced under a new id (docs/reliability.md). `blixard serve`
+// exits with its own code for it, so that systemd does not restart it.
+var ErrDataLost = raftstore.ErrDataLost
+
+// killOrphans kills every VM the backend runs on this node (none without a
+// backend), bounded in time like the agent's fencing.
+func killOrphans(ctx context.Context, backend nodeagent.Backend, log *slog.Logger) {
+	if backend == nil {
+		return
+	}
+	// The backend adopts the runners that outlived the last agent when it
+	// runs; ending its Run stops none of them.
+	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		if err := backend.Run(bctx); err != nil && bctx.Err() == nil {
+			log.Error("the VM backend stopped while killing the VMs of a node whose Raft data is lost", "err", err)
+		}
+	}()
+	defer func() { stop(); <-ran }()
+	names, err := backend.List()
+	if err != nil {
+		log.Error("this node's Raft data is lost and its VMs cannot be listed to stop them; stop them by hand", "err", err)
+		return
+	}
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, name := range names {
+		if err := backend.Kill(kctx, name); err != nil {
+			log.Error("this node's Raft data is lost and a VM could not be stopped; stop it by hand", "vm", name, "err", err)
+			continue
+		}
+		log.Warn("this node's Raft data is lost: VM killed (the cluster runs it elsewhere once the node is marked down)", "vm", name)
 	}
 }

@@ -21,9 +21,12 @@
 //
 // Callers follow these steps:
 //
-//  1. [Start] a [Store] on every voter with the same Members map (or Join,
-//     and NonVoting to match, for a replica added later with
-//     [Store.AddReplica]); it returns once the shard has a leader.
+//  1. [Start] a [Store] on every voter with the same Members map (or Join
+//     for a replica added later with [Store.AddReplica], which adds it as
+//     a learner: without NonVoting, Start returns once it has promoted
+//     itself to voter); it returns once the shard has a leader. A replica
+//     whose Raft data is lost or damaged gets [ErrDataLost] instead (see
+//     members.go for both).
 //  2. [Store.Propose] commands from any replica; followers forward them to the
 //     leader. A CommitPlan is a compare-and-set on the current revision:
 //     re-read with [Store.Read] and re-plan on ResultStaleParent.

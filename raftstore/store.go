@@ -15,6 +15,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/config"
 	"github.com/lni/dragonboat/v4/logger"
+	"github.com/lni/dragonboat/v4/raftio"
 )
 
 // ShardID is the one Raft shard Blixard uses.
@@ -67,6 +68,13 @@ const (
 	// unknownOutcomeBackoff spaces ProposeOK's retries after Propose gave up
 	// (each Propose already retried for as long as its ctx allowed).
 	unknownOutcomeBackoff = 200 * time.Millisecond
+	// quorumWarnEvery spaces the warnings of a replica that knows no leader
+	// (at start and while it runs): often enough that an operator reading
+	// the log sees why the node does nothing, rarely enough not to flood it.
+	quorumWarnEvery = 5 * time.Second
+	// readWaitTicks is the least ReadWait in ticks: a linearizable read
+	// costs about two round trips (follower → leader → quorum → back).
+	readWaitTicks = 4
 )
 
 // Config configures one replica of the shard.
@@ -147,8 +155,97 @@ type Store struct {
 	log       *slog.Logger // non-nil
 	closeOnce sync.Once
 	// attemptTimeout bounds one SyncPropose/SyncRead attempt
-	// (Config.attemptTimeout).
-	attemptTimeout time.Duration
+	// (Config.attemptTimeout); electionTimeout is Config.ElectionTimeout.
+	attemptTimeout, electionTimeout time.Duration
+	leaders                         *leaderWatch // non-nil
+	applied                         *applyWatch  // non-nil
+	members                         *memberGuard // non-nil; see members.go
+}
+
+// leaderWatch follows the shard's leader as this replica sees it, from
+// Dragonboat's leader events (it is the NodeHost's RaftEventListener), so
+// that readers learn at no cost how long the replica has been without a
+// leader, and pending requests learn that a new leader was elected.
+type leaderWatch struct {
+	log *slog.Logger // non-nil
+	mu  sync.Mutex
+	// leader is the leader known locally (0: none) in term; since is when
+	// leader took its value (the NodeHost's start before any event).
+	leader, term uint64    // guarded by mu
+	since        time.Time // guarded by mu
+	// elected is closed, and replaced, whenever a leader becomes known in
+	// a new term: a request forwarded to the previous leader is lost then.
+	elected chan struct{} // guarded by mu
+}
+
+var _ raftio.IRaftEventListener = (*leaderWatch)(nil)
+
+func newLeaderWatch(log *slog.Logger) *leaderWatch {
+	return &leaderWatch{log: log, since: time.Now(), elected: make(chan struct{})}
+}
+
+// LeaderUpdated records a leader change. Dragonboat calls it on its event
+// goroutine, one event at a time, for every shard of the NodeHost.
+func (w *leaderWatch) LeaderUpdated(info raftio.LeaderInfo) {
+	if info.ShardID != ShardID {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if info.LeaderID == w.leader && info.Term == w.term {
+		return
+	}
+	now := time.Now()
+	prev, without := w.leader, now.Sub(w.since)
+	if info.LeaderID != w.leader {
+		w.since = now
+	}
+	w.leader, w.term = info.LeaderID, info.Term
+	switch {
+	case info.LeaderID != 0:
+		close(w.elected)
+		w.elected = make(chan struct{})
+		if prev == 0 {
+			w.log.Info("Raft leader known", "leader", info.LeaderID, "term", info.Term, "withoutLeader", without.Round(time.Millisecond))
+		} else {
+			w.log.Info("Raft leader changed", "leader", info.LeaderID, "previous", prev, "term", info.Term)
+		}
+	case prev != 0:
+		w.log.Info("Raft leader lost; an election follows", "previous", prev, "term", info.Term)
+	}
+}
+
+// get returns the leader known locally (0: none) and since when that is so.
+func (w *leaderWatch) get() (leader uint64, since time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.leader, w.since
+}
+
+// electedC is closed once a leader is known in a term after this call.
+func (w *leaderWatch) electedC() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.elected
+}
+
+// applyWatch records the last entry the replica applied and when.
+type applyWatch struct {
+	mu    sync.Mutex
+	index uint64    // guarded by mu
+	at    time.Time // guarded by mu; the NodeHost's start before any entry
+}
+
+func (a *applyWatch) set(index uint64, at time.Time) {
+	a.mu.Lock()
+	a.index, a.at = index, at
+	a.mu.Unlock()
+}
+
+func (a *applyWatch) get() (uint64, time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.index, a.at
 }
 
 func logDBConfig(name string) (config.LogDBConfig, error) {
@@ -244,6 +341,19 @@ func (cfg Config) attemptTimeout() time.Duration {
 	return max(minAttemptTimeout, attemptElections*cfg.ElectionTimeout())
 }
 
+// ReadWait is how long a reader that can fall back on the local replica
+// (the API's read-only calls) should wait for a linearizable [Store.Read]:
+// one heartbeat period, at least readWaitTicks ticks. A leader that is
+// there confirms a read in about two round trips, and a tick is set to
+// about one round trip, so a read that takes a heartbeat period has met a
+// leader that is gone (its followers campaign soon) or a replica too busy
+// to answer. Waiting longer would make every read during the election
+// timeout that follows a lost leader as slow as the wait.
+func (cfg Config) ReadWait() time.Duration {
+	t := cfg.withTimingDefaults()
+	return max(cfg.HeartbeatInterval(), time.Duration(readWaitTicks*t.RTTMillisecond)*time.Millisecond)
+}
+
 func memberIDs(m map[uint64]string) []uint64 {
 	ids := make([]uint64, 0, len(m))
 	for id := range m {
@@ -313,13 +423,17 @@ func Start(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.waitLeader(ctx); err != nil {
+	if err := s.waitLeader(ctx, cfg.Members); err != nil {
 		s.Close()
 		hint := fmt.Sprintf("are a majority of %v running and reachable?", memberIDs(cfg.Members))
 		if cfg.TLS.enabled() {
 			hint += " Do their certificates come from the CA in " + cfg.TLS.CAFile + "?"
 		}
 		return nil, fmt.Errorf("raftstore: start node %d: no leader for shard %d (%s): %w", cfg.NodeID, ShardID, hint, err)
+	}
+	if err := s.settle(ctx, cfg); err != nil { // a joining voter promotes itself
+		s.Close()
+		return nil, err
 	}
 	id, _ := s.Leader()
 	s.log.Info("replica started", "raftAddr", cfg.RaftAddr, "leader", id, "join", cfg.Join, "mutualTLS", cfg.TLS.enabled())
@@ -351,16 +465,24 @@ func open(cfg Config) (*Store, error) {
 	}
 	log = log.With("component", "raftstore", "node", cfg.NodeID)
 	quietDragonboat(cfg.QuietRaftLog)
+	// Lost or damaged Raft data stops the node here, before any peer can
+	// reach the replica (ErrDataLost).
+	guard, err := checkData(cfg, logdb, log)
+	if err != nil {
+		return nil, err
+	}
 
+	leaders, applied := newLeaderWatch(log), &applyWatch{at: time.Now()}
 	nhc := config.NodeHostConfig{
-		NodeHostDir:    cfg.DataDir,
-		RTTMillisecond: cfg.RTTMillisecond,
-		RaftAddress:    cfg.RaftAddr,
-		Expert:         config.ExpertConfig{LogDB: logdb},
-		MutualTLS:      cfg.TLS.enabled(),
-		CAFile:         cfg.TLS.CAFile,
-		CertFile:       cfg.TLS.CertFile,
-		KeyFile:        cfg.TLS.KeyFile,
+		NodeHostDir:       cfg.DataDir,
+		RTTMillisecond:    cfg.RTTMillisecond,
+		RaftAddress:       cfg.RaftAddr,
+		Expert:            config.ExpertConfig{LogDB: logdb},
+		MutualTLS:         cfg.TLS.enabled(),
+		CAFile:            cfg.TLS.CAFile,
+		CertFile:          cfg.TLS.CertFile,
+		KeyFile:           cfg.TLS.KeyFile,
+		RaftEventListener: leaders,
 	}
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil {
@@ -376,13 +498,20 @@ func open(cfg Config) (*Store, error) {
 		ElectionRTT:        cfg.ElectionRTT,
 		SnapshotEntries:    cfg.SnapshotEntries,
 		CompactionOverhead: cfg.SnapshotEntries / 2,
-		IsNonVoting:        cfg.NonVoting,
+		IsNonVoting:        guard.nonVoting(cfg),
 	}
 	members := make(map[uint64]dragonboat.Target, len(cfg.Members))
 	for id, addr := range cfg.Members {
 		members[id] = addr
 	}
-	if err := nh.StartReplica(members, cfg.Join, stateMachineFactory(cfg.OnApply), rc); err != nil {
+	onApply := func(index uint64) {
+		// The shell's clock, not the state machine's: Apply stays pure.
+		applied.set(index, time.Now())
+		if cfg.OnApply != nil {
+			cfg.OnApply(index)
+		}
+	}
+	if err := nh.StartReplica(members, cfg.Join, stateMachineFactory(onApply), rc); err != nil {
 		nh.Close()
 		hint := ""
 		if errors.Is(err, dragonboat.ErrInvalidShardSettings) {
@@ -393,12 +522,21 @@ func open(cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("raftstore: start node %d: start replica of shard %d%s: %w", cfg.NodeID, ShardID, hint, err)
 	}
-	return &Store{nh: nh, nodeID: cfg.NodeID, log: log, attemptTimeout: cfg.attemptTimeout()}, nil
+	if err := guard.started(); err != nil {
+		nh.Close()
+		return nil, err
+	}
+	return &Store{nh: nh, nodeID: cfg.NodeID, log: log, attemptTimeout: cfg.attemptTimeout(),
+		electionTimeout: cfg.ElectionTimeout(), leaders: leaders, applied: applied, members: guard}, nil
 }
 
-func (s *Store) waitLeader(ctx context.Context) error {
+// waitLeader returns once the shard has a leader, warning every
+// quorumWarnEvery while it has none.
+func (s *Store) waitLeader(ctx context.Context, members map[uint64]string) error {
 	t := time.NewTicker(leaderPoll)
 	defer t.Stop()
+	start := time.Now()
+	warned := start
 	for {
 		if _, ok := s.Leader(); ok {
 			return nil
@@ -406,7 +544,59 @@ func (s *Store) waitLeader(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case now := <-t.C:
+			if now.Sub(warned) >= quorumWarnEvery {
+				warned = now
+				s.log.Warn("waiting for a Raft quorum to start: no leader yet; the node serves nothing until one is elected",
+					"waited", now.Sub(start).Round(time.Second), "hint", s.quorumHint(members))
+			}
+		}
+	}
+}
+
+// quorumHint says what to check when the shard has no leader: whether a
+// majority of its voters (members, or the replica's own view of the
+// shard when nil) run and reach each other.
+func (s *Store) quorumHint(members map[uint64]string) string {
+	if len(members) == 0 {
+		for _, si := range s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
+			if si.ShardID == ShardID {
+				members = si.Replicas
+			}
+		}
+	}
+	if len(members) == 0 {
+		return "are a majority of the voters running and reachable on their Raft addresses?"
+	}
+	return fmt.Sprintf("are a majority of the voters %v running and reachable on their Raft addresses?", memberIDs(members))
+}
+
+// LeaderSince returns the shard's leader as this replica knows it (0:
+// none, an election is under way or no quorum is reachable) and since when
+// that has been so. It never blocks on Raft.
+func (s *Store) LeaderSince() (leader uint64, since time.Time) { return s.leaders.get() }
+
+// LastApplied returns the index of the last entry this replica applied and
+// when (the replica's start, before it applied any). It never blocks on
+// Raft.
+func (s *Store) LastApplied() (index uint64, at time.Time) { return s.applied.get() }
+
+// WatchQuorum logs a warning every few seconds while this replica knows
+// no leader for longer than an election timeout (an election that does
+// not end: no majority of the voters runs or reaches the others), so that
+// the log says why nothing is committed. It returns when ctx ends.
+func (s *Store) WatchQuorum(ctx context.Context) error {
+	t := time.NewTicker(quorumWarnEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if leader, since := s.LeaderSince(); leader == 0 && now.Sub(since) > s.electionTimeout {
+				s.log.Warn("waiting for a Raft quorum: no leader known; nothing can be committed, reads answer from this replica and are marked stale",
+					"for", now.Sub(since).Round(100*time.Millisecond), "hint", s.quorumHint(nil))
+			}
 		}
 	}
 }
@@ -425,9 +615,26 @@ func transient(err error) bool {
 // retry runs attempt with a per-attempt timeout until it succeeds, fails
 // with a non-transient error, or ctx ends. It returns whether some attempt
 // timed out (the request may have been applied anyway).
-func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context.Context) error) (timedOut bool, err error) {
+//
+// With onElection, an attempt still pending when a leader is elected in a
+// new term is given up and made again at once: Dragonboat forwards a
+// follower's proposal or read to the leader it knows and never tells when
+// that leader is gone, so the attempt would otherwise wait out its whole
+// timeout (three election timeouts) after the new leader is there — long
+// enough for a node's heartbeats to miss its lease. The given-up attempt
+// counts as timed out: it may still be committed. And while the replica
+// knows no leader, a failed attempt is made again once one is elected
+// rather than every retryBackoff: Dragonboat drops each request at once
+// then, and logs a warning for every one.
+func (s *Store) retry(ctx context.Context, what string, onElection bool, attempt func(ctx context.Context) error) (timedOut bool, err error) {
 	for n := 1; ; n++ {
+		// Taken before the attempt, so that no election is missed.
+		elected := s.leaders.electedC()
 		actx, cancel := context.WithTimeout(ctx, s.attemptTimeout)
+		var superseded <-chan struct{}
+		if onElection {
+			superseded = cancelOnElection(actx, cancel, elected)
+		}
 		err = attempt(actx)
 		cancel()
 		if err == nil {
@@ -435,6 +642,11 @@ func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context
 		}
 		if errors.Is(err, dragonboat.ErrTimeout) {
 			timedOut = true
+		}
+		if closed(superseded) && ctx.Err() == nil {
+			timedOut = true
+			s.log.Debug("a leader was elected while the request was pending; retrying at once", "op", what, "attempt", n, "err", err)
+			continue
 		}
 		if ctx.Err() != nil {
 			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, ctx.Err(), err)
@@ -448,13 +660,48 @@ func (s *Store) retry(ctx context.Context, what string, attempt func(ctx context
 			return timedOut, fmt.Errorf("%s: %w", what, err)
 		}
 		s.log.Debug("retrying", "op", what, "attempt", n, "err", err)
-		t := time.NewTimer(retryBackoff)
+		wait, until := retryBackoff, (<-chan struct{})(nil)
+		if leader, _ := s.leaders.get(); onElection && leader == 0 {
+			wait, until = s.attemptTimeout, elected
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return timedOut, fmt.Errorf("%s: gave up after %d attempts: %w (last error: %w)", what, n, ctx.Err(), err)
+		case <-until:
+			t.Stop()
 		case <-t.C:
 		}
+	}
+}
+
+// cancelOnElection cancels actx (through cancel) when elected closes (a
+// leader is elected in a new term) before actx ends; the returned channel
+// is closed when it did. The goroutine it starts ends with actx.
+func cancelOnElection(actx context.Context, cancel context.CancelFunc, elected <-chan struct{}) <-chan struct{} {
+	superseded := make(chan struct{})
+	go func() {
+		select {
+		case <-elected:
+			close(superseded)
+			cancel()
+		case <-actx.Done():
+		}
+	}()
+	return superseded
+}
+
+// closed reports whether ch (nil: never) is closed.
+func closed(ch <-chan struct{}) bool {
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -478,7 +725,7 @@ func (s *Store) Propose(ctx context.Context, cmd replicated.Command) (replicated
 	what := fmt.Sprintf("raftstore: propose %s", cmd.Type)
 	session := s.nh.GetNoOPSession(ShardID)
 	var res replicated.Result
-	timedOut, err := s.retry(ctx, what, func(actx context.Context) error {
+	timedOut, err := s.retry(ctx, what, true, func(actx context.Context) error {
 		r, err := s.nh.SyncPropose(actx, session, data)
 		if err != nil {
 			return err
@@ -526,7 +773,7 @@ func (s *Store) ProposeOK(ctx context.Context, cmd replicated.Command, now func(
 // whose Propose returned before Read was called.
 func (s *Store) Read(ctx context.Context) (*replicated.State, error) {
 	var st *replicated.State
-	_, err := s.retry(ctx, "raftstore: read", func(actx context.Context) error {
+	_, err := s.retry(ctx, "raftstore: read", true, func(actx context.Context) error {
 		v, err := s.nh.SyncRead(actx, ShardID, nil)
 		if err != nil {
 			return err
@@ -554,19 +801,14 @@ func (s *Store) LocalRead() (*replicated.State, error) {
 	return st, nil
 }
 
-// AddReplica adds a replica with the given id and raft address to the shard:
-// a voter, or a non-voting replica when nonVoting is set. Then start it with
-// Config.Join (and Config.NonVoting to match). Call it on any replica;
-// transient failures are retried.
+// AddReplica adds a replica with the given id and raft address to the
+// shard as a learner, whether it is to vote or not (nonVoting): the new
+// node decides when it starts, with Config.Join, and promotes itself to
+// voter unless Config.NonVoting (see members.go). A taken or removed id
+// and a member's address are refused ([RefusedError]). Call it on any
+// replica; transient failures are retried.
 func (s *Store) AddReplica(ctx context.Context, id uint64, raftAddr string, nonVoting bool) error {
-	what := fmt.Sprintf("raftstore: add replica %d (%s)", id, raftAddr)
-	_, err := s.retry(ctx, what, func(actx context.Context) error {
-		if nonVoting {
-			return s.nh.SyncRequestAddNonVoting(actx, ShardID, id, raftAddr, 0)
-		}
-		return s.nh.SyncRequestAddReplica(actx, ShardID, id, raftAddr, 0)
-	})
-	return err
+	return s.addLearner(ctx, id, raftAddr)
 }
 
 // Leader returns the replica ID of the shard's leader as known locally.
@@ -590,6 +832,7 @@ func (s *Store) NodeID() uint64 { return s.nodeID }
 // Close stops the replica and the NodeHost. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.recordApplied()
 		s.nh.Close()
 		s.log.Info("replica stopped")
 	})

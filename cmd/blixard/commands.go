@@ -1,13 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -40,22 +40,28 @@ func changes(has bool) error {
 	return nil
 }
 
-// readCommand is a command that GETs one answer and shows it; exit, when
-// set, turns the answer into the exit code.
-func readCommand[T any](g *globals, use, short, long string, get func(*api.Client, context.Context) (T, error),
-	human func(io.Writer, T) error, exit func(T) error) *cobra.Command {
+// readCommand is a command that GETs one answer from path and shows it:
+// as JSON (a stale answer's warning then goes to stderr, so that the JSON
+// stays clean for scripts) or through human, which is given the answer's
+// freshness; exit, when set, turns the answer into the exit code.
+func readCommand[T any](g *globals, use, short, long, path string, human func(io.Writer, T, api.Freshness) error,
+	exit func(T) error) *cobra.Command {
 	return &cobra.Command{
-		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
+		Use: use, Short: short, Long: strings.TrimSpace(long + readsNote), Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			v, err := get(c, cmd.Context())
+			var v T
+			fresh, err := c.Get(cmd.Context(), path, &v)
 			if err != nil {
 				return err
 			}
-			if err := g.show(v, func(w io.Writer) error { return human(w, v) }); err != nil || exit == nil {
+			if g.json {
+				api.WriteStale(g.stderr, fresh)
+			}
+			if err := g.show(v, func(w io.Writer) error { return human(w, v, fresh) }); err != nil || exit == nil {
 				return err
 			}
 			return exit(v)
@@ -63,19 +69,35 @@ func readCommand[T any](g *globals, use, short, long string, get func(*api.Clien
 	}
 }
 
+const readsNote = `
+
+Any node answers at once: without a quorum (an election, most nodes down) from
+its own replica, with a warning that the answer is stale and up to which Raft
+index it goes.`
+
+// listed shows a list answer, which carries its freshness in headers only:
+// the stale warning goes above the table.
+func listed[T any](write func(io.Writer, T) error) func(io.Writer, T, api.Freshness) error {
+	return func(w io.Writer, v T, fresh api.Freshness) error {
+		api.WriteStale(w, fresh)
+		return write(w, v)
+	}
+}
+
 func newReadCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
+		// The status view carries its freshness, and WriteStatus warns.
 		readCommand(g, "status", "Show the committed revision, the last error, VMs (with their wanted run state) and nodes", "",
-			(*api.Client).Status, api.WriteStatus, nil),
+			"/v1/status", func(w io.Writer, v api.StatusView, _ api.Freshness) error { return api.WriteStatus(w, v) }, nil),
 		readCommand(g, "nodes", "List registered nodes with their state, capacity and allocation (* = leader)", "",
-			(*api.Client).Nodes, api.WriteNodes, nil),
-		readCommand(g, "history", "List committed revisions, newest first", "", (*api.Client).History, api.WriteHistory, nil),
+			"/v1/nodes", listed(api.WriteNodes), nil),
+		readCommand(g, "history", "List committed revisions, newest first", "", "/v1/history", listed(api.WriteHistory), nil),
 		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
 			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
-			(*api.Client).Diff, api.WriteDrift, func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
+			"/v1/diff", listed(api.WriteDrift), func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
 		readCommand(g, "events", "List the cluster's recent events, oldest first, with who asked for each change",
 			"The replicated event log (the last 200 events): nodes registered and changed, plans committed, failures,\ntokens and members; a change made through the API names who made it.",
-			(*api.Client).Events, api.WriteEvents, nil),
+			"/v1/events", listed(api.WriteEvents), nil),
 	}
 }
 
@@ -99,7 +121,11 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			c, err := g.client()
+			timeout := g.timeout
+			if commit != "" && !cmd.Flags().Changed("timeout") {
+				timeout = max(timeout, planTimeout)
+			}
+			c, err := g.clientWithTimeout(timeout)
 			if err != nil {
 				return err
 			}
@@ -123,17 +149,25 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 				if err != nil {
 					return err
 				}
-				st, err := c.State(ctx)
+				var st replicated.State
+				fresh, err := c.Get(ctx, "/v1/state", &st)
 				if err != nil {
 					return err
 				}
-				p, err := reconciler.PlanCommit(ctx, node.LocalEvaluator(abs, attr, evalTimeout, log), "", st)
+				p, err := reconciler.PlanCommit(ctx, node.LocalEvaluator(abs, attr, evalTimeout, log), "", &st)
 				if err != nil {
 					return err
 				}
 				v = api.NewPlanView(p, abs)
+				v.Freshness = fresh
 			}
-			if err := g.show(v, func(w io.Writer) error { return v.Plan.Render(w, isTerminal(w)) }); err != nil {
+			if g.json {
+				api.WriteStale(g.stderr, v.Freshness)
+			}
+			if err := g.show(v, func(w io.Writer) error {
+				api.WriteStale(w, v.Freshness)
+				return v.Plan.Render(w, isTerminal(w))
+			}); err != nil {
 				return err
 			}
 			return changes(v.HasChanges)
@@ -146,6 +180,12 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 	return cmd
 }
 
+// planTimeout is `plan --commit`'s default --timeout: the node fetches and
+// evaluates the commit before it answers, and its --eval-timeout defaults
+// to 2m. (`plan --flake` evaluates here; only its read of the state is an
+// API call.)
+const planTimeout = 3 * time.Minute
+
 func parseNodeID(s string) (uint64, error) {
 	id, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || id == 0 {
@@ -157,7 +197,7 @@ func parseNodeID(s string) (uint64, error) {
 func newNodeCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "node",
-		Short: "Change a node's scheduling state (cordon, drain, ready) or add a node",
+		Short: "Change a node's scheduling state (cordon, drain, ready), or add, list and remove Raft members",
 	}
 	for _, c := range []struct {
 		verb  string
@@ -198,7 +238,11 @@ func newNodeCommand(g *globals) *cobra.Command {
 		Short: "Add a node to the Raft shard; then start it with `serve --join`",
 		Long: `Add a replica to the cluster's Raft shard. The initial members (serve --members)
 are voters; keep 3 or 5 voters and add further nodes with --non-voting. Then start
-the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join [--non-voting] …`" + `.`,
+the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join [--non-voting] …`" + `.
+Every node joins as a learner (it never votes, so a node that never starts costs
+the cluster nothing); without --non-voting it becomes a voter once it has caught
+up and a quorum of the new voters is reachable. A taken or removed id, or a
+member's address, is refused. See ` + "`blixard node list-members`" + `.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseNodeID(args[0])
@@ -221,6 +265,7 @@ the new node with ` + "`blixard serve --node-id ID --raft-addr RAFT-ADDR --join 
 	}
 	add.Flags().BoolVar(&nonVoting, "non-voting", false, "replicate without voting (for nodes beyond 3 or 5 voters)")
 	cmd.AddCommand(add)
+	cmd.AddCommand(newMemberCommands(g)...)
 	return cmd
 }
 

@@ -16,10 +16,12 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/node"
 )
 
 // Exit codes that scripts can rely on (as `terraform plan -detailed-exitcode`).
@@ -27,6 +29,10 @@ const (
 	exitOK      = 0
 	exitError   = 1
 	exitChanges = 2
+	// exitDataLost: `serve` found this node's Raft data lost or corrupt and
+	// killed its VMs; restarting cannot help (the NixOS module sets
+	// RestartPreventExitStatus to it). Replace the node (docs/reliability.md).
+	exitDataLost = 3
 )
 
 // exitCode lets a command end with a code other than 0/1 without printing an error.
@@ -40,8 +46,11 @@ type globals struct {
 	creds    api.Credentials
 	json     bool
 	logLevel string
-	stdout   io.Writer
-	stderr   io.Writer
+	// timeout bounds one API call (`plan --commit` takes planTimeout
+	// unless --timeout is given).
+	timeout time.Duration
+	stdout  io.Writer
+	stderr  io.Writer
 }
 
 func main() {
@@ -64,6 +73,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.As(err, &ec):
 		return int(ec)
+	case errors.Is(err, node.ErrDataLost):
+		fmt.Fprintf(stderr, "blixard: %v\n", err)
+		return exitDataLost
 	default:
 		fmt.Fprintf(stderr, "blixard: %v\n", err)
 		return exitError
@@ -78,7 +90,8 @@ func newRootCommand(g *globals) *cobra.Command {
 microVMs with nix, places them on the cluster's nodes and commits the plan
 through Raft; an agent on every node converges it.
 
-Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found changes.`,
+Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found changes,
+3 serve: this node's Raft data is lost or corrupt (replace the node; see docs/reliability.md).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -93,6 +106,8 @@ Exit codes: 0 success (plan/diff: no changes), 1 error, 2 plan/diff found change
 	pf.StringVar(&g.creds.KeyFile, "key", os.Getenv("BLIXARD_KEY"), "the key of --cert (env BLIXARD_KEY)")
 	pf.StringVar(&g.creds.TokenFile, "token-file", os.Getenv("BLIXARD_TOKEN_FILE"), "file holding a bearer token, from `blixard token create` (env BLIXARD_TOKEN_FILE)")
 	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	pf.DurationVar(&g.timeout, "timeout", api.DefaultClientTimeout, "limit for one call to the API: reads answer at once (marked stale without a quorum), a change not committed "+
+		"by then may still be (plan --commit: "+planTimeout.String()+" unless given, as the node evaluates first)")
 	pf.StringVar(&g.logLevel, "log-level", "", "log level: debug, info, warn, error (default: info for serve, warn otherwise)")
 	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
 		if g.logLevel == "" {
@@ -118,12 +133,21 @@ func (g *globals) logger() (*slog.Logger, error) {
 }
 
 // client is a client of --server with the credentials of --ca, --cert,
-// --key and --token-file.
+// --key and --token-file, whose calls last at most --timeout.
 func (g *globals) client() (*api.Client, error) {
+	return g.clientWithTimeout(g.timeout)
+}
+
+// clientWithTimeout is client with calls lasting at most timeout.
+func (g *globals) clientWithTimeout(timeout time.Duration) (*api.Client, error) {
+	if timeout <= 0 {
+		return nil, fmt.Errorf("--timeout %v: want a positive duration such as 10s", timeout)
+	}
 	o, err := g.creds.Options()
 	if err != nil {
 		return nil, err
 	}
+	o.Timeout = timeout
 	return api.NewClient(g.server, o)
 }
 

@@ -21,6 +21,8 @@ type serveOptions struct {
 	join, nonVoting, agent, checkConfig             bool
 	repo, ref, attr, labels, logDB                  string
 	poll, heartbeat, nodeTimeout, evalTimeout       time.Duration
+	lease                                           time.Duration
+	raft                                            node.RaftTiming
 	capacityVCPU, capacityMem                       int
 	webhookSecret, secretFile, configFile, stateDir string
 	backend                                         string
@@ -97,8 +99,19 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.ref, "ref", "main", "branch of --repo to follow")
 	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
 	f.DurationVar(&o.poll, "poll", 5*time.Second, "how often the leader fetches --repo")
-	f.DurationVar(&o.heartbeat, "heartbeat", 2*time.Second, "how often this node reports to the cluster")
+	f.DurationVar(&o.heartbeat, "heartbeat", 0, "how often this node reports to the cluster (default min(2s, node-timeout/10); at most node-timeout/3)")
 	f.DurationVar(&o.nodeTimeout, "node-timeout", 30*time.Second, "a node silent this long is fenced (Ceph) and marked down, and its VMs move; 0: never")
+	f.DurationVar(&o.lease, "lease", 0, "a node whose heartbeats have not committed for this long stops its VMs, before the leader moves them "+
+		"(default node-timeout - max(node-timeout/4, 1s); at least 2 × heartbeat and below node-timeout - 500ms; none without --node-timeout)")
+	// Raft timing, in Dragonboat's terms. The defaults are etcd's for real
+	// hosts (100 ms heartbeat, 1 s election timeout): a busy host that
+	// starts thousands of VMs must not make followers call elections
+	// (docs/benchmarks.md measured 5 ms ticks changing leaders under load).
+	f.DurationVar(&o.raft.RTT, "raft-rtt", raftstore.DefaultRTTMillisecond*time.Millisecond,
+		"Raft tick, in whole ms: about the round trip between the hosts, or more; heartbeat and election are counted in it")
+	f.Uint64Var(&o.raft.HeartbeatRTT, "raft-heartbeat-rtt", raftstore.DefaultHeartbeatRTT, "the Raft leader heartbeats every this many ticks (10 × 10ms: 100ms)")
+	f.Uint64Var(&o.raft.ElectionRTT, "raft-election-rtt", raftstore.DefaultElectionRTT,
+		"a follower calls an election after this many ticks without the leader, randomised up to twice that (100 × 10ms: 1-2s); at least 10 heartbeats; the same on every node")
 	f.DurationVar(&o.evalTimeout, "eval-timeout", 2*time.Minute, "limit for one nix evaluation")
 	f.IntVar(&o.capacityVCPU, "capacity-vcpu", 0, "vCPUs this node offers to VMs")
 	f.IntVar(&o.capacityMem, "capacity-mem-mib", 0, "memory (MiB) this node offers to VMs")
@@ -162,7 +175,8 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB,
 		Source: node.Source{Repo: o.repo, Ref: o.ref, SSHKeyFile: o.git.SSHKeyFile, SSHKnownHostsFile: o.git.SSHKnownHostsFile,
 			HTTPTokenFile: o.git.HTTPTokenFile, HTTPUsername: o.git.HTTPUsername, Trust: o.git.Trust},
-		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, EvalTimeout: o.evalTimeout,
+		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, Lease: o.lease, EvalTimeout: o.evalTimeout,
+		Raft:     o.raft,
 		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,

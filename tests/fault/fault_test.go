@@ -75,6 +75,7 @@ type runConfig struct {
 	Duration    time.Duration
 	Nodes       int
 	NodeTimeout time.Duration
+	Lease       time.Duration // the agents' --lease (serve's default for NodeTimeout)
 	Grace       time.Duration
 	Strict      bool
 	Converge    time.Duration
@@ -85,6 +86,9 @@ func config(seed uint64, d time.Duration) runConfig {
 	if c.Grace == 0 {
 		c.Grace = c.NodeTimeout + 10*time.Second
 	}
+	// serve's default: the lease ends max(timeout/4, 1s) before the node
+	// timeout (docs/architecture.md, Failure detection).
+	c.Lease = c.NodeTimeout - max(c.NodeTimeout/4, time.Second)
 	return c
 }
 
@@ -672,7 +676,7 @@ func (r *run) inject(ctx context.Context, f fault) (*injection, error) {
 	r.mu.Lock()
 	for _, id := range in.targets {
 		r.active[id]++
-		r.windows = append(r.windows, window{Node: id, Fault: fmt.Sprintf("#%d %s", f.N, f.Kind), Start: in.at, Ongoing: true})
+		r.windows = append(r.windows, window{Node: id, Kind: f.Kind, Fault: fmt.Sprintf("#%d %s", f.N, f.Kind), Start: in.at, Ongoing: true})
 		in.windows = append(in.windows, len(r.windows)-1)
 	}
 	r.injected = append(r.injected, in)
@@ -856,7 +860,13 @@ func (r *run) operator(ctx context.Context) {
 // vanished, overlaps beyond the bound, stale reads, histories, and blixard
 // processes that died on their own.
 func (r *run) monitor(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	// Runners killed with SIGKILL (by the harness, or by a fencing agent)
+	// leave no stop record: an exit watcher (pidfd) records their end as it
+	// happens; this loop starts one for every new runner every 100 ms, and
+	// records those that ended before it could, and does the rest every
+	// second.
+	exits := newExitWatcher(func(line string) { r.record(line) }, runnerAlive)
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		select {
@@ -872,23 +882,30 @@ func (r *run) monitor(ctx context.Context) {
 		}
 		var gone []string
 		for _, iv := range ivs {
-			if iv.Open && !runnerAlive(iv.PID) {
+			switch {
+			case !iv.Open:
+			case runnerAlive(iv.PID):
+				exits.watch(ctx, iv)
+			default:
 				gone = append(gone, fmt.Sprintf("gone %d %s %d %s", iv.Node, iv.VM, iv.PID, secs(now)))
 			}
 		}
 		r.record(gone...)
+		if i%10 != 0 {
+			continue
+		}
 		r.judgeOverlaps(ivs, now, false)
 		for _, n := range r.nodes {
 			if err, ok := n.exited(); ok {
 				r.violate("blixard on node %d exited on its own: %v (see %s)", n.id, err, n.logPath)
 			}
 		}
-		if i%3 == 0 {
+		if i%30 == 0 {
 			for _, bad := range quickCheck(r.ops.snapshot(), r.rel) {
 				r.violate("linearizability: %s", bad)
 			}
 		}
-		if i%5 == 0 {
+		if i%50 == 0 {
 			r.checkHistories(ctx)
 		}
 	}
@@ -946,6 +963,13 @@ func (r *run) finalChecks(ctx context.Context, sum *summary) {
 	}
 	// Runners still alive at the end are the converged ones: they end now.
 	r.judgeOverlaps(ivs, now, true)
+	r.mu.Lock()
+	windows := slices.Clone(r.windows)
+	r.mu.Unlock()
+	sum.fencing = measureFencing(ivs, windows, r.cfg.Lease)
+	for _, s := range sum.fencing.Survived {
+		r.violate("self-fencing: %s, held longer than the lease (%v) + %v", s, r.cfg.Lease, fenceSlack)
+	}
 	r.checkHistories(ctx)
 	ops := r.ops.snapshot()
 	for _, bad := range quickCheck(ops, r.rel) {

@@ -296,18 +296,24 @@ func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
 	}
+	// The harness asks for ?consistent (a linearizable read or 503); an
+	// answer marked stale is no linearizable read, so the checks must not
+	// count it even if a node sent one.
+	if resp.Header.Get(api.HeaderStale) == "true" {
+		return fmt.Errorf("GET %s: stale answer (%s)", url, resp.Header.Get(api.HeaderStaleReason))
+	}
 	return json.Unmarshal(b, v)
 }
 
 func (n *node) status(ctx context.Context) (api.StatusView, error) {
 	var s api.StatusView
-	err := getJSON(ctx, readClient, n.api()+"/v1/status", &s)
+	err := getJSON(ctx, readClient, n.api()+"/v1/status?consistent", &s)
 	return s, err
 }
 
 func (n *node) history(ctx context.Context) ([]replicated.Revision, error) {
 	var h []replicated.Revision
-	err := getJSON(ctx, readClient, n.api()+"/v1/history", &h)
+	err := getJSON(ctx, readClient, n.api()+"/v1/history?consistent", &h)
 	return h, err
 }
 

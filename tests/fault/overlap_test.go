@@ -166,6 +166,7 @@ func findOverlaps(ivs []interval, now int64) []overlap {
 // restarting, or a partition that separated it from another node.
 type window struct {
 	Node    int
+	Kind    kind   // what cut it off
 	Fault   string // the fault, for reports ("#3 partition-leader")
 	Start   int64
 	End     int64
@@ -180,13 +181,18 @@ type verdict struct {
 	Why      string        // the window that allows it, or why none does
 }
 
-// judge applies the documented bound. Without Ceph a node that is cut off
-// keeps its VMs until it heals while the leader places them elsewhere
-// after --node-timeout, so an overlap is allowed when one of its two nodes
-// had a window that began before the overlap, and the overlap ended within
-// grace of that window's end. strict allows no overlap. During the run
-// (now set, the overlap or the window still open) an overlap is pending
-// until it can no longer be allowed.
+// judge applies the documented bound. A node whose agent runs fences
+// itself: once its heartbeats stop committing for --lease (shorter than
+// --node-timeout) it kills its runners, before the leader may place them
+// elsewhere, so a partition allows no overlap at all. Only a node whose
+// agent cannot act may leave its runners running beside the new copies:
+// its blixard killed (kill9) or restarting, or the whole node frozen (the
+// runners are stopped too, but their records cannot say so). Such an
+// overlap is allowed when the window began before it and it ended within
+// grace of the window's end (the restarted agent, or the thawed one, finds
+// its lease expired and kills them). strict allows no overlap. During the
+// run (now set, the overlap or the window still open) an overlap is
+// pending until it can no longer be allowed.
 func judge(o overlap, windows []window, grace time.Duration, strict bool, now int64) verdict {
 	if o.A.Node == o.B.Node {
 		return verdict{Why: fmt.Sprintf("two runners on node %d at once", o.A.Node)}
@@ -199,7 +205,7 @@ func judge(o overlap, windows []window, grace time.Duration, strict bool, now in
 	// the one in effect when it began first, then the most recent.
 	var cands []window
 	for _, w := range windows {
-		if (w.Node == o.A.Node || w.Node == o.B.Node) && w.Start <= o.Start {
+		if (w.Node == o.A.Node || w.Node == o.B.Node) && w.Start <= o.Start && agentCannotAct(w.Kind) {
 			cands = append(cands, w)
 		}
 	}
@@ -233,7 +239,17 @@ func judge(o overlap, windows []window, grace time.Duration, strict bool, now in
 	if pendingWhy != "" {
 		return verdict{Allowed: true, Pending: true, Why: pendingWhy}
 	}
-	return verdict{Why: fmt.Sprintf("neither node %d nor node %d was cut off when it began, or it outlasted the heal by more than %v", o.A.Node, o.B.Node, grace)}
+	return verdict{Why: fmt.Sprintf("neither node %d nor node %d had its agent stopped (killed, frozen, restarting) when it began, or it outlasted the heal by more than %v; a partitioned node must fence itself", o.A.Node, o.B.Node, grace)}
+}
+
+// agentCannotAct: during a fault of kind k the node's agent cannot fence
+// it (a partition leaves the agent running: it must).
+func agentCannotAct(k kind) bool {
+	switch k {
+	case kill9, freeze, restartNewBin, leaderChange, nodeKill:
+		return true
+	}
+	return false
 }
 
 func cmpInt64(a, b int64) int {
@@ -286,7 +302,10 @@ func TestJudgeAllowsOnlyTheDocumentedWindow(t *testing.T) {
 			Start: int64(start * 1e9), End: int64(end * 1e9), Open: open}
 	}
 	win := func(nodeID int, start, end float64, ongoing bool) window {
-		return window{Node: nodeID, Fault: "#1 freeze", Start: int64(start * 1e9), End: int64(end * 1e9), Ongoing: ongoing}
+		return window{Node: nodeID, Kind: freeze, Fault: "#1 freeze", Start: int64(start * 1e9), End: int64(end * 1e9), Ongoing: ongoing}
+	}
+	part := func(nodeID int, start, end float64, ongoing bool) window {
+		return window{Node: nodeID, Kind: partMinority, Fault: "#1 partition-minority", Start: int64(start * 1e9), End: int64(end * 1e9), Ongoing: ongoing}
 	}
 	grace := 15 * time.Second
 	tests := []struct {
@@ -307,6 +326,9 @@ func TestJudgeAllowsOnlyTheDocumentedWindow(t *testing.T) {
 		{"an open overlap past grace is a violation", ov(1, 2, 20, 45, true), []window{win(1, 10, 25, false)}, false, 45, false, false},
 		{"-strict allows nothing", ov(1, 2, 20, 21, false), []window{win(1, 10, 25, false)}, true, 60, false, false},
 		{"two runners on one node are a violation", ov(1, 1, 20, 21, false), []window{win(1, 10, 25, false)}, false, 60, false, false},
+		{"a partitioned node must fence itself: no overlap is allowed", ov(1, 2, 20, 21, false), []window{part(1, 10, 25, false)}, false, 60, false, false},
+		{"an ongoing partition does not make an overlap pending", ov(1, 2, 20, 30, true), []window{part(1, 10, 0, true)}, false, 30, false, false},
+		{"a killed agent allows an overlap until its restart plus grace", ov(1, 2, 20, 30, false), []window{{Node: 1, Kind: kill9, Fault: "#2 kill9", Start: 10e9, End: 25e9}}, false, 60, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,6 +20,7 @@ type summary struct {
 	porcupine            porcupine.CheckResult
 	porcupineTook        time.Duration
 	overlaps             []judged
+	fencing              fencing
 	violations           []string
 	rel                  func(int64) string
 }
@@ -39,8 +40,8 @@ func (s *summary) String() string {
 	if len(s.violations) > 0 {
 		result = "FAIL"
 	}
-	fmt.Fprintf(&b, "=== fault run: seed %d, duration %v, %d nodes, --node-timeout %v, overlap grace %v, strict %v: %s\n",
-		s.cfg.Seed, s.cfg.Duration, s.cfg.Nodes, s.cfg.NodeTimeout, s.cfg.Grace, s.cfg.Strict, result)
+	fmt.Fprintf(&b, "=== fault run: seed %d, duration %v, %d nodes, --node-timeout %v, --lease %v, overlap grace %v, strict %v: %s\n",
+		s.cfg.Seed, s.cfg.Duration, s.cfg.Nodes, s.cfg.NodeTimeout, s.cfg.Lease, s.cfg.Grace, s.cfg.Strict, result)
 	fmt.Fprintf(&b, "cluster up in %v; %d faults injected:\n", s.upIn.Round(100*time.Millisecond), len(s.injected))
 	counts := map[kind]int{}
 	var maxRecov time.Duration
@@ -96,6 +97,7 @@ func (s *summary) String() string {
 	fmt.Fprintf(&b, "invariants:\n")
 	fmt.Fprintf(&b, "  one copy:          %s — %d overlaps, %d beyond the bound, longest %.1fs, stale copies gone at most %.1fs after their node healed\n",
 		ok(oneCopy), len(s.overlaps), bad, maxOv.Seconds(), maxPast.Seconds())
+	fmt.Fprintf(&b, "  self-fencing:      %s — %s (lease %v)\n", ok(!hasPrefix(s.violations, "self-fencing:")), s.fencing, s.cfg.Lease)
 	fmt.Fprintf(&b, "  linearizable reads: %s — %d reads of /v1/status and %d pushes; porcupine %s in %v\n", ok(lin), s.reads, s.pushes, s.porcupine, s.porcupineTook.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  history:           %s — %d answers of /v1/history checked, %d revisions\n", ok(hist), s.histories, s.revisions)
 	fmt.Fprintf(&b, "  convergence:       %s — %v after the last heal and push (bound %v)\n", ok(s.converged > 0 && s.converged <= s.cfg.Converge && !hasPrefix(s.violations, "no convergence")), s.converged.Round(100*time.Millisecond), s.cfg.Converge)

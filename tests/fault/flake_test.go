@@ -36,12 +36,16 @@ const runnerScript = `#!/bin/sh
 out=$(/usr/bin/dirname "$(/usr/bin/dirname "$0")")
 name=$(/usr/bin/basename "$PWD")
 rec="$FAULT_RECORDS/node-$FAULT_NODE.log"
-now() { read -r up rest < /proc/uptime; echo "$up"; }
-echo "start $FAULT_NODE $name $$ $(now) $out" >> "$rec"
+# No command substitution for the time: a subshell killed by a SIGKILL to
+# the group could leave a record without one. read is a builtin, and one
+# short echo with >> is one append.
+read -r up rest < /proc/uptime
+echo "start $FAULT_NODE $name $$ $up $out" >> "$rec"
 echo "booted $name @TAG@ on node $FAULT_NODE"
 child=
 bye() {
-  echo "stop $FAULT_NODE $name $$ $(now) $out" >> "$rec"
+  read -r up rest < /proc/uptime
+  echo "stop $FAULT_NODE $name $$ $up $out" >> "$rec"
   if [ -n "$child" ]; then kill "$child" 2>/dev/null; fi
   exit 0
 }

@@ -286,6 +286,26 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// handleVM answers the instances NAME stands for (an instance, or every
+// instance of a declared VM) with their network identities.
+func (s *Server) handleVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := spec.ValidName(name); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("VM name %q: %w", name, err))
+		return
+	}
+	st, _, ok := s.read(w, r)
+	if !ok {
+		return
+	}
+	vms := VMDetails(st, name)
+	if len(vms) == 0 {
+		writeError(w, http.StatusNotFound, fmt.Errorf("VM %q is neither an instance nor a declared VM of the committed plan (see `blixard status`)", name))
+		return
+	}
+	writeJSON(w, http.StatusOK, vms)
+}
+
 // logsParams are the query parameters of GET /v1/vms/NAME/logs.
 type logsParams struct {
 	// follow keeps streaming; local serves only this node's log (what a

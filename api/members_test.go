@@ -32,12 +32,7 @@ func startShard(t *testing.T, n int) *shard {
 	t.Helper()
 	members := map[uint64]string{}
 	for id := uint64(1); id <= uint64(n); id++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		members[id] = l.Addr().String()
-		l.Close()
+		members[id] = testkit.FreeLoopbackAddr(t)
 	}
 	sh := &shard{stores: map[uint64]*raftstore.Store{}, stop: map[uint64]context.CancelFunc{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

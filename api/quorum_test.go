@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -35,17 +34,8 @@ type raftNode struct {
 func startRaftCluster(t testing.TB, n int) []*raftNode {
 	t.Helper()
 	members := map[uint64]string{}
-	var ls []net.Listener
 	for i := range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		members[uint64(i+1)] = l.Addr().String()
-	}
-	for _, l := range ls {
-		l.Close()
+		members[uint64(i+1)] = testkit.FreeLoopbackAddr(t)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

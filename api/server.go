@@ -300,6 +300,7 @@ func (s *Server) routes() http.Handler {
 		{"POST", "/v1/members/remove", admin, http.HandlerFunc(s.handleRemoveMember)},
 		{"POST", "/v1/plan", operate, http.HandlerFunc(s.handlePlan)},
 		{"POST", "/v1/sync", operate, http.HandlerFunc(s.handleSync)},
+		{"GET", "/v1/vms/{name}", read, http.HandlerFunc(s.handleVM)},
 		{"GET", "/v1/vms/{name}/logs", read, http.HandlerFunc(s.handleLogs)},
 		{"POST", "/v1/vms/{name}/start", operate, s.handleVMRunState(VMStart)},
 		{"POST", "/v1/vms/{name}/stop", operate, s.handleVMRunState(VMStop)},

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -45,25 +46,82 @@ func WriteStatus(w io.Writer, v StatusView) error {
 	}
 	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tNODE\tPHASE\tWANT\tVCPU\tMEM\tRUNNER")
+	fmt.Fprintln(tw, "VM\tNODE\tADDRESS\tPHASE\tWANT\tVCPU\tMEM\tRUNNER")
 	for _, vm := range v.VMs {
 		want := string(vm.Want)
 		if vm.Stopped != "" {
 			want += " (" + string(vm.Stopped) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, vm.Phase, want, vm.VCPU, vm.MemMiB, StoreName(vm.OutPath))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, addrOrDash(vm.Address), vm.Phase, want, vm.VCPU, vm.MemMiB,
+			StoreName(vm.OutPath))
 	}
 	if len(v.VMs) == 0 {
 		fmt.Fprintln(tw, "(none)")
 	}
 	for _, u := range v.Unschedulable {
-		fmt.Fprintf(tw, "%s\t-\tunschedulable\t\t\t\t%s\n", u.VM, u.Reason)
+		fmt.Fprintf(tw, "%s\t-\t-\tunschedulable\t\t\t\t%s\n", u.VM, u.Reason)
 	}
 	fmt.Fprintln(tw)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	return WriteNodes(w, v.Nodes)
+}
+
+// WriteVMDetails writes instances as `blixard vm NAME` prints them: one
+// block each, with the identity, the node and the DNS names.
+func WriteVMDetails(w io.Writer, vms []VMDetail) error {
+	for i, d := range vms {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		row := func(k, format string, args ...any) {
+			fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, args...)...)
+		}
+		row("Instance", "%s (VM %s)", d.Name, d.Declared)
+		if d.Unschedulable != "" {
+			row("Node", "none: unschedulable: %s", d.Unschedulable)
+		} else {
+			want := string(d.Want)
+			if d.Stopped != "" {
+				want += " (" + string(d.Stopped) + ")"
+			}
+			row("Node", "%d", d.Node)
+			row("Phase", "%s (want %s)", d.Phase, want)
+			if d.Message != "" {
+				row("Message", "%s", d.Message)
+			}
+			row("Runner", "%s", d.OutPath)
+		}
+		if !d.Address.IsValid() {
+			row("Address", "none (no network identity yet: the cluster commits one with the next plan)")
+		} else {
+			row("Address", "%s/%d (gateway %s)", d.Address, d.CIDR.Bits(), d.Gateway)
+			row("MAC", "%s", d.MAC)
+			row("Tap", "%s", d.Tap)
+			row("Hostname", "%s", d.Hostname)
+			dns := strings.Join(d.DNSNames, ", ")
+			if !d.Resolvable {
+				dns += " (once it runs)"
+			}
+			row("DNS", "%s", dns)
+		}
+		for _, e := range d.Ingress {
+			row("Ingress", "%s", e)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addrOrDash(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
 }
 
 // WriteNodes writes the nodes as `blixard nodes` prints them (* = leader).

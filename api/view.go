@@ -1,11 +1,17 @@
 package api
 
 import (
+	"cmp"
+	"fmt"
+	"net/netip"
 	"sort"
 	"time"
 
+	"github.com/blixard/blixard/ingress"
+	"github.com/blixard/blixard/netdns"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 // Health is the answer of GET /healthz: 200 with OK, or 503 with Reason.
@@ -60,6 +66,9 @@ type VMView struct {
 	Stopped replicated.StopReason `json:"stopped,omitempty"`
 	Phase   replicated.Phase      `json:"phase"`
 	Message string                `json:"message,omitempty"`
+	// Address is the instance's cluster address (State.Network), absent
+	// before it has one.
+	Address netip.Addr `json:"address,omitzero"`
 }
 
 // NodeView is one registered node with what is assigned to it.
@@ -117,10 +126,109 @@ func VMViews(s *replicated.State) []VMView {
 		if st, ok := s.Observed[name]; ok && st.Node == a.Node {
 			v.Phase, v.Message = st.Phase, st.Message
 		}
+		if id, ok := s.Identity(name); ok {
+			v.Address = id.Address
+		}
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// VMDetail is one instance as `blixard vm NAME` shows it (GET
+// /v1/vms/NAME): its assignment and phase, its network identity, and the
+// names the cluster's DNS gives it.
+type VMDetail struct {
+	VMView
+	// Declared is the VM's name in the flake (web for web-1).
+	Declared string `json:"declared"`
+	// Unschedulable is why the committed plan could not place it ("" when
+	// placed); Node is then 0.
+	Unschedulable string `json:"unschedulable,omitempty"`
+	// The network identity (replicated.Identity), absent before the
+	// instance has one; Gateway and CIDR are the cluster network's.
+	MAC      string       `json:"mac,omitempty"`
+	Tap      string       `json:"tap,omitempty"`
+	Hostname string       `json:"hostname,omitempty"`
+	Gateway  netip.Addr   `json:"gateway,omitzero"`
+	CIDR     netip.Prefix `json:"cidr,omitzero"`
+	// DNSNames resolve to Address on every node's DNS (the gateway) while
+	// the instance runs on its node: HOSTNAME.DOMAIN, and DECLARED.DOMAIN,
+	// which also gives the other running replicas.
+	DNSNames []string `json:"dnsNames"`
+	// Resolvable says whether DNSNames answer now (the instance runs).
+	Resolvable bool `json:"resolvable"`
+	// Ingress lists the ingress entries that route to the instance's VM,
+	// as "NAME: HOST/PATH → PORT" (HTTP) or "NAME: :LISTENPORT → PORT" (TCP).
+	Ingress []string `json:"ingress,omitempty"`
+}
+
+// VMDetails lists the instances name stands for, sorted by instance name:
+// the instance itself, or every instance of a declared VM; placed or
+// unschedulable. None when the committed plan has no such VM.
+func VMDetails(s *replicated.State, name string) []VMDetail {
+	var out []VMDetail
+	running := map[string]bool{}
+	for _, insts := range ingress.RunningInstances(s) {
+		for _, in := range insts {
+			running[in.Name] = true
+		}
+	}
+	for _, v := range VMViews(s) {
+		a := s.Assignments[v.Name]
+		if v.Name == name || a.Declared == name {
+			out = append(out, vmDetail(s, v, a.Declared, "", running[v.Name]))
+		}
+	}
+	for _, u := range s.Unschedulable {
+		declared := cmp.Or(u.Declared, u.VM)
+		if u.VM == name || declared == name {
+			v := VMView{Name: u.VM, Want: replicated.RunStateRunning, Phase: replicated.PhasePending}
+			if id, ok := s.Identity(u.VM); ok {
+				v.Address = id.Address
+			}
+			out = append(out, vmDetail(s, v, declared, u.Reason, false))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func vmDetail(s *replicated.State, v VMView, declared, unschedulable string, running bool) VMDetail {
+	d := VMDetail{VMView: v, Declared: cmp.Or(declared, v.Name), Unschedulable: unschedulable, DNSNames: []string{}, Resolvable: running}
+	id, ok := s.Identity(v.Name)
+	if !ok || s.Network == nil {
+		return d
+	}
+	d.MAC, d.Tap, d.Hostname, d.Gateway, d.CIDR = id.MAC.String(), id.Tap, id.Hostname, s.Network.Gateway, s.Network.CIDR
+	cluster := ""
+	if s.Desired != nil {
+		cluster = s.Desired.Name
+		names := make([]string, 0, len(s.Desired.Ingress))
+		for n := range s.Desired.Ingress {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			e := s.Desired.Ingress[n]
+			if e.To != d.Declared {
+				continue
+			}
+			if e.Protocol == spec.IngressTCP {
+				d.Ingress = append(d.Ingress, fmt.Sprintf("%s: :%d → %d", n, e.ListenPort, e.Port))
+			} else {
+				d.Ingress = append(d.Ingress, fmt.Sprintf("%s: %s%s → %d", n, e.Host, e.Path, e.Port))
+			}
+		}
+	}
+	// netdns's names: the hostname's, and the declared VM's for all its
+	// running instances.
+	domain := netdns.Domain(cluster)
+	d.DNSNames = append(d.DNSNames, id.Hostname+"."+domain)
+	if n := d.Declared + "." + domain; n != d.DNSNames[0] {
+		d.DNSNames = append(d.DNSNames, n)
+	}
+	return d
 }
 
 // NodeViews lists the registered nodes by id.

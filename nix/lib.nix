@@ -8,9 +8,47 @@
 #       the attributes the daemon reads, runners as derivations. Each VM (and
 #       function) entry is either a schema-v1 attrset, checked and passed
 #       through, or `{ nixosConfiguration = …; replicas; placement; volumes;
-#       autostart; }`, from which runner, vcpu and memMiB are read
-#       (config.microvm.{declaredRunner,vcpu,mem}). Wrong input throws a
-#       message naming the VM and the attribute.
+#       autostart; instanceRunners ? true; }`, from which vcpu and memMiB
+#       are read (config.microvm.{vcpu,mem}). Wrong input throws a message
+#       naming the VM and the attribute.
+#
+#       One runner per instance. For a nixosConfiguration VM, mkCluster
+#       builds each instance (NAME, or NAME-0 … NAME-(replicas-1)) its own
+#       runner: the configuration extended (extendModules, so pass the
+#       result of nixpkgs.lib.nixosSystem) with the instance's identity,
+#         microvm.interfaces = [ { type = "tap"; id = TAP; mac = MAC; } ];
+#         networking.hostName = HOSTNAME;   (forced: replicas differ)
+#         networking.useDHCP = true;        (a default: the node answers
+#                                            DHCP for its own instances)
+#       and writes `instances.INSTANCE = { runner; mac; tap; hostname; }`
+#       (runner = that configuration's config.microvm.declaredRunner)
+#       instead of one shared `runner`. MAC, TAP and HOSTNAME are
+#       instanceIdentity's, the daemon's own derivation, so the identity
+#       the cluster commits for the instance is the one in its runner.
+#       Every instance is a NixOS evaluation of its own: with many replicas
+#       the leader's evaluation takes as much longer. instanceRunners =
+#       false keeps one shared runner (config.microvm.declaredRunner,
+#       unchanged) and lets the daemon derive identities the guest does not
+#       know; the tap NIC is then the configuration's business.
+#
+#       A schema-v1 entry may carry `instances` itself (runner, mac, tap,
+#       hostname per instance, each optional; the daemon checks them); with
+#       it, `runner` may be left out when every instance names one.
+#
+#   instanceIdentity cluster instance
+#       { mac; tap; hostname; } of an instance as the daemon derives it
+#       (replicated.DeriveMAC, DeriveTap and DeriveHostname, attempt 0):
+#       h = builtins.hashString "sha256" "CLUSTER/INSTANCE"; mac is "02:"
+#       and h's first ten hex digits in pairs (locally administered
+#       unicast); tap is "bx" and h's digits 10 to 22 (15 characters, Linux's
+#       limit); hostname is the instance name when it is a DNS label, else
+#       the name without trailing '-' (cut to 56 characters), '-' and h's
+#       digits 23 to 28.
+#   instanceNames name replicas
+#       [ name ] for replicas <= 1, else [ "name-0" … "name-(replicas-1)" ].
+#   instanceModule cluster instance
+#       The NixOS module mkCluster adds to an instance's configuration (its
+#       tap NIC, hostname and DHCP, above), for building one by hand.
 #
 #   volumeModule { name; volumes; }
 #       A NixOS module for a microvm.nix guest: one `microvm.volumes` entry
@@ -49,6 +87,45 @@ let
   # and RBD image names.
   namePattern = "[a-z][a-z0-9-]{0,62}";
   isValidName = s: builtins.isString s && builtins.match namePattern s != null;
+
+  # spec.IsDNSLabel: 1–63 of [a-z0-9-], not starting or ending with '-'.
+  isDNSLabel = s: builtins.match "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" s != null;
+
+  instanceNames = name: replicas:
+    if replicas <= 1 then [ name ]
+    else builtins.genList (i: "${name}-${toString i}") replicas;
+
+  # The daemon's derivation at attempt 0 (replicated.DeriveMAC, DeriveTap,
+  # DeriveHostname); tests/nixlib checks that both agree.
+  instanceIdentity = cluster: instance:
+    let
+      h = builtins.hashString "sha256" "${cluster}/${instance}";
+      hex = from: len: builtins.substring from len h;
+      trimDashes = s: let m = builtins.match "(.*[^-])-*" s; in if m == null then "" else builtins.head m;
+      base =
+        let b = trimDashes instance;
+        in if builtins.stringLength b > 56 then trimDashes (builtins.substring 0 56 b) else b;
+    in
+    {
+      mac = "02:" + builtins.concatStringsSep ":" (builtins.genList (i: hex (2 * i) 2) 5);
+      tap = "bx" + hex 10 13;
+      hostname =
+        if isDNSLabel instance then instance
+        else (if base == "" then "vm" else base) + "-" + hex 23 6;
+    };
+
+  # lib.mkOverride without nixpkgs: the module system's own marker.
+  mkOverride = priority: content: { _type = "override"; inherit priority content; };
+
+  # What an instance's configuration gets on top of the VM's: its tap NIC,
+  # its hostname (forced over the configuration's, which all replicas
+  # share) and DHCP unless the configuration says otherwise.
+  identityModule = id: {
+    microvm.interfaces = [{ type = "tap"; id = id.tap; mac = id.mac; }];
+    networking.hostName = mkOverride 50 id.hostname; # mkForce
+    networking.useDHCP = mkOverride 1000 true; # mkDefault
+  };
+  instanceModule = cluster: instance: identityModule (instanceIdentity cluster instance);
 
   # microvm.nix's state directory (microvm.host's stateDir default); the node
   # agent attaches VOL of VM NAME here (see volumeModule for the contract).
@@ -149,8 +226,18 @@ let
       (vol: v: builtins.seq (checkName "volume" vol) (checkVolume extraKeys "${where}.${vol}" v))
       (requireAttrs where vols);
 
-  vmKeys = [ "runner" "vcpu" "memMiB" "replicas" "placement" "volumes" "autostart" ];
-  configVMKeys = [ "nixosConfiguration" "replicas" "placement" "volumes" "autostart" ];
+  vmKeys = [ "runner" "vcpu" "memMiB" "replicas" "placement" "volumes" "autostart" "instances" ];
+  configVMKeys = [ "nixosConfiguration" "replicas" "placement" "volumes" "autostart" "instanceRunners" ];
+
+  # instances.INSTANCE = { runner; mac; tap; hostname; } of a schema-v1
+  # entry, each part optional; the daemon checks the names and values.
+  checkInstances = where: v:
+    mapAttrsChecked where
+      (w: e:
+        builtins.mapAttrs
+          (k: x: if k == "runner" then runnerOf "${w}.runner" x else string "${w}.${k}" x)
+          (onlyKeys w [ "runner" "mac" "tap" "hostname" ] "" (requireAttrs w e)))
+      v;
 
   # The attributes both kinds of VM entry share, with the defaults the daemon
   # applies anyway written out: replicas = 1, autostart = true.
@@ -167,11 +254,13 @@ let
       e' = onlyKeys where vmKeys " (or give nixosConfiguration = … instead of runner, vcpu and memMiB)" e;
     in
     {
-      runner = if e' ? runner then runnerOf "${where}.runner" e'.runner
-        else fail where "runner is missing: set runner to a derivation (microvm.nix: config.microvm.declaredRunner), or give nixosConfiguration = …";
       vcpu = if e' ? vcpu then positiveInt "${where}.vcpu" e'.vcpu else fail where "vcpu is missing";
       memMiB = if e' ? memMiB then positiveInt "${where}.memMiB" e'.memMiB else fail where "memMiB is missing";
     }
+    // (if e' ? runner then { runner = runnerOf "${where}.runner" e'.runner; }
+      else if e' ? instances then { }
+      else fail where "runner is missing: set runner to a derivation (microvm.nix: config.microvm.declaredRunner), or give nixosConfiguration = …")
+    // (if e' ? instances then { instances = checkInstances "${where}.instances" e'.instances; } else { })
     // commonVM where e' (if e' ? volumes then checkVolumes [ ] "${where}.volumes" e'.volumes else { });
 
   # The `config.microvm` of a microvm.nix nixosConfiguration, or a throw.
@@ -200,33 +289,62 @@ let
       fail "${where}.volumes" "config.microvm.volumes entry ${quoted (map (v: "\"${v.image}\"") autoCreated)} has autoCreate = true; the node agent attaches the RBD image there, so microvm.nix must not create it: set autoCreate = false (volumeModule does)"
     else volumes;
 
-  configVM = where: name: e:
+  declaredRunnerOf = where: microvm:
+    if microvm ? declaredRunner
+    then runnerOf "${where}: config.microvm.declaredRunner" microvm.declaredRunner
+    else fail where "config.microvm.declaredRunner is missing: is it a microvm.nix guest (microvm.nixosModules.microvm)?";
+
+  # instances.INSTANCE of a nixosConfiguration VM: the configuration
+  # extended with the instance's identity, and that identity.
+  configInstances = where: cluster: name: nc: replicas:
+    let
+      extend =
+        if nc ? extendModules then nc.extendModules
+        else fail "${where}.nixosConfiguration" "has no extendModules, which mkCluster needs to build each instance a runner with its own tap, MAC and hostname: pass the result of nixpkgs.lib.nixosSystem, or set instanceRunners = false for one shared runner";
+      instance = inst:
+        let
+          id = instanceIdentity cluster inst;
+          iw = "${where}.instances.${inst}";
+        in
+        {
+          name = inst;
+          value = {
+            runner = declaredRunnerOf "${iw}: the nixosConfiguration with the instance's identity"
+              (microvmOf iw (extend { modules = [ (instanceModule cluster inst) ]; }));
+            inherit (id) mac tap hostname;
+          };
+        };
+    in
+    builtins.listToAttrs (map instance (instanceNames name replicas));
+
+  configVM = where: cluster: name: e:
     let
       e' = onlyKeys where configVMKeys
         " (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)" e;
       microvm = microvmOf where e'.nixosConfiguration;
       volumes = if e' ? volumes then checkVolumes guestVolumeKeys "${where}.volumes" e'.volumes else { };
-      replicas = e'.replicas or 1;
+      replicas = if e' ? replicas then positiveInt "${where}.replicas" e'.replicas else 1;
+      perInstance = if e' ? instanceRunners then bool "${where}.instanceRunners" e'.instanceRunners else true;
       wired =
-        if volumes != { } && builtins.isInt replicas && replicas > 1
-        then fail where "volumes with replicas = ${toString replicas} are not supported for a nixosConfiguration: every replica runs the same runner, which opens ${volumePath name "VOL"}; declare one VM per volume owner instead"
+        if volumes != { } && replicas > 1
+        then fail where "volumes with replicas = ${toString replicas} are not supported for a nixosConfiguration: volumeModule attaches ${volumePath name "VOL"}, the path of the instance named ${name}, and each replica has its own; declare one VM per volume owner instead"
         else checkWiring where name microvm volumes;
     in
     {
-      runner = if microvm ? declaredRunner
-        then runnerOf "${where}.nixosConfiguration: config.microvm.declaredRunner" microvm.declaredRunner
-        else fail "${where}.nixosConfiguration" "config.microvm.declaredRunner is missing: is it a microvm.nix guest (microvm.nixosModules.microvm)?";
       vcpu = positiveInt "${where}.nixosConfiguration: config.microvm.vcpu" (microvm.vcpu or null);
       memMiB = positiveInt "${where}.nixosConfiguration: config.microvm.mem" (microvm.mem or null);
     }
+    // (if perInstance
+    then { instances = builtins.seq microvm (configInstances where cluster name e'.nixosConfiguration replicas); }
+    else { runner = declaredRunnerOf "${where}.nixosConfiguration" microvm; })
     // commonVM where e' wired;
 
-  checkVM = name: entry:
+  checkVM = cluster: name: entry:
     let
       where = "vms.${name}";
       e = requireAttrs where entry;
     in
-    builtins.seq (checkName "VM" name) (if e ? nixosConfiguration then configVM where name e else plainVM where e);
+    builtins.seq (checkName "VM" name) (if e ? nixosConfiguration then configVM where cluster name e else plainVM where e);
 
   functionKeys = [ "runner" "memMiB" "http" "minInstances" "maxInstances" ];
   configFunctionKeys = [ "nixosConfiguration" "http" "minInstances" "maxInstances" ];
@@ -270,7 +388,7 @@ let
     in
     {
       inherit cluster;
-      vms = builtins.mapAttrs checkVM (requireAttrs "vms" (a.vms or { }));
+      vms = builtins.mapAttrs (checkVM cluster) (requireAttrs "vms" (a.vms or { }));
     }
     // (if functions != { } then { functions = builtins.mapAttrs checkFunction functions; } else { });
 
@@ -309,5 +427,5 @@ let
     });
 in
 {
-  inherit schemaVersion mkCluster volumeModule volumePath isValidName;
+  inherit schemaVersion mkCluster volumeModule volumePath isValidName instanceIdentity instanceNames instanceModule;
 }

@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-Ksx0zGpVYgbGDYU41NHNr5WfF4cXHaIzEvBa7duOe08=";
+  vendorHash = "sha256-iIDuErThnOzSkfDVY4QU4fpNIZOLDwYrkrR1DK46cz0=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

@@ -3,7 +3,8 @@
 #
 # `nix eval --json` prints any attribute set with an outPath (a derivation)
 # as just its out path, which loses the .drv. So each VM's and function's
-# `runner` that is a derivation becomes { drv = drvPath; out = outPath; }.
+# `runner` that is a derivation becomes { drv = drvPath; out = outPath; },
+# and so does the `runner` of each entry of a VM's `instances`.
 #
 # Everything else passes through unchanged, and this function never throws
 # on a value of the wrong shape: the Go decoder (package spec) reports it
@@ -12,7 +13,11 @@ spec:
 let
   isDerivation = r: builtins.isAttrs r && r ? drvPath;
   runner = r: if isDerivation r then { drv = r.drvPath; out = r.outPath; } else r;
-  entry = _: e: if builtins.isAttrs e && e ? runner then e // { runner = runner e.runner; } else e;
+  withRunner = _: e: if builtins.isAttrs e && e ? runner then e // { runner = runner e.runner; } else e;
+  entry = name: e:
+    if builtins.isAttrs e && builtins.isAttrs (e.instances or null)
+    then withRunner name e // { instances = builtins.mapAttrs withRunner e.instances; }
+    else withRunner name e;
   entries = s: if builtins.isAttrs s then builtins.mapAttrs entry s else s;
 in
 if builtins.isAttrs spec then

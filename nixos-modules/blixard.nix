@@ -31,7 +31,8 @@ let
   configFile = settingsFormat.generate "blixard.json" (import ./render.nix cfg);
   ports = import ./ports.nix cfg;
 
-  runsAsRoot = cfg.backend == "systemd" || cfg.ceph.enable || microvmHostEnabled;
+  # The cluster network programs links and nftables (CAP_NET_ADMIN).
+  runsAsRoot = cfg.backend == "systemd" || cfg.ceph.enable || microvmHostEnabled || cfg.network.enable;
   serviceUser = if runsAsRoot then "root" else "blixard";
   microvmHostEnabled = options ? microvm && (config.microvm.host.enable or false);
 
@@ -44,6 +45,13 @@ let
     then map (m: builtins.head (builtins.match "([^=]*)=.*" m)) cfg.members
     else builtins.attrNames cfg.members;
   raftKnown = cfg.raftAddress != null || builtins.elem (toString cfg.nodeId) memberIds;
+  # The Raft address's host: the default underlay address must be an IP.
+  raftAddress = if cfg.raftAddress != null then cfg.raftAddress else
+    let mine = builtins.filter (m: builtins.match "${toString cfg.nodeId}=.*" m != null) (if builtins.isList cfg.members then cfg.members else [ ]);
+    in if builtins.isList cfg.members then (if mine == [ ] then null else builtins.head (builtins.match "[^=]*=(.*)" (builtins.head mine)))
+    else cfg.members.${toString cfg.nodeId} or null;
+  raftHost = if raftAddress == null then null else builtins.head (builtins.match "[[]?([^]]*)[]]?:[0-9]+" raftAddress);
+  isIP = h: builtins.match "[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+|[0-9a-fA-F:]*:[0-9a-fA-F:.]*" h != null;
   apiLoopback = builtins.match "(127[.][0-9.]+|[[]::1]|localhost):[0-9]+" cfg.apiAddress != null;
   # A file the daemon reads: an absolute path as a string, never a Nix path,
   # which would copy the file (a key) into the world-readable store.
@@ -296,6 +304,58 @@ in
       };
     };
 
+    network = {
+      enable = mkEnableOption ''
+        the cluster network on this node (`--network`): the overlay bridge with the cluster's gateway address, a VXLAN
+        device to the other nodes, the instances' taps, DHCP and DNS for them (dnsmasq), the masquerade of the cluster
+        network out of the host's uplink and, with `ingressAddress`, the ingress proxy. Every node of the cluster
+        should enable it'';
+      bridge = mkOption {
+        type = types.strMatching "[^/: \t\n]{1,15}";
+        default = "blixard0";
+        description = "The overlay bridge (`--bridge`), at most 15 characters; it carries the cluster's gateway address (network.cidr in the cluster flake).";
+      };
+      vxlanId = mkOption {
+        type = types.ints.between 1 16777215;
+        default = 4242;
+        description = "The VXLAN network identifier (`--vxlan-id`), the same on every node; no other VXLAN on the underlay may use it.";
+      };
+      vxlanPort = mkOption {
+        type = types.port;
+        default = 4789;
+        description = "The UDP port of the VXLAN (`--vxlan-port`), open between the nodes (openFirewall opens it).";
+      };
+      underlayAddress = mkOption {
+        type = types.nullOr (types.strMatching "[0-9a-fA-F.:]+");
+        default = null;
+        example = "100.64.0.1";
+        description = ''
+          This node's IP address on the network between the nodes (`--underlay-addr`): a LAN, a routed WAN or a tailnet
+          (a Tailscale address). null: the host of the Raft address, which is where the other nodes send this node's
+          overlay traffic; set it when that host is a name. VXLAN does not encrypt: over an untrusted network use a tailnet.
+        '';
+      };
+      ingressAddress = mkOption {
+        # HOST:PORT, where an empty HOST is every address (":80").
+        type = types.nullOr (types.strMatching ".*:[0-9]+");
+        default = null;
+        example = ":80";
+        description = ''
+          HOST:PORT of the ingress HTTP proxy (`--ingress-addr`), which routes the cluster flake's `ingress` entries to
+          the running instances from any node; TCP entries listen on HOST and their listenPort. null: no ingress here.
+        '';
+      };
+      masquerade = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Masquerade the cluster network out of the host's uplink (`--masquerade`, an nftables table `ip blixard` the
+          daemon keeps and removes when it stops), so instances reach the outside world. false: leave outbound NAT to
+          the host, e.g. networking.nat with internalIPs = [ the cluster CIDR ].
+        '';
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -344,6 +404,14 @@ in
         message = "services.blixard.insecure serves the API without authentication, but apiAddress ${cfg.apiAddress} is not loopback: anyone who reaches it could drain nodes, stop VMs and add Raft members. Leave insecure off and give services.blixard.tls.* (see docs/security.md), bind apiAddress to 127.0.0.1, or set services.blixard.settings.\"insecure-i-know\" = true.";
       }
       {
+        assertion = !cfg.network.enable || cfg.network.underlayAddress != null || raftHost == null || isIP raftHost;
+        message = "services.blixard.network: the host of this node's Raft address (${toString raftAddress}) is not an IP address, so it cannot be the node's underlay address: set services.blixard.network.underlayAddress to the IP address the other nodes reach this node at.";
+      }
+      {
+        assertion = cfg.network.enable || cfg.network.ingressAddress == null;
+        message = "services.blixard.network.ingressAddress needs services.blixard.network.enable = true: the ingress proxy reaches instances over the cluster network.";
+      }
+      {
         assertion = builtins.all (k: builtins.match "[^,=]+" k != null) (builtins.attrNames cfg.labels);
         message = "services.blixard.labels: label names must be non-empty and contain neither ',' nor '='.";
       }
@@ -369,7 +437,19 @@ in
     boot.kernelModules = lib.optional cfg.ceph.enable "rbd";
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall
-      (builtins.filter (p: p != null) [ ports.raft ports.api ]);
+      (builtins.filter (p: p != null) [ ports.raft ports.api (ports.ingress or null) ]);
+    # VXLAN between the nodes. The NixOS firewall cannot restrict it to the
+    # other nodes' addresses: do that at the network's edge, or carry the
+    # underlay over a tailnet.
+    networking.firewall.allowedUDPPorts = mkIf (cfg.openFirewall && cfg.network.enable) [ ports.vxlan ];
+    # The instances' DHCP and DNS reach dnsmasq on the bridge (only
+    # instances are on it), whether or not openFirewall opens the rest.
+    networking.firewall.interfaces = mkIf cfg.network.enable {
+      ${cfg.network.bridge} = { allowedUDPPorts = ports.bridgeUDP; allowedTCPPorts = ports.bridgeTCP; };
+    };
+    # Outbound traffic of the instances is routed from the bridge to the
+    # uplink (and masqueraded there).
+    boot.kernel.sysctl = mkIf cfg.network.enable { "net.ipv4.ip_forward" = 1; };
 
     # A dataDir outside /var/lib is not a StateDirectory: create it here. The
     # unprivileged process backend also needs its own VM state directory
@@ -385,7 +465,8 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       # nix evaluates and realises the cluster flake; nix's git fetcher needs git.
-      path = [ config.nix.package pkgs.git ] ++ lib.optional cfg.ceph.enable pkgs.ceph-client;
+      path = [ config.nix.package pkgs.git ] ++ lib.optional cfg.ceph.enable pkgs.ceph-client
+        ++ lib.optional cfg.network.enable pkgs.dnsmasq;
       environment = {
         NIX_CONFIG = "extra-experimental-features = nix-command flakes";
         # Builds and GC roots go through nix-daemon, so the store can stay read-only here.
@@ -424,6 +505,13 @@ in
         LockPersonality = true;
         SystemCallArchitectures = "native";
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
+      } // lib.optionalAttrs cfg.network.enable {
+        # dnsmasq rereads its files as nobody, and dataDir is 0750: its
+        # files (--dns-dir) live in a runtime directory kept across
+        # restarts, so leases survive a daemon restart.
+        RuntimeDirectory = "blixard-netdns";
+        RuntimeDirectoryMode = "0755";
+        RuntimeDirectoryPreserve = "yes";
       } // (if cfg.dataDir == "/var/lib/blixard" then {
         StateDirectory = "blixard";
         StateDirectoryMode = "0750";

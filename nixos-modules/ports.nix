@@ -1,7 +1,11 @@
-# The TCP ports services.blixard listens on, for openFirewall: a pure
-# function of the module's evaluated options (config.services.blixard),
-# builtins only. Returns { raft = PORT or null; api = PORT or null; }; raft is
-# null when neither raftAddress nor members names this node's address.
+# The ports services.blixard listens on, for openFirewall: a pure function
+# of the module's evaluated options (config.services.blixard), builtins
+# only. Returns { raft; api; } (TCP ports; raft null when neither
+# raftAddress nor members names this node's address) and, with
+# network.enable, { ingress; vxlan; bridgeUDP; bridgeTCP; }: the ingress
+# proxy's TCP port (null without ingressAddress), the VXLAN's UDP port
+# between the nodes, and the ports the instances reach on the bridge (DHCP
+# and DNS).
 cfg:
 let
   portOf = addr:
@@ -20,8 +24,15 @@ let
     else members.${id} or null;
 
   raftAddress = if (cfg.raftAddress or null) != null then cfg.raftAddress else fromMembers;
+  net = cfg.network or { };
+  netOn = net.enable or false;
 in
 {
   raft = portOf raftAddress;
   api = portOf cfg.apiAddress;
-}
+} // (if netOn then {
+  ingress = portOf (net.ingressAddress or null);
+  vxlan = net.vxlanPort or 4789;
+  bridgeUDP = [ 53 67 ];
+  bridgeTCP = [ 53 ];
+} else { })

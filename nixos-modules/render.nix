@@ -40,6 +40,7 @@ let
       // nonNull "tls-key" (tls.keyFile or null);
   members = renderMembers (cfg.members or { });
   labels = renderLabels (cfg.labels or { });
+  net = cfg.network or { };
 
   rendered =
     {
@@ -66,6 +67,18 @@ let
     // nonNull "git-username" (repo.username or null)
     // nonNull "eval-max-memory-mib" ((cfg.evaluation or { }).maxMemoryMiB or null)
     // nonNull "eval-user" ((cfg.evaluation or { }).user or null)
+    // optional (net.enable or false) (
+      {
+        network = true;
+        bridge = net.bridge or "blixard0";
+        "vxlan-id" = net.vxlanId or 4242;
+        "vxlan-port" = net.vxlanPort or 4789;
+        "dns-dir" = "/run/blixard-netdns";
+        masquerade = net.masquerade or true;
+      }
+      // nonNull "underlay-addr" (net.underlayAddress or null)
+      // nonNull "ingress-addr" (net.ingressAddress or null)
+    )
     // optional (cfg.ceph.enable or false) (
       { "ceph-user" = cfg.ceph.user; "volume-attach" = cfg.ceph.volumeAttach or "auto"; }
       // nonNull "ceph-keyring-file" (cfg.ceph.keyringFile or null)

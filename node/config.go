@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/blixard/blixard/hostnet"
 	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
@@ -150,6 +152,10 @@ type Config struct {
 	// StopOnExit stops every VM when Run returns (`blixard dev`); otherwise
 	// they keep running and the next agent adopts them.
 	StopOnExit bool
+	// Network, when enabled, makes this node carry the cluster network
+	// (see NetworkConfig).
+	Network NetworkConfig
+
 	// Ceph, when set, attaches the VMs' RBD volumes, registers the node's
 	// Ceph client addresses and lets the leader fence silent nodes. It
 	// needs a build with `-tags ceph,pacific`.
@@ -164,6 +170,110 @@ type Config struct {
 	OnState func(s *replicated.State)
 	// Logger receives the node's logs (default slog.Default()).
 	Logger *slog.Logger
+}
+
+// DefaultVXLANID is the VXLAN network identifier of --vxlan-id: any id
+// works as long as every node of the cluster uses the same and no other
+// VXLAN on the underlay does.
+const DefaultVXLANID = 4242
+
+// NetworkConfig is the node's part of the cluster network (serve
+// --network …; see docs/architecture.md, Networking). Off by default:
+// nodes without it place and run VMs as before, without addresses.
+type NetworkConfig struct {
+	// Enable runs the network component on this node: the overlay bridge
+	// and VXLAN (hostnet), DHCP and DNS (netdns's dnsmasq), the masquerade
+	// of the cluster network, STATE/NAME/network.env, and the ingress
+	// proxy when IngressAddr is set. It needs root (CAP_NET_ADMIN).
+	Enable bool
+	// Bridge is the overlay bridge (default hostnet.DefaultBridge,
+	// "blixard0").
+	Bridge string
+	// VXLANID is the VXLAN network identifier (1..16777215, default
+	// DefaultVXLANID), the same on every node; VXLANPort its UDP port
+	// (default 4789), open between the nodes.
+	VXLANID   uint32
+	VXLANPort int
+	// UnderlayAddr is this node's address on the network between the
+	// nodes (a LAN, a WAN, a tailnet). Default: the host of RaftAddr, which
+	// is where the other nodes send this node's overlay traffic (they know
+	// nodes by their Raft address).
+	UnderlayAddr netip.Addr
+	// IngressAddr is the HOST:PORT of the ingress HTTP proxy ("" : none);
+	// TCP entries listen on HOST and their listenPort.
+	IngressAddr string
+	// DNSDir holds dnsmasq's files (default DataDir/netdns); it and its
+	// parents must be searchable by everyone (dnsmasq rereads them as
+	// nobody).
+	DNSDir string
+	// Masquerade keeps the nft table NATTable that masquerades the cluster
+	// network out of the host's uplink; false leaves outbound NAT to the
+	// host (NixOS: networking.nat).
+	Masquerade bool
+}
+
+// withDefaults checks the network settings (only when enabled) and fills
+// in their defaults; raftAddr is the node's Raft address ("" while it is
+// still to be chosen on loopback).
+func (n NetworkConfig) withDefaults(dataDir, raftAddr string) (NetworkConfig, error) {
+	if !n.Enable {
+		return n, nil
+	}
+	if n.Bridge == "" {
+		n.Bridge = hostnet.DefaultBridge
+	}
+	if len(n.Bridge) > replicated.MaxTapName || strings.ContainsAny(n.Bridge, "/: \t\n") || n.Bridge == "." || n.Bridge == ".." {
+		return n, fmt.Errorf("--bridge %q is not a Linux interface name (at most %d characters, no '/', ':' or spaces)", n.Bridge, replicated.MaxTapName)
+	}
+	if strings.HasPrefix(n.Bridge, replicated.TapPrefix) {
+		return n, fmt.Errorf("--bridge %q starts with %q, which names instances' taps: pick another name", n.Bridge, replicated.TapPrefix)
+	}
+	if n.VXLANID == 0 {
+		n.VXLANID = DefaultVXLANID
+	}
+	if n.VXLANID > 1<<24-1 {
+		return n, fmt.Errorf("--vxlan-id %d: want 1..16777215 (24 bits), the same on every node", n.VXLANID)
+	}
+	if n.VXLANPort == 0 {
+		n.VXLANPort = hostnet.DefaultVXLANPort
+	}
+	if n.VXLANPort < 1 || n.VXLANPort > 65535 {
+		return n, fmt.Errorf("--vxlan-port %d: want 1..65535 (default %d)", n.VXLANPort, hostnet.DefaultVXLANPort)
+	}
+	if !n.UnderlayAddr.IsValid() && raftAddr != "" {
+		host, _, err := net.SplitHostPort(raftAddr)
+		if err != nil {
+			return n, fmt.Errorf("--raft-addr %q: %w", raftAddr, err)
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return n, fmt.Errorf("--network needs this node's underlay address: the host of --raft-addr %s is not an IP address; "+
+				"pass --underlay-addr (the address other nodes reach %s at)", raftAddr, host)
+		}
+		n.UnderlayAddr = a
+	}
+	n.UnderlayAddr = n.UnderlayAddr.Unmap()
+	if n.UnderlayAddr.IsValid() && (n.UnderlayAddr.IsUnspecified() || n.UnderlayAddr.IsMulticast() || n.UnderlayAddr.Zone() != "") {
+		return n, fmt.Errorf("--underlay-addr %s is not a unicast address of this node: pass the address other nodes reach it at", n.UnderlayAddr)
+	}
+	if n.IngressAddr != "" {
+		_, port, err := net.SplitHostPort(n.IngressAddr)
+		if err != nil {
+			return n, fmt.Errorf("--ingress-addr %q: want HOST:PORT, e.g. :80: %w", n.IngressAddr, err)
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+			return n, fmt.Errorf("--ingress-addr %q: port %q is not 1..65535", n.IngressAddr, port)
+		}
+	}
+	if n.DNSDir == "" {
+		n.DNSDir = filepath.Join(dataDir, "netdns")
+	}
+	dir, err := filepath.Abs(n.DNSDir)
+	if err != nil {
+		return n, fmt.Errorf("--dns-dir %q: %w", n.DNSDir, err)
+	}
+	n.DNSDir = dir
+	return n, nil
 }
 
 // RaftTiming is the Raft tick and the heartbeat and election timeout
@@ -262,6 +372,10 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if err := c.checkTransport(); err != nil {
+		return c, err
+	}
+	var err error
+	if c.Network, err = c.Network.withDefaults(c.DataDir, c.RaftAddr); err != nil {
 		return c, err
 	}
 	if c.Source.Ref == "" {

@@ -77,6 +77,21 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Members = map[uint64]string{cfg.NodeID: cfg.RaftAddr}
 	}
 
+	// The network's host side is checked (netlink rights, dnsmasq, the
+	// ingress port, nftables) before the node joins, like the API port.
+	var nw *network
+	if cfg.Network.Enable {
+		if cfg.Network, err = cfg.Network.withDefaults(cfg.DataDir, cfg.RaftAddr); err != nil {
+			return err
+		}
+		if nw, err = newNetwork(cfg, log); err != nil {
+			return err
+		}
+		// Closed after the goroutines below returned: it removes the
+		// masquerade, and the proxies have closed their listeners.
+		defer nw.Close()
+	}
+
 	backend, err := newBackend(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -153,8 +168,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 	agent := nodeagent.New(p.agentOptions(ctx, cfg, store, backend, vols, log))
 	g.Go("node agent", agent.Start)
+	notify := agent.Notify
+	if nw != nil {
+		nw.start(g, store.LocalRead)
+		notify = func() { agent.Notify(); nw.Notify() }
+	}
 	g.Go("", func(ctx context.Context) error {
-		forwardApplied(ctx, applied, agent.Notify, store, onState(ctx, cfg, vols, log))
+		forwardApplied(ctx, applied, notify, store, onState(ctx, cfg, vols, log))
 		return nil
 	})
 	if p.rec != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -57,7 +59,11 @@ type Options struct {
 	// Heartbeat is the period of NodeHeartbeat proposals (default 2s); a
 	// phase change is reported about 100ms after it happens as well, but
 	// at most one heartbeat per half period (100ms to 1s) is sent while
-	// statuses keep changing.
+	// statuses keep changing; the first goes as the agent starts. A
+	// heartbeat does not wait for the previous one to be answered: a lost proposal is retried by the Proposer only
+	// after its attempt timeout, and an election drops every proposal in
+	// flight, so the next heartbeats go on renewing the lease meanwhile
+	// (see [Agent.Start] for how many may be in flight).
 	Heartbeat time.Duration
 	// BuildRetry is how long a failed realisation of one (VM, out path) is
 	// remembered before it is tried again (default 30s).
@@ -99,8 +105,10 @@ type Options struct {
 	// backend lists on every later pass, starts nothing, detaches nothing,
 	// and reports every VM stopped saying why (see [Decide]). Once a
 	// heartbeat commits again the lease is renewed and the normal passes
-	// resume. The lease must be shorter than the leader's node timeout by
-	// more than a kill takes; node.Config derives it from --node-timeout.
+	// resume, but a VM starts only once a heartbeat saying it is starting
+	// has committed too (see the package doc). The lease must be shorter
+	// than the leader's node timeout by more than a kill takes;
+	// node.Config derives it from --node-timeout.
 	//
 	// With a lease the agent is also fenced while the local replica shows
 	// this node marked down (until `blixard node ready`): the leader may
@@ -135,6 +143,19 @@ type Agent struct {
 	// node mark committed before that heartbeat.
 	renewed time.Time
 	fenced  bool
+	// epoch and seq order this process's heartbeats
+	// (replicated.NodeHeartbeat): epoch is random, fixed for the agent's
+	// life; seq is the number of the last heartbeat made, guarded by mu.
+	epoch uint64
+	seq   uint64
+	// unanswered counts the heartbeats not committed since the last one
+	// that was, so that a lost quorum logs a warning once, not once per
+	// period (guarded by mu).
+	unanswered int
+	// holdStarts: after a fence no VM starts until heartbeat number
+	// holdStarts or a later one has committed (0: none held; guarded by
+	// mu). See pass.
+	holdStarts uint64
 
 	// Owned by the Start goroutine.
 	rec  *records
@@ -145,9 +166,19 @@ type Agent struct {
 
 type vmStatus struct {
 	replicated.VMStatus
-	// forget: the VM is gone from this node; once its stopped status has
-	// been sent, it is dropped.
+	// forget: the VM is gone from this node; once a committed heartbeat
+	// shows it stopped, it is dropped.
 	forget bool
+	// stoppedIn is the number (seq) of the first heartbeat that carried
+	// this VM stopped and to be forgotten (0: none yet). Every heartbeat
+	// made after it carries it so too, until it is dropped; see
+	// forgetCommitted.
+	stoppedIn uint64
+}
+
+// forgettable: the status says stopped and the VM is gone from this node.
+func (s *vmStatus) forgettable() bool {
+	return s.forget && s.Phase == replicated.PhaseStopped
 }
 
 // New returns an agent; it starts nothing until Start.
@@ -187,6 +218,10 @@ func New(o Options) *Agent {
 		notify:   make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
 		statuses: map[string]*vmStatus{},
+		// Random rather than the start time: two processes of one node
+		// must differ even on a clock that was stepped back or is fake.
+		// 53 bits stay exact in any JSON reader.
+		epoch: rand.Uint64N(1<<53-1) + 1,
 		// A failed switch, start, restart or stop is retried on the next
 		// resync, as a level-triggered loop would.
 		rec:  newRecords(o.BuildRetry, o.VolumeRetry, o.Interval),
@@ -214,6 +249,14 @@ func (a *Agent) Statuses() []replicated.VMStatus {
 // and the heartbeat. It returns nil after a clean shutdown, or the backend's
 // error if the backend cannot run. Unless Options.StopOnExit is set, the VMs
 // keep running after it returns.
+//
+// Heartbeats are pipelined: one starts every Options.Heartbeat (and after
+// changes) whether or not the previous ones were answered, each with a
+// timeout of Options.Lease (10s without one: a heartbeat that commits
+// later cannot renew the lease anyway). At most max(2, ⌈timeout/period⌉)
+// are in flight; while that many are unanswered the next waits for one of
+// them. Each committed heartbeat renews the lease to its own send time,
+// never backwards; one whose outcome is unknown renews nothing.
 func (a *Agent) Start(ctx context.Context) error {
 	if a.o.State == nil || a.o.Proposer == nil || a.o.NodeID == 0 {
 		return errors.New("nodeagent: Options.State, Options.Proposer and Options.NodeID are required")
@@ -273,7 +316,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			a.shutdown(ctx)
 			rcancel()
-			a.sendHeartbeat(context.WithoutCancel(ctx), 2*time.Second)
+			a.sendHeartbeat(context.WithoutCancel(ctx), a.nextHeartbeat(), 2*time.Second)
 			return nil
 		case err := <-backendErr:
 			a.drainOps()
@@ -425,7 +468,24 @@ func (a *Agent) pass(ctx context.Context) {
 		in.Fenced = MarkedDownReason(a.o.NodeID)
 	}
 	was := a.fencedBy
+	// Resuming after a fence, Raft holds this node's reports of its VMs as
+	// stopped, and a plan may move them any moment: the node taking one
+	// over starts it once it has applied that plan, trusting the report,
+	// while this node, which has not applied the plan yet, would start it
+	// too. So a VM starts here only once a heartbeat made after this pass,
+	// saying it is starting, has committed. A plan committed before that
+	// heartbeat is applied here by then (its Propose returns once the local
+	// replica applied it): the VM is no longer assigned here. A plan
+	// committed after it finds this node's report not stopped: the other
+	// node waits until this one stops the VM (see Decide).
+	resuming := in.Fenced == "" && was != ""
+	if resuming {
+		a.holdStartsUntil(math.MaxUint64) // this pass's heartbeat is not made yet
+	}
 	k := a.execute(ctx, Decide(in))
+	if resuming {
+		a.holdStartsUntil(0)
+	}
 	a.fencedBy = in.Fenced
 	switch {
 	case in.Fenced != "" && was == "":
@@ -437,6 +497,25 @@ func (a *Agent) pass(ctx context.Context) {
 		a.log.Info("no longer fenced: a heartbeat committed and this node is not marked down; VMs assigned here start again",
 			"lease", a.o.Lease)
 	}
+}
+
+// holdStartsUntil holds starts until heartbeat number seq has committed;
+// 0: until the next heartbeat made has, which carries the statuses set so
+// far.
+func (a *Agent) holdStartsUntil(seq uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if seq == 0 {
+		seq = a.seq + 1
+	}
+	a.holdStarts = seq
+}
+
+// startsHeld: starts wait for a heartbeat to commit (see pass).
+func (a *Agent) startsHeld() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.holdStarts != 0
 }
 
 // MarkedDownReason is the status message of every VM of a node fenced
@@ -511,6 +590,11 @@ func (a *Agent) execute(ctx context.Context, d Decision) killReport {
 					a.Notify() // decide again at once: it reports the failure
 					break actions
 				}
+			case ActStart:
+				if a.startsHeld() {
+					break actions // started by a pass after the heartbeat commits
+				}
+				a.startOp(ctx, act)
 			default:
 				a.startOp(ctx, act)
 			}
@@ -637,7 +721,17 @@ func (a *Agent) set(vd VMDecision) {
 		}
 		a.signalChangedLocked()
 	}
-	a.statuses[st.VM] = &vmStatus{VMStatus: st, forget: vd.Forget}
+	a.statuses[st.VM] = keptStatus(old, vd)
+}
+
+// keptStatus is the status the agent keeps for vd (whose Status is set),
+// replacing old (nil: none).
+func keptStatus(old *vmStatus, vd VMDecision) *vmStatus {
+	next := &vmStatus{VMStatus: *vd.Status, forget: vd.Forget}
+	if old != nil && old.forgettable() && next.forgettable() {
+		next.stoppedIn = old.stoppedIn // still stopped: the heartbeats since carried it so
+	}
+	return next
 }
 
 // setPhase changes the phase and message of a VM's status, keeping the rest.
@@ -651,6 +745,8 @@ func (a *Agent) setPhase(vm string, phase replicated.Phase, msg string) {
 	}
 	if phase == replicated.PhaseStopped {
 		s.BootedOut = ""
+	} else {
+		s.stoppedIn = 0
 	}
 	if s.Phase != phase || s.Message != msg {
 		s.Phase, s.Message = phase, msg
@@ -676,89 +772,190 @@ func (a *Agent) snapshotLocked() []replicated.VMStatus {
 }
 
 // report proposes heartbeats: ~100ms after a change, and Options.Heartbeat
-// after the last one. The period restarts after every heartbeat so that a
-// tick that came due while a change was debounced does not send a second
-// one right after it: that would cost a Raft proposal for nothing, and a VM
-// gone from this node (dropped once a heartbeat carried it stopped) would
-// vanish from the node's report as soon as it was reported stopped.
+// after the last one, without waiting for earlier ones to be answered (see
+// [Agent.Start]). The period restarts after every heartbeat so that a tick
+// that came due while a change was debounced does not send a second one
+// right after it: that would cost a Raft proposal for nothing.
 //
 // While statuses keep changing (hundreds of VMs starting at once), changes
 // are coalesced: a heartbeat follows the previous one by at least half the
 // period (100ms to 1s). Every heartbeat carries all of the node's
 // statuses, so a burst costs one Raft proposal per half period instead of
-// one per 100ms plus the proposal's latency, and leaves Raft its time.
+// one per 100ms, and leaves Raft its time.
+//
+// The cap on heartbeats in flight: one sent more than the timeout ago is
+// given up, so sending once a period never has more than ⌈timeout/period⌉
+// out; the cap holds back only the extra heartbeats of changes while Raft
+// answers none (no quorum: the lease runs out whatever is sent), and keeps
+// a node that lost its quorum from piling up proposals that would all
+// commit at once when it returns.
 func (a *Agent) report(ctx context.Context) {
 	const debounce = 100 * time.Millisecond
 	minGap := min(max(a.o.Heartbeat/2, debounce), time.Second)
+	timeout := a.heartbeatTimeout()
+	inFlight := make(chan struct{}, maxInFlight(timeout, a.o.Heartbeat))
+	var wg sync.WaitGroup
+	defer wg.Wait() // every heartbeat in flight ends with ctx
 	t := time.NewTicker(a.o.Heartbeat)
 	defer t.Stop()
 	var last time.Time // when the last heartbeat was sent
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-a.changed:
-			d := time.NewTimer(max(debounce, time.Until(last.Add(minGap))))
+	// The first heartbeat goes at once: a restarted agent's lease runs
+	// from its predecessor's last committed heartbeat, and may be close to
+	// its end.
+	for first := true; ; first = false {
+		if !first {
 			select {
 			case <-ctx.Done():
-				d.Stop()
 				return
-			case <-d.C:
+			case <-t.C:
+			case <-a.changed:
+				d := time.NewTimer(max(debounce, time.Until(last.Add(minGap))))
+				select {
+				case <-ctx.Done():
+					d.Stop()
+					return
+				case <-d.C:
+				}
 			}
 		}
-		a.sendHeartbeat(ctx, 10*time.Second)
+		select {
+		case inFlight <- struct{}{}:
+		default:
+			a.log.Debug("every heartbeat in flight is unanswered; the next waits for one of them", "inFlight", cap(inFlight))
+			select {
+			case <-ctx.Done():
+				return
+			case inFlight <- struct{}{}:
+			}
+		}
+		// Made after the waits, it carries every change signalled until
+		// now: drop their signal rather than send the same statuses again.
+		select {
+		case <-a.changed:
+		default:
+		}
+		hb := a.nextHeartbeat()
+		wg.Go(func() {
+			defer func() { <-inFlight }()
+			a.sendHeartbeat(ctx, hb, timeout)
+		})
 		last = time.Now()
 		t.Reset(a.o.Heartbeat)
 	}
 }
 
-// sendHeartbeat proposes one NodeHeartbeat with every status and the
-// node's Ceph client addresses (its volumes' clients come and go, and
-// fencing must cover them); once committed, it renews the lease (to its
-// time of sending) and stopped VMs that are not assigned here are
-// forgotten.
-func (a *Agent) sendHeartbeat(ctx context.Context, timeout time.Duration) {
+// heartbeatTimeout is how long one heartbeat may take to commit: the lease
+// (a later commit renews nothing), or 10s without one.
+func (a *Agent) heartbeatTimeout() time.Duration {
+	if a.o.Lease > 0 {
+		return a.o.Lease
+	}
+	return 10 * time.Second
+}
+
+// maxInFlight is how many heartbeats may be unanswered at once:
+// max(2, ⌈timeout/period⌉), see report.
+func maxInFlight(timeout, period time.Duration) int {
+	return max(2, int((timeout+period-1)/period))
+}
+
+// heartbeat is one NodeHeartbeat to propose.
+type heartbeat struct {
+	cmd replicated.Command
+	seq uint64 // its place in this process's order
+}
+
+// nextHeartbeat makes the next heartbeat: every status, numbered after
+// every heartbeat made before it, and the node's Ceph client addresses
+// (its volumes' clients come and go, and fencing must cover them).
+func (a *Agent) nextHeartbeat() heartbeat {
 	a.mu.Lock()
+	a.seq++
+	seq := a.seq
+	markSent(a.statuses, seq)
 	snap := a.snapshotLocked()
 	a.mu.Unlock()
-	cmd := replicated.Command{
-		V:             replicated.CommandVersion,
-		Type:          replicated.CmdNodeHeartbeat,
-		At:            a.o.Now(),
-		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.o.NodeID, Statuses: snap, CephAddrs: a.cephAddrs()},
-	}
+	return heartbeat{seq: seq, cmd: replicated.Command{
+		V:    replicated.CommandVersion,
+		Type: replicated.CmdNodeHeartbeat,
+		At:   a.o.Now(),
+		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.o.NodeID, Epoch: a.epoch, Seq: seq, Statuses: snap,
+			CephAddrs: a.cephAddrs()},
+	}}
+}
+
+// sendHeartbeat proposes hb; once it committed, it renews the lease to its
+// send time (unless a later one did already) and stopped VMs that are no
+// longer assigned here are forgotten. A heartbeat whose outcome is unknown
+// (an error: timed out, cancelled) changes nothing.
+func (a *Agent) sendHeartbeat(ctx context.Context, hb heartbeat, timeout time.Duration) {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, err := a.o.Proposer.Propose(pctx, cmd)
-	if err != nil {
-		a.log.Warn("heartbeat not committed", "err", err)
-		return
-	}
-	if !res.OK() {
-		a.log.Warn("heartbeat refused", "code", res.Code, "message", res.Message)
-		return
+	res, err := a.o.Proposer.Propose(pctx, hb.cmd)
+	if err == nil && !res.OK() {
+		err = fmt.Errorf("refused: %s: %s", res.Code, res.Message)
 	}
 	a.mu.Lock()
+	if err != nil {
+		a.unanswered++
+		first := a.unanswered == 1
+		a.mu.Unlock()
+		switch {
+		case ctx.Err() != nil: // shutting down
+		case first:
+			a.log.Warn("heartbeat not committed; the next ones go on (this warning is not repeated until one commits)",
+				"seq", hb.seq, "err", err)
+		default:
+			a.log.Debug("heartbeat not committed", "seq", hb.seq, "err", err)
+		}
+		return
+	}
+	if a.unanswered > 0 {
+		a.log.Info("a heartbeat committed again", "seq", hb.seq, "notCommitted", a.unanswered)
+		a.unanswered = 0
+	}
 	// The lease counts from the send: the leader counts its node timeout
-	// from a later moment, when it sees this heartbeat applied.
-	if cmd.At.After(a.renewed) {
-		a.renewed = cmd.At
+	// from a later moment, when it sees this heartbeat applied. A later
+	// heartbeat may have been answered first: never move it backwards.
+	if hb.cmd.At.After(a.renewed) {
+		a.renewed = hb.cmd.At
 	}
 	fenced := a.fenced
-	forgetSent(a.statuses, snap)
+	forgetCommitted(a.statuses, hb.seq)
+	// Raft shows this heartbeat's statuses or newer ones: the VMs this node
+	// starts after a fence say so there (see pass).
+	held := a.holdStarts != 0 && hb.seq >= a.holdStarts
+	if held {
+		a.holdStarts = 0
+	}
 	a.mu.Unlock()
-	if fenced {
-		a.Notify() // the lease is back: resume at once, not at the next resync
+	if fenced || held {
+		a.Notify() // the lease is back, or starts may go: at once, not at the next resync
 	}
 }
 
-// forgetSent drops the statuses of VMs gone from this node once a heartbeat
-// (sent) carried them stopped.
-func forgetSent(statuses map[string]*vmStatus, sent []replicated.VMStatus) {
-	for _, st := range sent {
-		if s := statuses[st.VM]; s != nil && s.forget && s.Phase == replicated.PhaseStopped && st.Phase == replicated.PhaseStopped {
-			delete(statuses, st.VM)
+// markSent records heartbeat seq as the first to carry the statuses of VMs
+// gone from this node that say stopped and no heartbeat carried yet.
+func markSent(statuses map[string]*vmStatus, seq uint64) {
+	for _, s := range statuses {
+		if s.forgettable() && s.stoppedIn == 0 {
+			s.stoppedIn = seq
+		}
+	}
+}
+
+// forgetCommitted drops the statuses of VMs gone from this node that a
+// committed heartbeat, numbered seq, shows stopped. Heartbeats commit in any
+// order and Apply keeps the statuses of the newest one only, so a commit
+// says what Raft holds only together with the numbering: every heartbeat
+// from a status's stoppedIn on carries it stopped, and once heartbeat seq
+// committed, the node's report in Raft is seq or newer. So when stoppedIn <=
+// seq, Raft shows the VM stopped whichever heartbeat it kept; one numbered
+// before stoppedIn (an older snapshot, maybe of it running) proves nothing.
+func forgetCommitted(statuses map[string]*vmStatus, seq uint64) {
+	for name, s := range statuses {
+		if s.forgettable() && s.stoppedIn != 0 && s.stoppedIn <= seq {
+			delete(statuses, name)
 		}
 	}
 }

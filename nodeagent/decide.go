@@ -372,11 +372,7 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 		if f := o.BuildFailure; f.pending(in.Now) && f.Out == as.OutPath {
 			return report(replicated.PhaseFailed, f.message(o.LogHint))
 		}
-		declared := as.Declared
-		if declared == "" {
-			declared = name
-		}
-		vd.Actions = []Action{{Kind: ActRealise, VM: name, Out: as.OutPath, Drv: as.Drv, Declared: declared, Commit: in.Commit}}
+		vd.Actions = []Action{{Kind: ActRealise, VM: name, Out: as.OutPath, Drv: as.Drv, Declared: runnerOwner(as), Commit: in.Commit}}
 		if us.Active && us.Booted == as.OutPath {
 			return report(replicated.PhaseRunning, "")
 		}
@@ -636,4 +632,20 @@ func volumesString(vs []spec.VolumeRef) string {
 		parts[i] = fmt.Sprintf("%s:%d", v.Name, v.SizeMiB)
 	}
 	return strings.Join(parts, ",")
+}
+
+// runnerOwner is the attribute path, under the flake's vms, of the
+// attribute set whose runner as runs: the declared VM, or the instance's
+// own entry (`web.instances."web-0"`) when lib.mkCluster built one runner
+// per replica (replicated.Assignment.OwnRunner). Instance names are valid
+// unit names, so Go's quoting is Nix's.
+func runnerOwner(as replicated.Assignment) string {
+	declared := as.Declared
+	if declared == "" {
+		declared = as.VM
+	}
+	if as.OwnRunner {
+		return fmt.Sprintf("%s.instances.%q", declared, as.VM)
+	}
+	return declared
 }

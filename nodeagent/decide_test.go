@@ -26,7 +26,7 @@ import (
 //
 // Commands (this node is node 1; times are offsets from a fixed base):
 //
-//	assign vm=web [node=1] [out=v1] [drv=OUT.drv] [declared=VM] [gen=N] [volumes=data:1024,…]
+//	assign vm=web [node=1] [out=v1] [drv=OUT.drv] [declared=VM] [own-runner] [gen=N] [volumes=data:1024,…]
 //	       [stopped=autostart|operator] [restart=N]
 //	                               the assignment; stopped and restart as Apply derives them
 //	                               from autostart and `blixard vm start|stop|restart`
@@ -89,6 +89,7 @@ type decideHarness struct {
 	// committed are the statuses the last heartbeat carried (the
 	// replicated state's Observed); they survive restart-agent.
 	committed map[string]replicated.VMStatus
+	seq       uint64 // the last heartbeat's number
 }
 
 func newDecideHarness() *decideHarness {
@@ -119,6 +120,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		as.Drv, as.Declared = as.OutPath+".drv", as.VM
 		d.MaybeScanArgs(t, "drv", &as.Drv)
 		d.MaybeScanArgs(t, "declared", &as.Declared)
+		as.OwnRunner = d.HasArg("own-runner")
 		h.gen++
 		as.Generation = h.gen
 		d.MaybeScanArgs(t, "gen", &as.Generation)
@@ -281,11 +283,15 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		}
 		return out
 	case "heartbeat":
+		// Sent and committed at once, in order (nextHeartbeat, then a
+		// committed sendHeartbeat).
+		h.seq++
+		markSent(h.statuses, h.seq)
 		snap := make([]replicated.VMStatus, 0, len(h.statuses))
 		for _, name := range slices.Sorted(maps.Keys(h.statuses)) {
 			snap = append(snap, h.statuses[name].VMStatus)
 		}
-		forgetSent(h.statuses, snap)
+		forgetCommitted(h.statuses, h.seq)
 		// As Apply: this node's statuses replace its own, never another
 		// node's report of a VM assigned to that node.
 		for vm, s := range h.committed {
@@ -353,7 +359,7 @@ func (h *decideHarness) apply(dec Decision) {
 		if vd.Status == nil {
 			delete(h.statuses, vd.VM)
 		} else {
-			h.statuses[vd.VM] = &vmStatus{VMStatus: *vd.Status, forget: vd.Forget}
+			h.statuses[vd.VM] = keptStatus(h.statuses[vd.VM], vd)
 		}
 		for _, a := range vd.Actions {
 			switch a.Kind {

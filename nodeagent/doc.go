@@ -22,7 +22,16 @@
 //
 // The agent owns the node's heartbeat: every Options.Heartbeat and shortly
 // after any phase change it proposes a NodeHeartbeat with the complete list
-// of the node's VM statuses.
+// of the node's VM statuses. Heartbeats are pipelined: each starts on time
+// whether or not the earlier ones were answered (a lost proposal is retried
+// only after seconds, an election drops every proposal in flight), at most
+// max(2, ⌈lease/period⌉) unanswered at once, each given up after the lease.
+// So they commit in any order: each carries the agent process's epoch
+// (random) and a sequence number, and Apply keeps the statuses of the
+// newest only, while every one counts for liveness. A committed one renews
+// the lease to its own send time, never backwards; a VM gone from this node
+// is forgotten once a heartbeat numbered from its first stopped report on
+// committed (Raft then shows it stopped, whichever heartbeat Apply kept).
 //
 // One copy of each VM. Two rules keep a VM from running on two nodes:
 //
@@ -32,15 +41,19 @@
 //     applied). A node whose lease ran out is fenced: it kills every runner
 //     at once ([Backend.Kill]: SIGKILL, no shutdown) and starts nothing
 //     until a heartbeat commits again, so by the time the leader declares
-//     it down and places its VMs elsewhere, they no longer run there. A
-//     blixard that is frozen (SIGSTOP) or not running cannot fence: its
-//     runners keep running until it runs again, and its first pass then
-//     kills them (its lease counts from its last committed heartbeat in
-//     the local replica);
+//     it down and places its VMs elsewhere, they no longer run there. Once
+//     the fence ends, a VM starts only after a heartbeat made since, saying
+//     it is starting, has committed: until then Raft shows it stopped here
+//     while a plan may be moving it, and the node taking it over waits
+//     only for a report that is not stopped (see moves). A blixard that is
+//     frozen (SIGSTOP) or not running cannot fence: its runners keep
+//     running until it runs again, and its first pass then kills them (its
+//     lease counts from its last committed heartbeat in the local replica);
 //   - moves: a VM that another node (not marked down) last reported through
 //     Raft in a phase other than stopped is neither attached nor started
 //     here, and this node reports nothing of it meanwhile (see [Decide]):
-//     the old node stops it once it applies the plan.
+//     the old node stops it once it applies the plan. (A third node's
+//     leftover "stopped" does not replace that report in Raft.)
 //
 // Units are run by a [Backend]: [SystemdBackend] drives microvm.nix's
 // `microvm@NAME.service` units over D-Bus (production on NixOS; it reacts to

@@ -17,10 +17,13 @@ import (
 // revision at commit and returns the realised out path. The agent compares
 // that path with the plan's.
 type Builder interface {
-	Build(ctx context.Context, commit, declared string) (outPath string, err error)
+	// Build builds the runner of owner, the attribute path under the
+	// flake's vms: the declared VM (`web`), or an instance's own entry
+	// (`web.instances."web-0"`).
+	Build(ctx context.Context, commit, owner string) (outPath string, err error)
 }
 
-// FlakeBuilder builds `FLAKEURL#ATTR.vms.DECLARED.runner` with
+// FlakeBuilder builds `FLAKEURL#ATTR.vms.OWNER.runner` with
 // `nix build --json --no-link`.
 type FlakeBuilder struct {
 	// FlakeURL returns the flake reference of the cluster flake at commit
@@ -33,7 +36,7 @@ type FlakeBuilder struct {
 }
 
 // Build implements [Builder].
-func (fb FlakeBuilder) Build(ctx context.Context, commit, declared string) (string, error) {
+func (fb FlakeBuilder) Build(ctx context.Context, commit, owner string) (string, error) {
 	if fb.FlakeURL == nil {
 		return "", errors.New("nodeagent: FlakeBuilder has no FlakeURL")
 	}
@@ -45,7 +48,7 @@ func (fb FlakeBuilder) Build(ctx context.Context, commit, declared string) (stri
 	if attr == "" {
 		attr = "blixard"
 	}
-	installable := fmt.Sprintf("%s#%s.vms.%s.runner", url, attr, declared)
+	installable := fmt.Sprintf("%s#%s.vms.%s.runner", url, attr, owner)
 	stdout, err := runNixOf(ctx, fb.Nix, "nix", "build", "--json", "--no-link", installable)
 	if err != nil {
 		return "", fmt.Errorf("nix build %s: %w", installable, err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -18,21 +17,14 @@ import (
 	"github.com/blixard/blixard/replicated"
 )
 
-// freeAddrs returns n distinct free 127.0.0.1 ports.
+// freeAddrs returns n distinct free loopback addresses
+// (testkit.FreeLoopbackAddr: not on 127.0.0.1, where the packages tested in
+// parallel take ports from the same range between our release and bind).
 func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	var ls []net.Listener
 	var addrs []string
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
+	for range n {
+		addrs = append(addrs, testkit.FreeLoopbackAddr(t))
 	}
 	return addrs
 }
@@ -49,17 +41,20 @@ func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 // startClusterTLS is startCluster with each replica's TLS files.
 func startClusterTLS(t testing.TB, n int, tlsFor func(id uint64) TLSFiles) ([]*Store, map[uint64]string) {
 	t.Helper()
+	tlsFiles := make([]TLSFiles, n)
+	for i := range n {
+		tlsFiles[i] = tlsFor(uint64(i + 1)) // here: it may fail the test, which a goroutine may not
+	}
 	addrs := freeAddrs(t, n)
+	if tlsFiles[0].enabled() {
+		addrs = freeLocalhostAddrs(t, n) // the test certificates name 127.0.0.1
+	}
 	members := map[uint64]string{}
 	for i, a := range addrs {
 		members[uint64(i+1)] = a
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	tlsFiles := make([]TLSFiles, n)
-	for i := range n {
-		tlsFiles[i] = tlsFor(uint64(i + 1)) // here: it may fail the test, which a goroutine may not
-	}
 	stores := make([]*Store, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

@@ -89,7 +89,7 @@ func TestDragonboatMutualTLS(t *testing.T) {
 
 	// A replica with a certificate from the cluster CA joins and catches up,
 	// so the intruders below fail for their certificates, not for joining.
-	addrs := freeAddrs(t, 3)
+	addrs := freeLocalhostAddrs(t, 3) // the certificates name 127.0.0.1
 	if err := stores[0].AddReplica(ctx, 4, addrs[0], true); err != nil {
 		t.Fatal(err)
 	}
@@ -216,4 +216,23 @@ func TestStartRefusesBadTLS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// freeLocalhostAddrs returns n distinct free 127.0.0.1 ports.
+func freeLocalhostAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	var ls []net.Listener
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return addrs
 }

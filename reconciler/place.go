@@ -496,13 +496,14 @@ func (s *scheduler) plan() Plan {
 			continue
 		}
 		a := replicated.Assignment{
-			VM:       it.spec.Name,
-			Declared: it.spec.Declared,
-			Node:     s.ids[it.node],
-			Drv:      it.spec.Runner.Drv,
-			OutPath:  it.spec.Runner.Out,
-			VCPU:     it.spec.VCPU,
-			MemMiB:   it.spec.MemMiB,
+			VM:        it.spec.Name,
+			Declared:  it.spec.Declared,
+			OwnRunner: it.spec.OwnRunner(),
+			Node:      s.ids[it.node],
+			Drv:       it.spec.Runner.Drv,
+			OutPath:   it.spec.Runner.Out,
+			VCPU:      it.spec.VCPU,
+			MemMiB:    it.spec.MemMiB,
 		}
 		if len(it.spec.Volumes) > 0 {
 			a.Volumes = s.in.Desired.VolumesOf(*it.spec)

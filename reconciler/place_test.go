@@ -255,7 +255,7 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 		if !ok {
 			fail("%s is assigned but not desired", a.VM)
 		}
-		if a.OutPath != it.Runner.Out || a.Drv != it.Runner.Drv || a.VCPU != it.VCPU || a.MemMiB != it.MemMiB {
+		if a.OutPath != it.Runner.Out || a.Drv != it.Runner.Drv || a.OwnRunner != it.OwnRunner() || a.VCPU != it.VCPU || a.MemMiB != it.MemMiB {
 			fail("assignment %+v does not carry the desired runner and resources", a)
 		}
 	}
@@ -370,8 +370,10 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 			fail("volume %s/%s listed for %s, which is not placed", v.VM, v.Volume, v.VM)
 		}
 	}
-	if p.HasChanges() != (len(want) > 0 || len(p.Volumes) > 0 || len(p.Readdressed) > 0 || p.OldCIDR.IsValid()) {
-		fail("HasChanges() = %v with changes %v and %d volume changes", p.HasChanges(), want, len(p.Volumes))
+	if p.HasChanges() != (len(want) > 0 || len(p.Volumes) > 0 || len(p.Readdressed) > 0 || p.OldCIDR.IsValid() ||
+		len(p.Reidentified) > 0 || len(p.NodeAddrs) > 0) {
+		fail("HasChanges() = %v with changes %v, %d volume changes, %d identity and %d node address changes",
+			p.HasChanges(), want, len(p.Volumes), len(p.Reidentified), len(p.NodeAddrs))
 	}
 }
 

@@ -24,12 +24,18 @@ package reconciler
 //     so far). An instance that had another node is Moved, with the reason
 //     it left.
 //  0. Before anything is kept or placed, the desired instances get their
-//     network identities (replicated.AllocateNetwork, the rule Apply
-//     applies when the plan commits: an instance keeps its address while
-//     it is an instance address of network.cidr, new ones get the lowest
-//     free address). An instance the network has no free address for is
-//     Unschedulable with replicated.NoAddressReason and holds no
-//     resources; one that had an assignment is Removed.
+//     network identities and the registered nodes their own addresses
+//     (replicated.AllocateNetwork, the rule Apply applies when the plan
+//     commits: an instance keeps its address while it is an instance
+//     address of network.cidr, nodes get the highest free addresses, new
+//     instances the lowest; an instance's declared MAC, tap and hostname,
+//     spec.InstanceEntry, are used as they are). An instance the network
+//     has no free address for is Unschedulable with
+//     replicated.NoAddressReason, one whose declared identity another
+//     instance holds with that reason; either holds no resources, and
+//     one that had an assignment is Removed. An instance whose VM gives
+//     it a runner of its own (spec.Instance.OwnRunner) is assigned that
+//     runner.
 //  4. An instance no node can take is Unschedulable, with a reason a user can
 //     act on (for volumes on a cluster without Ceph: "needs Ceph for volume
 //     data: no ready node has Ceph configured …"). If it had an assignment,
@@ -52,6 +58,7 @@ package reconciler
 // old instance stops only when the agent acts on the plan.
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -118,6 +125,30 @@ type Plan struct {
 	// address: it is no instance address of the new CIDR. New is the zero
 	// Addr for one the network has no free address for (Unschedulable).
 	Readdressed []AddressChange `json:"readdressed,omitempty"`
+	// Reidentified are the instances that had an identity and get another
+	// MAC, tap or hostname: their flake now declares one
+	// (spec.InstanceEntry), sorted by VM.
+	Reidentified []IdentityChange `json:"reidentified,omitempty"`
+	// NodeAddrs are the nodes whose own overlay address
+	// (replicated.Network.NodeAddrs) the plan gives or changes, sorted by
+	// node: a node registered since the last plan gets one with this plan.
+	NodeAddrs []NodeAddrChange `json:"nodeAddrs,omitempty"`
+}
+
+// IdentityChange is an instance's identity before and after a plan.
+type IdentityChange struct {
+	VM  string              `json:"vm"`
+	Old replicated.Identity `json:"old"`
+	New replicated.Identity `json:"new"`
+}
+
+// NodeAddrChange is a registered node's own overlay address before and
+// after a plan. Old is the zero Addr for a node that had none; New is the
+// zero Addr when the network has no free address left for it.
+type NodeAddrChange struct {
+	Node uint64     `json:"node"`
+	Old  netip.Addr `json:"old,omitzero"`
+	New  netip.Addr `json:"new,omitzero"`
 }
 
 // AddressChange is an instance's address before and after a plan.
@@ -166,8 +197,8 @@ const ReasonNotDeclared = "no longer declared"
 // assignments. Unschedulable instances alone are not a change; one that loses
 // its assignment is, through Removed.
 func (p Plan) HasChanges() bool {
-	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved)+len(p.Volumes)+len(p.Readdressed) > 0 ||
-		p.OldCIDR.IsValid()
+	return len(p.Added)+len(p.Removed)+len(p.Changed)+len(p.Moved)+len(p.Volumes)+len(p.Readdressed)+
+		len(p.Reidentified)+len(p.NodeAddrs) > 0 || p.OldCIDR.IsValid()
 }
 
 // Summary is a one-line description of the plan, e.g.
@@ -190,6 +221,12 @@ func (p Plan) Summary() string {
 	if len(p.Readdressed) > 0 {
 		s += fmt.Sprintf(", %d readdressed", len(p.Readdressed))
 	}
+	if len(p.Reidentified) > 0 {
+		s += fmt.Sprintf(", %d reidentified", len(p.Reidentified))
+	}
+	if len(p.NodeAddrs) > 0 {
+		s += fmt.Sprintf(", %d node %s", len(p.NodeAddrs), plural(len(p.NodeAddrs), "address", "addresses"))
+	}
 	return s
 }
 
@@ -204,13 +241,19 @@ func Compute(in Input) Plan {
 	p := s.plan()
 	p.Volumes = volumeChanges(in.Previous, in.Desired, p.Assignments)
 	p.Network = network
-	p.OldCIDR, p.Readdressed = networkChanges(in.Network, network, unaddressed)
+	p.OldCIDR, p.Readdressed, p.Reidentified = networkChanges(in.Network, network, unaddressed)
+	p.NodeAddrs = nodeAddrChanges(in.Network, network, in.Nodes)
 	return p
 }
 
-// allocateNetwork gives the desired instances their identities (rule 0) and
-// marks those without an address unschedulable, so that keep and place
-// pass them over. It returns the network and those instances, sorted.
+// allocateNetwork gives the desired instances their identities and the
+// registered nodes their addresses (rule 0), and marks the instances
+// without an identity unschedulable, so that keep and place pass them
+// over. It returns the network and those instances' names, sorted.
+//
+// The declared identities come from the desired spec, which PlanSpec has
+// validated; one that is malformed (a hand-built spec) is ignored here,
+// and Apply refuses the plan with the entry's path.
 func (s *scheduler) allocateNetwork() (*replicated.Network, []string) {
 	if s.in.Desired == nil {
 		return nil, nil
@@ -219,17 +262,22 @@ func (s *scheduler) allocateNetwork() (*replicated.Network, []string) {
 	for i := range s.insts {
 		names[i] = s.insts[i].spec.Name
 	}
+	declared, _ := replicated.DeclaredIdentities(s.in.Desired)
 	cidr := s.in.Desired.NetworkCIDR()
-	network, unaddressed := replicated.AllocateNetwork(s.in.Network, s.in.Desired.Name, cidr, names)
-	for _, name := range unaddressed {
-		i, ok := slices.BinarySearchFunc(s.insts, name, func(it instance, name string) int {
+	network, refused := replicated.AllocateNetwork(s.in.Network, replicated.NetworkRequest{
+		Cluster: s.in.Desired.Name, CIDR: cidr, Instances: names, Declared: declared, Nodes: s.ids,
+	})
+	unaddressed := make([]string, 0, len(refused))
+	for _, u := range refused {
+		unaddressed = append(unaddressed, u.VM)
+		i, ok := slices.BinarySearchFunc(s.insts, u.VM, func(it instance, name string) int {
 			return strings.Compare(it.spec.Name, name)
 		})
 		if !ok {
 			continue
 		}
 		it := &s.insts[i]
-		it.why = replicated.NoAddressReason(cidr)
+		it.why = u.Reason
 		if it.has {
 			it.leave = it.why
 		}
@@ -238,21 +286,26 @@ func (s *scheduler) allocateNetwork() (*replicated.Network, []string) {
 }
 
 // networkChanges lists what a plan's network changes in the committed one
-// (nil: nothing committed, so nothing changes): the CIDR, when it differs,
-// and the instances that had an address and get another one or, being
-// unaddressed, none; sorted by VM. Instances no longer declared are not
-// listed: their address goes with them.
-func networkChanges(old, network *replicated.Network, unaddressed []string) (netip.Prefix, []AddressChange) {
+// (nil: nothing committed, so nothing changes): the CIDR, when it differs;
+// the instances that had an address and get another one or, being
+// unaddressed, none; and those that keep an identity with another MAC, tap
+// or hostname; each sorted by VM. Instances no longer declared are not
+// listed: their identity goes with them.
+func networkChanges(old, network *replicated.Network, unaddressed []string) (netip.Prefix, []AddressChange, []IdentityChange) {
 	if old == nil || network == nil {
-		return netip.Prefix{}, nil
+		return netip.Prefix{}, nil, nil
 	}
 	var cidr netip.Prefix
 	if old.CIDR != network.CIDR {
 		cidr = old.CIDR
 	}
 	var out []AddressChange
+	var reidentified []IdentityChange
 	for vm, was := range old.Identities {
 		now, ok := network.Identities[vm]
+		if ok && (now.MAC != was.MAC || now.Tap != was.Tap || now.Hostname != was.Hostname) {
+			reidentified = append(reidentified, IdentityChange{VM: vm, Old: was, New: now})
+		}
 		if ok && now.Address == was.Address {
 			continue
 		}
@@ -261,7 +314,30 @@ func networkChanges(old, network *replicated.Network, unaddressed []string) (net
 		}
 	}
 	slices.SortFunc(out, func(a, b AddressChange) int { return strings.Compare(a.VM, b.VM) })
-	return cidr, out
+	slices.SortFunc(reidentified, func(a, b IdentityChange) int { return strings.Compare(a.VM, b.VM) })
+	return cidr, out, reidentified
+}
+
+// nodeAddrChanges lists the registered nodes whose own address differs
+// between the committed network and the plan's, by node; like
+// networkChanges, nothing when no network is committed yet. Nodes no
+// longer registered are not listed: their address goes with them.
+func nodeAddrChanges(old, network *replicated.Network, nodes map[uint64]*replicated.Node) []NodeAddrChange {
+	if old == nil || network == nil {
+		return nil
+	}
+	var out []NodeAddrChange
+	for id, n := range nodes {
+		if n == nil {
+			continue
+		}
+		was := old.NodeAddrs[id]
+		if now := network.NodeAddrs[id]; now != was {
+			out = append(out, NodeAddrChange{Node: id, Old: was, New: now})
+		}
+	}
+	slices.SortFunc(out, func(a, b NodeAddrChange) int { return cmp.Compare(a.Node, b.Node) })
+	return out
 }
 
 // volumeChanges lists the volumes of the assigned instances of desired that

@@ -30,6 +30,8 @@ const (
 //	~ volume web/logs: RBD image rbd/prod.web.logs grows 512 → 1024 MiB
 //	~ network 10.100.0.0/16 → 10.200.0.0/24 (gateway 10.100.0.1 → 10.200.0.1)
 //	~ address of web-0: 10.100.0.2 → 10.200.0.2 (not an instance address of network 10.200.0.0/24)
+//	~ identity of web-1: MAC 02:… → 02:…, tap bx… → bx… (declared in the flake)
+//	+ address of node 4: 10.200.0.251
 //	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
 //
 // followed by a blank line and the Summary, or just "No changes." when there
@@ -80,6 +82,19 @@ func (p Plan) Render(w io.Writer, color bool) error {
 			line(ansiRed, "- address of %s: %s released (no free address in network %s)", c.VM, c.Old, p.Network.CIDR)
 		}
 	}
+	for _, c := range p.Reidentified {
+		line(ansiYellow, "~ identity of %s: %s (declared in the flake)", c.VM, identityDiff(c.Old, c.New))
+	}
+	for _, c := range p.NodeAddrs {
+		switch {
+		case !c.Old.IsValid():
+			line(ansiGreen, "+ address of node %d: %s", c.Node, c.New)
+		case c.New.IsValid():
+			line(ansiYellow, "~ address of node %d: %s → %s", c.Node, c.Old, c.New)
+		default:
+			line(ansiRed, "- address of node %d: %s released (no free address in network %s)", c.Node, c.Old, p.Network.CIDR)
+		}
+	}
 	for _, u := range p.Unschedulable {
 		line(ansiBold, "! %s: unschedulable: %s", u.VM, u.Reason)
 	}
@@ -90,6 +105,21 @@ func (p Plan) Render(w io.Writer, color bool) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// identityDiff lists what changed in an instance's MAC, tap and hostname.
+func identityDiff(old, now replicated.Identity) string {
+	var d []string
+	if old.MAC != now.MAC {
+		d = append(d, "MAC "+old.MAC.String()+" → "+now.MAC.String())
+	}
+	if old.Tap != now.Tap {
+		d = append(d, "tap "+old.Tap+" → "+now.Tap)
+	}
+	if old.Hostname != now.Hostname {
+		d = append(d, "hostname "+old.Hostname+" → "+now.Hostname)
+	}
+	return strings.Join(d, ", ")
 }
 
 // workloadDiff lists what changed in an instance's runner and resources.

@@ -273,6 +273,15 @@ func validPhase(p Phase) bool {
 // node's complete observation: they replace every Observed entry the node
 // reported before. When two nodes report the same VM (a VM being moved), the
 // report of the node the VM is assigned to wins.
+//
+// Every valid heartbeat advances the liveness sequence and adds its Ceph
+// addresses to the node's (what fencing blocklists): it proves the node
+// reached the quorum, whatever its order. Only a newer report (see
+// [heartbeatNewer]) replaces the statuses, ReportedCephAddrs and
+// LastHeartbeatAt: an older snapshot that commits late (its proposal was
+// retried while later ones committed) must not bring back what the node
+// reported since — a VM running again that it said stopped, or one it
+// dropped.
 func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 	n, ok := s.Nodes[c.ID]
 	if !ok {
@@ -292,7 +301,6 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 	}
 
 	n.LastHeartbeatSeq++
-	n.LastHeartbeatAt = at
 	// The clients of the node's volumes come and go with its VMs (a daemon
 	// per volume, restarted when it dies): each is added to the node's
 	// addresses, none is dropped before the node registers again, so a
@@ -302,6 +310,14 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 			n.CephAddrs = append(n.CephAddrs, a)
 		}
 	}
+	if !heartbeatNewer(n, c) {
+		return s.ok("node %d heartbeat %d: statuses of report %d ignored (report %d of this agent applied already)",
+			c.ID, n.LastHeartbeatSeq, c.Seq, n.ReportSeq)
+	}
+	if c.Epoch != 0 {
+		n.ReportEpoch, n.ReportSeq = c.Epoch, c.Seq
+	}
+	n.LastHeartbeatAt = at
 	n.ReportedCephAddrs = addrSet(c.CephAddrs)
 	for vm, st := range s.Observed {
 		if st.Node == c.ID && !seen[vm] {
@@ -318,19 +334,46 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 			st.ObservedAt = at
 		}
 		st.ObservedAt = canonicalTime(st.ObservedAt)
-		if prev, ok := s.Observed[st.VM]; ok && prev.Node != c.ID {
-			if a, assigned := s.Assignments[st.VM]; assigned && a.Node == prev.Node {
-				ignored++
-				continue
-			}
+		if prev, ok := s.Observed[st.VM]; ok && prev.Node != c.ID && !replacesReport(s.Assignments, prev, st) {
+			ignored++
+			continue
 		}
 		s.Observed[st.VM] = st
 	}
 	if ignored > 0 {
-		return s.ok("node %d heartbeat %d: %d statuses, %d ignored (VM assigned to and reported by another node)",
+		return s.ok("node %d heartbeat %d: %d statuses, %d ignored (another node's report of the VM stands: it is assigned there, or may run there)",
 			c.ID, n.LastHeartbeatSeq, len(c.Statuses), ignored)
 	}
 	return s.ok("node %d heartbeat %d: %d statuses", c.ID, n.LastHeartbeatSeq, len(c.Statuses))
+}
+
+// replacesReport reports whether st, a node's status of a VM, replaces
+// prev, another node's. The report of the node the VM is assigned to
+// stands against others (their copies are on their way out). Other than
+// that the newest report wins, except that a stopped copy does not hide
+// another node's that may run: a node taking the VM over waits until the
+// node that runs it reports it stopped (nodeagent.Decide), and a third
+// node's leftover "stopped" (one that ran the VM before, fenced or just
+// thawed) must not end that wait.
+func replacesReport(as map[string]Assignment, prev, st VMStatus) bool {
+	a, assigned := as[st.VM]
+	switch {
+	case assigned && a.Node == prev.Node:
+		return false
+	case assigned && a.Node == st.Node:
+		return true
+	}
+	return st.Phase != PhaseStopped || prev.Phase == PhaseStopped
+}
+
+// heartbeatNewer reports whether c is a newer report than the last one
+// applied for n: unordered (epoch 0, as every heartbeat was before the
+// order existed), of another agent process than the last (a restarted
+// agent starts its numbers again; its predecessor sends nothing more), or
+// later in the same process's order. A duplicate (a retried proposal
+// applied twice) is not newer.
+func heartbeatNewer(n *Node, c *NodeHeartbeat) bool {
+	return c.Epoch == 0 || c.Epoch != n.ReportEpoch || c.Seq > n.ReportSeq
 }
 
 // applyCommitPlan replaces the assignments and the desired spec with a new

@@ -78,6 +78,7 @@ func cloneCluster(c *spec.Cluster) *spec.Cluster {
 			vm.Placement.Labels = maps.Clone(vm.Placement.Labels)
 			vm.Placement.AntiAffinity = slices.Clone(vm.Placement.AntiAffinity)
 			vm.Volumes = maps.Clone(vm.Volumes)
+			vm.Instances = maps.Clone(vm.Instances)
 			out.VMs[name] = vm
 		}
 	}
@@ -124,6 +125,7 @@ func canonicalCluster(c *spec.Cluster) {
 		vm.Placement.Labels = nilIfEmptyMap(vm.Placement.Labels)
 		vm.Placement.AntiAffinity = nilIfEmpty(vm.Placement.AntiAffinity)
 		vm.Volumes = nilIfEmptyMap(vm.Volumes)
+		vm.Instances = nilIfEmptyMap(vm.Instances)
 		c.VMs[name] = vm
 	}
 }

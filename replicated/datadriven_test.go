@@ -28,7 +28,7 @@ import (
 // Commands:
 //
 //	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…] [cephnode]
-//	heartbeat id=1 [status=vm:phase[:booted],…]
+//	heartbeat id=1 [epoch=E seq=N] [status=vm:phase[:booted],…] [ceph=A,…]
 //	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…]
 //	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [rewrote=SHA] [signer=S] [nospec]
 //	            [replicas=web:N,…] [noautostart=vm,…]
@@ -93,6 +93,8 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 	case "heartbeat":
 		c := &NodeHeartbeat{}
 		d.ScanArgs(t, "id", &c.ID)
+		d.MaybeScanArgs(t, "epoch", &c.Epoch)
+		d.MaybeScanArgs(t, "seq", &c.Seq)
 		if v := strArg(t, d, "status"); v != "" {
 			for _, s := range strings.Split(v, ",") {
 				parts := strings.SplitN(s, ":", 3)
@@ -436,6 +438,9 @@ func renderState(s *State) string {
 		fmt.Fprintf(&b, " hb=%d", n.LastHeartbeatSeq)
 		if !n.LastHeartbeatAt.IsZero() {
 			fmt.Fprintf(&b, "@%s", n.LastHeartbeatAt.Format(time.TimeOnly))
+		}
+		if n.ReportEpoch != 0 {
+			fmt.Fprintf(&b, " report=%d/%d", n.ReportEpoch, n.ReportSeq)
 		}
 		b.WriteString("\n")
 	}

@@ -2,7 +2,8 @@
 // the current revision and its bounded history, the desired spec, the
 // assignments with the planner's whole outcome (instance specs, generations,
 // unschedulable instances), the network identities of the instances
-// (address, MAC, tap, hostname: [AllocateNetwork]), the observed VM
+// (address, MAC, tap, hostname) and the nodes' overlay addresses
+// ([AllocateNetwork]), the observed VM
 // statuses, the operators' run-state choices (`blixard vm
 // start|stop|restart`), the source's conditions (FetchFailed, EvalFailed),
 // the count of requests for a fetch (RequestSync: how a node that does not

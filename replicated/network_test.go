@@ -146,6 +146,21 @@ func allocation(n *Network) map[string]string {
 	return out
 }
 
+// alloc is AllocateNetwork of instances on nodes with nothing declared,
+// with the names of the instances it gives no identity.
+func alloc(prev *Network, cluster string, cidr netip.Prefix, instances []string, nodes ...uint64) (*Network, []string) {
+	n, refused := AllocateNetwork(prev, NetworkRequest{Cluster: cluster, CIDR: cidr, Instances: instances, Nodes: nodes})
+	return n, refusedVMs(refused)
+}
+
+func refusedVMs(refused []Unaddressed) []string {
+	var out []string
+	for _, u := range refused {
+		out = append(out, u.VM)
+	}
+	return out
+}
+
 func TestAllocateNetwork(t *testing.T) {
 	pfx := netip.MustParsePrefix
 	addr := netip.MustParseAddr
@@ -202,7 +217,7 @@ func TestAllocateNetwork(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := mustJSON(t, tt.prev)
-			got, unaddressed := AllocateNetwork(tt.prev, "t", tt.cidr, tt.instances)
+			got, unaddressed := alloc(tt.prev, "t", tt.cidr, tt.instances)
 			if a := allocation(got); !reflect.DeepEqual(a, tt.want) {
 				t.Errorf("addresses = %v\nwant        %v", a, tt.want)
 			}
@@ -228,6 +243,109 @@ func TestAllocateNetwork(t *testing.T) {
 	}
 }
 
+func TestAllocateNetworkNodeAddresses(t *testing.T) {
+	cidr := netip.MustParsePrefix("10.0.0.0/28") // instance addresses .2 to .14
+	addr := netip.MustParseAddr
+	t.Run("nodes take the highest addresses by id, instances the lowest", func(t *testing.T) {
+		n, _ := alloc(nil, "t", cidr, []string{"b", "a"}, 3, 1)
+		if got := nodeAddrs(n); !reflect.DeepEqual(got, map[uint64]string{1: "10.0.0.14", 3: "10.0.0.13"}) {
+			t.Fatalf("nodes %v", got)
+		}
+		if got := allocation(n); !reflect.DeepEqual(got, map[string]string{"a": "10.0.0.2", "b": "10.0.0.3"}) {
+			t.Fatalf("instances %v", got)
+		}
+		checkNetwork(t, n)
+	})
+	t.Run("a node keeps its address; a removed node's is free only after the plan that removes it", func(t *testing.T) {
+		prev := &Network{CIDR: cidr, Gateway: Gateway(cidr), NodeAddrs: map[uint64]netip.Addr{1: addr("10.0.0.14"), 2: addr("10.0.0.13")}}
+		n, _ := alloc(prev, "t", cidr, nil, 2, 3)
+		if got := nodeAddrs(n); !reflect.DeepEqual(got, map[uint64]string{2: "10.0.0.13", 3: "10.0.0.12"}) {
+			t.Fatalf("nodes %v: node 1's .14 must stay taken in the plan that drops it", got)
+		}
+		n, _ = alloc(n, "t", cidr, nil, 2, 3, 4)
+		if got := nodeAddrs(n); !reflect.DeepEqual(got, map[uint64]string{2: "10.0.0.13", 3: "10.0.0.12", 4: "10.0.0.14"}) {
+			t.Fatalf("nodes %v: node 4 should get node 1's freed .14", got)
+		}
+	})
+	t.Run("where nodes and instances meet the network is full and new instances go without", func(t *testing.T) {
+		var names []string
+		for i := range 11 {
+			names = append(names, fmt.Sprintf("i%02d", i))
+		}
+		n, unaddressed := alloc(nil, "t", cidr, names, 1, 2, 3)
+		if len(n.NodeAddrs) != 3 || len(n.Identities) != 10 || !slices.Equal(unaddressed, []string{"i10"}) {
+			t.Fatalf("%d node addresses, %d identities, unaddressed %v; want 3, 10 and i10", len(n.NodeAddrs), len(n.Identities), unaddressed)
+		}
+		checkNetwork(t, n)
+	})
+}
+
+func TestAllocateNetworkDeclaredIdentities(t *testing.T) {
+	cidr := netip.MustParsePrefix("10.100.0.0/16")
+	req := func(decl map[string]DeclaredIdentity, names ...string) NetworkRequest {
+		return NetworkRequest{Cluster: "t", CIDR: cidr, Instances: names, Declared: decl}
+	}
+	t.Run("a declared part is used as it is and derived ones avoid it", func(t *testing.T) {
+		xMAC := DeriveMAC("t", "x", 0)
+		n, refused := AllocateNetwork(nil, req(map[string]DeclaredIdentity{"y": {MAC: xMAC, Hostname: "www"}}, "x", "y"))
+		if len(refused) > 0 {
+			t.Fatalf("refused %+v", refused)
+		}
+		if y := n.Identities["y"]; y.MAC != xMAC || y.Hostname != "www" || y.Tap != DeriveTap("t", "y", 0) {
+			t.Fatalf("y = %+v, want x's attempt-0 MAC and hostname www as declared, its own derived tap", y)
+		}
+		if x := n.Identities["x"]; x.MAC != DeriveMAC("t", "x", 1) {
+			t.Fatalf("x = %+v, want the MAC of attempt 1: y declared attempt 0's", x)
+		}
+		checkNetwork(t, n)
+	})
+	t.Run("a declared hostname that is another instance's name is refused", func(t *testing.T) {
+		_, refused := AllocateNetwork(nil, req(map[string]DeclaredIdentity{"y": {Hostname: "x"}}, "x", "y"))
+		if len(refused) != 1 || refused[0].VM != "y" || !strings.HasPrefix(refused[0].Reason, "its declared hostname x is the name of instance x") {
+			t.Fatalf("refused %+v", refused)
+		}
+	})
+	t.Run("a running instance that declares a new MAC gets it and keeps its address", func(t *testing.T) {
+		prev, _ := AllocateNetwork(nil, req(nil, "x"))
+		mac := MAC{0x02, 0, 0, 0, 0, 9}
+		n, refused := AllocateNetwork(prev, req(map[string]DeclaredIdentity{"x": {MAC: mac}}, "x"))
+		if x := n.Identities["x"]; len(refused) > 0 || x.MAC != mac || x.Address != prev.Identities["x"].Address || x.Tap != prev.Identities["x"].Tap {
+			t.Fatalf("x = %+v (refused %+v), want the new MAC and the rest as before (%+v)", x, refused, prev.Identities["x"])
+		}
+	})
+	t.Run("a part held by an instance the plan removes is refused in that plan and free in the next", func(t *testing.T) {
+		prev, _ := AllocateNetwork(nil, req(nil, "old"))
+		decl := map[string]DeclaredIdentity{"new": {Tap: prev.Identities["old"].Tap}}
+		n, refused := AllocateNetwork(prev, req(decl, "new"))
+		if len(refused) != 1 || !strings.HasPrefix(refused[0].Reason, "its declared tap "+prev.Identities["old"].Tap+" is instance old's") {
+			t.Fatalf("refused %+v", refused)
+		}
+		n, refused = AllocateNetwork(n, req(decl, "new"))
+		if len(refused) > 0 || n.Identities["new"].Tap != prev.Identities["old"].Tap {
+			t.Fatalf("next plan: refused %+v, new = %+v", refused, n.Identities["new"])
+		}
+	})
+}
+
+func TestDeclaredIdentities(t *testing.T) {
+	c := &spec.Cluster{VMs: map[string]spec.VM{
+		"web": {Replicas: 2, Instances: map[string]spec.InstanceEntry{
+			"web-0": {MAC: "02:00:00:00:00:01", Tap: "bx0", Hostname: "w0"},
+			"web-1": {Runner: spec.Runner{Drv: "/nix/store/x.drv", Out: "/nix/store/x"}}, // declares nothing
+		}},
+		"db": {Replicas: 1},
+	}}
+	got, err := DeclaredIdentities(c)
+	want := map[string]DeclaredIdentity{"web-0": {MAC: MAC{2, 0, 0, 0, 0, 1}, Tap: "bx0", Hostname: "w0"}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("DeclaredIdentities = %v, %v; want %v", got, err, want)
+	}
+	c.VMs["web"].Instances["web-1"] = spec.InstanceEntry{MAC: "02:00:00:00:00:0G"}
+	if _, err := DeclaredIdentities(c); err == nil || !strings.HasPrefix(err.Error(), `vms.web.instances.web-1.mac: "02:00:00:00:00:0G" is not a MAC address`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestAllocateNetworkResolvesCollisions(t *testing.T) {
 	cidr := netip.MustParsePrefix("10.100.0.0/16")
 	// "other" already holds what "x" derives at attempt 0: its MAC, its
@@ -235,7 +353,7 @@ func TestAllocateNetworkResolvesCollisions(t *testing.T) {
 	prev := &Network{CIDR: cidr, Gateway: Gateway(cidr), Identities: map[string]Identity{
 		"other": {Address: netip.MustParseAddr("10.100.0.2"), MAC: DeriveMAC("t", "x", 0), Tap: DeriveTap("t", "x", 0), Hostname: "y"},
 	}}
-	got, _ := AllocateNetwork(prev, "t", cidr, []string{"other", "x", "y"})
+	got, _ := alloc(prev, "t", cidr, []string{"other", "x", "y"})
 	x, y := got.Identities["x"], got.Identities["y"]
 	if x.MAC != DeriveMAC("t", "x", 1) || x.Tap != DeriveTap("t", "x", 1) || x.Hostname != "x" {
 		t.Errorf("x = %+v: want MAC and tap of attempt 1 and hostname x", x)
@@ -251,7 +369,7 @@ func TestAllocateNetworkResolvesCollisions(t *testing.T) {
 	// A name ending in '-' gets a derived hostname, which avoids the
 	// plan's instance names: that name stays the hostname of its instance.
 	derived := DeriveHostname("t", "web-", 0)
-	got, _ = AllocateNetwork(nil, "t", cidr, []string{"web-", derived})
+	got, _ = alloc(nil, "t", cidr, []string{"web-", derived})
 	if h := got.Identities[derived].Hostname; h != derived {
 		t.Errorf("instance %s has hostname %q, want its own name", derived, h)
 	}
@@ -262,9 +380,10 @@ func TestAllocateNetworkResolvesCollisions(t *testing.T) {
 }
 
 // checkNetwork checks the invariants of every allocated network: each
-// address an instance address of the CIDR, and address, MAC, tap and
-// hostname unique; MACs locally administered unicast, taps and hostnames
-// well-formed.
+// instance's and node's address an instance address of the CIDR, and
+// address (instances and nodes together), MAC, tap and hostname unique;
+// MACs locally administered unicast and not a bridge's 0a:b1, taps and
+// hostnames well-formed.
 func checkNetwork(t *testing.T, n *Network) {
 	t.Helper()
 	if n == nil {
@@ -279,7 +398,7 @@ func checkNetwork(t *testing.T, n *Network) {
 		if !IsInstanceAddr(n.CIDR, id.Address) {
 			t.Fatalf("%s has address %s, not an instance address of %s", vm, id.Address, n.CIDR)
 		}
-		if !id.MAC.LocalUnicast() || len(id.Tap) == 0 || len(id.Tap) > MaxTapName || !spec.IsDNSLabel(id.Hostname) {
+		if !id.MAC.LocalUnicast() || id.MAC[0] == 0x0a && id.MAC[1] == 0xb1 || spec.ValidTap(id.Tap) != nil || !spec.IsDNSLabel(id.Hostname) {
 			t.Fatalf("%s has a malformed identity %+v", vm, id)
 		}
 		for _, dup := range []struct {
@@ -297,6 +416,16 @@ func checkNetwork(t *testing.T, n *Network) {
 			}
 		}
 		addrs[id.Address], macs[id.MAC], taps[id.Tap], hosts[id.Hostname] = vm, vm, vm, vm
+	}
+	for _, node := range slices.Sorted(maps.Keys(n.NodeAddrs)) {
+		a := n.NodeAddrs[node]
+		if !IsInstanceAddr(n.CIDR, a) {
+			t.Fatalf("node %d has address %s, not a host address of %s other than the gateway", node, a, n.CIDR)
+		}
+		if other := addrs[a]; other != "" {
+			t.Fatalf("node %d's address %s is also %s's", node, a, other)
+		}
+		addrs[a] = fmt.Sprintf("node %d", node)
 	}
 }
 
@@ -317,15 +446,52 @@ func propNames() []string {
 	return append(out, "odd-", "odd")
 }
 
+// mkClusterIdentity is what lib.mkCluster declares for instance vm: the
+// derivations at attempt 0.
+func mkClusterIdentity(cluster, vm string) DeclaredIdentity {
+	return DeclaredIdentity{MAC: DeriveMAC(cluster, vm, 0), Tap: DeriveTap(cluster, vm, 0), Hostname: DeriveHostname(cluster, vm, 0)}
+}
+
+// propDeclared declares identities for some of names, at random: most as
+// mkCluster does, some with a part another pool name derives (a clash
+// when that one holds it), some only partly.
+func propDeclared(r *rand.Rand, cluster string, names, pool []string) map[string]DeclaredIdentity {
+	out := map[string]DeclaredIdentity{}
+	for _, vm := range names {
+		switch r.IntN(8) {
+		case 0, 1, 2:
+			out[vm] = mkClusterIdentity(cluster, vm)
+		case 3:
+			other := pool[r.IntN(len(pool))]
+			d := mkClusterIdentity(cluster, vm)
+			switch r.IntN(3) {
+			case 0:
+				d.MAC = DeriveMAC(cluster, other, 0)
+			case 1:
+				d.Tap = DeriveTap(cluster, other, 0)
+			default:
+				d.Hostname = DeriveHostname(cluster, other, 0)
+			}
+			out[vm] = d
+		case 4:
+			out[vm] = DeclaredIdentity{Tap: fmt.Sprintf("tap%d", r.IntN(4))}
+		}
+	}
+	return out
+}
+
 // TestAllocateNetworkProperties runs random sequences of plans (instances
-// added, removed and rescaled, CIDR changes) through AllocateNetwork and
-// checks, after each: the network invariants; stability (an instance
-// keeps its identity, and its address while it is an instance address);
-// freeing (nothing prev holds is given to a new holder in the same plan);
-// lowest-free (the addresses given are the lowest free ones); exhaustion
-// (an instance goes without an address only when no free one is left,
-// running ones first); determinism (the order of the instances does not
-// matter).
+// added, removed and rescaled, identities declared, CIDR changes, nodes
+// registered and removed) through AllocateNetwork and checks, after each:
+// the network invariants; stability (an instance keeps its identity but
+// for what it declares differently, and its address while it is an
+// instance address; a node keeps its address on the same terms);
+// declarations (a declared part is used as it is, or the instance gets no
+// identity because another holds it); freeing (nothing prev holds is given
+// to a new holder in the same plan); lowest-free for instances and
+// highest-free for nodes, nodes first; exhaustion (an instance or node
+// goes without an address only when no free one is left, running
+// instances first); determinism (the order of the lists does not matter).
 func TestAllocateNetworkProperties(t *testing.T) {
 	pool := propNames()
 	for seed := range uint64(300) {
@@ -333,9 +499,12 @@ func TestAllocateNetworkProperties(t *testing.T) {
 		var prev *Network
 		cidr := netip.MustParsePrefix(propCIDRs[r.IntN(len(propCIDRs))])
 		declared := map[string]bool{}
+		nodes := map[uint64]bool{1: true}
+		redeclare := r.IntN(2) == 0
+		var decl map[string]DeclaredIdentity
 		for step := range 12 {
 			name := fmt.Sprintf("seed=%d/step=%d", seed, step)
-			switch op := r.IntN(6); {
+			switch op := r.IntN(7); {
 			case op == 0:
 				cidr = netip.MustParsePrefix(propCIDRs[r.IntN(len(propCIDRs))])
 			case op <= 2: // add some
@@ -353,6 +522,10 @@ func TestAllocateNetworkProperties(t *testing.T) {
 				for i := range 30 {
 					declared[fmt.Sprintf("web-%d", i)] = i < n
 				}
+			case op == 5: // nodes come and go
+				for id := range uint64(6) {
+					nodes[id+1] = r.IntN(2) == 0
+				}
 			}
 			var names []string
 			for vm, ok := range declared {
@@ -360,45 +533,104 @@ func TestAllocateNetworkProperties(t *testing.T) {
 					names = append(names, vm)
 				}
 			}
-			got, unaddressed := AllocateNetwork(prev, "prop", cidr, names)
+			var ids []uint64
+			for id, ok := range nodes {
+				if ok {
+					ids = append(ids, id)
+				}
+			}
+			if decl == nil || redeclare {
+				decl = propDeclared(r, "prop", names, pool)
+			}
+			req := NetworkRequest{Cluster: "prop", CIDR: cidr, Instances: names, Declared: decl, Nodes: ids}
+			got, refused := AllocateNetwork(prev, req)
 			checkNetwork(t, got)
-			checkAllocationStep(t, name, prev, cidr, names, got, unaddressed)
+			checkAllocationStep(t, name, prev, req, got, refused)
 			r.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
-			again, unaddressed2 := AllocateNetwork(prev, "prop", cidr, names)
-			if !reflect.DeepEqual(got, again) || !slices.Equal(unaddressed, unaddressed2) {
-				t.Fatalf("%s: the order of the instances changed the allocation", name)
+			r.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+			again, refused2 := AllocateNetwork(prev, NetworkRequest{Cluster: "prop", CIDR: cidr, Instances: names, Declared: decl, Nodes: ids})
+			if !reflect.DeepEqual(got, again) || !slices.Equal(refused, refused2) {
+				t.Fatalf("%s: the order of the instances or nodes changed the allocation", name)
 			}
 			prev = got
 		}
 	}
 }
 
-func checkAllocationStep(t *testing.T, name string, prev *Network, cidr netip.Prefix, names []string, got *Network, unaddressed []string) {
+func checkAllocationStep(t *testing.T, name string, prev *Network, req NetworkRequest, got *Network, refused []Unaddressed) {
 	t.Helper()
+	cidr := req.CIDR
 	held := map[netip.Addr]bool{}
+	heldMAC, heldTap, heldHost := map[MAC]string{}, map[string]string{}, map[string]string{}
 	var prevIDs map[string]Identity
+	var prevNodes map[uint64]netip.Addr
 	if prev != nil {
-		prevIDs = prev.Identities
+		prevIDs, prevNodes = prev.Identities, prev.NodeAddrs
 	}
-	for _, id := range prevIDs {
+	for vm, id := range prevIDs {
 		held[id.Address] = true
+		heldMAC[id.MAC], heldTap[id.Tap], heldHost[id.Hostname] = vm, vm, vm
 	}
-	if len(got.Identities)+len(unaddressed) != len(names) {
-		t.Fatalf("%s: %d identities and %d unaddressed for %d instances", name, len(got.Identities), len(unaddressed), len(names))
+	for _, a := range prevNodes {
+		held[a] = true
+	}
+	if len(got.Identities)+len(refused) != len(req.Instances) {
+		t.Fatalf("%s: %d identities and %d refused for %d instances", name, len(got.Identities), len(refused), len(req.Instances))
+	}
+	noAddress := NoAddressReason(cidr)
+	var unaddressed []string
+	for _, u := range refused {
+		if u.Reason == noAddress {
+			unaddressed = append(unaddressed, u.VM)
+			continue
+		}
+		// Refused for its declaration: a declared part is another's.
+		d := req.Declared[u.VM]
+		clash := func(owner string) bool { return owner != "" && owner != u.VM }
+		isName := d.Hostname != u.VM && slices.Contains(req.Instances, d.Hostname)
+		otherDeclares := false
+		for _, vm := range req.Instances {
+			o, ok := req.Declared[vm]
+			if vm != u.VM && ok && (o.MAC == d.MAC && d.MAC != (MAC{}) || o.Tap == d.Tap && d.Tap != "" || o.Hostname == d.Hostname && d.Hostname != "") {
+				otherDeclares = true
+			}
+		}
+		if !clash(heldMAC[d.MAC]) && !clash(heldTap[d.Tap]) && !clash(heldHost[d.Hostname]) && !isName && !otherDeclares {
+			t.Fatalf("%s: %s refused (%s) though no other instance holds or declares what it declares (%+v)", name, u.VM, u.Reason, d)
+		}
 	}
 	given := map[netip.Addr]bool{} // addresses given to new holders in this plan
 	runningUnaddressed := false
-	for _, vm := range names {
+	for _, vm := range req.Instances {
 		id, ok := got.Identities[vm]
 		was, had := prevIDs[vm]
-		switch {
-		case !ok:
-			if had {
+		if !ok {
+			if had && slices.Contains(unaddressed, vm) {
 				runningUnaddressed = true
 			}
 			continue
-		case had && (id.MAC != was.MAC || id.Tap != was.Tap || id.Hostname != was.Hostname):
-			t.Fatalf("%s: %s's identity changed from %+v to %+v", name, vm, was, id)
+		}
+		d := req.Declared[vm]
+		if d.apply(id) != id {
+			t.Fatalf("%s: %s has %+v, not what it declares, %+v", name, vm, id, d)
+		}
+		for _, part := range []struct {
+			what         string
+			changed      bool
+			holder, want string
+		}{
+			{"MAC", !had || id.MAC != was.MAC, heldMAC[id.MAC], id.MAC.String()},
+			{"tap", !had || id.Tap != was.Tap, heldTap[id.Tap], id.Tap},
+			{"hostname", !had || id.Hostname != was.Hostname, heldHost[id.Hostname], id.Hostname},
+		} {
+			if part.changed && part.holder != "" && part.holder != vm {
+				t.Fatalf("%s: %s got %s %s, which %s still holds", name, vm, part.what, part.want, part.holder)
+			}
+		}
+		if w := d.apply(was); had && (w.MAC != id.MAC || w.Tap != id.Tap || w.Hostname != id.Hostname) {
+			t.Fatalf("%s: %s's identity changed from %+v to %+v (declared %+v)", name, vm, was, id, d)
+		}
+		switch {
 		case had && IsInstanceAddr(cidr, was.Address) && id.Address != was.Address:
 			t.Fatalf("%s: %s moved from %s to %s though %s is still an instance address of %s", name, vm, was.Address, id.Address, was.Address, cidr)
 		case had && id.Address == was.Address:
@@ -409,27 +641,68 @@ func checkAllocationStep(t *testing.T, name string, prev *Network, cidr netip.Pr
 		}
 		given[id.Address] = true
 	}
-	// Lowest-free: no free address is left below the highest one given,
-	// and none at all when an instance went without.
+	givenNodes := map[netip.Addr]bool{}
+	var homeless []uint64
+	for _, node := range req.Nodes {
+		a, ok := got.NodeAddrs[node]
+		was, had := prevNodes[node]
+		switch {
+		case !ok:
+			homeless = append(homeless, node)
+		case had && IsInstanceAddr(cidr, was) && a != was:
+			t.Fatalf("%s: node %d moved from %s to %s", name, node, was, a)
+		case !had || a != was:
+			if held[a] {
+				t.Fatalf("%s: node %d got %s, which the committed network still holds", name, node, a)
+			}
+			givenNodes[a] = true
+		}
+	}
+	if len(got.NodeAddrs) != len(req.Nodes)-len(homeless) {
+		t.Fatalf("%s: node addresses %v for nodes %v", name, got.NodeAddrs, req.Nodes)
+	}
+	free := func(a netip.Addr) bool { return !held[a] && !given[a] && !givenNodes[a] && !inUse(got, a) }
+	first, last, _ := ipv4Range(cidr)
+	// Lowest-free for instances: no free address is left below the highest
+	// one given, and none at all when an instance went without.
 	var highest netip.Addr
 	for a := range given {
 		if !highest.IsValid() || highest.Less(a) {
 			highest = a
 		}
 	}
-	first, last, _ := ipv4Range(cidr)
 	for v := first; v <= last && v >= first; v++ {
 		a := fromIPv4(v)
 		if len(unaddressed) == 0 && (!highest.IsValid() || !a.Less(highest)) {
 			break
 		}
-		if !held[a] && !given[a] && !inUse(got, a) {
+		if free(a) {
 			t.Fatalf("%s: %s is free, but %s was given out or %v went without (unaddressed)", name, a, highest, unaddressed)
+		}
+	}
+	// Highest-free for nodes, likewise from the top; and nodes go first, so
+	// a node without an address means no address at all was free.
+	var lowest netip.Addr
+	for a := range givenNodes {
+		if !lowest.IsValid() || a.Less(lowest) {
+			lowest = a
+		}
+	}
+	for v := last; v >= first && v <= last; v-- {
+		a := fromIPv4(v)
+		if len(homeless) == 0 && (!lowest.IsValid() || !lowest.Less(a)) {
+			break
+		}
+		if free(a) {
+			t.Fatalf("%s: %s is free, but node address %s was given out or nodes %v went without", name, a, lowest, homeless)
+		}
+		if len(homeless) > 0 && given[a] {
+			t.Fatalf("%s: nodes %v went without an address while instance got %s", name, homeless, a)
 		}
 	}
 	// Running instances are readdressed before new ones are addressed.
 	if runningUnaddressed {
-		for _, vm := range names {
+		for _, vm := range req.Instances {
 			if _, had := prevIDs[vm]; !had {
 				if _, ok := got.Identities[vm]; ok {
 					t.Fatalf("%s: new instance %s got an address while a running one went without", name, vm)
@@ -445,22 +718,49 @@ func inUse(n *Network, a netip.Addr) bool {
 			return true
 		}
 	}
+	for _, na := range n.NodeAddrs {
+		if na == a {
+			return true
+		}
+	}
 	return false
 }
 
 // netPlan is a CommitPlan of the given instances on parent, assigned
 // round-robin to nodes 1–3 (shifted by move), with network cidr (zero:
-// the default). Like the planner, it lists the instances the network has
-// no address for as unschedulable.
+// the default). Like the planner, it lists the instances the network
+// gives no identity as unschedulable.
 func netPlan(s *State, commit string, cidr netip.Prefix, move int, instances ...string) Command {
+	return netPlanDeclared(s, commit, cidr, move, nil, instances...)
+}
+
+// netPlanDeclared is netPlan whose spec declares identities: each
+// instance is a VM of its own, whose instances entry declares decl[vm].
+func netPlanDeclared(s *State, commit string, cidr netip.Prefix, move int, decl map[string]DeclaredIdentity, instances ...string) Command {
 	sp := &spec.Cluster{Name: "t", VMs: map[string]spec.VM{}, Network: spec.Network{CIDR: cidr}}
-	_, unaddressed := AllocateNetwork(s.Network, sp.Name, sp.NetworkCIDR(), instances)
 	c := &CommitPlan{Parent: s.revisionID(), Commit: commit, Spec: sp}
 	for i, vm := range instances {
 		a := asg(vm, uint64(1+(i+move)%3), "v1")
-		sp.VMs[vm] = spec.VM{Runner: spec.Runner{Drv: a.Drv, Out: a.OutPath}, VCPU: a.VCPU, MemMiB: a.MemMiB, Replicas: 1, Autostart: true}
-		if _, ok := slices.BinarySearch(unaddressed, vm); ok {
-			c.Unschedulable = append(c.Unschedulable, Unschedulable{VM: vm, Reason: NoAddressReason(sp.NetworkCIDR())})
+		v := spec.VM{Runner: spec.Runner{Drv: a.Drv, Out: a.OutPath}, VCPU: a.VCPU, MemMiB: a.MemMiB, Replicas: 1, Autostart: true}
+		if d, ok := decl[vm]; ok {
+			e := spec.InstanceEntry{Tap: d.Tap, Hostname: d.Hostname}
+			if d.MAC != (MAC{}) {
+				e.MAC = d.MAC.String()
+			}
+			v.Instances = map[string]spec.InstanceEntry{vm: e}
+		}
+		sp.VMs[vm] = v
+	}
+	declared, err := DeclaredIdentities(sp)
+	if err != nil {
+		panic(err)
+	}
+	_, refused := AllocateNetwork(s.Network, NetworkRequest{Cluster: sp.Name, CIDR: sp.NetworkCIDR(), Instances: instances,
+		Declared: declared, Nodes: slices.Collect(maps.Keys(s.Nodes))})
+	for i, vm := range instances {
+		a := asg(vm, uint64(1+(i+move)%3), "v1")
+		if j, ok := slices.BinarySearchFunc(refused, vm, func(u Unaddressed, vm string) int { return strings.Compare(u.VM, vm) }); ok {
+			c.Unschedulable = append(c.Unschedulable, Unschedulable{VM: vm, Reason: refused[j].Reason})
 			continue
 		}
 		c.Assignments = append(c.Assignments, a)
@@ -478,6 +778,14 @@ func addressOf(t *testing.T, s *State, vm string) string {
 	return id.Address.String()
 }
 
+func nodeAddrs(n *Network) map[uint64]string {
+	out := map[uint64]string{}
+	for id, a := range n.NodeAddrs {
+		out[id] = a.String()
+	}
+	return out
+}
+
 func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 	s := NewState()
 	applyAll(t, s, reg(1), reg(2), reg(3))
@@ -489,6 +797,13 @@ func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 	if got := allocation(s.Network); !reflect.DeepEqual(got, want) {
 		t.Fatalf("addresses = %v, want %v", got, want)
 	}
+	wantNodes := map[uint64]string{1: "10.100.255.254", 2: "10.100.255.253", 3: "10.100.255.252"}
+	if got := nodeAddrs(s.Network); !reflect.DeepEqual(got, wantNodes) {
+		t.Fatalf("node addresses = %v, want %v (from the top of the network, by id)", got, wantNodes)
+	}
+	if a, ok := s.NodeAddr(2); !ok || a.String() != "10.100.255.253" {
+		t.Fatalf("NodeAddr(2) = %s, %t", a, ok)
+	}
 	first := s.Network.Identities
 
 	t.Run("a move, a restart and a new revision keep every identity", func(t *testing.T) {
@@ -497,6 +812,19 @@ func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 		applyAll(t, s, plan(s.revisionID(), "c3", asg("web-0", 3, "v2"), asg("web-1", 3, "v2"), asg("db", 2, "v2")))
 		if s.Assignments["web-0"].Node != 3 || !reflect.DeepEqual(s.Network.Identities, first) {
 			t.Fatalf("identities changed:\n%v\nwant\n%v", s.Network.Identities, first)
+		}
+		if got := nodeAddrs(s.Network); !reflect.DeepEqual(got, wantNodes) {
+			t.Fatalf("node addresses = %v, want %v", got, wantNodes)
+		}
+	})
+	t.Run("a node registered after a plan gets the highest free address with the next plan", func(t *testing.T) {
+		applyAll(t, s, reg(4))
+		if _, ok := s.NodeAddr(4); ok {
+			t.Fatal("node 4 has an address before any plan: RegisterNode allocates nothing")
+		}
+		applyAll(t, s, netPlan(s, "c3b", netip.Prefix{}, 0, "web-0", "web-1", "db"))
+		if a, _ := s.NodeAddr(4); a.String() != "10.100.255.251" {
+			t.Fatalf("node 4 = %s, want 10.100.255.251", a)
 		}
 	})
 	t.Run("a removed instance frees its address once its removal is committed", func(t *testing.T) {
@@ -512,7 +840,7 @@ func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 			t.Fatalf("cache = %s, want web-1's freed 10.100.0.4", got)
 		}
 	})
-	t.Run("a CIDR change readdresses every instance outside it and keeps MACs", func(t *testing.T) {
+	t.Run("a CIDR change readdresses every instance and node outside it and keeps MACs", func(t *testing.T) {
 		macs := map[string]MAC{}
 		for vm, id := range s.Network.Identities {
 			macs[vm] = id.MAC
@@ -522,29 +850,79 @@ func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 		if got := allocation(s.Network); !reflect.DeepEqual(got, want) || s.Network.Gateway.String() != "10.200.0.1" {
 			t.Fatalf("addresses = %v gateway %s, want %v gateway 10.200.0.1", got, s.Network.Gateway, want)
 		}
+		wantNodes := map[uint64]string{1: "10.200.0.254", 2: "10.200.0.253", 3: "10.200.0.252", 4: "10.200.0.251"}
+		if got := nodeAddrs(s.Network); !reflect.DeepEqual(got, wantNodes) {
+			t.Fatalf("node addresses = %v, want %v", got, wantNodes)
+		}
 		for vm, id := range s.Network.Identities {
 			if id.MAC != macs[vm] {
 				t.Errorf("%s's MAC changed with the CIDR", vm)
 			}
 		}
 	})
-	t.Run("instances beyond a too small network are unschedulable and the rest keep their addresses", func(t *testing.T) {
+	t.Run("instances beyond a too small network are unschedulable; nodes and running instances keep theirs", func(t *testing.T) {
 		var names []string
 		for i := range 16 {
 			names = append(names, fmt.Sprintf("n%02d", i))
 		}
 		cmd := netPlan(s, "c7", netip.MustParsePrefix("10.200.0.0/28"), 0, append(names, "web-0", "db", "api", "cache")...)
 		applyAll(t, s, cmd)
-		if got := len(s.Network.Identities); got != 13 {
-			t.Fatalf("%d identities, want 13 (a /28)", got)
+		// 13 addresses: 4 nodes from the top (.14 down to .11), the 4
+		// running instances keep .2 to .5, 5 new ones get .6 to .10.
+		if got := len(s.Network.Identities); got != 9 {
+			t.Fatalf("%d identities, want 9 (a /28 less 4 node addresses)", got)
+		}
+		wantNodes := map[uint64]string{1: "10.200.0.14", 2: "10.200.0.13", 3: "10.200.0.12", 4: "10.200.0.11"}
+		if got := nodeAddrs(s.Network); !reflect.DeepEqual(got, wantNodes) {
+			t.Fatalf("node addresses = %v, want %v", got, wantNodes)
 		}
 		if got := addressOf(t, s, "web-0"); got != "10.200.0.5" {
 			t.Fatalf("web-0 = %s, want its 10.200.0.5", got)
 		}
-		if len(s.Unschedulable) != 7 || !strings.HasPrefix(s.Unschedulable[0].Reason, "network 10.200.0.0/28 has no free address") {
-			t.Fatalf("unschedulable = %+v, want 7 with the network's reason", s.Unschedulable)
+		if len(s.Unschedulable) != 11 || !strings.HasPrefix(s.Unschedulable[0].Reason, "network 10.200.0.0/28 has no free address") {
+			t.Fatalf("unschedulable = %+v, want 11 with the network's reason", s.Unschedulable)
 		}
 		checkNetwork(t, s.Network)
+	})
+}
+
+func TestApplyCommitPlanUsesDeclaredIdentities(t *testing.T) {
+	s := NewState()
+	applyAll(t, s, reg(1), reg(2), reg(3))
+	decl := map[string]DeclaredIdentity{
+		"web-0": mkClusterIdentity("t", "web-0"),
+		"web-1": {MAC: MAC{0x02, 0xaa, 0, 0, 0, 1}, Tap: "vm-web1", Hostname: "www"},
+	}
+	applyAll(t, s, netPlanDeclared(s, "c1", netip.Prefix{}, 0, decl, "web-0", "web-1", "db"))
+	if id, _ := s.Identity("web-1"); id.MAC.String() != "02:aa:00:00:00:01" || id.Tap != "vm-web1" || id.Hostname != "www" {
+		t.Fatalf("web-1 = %+v, want its declared identity", id)
+	}
+	if id, _ := s.Identity("web-0"); id.MAC != DeriveMAC("t", "web-0", 0) || id.Tap != DeriveTap("t", "web-0", 0) {
+		t.Fatalf("web-0 = %+v, want attempt 0 as mkCluster declares it", id)
+	}
+
+	// Later, db's entry declares web-1's MAC: db asks for what another
+	// holds, so it loses its identity and is unschedulable (nothing is
+	// re-derived in its place), and web-1 keeps the MAC.
+	decl["db"] = DeclaredIdentity{MAC: MAC{0x02, 0xaa, 0, 0, 0, 1}}
+	applyAll(t, s, netPlanDeclared(s, "c2", netip.Prefix{}, 0, decl, "web-0", "web-1", "db"))
+	if _, ok := s.Identity("db"); ok || len(s.Unschedulable) != 1 || s.Unschedulable[0].VM != "db" ||
+		!strings.HasPrefix(s.Unschedulable[0].Reason, "its declared MAC 02:aa:00:00:00:01 is instance web-1's") {
+		t.Fatalf("db = %+v, unschedulable %+v: want db unschedulable because web-1 holds its MAC", s.Network.Identities["db"], s.Unschedulable)
+	}
+	if id, _ := s.Identity("web-1"); id.MAC.String() != "02:aa:00:00:00:01" {
+		t.Fatalf("web-1 lost its MAC: %+v", id)
+	}
+
+	t.Run("a plan that assigns an instance whose declared identity is taken is refused", func(t *testing.T) {
+		c := netPlanDeclared(s, "c3", netip.Prefix{}, 0, decl, "web-0", "web-1", "db")
+		c.CommitPlan.Assignments = append(c.CommitPlan.Assignments, asg("db", 1, "v1"))
+		slices.SortFunc(c.CommitPlan.Assignments, func(a, b Assignment) int { return strings.Compare(a.VM, b.VM) })
+		c.CommitPlan.Unschedulable = nil
+		r := s.Apply(s.Applied+1, c)
+		if r.Code != ResultInvalid || !strings.Contains(r.Message, `VM "db" is assigned to node 1 but its declared MAC 02:aa:00:00:00:01 is instance web-1's`) {
+			t.Fatalf("result %s %q", r.Code, r.Message)
+		}
 	})
 }
 
@@ -559,6 +937,13 @@ func TestApplyRefusesPlansTheNetworkCannotTake(t *testing.T) {
 	for i := range 14 {
 		many = append(many, asg(fmt.Sprintf("n%02d", i), 1, "v1"))
 	}
+	withInstances := func(s *State, e spec.InstanceEntry) Command {
+		c := plan(s.revisionID(), "c2", asg("a", 1, "v1"))
+		vm := c.CommitPlan.Spec.VMs["a"]
+		vm.Instances = map[string]spec.InstanceEntry{"a": e}
+		c.CommitPlan.Spec.VMs["a"] = vm
+		return c
+	}
 	tests := []struct {
 		name string
 		cmd  func(s *State) Command
@@ -568,7 +953,7 @@ func TestApplyRefusesPlansTheNetworkCannotTake(t *testing.T) {
 			c := plan(s.revisionID(), "c2", many...)
 			c.CommitPlan.Spec.Network.CIDR = netip.MustParsePrefix("10.0.0.0/28")
 			return c
-		}, `CommitPlan: VM "n13" is assigned to node 1 but network 10.0.0.0/28 has no free address`},
+		}, `CommitPlan: VM "n10" is assigned to node 1 but network 10.0.0.0/28 has no free address`},
 		{"a CIDR with host bits", func(s *State) Command {
 			c := plan(s.revisionID(), "c2", asg("a", 1, "v1"))
 			c.CommitPlan.Spec.Network.CIDR = netip.MustParsePrefix("10.0.0.5/16")
@@ -584,6 +969,18 @@ func TestApplyRefusesPlansTheNetworkCannotTake(t *testing.T) {
 			c.CommitPlan.Spec.Network.CIDR = netip.MustParsePrefix("10.0.0.0/30")
 			return c
 		}, "CommitPlan: network.cidr: 10.0.0.0/30 has prefix length /30"},
+		{"a declared MAC with a node bridge's prefix", func(s *State) Command {
+			return withInstances(s, spec.InstanceEntry{MAC: "0a:b1:0a:64:ff:fe"})
+		}, "CommitPlan: vms.a.instances.a.mac: 0a:b1:0a:64:ff:fe starts with 0a:b1"},
+		{"a declared multicast MAC", func(s *State) Command {
+			return withInstances(s, spec.InstanceEntry{MAC: "03:00:00:00:00:01"})
+		}, "CommitPlan: vms.a.instances.a.mac: 03:00:00:00:00:01 is not a locally administered unicast address"},
+		{"a declared tap name too long for Linux", func(s *State) Command {
+			return withInstances(s, spec.InstanceEntry{Tap: "a-very-long-tap-name"})
+		}, `CommitPlan: vms.a.instances.a.tap: tap interface name "a-very-long-tap-name" has 20 characters`},
+		{"a declared hostname that is no DNS label", func(s *State) Command {
+			return withInstances(s, spec.InstanceEntry{Hostname: "Web_1"})
+		}, `CommitPlan: vms.a.instances.a.hostname: "Web_1" is not a DNS label`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -602,11 +999,11 @@ func TestApplyRefusesPlansTheNetworkCannotTake(t *testing.T) {
 }
 
 // TestReplicasAgreeOnTheNetwork applies random sequences of plans (added,
-// removed and rescaled instances, moves, CIDR changes, exhaustion) as
-// encoded entries to three replicas, one of which is recovered from a
-// snapshot halfway. They must end byte-identical, and every step must keep
-// the network's invariants and agree with AllocateNetwork on the entry's
-// state.
+// removed and rescaled instances, declared identities, moves, CIDR
+// changes, exhaustion, nodes registering) as encoded entries to three
+// replicas, one of which is recovered from a snapshot halfway. They must
+// end byte-identical, and every step must keep the network's invariants
+// and agree with AllocateNetwork on the entry's state.
 func TestReplicasAgreeOnTheNetwork(t *testing.T) {
 	pool := propNames()
 	for seed := range uint64(40) {
@@ -631,7 +1028,7 @@ func TestReplicasAgreeOnTheNetwork(t *testing.T) {
 		cidr := netip.Prefix{}
 		declared := map[string]bool{}
 		for step := range 16 {
-			switch op := r.IntN(6); {
+			switch op := r.IntN(7); {
 			case op == 0:
 				cidr = netip.MustParsePrefix(propCIDRs[r.IntN(len(propCIDRs))])
 			case op <= 2:
@@ -649,6 +1046,8 @@ func TestReplicasAgreeOnTheNetwork(t *testing.T) {
 				for i := range 30 {
 					declared[fmt.Sprintf("web-%d", i)] = i < n
 				}
+			case op == 5:
+				apply(reg(uint64(4 + r.IntN(4))))
 			}
 			var names []string
 			for vm, ok := range declared {
@@ -658,8 +1057,15 @@ func TestReplicasAgreeOnTheNetwork(t *testing.T) {
 			}
 			slices.Sort(names)
 			s := replicas[0]
-			want, _ := AllocateNetwork(s.Network, "t", specCIDR(cidr), names)
-			apply(netPlan(s, fmt.Sprintf("c%d", step), cidr, r.IntN(3), names...))
+			decl := propDeclared(r, "t", names, pool)
+			cmd := netPlanDeclared(s, fmt.Sprintf("c%d", step), cidr, r.IntN(3), decl, names...)
+			d, err := DeclaredIdentities(cmd.CommitPlan.Spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := AllocateNetwork(s.Network, NetworkRequest{Cluster: "t", CIDR: specCIDR(cidr), Instances: names, Declared: d,
+				Nodes: slices.Collect(maps.Keys(s.Nodes))})
+			apply(cmd)
 			if !reflect.DeepEqual(s.Network, want) {
 				t.Fatalf("seed %d step %d: Apply committed\n%v\nAllocateNetwork on the same state gives\n%v", seed, step, s.Network, want)
 			}
@@ -693,25 +1099,41 @@ func specCIDR(p netip.Prefix) netip.Prefix {
 }
 
 // BenchmarkAllocateNetwork10000 measures the allocation Apply runs for
-// every CommitPlan (and the planner for every plan) with 10,000 instances:
-// all new (the first plan), and all kept (a re-plan).
+// every CommitPlan (and the planner for every plan) with 10,000 instances
+// on 100 nodes: all new (the first plan), all kept (a re-plan), and all
+// kept with the identities lib.mkCluster declares.
 func BenchmarkAllocateNetwork10000(b *testing.B) {
 	cidr := netip.MustParsePrefix(spec.DefaultCIDR)
 	names := make([]string, 10000)
+	decl := make(map[string]DeclaredIdentity, len(names))
 	for i := range names {
 		names[i] = fmt.Sprintf("vm%d-%d", i/3, i%3)
+		decl[names[i]] = mkClusterIdentity("bench", names[i])
 	}
-	first, _ := AllocateNetwork(nil, "bench", cidr, names)
+	nodes := make([]uint64, 100)
+	for i := range nodes {
+		nodes[i] = uint64(i + 1)
+	}
+	req := NetworkRequest{Cluster: "bench", CIDR: cidr, Instances: names, Nodes: nodes}
+	first, _ := AllocateNetwork(nil, req)
 	b.Run("fresh", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			AllocateNetwork(nil, "bench", cidr, names)
+			AllocateNetwork(nil, req)
 		}
 	})
 	b.Run("stable", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			AllocateNetwork(first, "bench", cidr, names)
+			AllocateNetwork(first, req)
+		}
+	})
+	declared := req
+	declared.Declared = decl
+	b.Run("stable-declared", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			AllocateNetwork(first, declared)
 		}
 	})
 }

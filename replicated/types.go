@@ -46,7 +46,7 @@ type Node struct {
 	// fence (UnfenceNode).
 	CephAddrs []string `json:"cephAddrs,omitempty"`
 	// ReportedCephAddrs are the Ceph client addresses of the node's last
-	// report (its last heartbeat, else its registration): the clients that
+	// report (its newest heartbeat, else its registration): the clients that
 	// write for it now. Unlike CephAddrs they are replaced, not added to,
 	// so they say when a fenced client is gone.
 	ReportedCephAddrs []string `json:"reportedCephAddrs,omitempty"`
@@ -65,6 +65,12 @@ type Node struct {
 	// LastHeartbeatSeq counts heartbeats applied for this node; the leader judges
 	// liveness by whether it advances, never by comparing clocks.
 	LastHeartbeatSeq uint64 `json:"lastHeartbeatSeq"`
+	// ReportEpoch and ReportSeq are the order ([NodeHeartbeat.Epoch],
+	// [NodeHeartbeat.Seq]) of the newest ordered heartbeat applied for this
+	// node: the one whose statuses Observed holds, whose ReportedCephAddrs
+	// and LastHeartbeatAt the node has. Zero until an ordered one applied.
+	ReportEpoch uint64 `json:"reportEpoch,omitempty"`
+	ReportSeq   uint64 `json:"reportSeq,omitempty"`
 }
 
 // Revision is one committed plan.
@@ -117,6 +123,12 @@ type Assignment struct {
 	// each new value, and reports the value it carried out
 	// ([VMStatus.Restart]). Set by Apply, like Stopped.
 	Restart uint64 `json:"restart,omitempty"`
+
+	// OwnRunner says the runner is the instance's own, the flake's
+	// vms.DECLARED.instances.VM.runner (spec.Instance.OwnRunner), not the
+	// VM's vms.DECLARED.runner: an agent building it from the flake builds
+	// that attribute.
+	OwnRunner bool `json:"ownRunner,omitempty"`
 }
 
 // SameWorkload reports whether a and b run the same instance the same way:
@@ -288,9 +300,10 @@ type State struct {
 	// Unschedulable are the desired instances the current revision's plan
 	// could not place, with the planner's reasons, sorted by VM.
 	Unschedulable []Unschedulable `json:"unschedulable"`
-	// Network is the committed cluster network: the CIDR, its gateway and
+	// Network is the committed cluster network: the CIDR, its gateway,
 	// the identity (address, MAC, tap, hostname) of every desired instance
-	// that has one. Apply allocates it when a plan commits
+	// that has one and the nodes' own addresses. Apply allocates it when a
+	// plan commits
 	// ([AllocateNetwork]); nil before the first plan.
 	Network *Network `json:"network,omitempty"`
 	// Conditions are the source's failures that are true now, sorted by type.
@@ -383,8 +396,24 @@ type RegisterNode struct {
 }
 
 // NodeHeartbeat says a node is alive and carries its agent's observations, batched.
+//
+// An agent has several heartbeats in flight at once (one lost proposal must
+// not hold back the next), so they can commit out of order. Epoch and Seq
+// order them: Apply counts every heartbeat for liveness and Ceph fencing,
+// but keeps the statuses of one only when it is newer than the node's last
+// applied report (see [State.Apply]), so an older snapshot never overwrites
+// a newer one.
 type NodeHeartbeat struct {
-	ID       uint64     `json:"id"`
+	ID uint64 `json:"id"`
+	// Epoch identifies the agent process that sent it: random, fixed for
+	// the process's life, never 0. A heartbeat of another epoch than the
+	// node's last report is newer (a restarted agent knows nothing of its
+	// predecessor's numbers). 0: unordered (a sender that predates the
+	// field): its statuses are always kept, as before.
+	Epoch uint64 `json:"epoch,omitempty"`
+	// Seq numbers the heartbeats of one epoch, from 1, in the order they
+	// were sent (so in the order of their snapshots).
+	Seq      uint64     `json:"seq,omitempty"`
 	Statuses []VMStatus `json:"statuses,omitempty"`
 	// CephAddrs are the Ceph client addresses that write for the node's
 	// VMs besides the one it registered (its volumes' qemu-storage-daemons

@@ -30,7 +30,9 @@ const (
 // already turned into {drv, out} by nixeval's apply function) into a Cluster.
 //
 // Every unknown attribute, wrong type and missing required attribute is
-// reported with its path, all of them at once, as an *Error. Absent optional
+// reported with its path, all of them at once, as an *Error. A VM's runner
+// is required unless the VM has `instances` (Validate then wants a runner
+// in every entry). Absent optional
 // attributes get their defaults: replicas 1, autostart true, volume pool
 // "rbd", cluster "", vms {}, function minInstances 0 and maxInstances 1,
 // ingress path "/", protocol "http" and listenPort null (0). A missing
@@ -180,7 +182,7 @@ func (d *decoder) ingress(path string, v any) Ingress {
 	return in
 }
 
-var vmFields = []string{"runner", "vcpu", "memMiB", "replicas", "placement", "volumes", "autostart"}
+var vmFields = []string{"runner", "vcpu", "memMiB", "replicas", "placement", "volumes", "autostart", "instances"}
 
 func (d *decoder) vm(path string, v any) VM {
 	vm := VM{Replicas: DefaultReplicas, Autostart: DefaultAutostart}
@@ -188,7 +190,13 @@ func (d *decoder) vm(path string, v any) VM {
 	if !ok {
 		return vm
 	}
-	if x, ok := d.required(m, path, "runner", "a derivation"); ok {
+	// With instances, the VM's runner may be left out: every instance then
+	// names its own, which Validate checks.
+	if _, perInstance := m["instances"]; perInstance {
+		if x, ok := m["runner"]; ok {
+			vm.Runner = d.runner(attrPath(path, "runner"), x)
+		}
+	} else if x, ok := d.required(m, path, "runner", "a derivation"); ok {
 		vm.Runner = d.runner(attrPath(path, "runner"), x)
 	}
 	if x, ok := d.required(m, path, "vcpu", "an integer > 0"); ok {
@@ -209,7 +217,43 @@ func (d *decoder) vm(path string, v any) VM {
 	if x, ok := m["autostart"]; ok {
 		vm.Autostart = d.bool(attrPath(path, "autostart"), x)
 	}
+	if x, ok := m["instances"]; ok {
+		vm.Instances = d.instances(attrPath(path, "instances"), x)
+	}
 	return vm
+}
+
+var instanceFields = []string{"runner", "mac", "tap", "hostname"}
+
+// instances decodes a VM's `instances` attribute set; Validate checks the
+// names and values.
+func (d *decoder) instances(path string, v any) map[string]InstanceEntry {
+	entries, ok := v.(map[string]any)
+	if !ok {
+		d.ps.addf(path, "expected an attribute set of instances (instance name → { runner; mac; tap; hostname; }), got %s", describe(v))
+		return nil
+	}
+	out := make(map[string]InstanceEntry, len(entries))
+	for _, name := range sortedKeys(entries) {
+		ip := attrPath(path, name)
+		var e InstanceEntry
+		if m, ok := d.object(ip, entries[name], instanceFields...); ok {
+			if x, ok := m["runner"]; ok {
+				e.Runner = d.runner(attrPath(ip, "runner"), x)
+			}
+			if x, ok := m["mac"]; ok {
+				e.MAC = d.str(attrPath(ip, "mac"), x)
+			}
+			if x, ok := m["tap"]; ok {
+				e.Tap = d.str(attrPath(ip, "tap"), x)
+			}
+			if x, ok := m["hostname"]; ok {
+				e.Hostname = d.str(attrPath(ip, "hostname"), x)
+			}
+		}
+		out[name] = e
+	}
+	return out
 }
 
 func (d *decoder) placement(path string, v any) Placement {

@@ -26,6 +26,8 @@ func FuzzDecode(f *testing.F) {
 		`{"network": {}}`,
 		vmJSON(``)[:len(vmJSON(``))-1] + `, "ingress": {"site": {"host": "web.example.org", "to": "web", "port": 80}, "pg": {"host": "d.e", "to": "web", "port": 5432, "protocol": "tcp", "listenPort": 15432}}}`,
 		vmJSON(``)[:len(vmJSON(``))-1] + `, "ingress": {"site": {"host": "web.example.org", "path": "/a", "to": "web", "port": 80, "listenPort": null}}}`,
+		`{"vms": {"web": {"vcpu": 1, "memMiB": 1, "replicas": 2, "instances": {"web-0": {"runner": ` + testRunnerJSON + `, "mac": "02:00:00:00:00:01", "tap": "bx0", "hostname": "w0"}, "web-1": {"runner": ` + testRunnerJSON + `}}}}}`,
+		vmJSON(`, "instances": {"web": {"mac": "0a:b1:00:00:00:01", "hostname": "web-"}}`),
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))

@@ -65,13 +65,41 @@ type Runner struct {
 
 // VM is one declared VM, before replica expansion.
 type VM struct {
-	Runner    Runner            `json:"runner"`
+	// Runner is what every instance runs unless its Instances entry names
+	// a runner of its own. It is the zero Runner (absent from the flake)
+	// only when every instance has its own.
+	Runner    Runner            `json:"runner,omitzero"`
 	VCPU      int               `json:"vcpu"`
 	MemMiB    int               `json:"memMiB"`
 	Replicas  int               `json:"replicas"`
 	Placement Placement         `json:"placement"`
 	Volumes   map[string]Volume `json:"volumes,omitempty"`
 	Autostart bool              `json:"autostart"`
+	// Instances sets instances apart, by instance name (exactly the names
+	// replica expansion gives: web-0 … web-(replicas-1), or the VM's own
+	// name when replicas = 1). Nil means every instance runs Runner with
+	// an identity derived from its name, as before instances existed.
+	Instances map[string]InstanceEntry `json:"instances,omitempty"`
+}
+
+// InstanceEntry is one `instances.NAME` entry of a VM. lib.mkCluster
+// writes one per replica of a microvm.nix nixosConfiguration: a runner of
+// its own whose guest NIC has MAC on the host's tap interface Tap, and
+// whose guest is called Hostname. Those are baked into the runner, so
+// the cluster must hand out exactly them (replicated.AllocateNetwork uses
+// a declared part as it is and derives the others).
+type InstanceEntry struct {
+	// Runner is the instance's own runner; the zero Runner means the VM's.
+	Runner Runner `json:"runner,omitzero"`
+	// MAC is the guest NIC's address in lower-case colon form, "" to
+	// derive it: locally administered unicast, and not 0a:b1:… (the
+	// prefix of the nodes' bridges).
+	MAC string `json:"mac,omitempty"`
+	// Tap is the host's tap interface name, "" to derive it: a Linux
+	// interface name of at most MaxTapName characters.
+	Tap string `json:"tap,omitempty"`
+	// Hostname is the guest's host name, "" to derive it: a DNS label.
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // Placement constrains where a VM may run.
@@ -109,5 +137,14 @@ type FunctionHTTP struct {
 type Instance struct {
 	Name     string `json:"name"`     // expanded name; unit, directory and image name
 	Declared string `json:"declared"` // the name in the flake
+	// Own is the VM's Instances entry of this instance, nil without one
+	// (a pointer: most instances have none, and plans expand thousands).
+	// When it names a runner, the embedded VM's Runner already is that
+	// runner.
+	Own *InstanceEntry `json:"own,omitempty"`
 	VM
 }
+
+// OwnRunner reports whether the instance runs a runner of its own (the
+// flake's vms.DECLARED.instances.NAME.runner) rather than the VM's.
+func (in *Instance) OwnRunner() bool { return in.Own != nil && in.Own.Runner != (Runner{}) }

@@ -51,8 +51,9 @@ func ValidName(s string) error {
 }
 
 // Validate checks the values of a decoded (or hand-built) cluster: names,
-// resources, runner store paths, replica expansion, volumes, placement,
-// functions, network.cidr and ingress. It reports every problem at once as an *Error, or returns nil.
+// resources, runner store paths, replica expansion, instances entries
+// (names, runners, declared MACs, taps and hostnames, unique across the
+// cluster), volumes, placement, functions, network.cidr and ingress. It reports every problem at once as an *Error, or returns nil.
 func (c *Cluster) Validate() error {
 	var ps problems
 	if c.Name != "" {
@@ -64,6 +65,7 @@ func (c *Cluster) Validate() error {
 		validateVM(&ps, c, attrPath("vms", name), name, c.VMs[name])
 	}
 	validateInstanceNames(&ps, c)
+	validateIdentities(&ps, c)
 	validateNetwork(&ps, c)
 	validateIngress(&ps, c)
 	paths := map[string]string{} // http.path → function name
@@ -100,7 +102,10 @@ func validateVM(ps *problems, c *Cluster, path, name string, vm VM) {
 	if err := ValidName(name); err != nil {
 		ps.addf(path, "%v", err)
 	}
-	validateRunner(ps, attrPath(path, "runner"), vm.Runner)
+	if vm.Runner != (Runner{}) || vm.Instances == nil {
+		validateRunner(ps, attrPath(path, "runner"), vm.Runner)
+	}
+	validateInstances(ps, path, name, vm)
 	if vm.VCPU <= 0 {
 		ps.addf(attrPath(path, "vcpu"), "must be > 0, got %d", vm.VCPU)
 	}
@@ -215,8 +220,10 @@ func instanceName(name string, i int) string {
 
 // Instances expands replicas into schedulable instances, sorted by Name: a
 // VM with replicas <= 1 is one instance with its declared name; replicas = n
-// > 1 gives NAME-0 … NAME-(n-1). Instances share the VM's maps and slices:
-// treat them as read-only. Call it on a validated cluster.
+// > 1 gives NAME-0 … NAME-(n-1). An instance with a VM.Instances entry
+// carries it (Instance.Own) and runs the entry's runner when it names one.
+// Instances share the VM's maps and slices: treat them as read-only. Call
+// it on a validated cluster.
 func (c *Cluster) Instances() []Instance {
 	// Sorting the declared names first and expanding in order avoids
 	// sorting large Instance values (10,000 of them cost ~10 ms).
@@ -231,12 +238,12 @@ func (c *Cluster) Instances() []Instance {
 	for _, name := range names {
 		vm := c.VMs[name]
 		if vm.Replicas <= 1 {
-			out = append(out, Instance{Name: name, Declared: name, VM: vm})
+			out = append(out, withEntry(Instance{Name: name, Declared: name, VM: vm}))
 			continue
 		}
 		first := len(out)
 		for i := range vm.Replicas {
-			out = append(out, Instance{Name: instanceName(name, i), Declared: name, VM: vm})
+			out = append(out, withEntry(Instance{Name: instanceName(name, i), Declared: name, VM: vm}))
 		}
 		if vm.Replicas > 10 { // name-10 sorts before name-2
 			slices.SortStableFunc(out[first:], byInstanceName)
@@ -249,6 +256,19 @@ func (c *Cluster) Instances() []Instance {
 		slices.SortStableFunc(out, byInstanceName)
 	}
 	return out
+}
+
+// withEntry gives in its VM's Instances entry, and the entry's runner
+// when it names one.
+func withEntry(in Instance) Instance {
+	if e, ok := in.Instances[in.Name]; ok {
+		in.Own = new(InstanceEntry)
+		*in.Own = e
+		if in.OwnRunner() {
+			in.Runner = e.Runner
+		}
+	}
+	return in
 }
 
 func byInstanceName(a, b Instance) int { return strings.Compare(a.Name, b.Name) }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -270,14 +271,50 @@ member's address, is refused. See ` + "`blixard node list-members`" + `.`,
 }
 
 func newVMCommand(g *globals) *cobra.Command {
+	show := func(cmd *cobra.Command, name string) error {
+		c, err := g.client()
+		if err != nil {
+			return err
+		}
+		var vms []api.VMDetail
+		fresh, err := c.Get(cmd.Context(), "/v1/vms/"+url.PathEscape(name), &vms)
+		if err != nil {
+			return err
+		}
+		if g.json {
+			api.WriteStale(g.stderr, fresh)
+		}
+		return g.show(vms, func(w io.Writer) error {
+			api.WriteStale(w, fresh)
+			return api.WriteVMDetails(w, vms)
+		})
+	}
 	cmd := &cobra.Command{
-		Use:   "vm",
-		Short: "Start, stop or restart a VM; the choice outlives new revisions",
-		Long: `Start, stop or restart a VM through Raft. NAME is an instance (web-1) or a
+		Use:   "vm [NAME]",
+		Short: "Show a VM (address, MAC, tap, node, DNS names), or start, stop or restart it",
+		Long: `blixard vm NAME shows an instance (web-1), or every instance of a declared VM
+(web): its node and phase, its network identity (address, MAC, tap, hostname),
+the DNS names that resolve to it and the ingress entries that route to it.
+` + "`blixard vm show NAME`" + ` does the same for a VM named like a subcommand.
+
+Start, stop or restart a VM through Raft. NAME is an instance (web-1) or a
 declared VM (web: every replica). A stopped VM keeps its place and resources;
 start and stop hold across new revisions until changed again, and beat the
 flake's autostart (autostart = false: placed, kept stopped until vm start).`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			return show(cmd, args[0])
+		},
 	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "show NAME",
+		Short: "Show an instance, or every instance of a declared VM, with its address and DNS names",
+		Args:  cobra.ExactArgs(1),
+		RunE:  func(cmd *cobra.Command, args []string) error { return show(cmd, args[0]) },
+	})
 	for _, c := range []struct {
 		action api.VMAction
 		short  string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -32,6 +33,8 @@ type serveOptions struct {
 	eval                                            node.Eval
 	tls                                             raftstore.TLSFiles
 	insecure, insecureIKnow                         bool
+	network                                         node.NetworkConfig
+	underlayAddr                                    string
 }
 
 // cephOptions are the Ceph flags. There is no pool flag: each volume's pool
@@ -140,6 +143,17 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.tls.KeyFile, "tls-key", "", "the key of --tls-cert (mode 0600)")
 	f.BoolVar(&o.insecure, "insecure", false, "serve the API over plain HTTP without authentication (everyone is admin) and Raft over plain TCP; loopback --api-addr only")
 	f.BoolVar(&o.insecureIKnow, "insecure-i-know", false, "with --insecure: allow it on an --api-addr that is not loopback")
+	f.BoolVar(&o.network.Enable, "network", false, "give instances their cluster addresses on this node: overlay bridge and VXLAN, DHCP and DNS (dnsmasq), "+
+		"outbound masquerade, STATE/NAME/network.env; needs root (see docs/architecture.md, Networking)")
+	f.StringVar(&o.network.Bridge, "bridge", "blixard0", "with --network: the overlay bridge; it carries the cluster's gateway address")
+	f.Uint32Var(&o.network.VXLANID, "vxlan-id", node.DefaultVXLANID, "with --network: the VXLAN network identifier (1-16777215), the same on every node")
+	f.IntVar(&o.network.VXLANPort, "vxlan-port", 4789, "with --network: the VXLAN UDP port, open between the nodes")
+	f.StringVar(&o.underlayAddr, "underlay-addr", "", "with --network: this node's IP address on the network between the nodes (default: the host of --raft-addr, "+
+		"where other nodes send its overlay traffic)")
+	f.StringVar(&o.network.IngressAddr, "ingress-addr", "", "with --network: HOST:PORT of the ingress HTTP proxy, e.g. :80 (default: none); TCP entries listen on HOST")
+	f.StringVar(&o.network.DNSDir, "dns-dir", "", "with --network: directory of dnsmasq's files, searchable by everyone (default DATA-DIR/netdns)")
+	f.BoolVar(&o.network.Masquerade, "masquerade", true, "with --network: masquerade the cluster network out of this host's uplink (nft table ip blixard); "+
+		"false leaves outbound NAT to the host (NixOS: networking.nat)")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
@@ -170,6 +184,30 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 	if !o.agent {
 		backend = node.BackendNone
 	}
+	nw := o.network
+	if !nw.Enable {
+		// Settings that do nothing without --network are a mistake, not a
+		// preference: say so instead of ignoring them.
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{
+			{"--bridge", nw.Bridge != "" && nw.Bridge != "blixard0"}, {"--vxlan-id", nw.VXLANID != 0 && nw.VXLANID != node.DefaultVXLANID},
+			{"--vxlan-port", nw.VXLANPort != 0 && nw.VXLANPort != 4789},
+			{"--underlay-addr", o.underlayAddr != ""}, {"--ingress-addr", nw.IngressAddr != ""}, {"--dns-dir", nw.DNSDir != ""},
+		} {
+			if f.set {
+				return node.Config{}, fmt.Errorf("%s needs --network: add --network (NixOS: services.blixard.network.enable), or drop %s", f.name, f.name)
+			}
+		}
+	}
+	if o.underlayAddr != "" {
+		a, err := netip.ParseAddr(o.underlayAddr)
+		if err != nil {
+			return node.Config{}, fmt.Errorf("--underlay-addr %q: want an IP address (this node's address on the network between the nodes): %w", o.underlayAddr, err)
+		}
+		nw.UnderlayAddr = a
+	}
 	cfg := node.Config{
 		NodeID: o.nodeID, DataDir: o.dataDir, RaftAddr: o.raftAddr, APIAddr: o.apiAddr, Members: members,
 		Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB,
@@ -180,7 +218,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
-		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow,
+		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow, Network: nw,
 	}
 	return cfg, cfg.Check()
 }

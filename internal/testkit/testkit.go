@@ -14,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -192,4 +194,26 @@ func Detail(cond func() (ok bool, detail string)) func() error {
 		}
 		return nil
 	}
+}
+
+// FreeLoopbackAddr returns HOST:PORT free at the moment on a random
+// loopback address 127.X.Y.Z (X ≥ 1), for a server a test starts later
+// (Raft replicas take their address before they listen). Not 127.0.0.1:
+// the port is released before the server binds it, and on 127.0.0.1 the
+// packages tested in parallel (their outgoing connections included) take
+// ports from the same ephemeral range.
+func FreeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	for range 20 {
+		ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254))
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}
+	t.Fatal("no free port on a loopback address")
+	return ""
 }

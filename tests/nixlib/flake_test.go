@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/blixard/blixard/replicated"
 )
 
 // flakeEval evaluates ATTR of the flake at dir (a path: flake) with its
@@ -95,7 +97,7 @@ func TestNixBlixardFlakeOutputs(t *testing.T) {
 			t.Errorf("outputs %v lack %s", v.Outputs, want)
 		}
 	}
-	if !reflect.DeepEqual(v.Lib, []string{"isValidName", "mkCluster", "schemaVersion", "volumeModule", "volumePath"}) {
+	if !reflect.DeepEqual(v.Lib, []string{"instanceIdentity", "instanceModule", "instanceNames", "isValidName", "mkCluster", "schemaVersion", "volumeModule", "volumePath"}) {
 		t.Errorf("lib = %v", v.Lib)
 	}
 	if !reflect.DeepEqual(v.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
@@ -196,10 +198,24 @@ func TestNixExampleFlake(t *testing.T) {
 	if v, ok := db.Volumes["data"]; !ok || v.SizeMiB != 10240 || v.Pool != "rbd" || db.Placement.Labels["disk"] != "ssd" {
 		t.Errorf("db = %+v, want an RBD volume data of 10240 MiB on a disk=ssd host", db)
 	}
-	for name, vm := range cluster.VMs {
-		if !strings.HasSuffix(vm.Runner.Drv, ".drv") || !strings.HasPrefix(vm.Runner.Out, "/nix/store/") || !vm.Autostart {
-			t.Errorf("%s: runner %+v autostart %v", name, vm.Runner, vm.Autostart)
+	// Every instance runs a runner of its own, built with the identity the
+	// daemon derives for it (mkCluster's instances).
+	outs := map[string]string{}
+	for _, in := range cluster.Instances() {
+		if !in.OwnRunner() || !strings.HasSuffix(in.Runner.Drv, ".drv") || !strings.HasPrefix(in.Runner.Out, "/nix/store/") || !in.Autostart {
+			t.Errorf("%s: runner %+v (its own: %t) autostart %v", in.Name, in.Runner, in.OwnRunner(), in.Autostart)
 		}
+		if other, dup := outs[in.Runner.Out]; dup {
+			t.Errorf("%s and %s share the runner %s", in.Name, other, in.Runner.Out)
+		}
+		outs[in.Runner.Out] = in.Name
+		if in.Own == nil || in.Own.MAC != replicated.DeriveMAC("prod", in.Name, 0).String() || in.Own.Tap != replicated.DeriveTap("prod", in.Name, 0) ||
+			in.Own.Hostname != replicated.DeriveHostname("prod", in.Name, 0) {
+			t.Errorf("%s declares %+v, not the daemon's derivation", in.Name, in.Own)
+		}
+	}
+	if len(outs) != 4 {
+		t.Errorf("runners %v, want one for each of web-0, web-1, db and cache", outs)
 	}
 
 	for _, node := range []string{"node1", "node2", "node3"} {

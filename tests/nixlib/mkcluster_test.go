@@ -2,9 +2,11 @@ package nixlib
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 )
 
@@ -38,7 +40,15 @@ func expand(t *testing.T, want string) []byte {
 	return []byte(want)
 }
 
+// ident is the JSON of the identity attributes mkCluster writes for
+// instance in cluster: the daemon's own derivation at attempt 0.
+func ident(cluster, instance string) string {
+	return fmt.Sprintf(`"mac": %q, "tap": %q, "hostname": %q`, replicated.DeriveMAC(cluster, instance, 0).String(),
+		replicated.DeriveTap(cluster, instance, 0), replicated.DeriveHostname(cluster, instance, 0))
+}
+
 func TestNixMkClusterOutput(t *testing.T) {
+	requireThirdParty(t) // fx.microvmConfig is a NixOS evaluation
 	cases := []struct {
 		name  string
 		input string // argument of mkCluster; fx and L (the library) are in scope
@@ -71,7 +81,7 @@ func TestNixMkClusterOutput(t *testing.T) {
 			}}`,
 		},
 		{
-			name: "nixosConfiguration entry reads declaredRunner, vcpu and mem",
+			name: "nixosConfiguration entry gives each replica its own runner and identity, and reads vcpu and mem",
 			input: `{
 				cluster = "prod";
 				vms.web = {
@@ -81,8 +91,50 @@ func TestNixMkClusterOutput(t *testing.T) {
 				};
 			}`,
 			want: `{"cluster": "prod", "vms": {
+				"web": {"vcpu": 3, "memMiB": 768, "replicas": 2, "autostart": true, "placement": {"antiAffinity": ["web"]},
+					"instances": {
+						"web-0": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, ` + ident("prod", "web-0") + `},
+						"web-1": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, ` + ident("prod", "web-1") + `}}}
+			}}`,
+		},
+		{
+			name: "a single instance is named after its VM, and a name ending in '-' gets a derived hostname",
+			input: `{
+				vms.cache- = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; }; };
+			}`,
+			want: `{"cluster": "", "vms": {
+				"cache-": {"vcpu": 2, "memMiB": 512, "replicas": 1, "autostart": true,
+					"instances": {"cache-": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, ` + ident("", "cache-") + `}}}
+			}}`,
+		},
+		{
+			name: "instanceRunners = false keeps the configuration's one runner",
+			input: `{
+				cluster = "prod";
+				vms.web = {
+					nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; vcpu = 3; mem = 768; };
+					replicas = 2;
+					instanceRunners = false;
+				};
+			}`,
+			want: `{"cluster": "prod", "vms": {
 				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 3, "memMiB": 768,
-					"replicas": 2, "autostart": true, "placement": {"antiAffinity": ["web"]}}
+					"replicas": 2, "autostart": true}
+			}}`,
+		},
+		{
+			name: "a schema-v1 entry's instances pass through, and its runner may be left out",
+			input: `{
+				vms.web = {
+					vcpu = 1; memMiB = 64; replicas = 2;
+					instances."web-0" = { runner = fx.runners.web; mac = "02:00:00:00:00:01"; };
+					instances."web-1" = { runner = fx.runners.db; tap = "vm-web1"; hostname = "www"; };
+				};
+			}`,
+			want: `{"cluster": "", "vms": {
+				"web": {"vcpu": 1, "memMiB": 64, "replicas": 2, "autostart": true, "instances": {
+					"web-0": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "mac": "02:00:00:00:00:01"},
+					"web-1": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "tap": "vm-web1", "hostname": "www"}}}
 			}}`,
 		},
 		{
@@ -100,8 +152,9 @@ func TestNixMkClusterOutput(t *testing.T) {
 				};
 			}`,
 			want: `{"cluster": "prod", "vms": {
-				"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "vcpu": 2, "memMiB": 512,
-					"replicas": 1, "autostart": true, "volumes": {"data": {"sizeMiB": 1024, "pool": "ssd"}}}
+				"db": {"vcpu": 2, "memMiB": 512, "replicas": 1, "autostart": true,
+					"instances": {"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, ` + ident("prod", "db") + `}},
+					"volumes": {"data": {"sizeMiB": 1024, "pool": "ssd"}}}
 			}}`,
 		},
 		{
@@ -119,8 +172,9 @@ func TestNixMkClusterOutput(t *testing.T) {
 				};
 			}`,
 			want: `{"cluster": "", "vms": {
-				"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, "vcpu": 2, "memMiB": 512,
-					"replicas": 1, "autostart": true, "volumes": {"data": {"sizeMiB": 10, "pool": "rbd"}}}
+				"db": {"vcpu": 2, "memMiB": 512, "replicas": 1, "autostart": true,
+					"instances": {"db": {"runner": {"drv": "@db.drv@", "out": "@db.out@"}, ` + ident("", "db") + `}},
+					"volumes": {"data": {"sizeMiB": 10, "pool": "rbd"}}}
 			}}`,
 		},
 		{
@@ -158,18 +212,20 @@ func TestNixMkClusterOutput(t *testing.T) {
 // TestNixMkClusterRunnerIsDerivation checks that the runner mkCluster outputs
 // is the derivation itself (what the daemon realises), not a copy of its paths.
 func TestNixMkClusterRunnerIsDerivation(t *testing.T) {
+	requireThirdParty(t)
 	got := evalJSON(t, `let
 		c = fx.blixardLib.mkCluster {
 			vms.a = { runner = fx.runners.web; vcpu = 1; memMiB = 1; };
 			vms.b = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; }; };
 		};
-	in [ c.vms.a.runner.type (c.vms.a.runner == fx.runners.web) c.vms.b.runner.type (c.vms.b.runner == fx.runners.db) ]`)
+	in [ c.vms.a.runner.type (c.vms.a.runner == fx.runners.web) c.vms.b.instances.b.runner.type (c.vms.b.instances.b.runner == fx.runners.db) ]`)
 	if !jsonEqual(t, got, []byte(`["derivation", true, "derivation", true]`)) {
 		t.Errorf("runners are not the given derivations: %s", got)
 	}
 }
 
 func TestNixMkClusterThrows(t *testing.T) {
+	requireThirdParty(t)
 	web := `runner = fx.runners.web; vcpu = 1; memMiB = 256;`
 	wired := `(L.volumeModule { name = "db"; volumes.data.sizeMiB = 10; }).microvm.volumes`
 	cases := []struct {
@@ -197,7 +253,11 @@ func TestNixMkClusterThrows(t *testing.T) {
 		{"missing memMiB is rejected", `{ vms.web = { runner = fx.runners.web; vcpu = 1; }; }`, `vms.web: memMiB is missing`},
 		{"zero replicas is rejected", `{ vms.web = { ` + web + ` replicas = 0; }; }`, `vms.web.replicas: want a positive integer`},
 		{"unknown VM attribute is rejected", `{ vms.web = { ` + web + ` cpus = 2; }; }`,
-			`vms.web: unknown attribute cpus; allowed: runner, vcpu, memMiB, replicas, placement, volumes, autostart`},
+			`vms.web: unknown attribute cpus; allowed: runner, vcpu, memMiB, replicas, placement, volumes, autostart, instances`},
+		{"unknown instances attribute is rejected", `{ vms.web = { ` + web + ` instances.web.ip = "10.0.0.1"; }; }`,
+			`vms.web.instances.web: unknown attribute ip; allowed: runner, mac, tap, hostname`},
+		{"an instance's runner must be a derivation", `{ vms.web = { vcpu = 1; memMiB = 1; instances.web.runner = "/nix/store/x"; }; }`,
+			`vms.web.instances.web.runner: want a derivation`},
 		{"unknown placement attribute is rejected", `{ vms.web = { ` + web + ` placement.label.zone = "a"; }; }`,
 			`vms.web.placement: unknown attribute label; allowed: nodes, labels, antiAffinity`},
 		{"non-integer placement node is rejected", `{ vms.web = { ` + web + ` placement.nodes = [ 1 "2" ]; }; }`,
@@ -214,16 +274,25 @@ func TestNixMkClusterThrows(t *testing.T) {
 			`volume name "Data" is invalid`},
 		{"vcpu next to nixosConfiguration points at microvm.vcpu",
 			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; }; vcpu = 4; }; }`,
-			`vms.web: unknown attribute vcpu; allowed: nixosConfiguration, replicas, placement, volumes, autostart (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)`},
+			`vms.web: unknown attribute vcpu; allowed: nixosConfiguration, replicas, placement, volumes, autostart, instanceRunners (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)`},
+		{"a configuration mkCluster cannot extend names nixosSystem and instanceRunners",
+			`{ vms.web = { nixosConfiguration = { config.microvm = { declaredRunner = fx.runners.web; vcpu = 1; mem = 1; }; }; }; }`,
+			"vms.web.nixosConfiguration: has no extendModules, which mkCluster needs to build each instance a runner with its own tap, MAC and hostname: pass the result of nixpkgs.lib.nixosSystem, or set instanceRunners = false"},
+		{"instanceRunners must be a boolean",
+			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; }; instanceRunners = "no"; }; }`,
+			`vms.web.instanceRunners: want true or false, got the string "no"`},
 		{"configuration without microvm.nix is rejected", `{ vms.web = { nixosConfiguration = { config = { }; }; }; }`,
 			`vms.web.nixosConfiguration: config.microvm is missing: add microvm.nixosModules.microvm to its modules`},
 		{"non-configuration is rejected", `{ vms.web = { nixosConfiguration = { }; }; }`,
 			`vms.web.nixosConfiguration: has no ` + "`config`"},
 		{"configuration with zero memory is rejected",
-			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; mem = 0; }; }; }`,
+			`{ vms.web = { nixosConfiguration = fx.rawConfig { declaredRunner = fx.runners.web; vcpu = 1; mem = 0; }; }; }`,
 			`vms.web.nixosConfiguration: config.microvm.mem: want a positive integer, got the number 0`},
 		{"configuration whose declaredRunner is not a derivation is rejected",
-			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = "x"; }; }; }`,
+			`{ vms.web = { nixosConfiguration = fx.rawConfig { declaredRunner = "x"; vcpu = 1; mem = 1; }; }; }`,
+			`vms.web.instances.web: the nixosConfiguration with the instance's identity: config.microvm.declaredRunner: want a derivation`},
+		{"with instanceRunners = false, a declaredRunner that is not a derivation is rejected too",
+			`{ vms.web = { nixosConfiguration = fx.rawConfig { declaredRunner = "x"; vcpu = 1; mem = 1; }; instanceRunners = false; }; }`,
 			`vms.web.nixosConfiguration: config.microvm.declaredRunner: want a derivation`},
 		{"volume missing from the configuration names volumeModule",
 			`{ vms.db = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.db; }; volumes.data.sizeMiB = 10; }; }`,

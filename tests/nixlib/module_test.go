@@ -2,6 +2,8 @@ package nixlib
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -18,10 +20,17 @@ type hostView struct {
 		Environment   map[string]string `json:"environment"`
 		ServiceConfig map[string]any    `json:"serviceConfig"`
 	} `json:"service"`
-	Toplevel       string         `json:"toplevel"`
-	ConfigFile     map[string]any `json:"configFile"`
-	Rendered       map[string]any `json:"rendered"`
-	Firewall       []int          `json:"firewall"`
+	Toplevel    string         `json:"toplevel"`
+	ConfigFile  map[string]any `json:"configFile"`
+	Rendered    map[string]any `json:"rendered"`
+	Firewall    []int          `json:"firewall"`
+	FirewallUDP []int          `json:"firewallUDP"`
+	// FirewallInterfaces are networking.firewall.interfaces.
+	FirewallInterfaces map[string]struct {
+		TCP []int `json:"allowedTCPPorts"`
+		UDP []int `json:"allowedUDPPorts"`
+	} `json:"firewallInterfaces"`
+	Sysctl         map[string]any `json:"sysctl"`
 	Users          []string       `json:"users"`
 	KernelModules  []string       `json:"kernelModules"`
 	Tmpfiles       []string       `json:"tmpfiles"`
@@ -313,5 +322,94 @@ func TestNixModuleTLSFilesAndInsecure(t *testing.T) {
 	v = inspectHost(t, `{ services.blixard = { insecure = true; apiAddress = fx.nixpkgsLib.mkForce "127.0.0.1:7070"; }; }`)
 	if v.ConfigFile["insecure"] != true || v.ConfigFile["tls-key"] != nil {
 		t.Errorf("insecure config file: %v, want insecure and no TLS files", v.ConfigFile)
+	}
+}
+
+func TestNixModuleNetwork(t *testing.T) {
+	requireThirdParty(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard = { openFirewall = true; network = { enable = true; ingressAddress = ":80"; vxlanId = 77; }; }; }`)
+	want := map[string]any{"network": true, "bridge": "blixard0", "vxlan-id": float64(77), "vxlan-port": float64(4789),
+		"dns-dir": "/run/blixard-netdns", "masquerade": true, "ingress-addr": ":80"}
+	for k, w := range want {
+		if v.ConfigFile[k] != w {
+			t.Errorf("config file %q = %v, want %v", k, v.ConfigFile[k], w)
+		}
+	}
+	if _, ok := v.ConfigFile["underlay-addr"]; ok {
+		t.Errorf("underlay-addr rendered without underlayAddress: %v", v.ConfigFile)
+	}
+	if !reflect.DeepEqual(v.Firewall, []int{7001, 7070, 80}) || !reflect.DeepEqual(v.FirewallUDP, []int{4789}) {
+		t.Errorf("firewall TCP %v UDP %v, want the Raft, API and ingress ports and the VXLAN port", v.Firewall, v.FirewallUDP)
+	}
+	br := v.FirewallInterfaces["blixard0"]
+	if !reflect.DeepEqual(br.UDP, []int{53, 67}) || !reflect.DeepEqual(br.TCP, []int{53}) {
+		t.Errorf("firewall on the bridge: %+v, want DHCP and DNS for the instances", v.FirewallInterfaces)
+	}
+	if v.Sysctl["net.ipv4.ip_forward"] != float64(1) {
+		t.Errorf("sysctl = %v, want IPv4 forwarding for the instances' outbound traffic", v.Sysctl)
+	}
+	if !slices.Contains(v.Path, "dnsmasq") {
+		t.Errorf("service path %v lacks dnsmasq", v.Path)
+	}
+	sc := v.Service.ServiceConfig
+	if sc["RuntimeDirectory"] != "blixard-netdns" || sc["RuntimeDirectoryMode"] != "0755" || sc["User"] != "root" {
+		t.Errorf("serviceConfig: RuntimeDirectory %v mode %v User %v, want dnsmasq's directory searchable by nobody, as root",
+			sc["RuntimeDirectory"], sc["RuntimeDirectoryMode"], sc["User"])
+	}
+	// The real daemon accepts what the module renders.
+	file := filepath.Join(t.TempDir(), "blixard.json")
+	data, err := json.Marshal(v.ConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := checkConfig(t, file); err != nil {
+		t.Errorf("blixard serve --check-config rejected the rendered network settings: %v\n%s", err, out)
+	}
+
+	// Without network.enable nothing of it is rendered or opened.
+	off := inspectHost(t, `{ services.blixard.openFirewall = true; }`)
+	if off.ConfigFile["network"] != nil || len(off.FirewallUDP) != 0 || len(off.FirewallInterfaces) != 0 || len(off.Sysctl) != 0 {
+		t.Errorf("network off: config %v, UDP %v, interfaces %v, sysctl %v", off.ConfigFile, off.FirewallUDP, off.FirewallInterfaces, off.Sysctl)
+	}
+}
+
+func TestNixModuleNetworkUnderlayAndMasquerade(t *testing.T) {
+	requireThirdParty(t)
+	t.Parallel()
+	v := inspectHost(t, `{ services.blixard = {
+		members = fx.nixpkgsLib.mkForce { "1" = "node1.example.org:7001"; };
+		network = { enable = true; underlayAddress = "100.64.0.1"; masquerade = false; bridge = "br-cluster"; };
+	}; }`)
+	if v.ConfigFile["underlay-addr"] != "100.64.0.1" || v.ConfigFile["masquerade"] != false || v.ConfigFile["bridge"] != "br-cluster" {
+		t.Errorf("config file: %v", v.ConfigFile)
+	}
+	if _, ok := v.FirewallInterfaces["br-cluster"]; !ok {
+		t.Errorf("firewall interfaces %v: want DHCP and DNS open on br-cluster", v.FirewallInterfaces)
+	}
+}
+
+func TestNixModuleNetworkErrors(t *testing.T) {
+	requireThirdParty(t)
+	for _, tc := range []struct{ name, extra, want string }{
+		{"a Raft host name without underlayAddress says what to set",
+			`{ services.blixard = { members = fx.nixpkgsLib.mkForce { "1" = "node1.example.org:7001"; }; network.enable = true; }; }`,
+			"set services.blixard.network.underlayAddress"},
+		{"an ingress address without the network says to enable it",
+			`{ services.blixard.network.ingressAddress = ":80"; }`, "needs services.blixard.network.enable = true"},
+		{"a VXLAN id of 0 is a type error", `{ services.blixard.network = { enable = true; vxlanId = 0; }; }`, "services.blixard.network.vxlanId"},
+		{"a bridge name longer than Linux allows is a type error", `{ services.blixard.network = { enable = true; bridge = "a-very-long-bridge"; }; }`,
+			"services.blixard.network.bridge"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			stderr := evalError(t, "(fx.inspect ("+hostModules(tc.extra)+")).toplevel")
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("error does not say %q:\n%s", tc.want, stderr)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/blixard/blixard/nodeagent"
@@ -14,8 +15,9 @@ import (
 // agent is nodeagent.Agent around the real nodeagent.Decide: the observe
 // step (nodeagent's observeVMs), the records (records.go), the executor
 // (execute, startOp, finish, kill), the lease (startLease, leaseState, the
-// expiry timer, the renewal in sendHeartbeat) and the heartbeat reporter
-// (report, sendHeartbeat, forgetSent), rewritten line by line on the
+// expiry timer, the renewal in sendHeartbeat) and the pipelined heartbeat
+// reporter (report, nextHeartbeat, sendHeartbeat, keptStatus, markSent,
+// forgetCommitted), rewritten line by line on the
 // simulated host because those parts of the agent are unexported and do
 // I/O. It lives as long as its blixard process: its records and statuses
 // die with it.
@@ -28,11 +30,21 @@ type agent struct {
 	opSeq    int
 
 	passPending bool
-	// The heartbeat reporter.
-	hbInFlight bool // a NodeHeartbeat proposal is out
-	hbChanged  bool // a status changed while it was out
-	hbDebounce bool // a change is being debounced
-	hbGen      int  // the periodic tick in force
+	// The heartbeat reporter (report's loop): what it waits for, how many
+	// heartbeats are unanswered (at most hbMax), when it last sent one,
+	// the periodic tick in force, and the order of this process's
+	// heartbeats (epoch, the last seq).
+	hbStarted  bool
+	hbState    hbState
+	hbInFlight int
+	hbMax      int
+	hbLast     int64
+	hbGen      int
+	hbEpoch    uint64
+	hbSeq      uint64
+	// holdStarts: after a fence no VM starts until this heartbeat or a
+	// later one committed (0: none held).
+	holdStarts uint64
 
 	// The lease (Options.Lease): renewed is when the last committed
 	// heartbeat was sent; fenced, whether the last pass found it run out;
@@ -65,17 +77,43 @@ type opState struct {
 	canceled bool
 }
 
+// vmStatus is nodeagent's vmStatus.
 type vmStatus struct {
 	replicated.VMStatus
-	forget bool
+	forget    bool
+	stoppedIn uint64 // the first heartbeat that carried it stopped and to be forgotten
 }
 
+func (s *vmStatus) forgettable() bool { return s.forget && s.Phase == replicated.PhaseStopped }
+
+// hbState is where report's loop waits.
+type hbState int
+
+const (
+	hbIdle       hbState = iota // for the tick or a change
+	hbDebouncing                // a change is debounced: ticks are dropped, further changes ride along
+	hbBlocked                   // hbMax heartbeats are unanswered: the next waits for one
+)
+
 func newAgent(w *world, n *node) *agent {
-	return &agent{w: w, n: n, rec: map[string]*vmRecord{}, statuses: map[string]*vmStatus{}}
+	a := &agent{w: w, n: n, rec: map[string]*vmRecord{}, statuses: map[string]*vmStatus{},
+		hbEpoch: w.rng.Uint64N(1<<53-1) + 1, hbLast: -1 << 40}
+	// report: max(2, ⌈timeout/period⌉) in flight.
+	a.hbMax = max(2, int((a.hbTimeout()+w.heartbeatEvery-1)/w.heartbeatEvery))
+	return a
+}
+
+// hbTimeout is Agent.heartbeatTimeout: the lease, 10 s without one.
+func (a *agent) hbTimeout() int64 {
+	if a.w.lease > 0 {
+		return a.w.lease
+	}
+	return 10000
 }
 
 // start is Agent.Start: the lease, a first pass, the resync ticker and the
-// reporter.
+// reporter, whose first heartbeat goes at once (carrying the first pass's
+// changes).
 func (a *agent) start() {
 	a.startLease()
 	a.pass()
@@ -85,7 +123,8 @@ func (a *agent) start() {
 		a.w.afterOn(a.n, agentInterval, tick)
 	}
 	a.w.afterOn(a.n, agentInterval, tick)
-	a.resetHeartbeatTick()
+	a.hbStarted = true
+	a.trySend()
 }
 
 // notify is Agent.Notify: a pass soon, coalesced.
@@ -158,7 +197,16 @@ func (a *agent) pass() {
 	a.fencedBy = in.Fenced
 	d := nodeagent.Decide(in)
 	a.w.mix(uint64(len(d.VMs)), a.n.id)
+	// Resuming after a fence, starts wait for a heartbeat made after this
+	// pass to commit (Agent.pass).
+	resuming := in.Fenced == "" && was != ""
+	if resuming {
+		a.holdStarts = math.MaxUint64
+	}
 	killed := a.execute(d)
+	if resuming {
+		a.holdStarts = a.hbSeq + 1
+	}
 	switch {
 	case in.Fenced != "" && was == "":
 		why := "marked down"
@@ -170,6 +218,15 @@ func (a *agent) pass() {
 				// election), not cut off: the safe side, at a price.
 				a.w.cover("a node connected to the leader fenced itself (lease expired)")
 				why += ", connected to the leader"
+				if w.now-w.chk.lastImpaired[a.n.id] > w.lease {
+					// Not one moment of the lease cut off, frozen, slow or
+					// without a leader that could commit.
+					a.w.cover("a node connected to the leader all lease long fenced itself")
+					why += " all lease long"
+				}
+				if killed > 0 {
+					a.w.cover("a node connected to the leader fenced itself and killed runners")
+				}
 			}
 		} else {
 			a.w.cover("a node fenced itself (marked down)")
@@ -293,6 +350,7 @@ func (a *agent) execute(d nodeagent.Decision) int {
 		keep[vd.VM] = true
 		a.set(vd)
 		background := 0
+	actions:
 		for i, act := range vd.Actions {
 			switch act.Kind {
 			case nodeagent.ActKill:
@@ -313,6 +371,10 @@ func (a *agent) execute(d nodeagent.Decision) int {
 				if i != len(vd.Actions)-1 || background > 1 {
 					a.w.chk.failf("nodeagent.Decide on node %d returned background action %s for %s that is not its last action: %v",
 						a.n.id, act.Kind, act.VM, vd.Actions)
+				}
+				if act.Kind == nodeagent.ActStart && a.holdStarts != 0 {
+					a.w.cover("a start after a fence waited for a heartbeat to commit")
+					break actions
 				}
 				a.startOp(act)
 			}
@@ -348,7 +410,12 @@ func (a *agent) set(vd nodeagent.VMDecision) {
 		old.Generation != st.Generation {
 		a.changed()
 	}
-	a.statuses[st.VM] = &vmStatus{VMStatus: st, forget: vd.Forget}
+	// keptStatus.
+	next := &vmStatus{VMStatus: st, forget: vd.Forget}
+	if old != nil && old.forgettable() && next.forgettable() {
+		next.stoppedIn = old.stoppedIn
+	}
+	a.statuses[st.VM] = next
 }
 
 // cancel is records.cancel: the operation's context ends; its result
@@ -496,21 +563,17 @@ func (a *agent) finish(name string, op *opState, err error) {
 	a.pass()
 }
 
-// changed is the reporter's "changed" signal: a heartbeat ~100 ms later,
-// or after the one in flight.
+// changed is the reporter's "changed" signal: a heartbeat ~100 ms later
+// (at least half a period, up to 1 s, after the last one). While a change
+// is debounced or the reporter waits for an answer, the signal waits in
+// the channel and the coming heartbeat, made after it, drains it.
 func (a *agent) changed() {
-	if a.hbInFlight {
-		a.hbChanged = true
+	if !a.hbStarted || a.hbState != hbIdle {
 		return
 	}
-	if a.hbDebounce {
-		return
-	}
-	a.hbDebounce = true
-	a.w.afterOn(a.n, heartbeatDebounce, func() {
-		a.hbDebounce = false
-		a.sendHeartbeat()
-	})
+	a.hbState = hbDebouncing
+	minGap := min(max(a.w.heartbeatEvery/2, heartbeatDebounce), 1000)
+	a.w.afterOn(a.n, max(heartbeatDebounce, a.hbLast+minGap-a.w.now), a.trySend)
 }
 
 // resetHeartbeatTick restarts the period after a heartbeat (report's
@@ -519,49 +582,79 @@ func (a *agent) resetHeartbeatTick() {
 	a.hbGen++
 	gen := a.hbGen
 	a.w.afterOn(a.n, a.w.heartbeatEvery, func() {
-		// A tick while a change is debounced is dropped: the send after
-		// the debounce resets the ticker.
-		if gen == a.hbGen && !a.hbDebounce && !a.hbInFlight {
-			a.sendHeartbeat()
+		// A tick while a change is debounced or the reporter waits for an
+		// answer is dropped: the send that follows resets the ticker.
+		if gen == a.hbGen && a.hbState == hbIdle {
+			a.trySend()
 		}
 	})
 }
 
-// sendHeartbeat proposes one NodeHeartbeat with every status; once it
-// committed, stopped VMs gone from this node are forgotten.
-func (a *agent) sendHeartbeat() {
-	if a.hbInFlight || a.n.agent != a {
+// trySend sends a heartbeat unless hbMax are unanswered; then the next
+// waits for an answer.
+func (a *agent) trySend() {
+	if a.hbInFlight >= a.hbMax {
+		a.hbState = hbBlocked
+		a.w.cover("the heartbeat reporter waited for an answer (every heartbeat in flight unanswered)")
 		return
 	}
+	a.hbState = hbIdle
+	a.sendHeartbeat()
+}
+
+// sendHeartbeat is nextHeartbeat and sendHeartbeat: one NodeHeartbeat with
+// every status, numbered after every earlier one, proposed without waiting
+// for those. Once it committed it renews the lease to its send time (never
+// backwards), and stopped VMs gone from this node are forgotten once a
+// heartbeat numbered from their first stopped report on committed
+// (forgetCommitted: Apply keeps the newest report, so Raft shows them
+// stopped whichever it kept).
+func (a *agent) sendHeartbeat() {
+	if a.n.agent != a {
+		return
+	}
+	a.hbSeq++
+	seq := a.hbSeq
 	snap := make([]replicated.VMStatus, 0, len(a.statuses))
 	for _, name := range sortedKeys(a.statuses) {
-		snap = append(snap, a.statuses[name].VMStatus)
+		s := a.statuses[name]
+		if s.forgettable() && s.stoppedIn == 0 {
+			s.stoppedIn = seq
+		}
+		snap = append(snap, s.VMStatus)
 	}
-	a.hbInFlight = true
-	a.hbGen++ // no tick while it is out
+	a.hbInFlight++
+	a.hbLast = a.w.now
+	a.resetHeartbeatTick()
 	sent := a.w.now
 	cmd := replicated.Command{Type: replicated.CmdNodeHeartbeat, At: at(sent),
-		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.n.id, Statuses: snap}}
-	a.w.propose(a.n, cmd, heartbeatTimeout, func(res replicated.Result, err error) {
-		a.hbInFlight = false
+		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.n.id, Epoch: a.hbEpoch, Seq: seq, Statuses: snap}}
+	a.w.propose(a.n, cmd, a.hbTimeout(), func(res replicated.Result, err error) {
+		a.hbInFlight--
 		if err == nil && res.OK() {
 			// The lease runs from the send (the leader counts from later).
+			if sent < a.renewed {
+				a.w.cover("a heartbeat answered after a later one (the lease kept)")
+			}
 			a.renewed = max(a.renewed, sent)
 			if a.fenced {
 				a.notify()
 			}
-			for _, st := range snap {
-				if s := a.statuses[st.VM]; s != nil && s.forget && s.Phase == replicated.PhaseStopped && st.Phase == replicated.PhaseStopped {
-					delete(a.statuses, st.VM)
+			for _, name := range sortedKeys(a.statuses) {
+				if s := a.statuses[name]; s.forgettable() && s.stoppedIn != 0 && s.stoppedIn <= seq {
+					delete(a.statuses, name)
 				}
+			}
+			if a.holdStarts != 0 && seq >= a.holdStarts {
+				a.holdStarts = 0
+				a.notify()
 			}
 		} else if err == nil {
 			a.w.chk.failf("node %d: heartbeat refused: %s", a.n.id, res.Message)
 		}
-		a.resetHeartbeatTick()
-		if a.hbChanged {
-			a.hbChanged = false
-			a.changed()
+		if a.hbState == hbBlocked {
+			a.hbState = hbIdle
+			a.sendHeartbeat()
 		}
 	})
 }

@@ -28,11 +28,15 @@
 // joinErrors), the agent (observe with observeVMs' rules, the records, the
 // executor with its kills, the lease — started from the node's last
 // committed heartbeat in its replica, renewed by a committed heartbeat to
-// its send time, a pass at its expiry — and the heartbeat reporter with its
-// debounce and forgetting), the ProcessBackend's units (adoption, crash
-// restarts with backoff, Kill) and raftstore's Propose retries (a retried
-// CommitPlan confirmed with IsCurrentPlan). A change to those parts must be
-// mirrored here.
+// its send time, a pass at its expiry, starts held after a fence until a
+// heartbeat saying so committed — and the pipelined heartbeat reporter: a
+// heartbeat every period and after changes without waiting for the earlier
+// ones, numbered by epoch and sequence, at most ⌈lease/period⌉ unanswered,
+// each given up after the lease, the first at once, with its debounce
+// and forgetting), the ProcessBackend's units (adoption, crash restarts
+// with backoff, Kill) and raftstore's Propose retries (a retried CommitPlan
+// confirmed with IsCurrentPlan). A change to those parts must be mirrored
+// here.
 //
 // # The model
 //
@@ -51,7 +55,9 @@
 //     after a heal when cut off), so local reads are stale. Proposals are
 //     lost (retried after the 3 s attempt timeout) or commit with their
 //     answer lost (retried: applied twice), and wait for a leader until
-//     their deadline (10 s for heartbeats and operator commands). A
+//     their deadline (the lease for heartbeats, 10 s for operator
+//     commands), which ends an attempt in flight too: an answer after it
+//     is an outcome unknown to the proposer. A
 //     proposer gets its answer once its own replica has applied the entry
 //     (SyncPropose returns the local state machine's result).
 //   - A node: its blixard process (replica, agent and reconciler loop,
@@ -110,6 +116,16 @@
 //     "isolated" (a node that could not learn or act on the plan) and
 //     "handoff". Always enforced: a healthy agent stops a runner its own
 //     replica no longer assigns to it within 5 s (stop in flight aside).
+//     Fencing a node that could reach the quorum is the safe side, at a
+//     price (its VMs stop for nothing). The summary counts the seeds in
+//     which "a node connected to the leader fenced itself" (at that
+//     moment its agent had made a pass, the leader could commit and
+//     reached it, its replica was not slow), those in which it "killed
+//     runners", and those "connected to the leader all lease long" (not
+//     one moment of the lease cut off, frozen, slow or without a leader
+//     that could commit: lost messages and elections only). With pipelined
+//     heartbeats, 42, 16 and 0 of the 1,000 default seeds; with one
+//     heartbeat at a time they were 337, 152 and 150.
 //   - Convergence: after heal, within the bound (node timeout + 2 s for the
 //     operator + 2 s election + 5 s poll + 12 s evaluation + 45 s for a
 //     build that failed just before heal to be retried and built (or a

@@ -505,7 +505,7 @@ func (w *world) operator(cmd replicated.Command) {
 	cmd.At = at(w.now)
 	desc := describe(cmd)
 	w.tracef("operator via node %d: %s", n.id, desc)
-	w.propose(n, cmd, heartbeatTimeout, func(res replicated.Result, err error) {
+	w.propose(n, cmd, commandTimeout, func(res replicated.Result, err error) {
 		switch {
 		case err != nil:
 			w.tracef("operator: %s: %v", desc, err)

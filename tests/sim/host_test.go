@@ -261,7 +261,7 @@ func (w *world) register(n *node) {
 		ID: n.id, RaftAddr: fmt.Sprintf("10.0.0.%d:7001", n.id), APIAddr: fmt.Sprintf("10.0.0.%d:7070", n.id),
 		Capacity: n.capacity, Labels: n.labels}}
 	// ProposeOK: retried until it lands.
-	w.propose(n, cmd, heartbeatTimeout, func(res replicated.Result, err error) {
+	w.propose(n, cmd, commandTimeout, func(res replicated.Result, err error) {
 		if err != nil {
 			w.afterOn(n, 200, func() { w.register(n) })
 			return

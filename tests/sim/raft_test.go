@@ -30,7 +30,9 @@ import (
 //     it can be lost on the way (the attempt times out and is retried), or
 //     commit while its answer is lost (retried too: applied twice, as
 //     raftstore's doc warns). Without a reachable leader it is retried
-//     until the proposer's deadline. Its answer comes with the entries up
+//     until the proposer's deadline, which also ends an attempt in flight;
+//     an answer after the deadline is an unknown outcome (the entry may
+//     have committed). Its answer comes with the entries up
 //     to it: Dragonboat's SyncPropose returns the result of the proposer's
 //     own state machine, so its replica has applied them (the agent relies
 //     on it: a heartbeat that renews the lease shows every plan before it).
@@ -220,7 +222,9 @@ func (w *world) propose(n *node, cmd replicated.Command, ttl int64, cb func(repl
 func (w *world) attempt(p *proposal, epoch int) {
 	n := p.from
 	retry := func(d int64, timedOut bool) {
-		w.afterOn(n, d, func() {
+		// An attempt ends at the caller's deadline too (raftstore's
+		// attempts run under its context).
+		w.afterOn(n, min(d, p.deadline-w.now), func() {
 			p.timedOut = p.timedOut || timedOut
 			w.attempt(p, epoch)
 		})
@@ -267,6 +271,12 @@ func (w *world) attempt(p *proposal, epoch int) {
 		idx := len(w.log)
 		w.afterOn(n, w.netDelay(n), func() {
 			w.applyUpTo(n, idx)
+			if w.now >= p.deadline {
+				// Committed, but the caller gave up: its outcome is unknown.
+				w.cover("a proposal timed out")
+				p.cb(replicated.Result{}, fmt.Errorf("%s: %w", p.cmd.Type, errTimeout))
+				return
+			}
 			p.cb(res, nil)
 		})
 	})

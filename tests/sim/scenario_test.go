@@ -277,9 +277,10 @@ func TestScenarios(t *testing.T) {
 				}
 				t.Fatalf("no node but the leader runs a VM: the scenario needs one")
 			})
-			// 20 s frozen: marked down, its VMs placed (and, once built,
-			// started) elsewhere while its own copies run on.
-			w.atTime(50000, func() {
+			// 30 s frozen: marked down after the node timeout (~11 s), its
+			// VMs placed and, once built (up to 15 s), started elsewhere
+			// while its own copies run on.
+			w.atTime(60000, func() {
 				twice := 0
 				for _, name := range ran {
 					if on := w.runningOn(name); len(on) == 2 && slices.Contains(on, frozen.id) {
@@ -292,7 +293,7 @@ func TestScenarios(t *testing.T) {
 				thawedAt = w.now
 				w.thaw(frozen)
 			})
-			w.atTime(50001, func() {
+			w.atTime(60001, func() {
 				for _, name := range ran {
 					if slices.Contains(w.runningOn(name), frozen.id) {
 						t.Errorf("%s still runs on node %d after its thaw", name, frozen.id)

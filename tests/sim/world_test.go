@@ -32,7 +32,7 @@ func agentTimings(nodeTimeout time.Duration) (heartbeat, lease time.Duration) {
 const (
 	agentInterval     = 1000   // nodeagent.Options.Interval
 	heartbeatDebounce = 100    // nodeagent report(): a change is sent ~100 ms later
-	heartbeatTimeout  = 10000  // nodeagent sendHeartbeat's proposal timeout
+	commandTimeout    = 10000  // one RegisterNode attempt and an operator command (heartbeats: the lease, agent.hbTimeout)
 	buildRetry        = 30000  // nodeagent.Options.BuildRetry
 	volumeRetry       = 5000   // nodeagent.Options.VolumeRetry
 	pollEvery         = 5000   // reconciler.Options.Poll (serve --poll 5s)

@@ -6,7 +6,7 @@
 # nixpkgs, made of the pinned nixpkgs lib that scripts/setup-nixlib.sh
 # unpacks), or null. microvm: the stand-in microvm.nix flake (fake-microvm/
 # with microvm.nix's real nixos-modules/ and pkgs/), or null. Only
-# nixpkgsLib, nixosStub, microvm, host and inspect need them.
+# nixpkgsLib, nixosStub, microvm, microvmConfig, host and inspect need them.
 { nixpkgs ? null, microvm ? null }:
 let
   blixardLib = import ../../../nix/lib.nix;
@@ -24,14 +24,26 @@ let
     hello = drv "fn-hello";
   };
 
-  # The part of a nixpkgs.lib.nixosSystem result mkCluster reads, shaped as
-  # microvm.nix's guest module makes it.
-  microvmConfig = { runner, vcpu ? 2, mem ? 512, volumes ? [ ] }: {
-    config.microvm = {
-      declaredRunner = runner;
-      inherit vcpu mem volumes;
+  # A microvm.nix guest as nixpkgs.lib.nixosSystem makes it: the NixOS
+  # stand-in with the stand-in microvm.nix's guest module (so it has
+  # extendModules, and mkCluster's instance modules merge for real). With
+  # runner, that is its declaredRunner whatever the instance; without, the
+  # guest module's own, which follows the hostname and the interfaces.
+  microvmConfig = { runner ? null, vcpu ? 2, mem ? 512, volumes ? [ ], hostName ? "vm", modules ? [ ] }:
+    nixosStub.nixosSystem {
+      modules = [
+        microvmFlake.nixosModules.microvm
+        { networking.hostName = hostName; microvm = { inherit vcpu mem volumes; }; }
+      ]
+      ++ (if runner == null then [ ] else [{ microvm.declaredRunner = runner; }])
+      ++ modules;
     };
-  };
+
+  # The part of a nixosSystem result mkCluster reads, as plain values with
+  # no module system: for mkCluster's own checks of values a module system
+  # would have refused first (a zero mem, a declaredRunner that is no
+  # derivation). Its extendModules ignores the modules.
+  rawConfig = microvm: { config.microvm = microvm; extendModules = _: rawConfig microvm; };
 
   toRunner = r: { drv = r.drvPath; out = r.outPath; };
   # What the daemon's nixeval applies before `nix eval --json` prints a
@@ -64,6 +76,15 @@ let
       keyringFile = null;
       configFile = "/etc/ceph/ceph.conf";
     };
+    network = {
+      enable = false;
+      bridge = "blixard0";
+      vxlanId = 4242;
+      vxlanPort = 4789;
+      underlayAddress = null;
+      ingressAddress = null;
+      masquerade = true;
+    };
     openFirewall = false;
     insecure = false;
     extraArgs = [ ];
@@ -78,12 +99,12 @@ let
   };
 
   # serviceDefaults with overrides merged one level deep (repository,
-  # capacity, ceph and tls are merged, everything else replaced).
+  # capacity, ceph, network and tls are merged, everything else replaced).
   service = overrides:
     let
       s = serviceDefaults // overrides // builtins.mapAttrs
         (k: v: serviceDefaults.${k} // v)
-        (builtins.intersectAttrs { repository = null; capacity = null; ceph = null; } overrides);
+        (builtins.intersectAttrs { repository = null; capacity = null; ceph = null; network = null; } overrides);
     in
     s // { tls = tlsDefaults s // (overrides.tls or { }); };
 
@@ -117,6 +138,9 @@ let
       configFile = builtins.fromJSON (builtins.readFile configPath);
       rendered = render sys.config.services.blixard;
       firewall = sys.config.networking.firewall.allowedTCPPorts;
+      firewallUDP = sys.config.networking.firewall.allowedUDPPorts;
+      firewallInterfaces = sys.config.networking.firewall.interfaces;
+      sysctl = sys.config.boot.kernel.sysctl;
       users = builtins.attrNames sys.config.users.users;
       kernelModules = sys.config.boot.kernelModules;
       tmpfiles = sys.config.systemd.tmpfiles.rules;
@@ -125,7 +149,7 @@ let
     };
 in
 {
-  inherit blixardLib drv runners microvmConfig toRunner toDaemon service render ports;
+  inherit blixardLib drv runners microvmConfig rawConfig toRunner toDaemon service render ports;
   inherit nixpkgsLib nixosStub host inspect;
   microvm = microvmFlake;
 }

@@ -13,10 +13,11 @@
 #   volumes          entries written by lib.volumeModule and read by mkCluster
 #                    (image, autoCreate); only the fields volumeModule writes
 #   declaredRunner   read by mkCluster: a /bin/sh derivation whose output path
-#                    changes when vcpu, mem or volumes change, as a real
-#                    runner's would
-#   hypervisor, interfaces
-#                    set by examples/flake's VMs, not read by Blixard
+#                    changes when vcpu, mem, volumes, interfaces or the
+#                    hostname change, as a real runner's would
+#   interfaces       set by examples/flake's VMs and by mkCluster (each
+#                    instance's tap NIC)
+#   hypervisor       set by examples/flake's VMs, not read by Blixard
 # nixosModules.host: microvm.nix's nixos-modules/host (host.enable, read by
 #   Blixard's module for the systemd backend, is on by default once it is
 #   imported; stateDir is where VM state lives, Blixard's lib assumes the
@@ -56,7 +57,7 @@
               name = "runner-${config.networking.hostName}";
               system = "x86_64-linux";
               builder = "/bin/sh";
-              settings = builtins.toJSON { inherit (vm) vcpu mem volumes; };
+              settings = builtins.toJSON { inherit (vm) vcpu mem volumes interfaces; };
               args = [ "-c" "/bin/mkdir -p $out/bin && echo '#!/bin/sh' > $out/bin/microvm-run" ];
             };
           };

@@ -105,6 +105,8 @@ let
     jq = fakeDrv "jq";
     openssh = fakeDrv "openssh";
     qemu-utils = fakeDrv "qemu-utils";
+    iproute2 = fakeDrv "iproute2";
+    dnsmasq = fakeDrv "dnsmasq";
     coreutils = hostTools "coreutils" [
       "basename" "cat" "chmod" "chown" "cp" "cut" "dirname" "echo" "env" "false" "head" "id" "ln" "ls" "mkdir"
       "mktemp" "mv" "printf" "readlink" "realpath" "rm" "rmdir" "sleep" "sort" "stat" "tail" "test" "touch" "tr"
@@ -288,7 +290,17 @@ let
       fileSystems = any;
       hardware.ksm.enable = bool false;
       networking.hostName = str "nixos";
+      networking.useDHCP = bool true;
       networking.firewall.allowedTCPPorts = list types.port;
+      networking.firewall.allowedUDPPorts = list types.port;
+      networking.firewall.interfaces = mkOption {
+        type = types.attrsOf (types.submodule {
+          options.allowedTCPPorts = list types.port;
+          options.allowedUDPPorts = list types.port;
+        });
+        default = { };
+      };
+      boot.kernel.sysctl = mkOption { type = types.attrsOf (types.oneOf [ types.bool types.str types.int ]); default = { }; };
       security.pam.loginLimits = list (types.attrsOf types.str);
       security.wrappers = mkOption { type = types.attrsOf (types.attrsOf types.str); default = { }; };
       users.users = mkOption {
@@ -344,6 +356,7 @@ let
             inherit (config.networking) firewall;
             inherit (config.users) users groups;
             inherit (config.boot) kernelModules;
+            inherit (config.boot.kernel) sysctl;
           }) (fakeDrv "nixos-system-${config.networking.hostName}").drvPath;
         };
     };

@@ -1,0 +1,439 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/blixard/blixard/hostnet"
+	"github.com/blixard/blixard/ingress"
+	"github.com/blixard/blixard/netdns"
+	"github.com/blixard/blixard/replicated"
+)
+
+// netResync is how often the network component converges without a new
+// state: it repairs what someone changed on the host (a deleted bridge, a
+// flushed nft table) and picks up a new resolv.conf.
+const netResync = 10 * time.Second
+
+// netRetryMax caps the wait before a failed pass is tried again.
+const netRetryMax = 30 * time.Second
+
+// resolvConf is the file the host's resolvers are read from.
+const resolvConf = "/etc/resolv.conf"
+
+// network is the node's network component (Config.Network): on every
+// applied state it makes this host carry the cluster network — hostnet
+// (bridge, VXLAN, taps), netdns (dnsmasq for DHCP and DNS), the masquerade
+// of the cluster network out of the uplink, STATE/NAME/network.env for
+// plain runners — and gives ingress its routing table.
+//
+// The work runs on its own goroutine (Run), never on the apply path:
+// Notify only records that there is a newer state, so any number of applied
+// entries while a pass runs cost one more pass, which reads the newest
+// state.
+type network struct {
+	cfg      Config // with defaults
+	set      netSettings
+	read     func() (*replicated.State, error)
+	log      *slog.Logger
+	host     *hostnet.Host
+	dns      *netdns.Manager
+	ingress  *ingress.Server
+	ingressL net.Listener // nil without --ingress-addr; owned until Run's Serve takes it
+	nat      *masquerade  // nil with --masquerade=false
+
+	kick chan struct{} // capacity 1: a newer state to converge to
+
+	// Owned by Run's goroutine.
+	mtu       int               // the bridge's MTU once observed; 0 before
+	written   map[string][]byte // network.env contents written, by instance
+	lastSkip  string            // the skipped entries last logged
+	lastError string            // the failure last logged
+	// warnedForwarding: the host's IPv4 forwarding was found off and said so.
+	warnedForwarding bool
+	names            *nameCache
+}
+
+// newNetwork checks what the network needs before the node joins (netlink
+// rights, dnsmasq, the ingress port, nftables) and starts nothing: Run and
+// the parts it lists do. Close releases what it opened.
+func newNetwork(cfg Config, log *slog.Logger) (_ *network, err error) {
+	nc := cfg.Network
+	n := &network{cfg: cfg, log: log.With("component", "network"), kick: make(chan struct{}, 1),
+		written: map[string][]byte{}, names: &nameCache{ttl: time.Minute, addrs: map[string]cachedAddr{}}}
+	n.set = netSettings{self: cfg.NodeID, bridge: nc.Bridge, vxlanID: nc.VXLANID, vxlanPort: nc.VXLANPort,
+		underlay: nc.UnderlayAddr, createTaps: cfg.Backend == BackendProcess}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if n.host, err = hostnet.New(n.log); err != nil {
+		return nil, fmt.Errorf("--network: %w (run blixard as root, or with CAP_NET_ADMIN)", err)
+	}
+	if n.dns, err = netdns.New(netdns.Options{Dir: nc.DNSDir, Logger: n.log.With("part", "dnsmasq")}); err != nil {
+		return nil, fmt.Errorf("--network (--dns-dir %s): %w", nc.DNSDir, err)
+	}
+	if nc.Masquerade {
+		if n.nat, err = newMasquerade(); err != nil {
+			return nil, fmt.Errorf("--network: outbound traffic of the instances: %w (or run with --masquerade=false and masquerade on the host, "+
+				"NixOS: networking.nat)", err)
+		}
+	}
+	host, _, _ := net.SplitHostPort(nc.IngressAddr)
+	n.ingress = ingress.New(ingress.Options{TCPHost: host, Logger: n.log.With("part", "ingress")})
+	if nc.IngressAddr != "" {
+		if n.ingressL, err = net.Listen("tcp", nc.IngressAddr); err != nil {
+			return nil, fmt.Errorf("--ingress-addr %s (is another proxy listening there? pick another address): %w", nc.IngressAddr, err)
+		}
+	}
+	if host, _, err := net.SplitHostPort(cfg.RaftAddr); err == nil {
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap() != nc.UnderlayAddr.Unmap() {
+			n.log.Warn("--underlay-addr is not the host of --raft-addr: other nodes send this node's overlay traffic to the Raft host, "+
+				"so it must be an address of this node too", "underlay", nc.UnderlayAddr, "raft", cfg.RaftAddr)
+		}
+	}
+	return n, nil
+}
+
+// start runs the network's parts on g: the converging loop, which reads
+// the local replica with read, dnsmasq, and the ingress proxy (HTTP on
+// --ingress-addr, TCP passthrough on the ports of the TCP entries).
+func (n *network) start(g *group, read func() (*replicated.State, error)) {
+	n.read = read
+	g.Go("network", n.Run)
+	g.Go("dnsmasq", n.dns.Run)
+	if n.ingressL != nil {
+		ln := n.ingressL
+		n.ingressL = nil // Serve owns it now
+		g.Go("ingress proxy", func(ctx context.Context) error { return n.ingress.Serve(ctx, ln) })
+		g.Go("ingress TCP passthrough", n.ingress.ServeTCP)
+	}
+}
+
+// Notify tells the component that a newer state applied; it never blocks.
+func (n *network) Notify() {
+	select {
+	case n.kick <- struct{}{}:
+	default: // a pass is pending; it reads the newest state
+	}
+}
+
+// Run converges until ctx ends: at once after Notify, every netResync, and
+// after a failure again with a backoff from one second to netRetryMax. It
+// returns nil when ctx ends; failures are logged, never returned, so a
+// host that refuses the overlay (a conflict a person must fix) never stops
+// the node's other parts.
+func (n *network) Run(ctx context.Context) error {
+	backoff := time.Second
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.kick:
+		case <-t.C:
+		}
+		err := n.pass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := netResync
+		switch {
+		case err != nil:
+			wait = backoff
+			backoff = min(2*backoff, netRetryMax)
+			if msg := err.Error(); msg != n.lastError {
+				n.lastError = msg
+				n.log.Error("the cluster network on this node is not converged; retrying", "err", err, "retry_in", wait)
+			}
+		default:
+			backoff = time.Second
+			if n.lastError != "" {
+				n.log.Info("the cluster network on this node converged again")
+				n.lastError = ""
+			}
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(wait)
+	}
+}
+
+// pass is one convergence: read the state, plan (planNetwork, pure), then
+// act — ingress table, hostnet, masquerade, dnsmasq, network.env files.
+// Each step runs even when an earlier one failed, so a refused overlay does
+// not stop DNS for the instances already reachable; the failures are
+// joined.
+func (n *network) pass(ctx context.Context) error {
+	s, err := n.read()
+	if err != nil {
+		return fmt.Errorf("reading the local replica: %w", err)
+	}
+	n.ingress.Update(ingress.FromState(s))
+	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
+	in.owner, in.group = stateOwner(n.cfg.StateDir)
+	in.multiQueue = multiQueueTaps(n.cfg.StateDir, s, n.cfg.NodeID)
+	p, ok := planNetwork(s, n.set, in)
+	if !ok {
+		return nil // no plan committed yet: the network has no address range
+	}
+	if msg := strings.Join(p.skipped, "; "); msg != n.lastSkip {
+		n.lastSkip = msg
+		if msg != "" {
+			n.log.Warn("the cluster network leaves entries out", "skipped", p.skipped)
+		}
+	}
+	var errs []error
+	ops, err := n.host.Sync(ctx, p.host, p.want) // hostnet logs what it changed
+	var conflict *hostnet.ConflictError
+	switch {
+	case errors.As(err, &conflict):
+		errs = append(errs, fmt.Errorf("this host's network conflicts with the cluster network, nothing was changed: %w", err))
+	case err != nil:
+		errs = append(errs, err)
+	case len(ops) > 0 || n.mtu == 0:
+		n.mtu = n.bridgeMTU(ctx)
+	}
+	if n.nat != nil {
+		if err := n.nat.ensure(s.Network.CIDR); err != nil {
+			errs = append(errs, err)
+		}
+		if !n.warnedForwarding && !ipv4Forwarding() {
+			n.warnedForwarding = true
+			n.log.Warn("IPv4 forwarding is off on this host, so instances cannot reach anything outside the cluster network: " +
+				"enable it (sysctl net.ipv4.ip_forward=1; NixOS: services.blixard.network.enable sets it)")
+		}
+	}
+	p.dns.Network.MTU = n.mtu
+	if act, err := n.dns.Update(ctx, p.dns); err != nil {
+		errs = append(errs, fmt.Errorf("dnsmasq files: %w", err))
+	} else if act != netdns.Unchanged {
+		n.log.Debug("dnsmasq files updated", "action", act)
+	}
+	errs = append(errs, n.writeEnv(p.env))
+	return errors.Join(errs...)
+}
+
+// bridgeMTU is the MTU hostnet gave the bridge (0 when it cannot be read):
+// guests are told it by DHCP and network.env.
+func (n *network) bridgeMTU(ctx context.Context) int {
+	st, err := n.host.Observe(ctx)
+	if err != nil {
+		return 0
+	}
+	for _, l := range st.Links {
+		if l.Name == n.set.bridge {
+			return l.MTU
+		}
+	}
+	return 0
+}
+
+// writeEnv writes STATE/NAME/network.env for every local instance whose
+// file differs (atomically: a runner reads the old file or the new one).
+// The directory is created the way the agent creates it; the agent gives it
+// to the runners' user when it prepares the instance.
+func (n *network) writeEnv(env map[string]instanceEnv) error {
+	if n.cfg.StateDir == "" {
+		return nil
+	}
+	if _, err := os.Stat(n.cfg.StateDir); err != nil {
+		// The agent makes STATE as microvm.nix would (its owner and mode)
+		// when it starts; until then there is nothing to write into.
+		return nil
+	}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(env)) {
+		data := env[name].render(n.mtu)
+		if bytes.Equal(n.written[name], data) {
+			continue
+		}
+		dir := filepath.Join(n.cfg.StateDir, name)
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			errs = append(errs, fmt.Errorf("network identity of %s: %w", name, err))
+			continue
+		}
+		if err := writeFileAtomic(filepath.Join(dir, NetworkEnvFile), data); err != nil {
+			errs = append(errs, fmt.Errorf("network identity of %s: %w", name, err))
+			continue
+		}
+		n.written[name] = data
+	}
+	for name := range n.written {
+		if _, ok := env[name]; !ok {
+			delete(n.written, name) // written again if it comes back
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeFileAtomic replaces path with data through a synced temporary file
+// in the same directory, readable by everyone (the runner's user).
+func writeFileAtomic(path string, data []byte) (err error) {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil // left by an earlier run of the agent
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	return err
+}
+
+// upstreams are the host's resolvers, read at every pass (a changed
+// resolv.conf restarts nothing: netdns rewrites dnsmasq's configuration
+// only when the list changed).
+func (n *network) upstreams() []netip.AddrPort {
+	data, err := os.ReadFile(resolvConf)
+	if err != nil {
+		return nil
+	}
+	return netdns.ParseResolvConf(data)
+}
+
+// underlays are the other nodes' underlay addresses: the host of each
+// node's Raft address, resolved when it is a name.
+func (n *network) underlays(ctx context.Context, s *replicated.State) map[uint64]netip.Addr {
+	out := map[uint64]netip.Addr{}
+	for id, node := range s.Nodes {
+		if id == n.cfg.NodeID {
+			continue
+		}
+		host, _, err := net.SplitHostPort(node.RaftAddr)
+		if err != nil {
+			continue
+		}
+		if a, ok := n.names.lookup(ctx, host, n.set.underlay.Unmap().Is4()); ok {
+			out[id] = a
+		}
+	}
+	return out
+}
+
+// nameCache resolves node host names, keeping answers for ttl so that a
+// pass does not wait for DNS every time.
+type nameCache struct {
+	ttl   time.Duration
+	mu    sync.Mutex
+	addrs map[string]cachedAddr // guarded by mu
+}
+
+type cachedAddr struct {
+	addr netip.Addr
+	at   time.Time
+}
+
+// lookup returns host's address of the wanted family: host itself when it
+// is an IP address, else the resolver's first answer (bounded to 2s).
+func (c *nameCache) lookup(ctx context.Context, host string, v4 bool) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Unmap(), true
+	}
+	c.mu.Lock()
+	hit, ok := c.addrs[host]
+	c.mu.Unlock()
+	if ok && time.Since(hit.at) < c.ttl {
+		return hit.addr, true
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	network := "ip6"
+	if v4 {
+		network = "ip4"
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(rctx, network, host)
+	if err != nil || len(addrs) == 0 {
+		return hit.addr, ok // the last answer, while the resolver fails
+	}
+	a := addrs[0].Unmap()
+	c.mu.Lock()
+	c.addrs[host] = cachedAddr{addr: a, at: time.Now()}
+	c.mu.Unlock()
+	return a, true
+}
+
+// stateOwner is the owner of the state directory, whom the runners run as
+// (microvm:kvm under microvm.nix's host module): the taps hostnet creates
+// are theirs. This process's own ids when the directory does not exist yet.
+func stateOwner(stateDir string) (uid, gid uint32) {
+	if fi, err := os.Stat(stateDir); err == nil && stateDir != "" {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			return st.Uid, st.Gid
+		}
+	}
+	return uint32(os.Getuid()), uint32(os.Getgid())
+}
+
+// multiQueueTaps lists the instances assigned to node self whose runner
+// asks for a multi-queue tap: microvm.nix writes "multi_queue" into the
+// runner's share/microvm/tap-flags (STATE/NAME/current is the runner).
+func multiQueueTaps(stateDir string, s *replicated.State, self uint64) map[string]bool {
+	out := map[string]bool{}
+	if stateDir == "" {
+		return out
+	}
+	for name, a := range s.Assignments {
+		if a.Node != self {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(stateDir, name, "current", "share", "microvm", "tap-flags"))
+		if err == nil && slices.Contains(strings.Fields(string(data)), "multi_queue") {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// Close releases what newNetwork opened and removes the masquerade: the
+// bridge, VXLAN and taps stay, with the VMs that use them (the next agent
+// adopts them); dnsmasq and the ingress proxy ended with their contexts.
+func (n *network) Close() {
+	if n.ingressL != nil {
+		_ = n.ingressL.Close()
+	}
+	if n.nat != nil {
+		if err := n.nat.remove(); err != nil {
+			n.log.Warn("could not remove the masquerade of the cluster network (nft table ip blixard); delete it by hand", "err", err)
+		}
+	}
+	if n.host != nil {
+		_ = n.host.Close()
+	}
+}

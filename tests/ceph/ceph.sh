@@ -30,7 +30,10 @@ require() {
 free_port() {
 	local p
 	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 20000))
+		# Below the ephemeral range (32768-60999 by default): a port taken
+		# by an outgoing connection between this check and the bind would
+		# fail the monitor.
+		p=$((20000 + RANDOM % 12000))
 		if ! ss -Htln "sport = :$p" | grep -q .; then
 			echo "$p"
 			return

@@ -29,11 +29,7 @@ func volumeFlake() string {
 // VM starts on another node, whose agent breaks the fenced lock.
 func TestCephNixGitRaftSilentNodeIsFencedBeforeItsVMMoves(t *testing.T) {
 	requireTools(t, "nix", "git", "ceph-mon", "ceph-osd", "ceph")
-	out, err := exec.Command("../ceph/ceph.sh", "start").Output()
-	if err != nil {
-		t.Fatalf("tests/ceph/ceph.sh start: %v (run scripts/setup-ceph.sh)", err)
-	}
-	conf := strings.TrimSpace(string(out))
+	conf := startCeph(t)
 	t.Cleanup(func() {
 		if out, err := exec.Command("../ceph/ceph.sh", "stop", filepath.Dir(conf)).CombinedOutput(); err != nil {
 			t.Errorf("ceph.sh stop: %v: %s", err, out)

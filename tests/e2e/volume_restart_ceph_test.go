@@ -31,11 +31,7 @@ import (
 // the lock, and the writes resume.
 func TestCephNixGitRaftServeRestartKeepsTheVolumeDaemon(t *testing.T) {
 	requireTools(t, "nix", "git", "ceph-mon", "ceph-osd", "ceph", "qemu-io", "qemu-storage-daemon")
-	out, err := exec.Command("../ceph/ceph.sh", "start").Output()
-	if err != nil {
-		t.Fatalf("tests/ceph/ceph.sh start: %v (run scripts/setup-ceph.sh)", err)
-	}
-	conf := strings.TrimSpace(string(out))
+	conf := startCeph(t)
 	keyring := filepath.Join(filepath.Dir(conf), "keyring")
 	t.Cleanup(func() {
 		if out, err := exec.Command("../ceph/ceph.sh", "stop", filepath.Dir(conf)).CombinedOutput(); err != nil {

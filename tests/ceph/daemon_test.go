@@ -173,6 +173,12 @@ func TestCephKilledDaemonIsRestartedAndRetakesTheLock(t *testing.T) {
 		if err != nil || d.PID == d1.PID || !d.Alive() {
 			return false, fmt.Sprintf("daemon %+v, %v", d, err)
 		}
+		// The identity is recorded just before the socket is published:
+		// wait for the published socket too.
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil || st.Ino != d.SocketIno {
+			return false, fmt.Sprintf("socket at %s not yet the new daemon's (inode %d, want %d): %v", path, st.Ino, d.SocketIno, err)
+		}
 		got := ownerAddrs(t, c, v.Image)
 		d2 = d
 		return slices.Equal(got, []string{d.Addr}), fmt.Sprintf("owners %v, daemon %s", got, d.Addr)

@@ -142,25 +142,30 @@ func TestMembersAreListedAddedAndRemovedThroughTheAPI(t *testing.T) {
 	defer cancel()
 	leader := sh.leader(t)
 
-	ms, err := c.Members(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ms) != 3 {
-		t.Fatalf("members %+v, want 3", ms)
-	}
-	for _, m := range ms {
-		if m.Role != api.RoleVoter || !m.Registered || m.LastHeartbeatAt == nil || m.Leader != (m.ID == leader) {
-			t.Errorf("member %+v: want a registered voter with a heartbeat, leader %v", m, m.ID == leader)
+	// Eventually: node 1's replica may not have applied every node's first
+	// heartbeat yet.
+	testkit.WaitFor(t, 30*time.Second, "three registered voters with a heartbeat", func() error {
+		ms, err := c.Members(ctx)
+		if err != nil {
+			return err
 		}
-	}
+		if len(ms) != 3 {
+			return fmt.Errorf("members %+v, want 3", ms)
+		}
+		for _, m := range ms {
+			if m.Role != api.RoleVoter || !m.Registered || m.LastHeartbeatAt == nil || m.Leader != (m.ID == leader) {
+				return fmt.Errorf("member %+v: want a registered voter with a heartbeat, leader %v", m, m.ID == leader)
+			}
+		}
+		return nil
+	})
 
 	addr := freeLoopback(t)
 	added, err := c.AddMember(ctx, api.MemberRequest{ID: 4, RaftAddr: addr})
 	if err != nil || !strings.Contains(added.Next, "--join") || !strings.Contains(added.Next, "learner") {
 		t.Fatalf("adding node 4: %+v, %v", added, err)
 	}
-	if ms, err = c.Members(ctx); err != nil || roleOf(ms, 4) != api.RoleLearner || ms[3].Registered {
+	if ms, err := c.Members(ctx); err != nil || roleOf(ms, 4) != api.RoleLearner || ms[3].Registered {
 		t.Fatalf("after adding node 4: %+v, %v", ms, err)
 	}
 	_, err = c.AddMember(ctx, api.MemberRequest{ID: 5, RaftAddr: addr})
@@ -193,7 +198,7 @@ func TestMembersAreListedAddedAndRemovedThroughTheAPI(t *testing.T) {
 	if err != nil || out.Role != api.RoleVoter || !strings.Contains(out.Next, "new id") || out.Warning != "" {
 		t.Fatalf("removing stopped voter %d: %+v, %v", down, out, err)
 	}
-	if ms, err = c.Members(ctx); err != nil || len(ms) != 2 || roleOf(ms, down) != "none" {
+	if ms, err := c.Members(ctx); err != nil || len(ms) != 2 || roleOf(ms, down) != "none" {
 		t.Fatalf("after removing %d: %+v, %v", down, ms, err)
 	}
 

@@ -23,14 +23,14 @@ import (
 // Defaults of [Options] for reads and health.
 const (
 	// DefaultReadWait is the linearizable read's wait when Options.ReadWait
-	// is not set: one heartbeat period with Raft's default timing (see
-	// raftstore.Config.ReadWait, which the node passes).
-	DefaultReadWait = 100 * time.Millisecond
+	// is not set: three quarters of a heartbeat period with Raft's default
+	// timing (see raftstore.Config.ReadWait, which the node passes).
+	DefaultReadWait = 75 * time.Millisecond
 	// DefaultStalledAfter is Options.StalledAfter when not set.
 	DefaultStalledAfter = 10 * time.Second
 	// unconfirmedReadWaits: after a leader did not confirm a read, reads
-	// answer from the local replica at once for this many ReadWaits (1s by
-	// default, an election timeout), unless another leader is elected
+	// answer from the local replica at once for this many ReadWaits (0.75s by
+	// default, under an election timeout), unless another leader is elected
 	// sooner. A leader that died stays known to its followers for an
 	// election timeout or two, and every read would wait ReadWait in vain.
 	unconfirmedReadWaits = 10

@@ -189,14 +189,14 @@ func TestWithoutALeaderADroppedAttemptWaitsForTheElection(t *testing.T) {
 	}
 }
 
-func TestReadWaitIsAHeartbeatAndAtLeastFourTicks(t *testing.T) {
+func TestReadWaitIsThreeQuartersOfAHeartbeatAndAtLeastFourTicks(t *testing.T) {
 	for _, tt := range []struct {
 		cfg  Config
 		want time.Duration
 	}{
-		{Config{}, 100 * time.Millisecond},
+		{Config{}, 75 * time.Millisecond},
 		{Config{RTTMillisecond: 50, HeartbeatRTT: 1, ElectionRTT: 10}, 200 * time.Millisecond},
-		{Config{RTTMillisecond: 20, HeartbeatRTT: 10, ElectionRTT: 200}, 200 * time.Millisecond},
+		{Config{RTTMillisecond: 20, HeartbeatRTT: 10, ElectionRTT: 200}, 150 * time.Millisecond},
 	} {
 		if got := tt.cfg.ReadWait(); got != tt.want {
 			t.Errorf("ReadWait of %+v: %v, want %v", tt.cfg, got, tt.want)

@@ -84,7 +84,7 @@ summary=$work/summary.txt
 log=$work/test.log
 echo "chaos: seed $seed, duration $duration; full log: $log" >&2
 set +e
-go test ./tests/fault -run '^TestFault$' -count=1 -v -timeout "$timeout" \
+go test -tags chaos ./tests/fault -run '^TestFault$' -count=1 -v -timeout "$timeout" \
 	-seed "$seed" -duration "$duration" -summary "$summary" "${extra[@]}" 2>&1 | tee "$log" |
 	grep --line-buffered -E '^ +fault_test\.go:[0-9]+: \+[0-9.]+s ' >&2
 status=${PIPESTATUS[0]}

@@ -6,7 +6,7 @@
 // Run it with
 //
 //	go test ./tests/fault                                            # unit tests and TestFaultShortFixedSeeds (~2¼ min)
-//	go test ./tests/fault -run '^TestFault$' -seed N -duration 10m -timeout 30m -v
+//	go test -tags chaos ./tests/fault -run '^TestFault$' -seed N -duration 10m -timeout 30m -v
 //	scripts/chaos.sh --seed N --duration 10m                         # the same, with a random seed by default
 //
 // A failing run prints its seed, the commands that rerun it, a summary and

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -56,20 +55,6 @@ func TestFaultShortFixedSeeds(t *testing.T) {
 	}
 }
 
-// TestFault is one long run: -duration (required) and -seed (default
-// random). scripts/chaos.sh runs it.
-func TestFault(t *testing.T) {
-	if *flagDuration == 0 {
-		t.Skip("TestFault runs only with -duration (scripts/chaos.sh --duration D)")
-	}
-	requireTools(t)
-	seed := *flagSeed
-	if seed == 0 {
-		seed = rand.Uint64()%1_000_000 + 1
-	}
-	runFaults(t, config(seed, *flagDuration))
-}
-
 type runConfig struct {
 	Seed        uint64
 	Duration    time.Duration
@@ -100,7 +85,7 @@ func (c runConfig) rerun() string {
 	if c.NodeTimeout != 5*time.Second {
 		extra += " -node-timeout " + c.NodeTimeout.String()
 	}
-	return fmt.Sprintf("go test ./tests/fault -run '^TestFault$' -count=1 -timeout %v -seed %d -duration %v%s -v\n       scripts/chaos.sh --seed %d --duration %v",
+	return fmt.Sprintf("go test -tags chaos ./tests/fault -run '^TestFault$' -count=1 -timeout %v -seed %d -duration %v%s -v\n       scripts/chaos.sh --seed %d --duration %v",
 		(c.Duration + 15*time.Minute).Round(time.Minute), c.Seed, c.Duration, extra, c.Seed, c.Duration)
 }
 

@@ -1,0 +1,24 @@
+//go:build chaos
+
+package fault
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// TestFault is one long run: -duration (required) and -seed (default
+// random). scripts/chaos.sh runs it; it builds only with -tags chaos, so
+// that the suite's own run (TestFaultShortFixedSeeds) reports no skipped
+// test.
+func TestFault(t *testing.T) {
+	if *flagDuration == 0 {
+		t.Fatal("TestFault needs -duration (scripts/chaos.sh --duration D)")
+	}
+	requireTools(t)
+	seed := *flagSeed
+	if seed == 0 {
+		seed = rand.Uint64()%1_000_000 + 1
+	}
+	runFaults(t, config(seed, *flagDuration))
+}

@@ -57,6 +57,12 @@ type network struct {
 
 	kick chan struct{} // capacity 1: a newer state to converge to
 
+	// What WaitReady waits for: the instances whose network.env the last
+	// pass left written, and a channel closed when the next pass ends.
+	readyMu  sync.Mutex
+	envReady map[string]bool // guarded by readyMu
+	passDone chan struct{}   // guarded by readyMu
+
 	// Owned by Run's goroutine.
 	mtu       int               // the bridge's MTU once observed; 0 before
 	written   map[string][]byte // network.env contents written, by instance
@@ -72,7 +78,7 @@ type network struct {
 // the parts it lists do. Close releases what it opened.
 func newNetwork(cfg Config, log *slog.Logger) (_ *network, err error) {
 	nc := cfg.Network
-	n := &network{cfg: cfg, log: log.With("component", "network"), kick: make(chan struct{}, 1),
+	n := &network{cfg: cfg, log: log.With("component", "network"), kick: make(chan struct{}, 1), passDone: make(chan struct{}),
 		written: map[string][]byte{}, names: &nameCache{ttl: time.Minute, addrs: map[string]cachedAddr{}}}
 	n.set = netSettings{self: cfg.NodeID, bridge: nc.Bridge, vxlanID: nc.VXLANID, vxlanPort: nc.VXLANPort,
 		underlay: nc.UnderlayAddr, createTaps: cfg.Backend == BackendProcess}
@@ -152,6 +158,7 @@ func (n *network) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		n.passEnded()
 		wait := netResync
 		switch {
 		case err != nil:
@@ -175,6 +182,42 @@ func (n *network) Run(ctx context.Context) error {
 			}
 		}
 		t.Reset(wait)
+	}
+}
+
+// passEnded publishes which instances' network.env a pass left written
+// and wakes WaitReady.
+func (n *network) passEnded() {
+	ready := make(map[string]bool, len(n.written))
+	for name := range n.written {
+		ready[name] = true
+	}
+	n.readyMu.Lock()
+	defer n.readyMu.Unlock()
+	n.envReady = ready
+	close(n.passDone)
+	n.passDone = make(chan struct{})
+}
+
+// WaitReady returns once a pass has written vm's STATE/NAME/network.env
+// (and, in the same pass, set up its tap), asking for a pass when none
+// has: the agent's Prepare, so that a runner never starts before its
+// network identity is in place.
+func (n *network) WaitReady(ctx context.Context, vm string) error {
+	for {
+		n.readyMu.Lock()
+		ok, done := n.envReady[vm], n.passDone
+		n.readyMu.Unlock()
+		if ok {
+			return nil
+		}
+		n.Notify()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("network identity of %s: %s not written yet (see the node's log for the network's state): %w",
+				vm, filepath.Join(n.cfg.StateDir, vm, NetworkEnvFile), ctx.Err())
+		case <-done:
+		}
 	}
 }
 

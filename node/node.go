@@ -166,7 +166,12 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.OnReady(ln.Addr())
 	}
 
-	agent := nodeagent.New(p.agentOptions(ctx, cfg, store, backend, vols, log))
+	ao := p.agentOptions(ctx, cfg, store, backend, vols, log)
+	if nw != nil {
+		// A runner starts only once its network.env (and tap) are in place.
+		ao.Prepare = nw.WaitReady
+	}
+	agent := nodeagent.New(ao)
 	g.Go("node agent", agent.Start)
 	notify := agent.Notify
 	if nw != nil {

@@ -77,6 +77,14 @@ type Options struct {
 	ControlPlaneOnly bool
 	// StopTimeout bounds stopping every VM on exit (default 2m).
 	StopTimeout time.Duration
+	// Prepare, when set, runs before every start and restart of a VM and
+	// must return once what the runner needs from outside the agent is in
+	// place (the node's network component: STATE/NAME/network.env and the
+	// instance's tap). An error, or PrepareTimeout passing, fails that
+	// start; it is tried again like any failed start.
+	Prepare func(ctx context.Context, vm string) error
+	// PrepareTimeout bounds Prepare (default 10s).
+	PrepareTimeout time.Duration
 	// Lease is how long this node may run VMs without a committed
 	// heartbeat (0: no self-fencing). A node cut off from the quorum keeps
 	// its VMs running while the leader, after --node-timeout without its
@@ -197,6 +205,9 @@ func New(o Options) *Agent {
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = 2 * time.Minute
+	}
+	if o.PrepareTimeout <= 0 {
+		o.PrepareTimeout = 10 * time.Second
 	}
 	if o.VolumeRetry <= 0 {
 		o.VolumeRetry = 5 * time.Second
@@ -676,15 +687,38 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 	case ActDetach:
 		return func(ctx context.Context) error { return a.detachVolumes(ctx, name, act.Volumes) }
 	case ActStart:
-		return func(ctx context.Context) error { return a.o.Backend.Start(ctx, name) }
+		return func(ctx context.Context) error {
+			if err := a.prepare(ctx, name); err != nil {
+				return err
+			}
+			return a.o.Backend.Start(ctx, name)
+		}
 	case ActRestart:
 		a.log.Info("restarting VM (new runner or `blixard vm restart`)", "vm", name, "out", act.Out, "restart", act.Restart)
-		return func(ctx context.Context) error { return a.o.Backend.Restart(ctx, name) }
+		return func(ctx context.Context) error {
+			if err := a.prepare(ctx, name); err != nil {
+				return err
+			}
+			return a.o.Backend.Restart(ctx, name)
+		}
 	case ActStop:
 		a.log.Info("stopping VM (no longer assigned here, or kept stopped)", "vm", name)
 		return func(ctx context.Context) error { return a.o.Backend.Stop(ctx, name) }
 	}
 	return func(context.Context) error { return fmt.Errorf("nodeagent: %s is not a background action", act.Kind) }
+}
+
+// prepare runs Options.Prepare for vm, bounded by PrepareTimeout.
+func (a *Agent) prepare(ctx context.Context, vm string) error {
+	if a.o.Prepare == nil {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, a.o.PrepareTimeout)
+	defer cancel()
+	if err := a.o.Prepare(pctx, vm); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	return nil
 }
 
 // finish feeds an operation's result back into the records.

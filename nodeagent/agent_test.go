@@ -342,3 +342,54 @@ func TestProcessPidfdWatchesAnyProcess(t *testing.T) {
 		t.Errorf("openProc accepted a wrong start time (PID reuse guard)")
 	}
 }
+
+// TestNixProcessPrepareRunsBeforeEveryStart: a VM starts only once
+// Options.Prepare returned (the node's network component writes the
+// instance's network.env); a failing Prepare fails the start, which is
+// tried again.
+func TestNixProcessPrepareRunsBeforeEveryStart(t *testing.T) {
+	e := newEnv(t)
+	r := makeRunner(t, runnerSpec{marker: "prepared"}).build(t)
+	e.state.assign("a", testNode, r)
+	release := make(chan struct{})
+	calls := make(chan string, 16)
+	fail := make(chan bool, 1)
+	fail <- true // the first call fails
+	e.start(func(o *Options) {
+		o.Prepare = func(ctx context.Context, vm string) error {
+			calls <- vm
+			select {
+			case f := <-fail:
+				if f {
+					return fmt.Errorf("network.env of %s not written yet", vm)
+				}
+			default:
+			}
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	})
+	s := e.waitPhase("a", replicated.PhaseFailed, nil)
+	if !strings.Contains(s.Message, "prepare: network.env of a not written yet") {
+		t.Errorf("failed start says %q, want the Prepare error", s.Message)
+	}
+	// Tried again: the second call waits for the release; the VM does not run meanwhile.
+	testkit.WaitFor(t, waitTimeout, "a second Prepare call", func() error {
+		if len(calls) < 2 {
+			return fmt.Errorf("%d calls", len(calls))
+		}
+		return nil
+	})
+	if _, err := os.Lstat(filepath.Join(e.dir, "a", "pid")); err == nil {
+		t.Fatal("the VM runs before Prepare returned")
+	}
+	close(release)
+	e.waitPhase("a", replicated.PhaseRunning, nil)
+	if got := <-calls; got != "a" {
+		t.Errorf("Prepare called for %q, want a", got)
+	}
+}

@@ -3,8 +3,14 @@
 package fault
 
 import (
+	"flag"
 	"math/rand/v2"
 	"testing"
+)
+
+var (
+	flagSeed     = flag.Uint64("seed", 0, "TestFault: the schedule's seed (0: a random one, printed)")
+	flagDuration = flag.Duration("duration", 0, "TestFault: how long to inject faults (required)")
 )
 
 // TestFault is one long run: -duration (required) and -seed (default

@@ -22,8 +22,6 @@ import (
 )
 
 var (
-	flagSeed        = flag.Uint64("seed", 0, "TestFault: the schedule's seed (0: a random one, printed)")
-	flagDuration    = flag.Duration("duration", 0, "TestFault: how long to inject faults (required: TestFault runs only with it)")
 	flagStrict      = flag.Bool("strict", false, "any VM instance running on two nodes at once fails the run")
 	flagGrace       = flag.Duration("overlap-grace", 0, "how long after a cut-off node heals its copies may still run beside the new ones (0: --node-timeout + 10s)")
 	flagConverge    = flag.Duration("converge", 60*time.Second, "bound on convergence after the last heal and push")

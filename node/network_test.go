@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,7 +30,8 @@ func netState(assigned map[string]uint64, observed map[string]replicated.VMStatu
 		s.Network.NodeAddrs[id] = netip.AddrFrom4([4]byte{10, 100, 255, byte(254 - id)})
 	}
 	i := 0
-	for name, node := range assigned {
+	for _, name := range slices.Sorted(maps.Keys(assigned)) { // addresses in name order, as the tests expect
+		node := assigned[name]
 		i++
 		declared, _, _ := strings.Cut(name, "-")
 		s.Assignments[name] = replicated.Assignment{VM: name, Declared: declared, Node: node}

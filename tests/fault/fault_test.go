@@ -551,11 +551,20 @@ func (r *run) ids() []int {
 func (r *run) inject(ctx context.Context, f fault) (*injection, error) {
 	in := &injection{f: f}
 	leader := r.leader(ctx)
+	switch f.Kind {
+	case partMinority, partLeader, leaderChange:
+		// The cluster may be between leaders (a fault just healed, an
+		// election after it): a fault aimed at the leader waits for one.
+		for deadline := time.Now().Add(15 * time.Second); leader == 0 && time.Now().Before(deadline) && ctx.Err() == nil; {
+			pause(ctx, 500*time.Millisecond)
+			leader = r.leader(ctx)
+		}
+	}
 	in.leaderBefore = leader
 	switch f.Kind {
 	case partMinority, partLeader, leaderChange:
 		if leader == 0 {
-			return nil, errors.New("no leader to aim at")
+			return nil, errors.New("no leader to aim at within 15s")
 		}
 	}
 	all := r.ids()

@@ -60,8 +60,10 @@
 //     is level-triggered: it converges from whatever is there, and returns
 //     no operations when the host already matches.
 //  3. A [*ConflictError] (a bridge with another address, a VXLAN id another
-//     device uses, an underlay address the host does not have) changed
-//     nothing and needs a person: its message says what to do.
+//     device uses, an underlay address the host does not have, an address
+//     or a route that overlaps the overlay — a VPN's, a tailnet's subnet
+//     route in Tailscale's table 52) changed nothing and needs a person:
+//     its message says what to do.
 //
 // Under the systemd backend microvm.nix's microvm-tap-interfaces@NAME
 // creates the taps and hostnet only attaches them; under the process backend
@@ -73,7 +75,8 @@
 // MTU and ports; the VXLAN device named after the VNI and every entry in its
 // own FDB; static bridge entries on the bridge's ports; permanent neighbours
 // on the bridge inside the overlay prefix. Everything else — learned
-// entries, other links, addresses outside the bridge — is only read.
+// entries, other links, addresses outside the bridge, routes and routing
+// rules — is only read.
 //
 // The host itself reaches remote instances (an ingress proxy, a health
 // probe) from its own overlay address, Config.NodeAddr: the gateway address

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -110,7 +111,8 @@ func (h *Host) Sync(ctx context.Context, cfg Config, want Desired) ([]Op, error)
 
 // Observe reads what Plan needs from the namespace: links with their
 // addresses and settings, the VXLAN devices' own FDB entries, static bridge
-// entries and permanent neighbours on bridges.
+// entries and permanent neighbours on bridges, the IPv4 routes and the
+// tables the policy rules look up.
 func (h *Host) Observe(ctx context.Context) (State, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -234,7 +236,70 @@ func (h *Host) observeLocked() (State, error) {
 		}
 		s.Neighbours = append(s.Neighbours, Neighbour{Dev: dev.Attrs().Name, IP: addrOf(n.IP), MAC: n.HardwareAddr})
 	}
+
+	// Every table, not only main (netlink's default): a policy table such
+	// as Tailscale's 52 can take overlay traffic too (see Plan).
+	routes, err := h.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return State{}, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		out := Route{Type: routeType(r.Type), Gateway: addrOf(r.Gw), Dev: name(r.LinkIndex), Table: r.Table}
+		if r.Dst != nil {
+			ip, ok := netip.AddrFromSlice(r.Dst.IP)
+			bits, _ := r.Dst.Mask.Size()
+			if !ok {
+				continue
+			}
+			out.Dst = netip.PrefixFrom(ip.Unmap(), bits)
+		}
+		for _, nh := range r.MultiPath {
+			out.Nexthops = append(out.Nexthops, Nexthop{Gateway: addrOf(nh.Gw), Dev: name(nh.LinkIndex)})
+		}
+		s.Routes = append(s.Routes, out)
+	}
+	rules, err := h.nl.RuleList(netlink.FAMILY_V4)
+	switch {
+	case errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP):
+		// A kernel without policy routing: local and main only, as
+		// without rules of its own.
+		rules = []netlink.Rule{{Table: tableLocal}, {Table: tableMain}}
+	case err != nil:
+		return State{}, fmt.Errorf("list routing rules: %w", err)
+	}
+	for _, r := range rules {
+		if r.Table > 0 && !slices.Contains(s.RuleTables, r.Table) {
+			s.RuleTables = append(s.RuleTables, r.Table)
+		}
+	}
 	return s, nil
+}
+
+// routeType names a route type as ip-route(8) does.
+func routeType(t int) string {
+	switch t {
+	case unix.RTN_UNICAST:
+		return "unicast"
+	case unix.RTN_LOCAL:
+		return "local"
+	case unix.RTN_BROADCAST:
+		return "broadcast"
+	case unix.RTN_ANYCAST:
+		return "anycast"
+	case unix.RTN_MULTICAST:
+		return "multicast"
+	case unix.RTN_BLACKHOLE:
+		return "blackhole"
+	case unix.RTN_UNREACHABLE:
+		return "unreachable"
+	case unix.RTN_PROHIBIT:
+		return "prohibit"
+	case unix.RTN_THROW:
+		return "throw"
+	case unix.RTN_NAT:
+		return "nat"
+	}
+	return fmt.Sprintf("type%d", t)
 }
 
 // Apply carries out ops in order and returns the ones it completed. It stops

@@ -3,6 +3,8 @@ package hostnet_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -201,6 +203,111 @@ func TestNetnsConflictsChangeNothing(t *testing.T) {
 	if _, err := nd.nl.LinkByName("blixard0"); err == nil {
 		t.Fatal("refused Sync created the bridge")
 	}
+}
+
+// TestNetnsRoutesOverlappingTheOverlayChangeNothing: a route that overlaps
+// the overlay — through a VPN in main, a tailnet's subnet route in
+// Tailscale's policy table 52, one that appears after the setup — makes
+// Sync refuse with the route named, and the namespace is left as it was.
+// The kernel's own routes of the bridge are no conflict.
+func TestNetnsRoutesOverlappingTheOverlayChangeNothing(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t, 1)
+	nd := l.nodes[0]
+	want := hostnet.Desired{Remote: []hostnet.Remote{{MAC: mac("52:54:00:00:00:0b"), IP: netip.MustParseAddr("10.100.1.11"), Node: netip.MustParseAddr("192.168.77.2")}}}
+	eth0, err := nd.nl.LinkByName("eth0")
+	must(t, err)
+	refused := func(what, msg string) {
+		t.Helper()
+		before := routing(t, nd)
+		ops, err := nd.host.Sync(ctx, nd.config(), want)
+		var conflict *hostnet.ConflictError
+		if !errors.As(err, &conflict) || err.Error() != msg {
+			t.Fatalf("Sync with %s: %v (%T), want the conflict %q", what, err, err, msg)
+		}
+		if after := routing(t, nd); len(ops) != 0 || after != before {
+			t.Fatalf("refused Sync with %s changed the host: operations %q\nbefore:\n%s\nafter:\n%s", what, strs(ops), before, after)
+		}
+	}
+
+	vpn := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet("10.100.0.0/16"), Gw: netip.MustParseAddr("192.168.77.254").AsSlice()}
+	must(t, nd.nl.RouteAdd(vpn))
+	refused("a VPN's route to the overlay",
+		"route 10.100.0.0/16 via 192.168.77.254 dev eth0 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route")
+	if _, err := nd.nl.LinkByName("blixard0"); err == nil {
+		t.Fatal("refused Sync created the bridge")
+	}
+	must(t, nd.nl.RouteDel(vpn))
+
+	// Tailscale: the tailnet's routes in table 52, looked up by a rule
+	// before main's.
+	// A veth stands in for tailscale0 (a tun): routes only need a device.
+	ts := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tailscale0", MTU: 1280}, PeerName: "ts-peer"}
+	must(t, nd.nl.LinkAdd(ts))
+	addAddr(t, nd.nl, ts, netip.MustParsePrefix("100.64.0.1/32"))
+	for _, name := range []string{"tailscale0", "ts-peer"} {
+		l, err := nd.nl.LinkByName(name)
+		must(t, err)
+		must(t, nd.nl.LinkSetUp(l))
+	}
+	must(t, nd.nl.RouteAdd(&netlink.Route{LinkIndex: ts.Attrs().Index, Dst: ipNet("10.100.4.0/24"), Table: 52}))
+	rule := netlink.NewRule()
+	rule.Family, rule.Priority, rule.Table = netlink.FAMILY_V4, 5270, 52
+	must(t, nd.nl.RuleAdd(rule))
+	refused("a tailnet subnet route in table 52",
+		"route 10.100.4.0/24 dev tailscale0 table 52 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route")
+
+	// Without its rule table 52 routes nothing: the overlay is set up, and
+	// the kernel's routes of the bridge (connected, local, broadcast) are
+	// not taken for a conflict on the next Sync.
+	must(t, nd.nl.RuleDel(rule))
+	if _, err := nd.host.Sync(ctx, nd.config(), want); err != nil {
+		t.Fatalf("Sync once table 52 is no rule's: %v", err)
+	}
+	if ops, err := nd.host.Sync(ctx, nd.config(), want); err != nil || len(ops) != 0 {
+		t.Fatalf("second Sync: %q, %v; want nothing to do", strs(ops), err)
+	}
+
+	// A VPN comes up later with a route into the overlay.
+	must(t, nd.nl.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet("10.100.9.0/24"), Gw: netip.MustParseAddr("192.168.77.9").AsSlice()}))
+	refused("a route that appeared after the setup",
+		"route 10.100.9.0/24 via 192.168.77.9 dev eth0 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route")
+}
+
+// routing describes what Plan compares in nd's namespace — links with
+// their masters and IPv4 addresses, forwarding and neighbour entries,
+// routes and rule tables — without what the kernel changes on its own
+// (IPv6 link-local addresses, carrier).
+func routing(t *testing.T, nd *node) string {
+	t.Helper()
+	st, err := nd.host.Observe(t.Context())
+	must(t, err)
+	var b strings.Builder
+	for _, l := range st.Links {
+		fmt.Fprintf(&b, "link %s %s master=%q mtu=%d up=%v", l.Name, l.Kind, l.Master, l.MTU, l.Up)
+		for _, a := range l.Addrs {
+			if a.Addr().Is4() {
+				fmt.Fprintf(&b, " %s", a)
+			}
+		}
+		b.WriteString("\n")
+	}
+	for _, e := range st.FDB {
+		fmt.Fprintf(&b, "fdb %+v\n", e)
+	}
+	for _, n := range st.Neighbours {
+		fmt.Fprintf(&b, "neigh %+v\n", n)
+	}
+	for _, r := range st.Routes {
+		fmt.Fprintf(&b, "route %s\n", r)
+	}
+	fmt.Fprintf(&b, "rule tables %v\n", st.RuleTables)
+	return b.String()
+}
+
+func ipNet(s string) *net.IPNet {
+	p := netip.MustParsePrefix(s)
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // TestNetnsProcessBackendCreatesOwnedTapsAndDeletesThem: with CreateTaps

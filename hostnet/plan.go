@@ -106,8 +106,9 @@ func (o Op) String() string {
 
 // ConflictError is Plan's refusal to take over something on the host that
 // hostnet does not own (a bridge with another address, a VXLAN id another
-// device uses, an address overlapping the overlay). Retrying cannot help: a
-// person must act, and the message says how. Nothing was changed.
+// device uses, an address or a route overlapping the overlay). Retrying
+// cannot help: a person must act, and the message says how. Nothing was
+// changed.
 type ConflictError struct {
 	Msg string
 }
@@ -127,7 +128,8 @@ func conflictf(format string, args ...any) error {
 //
 //  1. Underlay: the address must be on an interface (UnderlayDev, if set);
 //     the MTU defaults to that interface's minus the VXLAN overhead. No other
-//     interface may have an address inside the overlay's prefix.
+//     interface may have an address inside the overlay's prefix, and no
+//     route may overlap it (see overlappingRoute).
 //  2. Bridge: created with the gateway address (after the node's own one,
 //     which must be the primary, with the bridge MAC derived from it, when
 //     Config.NodeAddr is set) and the MTU, set up. An existing bridge is
@@ -246,7 +248,57 @@ func (p *planner) underlay() error {
 			}
 		}
 	}
+	if r, ok := p.overlappingRoute(overlay); ok {
+		return conflictf("route %s overlaps the overlay network %s: pick another network.cidr, or remove the route", r, overlay)
+	}
 	return nil
+}
+
+// overlappingRoute finds a route that would take traffic for overlay
+// addresses away from the bridge, or that the bridge's connected route
+// would take traffic from: a VPN's or a tailnet's route to the same range,
+// a supernet such as 10.0.0.0/8 through another interface, a blackhole.
+//
+// Every table a policy rule looks up counts, not only main: Tailscale puts
+// the tailnet's subnet routes in table 52, whose rule comes before main's,
+// so such a route wins over the bridge's connected route in main. Rule
+// selectors (from, fwmark, …) are not modelled: a route counts when any
+// rule looks its table up, so a route used only for some sources is
+// refused too — a person can tell, hostnet cannot. A table no rule looks
+// up routes nothing and is ignored.
+//
+// Not conflicts:
+//   - default routes (0.0.0.0/0): in main the bridge's more specific
+//     route wins; in a policy table (a full-tunnel VPN, an exit node) the
+//     tool that made it decides what stays local (wg-quick's "lookup main
+//     suppress_prefixlength 0" rule keeps main's specific routes first).
+//     Refusing every host with a full tunnel would be wrong more often
+//     than right;
+//   - throw routes: they send the lookup on to the next rule;
+//   - routes through the bridge to addresses inside the overlay: the
+//     kernel's own connected route of the bridge's subnet and the local
+//     and broadcast routes of its addresses.
+//
+// Addresses of other interfaces inside the overlay are refused before this
+// (with their interface named); their local routes would be found here
+// too.
+func (p *planner) overlappingRoute(overlay netip.Prefix) (Route, bool) {
+	looked := map[int]bool{tableMain: true}
+	for _, t := range p.have.RuleTables {
+		looked[t] = true
+	}
+	for _, r := range p.have.Routes {
+		switch {
+		case !looked[r.table()]:
+		case !r.Dst.Addr().Is4() || !r.Dst.Overlaps(overlay):
+		case r.Dst.Bits() == 0:
+		case r.Type == "throw":
+		case r.Dev == p.cfg.Bridge && r.Dst.Bits() >= overlay.Bits():
+		default:
+			return r, true
+		}
+	}
+	return Route{}, false
 }
 
 // bridge is step 2.

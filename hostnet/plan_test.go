@@ -39,12 +39,35 @@ func baseConfig() hostnet.Config {
 	}
 }
 
-// bareHost is a node before hostnet ran: loopback and the underlay NIC.
+// bareHost is a node before hostnet ran: loopback and the underlay NIC,
+// their routes and the three default routing rules.
 func bareHost(extra ...hostnet.Link) hostnet.State {
-	return hostnet.State{Links: append([]hostnet.Link{
-		{Name: "lo", Kind: "device", MTU: 65536, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}},
-		{Name: "eth0", Kind: "device", MTU: 1500, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("192.168.77.1/24")}},
-	}, extra...)}
+	pfx := netip.MustParsePrefix
+	return hostnet.State{
+		Links: append([]hostnet.Link{
+			{Name: "lo", Kind: "device", MTU: 65536, Up: true, Addrs: []netip.Prefix{pfx("127.0.0.1/8")}},
+			{Name: "eth0", Kind: "device", MTU: 1500, Up: true, Addrs: []netip.Prefix{pfx("192.168.77.1/24")}},
+		}, extra...),
+		Routes: []hostnet.Route{
+			{Dst: pfx("0.0.0.0/0"), Gateway: netip.MustParseAddr("192.168.77.254"), Dev: "eth0", Table: 254},
+			{Dst: pfx("192.168.77.0/24"), Dev: "eth0", Table: 254},
+			{Dst: pfx("127.0.0.0/8"), Type: "local", Dev: "lo", Table: 255},
+			{Dst: pfx("127.0.0.1/32"), Type: "local", Dev: "lo", Table: 255},
+			{Dst: pfx("192.168.77.1/32"), Type: "local", Dev: "eth0", Table: 255},
+			{Dst: pfx("192.168.77.255/32"), Type: "broadcast", Dev: "eth0", Table: 255},
+		},
+		RuleTables: []int{255, 254, 253},
+	}
+}
+
+// withRoutes returns bareHost with more routes and rule tables.
+func withRoutes(routes []hostnet.Route, ruleTables ...int) func(*testing.T) hostnet.State {
+	return func(*testing.T) hostnet.State {
+		s := bareHost()
+		s.Routes = append(s.Routes, routes...)
+		s.RuleTables = append(s.RuleTables, ruleTables...)
+		return s
+	}
 }
 
 // veth is a tap stand-in that exists but is not attached yet.
@@ -308,6 +331,83 @@ func TestPlan(t *testing.T) {
 			err: "address 10.100.5.1/24 on eth1 overlaps the overlay network 10.100.0.0/16: pick another network.cidr",
 		},
 		{
+			name: "route to the overlay through a VPN is refused, naming it",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.100.0.0/16"), Gateway: netip.MustParseAddr("10.8.0.1"), Dev: "wg0", Table: 254}}),
+			err:  "route 10.100.0.0/16 via 10.8.0.1 dev wg0 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route",
+		},
+		{
+			name: "supernet of the overlay through the uplink is refused",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.0.0.0/8"), Gateway: netip.MustParseAddr("192.168.77.253"), Dev: "eth0"}}),
+			err:  "route 10.0.0.0/8 via 192.168.77.253 dev eth0 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route",
+		},
+		{
+			name: "tailnet subnet route in Tailscale's table 52 is refused",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.100.4.0/24"), Dev: "tailscale0", Table: 52}}, 52),
+			err:  "route 10.100.4.0/24 dev tailscale0 table 52 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route",
+		},
+		{
+			name: "blackhole route for part of the overlay is refused",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.100.128.0/17"), Type: "blackhole", Table: 254}}),
+			err:  "route blackhole 10.100.128.0/17 overlaps the overlay network 10.100.0.0/16: pick another network.cidr, or remove the route",
+		},
+		{
+			name: "multipath route is refused naming every path",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.100.0.0/16"), Table: 254, Nexthops: []hostnet.Nexthop{
+				{Gateway: netip.MustParseAddr("192.168.77.253"), Dev: "eth0"}, {Gateway: netip.MustParseAddr("192.168.77.254"), Dev: "eth0"}}}}),
+			err: "route 10.100.0.0/16 nexthop via 192.168.77.253 dev eth0 nexthop via 192.168.77.254 dev eth0 overlaps the overlay network 10.100.0.0/16",
+		},
+		{
+			name: "local route of the whole overlay (AnyIP) is refused",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.100.0.0/16"), Type: "local", Dev: "lo", Table: 255}}),
+			err:  "route local 10.100.0.0/16 dev lo table local overlaps the overlay network 10.100.0.0/16",
+		},
+		{
+			name: "route through the bridge beyond the overlay is refused",
+			cfg:  cfg, want: twoNodes,
+			have: withRoutes([]hostnet.Route{{Dst: netip.MustParsePrefix("10.0.0.0/8"), Dev: "blixard0", Table: 254}}),
+			err:  "route 10.0.0.0/8 dev blixard0 overlaps the overlay network 10.100.0.0/16",
+		},
+		{
+			name: "route that appeared after the setup is refused",
+			cfg:  cfg, want: twoNodes,
+			have: func(t *testing.T) hostnet.State {
+				s := setUp(t)
+				s.Routes = append(s.Routes, hostnet.Route{Dst: netip.MustParsePrefix("10.100.9.0/24"), Gateway: netip.MustParseAddr("192.168.77.9"), Dev: "eth0", Table: 254})
+				return s
+			},
+			err: "route 10.100.9.0/24 via 192.168.77.9 dev eth0 overlaps the overlay network 10.100.0.0/16",
+		},
+		{
+			name: "default routes, throw routes, other ranges and tables no rule looks up are no conflict",
+			cfg:  cfg, want: hostnet.Desired{},
+			have: withRoutes([]hostnet.Route{
+				// wg-quick's full tunnel and a Tailscale exit node.
+				{Dst: netip.MustParsePrefix("0.0.0.0/0"), Dev: "wg0", Table: 51820},
+				{Dst: netip.MustParsePrefix("0.0.0.0/0"), Dev: "tailscale0", Table: 52},
+				// Tailscale's way to keep a range local: on to the next rule.
+				{Dst: netip.MustParsePrefix("10.0.0.0/8"), Type: "throw", Table: 52},
+				{Dst: netip.MustParsePrefix("100.64.0.0/10"), Dev: "tailscale0", Table: 52},
+				{Dst: netip.MustParsePrefix("10.101.0.0/16"), Gateway: netip.MustParseAddr("192.168.77.253"), Dev: "eth0"},
+				// A table no rule looks up routes nothing.
+				{Dst: netip.MustParsePrefix("10.100.0.0/16"), Dev: "wg1", Table: 100},
+			}, 51820, 52),
+			ops: []string{
+				"link add blixard0 type bridge mtu 1450",
+				"addr add 10.100.0.1/16 dev blixard0",
+				"link set blixard0 up",
+				"link add blxvx42 type vxlan id 42 local 192.168.77.1 dstport 4789 nolearning mtu 1450",
+				"link set blxvx42 master blixard0",
+				"bridge link set dev blxvx42 learning off neigh_suppress on",
+				"link set blxvx42 up",
+			},
+		},
+		{
 			name: "tailnet underlay gives the overlay an MTU of 1230",
 			cfg: func() hostnet.Config {
 				c := cfg
@@ -473,6 +573,26 @@ func simulate(s hostnet.State, ops []hostnet.Op) (hostnet.State, error) {
 		Links:      slices.Clone(s.Links),
 		FDB:        slices.Clone(s.FDB),
 		Neighbours: slices.Clone(s.Neighbours),
+		Routes:     slices.Clone(s.Routes),
+		RuleTables: slices.Clone(s.RuleTables),
+	}
+	// The kernel's own routes of an address: its subnet's connected route
+	// in main and its local route.
+	kernelRoutes := func(dev string, p netip.Prefix) []hostnet.Route {
+		return []hostnet.Route{
+			{Dst: p.Masked(), Dev: dev, Table: 254},
+			{Dst: netip.PrefixFrom(p.Addr(), 32), Type: "local", Dev: dev, Table: 255},
+		}
+	}
+	syncRoutes := func(l *hostnet.Link) {
+		s.Routes = slices.DeleteFunc(s.Routes, func(r hostnet.Route) bool { return r.Dev == l.Name })
+		for _, a := range l.Addrs {
+			for _, r := range kernelRoutes(l.Name, a) {
+				if !slices.ContainsFunc(s.Routes, func(h hostnet.Route) bool { return h.Dst == r.Dst && h.Table == r.Table }) {
+					s.Routes = append(s.Routes, r)
+				}
+			}
+		}
 	}
 	find := func(name string) *hostnet.Link {
 		for i := range s.Links {
@@ -505,6 +625,7 @@ func simulate(s hostnet.State, ops []hostnet.Op) (hostnet.State, error) {
 				Tap: &hostnet.TapInfo{Tap: true, Owner: op.Tap.Owner, Group: op.Tap.Group, MultiQueue: op.Tap.MultiQueue, Persistent: true}})
 		case hostnet.OpDeleteLink:
 			s.Links = slices.DeleteFunc(s.Links, func(x hostnet.Link) bool { return x.Name == op.Link })
+			s.Routes = slices.DeleteFunc(s.Routes, func(r hostnet.Route) bool { return r.Dev == op.Link })
 			s.FDB = slices.DeleteFunc(s.FDB, func(e hostnet.FDBEntry) bool { return e.Dev == op.Link })
 			s.Neighbours = slices.DeleteFunc(s.Neighbours, func(n hostnet.Neighbour) bool { return n.Dev == op.Link })
 			for i := range s.Links {
@@ -517,6 +638,7 @@ func simulate(s hostnet.State, ops []hostnet.Op) (hostnet.State, error) {
 				return s, fmt.Errorf("%s: file exists", op)
 			}
 			l.Addrs = append(slices.Clone(l.Addrs), op.Prefix)
+			syncRoutes(l)
 		case hostnet.OpDeleteAddr:
 			i := slices.Index(l.Addrs, op.Prefix)
 			if i < 0 {
@@ -527,6 +649,7 @@ func simulate(s hostnet.State, ops []hostnet.Op) (hostnet.State, error) {
 			l.Addrs = slices.DeleteFunc(slices.Clone(l.Addrs), func(a netip.Prefix) bool {
 				return a == op.Prefix || primary && a.Masked() == op.Prefix.Masked()
 			})
+			syncRoutes(l)
 		case hostnet.OpSetMAC:
 			l.MAC = op.MAC
 		case hostnet.OpSetMTU:

@@ -3,6 +3,8 @@ package hostnet
 import (
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // State is the kernel's network state as [Host.Observe] saw it: the input of
@@ -17,6 +19,92 @@ type State struct {
 	FDB []FDBEntry
 	// Neighbours are the permanent neighbour (ARP) entries on bridges.
 	Neighbours []Neighbour
+	// Routes are the IPv4 routes of every routing table (cached clones
+	// left out): Plan refuses an overlay that one of them overlaps.
+	Routes []Route
+	// RuleTables are the tables the IPv4 policy rules look up (by default
+	// local, main and default; Tailscale adds 52, wg-quick its fwmark
+	// table). A route in a table no rule looks up routes nothing.
+	RuleTables []int
+}
+
+// The routing tables Linux always has (rtnetlink.h).
+const (
+	tableDefault = 253
+	tableMain    = 254
+	tableLocal   = 255
+)
+
+// Route is one IPv4 route, as ip-route(8) shows it.
+type Route struct {
+	// Dst is the destination; 0.0.0.0/0 for a default route.
+	Dst netip.Prefix
+	// Type is the route type as ip-route(8) names it ("unicast", "local",
+	// "broadcast", "blackhole", "unreachable", "prohibit", "throw", …); ""
+	// means unicast.
+	Type string
+	// Gateway is the next hop, invalid for a route without one (a
+	// connected or device route).
+	Gateway netip.Addr
+	// Dev is the outgoing interface, "" when there is none (a blackhole)
+	// or the route has several Nexthops.
+	Dev string
+	// Nexthops are the paths of a multipath route; Gateway and Dev are
+	// then empty.
+	Nexthops []Nexthop
+	// Table is the routing table; 0 stands for main (254).
+	Table int
+}
+
+// Nexthop is one path of a multipath route.
+type Nexthop struct {
+	Gateway netip.Addr
+	Dev     string
+}
+
+// String reads like ip-route(8): "10.100.0.0/16 via 192.168.1.1 dev wg0",
+// "blackhole 10.0.0.0/8 table 52".
+func (r Route) String() string {
+	var b strings.Builder
+	if r.Type != "" && r.Type != "unicast" {
+		b.WriteString(r.Type + " ")
+	}
+	if r.Dst.Bits() == 0 {
+		b.WriteString("default")
+	} else {
+		b.WriteString(r.Dst.String())
+	}
+	hop := func(gw netip.Addr, dev string) {
+		if gw.IsValid() {
+			b.WriteString(" via " + gw.String())
+		}
+		if dev != "" {
+			b.WriteString(" dev " + dev)
+		}
+	}
+	hop(r.Gateway, r.Dev)
+	for _, nh := range r.Nexthops {
+		b.WriteString(" nexthop")
+		hop(nh.Gateway, nh.Dev)
+	}
+	switch r.table() {
+	case tableMain:
+	case tableLocal:
+		b.WriteString(" table local")
+	case tableDefault:
+		b.WriteString(" table default")
+	default:
+		b.WriteString(" table " + strconv.Itoa(r.Table))
+	}
+	return b.String()
+}
+
+// table is r.Table with 0 read as main.
+func (r Route) table() int {
+	if r.Table == 0 {
+		return tableMain
+	}
+	return r.Table
 }
 
 // Link is one interface.

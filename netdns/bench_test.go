@@ -120,6 +120,44 @@ func BenchmarkDnsmasqRestartToAnswer(b *testing.B) {
 	}
 }
 
+// BenchmarkDnsmasqLeaveToLeaseReleased is the time from an Update that
+// takes a local instance away (it moved to another node) to dnsmasq's
+// lease file without its lease: SIGHUP, the lease check, the DHCPRELEASE
+// and dnsmasq's rewrite of its file. Giving the lease back (the instance
+// returns and asks again) is not timed.
+func BenchmarkDnsmasqLeaveToLeaseReleased(b *testing.B) {
+	l := newLab(b)
+	m := l.manager(b)
+	a := l.plug(b, web0, "vm-a")
+	desired := func(local ...netdns.Instance) netdns.Desired {
+		return netdns.Desired{Network: labNetwork(), Local: local, Running: local}
+	}
+	_, err := m.Update(b.Context(), desired(web0, web1))
+	must(b, err)
+	l.run(b, m)
+	for b.Loop() {
+		b.StopTimer()
+		act, err := m.Update(b.Context(), desired(web0, web1))
+		if err != nil || act == netdns.Restart {
+			b.Fatalf("Update: %v, %v; want reload or unchanged", act, err)
+		}
+		if _, err := a.dhcp(b, 5); err != nil {
+			b.Fatal(err)
+		}
+		testkit.WaitFor(b, wait, "web-0's lease", l.expectLeases("02:00:00:00:00:02 10.100.0.2"))
+		b.StartTimer()
+		if act, err := m.Update(b.Context(), desired(web1)); err != nil || act != netdns.Reload {
+			b.Fatalf("Update: %v, %v; want reload", act, err)
+		}
+		deadline := time.Now().Add(wait)
+		for l.expectLeases()() != nil {
+			if time.Now().After(deadline) {
+				b.Fatalf("web-0's lease was never released: %v", l.expectLeases()())
+			}
+		}
+	}
+}
+
 // BenchmarkRender renders the files of a node running 50 of a cluster's
 // 10,000 instances: what every agent pass costs when nothing changed.
 func BenchmarkRender(b *testing.B) {

@@ -2,11 +2,14 @@ package netdns_test
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,6 +200,142 @@ func TestDnsmasqServesLeasesAndNames(t *testing.T) {
 			return a.expectA("web."+domain, web0.Address)()
 		})
 	})
+}
+
+// TestDnsmasqForgetsLeasesOfInstancesThatLeft: a node's dnsmasq keeps no
+// lease of an instance it no longer serves — released while it runs,
+// pruned from the lease file before it starts — so an instance that comes
+// back gets its committed address, and an address freed by a removed
+// instance goes to the new instance placed here (a stale lease would make
+// dnsmasq refuse it: "not using configured address").
+func TestDnsmasqForgetsLeasesOfInstancesThatLeft(t *testing.T) {
+	l := newLab(t)
+	// The bridge as hostnet sets it up on a node with an overlay address
+	// (hostnet.Config.NodeAddr): the node's address is the primary one, the
+	// gateway a secondary. dnsmasq names the primary as its server
+	// identifier, which a release must carry.
+	must(t, l.nl.AddrDel(l.br, nlAddr(netip.PrefixFrom(gateway, cidr.Bits()))))
+	must(t, addAddr(l.nl, l.br, netip.MustParsePrefix("10.100.255.254/16")))
+	must(t, addAddr(l.nl, l.br, netip.PrefixFrom(gateway, cidr.Bits())))
+	m := l.manager(t)
+	a := l.plug(t, web0, "vm-a")
+	b := l.plug(t, web1, "vm-b")
+	ctx := t.Context()
+	update := func(want netdns.Action, local ...netdns.Instance) {
+		t.Helper()
+		act, err := m.Update(ctx, netdns.Desired{Network: labNetwork(), Local: local, Running: local})
+		must(t, err)
+		if act != want {
+			t.Fatalf("Update with local instances %v: %v, want %v", names(local), act, want)
+		}
+	}
+	dhcp := func(li *labInstance, wantIP string) {
+		t.Helper()
+		got, err := li.dhcp(t, 5)
+		if err != nil {
+			t.Fatalf("%s asks for its lease: %v", li.Name, err)
+		}
+		if got["ip"] != wantIP || got["hostname"] != li.Hostname || got["serverid"] != "10.100.255.254" {
+			t.Fatalf("%s's lease %v, want %s, hostname %s, server 10.100.255.254", li.Name, got, wantIP, li.Hostname)
+		}
+	}
+	const refused = "not using configured address"
+
+	update(netdns.Restart, web0, web1)
+	stop := l.run(t, m)
+	dhcp(a, "10.100.0.2")
+	dhcp(b, "10.100.0.3")
+	testkit.WaitFor(t, wait, "both leases in the lease file", l.expectLeases("02:00:00:00:00:02 10.100.0.2", "02:00:00:00:00:03 10.100.0.3"))
+
+	t.Run("an instance that moved away loses its lease here", func(t *testing.T) {
+		update(netdns.Reload, web1)
+		testkit.WaitFor(t, wait, "web-0's lease gone", l.expectLeases("02:00:00:00:00:03 10.100.0.3"))
+		if l.logs.count("DHCPRELEASE(blixard0) 10.100.0.2 02:00:00:00:00:02") != 1 {
+			t.Errorf("dnsmasq did not log the release of web-0's lease once")
+		}
+	})
+
+	t.Run("it gets its committed address when it comes back", func(t *testing.T) {
+		update(netdns.Reload, web0, web1)
+		dhcp(a, "10.100.0.2")
+	})
+
+	t.Run("a removed instance's address goes to the new instance placed here", func(t *testing.T) {
+		// web-1 is removed from the cluster; cache-0, new, is committed
+		// web-1's old address and placed here.
+		cache0 := netdns.Instance{Name: "cache-0", VM: "cache", Address: addr("10.100.0.3"), MAC: mustMAC("02:00:00:00:00:09"), Hostname: "cache-0"}
+		c := l.plug(t, cache0, "vm-c")
+		update(netdns.Reload, web0, cache0)
+		dhcp(c, "10.100.0.3")
+		testkit.WaitFor(t, wait, "web-1's lease replaced by cache-0's",
+			l.expectLeases("02:00:00:00:00:02 10.100.0.2", "02:00:00:00:00:09 10.100.0.3"))
+		if n := l.logs.count(refused); n != 0 {
+			t.Errorf("dnsmasq refused a configured address %d times: a stale lease held it", n)
+		}
+	})
+
+	t.Run("a dnsmasq started again has no lease of an instance that left while it was stopped", func(t *testing.T) {
+		must(t, stop())
+		cache0 := netdns.Instance{Name: "cache-0", VM: "cache", Address: addr("10.100.0.3"), MAC: mustMAC("02:00:00:00:00:09"), Hostname: "cache-0"}
+		update(netdns.Reload, cache0) // web-0 moved away while dnsmasq was stopped
+		if err := l.expectLeases("02:00:00:00:00:02 10.100.0.2", "02:00:00:00:00:09 10.100.0.3")(); err != nil {
+			t.Fatalf("before the start: %v", err)
+		}
+		releases := l.logs.count("DHCPRELEASE(")
+		l.run(t, m)
+		// api-0, new, gets web-0's address here.
+		api0 := netdns.Instance{Name: "api-0", VM: "api", Address: addr("10.100.0.2"), MAC: mustMAC("02:00:00:00:00:0a"), Hostname: "api-0"}
+		d := l.plug(t, api0, "vm-d")
+		update(netdns.Reload, cache0, api0)
+		dhcp(d, "10.100.0.2")
+		testkit.WaitFor(t, wait, "only the local instances' leases", l.expectLeases("02:00:00:00:00:09 10.100.0.3", "02:00:00:00:00:0a 10.100.0.2"))
+		if l.logs.count("removed the DHCP leases of instances this node no longer serves before starting dnsmasq") != 1 {
+			t.Errorf("the lease file was not pruned before the start")
+		}
+		if n := l.logs.count("DHCPRELEASE("); n != releases {
+			t.Errorf("%d releases after the start; the pruned file should have left none to release", n-releases)
+		}
+		if n := l.logs.count(refused); n != 0 {
+			t.Errorf("dnsmasq refused a configured address %d times: a stale lease held it", n)
+		}
+	})
+}
+
+func names(ins []netdns.Instance) []string {
+	out := make([]string, len(ins))
+	for i, in := range ins {
+		out[i] = in.Name
+	}
+	return out
+}
+
+func mustMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// expectLeases returns a WaitFor condition: dnsmasq's lease file holds
+// exactly the leases want ("MAC ADDRESS", in any order).
+func (l *lab) expectLeases(want ...string) func() error {
+	return func() error {
+		data, err := os.ReadFile(filepath.Join(l.dir, netdns.LeasesFile))
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, le := range netdns.ParseLeases(data) {
+			got = append(got, le.MAC.String()+" "+le.Address.String())
+		}
+		slices.Sort(got)
+		want = slices.Sorted(slices.Values(want))
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("leases %q, want %q; lease file:\n%s", got, want, data)
+		}
+		return nil
+	}
 }
 
 // inodes identifies the current versions of the files Update writes.

@@ -67,9 +67,23 @@
 // Names under DOMAIN come only from the hosts file, so they change exactly
 // when Update says: the domain reaches guests as a DHCP option rather than
 // dnsmasq's domain=, which would also publish every lease's hostname under
-// it, and leases outlive instances (dnsmasq forgets one only when it
-// expires, [LeaseTime]). A guest's bare hostname ("web-0", no domain) does
-// resolve from its lease on the node that gave it, until then.
+// it. A guest's bare hostname ("web-0", no domain) does resolve from its
+// lease on the node that gave it, while the lease lasts.
+//
+// # Leases of instances that left
+//
+// dnsmasq keeps a lease until it expires ([LeaseTime]) even when dhcp-hosts
+// no longer lists its MAC, and a stale lease blocks its address: dnsmasq
+// will not offer it to the instance it is committed to next ("not using
+// configured address … because it is leased to …"). So the Manager makes
+// dnsmasq forget every lease that dhcp-hosts does not list with that
+// address ([StaleLeases]): before each start it removes them from the lease
+// file ([PruneLeases]), and while dnsmasq runs it sends a DHCPRELEASE for
+// each, as the client would (dnsmasq then deletes the lease), at once after
+// every reread of dhcp-hosts and every minute, until dnsmasq's lease file
+// shows them gone. An instance that moves away loses its lease here; when
+// it comes back it gets its committed address again, and a removed
+// instance's address goes to the next instance committed to it.
 //
 // Not modelled: IPv6 (no DHCPv6, no AAAA records: AAAA questions for
 // cluster names get an empty answer).

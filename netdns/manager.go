@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,6 +75,19 @@ const stopGrace = 5 * time.Second
 // be retried after MinBackoff again.
 const resetBackoffAfter = time.Minute
 
+// Lease checks (see leases.go). Run reads dnsmasq's lease file at once
+// after dnsmasq started or reread dhcp-hosts, then every leaseCheckEvery:
+// cheap (one small file), and it catches what a read during one of
+// dnsmasq's rewrites missed. After releasing leases it looks again after
+// releaseRecheck, doubling up to leaseCheckEvery, until they are gone.
+const (
+	leaseCheckEvery = time.Minute
+	releaseRecheck  = 100 * time.Millisecond
+	// releaseWarnAfter is how many checks in a row may find the same
+	// leases still there before it is logged as a warning.
+	releaseWarnAfter = 5
+)
+
 // Manager owns one dnsmasq: Update writes its files, Run runs it. Update
 // may be called from any goroutine, before or while Run runs.
 type Manager struct {
@@ -91,6 +107,8 @@ type Manager struct {
 	files Files
 	// written is set once Update wrote every file; guarded by mu.
 	written bool
+	// network is the Network of the files on disk; guarded by mu.
+	network Network
 	// configGen and hostsGen count the writes of the main configuration
 	// and of the hosts files; guarded by mu.
 	configGen, hostsGen uint64
@@ -209,6 +227,7 @@ func (m *Manager) Update(ctx context.Context, d Desired) (Action, error) {
 		act = Restart
 	}
 	m.written = true
+	m.network = d.Network
 	if act != Unchanged && len(f.Skipped) > 0 {
 		// Logged only when the files change: Update runs on every pass.
 		m.log.Warn("dnsmasq files leave entries out", "skipped", f.Skipped)
@@ -222,6 +241,13 @@ func (m *Manager) generations() (config, hosts uint64, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.configGen, m.hostsGen, m.written
+}
+
+// static returns the dhcp-hosts file on disk and the network it is for.
+func (m *Manager) static() ([]byte, Network) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.files.DHCPHosts, m.network
 }
 
 // writeAtomic replaces path with data: a temporary file in the same
@@ -267,7 +293,9 @@ func writeAtomic(path string, data []byte) (err error) {
 // (a terminal's Ctrl-C) do not reach it, and dies with the thread that
 // started it (PR_SET_PDEATHSIG): an agent killed outright leaves no
 // dnsmasq holding the ports its successor needs. It is started in the
-// network namespace of the thread that calls Run.
+// network namespace of the thread that calls Run, and so are the
+// DHCPRELEASEs through which Run makes it forget the leases of instances
+// that left (see the package documentation).
 func (m *Manager) Run(ctx context.Context) error {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("netdns: Run is already in progress on this Manager")
@@ -278,11 +306,13 @@ func (m *Manager) Run(ctx context.Context) error {
 		retry   *time.Timer
 		retryC  <-chan time.Time
 		backoff = m.minBackoff
+		check   leaseCheck // scheduled only while p runs and is ready
 	)
 	defer func() {
 		if retry != nil {
 			retry.Stop()
 		}
+		check.stop()
 		if p != nil {
 			p.stop(m.log)
 		}
@@ -317,6 +347,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			cfg, hosts, _ := m.generations()
 			if cfg != p.configGen {
 				m.log.Info("dnsmasq configuration changed: restarting dnsmasq", "pid", p.pid)
+				check.stop()
 				p.stop(m.log)
 				p = nil
 				backoff = m.minBackoff
@@ -324,6 +355,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			if hosts != p.hostsGen && p.isReady {
 				p.reload(m.log, hosts)
+				check.after(0) // an instance may have left: forget its lease
 			}
 		case <-ready:
 			p.isReady = true
@@ -332,7 +364,12 @@ func (m *Manager) Run(ctx context.Context) error {
 			if _, hosts, _ := m.generations(); hosts != p.hostsGen {
 				p.reload(m.log, hosts)
 			}
+			check.after(0)
+		case <-check.C:
+			check.C = nil
+			m.checkLeases(&check)
 		case <-dead:
+			check.stop()
 			err := p.reap()
 			ran := time.Since(p.started)
 			if ran >= resetBackoffAfter {
@@ -380,8 +417,13 @@ type proc struct {
 const tailLines = 5
 
 // start execs dnsmasq with the files of the given generations, which
-// are on disk.
+// are on disk, after removing the leases dhcp-hosts does not list from
+// its lease file (dnsmasq reads it only now).
 func (m *Manager) start(configGen, hostsGen uint64) (*proc, error) {
+	if err := m.pruneLeaseFile(); err != nil {
+		// Run's lease check releases them once dnsmasq runs.
+		m.log.Warn("cannot remove stale leases from dnsmasq's lease file before starting it", "err", err)
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("pipe for dnsmasq's output: %w", err)
@@ -512,4 +554,152 @@ func splitLogLine(line string) (source, msg string) {
 		return prog, rest
 	}
 	return "dnsmasq", line
+}
+
+// leaseCheck is Run's timer for lease checks.
+type leaseCheck struct {
+	t *time.Timer
+	// C delivers when a check is due; nil while none is scheduled.
+	C <-chan time.Time
+	// tries counts the checks in a row that found stale leases.
+	tries int
+}
+
+// after schedules the next check in d, replacing any scheduled one.
+func (c *leaseCheck) after(d time.Duration) {
+	if c.t == nil {
+		c.t = time.NewTimer(d)
+	} else {
+		c.t.Reset(d) // since Go 1.23 no stale tick can follow a Reset
+	}
+	c.C = c.t.C
+}
+
+// stop cancels the scheduled check (dnsmasq is not running: its next
+// start prunes the lease file instead).
+func (c *leaseCheck) stop() {
+	if c.t != nil {
+		c.t.Stop()
+	}
+	c.C, c.tries = nil, 0
+}
+
+// pruneLeaseFile removes the leases dhcp-hosts does not list from the
+// lease file; dnsmasq must not be running.
+func (m *Manager) pruneLeaseFile() error {
+	hosts, _ := m.static()
+	path := filepath.Join(m.dir, LeasesFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // a first start
+	}
+	if err != nil {
+		return fmt.Errorf("read dnsmasq's lease file: %w", err)
+	}
+	kept, stale := PruneLeases(data, hosts)
+	if len(stale) == 0 {
+		return nil
+	}
+	if err := writeAtomic(path, kept); err != nil {
+		return err
+	}
+	m.log.Info("removed the DHCP leases of instances this node no longer serves before starting dnsmasq", "leases", describeLeases(stale))
+	return nil
+}
+
+// checkLeases makes the running dnsmasq forget the leases dhcp-hosts does
+// not list (a DHCPRELEASE each, sent from the calling thread's network
+// namespace, which is dnsmasq's), and schedules the next check.
+func (m *Manager) checkLeases(c *leaseCheck) {
+	hosts, n := m.static()
+	data, err := os.ReadFile(filepath.Join(m.dir, LeasesFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.log.Warn("cannot read dnsmasq's lease file to find leases of instances that left", "err", err)
+		c.after(leaseCheckEvery)
+		return
+	}
+	stale := StaleLeases(data, hosts)
+	if len(stale) == 0 {
+		if c.tries > 0 {
+			m.log.Info("dnsmasq forgot the DHCP leases of instances this node no longer serves")
+		}
+		c.tries = 0
+		c.after(leaseCheckEvery)
+		return
+	}
+	c.tries++
+	switch c.tries {
+	case 1:
+		m.log.Info("releasing the DHCP leases of instances this node no longer serves", "leases", describeLeases(stale))
+	case releaseWarnAfter:
+		m.log.Warn("dnsmasq keeps DHCP leases of instances this node no longer serves although they were released; "+
+			"their addresses cannot be given to other instances here until the leases expire", "leases", describeLeases(stale),
+			"expire_within", LeaseTime)
+	}
+	if err := sendReleases(n, stale); err != nil {
+		m.log.Warn("cannot release DHCP leases of instances this node no longer serves", "err", err)
+	}
+	c.after(min(releaseRecheck<<(c.tries-1), leaseCheckEvery))
+}
+
+// sendReleases sends dnsmasq a DHCPRELEASE for each lease, as its client
+// would. The socket is bound to the bridge (SO_BINDTODEVICE): the packet
+// to the bridge's own address is delivered through loopback, and the
+// kernel then reports the bridge as its interface (IP_PKTINFO), which
+// dnsmasq serves. It goes once to each of the bridge's addresses in the
+// cluster network: dnsmasq accepts only the one it uses as server
+// identifier (the first, the node's own address where it has one) and
+// ignores the others.
+func sendReleases(n Network, leases []Lease) error {
+	ifi, err := net.InterfaceByName(n.Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", n.Bridge, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return fmt.Errorf("addresses of bridge %s: %w", n.Bridge, err)
+	}
+	var servers []netip.Addr
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && n.CIDR.Contains(ip) {
+				servers = append(servers, ip)
+			}
+		}
+	}
+	if len(servers) == 0 {
+		return fmt.Errorf("bridge %s has no address in %s, so dnsmasq serves nothing on it yet", n.Bridge, n.CIDR)
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, n.Bridge)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	conn, err := lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
+	if err != nil {
+		return fmt.Errorf("socket on bridge %s: %w", n.Bridge, err)
+	}
+	defer conn.Close()
+	var errs []error
+	for _, l := range leases {
+		for _, s := range servers {
+			if _, err := conn.WriteTo(releasePacket(l, s), &net.UDPAddr{IP: s.AsSlice(), Port: dhcpServerPort}); err != nil {
+				errs = append(errs, fmt.Errorf("release %s %s: %w", l.MAC, l.Address, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// describeLeases is leases for a log line: "MAC ADDRESS" each.
+func describeLeases(leases []Lease) []string {
+	out := make([]string, len(leases))
+	for i, l := range leases {
+		out[i] = l.MAC.String() + " " + l.Address.String()
+	}
+	return out
 }

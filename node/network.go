@@ -256,7 +256,10 @@ func (n *network) pass(ctx context.Context) error {
 	case len(ops) > 0 || n.mtu == 0:
 		n.mtu = n.bridgeMTU(ctx)
 	}
-	if n.nat != nil {
+	// On a conflict the masquerade is left as it is too: the refused CIDR
+	// may be a range this host routes elsewhere (a VPN's), whose traffic a
+	// new masquerade rule would rewrite.
+	if n.nat != nil && conflict == nil {
 		if err := n.nat.ensure(s.Network.CIDR); err != nil {
 			errs = append(errs, err)
 		}

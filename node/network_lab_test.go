@@ -11,10 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,7 +20,6 @@ import (
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/node"
-	"github.com/blixard/blixard/tests/fault"
 )
 
 // The network lab: three real `blixard serve --network` processes, each in
@@ -61,199 +57,24 @@ func labFlake() string {
 `
 }
 
-// lab is one run of the network lab.
-type lab struct {
-	t    *testing.T
-	net  *fault.Net
-	root string // a directory everyone may search (dnsmasq rereads as nobody)
-	bin  string
-	repo string // file:// URL of the bare repository
-	cmds map[int]*exec.Cmd
-	done map[int]chan error
-	mu   sync.Mutex
-}
-
-func (l *lab) dir(i int, sub string) string { return filepath.Join(l.root, fmt.Sprintf("n%d", i), sub) }
-
-func (l *lab) api(i int) *api.Client {
-	c, err := api.NewClient(l.net.Addr(i)+":7070", api.ClientOptions{Timeout: 10 * time.Second})
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return c
-}
-
-func requireLabTools(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the network lab needs root (network namespaces, netlink, nftables): run it as root")
-	}
-	for _, tool := range []string{"nix", "git", "ip", "sysctl", "dnsmasq", "busybox", "unshare", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: run scripts/setup.sh (Debian: iproute2 procps dnsmasq-base busybox util-linux)", tool)
-		}
-	}
-}
-
-func run(t testing.TB, dir string, name string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=lab", "GIT_AUTHOR_EMAIL=lab@example.org",
-		"GIT_COMMITTER_NAME=lab", "GIT_COMMITTER_EMAIL=lab@example.org")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func newLab(t *testing.T) *lab {
-	requireLabTools(t)
-	root, err := os.MkdirTemp("", "blixard-netlab-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l := &lab{t: t, root: root, cmds: map[int]*exec.Cmd{}, done: map[int]chan error{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := 1; i <= 3; i++ {
-				if b, err := os.ReadFile(filepath.Join(root, fmt.Sprintf("n%d.log", i))); err == nil {
-					t.Logf("--- node %d log (tail) ---\n%s", i, tail(string(b), 60))
-				}
-			}
-		}
-		_ = os.RemoveAll(root)
-	})
-	l.bin = filepath.Join(root, "blixard")
-	run(t, ".", "go", "build", "-o", l.bin, "../cmd/blixard")
-
-	work, bare := filepath.Join(root, "work"), filepath.Join(root, "cluster.git")
-	run(t, root, "git", "init", "-q", "--bare", "-b", "main", bare)
-	run(t, root, "git", "init", "-q", "-b", "main", work)
+// newNetLab is the network lab of this file: the flake above with the
+// plain runner beside it; nodes 1 and 2 offer two vCPUs, node 3 none (it
+// runs no instance: its ingress reaches both over the overlay).
+func newNetLab(t *testing.T) *lab {
+	files := map[string][]byte{"flake.nix": []byte(labFlake())}
 	for _, f := range []string{"runner.sh", "udhcpc.sh"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "netlab", f))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(work, f), b, 0o755); err != nil {
-			t.Fatal(err)
+		files[f] = b
+	}
+	return newLab(t, labConfig{files: files, vcpu: func(i int) int {
+		if i == 3 {
+			return 0
 		}
-	}
-	if err := os.WriteFile(filepath.Join(work, "flake.nix"), []byte(labFlake()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run(t, work, "git", "add", ".")
-	run(t, work, "git", "commit", "-q", "-m", "network lab")
-	run(t, work, "git", "push", "-q", bare, "HEAD:refs/heads/main")
-	l.repo = "file://" + bare
-
-	if l.net, err = fault.NewNet(3); err != nil {
-		t.Fatalf("building the namespaces: %v", err)
-	}
-	// Registered after the namespaces: cleanups run last in, first out, so
-	// the guests and nodes stop before their namespaces go.
-	t.Cleanup(func() {
-		if err := l.net.Teardown(); err != nil {
-			t.Errorf("tearing the namespaces down: %v", err)
-		}
-	})
-	t.Cleanup(l.killGuests)
-	t.Cleanup(func() {
-		for i := 1; i <= 3; i++ {
-			l.stop(i)
-		}
-	})
-	for i := 1; i <= 3; i++ {
-		// The instances' outbound traffic is routed from the bridge to the
-		// uplink: a host setting (NixOS: the module sets it).
-		if out, err := l.net.Command(i, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-			t.Fatalf("sysctl in node %d: %v: %s", i, err, out)
-		}
-	}
-	return l
-}
-
-func tail(s string, lines int) string {
-	ls := strings.Split(s, "\n")
-	if len(ls) > lines {
-		ls = ls[len(ls)-lines:]
-	}
-	return strings.Join(ls, "\n")
-}
-
-// start runs node i: nodes 1 and 2 offer two vCPUs, node 3 none (it runs
-// no instance: its ingress reaches both over the overlay).
-func (l *lab) start(i int) {
-	var members []string
-	for j := 1; j <= 3; j++ {
-		members = append(members, fmt.Sprintf("%d=%s:7001", j, l.net.Addr(j)))
-	}
-	vcpu := "2"
-	if i == 3 {
-		vcpu = "0"
-	}
-	for _, d := range []string{"data", "state", "netdns"} {
-		if err := os.MkdirAll(l.dir(i, d), 0o755); err != nil {
-			l.t.Fatal(err)
-		}
-	}
-	args := []string{"serve", "--node-id", strconv.Itoa(i), "--data-dir", l.dir(i, "data"),
-		"--raft-addr", l.net.Addr(i) + ":7001", "--api-addr", l.net.Addr(i) + ":7070", "--members", strings.Join(members, ","),
-		"--repo", l.repo, "--poll", "500ms", "--heartbeat", "500ms", "--node-timeout", "30s",
-		"--capacity-vcpu", vcpu, "--capacity-mem-mib", "1024", "--state-dir", l.dir(i, "state"), "--backend", "process",
-		"--insecure", "--insecure-i-know", "--log-level", "debug",
-		"--network", "--dns-dir", l.dir(i, "netdns"), "--ingress-addr", l.net.Addr(i) + ":8080"}
-	logf, err := os.OpenFile(filepath.Join(l.root, fmt.Sprintf("n%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	cmd := l.net.Command(i, l.bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); logf.Close() }()
-	l.mu.Lock()
-	l.cmds[i], l.done[i] = cmd, done
-	l.mu.Unlock()
-}
-
-// stop ends node i with SIGTERM (SIGKILL after 20 s) and waits for it.
-func (l *lab) stop(i int) {
-	l.mu.Lock()
-	cmd, done := l.cmds[i], l.done[i]
-	delete(l.cmds, i)
-	l.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-		l.t.Errorf("node %d did not stop within 20 s of SIGTERM", i)
-	}
-}
-
-// killGuests kills the runners' guest processes, which live in namespaces
-// of their own (fault.Net's teardown finds only the nodes').
-func (l *lab) killGuests() {
-	files, _ := filepath.Glob(filepath.Join(l.root, "n*", "state", "*", "guest.pids"))
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		for _, p := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(p); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
+		return 2
+	}})
 }
 
 // guest runs a command in instance name's guest on node i.
@@ -319,7 +140,7 @@ func (l *lab) httpGet(i int, instance, hostPort string) (string, error) {
 // real: netlink bridges and VXLAN in three namespaces, dnsmasq, nftables,
 // the ingress proxy, nix-built plain runners.
 func TestKernelNixDnsmasqNetworkAcrossNodes(t *testing.T) {
-	l := newLab(t)
+	l := newNetLab(t)
 	began := time.Now()
 	for i := 1; i <= 3; i++ {
 		l.start(i)
@@ -428,28 +249,22 @@ func TestKernelNixDnsmasqNetworkAcrossNodes(t *testing.T) {
 
 	// Ingress on node 3, which runs no instance of web, reaches both
 	// replicas over the overlay.
-	answers := map[string]int{}
-	testkit.WaitFor(t, time.Minute, "both replicas answering through node 3's ingress", func() error {
-		req, err := http.NewRequest("GET", "http://"+l.net.Addr(3)+":8080/", nil)
-		if err != nil {
-			return err
-		}
-		req.Host = "web.lab.test"
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s: %s", resp.Status, b)
-		}
-		answers[strings.TrimSpace(string(b))]++
-		if answers["hello from web-0"] == 0 || answers["hello from web-1"] == 0 {
-			return fmt.Errorf("answers so far %v", answers)
-		}
-		return nil
-	})
+	bothAnswer := func(what string) {
+		t.Helper()
+		answers := map[string]int{}
+		testkit.WaitFor(t, time.Minute, what, func() error {
+			body, err := ingressGet(l.net.Addr(3), "web.lab.test")
+			if err != nil {
+				return err
+			}
+			answers[body]++
+			if answers["hello from web-0"] == 0 || answers["hello from web-1"] == 0 {
+				return fmt.Errorf("answers so far %v", answers)
+			}
+			return nil
+		})
+	}
+	bothAnswer("both replicas answering through node 3's ingress")
 
 	// `blixard vm web-1` shows the identity and the DNS names.
 	var vms []api.VMDetail
@@ -461,6 +276,35 @@ func TestKernelNixDnsmasqNetworkAcrossNodes(t *testing.T) {
 		t.Errorf("vm web-1: %+v", vms)
 	}
 
+	// `blixard vm stop web-1`: node 3's ingress keeps answering, from
+	// web-0 alone; `blixard vm start web-1` brings it back.
+	if _, err := c.SetVMRunState(ctx, "web-1", api.VMStop); err != nil {
+		t.Fatalf("vm stop web-1: %v", err)
+	}
+	testkit.WaitFor(t, time.Minute, "web-1 stopped", func() error {
+		st, err := l.api(3).Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, vm := range st.VMs {
+			if vm.Name == "web-1" && vm.Phase != "stopped" {
+				return fmt.Errorf("web-1: %s (%s)", vm.Phase, vm.Message)
+			}
+		}
+		return nil
+	})
+	const series = 20
+	for n := range series {
+		body, err := ingressGet(l.net.Addr(3), "web.lab.test")
+		if err != nil || body != "hello from web-0" {
+			t.Fatalf("request %d of %d through node 3's ingress while web-1 is stopped: %q, %v; want web-0's answer", n+1, series, body, err)
+		}
+	}
+	if _, err := c.SetVMRunState(ctx, "web-1", api.VMStart); err != nil {
+		t.Fatalf("vm start web-1: %v", err)
+	}
+	bothAnswer("both replicas answering through node 3's ingress after vm start web-1")
+
 	// A node that stops removes its masquerade (and leaves the bridge to
 	// the VMs that keep running).
 	i := where["web-1"]
@@ -471,6 +315,30 @@ func TestKernelNixDnsmasqNetworkAcrossNodes(t *testing.T) {
 	if hasNATTable(t, l.net.NS(i)) {
 		t.Errorf("node %d kept nft table ip %s after it stopped", i, node.NATTable)
 	}
+}
+
+// ingressGet fetches / for host through the HTTP ingress of the node at
+// addr (port 8080) and returns the body, trimmed; a status other than 200
+// is an error.
+func ingressGet(addr, host string) (string, error) {
+	req, err := http.NewRequest("GET", "http://"+addr+":8080/", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Host = host
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("ingress %s for %s: %s: %s", addr, host, resp.Status, b)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // hasNATTable reports whether the named network namespace has the node's

@@ -2,8 +2,10 @@
 # off: no PATH, host tools by absolute path). It writes
 #   $out/share/microvm/vmlinuz     the Debian cloud kernel (copied, so the
 #                                  initrd's modules always match it)
-#   $out/share/microvm/initrd.gz   busybox, the modules, /init, /www (and,
-#                                  with volumes, /www/cgi-bin/{write,read})
+#   $out/share/microvm/initrd.gz   busybox, the modules, /init, the DHCP
+#                                  client's script, /www with
+#                                  /www/cgi-bin/fetch (and, with volumes,
+#                                  /www/cgi-bin/{write,read})
 #   $out/bin/microvm-run           runs qemu in the foreground
 #   $out/bin/microvm-shutdown      powers the guest off through QMP
 # Inputs (environment): vmName port version memMiB vcpu kernelDir guestInit,
@@ -54,6 +56,86 @@ chmod 0755 "$root/init" "$root/bin/busybox"
 printf 'NAME=%s\nVERSION=%s\nVOLUMES="%s"\n' "$vmName" "$version" "$volumes" >"$root/etc/microvm"
 printf 'hello from %s, version %s (a blixard demo microVM)\n' "$vmName" "$version" >"$root/www/index.html"
 
+# With cluster networking the guest asks for its address by DHCP (busybox
+# udhcpc, see guest-init.sh); this script applies what the node's dnsmasq
+# answers: address, MTU, default route and resolv.conf (the DNS server is
+# the gateway, the node's dnsmasq, which resolves NAME.CLUSTER.internal).
+cat >"$root/etc/udhcpc.script" <<'DHCP'
+#!/bin/sh
+# busybox udhcpc's script: $1 is the event; the lease is in the environment
+# ($interface $ip $mask $router $dns $domain $search $mtu).
+case $1 in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound | renew)
+	# A renewal of the same address changes nothing: flushing it would cut
+	# the guest's connections.
+	if ! ip -4 -o addr show dev "$interface" | grep -q " inet $ip/$mask "; then
+		ip -4 addr flush dev "$interface"
+		ip addr add "$ip/$mask" dev "$interface"
+	fi
+	[ -z "$mtu" ] || ip link set dev "$interface" mtu "$mtu"
+	for r in $router; do
+		ip route replace default via "$r" dev "$interface"
+		break
+	done
+	: >/etc/resolv.conf.new
+	for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf.new; done
+	search=${search:-$domain}
+	[ -z "$search" ] || echo "search $search" >>/etc/resolv.conf.new
+	mv /etc/resolv.conf.new /etc/resolv.conf
+	;;
+esac
+exit 0
+DHCP
+chmod 0755 "$root/etc/udhcpc.script"
+
+# GET /cgi-bin/fetch?HOST[/PATH] makes this guest fetch http://HOST/PATH: a
+# way to see one guest reach another by name across the cluster network.
+mkdir -p "$root/www/cgi-bin"
+cat >"$root/www/cgi-bin/fetch" <<'FETCH'
+#!/bin/sh
+# GET /cgi-bin/fetch?HOST[/PATH] fetches http://HOST/PATH from this guest
+# and answers "HOST is ADDRESS" and the body it got. HOST is an IPv4
+# address or a DNS name, which busybox nslookup resolves with the server
+# of /etc/resolv.conf: the static busybox's own libc lookup (wget NAME)
+# needs NSS modules this initramfs does not have, so the name is resolved
+# first and the address fetched. (wget -T crashes this busybox: timeout(1)
+# bounds both steps instead.)
+reply() {
+	printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\n\r\n%s\n' "$1" "$2"
+	exit 0
+}
+usage="usage: /cgi-bin/fetch?HOST[/PATH] (HOST: a DNS name or an IPv4 address; PATH: A-Z a-z 0-9 . _ - /)"
+host=${QUERY_STRING%%/*}
+path=
+case $QUERY_STRING in */*) path=${QUERY_STRING#*/} ;; esac
+case $host in '' | *[!A-Za-z0-9.-]*) reply "400 Bad Request" "$usage" ;; esac
+case $path in *[!A-Za-z0-9._/-]*) reply "400 Bad Request" "$usage" ;; esac
+case $host in
+*[!0-9.]*)
+	[ -s /etc/resolv.conf ] || reply "503 Service Unavailable" "cannot resolve $host: no /etc/resolv.conf (this guest has no DHCP lease; without cluster networking it has no DNS server)"
+	out=$(timeout 10 nslookup -type=a "$host" 2>&1)
+	# The answer's addresses follow its "Name:" line (the server's own
+	# "Address:" line comes before it).
+	addr=$(printf '%s\n' "$out" | awk '/^Name:/ { a = 1 } a && /^Address:/ { print $2; exit }')
+	[ -n "$addr" ] || reply "502 Bad Gateway" "cannot resolve $host: nslookup answered: $out"
+	;;
+*) addr=$host ;;
+esac
+body=$(timeout 10 wget -q -O - "http://$addr/$path" 2>&1)
+case $? in
+0) ;;
+143) reply "504 Gateway Timeout" "GET http://$addr/$path ($host): no answer within 10 s" ;;
+*) reply "502 Bad Gateway" "GET http://$addr/$path ($host) failed: $body" ;;
+esac
+reply "200 OK" "$host is $addr
+$body"
+FETCH
+chmod 0755 "$root/www/cgi-bin/fetch"
+
 # Each volume is a virtio-blk disk served over NBD by blixard's agent on the
 # unix socket volumes/VOL (relative to the VM's state directory, the
 # runner's working directory). Its serial, volN, tells the guest which disk
@@ -71,7 +153,6 @@ for v in $volumes; do
 done
 if [ -n "$volumes" ]; then
 	# The guest's HTTP server reads and writes a marker on a volume (CGI).
-	mkdir -p "$root/www/cgi-bin"
 	cat >"$root/www/cgi-bin/write" <<'WRITE'
 #!/bin/sh
 # GET /cgi-bin/write?VOL=MARKER writes "MARKER\n" into the first sector of
@@ -165,14 +246,41 @@ if [ "\$accel" = tcg ]; then
 	cpu=max
 	append="\$append tsc_early_khz=\$(tsc_khz)"
 fi
-echo "microvm-run: $vmName version $version: qemu microvm, accel \$accel (set MICROVM_ACCEL to change), kernel command line \"\$append\", http://127.0.0.1:$port"
+
+# The guest's one NIC. With cluster networking (blixard serve --network)
+# the node writes the instance's identity to network.env in the working
+# directory and creates its tap before it starts the runner: the NIC is on
+# that tap with the instance's MAC, and the kernel command line tells the
+# guest to ask for its address by DHCP (the node's dnsmasq has a static
+# lease for that MAC) and its hostname. Without network.env (blixard dev,
+# a node without --network) it is qemu's user-mode network, the guest's
+# port 80 forwarded to 127.0.0.1:$port.
+if [ -f network.env ]; then
+	BLIXARD_TAP= BLIXARD_MAC= BLIXARD_IP= BLIXARD_HOSTNAME=
+	. ./network.env
+	bad() { echo "microvm-run: \$PWD/network.env: \$*; blixard's network component writes this file: check the node's log" >&2; exit 1; }
+	case \$BLIXARD_TAP in '' | *[!A-Za-z0-9_.-]*) bad "BLIXARD_TAP \"\$BLIXARD_TAP\" is not an interface name" ;; esac
+	case \$BLIXARD_MAC in '' | *[!0-9a-fA-F:]*) bad "BLIXARD_MAC \"\$BLIXARD_MAC\" is not a MAC address" ;; esac
+	case \$BLIXARD_HOSTNAME in *[!A-Za-z0-9-]*) bad "BLIXARD_HOSTNAME \"\$BLIXARD_HOSTNAME\" is not a DNS label" ;; esac
+	[ -e "/sys/class/net/\$BLIXARD_TAP" ] || bad "tap \$BLIXARD_TAP does not exist (blixard creates it before the start with --backend process; under systemd only microvm.nix runners get theirs)"
+	nic="-netdev tap,id=net0,ifname=\$BLIXARD_TAP,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=\$BLIXARD_MAC"
+	append="\$append blixard.net=dhcp"
+	[ -z "\$BLIXARD_HOSTNAME" ] || append="\$append blixard.hostname=\$BLIXARD_HOSTNAME"
+	where="tap \$BLIXARD_TAP, MAC \$BLIXARD_MAC, address \${BLIXARD_IP:-?} by DHCP"
+else
+	nic="-netdev user,id=net0,hostfwd=tcp:127.0.0.1:$port-:80 -device virtio-net-device,netdev=net0"
+	where="http://127.0.0.1:$port"
+fi
+echo "microvm-run: $vmName version $version: qemu microvm, accel \$accel (set MICROVM_ACCEL to change), kernel command line \"\$append\", \$where"
 $checks
 rm -f qmp.sock
+# \$nic is split into words on purpose: every part was checked above.
+# shellcheck disable=SC2086
 exec qemu-system-x86_64 -name "$vmName" -M microvm -accel "\$accel" -cpu "\$cpu" -smp $vcpu -m $memMiB \\
 	-nodefaults -no-user-config -display none -no-reboot -serial stdio \\
 	-kernel $share/vmlinuz -initrd $share/initrd.gz \\
 	-append "\$append" \\
-	-netdev user,id=net0,hostfwd=tcp:127.0.0.1:$port-:80 -device virtio-net-device,netdev=net0 \\
+	\$nic \\
 	-qmp unix:qmp.sock,server=on,wait=off -pidfile qemu.pid$drives
 RUN
 

@@ -1,12 +1,19 @@
 #!/bin/busybox sh
 # /init of the demo microVMs (PID 1 in a busybox initramfs built by
 # build-runner.sh). It loads the drivers the Debian cloud kernel has as
-# modules, brings up eth0 for qemu's user-mode network (10.0.2.15/24,
-# gateway 10.0.2.2), serves /www over HTTP on port 80, prints a READY line on
-# the serial console and powers off when the ACPI power button is pressed
-# (microvm-shutdown presses it through QMP `system_powerdown`). With volumes
-# it also loads virtio_blk and links each volume's disk to /dev/volumes/VOL
-# (the CGI scripts in /www/cgi-bin read and write them).
+# modules, brings up eth0, serves /www over HTTP on port 80, prints a READY
+# line with its address on the serial console and powers off when the ACPI
+# power button is pressed (microvm-shutdown presses it through QMP
+# `system_powerdown`). With volumes it also loads virtio_blk and links each
+# volume's disk to /dev/volumes/VOL (the CGI scripts in /www/cgi-bin read
+# and write them).
+#
+# The network comes from the kernel command line microvm-run writes:
+# `blixard.net=dhcp` (cluster networking: eth0 is on the instance's tap)
+# makes busybox udhcpc ask the node's dnsmasq for the address, route and DNS
+# server (/etc/udhcpc.script applies them); without it eth0 is set for
+# qemu's user-mode network (10.0.2.15/24, gateway 10.0.2.2).
+# `blixard.hostname=NAME` sets the hostname.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -14,6 +21,19 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 . /etc/microvm # NAME, VERSION, VOLUMES
 log() { echo "microvm[$NAME]: $*"; }
+
+net=user
+host=
+for w in $(cat /proc/cmdline); do
+	case $w in
+	blixard.net=*) net=${w#*=} ;;
+	blixard.hostname=*) host=${w#*=} ;;
+	esac
+done
+[ -z "$host" ] || hostname "$host" || log "hostname $host failed"
+# Every boot has its own id: a client tells a new copy of this VM from the
+# old one (after a move or a restart) by GET /boot-id.
+cat /proc/sys/kernel/random/boot_id >/www/boot-id
 
 # No modules.dep in here: insert in dependency order.
 modules="virtio_ring virtio virtio_mmio failover net_failover virtio_net evdev button"
@@ -50,10 +70,28 @@ while [ ! -e /sys/class/net/eth0 ] && [ "$i" -lt 100 ]; do
 	i=$((i + 1))
 done
 ip link set lo up
-ip addr add 10.0.2.15/24 dev eth0 &&
-	ip link set eth0 up &&
-	ip route add default via 10.0.2.2 ||
-	log "no network: eth0 did not come up"
+case $net in
+dhcp)
+	# In the foreground until the first lease (at most 20 tries a second
+	# apart), then in the background, renewing it (or, without one, still
+	# asking).
+	ip link set eth0 up || log "no network: eth0 did not come up"
+	udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -A 2 -b ||
+		log "udhcpc did not start"
+	addr=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' | head -n 1)
+	[ -n "$addr" ] || {
+		addr=none
+		log "no DHCP lease on eth0 yet: udhcpc keeps asking in the background"
+	}
+	;;
+*)
+	addr=10.0.2.15
+	ip addr add 10.0.2.15/24 dev eth0 &&
+		ip link set eth0 up &&
+		ip route add default via 10.0.2.2 ||
+		log "no network: eth0 did not come up"
+	;;
+esac
 httpd -p 80 -h /www || log "httpd did not start"
 
 # The power button(s): evdev nodes whose device is named "Power Button".
@@ -67,7 +105,8 @@ for ev in $buttons; do
 done
 [ -n "$buttons" ] || log "no Power Button input device: microvm-shutdown cannot stop this VM cleanly"
 
-ready="READY name=$NAME version=$VERSION http=10.0.2.15:80"
+ready="READY name=$NAME version=$VERSION http=$addr:80"
+[ -z "$host" ] || ready="$ready hostname=$(hostname)"
 # shellcheck disable=SC2086 # word splitting joins the names with commas
 [ -z "$VOLUMES" ] || ready="$ready volumes=$(IFS=,; set -- $VOLUMES; echo "$*")"
 log "$ready"

@@ -3,7 +3,12 @@
 # bin/microvm-shutdown, the contract of microvm.nix's runners.
 #
 # The guest is a Debian cloud kernel and a busybox initramfs that answers
-# HTTP on port 80, forwarded by qemu's user-mode network to 127.0.0.1:port.
+# HTTP on port 80, forwarded by qemu's user-mode network to 127.0.0.1:port;
+# on a node with cluster networking (blixard serve --network writes
+# network.env into the VM's state directory) its NIC is on the instance's
+# tap instead and it takes its address by DHCP (see README.md, Networking).
+# Either way is chosen when microvm-run starts, so one runner (one out
+# path, whatever the machine) serves every replica and both kinds of node.
 # Host tools (qemu, socat, busybox-static, cpio) and the kernel come from
 # scripts/setup-microvm.sh; the build reads them by absolute path, so the
 # nix sandbox must be off (as blixard's setup configures it).

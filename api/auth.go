@@ -22,8 +22,8 @@ import (
 // replicated with its hash). Each endpoint needs one role, and a role
 // allows everything the roles below it allow:
 //
-//	read     status, state, nodes, history, diff, reconciler, events, logs, metrics
-//	operate  sync, plan --commit, node cordon|drain|ready, vm start|stop|restart
+//	read     status, state, nodes, history, diff, reconciler, events, logs, metrics, rollout status, wait
+//	operate  sync, plan --commit, node cordon|drain|ready, vm start|stop|restart, suspend, resume, rollback
 //	admin    members, tokens
 //
 // /healthz and the push webhook (HMAC) need no credentials.

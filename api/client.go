@@ -246,6 +246,51 @@ func (c *Client) Sync(ctx context.Context) (SyncAnswer, error) {
 	return v, c.do(ctx, "POST", "/v1/sync", nil, &v)
 }
 
+// Rollouts returns the rollouts (GET /v1/rollouts), or declared VM vm's
+// when vm is not "".
+func (c *Client) Rollouts(ctx context.Context, vm string) (RolloutsView, error) {
+	path := "/v1/rollouts"
+	if vm != "" {
+		path += "/" + url.PathEscape(vm)
+	}
+	var v RolloutsView
+	return v, c.do(ctx, "GET", path, nil, &v)
+}
+
+// Converge returns how far commit (a SHA or a prefix; "" for the running
+// revision's) is rolled out (GET /v1/converge).
+func (c *Client) Converge(ctx context.Context, commit string) (ConvergeView, error) {
+	path := "/v1/converge"
+	if commit != "" {
+		path += "?" + url.Values{"commit": {commit}}.Encode()
+	}
+	var v ConvergeView
+	return v, c.do(ctx, "GET", path, nil, &v)
+}
+
+// Suspend stops the cluster following its tracked ref (POST /v1/suspend).
+func (c *Client) Suspend(ctx context.Context) (FollowingAnswer, error) {
+	var v FollowingAnswer
+	return v, c.do(ctx, "POST", "/v1/suspend", nil, &v)
+}
+
+// Resume makes the cluster follow its tracked ref again (POST /v1/resume).
+func (c *Client) Resume(ctx context.Context) (FollowingAnswer, error) {
+	var v FollowingAnswer
+	return v, c.do(ctx, "POST", "/v1/resume", nil, &v)
+}
+
+// Rollback applies an earlier revision (a revision number or a commit; ""
+// for the previous one) and suspends following (POST /v1/rollback).
+func (c *Client) Rollback(ctx context.Context, revision string) (FollowingAnswer, error) {
+	var v FollowingAnswer
+	var body any
+	if revision != "" {
+		body = RollbackRequest{Revision: revision}
+	}
+	return v, c.do(ctx, "POST", "/v1/rollback", body, &v)
+}
+
 // Logs copies VM vm's console log to w; with follow it keeps copying until
 // ctx ends, and then returns nil.
 func (c *Client) Logs(ctx context.Context, vm string, follow bool, w io.Writer) error {

@@ -119,8 +119,9 @@ type Options struct {
 	// accepted); Serve lowers it to keep a quarter of the file descriptor
 	// limit, and at least 256 descriptors, for the rest of the node.
 	// MaxLogFollowers caps concurrent `logs -f` streams (further ones get
-	// 429).
-	MaxConns, MaxLogFollowers int
+	// 429); MaxEventFollowers the waiting polls of GET /v1/events (`events
+	// -f`; default DefaultMaxEventFollowers).
+	MaxConns, MaxLogFollowers, MaxEventFollowers int
 	// Health tells /healthz and the stale answers' reasons about the
 	// replica's leader and progress without waiting on Raft (the node
 	// passes its *raftstore.Store). nil: they rely on Replica.Leader alone.
@@ -146,7 +147,11 @@ type Server struct {
 	handler   http.Handler  // non-nil
 	peers     *http.Client  // non-nil; reaches other nodes' APIs
 	followers chan struct{} // one token per followed log stream
-	refs      atomic.Uint64 // numbers the internal errors logged
+	// eventFollowers holds one token per waiting events poll; applied
+	// wakes them (see events.go).
+	eventFollowers chan struct{}
+	applied        *broadcast    // non-nil
+	refs           atomic.Uint64 // numbers the internal errors logged
 	// unconfirmed is the last leader that did not confirm a read in time.
 	unconfirmed unconfirmed
 }
@@ -165,6 +170,9 @@ func NewServer(o Options) *Server {
 	if o.MaxLogFollowers <= 0 {
 		o.MaxLogFollowers = DefaultMaxLogFollowers
 	}
+	if o.MaxEventFollowers <= 0 {
+		o.MaxEventFollowers = DefaultMaxEventFollowers
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -174,6 +182,7 @@ func NewServer(o Options) *Server {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.PeerTLS
 	s := &Server{o: o, log: o.Logger, followers: make(chan struct{}, o.MaxLogFollowers),
+		eventFollowers: make(chan struct{}, o.MaxEventFollowers), applied: newBroadcast(),
 		peers: &http.Client{Transport: tr}}
 	s.handler = s.routes()
 	return s
@@ -292,7 +301,7 @@ func (s *Server) routes() http.Handler {
 		{"GET", "/v1/nodes", read, http.HandlerFunc(s.handleNodes)},
 		{"GET", "/v1/history", read, http.HandlerFunc(s.handleHistory)},
 		{"GET", "/v1/diff", read, http.HandlerFunc(s.handleDiff)},
-		{"GET", "/v1/events", read, http.HandlerFunc(s.handleEvents)},
+		{"GET", "/v1/events", read, http.HandlerFunc(s.handleEventsPoll)},
 		{"GET", "/v1/reconciler", read, http.HandlerFunc(s.handleReconciler)},
 		{"POST", "/v1/nodes/{id}/state", operate, http.HandlerFunc(s.handleNodeState)},
 		{"POST", "/v1/members", admin, http.HandlerFunc(s.handleAddMember)},
@@ -300,6 +309,12 @@ func (s *Server) routes() http.Handler {
 		{"POST", "/v1/members/remove", admin, http.HandlerFunc(s.handleRemoveMember)},
 		{"POST", "/v1/plan", operate, http.HandlerFunc(s.handlePlan)},
 		{"POST", "/v1/sync", operate, http.HandlerFunc(s.handleSync)},
+		{"GET", "/v1/rollouts", read, http.HandlerFunc(s.handleRollouts)},
+		{"GET", "/v1/rollouts/{name}", read, http.HandlerFunc(s.handleRollouts)},
+		{"GET", "/v1/converge", read, http.HandlerFunc(s.handleConverge)},
+		{"POST", "/v1/suspend", operate, http.HandlerFunc(s.handleSuspend)},
+		{"POST", "/v1/resume", operate, http.HandlerFunc(s.handleResume)},
+		{"POST", "/v1/rollback", operate, http.HandlerFunc(s.handleRollback)},
 		{"GET", "/v1/vms/{name}", read, http.HandlerFunc(s.handleVM)},
 		{"GET", "/v1/vms/{name}/logs", read, http.HandlerFunc(s.handleLogs)},
 		{"POST", "/v1/vms/{name}/start", operate, s.handleVMRunState(VMStart)},

@@ -46,24 +46,36 @@ func WriteStatus(w io.Writer, v StatusView) error {
 	}
 	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tNODE\tADDRESS\tPHASE\tWANT\tVCPU\tMEM\tRUNNER")
+	fmt.Fprintln(tw, "VM\tNODE\tADDRESS\tPHASE\tHEALTH\tWANT\tVCPU\tMEM\tRUNNER")
+	var sick []VMView
 	for _, vm := range v.VMs {
 		want := string(vm.Want)
 		if vm.Stopped != "" {
 			want += " (" + string(vm.Stopped) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, addrOrDash(vm.Address), vm.Phase, want, vm.VCPU, vm.MemMiB,
-			StoreName(vm.OutPath))
+		if vm.Health == replicated.Unhealthy {
+			sick = append(sick, vm)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\n", vm.Name, vm.Node, addrOrDash(vm.Address), vm.Phase,
+			healthOrDash(vm.Health), want, vm.VCPU, vm.MemMiB, StoreName(vm.OutPath))
 	}
 	if len(v.VMs) == 0 {
 		fmt.Fprintln(tw, "(none)")
 	}
 	for _, u := range v.Unschedulable {
-		fmt.Fprintf(tw, "%s\t-\t-\tunschedulable\t\t\t\t%s\n", u.VM, u.Reason)
+		fmt.Fprintf(tw, "%s\t-\t-\tunschedulable\t-\t\t\t\t%s\n", u.VM, u.Reason)
 	}
 	fmt.Fprintln(tw)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	// The probes' errors are long: below the table, one line each.
+	for _, vm := range sick {
+		fmt.Fprintf(w, "%s unhealthy since %s: %s\n", vm.Name, vm.HealthSince.Local().Format(time.RFC3339),
+			strings.ReplaceAll(vm.HealthError, "\n", " "))
+	}
+	if len(sick) > 0 {
+		fmt.Fprintln(w)
 	}
 	return WriteNodes(w, v.Nodes)
 }
@@ -92,6 +104,8 @@ func WriteVMDetails(w io.Writer, vms []VMDetail) error {
 			if d.Message != "" {
 				row("Message", "%s", d.Message)
 			}
+			row("Health", "%s", healthLine(d.VMView))
+			row("Health check", "%s", d.HealthCheck)
 			row("Runner", "%s", d.OutPath)
 		}
 		if !d.Address.IsValid() {
@@ -115,6 +129,30 @@ func WriteVMDetails(w io.Writer, vms []VMDetail) error {
 		}
 	}
 	return nil
+}
+
+func healthOrDash(h replicated.HealthState) string {
+	if h == "" {
+		return "-"
+	}
+	return string(h)
+}
+
+// healthLine is an instance's health in words: healthy or unhealthy since
+// when (unhealthy: the error), or "-" and why there is none.
+func healthLine(v VMView) string {
+	since := v.HealthSince.Local().Format(time.RFC3339)
+	switch {
+	case v.Health == replicated.Healthy:
+		return "healthy since " + since
+	case v.Health == replicated.Unhealthy:
+		return "unhealthy since " + since + ": " + v.HealthError
+	case v.Phase != replicated.PhaseRunning:
+		return "- (not running)"
+	case v.HealthError != "":
+		return "- (not judged yet; last probe: " + v.HealthError + ")"
+	}
+	return "- (not judged yet)"
 }
 
 func addrOrDash(a netip.Addr) string {

@@ -66,6 +66,13 @@ type VMView struct {
 	Stopped replicated.StopReason `json:"stopped,omitempty"`
 	Phase   replicated.Phase      `json:"phase"`
 	Message string                `json:"message,omitempty"`
+	// Health, HealthSince and HealthError are its node's judgement of the
+	// running instance (replicated.VMStatus): "healthy", "unhealthy" (with
+	// the last failed probe's error), absent while it does not run or is
+	// not judged yet.
+	Health      replicated.HealthState `json:"health,omitempty"`
+	HealthSince time.Time              `json:"healthSince,omitzero"`
+	HealthError string                 `json:"healthError,omitempty"`
 	// Address is the instance's cluster address (State.Network), absent
 	// before it has one.
 	Address netip.Addr `json:"address,omitzero"`
@@ -125,6 +132,7 @@ func VMViews(s *replicated.State) []VMView {
 		}
 		if st, ok := s.Observed[name]; ok && st.Node == a.Node {
 			v.Phase, v.Message = st.Phase, st.Message
+			v.Health, v.HealthSince, v.HealthError = st.Health, st.HealthSince, st.HealthError
 		}
 		if id, ok := s.Identity(name); ok {
 			v.Address = id.Address
@@ -142,6 +150,9 @@ type VMDetail struct {
 	VMView
 	// Declared is the VM's name in the flake (web for web-1).
 	Declared string `json:"declared"`
+	// HealthCheck is the check its node probes it with (the assignment's);
+	// absent: healthy once it runs.
+	HealthCheck *spec.HealthCheck `json:"healthCheck,omitempty"`
 	// Unschedulable is why the committed plan could not place it ("" when
 	// placed); Node is then 0.
 	Unschedulable string `json:"unschedulable,omitempty"`
@@ -177,7 +188,9 @@ func VMDetails(s *replicated.State, name string) []VMDetail {
 	for _, v := range VMViews(s) {
 		a := s.Assignments[v.Name]
 		if v.Name == name || a.Declared == name {
-			out = append(out, vmDetail(s, v, a.Declared, "", running[v.Name]))
+			d := vmDetail(s, v, a.Declared, "", running[v.Name])
+			d.HealthCheck = a.Health
+			out = append(out, d)
 		}
 	}
 	for _, u := range s.Unschedulable {

@@ -8,7 +8,7 @@
 #       the attributes the daemon reads, runners as derivations. Each VM (and
 #       function) entry is either a schema-v1 attrset, checked and passed
 #       through, or `{ nixosConfiguration = …; replicas; placement; volumes;
-#       autostart; instanceRunners ? true; }`, from which vcpu and memMiB
+#       autostart; health; instanceRunners ? true; }`, from which vcpu and memMiB
 #       are read (config.microvm.{vcpu,mem}). Wrong input throws a message
 #       naming the VM and the attribute.
 #
@@ -192,15 +192,21 @@ let
   mapAttrsChecked = where: check: v:
     builtins.mapAttrs (k: x: check "${where}.${k}" x) (requireAttrs where v);
 
-  # placement = { nodes = [ ID ]; labels = { K = "V"; }; antiAffinity = [ NAME ]; }
+  # placement = { nodes = [ ID ]; labels = { K = "V"; }; antiAffinity = [ NAME ];
+  #               spreadBy = K; prefer.labels = { K = "V"; }; }
+  # (the daemon checks that spreadBy and prefer.labels' names are label keys)
   checkPlacement = where: p:
     let
-      p' = onlyKeys where [ "nodes" "labels" "antiAffinity" ] "" (requireAttrs where p);
+      p' = onlyKeys where [ "nodes" "labels" "antiAffinity" "spreadBy" "prefer" ] "" (requireAttrs where p);
     in
     builtins.mapAttrs
       (k: v:
         if k == "nodes" then listOf "${where}.nodes" positiveInt v
         else if k == "labels" then mapAttrsChecked "${where}.labels" string v
+        else if k == "spreadBy" then string "${where}.spreadBy" v
+        else if k == "prefer" then
+          builtins.mapAttrs (_: l: mapAttrsChecked "${where}.prefer.labels" string l)
+            (onlyKeys "${where}.prefer" [ "labels" ] "" (requireAttrs "${where}.prefer" v))
         else listOf "${where}.antiAffinity" (w: n: if isValidName n then n else fail w "want a VM name matching ^${namePattern}$, got ${describe n}") v)
       p';
 
@@ -226,8 +232,8 @@ let
       (vol: v: builtins.seq (checkName "volume" vol) (checkVolume extraKeys "${where}.${vol}" v))
       (requireAttrs where vols);
 
-  vmKeys = [ "runner" "vcpu" "memMiB" "replicas" "placement" "volumes" "autostart" "instances" ];
-  configVMKeys = [ "nixosConfiguration" "replicas" "placement" "volumes" "autostart" "instanceRunners" ];
+  vmKeys = [ "runner" "vcpu" "memMiB" "replicas" "placement" "volumes" "autostart" "instances" "health" "update" ];
+  configVMKeys = [ "nixosConfiguration" "replicas" "placement" "volumes" "autostart" "instanceRunners" "health" "update" ];
 
   # instances.INSTANCE = { runner; mac; tap; hostname; } of a schema-v1
   # entry, each part optional; the daemon checks the names and values.
@@ -247,6 +253,12 @@ let
       autostart = if e ? autostart then bool "${where}.autostart" e.autostart else true;
     }
     // (if e ? placement then { placement = checkPlacement "${where}.placement" e.placement; } else { })
+    # health = { http = { port; path; }; or tcp.port; interval; … }: the
+    # daemon checks it (schema v1, durations as strings such as "5s").
+    // (if e ? health then { health = requireAttrs "${where}.health" e.health; } else { })
+    # update = { maxUnavailable; canary; minHealthySeconds; progressDeadline;
+    # autoRevert; }: rolling updates, checked by the daemon like health.
+    // (if e ? update then { update = requireAttrs "${where}.update" e.update; } else { })
     // (if volumes != { } || e ? volumes then { inherit volumes; } else { });
 
   plainVM = where: e:
@@ -346,36 +358,55 @@ let
     in
     builtins.seq (checkName "VM" name) (if e ? nixosConfiguration then configVM where cluster name e else plainVM where e);
 
-  functionKeys = [ "runner" "memMiB" "http" "minInstances" "maxInstances" ];
-  configFunctionKeys = [ "nixosConfiguration" "http" "minInstances" "maxInstances" ];
+  # functions.NAME = { runner; vcpu; memMiB; http = { host; path; port; };
+  #   minInstances; maxInstances; concurrency; idleTimeout; snapshot; placement; }
+  # or { nixosConfiguration; http; minInstances; … }, from which runner, vcpu
+  # and memMiB are read (config.microvm.{declaredRunner,vcpu,mem}). The
+  # daemon checks the values (host names, bounds, idleTimeout as a duration
+  # string such as "60s", host and path unique across functions and ingress).
+  functionOptionalKeys = [ "minInstances" "maxInstances" "concurrency" "idleTimeout" "snapshot" "placement" ];
+  functionKeys = [ "runner" "vcpu" "memMiB" "http" ] ++ functionOptionalKeys;
+  configFunctionKeys = [ "nixosConfiguration" "http" ] ++ functionOptionalKeys;
 
   checkFunction = name: entry:
     let
       where = "functions.${name}";
       e = requireAttrs where entry;
       fromConfig = e ? nixosConfiguration;
-      e' = onlyKeys where (if fromConfig then configFunctionKeys else functionKeys) "" e;
+      e' = onlyKeys where (if fromConfig then configFunctionKeys else functionKeys)
+        (if fromConfig then " (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)" else "") e;
       microvm = microvmOf where e'.nixosConfiguration;
       base =
         if fromConfig then {
           runner = runnerOf "${where}.nixosConfiguration: config.microvm.declaredRunner" (microvm.declaredRunner or null);
+          vcpu = positiveInt "${where}.nixosConfiguration: config.microvm.vcpu" (microvm.vcpu or null);
           memMiB = positiveInt "${where}.nixosConfiguration: config.microvm.mem" (microvm.mem or null);
         } else {
           runner = if e' ? runner then runnerOf "${where}.runner" e'.runner else fail where "runner is missing";
+          vcpu = if e' ? vcpu then positiveInt "${where}.vcpu" e'.vcpu else fail where "vcpu is missing";
           memMiB = if e' ? memMiB then positiveInt "${where}.memMiB" e'.memMiB else fail where "memMiB is missing";
         };
-      http = onlyKeys "${where}.http" [ "path" ] ""
-        (requireAttrs "${where}.http" (e'.http or (fail where "http is missing: set http.path = \"/…\", the URL path the function answers")));
+      http = onlyKeys "${where}.http" [ "host" "path" "port" ] ""
+        (requireAttrs "${where}.http" (e'.http or (fail where "http is missing: set http = { host = \"fn.example.org\"; path = \"/…\"; port = 8080; }, where the function answers")));
       httpPath =
         let p = string "${where}.http.path" http.path;
         in if builtins.substring 0 1 p == "/" then p else fail "${where}.http.path" "want a path starting with \"/\", got \"${p}\"";
+      optional = key: check: if e' ? ${key} then { ${key} = check "${where}.${key}" e'.${key}; } else { };
     in
     builtins.seq (checkName "function" name) base
     // {
-      http.path = if http ? path then httpPath else fail "${where}.http" "path is missing";
+      http = {
+        host = if http ? host then string "${where}.http.host" http.host else fail "${where}.http" "host is missing";
+        path = if http ? path then httpPath else fail "${where}.http" "path is missing";
+        port = if http ? port then positiveInt "${where}.http.port" http.port else fail "${where}.http" "port is missing";
+      };
     }
-    // (if e' ? minInstances then { minInstances = nonNegativeInt "${where}.minInstances" e'.minInstances; } else { })
-    // (if e' ? maxInstances then { maxInstances = positiveInt "${where}.maxInstances" e'.maxInstances; } else { });
+    // optional "minInstances" nonNegativeInt
+    // optional "maxInstances" positiveInt
+    // optional "concurrency" positiveInt
+    // optional "idleTimeout" string
+    // optional "snapshot" bool
+    // optional "placement" checkPlacement;
 
   mkCluster = args:
     let

@@ -356,6 +356,44 @@ in
       };
     };
 
+    notify = {
+      urls = mkOption {
+        type = types.listOf (types.strMatching "https?://.+");
+        default = [ ];
+        example = [ "https://alerts.example.org/blixard" ];
+        description = ''
+          Webhook receivers of the cluster's notable events (`--notify-url`): whichever node leads POSTs one JSON object
+          per event (id, cluster, kind, index, at, message, actor, revision and commit, node and state), retried with
+          backoff up to 5 times, at most 1000 queued per receiver. These URLs land in the world-readable Nix store: put
+          URLs that carry a token (Slack's, for one) in `urlFile` instead.
+        '';
+      };
+      urlFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        example = "/run/secrets/blixard-notify-urls";
+        description = "File of more receivers, one URL per line (`--notify-url-file`), read when the daemon starts. A string, so it stays out of the store.";
+      };
+      secretFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        example = "/run/secrets/blixard-notify-hmac";
+        description = ''
+          File holding the HMAC secret that signs every notification (`--notify-secret-file`): the header
+          X-Blixard-Signature is "sha256=" and the hex HMAC-SHA256 of the body. A string, so it stays out of the store.
+        '';
+      };
+      kinds = mkOption {
+        type = types.listOf (types.strMatching "[A-Z][A-Za-z0-9]*");
+        default = [ ];
+        example = [ "PlanCommitted" "NodeDown" "EvalFailed" ];
+        description = ''
+          Event kinds to send (`--notify-kind`; see `blixard events`); NodeDown is a NodeStateChanged to down. Empty: the
+          daemon's default, PlanCommitted, NodeDown, RolloutFailed and RolloutReverted.
+        '';
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -410,6 +448,10 @@ in
       {
         assertion = cfg.network.enable || cfg.network.ingressAddress == null;
         message = "services.blixard.network.ingressAddress needs services.blixard.network.enable = true: the ingress proxy reaches instances over the cluster network.";
+      }
+      {
+        assertion = cfg.notify.urls != [ ] || cfg.notify.urlFile != null || (cfg.notify.secretFile == null && cfg.notify.kinds == [ ]);
+        message = "services.blixard.notify.secretFile and notify.kinds need a receiver: set services.blixard.notify.urls or notify.urlFile.";
       }
       {
         assertion = builtins.all (k: builtins.match "[^,=]+" k != null) (builtins.attrNames cfg.labels);

@@ -41,6 +41,7 @@ let
   members = renderMembers (cfg.members or { });
   labels = renderLabels (cfg.labels or { });
   net = cfg.network or { };
+  notify = cfg.notify or { };
 
   rendered =
     {
@@ -67,6 +68,10 @@ let
     // nonNull "git-username" (repo.username or null)
     // nonNull "eval-max-memory-mib" ((cfg.evaluation or { }).maxMemoryMiB or null)
     // nonNull "eval-user" ((cfg.evaluation or { }).user or null)
+    // optional ((notify.urls or [ ]) != [ ]) { "notify-url" = notify.urls; }
+    // nonNull "notify-url-file" (notify.urlFile or null)
+    // nonNull "notify-secret-file" (notify.secretFile or null)
+    // optional ((notify.kinds or [ ]) != [ ]) { "notify-kind" = notify.kinds; }
     // optional (net.enable or false) (
       {
         network = true;

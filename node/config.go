@@ -141,6 +141,9 @@ type Config struct {
 	Labels   map[string]string
 	// WebhookSecret is the HMAC secret of POST /v1/webhook.
 	WebhookSecret string
+	// Notify names the webhook receivers of the cluster's notable events,
+	// which this node sends while it leads (see NotifyConfig).
+	Notify NotifyConfig
 
 	// StateDir holds one directory per VM (microvm.nix's layout).
 	StateDir string
@@ -372,6 +375,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if err := c.checkTransport(); err != nil {
+		return c, err
+	}
+	if err := c.Notify.check(); err != nil {
 		return c, err
 	}
 	var err error

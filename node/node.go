@@ -36,8 +36,9 @@ import (
 //  4. Serve the API, then register the node (capacity, labels, addresses)
 //     until that is committed.
 //  5. Tell systemd READY=1 and call OnReady.
-//  6. Run the agent (or the control-plane-only heartbeat), the reconciler
-//     and the working tree's watcher until ctx ends.
+//  6. Run the agent (or the control-plane-only heartbeat), the reconciler,
+//     the notifier (with receivers; it sends while the node leads) and the
+//     working tree's watcher until ctx ends.
 //
 // Every resource is closed by Run itself after all goroutines returned:
 // the agent stops (and with StopOnExit stops the VMs and detaches their
@@ -65,6 +66,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	if err := checkCephFiles(cfg.Ceph); err != nil {
+		return err
+	}
+	notifyOpts, notifying, err := cfg.Notify.options(log)
+	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -170,6 +175,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if nw != nil {
 		// A runner starts only once its network.env (and tap) are in place.
 		ao.Prepare = nw.WaitReady
+		// Health checks probe instances at their cluster addresses.
+		ao.ClusterNetwork = true
 	}
 	agent := nodeagent.New(ao)
 	g.Go("node agent", agent.Start)
@@ -178,6 +185,14 @@ func Run(ctx context.Context, cfg Config) error {
 		nw.start(g, store.LocalRead)
 		notify = func() { agent.Notify(); nw.Notify() }
 	}
+	// Waiting `events -f` polls and the notifier (when it has receivers)
+	// look at every applied entry too.
+	wakeNotifier, err := startNotifier(g, notifyOpts, notifying, store)
+	if err != nil {
+		return err
+	}
+	woken := notify
+	notify = func() { woken(); p.api.Applied(); wakeNotifier() }
 	g.Go("", func(ctx context.Context) error {
 		forwardApplied(ctx, applied, notify, store, onState(ctx, cfg, vols, log))
 		return nil

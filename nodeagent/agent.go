@@ -57,7 +57,7 @@ type Options struct {
 	// switch of current, start, restart or stop is tried again after it.
 	Interval time.Duration
 	// Heartbeat is the period of NodeHeartbeat proposals (default 2s); a
-	// phase change is reported about 100ms after it happens as well, but
+	// change of phase or health is reported about 100ms after it happens as well, but
 	// at most one heartbeat per half period (100ms to 1s) is sent while
 	// statuses keep changing; the first goes as the agent starts. A
 	// heartbeat does not wait for the previous one to be answered: a lost proposal is retried by the Proposer only
@@ -85,6 +85,11 @@ type Options struct {
 	Prepare func(ctx context.Context, vm string) error
 	// PrepareTimeout bounds Prepare (default 10s).
 	PrepareTimeout time.Duration
+	// ClusterNetwork: this node runs the cluster network (serve
+	// --network), so health checks probe an instance at its cluster
+	// address; without it they probe 127.0.0.1 (dev mode: runners with
+	// user-mode networking forward the port there). See health.go.
+	ClusterNetwork bool
 	// Lease is how long this node may run VMs without a committed
 	// heartbeat (0: no self-fencing). A node cut off from the quorum keeps
 	// its VMs running while the leader, after --node-timeout without its
@@ -165,6 +170,10 @@ type Agent struct {
 	// mu). See pass.
 	holdStarts uint64
 
+	// probes judges the running VMs' health (its own lock and goroutines;
+	// lock order: mu, then the prober's).
+	probes *prober
+
 	// Owned by the Start goroutine.
 	rec  *records
 	done chan Result
@@ -221,7 +230,7 @@ func New(o Options) *Agent {
 	if o.Backend == nil {
 		o.Backend = NewProcessBackend(ProcessOptions{StateDir: o.StateDir, Logger: o.Logger})
 	}
-	return &Agent{
+	a := &Agent{
 		o:   o,
 		log: o.Logger.With("node", o.NodeID),
 		real: realiser{nix: o.Nix, builder: o.Builder, builds: &flight{calls: map[string]*flightCall{}},
@@ -238,6 +247,8 @@ func New(o Options) *Agent {
 		rec:  newRecords(o.BuildRetry, o.VolumeRetry, o.Interval),
 		done: make(chan Result),
 	}
+	a.probes = newProber(o.Now, a.log, a.healthChanged)
+	return a
 }
 
 // Notify asks for a pass as soon as possible (for example when the local
@@ -283,6 +294,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.startLease()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer a.probes.stop() // before the reporter's last heartbeat is waited for
 
 	// The backend and the reporter outlive ctx a little: VMs are stopped
 	// (StopOnExit) and the last statuses reported after ctx ends.
@@ -463,7 +475,7 @@ func (a *Agent) pass(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	in, self, err := a.observe()
+	in, self, nw, err := a.observe()
 	if err != nil {
 		a.log.Warn("cannot observe this node; trying again on the next pass", "err", err)
 		return
@@ -493,7 +505,11 @@ func (a *Agent) pass(ctx context.Context) {
 	if resuming {
 		a.holdStartsUntil(math.MaxUint64) // this pass's heartbeat is not made yet
 	}
-	k := a.execute(ctx, Decide(in))
+	d := Decide(in)
+	// Before execute: the statuses it records carry the health of the
+	// instances that run.
+	a.syncProbes(ctx, in, d, nw)
+	k := a.execute(ctx, d)
 	if resuming {
 		a.holdStartsUntil(0)
 	}
@@ -538,15 +554,16 @@ func MarkedDownReason(node uint64) string {
 
 // observe takes the snapshot Decide reads: the local replica's plan, the
 // backend's units, STATE/NAME/current, and the agent's own records; and
-// this node as the local replica has it (zero when not registered).
-func (a *Agent) observe() (Input, replicated.Node, error) {
+// this node as the local replica has it (zero when not registered) and the
+// committed network (where health probes go).
+func (a *Agent) observe() (Input, replicated.Node, *replicated.Network, error) {
 	st, err := a.o.State.LocalRead()
 	if err != nil {
-		return Input{}, replicated.Node{}, fmt.Errorf("read the local state: %w", err)
+		return Input{}, replicated.Node{}, nil, fmt.Errorf("read the local state: %w", err)
 	}
 	units, err := a.o.Backend.List()
 	if err != nil {
-		return Input{}, replicated.Node{}, fmt.Errorf("list the backend's units: %w", err)
+		return Input{}, replicated.Node{}, nil, fmt.Errorf("list the backend's units: %w", err)
 	}
 	in := Input{
 		Now:         a.o.Now(),
@@ -574,7 +591,7 @@ func (a *Agent) observe() (Input, replicated.Node, error) {
 	if n := st.Nodes[a.o.NodeID]; n != nil {
 		self = *n
 	}
-	return in, self, nil
+	return in, self, st.Network, nil
 }
 
 // execute applies a decision: the statuses, then each VM's actions in
@@ -748,8 +765,10 @@ func (a *Agent) set(vd VMDecision) {
 		return
 	}
 	st := *vd.Status
+	a.probes.stamp(&st)
+	vd.Status = &st
 	if old == nil || old.Phase != st.Phase || old.Message != st.Message || old.BootedOut != st.BootedOut ||
-		old.Generation != st.Generation {
+		old.Generation != st.Generation || old.Health != st.Health {
 		if old == nil || old.Phase != st.Phase {
 			a.log.Debug("phase", "vm", st.VM, "phase", st.Phase, "message", st.Message)
 		}
@@ -784,6 +803,7 @@ func (a *Agent) setPhase(vm string, phase replicated.Phase, msg string) {
 	}
 	if s.Phase != phase || s.Message != msg {
 		s.Phase, s.Message = phase, msg
+		a.probes.stamp(&s.VMStatus)
 		a.signalChangedLocked()
 	}
 	s.ObservedAt = a.o.Now()

@@ -63,6 +63,11 @@ type UnitStatus struct {
 	Active bool
 	// PID of the runner while Active.
 	PID int
+	// Activating: Active, but the unit has not finished starting: a
+	// Type=notify unit (microvm.nix's host.useNotifySockets) whose guest
+	// has not sent READY=1 yet, or one whose ExecStartPost still runs.
+	// The VM does not count as running yet (see [Decide]).
+	Activating bool
 	// Booted is the out path the runner was started from (STATE/NAME/booted),
 	// "" when the unit never started or was stopped.
 	Booted string

@@ -19,7 +19,8 @@ type ActionKind int
 const (
 	// ActRealise makes Out valid in the local store (already valid or
 	// substitutable → Drv when it exists locally → the Builder, with
-	// Declared and Commit) and roots it at STATE/NAME/gcroot.
+	// Declared and Commit: the assignment's commit, else the revision's)
+	// and roots it at STATE/NAME/gcroot.
 	ActRealise ActionKind = iota + 1
 	// ActAttach attaches Volumes in name order: each image is created or
 	// grown, locked for this node and attached at STATE/NAME/volumes/VOL.
@@ -172,7 +173,8 @@ type Input struct {
 	// Planned: the local replica has applied a plan. Before that it cannot
 	// tell which VMs to stop (it may still be replaying its log).
 	Planned bool
-	// Commit is the revision's commit, for builds from the flake.
+	// Commit is the revision's commit, for builds from the flake of an
+	// assignment that does not name its own (replicated.Assignment.Commit).
 	Commit string
 	// Assignments is the plan's (of every node; Decide keeps Node's).
 	Assignments map[string]replicated.Assignment
@@ -253,9 +255,12 @@ type VMDecision struct {
 //     out path is restarted (starting "restarting on OUT"); a unit the
 //     operator asked to restart (`blixard vm restart`: the assignment's
 //     Restart is newer than Observed.Restarted) is restarted once
-//     (starting "restarting (blixard vm restart)"); otherwise the VM is
-//     running. A start or restart carries out every restart request up to
-//     the assignment's, and the status reports it (VMStatus.Restart).
+//     (starting "restarting (blixard vm restart)"); a unit systemd has
+//     not finished starting (UnitStatus.Activating: a Type=notify runner
+//     before the guest's READY=1) is starting, also when adopted;
+//     otherwise the VM is running. A start or restart carries out every
+//     restart request up to the assignment's, and the status reports it
+//     (VMStatus.Restart).
 //
 // A VM assigned here but kept stopped on purpose (replicated.Assignment.
 // Stopped: autostart = false, or `blixard vm stop`) keeps its place and
@@ -372,8 +377,11 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 		if f := o.BuildFailure; f.pending(in.Now) && f.Out == as.OutPath {
 			return report(replicated.PhaseFailed, f.message(o.LogHint))
 		}
-		vd.Actions = []Action{{Kind: ActRealise, VM: name, Out: as.OutPath, Drv: as.Drv, Declared: runnerOwner(as), Commit: in.Commit}}
+		vd.Actions = []Action{{Kind: ActRealise, VM: name, Out: as.OutPath, Drv: as.Drv, Declared: runnerOwner(as), Commit: buildCommit(as, in.Commit)}}
 		if us.Active && us.Booted == as.OutPath {
+			if us.Activating {
+				return report(replicated.PhaseStarting, notReady)
+			}
 			return report(replicated.PhaseRunning, "")
 		}
 		return report(replicated.PhasePending, "realising runner "+as.OutPath)
@@ -428,10 +436,16 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 	case restart:
 		vd.Actions = append(vd.Actions, Action{Kind: ActRestart, VM: name, Out: as.OutPath, Restart: as.Restart})
 		return report(replicated.PhaseStarting, "restarting (blixard vm restart)")
+	case us.Activating:
+		return report(replicated.PhaseStarting, notReady)
 	default:
 		return report(replicated.PhaseRunning, "")
 	}
 }
+
+// notReady is the message of a VM whose unit systemd has not finished
+// starting: not running (nor healthy) until then.
+const notReady = "waiting for the unit to finish starting (a Type=notify runner: the guest's READY=1)"
 
 // decideStopped handles a VM assigned here that is kept stopped on
 // purpose: stop its unit, then detach its volumes, then report it stopped
@@ -632,6 +646,16 @@ func volumesString(vs []spec.VolumeRef) string {
 		parts[i] = fmt.Sprintf("%s:%d", v.Name, v.SizeMiB)
 	}
 	return strings.Join(parts, ",")
+}
+
+// buildCommit is the commit whose flake builds as's runner: the commit its
+// workload comes from (a rolling update keeps instances on an older one
+// while the revision moves on), else the revision's.
+func buildCommit(as replicated.Assignment, revision string) string {
+	if as.Commit != "" {
+		return as.Commit
+	}
+	return revision
 }
 
 // runnerOwner is the attribute path, under the flake's vms, of the

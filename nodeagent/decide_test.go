@@ -27,15 +27,17 @@ import (
 // Commands (this node is node 1; times are offsets from a fixed base):
 //
 //	assign vm=web [node=1] [out=v1] [drv=OUT.drv] [declared=VM] [own-runner] [gen=N] [volumes=data:1024,…]
-//	       [stopped=autostart|operator] [restart=N]
+//	       [stopped=autostart|operator] [restart=N] [commit=SHA]
 //	                               the assignment; stopped and restart as Apply derives them
 //	                               from autostart and `blixard vm start|stop|restart`
 //	unassign vm=web
 //	no-plan                        the replica has applied no plan yet
 //	plan                           it has (the default)
-//	unit web active|restarting|failed|gone [booted=OUT] [restarts=N] [next=2s]
-//	                               the backend's unit: active, restarting, failed (listed, not
-//	                               running) or gone (not listed); the input block is its last result
+//	unit web active|activating|restarting|failed|gone [booted=OUT] [restarts=N] [next=2s]
+//	                               the backend's unit: active, activating (active, not done
+//	                               starting: a Type=notify unit before READY=1), restarting,
+//	                               failed (listed, not running) or gone (not listed); the
+//	                               input block is its last result
 //	unit-error web                 reading web's unit fails with the input block
 //	current web OUT                STATE/web/current → OUT
 //	rooted web OUT                 the agent realised and rooted OUT
@@ -133,6 +135,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.MaybeScanArgs(t, "stopped", &stopped)
 		as.Stopped = replicated.StopReason(stopped)
 		d.MaybeScanArgs(t, "restart", &as.Restart)
+		d.MaybeScanArgs(t, "commit", &as.Commit)
 		h.assignments[as.VM] = as
 		return ""
 	case "unassign":
@@ -152,6 +155,8 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		switch state := pos(t, d, 1); state {
 		case "active":
 			us.Active, h.listed[vm] = true, true
+		case "activating":
+			us.Active, us.Activating, h.listed[vm] = true, true, true
 		case "restarting":
 			us.Restarting, h.listed[vm] = true, true
 		case "failed":
@@ -159,7 +164,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		case "gone":
 			delete(h.listed, vm)
 		default:
-			t.Fatalf("unit state %q: want active, restarting, failed or gone", state)
+			t.Fatalf("unit state %q: want active, activating, restarting, failed or gone", state)
 		}
 		d.MaybeScanArgs(t, "booted", &us.Booted)
 		d.MaybeScanArgs(t, "restarts", &us.Restarts)

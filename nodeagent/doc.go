@@ -21,9 +21,12 @@
 //     again.
 //
 // The agent owns the node's heartbeat: every Options.Heartbeat and shortly
-// after any phase change it proposes a NodeHeartbeat with the complete list
-// of the node's VM statuses. Heartbeats are pipelined: each starts on time
-// whether or not the earlier ones were answered (a lost proposal is retried
+// after any change of a VM's phase or health it proposes a NodeHeartbeat
+// with the complete list of the node's VM statuses. Health is judged only
+// while a VM runs: healthy once it runs, or by its assignment's health
+// check, probed from goroutines of their own (see health.go).
+// Heartbeats are pipelined: each starts on time whether or not the earlier
+// ones were answered (a lost proposal is retried
 // only after seconds, an election drops every proposal in flight), at most
 // max(2, ⌈lease/period⌉) unanswered at once, each given up after the lease.
 // So they commit in any order: each carries the agent process's epoch

@@ -511,7 +511,8 @@ func (s unitState) exitCode() int {
 }
 
 // Status implements [Backend]. ActiveState/SubState map as: active,
-// reloading, deactivating and activating with a main process → Active;
+// reloading, deactivating and activating with a main process → Active
+// (activating also → Activating: waiting for READY=1 or ExecStartPost);
 // activating (auto-restart) → Restarting, NextRestart = the state change
 // plus RestartSec, Restarts = NRestarts; inactive and failed → neither,
 // with Result and ExitCode from the service's Result/ExecMainCode/
@@ -537,6 +538,7 @@ func (b *SystemdBackend) Status(name string) (UnitStatus, error) {
 	}
 	us := UnitStatus{
 		Active:     s.running(),
+		Activating: s.running() && s.ActiveState == "activating",
 		Restarting: s.restarting(),
 		Restarts:   s.NRestarts,
 		ExitCode:   s.exitCode(),

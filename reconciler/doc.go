@@ -62,7 +62,19 @@
 //     says so. Otherwise the running revision is re-planned and committed
 //     only when the plan changes assignments (new node, capacity, drain).
 //     A stale parent means another plan won; the next pass re-reads.
-//  8. Return: a transient error (unknown outcome, failed read or fencing)
+//     While following is suspended (`blixard suspend`) the target commit is
+//     the running one (a rollback's commit after `blixard rollback`), and
+//     the newest fetched, unapplied commit is recorded once as pending
+//     (RecordPending). Every plan holds back the workloads of instances
+//     whose VM has an update block ([HoldBack]): their new versions come
+//     only through rollout steps.
+//  8. Rollouts: when a rollout may run, re-read the state and propose each
+//     VM's next step ([NextRolloutStep], pure: a wave, healthy, unhealthy,
+//     succeed, fail or revert), compare-and-set on the rollout's step; a
+//     committed step requeues a pass at once, otherwise the pass waits until
+//     the wave's wait or deadline ends. A new leader continues from the last
+//     committed step.
+//  9. Return: a transient error (unknown outcome, failed read or fencing)
 //     is retried with backoff; a refusal is terminal and not proposed again
 //     unchanged; RequeueAfter names the next poll or retry.
 //

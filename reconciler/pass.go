@@ -41,6 +41,10 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if err := r.reconcileFetchFailed(ctx, state, now); err != nil {
 		errs = append(errs, err)
 	}
+	// 4b. Following suspended: list the fetched commit as pending.
+	if err := r.reconcilePending(ctx, state, now); err != nil {
+		errs = append(errs, err)
+	}
 	// 5. Which evaluation to act on, start or wait for.
 	act, commit, res := r.nextEvaluation(state, now)
 	// 6. Trust: verify the commit to evaluate; record a refusal.
@@ -52,10 +56,15 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if err := r.reconcilePlan(ctx, state, act, now); err != nil {
 		errs = append(errs, err)
 	}
+	// 8. Rollouts: propose each rolling VM's next step.
+	rolled, err := r.reconcileRollouts(ctx, state, now)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return Result{}, evaluate, joinErrors(errs)
 	}
-	return res, evaluate, nil
+	return sooner(res, rolled), evaluate, nil
 }
 
 // markStaleNodesDown fences and marks down every node whose heartbeat stood
@@ -150,7 +159,7 @@ func (r *Reconciler) reconcileFetchFailed(ctx context.Context, state *replicated
 // the next one starts once it returned, so at most one runs.
 func (r *Reconciler) nextEvaluation(state *replicated.State, now time.Time) (act *outcome, evaluate string, res Result) {
 	l := &r.loop
-	target, running := l.commit, ""
+	target, running := r.followed(state), ""
 	if state.Revision != nil {
 		running = state.Revision.Commit
 	}
@@ -242,7 +251,9 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 			}
 			act.acted = true
 		} else {
-			desired, hash, commit, signer, plan, newCommit = pv.Spec, pv.Hash, act.commit, act.signer, pv.Plan, true
+			// Instances of VMs with an update block move through rollouts.
+			plan = HoldBack(pv.Plan, state.Assignments, pv.Spec, commit)
+			desired, hash, commit, signer, newCommit = pv.Spec, pv.Hash, act.commit, act.signer, true
 		}
 	}
 	if commit == "" {
@@ -250,6 +261,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 	}
 	if !newCommit {
 		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired, Network: state.Network})
+		plan = HoldBack(plan, state.Assignments, desired, commit)
 		if !plan.HasChanges() {
 			return nil
 		}
@@ -262,7 +274,9 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		Parent: parent, Commit: commit, Ref: r.opts.Ref, EvalHash: hash, Signer: signer,
 		Summary: plan.Summary(), Spec: desired, Assignments: plan.Assignments, Unschedulable: plan.Unschedulable,
 	}
-	if newCommit && l.rewrite != nil {
+	// A force-push is recorded on the next revision of a fetched commit,
+	// not on a rollback's.
+	if newCommit && l.rewrite != nil && commit == l.commit {
 		cp.Rewrote = l.rewrite.Previous
 	}
 	if l.refused != nil && reflect.DeepEqual(l.refused, cp) {

@@ -32,6 +32,8 @@ type scheduler struct {
 	// indices) running one of its instances in the plan. It is nil for a
 	// declared VM that takes no part in anti-affinity.
 	present [][]uint64
+
+	score scoreIndex // what choosing among eligible nodes needs (score.go)
 }
 
 // instance is one desired instance and its fate in the plan.
@@ -43,6 +45,9 @@ type instance struct {
 	node  int32  // node index in the plan; -1 when not (yet) placed
 	leave string // why cur could not be kept; "" when kept or new
 	why   string // why it is unschedulable
+	// score is the chosen node's score when place chose it (a new or
+	// moved instance), for the plan's reason.
+	score nodeScore
 }
 
 // declared is one VM as declared in the spec (before replica expansion).
@@ -126,6 +131,7 @@ func newScheduler(in Input) *scheduler {
 
 	s.buildAntiAffinity(declIdx)
 	s.buildClasses()
+	s.buildScoring()
 	return s
 }
 
@@ -316,7 +322,8 @@ func (s *scheduler) keepable(it *instance) (int32, string) {
 	return n, ""
 }
 
-// place places every instance not kept, first-fit decreasing (rule 3).
+// place places every instance not kept, largest first, each on the node
+// that scores best (rule 3, score.go).
 func (s *scheduler) place() {
 	// insts are sorted by name, so the index breaks ties by name.
 	type key struct{ mem, cpu, i int }
@@ -335,25 +342,20 @@ func (s *scheduler) place() {
 		}
 		return cmp.Compare(a.i, b.i)
 	})
+	if len(order) == 0 {
+		return
+	}
+	s.indexNodes()
 	for _, k := range order {
 		it := &s.insts[k.i]
-		mem, cpu := it.spec.MemMiB, it.spec.VCPU
-		conflicts := len(s.decls[it.decl].conflicts) > 0
-		placed := false
-		for _, n := range s.classes[s.decls[it.decl].class].eligible {
-			if s.freeMem[n] < mem || s.freeCPU[n] < cpu {
-				continue
-			}
-			if conflicts && s.conflictOn(it.decl, n) >= 0 {
-				continue
-			}
-			s.assign(it, n)
-			placed = true
-			break
-		}
-		if !placed {
+		n, sc := s.choose(it)
+		if n < 0 {
 			it.why = s.unschedulableReason(it)
+			continue
 		}
+		it.score = sc
+		s.assign(it, n)
+		s.reindex(n)
 	}
 }
 
@@ -368,6 +370,7 @@ func (s *scheduler) assign(it *instance, n int32) {
 	if p := s.present[it.decl]; p != nil {
 		setBit(p, n)
 	}
+	s.placed(it.decl, n)
 }
 
 // conflictOn returns a declared VM on node n that d has anti-affinity with,
@@ -504,17 +507,24 @@ func (s *scheduler) plan() Plan {
 			OutPath:   it.spec.Runner.Out,
 			VCPU:      it.spec.VCPU,
 			MemMiB:    it.spec.MemMiB,
+			Health:    it.spec.Health,
 		}
 		if len(it.spec.Volumes) > 0 {
 			a.Volumes = s.in.Desired.VolumesOf(*it.spec)
 		}
 		switch {
 		case old == nil:
-			p.Added = append(p.Added, changeOf(a.VM, nil, &a, ""))
+			c := changeOf(a.VM, nil, &a, "")
+			c.Placement = s.why(it)
+			p.Added = append(p.Added, c)
 		case old.Node != a.Node:
-			p.Moved = append(p.Moved, changeOf(a.VM, old, &a, it.leave))
+			c := changeOf(a.VM, old, &a, it.leave)
+			c.Placement = s.why(it)
+			p.Moved = append(p.Moved, c)
 		case !old.SameWorkload(a):
-			p.Changed = append(p.Changed, changeOf(a.VM, old, &a, ""))
+			c := changeOf(a.VM, old, &a, "")
+			c.Placement = keptWhy(a.Node)
+			p.Changed = append(p.Changed, c)
 		default:
 			a.Generation = old.Generation
 		}

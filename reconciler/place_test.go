@@ -26,6 +26,10 @@ type genConfig struct {
 	// volumes is the fraction of declared VMs with a volume; when > 0, two
 	// nodes in three have Ceph.
 	volumes float64
+	// soft is the fraction of declared VMs with placement.spreadBy or
+	// placement.prefer.labels. 0 draws no random numbers for them, so
+	// inputs made before these rules existed stay the same.
+	soft float64
 }
 
 var nodeStates = []replicated.NodeState{
@@ -90,9 +94,29 @@ func randomCluster(r *rand.Rand, cfg genConfig, maxID uint64) *spec.Cluster {
 		if cfg.volumes > 0 && r.Float64() < cfg.volumes {
 			v = withVolume(v, "data", 64)
 		}
+		if cfg.soft > 0 && r.Float64() < cfg.soft {
+			v.Placement = randomSoft(r, v.Placement)
+		}
 		c.VMs[name] = v
 	}
 	return c
+}
+
+// randomSoft adds spreadBy and prefer rules to p over the labels
+// randomNodes gives (and a key no node has).
+func randomSoft(r *rand.Rand, p spec.Placement) spec.Placement {
+	switch r.IntN(4) {
+	case 0:
+		p.SpreadBy = "zone"
+	case 1:
+		p.SpreadBy = []string{"disk", "rack"}[r.IntN(2)]
+	case 2:
+		p.Prefer.Labels = map[string]string{"disk": "ssd"}
+	case 3:
+		p.SpreadBy = "zone"
+		p.Prefer.Labels = map[string]string{"zone": []string{"a", "b", "c"}[r.IntN(3)], "disk": "ssd"}
+	}
+	return p
 }
 
 // randomCurrent returns assignments of some desired instances and some
@@ -168,6 +192,7 @@ func deepCopyInput(in Input) Input {
 			v.Placement.Nodes = slices.Clone(v.Placement.Nodes)
 			v.Placement.Labels = maps.Clone(v.Placement.Labels)
 			v.Placement.AntiAffinity = slices.Clone(v.Placement.AntiAffinity)
+			v.Placement.Prefer.Labels = maps.Clone(v.Placement.Prefer.Labels)
 			c.VMs[k] = v
 		}
 		out.Desired = &c
@@ -324,6 +349,19 @@ func checkInvariants(t *testing.T, in Input, p Plan) {
 		}
 	}
 
+	// Every added or moved instance says why it went to its node, every
+	// changed one that it stayed.
+	for _, c := range slices.Concat(p.Added, p.Moved) {
+		if !strings.Contains(c.Placement, "binpack: ") {
+			fail("%s placed on node %d without a placement reason: %q", c.VM, c.Node, c.Placement)
+		}
+	}
+	for _, c := range p.Changed {
+		if c.Placement != fmt.Sprintf("kept on node %d", c.Node) {
+			fail("changed %s on node %d has placement reason %q", c.VM, c.Node, c.Placement)
+		}
+	}
+
 	// The change lists describe exactly the difference to Current.
 	want := map[string]string{}
 	for _, a := range p.Assignments {
@@ -387,7 +425,7 @@ func TestComputeProperties(t *testing.T) {
 	}
 	for seed := range uint64(seeds) {
 		r := rand.New(rand.NewPCG(seed, 0xb11a))
-		cfg := genConfig{nodes: r.IntN(12), declared: r.IntN(25), maxReplicas: 4, constrained: 0.4, volumes: 0.3}
+		cfg := genConfig{nodes: r.IntN(12), declared: r.IntN(25), maxReplicas: 4, constrained: 0.4, volumes: 0.3, soft: 0.4}
 		nodes := randomNodes(r, cfg)
 		maxID := max(maxNodeID(nodes), 1)
 		c := randomCluster(r, cfg, maxID)
@@ -443,7 +481,7 @@ func renderString(p Plan) string {
 func TestComputeKeepsValidAssignments(t *testing.T) {
 	for seed := range uint64(200) {
 		r := rand.New(rand.NewPCG(seed, 7))
-		cfg := genConfig{nodes: 1 + r.IntN(10), declared: 1 + r.IntN(20), maxReplicas: 3, constrained: 0.3}
+		cfg := genConfig{nodes: 1 + r.IntN(10), declared: 1 + r.IntN(20), maxReplicas: 3, constrained: 0.3, soft: 0.3}
 		nodes := randomNodes(r, cfg)
 		c := randomCluster(r, cfg, maxNodeID(nodes))
 		in := Input{Desired: c, Nodes: nodes}

@@ -15,14 +15,22 @@ package reconciler
 //     order: those whose resources did not grow first, then the grown ones,
 //     each group by name; so a grown VM that no longer fits is the one that
 //     moves. A kept instance whose runner or resources changed is Changed.
-//  3. Place the rest by first-fit decreasing: by memory (largest first), then
-//     vCPU, then name, each on the lowest-id node that is ready (cordoned,
+//  3. Place the rest one by one, by memory (largest first), then vCPU, then
+//     name. A node may take an instance when it is ready (cordoned,
 //     draining and down nodes get no new VMs), satisfies placement.nodes and
 //     placement.labels, has Ceph when the instance declares volumes (their
 //     data lives in RBD images), has no anti-affinity conflict, and has the
 //     free memory and vCPU (capacity minus everything kept or placed on it
-//     so far). An instance that had another node is Moved, with the reason
-//     it left.
+//     so far). Of those, the instance goes to the best by score.go's
+//     order: fewest instances of the same declared VM in the node's
+//     placement.spreadBy value, then on the node (replicas spread over
+//     zones, then nodes); then most placement.prefer.labels matched; then
+//     the most allocated node (bin-packing); then the lowest id. Kept
+//     instances count for spreading and allocation, and nothing is moved
+//     to spread better: an instance moves only when rule 2 makes it. An
+//     instance that had another node is Moved, with the reason it left;
+//     Added and Moved say why they went where they went
+//     (Change.Placement).
 //  0. Before anything is kept or placed, the desired instances get their
 //     network identities and the registered nodes their own addresses
 //     (replicated.AllocateNetwork, the rule Apply applies when the plan
@@ -187,6 +195,10 @@ type Change struct {
 	// Reason says why the instance left its node (Moved, Removed), e.g.
 	// "node 3 is draining" or "no longer declared".
 	Reason string `json:"reason,omitempty"`
+	// Placement says why the instance is on Node: for Added and Moved the
+	// scores that chose it (rule 3), e.g. "spread: 0 of web here, 0 in
+	// zone=b; binpack: 40% used"; for Changed "kept on node 2".
+	Placement string `json:"placement,omitempty"`
 }
 
 // ReasonNotDeclared is the Reason of a Removed change whose VM is no longer
@@ -233,8 +245,14 @@ func (p Plan) Summary() string {
 // Compute returns the plan that takes the current assignments to the desired
 // spec on the given nodes, following the placement rules at the top of this
 // file. It is pure and deterministic; it does not modify its input.
-func Compute(in Input) Plan {
+func Compute(in Input) Plan { return compute(in, smallClass) }
+
+// compute is Compute with classes of at most small eligible nodes scanned
+// whole rather than searched in bin-packing order (score.go); tests
+// compare the two.
+func compute(in Input, small int) Plan {
 	s := newScheduler(in)
+	s.score.small = small
 	network, unaddressed := s.allocateNetwork()
 	s.keep()
 	s.place()

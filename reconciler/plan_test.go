@@ -114,7 +114,7 @@ func TestCompute(t *testing.T) {
 			wantNodes: map[string]uint64{},
 		},
 		{
-			name: "new VMs are added first-fit decreasing on the lowest ids",
+			name: "new VMs are bin-packed, largest first: the most allocated node that fits, then the lowest id",
 			in: Input{
 				Desired: mkCluster(map[string]spec.VM{
 					"a": mkVM("a", 1, 1024), "b": mkVM("b", 1, 3072), "c": mkVM("c", 1, 2048),
@@ -123,9 +123,9 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"a": 1, "b": 1, "c": 2},
 			wantLines: []string{
-				"+ a → node 1 (/nix/store/a, 1 vCPU, 1024 MiB)",
-				"+ b → node 1 (/nix/store/b, 1 vCPU, 3072 MiB)",
-				"+ c → node 2 (/nix/store/c, 1 vCPU, 2048 MiB)",
+				"+ a → node 1 (/nix/store/a, 1 vCPU, 1024 MiB) [binpack: 50% used]",
+				"+ b → node 1 (/nix/store/b, 1 vCPU, 3072 MiB) [binpack: 0% used]",
+				"+ c → node 2 (/nix/store/c, 1 vCPU, 2048 MiB) [binpack: 0% used]",
 			},
 			wantChanges: true,
 		},
@@ -172,19 +172,19 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"a": 2, "b": 1},
 			wantLines: []string{
-				"→ a moved node 1 → node 2 (no longer fits on node 1: needs 5120 MiB memory and 1 vCPU, 4096 MiB and 7 vCPU free); 4096 → 5120 MiB",
+				"→ a moved node 1 → node 2 (no longer fits on node 1: needs 5120 MiB memory and 1 vCPU, 4096 MiB and 7 vCPU free) [binpack: 0% used]; 4096 → 5120 MiB",
 			},
 			wantChanges: true,
 		},
 		{
-			name: "draining node moves its VMs",
+			name: "draining node moves its VMs, to the most allocated node that fits",
 			in: Input{
 				Desired: mkCluster(map[string]spec.VM{"cache": mkVM("cache", 1, 1024), "web": mkVM("web", 1, 1024)}),
 				Nodes:   mkNodes(ready(1), mkNode(2, draining, 8, 8192), ready(3)),
 				Current: mkCurrent(mkAssign("cache", 2, "cache", 1, 1024, 1), mkAssign("web", 3, "web", 1, 1024, 1)),
 			},
-			wantNodes:   map[string]uint64{"cache": 1, "web": 3},
-			wantLines:   []string{"→ cache moved node 2 → node 1 (node 2 is draining)"},
+			wantNodes:   map[string]uint64{"cache": 3, "web": 3},
+			wantLines:   []string{"→ cache moved node 2 → node 3 (node 2 is draining) [binpack: 12% used]"},
 			wantChanges: true,
 		},
 		{
@@ -195,7 +195,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("cache", 1, "cache-1", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"cache": 2},
-			wantLines:   []string{"→ cache moved node 1 → node 2 (node 1 is down); /nix/store/cache-1 → /nix/store/cache-2"},
+			wantLines:   []string{"→ cache moved node 1 → node 2 (node 1 is down) [binpack: 0% used]; /nix/store/cache-1 → /nix/store/cache-2"},
 			wantChanges: true,
 		},
 		{
@@ -206,7 +206,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("a", 4, "a", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"a": 1},
-			wantLines:   []string{"→ a moved node 4 → node 1 (node 4 is no longer registered)"},
+			wantLines:   []string{"→ a moved node 4 → node 1 (node 4 is no longer registered) [binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -217,7 +217,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("a", 1, "a", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"a": 1, "b": 2},
-			wantLines:   []string{"+ b → node 2 (/nix/store/b, 1 vCPU, 1024 MiB)"},
+			wantLines:   []string{"+ b → node 2 (/nix/store/b, 1 vCPU, 1024 MiB) [binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -229,7 +229,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"a": 2},
 			wantLines: []string{
-				"→ a moved node 1 → node 2 (no longer fits on node 1: needs 9000 MiB memory and 1 vCPU, 8192 MiB and 8 vCPU free); 1024 → 9000 MiB",
+				"→ a moved node 1 → node 2 (no longer fits on node 1: needs 9000 MiB memory and 1 vCPU, 8192 MiB and 8 vCPU free) [binpack: 0% used]; 1024 → 9000 MiB",
 			},
 			wantChanges: true,
 		},
@@ -243,7 +243,7 @@ func TestCompute(t *testing.T) {
 					mkNode(3, isReady, 8, 8192, "zone=eu", "disk=ssd")),
 			},
 			wantNodes:   map[string]uint64{"eu": 3},
-			wantLines:   []string{"+ eu → node 3 (/nix/store/eu, 1 vCPU, 1024 MiB)"},
+			wantLines:   []string{"+ eu → node 3 (/nix/store/eu, 1 vCPU, 1024 MiB) [binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -256,7 +256,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("eu", 1, "eu", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"eu": 2},
-			wantLines:   []string{"→ eu moved node 1 → node 2 (node 1 does not carry labels zone=eu)"},
+			wantLines:   []string{"→ eu moved node 1 → node 2 (node 1 does not carry labels zone=eu) [binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -271,8 +271,8 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"a": 2, "b": 3},
 			wantLines: []string{
-				"+ b → node 3 (/nix/store/b, 1 vCPU, 1024 MiB)",
-				"→ a moved node 1 → node 2 (node 1 is not in placement.nodes [2 3])",
+				"+ b → node 3 (/nix/store/b, 1 vCPU, 1024 MiB) [binpack: 0% used]",
+				"→ a moved node 1 → node 2 (node 1 is not in placement.nodes [2 3]) [binpack: 0% used]",
 			},
 			wantChanges: true,
 		},
@@ -334,7 +334,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"small": 1},
 			wantLines: []string{
-				"+ small → node 1 (/nix/store/small, 1 vCPU, 6144 MiB)",
+				"+ small → node 1 (/nix/store/small, 1 vCPU, 6144 MiB) [binpack: 0% used]",
 				"! big: unschedulable: needs 4096 MiB memory and 2 vCPU; largest free on an eligible node: 3072 MiB memory and 4 vCPU (node 2)",
 			},
 			wantChanges: true,
@@ -387,8 +387,8 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"web-0": 1, "web-1": 2},
 			wantLines: []string{
-				"+ web-0 → node 1 (/nix/store/web, 1 vCPU, 1024 MiB)",
-				"+ web-1 → node 2 (/nix/store/web, 1 vCPU, 1024 MiB)",
+				"+ web-0 → node 1 (/nix/store/web, 1 vCPU, 1024 MiB) [spread: 0 of web here; binpack: 0% used]",
+				"+ web-1 → node 2 (/nix/store/web, 1 vCPU, 1024 MiB) [spread: 0 of web here; binpack: 0% used]",
 				"! web-2: unschedulable: every eligible node already runs a VM it has anti-affinity with (web)",
 			},
 			wantChanges: true,
@@ -405,8 +405,8 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"app": 2, "db": 1},
 			wantLines: []string{
-				"+ app → node 2 (/nix/store/app, 1 vCPU, 1024 MiB)",
-				"+ db → node 1 (/nix/store/db, 1 vCPU, 2048 MiB)",
+				"+ app → node 2 (/nix/store/app, 1 vCPU, 1024 MiB) [binpack: 0% used]",
+				"+ db → node 1 (/nix/store/db, 1 vCPU, 2048 MiB) [binpack: 0% used]",
 			},
 			wantChanges: true,
 		},
@@ -421,7 +421,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("a", 1, "a", 1, 1024, 1), mkAssign("b", 1, "b", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"a": 1, "b": 2},
-			wantLines:   []string{"→ b moved node 1 → node 2 (anti-affinity with a, which already runs on node 1)"},
+			wantLines:   []string{"→ b moved node 1 → node 2 (anti-affinity with a, which already runs on node 1) [binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -434,7 +434,7 @@ func TestCompute(t *testing.T) {
 				Current: mkCurrent(mkAssign("web-0", 1, "web", 1, 1024, 1), mkAssign("web-1", 1, "web", 1, 1024, 1)),
 			},
 			wantNodes:   map[string]uint64{"web-0": 1, "web-1": 2},
-			wantLines:   []string{"→ web-1 moved node 1 → node 2 (anti-affinity with web, which already runs on node 1)"},
+			wantLines:   []string{"→ web-1 moved node 1 → node 2 (anti-affinity with web, which already runs on node 1) [spread: 0 of web here; binpack: 0% used]"},
 			wantChanges: true,
 		},
 		{
@@ -445,7 +445,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"web": 1},
 			wantLines: []string{
-				"+ web → node 1 (/nix/store/web, 1 vCPU, 1024 MiB)",
+				"+ web → node 1 (/nix/store/web, 1 vCPU, 1024 MiB) [binpack: 0% used]",
 				"! db: unschedulable: needs Ceph for volume data: no ready node has Ceph configured (start nodes with `blixard serve --ceph-config-file …`, or remove the VM's volumes)",
 			},
 			wantChanges: true,
@@ -458,7 +458,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"db": 2},
 			wantLines: []string{
-				"+ db → node 2 (/nix/store/db, 1 vCPU, 1024 MiB)",
+				"+ db → node 2 (/nix/store/db, 1 vCPU, 1024 MiB) [binpack: 0% used]",
 				"+ volume db/data: RBD image rbd/test.db.data, 64 MiB (created unless it exists)",
 			},
 			wantChanges: true,
@@ -472,7 +472,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantNodes: map[string]uint64{"db": 2},
 			wantLines: []string{
-				"→ db moved node 1 → node 2 (node 1 has no Ceph configured, which the VM's volumes need)",
+				"→ db moved node 1 → node 2 (node 1 has no Ceph configured, which the VM's volumes need) [binpack: 0% used]",
 				"+ volume db/data: RBD image rbd/test.db.data, 64 MiB (created unless it exists)",
 			},
 			wantChanges: true,

@@ -22,9 +22,9 @@ const (
 // the manner of `terraform plan`:
 //
 //	$ blixard plan
-//	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB)
+//	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB) [spread: 0 of web here; binpack: 40% used]
 //	~ db on node 1: /nix/store/…-old → /nix/store/…-new
-//	→ cache moved node 2 → node 3 (node 2 is draining)
+//	→ cache moved node 2 → node 3 (node 2 is draining) [binpack: 0% used]
 //	- old-vm (was on node 2): no longer declared
 //	+ volume db/data: RBD image rbd/prod.db.data, 10240 MiB (created unless it exists)
 //	~ volume web/logs: RBD image rbd/prod.web.logs grows 512 → 1024 MiB
@@ -34,7 +34,9 @@ const (
 //	+ address of node 4: 10.200.0.251
 //	! big: unschedulable: needs 4096 MiB memory and 2 vCPU; …
 //
-// followed by a blank line and the Summary, or just "No changes." when there
+// The bracket says why an added or moved instance went to its node
+// (Change.Placement); a changed one stays where it was. It is followed
+// by a blank line and the Summary, or just "No changes." when there
 // is nothing to list. Lines are grouped by kind in that order and sorted by
 // VM. ANSI colours are written only when color is true.
 func (p Plan) Render(w io.Writer, color bool) error {
@@ -50,13 +52,13 @@ func (p Plan) Render(w io.Writer, color bool) error {
 		b.WriteByte('\n')
 	}
 	for _, c := range p.Added {
-		line(ansiGreen, "+ %s → node %d (%s, %d vCPU, %d MiB)", c.VM, c.Node, c.OutPath, c.VCPU, c.MemMiB)
+		line(ansiGreen, "+ %s → node %d (%s, %d vCPU, %d MiB)%s", c.VM, c.Node, c.OutPath, c.VCPU, c.MemMiB, placedWhy(c))
 	}
 	for _, c := range p.Changed {
 		line(ansiYellow, "~ %s on node %d: %s", c.VM, c.Node, strings.Join(workloadDiff(c), ", "))
 	}
 	for _, c := range p.Moved {
-		s := fmt.Sprintf("→ %s moved node %d → node %d (%s)", c.VM, c.OldNode, c.Node, c.Reason)
+		s := fmt.Sprintf("→ %s moved node %d → node %d (%s)%s", c.VM, c.OldNode, c.Node, c.Reason, placedWhy(c))
 		if d := workloadDiff(c); len(d) > 0 {
 			s += "; " + strings.Join(d, ", ")
 		}
@@ -105,6 +107,15 @@ func (p Plan) Render(w io.Writer, color bool) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// placedWhy is the bracketed placement reason of an added or moved
+// instance (Change.Placement), "" without one.
+func placedWhy(c Change) string {
+	if c.Placement == "" {
+		return ""
+	}
+	return " [" + c.Placement + "]"
 }
 
 // identityDiff lists what changed in an instance's MAC, tap and hostname.

@@ -154,6 +154,12 @@ func (s *State) apply(index uint64, cmd Command) Result {
 		return s.applyRecordMember(index, at, cmd.RecordMember)
 	case CmdUnfenceNode:
 		return s.applyUnfenceNode(index, at, cmd.UnfenceNode)
+	case CmdRolloutStep:
+		return s.applyRolloutStep(index, at, cmd.RolloutStep)
+	case CmdSetFollowing:
+		return s.applySetFollowing(index, at, cmd.Actor, cmd.SetFollowing)
+	case CmdRecordPending:
+		return s.applyRecordPending(at, cmd.RecordPending)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
@@ -296,6 +302,8 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: VM %q is reported twice", c.ID, st.VM))
 		case !validPhase(st.Phase):
 			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: VM %q has unknown phase %q", c.ID, st.VM, st.Phase))
+		case st.Health != "" && st.Health != Healthy && st.Health != Unhealthy:
+			return s.reject(ResultInvalid, fmt.Sprintf("NodeHeartbeat: node %d: VM %q has unknown health %q", c.ID, st.VM, st.Health))
 		}
 		seen[st.VM] = true
 	}
@@ -334,6 +342,7 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 			st.ObservedAt = at
 		}
 		st.ObservedAt = canonicalTime(st.ObservedAt)
+		st.HealthSince = canonicalTime(st.HealthSince)
 		if prev, ok := s.Observed[st.VM]; ok && prev.Node != c.ID && !replacesReport(s.Assignments, prev, st) {
 			ignored++
 			continue
@@ -429,6 +438,10 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	assignments := make(map[string]Assignment, len(c.Assignments))
 	for _, a := range c.Assignments {
 		a.Generation = index
+		if a.Commit == "" {
+			a.Commit = c.Commit
+		}
+		a = holdBack(desired, s.Assignments, a, prevCommit)
 		if old, ok := s.Assignments[a.VM]; ok && old.Node == a.Node && old.SameWorkload(a) {
 			a.Generation = old.Generation
 		}
@@ -454,6 +467,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	}
 	s.Revision = &rev
 	s.History = appendBounded(s.History, rev, MaxRevisionHistory)
+	previous := s.Desired
 	s.Desired = desired
 	s.Network = network
 	s.Assignments = assignments
@@ -483,6 +497,8 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 		msg += ": " + c.Summary
 	}
 	s.event(index, at, EventPlanCommitted, msg)
+	// After the plan's event: a rollout it starts follows it in the log.
+	s.planRollouts(index, at, previous, c.Commit, prevCommit)
 	return s.ok("revision %d committed (parent %d, %d assignments)", index, c.Parent, len(assignments))
 }
 

@@ -40,6 +40,7 @@ func (s *State) Clone() *State {
 		c.Assignments = make(map[string]Assignment, len(s.Assignments))
 		for name, a := range s.Assignments {
 			a.Volumes = slices.Clone(a.Volumes)
+			a.Health = a.Health.Clone()
 			c.Assignments[name] = a
 		}
 	}
@@ -50,6 +51,8 @@ func (s *State) Clone() *State {
 	c.Events = slices.Clone(s.Events)
 	c.RunControls = maps.Clone(s.RunControls)
 	c.Tokens = maps.Clone(s.Tokens)
+	c.Rollouts = cloneRollouts(s.Rollouts)
+	c.Suspended = s.Suspended.clone()
 	return &c
 }
 
@@ -77,8 +80,10 @@ func cloneCluster(c *spec.Cluster) *spec.Cluster {
 			vm.Placement.Nodes = slices.Clone(vm.Placement.Nodes)
 			vm.Placement.Labels = maps.Clone(vm.Placement.Labels)
 			vm.Placement.AntiAffinity = slices.Clone(vm.Placement.AntiAffinity)
+			vm.Placement.Prefer.Labels = maps.Clone(vm.Placement.Prefer.Labels)
 			vm.Volumes = maps.Clone(vm.Volumes)
 			vm.Instances = maps.Clone(vm.Instances)
+			vm.Health = vm.Health.Clone()
 			out.VMs[name] = vm
 		}
 	}
@@ -124,6 +129,7 @@ func canonicalCluster(c *spec.Cluster) {
 		vm.Placement.Nodes = nilIfEmpty(vm.Placement.Nodes)
 		vm.Placement.Labels = nilIfEmptyMap(vm.Placement.Labels)
 		vm.Placement.AntiAffinity = nilIfEmpty(vm.Placement.AntiAffinity)
+		vm.Placement.Prefer.Labels = nilIfEmptyMap(vm.Placement.Prefer.Labels)
 		vm.Volumes = nilIfEmptyMap(vm.Volumes)
 		vm.Instances = nilIfEmptyMap(vm.Instances)
 		c.VMs[name] = vm

@@ -73,6 +73,9 @@ func checkEnvelope(cmd *Command) error {
 		{CmdRevokeToken, cmd.RevokeToken != nil},
 		{CmdRecordMember, cmd.RecordMember != nil},
 		{CmdUnfenceNode, cmd.UnfenceNode != nil},
+		{CmdRolloutStep, cmd.RolloutStep != nil},
+		{CmdSetFollowing, cmd.SetFollowing != nil},
+		{CmdRecordPending, cmd.RecordPending != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -84,7 +87,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode, RolloutStep, SetFollowing, RecordPending)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

@@ -29,9 +29,11 @@ import (
 //
 //	register-node id=1 [vcpu=8] [mem=16384] [labels=k=v,…] [raft=ADDR] [api=ADDR] [ceph=A,…] [cephnode]
 //	heartbeat id=1 [epoch=E seq=N] [status=vm:phase[:booted],…] [ceph=A,…]
+//	          [health=vm:healthy|unhealthy[:error],…] [health-since=RFC3339]
 //	commit-plan parent=N commit=SHA [ref=R] [hash=H] [summary=S] [assign=vm:node,…] [runner=vm:ver,…]
 //	            [mem=vm:MiB,…] [volume=vm:MiB,…] [unschedulable=vm:reason,…] [rewrote=SHA] [signer=S] [nospec]
-//	            [replicas=web:N,…] [noautostart=vm,…]
+//	            [replicas=web:N,…] [noautostart=vm,…] [health=vm:port,…]
+//	            health: an HTTP health check of the VM on port (spec and assignment)
 //	            replicas: the instances web-0…web-N-1 (assigned or unschedulable) are
 //	            replicas of declared VM web; noautostart: declared VMs with autostart = false
 //	vm-run-state vm=NAME [want=running|stopped] [restart]   SetVMRunState
@@ -49,6 +51,10 @@ import (
 //	decode                                    decode the input block; print the command or the error
 //	snapshot-roundtrip                        save, recover into a fresh machine, compare, print state
 //	state                                     print the state
+//
+// The rolling-update commands (rollout-step, suspend, resume,
+// record-pending) and commit-plan's update= and holdback are described at
+// handleRollout (rollout_test.go).
 //
 // Every command accepts at=RFC3339 (default: a fixed base time + index seconds)
 // and by=ACTOR (the API client who proposed it, Command.Actor).
@@ -69,6 +75,9 @@ type harness struct {
 var ddBase = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
+	if out, ok := h.handleRollout(t, d); ok {
+		return out
+	}
 	switch d.Cmd {
 	case "register-node":
 		c := &RegisterNode{Capacity: Resources{VCPU: 8, MemMiB: 16384}}
@@ -111,6 +120,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		if v := strArg(t, d, "ceph"); v != "" {
 			c.CephAddrs = strings.Split(v, ",")
 		}
+		healthArgs(t, d, c.Statuses)
 		return h.propose(t, d, Command{Type: CmdNodeHeartbeat, NodeHeartbeat: c})
 
 	case "commit-plan":
@@ -157,6 +167,9 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 				asReplicas(c, declared, replicas)
 			}
 		}
+		if v := strArg(t, d, "health"); v != "" {
+			healthChecks(t, c, v)
+		}
 		if v := strArg(t, d, "noautostart"); v != "" {
 			for _, vm := range strings.Split(v, ",") {
 				x := c.Spec.VMs[vm]
@@ -167,6 +180,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		if d.HasArg("nospec") {
 			c.Spec = nil
 		}
+		rolloutPlanArgs(t, d, h.state, c)
 		return h.propose(t, d, Command{Type: CmdCommitPlan, CommitPlan: c})
 
 	case "vm-run-state":
@@ -459,6 +473,9 @@ func renderState(s *State) string {
 		if a.Restart != 0 {
 			fmt.Fprintf(&b, " restart=%d", a.Restart)
 		}
+		if a.Health != nil {
+			fmt.Fprintf(&b, " health=%s", a.Health)
+		}
 		b.WriteString("\n")
 	}
 	for _, vm := range sortedKeys(s.RunControls) {
@@ -470,6 +487,12 @@ func renderState(s *State) string {
 		fmt.Fprintf(&b, "observed %s node=%d %s", vm, o.Node, o.Phase)
 		if o.BootedOut != "" {
 			fmt.Fprintf(&b, " booted=%s", o.BootedOut)
+		}
+		if o.Health != "" || !o.HealthSince.IsZero() || o.HealthError != "" {
+			fmt.Fprintf(&b, " health=%s since=%s", o.Health, o.HealthSince.Format(time.RFC3339))
+			if o.HealthError != "" {
+				fmt.Fprintf(&b, " error=%q", o.HealthError)
+			}
 		}
 		b.WriteString("\n")
 	}
@@ -491,6 +514,7 @@ func renderState(s *State) string {
 		fmt.Fprintf(&b, "condition %s commit=%s retryable=%t since=%s %q\n", c.Type, c.Commit, c.Retryable,
 			c.Since.Format(time.TimeOnly), c.Message)
 	}
+	renderRollouts(&b, s)
 	if len(s.Events) > 0 {
 		evs := s.Events
 		fmt.Fprintf(&b, "events %d", len(evs))

@@ -129,6 +129,21 @@ type Assignment struct {
 	// VM's vms.DECLARED.runner: an agent building it from the flake builds
 	// that attribute.
 	OwnRunner bool `json:"ownRunner,omitempty"`
+
+	// Commit is the commit whose spec this workload (runner, resources,
+	// volumes) comes from: the revision's, unless a rolling update
+	// (see rollout.go) keeps the instance on an older one. An agent
+	// building the runner from the flake builds it at this commit. Apply
+	// fills in the plan's commit when a plan leaves it empty. Not part of
+	// [Assignment.SameWorkload]: the same runner of another commit is the
+	// same workload.
+	Commit string `json:"commit,omitempty"`
+
+	// Health is the VM's health check (spec.VM.Health), which the agent
+	// probes the running instance with; nil: healthy once it runs. Not
+	// part of [Assignment.SameWorkload]: changing only the check must not
+	// restart the instance.
+	Health *spec.HealthCheck `json:"health,omitempty"`
 }
 
 // SameWorkload reports whether a and b run the same instance the same way:
@@ -237,7 +252,28 @@ type VMStatus struct {
 	// repeats a restart nor misses one asked for while it was down.
 	Restart    uint64    `json:"restart,omitempty"`
 	ObservedAt time.Time `json:"observedAt"`
+	// Health is what the agent's probes say of the running instance
+	// (see [HealthState]); "" while it is not running or not judged yet.
+	Health HealthState `json:"health,omitempty"`
+	// HealthSince is since when Health holds, on the agent's clock: for an
+	// instance without a health check, when it started running (the
+	// rollout waits minHealthySeconds from it).
+	HealthSince time.Time `json:"healthSince,omitzero"`
+	// HealthError is the last failed probe's error while the instance is
+	// not healthy ("" once it is).
+	HealthError string `json:"healthError,omitempty"`
 }
+
+// HealthState is an instance's health as its node's agent judges it.
+type HealthState string
+
+const (
+	// Healthy: the instance runs and its health check passed
+	// healthyAfter times in a row (without a check: it runs).
+	Healthy HealthState = "healthy"
+	// Unhealthy: its health check failed unhealthyAfter times in a row.
+	Unhealthy HealthState = "unhealthy"
+)
 
 // ConditionType names a condition of the cluster's source. Conditions have
 // negative polarity: one exists only while it is true.
@@ -320,6 +356,12 @@ type State struct {
 	// Tokens are the API's bearer tokens by name ([CreateToken]); nil when
 	// there are none. Only their hashes are kept.
 	Tokens map[string]Token `json:"tokens,omitempty"`
+	// Rollouts are the rolling updates by declared VM (see rollout.go):
+	// the running one, or the last one; nil when there are none.
+	Rollouts map[string]Rollout `json:"rollouts,omitempty"`
+	// Suspended is set while the cluster does not follow its tracked ref
+	// (`blixard suspend`, `rollback`); nil while it follows.
+	Suspended *Suspension `json:"suspended,omitempty"`
 }
 
 // Token is an API bearer token, for automation that holds no client
@@ -353,6 +395,9 @@ const (
 	CmdRevokeToken    CommandType = "RevokeToken"
 	CmdRecordMember   CommandType = "RecordMember"
 	CmdUnfenceNode    CommandType = "UnfenceNode"
+	CmdRolloutStep    CommandType = "RolloutStep"
+	CmdSetFollowing   CommandType = "SetFollowing"
+	CmdRecordPending  CommandType = "RecordPending"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -380,6 +425,9 @@ type Command struct {
 	RevokeToken    *RevokeToken    `json:"revokeToken,omitempty"`
 	RecordMember   *RecordMember   `json:"recordMember,omitempty"`
 	UnfenceNode    *UnfenceNode    `json:"unfenceNode,omitempty"`
+	RolloutStep    *RolloutStep    `json:"rolloutStep,omitempty"`
+	SetFollowing   *SetFollowing   `json:"setFollowing,omitempty"`
+	RecordPending  *RecordPending  `json:"recordPending,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.

@@ -34,8 +34,13 @@ const (
 // is required unless the VM has `instances` (Validate then wants a runner
 // in every entry). Absent optional
 // attributes get their defaults: replicas 1, autostart true, volume pool
-// "rbd", cluster "", vms {}, function minInstances 0 and maxInstances 1,
-// ingress path "/", protocol "http" and listenPort null (0). A missing
+// "rbd", cluster "", vms {}, function minInstances 0, maxInstances 1,
+// concurrency 1, idleTimeout "60s" and snapshot false,
+// ingress path "/", protocol "http" and listenPort null (0), health
+// interval "5s", timeout "2s", healthyAfter 1, unhealthyAfter 3 and
+// http.path "/", update maxUnavailable 1, canary 0, minHealthySeconds 10,
+// progressDeadline "5m" and autoRevert false (durations are strings
+// time.ParseDuration reads; a VM without an update block has none). A missing
 // network.cidr stays the zero Prefix, which means DefaultCIDR
 // ([Cluster.NetworkCIDR]), so clusters that never mention the network
 // decode as before.
@@ -182,7 +187,7 @@ func (d *decoder) ingress(path string, v any) Ingress {
 	return in
 }
 
-var vmFields = []string{"runner", "vcpu", "memMiB", "replicas", "placement", "volumes", "autostart", "instances"}
+var vmFields = []string{"runner", "vcpu", "memMiB", "replicas", "placement", "volumes", "autostart", "instances", "health", "update"}
 
 func (d *decoder) vm(path string, v any) VM {
 	vm := VM{Replicas: DefaultReplicas, Autostart: DefaultAutostart}
@@ -219,6 +224,12 @@ func (d *decoder) vm(path string, v any) VM {
 	}
 	if x, ok := m["instances"]; ok {
 		vm.Instances = d.instances(attrPath(path, "instances"), x)
+	}
+	if x, ok := m["health"]; ok {
+		vm.Health = d.health(attrPath(path, "health"), x)
+	}
+	if x, ok := m["update"]; ok {
+		vm.Update = d.update(attrPath(path, "update"), x)
 	}
 	return vm
 }
@@ -258,7 +269,7 @@ func (d *decoder) instances(path string, v any) map[string]InstanceEntry {
 
 func (d *decoder) placement(path string, v any) Placement {
 	var p Placement
-	m, ok := d.object(path, v, "nodes", "labels", "antiAffinity")
+	m, ok := d.object(path, v, placementFields...)
 	if !ok {
 		return p
 	}
@@ -283,6 +294,7 @@ func (d *decoder) placement(path string, v any) Placement {
 			p.AntiAffinity = append(p.AntiAffinity, d.str(indexPath(attrPath(path, "antiAffinity"), i), e))
 		}
 	}
+	d.softPlacement(path, m, &p)
 	return p
 }
 
@@ -307,35 +319,6 @@ func (d *decoder) volumes(path string, v any) map[string]Volume {
 		out[name] = vol
 	}
 	return out
-}
-
-func (d *decoder) function(path string, v any) Function {
-	f := Function{MinInstances: DefaultMinInstances, MaxInstances: DefaultMaxInstances}
-	m, ok := d.object(path, v, "runner", "memMiB", "http", "minInstances", "maxInstances")
-	if !ok {
-		return f
-	}
-	if x, ok := d.required(m, path, "runner", "a derivation"); ok {
-		f.Runner = d.runner(attrPath(path, "runner"), x)
-	}
-	if x, ok := d.required(m, path, "memMiB", "an integer > 0"); ok {
-		f.MemMiB = d.int(attrPath(path, "memMiB"), x)
-	}
-	if x, ok := d.required(m, path, "http", `an attribute set { path = "/…"; }`); ok {
-		hp := attrPath(path, "http")
-		if hm, ok := d.object(hp, x, "path"); ok {
-			if x, ok := d.required(hm, hp, "path", `a string starting with "/"`); ok {
-				f.HTTP.Path = d.str(attrPath(hp, "path"), x)
-			}
-		}
-	}
-	if x, ok := m["minInstances"]; ok {
-		f.MinInstances = d.int(attrPath(path, "minInstances"), x)
-	}
-	if x, ok := m["maxInstances"]; ok {
-		f.MaxInstances = d.int(attrPath(path, "maxInstances"), x)
-	}
-	return f
 }
 
 // runner decodes the {drv, out} value nixeval's apply function makes of a

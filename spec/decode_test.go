@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 const (
@@ -32,7 +33,8 @@ func TestDecodeFullSpec(t *testing.T) {
 	    }
 	  },
 	  "functions": {
-	    "hello": {"runner": ` + testRunnerJSON + `, "memMiB": 128, "http": {"path": "/hello"}, "maxInstances": 4}
+	    "hello": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 128,
+	      "http": {"host": "fn.example.org", "path": "/hello", "port": 8080}, "maxInstances": 4}
 	  }
 	}`
 	got, err := Decode([]byte(in))
@@ -51,7 +53,8 @@ func TestDecodeFullSpec(t *testing.T) {
 			}},
 		},
 		Functions: map[string]Function{
-			"hello": {Runner: r, MemMiB: 128, HTTP: FunctionHTTP{Path: "/hello"}, MinInstances: 0, MaxInstances: 4},
+			"hello": {Runner: r, VCPU: 1, MemMiB: 128, HTTP: FunctionHTTP{Host: "fn.example.org", Path: "/hello", Port: 8080},
+				MinInstances: 0, MaxInstances: 4, Concurrency: 1, IdleTimeout: DefaultIdleTimeout},
 		},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -75,10 +78,11 @@ func TestDecodeDefaults(t *testing.T) {
 				Runner: Runner{testDrv, testOut}, VCPU: 1, MemMiB: 1, Replicas: 1, Autostart: true,
 				Volumes: map[string]Volume{"v": {SizeMiB: 5, Pool: "rbd"}},
 			}}}},
-		{"missing minInstances and maxInstances get 0 and 1",
-			`{"functions": {"f": {"runner": ` + testRunnerJSON + `, "memMiB": 1, "http": {"path": "/"}}}}`,
+		{"missing minInstances, maxInstances, concurrency, idleTimeout and snapshot get 0, 1, 1, 60s and false",
+			`{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1, "http": {"host": "f.example.org", "path": "/", "port": 80}}}}`,
 			&Cluster{VMs: map[string]VM{}, Functions: map[string]Function{"f": {
-				Runner: Runner{testDrv, testOut}, MemMiB: 1, HTTP: FunctionHTTP{Path: "/"}, MaxInstances: 1,
+				Runner: Runner{testDrv, testOut}, VCPU: 1, MemMiB: 1, HTTP: FunctionHTTP{Host: "f.example.org", Path: "/", Port: 80},
+				MaxInstances: 1, Concurrency: 1, IdleTimeout: 60 * time.Second,
 			}}}},
 	}
 	for _, tt := range tests {
@@ -110,8 +114,9 @@ func TestDecodeProblems(t *testing.T) {
 			[]string{`vm: unknown field "vm"; did you mean "vms"?`}},
 		{"unknown nested fields are all reported", vmJSON(`, "placement": {"node": [1]}, "volumes": {"d": {"sizeMiB": 1, "size": 2}}`),
 			[]string{`vms.web.placement.node: unknown field "node"; did you mean "nodes"?`, `vms.web.volumes.d.size: unknown field "size"`}},
-		{"unknown function field", `{"functions": {"f": {"runner": ` + testRunnerJSON + `, "memMiB": 1, "http": {"path": "/", "port": 80}}}}`,
-			[]string{`functions.f.http.port: unknown field "port"`}},
+		{"unknown function field", `{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1,
+			"http": {"host": "f.example.org", "path": "/", "port": 80, "prot": 80}}}}`,
+			[]string{`functions.f.http.prot: unknown field "prot"; did you mean "port"?`}},
 		{"string where an integer belongs", `{"vms": {"web": {"runner": ` + testRunnerJSON + `, "vcpu": "2", "memMiB": 64}}}`,
 			[]string{`vms.web.vcpu: expected an integer, got string "2"`}},
 		{"float where an integer belongs", `{"vms": {"web": {"runner": ` + testRunnerJSON + `, "vcpu": 1.5, "memMiB": 64}}}`,
@@ -144,7 +149,7 @@ func TestDecodeProblems(t *testing.T) {
 			[]string{`vms.web.runner.x: unknown field "x"`}},
 		{"quoted names in paths", `{"vms": {"we b": {"runner": ` + testRunnerJSON + `, "vcpu": true, "memMiB": 1}}}`,
 			[]string{`vms."we b".vcpu: expected an integer, got boolean true`}},
-		{"function missing http", `{"functions": {"f": {"runner": ` + testRunnerJSON + `, "memMiB": 1}}}`,
+		{"function missing http", `{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1}}}`,
 			[]string{`functions.f.http: missing required field`}},
 		{"invalid JSON", `{"vms": `, []string{`invalid JSON: unexpected EOF`}},
 		{"trailing data", `{} {}`, []string{`invalid JSON: unexpected data after the top-level value`}},

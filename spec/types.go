@@ -80,6 +80,13 @@ type VM struct {
 	// name when replicas = 1). Nil means every instance runs Runner with
 	// an identity derived from its name, as before instances existed.
 	Instances map[string]InstanceEntry `json:"instances,omitempty"`
+	// Health is how the node agent judges a running instance (see
+	// HealthCheck); nil: healthy as soon as it runs.
+	Health *HealthCheck `json:"health,omitempty"`
+	// Update is how a revision that changes the VM's runner or resources
+	// reaches its instances (see Update); the zero Update (no block):
+	// every instance at once.
+	Update Update `json:"update,omitzero"`
 }
 
 // InstanceEntry is one `instances.NAME` entry of a VM. lib.mkCluster
@@ -110,6 +117,14 @@ type Placement struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// AntiAffinity names VMs (declared names) this VM avoids sharing a node with.
 	AntiAffinity []string `json:"antiAffinity,omitempty"`
+	// SpreadBy is a node label key (ValidLabelKey): replicas spread over
+	// its values (zones; nodes without the label count as one more) before
+	// they spread over nodes. "" spreads over nodes only. Spreading is a
+	// preference, not a rule: replicas share a zone or a node when no
+	// other has room (AntiAffinity with itself forbids sharing a node).
+	SpreadBy string `json:"spreadBy,omitempty"`
+	// Prefer are soft wishes (see Preference).
+	Prefer Preference `json:"prefer,omitzero"`
 }
 
 // Volume is a Ceph RBD volume of a VM.
@@ -118,19 +133,7 @@ type Volume struct {
 	Pool    string `json:"pool"`
 }
 
-// Function is a scale-to-zero function; decoded and validated, not yet scheduled.
-type Function struct {
-	Runner       Runner       `json:"runner"`
-	MemMiB       int          `json:"memMiB"`
-	HTTP         FunctionHTTP `json:"http"`
-	MinInstances int          `json:"minInstances"`
-	MaxInstances int          `json:"maxInstances"`
-}
-
-// FunctionHTTP is how a function is reached.
-type FunctionHTTP struct {
-	Path string `json:"path"`
-}
+// Function and FunctionHTTP (functions.NAME) are in function.go.
 
 // Instance is one schedulable VM after replica expansion: `web` with
 // replicas = 3 becomes web-0, web-1 and web-2.

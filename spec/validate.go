@@ -53,7 +53,9 @@ func ValidName(s string) error {
 // Validate checks the values of a decoded (or hand-built) cluster: names,
 // resources, runner store paths, replica expansion, instances entries
 // (names, runners, declared MACs, taps and hostnames, unique across the
-// cluster), volumes, placement, functions, network.cidr and ingress. It reports every problem at once as an *Error, or returns nil.
+// cluster), volumes, placement, update blocks (update.go), functions
+// (function.go), network.cidr and ingress. It reports every problem at
+// once as an *Error, or returns nil.
 func (c *Cluster) Validate() error {
 	var ps problems
 	if c.Name != "" {
@@ -68,33 +70,7 @@ func (c *Cluster) Validate() error {
 	validateIdentities(&ps, c)
 	validateNetwork(&ps, c)
 	validateIngress(&ps, c)
-	paths := map[string]string{} // http.path → function name
-	for _, name := range sortedKeys(c.Functions) {
-		path := attrPath("functions", name)
-		f := c.Functions[name]
-		if err := ValidName(name); err != nil {
-			ps.addf(path, "%v", err)
-		}
-		validateRunner(&ps, attrPath(path, "runner"), f.Runner)
-		if f.MemMiB <= 0 {
-			ps.addf(attrPath(path, "memMiB"), "must be > 0, got %d", f.MemMiB)
-		}
-		if f.MinInstances < 0 {
-			ps.addf(attrPath(path, "minInstances"), "must be >= 0, got %d", f.MinInstances)
-		}
-		if f.MaxInstances < f.MinInstances {
-			ps.addf(attrPath(path, "maxInstances"), "must be >= minInstances (%d), got %d", f.MinInstances, f.MaxInstances)
-		}
-		hp := attrPath(attrPath(path, "http"), "path")
-		switch {
-		case !strings.HasPrefix(f.HTTP.Path, "/"):
-			ps.addf(hp, "must start with \"/\", got %q", f.HTTP.Path)
-		case paths[f.HTTP.Path] != "":
-			ps.addf(hp, "%q is also the path of functions.%s; give each function its own path", f.HTTP.Path, paths[f.HTTP.Path])
-		default:
-			paths[f.HTTP.Path] = name
-		}
-	}
+	validateFunctions(&ps, c)
 	return ps.err()
 }
 
@@ -106,6 +82,8 @@ func validateVM(ps *problems, c *Cluster, path, name string, vm VM) {
 		validateRunner(ps, attrPath(path, "runner"), vm.Runner)
 	}
 	validateInstances(ps, path, name, vm)
+	validateHealth(ps, attrPath(path, "health"), vm.Health)
+	validateUpdate(ps, attrPath(path, "update"), vm)
 	if vm.VCPU <= 0 {
 		ps.addf(attrPath(path, "vcpu"), "must be > 0, got %d", vm.VCPU)
 	}
@@ -116,6 +94,7 @@ func validateVM(ps *problems, c *Cluster, path, name string, vm VM) {
 		ps.addf(attrPath(path, "replicas"), "must be between 1 and %d, got %d", MaxReplicas, vm.Replicas)
 	}
 	pp := attrPath(path, "placement")
+	validatePlacement(ps, pp, vm.Placement)
 	for i, n := range vm.Placement.Nodes {
 		if n == 0 {
 			ps.addf(indexPath(attrPath(pp, "nodes"), i), "node ids are > 0, got 0")

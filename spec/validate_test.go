@@ -12,7 +12,8 @@ func validVM() VM {
 }
 
 func validFunction() Function {
-	return Function{Runner: Runner{Drv: testDrv, Out: testOut}, MemMiB: 64, HTTP: FunctionHTTP{Path: "/f"}, MaxInstances: 1}
+	return Function{Runner: Runner{Drv: testDrv, Out: testOut}, VCPU: 1, MemMiB: 64,
+		HTTP: FunctionHTTP{Host: "fn.example.org", Path: "/f", Port: 8080}, MaxInstances: 1, Concurrency: 1, IdleTimeout: DefaultIdleTimeout}
 }
 
 // cluster builds a valid cluster with VMs "web" and "db" and function "fn",
@@ -130,7 +131,7 @@ func TestValidate(t *testing.T) {
 			editVM(c, "db", func(vm *VM) { vm.Volumes = map[string]Volume{"data": {SizeMiB: 1}} })
 		}, []string{`vms.db.volumes.data.pool: invalid Ceph pool name ""`}},
 		{"bad function name is rejected", func(c *Cluster) { c.Functions["my_fn"] = validFunction() },
-			[]string{`functions.my_fn: invalid name "my_fn"`, `functions.my_fn.http.path: "/f" is also the path of functions.fn`}},
+			[]string{`functions.my_fn: invalid name "my_fn"`, `functions.my_fn.http: host "fn.example.org" and path "/f" are also routed by functions.fn`}},
 		{"zero function memory is rejected", func(c *Cluster) { editFunction(c, "fn", func(f *Function) { f.MemMiB = 0 }) },
 			[]string{`functions.fn.memMiB: must be > 0, got 0`}},
 		{"negative minInstances is rejected", func(c *Cluster) { editFunction(c, "fn", func(f *Function) { f.MinInstances = -1 }) },
@@ -149,7 +150,7 @@ func TestValidate(t *testing.T) {
 			editFunction(c, "web", func(f *Function) { f.HTTP.Path = "/web" })
 		}, []string{`functions.web: name "web" collides with VM instance vms.web`}},
 		{"two functions on one http path are rejected", func(c *Cluster) { c.Functions["gn"] = validFunction() },
-			[]string{`functions.gn.http.path: "/f" is also the path of functions.fn; give each function its own path`}},
+			[]string{`functions.gn.http: host "fn.example.org" and path "/f" are also routed by functions.fn; give each function and ingress entry its own host or path`}},
 		{"several problems are all reported, sorted by path", func(c *Cluster) {
 			editVM(c, "web", func(vm *VM) { vm.VCPU, vm.MemMiB = 0, 0 })
 			editVM(c, "db", func(vm *VM) { vm.Replicas = 0 })

@@ -86,7 +86,7 @@ func listed[T any](write func(io.Writer, T) error) func(io.Writer, T, api.Freshn
 }
 
 func newReadCommands(g *globals) []*cobra.Command {
-	return []*cobra.Command{
+	return append([]*cobra.Command{
 		// The status view carries its freshness, and WriteStatus warns.
 		readCommand(g, "status", "Show the committed revision, the last error, VMs (with their wanted run state) and nodes", "",
 			"/v1/status", func(w io.Writer, v api.StatusView, _ api.Freshness) error { return api.WriteStatus(w, v) }, nil),
@@ -96,10 +96,10 @@ func newReadCommands(g *globals) []*cobra.Command {
 		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
 			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
 			"/v1/diff", listed(api.WriteDrift), func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
-		readCommand(g, "events", "List the cluster's recent events, oldest first, with who asked for each change",
-			"The replicated event log (the last 200 events): nodes registered and changed, plans committed, failures,\ntokens and members; a change made through the API names who made it.",
-			"/v1/events", listed(api.WriteEvents), nil),
-	}
+		newEventsCommand(g), // with -f: events.go
+		// The GitOps controls (rollout status, suspend, resume, rollback,
+		// wait) follow: rollout.go.
+	}, newRolloutCommands(g)...)
 }
 
 func newPlanCommand(g *globals) *cobra.Command {
@@ -321,7 +321,6 @@ flake's autostart (autostart = false: placed, kept stopped until vm start).`,
 	}{
 		{api.VMStart, "Run the VM and keep it running (also one with autostart = false)"},
 		{api.VMStop, "Stop the VM and keep it stopped; it keeps its place"},
-		{api.VMRestart, "Restart a running VM once"},
 	} {
 		cmd.AddCommand(&cobra.Command{
 			Use:   string(c.action) + " NAME",
@@ -343,6 +342,7 @@ flake's autostart (autostart = false: placed, kept stopped until vm start).`,
 			},
 		})
 	}
+	cmd.AddCommand(newVMRestartCommand(g)) // rolling: restart.go
 	return cmd
 }
 

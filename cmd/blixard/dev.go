@@ -137,11 +137,17 @@ func vmTable(vms []api.VMView, unplaced []replicated.Unschedulable) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	for _, vm := range vms { // sorted by name
-		msg := vm.Message
+		msg, phase := vm.Message, string(vm.Phase)
+		if vm.Health != "" {
+			phase += " (" + string(vm.Health) + ")"
+		}
+		if msg == "" && vm.Health == replicated.Unhealthy {
+			msg = vm.HealthError
+		}
 		if len(msg) > 60 {
 			msg = msg[:60] + "…"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", vm.Name, vm.Phase, api.StoreName(vm.OutPath), strings.ReplaceAll(msg, "\n", " "))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", vm.Name, phase, api.StoreName(vm.OutPath), strings.ReplaceAll(msg, "\n", " "))
 	}
 	for _, u := range unplaced {
 		fmt.Fprintf(tw, "  %s\tunschedulable\t-\t%s\n", u.VM, u.Reason)

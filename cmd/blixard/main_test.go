@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,12 @@ func TestServeFlagsMapToConfig(t *testing.T) {
 		}},
 		{"--insecure-i-know allows a LAN address", func(o *serveOptions) { o.apiAddr, o.insecureIKnow = "10.0.0.2:7070", true }, false,
 			func(c node.Config) bool { return c.Insecure && c.InsecureIKnow }},
+		{"the notification flags reach the config", func(o *serveOptions) {
+			o.notify = node.NotifyConfig{URLs: []string{"https://a.example.org/hook"}, URLFile: "/u", SecretFile: "/s", Kinds: []string{"NodeDown"}}
+		}, false, func(c node.Config) bool {
+			return slices.Equal(c.Notify.URLs, []string{"https://a.example.org/hook"}) && c.Notify.URLFile == "/u" &&
+				c.Notify.SecretFile == "/s" && slices.Equal(c.Notify.Kinds, []string{"NodeDown"})
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,6 +34,7 @@ type serveOptions struct {
 	tls                                             raftstore.TLSFiles
 	insecure, insecureIKnow                         bool
 	network                                         node.NetworkConfig
+	notify                                          node.NotifyConfig
 	underlayAddr                                    string
 }
 
@@ -155,6 +156,12 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.BoolVar(&o.network.Masquerade, "masquerade", true, "with --network: masquerade the cluster network out of this host's uplink (nft table ip blixard); "+
 		"false leaves outbound NAT to the host (NixOS: networking.nat)")
 	f.StringVar(&o.secretFile, "webhook-secret-file", "", "file holding the webhook HMAC secret (overrides --webhook-secret)")
+	f.StringArrayVar(&o.notify.URLs, "notify-url", nil, "POST the cluster's notable events as JSON to this URL while this node leads (repeatable; "+
+		"kinds: --notify-kind; retried 5 times, 1000 queued per URL; logs show only its host)")
+	f.StringVar(&o.notify.URLFile, "notify-url-file", "", "file of more --notify-url receivers, one per line, read at start (for URLs that hold a token)")
+	f.StringVar(&o.notify.SecretFile, "notify-secret-file", "", "file holding the HMAC secret that signs every notification (X-Blixard-Signature: sha256=…), read at start")
+	f.StringArrayVar(&o.notify.Kinds, "notify-kind", nil, "event kind to notify (repeatable; default PlanCommitted, NodeDown (a NodeStateChanged to down), "+
+		"RolloutFailed, RolloutReverted; see `blixard events`)")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
 	return cmd
@@ -219,6 +226,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
 		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow, Network: nw,
+		Notify: o.notify,
 	}
 	return cfg, cfg.Check()
 }

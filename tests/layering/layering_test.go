@@ -64,10 +64,25 @@ var mustNot = map[string][]string{
 	"ingress": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
 		module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync", module + "nixeval",
 		module + "nixrun", module + "volumes", module + "api", module + "node", module + "hostnet", module + "cmd"},
+	// Notifications: POSTs the leader's events to webhook receivers; reads
+	// the replicated state through its own Replica interface, runs no
+	// programs, proposes nothing, plans nothing, reaches no Raft library,
+	// git, nix or Ceph, and serves no API.
+	"notify": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync", module + "nixeval",
+		module + "nixrun", module + "volumes", module + "api", module + "node", module + "hostnet", module + "netdns",
+		module + "ingress", module + "cmd"},
+	// The function gateway: routes and proxies requests to the function
+	// instances it is given (reusing ingress's routing rule), asks for
+	// capacity through its own Scaler interface; runs no programs, reaches
+	// no Raft, git, nix, Ceph or netlink, and serves no API.
 	// The node assembly: wires every package, but runs no programs, serves
 	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
 	// gitsync and volumes.
 	"node": {"os/exec", "net/http", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", module + "cmd"},
+	// qemu snapshots: talks QMP to a qemu it is handed and keeps snapshot
+	// files; decides nothing about when to use them, runs no programs, and
+	// knows no Raft, replicated state, agent, git, nix or Ceph.
 }
 
 func TestPackagesKeepToTheirJob(t *testing.T) {

@@ -81,6 +81,36 @@ func TestNixMkClusterOutput(t *testing.T) {
 			}}`,
 		},
 		{
+			name: "spreadBy and prefer pass through",
+			input: `{
+				vms.web = {
+					runner = fx.runners.web; vcpu = 1; memMiB = 256; replicas = 3;
+					placement = { spreadBy = "zone"; prefer.labels = { disk = "ssd"; }; };
+				};
+			}`,
+			want: `{"cluster": "", "vms": {
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 1, "memMiB": 256,
+					"replicas": 3, "autostart": true,
+					"placement": {"spreadBy": "zone", "prefer": {"labels": {"disk": "ssd"}}}}
+			}}`,
+		},
+		{
+			name: "health and update pass through",
+			input: `{
+				vms.web = {
+					runner = fx.runners.web; vcpu = 1; memMiB = 256; replicas = 4;
+					health = { http = { port = 8080; path = "/healthz"; }; };
+					update = { maxUnavailable = 2; autoRevert = true; };
+				};
+			}`,
+			want: `{"cluster": "", "vms": {
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 1, "memMiB": 256,
+					"replicas": 4, "autostart": true,
+					"health": {"http": {"port": 8080, "path": "/healthz"}},
+					"update": {"maxUnavailable": 2, "autoRevert": true}}
+			}}`,
+		},
+		{
 			name: "nixosConfiguration entry gives each replica its own runner and identity, and reads vcpu and mem",
 			input: `{
 				cluster = "prod";
@@ -182,17 +212,24 @@ func TestNixMkClusterOutput(t *testing.T) {
 			input: `{
 				cluster = "prod";
 				vms = { };
-				functions.hello = { runner = fx.runners.hello; memMiB = 128; http.path = "/hello"; maxInstances = 4; };
+				functions.hello = {
+					runner = fx.runners.hello; vcpu = 1; memMiB = 128;
+					http = { host = "fn.example.org"; path = "/hello"; port = 8080; };
+					minInstances = 0; maxInstances = 10; concurrency = 4; idleTimeout = "60s"; snapshot = true;
+					placement = { labels.zone = "a"; spreadBy = "zone"; };
+				};
 				functions.web = {
-					nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; mem = 64; };
-					http.path = "/web"; minInstances = 0;
+					nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; vcpu = 3; mem = 64; };
+					http = { host = "fn.example.org"; path = "/web"; port = 80; }; minInstances = 0;
 				};
 			}`,
 			want: `{"cluster": "prod", "vms": {}, "functions": {
-				"hello": {"runner": {"drv": "@hello.drv@", "out": "@hello.out@"}, "memMiB": 128,
-					"http": {"path": "/hello"}, "maxInstances": 4},
-				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "memMiB": 64,
-					"http": {"path": "/web"}, "minInstances": 0}
+				"hello": {"runner": {"drv": "@hello.drv@", "out": "@hello.out@"}, "vcpu": 1, "memMiB": 128,
+					"http": {"host": "fn.example.org", "path": "/hello", "port": 8080},
+					"minInstances": 0, "maxInstances": 10, "concurrency": 4, "idleTimeout": "60s", "snapshot": true,
+					"placement": {"labels": {"zone": "a"}, "spreadBy": "zone"}},
+				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 3, "memMiB": 64,
+					"http": {"host": "fn.example.org", "path": "/web", "port": 80}, "minInstances": 0}
 			}}`,
 		},
 	}
@@ -228,6 +265,8 @@ func TestNixMkClusterThrows(t *testing.T) {
 	requireThirdParty(t)
 	web := `runner = fx.runners.web; vcpu = 1; memMiB = 256;`
 	wired := `(L.volumeModule { name = "db"; volumes.data.sizeMiB = 10; }).microvm.volumes`
+	fnHTTP := `http = { host = "fn.example.org"; path = "/"; port = 8080; };`
+	fn := `runner = fx.runners.hello; vcpu = 1; memMiB = 1; ` + fnHTTP
 	cases := []struct {
 		name  string
 		input string // argument of mkCluster; fx and L (the library) are in scope
@@ -259,7 +298,13 @@ func TestNixMkClusterThrows(t *testing.T) {
 		{"an instance's runner must be a derivation", `{ vms.web = { vcpu = 1; memMiB = 1; instances.web.runner = "/nix/store/x"; }; }`,
 			`vms.web.instances.web.runner: want a derivation`},
 		{"unknown placement attribute is rejected", `{ vms.web = { ` + web + ` placement.label.zone = "a"; }; }`,
-			`vms.web.placement: unknown attribute label; allowed: nodes, labels, antiAffinity`},
+			`vms.web.placement: unknown attribute label; allowed: nodes, labels, antiAffinity, spreadBy, prefer`},
+		{"non-string spreadBy is rejected", `{ vms.web = { ` + web + ` placement.spreadBy = [ "zone" ]; }; }`,
+			`vms.web.placement.spreadBy: want a string, got list`},
+		{"unknown prefer attribute is rejected", `{ vms.web = { ` + web + ` placement.prefer.label.disk = "ssd"; }; }`,
+			`vms.web.placement.prefer: unknown attribute label; allowed: labels`},
+		{"non-string preferred label is rejected", `{ vms.web = { ` + web + ` placement.prefer.labels.disk = true; }; }`,
+			`vms.web.placement.prefer.labels.disk: want a string, got true`},
 		{"non-integer placement node is rejected", `{ vms.web = { ` + web + ` placement.nodes = [ 1 "2" ]; }; }`,
 			`vms.web.placement.nodes[1]: want a positive integer, got the string "2"`},
 		{"non-string label value is rejected", `{ vms.web = { ` + web + ` placement.labels.zone = 1; }; }`,
@@ -274,7 +319,7 @@ func TestNixMkClusterThrows(t *testing.T) {
 			`volume name "Data" is invalid`},
 		{"vcpu next to nixosConfiguration points at microvm.vcpu",
 			`{ vms.web = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.web; }; vcpu = 4; }; }`,
-			`vms.web: unknown attribute vcpu; allowed: nixosConfiguration, replicas, placement, volumes, autostart, instanceRunners (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)`},
+			`vms.web: unknown attribute vcpu; allowed: nixosConfiguration, replicas, placement, volumes, autostart, instanceRunners, health, update (runner, vcpu and memMiB come from the nixosConfiguration: set microvm.vcpu and microvm.mem there)`},
 		{"a configuration mkCluster cannot extend names nixosSystem and instanceRunners",
 			`{ vms.web = { nixosConfiguration = { config.microvm = { declaredRunner = fx.runners.web; vcpu = 1; mem = 1; }; }; }; }`,
 			"vms.web.nixosConfiguration: has no extendModules, which mkCluster needs to build each instance a runner with its own tap, MAC and hostname: pass the result of nixpkgs.lib.nixosSystem, or set instanceRunners = false"},
@@ -313,17 +358,43 @@ func TestNixMkClusterThrows(t *testing.T) {
 		{"vms must be an attribute set", `{ vms = [ ]; }`, `vms: want an attribute set, got list`},
 		{"VM entry must be an attribute set", `{ vms.web = fx.runners.web; }`, `vms.web: want an attribute set, got a derivation`},
 		{"unknown function attribute is rejected",
-			`{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http.path = "/"; scale = 3; }; }`,
+			`{ functions.hello = { ` + fn + ` scale = 3; }; }`,
 			`functions.hello: unknown attribute scale`},
-		{"function without memMiB is rejected", `{ functions.hello = { runner = fx.runners.hello; http.path = "/"; }; }`,
+		{"function without vcpu is rejected", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; ` + fnHTTP + ` }; }`,
+			`functions.hello: vcpu is missing`},
+		{"function without memMiB is rejected", `{ functions.hello = { runner = fx.runners.hello; vcpu = 1; ` + fnHTTP + ` }; }`,
 			`functions.hello: memMiB is missing`},
-		{"function without http is rejected", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; }; }`,
-			`functions.hello: http is missing: set http.path`},
-		{"function http path must be absolute", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http.path = "hello"; }; }`,
+		{"function without http is rejected", `{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; }; }`,
+			`functions.hello: http is missing: set http = { host = "fn.example.org"; path = "/…"; port = 8080; }`},
+		{"function http path must be absolute",
+			`{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; http = { host = "h"; path = "hello"; port = 80; }; }; }`,
 			`functions.hello.http.path: want a path starting with "/", got "hello"`},
-		{"function http without path is rejected", `{ functions.hello = { runner = fx.runners.hello; memMiB = 1; http = { }; }; }`,
+		{"function http without path is rejected",
+			`{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; http = { host = "h"; port = 80; }; }; }`,
 			`functions.hello.http: path is missing`},
-		{"invalid function name is rejected", `{ functions.Hello = { runner = fx.runners.hello; memMiB = 1; http.path = "/"; }; }`,
+		{"function http without host is rejected",
+			`{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; http = { path = "/"; port = 80; }; }; }`,
+			`functions.hello.http: host is missing`},
+		{"function http without port is rejected",
+			`{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; http = { host = "h"; path = "/"; }; }; }`,
+			`functions.hello.http: port is missing`},
+		{"unknown function http attribute is rejected",
+			`{ functions.hello = { runner = fx.runners.hello; vcpu = 1; memMiB = 1; http = { host = "h"; path = "/"; port = 80; url = "/"; }; }; }`,
+			`functions.hello.http: unknown attribute url; allowed: host, path, port`},
+		{"maxInstances = 0 is rejected, naming the function", `{ functions.hello = { ` + fn + ` maxInstances = 0; }; }`,
+			`functions.hello.maxInstances: want a positive integer, got the number 0`},
+		{"concurrency = 0 is rejected", `{ functions.hello = { ` + fn + ` concurrency = 0; }; }`,
+			`functions.hello.concurrency: want a positive integer, got the number 0`},
+		{"idleTimeout as a number is rejected", `{ functions.hello = { ` + fn + ` idleTimeout = 60; }; }`,
+			`functions.hello.idleTimeout: want a string, got the number 60`},
+		{"snapshot as a string is rejected", `{ functions.hello = { ` + fn + ` snapshot = "yes"; }; }`,
+			`functions.hello.snapshot: want true or false, got the string "yes"`},
+		{"unknown function placement attribute is rejected", `{ functions.hello = { ` + fn + ` placement.node = [ 1 ]; }; }`,
+			`functions.hello.placement: unknown attribute node`},
+		{"vcpu next to a function's nixosConfiguration points at microvm.vcpu",
+			`{ functions.hello = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.hello; }; vcpu = 2; ` + fnHTTP + ` }; }`,
+			`functions.hello: unknown attribute vcpu; allowed: nixosConfiguration, http, minInstances, maxInstances, concurrency, idleTimeout, snapshot, placement (runner, vcpu and memMiB come from the nixosConfiguration`},
+		{"invalid function name is rejected", `{ functions.Hello = { ` + fn + ` }; }`,
 			`function name "Hello" is invalid`},
 	}
 	for _, tc := range cases {

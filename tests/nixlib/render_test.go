@@ -91,6 +91,18 @@ var renderCases = []struct {
 			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/etc/blixard/node-1.crt", "tls-key": "/run/secrets/node-1.key"}`,
 	},
 	{
+		name: "notification receivers, their secret and kinds render to their flags",
+		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001";
+			notify = { urls = [ "https://alerts.example.org/blixard" "http://127.0.0.1:9000/hook" ];
+				urlFile = "/run/secrets/notify-urls"; secretFile = "@SECRET@"; kinds = [ "PlanCommitted" "NodeDown" ]; };
+		}`,
+		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",
+			"ref": "main", "attr": "blixard", "poll": "5s", "backend": "systemd", "capacity-vcpu": 0, "capacity-mem-mib": 0,
+			"tls-ca": "/var/lib/blixard/tls/ca.crt", "tls-cert": "/var/lib/blixard/tls/node-1.crt", "tls-key": "/var/lib/blixard/tls/node-1.key",
+			"notify-url": ["https://alerts.example.org/blixard", "http://127.0.0.1:9000/hook"],
+			"notify-url-file": "/run/secrets/notify-urls", "notify-secret-file": "@SECRET@", "notify-kind": ["PlanCommitted", "NodeDown"]}`,
+	},
+	{
 		name:    "insecure renders --insecure and no TLS files",
 		options: `{ nodeId = 1; raftAddress = "127.0.0.1:7001"; insecure = true; }`,
 		want: `{"node-id": 1, "data-dir": "/var/lib/blixard", "raft-addr": "127.0.0.1:7001", "api-addr": "127.0.0.1:7070",

@@ -34,8 +34,9 @@
         } // extra;
         functions.hello = {
           runner = runner "hello-runner";
+          vcpu = 1;
           memMiB = 128;
-          http.path = "/hello";
+          http = { host = "fn.example.org"; path = "/hello"; port = 8080; };
           maxInstances = 2;
         };
       };

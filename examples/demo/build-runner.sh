@@ -254,7 +254,8 @@ fi
 # guest to ask for its address by DHCP (the node's dnsmasq has a static
 # lease for that MAC) and its hostname. Without network.env (blixard dev,
 # a node without --network) it is qemu's user-mode network, the guest's
-# port 80 forwarded to 127.0.0.1:$port.
+# port 80 forwarded to 127.0.0.1:$port (MICROVM_PORT overrides the port,
+# so two copies of this runner can run on one host).
 if [ -f network.env ]; then
 	BLIXARD_TAP= BLIXARD_MAC= BLIXARD_IP= BLIXARD_HOSTNAME=
 	. ./network.env
@@ -268,19 +269,52 @@ if [ -f network.env ]; then
 	[ -z "\$BLIXARD_HOSTNAME" ] || append="\$append blixard.hostname=\$BLIXARD_HOSTNAME"
 	where="tap \$BLIXARD_TAP, MAC \$BLIXARD_MAC, address \${BLIXARD_IP:-?} by DHCP"
 else
-	nic="-netdev user,id=net0,hostfwd=tcp:127.0.0.1:$port-:80 -device virtio-net-device,netdev=net0"
-	where="http://127.0.0.1:$port"
+	fwd=\${MICROVM_PORT:-$port}
+	case \$fwd in '' | *[!0-9]*) echo "microvm-run: MICROVM_PORT \"\$fwd\" is not a port number" >&2; exit 1 ;; esac
+	nic="-netdev user,id=net0,hostfwd=tcp:127.0.0.1:\$fwd-:80 -device virtio-net-device,netdev=net0"
+	where="http://127.0.0.1:\$fwd"
+fi
+
+# Snapshots (blixard's vmsnap package). snapshot.env in the working
+# directory puts the guest RAM in the file BLIXARD_SNAPSHOT_MEM:
+# BLIXARD_SNAPSHOT=save maps it shared (share=on), so the RAM is in the
+# file when the agent saves the VM over QMP; =restore maps a snapshot's
+# file copy-on-write (share=off: the file stays as saved, and many VMs
+# restore from one) and makes qemu wait for the saved state
+# (-incoming defer) instead of booting. Without the file nothing changes.
+snap=
+if [ -f snapshot.env ]; then
+	BLIXARD_SNAPSHOT= BLIXARD_SNAPSHOT_MEM=
+	. ./snapshot.env
+	badsnap() { echo "microvm-run: \$PWD/snapshot.env: \$*; blixard's agent writes this file (remove it to boot normally)" >&2; exit 1; }
+	case \$BLIXARD_SNAPSHOT in
+	save) memshare=on ;;
+	restore) memshare=off ;;
+	*) badsnap "BLIXARD_SNAPSHOT \"\$BLIXARD_SNAPSHOT\" is neither save nor restore" ;;
+	esac
+	mem=\$BLIXARD_SNAPSHOT_MEM
+	if [ -n "\$mem" ]; then
+		# One word for qemu's option parser and the word splitting below.
+		case \$mem in /*) ;; *) badsnap "BLIXARD_SNAPSHOT_MEM \"\$mem\" is not an absolute path" ;; esac
+		case \$mem in *[!A-Za-z0-9._/+@-]*) badsnap "BLIXARD_SNAPSHOT_MEM \"\$mem\" may hold only letters, digits and . _ / + @ -" ;; esac
+		[ "\$memshare" = on ] || [ -f "\$mem" ] || badsnap "the snapshot's RAM file \$mem does not exist"
+		snap="-object memory-backend-file,id=mem,size=${memMiB}M,mem-path=\$mem,share=\$memshare -machine memory-backend=mem"
+	elif [ "\$memshare" = on ]; then
+		badsnap "BLIXARD_SNAPSHOT_MEM is empty: a save needs a file for the RAM"
+	fi
+	[ "\$memshare" = on ] || snap="\$snap -incoming defer"
+	where="\$where, snapshot \$BLIXARD_SNAPSHOT (RAM \${mem:-in the state})"
 fi
 echo "microvm-run: $vmName version $version: qemu microvm, accel \$accel (set MICROVM_ACCEL to change), kernel command line \"\$append\", \$where"
 $checks
 rm -f qmp.sock
-# \$nic is split into words on purpose: every part was checked above.
+# \$nic and \$snap are split into words on purpose: every part was checked above.
 # shellcheck disable=SC2086
 exec qemu-system-x86_64 -name "$vmName" -M microvm -accel "\$accel" -cpu "\$cpu" -smp $vcpu -m $memMiB \\
 	-nodefaults -no-user-config -display none -no-reboot -serial stdio \\
 	-kernel $share/vmlinuz -initrd $share/initrd.gz \\
 	-append "\$append" \\
-	\$nic \\
+	\$nic \$snap \\
 	-qmp unix:qmp.sock,server=on,wait=off -pidfile qemu.pid$drives
 RUN
 

@@ -83,6 +83,7 @@ var mustNot = map[string][]string{
 	// qemu snapshots: talks QMP to a qemu it is handed and keeps snapshot
 	// files; decides nothing about when to use them, runs no programs, and
 	// knows no Raft, replicated state, agent, git, nix or Ceph.
+	"vmsnap": {module, "os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/"},
 }
 
 func TestPackagesKeepToTheirJob(t *testing.T) {

@@ -226,6 +226,27 @@ func TestKernelNixQemuGuestsAcrossNodes(t *testing.T) {
 	}
 	t.Logf("both guests configured by DHCP %v after the nodes started", time.Since(began).Round(time.Millisecond))
 
+	// Health through the real network: each node probes its guest at the
+	// guest's cluster address over the tap. front's page answers; back's
+	// check asks for a page the guest does not have.
+	testkit.WaitFor(t, 2*time.Minute, "front healthy and back unhealthy (404)", func() error {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		got := map[string]api.VMView{}
+		for _, vm := range st.VMs {
+			got[vm.Name] = vm
+		}
+		if f := got["front"]; f.Health != replicated.Healthy {
+			return fmt.Errorf("front: health %q (%s)", f.Health, f.HealthError)
+		}
+		if b := got["back"]; b.Health != replicated.Unhealthy || !strings.Contains(b.HealthError, "404") {
+			return fmt.Errorf("back: health %q, error %q; want unhealthy with a 404", b.Health, b.HealthError)
+		}
+		return nil
+	})
+
 	// front fetches from back by name: the DNS server DHCP gave it is its
 	// node's dnsmasq; the packets cross the VXLAN to back's node.
 	front := nsClient(l.net.NS(where["front"]), 30*time.Second)

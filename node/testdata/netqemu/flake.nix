@@ -6,7 +6,7 @@
 #
 # front and back avoid each other, so they run on different nodes; spare
 # (front's runner, never started: autostart = false) is there to take an
-# address. The ports are the user-mode forwards the runners use only
+# address. Health is probed at the guests' cluster addresses. The ports are the user-mode forwards the runners use only
 # without cluster networking.
 {
   outputs = { self }:
@@ -16,8 +16,11 @@
       vm = name: port: microvm.vm { inherit name port; inherit (settings) kernelDir; };
       all = {
         # antiAffinity may name declared VMs only.
-        front = vm "front" 18180 // (if declared ? back then { placement.antiAffinity = [ "back" ]; } else { });
-        back = vm "back" 18181;
+        # front's health check answers (its index page); back's asks for a
+        # page the guest does not have, so the node judges it unhealthy.
+        front = vm "front" 18180 // { health.http = { port = 80; path = "/"; }; health.interval = "3s"; }
+          // (if declared ? back then { placement.antiAffinity = [ "back" ]; } else { });
+        back = vm "back" 18181 // { health.http = { port = 80; path = "/no-such-page"; }; health.interval = "3s"; };
         spare = { inherit (all.front) runner vcpu memMiB; autostart = false; };
       };
       declared = builtins.listToAttrs (map (name: { inherit name; value = null; }) settings.vms);

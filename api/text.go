@@ -44,6 +44,27 @@ func WriteStatus(w io.Writer, v StatusView) error {
 	if v.Reconciler != nil && v.Reconciler.FetchError != "" {
 		fmt.Fprintf(w, "Fetch error (leader, node %d): %s\n", v.Leader, v.Reconciler.FetchError)
 	}
+	if sp := v.Suspended; sp != nil {
+		fmt.Fprintf(w, "Following: suspended since %s", sp.Since.Local().Format(time.RFC3339))
+		if sp.By != "" {
+			fmt.Fprintf(w, " by %s", sp.By)
+		}
+		if sp.Rollback != nil {
+			fmt.Fprintf(w, ", rolled back to revision %d (commit %s)", sp.Rollback.Revision, short(sp.Rollback.Commit, 12))
+		}
+		fmt.Fprintln(w, "; `blixard resume` follows the branch again")
+		if sp.Pending != "" {
+			fmt.Fprintf(w, "  pending (fetched, not applied): commit %s\n", short(sp.Pending, 12))
+		}
+	}
+	for _, r := range v.Rollouts {
+		fmt.Fprintf(w, "Rollout: %s to commit %s, wave %d (%s), moving %d of %d instances", r.VM, short(r.To, 12),
+			r.Waves, strings.Join(r.Wave, ", "), r.Moving, r.Instances)
+		if !r.Deadline.IsZero() {
+			fmt.Fprintf(w, ", deadline %s", r.Deadline.Local().Format(time.RFC3339))
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "Leader: node %d (answered by node %d)\n\n", v.Leader, v.Node)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VM\tNODE\tADDRESS\tPHASE\tHEALTH\tWANT\tVCPU\tMEM\tRUNNER")

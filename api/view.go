@@ -3,7 +3,9 @@ package api
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -49,6 +51,13 @@ type StatusView struct {
 	// FetchFailed condition; nil on a node without a reconciler while no
 	// fetch fails.
 	Reconciler *reconciler.Status `json:"reconciler,omitempty"`
+	// Suspended is set while the cluster does not follow its tracked ref
+	// (`blixard suspend` or `rollback`), with the fetched commit it has not
+	// applied.
+	Suspended *replicated.Suspension `json:"suspended,omitempty"`
+	// Rollouts are the rolling updates in progress, by VM (`blixard rollout
+	// status` shows every one).
+	Rollouts []replicated.Rollout `json:"rollouts,omitempty"`
 }
 
 // VMView is one assigned VM with its observed phase.
@@ -106,6 +115,12 @@ func NewStatusView(s *replicated.State, self, leader uint64, local *reconciler.S
 	}
 	if c, ok := s.Condition(replicated.EvalFailed); ok {
 		v.LastError = &c
+	}
+	v.Suspended = s.Suspended
+	for _, name := range slices.Sorted(maps.Keys(s.Rollouts)) {
+		if r := s.Rollouts[name]; r.Phase == replicated.RolloutProgressing {
+			v.Rollouts = append(v.Rollouts, r)
+		}
 	}
 	if local != nil {
 		rs := *local

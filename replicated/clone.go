@@ -87,7 +87,12 @@ func cloneCluster(c *spec.Cluster) *spec.Cluster {
 			out.VMs[name] = vm
 		}
 	}
-	out.Functions = maps.Clone(c.Functions)
+	if c.Functions != nil {
+		out.Functions = make(map[string]spec.Function, len(c.Functions))
+		for name, f := range c.Functions {
+			out.Functions[name] = f.Clone()
+		}
+	}
 	out.Ingress = maps.Clone(c.Ingress)
 	return &out
 }

@@ -3,6 +3,8 @@ package spec
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -165,7 +167,21 @@ func (d *decoder) function(path string, v any) Function {
 	}
 	if x, ok := m["placement"]; ok {
 		f.Placement = d.placement(attrPath(path, "placement"), x)
+		if len(f.Placement.Labels) == 0 {
+			// `labels = { }` means none; nil keeps the decoded value its
+			// own canonical JSON (the replicated state's round trip).
+			f.Placement.Labels = nil
+		}
 	}
+	return f
+}
+
+// Clone returns a copy of f that shares no slice or map with it.
+func (f Function) Clone() Function {
+	f.Placement.Nodes = slices.Clone(f.Placement.Nodes)
+	f.Placement.Labels = maps.Clone(f.Placement.Labels)
+	f.Placement.AntiAffinity = slices.Clone(f.Placement.AntiAffinity)
+	f.Placement.Prefer.Labels = maps.Clone(f.Placement.Prefer.Labels)
 	return f
 }
 

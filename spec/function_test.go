@@ -175,3 +175,37 @@ func TestFunctionHTTPString(t *testing.T) {
 		t.Fatalf("String() = %q, want %q", got, want)
 	}
 }
+
+func TestFunctionCloneSharesNothing(t *testing.T) {
+	f := validFunction()
+	f.Placement = Placement{Nodes: []uint64{1}, Labels: map[string]string{"zone": "a"}, AntiAffinity: []string{"fn"},
+		Prefer: Preference{Labels: map[string]string{"disk": "ssd"}}}
+	c := f.Clone()
+	if !reflect.DeepEqual(c, f) {
+		t.Fatalf("Clone = %#v, want %#v", c, f)
+	}
+	c.Placement.Nodes[0], c.Placement.Labels["zone"], c.Placement.AntiAffinity[0], c.Placement.Prefer.Labels["disk"] = 2, "b", "gn", "hdd"
+	if f.Placement.Nodes[0] != 1 || f.Placement.Labels["zone"] != "a" || f.Placement.AntiAffinity[0] != "fn" || f.Placement.Prefer.Labels["disk"] != "ssd" {
+		t.Fatalf("changing the clone changed the original: %#v", f.Placement)
+	}
+}
+
+func TestDecodeFunctionEmptyPlacementIsCanonical(t *testing.T) {
+	in := `{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1,
+		"http": {"host": "f.example.org", "path": "/", "port": 80}, "placement": {"labels": {}, "nodes": []}}}}`
+	got, err := Decode([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Decode(canon)
+	if err != nil || !reflect.DeepEqual(again, got) {
+		t.Fatalf("Decode(canonical JSON) = %#v, %v; want %#v\n%s", again, err, got, canon)
+	}
+	if p := got.Functions["f"].Placement; !reflect.DeepEqual(p, Placement{}) {
+		t.Fatalf("placement with empty labels and nodes = %#v, want the zero Placement", p)
+	}
+}

@@ -76,6 +76,10 @@ var mustNot = map[string][]string{
 	// instances it is given (reusing ingress's routing rule), asks for
 	// capacity through its own Scaler interface; runs no programs, reaches
 	// no Raft, git, nix, Ceph or netlink, and serves no API.
+	"fngateway": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync", module + "nixeval",
+		module + "nixrun", module + "volumes", module + "api", module + "node", module + "hostnet", module + "netdns",
+		module + "notify", module + "cmd"},
 	// The node assembly: wires every package, but runs no programs, serves
 	// no HTTP itself and reaches Raft, git and Ceph only through raftstore,
 	// gitsync and volumes.

@@ -257,6 +257,13 @@ func (c *Client) Rollouts(ctx context.Context, vm string) (RolloutsView, error) 
 	return v, c.do(ctx, "GET", path, nil, &v)
 }
 
+// Functions returns every function with its scale and instances, and the
+// answering node's gateway counts (GET /v1/functions).
+func (c *Client) Functions(ctx context.Context) (FunctionsView, error) {
+	var v FunctionsView
+	return v, c.do(ctx, "GET", "/v1/functions", nil, &v)
+}
+
 // Converge returns how far commit (a SHA or a prefix; "" for the running
 // revision's) is rolled out (GET /v1/converge).
 func (c *Client) Converge(ctx context.Context, commit string) (ConvergeView, error) {

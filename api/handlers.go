@@ -179,6 +179,10 @@ func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, s.errNoRepository())
 		return
 	}
+	if wantsProgress(r) {
+		s.planStream(w, r, req.Commit) // progress.go
+		return
+	}
 	ctx := r.Context()
 	if s.o.Source != nil {
 		// The commit may be newer than the mirror: fetch first (cheap when up to date).
@@ -193,6 +197,9 @@ func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := reconciler.PlanCommit(ctx, s.o.Evaluator, req.Commit, st)
+	// The evaluation may outlast the write deadline set when the request
+	// came (its timeout is the node's --eval-timeout): the answer gets its own.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("planning commit %s: %w", req.Commit, err))
 		return

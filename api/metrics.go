@@ -1,64 +1,80 @@
 package api
 
 import (
+	"bytes"
 	"fmt"
-	"io"
+	"log/slog"
 	"net/http"
 
-	"github.com/blixard/blixard/replicated"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/blixard/blixard/metrics"
 )
 
-// handleMetrics serves Prometheus' text exposition format, computed from the
-// local replica on each scrape (no client library: a handful of gauges).
-func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	st, ok := s.localRead(w, r)
-	if !ok {
-		return
+// metricsHandler serves GET /metrics (read role, like every read): the
+// node's registry ([Options.Metrics]: its parts' histograms, the local
+// replica's gauges, the Go runtime and process), or, without one, a
+// registry of the replica's gauges alone; plus the function gateway's
+// series. promhttp negotiates the format (text, OpenMetrics, protobuf) and
+// compression with the scraper.
+//
+// A scrape when the local replica cannot be read is 503, like every read
+// (why goes to the node's log only, see [Server.internalError]): a scraper
+// then records the target as down rather than a cluster without VMs.
+func (s *Server) metricsHandler() http.Handler {
+	g := s.o.Metrics
+	if g == nil {
+		g = metrics.New(metrics.Options{Replica: s.o.Replica}).Gatherer()
 	}
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	WriteMetrics(w, st, s.o.Replica.NodeID(), s.leader())
+	gs := prometheus.Gatherers{g, prometheus.GathererFunc(s.gatherFunctions)}
+	h := promhttp.HandlerFor(gs, promhttp.HandlerOpts{
+		ErrorLog: promLog{s.log},
+		// A replica that fails between this check and the gathering
+		// costs the state's series, not the whole scrape.
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := s.localRead(w, r); !ok {
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
-// WriteMetrics writes the gauges of state s as node self sees it.
-func WriteMetrics(w io.Writer, s *replicated.State, self, leader uint64) {
-	gauge := func(name, help string) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
+// gatherFunctions is the function gateway's series, as WriteFunctionMetrics
+// renders them from the local replica and this node's gateway, parsed into
+// families so that they join the registry's in one exposition.
+// TODO(functions): register them as a collector through
+// metrics.Metrics.Registerer and drop this adapter.
+func (s *Server) gatherFunctions() ([]*dto.MetricFamily, error) {
+	st, err := s.o.Replica.LocalRead()
+	if err != nil {
+		return nil, nil // the state's own collector reports it
 	}
-	gauge("blixard_node_is_leader", "1 when this node leads the Raft shard.")
-	fmt.Fprintf(w, "blixard_node_is_leader{node=\"%d\"} %d\n", self, b2i(self == leader && leader != 0))
-	gauge("blixard_applied_index", "Raft index of the last entry this replica applied.")
-	fmt.Fprintf(w, "blixard_applied_index %d\n", s.Applied)
-	gauge("blixard_revision", "ID (Raft index) of the current revision; 0 before the first plan.")
-	var rev uint64
-	if s.Revision != nil {
-		rev = s.Revision.ID
+	var buf bytes.Buffer
+	WriteFunctionMetrics(&buf, st, s.localFunctions())
+	if buf.Len() == 0 {
+		return nil, nil
 	}
-	fmt.Fprintf(w, "blixard_revision %d\n", rev)
-	gauge("blixard_eval_error", "1 while the tracked ref's last evaluation failed.")
-	_, evalFailed := s.Condition(replicated.EvalFailed)
-	fmt.Fprintf(w, "blixard_eval_error %d\n", b2i(evalFailed))
-	gauge("blixard_fetch_error", "1 while the leader cannot fetch the tracked ref.")
-	_, fetchFailed := s.Condition(replicated.FetchFailed)
-	fmt.Fprintf(w, "blixard_fetch_error %d\n", b2i(fetchFailed))
-
-	phases := map[replicated.Phase]int{}
-	for _, v := range VMViews(s) {
-		phases[v.Phase]++
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(&buf)
+	if err != nil {
+		return nil, fmt.Errorf("function metrics: %w", err)
 	}
-	gauge("blixard_vms", "Assigned VMs by observed phase.")
-	for _, p := range []replicated.Phase{replicated.PhasePending, replicated.PhaseBuilding, replicated.PhaseStarting,
-		replicated.PhaseRunning, replicated.PhaseStopping, replicated.PhaseStopped, replicated.PhaseFailed} {
-		fmt.Fprintf(w, "blixard_vms{phase=%q} %d\n", p, phases[p])
+	out := make([]*dto.MetricFamily, 0, len(fams))
+	for _, f := range fams {
+		out = append(out, f)
 	}
-	gauge("blixard_node_heartbeats", "Heartbeats applied per node.")
-	for _, id := range sortedNodeIDs(s.Nodes) {
-		fmt.Fprintf(w, "blixard_node_heartbeats{node=\"%d\",state=%q} %d\n", id, s.Nodes[id].State, s.Nodes[id].LastHeartbeatSeq)
-	}
+	return out, nil
 }
 
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
+// promLog routes promhttp's error messages to the node's log.
+type promLog struct{ log *slog.Logger }
+
+func (l promLog) Println(v ...any) {
+	l.log.Warn("serving /metrics: " + fmt.Sprint(v...))
 }

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/blixard/blixard/gitsync"
 	"github.com/blixard/blixard/pki"
 	"github.com/blixard/blixard/reconciler"
@@ -93,6 +95,12 @@ type Options struct {
 	Evaluator reconciler.Evaluator
 	// Logs serves GET /v1/vms/NAME/logs for VMs on this node (nil: 404).
 	Logs ConsoleLogs
+	// Metrics is what GET /metrics serves (the node's registry, package
+	// metrics); nil: a registry of the local replica's gauges alone.
+	Metrics prometheus.Gatherer
+	// Functions is the node's function gateway, for GET /v1/functions and
+	// /metrics (nil: the node runs none; its answers lack local counts).
+	Functions FunctionStats
 	// WebhookSecret is the HMAC secret of POST /v1/webhook ("" accepts any
 	// POST).
 	WebhookSecret string
@@ -309,6 +317,7 @@ func (s *Server) routes() http.Handler {
 		{"POST", "/v1/members/remove", admin, http.HandlerFunc(s.handleRemoveMember)},
 		{"POST", "/v1/plan", operate, http.HandlerFunc(s.handlePlan)},
 		{"POST", "/v1/sync", operate, http.HandlerFunc(s.handleSync)},
+		{"GET", "/v1/functions", read, http.HandlerFunc(s.handleFunctions)},
 		{"GET", "/v1/rollouts", read, http.HandlerFunc(s.handleRollouts)},
 		{"GET", "/v1/rollouts/{name}", read, http.HandlerFunc(s.handleRollouts)},
 		{"GET", "/v1/converge", read, http.HandlerFunc(s.handleConverge)},
@@ -323,7 +332,7 @@ func (s *Server) routes() http.Handler {
 		{"GET", "/v1/tokens", admin, http.HandlerFunc(s.handleListTokens)},
 		{"POST", "/v1/tokens", admin, http.HandlerFunc(s.handleCreateToken)},
 		{"DELETE", "/v1/tokens/{name}", admin, http.HandlerFunc(s.handleRevokeToken)},
-		{"GET", "/metrics", read, http.HandlerFunc(s.handleMetrics)},
+		{"GET", "/metrics", read, s.metricsHandler()},
 	}
 	if s.o.Reconciler != nil {
 		routes = append(routes, route{"POST", "/v1/webhook", "", gitsync.WebhookHandler(s.o.WebhookSecret, s.o.Reconciler.Triggers(), s.log)})

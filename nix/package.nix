@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-iIDuErThnOzSkfDVY4QU4fpNIZOLDwYrkrR1DK46cz0=";
+  vendorHash = "sha256-bQWv7BWL0c9Cm1AM+C5L0rvOIMv1mWYtqMt2VT1knTg=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

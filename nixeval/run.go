@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/blixard/blixard/nixrun"
+	"github.com/blixard/blixard/progress"
 )
 
 // nixConfig is appended to the caller's NIX_CONFIG, after it, so it wins
@@ -79,6 +80,9 @@ func (e *Evaluator) run(ctx context.Context, flakeRef, attr string) ([]byte, *Er
 		MaxStderr:   e.opts.MaxStderr,
 		MaxMemory:   max(e.opts.MaxMemory, 0),
 		ExtraConfig: nixConfig,
+		// Whoever asked for this evaluation may show nix's latest line
+		// (`blixard plan`: fetching inputs, traces).
+		Lines: progress.From(ctx),
 	})
 	if err == nil {
 		return out, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -84,6 +85,11 @@ type Command struct {
 	// limit is applied by starting the program through /bin/sh (see
 	// limitShell).
 	MaxMemory int64
+	// Lines, when set, is called with every line nix prints on stderr, as
+	// it prints it (colours removed, blank lines skipped), so that a caller
+	// can show progress (nix's latest log line) while a long run goes on.
+	// It runs on the goroutine that copies stderr: it must be quick.
+	Lines func(line string)
 }
 
 // Run runs c and returns what it printed on stdout. Failures are *Error
@@ -167,7 +173,10 @@ func (r Runner) Run(ctx context.Context, c Command) ([]byte, error) {
 			return nil
 		}
 		cmd.WaitDelay = waitDelay
-		cmd.Stdout, cmd.Stderr = stdout, stderr
+		cmd.Stdout, cmd.Stderr = stdout, io.Writer(stderr)
+		if c.Lines != nil {
+			cmd.Stderr = &lineWriter{next: stderr, line: c.Lines}
+		}
 		return cmd
 	}
 
@@ -367,4 +376,48 @@ func (t *tailBuffer) String() string {
 		return "(earlier output dropped)\n" + string(b)
 	}
 	return string(b)
+}
+
+// lineWriter passes what it is given on to next and hands every complete
+// line to line. exec.Cmd copies stderr from one goroutine, so it needs no
+// lock. A line longer than maxLine is handed over cut, so a builder that
+// prints without newlines cannot grow it without bound.
+type lineWriter struct {
+	next    io.Writer
+	line    func(string)
+	partial []byte
+}
+
+// maxLine bounds one reported line (bytes).
+const maxLine = 4096
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	n, err := w.next.Write(p)
+	rest := p
+	for len(rest) > 0 {
+		i := bytes.IndexAny(rest, "\r\n")
+		if i < 0 {
+			w.partial = append(w.partial, rest...)
+			if len(w.partial) >= maxLine {
+				w.emit()
+			}
+			break
+		}
+		w.partial = append(w.partial, rest[:i]...)
+		w.emit()
+		rest = rest[i+1:]
+	}
+	return n, err
+}
+
+// emit hands the partial line over, cleaned, unless it is blank.
+func (w *lineWriter) emit() {
+	line := strings.TrimSpace(ansiRE.ReplaceAllString(strings.ToValidUTF8(string(w.partial), "?"), ""))
+	w.partial = w.partial[:0]
+	if len(line) > maxLine {
+		line = line[:maxLine]
+	}
+	if line != "" {
+		w.line(line)
+	}
 }

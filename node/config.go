@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/hostnet"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/volumes"
@@ -158,6 +159,8 @@ type Config struct {
 	// Network, when enabled, makes this node carry the cluster network
 	// (see NetworkConfig).
 	Network NetworkConfig
+	// Cache shares runner closures with the other nodes (see CacheConfig).
+	Cache CacheConfig
 
 	// Ceph, when set, attaches the VMs' RBD volumes, registers the node's
 	// Ceph client addresses and lets the leader fence silent nodes. It
@@ -171,6 +174,11 @@ type Config struct {
 	// registration and after every applied entry (coalesced), on one
 	// goroutine; it must not keep s.
 	OnState func(s *replicated.State)
+	// OnBuild, when set, is told when the agent starts building a runner,
+	// each line nix prints meanwhile and when the build ends
+	// (nodeagent.Options.OnBuild; `blixard dev` prints them). It is
+	// called from several goroutines and must be quick.
+	OnBuild func(nodeagent.BuildProgress)
 	// Logger receives the node's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -382,6 +390,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	var err error
 	if c.Network, err = c.Network.withDefaults(c.DataDir, c.RaftAddr); err != nil {
+		return c, err
+	}
+	if c.Cache, err = c.Cache.withDefaults(c.DataDir); err != nil {
 		return c, err
 	}
 	if c.Source.Ref == "" {

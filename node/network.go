@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/blixard/blixard/fngateway"
 	"github.com/blixard/blixard/hostnet"
 	"github.com/blixard/blixard/ingress"
 	"github.com/blixard/blixard/netdns"
@@ -53,7 +54,10 @@ type network struct {
 	dns      *netdns.Manager
 	ingress  *ingress.Server
 	ingressL net.Listener // nil without --ingress-addr; owned until Run's Serve takes it
-	nat      *masquerade  // nil with --masquerade=false
+	// front serves the ingress listener when set: ingress routes and the
+	// function gateway's (functions.go); nil: ingress alone.
+	front *fngateway.Front
+	nat   *masquerade // nil with --masquerade=false
 
 	kick chan struct{} // capacity 1: a newer state to converge to
 
@@ -125,7 +129,11 @@ func (n *network) start(g *group, read func() (*replicated.State, error)) {
 	if n.ingressL != nil {
 		ln := n.ingressL
 		n.ingressL = nil // Serve owns it now
-		g.Go("ingress proxy", func(ctx context.Context) error { return n.ingress.Serve(ctx, ln) })
+		if n.front != nil {
+			g.Go("ingress proxy and function gateway", func(ctx context.Context) error { return n.front.Serve(ctx, ln, n.log) })
+		} else {
+			g.Go("ingress proxy", func(ctx context.Context) error { return n.ingress.Serve(ctx, ln) })
+		}
 		g.Go("ingress TCP passthrough", n.ingress.ServeTCP)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/gitsync"
+	"github.com/blixard/blixard/metrics"
 	"github.com/blixard/blixard/nixeval"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/raftstore"
@@ -97,6 +98,14 @@ func Run(ctx context.Context, cfg Config) error {
 		defer nw.Close()
 	}
 
+	// The binary cache's port and key, like the API's port, before the
+	// node joins.
+	sh, err := newSharing(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sh.close()
+
 	backend, err := newBackend(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -126,6 +135,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer store.Close()
 	store.SetHeartbeatInterval(cfg.Heartbeat)
+	// One registry per node: the parts report to it, /metrics serves it.
+	m := metrics.New(metrics.Options{Replica: store, Raft: store})
 
 	// Ceph: the node's client addresses are registered so the cluster can
 	// fence them; the agent attaches VM volumes through the same client.
@@ -143,9 +154,20 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, log)
+	// The function gateway serves on the ingress listener, beside ingress.
+	var fns *functions
+	var fnStats api.FunctionStats
+	if nw != nil && nw.ingressL != nil {
+		fns = newFunctions(cfg.NodeID, store, log)
+		nw.front = fns.frontDoor(nw.ingress)
+		fnStats = fns
+	}
+	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, fnStats, m, log)
 	if err != nil {
 		return err
+	}
+	if fns != nil && p.rec != nil {
+		fns.trigger = p.rec.Wake
 	}
 
 	g := newGroup(ctx)
@@ -158,6 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ID: cfg.NodeID, RaftAddr: cfg.RaftAddr, APIAddr: advertisedAPI(ln.Addr().String(), cfg.APIAddr),
 		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil,
 	}}
+	sh.register(reg.RegisterNode)
 	if _, err := store.ProposeOK(ctx, reg, time.Now); err != nil {
 		if ctx.Err() != nil {
 			return g.Wait() // stopped while starting
@@ -172,6 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	ao := p.agentOptions(ctx, cfg, store, backend, vols, log)
+	ao.Cache = cacheOptions(cfg, sh)
 	if nw != nil {
 		// A runner starts only once its network.env (and tap) are in place.
 		ao.Prepare = nw.WaitReady
@@ -184,6 +208,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if nw != nil {
 		nw.start(g, store.LocalRead)
 		notify = func() { agent.Notify(); nw.Notify() }
+	}
+	if fns != nil {
+		g.Go("functions", fns.Run)
+		withNetwork := notify
+		notify = func() { withNetwork(); fns.Notify() }
+	}
+	if sh != nil {
+		wakeCache, before := sh.start(g, cfg, agent, store), notify
+		notify = func() { before(); wakeCache() }
 	}
 	// Waiting `events -f` polls and the notifier (when it has receivers)
 	// look at every applied entry too.
@@ -222,14 +255,15 @@ type parts struct {
 	worktree *gitsync.Worktree      // nil unless following a working tree
 	builder  nodeagent.Builder      // nil without a source
 	api      *api.Server
+	metrics  *metrics.Metrics
 }
 
 func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, tlsCfg apiTLS,
-	log *slog.Logger) (*parts, error) {
-	p := &parts{}
+	fns api.FunctionStats, m *metrics.Metrics, log *slog.Logger) (*parts, error) {
+	p := &parts{metrics: m}
 	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
 		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
-	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Logger: log}
+	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Metrics: m, Logger: log}
 	if vols != nil {
 		f := fencer{volumes.NewFencer(vols, 0)}
 		recOpts.Fencer, recOpts.Unfencer = f, f
@@ -238,12 +272,13 @@ func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *vol
 	// local replica. Every node proposes a heartbeat each period, so a
 	// replica that applies nothing for three of them and a leader change
 	// is unhealthy.
-	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api"),
+	apiOpts := api.Options{Replica: store, WebhookSecret: cfg.WebhookSecret, Logger: log.With("component", "api"), Metrics: m.Gatherer(),
 		TLS: tlsCfg.server, PeerTLS: tlsCfg.peer, Insecure: cfg.Insecure,
 		Health: store, ReadWait: rc.ReadWait(), StalledAfter: 3*cfg.Heartbeat + 2*rc.ElectionTimeout()}
 	if backend != nil {
 		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}
+	apiOpts.Functions = fns
 	switch {
 	case cfg.Source.Repo != "":
 		m, err := gitsync.New(gitsync.Options{URL: cfg.Source.Repo, Dir: filepath.Join(cfg.DataDir, "mirror"), Ref: cfg.Source.Ref,
@@ -297,22 +332,25 @@ func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *vol
 // heartbeat-only one without.
 func (p *parts) agentOptions(ctx context.Context, cfg Config, store *raftstore.Store, backend nodeagent.Backend,
 	vols *volumes.Manager, log *slog.Logger) nodeagent.Options {
-	o := nodeagent.Options{NodeID: cfg.NodeID, State: store, Proposer: store, Heartbeat: cfg.Heartbeat,
+	o := nodeagent.Options{NodeID: cfg.NodeID, State: store, Proposer: store, Heartbeat: cfg.Heartbeat, Metrics: p.metrics, OnBuild: cfg.OnBuild,
 		Logger: log.With("component", "agent")}
 	if vols != nil {
 		// Also without VMs: the heartbeat reports the node's Ceph client
 		// addresses, which the leader fences and later un-fences.
 		o.Volumes = vols
 	}
+	// Also without a backend: a builder node's prebuilder builds from the
+	// flake (see CacheConfig.Builder).
+	o.Builder = p.builder
+	if p.mirror != nil {
+		o.Builder = mirrorBuilder(ctx, p.mirror, cfg.Attr)
+	}
 	if backend == nil {
 		o.ControlPlaneOnly = true
 		return o
 	}
-	o.StateDir, o.Backend, o.StopOnExit, o.Builder = cfg.StateDir, backend, cfg.StopOnExit, p.builder
+	o.StateDir, o.Backend, o.StopOnExit = cfg.StateDir, backend, cfg.StopOnExit
 	o.Lease = cfg.Lease // withDefaults derived it from NodeTimeout
-	if p.mirror != nil {
-		o.Builder = mirrorBuilder(ctx, p.mirror, cfg.Attr)
-	}
 	return o
 }
 

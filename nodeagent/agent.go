@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blixard/blixard/progress"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -128,6 +129,18 @@ type Options struct {
 	// have placed its VMs elsewhere, and other nodes no longer wait for the
 	// copies of a node marked down.
 	Lease time.Duration
+	// Metrics receives how long realisations, attachments and starts take
+	// and counts restarts (default: none; see [Metrics]).
+	Metrics Metrics
+	// OnBuild, when set, is told when a runner starts being built, every
+	// line nix prints meanwhile and when the build ends (`blixard dev`
+	// shows it). It is called from the operations' goroutines, possibly
+	// several at once, and must be quick.
+	OnBuild func(BuildProgress)
+	// Cache shares runners with the other nodes' binary caches (see
+	// [CacheOptions]; the zero value substitutes from the peers the state
+	// lists).
+	Cache CacheOptions
 	// Now is the agent's clock (default time.Now): the time of each pass,
 	// of statuses and heartbeats, and of when failures may be retried.
 	Now    func() time.Time
@@ -179,6 +192,9 @@ type Agent struct {
 	done chan Result
 	// fencedBy is why the last pass was fenced ("": it was not).
 	fencedBy string
+	// restarts is the backend's crash-restart count of each VM as the
+	// last pass read it (see crashRestarts).
+	restarts map[string]int
 }
 
 type vmStatus struct {
@@ -227,6 +243,9 @@ func New(o Options) *Agent {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Metrics == nil {
+		o.Metrics = noMetrics{}
+	}
 	if o.Backend == nil {
 		o.Backend = NewProcessBackend(ProcessOptions{StateDir: o.StateDir, Logger: o.Logger})
 	}
@@ -234,7 +253,7 @@ func New(o Options) *Agent {
 		o:   o,
 		log: o.Logger.With("node", o.NodeID),
 		real: realiser{nix: o.Nix, builder: o.Builder, builds: &flight{calls: map[string]*flightCall{}},
-			rooting: make(chan struct{}, 2*runtime.NumCPU())},
+			rooting: make(chan struct{}, 2*runtime.NumCPU()), share: newSharing(o, o.Logger.With("node", o.NodeID))},
 		notify:   make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
 		statuses: map[string]*vmStatus{},
@@ -244,8 +263,9 @@ func New(o Options) *Agent {
 		epoch: rand.Uint64N(1<<53-1) + 1,
 		// A failed switch, start, restart or stop is retried on the next
 		// resync, as a level-triggered loop would.
-		rec:  newRecords(o.BuildRetry, o.VolumeRetry, o.Interval),
-		done: make(chan Result),
+		rec:      newRecords(o.BuildRetry, o.VolumeRetry, o.Interval),
+		done:     make(chan Result),
+		restarts: map[string]int{},
 	}
 	a.probes = newProber(o.Now, a.log, a.healthChanged)
 	return a
@@ -480,6 +500,7 @@ func (a *Agent) pass(ctx context.Context) {
 		a.log.Warn("cannot observe this node; trying again on the next pass", "err", err)
 		return
 	}
+	a.countCrashRestarts(in)
 	in.Fenced = a.leaseState(in.Now)
 	if in.Fenced == "" && a.o.Lease > 0 && self.State == replicated.NodeDown {
 		// The leader judged this node silent: it may have placed its VMs
@@ -523,6 +544,22 @@ func (a *Agent) pass(ctx context.Context) {
 	case in.Fenced == "" && was != "":
 		a.log.Info("no longer fenced: a heartbeat committed and this node is not marked down; VMs assigned here start again",
 			"lease", a.o.Lease)
+	}
+}
+
+// countCrashRestarts counts the restarts after crashes the backend made
+// since the last pass, from the units this pass read.
+func (a *Agent) countCrashRestarts(in Input) {
+	now := make(map[string]int, len(in.VMs))
+	listed := make(map[string]bool, len(in.VMs))
+	for name, o := range in.VMs {
+		listed[name] = true
+		if o.Op == nil && o.UnitErr == "" {
+			now[name] = o.Unit.Restarts
+		}
+	}
+	for vm, n := range crashRestarts(a.restarts, now, listed) {
+		a.o.Metrics.CountRestarts(vm, RestartCrash, n)
 	}
 }
 
@@ -678,7 +715,11 @@ func (a *Agent) startOp(ctx context.Context, act Action) {
 	op := a.rec.begin(act, cancel)
 	fn := a.operation(act, op)
 	go func() {
+		start := time.Now()
 		err := fn(octx)
+		if octx.Err() == nil {
+			observeOp(a.o.Metrics, act.VM, act.Kind, time.Since(start), op.progress.Load() != nil, err)
+		}
 		cancel()
 		a.done <- Result{VM: act.VM, Kind: act.Kind, Out: act.Out, Volumes: act.Volumes, Err: err}
 	}()
@@ -694,10 +735,17 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 			if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 				return fmt.Errorf("state directory: %w", err)
 			}
-			return a.real.realise(ctx, root, act.Drv, act.Out, act.Commit, act.Declared, func(how string) {
+			br := newBuildReporter(name, a.o.OnBuild, a.o.Now)
+			if br != nil {
+				ctx = progress.With(ctx, br.line)
+			}
+			err := a.real.realise(ctx, root, act.Drv, act.Out, act.Commit, act.Declared, func(how string) {
 				op.progress.Store(&how)
+				br.start(how)
 				a.Notify()
 			})
+			br.done(err)
+			return err
 		}
 	case ActAttach:
 		return func(ctx context.Context) error { return a.attachVolumes(ctx, name, act.Volumes) }
@@ -720,7 +768,11 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 		}
 	case ActStop:
 		a.log.Info("stopping VM (no longer assigned here, or kept stopped)", "vm", name)
-		return func(ctx context.Context) error { return a.o.Backend.Stop(ctx, name) }
+		return func(ctx context.Context) error {
+			// A VM that moved runs on until its new node has the runner.
+			a.real.share.awaitSuccessor(ctx, name, a.o.Now)
+			return a.o.Backend.Stop(ctx, name)
+		}
 	}
 	return func(context.Context) error { return fmt.Errorf("nodeagent: %s is not a background action", act.Kind) }
 }

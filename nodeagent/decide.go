@@ -658,18 +658,22 @@ func buildCommit(as replicated.Assignment, revision string) string {
 	return revision
 }
 
-// runnerOwner is the attribute path, under the flake's vms, of the
-// attribute set whose runner as runs: the declared VM, or the instance's
-// own entry (`web.instances."web-0"`) when lib.mkCluster built one runner
-// per replica (replicated.Assignment.OwnRunner). Instance names are valid
-// unit names, so Go's quoting is Nix's.
+// runnerOwner is the attribute path, under the flake's cluster output, of
+// the attribute set whose runner as runs: the declared VM (`vms.web`), the
+// instance's own entry (`vms.web.instances."web-0"`) when lib.mkCluster
+// built one runner per replica (replicated.Assignment.OwnRunner), or the
+// function an instance belongs to (`functions.hello`). Instance names are
+// valid unit names, so Go's quoting is Nix's.
 func runnerOwner(as replicated.Assignment) string {
+	if as.Function != "" {
+		return "functions." + as.Function
+	}
 	declared := as.Declared
 	if declared == "" {
 		declared = as.VM
 	}
 	if as.OwnRunner {
-		return fmt.Sprintf("%s.instances.%q", declared, as.VM)
+		return fmt.Sprintf("vms.%s.instances.%q", declared, as.VM)
 	}
-	return declared
+	return "vms." + declared
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/blixard/blixard/nixrun"
+	"github.com/blixard/blixard/progress"
 )
 
 // Builder realises a runner that is neither in the store nor buildable
@@ -18,12 +19,12 @@ import (
 // that path with the plan's.
 type Builder interface {
 	// Build builds the runner of owner, the attribute path under the
-	// flake's vms: the declared VM (`web`), or an instance's own entry
-	// (`web.instances."web-0"`).
+	// flake's cluster output: a declared VM (`vms.web`), an instance's own
+	// entry (`vms.web.instances."web-0"`) or a function (`functions.hello`).
 	Build(ctx context.Context, commit, owner string) (outPath string, err error)
 }
 
-// FlakeBuilder builds `FLAKEURL#ATTR.vms.OWNER.runner` with
+// FlakeBuilder builds `FLAKEURL#ATTR.OWNER.runner` with
 // `nix build --json --no-link`.
 type FlakeBuilder struct {
 	// FlakeURL returns the flake reference of the cluster flake at commit
@@ -48,8 +49,10 @@ func (fb FlakeBuilder) Build(ctx context.Context, commit, owner string) (string,
 	if attr == "" {
 		attr = "blixard"
 	}
-	installable := fmt.Sprintf("%s#%s.vms.%s.runner", url, attr, owner)
-	stdout, err := runNixOf(ctx, fb.Nix, "nix", "build", "--json", "--no-link", installable)
+	installable := fmt.Sprintf("%s#%s.%s.runner", url, attr, owner)
+	// -L: the builders' output goes to stderr too, so progress reports
+	// (and a failure's message) carry the build's own log lines.
+	stdout, err := runNixOf(ctx, fb.Nix, "nix", "build", "--json", "--no-link", "--print-build-logs", installable)
 	if err != nil {
 		return "", fmt.Errorf("nix build %s: %w", installable, err)
 	}
@@ -78,7 +81,13 @@ func runNix(ctx context.Context, program string, args ...string) ([]byte, error)
 // (the build log's end); it unwraps to the *nixrun.Error. A canceled run
 // returns ctx.Err().
 func runNixOf(ctx context.Context, nix, program string, args ...string) ([]byte, error) {
-	out, err := nixrun.Runner{Nix: nix}.Run(ctx, nixrun.Command{Program: program, Args: args, ExtraConfig: nixConfig})
+	cfg := nixConfig
+	if extra := nixConfigFrom(ctx); extra != "" {
+		cfg += "\n" + extra // a realisation's substituters (share.go)
+	}
+	// Lines: a caller that shows progress (`blixard dev`) gets nix's lines.
+	out, err := nixrun.Runner{Nix: nix}.Run(ctx, nixrun.Command{Program: program, Args: args, ExtraConfig: cfg,
+		Lines: progress.From(ctx)})
 	if err == nil {
 		return out, nil
 	}
@@ -141,6 +150,12 @@ type realiser struct {
 	// Builds are not bounded here: they are few (deduplicated by builds)
 	// and long.
 	rooting chan struct{}
+	// share substitutes from the other nodes' binary caches, waits for
+	// their builds, and says what this node builds (nil: none of that).
+	share *sharing
+	// prebuilding: a Prebuilder's realisation, which waits only for peers
+	// that are building, never for another builder's queue.
+	prebuilding bool
 }
 
 // flight runs one function per key at a time; concurrent callers with the
@@ -197,13 +212,25 @@ func (r realiser) addRoot(ctx context.Context, root, out string) error {
 
 // realise is step 1 for one VM: out valid and rooted at root. building is
 // called before anything is built. It tries, in order: out already valid or
-// substitutable; the .drv when it exists locally; the Builder.
+// substitutable (the other nodes' binary caches included); a peer that is
+// building it, waited for; the .drv when it exists locally; the Builder.
+// What it builds it copies to CacheOptions.PushTo.
 func (r realiser) realise(ctx context.Context, root, drv, out, commit, declared string, building func(how string)) error {
+	ctx = r.share.context(ctx)
 	if err := r.addRoot(ctx, root, out); err == nil {
 		return nil
 	} else if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if r.share.awaitPeers(ctx, out, r.prebuilding) {
+		if err := r.addRoot(ctx, root, out); err == nil {
+			return nil
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	defer r.share.startBuild(out)()
 	var got string
 	switch {
 	case drv != "" && fileExists(drv):
@@ -246,6 +273,7 @@ func (r realiser) realise(ctx context.Context, root, drv, out, commit, declared 
 	if err := r.addRoot(ctx, root, out); err != nil {
 		return fmt.Errorf("GC root for %s: %w", out, err)
 	}
+	r.share.push(ctx, out)
 	return nil
 }
 

@@ -176,6 +176,9 @@ type leaderWatch struct {
 	// elected is closed, and replaced, whenever a leader becomes known in
 	// a new term: a request forwarded to the previous leader is lost then.
 	elected chan struct{} // guarded by mu
+	// changes counts the times a leader became known in a new term, as
+	// this replica saw it (metrics: elections that ended).
+	changes uint64 // guarded by mu
 }
 
 var _ raftio.IRaftEventListener = (*leaderWatch)(nil)
@@ -205,6 +208,7 @@ func (w *leaderWatch) LeaderUpdated(info raftio.LeaderInfo) {
 	case info.LeaderID != 0:
 		close(w.elected)
 		w.elected = make(chan struct{})
+		w.changes++
 		if prev == 0 {
 			w.log.Info("Raft leader known", "leader", info.LeaderID, "term", info.Term, "withoutLeader", without.Round(time.Millisecond))
 		} else {
@@ -576,6 +580,32 @@ func (s *Store) quorumHint(members map[uint64]string) string {
 // none, an election is under way or no quorum is reachable) and since when
 // that has been so. It never blocks on Raft.
 func (s *Store) LeaderSince() (leader uint64, since time.Time) { return s.leaders.get() }
+
+// LeaderChanges counts the times this replica learned of a leader in a new
+// term since it started (the first leader included). It never blocks on
+// Raft.
+func (s *Store) LeaderChanges() uint64 {
+	s.leaders.mu.Lock()
+	defer s.leaders.mu.Unlock()
+	return s.leaders.changes
+}
+
+// LastLogIndex returns the index of the last entry in this replica's log
+// (ok false when the replica is not running): entries it received and
+// saved, committed or about to be. Dragonboat does not expose the commit
+// index it knows, so LastLogIndex minus the applied index is the local
+// measure of how far the state machine is behind: entries this replica has
+// but has not applied yet (on the leader, also those still being
+// committed). A follower cut off from the leader has no entries to lag
+// behind with; compare applied indexes across nodes for that.
+func (s *Store) LastLogIndex() (index uint64, ok bool) {
+	lr, err := s.nh.GetLogReader(ShardID)
+	if err != nil {
+		return 0, false
+	}
+	_, last := lr.GetRange()
+	return last, true
+}
 
 // LastApplied returns the index of the last entry this replica applied and
 // when (the replica's start, before it applied any). It never blocks on

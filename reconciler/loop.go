@@ -101,8 +101,12 @@ type Options struct {
 	Verifier Verifier
 	// Now is the clock every decision reads, once per pass (default
 	// time.Now). Waiting uses real timers; tests drive passes themselves.
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// Metrics receives how long fetches, evaluations, planning, commits
+	// and pushes take (default: none; see [Metrics]). Durations are
+	// measured on the real clock, not Now.
+	Metrics Metrics
+	Logger  *slog.Logger
 }
 
 // Reconciler is the leader loop. Construct with New, run with Start; see
@@ -110,6 +114,7 @@ type Options struct {
 type Reconciler struct {
 	opts    Options
 	trigger chan struct{}
+	wake    chan struct{} // capacity 1: a pass is wanted, no fetch (Wake)
 
 	mu     sync.Mutex
 	status Status // guarded by mu
@@ -167,6 +172,9 @@ type loopState struct {
 	backoff time.Duration
 	// lastTerminal is the last terminal error logged, so it is logged once.
 	lastTerminal string
+	// push is the fetched commit whose push-to-running time this term
+	// measures (nil: none; see watchPush).
+	push *pushWatch
 }
 
 // Status is the reconciler's own view, for the API. It is this node's
@@ -202,7 +210,10 @@ func New(o Options) *Reconciler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Reconciler{opts: o, trigger: make(chan struct{}, 1)}
+	if o.Metrics == nil {
+		o.Metrics = noMetrics{}
+	}
+	return &Reconciler{opts: o, trigger: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 }
 
 // Trigger asks for a fetch and a pass as soon as possible (webhook, CLI,
@@ -262,6 +273,7 @@ func (r *Reconciler) Start(ctx context.Context) error {
 		case <-timer.C:
 		case <-r.trigger:
 			r.loop.fetchDue = true
+		case <-r.wake: // a pass without a fetch (Wake, function.go)
 		case o := <-r.evalDone():
 			r.finishEvaluation(ctx, o)
 		}
@@ -339,7 +351,7 @@ func (r *Reconciler) follow() {
 	r.cancelEvaluation("this replica no longer leads")
 	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, nil, 0
 	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
-	l.observed = time.Time{}
+	l.observed, l.push = time.Time{}, nil
 	r.updateStatus(func(s *Status) { s.Leader = false })
 }
 
@@ -399,10 +411,12 @@ func (r *Reconciler) shouldFetch(state *replicated.State, now time.Time) bool {
 func (r *Reconciler) fetch(ctx context.Context, now time.Time) {
 	l := &r.loop
 	l.fetchDue, l.lastFetch = false, now
+	start := time.Now()
 	f, err := r.opts.Source.Fetch(ctx)
 	if ctx.Err() != nil {
 		return // shutting down: no verdict on the repository
 	}
+	r.opts.Metrics.ObserveFetch(time.Since(start), err)
 	l.fetched = true
 	if err != nil {
 		if l.fetchErr == nil || l.fetchErr.Error() != err.Error() {
@@ -459,7 +473,11 @@ func (r *Reconciler) startEvaluation(ctx context.Context, req evalRequest) {
 	go func() {
 		defer r.evals.Done()
 		defer cancel()
+		start := time.Now()
 		res, err := r.opts.Evaluator.Evaluate(ectx, commit)
+		if ectx.Err() == nil {
+			r.opts.Metrics.ObserveEval(time.Since(start), err)
+		}
 		e.done <- outcome{commit: commit, signer: req.signer, result: res, err: err}
 	}()
 	r.opts.Logger.Info("evaluating", "commit", commit)

@@ -26,6 +26,16 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if r.shouldFetch(state, now) {
 		r.fetch(ctx, now)
 		r.loop.syncSeen = state.SyncRequests
+		if r.loop.fetchErr == nil {
+			r.loop.push = watchPush(r.loop.push, r.loop.commit, runningCommit(state), now)
+		}
+	}
+	// 2b. Push to running: has the watched commit converged?
+	if done, d := pushDone(r.loop.push, state, now); done {
+		if d > 0 {
+			r.opts.Metrics.ObservePushToRunning(d)
+		}
+		r.loop.push = nil
 	}
 	// 3. Liveness.
 	errs, marked := r.markStaleNodesDown(ctx, state, now)
@@ -52,6 +62,17 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// 6b. Functions: scale idle ones in (function.go), so the plan below
+	// already stops their instances.
+	scaled, fnRes, err := r.reconcileFunctions(ctx, state, now)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if scaled {
+		if state, err = r.opts.Store.Read(ctx); err != nil {
+			return Result{}, evaluate, joinErrors(append(errs, fmt.Errorf("reading the replicated state: %w", err)))
+		}
+	}
 	// 7. Commit a plan or record EvalFailed.
 	if err := r.reconcilePlan(ctx, state, act, now); err != nil {
 		errs = append(errs, err)
@@ -64,7 +85,7 @@ func (r *Reconciler) reconcile(ctx context.Context, now time.Time) (Result, eval
 	if len(errs) > 0 {
 		return Result{}, evaluate, joinErrors(errs)
 	}
-	return sooner(res, rolled), evaluate, nil
+	return sooner(sooner(res, rolled), fnRes), evaluate, nil
 }
 
 // markStaleNodesDown fences and marks down every node whose heartbeat stood
@@ -244,7 +265,11 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 	var plan Plan
 	newCommit := false
 	if act != nil {
+		start := time.Now()
 		pv, err := planOutcome(state, act)
+		if act.err == nil {
+			r.opts.Metrics.ObservePlan(time.Since(start), false)
+		}
 		if err != nil {
 			if err := r.recordEvalFailed(ctx, state, act.commit, err, now); err != nil {
 				return err
@@ -260,8 +285,11 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		return nil // nothing evaluated and nothing committed yet
 	}
 	if !newCommit {
-		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired, Network: state.Network})
+		start := time.Now()
+		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired,
+			Network: state.Network, Functions: state.Functions})
 		plan = HoldBack(plan, state.Assignments, desired, commit)
+		r.opts.Metrics.ObservePlan(time.Since(start), true)
 		if !plan.HasChanges() {
 			return nil
 		}
@@ -282,7 +310,9 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 	if l.refused != nil && reflect.DeepEqual(l.refused, cp) {
 		return l.refusedErr // the same plan, refused before: not proposed again
 	}
+	start := time.Now()
 	res, err := r.opts.Store.Propose(ctx, replicated.Command{Type: replicated.CmdCommitPlan, At: now, CommitPlan: cp})
+	r.opts.Metrics.ObserveCommit(time.Since(start), commitResult(res, err))
 	if err != nil {
 		return fmt.Errorf("proposing the plan for %s: %w", commit, err)
 	}
@@ -344,4 +374,25 @@ func (r *Reconciler) propose(ctx context.Context, what string, cmd replicated.Co
 		return TerminalError(fmt.Errorf("%s: %w", what, res.Err()))
 	}
 	return nil
+}
+
+// commitResult names a CommitPlan proposal's outcome for Metrics.ObserveCommit.
+func commitResult(res replicated.Result, err error) string {
+	switch {
+	case err != nil:
+		return "error"
+	case res.Code == replicated.ResultOK:
+		return "ok"
+	case res.Code == replicated.ResultStaleParent:
+		return "stale"
+	}
+	return "refused"
+}
+
+// runningCommit is the commit of st's revision ("" before the first plan).
+func runningCommit(st *replicated.State) string {
+	if st.Revision == nil {
+		return ""
+	}
+	return st.Revision.Commit
 }

@@ -48,6 +48,9 @@ type instance struct {
 	// score is the chosen node's score when place chose it (a new or
 	// moved instance), for the plan's reason.
 	score nodeScore
+	// fn is the function the instance belongs to ("" for a VM's);
+	// fnWhy why placeFunctions chose its node (function.go).
+	fn, fnWhy string
 }
 
 // declared is one VM as declared in the spec (before replica expansion).
@@ -93,8 +96,16 @@ func newScheduler(in Input) *scheduler {
 	}
 
 	var specs []spec.Instance
+	var fnOf map[string]string // function instance → function
 	if in.Desired != nil {
 		specs = in.Desired.Instances()
+		var fns []spec.Instance
+		if fns, fnOf = functionInstances(in.Desired, in.Functions); len(fns) > 0 {
+			// Stable: a VM instance of the same name (an invalid spec) keeps
+			// the name, and the function's is skipped below.
+			specs = append(specs, fns...)
+			slices.SortStableFunc(specs, byInstanceName)
+		}
 	}
 	// Instances returns them sorted by name; everything below relies on it.
 	// Declared VMs, by name.
@@ -126,6 +137,9 @@ func newScheduler(in Input) *scheduler {
 			it.decl = declIdx[specs[i].Declared]
 		}
 		it.cur, it.has = in.Current[specs[i].Name]
+		if fn := fnOf[specs[i].Name]; fn != "" && fn == specs[i].Declared {
+			it.fn = fn
+		}
 		s.insts = append(s.insts, it)
 	}
 
@@ -325,11 +339,12 @@ func (s *scheduler) keepable(it *instance) (int32, string) {
 // place places every instance not kept, largest first, each on the node
 // that scores best (rule 3, score.go).
 func (s *scheduler) place() {
+	defer s.placeFunctions() // after every VM instance (function.go)
 	// insts are sorted by name, so the index breaks ties by name.
 	type key struct{ mem, cpu, i int }
 	var order []key
 	for i := range s.insts {
-		if it := &s.insts[i]; it.node < 0 && it.why == "" { // why: no network address (allocateNetwork)
+		if it := &s.insts[i]; it.node < 0 && it.why == "" && it.fn == "" { // why: no network address (allocateNetwork)
 			order = append(order, key{it.spec.MemMiB, it.spec.VCPU, i})
 		}
 	}
@@ -508,6 +523,7 @@ func (s *scheduler) plan() Plan {
 			VCPU:      it.spec.VCPU,
 			MemMiB:    it.spec.MemMiB,
 			Health:    it.spec.Health,
+			Function:  it.fn,
 		}
 		if len(it.spec.Volumes) > 0 {
 			a.Volumes = s.in.Desired.VolumesOf(*it.spec)
@@ -515,11 +531,11 @@ func (s *scheduler) plan() Plan {
 		switch {
 		case old == nil:
 			c := changeOf(a.VM, nil, &a, "")
-			c.Placement = s.why(it)
+			c.Placement = s.placeWhy(it)
 			p.Added = append(p.Added, c)
 		case old.Node != a.Node:
 			c := changeOf(a.VM, old, &a, it.leave)
-			c.Placement = s.why(it)
+			c.Placement = s.placeWhy(it)
 			p.Moved = append(p.Moved, c)
 		case !old.SameWorkload(a):
 			c := changeOf(a.VM, old, &a, "")

@@ -93,6 +93,10 @@ type Input struct {
 	// Network is the committed network (replicated.State.Network): the
 	// identities instances keep. Nil means none are committed yet.
 	Network *replicated.Network
+	// Functions are the functions' committed scale
+	// (replicated.State.Functions): how many instances of each function
+	// of Desired to place (function.go).
+	Functions map[string]replicated.FunctionState
 }
 
 // Plan is the outcome of Compute: the complete new assignment set and what

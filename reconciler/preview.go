@@ -42,7 +42,8 @@ func PlanSpec(st *replicated.State, commit string, res Evaluation) (Preview, err
 	if err := CheckVolumes(st.Desired, res.Spec); err != nil {
 		return Preview{}, err
 	}
-	p := Compute(Input{Desired: res.Spec, Nodes: st.Nodes, Current: st.Assignments, Previous: st.Desired, Network: st.Network})
+	p := Compute(Input{Desired: res.Spec, Nodes: st.Nodes, Current: st.Assignments, Previous: st.Desired, Network: st.Network,
+		Functions: st.Functions})
 	pv := Preview{Commit: commit, Spec: res.Spec, Hash: res.Hash, Plan: p}
 	if st.Revision != nil {
 		pv.Base = st.Revision.ID

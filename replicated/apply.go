@@ -133,7 +133,7 @@ func (s *State) apply(index uint64, cmd Command) Result {
 	case CmdRegisterNode:
 		return s.applyRegisterNode(index, at, cmd.RegisterNode)
 	case CmdNodeHeartbeat:
-		return s.applyNodeHeartbeat(at, cmd.NodeHeartbeat)
+		return s.applyNodeHeartbeat(index, at, cmd.NodeHeartbeat)
 	case CmdCommitPlan:
 		return s.applyCommitPlan(index, at, cmd.CommitPlan)
 	case CmdSetCondition:
@@ -160,6 +160,10 @@ func (s *State) apply(index uint64, cmd Command) Result {
 		return s.applySetFollowing(index, at, cmd.Actor, cmd.SetFollowing)
 	case CmdRecordPending:
 		return s.applyRecordPending(at, cmd.RecordPending)
+	case CmdScaleFunction:
+		return s.applyScaleFunction(index, at, cmd.ScaleFunction)
+	case CmdFunctionActivity:
+		return s.applyFunctionActivity(cmd.FunctionActivity)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))
@@ -256,6 +260,7 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	// Registered addresses mean Ceph too: nodes registered by a build
 	// without the Ceph field keep their volumes.
 	n.Ceph = c.Ceph || len(c.CephAddrs) > 0
+	n.CacheURL, n.CacheKey = c.CacheURL, c.CacheKey
 	msg := fmt.Sprintf("node %d %s: vcpu %d, memMiB %d", c.ID, verb, c.Capacity.VCPU, c.Capacity.MemMiB)
 	if c.RaftAddr != "" {
 		msg += ", raft " + c.RaftAddr
@@ -288,7 +293,7 @@ func validPhase(p Phase) bool {
 // retried while later ones committed) must not bring back what the node
 // reported since — a VM running again that it said stopped, or one it
 // dropped.
-func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
+func (s *State) applyNodeHeartbeat(index uint64, at time.Time, c *NodeHeartbeat) Result {
 	n, ok := s.Nodes[c.ID]
 	if !ok {
 		return s.reject(ResultUnknownNode, fmt.Sprintf("NodeHeartbeat: node %d is not registered; its agent must send RegisterNode first", c.ID))
@@ -343,10 +348,12 @@ func (s *State) applyNodeHeartbeat(at time.Time, c *NodeHeartbeat) Result {
 		}
 		st.ObservedAt = canonicalTime(st.ObservedAt)
 		st.HealthSince = canonicalTime(st.HealthSince)
-		if prev, ok := s.Observed[st.VM]; ok && prev.Node != c.ID && !replacesReport(s.Assignments, prev, st) {
+		prev, had := s.Observed[st.VM]
+		if had && prev.Node != c.ID && !replacesReport(s.Assignments, prev, st) {
 			ignored++
 			continue
 		}
+		s.functionStatusEvent(index, at, prev, had, st)
 		s.Observed[st.VM] = st
 	}
 	if ignored > 0 {
@@ -473,6 +480,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	s.Assignments = assignments
 	s.Unschedulable = unschedulable
 	s.RunControls = controls
+	s.pruneFunctions()
 	// A plan of another commit supersedes the recorded eval error, and so does
 	// a plan of the very commit that failed. A re-plan of the running commit
 	// (say, after a node change) keeps a newer commit's error visible.
@@ -618,6 +626,9 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 // autostart is the flake's autostart of a's declared VM; true when the
 // spec does not declare it (a plan made without one).
 func autostart(desired *spec.Cluster, a Assignment) bool {
+	if a.Function != "" {
+		return true // a function's instances exist only to run
+	}
 	declared := a.Declared
 	if declared == "" {
 		declared = a.VM

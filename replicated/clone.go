@@ -45,6 +45,7 @@ func (s *State) Clone() *State {
 		}
 	}
 	c.Observed = maps.Clone(s.Observed)
+	c.Functions = maps.Clone(s.Functions)
 	c.Unschedulable = slices.Clone(s.Unschedulable)
 	c.Network = s.Network.clone()
 	c.Conditions = slices.Clone(s.Conditions)

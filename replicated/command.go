@@ -76,6 +76,8 @@ func checkEnvelope(cmd *Command) error {
 		{CmdRolloutStep, cmd.RolloutStep != nil},
 		{CmdSetFollowing, cmd.SetFollowing != nil},
 		{CmdRecordPending, cmd.RecordPending != nil},
+		{CmdScaleFunction, cmd.ScaleFunction != nil},
+		{CmdFunctionActivity, cmd.FunctionActivity != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -87,7 +89,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode, RolloutStep, SetFollowing, RecordPending)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode, RolloutStep, SetFollowing, RecordPending, ScaleFunction, FunctionActivity)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

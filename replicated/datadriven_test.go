@@ -78,6 +78,9 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 	if out, ok := h.handleRollout(t, d); ok {
 		return out
 	}
+	if out, ok := h.handleFunction(t, d); ok {
+		return out
+	}
 	switch d.Cmd {
 	case "register-node":
 		c := &RegisterNode{Capacity: Resources{VCPU: 8, MemMiB: 16384}}

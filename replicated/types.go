@@ -54,6 +54,13 @@ type Node struct {
 	// so it can attach RBD volumes; placement puts instances with volumes
 	// only on such nodes.
 	Ceph bool `json:"ceph,omitempty"`
+	// CacheURL is the node's binary cache (serve --cache-addr), which
+	// serves the closures of the assigned runners its store has; CacheKey
+	// is the public key its narinfos are signed with ("NAME:BASE64"). The
+	// other nodes' agents substitute from it and trust that key. "" when
+	// the node serves no cache.
+	CacheURL string `json:"cacheURL,omitempty"`
+	CacheKey string `json:"cacheKey,omitempty"`
 	// Fenced are the addresses the leader blocklisted when it marked the
 	// node down. They stay when the node is made ready again, until the
 	// leader has lifted their blocklist entries (UnfenceNode): once the
@@ -144,6 +151,11 @@ type Assignment struct {
 	// part of [Assignment.SameWorkload]: changing only the check must not
 	// restart the instance.
 	Health *spec.HealthCheck `json:"health,omitempty"`
+
+	// Function is the function (functions.NAME) this instance belongs to
+	// ("" for a VM's instance): the planner makes Want of them
+	// ([FunctionState]) and every node's gateway routes to them.
+	Function string `json:"function,omitempty"`
 }
 
 // SameWorkload reports whether a and b run the same instance the same way:
@@ -362,6 +374,9 @@ type State struct {
 	// Suspended is set while the cluster does not follow its tracked ref
 	// (`blixard suspend`, `rollback`); nil while it follows.
 	Suspended *Suspension `json:"suspended,omitempty"`
+	// Functions are the functions' committed scale by name (function.go);
+	// nil when none has scaled or reported activity.
+	Functions map[string]FunctionState `json:"functions,omitempty"`
 }
 
 // Token is an API bearer token, for automation that holds no client
@@ -398,6 +413,9 @@ const (
 	CmdRolloutStep    CommandType = "RolloutStep"
 	CmdSetFollowing   CommandType = "SetFollowing"
 	CmdRecordPending  CommandType = "RecordPending"
+	// Functions (function.go).
+	CmdScaleFunction    CommandType = "ScaleFunction"
+	CmdFunctionActivity CommandType = "FunctionActivity"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -428,6 +446,9 @@ type Command struct {
 	RolloutStep    *RolloutStep    `json:"rolloutStep,omitempty"`
 	SetFollowing   *SetFollowing   `json:"setFollowing,omitempty"`
 	RecordPending  *RecordPending  `json:"recordPending,omitempty"`
+	// Functions (function.go).
+	ScaleFunction    *ScaleFunction    `json:"scaleFunction,omitempty"`
+	FunctionActivity *FunctionActivity `json:"functionActivity,omitempty"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.
@@ -441,6 +462,9 @@ type RegisterNode struct {
 	// Ceph: the node is configured for Ceph ([Node.Ceph]), even when Ceph
 	// was unreachable at registration and CephAddrs is empty.
 	Ceph bool `json:"ceph,omitempty"`
+	// CacheURL and CacheKey: the node's binary cache ([Node.CacheURL]).
+	CacheURL string `json:"cacheURL,omitempty"`
+	CacheKey string `json:"cacheKey,omitempty"`
 }
 
 // NodeHeartbeat says a node is alive and carries its agent's observations, batched.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -196,6 +197,9 @@ func validateFunctions(ps *problems, c *Cluster) {
 		if err := ValidName(name); err != nil {
 			ps.addf(path, "%v", err)
 		}
+		if n := len(FunctionInstancePrefix) + len(name) + len(strconv.Itoa(MaxFunctionInstances-1)) + 1; n > 63 {
+			ps.addf(path, "name is too long for a function: its instances (%s%s-N) must be valid instance names of at most 63 characters; shorten it by %d", FunctionInstancePrefix, name, n-63)
+		}
 		validateRunner(ps, attrPath(path, "runner"), f.Runner)
 		if f.VCPU <= 0 {
 			ps.addf(attrPath(path, "vcpu"), "must be > 0, got %d", f.VCPU)
@@ -233,7 +237,16 @@ func validateFunctions(ps *problems, c *Cluster) {
 		validateFunctionPlacement(ps, c, attrPath(path, "placement"), f.Placement)
 	}
 	validateRoutes(ps, c)
+	for _, name := range sortedKeys(c.VMs) {
+		if strings.HasPrefix(name, FunctionInstancePrefix) {
+			ps.addf(attrPath("vms", name), "names starting with %q are reserved for the instances of functions (functions.NAME runs as %sNAME-0, …): rename the VM", FunctionInstancePrefix, FunctionInstancePrefix)
+		}
+	}
 }
+
+// FunctionInstancePrefix starts the instance names of functions
+// (fn-NAME-0, fn-NAME-1, …); no VM may be named so.
+const FunctionInstancePrefix = "fn-"
 
 // validateFunctionPlacement checks a function's placement as a VM's is
 // checked; antiAffinity may name functions too.

@@ -3,6 +3,7 @@ package spec
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -153,6 +154,18 @@ func TestValidateFunctions(t *testing.T) {
 			})
 		}, []string{`functions.fn.placement.antiAffinity[0]: "cache" is neither a VM declared in vms nor a function`,
 			`functions.fn.placement.nodes[0]: node ids are > 0, got 0`, `functions.fn.placement.spreadBy: invalid label key "a=b"`}},
+		{"a function named like a VM", func(c *Cluster) {
+			c.Functions["web"] = c.Functions["fn"]
+			delete(c.Functions, "fn")
+		}, []string{`functions.web: name "web" collides with VM instance vms.web; rename one of them`}},
+		{"a VM named like a function's instance", func(c *Cluster) {
+			c.VMs["fn-fn-0"] = c.VMs["web"]
+		}, []string{`vms.fn-fn-0: names starting with "fn-" are reserved for the instances of functions`}},
+		{"a function name too long for its instances' names", func(c *Cluster) {
+			long := "f" + strings.Repeat("x", 56)
+			c.Functions[long] = c.Functions["fn"]
+			delete(c.Functions, "fn")
+		}, []string{`functions.f` + strings.Repeat("x", 56) + `: name is too long for a function: its instances (fn-f` + strings.Repeat("x", 56) + `-N) must be valid instance names of at most 63 characters; shorten it by 1`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

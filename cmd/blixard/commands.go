@@ -96,7 +96,8 @@ func newReadCommands(g *globals) []*cobra.Command {
 		readCommand(g, "diff", "Show drift between the committed plan and what the agents observe",
 			"Compare the committed desired state with the VMs the node agents report.\nExit code 0: no drift; 2: drift; 1: error.",
 			"/v1/diff", listed(api.WriteDrift), func(d []reconciler.Drift) error { return changes(len(d) > 0) }),
-		newEventsCommand(g), // with -f: events.go
+		newEventsCommand(g),    // with -f: events.go
+		newFunctionsCommand(g), // functions.go
 		// The GitOps controls (rollout status, suspend, resume, rollback,
 		// wait) follow: rollout.go.
 	}, newRolloutCommands(g)...)
@@ -105,6 +106,7 @@ func newReadCommands(g *globals) []*cobra.Command {
 func newPlanCommand(g *globals) *cobra.Command {
 	var flakeDir, commit, attr string
 	var evalTimeout time.Duration
+	var showProgress bool
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Evaluate a flake (local dir or pushed commit) and show what would change",
@@ -122,6 +124,9 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if !cmd.Flags().Changed("progress") {
+				showProgress = isTerminal(g.stderr)
+			}
 			timeout := g.timeout
 			if commit != "" && !cmd.Flags().Changed("timeout") {
 				timeout = max(timeout, planTimeout)
@@ -135,7 +140,12 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 				if cmd.Flags().Changed("flake") {
 					return fmt.Errorf("--flake and --commit exclude each other")
 				}
-				if v, err = c.Plan(ctx, commit); err != nil {
+				var report func(api.PlanProgress) // the plan alone
+				if showProgress {
+					pp := &planProgress{p: newProgressPrinter(g.stderr), commit: commit}
+					report = func(r api.PlanProgress) { pp.report(r, time.Now()) }
+				}
+				if v, err = c.PlanWithProgress(ctx, commit, report); err != nil {
 					return err
 				}
 			} else {
@@ -155,7 +165,12 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 				if err != nil {
 					return err
 				}
-				p, err := reconciler.PlanCommit(ctx, node.LocalEvaluator(abs, attr, evalTimeout, log), "", &st)
+				ectx, finish := ctx, func(error) {}
+				if showProgress {
+					ectx, finish = newProgressPrinter(g.stderr).evalProgress(ctx, "evaluating "+abs)
+				}
+				p, err := reconciler.PlanCommit(ectx, node.LocalEvaluator(abs, attr, evalTimeout, log), "", &st)
+				finish(err)
 				if err != nil {
 					return err
 				}
@@ -178,6 +193,8 @@ Exit code 0: no changes; 2: changes; 1: error (including a failed evaluation).`,
 	cmd.Flags().StringVar(&commit, "commit", "", "full SHA of a pushed commit for the cluster to evaluate")
 	cmd.Flags().StringVar(&attr, "attr", "blixard", "flake output attribute holding the cluster")
 	cmd.Flags().DurationVar(&evalTimeout, "eval-timeout", 2*time.Minute, "limit for the nix evaluation")
+	cmd.Flags().BoolVar(&showProgress, "progress", false,
+		"show the evaluation's progress (stage, time so far, nix's latest line) on stderr (default: when stderr is a terminal)")
 	return cmd
 }
 

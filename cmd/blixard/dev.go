@@ -15,6 +15,7 @@ import (
 
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/node"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -46,10 +47,19 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 			if len(args) == 1 {
 				dir = args[0]
 			}
-			cfg, err := o.config(dir, g.stdout)
+			// Builds show their progress on stderr (progress.go).
+			builds := newProgressPrinter(g.stderr)
+			cfg, err := o.config(dir, g.stdout, func(b nodeagent.BuildProgress) { builds.build(b, time.Now()) })
 			if err != nil {
 				return err
 			}
+			tctx, stopTicks := context.WithCancel(cmd.Context())
+			ticked := make(chan struct{})
+			go func() {
+				defer close(ticked)
+				builds.tickEvery(tctx)
+			}()
+			defer func() { stopTicks(); <-ticked }()
 			if cfg.Logger, err = g.logger(); err != nil {
 				return err
 			}
@@ -75,8 +85,8 @@ commands reach it with --server (default 127.0.0.1:7070): status, logs, diff.`,
 
 // config maps the flags to a one-voter node on the working tree in dir,
 // running VMs with the process backend and stopping them on exit; its
-// progress goes to out.
-func (o *devOptions) config(dir string, out io.Writer) (node.Config, error) {
+// progress goes to out, and the agent's build reports to onBuild.
+func (o *devOptions) config(dir string, out io.Writer, onBuild func(nodeagent.BuildProgress)) (node.Config, error) {
 	if !node.Loopback(o.apiAddr) {
 		return node.Config{}, fmt.Errorf("--api-addr %s: blixard dev serves its API without authentication, so only on loopback: use 127.0.0.1:PORT (a cluster for others is `blixard serve` with TLS)", o.apiAddr)
 	}
@@ -105,6 +115,7 @@ func (o *devOptions) config(dir string, out io.Writer) (node.Config, error) {
 				dir, dataDir, addr)
 		},
 		OnState: p.show,
+		OnBuild: onBuild,
 	}, nil
 }
 

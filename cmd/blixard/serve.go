@@ -35,6 +35,7 @@ type serveOptions struct {
 	insecure, insecureIKnow                         bool
 	network                                         node.NetworkConfig
 	notify                                          node.NotifyConfig
+	cache                                           node.CacheConfig
 	underlayAddr                                    string
 }
 
@@ -162,6 +163,14 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.notify.SecretFile, "notify-secret-file", "", "file holding the HMAC secret that signs every notification (X-Blixard-Signature: sha256=…), read at start")
 	f.StringArrayVar(&o.notify.Kinds, "notify-kind", nil, "event kind to notify (repeatable; default PlanCommitted, NodeDown (a NodeStateChanged to down), "+
 		"RolloutFailed, RolloutReverted; see `blixard events`)")
+	f.StringVar(&o.cache.Addr, "cache-addr", "", "HOST:PORT of this node's binary cache: plain HTTP serving the assigned runners' closures its store has, "+
+		"signed with its key, to the other nodes (default: none; firewall it to the nodes)")
+	f.StringVar(&o.cache.URL, "cache-url", "", "with --cache-addr: how the other nodes reach it (default http://HOST:PORT, HOST from --cache-addr or --raft-addr)")
+	f.StringVar(&o.cache.KeyFile, "cache-key-file", "", "with --cache-addr: this node's signing key in nix's format (default DATA-DIR/nix-cache/secret-key, generated when missing)")
+	f.BoolVar(&o.cache.Builder, "builder", false, "with --cache-addr: realise every runner assigned in the cluster, not only this node's, so the others copy it (the leader does while it leads)")
+	f.StringArrayVar(&o.cache.Substituters, "substituter", nil, "a further binary cache every realisation substitutes from, e.g. an existing harmonia or attic (repeatable)")
+	f.StringArrayVar(&o.cache.TrustedKeys, "trusted-key", nil, "public key (NAME:BASE64) the paths of --substituter are signed with (repeatable)")
+	f.StringVar(&o.cache.PushTo, "push-to", "", "nix store URL every runner this node builds is copied to (nix copy --to), e.g. the store behind --substituter")
 	f.StringVar(&o.configFile, "config", "", "JSON file of settings keyed by flag name, e.g. {\"node-id\": 1}; flags on the command line win")
 	f.BoolVar(&o.checkConfig, "check-config", false, "validate the flags and --config file, then exit 0 (valid) or 1")
 	return cmd
@@ -226,7 +235,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
 		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow, Network: nw,
-		Notify: o.notify,
+		Notify: o.notify, Cache: o.cache,
 	}
 	return cfg, cfg.Check()
 }

@@ -88,6 +88,24 @@ var mustNot = map[string][]string{
 	// files; decides nothing about when to use them, runs no programs, and
 	// knows no Raft, replicated state, agent, git, nix or Ceph.
 	"vmsnap": {module, "os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/"},
+	// The node's Prometheus registry: turns what the parts measure and the
+	// local replica's state into series; serves no HTTP (the API does),
+	// proposes nothing, runs no programs, reaches no Raft library, git,
+	// nix or Ceph, and knows the parts only through their own interfaces.
+	"metrics": {"os/exec", "net/http", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		"github.com/prometheus/client_golang/prometheus/promhttp", module + "raftstore", module + "reconciler",
+		module + "nodeagent", module + "gitsync", module + "nixeval", module + "nixrun", module + "volumes", module + "api",
+		module + "node", module + "hostnet", module + "netdns", module + "ingress", module + "notify", module + "cmd"},
+	// Progress reports (nix's latest line) handed through a context from
+	// the work to whoever shows it: imports nothing of this module.
+	"progress": {module, "os/exec", "github.com/lni/", "github.com/go-git/"},
+	// The binary cache between nodes: serves and probes closures of the
+	// store paths it is given, runs nix only through nixrun, and knows no
+	// Raft, replicated state, placement, agent, git or Ceph.
+	"nixcache": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		module + "replicated", module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync",
+		module + "nixeval", module + "volumes", module + "api", module + "node", module + "hostnet", module + "netdns",
+		module + "ingress", module + "notify", module + "cmd"},
 }
 
 func TestPackagesKeepToTheirJob(t *testing.T) {

@@ -1,0 +1,300 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/fngateway"
+	"github.com/blixard/blixard/ingress"
+	"github.com/blixard/blixard/replicated"
+)
+
+// The node's function component: the function gateway (package fngateway)
+// on the ingress listener, fed from the local replica, and the scaler that
+// turns the gateway's demand into committed scale decisions.
+//
+//   - Instances: every assignment of a function (Assignment.Function), at
+//     its committed address and the function's http.port, on its node;
+//     ready when its node reports it running and healthy (a TCP probe of
+//     the port, reconciler.functionProbe). A function whose instances have
+//     all failed to start (none pending) reports the failure, so the
+//     gateway answers 502 at once instead of waiting for its timeout.
+//   - Scale-out: Scaler.Want proposes ScaleFunction{out} with this node as
+//     the receiving node, on a goroutine, at most one proposal in flight
+//     per function, and only when the committed want is below the demand;
+//     the request itself waits in the gateway's bounded queue, never on
+//     Raft. When a function's committed want changes, the local reconciler
+//     is woken (reconciler.Wake, a pass without a fetch): when it leads,
+//     the plan follows at once instead of at its next resync.
+//   - Activity: every fnActivityEvery the gateway's request activity since
+//     the last report (and functions with requests in flight, as of now) is
+//     proposed as FunctionActivity; the leader scales idle functions in by
+//     it (reconciler.ScaleIns). A node that dies reports nothing more.
+
+const (
+	// fnActivityEvery is how often a node reports its functions'
+	// activity: far below any idleTimeout (at least a second), so a
+	// function in use is never judged idle, and one small proposal per
+	// node per period at most, only while requests come.
+	fnActivityEvery = 500 * time.Millisecond
+	// fnProposeTimeout bounds one scale or activity proposal: a request
+	// waiting on it is bounded by the gateway's queue timeout anyway.
+	fnProposeTimeout = 10 * time.Second
+)
+
+// fnStore is what the component needs of the Raft store.
+type fnStore interface {
+	Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error)
+	LocalRead() (*replicated.State, error)
+}
+
+// functions is the node's function component. Construct with newFunctions.
+type functions struct {
+	self    uint64
+	store   fnStore
+	log     *slog.Logger
+	gateway *fngateway.Gateway
+	kick    chan struct{} // capacity 1: a newer state applied
+	// trigger wakes the local reconciler for a pass, no fetch (nil: no source).
+	trigger func()
+	now     func() time.Time
+
+	ctxMu sync.Mutex
+	ctx   context.Context // Run's; nil before Run
+
+	mu        sync.Mutex
+	proposing map[string]bool // guarded by mu: functions with a scale-out proposal in flight
+	wants     map[string]int  // guarded by mu: the committed wants last seen
+
+	// front serves the gateway beside ingress (nil until frontDoor).
+	front *fngateway.Front
+}
+
+func newFunctions(self uint64, store fnStore, log *slog.Logger) *functions {
+	f := &functions{self: self, store: store, log: log.With("component", "functions"), kick: make(chan struct{}, 1),
+		now: time.Now, proposing: map[string]bool{}, wants: map[string]int{}}
+	f.gateway = fngateway.New(fngateway.Options{Node: self, Scaler: f, Logger: f.log})
+	return f
+}
+
+// Notify tells the component that a newer state applied; it never blocks.
+func (f *functions) Notify() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run feeds the gateway from the local replica after every applied entry
+// and reports activity, until ctx ends.
+func (f *functions) Run(ctx context.Context) error {
+	f.ctxMu.Lock()
+	f.ctx = ctx
+	f.ctxMu.Unlock()
+	defer f.gateway.CloseIdleConnections()
+	tick := time.NewTicker(fnActivityEvery)
+	defer tick.Stop()
+	reported := map[string]uint64{} // requests counted at the last report, by function
+	f.refresh()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-f.kick:
+			f.refresh()
+		case <-tick.C:
+			f.reportActivity(ctx, reported)
+		}
+	}
+}
+
+// refresh hands the gateway the functions and instances of the local
+// replica and triggers the reconciler when a committed want changed.
+func (f *functions) refresh() {
+	st, err := f.store.LocalRead()
+	if err != nil {
+		f.log.Debug("reading the local replica for the gateway", "err", err)
+		return
+	}
+	f.gateway.Update(gatewayFunctions(st))
+	wants := map[string]int{}
+	if st.Desired != nil {
+		for name := range st.Desired.Functions {
+			wants[name] = st.FunctionWant(name)
+		}
+	}
+	f.mu.Lock()
+	changed := !maps.Equal(wants, f.wants)
+	f.wants = wants
+	f.mu.Unlock()
+	if changed && f.trigger != nil {
+		f.trigger()
+	}
+}
+
+// gatewayFunctions is the gateway's view of st (pure): every function of
+// the committed spec with its assigned instances.
+func gatewayFunctions(st *replicated.State) []fngateway.Function {
+	if st.Desired == nil || len(st.Desired.Functions) == 0 {
+		return nil
+	}
+	fns := fngateway.FromSpec(st.Desired.Functions)
+	byName := map[string]int{}
+	for i := range fns {
+		byName[fns[i].Name] = i
+	}
+	failed := map[string]string{} // function → a failed instance's message
+	pending := map[string]bool{}  // function → an instance neither ready nor failed
+	for _, name := range slices.Sorted(maps.Keys(st.Assignments)) {
+		a := st.Assignments[name]
+		i, ok := byName[a.Function]
+		if a.Function == "" || !ok {
+			continue
+		}
+		inst := fngateway.Instance{Name: name, Node: a.Node}
+		if st.Network != nil {
+			if id, ok := st.Network.Identities[name]; ok && id.Address.IsValid() {
+				inst.Addr = netip.AddrPortFrom(id.Address, uint16(st.Desired.Functions[a.Function].HTTP.Port))
+			}
+		}
+		obs, seen := st.Observed[name]
+		switch {
+		case seen && obs.Node == a.Node && obs.Phase == replicated.PhaseRunning && obs.Health == replicated.Healthy &&
+			obs.Generation == a.Generation:
+			inst.Ready = true
+		case seen && obs.Node == a.Node && obs.Phase == replicated.PhaseFailed:
+			msg := obs.Message
+			if msg == "" {
+				msg = "its node reports it failed"
+			}
+			failed[a.Function] = fmt.Sprintf("instance %s on node %d: %s", name, a.Node, msg)
+			continue // not starting: the gateway must not wait for it
+		default:
+			pending[a.Function] = true
+		}
+		fns[i].Instances = append(fns[i].Instances, inst)
+	}
+	for fn, msg := range failed {
+		if !pending[fn] {
+			fns[byName[fn]].StartFailure = msg
+		}
+	}
+	return fns
+}
+
+// Want implements fngateway.Scaler: it never blocks.
+func (f *functions) Want(fn string, d fngateway.Demand) {
+	if !d.ScaleOut() {
+		return
+	}
+	f.mu.Lock()
+	if f.proposing[fn] || f.wants[fn] >= d.Want {
+		f.mu.Unlock()
+		return
+	}
+	f.proposing[fn] = true
+	f.mu.Unlock()
+	f.ctxMu.Lock()
+	ctx := f.ctx
+	f.ctxMu.Unlock()
+	if ctx == nil {
+		ctx = context.Background() // before Run: the proposal is still bounded by its timeout
+	}
+	go func() {
+		defer func() {
+			f.mu.Lock()
+			delete(f.proposing, fn)
+			f.mu.Unlock()
+		}()
+		pctx, cancel := context.WithTimeout(ctx, fnProposeTimeout)
+		defer cancel()
+		reason := fmt.Sprintf("%d in flight, %d queued at node %d's gateway; %d ready, %d starting",
+			d.InFlight, d.Queued, f.self, d.Ready, d.Starting)
+		res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(),
+			ScaleFunction: &replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}})
+		switch {
+		case err != nil:
+			f.log.Warn("function scale-out not committed; the next waiting request asks again", "function", fn, "want", d.Want, "err", err)
+		case !res.OK():
+			f.log.Warn("function scale-out refused", "function", fn, "want", d.Want, "err", res.Err())
+		default:
+			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason)
+			f.mu.Lock()
+			f.wants[fn] = max(f.wants[fn], d.Want)
+			f.mu.Unlock()
+		}
+	}()
+}
+
+// reportActivity proposes the functions that saw requests since the last
+// report (reported: their request counters then) or have some in flight.
+func (f *functions) reportActivity(ctx context.Context, reported map[string]uint64) {
+	now := f.now()
+	active := activeFunctions(f.gateway.Stats(), reported, now)
+	if len(active) == 0 {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, fnProposeTimeout)
+	defer cancel()
+	res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdFunctionActivity, At: now,
+		FunctionActivity: &replicated.FunctionActivity{Node: f.self, Active: active}})
+	if err == nil && !res.OK() {
+		err = res.Err()
+	}
+	if err != nil {
+		// The counters stay: the next report carries it.
+		f.log.Warn("reporting function activity", "err", err)
+		return
+	}
+	for _, s := range f.gateway.Stats() {
+		if _, ok := active[s.Function]; ok {
+			reported[s.Function] = s.Requests
+		}
+	}
+}
+
+// activeFunctions decides what a node reports (pure): a function with
+// requests in flight or waiting is active now; one whose request counter
+// moved since the last report was active at its LastActive.
+func activeFunctions(stats []fngateway.Stats, reported map[string]uint64, now time.Time) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, s := range stats {
+		switch {
+		case s.InFlight+s.Queued > 0:
+			out[s.Function] = now
+		case s.Requests != reported[s.Function]:
+			out[s.Function] = s.LastActive
+		}
+	}
+	return out
+}
+
+// FunctionStats implements api.FunctionStats: this node's gateway.
+func (f *functions) FunctionStats() []api.FunctionLocal {
+	var out []api.FunctionLocal
+	for _, s := range f.gateway.Stats() {
+		l := api.FunctionLocal{Function: s.Function, Ready: s.Ready, Starting: s.Starting, InFlight: s.InFlight, Queued: s.Queued,
+			Requests: s.Requests, ColdStarts: s.ColdStarts, QueueFull: s.QueueFull, TimedOut: s.TimedOut,
+			StartFailed: s.StartFailed, Unreachable: s.Unreachable, ColdStartP50: s.QueueWaitP50, ColdStartP99: s.QueueWaitP99,
+			LastActive: s.LastActive, StartFailure: s.StartFailure}
+		if f.front != nil {
+			l.RequestP50, l.RequestP99 = f.front.Latency(s.Function)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// frontDoor returns the handler of the ingress listener: ingress's routes
+// and the gateway's (fngateway.Front).
+func (f *functions) frontDoor(in *ingress.Server) *fngateway.Front {
+	f.front = fngateway.NewFront(in, f.gateway)
+	return f.front
+}

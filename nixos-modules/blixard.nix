@@ -394,6 +394,51 @@ in
       };
     };
 
+    cache = {
+      address = mkOption {
+        type = types.nullOr (types.strMatching ".+:[0-9]+");
+        default = null;
+        example = "10.0.0.1:7080";
+        description = ''
+          HOST:PORT of this node's binary cache (`--cache-addr`): plain HTTP serving the closures of the runners assigned
+          in the cluster that this node's store holds, signed with the node's own key, so the other nodes copy a runner
+          instead of building it. Integrity comes from the signatures; keep the port to the nodes (openFirewall opens it).
+        '';
+      };
+      url = mkOption {
+        type = types.nullOr (types.strMatching "https?://.+");
+        default = null;
+        description = "How the other nodes reach this node's cache (`--cache-url`; default http://HOST:PORT of address).";
+      };
+      keyFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = "This node's signing key in nix's format (`--cache-key-file`; default DATA/nix-cache/secret-key, generated when missing). A string, so it stays out of the store.";
+      };
+      builder = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Realise every runner assigned in the cluster, not only this node's, so the others copy it (`--builder`; the leader does while it leads).";
+      };
+      substituters = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "https://cache.example.org" ];
+        description = "Further binary caches every realisation substitutes from (`--substituter`), e.g. an existing harmonia or attic.";
+      };
+      trustedKeys = mkOption {
+        type = types.listOf (types.strMatching "[^:]+:.+");
+        default = [ ];
+        description = "Public keys (NAME:BASE64) the paths of `substituters` are signed with (`--trusted-key`).";
+      };
+      pushTo = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "s3://nix-cache?region=eu-west-1";
+        description = "nix store URL every runner this node builds is copied to (`--push-to`, `nix copy --to`).";
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -479,7 +524,7 @@ in
     boot.kernelModules = lib.optional cfg.ceph.enable "rbd";
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall
-      (builtins.filter (p: p != null) [ ports.raft ports.api (ports.ingress or null) ]);
+      (builtins.filter (p: p != null) [ ports.raft ports.api (ports.ingress or null) (ports.cache or null) ]);
     # VXLAN between the nodes. The NixOS firewall cannot restrict it to the
     # other nodes' addresses: do that at the network's edge, or carry the
     # underlay over a tailnet.

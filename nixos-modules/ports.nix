@@ -2,7 +2,8 @@
 # of the module's evaluated options (config.services.blixard), builtins
 # only. Returns { raft; api; } (TCP ports; raft null when neither
 # raftAddress nor members names this node's address) and, with
-# network.enable, { ingress; vxlan; bridgeUDP; bridgeTCP; }: the ingress
+# network.enable, { ingress; vxlan; bridgeUDP; bridgeTCP; } (and with cache.address,
+# { cache; }, the binary cache's TCP port): the ingress
 # proxy's TCP port (null without ingressAddress), the VXLAN's UDP port
 # between the nodes, and the ports the instances reach on the bridge (DHCP
 # and DNS).
@@ -30,7 +31,10 @@ in
 {
   raft = portOf raftAddress;
   api = portOf cfg.apiAddress;
-} // (if netOn then {
+} // (if ((cfg.cache or { }).address or null) != null then {
+  # The binary cache's TCP port (with cache.address).
+  cache = portOf cfg.cache.address;
+} else { }) // (if netOn then {
   ingress = portOf (net.ingressAddress or null);
   vxlan = net.vxlanPort or 4789;
   bridgeUDP = [ 53 67 ];

@@ -42,6 +42,7 @@ let
   labels = renderLabels (cfg.labels or { });
   net = cfg.network or { };
   notify = cfg.notify or { };
+  cache = cfg.cache or { };
 
   rendered =
     {
@@ -72,6 +73,13 @@ let
     // nonNull "notify-url-file" (notify.urlFile or null)
     // nonNull "notify-secret-file" (notify.secretFile or null)
     // optional ((notify.kinds or [ ]) != [ ]) { "notify-kind" = notify.kinds; }
+    // nonNull "cache-addr" (cache.address or null)
+    // nonNull "cache-url" (cache.url or null)
+    // nonNull "cache-key-file" (cache.keyFile or null)
+    // optional (cache.builder or false) { builder = true; }
+    // optional ((cache.substituters or [ ]) != [ ]) { substituter = cache.substituters; }
+    // optional ((cache.trustedKeys or [ ]) != [ ]) { "trusted-key" = cache.trustedKeys; }
+    // nonNull "push-to" (cache.pushTo or null)
     // optional (net.enable or false) (
       {
         network = true;

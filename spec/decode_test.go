@@ -195,20 +195,36 @@ func TestDecodeReportsAllProblemsSortedByPath(t *testing.T) {
 	})
 }
 
+// Decode reads the canonical JSON of what it decoded (nixeval hashes and
+// caches it; `--json` shows it), durations of health and update included,
+// and encoding/json reads it back the same (the replicated state).
 func TestDecodeRoundTripsCanonicalJSON(t *testing.T) {
-	c, err := Decode([]byte(vmJSON(`, "replicas": 2, "volumes": {"d": {"sizeMiB": 3}}`)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := json.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	again, err := Decode(data)
-	if err != nil {
-		t.Fatalf("Decode(Marshal(c)): %v\n%s", err, data)
-	}
-	if !reflect.DeepEqual(c, again) {
-		t.Fatalf("round trip changed the value:\n%#v\n%#v", c, again)
+	for _, extra := range []string{
+		`, "replicas": 2, "volumes": {"d": {"sizeMiB": 3}}`,
+		`, "replicas": 2, "health": {"http": {"port": 8080, "path": "/healthz"}, "interval": "3s", "timeout": "1500ms"},
+		   "update": {"maxUnavailable": 1, "progressDeadline": "2m", "autoRevert": true}`,
+	} {
+		c, err := Decode([]byte(vmJSON(extra)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Decode(data)
+		if err != nil {
+			t.Fatalf("Decode(Marshal(c)): %v\n%s", err, data)
+		}
+		if !reflect.DeepEqual(c, again) {
+			t.Fatalf("round trip changed the value:\n%#v\n%#v", c, again)
+		}
+		var plain Cluster
+		if err := json.Unmarshal(data, &plain); err != nil {
+			t.Fatalf("json.Unmarshal(Marshal(c)): %v\n%s", err, data)
+		}
+		if !reflect.DeepEqual(*c, plain) {
+			t.Fatalf("json round trip changed the value:\n%#v\n%#v", *c, plain)
+		}
 	}
 }

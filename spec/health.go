@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -48,6 +49,50 @@ type HealthCheck struct {
 	// UnhealthyAfter is how many probes in a row must fail before it
 	// counts as unhealthy (default 3).
 	UnhealthyAfter int `json:"unhealthyAfter"`
+}
+
+// healthCheckJSON is HealthCheck without its methods, for MarshalJSON.
+type healthCheckJSON HealthCheck
+
+// MarshalJSON writes Interval and Timeout as duration strings ("5s"), as
+// the flake does, so the canonical JSON of a spec decodes again with
+// Decode and reads well in `--json` output.
+func (h HealthCheck) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		healthCheckJSON
+		Interval string `json:"interval"`
+		Timeout  string `json:"timeout"`
+	}{healthCheckJSON(h), h.Interval.String(), h.Timeout.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (h *HealthCheck) UnmarshalJSON(data []byte) error {
+	aux := struct {
+		*healthCheckJSON
+		Interval string `json:"interval"`
+		Timeout  string `json:"timeout"`
+	}{healthCheckJSON: (*healthCheckJSON)(h)}
+	if err := json.Unmarshal(data, &aux); err != nil {
+		return err
+	}
+	var err error
+	if h.Interval, err = parseJSONDuration("health interval", aux.Interval); err != nil {
+		return err
+	}
+	h.Timeout, err = parseJSONDuration("health timeout", aux.Timeout)
+	return err
+}
+
+// parseJSONDuration reads a duration MarshalJSON wrote; "" is zero.
+func parseJSONDuration(what, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s %q: %w", what, s, err)
+	}
+	return d, nil
 }
 
 // HTTPHealthCheck is `health.http`.

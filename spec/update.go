@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -54,6 +55,32 @@ type Update struct {
 	// AutoRevert: a failed rollout puts the VM back on the revision it was
 	// healthy on (default false: the rollout stops where it is).
 	AutoRevert bool `json:"autoRevert"`
+}
+
+// updateJSON is Update without its methods, for MarshalJSON.
+type updateJSON Update
+
+// MarshalJSON writes ProgressDeadline as a duration string ("5m0s"), as
+// the flake does (see HealthCheck.MarshalJSON).
+func (u Update) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		updateJSON
+		ProgressDeadline string `json:"progressDeadline"`
+	}{updateJSON(u), u.ProgressDeadline.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (u *Update) UnmarshalJSON(data []byte) error {
+	aux := struct {
+		*updateJSON
+		ProgressDeadline string `json:"progressDeadline"`
+	}{updateJSON: (*updateJSON)(u)}
+	if err := json.Unmarshal(data, &aux); err != nil {
+		return err
+	}
+	var err error
+	u.ProgressDeadline, err = parseJSONDuration("update progressDeadline", aux.ProgressDeadline)
+	return err
 }
 
 // Enabled reports whether the VM declares an `update` block.

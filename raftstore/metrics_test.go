@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,9 +14,14 @@ import (
 func TestLeaderChangesAndLastLogIndex(t *testing.T) {
 	stores, _ := startCluster(t, 1)
 	s := stores[0]
-	if n := s.LeaderChanges(); n < 1 {
-		t.Errorf("LeaderChanges = %d after the first election, want ≥ 1", n)
-	}
+	// Dragonboat reports the leader on its event goroutine, possibly after
+	// startCluster saw it elected.
+	testkit.WaitFor(t, 10*time.Second, "LeaderChanges ≥ 1 after the first election", func() error {
+		if n := s.LeaderChanges(); n < 1 {
+			return fmt.Errorf("LeaderChanges = %d", n)
+		}
+		return nil
+	})
 	if _, err := s.ProposeOK(t.Context(), testkit.Register(1), time.Now); err != nil {
 		t.Fatal(err)
 	}

@@ -130,6 +130,9 @@ type Options struct {
 	// 429); MaxEventFollowers the waiting polls of GET /v1/events (`events
 	// -f`; default DefaultMaxEventFollowers).
 	MaxConns, MaxLogFollowers, MaxEventFollowers int
+	// MaxUIStreams caps concurrent GET /ui/events streams of the status
+	// page (further ones get 429; default DefaultMaxUIStreams).
+	MaxUIStreams int
 	// Health tells /healthz and the stale answers' reasons about the
 	// replica's leader and progress without waiting on Raft (the node
 	// passes its *raftstore.Store). nil: they rely on Replica.Leader alone.
@@ -158,8 +161,10 @@ type Server struct {
 	// eventFollowers holds one token per waiting events poll; applied
 	// wakes them (see events.go).
 	eventFollowers chan struct{}
-	applied        *broadcast    // non-nil
-	refs           atomic.Uint64 // numbers the internal errors logged
+	// uiStreams holds one token per status page stream (ui.go).
+	uiStreams chan struct{}
+	applied   *broadcast    // non-nil
+	refs      atomic.Uint64 // numbers the internal errors logged
 	// unconfirmed is the last leader that did not confirm a read in time.
 	unconfirmed unconfirmed
 }
@@ -181,6 +186,9 @@ func NewServer(o Options) *Server {
 	if o.MaxEventFollowers <= 0 {
 		o.MaxEventFollowers = DefaultMaxEventFollowers
 	}
+	if o.MaxUIStreams <= 0 {
+		o.MaxUIStreams = DefaultMaxUIStreams
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -190,7 +198,7 @@ func NewServer(o Options) *Server {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.PeerTLS
 	s := &Server{o: o, log: o.Logger, followers: make(chan struct{}, o.MaxLogFollowers),
-		eventFollowers: make(chan struct{}, o.MaxEventFollowers), applied: newBroadcast(),
+		eventFollowers: make(chan struct{}, o.MaxEventFollowers), uiStreams: make(chan struct{}, o.MaxUIStreams), applied: newBroadcast(),
 		peers: &http.Client{Transport: tr}}
 	s.handler = s.routes()
 	return s
@@ -333,6 +341,8 @@ func (s *Server) routes() http.Handler {
 		{"POST", "/v1/tokens", admin, http.HandlerFunc(s.handleCreateToken)},
 		{"DELETE", "/v1/tokens/{name}", admin, http.HandlerFunc(s.handleRevokeToken)},
 		{"GET", "/metrics", read, s.metricsHandler()},
+		{"GET", "/ui/{$}", read, http.HandlerFunc(s.handleUIPage)},
+		{"GET", "/ui/events", read, http.HandlerFunc(s.handleUIEvents)},
 	}
 	if s.o.Reconciler != nil {
 		routes = append(routes, route{"POST", "/v1/webhook", "", gitsync.WebhookHandler(s.o.WebhookSecret, s.o.Reconciler.Triggers(), s.log)})

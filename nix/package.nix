@@ -43,7 +43,7 @@ buildGoModule {
       !(builtins.elem top [ "examples" "docs" "nix" "nixos-modules" "flake.nix" "flake.lock" ]);
   };
 
-  vendorHash = "sha256-bQWv7BWL0c9Cm1AM+C5L0rvOIMv1mWYtqMt2VT1knTg=";
+  vendorHash = "sha256-XYTT1xe40Ko4hOCYKxokp/T8ug9pcbFalp/CIT/lgOM=";
 
   subPackages = [ "cmd/blixard" ];
   env.CGO_ENABLED = if withCeph then "1" else "0";

@@ -756,6 +756,9 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 			if err := a.prepare(ctx, name); err != nil {
 				return err
 			}
+			if act.Snapshot {
+				return a.snapshotStart(ctx, act)
+			}
 			return a.o.Backend.Start(ctx, name)
 		}
 	case ActRestart:

@@ -88,6 +88,11 @@ type Action struct {
 	// Restart is the assignment's restart request (replicated.Assignment.
 	// Restart) that ActStart or ActRestart carries out once it succeeds.
 	Restart uint64
+	// Snapshot: ActStart may restore the runner's memory snapshot, or save
+	// one once the instance is ready (replicated.Assignment.Snapshot; see
+	// snapshot.go). It changes how the start is done, not what Decide
+	// decides: a restored instance is started and judged like a booted one.
+	Snapshot bool
 }
 
 // Op is the operation a VM has in flight.
@@ -428,7 +433,7 @@ func decideAssigned(in Input, name string, as replicated.Assignment, o Observed)
 		return report(phase, fmt.Sprintf("runner %s; restart %d in %s; see %s", us.Result, us.Restarts,
 			max(us.NextRestart.Sub(in.Now), 0).Round(time.Millisecond), o.LogHint))
 	case !us.Active && !us.Restarting:
-		vd.Actions = append(vd.Actions, Action{Kind: ActStart, VM: name, Out: as.OutPath, Restart: as.Restart})
+		vd.Actions = append(vd.Actions, Action{Kind: ActStart, VM: name, Out: as.OutPath, Restart: as.Restart, Snapshot: as.Snapshot})
 		return report(replicated.PhaseStarting, "")
 	case us.Booted != as.OutPath:
 		vd.Actions = append(vd.Actions, Action{Kind: ActRestart, VM: name, Out: as.OutPath, Restart: as.Restart})
@@ -633,6 +638,9 @@ func (a Action) String() string {
 		s += " " + a.Out
 		if a.Restart != 0 {
 			s += fmt.Sprintf(" (restart %d)", a.Restart)
+		}
+		if a.Snapshot {
+			s += " (snapshot)"
 		}
 	case ActAttach, ActDetach:
 		s += " " + volumesString(a.Volumes)

@@ -27,7 +27,7 @@ import (
 // Commands (this node is node 1; times are offsets from a fixed base):
 //
 //	assign vm=web [node=1] [out=v1] [drv=OUT.drv] [declared=VM] [own-runner] [gen=N] [volumes=data:1024,…]
-//	       [stopped=autostart|operator] [restart=N] [commit=SHA]
+//	       [stopped=autostart|operator] [restart=N] [commit=SHA] [snapshot]
 //	                               the assignment; stopped and restart as Apply derives them
 //	                               from autostart and `blixard vm start|stop|restart`
 //	unassign vm=web
@@ -123,6 +123,7 @@ func (h *decideHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.MaybeScanArgs(t, "drv", &as.Drv)
 		d.MaybeScanArgs(t, "declared", &as.Declared)
 		as.OwnRunner = d.HasArg("own-runner")
+		as.Snapshot = d.HasArg("snapshot")
 		h.gen++
 		as.Generation = h.gen
 		d.MaybeScanArgs(t, "gen", &as.Generation)

@@ -72,6 +72,18 @@ func functionInstances(desired *spec.Cluster, scale map[string]replicated.Functi
 	return out, of
 }
 
+// functionSnapshot reports whether the instances of function fn ("" for
+// a VM's instance) carry Assignment.Snapshot: its spec says snapshot =
+// true. The agent needs it on the assignment because it never reads the
+// desired spec.
+func functionSnapshot(desired *spec.Cluster, fn string) bool {
+	if fn == "" || desired == nil {
+		return false
+	}
+	f, ok := desired.Functions[fn]
+	return ok && f.Snapshot
+}
+
 // placeFunctions places the function instances place left (rule 3 for
 // functions, above), by name.
 func (s *scheduler) placeFunctions() {

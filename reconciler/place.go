@@ -524,6 +524,7 @@ func (s *scheduler) plan() Plan {
 			MemMiB:    it.spec.MemMiB,
 			Health:    it.spec.Health,
 			Function:  it.fn,
+			Snapshot:  functionSnapshot(s.in.Desired, it.fn),
 		}
 		if len(it.spec.Volumes) > 0 {
 			a.Volumes = s.in.Desired.VolumesOf(*it.spec)

@@ -156,6 +156,12 @@ type Assignment struct {
 	// ("" for a VM's instance): the planner makes Want of them
 	// ([FunctionState]) and every node's gateway routes to them.
 	Function string `json:"function,omitempty"`
+	// Snapshot: the instance's function has snapshot = true, so the agent
+	// saves a memory snapshot of its runner's first ready instance and
+	// restores later cold starts from it (nodeagent/snapshot.go). Not part
+	// of [Assignment.SameWorkload]: turning it on or off changes how the
+	// next cold start happens, not the instance that runs.
+	Snapshot bool `json:"snapshot,omitempty"`
 }
 
 // SameWorkload reports whether a and b run the same instance the same way:

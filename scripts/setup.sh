@@ -16,7 +16,8 @@ need_root() {
 # gnupg and openssh-client: gitsync's tests sign commits with gpg and
 # ssh-keygen, as people pushing to a cluster with --trust do.
 # dnsmasq-base: the DHCP and DNS server netdns runs on every node's bridge.
-apt_packages=(nix-bin git ca-certificates gnupg openssh-client iproute2 procps dnsmasq-base)   # ip, sysctl: tests/fault
+# chromium: tests/ui drives it headless (chromedp) against the status page.
+apt_packages=(nix-bin git ca-certificates gnupg openssh-client iproute2 procps dnsmasq-base chromium)   # ip, sysctl: tests/fault
 missing=()
 for p in "${apt_packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -72,4 +73,15 @@ dnsmasq=$(PATH=$PATH:/usr/sbin command -v dnsmasq) &&
 	"$dnsmasq" --test --conf-file=/dev/null >/dev/null 2>&1 ||
 	{ log "dnsmasq (dnsmasq-base) is missing or does not run: netdns's DHCP and DNS need it"; exit 1; }
 
-log "ok: $(nix --version), $(git --version), $(go version), $("$dnsmasq" --version | head -n1); nix builds"
+# chromium must render a page headless, as tests/ui makes it (--no-sandbox:
+# the tests run as root, which chromium's sandbox refuses).
+chromium_profile=$(mktemp -d)
+if ! dom=$(timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir="$chromium_profile" \
+	--dump-dom 'data:text/html,<p>blixard-setup-check</p>' 2>/dev/null) || [[ $dom != *blixard-setup-check* ]]; then
+	rm -rf "$chromium_profile"
+	log "chromium is missing or cannot render a page headless: tests/ui needs it (apt-get install chromium)"
+	exit 1
+fi
+rm -rf "$chromium_profile"
+
+log "ok: $(nix --version), $(git --version), $(go version), $("$dnsmasq" --version | head -n1), $(chromium --version 2>/dev/null | head -n1); nix builds"

@@ -111,13 +111,17 @@ func (o *devOptions) config(dir string, out io.Writer, onBuild func(nodeagent.Bu
 		// credentials (a non-loopback --api-addr is refused).
 		Insecure: true,
 		OnReady: func(addr net.Addr) {
-			fmt.Fprintf(out, "blixard dev: watching %s\n  data in %s, API on %s (blixard status / logs VM -f)\n  Ctrl-C stops every VM\n",
-				dir, dataDir, addr)
+			fmt.Fprintf(out, "blixard dev: watching %s\n  data in %s, API on %s (blixard status / logs VM -f)\n  status page: %s\n  Ctrl-C stops every VM\n",
+				dir, dataDir, addr, devPageURL(addr))
 		},
 		OnState: p.show,
 		OnBuild: onBuild,
 	}, nil
 }
+
+// devPageURL is the status page of the dev node's API at addr (plain
+// HTTP: dev serves without TLS, on loopback only).
+func devPageURL(addr net.Addr) string { return "http://" + addr.String() + "/ui/" }
 
 // progress prints what changes: new revisions with their plan summary,
 // evaluation errors, and a compact VM table whenever a phase changes.

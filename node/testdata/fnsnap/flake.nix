@@ -1,0 +1,29 @@
+# The cluster of node/functions_snapshot_lab_test.go: two functions served
+# by the demo's real qemu microVM (examples/demo; the test copies
+# microvm.nix, build-runner.sh and guest-init.sh beside this file and
+# writes settings.nix: { kernelDir; }). snap restores its cold starts from a
+# memory snapshot; plain, the same guest under another name, boots every
+# time (the comparison). The ports are the user-mode forwards the runners
+# use only without cluster networking.
+{
+  outputs = { self }:
+    let
+      microvm = import ./microvm.nix;
+      settings = import ./settings.nix;
+      fn = name: port: snapshot: {
+        inherit (microvm.vm { inherit name port; inherit (settings) kernelDir; }) runner vcpu memMiB;
+        http = { host = "${name}.lab.test"; path = "/"; port = 80; };
+        maxInstances = 1;
+        idleTimeout = "3s";
+        inherit snapshot;
+      };
+    in
+    {
+      blixard = {
+        cluster = "snaplab";
+        network.cidr = "10.125.0.0/24";
+        functions.snap = fn "snap" 18190 true;
+        functions.plain = fn "plain" 18191 false;
+      };
+    };
+}

@@ -327,8 +327,16 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if body != nil {
 			out.Body = body
 		}
+		sent := time.Now()
 		resp, err := t.g.conns.RoundTrip(out)
 		if err == nil {
+			if rq.waited {
+				// A cold start: where its time went (arrival → instance
+				// handed out → the instance's answer).
+				t.g.log.Debug("fngateway: cold-start request answered", "function", rq.f.name, "instance", inst.Name,
+					"waited", sent.Sub(rq.arrived).Round(time.Millisecond), "answer", time.Since(sent).Round(time.Millisecond),
+					"status", resp.StatusCode)
+			}
 			resp.Body = releaseOnClose(resp.Body, rq.f, s)
 			return resp, nil
 		}

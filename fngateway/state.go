@@ -367,6 +367,11 @@ func (f *fnState) update(fn Function, now time.Time) *Demand {
 	for _, in := range insts {
 		if s, ok := old[in.Name]; ok && s.inst.Addr == in.Addr {
 			delete(old, in.Name)
+			if in.Ready && !s.inst.Ready && len(f.queue) > 0 {
+				// The moment a cold start's requests are handed out.
+				f.g.log.Debug("fngateway: instance ready; dispatching the queue", "function", f.name,
+					"instance", in.Name, "queued", len(f.queue))
+			}
 			s.inst = in
 			next = append(next, s)
 			continue

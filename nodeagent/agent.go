@@ -160,6 +160,10 @@ type Agent struct {
 	mu       sync.Mutex
 	statuses map[string]*vmStatus // guarded by mu
 	changed  chan struct{}        // buffered(1): a status changed (send with mu held or not)
+	// readied (buffered(1)) is signalled with changed when an instance
+	// became running and healthy: gateways queue cold-start requests for
+	// exactly that report, so it skips the debounce (see report).
+	readied chan struct{}
 	// renewed is the agent's clock when the last committed heartbeat was
 	// sent (the lease runs from it); fenced says whether the last pass
 	// found the lease run out. Both guarded by mu: the reporter renews.
@@ -256,6 +260,7 @@ func New(o Options) *Agent {
 			rooting: make(chan struct{}, 2*runtime.NumCPU()), share: newSharing(o, o.Logger.With("node", o.NodeID))},
 		notify:   make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
+		readied:  make(chan struct{}, 1),
 		statuses: map[string]*vmStatus{},
 		// Random rather than the start time: two processes of one node
 		// must differ even on a clock that was stepped back or is fake.
@@ -827,6 +832,13 @@ func (a *Agent) set(vd VMDecision) {
 		if old == nil || old.Phase != st.Phase {
 			a.log.Debug("phase", "vm", st.VM, "phase", st.Phase, "message", st.Message)
 		}
+		var was *replicated.VMStatus
+		if old != nil {
+			was = &old.VMStatus
+		}
+		if becameReady(was, st) {
+			a.signalReadiedLocked()
+		}
 		a.signalChangedLocked()
 	}
 	a.statuses[st.VM] = keptStatus(old, vd)
@@ -862,6 +874,22 @@ func (a *Agent) setPhase(vm string, phase replicated.Phase, msg string) {
 		a.signalChangedLocked()
 	}
 	s.ObservedAt = a.o.Now()
+}
+
+// becameReady reports whether a VM's status turned running and healthy
+// from old (nil: none), the report gateways wait for (pure).
+func becameReady(old *replicated.VMStatus, now replicated.VMStatus) bool {
+	ready := func(s replicated.VMStatus) bool {
+		return s.Phase == replicated.PhaseRunning && s.Health == replicated.Healthy
+	}
+	return ready(now) && (old == nil || !ready(*old) || old.Generation != now.Generation)
+}
+
+func (a *Agent) signalReadiedLocked() {
+	select {
+	case a.readied <- struct{}{}:
+	default:
+	}
 }
 
 func (a *Agent) signalChangedLocked() {
@@ -919,11 +947,20 @@ func (a *Agent) report(ctx context.Context) {
 			case <-t.C:
 			case <-a.changed:
 				d := time.NewTimer(max(debounce, time.Until(last.Add(minGap))))
-				select {
-				case <-ctx.Done():
-					d.Stop()
-					return
-				case <-d.C:
+				for waiting := true; waiting; {
+					select {
+					case <-ctx.Done():
+						d.Stop()
+						return
+					case <-d.C:
+						waiting = false
+					case <-a.readied:
+						// An instance is ready: requests queued at the
+						// gateways wait for this very report, and what
+						// the debounce would add comes later anyway. The
+						// gap still bounds the rate in a burst.
+						d.Reset(max(time.Until(last.Add(minGap)), 0))
+					}
 				}
 			}
 		}
@@ -941,6 +978,10 @@ func (a *Agent) report(ctx context.Context) {
 		// now: drop their signal rather than send the same statuses again.
 		select {
 		case <-a.changed:
+		default:
+		}
+		select {
+		case <-a.readied:
 		default:
 		}
 		hb := a.nextHeartbeat()

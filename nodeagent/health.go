@@ -390,9 +390,12 @@ func (a *Agent) healthChanged(vm string) {
 	if s == nil {
 		return
 	}
-	was := s.Health
+	was := s.VMStatus
 	a.probes.stamp(&s.VMStatus)
-	if s.Health != was {
+	if s.Health != was.Health {
+		if becameReady(&was, s.VMStatus) {
+			a.signalReadiedLocked()
+		}
 		a.signalChangedLocked()
 	}
 }

@@ -119,6 +119,8 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte(`{"v":1,"type":"RegisterNode","registerNode":{"id":1,"labels":{},"cephAddrs":[]}}`))
 	f.Add([]byte(`{"v":1,"type":"CommitPlan","commitPlan":{"spec":{"vms":{"a":{"volumes":{},"placement":{"nodes":[]}}},"functions":{}},"assignments":[]}}`))
 	f.Add([]byte(`{"v":1,"type":"NodeHeartbeat","nodeHeartbeat":{"id":1,"statuses":[]},"at":"2025-01-01T00:00:00.5-07:00"}`))
+	// "+00:00" decodes as Local on a UTC host and encodes as "Z".
+	f.Add([]byte(`{"v":1,"type":"CreateToken","at":"2025-02-03T04:05:06.000007+00:00","createToken":{"name":"ci","role":"read","hash":"0000000000000000000000000000000000000000000000000000000000000000"}}`))
 	f.Add([]byte(`{"v":2,"type":"SetNodeState"}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"maps"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"slices"
@@ -112,22 +111,9 @@ func New(o Options) *Gateway {
 	}
 	g := &Gateway{o: o, log: o.Logger}
 	g.cur.Store(&table{routes: ingress.NewTable(nil, nil), fns: map[string]*fnState{}})
-	dialer := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
-	g.conns = &http.Transport{
-		// Dial errors are marked: nothing was sent, so another instance
-		// may take the request, whatever its method.
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			return c, nil
-		},
-		Proxy:                 nil, // instances are reached directly, never through HTTP_PROXY
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       o.IdleConnTimeout,
-		ExpectContinueTimeout: time.Second,
-	}
+	// Dial errors are marked (ingress.IsDialError): nothing was sent, so
+	// another instance may take the request, whatever its method.
+	g.conns = ingress.InstanceTransport(o.DialTimeout, o.IdleConnTimeout)
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// The transport picks the instance; the URL's host is only a
@@ -297,12 +283,6 @@ func writePlain(w http.ResponseWriter, status int, msg string) {
 // acted on it, and a body partly sent cannot be sent again.
 type transport struct{ g *Gateway }
 
-// dialError is a failure to connect to an instance: nothing was sent.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rq, _ := req.Context().Value(requestKey{}).(*request)
 	if rq == nil {
@@ -340,8 +320,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Body = releaseOnClose(resp.Body, rq.f, s)
 			return resp, nil
 		}
-		var de *dialError
-		if !errors.As(err, &de) || req.Context().Err() != nil {
+		if !ingress.IsDialError(err) || req.Context().Err() != nil {
 			rq.f.release(s)
 			return nil, fmt.Errorf("function %s, instance %s (%s): %w", rq.f.name, inst.Name, inst.Addr, err)
 		}

@@ -89,23 +89,7 @@ func New(o Options) *Server {
 	}
 	s := &Server{o: o, log: o.Logger, changed: make(chan struct{}, 1)}
 	s.cur.Store(newSnapshot(nil, nil))
-	dialer := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
-	s.conns = &http.Transport{
-		// Dial errors are marked, so RoundTrip knows nothing was sent.
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			return c, nil
-		},
-		Proxy:               nil, // instances are reached directly, never through HTTP_PROXY
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     o.IdleTimeout,
-		// No ResponseHeaderTimeout: an instance may think long before it
-		// answers (long polling); the client decides how long to wait.
-		ExpectContinueTimeout: time.Second,
-	}
+	s.conns = InstanceTransport(o.DialTimeout, o.IdleTimeout)
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// The transport picks the instance; the URL's host is only a

@@ -1,11 +1,14 @@
 package ingress
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // transport sends a request that ServeHTTP routed to the route's
@@ -28,6 +31,37 @@ type dialError struct{ err error }
 
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
+
+// IsDialError reports whether err (from a transport made by
+// InstanceTransport) is a failure to connect: nothing was sent, so another
+// instance may take the request, whatever its method.
+func IsDialError(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
+}
+
+// InstanceTransport is the connection pool to instances that the ingress
+// proxy and the function gateway share: dial errors are marked (see
+// IsDialError), instances are reached directly (never through
+// HTTP_PROXY), and there is no ResponseHeaderTimeout — an instance may
+// think long before it answers (long polling); the client decides how long
+// to wait.
+func InstanceTransport(dialTimeout, idleConnTimeout time.Duration) *http.Transport {
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &dialError{err: err}
+			}
+			return c, nil
+		},
+		Proxy:                 nil,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       idleConnTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+}
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	s := t.s
@@ -67,9 +101,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err // the client went away: try nobody else
 		}
 		last = fmt.Errorf("instance %s (%s): %w", tg.Instance, tg.Addr, err)
-		var de *dialError
 		switch {
-		case errors.As(err, &de):
+		case IsDialError(err):
 			if tg.h.markDown(s.o.Now(), s.o.DownFor) {
 				s.log.Warn("ingress: instance refused a connection; trying the others first for a while",
 					"entry", rt.route.Entry, "instance", tg.Instance, "addr", tg.Addr, "for", s.o.DownFor, "err", err)

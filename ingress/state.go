@@ -14,7 +14,44 @@ func FromState(s *replicated.State) *Table {
 	if s == nil || s.Desired == nil {
 		return NewTable(nil, nil)
 	}
-	return NewTable(s.Desired.Ingress, RunningInstances(s))
+	return NewTable(s.Desired.Ingress, ServingInstances(s))
+}
+
+// ServingInstances are the running instances (see [RunningInstances]) that
+// ingress sends traffic to, by declared VM name: of each VM's running
+// instances, the healthy ones; when none is healthy, those not judged yet
+// (a just-started instance, or every instance after its agent restarted);
+// when every one is unhealthy, all of them. Like Kubernetes' readiness, a
+// failing instance leaves the rotation while others can serve; unlike it, a
+// VM whose instances all fail keeps its traffic (Envoy's panic mode), so a
+// health check that is wrong everywhere degrades to what ingress did without
+// one instead of refusing every request.
+func ServingInstances(s *replicated.State) map[string][]Instance {
+	out := RunningInstances(s)
+	for vm, insts := range out {
+		out[vm] = bestHealth(insts, func(name string) replicated.HealthState { return s.Observed[name].Health })
+	}
+	return out
+}
+
+// bestHealth keeps the instances of the best health class present:
+// healthy, then not judged, then unhealthy. Order is kept.
+func bestHealth(insts []Instance, health func(name string) replicated.HealthState) []Instance {
+	rank := func(h replicated.HealthState) int {
+		switch h {
+		case replicated.Healthy:
+			return 2
+		case replicated.Unhealthy:
+			return 0
+		default:
+			return 1
+		}
+	}
+	best := -1
+	for _, in := range insts {
+		best = max(best, rank(health(in.Name)))
+	}
+	return slices.DeleteFunc(slices.Clone(insts), func(in Instance) bool { return rank(health(in.Name)) != best })
 }
 
 // RunningInstances are the instances ingress may send traffic to, by

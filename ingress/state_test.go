@@ -156,4 +156,42 @@ func TestFromState(t *testing.T) {
 			t.Fatalf("site backends = %q, want %q", got, want)
 		}
 	})
+
+	healthBeat := func(health map[string]replicated.HealthState) replicated.Command {
+		c := heartbeat(2, map[string]replicated.Phase{"web-0": replicated.PhaseRunning, "web-1": replicated.PhaseStopped, "web-2": replicated.PhaseRunning})
+		for i := range c.NodeHeartbeat.Statuses {
+			c.NodeHeartbeat.Statuses[i].Health = health[c.NodeHeartbeat.Statuses[i].VM]
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name   string
+		health map[string]replicated.HealthState
+		want   []string
+	}{
+		{"an unhealthy instance leaves the rotation while a healthy one serves",
+			map[string]replicated.HealthState{"web-0": replicated.Unhealthy, "web-2": replicated.Healthy}, []string{"web-2"}},
+		{"an instance not judged yet waits while a healthy one serves",
+			map[string]replicated.HealthState{"web-0": replicated.Healthy}, []string{"web-0"}},
+		{"instances not judged yet serve when none is healthy (agent restarted)",
+			map[string]replicated.HealthState{"web-2": replicated.Unhealthy}, []string{"web-0"}},
+		{"every instance unhealthy: all keep their traffic (panic mode)",
+			map[string]replicated.HealthState{"web-0": replicated.Unhealthy, "web-2": replicated.Unhealthy}, []string{"web-0", "web-2"}},
+		{"every instance healthy: all serve",
+			map[string]replicated.HealthState{"web-0": replicated.Healthy, "web-2": replicated.Healthy}, []string{"web-0", "web-2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			apply(healthBeat(tc.health))
+			var want []string
+			for _, vm := range tc.want {
+				want = append(want, vm+" "+addr(vm)+":8080")
+			}
+			if got := backendsOf(ingress.FromState(s), "site"); !slices.Equal(got, want) {
+				t.Fatalf("site backends = %q, want %q", got, want)
+			}
+			if got := len(ingress.RunningInstances(s)["web"]); got != 2 {
+				t.Fatalf("RunningInstances lists %d web instances, want 2 (DNS keeps every running instance)", got)
+			}
+		})
+	}
 }

@@ -144,18 +144,35 @@ func (s *scheduler) functionInstancesOn(fn string, n int32) int {
 	return k
 }
 
+// IdleMark is when this leader first saw a function's activity marks
+// (FunctionState.LastActive and ScaledAt) at their current values, on its
+// own clock.
+type IdleMark struct {
+	LastActive, ScaledAt time.Time
+	Seen                 time.Time
+}
+
 // ScaleIns are the leader's idle decisions (pure): every function of the
-// committed revision that wants more than minInstances and has had no
-// request activity (FunctionState.LastActive, reported by the gateways)
-// and no scale change (ScaledAt) for its idleTimeout scales in to
-// minInstances. It returns the commands and, when some function is not
-// idle yet, when the next one may be (zero: none).
-func ScaleIns(st *replicated.State, now time.Time) ([]replicated.ScaleFunction, time.Time) {
+// committed revision that wants more than minInstances and whose activity
+// marks (FunctionState.LastActive from the gateways, ScaledAt) have not
+// moved for its idleTimeout scales in to minInstances.
+//
+// Idleness is timed on the leader's clock, from when it first saw the
+// current marks (seen, updated and returned), never by comparing the
+// gateways' clocks with its own: a gateway whose clock runs behind would
+// otherwise make a busy function look idle and lose its instances, one
+// ahead would keep an idle one up. Like node liveness, a new leader
+// counts from when it first looks (an idle function scales in at most
+// idleTimeout later after a leader change). It returns the commands and,
+// when some function is not idle yet, when the next one may be (zero:
+// none).
+func ScaleIns(st *replicated.State, now time.Time, seen map[string]IdleMark) ([]replicated.ScaleFunction, time.Time, map[string]IdleMark) {
 	if st == nil || st.Desired == nil {
-		return nil, time.Time{}
+		return nil, time.Time{}, nil
 	}
 	var out []replicated.ScaleFunction
 	var next time.Time
+	marks := map[string]IdleMark{}
 	for _, name := range slices.Sorted(maps.Keys(st.Desired.Functions)) {
 		f := st.Desired.Functions[name]
 		fs, scaled := st.Functions[name]
@@ -163,11 +180,12 @@ func ScaleIns(st *replicated.State, now time.Time) ([]replicated.ScaleFunction, 
 		if want <= f.MinInstances {
 			continue
 		}
-		last := fs.LastActive
-		if fs.ScaledAt.After(last) {
-			last = fs.ScaledAt
+		mark, ok := seen[name]
+		if !ok || !mark.LastActive.Equal(fs.LastActive) || !mark.ScaledAt.Equal(fs.ScaledAt) {
+			mark = IdleMark{LastActive: fs.LastActive, ScaledAt: fs.ScaledAt, Seen: now}
 		}
-		if due := last.Add(f.IdleTimeout); now.Before(due) {
+		marks[name] = mark
+		if due := mark.Seen.Add(f.IdleTimeout); now.Before(due) {
 			if next.IsZero() || due.Before(next) {
 				next = due
 			}
@@ -175,16 +193,17 @@ func ScaleIns(st *replicated.State, now time.Time) ([]replicated.ScaleFunction, 
 		}
 		out = append(out, replicated.ScaleFunction{Function: name, Kind: replicated.ScaleIn, Want: f.MinInstances,
 			From: want, Idle: fs.LastActive,
-			Reason: fmt.Sprintf("no requests for %s (idleTimeout %s)", now.Sub(last).Round(time.Second), f.IdleTimeout)})
+			Reason: fmt.Sprintf("no requests for %s (idleTimeout %s)", now.Sub(mark.Seen).Round(time.Second), f.IdleTimeout)})
 	}
-	return out, next
+	return out, next, marks
 }
 
 // reconcileFunctions proposes the scale-ins ScaleIns decides. It reports
 // whether one committed (the plan must be made again against it) and when
 // the next function may go idle.
 func (r *Reconciler) reconcileFunctions(ctx context.Context, state *replicated.State, now time.Time) (bool, Result, error) {
-	cmds, next := ScaleIns(state, now)
+	cmds, next, marks := ScaleIns(state, now, r.loop.idle)
+	r.loop.idle = marks
 	var res Result
 	if !next.IsZero() {
 		res.RequeueAfter = next.Sub(now)

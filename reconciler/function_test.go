@@ -20,33 +20,44 @@ func testFunction(lo, hi int) spec.Function {
 
 func TestScaleIns(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	// seenAgo: the leader first saw the function's current marks that long
+	// before now (-1: never saw them).
 	for _, tc := range []struct {
-		name string
-		f    spec.Function
-		st   *replicated.FunctionState
-		now  time.Time
-		want string // "" none, else "FROM→TO"
-		next time.Duration
+		name    string
+		f       spec.Function
+		st      *replicated.FunctionState
+		now     time.Time
+		seenAgo time.Duration
+		want    string // "" none, else "FROM→TO"
+		next    time.Duration
 	}{
-		{name: "never scaled: at minInstances", f: testFunction(0, 3), now: t0},
-		{name: "at min", f: testFunction(1, 3), st: &replicated.FunctionState{Want: 1, ScaledAt: t0}, now: t0.Add(time.Hour)},
-		{name: "busy", f: testFunction(0, 3), st: &replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0.Add(30 * time.Second)},
-			now: t0.Add(time.Minute), next: 30 * time.Second},
-		{name: "just scaled: ScaledAt counts as activity", f: testFunction(0, 3),
-			st: &replicated.FunctionState{Want: 2, ScaledAt: t0.Add(50 * time.Second)}, now: t0.Add(time.Minute), next: 50 * time.Second},
+		{name: "never scaled: at minInstances", f: testFunction(0, 3), now: t0, seenAgo: -1},
+		{name: "at min", f: testFunction(1, 3), st: &replicated.FunctionState{Want: 1, ScaledAt: t0}, now: t0.Add(time.Hour), seenAgo: time.Hour},
+		{name: "busy: activity seen 30s ago", f: testFunction(0, 3), st: &replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0.Add(30 * time.Second)},
+			now: t0.Add(time.Minute), seenAgo: 30 * time.Second, next: 30 * time.Second},
+		{name: "first look counts from now, whatever the reported times say", f: testFunction(0, 3),
+			st: &replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0}, now: t0.Add(time.Hour), seenAgo: -1, next: time.Minute},
+		{name: "a gateway clock two hours behind does not make a busy function idle", f: testFunction(0, 3),
+			st: &replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0.Add(-2 * time.Hour)}, now: t0.Add(time.Second), seenAgo: 0, next: time.Minute},
+		{name: "a gateway clock an hour ahead does not keep an idle function up", f: testFunction(0, 3),
+			st: &replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0.Add(time.Hour)}, now: t0.Add(time.Minute), seenAgo: time.Minute, want: "2→0"},
 		{name: "idle: to min", f: testFunction(0, 3), st: &replicated.FunctionState{Want: 3, ScaledAt: t0, LastActive: t0},
-			now: t0.Add(time.Minute), want: "3→0"},
+			now: t0.Add(time.Minute), seenAgo: time.Minute, want: "3→0"},
 		{name: "idle: to a min of 1", f: testFunction(1, 3), st: &replicated.FunctionState{Want: 2, ScaledAt: t0},
-			now: t0.Add(2 * time.Minute), want: "2→1"},
+			now: t0.Add(2 * time.Minute), seenAgo: 2 * time.Minute, want: "2→1"},
 		{name: "want above a lowered max is clamped first", f: testFunction(0, 2), st: &replicated.FunctionState{Want: 5, ScaledAt: t0},
-			now: t0.Add(2 * time.Minute), want: "2→0"},
+			now: t0.Add(2 * time.Minute), seenAgo: 2 * time.Minute, want: "2→0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := &replicated.State{Desired: &spec.Cluster{Functions: map[string]spec.Function{"hello": tc.f}}}
+			var seen map[string]IdleMark
 			if tc.st != nil {
 				st.Functions = map[string]replicated.FunctionState{"hello": *tc.st}
+				if tc.seenAgo >= 0 {
+					seen = map[string]IdleMark{"hello": {LastActive: tc.st.LastActive, ScaledAt: tc.st.ScaledAt, Seen: tc.now.Add(-tc.seenAgo)}}
+				}
 			}
-			cmds, next := ScaleIns(st, tc.now)
+			cmds, next, marks := ScaleIns(st, tc.now, seen)
 			got := ""
 			if len(cmds) == 1 {
 				c := cmds[0]
@@ -67,8 +78,28 @@ func TestScaleIns(t *testing.T) {
 			if gotNext != tc.next {
 				t.Errorf("next in %s, want %s", gotNext, tc.next)
 			}
+			if tc.seenAgo < 0 && tc.st != nil && tc.st.Want > tc.f.MinInstances {
+				if m := marks["hello"]; !m.Seen.Equal(tc.now) || !m.LastActive.Equal(tc.st.LastActive) {
+					t.Errorf("marks after a first look = %+v, want seen now with the function's marks", m)
+				}
+			}
 		})
 	}
+
+	t.Run("activity reported after the marks were seen restarts the count", func(t *testing.T) {
+		f := testFunction(0, 3)
+		st := &replicated.State{Desired: &spec.Cluster{Functions: map[string]spec.Function{"hello": f}},
+			Functions: map[string]replicated.FunctionState{"hello": {Want: 2, ScaledAt: t0, LastActive: t0}}}
+		_, _, marks := ScaleIns(st, t0, nil)
+		st.Functions["hello"] = replicated.FunctionState{Want: 2, ScaledAt: t0, LastActive: t0.Add(50 * time.Second)}
+		cmds, next, marks := ScaleIns(st, t0.Add(55*time.Second), marks)
+		if len(cmds) != 0 || !next.Equal(t0.Add(115*time.Second)) {
+			t.Fatalf("after new activity at +55s: %d commands, next %s; want none and next at +115s", len(cmds), next.Sub(t0))
+		}
+		if cmds, _, _ := ScaleIns(st, t0.Add(115*time.Second), marks); len(cmds) != 1 {
+			t.Fatalf("a minute after the activity was seen: %d commands, want the scale-in", len(cmds))
+		}
+	})
 }
 
 // TestComputeFunctions: function instances are placed near the node that

@@ -132,6 +132,9 @@ type Reconciler struct {
 // replicated EvalFailed condition.
 type loopState struct {
 	leading bool
+	// idle is when this replica, leading, first saw each function's
+	// activity marks (ScaleIns): idleness is timed on its own clock.
+	idle map[string]IdleMark
 	// termStart is when this replica's current term began (Options.Now).
 	termStart time.Time
 	// fetchDue: a trigger or a new term asks for a fetch in the next pass;

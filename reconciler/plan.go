@@ -121,6 +121,10 @@ type Plan struct {
 	Moved []Change `json:"moved,omitempty"`
 	// Unschedulable are desired instances no node can take.
 	Unschedulable []replicated.Unschedulable `json:"unschedulable,omitempty"`
+	// Rollouts are the rollouts committing the plan starts (filled by
+	// PlanSpec, for previews: see [Rollouts]); Changed and Moved list their
+	// instances' eventual change.
+	Rollouts []RolloutPreview `json:"rollouts,omitempty"`
 	// Volumes are the RBD volumes of placed instances that are new in the
 	// desired spec (the agent creates their image unless it exists) or
 	// larger than in Input.Previous (the agent grows the image), sorted by

@@ -25,6 +25,7 @@ const (
 //	+ web-0 → node 1 (/nix/store/…-runner, 2 vCPU, 1024 MiB) [spread: 0 of web here; binpack: 40% used]
 //	~ db on node 1: /nix/store/…-old → /nix/store/…-new
 //	→ cache moved node 2 → node 3 (node 2 is draining) [binpack: 0% used]
+//	⟳ web: 3 instances roll out in 3 waves (waves of 1, healthy for 10s within 5m0s)
 //	- old-vm (was on node 2): no longer declared
 //	+ volume db/data: RBD image rbd/prod.db.data, 10240 MiB (created unless it exists)
 //	~ volume web/logs: RBD image rbd/prod.web.logs grows 512 → 1024 MiB
@@ -63,6 +64,10 @@ func (p Plan) Render(w io.Writer, color bool) error {
 			s += "; " + strings.Join(d, ", ")
 		}
 		line(ansiCyan, "%s", s)
+	}
+	for _, r := range p.Rollouts {
+		line(ansiCyan, "⟳ %s: %d %s roll out in %d %s (%s)", r.VM, len(r.Instances), plural(len(r.Instances), "instance", "instances"),
+			r.Waves, plural(r.Waves, "wave", "waves"), r.Update)
 	}
 	for _, c := range p.Removed {
 		line(ansiRed, "- %s (was on node %d): %s", c.VM, c.OldNode, c.Reason)

@@ -175,7 +175,8 @@ type RolloutDecision struct {
 //     unless minHealthySeconds is 0) and waits minHealthySeconds from then;
 //  3. then, if every instance runs the target: succeed;
 //  4. otherwise the next wave (ChooseWave); when none may start because
-//     too many instances are unavailable, it waits.
+//     too many instances are unavailable, it waits, and fails once
+//     progressDeadline passed since the wave could have started.
 func NextRolloutStep(st *replicated.State, vm string, now time.Time) RolloutDecision {
 	r, ok := st.Rollouts[vm]
 	if !ok || r.Done() {
@@ -247,7 +248,22 @@ func NextRolloutStep(st *replicated.State, vm string, now time.Time) RolloutDeci
 	}
 	wave, why := ChooseWave(r, st.Assignments, insts, pending, health)
 	if len(wave) == 0 {
-		return RolloutDecision{Why: why}
+		// progressDeadline also bounds a rollout that cannot go on: from
+		// when the next wave could have started (the rollout's start, the
+		// last wave's start, or when it had been healthy for
+		// minHealthySeconds), like Kubernetes' progressDeadlineSeconds.
+		since := r.Started
+		if r.WaveStarted.After(since) {
+			since = r.WaveStarted
+		}
+		if !r.HealthySince.IsZero() && r.HealthySince.Add(r.Update.MinHealthy()).After(since) {
+			since = r.HealthySince.Add(r.Update.MinHealthy())
+		}
+		due := since.Add(r.Update.ProgressDeadline)
+		if !now.Before(due) {
+			return fail(fmt.Sprintf("no wave could start within %s (progressDeadline): %s", r.Update.ProgressDeadline, why))
+		}
+		return RolloutDecision{After: due.Sub(now), Why: why}
 	}
 	return step(replicated.RolloutWave, wave, "")
 }

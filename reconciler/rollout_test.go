@@ -255,7 +255,32 @@ func TestNextRolloutStep(t *testing.T) {
 				f.observe("web-0", replicated.PhaseStarting, v2, "", "")
 				return rollT0.Add(time.Second)
 			},
-			has: "waiting to start wave 3: 1 of 3 instances are unavailable (maxUnavailable 1): web-0 (starting)"},
+			// The rollout started at rollT0+4s (the fixture's fourth entry),
+			// after these steps: the deadline counts from then.
+			after: 63 * time.Second, has: "waiting to start wave 3: 1 of 3 instances are unavailable (maxUnavailable 1): web-0 (starting)"},
+		{name: "a rollout that cannot start its next wave fails after progressDeadline", n: 3, u: upd(1, 0, 0, time.Minute, false),
+			setup: func(f *rollFixture) time.Time {
+				f.step(rollT0, replicated.RolloutWave, "web-0")
+				f.ready("web-0")
+				f.step(rollT0.Add(10*time.Second), replicated.RolloutWave, "web-1")
+				f.ready("web-1")
+				f.observe("web-0", replicated.PhaseStarting, v2, "", "")
+				return rollT0.Add(70 * time.Second)
+			},
+			action: replicated.RolloutFail,
+			has:    "no wave could start within 1m0s (progressDeadline): waiting to start wave 3: 1 of 3 instances are unavailable (maxUnavailable 1): web-0 (starting)"},
+		{name: "the wait for a wave to start counts from when the last wave had been healthy for minHealthySeconds", n: 3, u: upd(1, 0, 30, time.Minute, true),
+			setup: func(f *rollFixture) time.Time {
+				f.step(rollT0.Add(5*time.Second), replicated.RolloutWave, "web-0")
+				f.ready("web-0")
+				f.step(rollT0.Add(6*time.Second), replicated.RolloutHealthy)
+				f.step(rollT0.Add(40*time.Second), replicated.RolloutWave, "web-1")
+				f.ready("web-1")
+				f.step(rollT0.Add(45*time.Second), replicated.RolloutHealthy)
+				f.observe("web-0", replicated.PhaseStarting, v2, "", "")
+				return rollT0.Add(100 * time.Second)
+			},
+			after: 35 * time.Second, has: "waiting to start wave 3"},
 		{name: "an instance kept stopped moves without waiting", n: 3, u: upd(1, 0, 0, time.Minute, false),
 			setup: func(f *rollFixture) time.Time {
 				f.apply(replicated.Command{Type: replicated.CmdSetVMRunState, SetVMRunState: &replicated.SetVMRunState{VM: "web-2", Want: replicated.RunStateStopped}})

@@ -503,10 +503,17 @@ func (c *checker) healed() { c.healAt = c.w.now }
 //	  retried after BuildRetry (30 s) and takes up to 15 s; a hung stop
 //	  takes 40 s; a crashed runner is restarted within 30 s
 //	+ two heartbeat periods for the statuses to reach the state + 5 s slack.
+//	+ the rollouts of the final spec: up to maxRolloutWaves waves one
+//	  after the other, each a build (15 s), a start and two heartbeats,
+//	  and minHealthySeconds (3 s).
 func (c *checker) bound() int64 {
 	return msOf(c.w.cfg.NodeTimeout) + 2000 + electionMax + pollEvery + 12000 +
-		max(buildRetry+15000, hungStop, maxRestartBackoff) + 2*c.w.heartbeatEvery + 5000
+		max(buildRetry+15000, hungStop, maxRestartBackoff) + 2*c.w.heartbeatEvery + 5000 +
+		maxRolloutWaves*(15000+3000+2*c.w.heartbeatEvery+1000)
 }
+
+// maxRolloutWaves: at most 3 replicas, waves of at least one.
+const maxRolloutWaves = 3
 
 // converged says why the cluster has not converged ("" when it has):
 // the leader's revision is the head commit, every node is ready and runs
@@ -556,6 +563,15 @@ func (c *checker) converged() string {
 			if a, ok := st.Assignments[name]; !ok || a.Node != n.id || a.Stopped != "" {
 				return fmt.Sprintf("%s runs on node %d, assigned to %s", name, n.id, assignedTo(a, ok))
 			}
+		}
+	}
+	for _, vm := range sortedKeys(st.Rollouts) {
+		// The final push gives every rolling VM a new runner: its rollout
+		// must have succeeded in the healed cluster.
+		if r := st.Rollouts[vm]; !r.Done() {
+			return fmt.Sprintf("the rollout of %s is at wave %d", vm, r.Waves)
+		} else if r.To == w.repo.head && r.Phase != replicated.RolloutSucceeded {
+			return fmt.Sprintf("the rollout of %s to the head commit %s: %s", vm, r.Phase, r.Error)
 		}
 	}
 	if d := reconciler.ComputeDrift(st); len(d) > 0 {

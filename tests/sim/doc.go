@@ -19,13 +19,13 @@
 // replicated.State.Apply on every node's replica (each command round-trips
 // through EncodeCommand/DecodeCommand first, as on the wire);
 // reconciler.ObserveHeartbeats, StaleNodes, PlanSpec, Compute,
-// Plan.HasChanges and ComputeDrift; nodeagent.Decide, FenceReason and
-// MarkedDownReason.
+// Plan.HasChanges, HoldBack, NextRolloutStep and ComputeDrift;
+// nodeagent.Decide, FenceReason and MarkedDownReason.
 // Around them, the simulator rewrites, step for step, the parts that are
-// unexported or do I/O: the leader loop (reconciler loop.go/pass.go/
+// unexported or do I/O: the leader loop (reconciler loop.go/pass.go/rollout.go/
 // result.go: fetch, liveness, FetchFailed, evaluation, plan with the parent
-// compare-and-set, waits and backoff, with copies of evalDue, waitAfter and
-// joinErrors), the agent (observe with observeVMs' rules, the records, the
+// compare-and-set and HoldBack, the rollout steps (step 8), waits and
+// backoff, with copies of evalDue, waitAfter, joinErrors and mayRoll), the agent (observe with observeVMs' rules, the records, the
 // executor with its kills, the lease — started from the node's last
 // committed heartbeat in its replica, renewed by a committed heartbeat to
 // its send time, a pass at its expiry, starts held after a fence until a
@@ -77,7 +77,9 @@
 //     30% message loss; runner crashes (OOM); pushes (new runners, some that
 //     do not build or crash at start, replicas, new and removed VMs,
 //     resources, autostart, a VM too large for any node, a flake that does
-//     not evaluate, no change); drains and cordons; `blixard vm
+//     not evaluate, no change; 40% of VMs roll their updates in waves, some
+//     with a canary and auto-revert, so bad runners fail or revert
+//     rollouts and faults expire their deadlines); drains and cordons; `blixard vm
 //     stop|start|restart`; temporarily failing evaluations; an unreachable
 //     repository; transient build and start failures; hung shutdowns (40 s).
 //
@@ -134,7 +136,11 @@
 //     commit, every node is ready, every assigned instance runs its
 //     committed runner on its node (kept-stopped ones run nowhere), nothing
 //     else runs anywhere, every `vm restart` was carried out after it was
-//     asked for, nothing is unschedulable, and ComputeDrift is empty.
+//     asked for, nothing is unschedulable, no rollout is in progress and
+//     every rollout to the head commit succeeded (the final push gives
+//     every rolling VM a new runner; the bound adds three waves of a build,
+//     a start, two heartbeats and minHealthySeconds), and ComputeDrift is
+//     empty.
 //   - Placement: every committed plan keeps each node within its capacity,
 //     anti-affinity and placement labels and nodes.
 //   - Decide's contract: at most one background action per VM, last, and

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
@@ -154,6 +155,16 @@ func (r *repo) newVM(name string) spec.VM {
 		Replicas:  int(w.rnd(1, 3)),
 		Autostart: !w.chance(0.1),
 	}
+	if w.chance(0.4) {
+		// Rolling updates (reconciler.NextRolloutStep): deadlines long
+		// enough for a wave after heal (a build, its retry, minHealthy),
+		// short enough to expire during faults.
+		vm.Update = spec.Update{MaxUnavailable: int(w.rnd(1, 2)), MinHealthySeconds: int(w.rnd(0, 3)),
+			ProgressDeadline: time.Duration(w.rnd(60, 120)) * time.Second, AutoRevert: w.chance(0.5)}
+		if w.chance(0.3) {
+			vm.Update.Canary = 1
+		}
+	}
 	switch {
 	case w.chance(0.3):
 		// Spread the replicas: at most one per node.
@@ -295,6 +306,14 @@ func (r *repo) finalPush() {
 	if w.chance(0.5) {
 		names := sortedKeys(s.VMs)
 		r.bump(s, names[w.pick(len(names))], false)
+	}
+	// A rollout that failed or reverted during the faults stays so until a
+	// commit changes the VM's targets: every rolling VM gets a new runner,
+	// so the final spec is rolled out in the healed cluster.
+	for _, name := range sortedKeys(s.VMs) {
+		if s.VMs[name].Update.Enabled() {
+			r.bump(s, name, false)
+		}
 	}
 	r.push(s, "the final good spec")
 }

@@ -194,11 +194,20 @@ func (l *loop) reconcile(now int64, done func(requeue int64, evaluate string, er
 						if err != nil {
 							errs = append(errs, err)
 						}
-						if len(errs) > 0 {
-							done(0, evaluate, joinErrors(errs))
-							return
-						}
-						done(requeue, evaluate, nil)
+						// 8. Rollouts.
+						l.reconcileRollouts(state, now, func(rolled int64, err error) {
+							if err != nil {
+								errs = append(errs, err)
+							}
+							if len(errs) > 0 {
+								done(0, evaluate, joinErrors(errs))
+								return
+							}
+							if rolled > 0 && (requeue <= 0 || rolled < requeue) {
+								requeue = rolled
+							}
+							done(requeue, evaluate, nil)
+						})
 					})
 				})
 			}
@@ -380,7 +389,9 @@ func (l *loop) reconcilePlan(state *replicated.State, act *outcome, now int64, d
 			})
 			return
 		}
-		l.commitPlan(state, pv.Spec, pv.Hash, act.commit, &pv.Plan, act, now, done)
+		// Instances of VMs with an update block move through rollouts.
+		plan := reconciler.HoldBack(pv.Plan, state.Assignments, pv.Spec, act.commit)
+		l.commitPlan(state, pv.Spec, pv.Hash, act.commit, &plan, act, now, done)
 		return
 	}
 	l.commitPlan(state, desired, hash, commit, nil, nil, now, done)
@@ -398,6 +409,7 @@ func (l *loop) commitPlan(state *replicated.State, desired *spec.Cluster, hash, 
 	newCommit := act != nil
 	if !newCommit {
 		p := reconciler.Compute(reconciler.Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired})
+		p = reconciler.HoldBack(p, state.Assignments, desired, commit)
 		if !p.HasChanges() {
 			done(nil)
 			return
@@ -441,6 +453,79 @@ func (l *loop) commitPlan(state *replicated.State, desired *spec.Cluster, hash, 
 				done(err)
 			}
 		})
+}
+
+// reconcileRollouts is rollout.go's: when a rollout may run, re-read the
+// state and propose each rolling VM's next step (NextRolloutStep), one
+// after the other. It returns the requeue (ms; 0: none) and the errors.
+func (l *loop) reconcileRollouts(state *replicated.State, now int64, done func(int64, error)) {
+	if !mayRoll(state) {
+		done(0, nil)
+		return
+	}
+	l.read(func(st *replicated.State) {
+		var requeue int64
+		var errs []error
+		sooner := func(ms int64) {
+			if ms > 0 && (requeue <= 0 || ms < requeue) {
+				requeue = ms
+			}
+		}
+		vms := sortedKeys(st.Rollouts)
+		var next func(i int)
+		next = func(i int) {
+			if i == len(vms) {
+				done(requeue, joinErrors(errs))
+				return
+			}
+			vm := vms[i]
+			d := reconciler.NextRolloutStep(st, vm, at(now))
+			if d.Step == nil {
+				if d.After > 0 {
+					sooner(max(msOf(d.After), 1))
+				}
+				next(i + 1)
+				return
+			}
+			l.w.cover("rollout step " + string(d.Step.Action))
+			l.propose(fmt.Sprintf("proposing the %s step of %s's rollout", d.Step.Action, vm),
+				replicated.Command{Type: replicated.CmdRolloutStep, At: at(now), RolloutStep: d.Step},
+				func(res replicated.Result, err error) {
+					switch {
+					case err != nil:
+						errs = append(errs, err)
+					case res.Code == replicated.ResultStaleParent:
+						l.w.cover("a rollout step refused as stale")
+					case !res.OK():
+						errs = append(errs, reconciler.TerminalError(fmt.Errorf("the %s step of %s's rollout was refused: %w", d.Step.Action, vm, res.Err())))
+						l.w.chk.failf("node %d: the cluster refused the leader's %s step of %s's rollout: %s", l.n.id, d.Step.Action, vm, res.Message)
+					default:
+						l.w.tracef("node %d: rollout of %s: %s %v %s", l.n.id, vm, d.Step.Action, d.Step.Instances, d.Step.Error)
+						sooner(1)
+					}
+					next(i + 1)
+				})
+		}
+		next(0)
+	})
+}
+
+// mayRoll is rollout.go's: a rollout may be in progress once this pass's
+// plan committed.
+func mayRoll(state *replicated.State) bool {
+	for _, r := range state.Rollouts {
+		if !r.Done() {
+			return true
+		}
+	}
+	if state.Desired != nil {
+		for _, vm := range state.Desired.VMs {
+			if vm.Update.Enabled() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func planOutcome(state *replicated.State, o *outcome) (reconciler.Preview, error) {

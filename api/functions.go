@@ -1,12 +1,12 @@
 package api
 
 import (
-	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/blixard/blixard/replicated"
 )
@@ -147,50 +147,68 @@ func (s *Server) handleFunctions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
-// WriteFunctionMetrics writes the functions' gauges and this node's
-// gateway counters: committed want, instances by phase, requests in
-// flight and queued, requests, cold starts and refusals (counters), and
-// cold start and request latency quantiles.
-func WriteFunctionMetrics(w io.Writer, st *replicated.State, local []FunctionLocal) {
-	v := functionsView(st, 0, local)
-	if len(v.Functions) == 0 {
-		return
+// functionCollector is the functions' series at scrape time, from the
+// local replica and this node's gateway: committed want, instances by
+// phase, requests in flight and queued, requests, cold starts and refusals
+// (counters). Latency histograms come from the gateway itself (package
+// metrics). It describes nothing (an unchecked collector): its series
+// follow the flake's functions.
+type functionCollector struct {
+	state func() (*replicated.State, error)
+	local func() []FunctionLocal
+}
+
+var (
+	fnWantDesc = prometheus.NewDesc("blixard_function_want", "Instances the function wants (committed scale).",
+		[]string{"function"}, nil)
+	fnInstancesDesc = prometheus.NewDesc("blixard_function_instances", "The function's assigned instances by phase.",
+		[]string{"function", "phase"}, nil)
+	fnInFlightDesc = prometheus.NewDesc("blixard_function_in_flight", "Requests in flight at this node's gateway.",
+		[]string{"function"}, nil)
+	fnQueuedDesc = prometheus.NewDesc("blixard_function_queued", "Requests waiting for an instance at this node's gateway.",
+		[]string{"function"}, nil)
+	fnRequestsDesc = prometheus.NewDesc("blixard_function_requests_total", "Requests routed to the function at this node's gateway.",
+		[]string{"function"}, nil)
+	fnColdStartsDesc = prometheus.NewDesc("blixard_function_cold_starts_total", "Requests that waited for an instance at this node's gateway.",
+		[]string{"function"}, nil)
+	fnRefusedDesc = prometheus.NewDesc("blixard_function_refused_total",
+		"Requests refused at this node's gateway, by reason: queue_full (503), timed_out (504), start_failed and unreachable (502).",
+		[]string{"function", "reason"}, nil)
+)
+
+func (c functionCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c functionCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.state()
+	if err != nil {
+		return // the state's own collector reports it
 	}
-	head := func(name, typ, help string) { fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ) }
-	head("blixard_function_want", "gauge", "Instances the function wants (committed scale).")
-	for _, f := range v.Functions {
-		fmt.Fprintf(w, "blixard_function_want{function=%q} %d\n", f.Name, f.Want)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	head("blixard_function_instances", "gauge", "The function's assigned instances by phase.")
-	for _, f := range v.Functions {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, f := range functionsView(st, 0, c.local()).Functions {
+		gauge(fnWantDesc, float64(f.Want), f.Name)
 		phases := map[string]int{}
 		for _, i := range f.Instances {
 			phases[i.Phase]++
 		}
 		for _, p := range slices.Sorted(maps.Keys(phases)) {
-			fmt.Fprintf(w, "blixard_function_instances{function=%q,phase=%q} %d\n", f.Name, p, phases[p])
+			gauge(fnInstancesDesc, float64(phases[p]), f.Name, p)
 		}
-	}
-	type metric struct {
-		name, typ, help string
-		val             func(*FunctionLocal) float64
-	}
-	for _, m := range []metric{
-		{"blixard_function_in_flight", "gauge", "Requests in flight at this node's gateway.", func(l *FunctionLocal) float64 { return float64(l.InFlight) }},
-		{"blixard_function_queued", "gauge", "Requests waiting for an instance at this node's gateway.", func(l *FunctionLocal) float64 { return float64(l.Queued) }},
-		{"blixard_function_requests_total", "counter", "Requests routed to the function at this node's gateway.", func(l *FunctionLocal) float64 { return float64(l.Requests) }},
-		{"blixard_function_cold_starts_total", "counter", "Requests that waited for an instance at this node's gateway.", func(l *FunctionLocal) float64 { return float64(l.ColdStarts) }},
-		{"blixard_function_refused_total", "counter", "Requests refused (503, 504, 502) at this node's gateway.", func(l *FunctionLocal) float64 {
-			return float64(l.QueueFull + l.TimedOut + l.StartFailed + l.Unreachable)
-		}},
-		{"blixard_function_cold_start_p99_seconds", "gauge", "p99 of the waits for an instance (last 1000) at this node's gateway.", func(l *FunctionLocal) float64 { return l.ColdStartP99.Seconds() }},
-		{"blixard_function_request_p99_seconds", "gauge", "p99 of request latency (last 1000) at this node's gateway.", func(l *FunctionLocal) float64 { return l.RequestP99.Seconds() }},
-	} {
-		head(m.name, m.typ, m.help)
-		for _, f := range v.Functions {
-			if f.Local != nil {
-				fmt.Fprintf(w, "%s{function=%q} %g\n", m.name, f.Name, m.val(f.Local))
-			}
+		l := f.Local
+		if l == nil {
+			continue
 		}
+		gauge(fnInFlightDesc, float64(l.InFlight), f.Name)
+		gauge(fnQueuedDesc, float64(l.Queued), f.Name)
+		counter(fnRequestsDesc, l.Requests, f.Name)
+		counter(fnColdStartsDesc, l.ColdStarts, f.Name)
+		counter(fnRefusedDesc, l.QueueFull, f.Name, "queue_full")
+		counter(fnRefusedDesc, l.TimedOut, f.Name, "timed_out")
+		counter(fnRefusedDesc, l.StartFailed, f.Name, "start_failed")
+		counter(fnRefusedDesc, l.Unreachable, f.Name, "unreachable")
 	}
 }

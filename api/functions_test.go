@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
 	"github.com/blixard/blixard/replicated"
 	"github.com/blixard/blixard/spec"
 )
@@ -46,13 +49,28 @@ func TestFunctionsView(t *testing.T) {
 	if i := hello.Instances[1]; i.Phase != "pending" {
 		t.Errorf("fn-hello-1 (reported by another node than its own): %+v", i)
 	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(functionCollector{state: func() (*replicated.State, error) { return st, nil },
+		local: func() []FunctionLocal { return []FunctionLocal{{Function: "hello", InFlight: 2, Requests: 7, QueueFull: 3}} }})
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gathering the function series: %v", err)
+	}
 	var b bytes.Buffer
-	WriteFunctionMetrics(&b, st, []FunctionLocal{{Function: "hello", InFlight: 2, Requests: 7}})
+	for _, f := range fams {
+		if _, err := expfmt.MetricFamilyToText(&b, f); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, want := range []string{`blixard_function_want{function="hello"} 4`, `blixard_function_want{function="cold"} 1`,
 		`blixard_function_instances{function="hello",phase="running"} 1`, `blixard_function_in_flight{function="hello"} 2`,
-		`blixard_function_requests_total{function="hello"} 7`, "# TYPE blixard_function_requests_total counter"} {
+		`blixard_function_requests_total{function="hello"} 7`, "# TYPE blixard_function_requests_total counter",
+		`blixard_function_refused_total{function="hello",reason="queue_full"} 3`} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("metrics lack %q:\n%s", want, b.String())
 		}
+	}
+	if strings.Contains(b.String(), `blixard_function_in_flight{function="cold"}`) {
+		t.Errorf("a function this node's gateway has no stats of has gateway series:\n%s", b.String())
 	}
 }

@@ -73,6 +73,9 @@ type latencyRing struct {
 }
 
 func (f *Front) observe(fn string, d time.Duration) {
+	if m := f.g.o.Metrics; m != nil {
+		m.ObserveRequest(fn, d)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.lat[fn]

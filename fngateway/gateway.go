@@ -65,6 +65,9 @@ type Options struct {
 	// IdleConnTimeout closes idle connections to instances (default
 	// DefaultIdleConnTimeout).
 	IdleConnTimeout time.Duration
+	// Metrics receives the latencies of the function requests (nil:
+	// nothing does; [Gateway.Stats] and [Front.Latency] keep their own).
+	Metrics Metrics
 	// Now is the clock of the bookkeeping (LastActive, queue waits, down
 	// marks); default time.Now. The queue's timeout runs on real time.
 	Now    func() time.Time

@@ -336,6 +336,9 @@ func (f *fnState) demand() Demand {
 }
 
 func (f *fnState) recordWait(d time.Duration) {
+	if m := f.g.o.Metrics; m != nil {
+		m.ObserveQueueWait(f.name, d)
+	}
 	if len(f.waits) < waitWindow {
 		f.waits = append(f.waits, d)
 		return

@@ -113,3 +113,14 @@ type Stats struct {
 	// StartFailure is the instance source's last word on a failed start.
 	StartFailure string
 }
+
+// Metrics receives a gateway's latencies, e.g. as Prometheus histograms
+// (package metrics). Calls must be quick: the queue's lock may be held.
+type Metrics interface {
+	// ObserveQueueWait: a request of function fn waited d in the queue
+	// before an instance took it.
+	ObserveQueueWait(fn string, d time.Duration)
+	// ObserveRequest: a request of function fn took d through the front,
+	// from arrival to the end of the answer, whatever the outcome.
+	ObserveRequest(fn string, d time.Duration)
+}

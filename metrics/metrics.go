@@ -86,6 +86,7 @@ type Metrics struct {
 	push                      prometheus.Histogram
 	realise, attach, start    *prometheus.HistogramVec
 	restarts                  *prometheus.CounterVec
+	fnWait, fnRequest         *prometheus.HistogramVec
 }
 
 // New returns a node's registry with the Go runtime and process
@@ -99,6 +100,9 @@ func New(o Options) *Metrics {
 	// of microseconds to seconds; a commit is a Raft round trip.
 	slowBuckets := []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}
 	planBuckets := prometheus.ExponentialBuckets(0.0001, 4, 10) // 100µs … 26s
+	// Function requests: a warm one takes a millisecond, a cold start from
+	// a snapshot a fraction of a second, a boot seconds.
+	fnBuckets := prometheus.ExponentialBuckets(0.0005, 2.5, 14) // 0.5ms … 75s
 	commitBuckets := []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
@@ -122,6 +126,12 @@ func New(o Options) *Metrics {
 			"Attaching a VM's volumes on this node, by result (ok, error).", slowBuckets, "result"),
 		start: histogram("blixard_start_duration_seconds",
 			"Starting or restarting a VM's unit on this node (its network included), by result (ok, error).", slowBuckets, "result"),
+		fnWait: histogram("blixard_function_queue_wait_seconds",
+			"Waits of function requests at this node's gateway for an instance that took them (cold starts and busy instances), by function.",
+			fnBuckets, "function"),
+		fnRequest: histogram("blixard_function_request_duration_seconds",
+			"Function requests through this node's gateway, arrival to the end of the answer, whatever the outcome, by function.",
+			fnBuckets, "function"),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "blixard_vm_restarts_total",
 			Help: "Restarts of VMs on this node: reason crash (the backend restarted a runner that exited), requested (a new runner or `blixard vm restart`)."},
 			[]string{"vm", "reason"}),
@@ -144,7 +154,7 @@ func New(o Options) *Metrics {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.fetch, m.eval, m.plan, m.commit, m.push, m.realise, m.attach, m.start, m.restarts,
+		m.fetch, m.eval, m.plan, m.commit, m.push, m.realise, m.attach, m.start, m.restarts, m.fnWait, m.fnRequest,
 	)
 	if o.Replica != nil {
 		m.reg.MustRegister(&stateCollector{replica: o.Replica, raft: o.Raft})
@@ -215,4 +225,16 @@ func (m *Metrics) ObserveStart(d time.Duration, err error) {
 // CountRestarts implements nodeagent.Metrics.
 func (m *Metrics) CountRestarts(vm, reason string, n int) {
 	m.restarts.WithLabelValues(vm, reason).Add(float64(n))
+}
+
+// ObserveQueueWait records that a request of function fn waited d at this
+// node's gateway for an instance (fngateway.Metrics).
+func (m *Metrics) ObserveQueueWait(fn string, d time.Duration) {
+	m.fnWait.WithLabelValues(fn).Observe(d.Seconds())
+}
+
+// ObserveRequest records a function request through this node's gateway
+// that took d (fngateway.Metrics).
+func (m *Metrics) ObserveRequest(fn string, d time.Duration) {
+	m.fnRequest.WithLabelValues(fn).Observe(d.Seconds())
 }

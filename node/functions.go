@@ -77,10 +77,12 @@ type functions struct {
 	front *fngateway.Front
 }
 
-func newFunctions(self uint64, store fnStore, log *slog.Logger) *functions {
+// newFunctions returns the component; m receives the gateway's latencies
+// (nil: none).
+func newFunctions(self uint64, store fnStore, m fngateway.Metrics, log *slog.Logger) *functions {
 	f := &functions{self: self, store: store, log: log.With("component", "functions"), kick: make(chan struct{}, 1),
 		now: time.Now, proposing: map[string]bool{}, wants: map[string]int{}}
-	f.gateway = fngateway.New(fngateway.Options{Node: self, Scaler: f, Logger: f.log})
+	f.gateway = fngateway.New(fngateway.Options{Node: self, Scaler: f, Metrics: m, Logger: f.log})
 	return f
 }
 

@@ -158,7 +158,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var fns *functions
 	var fnStats api.FunctionStats
 	if nw != nil && nw.ingressL != nil {
-		fns = newFunctions(cfg.NodeID, store, log)
+		fns = newFunctions(cfg.NodeID, store, m, log)
 		nw.front = fns.frontDoor(nw.ingress)
 		fnStats = fns
 	}

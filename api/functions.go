@@ -1,9 +1,15 @@
 package api
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +62,21 @@ type FunctionsView struct {
 	// Node is the node that answered: Local is its gateway's.
 	Node      uint64         `json:"node"`
 	Functions []FunctionView `json:"functions"`
+	// Gateways, with ?nodes=all, is every registered node's gateway as
+	// the answering node could ask it, sorted by node; each function's
+	// Cluster sums them.
+	Gateways []NodeGateway `json:"gateways,omitempty"`
+}
+
+// NodeGateway is one node's gateway in a cluster-wide view.
+type NodeGateway struct {
+	Node uint64 `json:"node"`
+	// Error says why the node's counts are missing (marked down,
+	// unreachable, …); "" when it answered.
+	Error string `json:"error,omitempty"`
+	// Functions is its gateway's counts; empty when it runs no gateway
+	// (no --ingress-addr).
+	Functions []FunctionLocal `json:"functions"`
 }
 
 // FunctionView is one function.
@@ -76,6 +97,11 @@ type FunctionView struct {
 	Instances  []FunctionInstance `json:"instances"`
 	// Local is the answering node's gateway (nil: it runs none).
 	Local *FunctionLocal `json:"local,omitempty"`
+	// Cluster, with ?nodes=all, is every answering gateway's counts
+	// summed (instances: the most any gateway sees ready or starting;
+	// percentiles: the highest gateway's; nil: no gateway has the
+	// function).
+	Cluster *FunctionLocal `json:"cluster,omitempty"`
 }
 
 // FunctionInstance is one instance of a function.
@@ -137,14 +163,139 @@ func (s *Server) localFunctions() []FunctionLocal {
 	return s.o.Functions.FunctionStats()
 }
 
+// handleFunctions is GET /v1/functions; with ?nodes=all it also asks
+// every other registered node's API for its gateway's counts (at once,
+// each bounded by peerStatsTimeout) and sums them.
 func (s *Server) handleFunctions(w http.ResponseWriter, r *http.Request) {
 	st, fresh, ok := s.read(w, r)
 	if !ok {
 		return
 	}
-	v := functionsView(st, s.o.Replica.NodeID(), s.localFunctions())
+	self := s.o.Replica.NodeID()
+	v := functionsView(st, self, s.localFunctions())
 	v.Freshness = fresh
+	switch nodes := r.URL.Query().Get("nodes"); nodes {
+	case "":
+	case "all":
+		v.Gateways = s.gateways(r.Context(), st, self)
+		MergeGateways(&v)
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Errorf("nodes=%q: want nodes=all (every node's gateway) or no nodes parameter (this node's)", nodes))
+		return
+	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// peerStatsTimeout bounds asking one other node for its gateway's counts.
+const peerStatsTimeout = 3 * time.Second
+
+// gateways asks every registered node for its gateway's counts: this node
+// directly, the others over their APIs, concurrently.
+func (s *Server) gateways(ctx context.Context, st *replicated.State, self uint64) []NodeGateway {
+	ids := slices.Sorted(maps.Keys(st.Nodes))
+	out := make([]NodeGateway, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		out[i] = NodeGateway{Node: id, Functions: []FunctionLocal{}}
+		n := st.Nodes[id]
+		switch {
+		case id == self:
+			if l := s.localFunctions(); l != nil {
+				out[i].Functions = l
+			}
+		case n.State == replicated.NodeDown:
+			out[i].Error = "marked down"
+		case n.APIAddr == "":
+			out[i].Error = "registered no API address"
+		default:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fns, err := s.peerFunctions(ctx, n.APIAddr)
+				if err != nil {
+					out[i].Error = err.Error()
+					return
+				}
+				out[i].Functions = fns
+			}()
+		}
+	}
+	wg.Wait()
+	return out
+}
+
+// peerFunctions is the gateway counts of the node whose API is at apiAddr.
+func (s *Server) peerFunctions(ctx context.Context, apiAddr string) ([]FunctionLocal, error) {
+	ctx, cancel := context.WithTimeout(ctx, peerStatsTimeout)
+	defer cancel()
+	scheme := "http"
+	if s.o.PeerTLS != nil {
+		scheme = "https"
+	}
+	u := (&url.URL{Scheme: scheme, Host: apiAddr, Path: "/v1/functions"}).String()
+	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("its API address %q is not usable: %w", apiAddr, err)
+	}
+	resp, err := s.peers.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("unreachable at %s: %w", apiAddr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("its API at %s answered %s", apiAddr, resp.Status)
+	}
+	var v FunctionsView
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&v); err != nil {
+		return nil, fmt.Errorf("its API at %s answered what is not a functions view: %w", apiAddr, err)
+	}
+	fns := []FunctionLocal{}
+	for _, f := range v.Functions {
+		if f.Local != nil {
+			fns = append(fns, *f.Local)
+		}
+	}
+	return fns, nil
+}
+
+// MergeGateways sets each function's Cluster from v.Gateways: counts
+// summed; Ready and Starting the most any gateway sees (they see the same
+// instances, a stale one fewer); percentiles the highest gateway's (exact
+// ones cannot be merged from percentiles); the newest LastActive; the first
+// StartFailure by node.
+func MergeGateways(v *FunctionsView) {
+	for i := range v.Functions {
+		f := &v.Functions[i]
+		f.Cluster = nil
+		for _, g := range v.Gateways {
+			for _, l := range g.Functions {
+				if l.Function != f.Name {
+					continue
+				}
+				if f.Cluster == nil {
+					f.Cluster = &FunctionLocal{Function: f.Name}
+				}
+				c := f.Cluster
+				c.Ready, c.Starting = max(c.Ready, l.Ready), max(c.Starting, l.Starting)
+				c.InFlight += l.InFlight
+				c.Queued += l.Queued
+				c.Requests += l.Requests
+				c.ColdStarts += l.ColdStarts
+				c.QueueFull += l.QueueFull
+				c.TimedOut += l.TimedOut
+				c.StartFailed += l.StartFailed
+				c.Unreachable += l.Unreachable
+				c.ColdStartP50, c.ColdStartP99 = max(c.ColdStartP50, l.ColdStartP50), max(c.ColdStartP99, l.ColdStartP99)
+				c.RequestP50, c.RequestP99 = max(c.RequestP50, l.RequestP50), max(c.RequestP99, l.RequestP99)
+				if l.LastActive.After(c.LastActive) {
+					c.LastActive = l.LastActive
+				}
+				if c.StartFailure == "" {
+					c.StartFailure = l.StartFailure
+				}
+			}
+		}
+	}
 }
 
 // functionCollector is the functions' series at scrape time, from the

@@ -14,26 +14,32 @@ import (
 
 // newFunctionsCommand is `blixard functions`.
 func newFunctionsCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var local bool
+	cmd := &cobra.Command{
 		Use:   "functions",
 		Short: "Show the functions: scale, instances, requests in flight, cold starts and latency",
 		Long: strings.TrimSpace(`
 Shows every function of the committed revision: its committed scale (want,
 within min and max; why it last changed), its instances (node, phase,
-health, address), and what the answering node's gateway saw: requests in
-flight and queued, requests and cold starts (requests that waited for an
-instance), refusals, the p50/p99 of cold-start waits and of whole requests
-(over the last 1000). Those counts are this node's gateway's only: every
-node's ingress listener runs its own gateway; ask another node with
---server, or scrape every node's /metrics.` + readsNote),
+health, address), and what the nodes' gateways saw: requests in flight and
+queued, requests and cold starts (requests that waited for an instance),
+refusals, the p50/p99 of cold-start waits and of whole requests (over each
+gateway's last 1000). Every node's ingress listener runs its own gateway:
+the answering node asks the others and sums their counts (percentiles: the
+highest node's), naming the nodes it could not ask. --local shows the
+answering node's gateway alone.` + readsNote),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
+			path := "/v1/functions?nodes=all"
+			if local {
+				path = "/v1/functions"
+			}
 			var v api.FunctionsView
-			fresh, err := c.Get(cmd.Context(), "/v1/functions", &v)
+			fresh, err := c.Get(cmd.Context(), path, &v)
 			if err != nil {
 				return err
 			}
@@ -44,6 +50,8 @@ node's ingress listener runs its own gateway; ask another node with
 			return g.show(v, func(w io.Writer) error { return writeFunctions(w, v) })
 		},
 	}
+	cmd.Flags().BoolVar(&local, "local", false, "the answering node's gateway only (do not ask the other nodes)")
+	return cmd
 }
 
 // writeFunctions is the text form of `blixard functions`.
@@ -61,7 +69,7 @@ func writeFunctions(w io.Writer, v api.FunctionsView) error {
 				ready++
 			}
 		}
-		l := f.Local
+		l := counts(v, f)
 		if l == nil {
 			l = &api.FunctionLocal{}
 		}
@@ -76,11 +84,11 @@ func writeFunctions(w io.Writer, v api.FunctionsView) error {
 		if f.Reason != "" {
 			fmt.Fprintf(w, "\n%s: scaled to %d at %s: %s\n", f.Name, f.Want, f.ScaledAt.Format(time.RFC3339), f.Reason)
 		}
-		if l := f.Local; l != nil && l.QueueFull+l.TimedOut+l.StartFailed+l.Unreachable > 0 {
-			fmt.Fprintf(w, "%s: refused here: %d queue full (503), %d timed out (504), %d start failed (502), %d unreachable (502)\n",
+		if l := counts(v, f); l != nil && l.QueueFull+l.TimedOut+l.StartFailed+l.Unreachable > 0 {
+			fmt.Fprintf(w, "%s: refused: %d queue full (503), %d timed out (504), %d start failed (502), %d unreachable (502)\n",
 				f.Name, l.QueueFull, l.TimedOut, l.StartFailed, l.Unreachable)
 		}
-		if l := f.Local; l != nil && l.StartFailure != "" {
+		if l := counts(v, f); l != nil && l.StartFailure != "" {
 			fmt.Fprintf(w, "%s: last start failed: %s\n", f.Name, l.StartFailure)
 		}
 		for _, i := range f.Instances {
@@ -97,8 +105,32 @@ func writeFunctions(w io.Writer, v api.FunctionsView) error {
 			fmt.Fprintln(w, line)
 		}
 	}
-	fmt.Fprintf(w, "\n(in flight, queued, requests, cold starts and latencies: node %d's gateway only)\n", v.Node)
+	if v.Gateways == nil {
+		fmt.Fprintf(w, "\n(in flight, queued, requests, cold starts and latencies: node %d's gateway only)\n", v.Node)
+		return nil
+	}
+	var asked, missing []string
+	for _, gw := range v.Gateways {
+		if gw.Error != "" {
+			missing = append(missing, fmt.Sprintf("node %d: %s", gw.Node, gw.Error))
+		} else {
+			asked = append(asked, fmt.Sprint(gw.Node))
+		}
+	}
+	fmt.Fprintf(w, "\n(counts summed over the gateways of nodes %s; latency percentiles: the highest node's)\n", strings.Join(asked, ", "))
+	for _, m := range missing {
+		fmt.Fprintf(w, "not counted: %s\n", m)
+	}
 	return nil
+}
+
+// counts is what writeFunctions shows of f: the cluster's sum when v
+// has every node's gateways, else the answering node's.
+func counts(v api.FunctionsView, f api.FunctionView) *api.FunctionLocal {
+	if v.Gateways != nil {
+		return f.Cluster
+	}
+	return f.Local
 }
 
 func ms(d time.Duration) string {

@@ -32,3 +32,24 @@ func TestWriteFunctions(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteFunctionsOfEveryNode(t *testing.T) {
+	v := api.FunctionsView{Node: 1, Functions: []api.FunctionView{{
+		Name: "hello", Route: "fn.test/ → :8080", Want: 1, Max: 8,
+		Local:   &api.FunctionLocal{Function: "hello", Requests: 2},
+		Cluster: &api.FunctionLocal{Function: "hello", Requests: 42, QueueFull: 1},
+	}}, Gateways: []api.NodeGateway{{Node: 1}, {Node: 2}, {Node: 3, Error: "marked down"}}}
+	var b strings.Builder
+	if err := writeFunctions(&b, v); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"  42  ", "1 queue full (503)", "summed over the gateways of nodes 1, 2", "not counted: node 3: marked down"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "gateway only") {
+		t.Errorf("a cluster-wide view says it is one node's:\n%s", out)
+	}
+}

@@ -51,7 +51,9 @@ func TestFunctionsView(t *testing.T) {
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(functionCollector{state: func() (*replicated.State, error) { return st, nil },
-		local: func() []FunctionLocal { return []FunctionLocal{{Function: "hello", InFlight: 2, Requests: 7, QueueFull: 3}} }})
+		local: func() []FunctionLocal {
+			return []FunctionLocal{{Function: "hello", InFlight: 2, Requests: 7, QueueFull: 3}}
+		}})
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gathering the function series: %v", err)

@@ -220,7 +220,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// Waiting `events -f` polls and the notifier (when it has receivers)
 	// look at every applied entry too.
-	wakeNotifier, err := startNotifier(g, notifyOpts, notifying, store)
+	wakeNotifier, err := startNotifier(g, notifyOpts, notifying, store, m.Registerer())
 	if err != nil {
 		return err
 	}

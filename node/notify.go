@@ -9,6 +9,7 @@ import (
 
 	"github.com/blixard/blixard/notify"
 	"github.com/blixard/blixard/raftstore"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // NotifyConfig is `serve --notify-url …`: webhook receivers of the
@@ -90,9 +91,10 @@ func (c NotifyConfig) options(log *slog.Logger) (o notify.Options, ok bool, err 
 	return o, true, nil
 }
 
-// startNotifier runs the notifier of o on store in g; the returned function
-// wakes it after applied entries (a no-op without receivers).
-func startNotifier(g *group, o notify.Options, ok bool, store *raftstore.Store) (func(), error) {
+// startNotifier runs the notifier of o on store in g and registers its
+// counters with reg (nil: none); the returned function wakes it after
+// applied entries (a no-op without receivers).
+func startNotifier(g *group, o notify.Options, ok bool, store *raftstore.Store, reg prometheus.Registerer) (func(), error) {
 	if !ok {
 		return func() {}, nil
 	}
@@ -101,6 +103,33 @@ func startNotifier(g *group, o notify.Options, ok bool, store *raftstore.Store) 
 	if err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		if err := reg.Register(notifyCollector{n.Stats}); err != nil {
+			return nil, fmt.Errorf("registering the notifier's metrics: %w", err)
+		}
+	}
 	g.Go("notifier", n.Run)
 	return n.Notify, nil
+}
+
+// notifyDesc is the notifier's one counter family.
+var notifyDesc = prometheus.NewDesc("blixard_notifications_total",
+	"Notifications of this node's notifier over all receivers while it led, by result: sent (a receiver accepted it), "+
+		"retried (an attempt failed and was made again), failed (given up), dropped (pushed out of a full queue), "+
+		"discarded (queued when leadership moved on; the next leader sends it).",
+	[]string{"result"}, nil)
+
+// notifyCollector exports notify.Stats at scrape time.
+type notifyCollector struct{ stats func() notify.Stats }
+
+func (c notifyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- notifyDesc }
+
+func (c notifyCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	for _, r := range []struct {
+		result string
+		n      uint64
+	}{{"sent", s.Sent}, {"retried", s.Retried}, {"failed", s.Failed}, {"dropped", s.Dropped}, {"discarded", s.Discarded}} {
+		ch <- prometheus.MustNewConstMetric(notifyDesc, prometheus.CounterValue, float64(r.n), r.result)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -185,6 +186,23 @@ func TestANodeNotifiesWhileItLeadsAndIsNeverHeldUpByTheReceiver(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the drain notified", testkit.Detail(func() (bool, string) {
 		n, count := last()
 		return n.State == "draining", fmt.Sprintf("%d notifications, last %+v", count, n)
+	}))
+
+	// Its counters are on /metrics.
+	testkit.WaitFor(t, 30*time.Second, "the notifier's counters on /metrics", testkit.Detail(func() (bool, string) {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, `blixard_notifications_total{result="sent"} `); ok {
+				sent, err := strconv.Atoi(v)
+				return err == nil && sent >= 2, l
+			}
+		}
+		return false, "no blixard_notifications_total{result=\"sent\"} series"
 	}))
 }
 

@@ -53,12 +53,8 @@ func HoldBack(p Plan, current map[string]replicated.Assignment, desired *spec.Cl
 	var held map[string]bool
 	var out []replicated.Assignment
 	for i, a := range p.Assignments {
-		vm, ok := desired.VMs[a.Declared]
-		if !ok || !vm.Update.Enabled() {
-			continue
-		}
-		old, ok := current[a.VM]
-		if !ok || old.Declared != a.Declared || old.SameWorkload(a) {
+		old, ok := rolls(a, current, desired)
+		if !ok {
 			continue
 		}
 		if out == nil {
@@ -93,6 +89,21 @@ func HoldBack(p Plan, current map[string]replicated.Assignment, desired *spec.Cl
 	}
 	p.Moved = moved
 	return p
+}
+
+// rolls reports whether planned assignment a may change only through a
+// rollout: its VM declares an update block in desired and its committed
+// assignment (returned) is of the same VM with another workload.
+func rolls(a replicated.Assignment, current map[string]replicated.Assignment, desired *spec.Cluster) (replicated.Assignment, bool) {
+	vm, ok := desired.VMs[a.Declared]
+	if !ok || !vm.Update.Enabled() {
+		return replicated.Assignment{}, false
+	}
+	old, ok := current[a.VM]
+	if !ok || old.Declared != a.Declared || old.SameWorkload(a) {
+		return replicated.Assignment{}, false
+	}
+	return old, true
 }
 
 // InstanceHealth is what the leader sees of one assigned instance.
@@ -593,7 +604,7 @@ func (r *Reconciler) reconcilePending(ctx context.Context, state *replicated.Sta
 // at the next pass, which comes soon after a committed step; otherwise
 // the result asks for a pass when a wave's wait or deadline ends.
 func (r *Reconciler) reconcileRollouts(ctx context.Context, state *replicated.State, now time.Time) (Result, error) {
-	if !mayRoll(state) {
+	if !MayRoll(state) {
 		return Result{}, nil
 	}
 	st, err := r.opts.Store.Read(ctx)
@@ -633,10 +644,10 @@ func (r *Reconciler) reconcileRollouts(ctx context.Context, state *replicated.St
 	return res, joinErrors(errs)
 }
 
-// mayRoll reports whether a rollout may be in progress once this pass's
+// MayRoll reports whether a rollout may be in progress once this pass's
 // plan committed: one is, or the desired spec has a VM with an update
 // block.
-func mayRoll(state *replicated.State) bool {
+func MayRoll(state *replicated.State) bool {
 	for _, r := range state.Rollouts {
 		if !r.Done() {
 			return true

@@ -31,12 +31,7 @@ func Rollouts(p Plan, current map[string]replicated.Assignment, desired *spec.Cl
 	}
 	byVM := map[string][]string{}
 	for _, a := range p.Assignments {
-		vm, ok := desired.VMs[a.Declared]
-		if !ok || !vm.Update.Enabled() {
-			continue
-		}
-		old, ok := current[a.VM]
-		if !ok || old.Declared != a.Declared || old.SameWorkload(a) {
+		if _, ok := rolls(a, current, desired); !ok {
 			continue
 		}
 		byVM[a.Declared] = append(byVM[a.Declared], a.VM)

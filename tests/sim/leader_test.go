@@ -459,7 +459,7 @@ func (l *loop) commitPlan(state *replicated.State, desired *spec.Cluster, hash, 
 // state and propose each rolling VM's next step (NextRolloutStep), one
 // after the other. It returns the requeue (ms; 0: none) and the errors.
 func (l *loop) reconcileRollouts(state *replicated.State, now int64, done func(int64, error)) {
-	if !mayRoll(state) {
+	if !reconciler.MayRoll(state) {
 		done(0, nil)
 		return
 	}
@@ -508,24 +508,6 @@ func (l *loop) reconcileRollouts(state *replicated.State, now int64, done func(i
 		}
 		next(0)
 	})
-}
-
-// mayRoll is rollout.go's: a rollout may be in progress once this pass's
-// plan committed.
-func mayRoll(state *replicated.State) bool {
-	for _, r := range state.Rollouts {
-		if !r.Done() {
-			return true
-		}
-	}
-	if state.Desired != nil {
-		for _, vm := range state.Desired.VMs {
-			if vm.Update.Enabled() {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func planOutcome(state *replicated.State, o *outcome) (reconciler.Preview, error) {

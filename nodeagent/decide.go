@@ -163,12 +163,24 @@ type Observed struct {
 	// the agent's records, or after an agent restart the status this node
 	// last reported through Raft (replicated.VMStatus.Restart).
 	Restarted uint64
+	// Judged is the health this node last reported through Raft for the VM
+	// while it ran its assignment's runner here (zero otherwise): after an
+	// agent restart the prober starts from it rather than from nothing
+	// (see health.go). Decide does not read it.
+	Judged Judged
 	// LogHint says where the VM's console goes, for messages.
 	LogHint string
 	// Elsewhere is what another node last reported of the VM through Raft
 	// (replicated.State.Observed), when that node is not marked down and
 	// did not report it stopped: a copy may run there. Nil otherwise.
 	Elsewhere *replicated.VMStatus
+}
+
+// Judged is a committed health verdict.
+type Judged struct {
+	Health replicated.HealthState
+	Since  time.Time
+	Err    string
 }
 
 // Input is what [Decide] reads: one snapshot, taken at the start of a pass.

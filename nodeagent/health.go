@@ -172,10 +172,14 @@ func newProber(now func() time.Time, log *slog.Logger, onChange func(vm string))
 
 // sync makes the prober judge exactly the instances of running (name →
 // target): the goroutines of instances no longer running here end and
-// their records go; new ones start; an instance whose target changed
-// keeps its verdict but counts its streak again. An instance without a
-// check is healthy from the first sync that lists it.
-func (p *prober) sync(ctx context.Context, running map[string]probeTarget) {
+// their records go; new ones start, from their verdict in seeds when it
+// has one (a restarted agent's committed verdict: its instances neither
+// leave the ingress rotation nor fail a rollout wave for the time its
+// first probes take; the streak counts from zero, so the verdict changes
+// after unhealthyAfter failures as always); an instance whose target
+// changed keeps its verdict but counts its streak again. An instance
+// without a check is healthy from the first sync that lists it.
+func (p *prober) sync(ctx context.Context, running map[string]probeTarget, seeds map[string]healthRecord) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name, v := range p.vms {
@@ -199,6 +203,8 @@ func (p *prober) sync(ctx context.Context, running map[string]probeTarget) {
 		if old != nil {
 			v.rec = old.rec
 			v.rec.Passes, v.rec.Failures = 0, 0
+		} else if seed, ok := seeds[name]; ok {
+			v.rec = seed
 		}
 		p.vms[name] = v
 		if t.check == nil {
@@ -367,6 +373,7 @@ func (p *prober) probeTCP(ctx context.Context, hostPort string) error {
 // assigned here (a fenced node runs none); nw is the committed network.
 func (a *Agent) syncProbes(ctx context.Context, in Input, d Decision, nw *replicated.Network) {
 	running := map[string]probeTarget{}
+	seeds := map[string]healthRecord{}
 	if in.Fenced == "" {
 		for _, vd := range d.VMs {
 			if vd.Status == nil || vd.Status.Phase != replicated.PhaseRunning {
@@ -374,10 +381,13 @@ func (a *Agent) syncProbes(ctx context.Context, in Input, d Decision, nw *replic
 			}
 			if as, ok := in.Assignments[vd.VM]; ok && as.Node == in.Node {
 				running[vd.VM] = targetOf(as, nw, a.o.ClusterNetwork)
+				if o := in.VMs[vd.VM]; o.Judged.Health != "" && o.Unit.Booted == as.OutPath {
+					seeds[vd.VM] = healthRecord{State: o.Judged.Health, Since: o.Judged.Since, Err: o.Judged.Err}
+				}
 			}
 		}
 	}
-	a.probes.sync(ctx, running)
+	a.probes.sync(ctx, running, seeds)
 }
 
 // healthChanged takes a probe's new verdict or error into vm's status; a

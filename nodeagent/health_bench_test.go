@@ -52,11 +52,11 @@ func BenchmarkProberSync1000(b *testing.B) {
 		}
 		running[fmt.Sprintf("vm-%d", i)] = t
 	}
-	p.sync(b.Context(), running)
+	p.sync(b.Context(), running, nil)
 	st := replicated.VMStatus{Phase: replicated.PhaseRunning}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		p.sync(b.Context(), running)
+		p.sync(b.Context(), running, nil)
 		for name := range running {
 			st.VM = name
 			p.stamp(&st)
@@ -102,7 +102,7 @@ func BenchmarkHealthDetection(b *testing.B) {
 			}
 		}
 	}
-	p.sync(b.Context(), map[string]probeTarget{"web": {check: &h, addr: ap.Addr()}})
+	p.sync(b.Context(), map[string]probeTarget{"web": {check: &h, addr: ap.Addr()}}, nil)
 	waitFor(replicated.Healthy)
 	time.Sleep(rand.N(h.Interval))
 	var lat []time.Duration

@@ -278,7 +278,7 @@ func TestProberJudgesAndStops(t *testing.T) {
 	p.sync(ctx, map[string]probeTarget{
 		"web":  {check: &h, addr: ap.Addr()},
 		"idle": {}, // no check
-	})
+	}, nil)
 	health := func(vm string) replicated.VMStatus {
 		st := replicated.VMStatus{VM: vm, Phase: replicated.PhaseRunning}
 		p.stamp(&st)
@@ -322,7 +322,7 @@ func TestProberJudgesAndStops(t *testing.T) {
 	}
 
 	// web stops running here: its goroutine ends and its record goes.
-	p.sync(ctx, map[string]probeTarget{"idle": {}})
+	p.sync(ctx, map[string]probeTarget{"idle": {}}, nil)
 	if s := health("web"); s.Health != "" {
 		t.Errorf("web after it stopped running here: %+v", s)
 	}
@@ -438,5 +438,92 @@ func TestClipHealthError(t *testing.T) {
 	got := clipHealthError(long)
 	if len(got) > maxHealthError+len("…") || !strings.HasSuffix(got, "…") || !utf8.ValidString(got) {
 		t.Errorf("clip of %d bytes = %d bytes %q…", len(long), len(got), got[:10])
+	}
+}
+
+// TestProberStartsFromASeed: a restarted agent's prober starts from the
+// verdict this node committed, not from nothing, and judges on from there
+// by the same thresholds.
+func TestProberStartsFromASeed(t *testing.T) {
+	var mu sync.Mutex
+	status := http.StatusInternalServerError
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	ap := netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
+	h := spec.HealthCheck{HTTP: &spec.HTTPHealthCheck{Port: int(ap.Port()), Path: "/"},
+		Interval: time.Hour, Timeout: time.Second, HealthyAfter: 1, UnhealthyAfter: 1}
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := newProber(time.Now, slog.New(slog.DiscardHandler), func(string) {})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	defer p.stop()
+	// The interval is an hour: the one probe made at the start is the
+	// only one; before it ends the seed is what is reported.
+	mu.Lock()
+	p.sync(ctx, map[string]probeTarget{"web": {check: &h, addr: ap.Addr()}},
+		map[string]healthRecord{"web": {State: replicated.Healthy, Since: since}})
+	st := replicated.VMStatus{VM: "web", Phase: replicated.PhaseRunning}
+	p.stamp(&st)
+	mu.Unlock()
+	if st.Health != replicated.Healthy || !st.HealthSince.Equal(since) {
+		t.Fatalf("before its first probe: %+v, want the seeded verdict healthy since %s", st, since)
+	}
+	testkit.WaitFor(t, waitTimeout, "the first probe's 500 judged", func() error {
+		st := replicated.VMStatus{VM: "web", Phase: replicated.PhaseRunning}
+		p.stamp(&st)
+		if st.Health != replicated.Unhealthy || !strings.Contains(st.HealthError, "500") {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	// A seed is only for a new record: a VM the prober already judges
+	// keeps its own verdict.
+	p.sync(ctx, map[string]probeTarget{"web": {check: &h, addr: ap.Addr()}},
+		map[string]healthRecord{"web": {State: replicated.Healthy, Since: since}})
+	st = replicated.VMStatus{VM: "web", Phase: replicated.PhaseRunning}
+	p.stamp(&st)
+	if st.Health != replicated.Unhealthy {
+		t.Fatalf("a seed replaced a verdict the prober made itself: %+v", st)
+	}
+}
+
+// TestObserveTakesTheCommittedVerdict: the seed is this node's committed
+// verdict of an instance running its assignment's runner here, and
+// nothing else's.
+func TestObserveTakesTheCommittedVerdict(t *testing.T) {
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	as := func(node uint64, out string) replicated.Assignment {
+		return replicated.Assignment{VM: "web", Node: node, OutPath: out}
+	}
+	committed := func(node uint64, phase replicated.Phase, booted string) replicated.VMStatus {
+		return replicated.VMStatus{VM: "web", Node: node, Phase: phase, BootedOut: booted, Health: replicated.Unhealthy,
+			HealthSince: since, HealthError: "GET /: 500"}
+	}
+	want := Judged{Health: replicated.Unhealthy, Since: since, Err: "GET /: 500"}
+	for _, tc := range []struct {
+		name string
+		as   replicated.Assignment
+		c    replicated.VMStatus
+		want Judged
+	}{
+		{"running its runner here", as(1, "/nix/store/v1"), committed(1, replicated.PhaseRunning, "/nix/store/v1"), want},
+		{"reported by another node", as(1, "/nix/store/v1"), committed(2, replicated.PhaseRunning, "/nix/store/v1"), Judged{}},
+		{"assigned elsewhere now", as(2, "/nix/store/v1"), committed(1, replicated.PhaseRunning, "/nix/store/v1"), Judged{}},
+		{"an older runner", as(1, "/nix/store/v2"), committed(1, replicated.PhaseRunning, "/nix/store/v1"), Judged{}},
+		{"not running", as(1, "/nix/store/v1"), committed(1, replicated.PhaseStarting, "/nix/store/v1"), Judged{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := Input{Node: 1, Assignments: map[string]replicated.Assignment{"web": tc.as}}
+			observeVMs(&in, newRecords(time.Second, time.Second, time.Second), nil,
+				map[string]replicated.VMStatus{"web": tc.c}, map[uint64]*replicated.Node{1: {ID: 1}, 2: {ID: 2}},
+				func(string) (UnitStatus, error) { return UnitStatus{}, nil }, func(string) string { return "" }, func(string) string { return "" })
+			if got := in.VMs["web"].Judged; got != tc.want {
+				t.Fatalf("Judged = %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

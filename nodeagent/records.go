@@ -247,6 +247,9 @@ func observeVMs(in *Input, rec *records, reported, committed map[string]replicat
 		var o Observed
 		if c, ok := committed[name]; ok && c.Node == in.Node && mine[name] {
 			o.Restarted = c.Restart
+			if c.Phase == replicated.PhaseRunning && c.BootedOut == in.Assignments[name].OutPath {
+				o.Judged = Judged{Health: c.Health, Since: c.HealthSince, Err: c.HealthError}
+			}
 		}
 		if c, ok := committed[name]; ok && c.Node != in.Node && c.Phase != replicated.PhaseStopped {
 			if n := nodes[c.Node]; n != nil && n.State != replicated.NodeDown {

@@ -145,6 +145,10 @@ type Options struct {
 	// for this long although it knows a leader (default
 	// DefaultStalledAfter; only with Health).
 	StalledAfter time.Duration
+	// AgentOnly serves an agent-only node (agent.go): /healthz, /metrics
+	// and its VMs' logs, from Replica (the node's view, not a replica);
+	// every other endpoint answers 404 naming the servers' job.
+	AgentOnly bool
 	// Now is the clock of proposals and of /healthz (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -167,6 +171,8 @@ type Server struct {
 	refs      atomic.Uint64 // numbers the internal errors logged
 	// unconfirmed is the last leader that did not confirm a read in time.
 	unconfirmed unconfirmed
+	// agents computes agent-only nodes' views (agent.go).
+	agents *agentViews
 }
 
 // NewServer returns a server for o.
@@ -200,7 +206,11 @@ func NewServer(o Options) *Server {
 	s := &Server{o: o, log: o.Logger, followers: make(chan struct{}, o.MaxLogFollowers),
 		eventFollowers: make(chan struct{}, o.MaxEventFollowers), uiStreams: make(chan struct{}, o.MaxUIStreams), applied: newBroadcast(),
 		peers: &http.Client{Transport: tr}}
+	s.agents = newAgentViews(s)
 	s.handler = s.routes()
+	if o.AgentOnly {
+		s.handler = s.agentOnlyRoutes()
+	}
 	return s
 }
 
@@ -343,6 +353,10 @@ func (s *Server) routes() http.Handler {
 		{"GET", "/metrics", read, s.metricsHandler()},
 		{"GET", "/ui/{$}", read, http.HandlerFunc(s.handleUIPage)},
 		{"GET", "/ui/events", read, http.HandlerFunc(s.handleUIEvents)},
+		// Agent-only nodes: node certificates only, checked by the
+		// handlers (agent.go), which know the node asked for.
+		{"GET", "/v1/agent/view", "", http.HandlerFunc(s.handleAgentView)},
+		{"POST", "/v1/agent/propose", "", http.HandlerFunc(s.handleAgentPropose)},
 	}
 	if s.o.Reconciler != nil {
 		routes = append(routes, route{"POST", "/v1/webhook", "", gitsync.WebhookHandler(s.o.WebhookSecret, s.o.Reconciler.Triggers(), s.log)})

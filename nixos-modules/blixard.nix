@@ -137,6 +137,24 @@ in
       '';
     };
 
+    agentOnly = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Run no Raft replica on this host (`--agent-only`): its agent registers, heartbeats and reads its work through
+        the `servers`' APIs with this node's certificate (`tls`), failing over between them. For the many VM hosts of a
+        big cluster; 3 or 5 nodes are servers. `members` and `repository.url` are for the servers (with `network.enable`
+        set `network.underlayAddress`).
+      '';
+    };
+
+    servers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "https://10.0.0.1:7070" "https://10.0.0.2:7070" "https://10.0.0.3:7070" ];
+      description = "With `agentOnly`: the servers' API addresses (`--servers`).";
+    };
+
     members = mkOption {
       type = types.either (types.attrsOf address) (types.listOf (types.strMatching "[0-9]+=.+:[0-9]+"));
       default = { };
@@ -471,8 +489,12 @@ in
         message = "services.blixard.backend = \"systemd\" runs VMs as microvm.nix's microvm@NAME units, but microvm.nix's host module is not enabled on this host: add microvm.nixosModules.host to this host's modules (with microvm.nix as a flake input: inputs.microvm.nixosModules.host) and leave microvm.host.enable = true, or set services.blixard.backend = \"process\".";
       }
       {
-        assertion = raftKnown;
+        assertion = raftKnown || cfg.agentOnly;
         message = "services.blixard: node ${toString cfg.nodeId} has no Raft address: set services.blixard.raftAddress, or list this node in services.blixard.members (\"${toString cfg.nodeId}\" = \"HOST:PORT\").";
+      }
+      {
+        assertion = !cfg.agentOnly || cfg.servers != [ ];
+        message = "services.blixard.agentOnly needs services.blixard.servers: the API addresses of the Raft nodes (https://HOST:PORT).";
       }
       {
         assertion = builtins.all (id: builtins.match "[1-9][0-9]*" id != null) memberIds;

@@ -58,6 +58,7 @@ let
     }
     // transport
     // nonNull "raft-addr" (cfg.raftAddress or null)
+    // optional (cfg.agentOnly or false) { "agent-only" = true; servers = builtins.concatStringsSep "," (cfg.servers or [ ]); }
     // nonNull "repo" (repo.url or null)
     // nonNull "webhook-secret-file" (repo.webhookSecretFile or null)
     // optional (members != "") { inherit members; }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/blixard/blixard/nixcache"
 	"github.com/blixard/blixard/nodeagent"
-	"github.com/blixard/blixard/raftstore"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -193,10 +192,17 @@ func (s *sharing) register(r *replicated.RegisterNode) {
 	}
 }
 
+// cacheState is what the cache reads of the node's state: the local
+// replica (*raftstore.Store), or an agent-only node's view.
+type cacheState interface {
+	LocalRead() (*replicated.State, error)
+	Leader() (id uint64, ok bool)
+}
+
 // start serves the cache, keeps its roots at the assigned runners and runs
 // the agent's prebuilder (while this node is a builder or leads); the
 // returned function wakes both after an applied entry.
-func (s *sharing) start(g *group, cfg Config, agent *nodeagent.Agent, store *raftstore.Store) func() {
+func (s *sharing) start(g *group, cfg Config, agent *nodeagent.Agent, store cacheState) func() {
 	ln := s.ln
 	s.ln = nil // Serve owns it now
 	g.Go("binary cache", func(ctx context.Context) error { return nixcache.Serve(ctx, ln, s.cache, s.log) })

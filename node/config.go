@@ -111,6 +111,17 @@ type Config struct {
 	Raft RaftTiming
 	// QuietRaftLog lowers Dragonboat's own logging to errors.
 	QuietRaftLog bool
+	// AgentOnly runs no Raft replica (serve --agent-only): the node
+	// registers, heartbeats and reads what its agent, cache sharing,
+	// network component and function gateway need through the APIs of
+	// Servers (package agentlink), with its node certificate, failing
+	// over between them. Its own API serves /healthz, /metrics and its
+	// VMs' logs. RaftAddr, when given, is only advertised: its host is
+	// where the other nodes send this node's overlay traffic.
+	AgentOnly bool
+	// Servers are the API addresses (https://HOST:PORT or HOST:PORT) of
+	// the Raft nodes an agent-only node talks to.
+	Servers []string
 
 	Source Source
 	// Attr is the flake output holding the cluster (default "blixard").
@@ -338,6 +349,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.APIListener == nil && c.APIAddr == "" {
 		return c, errors.New("--api-addr is required")
 	}
+	if err := c.checkAgentOnly(); err != nil {
+		return c, err
+	}
 	switch c.Backend {
 	case BackendNone, BackendSystemd, BackendProcess:
 	default:
@@ -408,6 +422,32 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.Default()
 	}
 	return c, nil
+}
+
+// checkAgentOnly refuses what an agent-only node cannot do, and
+// --servers without --agent-only.
+func (c Config) checkAgentOnly() error {
+	if !c.AgentOnly {
+		if len(c.Servers) > 0 {
+			return errors.New("--servers needs --agent-only: a node with a Raft replica reads its own")
+		}
+		return nil
+	}
+	switch {
+	case len(c.Servers) == 0:
+		return errors.New("--agent-only needs --servers URL[,URL…]: the API addresses of the Raft nodes (https://HOST:PORT)")
+	case c.Join || c.NonVoting || len(c.Members) > 1:
+		return errors.New("--agent-only runs no Raft replica: drop --members, --join and --non-voting")
+	case c.Source.Worktree != "":
+		return errors.New("--agent-only follows no working tree: the servers plan")
+	case len(c.Source.Trust) > 0:
+		return errors.New("--trust is for the servers, which evaluate; an agent-only node only builds (--repo) what they planned")
+	case len(c.Notify.URLs) > 0 || c.Notify.URLFile != "":
+		return errors.New("--notify-url is for the servers: an agent-only node never leads, so it would send nothing")
+	case c.Network.Enable && !c.Network.UnderlayAddr.IsValid() && c.RaftAddr == "":
+		return errors.New("--agent-only --network needs --underlay-addr: the address the other nodes reach this node at (it has no --raft-addr)")
+	}
+	return nil
 }
 
 // raftConfig is the Raft timing in raftstore's terms (zero: its default).

@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("creating --data-dir: %w", err)
 	}
-	if cfg.RaftAddr == "" {
+	if cfg.RaftAddr == "" && !cfg.AgentOnly {
 		if cfg.RaftAddr, err = stableRaftAddr(cfg.DataDir); err != nil {
 			return err
 		}
@@ -118,6 +118,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	if risk := cfg.LeaseRisk(); risk != "" {
 		log.Warn(risk)
+	}
+	if cfg.AgentOnly {
+		// No replica: the same parts, fed from the servers (agentonly.go).
+		return runAgentOnly(ctx, cfg, ln, tlsCfg, nw, sh, backend, log)
 	}
 	onApply, applied := appliedSignal()
 	rc := cfg.Raft.raftConfig()

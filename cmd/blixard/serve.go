@@ -37,6 +37,8 @@ type serveOptions struct {
 	notify                                          node.NotifyConfig
 	cache                                           node.CacheConfig
 	underlayAddr                                    string
+	agentOnly                                       bool
+	servers                                         string
 }
 
 // cephOptions are the Ceph flags. There is no pool flag: each volume's pool
@@ -63,7 +65,13 @@ func newServeCommand(g *globals) *cobra.Command {
     --tls-ca /etc/blixard/ca.crt --tls-cert /etc/blixard/node-1.crt --tls-key /run/secrets/node-1.key \
     --members 1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001 \
     --repo https://git.example.org/infra/cluster.git --ref main \
-    --capacity-vcpu 16 --capacity-mem-mib 65536 --labels zone=a`,
+    --capacity-vcpu 16 --capacity-mem-mib 65536 --labels zone=a
+
+  # a VM host without a Raft replica, talking to the three servers above
+  blixard serve --agent-only --node-id 42 --api-addr 10.0.1.42:7070 \
+    --servers https://10.0.0.1:7070,https://10.0.0.2:7070,https://10.0.0.3:7070 \
+    --tls-ca /etc/blixard/ca.crt --tls-cert /etc/blixard/node-42.crt --tls-key /run/secrets/node-42.key \
+    --capacity-vcpu 64 --capacity-mem-mib 262144`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.configFile != "" {
@@ -100,6 +108,10 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.members, "members", "", "initial voters: ID=HOST:PORT,… (the same on every node)")
 	f.BoolVar(&o.join, "join", false, "join an existing cluster (after 'blixard node add' on it) instead of bootstrapping from --members")
 	f.BoolVar(&o.nonVoting, "non-voting", false, "with --join: replicate as a non-voting member (added with 'blixard node add --non-voting')")
+	f.BoolVar(&o.agentOnly, "agent-only", false, "run no Raft replica: register, heartbeat and read this node's work through the "+
+		"--servers' APIs with the node certificate (for the many VM hosts of a big cluster; 3 or 5 nodes are servers)")
+	f.StringVar(&o.servers, "servers", "", "with --agent-only: the servers' API addresses, https://HOST:PORT,… (or HOST:PORT,…); "+
+		"the node fails over between them")
 	f.StringVar(&o.repo, "repo", "", "cluster repository URL (file://, https://, ssh://) holding the cluster flake")
 	f.StringVar(&o.ref, "ref", "main", "branch of --repo to follow")
 	f.StringVar(&o.attr, "attr", "blixard", "flake output attribute holding the cluster")
@@ -183,7 +195,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 	if err != nil {
 		return node.Config{}, err
 	}
-	if o.raftAddr == "" && members[o.nodeID] == "" && o.nodeID != 0 {
+	if o.raftAddr == "" && members[o.nodeID] == "" && o.nodeID != 0 && !o.agentOnly {
 		return node.Config{}, fmt.Errorf("--raft-addr is required (node %d is not in --members)", o.nodeID)
 	}
 	labels, err := node.ParseLabels(o.labels)
@@ -235,7 +247,12 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
 		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
 		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow, Network: nw,
-		Notify: o.notify, Cache: o.cache,
+		Notify: o.notify, Cache: o.cache, AgentOnly: o.agentOnly,
+	}
+	for _, srv := range strings.Split(o.servers, ",") {
+		if srv = strings.TrimSpace(srv); srv != "" {
+			cfg.Servers = append(cfg.Servers, srv)
+		}
 	}
 	return cfg, cfg.Check()
 }

@@ -106,6 +106,13 @@ var mustNot = map[string][]string{
 		module + "replicated", module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync",
 		module + "nixeval", module + "volumes", module + "api", module + "node", module + "hostnet", module + "netdns",
 		module + "ingress", module + "notify", module + "cmd"},
+	// An agent-only node's link to the servers: carries views and commands
+	// over their API; holds no replica, reaches no Raft library, plans
+	// nothing, runs no programs and touches no host.
+	"agentlink": {"os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		module + "raftstore", module + "reconciler", module + "nodeagent", module + "gitsync", module + "nixeval",
+		module + "nixrun", module + "volumes", module + "node", module + "hostnet", module + "netdns", module + "ingress",
+		module + "notify", module + "nixcache", module + "metrics", module + "cmd"},
 }
 
 func TestPackagesKeepToTheirJob(t *testing.T) {

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,29 +27,37 @@ import (
 //   - save: no snapshot of this runner and qemu in STATE/.snapshots yet.
 //     The runner starts with its RAM in a pending snapshot (snapshot.env
 //     save mode), the operation probes the instance's health check until it
-//     passes, then vmsnap.Save stops it and quits qemu (the backend takes
+//     passes, freezes the guest (see Identity), then vmsnap.Save stops it
+//     and quits qemu (the backend takes
 //     that exit as a stop, not a crash), the snapshot is published, and the
 //     instance is started again by a restore. So the first cold start costs
 //     a boot, a save and a restore; the instance is reported starting all
 //     along, so no request reaches the guest before it was saved.
 //   - restore: the runner starts in restore mode (qemu waits on `-incoming
-//     defer`) and vmsnap.Restore loads the snapshot over its QMP socket,
-//     all under the unit's operation lock, so a qemu that exits on a failed
-//     load is not restarted as a crash. Any failure kills that qemu and
-//     boots fresh; a snapshot refused as mismatched or corrupt is removed.
+//     defer`), vmsnap.Restore loads the snapshot over its QMP socket and
+//     the copy takes the instance's identity, all under the unit's
+//     operation lock, so a qemu that exits on a failed load is not
+//     restarted as a crash. Any failure kills that qemu and boots fresh; a
+//     snapshot refused as mismatched or corrupt is removed, one saved
+//     unfrozen is replaced.
 //   - boot: anything else (no health check to tell readiness, a runner
-//     whose qemu binary cannot be found, the systemd backend, a restore
-//     into another network identity): a plain start.
+//     whose qemu binary cannot be found, the systemd backend, a
+//     network.env no identity can be built from): a plain start.
 //
-// Identity: a restored guest keeps the MAC and address it had when it was
-// saved (and its boot id, random state and a clock that stood still). The
-// snapshot records the identity of the instance it was saved from
-// (snapshotIdentityFile: network.env's MAC and address), and a restore is
-// planned only into an instance of that same identity: fn-NAME-0 saved on a
-// node restores fn-NAME-0 on that node, while fn-NAME-1 there boots. So at
-// most one restored copy runs per node and per runner, and it always holds
-// its own committed address. Giving copies new identities (a guest hook
-// that renews DHCP with a new MAC) is not built.
+// Identity: a restored guest is the saved one (MAC, address, hostname,
+// random state, a clock that stood still), so every copy is given its own
+// identity through vmsnap's identity channel (a virtio-serial port the
+// runner adds in both snapshot modes) before anything reaches it. Before
+// the save the agent freezes the guest (its NIC down: no copy ever answers
+// with the saved address) and records that in the manifest; a guest that
+// does not freeze is not saved. After a restore's `cont` the agent tells
+// the copy its committed MAC, hostname, address (network.env), the wall
+// clock and a fresh random seed, and reports the instance started only
+// once the guest acknowledged them with the committed address; a guest
+// that does not is killed and the instance boots. So any instance of the
+// function on any node restores from the node's snapshot of its runner,
+// each with its own identity; the boot id stays the saved guest's (it
+// changes only with a boot).
 //
 // snapshot.env is removed after every start: a crash restart by the backend
 // (which knows nothing of snapshots) must boot, not wait for a load nobody
@@ -58,16 +68,20 @@ import (
 // adoption, which looks for STATE/NAME/pid, passes over it.
 const SnapshotDir = ".snapshots"
 
-// snapshotIdentityFile, in a snapshot's directory beside vmsnap's files,
-// is the network identity of the instance it was saved from.
-const snapshotIdentityFile = "identity.json"
+// identityTimeout bounds the identity exchanges: the freeze before a save
+// and, after a restore's cont, the guest's hello and its answer to ident
+// (measured under software emulation: 0.1–0.5 s; a DHCP exchange, when
+// the identity carries no address, takes longer). Past it the guest is
+// taken as unable to take an identity: not saved, or killed and booted.
+const identityTimeout = 20 * time.Second
 
-// netIdentity is what a restored guest keeps of the saved one's network:
-// the NIC's MAC and the address it configured. Empty without cluster
-// networking (user-mode NICs have no identity to clash).
-type netIdentity struct {
-	MAC string `json:"mac"`
-	IP  string `json:"ip"`
+// netEnv is what network.env says of an instance: its committed identity.
+// Zero without cluster networking (user-mode NICs have no identity to
+// clash with another copy's).
+type netEnv struct {
+	MAC, Hostname, Domain string
+	IP, Gateway, DNS      netip.Addr
+	Prefix, MTU           int
 }
 
 // snapMode is how a start of a snapshot function's instance is done.
@@ -101,11 +115,12 @@ type snapshotFacts struct {
 	HasHealth bool
 	// Open is vmsnap.Store.Open's error (nil: a snapshot exists).
 	Open error
-	// Saved is the snapshot's recorded identity (when Open is nil and the
-	// identity file was read), Now the instance's (network.env).
-	Saved, Now netIdentity
-	// SavedKnown: Saved was read.
-	SavedKnown bool
+	// Frozen is the identity protocol the snapshot's guest was frozen
+	// through (Manifest.Identity; "" for a guest saved unfrozen).
+	Frozen string
+	// Identity is nil when the instance's own identity can be given to a
+	// restored copy, else why not (a network.env it cannot be built from).
+	Identity error
 }
 
 // snapshotPlan is planSnapshotStart's answer.
@@ -140,14 +155,17 @@ func planSnapshotStart(f snapshotFacts) snapshotPlan {
 		return snapshotPlan{Mode: snapSave, Why: "no snapshot of this runner yet"}
 	}
 	switch {
-	case !f.SavedKnown:
-		// Without the identity a restore could bring up a second copy of
-		// another instance's address: boot, and let the next save (after
-		// the snapshot is removed) record it.
-		return snapshotPlan{Mode: snapBoot, Remove: true, Why: "the snapshot does not record the identity it was saved with"}
-	case f.Saved != f.Now:
-		return snapshotPlan{Mode: snapBoot, Why: fmt.Sprintf("the snapshot was saved as MAC %s address %s, this instance is MAC %s address %s: a restore would keep the saved identity",
-			orDefault(f.Saved.MAC, "-"), orDefault(f.Saved.IP, "-"), orDefault(f.Now.MAC, "-"), orDefault(f.Now.IP, "-"))}
+	case f.Frozen != vmsnap.IdentityProtocol:
+		// A copy of a guest saved unfrozen would come up with the saved
+		// MAC and address: replace the snapshot by one that can take
+		// identities.
+		why := fmt.Sprintf("the snapshot's guest was not frozen through %s (it records %q): a restored copy would keep the saved identity", vmsnap.IdentityProtocol, f.Frozen)
+		if !f.HasHealth {
+			return snapshotPlan{Mode: snapBoot, Remove: true, Why: why + "; no health check tells when a guest to save is ready"}
+		}
+		return snapshotPlan{Mode: snapSave, Remove: true, Why: why + ": saving a new one"}
+	case f.Identity != nil:
+		return snapshotPlan{Mode: snapBoot, Why: "this instance's identity cannot be given to a restored copy: " + f.Identity.Error()}
 	}
 	return snapshotPlan{Mode: snapRestore, Why: "a snapshot of this runner exists"}
 }
@@ -220,49 +238,80 @@ func findRunnerQemu(out string) (string, error) {
 	return "", fmt.Errorf("%s/bin/microvm-run execs qemu from %v, none of which exists", out, candidates)
 }
 
-// readNetIdentity reads the MAC and address of network.env in dir (the
-// network component writes it before a start); none without the file.
-func readNetIdentity(dir string) (netIdentity, error) {
+// readNetEnv reads dir's network.env (the network component writes it
+// before a start); zero without the file.
+func readNetEnv(dir string) (netEnv, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "network.env"))
 	if errors.Is(err, os.ErrNotExist) {
-		return netIdentity{}, nil
+		return netEnv{}, nil
 	}
 	if err != nil {
-		return netIdentity{}, err
+		return netEnv{}, err
 	}
-	return parseNetIdentity(b), nil
+	return parseNetEnv(b)
 }
 
-// parseNetIdentity takes BLIXARD_MAC and BLIXARD_IP of network.env's
-// KEY=VALUE lines.
-func parseNetIdentity(b []byte) netIdentity {
-	var id netIdentity
+// parseNetEnv reads network.env's KEY=VALUE lines (the host contract in
+// docs/architecture.md); keys it does not use are ignored, values it uses
+// must parse.
+func parseNetEnv(b []byte) (netEnv, error) {
+	var e netEnv
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
 		if !ok {
 			continue
 		}
 		v = strings.Trim(v, `"'`)
+		if v == "" {
+			continue
+		}
+		var err error
 		switch k {
 		case "BLIXARD_MAC":
-			id.MAC = strings.ToLower(v)
+			e.MAC = strings.ToLower(v)
+		case "BLIXARD_HOSTNAME":
+			e.Hostname = v
+		case "BLIXARD_DOMAIN":
+			e.Domain = v
 		case "BLIXARD_IP":
-			id.IP = v
+			e.IP, err = netip.ParseAddr(v)
+		case "BLIXARD_GATEWAY":
+			e.Gateway, err = netip.ParseAddr(v)
+		case "BLIXARD_DNS":
+			e.DNS, err = netip.ParseAddr(v)
+		case "BLIXARD_PREFIX":
+			e.Prefix, err = strconv.Atoi(v)
+		case "BLIXARD_MTU":
+			e.MTU, err = strconv.Atoi(v)
+		}
+		if err != nil {
+			return netEnv{}, fmt.Errorf("network.env: %s=%q: %w", k, v, err)
 		}
 	}
-	return id
+	return e, nil
 }
 
-func readSavedIdentity(snapDir string) (netIdentity, error) {
-	b, err := os.ReadFile(filepath.Join(snapDir, snapshotIdentityFile))
-	if err != nil {
-		return netIdentity{}, err
+// restoredIdentity is the identity a copy restored into the instance of
+// env takes, with now and seed, and the address it must then report
+// (invalid: none is committed). It is checked as the guest will get it
+// (vmsnap.Identity.Command), so a bad network.env is found before qemu
+// starts.
+func restoredIdentity(env netEnv, now time.Time, seed [32]byte) (vmsnap.Identity, netip.Addr, error) {
+	id := vmsnap.Identity{MAC: env.MAC, Hostname: env.Hostname, Time: now, Seed: seed}
+	if env.IP.IsValid() {
+		if env.Prefix <= 0 || env.Prefix > 32 {
+			return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env gives address %s without a prefix length (BLIXARD_PREFIX)", env.IP)
+		}
+		id.Addr = netip.PrefixFrom(env.IP, env.Prefix)
+		id.Gateway, id.DNS, id.Domain, id.MTU = env.Gateway, env.DNS, env.Domain, env.MTU
 	}
-	var id netIdentity
-	if err := json.Unmarshal(b, &id); err != nil {
-		return netIdentity{}, fmt.Errorf("%s: %w", filepath.Join(snapDir, snapshotIdentityFile), err)
+	if env.IP.IsValid() && env.MAC == "" {
+		return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env gives address %s but no MAC (BLIXARD_MAC): the node's DHCP lease is by MAC", env.IP)
 	}
-	return id, nil
+	if _, err := id.Command(); err != nil {
+		return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env: %w", err)
+	}
+	return id, env.IP, nil
 }
 
 // snapshotBoot is the bound on a save-mode guest becoming ready.
@@ -271,6 +320,7 @@ const snapshotBoot = 3 * time.Minute
 // snapshotStart is ActStart of a snapshot function's instance (see the
 // comment at the top of this file).
 func (a *Agent) snapshotStart(ctx context.Context, act Action) error {
+	begin := time.Now()
 	name := act.VM
 	dir := filepath.Join(a.o.StateDir, name)
 	store := vmsnap.Store{Dir: filepath.Join(a.o.StateDir, SnapshotDir)}
@@ -294,17 +344,15 @@ func (a *Agent) snapshotStart(ctx context.Context, act Action) error {
 		}
 	}
 	facts.HasHealth = target.check != nil
-	if facts.Now, err = readNetIdentity(dir); err != nil {
-		return fmt.Errorf("snapshot start of %s: %w", name, err)
+	env, err := readNetEnv(dir)
+	if err != nil {
+		return fmt.Errorf("snapshot start of %s: %w (the network component writes it: check the node's log)", name, err)
 	}
+	_, _, facts.Identity = restoredIdentity(env, time.Now(), [32]byte{})
 	var snap vmsnap.Snapshot
 	if facts.Qemu != "" {
 		snap, facts.Open = store.Open(out, facts.Qemu)
-		if facts.Open == nil {
-			if id, err := readSavedIdentity(snap.Dir); err == nil {
-				facts.Saved, facts.SavedKnown = id, true
-			}
-		}
+		facts.Frozen = snap.Manifest.Identity
 	}
 	plan := planSnapshotStart(facts)
 	a.log.Info("snapshot function start", "vm", name, "mode", plan.Mode.String(), "why", plan.Why)
@@ -313,9 +361,9 @@ func (a *Agent) snapshotStart(ctx context.Context, act Action) error {
 	}
 	switch plan.Mode {
 	case snapRestore:
-		return a.restoreOrBoot(ctx, pb, store, snap, name, dir, out, facts.Qemu)
+		return a.restoreOrBoot(ctx, pb, store, snap, name, dir, out, facts.Qemu, env, begin)
 	case snapSave:
-		snap, err := a.saveFirst(ctx, pb, store, name, dir, out, target, facts.Now)
+		snap, err := a.saveFirst(ctx, pb, store, name, dir, out, target, env)
 		if err != nil {
 			// The instance runs (booted, unsaved) or failed to start: the
 			// error says which; the next cold start tries saving again.
@@ -324,7 +372,7 @@ func (a *Agent) snapshotStart(ctx context.Context, act Action) error {
 		if snap.Dir == "" {
 			return nil // saving failed: the booted guest runs on
 		}
-		return a.restoreOrBoot(ctx, pb, store, snap, name, dir, out, facts.Qemu)
+		return a.restoreOrBoot(ctx, pb, store, snap, name, dir, out, facts.Qemu, env, time.Now())
 	}
 	return a.plainStart(ctx, name, dir)
 }
@@ -346,28 +394,91 @@ func (a *Agent) removeSnapshot(store vmsnap.Store, out, qemu string) {
 	}
 }
 
-// restoreOrBoot restores snap into a new runner of name; on any failure it
-// boots fresh (and removes a snapshot that is bad).
+// identifyGuest gives the guest behind dir's identity channel env's identity
+// (the wall clock now, a fresh seed) and checks its answer.
+func identifyGuest(ctx context.Context, dir string, env netEnv) (hello, answer time.Duration, g vmsnap.GuestIdentity, err error) {
+	var seed [32]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return 0, 0, g, fmt.Errorf("a random seed for the guest: %w", err)
+	}
+	id, want, err := restoredIdentity(env, time.Now(), seed)
+	if err != nil {
+		return 0, 0, g, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, identityTimeout)
+	defer cancel()
+	start := time.Now()
+	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
+	if err != nil {
+		return 0, 0, g, err
+	}
+	defer c.Close()
+	hello = time.Since(start)
+	if st := c.State(); st != vmsnap.GuestFrozen {
+		// Its NIC was up through the save: the copy may already have
+		// answered with the saved identity.
+		return hello, 0, g, fmt.Errorf("the guest says it is %q, not %q: it was saved without being frozen", st, vmsnap.GuestFrozen)
+	}
+	start = time.Now()
+	// The clock the guest sets is read when the line is sent, not when
+	// the restore began.
+	id.Time = time.Now()
+	r, err := c.Identify(ctx, id)
+	if err != nil {
+		return hello, 0, g, err
+	}
+	answer = time.Since(start)
+	g, err = vmsnap.CheckIdentified(r, id, want)
+	return hello, answer, g, err
+}
+
+// restoreOrBoot restores snap into a new runner of name and gives the copy
+// the instance's identity (env); on any failure it boots fresh (and removes
+// a snapshot that is bad). begin is when the start began, for the log.
 func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vmsnap.Store, snap vmsnap.Snapshot,
-	name, dir, out, qemu string) error {
+	name, dir, out, qemu string, env netEnv, begin time.Time) error {
 	if err := vmsnap.WriteHook(dir, vmsnap.RestoreHook(snap)); err != nil {
 		a.log.Warn("snapshot: cannot write the restore hook; booting", "vm", name, "err", err)
 		return a.plainStart(ctx, name, dir)
 	}
 	start := time.Now()
-	var timing vmsnap.RestoreTiming
+	var (
+		timing         vmsnap.RestoreTiming
+		spawned, ended time.Time
+		hello, answer  time.Duration
+		guest          vmsnap.GuestIdentity
+	)
 	err := pb.startThen(ctx, name, func(ctx context.Context) error {
+		spawned = time.Now()
 		var err error
-		timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap)
-		return err
+		if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
+			return err
+		}
+		if hello, answer, guest, err = identifyGuest(ctx, dir, env); err != nil {
+			return fmt.Errorf("restored %s from snapshot %s, but the guest did not take its identity: %w", name, snap.Dir, err)
+		}
+		ended = time.Now()
+		return nil
 	})
 	if herr := vmsnap.RemoveHook(dir); herr != nil && err == nil {
 		// A crash restart would wait for a load: say so, it runs now.
 		a.log.Warn("snapshot: cannot remove the restore hook; a crash restart of this instance would hang", "vm", name, "err", herr)
 	}
 	if err == nil {
-		a.log.Info("restored from snapshot", "vm", name, "snapshot", snap.Dir, "took", time.Since(start).Round(time.Millisecond),
-			"qemu_start", timing.Connect.Round(time.Millisecond), "load", timing.Load.Round(time.Millisecond))
+		// Where the time went, from the start operation to the guest's
+		// acknowledgement: planning (store, runner, network.env), the
+		// runner's spawn, qemu's start, the load, cont, the guest's hello
+		// and its re-identification; then the hook's removal.
+		ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+		addr := "-"
+		if guest.Addr.IsValid() {
+			addr = guest.Addr.String()
+		}
+		a.log.Info("restored from snapshot", "vm", name, "snapshot", snap.Dir, "took", time.Since(begin).Round(time.Millisecond),
+			"plan", ms(start.Sub(begin)), "spawn", ms(spawned.Sub(start)), "verify", ms(timing.Verify),
+			"qemu_start", ms(timing.Connect), "load", ms(timing.Load), "cont", ms(timing.Resume),
+			"hello", ms(hello), "identity", ms(answer), "identity_in_guest", ms(guest.Took), "after", ms(time.Since(ended)),
+			"mac", guest.MAC, "host", guest.Hostname, "addr", addr)
 		return nil
 	}
 	if ctx.Err() != nil {
@@ -381,11 +492,12 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 }
 
 // saveFirst boots name with its RAM in a pending snapshot, waits until its
-// health check passes, saves it (qemu quits) and publishes the snapshot
-// with the instance's identity. A failed save leaves the guest running and
+// health check passes, freezes the guest through its identity channel,
+// saves it (qemu quits) and publishes the snapshot. A failed save leaves
+// the guest running (given its identity back when it was frozen) and
 // returns an empty snapshot; an error means the instance does not run.
 func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.Store, name, dir, out string,
-	target probeTarget, id netIdentity) (vmsnap.Snapshot, error) {
+	target probeTarget, env netEnv) (vmsnap.Snapshot, error) {
 	pending, err := store.Begin()
 	if err != nil {
 		a.log.Warn("snapshot: cannot make a pending snapshot; booting", "vm", name, "err", err)
@@ -407,10 +519,11 @@ func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.
 		_ = vmsnap.RemoveHook(dir)
 		return vmsnap.Snapshot{}, err
 	}
-	// The hook is read at qemu's start: gone now, a crash restart boots
-	// with its RAM in memory and the save below fails (and is aborted).
-	_ = vmsnap.RemoveHook(dir)
+	// The runner reads the hook when it starts, which may be after Start
+	// returned: it is removed once the guest is up (or the save given up),
+	// so that a crash restart after that boots plainly.
 	fail := func(what string, err error) (vmsnap.Snapshot, error) {
+		_ = vmsnap.RemoveHook(dir)
 		abort()
 		if ctx.Err() != nil {
 			return vmsnap.Snapshot{}, ctx.Err()
@@ -422,24 +535,28 @@ func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.
 		return fail("the guest to save did not become ready", err)
 	}
 	booted := time.Since(start)
+	_ = vmsnap.RemoveHook(dir)
+	if err := freeze(ctx, dir); err != nil {
+		// Unfrozen, its copies would keep its MAC and address.
+		return fail("the guest did not freeze through its identity channel, so its copies could not take their own identities", err)
+	}
 	var m vmsnap.Manifest
 	err = pb.stopBy(ctx, name, func(ctx context.Context) error {
 		var err error
-		m, err = vmsnap.Save(ctx, filepath.Join(dir, "qmp.sock"), pending, vmsnap.SaveOptions{RunnerOut: out})
+		m, err = vmsnap.Save(ctx, filepath.Join(dir, "qmp.sock"), pending, vmsnap.SaveOptions{RunnerOut: out, Identity: vmsnap.IdentityProtocol})
 		return err
 	})
 	if err != nil {
+		// The guest runs on, frozen: give it its own identity back.
+		if _, _, _, ierr := identifyGuest(ctx, dir, env); ierr != nil {
+			a.log.Warn("snapshot: the frozen guest did not take its identity back after the failed save; killing it", "vm", name, "err", ierr)
+			abort()
+			if kerr := a.o.Backend.Kill(ctx, name); kerr != nil {
+				return vmsnap.Snapshot{}, fmt.Errorf("start %s: the save failed (%w) and the frozen guest could not be killed: %w", name, err, kerr)
+			}
+			return vmsnap.Snapshot{}, fmt.Errorf("start %s: the save failed (%w) and the frozen guest did not take its identity back (%w): killed, the next start boots", name, err, ierr)
+		}
 		return fail("saving failed", err)
-	}
-	b, err := json.Marshal(id)
-	if err == nil {
-		err = os.WriteFile(filepath.Join(pending, snapshotIdentityFile), b, 0o644)
-	}
-	if err != nil {
-		abort()
-		// The guest is gone (Save quit it): restart it by booting.
-		a.log.Warn("snapshot: cannot record the identity; booting", "vm", name, "err", err)
-		return vmsnap.Snapshot{}, a.plainStart(ctx, name, dir)
 	}
 	snap, err := store.Publish(pending)
 	if errors.Is(err, os.ErrExist) {
@@ -457,6 +574,19 @@ func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.
 	a.log.Info("saved snapshot", "vm", name, "snapshot", snap.Dir, "boot_to_ready", booted.Round(time.Millisecond),
 		"save_ms", m.Migration.TotalTimeMs, "state_bytes", m.State.Bytes)
 	return snap, nil
+}
+
+// freeze asks the guest behind dir's identity channel to take its NIC down
+// before a save.
+func freeze(ctx context.Context, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, identityTimeout)
+	defer cancel()
+	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Freeze(ctx)
 }
 
 // waitHealthy probes name with its health check until one probe passes.

@@ -3,18 +3,19 @@ package nodeagent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/blixard/blixard/vmsnap"
 )
 
 func TestPlanSnapshotStart(t *testing.T) {
-	id := netIdentity{MAC: "02:00:00:00:00:01", IP: "10.0.0.2"}
-	other := netIdentity{MAC: "02:00:00:00:00:02", IP: "10.0.0.3"}
-	ok := snapshotFacts{Supported: true, Qemu: "/usr/bin/qemu", HasHealth: true, Saved: id, Now: id, SavedKnown: true}
+	ok := snapshotFacts{Supported: true, Qemu: "/usr/bin/qemu", HasHealth: true, Frozen: vmsnap.IdentityProtocol}
 	with := func(f func(*snapshotFacts)) snapshotFacts { c := ok; f(&c); return c }
 	for _, tc := range []struct {
 		name   string
@@ -22,13 +23,15 @@ func TestPlanSnapshotStart(t *testing.T) {
 		mode   snapMode
 		remove bool
 	}{
-		{"a snapshot of the same identity restores", ok, snapRestore, false},
-		{"no user-mode identity on either side restores", with(func(f *snapshotFacts) { f.Saved, f.Now = netIdentity{}, netIdentity{} }), snapRestore, false},
-		{"another identity boots and keeps the snapshot", with(func(f *snapshotFacts) { f.Now = other }), snapBoot, false},
-		{"an unknown saved identity boots and drops the snapshot", with(func(f *snapshotFacts) { f.SavedKnown = false }), snapBoot, true},
+		// Any instance restores: each copy takes its own identity.
+		{"a snapshot of a frozen guest restores", ok, snapRestore, false},
+		{"a snapshot of an unfrozen guest is replaced", with(func(f *snapshotFacts) { f.Frozen = "" }), snapSave, true},
+		{"a snapshot of another identity protocol is replaced", with(func(f *snapshotFacts) { f.Frozen = "blixard.identity/0" }), snapSave, true},
+		{"an unfrozen snapshot without health check is dropped, boots", with(func(f *snapshotFacts) { f.Frozen = ""; f.HasHealth = false }), snapBoot, true},
+		{"an identity that cannot be given boots and keeps the snapshot", with(func(f *snapshotFacts) { f.Identity = errors.New("bad MAC") }), snapBoot, false},
 		{"systemd backend boots", with(func(f *snapshotFacts) { f.Supported = false }), snapBoot, false},
 		{"unknown qemu boots", with(func(f *snapshotFacts) { f.Qemu = "" }), snapBoot, false},
-		{"no snapshot saves", with(func(f *snapshotFacts) { f.Open = fmt.Errorf("x: %w", vmsnap.ErrNotFound) }), snapSave, false},
+		{"no snapshot saves", with(func(f *snapshotFacts) { f.Open = fmt.Errorf("x: %w", vmsnap.ErrNotFound); f.Frozen = "" }), snapSave, false},
 		{"no snapshot and no health check boots", with(func(f *snapshotFacts) { f.Open = vmsnap.ErrNotFound; f.HasHealth = false }), snapBoot, false},
 		{"a mismatched snapshot is dropped and saved again", with(func(f *snapshotFacts) { f.Open = fmt.Errorf("x: %w", vmsnap.ErrMismatch) }), snapSave, true},
 		{"a corrupt snapshot is dropped and saved again", with(func(f *snapshotFacts) { f.Open = fmt.Errorf("x: %w", vmsnap.ErrCorrupt) }), snapSave, true},
@@ -110,12 +113,81 @@ func TestFindRunnerQemuResolvesOnDisk(t *testing.T) {
 	}
 }
 
-func TestParseNetIdentity(t *testing.T) {
-	got := parseNetIdentity([]byte("BLIXARD_TAP=blxt1\nBLIXARD_MAC=02:AB:00:00:00:01\nBLIXARD_IP=10.1.0.5\nBLIXARD_PREFIX=24\n"))
-	if want := (netIdentity{MAC: "02:ab:00:00:00:01", IP: "10.1.0.5"}); got != want {
-		t.Errorf("parseNetIdentity = %+v, want %+v", got, want)
+func TestParseNetEnv(t *testing.T) {
+	full := "BLIXARD_TAP=blxt1\nBLIXARD_MAC=02:AB:00:00:00:01\nBLIXARD_IP=10.1.0.5\nBLIXARD_PREFIX=24\nBLIXARD_GATEWAY=10.1.0.1\n" +
+		"BLIXARD_DNS=10.1.0.1\nBLIXARD_HOSTNAME=fn-a-1\nBLIXARD_DOMAIN=c.internal\nBLIXARD_MTU=1450\n"
+	for _, tc := range []struct {
+		name, in string
+		want     netEnv
+		wantErr  string
+	}{
+		{"every key", full, netEnv{MAC: "02:ab:00:00:00:01", Hostname: "fn-a-1", Domain: "c.internal", IP: netip.MustParseAddr("10.1.0.5"),
+			Gateway: netip.MustParseAddr("10.1.0.1"), DNS: netip.MustParseAddr("10.1.0.1"), Prefix: 24, MTU: 1450}, ""},
+		{"no file content", "", netEnv{}, ""},
+		{"empty values are absent (MTU not known yet)", "BLIXARD_MTU=\nBLIXARD_MAC='02:00:00:00:00:09'\n", netEnv{MAC: "02:00:00:00:00:09"}, ""},
+		{"a bad address", "BLIXARD_IP=10.1.0\n", netEnv{}, "BLIXARD_IP"},
+		{"a bad MTU", "BLIXARD_MTU=big\n", netEnv{}, "BLIXARD_MTU"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseNetEnv([]byte(tc.in))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("parseNetEnv: %v, want an error naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("parseNetEnv = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
 	}
-	if got := parseNetIdentity(nil); got != (netIdentity{}) {
-		t.Errorf("empty file: %+v", got)
+}
+
+func TestRestoredIdentity(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	seed := [32]byte{1, 2, 3}
+	full := netEnv{MAC: "02:ab:00:00:00:01", Hostname: "fn-a-1", Domain: "c.internal", IP: netip.MustParseAddr("10.1.0.5"),
+		Gateway: netip.MustParseAddr("10.1.0.1"), DNS: netip.MustParseAddr("10.1.0.1"), Prefix: 24, MTU: 1450}
+	with := func(f func(*netEnv)) netEnv { e := full; f(&e); return e }
+	for _, tc := range []struct {
+		name     string
+		env      netEnv
+		wantLine string
+		wantAddr string
+		wantErr  string
+	}{
+		{"cluster network: MAC, host and the address with its settings", full,
+			"ident mac=02:ab:00:00:00:01 host=fn-a-1 time=1767323045 seed=0102030000000000000000000000000000000000000000000000000000000000 ip=10.1.0.5/24 gw=10.1.0.1 dns=10.1.0.1 domain=c.internal mtu=1450",
+			"10.1.0.5", ""},
+		{"user-mode network: keep the NIC, clock and seed only", netEnv{},
+			"ident mac=- host=- time=1767323045 seed=0102030000000000000000000000000000000000000000000000000000000000", "", ""},
+		{"MTU not known yet", with(func(e *netEnv) { e.MTU = 0 }),
+			"ident mac=02:ab:00:00:00:01 host=fn-a-1 time=1767323045 seed=0102030000000000000000000000000000000000000000000000000000000000 ip=10.1.0.5/24 gw=10.1.0.1 dns=10.1.0.1 domain=c.internal",
+			"10.1.0.5", ""},
+		{"an address without a prefix", with(func(e *netEnv) { e.Prefix = 0 }), "", "", "BLIXARD_PREFIX"},
+		{"an address without a MAC", with(func(e *netEnv) { e.MAC = "" }), "", "", "BLIXARD_MAC"},
+		{"a MAC that is not one", with(func(e *netEnv) { e.MAC = "02:ab" }), "", "", "MAC"},
+		{"a hostname that is not a label", with(func(e *netEnv) { e.Hostname = "a b" }), "", "", "hostname"},
+		{"an IPv6 address", with(func(e *netEnv) { e.IP = netip.MustParseAddr("fd00::5") }), "", "", "IPv4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, addr, err := restoredIdentity(tc.env, now, seed)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("restoredIdentity: %v, want an error with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			line, err := id.Command()
+			if err != nil || line != tc.wantLine {
+				t.Errorf("command %q, %v\nwant    %q", line, err, tc.wantLine)
+			}
+			if got := addr.String(); (tc.wantAddr == "" && addr.IsValid()) || (tc.wantAddr != "" && got != tc.wantAddr) {
+				t.Errorf("address to check %s, want %q", addr, tc.wantAddr)
+			}
+		})
 	}
 }

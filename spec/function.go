@@ -63,7 +63,9 @@ type Function struct {
 	IdleTimeout time.Duration `json:"idleTimeout"`
 	// Snapshot: cold starts restore a memory snapshot of an instance taken
 	// once it first became ready, instead of booting (default false; see
-	// DefaultSnapshot).
+	// DefaultSnapshot). A function has no volumes (Decode refuses the
+	// attribute), so no restore runs against a disk that moved on since
+	// the save.
 	Snapshot bool `json:"snapshot"`
 	// Placement constrains where instances run, as a VM's does;
 	// antiAffinity may name VMs and functions.

@@ -3,30 +3,39 @@
 // guest that is already up (about 0.15 s under software emulation) instead
 // of booting one (about 2.5 s). It is the host-side edge: a small QMP
 // client over qemu's unix socket, Save and Restore, the qemu arguments a
-// runner adds for either, and a store of snapshots on disk.
+// runner adds for either, a store of snapshots on disk, and the host side
+// of the identity channel through which a guest is frozen before its save
+// and each restored copy takes its own identity (ident.go).
 //
-// It must not decide when to save or restore, or what to do when a restore
-// fails (the node agent decides: boot fresh); start, supervise or kill qemu
-// processes (their runner and the agent own them: Save ends its qemu only
-// through QMP `quit`); give restored copies their own identity; or know
-// Raft, the replicated state, placement, git or nix. It imports nothing of
-// this module and runs no programs.
+// It must not decide when to save or restore, what to do when a restore
+// fails (the node agent decides: boot fresh), or which identity a copy
+// takes (the agent gives it the instance's committed one); start, supervise
+// or kill qemu processes (their runner and the agent own them: Save ends
+// its qemu only through QMP `quit`); or know Raft, the replicated state,
+// placement, git or nix. It imports nothing of this module and runs no
+// programs.
 //
 // # Use
 //
 //  1. Save once per runner and qemu binary: [Store.Begin] makes a pending
 //     directory; start the runner with its RAM in PENDING/mem, shared
-//     ([SaveArgs], or [SaveHook] for the demo's runners); once the guest is
-//     ready, [Save] stops it, writes PENDING/state and PENDING/manifest.json
-//     and quits qemu; wait for the qemu process to exit, then
-//     [Store.Publish] (or [Store.Abort]).
+//     ([SaveArgs] and [IdentityArgs], or [SaveHook] for the demo's
+//     runners); once the guest is ready, freeze it ([DialIdentity],
+//     [IdentityConn.Freeze]: its NIC goes down), then [Save] (with
+//     SaveOptions.Identity, recorded in the manifest) stops it, writes
+//     PENDING/state and PENDING/manifest.json and quits qemu; wait for the
+//     qemu process to exit, then [Store.Publish] (or [Store.Abort]).
 //  2. Restore at a cold start: [Store.Open] (runner out path, qemu binary)
 //     finds the snapshot and refuses one of another runner or qemu; start
-//     the same runner with [RestoreArgs] (or [RestoreHook]): qemu waits on
-//     `-incoming defer` with its RAM mapped copy-on-write from the mem
-//     file; [Restore] loads the state and lets the guest run.
-//  3. Any error of Open or Restore means: kill that qemu and boot fresh;
-//     after [ErrCorrupt] or [ErrMismatch] also [Store.Remove] the snapshot.
+//     the same runner with [RestoreArgs] and [IdentityArgs] (or
+//     [RestoreHook]): qemu waits on `-incoming defer` with its RAM mapped
+//     copy-on-write from the mem file; [Restore] loads the state and lets
+//     the guest run; [DialIdentity] and [IdentityConn.Identify] give the
+//     copy its MAC, hostname, address, clock and a random seed, and
+//     [CheckIdentified] checks its answer. Only then may traffic reach it.
+//  3. Any error of Open, Restore or the identity exchange means: kill that
+//     qemu and boot fresh; after [ErrCorrupt] or [ErrMismatch] also
+//     [Store.Remove] the snapshot.
 //
 // # How the runner gets its arguments
 //
@@ -40,8 +49,10 @@
 //	''}";
 //
 // reads a file the agent writes into the VM's state directory (the runner's
-// working directory) before the start: SaveArgs or RestoreArgs joined by
-// spaces. That is why every argument here is one word: paths are refused
+// working directory) before the start: SaveArgs or RestoreArgs and
+// IdentityArgs(IdentitySocket) joined by spaces (the guest then needs an
+// agent speaking the identity protocol on the port; without one the save
+// is refused, since its copies could not take their own identities). That is why every argument here is one word: paths are refused
 // when they hold anything but letters, digits and . _ / + @ -. Two
 // microvm.nix cases differ: a VM with `microvm.shares` already has its RAM
 // in a shared memfd backend named "mem" (for virtiofs), so the script must
@@ -73,12 +84,18 @@
 // paused until `cont`; the RAM block's name is its backend's id, so save
 // and restore use the same one ([RAMBackend]).
 //
-// # Not handled here
+// # Identity
 //
-// Restored copies share the saved guest's MAC, address, boot id, random
-// state and a wall clock that stood still since the save: the agent must
-// give each its own identity (a new MAC and address, the clock, an entropy
-// reseed, for example through a guest hook over vsock or virtio-serial, or
-// a DHCP renewal) before traffic reaches it. VMs with writable volumes must
-// not be snapshotted: a restore would run against a disk that moved on.
+// Restored copies start as the saved guest: its MAC, address, hostname,
+// boot id, random state and a wall clock that stood still since the save.
+// The identity channel (ident.go: a virtio-serial port, a line protocol)
+// changes all but the boot id, which only a boot changes. The guest's
+// kernel mixes the seed into its pool without crediting it and reseeds its
+// generator on its own schedule (at most a minute; a second early after
+// boot); a copy's first random numbers can still follow the saved state
+// (qemu's vmgenid device, whose generation change makes Linux reseed at
+// once, is not used: it needs ACPI and fw_cfg support not tried with the
+// microvm machine here). VMs with writable
+// volumes must not be snapshotted: a restore would run against a disk that
+// moved on (functions, the only snapshotted VMs, have no volumes).
 package vmsnap

@@ -55,6 +55,11 @@ type Manifest struct {
 	SavedAt      time.Time `json:"savedAt"`
 	Guest        Guest     `json:"guest"`
 	Migration    Migration `json:"migration"`
+	// Identity is the identity protocol (IdentityProtocol) through which
+	// the guest was frozen before the save, so that every restore can give
+	// its copy its own identity; "" when it was not (a restored copy then
+	// keeps the saved MAC, address and hostname).
+	Identity string `json:"identity,omitempty"`
 }
 
 // Binary identifies a qemu binary.

@@ -19,6 +19,10 @@ type SaveOptions struct {
 	RunnerOut string
 	// Now is the clock for the manifest's time (nil: time.Now).
 	Now func() time.Time
+	// Identity is recorded as Manifest.Identity: IdentityProtocol when the
+	// caller froze the guest through the identity channel (IdentityConn.
+	// Freeze) right before the save, "" otherwise.
+	Identity string
 }
 
 // backend is one memory backend qemu has (QOM /objects/ID).
@@ -235,6 +239,7 @@ func Save(ctx context.Context, qmpSocket, dir string, o SaveOptions) (Manifest, 
 		SavedAt:      o.Now().UTC(),
 		Guest:        guest,
 		Migration:    Migration{TotalTimeMs: mig.TotalTime, TransferredBytes: mig.RAM.Transferred},
+		Identity:     o.Identity,
 	}
 	if err := writeManifest(dir, m); err != nil {
 		return undo("writing the manifest", err)

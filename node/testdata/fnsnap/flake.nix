@@ -2,18 +2,21 @@
 # by the demo's real qemu microVM (examples/demo; the test copies
 # microvm.nix, build-runner.sh and guest-init.sh beside this file and
 # writes settings.nix: { kernelDir; }). snap restores its cold starts from a
-# memory snapshot; plain, the same guest under another name, boots every
-# time (the comparison). The ports are the user-mode forwards the runners
-# use only without cluster networking.
+# memory snapshot, up to two instances at once, each with its own identity;
+# plain, the same guest under another name, boots every time (the
+# comparison). Concurrency 1, so a held request makes a second one scale
+# out. The ports are the user-mode forwards the runners use only without
+# cluster networking.
 {
   outputs = { self }:
     let
       microvm = import ./microvm.nix;
       settings = import ./settings.nix;
-      fn = name: port: snapshot: {
+      fn = name: port: snapshot: maxInstances: {
         inherit (microvm.vm { inherit name port; inherit (settings) kernelDir; }) runner vcpu memMiB;
         http = { host = "${name}.lab.test"; path = "/"; port = 80; };
-        maxInstances = 1;
+        inherit maxInstances;
+        concurrency = 1;
         idleTimeout = "3s";
         inherit snapshot;
       };
@@ -22,8 +25,8 @@
       blixard = {
         cluster = "snaplab";
         network.cidr = "10.125.0.0/24";
-        functions.snap = fn "snap" 18190 true;
-        functions.plain = fn "plain" 18191 false;
+        functions.snap = fn "snap" 18190 true 2;
+        functions.plain = fn "plain" 18191 false 1;
       };
     };
 }

@@ -583,14 +583,38 @@ func (s *Server) agentOnlyRoutes() http.Handler {
 	mux.HandleFunc("GET /healthz", s.handleAgentOnlyHealth)
 	mux.Handle("GET /metrics", s.guard(pki.RoleRead, s.metricsHandler()))
 	mux.Handle("GET /v1/vms/{name}/logs", s.guard(pki.RoleRead, http.HandlerFunc(s.handleLogs)))
+	mux.Handle("GET /v1/functions", s.guard(pki.RoleRead, http.HandlerFunc(s.handleAgentOnlyFunctions)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Errorf("node %d is an agent-only node: it serves /healthz, /metrics and its VMs' logs; "+
-			"ask a server (its --servers) for %s %s", s.o.Replica.NodeID(), r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Errorf("node %d is an agent-only node: it serves /healthz, /metrics, /v1/functions (its gateway) "+
+			"and its VMs' logs; ask a server (its --servers) for %s %s", s.o.Replica.NodeID(), r.Method, r.URL.Path))
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// handleAgentOnlyFunctions: GET /v1/functions on an agent-only node, the
+// counts of its own gateway, which a server's `GET /v1/functions?nodes=all`
+// sums with every other node's. The rest of the answer comes from the
+// node's view (no scale reasons or activity times: ask a server), so it is
+// marked stale; nodes=all is the servers' to answer.
+func (s *Server) handleAgentOnlyFunctions(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Has("nodes") {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("node %d is an agent-only node: it answers for its own gateway only; "+
+			"ask a server (its --servers) for GET /v1/functions?nodes=all", s.o.Replica.NodeID()))
+		return
+	}
+	st, err := s.o.Replica.LocalRead()
+	if err != nil {
+		s.internalError(w, r, http.StatusServiceUnavailable, "agent-only node without a view from the servers", err)
+		return
+	}
+	v := functionsView(st, s.o.Replica.NodeID(), s.localFunctions())
+	v.Freshness = Freshness{Stale: true, AppliedIndex: st.Applied,
+		StaleReason: fmt.Sprintf("agent-only node %d: from its view of the servers' state; ask a server for the committed functions", s.o.Replica.NodeID())}
+	v.Freshness.setHeaders(w.Header())
+	writeJSON(w, http.StatusOK, v)
 }
 
 // handleAgentOnlyHealth: 200 once the node has a view from the servers.

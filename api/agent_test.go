@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/pki"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 // agentServer serves a TLS API for replica until the test ends and
@@ -416,5 +418,52 @@ func BenchmarkAgentProposeHeartbeat(b *testing.B) {
 		for part, e := range a.View.Parts {
 			have[part] = e.Version
 		}
+	}
+}
+
+// TestAgentOnlyNodeFunctions: an agent-only node's API answers GET
+// /v1/functions with its own gateway's counts (from its view, marked
+// stale), so a server's GET /v1/functions?nodes=all sums its gateway with
+// the others; nodes=all itself is the servers'.
+func TestAgentOnlyNodeFunctions(t *testing.T) {
+	st := clusterState(t)
+	st.Update(func(s *replicated.State) {
+		s.Desired.Functions = map[string]spec.Function{"hello": {MaxInstances: 4, Concurrency: 2, IdleTimeout: time.Minute,
+			HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
+		s.Nodes[4] = &replicated.Node{ID: 4, State: replicated.NodeReady}
+	})
+	agentOnly := httptest.NewServer(api.NewServer(api.Options{Replica: testkit.NewReplica(st, 4, 0), Insecure: true, AgentOnly: true,
+		Functions: gatewayStats{{Function: "hello", Requests: 7, ColdStarts: 1}}}).Handler())
+	defer agentOnly.Close()
+	st.Update(func(s *replicated.State) { s.Nodes[4].APIAddr = strings.TrimPrefix(agentOnly.URL, "http://") })
+
+	code, hdr, body := do(t, agentOnly, "GET", "/v1/functions", "")
+	var own api.FunctionsView
+	if err := json.Unmarshal(body, &own); code != http.StatusOK || err != nil || len(own.Functions) != 1 || own.Functions[0].Local == nil ||
+		own.Functions[0].Local.Requests != 7 || !own.Stale || hdr.Get(api.HeaderStale) != "true" || !strings.Contains(own.StaleReason, "agent-only node 4") {
+		t.Fatalf("GET /v1/functions on the agent-only node: HTTP %d, %v, %s: want its gateway's counts, marked stale", code, err, body)
+	}
+	if code, _, body := do(t, agentOnly, "GET", "/v1/functions?nodes=all", ""); code != http.StatusBadRequest || !strings.Contains(string(body), "ask a server") {
+		t.Errorf("nodes=all on the agent-only node: HTTP %d %s, want 400 pointing to the servers", code, body)
+	}
+	if code, _, body := do(t, agentOnly, "GET", "/v1/status", ""); code != http.StatusNotFound || !strings.Contains(string(body), "agent-only node") {
+		t.Errorf("GET /v1/status on the agent-only node: HTTP %d %s, want 404 naming the servers", code, body)
+	}
+
+	server := httptest.NewServer(api.NewServer(api.Options{Replica: testkit.NewReplica(st, 1, 1), Insecure: true,
+		Functions: gatewayStats{{Function: "hello", Requests: 2}}}).Handler())
+	defer server.Close()
+	code, _, body = do(t, server, "GET", "/v1/functions?nodes=all", "")
+	var all api.FunctionsView
+	if err := json.Unmarshal(body, &all); code != http.StatusOK || err != nil {
+		t.Fatalf("GET /v1/functions?nodes=all on a server: HTTP %d, %v: %s", code, err, body)
+	}
+	for _, g := range all.Gateways {
+		if g.Node == 4 && (g.Error != "" || len(g.Functions) != 1 || g.Functions[0].Requests != 7) {
+			t.Errorf("the agent-only node's gateway in nodes=all: %+v, want its 7 requests", g)
+		}
+	}
+	if c := all.Functions[0].Cluster; c == nil || c.Requests < 9 {
+		t.Errorf("cluster counts %+v: want node 1's 2 requests and node 4's 7 at least", c)
 	}
 }

@@ -36,6 +36,20 @@ type labConfig struct {
 	// env is added to the environment of the nodes (and so of the nix runs
 	// and runners they start).
 	env []string
+	// nodes is how many namespaces the lab has (0: 3). Nodes 1 to 3 are
+	// the Raft members start runs; the others are for nodes a test starts
+	// itself (launch), such as agent-only ones.
+	nodes int
+	// serveArgs (nil: none) are further `serve` flags of node i.
+	serveArgs func(i int) []string
+}
+
+// nodeCount is the number of the lab's namespaces.
+func (c labConfig) nodeCount() int {
+	if c.nodes == 0 {
+		return 3
+	}
+	return c.nodes
 }
 
 // lab is one run of a network lab.
@@ -103,7 +117,7 @@ func newLab(t *testing.T, cfg labConfig) *lab {
 	l := &lab{t: t, cfg: cfg, root: root, cmds: map[int]*exec.Cmd{}, done: map[int]chan error{}}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for i := 1; i <= 3; i++ {
+			for i := 1; i <= cfg.nodeCount(); i++ {
 				if b, err := os.ReadFile(filepath.Join(root, fmt.Sprintf("n%d.log", i))); err == nil {
 					t.Logf("--- node %d log (tail) ---\n%s", i, tail(string(b), 60))
 				}
@@ -120,7 +134,7 @@ func newLab(t *testing.T, cfg labConfig) *lab {
 	l.repo = "file://" + l.bare
 	l.push(cfg.files, "network lab")
 
-	if l.net, err = fault.NewNet(3); err != nil {
+	if l.net, err = fault.NewNet(cfg.nodeCount()); err != nil {
 		t.Fatalf("building the namespaces: %v", err)
 	}
 	// Registered after the namespaces: cleanups run last in, first out, so
@@ -132,11 +146,11 @@ func newLab(t *testing.T, cfg labConfig) *lab {
 	})
 	t.Cleanup(l.killGuests)
 	t.Cleanup(func() {
-		for i := 1; i <= 3; i++ {
+		for i := 1; i <= cfg.nodeCount(); i++ {
 			l.stop(i)
 		}
 	})
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= cfg.nodeCount(); i++ {
 		// The instances' outbound traffic is routed from the bridge to the
 		// uplink: a host setting (NixOS: the module sets it).
 		if out, err := l.net.Command(i, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
@@ -214,12 +228,22 @@ func (l *lab) start(i int) {
 		"--capacity-vcpu", strconv.Itoa(l.cfg.vcpu(i)), "--capacity-mem-mib", "1024", "--state-dir", l.dir(i, "state"), "--backend", "process",
 		"--insecure", "--insecure-i-know", "--log-level", "debug",
 		"--network", "--dns-dir", l.dir(i, "netdns"), "--ingress-addr", l.net.Addr(i) + ":8080"}
+	if l.cfg.serveArgs != nil {
+		args = append(args, l.cfg.serveArgs(i)...)
+	}
+	cmd := l.net.Command(i, l.bin, args...)
+	cmd.Env = append(os.Environ(), l.cfg.env...)
+	l.launch(i, cmd)
+}
+
+// launch starts cmd as node i, its output appended to the node's log, and
+// records it for stop (cmd's process must be the node itself: stop
+// signals it).
+func (l *lab) launch(i int, cmd *exec.Cmd) {
 	logf, err := os.OpenFile(filepath.Join(l.root, fmt.Sprintf("n%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	cmd := l.net.Command(i, l.bin, args...)
-	cmd.Env = append(os.Environ(), l.cfg.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		l.t.Fatal(err)

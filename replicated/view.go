@@ -107,7 +107,7 @@ type ViewNode struct {
 // ViewPlacementPart is the content of [ViewPlacement].
 type ViewPlacementPart struct {
 	// Instances are every assignment without what only its own node needs
-	// (volumes, health check, run state).
+	// (volumes, health check, restarts).
 	Instances map[string]ViewInstance `json:"instances"`
 	// Identities are every instance's network identity.
 	Identities map[string]Identity      `json:"identities,omitempty"`
@@ -126,6 +126,9 @@ type ViewInstance struct {
 	OwnRunner  bool   `json:"ownRunner,omitempty"`
 	Commit     string `json:"commit,omitempty"`
 	Function   string `json:"function,omitempty"`
+	// Stopped: the instance is kept stopped (KeptStopped), so ingress and
+	// DNS leave it out before its node stopped it, as on a replica.
+	Stopped StopReason `json:"stopped,omitempty"`
 }
 
 // ViewStatus is an instance's reported phase and health without times
@@ -416,7 +419,7 @@ func placementOf(st *State) ViewPlacementPart {
 	p := ViewPlacementPart{Instances: make(map[string]ViewInstance, len(st.Assignments))}
 	for name, a := range st.Assignments {
 		p.Instances[name] = ViewInstance{Declared: a.Declared, Node: a.Node, Drv: a.Drv, OutPath: a.OutPath, Generation: a.Generation,
-			OwnRunner: a.OwnRunner, Commit: a.Commit, Function: a.Function}
+			OwnRunner: a.OwnRunner, Commit: a.Commit, Function: a.Function, Stopped: a.Stopped}
 	}
 	if st.Network != nil {
 		p.Identities = st.Network.Identities
@@ -552,7 +555,7 @@ func (v *AgentView) State(self uint64) *State {
 	if p := v.Placement; p != nil {
 		for name, in := range p.Instances {
 			st.Assignments[name] = Assignment{VM: name, Declared: in.Declared, Node: in.Node, Drv: in.Drv, OutPath: in.OutPath,
-				Generation: in.Generation, OwnRunner: in.OwnRunner, Commit: in.Commit, Function: in.Function}
+				Generation: in.Generation, OwnRunner: in.OwnRunner, Commit: in.Commit, Function: in.Function, Stopped: in.Stopped}
 		}
 		identity(p.Identities)
 		desired.Ingress, desired.Functions = p.Ingress, p.Functions

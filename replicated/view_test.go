@@ -131,12 +131,12 @@ func TestViewChanges(t *testing.T) {
 			func(*replicated.State) replicated.Command {
 				return replicated.Command{V: 1, Type: replicated.CmdSetVMRunState, At: testkit.T0,
 					SetVMRunState: &replicated.SetVMRunState{VM: "a", Want: replicated.RunStateStopped}}
-			}, []replicated.ViewPart{work}},
+			}, []replicated.ViewPart{work, place}},
 		{"another node's instance stopped by an operator", nil,
 			func(*replicated.State) replicated.Command {
 				return replicated.Command{V: 1, Type: replicated.CmdSetVMRunState, At: testkit.T0,
 					SetVMRunState: &replicated.SetVMRunState{VM: "b", Want: replicated.RunStateStopped}}
-			}, nil},
+			}, []replicated.ViewPart{place}}, // ingress and DNS drop it at once
 		{"another node re-registers with other labels and capacity", nil,
 			func(*replicated.State) replicated.Command {
 				c := testkit.Register(2)
@@ -196,6 +196,15 @@ func TestViewState(t *testing.T) {
 	if res := st.Apply(idx+2, replicated.Command{V: 1, Type: replicated.CmdSetVMRunState, At: testkit.T0,
 		SetVMRunState: &replicated.SetVMRunState{VM: "a", Restart: true}}); !res.OK() {
 		t.Fatal(res.Message)
+	}
+	// c (node 3's, running) is kept stopped by an operator: ingress and
+	// DNS on other nodes leave it out before node 3 stops it.
+	if res := st.Apply(idx+3, replicated.Command{V: 1, Type: replicated.CmdSetVMRunState, At: testkit.T0,
+		SetVMRunState: &replicated.SetVMRunState{VM: "c", Want: replicated.RunStateStopped}}); !res.OK() {
+		t.Fatal(res.Message)
+	}
+	if st.Assignments["c"].Stopped == "" {
+		t.Fatalf("c is not kept stopped after vm stop: %+v", st.Assignments["c"])
 	}
 	for _, tc := range []struct {
 		name     string
@@ -258,15 +267,19 @@ func TestViewState(t *testing.T) {
 			if got.Observed["b"].Node != 2 {
 				t.Errorf("b's status (the old node's report, for the hand-over) = %+v, want node 2's", got.Observed["b"])
 			}
-			if !maps.Equal(got.RunControls, st.RunControls) {
-				t.Errorf("run controls = %v, want %v", got.RunControls, st.RunControls)
+			// Run controls of the node's own instances (the others' show
+			// as their assignments' Stopped).
+			wantRC := maps.Clone(st.RunControls)
+			maps.DeleteFunc(wantRC, func(name string, _ replicated.RunControl) bool { return st.Assignments[name].Node != 1 })
+			if !maps.Equal(got.RunControls, wantRC) {
+				t.Errorf("run controls = %v, want %v", got.RunControls, wantRC)
 			}
 			_, hasC := got.Assignments["c"]
 			if hasC != (tc.optional != nil) {
 				t.Errorf("c (node 3's) in the rebuilt assignments: %v, want %v", hasC, tc.optional != nil)
 			}
 			if tc.optional != nil {
-				if got.Assignments["c"].Node != 3 || got.Assignments["c"].OutPath != st.Assignments["c"].OutPath {
+				if c := got.Assignments["c"]; c.Node != 3 || c.OutPath != st.Assignments["c"].OutPath || c.Stopped != st.Assignments["c"].Stopped {
 					t.Errorf("c = %+v", got.Assignments["c"])
 				}
 				if got.Observed["c"].Phase != replicated.PhaseRunning || got.Observed["c"].Node != 3 {

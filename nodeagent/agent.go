@@ -41,6 +41,11 @@ type Options struct {
 	// Builder realises runners that are neither in the store nor buildable
 	// from a local .drv (for example a [FlakeBuilder]); nil: such VMs fail.
 	Builder Builder
+	// Realise, when set, makes a runner's out path available instead of
+	// nix (store, peers' caches, Builder): for agents whose Backend runs
+	// no real runner, such as the simulated nodes of the scale harness.
+	// An error fails the realisation like a failed build.
+	Realise func(ctx context.Context, out string) error
 	// Backend runs the units (default: a [ProcessBackend] on StateDir).
 	// The agent runs its Run method.
 	Backend Backend
@@ -177,6 +182,8 @@ type Agent struct {
 	// life; seq is the number of the last heartbeat made, guarded by mu.
 	epoch uint64
 	seq   uint64
+	// delta decides liveness-only heartbeats (report.go; guarded by mu).
+	delta heartbeatDelta
 	// unanswered counts the heartbeats not committed since the last one
 	// that was, so that a lost quorum logs a warning once, not once per
 	// period (guarded by mu).
@@ -651,6 +658,9 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 			root := filepath.Join(a.o.StateDir, name, "gcroot")
 			if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 				return fmt.Errorf("state directory: %w", err)
+			}
+			if a.o.Realise != nil {
+				return a.o.Realise(ctx, act.Out)
 			}
 			br := newBuildReporter(name, a.o.OnBuild, a.o.Now)
 			if br != nil {

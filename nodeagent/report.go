@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -149,23 +150,97 @@ type heartbeat struct {
 	seq uint64 // its place in this process's order
 }
 
-// nextHeartbeat makes the next heartbeat: every status, numbered after
-// every heartbeat made before it, and the node's Ceph client addresses
-// (its volumes' clients come and go, and fencing must cover them).
+// heartbeatDelta is what the agent knows to send liveness-only heartbeats
+// (guarded by Agent.mu). A run is a sequence of full heartbeats whose
+// statuses are equal but for the time each was observed; once a result
+// shows the state holds one of the run's reports, the heartbeats carry no
+// statuses but "unchanged since" that report, until a status changes.
+// Apply checks the claim against the state (replicated.NodeHeartbeat
+// .Unchanged), so a wrong belief here costs one heartbeat, never a stale
+// status.
+type heartbeatDelta struct {
+	statuses []replicated.VMStatus // the run's statuses, ObservedAt cleared
+	since    uint64                // seq of the run's first full heartbeat (0: none yet)
+	full     uint64                // seq of its last full heartbeat
+	base     uint64                // the run's report the state holds (0: not known)
+}
+
+// nextDelta decides for the heartbeat numbered seq with statuses snap:
+// the report it says the statuses are unchanged since (0: send them in
+// full), updating the run (pure but for d).
+func (d *heartbeatDelta) next(seq uint64, snap []replicated.VMStatus) uint64 {
+	cmp := withoutTimes(snap)
+	if d.since != 0 && slices.Equal(cmp, d.statuses) {
+		if d.base != 0 {
+			return d.base
+		}
+		d.full = seq
+		return 0
+	}
+	*d = heartbeatDelta{statuses: cmp, since: seq, full: seq}
+	return 0
+}
+
+// answered takes the result of a committed heartbeat: res.StatusSeq says
+// whose statuses the state holds. It reports whether the heartbeat's own
+// statuses are what the state holds (false only for a liveness-only one
+// whose base was not there).
+func (d *heartbeatDelta) answered(hb *replicated.NodeHeartbeat, res replicated.Result) bool {
+	inRun := d.since != 0 && res.StatusSeq >= d.since && res.StatusSeq <= d.full
+	switch {
+	case inRun:
+		d.base = max(d.base, res.StatusSeq)
+	case hb.Unchanged != 0 && hb.Unchanged == d.base:
+		// The base is gone (a newer full report of the run or another
+		// order took its place): full statuses until a result shows one.
+		d.base = 0
+	}
+	return hb.Unchanged == 0 || res.StatusSeq == hb.Unchanged
+}
+
+// refused takes a heartbeat the state machine refused. A liveness-only
+// one is refused by a replica of a build that predates them (version 2 is
+// undecodable there: during a rolling upgrade such a replica may lead),
+// so the agent goes back to full heartbeats, which every build applies,
+// until a result shows a report held again — rather than sending
+// refused heartbeats until its lease runs out.
+func (d *heartbeatDelta) refused(hb *replicated.NodeHeartbeat) {
+	if hb.Unchanged != 0 {
+		d.base = 0
+	}
+}
+
+// withoutTimes is snap with ObservedAt cleared: the agent stamps every
+// status at every pass, which is no change worth reporting. (Raft keeps
+// the time of the last full report that carried the status; the node's
+// LastHeartbeatAt says when it was last heard.)
+func withoutTimes(snap []replicated.VMStatus) []replicated.VMStatus {
+	out := slices.Clone(snap)
+	for i := range out {
+		out[i].ObservedAt = time.Time{}
+	}
+	return out
+}
+
+// nextHeartbeat makes the next heartbeat: every status (or, while they are
+// unchanged since a report the state holds, none: see heartbeatDelta),
+// numbered after every heartbeat made before it, and the node's Ceph
+// client addresses (its volumes' clients come and go, and fencing must
+// cover them).
 func (a *Agent) nextHeartbeat() heartbeat {
 	a.mu.Lock()
 	a.seq++
 	seq := a.seq
 	markSent(a.statuses, seq)
 	snap := a.snapshotLocked()
+	unchanged := a.delta.next(seq, snap)
 	a.mu.Unlock()
-	return heartbeat{seq: seq, cmd: replicated.Command{
-		V:    replicated.CommandVersion,
-		Type: replicated.CmdNodeHeartbeat,
-		At:   a.o.Now(),
-		NodeHeartbeat: &replicated.NodeHeartbeat{ID: a.o.NodeID, Epoch: a.epoch, Seq: seq, Statuses: snap,
-			CephAddrs: a.cephAddrs()},
-	}}
+	c := &replicated.NodeHeartbeat{ID: a.o.NodeID, Epoch: a.epoch, Seq: seq, Statuses: snap, CephAddrs: a.cephAddrs()}
+	v := replicated.CommandVersion
+	if unchanged != 0 {
+		c.Statuses, c.Unchanged, v = nil, unchanged, replicated.HeartbeatDeltaVersion
+	}
+	return heartbeat{seq: seq, cmd: replicated.Command{V: v, Type: replicated.CmdNodeHeartbeat, At: a.o.Now(), NodeHeartbeat: c}}
 }
 
 // sendHeartbeat proposes hb; once it committed, it renews the lease to its
@@ -176,10 +251,14 @@ func (a *Agent) sendHeartbeat(ctx context.Context, hb heartbeat, timeout time.Du
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res, err := a.o.Proposer.Propose(pctx, hb.cmd)
-	if err == nil && !res.OK() {
+	refused := err == nil && !res.OK()
+	if refused {
 		err = fmt.Errorf("refused: %s: %s", res.Code, res.Message)
 	}
 	a.mu.Lock()
+	if refused {
+		a.delta.refused(hb.cmd.NodeHeartbeat)
+	}
 	if err != nil {
 		a.unanswered++
 		first := a.unanswered == 1
@@ -205,12 +284,17 @@ func (a *Agent) sendHeartbeat(ctx context.Context, hb heartbeat, timeout time.Du
 		a.renewed = hb.cmd.At
 	}
 	fenced := a.fenced
-	forgetCommitted(a.statuses, hb.seq)
-	// Raft shows this heartbeat's statuses or newer ones: the VMs this node
-	// starts after a fence say so there (see pass).
-	held := a.holdStarts != 0 && hb.seq >= a.holdStarts
-	if held {
-		a.holdStarts = 0
+	held := false
+	// A liveness-only heartbeat whose base was not in the state proves
+	// nothing about the statuses Raft holds.
+	if a.delta.answered(hb.cmd.NodeHeartbeat, res) {
+		forgetCommitted(a.statuses, hb.seq)
+		// Raft shows this heartbeat's statuses or newer ones: the VMs this node
+		// starts after a fence say so there (see pass).
+		held = a.holdStarts != 0 && hb.seq >= a.holdStarts
+		if held {
+			a.holdStarts = 0
+		}
 	}
 	a.mu.Unlock()
 	if fenced || held {

@@ -14,10 +14,12 @@ import (
 // Lookup and SaveSnapshot, so no lock is needed here.
 type stateMachine struct {
 	state *replicated.State // non-nil
-	// onApply, when non-nil, is told the index after each applied entry.
-	// It must not block; it lets local consumers (the
-	// node agent) react at once instead of polling. It has no effect on state.
-	onApply func(index uint64)
+	// onApply, when non-nil, is told the index after each applied entry,
+	// and whether the entry was quiet (changed nothing local readers react
+	// to: see replicated.State.ApplyEntryQuiet). It must not block; it
+	// lets local consumers (the node agent) react at once instead of
+	// polling. It has no effect on state.
+	onApply func(index uint64, quiet bool)
 }
 
 var _ sm.IStateMachine = (*stateMachine)(nil)
@@ -27,7 +29,7 @@ func newStateMachine(shardID, replicaID uint64) sm.IStateMachine {
 }
 
 // stateMachineFactory returns a factory whose state machines call onApply.
-func stateMachineFactory(onApply func(uint64)) func(shardID, replicaID uint64) sm.IStateMachine {
+func stateMachineFactory(onApply func(index uint64, quiet bool)) func(shardID, replicaID uint64) sm.IStateMachine {
 	return func(shardID, replicaID uint64) sm.IStateMachine {
 		return &stateMachine{state: replicated.NewState(), onApply: onApply}
 	}
@@ -38,9 +40,9 @@ func stateMachineFactory(onApply func(uint64)) func(shardID, replicaID uint64) s
 // Update halts the replica). The returned Value is the ResultCode and Data
 // the JSON of the [replicated.Result].
 func (m *stateMachine) Update(e sm.Entry) (sm.Result, error) {
-	r := m.state.ApplyEntry(e.Index, e.Cmd)
+	r, quiet := m.state.ApplyEntryQuiet(e.Index, e.Cmd)
 	if m.onApply != nil {
-		m.onApply(e.Index)
+		m.onApply(e.Index, quiet)
 	}
 	return encodeResult(r), nil
 }
@@ -71,7 +73,8 @@ func (m *stateMachine) Lookup(query any) (any, error) {
 	return m.state.Clone(), nil
 }
 
-// SaveSnapshot writes the JSON of the state.
+// SaveSnapshot writes the state's snapshot (gzip-compressed JSON,
+// replicated.EncodeSnapshot).
 func (m *stateMachine) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
 	return replicated.EncodeSnapshot(w, m.state)
 }

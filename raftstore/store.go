@@ -124,7 +124,12 @@ type Config struct {
 	// must use it, or none.
 	TLS TLSFiles
 	// OnApply, when non-nil, is called (without blocking) after every entry
-	// this replica applies, so local readers can react at once.
+	// this replica applies, so local readers can react at once — except
+	// after quiet ones, liveness-only heartbeats that change nothing but
+	// the node's heartbeat count and time
+	// (replicated.State.ApplyEntryQuiet): in a steady cluster of 1,000
+	// nodes those are hundreds a second, and each would wake the agent
+	// into a full read of the state. LastApplied counts every entry.
 	OnApply func(index uint64)
 	// Logger receives the store's own logs (default slog.Default()).
 	// Dragonboat's internal logger is set to WARNING.
@@ -509,10 +514,10 @@ func open(cfg Config) (*Store, error) {
 	for id, addr := range cfg.Members {
 		members[id] = addr
 	}
-	onApply := func(index uint64) {
+	onApply := func(index uint64, quiet bool) {
 		// The shell's clock, not the state machine's: Apply stays pure.
 		applied.set(index, time.Now())
-		if cfg.OnApply != nil {
+		if cfg.OnApply != nil && !quiet {
 			cfg.OnApply(index)
 		}
 	}
@@ -736,7 +741,9 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
-// Propose replicates cmd (its V set to [replicated.CommandVersion]) and returns the
+// Propose replicates cmd (its V set to the oldest version that carries it:
+// [replicated.CommandVersion] for all but a liveness-only heartbeat, so
+// replicas of an older build still read them) and returns the
 // state machine's [replicated.Result]. Any replica may propose; followers forward to the
 // leader. Transient failures (no leader, leader change, timeouts) are retried
 // with a per-attempt timeout until ctx ends. The error is non-nil only when
@@ -748,7 +755,7 @@ func closed(ch <-chan struct{}) bool {
 // Propose recognises that case (the current revision is this very plan) and
 // returns the revision as OK.
 func (s *Store) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
-	cmd.V = replicated.CommandVersion
+	cmd.V = 0 // EncodeCommand fills in the oldest version that carries cmd
 	data, err := replicated.EncodeCommand(cmd)
 	if err != nil {
 		return replicated.Result{}, fmt.Errorf("raftstore: propose: %w", err)

@@ -171,6 +171,9 @@ type loopState struct {
 	// refused is the last plan the cluster refused for good, and why.
 	refused    *replicated.CommitPlan
 	refusedErr error
+	// planned is this term's last re-plan of the running revision that
+	// found nothing to change (see ReplanDue).
+	planned PlanMark
 	// backoff is the wait after the last transient error (0 after a good pass).
 	backoff time.Duration
 	// lastTerminal is the last terminal error logged, so it is logged once.
@@ -354,6 +357,7 @@ func (r *Reconciler) follow() {
 	r.cancelEvaluation("this replica no longer leads")
 	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, nil, 0
 	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
+	l.planned = PlanMark{}
 	l.observed, l.push = time.Time{}, nil
 	r.updateStatus(func(s *Status) { s.Leader = false })
 }

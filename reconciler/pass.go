@@ -285,12 +285,16 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		return nil // nothing evaluated and nothing committed yet
 	}
 	if !newCommit {
+		if !ReplanDue(l.planned, state.PlanInputs, now, FullReplanEvery) {
+			return nil // nothing the planner reads changed since it found nothing to do
+		}
 		start := time.Now()
 		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired,
 			Network: state.Network, Functions: state.Functions})
 		plan = HoldBack(plan, state.Assignments, desired, commit)
 		r.opts.Metrics.ObservePlan(time.Since(start), true)
 		if !plan.HasChanges() {
+			l.planned = PlanMark{Inputs: state.PlanInputs, At: now, Set: true}
 			return nil
 		}
 	}
@@ -334,6 +338,30 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 	err = TerminalError(fmt.Errorf("the plan for %s was refused: %w", commit, res.Err()))
 	l.refused, l.refusedErr = cp, err
 	return err
+}
+
+// FullReplanEvery is how often the leader re-plans the running revision
+// even though no planner input changed (replicated.State.PlanInputs stood
+// still): level-triggered insurance against a command that changes an
+// input without counting as one. At 1,000 nodes × 10,000 instances a
+// re-plan costs ~30 ms, so once a second it would be 3% of a core for
+// nothing.
+const FullReplanEvery = 30 * time.Second
+
+// PlanMark records a re-plan of the running revision that found nothing
+// to change: the state's PlanInputs it read, and when (Options.Now).
+type PlanMark struct {
+	Inputs uint64
+	At     time.Time
+	Set    bool // false: no such re-plan this term
+}
+
+// ReplanDue decides whether a pass re-plans the running revision: always
+// in a term that has not found it unchanged yet, when a command that may
+// change what the planner computes was applied since (inputs moved), and
+// every `every` regardless.
+func ReplanDue(last PlanMark, inputs uint64, now time.Time, every time.Duration) bool {
+	return !last.Set || inputs != last.Inputs || !now.Before(last.At.Add(every))
 }
 
 // planOutcome is PlanSpec for a finished evaluation: its error, or the

@@ -63,6 +63,12 @@ type Result struct {
 	// Revision is the current revision ID after the command (0 when none);
 	// for an applied CommitPlan it is the new revision's ID.
 	Revision uint64 `json:"revision"`
+	// StatusSeq, after a NodeHeartbeat of an ordered agent, is the Seq of
+	// the node's report whose statuses the state holds ([Node.StatusSeq]).
+	// An agent sends liveness-only heartbeats ([NodeHeartbeat.Unchanged])
+	// only after a result showed its last full report held; a build that
+	// predates them never sets it.
+	StatusSeq uint64 `json:"statusSeq,omitempty"`
 }
 
 // OK reports whether the command was applied.
@@ -122,7 +128,26 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 	if res.OK() && cmd.Actor != "" {
 		s.attribute(index, cmd.Actor)
 	}
+	if res.OK() && AffectsPlanning(cmd.Type) {
+		s.PlanInputs++
+	}
 	return res
+}
+
+// AffectsPlanning reports whether an applied command of type t may change
+// an input of the planner (nodes' registration and state, assignments,
+// the desired spec, the network, functions, run controls, rollouts). It
+// lists the types that cannot rather than those that can, so a command
+// added later counts until shown otherwise. A heartbeat never does: the
+// planner reads no observed status, and liveness becomes a node state
+// only through SetNodeState.
+func AffectsPlanning(t CommandType) bool {
+	switch t {
+	case CmdNodeHeartbeat, CmdRequestSync, CmdCreateToken, CmdRevokeToken, CmdRecordMember,
+		CmdSetCondition, CmdClearCondition:
+		return false
+	}
+	return true
 }
 
 // apply dispatches cmd, whose envelope and actor are valid.

@@ -89,6 +89,11 @@ func (s *State) applyNodeHeartbeat(index uint64, at time.Time, c *NodeHeartbeat)
 		}
 		seen[st.VM] = true
 	}
+	if c.Unchanged != 0 && (c.Epoch == 0 || c.Unchanged >= c.Seq || len(c.Statuses) > 0) {
+		return s.reject(ResultInvalid, fmt.Sprintf(
+			"NodeHeartbeat: node %d: a liveness-only heartbeat (unchanged=%d) needs an epoch, a seq after %d and no statuses (epoch=%d seq=%d, %d statuses)",
+			c.ID, c.Unchanged, c.Unchanged, c.Epoch, c.Seq, len(c.Statuses)))
+	}
 
 	n.LastHeartbeatSeq++
 	// The clients of the node's volumes come and go with its VMs (a daemon
@@ -101,14 +106,32 @@ func (s *State) applyNodeHeartbeat(index uint64, at time.Time, c *NodeHeartbeat)
 		}
 	}
 	if !heartbeatNewer(n, c) {
-		return s.ok("node %d heartbeat %d: statuses of report %d ignored (report %d of this agent applied already)",
+		return s.heartbeatOK(n, c, "node %d heartbeat %d: statuses of report %d ignored (report %d of this agent applied already)",
 			c.ID, n.LastHeartbeatSeq, c.Seq, n.ReportSeq)
+	}
+	if c.Unchanged != 0 {
+		if c.Epoch != n.ReportEpoch || c.Unchanged != n.StatusSeq {
+			// The report it refers to was lost or has not committed yet:
+			// keeping what is stored could keep stale statuses.
+			return s.heartbeatOK(n, c, "node %d heartbeat %d: liveness only: its statuses are those of report %d/%d, but this state holds report %d/%d's; the agent must send them in full",
+				c.ID, n.LastHeartbeatSeq, c.Epoch, c.Unchanged, n.ReportEpoch, n.StatusSeq)
+		}
+		n.ReportSeq = c.Seq
+		n.LastHeartbeatAt = at
+		n.ReportedCephAddrs = addrSet(c.CephAddrs)
+		return s.heartbeatOK(n, c, "node %d heartbeat %d: statuses unchanged since report %d", c.ID, n.LastHeartbeatSeq, c.Unchanged)
 	}
 	if c.Epoch != 0 {
 		n.ReportEpoch, n.ReportSeq = c.Epoch, c.Seq
 	}
+	// An unordered report replaces the statuses too: no liveness-only
+	// heartbeat may refer to an older one any more.
+	n.StatusSeq = c.Seq
 	n.LastHeartbeatAt = at
 	n.ReportedCephAddrs = addrSet(c.CephAddrs)
+	// This scan of every observed status is the cost of a full heartbeat
+	// in a large cluster (~0.2 ms at 10,000 VMs); liveness-only heartbeats
+	// skip it.
 	for vm, st := range s.Observed {
 		if st.Node == c.ID && !seen[vm] {
 			delete(s.Observed, vm)
@@ -134,10 +157,21 @@ func (s *State) applyNodeHeartbeat(index uint64, at time.Time, c *NodeHeartbeat)
 		s.Observed[st.VM] = st
 	}
 	if ignored > 0 {
-		return s.ok("node %d heartbeat %d: %d statuses, %d ignored (another node's report of the VM stands: it is assigned there, or may run there)",
+		return s.heartbeatOK(n, c, "node %d heartbeat %d: %d statuses, %d ignored (another node's report of the VM stands: it is assigned there, or may run there)",
 			c.ID, n.LastHeartbeatSeq, len(c.Statuses), ignored)
 	}
-	return s.ok("node %d heartbeat %d: %d statuses", c.ID, n.LastHeartbeatSeq, len(c.Statuses))
+	return s.heartbeatOK(n, c, "node %d heartbeat %d: %d statuses", c.ID, n.LastHeartbeatSeq, len(c.Statuses))
+}
+
+// heartbeatOK is the result of an applied heartbeat: for an ordered
+// agent, it says whose statuses the state holds now (Result.StatusSeq), so
+// the agent knows whether it may send liveness-only heartbeats.
+func (s *State) heartbeatOK(n *Node, c *NodeHeartbeat, format string, args ...any) Result {
+	r := s.ok(format, args...)
+	if c.Epoch != 0 && c.Epoch == n.ReportEpoch {
+		r.StatusSeq = n.StatusSeq
+	}
+	return r
 }
 
 // replacesReport reports whether st, a node's status of a VM, replaces

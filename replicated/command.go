@@ -14,7 +14,7 @@ import (
 // command is never proposed.
 func EncodeCommand(cmd Command) ([]byte, error) {
 	if cmd.V == 0 {
-		cmd.V = CommandVersion
+		cmd.V = minVersion(&cmd)
 	}
 	if err := checkEnvelope(&cmd); err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
@@ -54,8 +54,11 @@ func checkEnvelope(cmd *Command) error {
 	if cmd.V == 0 {
 		return fmt.Errorf("command has no version (\"v\"); this build speaks version %d", CommandVersion)
 	}
-	if cmd.V != CommandVersion {
-		return fmt.Errorf("command version %d is not supported (this build speaks version %d): upgrade this node to the version of the proposer", cmd.V, CommandVersion)
+	if cmd.V < 1 || cmd.V > MaxCommandVersion {
+		return fmt.Errorf("command version %d is not supported (this build speaks versions 1 to %d): upgrade this node to the version of the proposer", cmd.V, MaxCommandVersion)
+	}
+	if need := minVersion(cmd); cmd.V < need {
+		return fmt.Errorf("%s command of version %d carries fields of version %d (a liveness-only heartbeat's \"unchanged\"): encode it as version %d", cmd.Type, cmd.V, need, need)
 	}
 	payloads := []struct {
 		t   CommandType
@@ -105,4 +108,14 @@ func payloadField(t CommandType) string {
 		return ""
 	}
 	return string(bytes.ToLower([]byte(t[:1]))) + string(t[1:])
+}
+
+// minVersion is the oldest command version that can carry cmd: version 1
+// for everything but a liveness-only heartbeat. Writing the oldest keeps
+// every other command readable by builds that know only version 1.
+func minVersion(cmd *Command) int {
+	if hb := cmd.NodeHeartbeat; hb != nil && hb.Unchanged != 0 {
+		return HeartbeatDeltaVersion
+	}
+	return CommandVersion
 }

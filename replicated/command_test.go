@@ -68,11 +68,23 @@ func TestEncodeCommandFillsVersionAndRefusesBadEnvelopes(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `"v":1`) {
 		t.Fatalf("encode = %s, %v; want version 1 filled in", b, err)
 	}
+	// Only a liveness-only heartbeat needs version 2: every other command
+	// stays readable by a build that knows version 1.
+	b, err = EncodeCommand(Command{Type: CmdNodeHeartbeat, NodeHeartbeat: &NodeHeartbeat{ID: 1, Epoch: 7, Seq: 2, Unchanged: 1}})
+	if err != nil || !strings.Contains(string(b), `"v":2`) {
+		t.Fatalf("encode = %s, %v; want version 2 filled in for a heartbeat with unchanged", b, err)
+	}
+	b, err = EncodeCommand(Command{Type: CmdNodeHeartbeat, NodeHeartbeat: &NodeHeartbeat{ID: 1, Epoch: 7, Seq: 2}})
+	if err != nil || !strings.Contains(string(b), `"v":1`) {
+		t.Fatalf("encode = %s, %v; want version 1 for a full heartbeat", b, err)
+	}
 	for name, bad := range map[string]Command{
 		"unknown type makes an error":        {Type: "Reboot"},
 		"missing payload makes an error":     {Type: CmdCommitPlan},
 		"extra payload makes an error":       {Type: CmdSetNodeState, SetNodeState: &SetNodeState{}, NodeHeartbeat: &NodeHeartbeat{}},
-		"unsupported version makes an error": {V: 2, Type: CmdSetNodeState, SetNodeState: &SetNodeState{}},
+		"unsupported version makes an error": {V: MaxCommandVersion + 1, Type: CmdSetNodeState, SetNodeState: &SetNodeState{}},
+		"a liveness-only heartbeat as version 1 makes an error": {V: 1, Type: CmdNodeHeartbeat,
+			NodeHeartbeat: &NodeHeartbeat{ID: 1, Epoch: 7, Seq: 2, Unchanged: 1}},
 	} {
 		if _, err := EncodeCommand(bad); err == nil {
 			t.Errorf("%s: encode succeeded", name)

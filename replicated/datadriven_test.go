@@ -70,6 +70,7 @@ func TestDataDriven(t *testing.T) {
 type harness struct {
 	state *State
 	index uint64
+	last  Result // of the last command applied
 }
 
 var ddBase = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -107,6 +108,7 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 		d.ScanArgs(t, "id", &c.ID)
 		d.MaybeScanArgs(t, "epoch", &c.Epoch)
 		d.MaybeScanArgs(t, "seq", &c.Seq)
+		d.MaybeScanArgs(t, "unchanged", &c.Unchanged)
 		if v := strArg(t, d, "status"); v != "" {
 			for _, s := range strings.Split(v, ",") {
 				parts := strings.SplitN(s, ":", 3)
@@ -124,7 +126,13 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 			c.CephAddrs = strings.Split(v, ",")
 		}
 		healthArgs(t, d, c.Statuses)
-		return h.propose(t, d, Command{Type: CmdNodeHeartbeat, NodeHeartbeat: c})
+		out := h.propose(t, d, Command{Type: CmdNodeHeartbeat, NodeHeartbeat: c})
+		if d.HasArg("show-seq") {
+			// The result's StatusSeq: whose statuses the state holds, as
+			// the agent learns it.
+			out += fmt.Sprintf("statusSeq=%d\n", h.last.StatusSeq)
+		}
+		return out
 
 	case "commit-plan":
 		c := &CommitPlan{}
@@ -297,8 +305,14 @@ func (h *harness) handle(t *testing.T, d *datadriven.TestData) string {
 			t.Fatalf("recover snapshot: %v", err)
 		}
 		equal := reflect.DeepEqual(h.state, fresh)
+		// The size shown is the state's JSON, not the compressed snapshot:
+		// gzip's output may change with the Go release.
+		js, err := json.Marshal(h.state)
+		if err != nil {
+			t.Fatalf("state JSON: %v", err)
+		}
 		h.state = fresh
-		return fmt.Sprintf("snapshot %d bytes, equal=%t\n", buf.Len(), equal) + renderState(fresh)
+		return fmt.Sprintf("snapshot %d bytes, equal=%t\n", len(js), equal) + renderState(fresh)
 
 	case "state":
 		return renderState(h.state)
@@ -390,6 +404,7 @@ func (h *harness) propose(t *testing.T, d *datadriven.TestData, cmd Command) str
 func (h *harness) update(t *testing.T, data []byte) string {
 	h.index++
 	r := h.state.ApplyEntry(h.index, data)
+	h.last = r
 	// The result travels to the proposer as JSON: it must survive that.
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -458,6 +473,9 @@ func renderState(s *State) string {
 		}
 		if n.ReportEpoch != 0 {
 			fmt.Fprintf(&b, " report=%d/%d", n.ReportEpoch, n.ReportSeq)
+			if n.StatusSeq != 0 && n.StatusSeq != n.ReportSeq {
+				fmt.Fprintf(&b, " statuses-of=%d", n.StatusSeq)
+			}
 		}
 		b.WriteString("\n")
 	}

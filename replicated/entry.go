@@ -1,9 +1,12 @@
 package replicated
 
 import (
+	"bufio"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // ApplyEntry decodes data, the payload of the Raft entry at index, and
@@ -19,21 +22,68 @@ func (s *State) ApplyEntry(index uint64, data []byte) Result {
 	return s.Apply(index, cmd)
 }
 
-// EncodeSnapshot writes s as a snapshot (its JSON).
+// ApplyEntryQuiet is [State.ApplyEntry] that also reports whether the
+// entry changed nothing a local reader reacts to: a liveness-only
+// heartbeat ([NodeHeartbeat.Unchanged]) that moved only the node's
+// heartbeat count, order and time — not its statuses, not its Ceph
+// addresses. In a steady cluster nearly every entry is one, so the shell
+// need not wake the agent, the API's watchers and the status page for it
+// (the leader's liveness check reads the count on its own schedule).
+func (s *State) ApplyEntryQuiet(index uint64, data []byte) (Result, bool) {
+	cmd, err := DecodeCommand(data)
+	if err != nil {
+		s.Applied = index
+		return s.reject(ResultUndecodable, err.Error()), false
+	}
+	hb := cmd.NodeHeartbeat
+	if hb == nil || hb.Unchanged == 0 {
+		return s.Apply(index, cmd), false
+	}
+	n := s.Nodes[hb.ID]
+	if n == nil {
+		return s.Apply(index, cmd), false
+	}
+	// A heartbeat only adds to CephAddrs: an equal length is no change.
+	ceph, reported := len(n.CephAddrs), slices.Clone(n.ReportedCephAddrs)
+	res := s.Apply(index, cmd)
+	quiet := res.OK() && len(n.CephAddrs) == ceph && slices.Equal(n.ReportedCephAddrs, reported)
+	return res, quiet
+}
+
+// EncodeSnapshot writes s as a snapshot: its JSON, gzip-compressed. A
+// state of 1,000 nodes and 10,000 instances is ~7 MB of JSON, which
+// compresses ~8× at the fastest level for about the time encoding takes
+// (see BenchmarkScale1000Nodes10000VMs); the snapshot travels to every
+// replica that falls behind and is kept on disk.
 func EncodeSnapshot(w io.Writer, s *State) error {
-	data, err := json.Marshal(s)
+	zw, err := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	if err != nil {
 		return fmt.Errorf("replicated: encode snapshot: %w", err)
 	}
-	if _, err := w.Write(data); err != nil {
+	if err := json.NewEncoder(zw).Encode(s); err != nil {
+		return fmt.Errorf("replicated: encode snapshot: %w", err)
+	}
+	if err := zw.Close(); err != nil {
 		return fmt.Errorf("replicated: write snapshot: %w", err)
 	}
 	return nil
 }
 
-// DecodeSnapshot reads a state EncodeSnapshot wrote.
+// DecodeSnapshot reads a state EncodeSnapshot wrote: gzip-compressed JSON,
+// or the plain JSON of builds before compression (told apart by gzip's
+// magic bytes: JSON starts with "{"), so older snapshots still recover.
 func DecodeSnapshot(r io.Reader) (*State, error) {
-	data, err := io.ReadAll(r)
+	br := bufio.NewReader(r)
+	var src io.Reader = br
+	if magic, err := br.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("replicated: read compressed snapshot: %w", err)
+		}
+		defer zr.Close()
+		src = zr
+	}
+	data, err := io.ReadAll(src)
 	if err != nil {
 		return nil, fmt.Errorf("replicated: read snapshot: %w", err)
 	}

@@ -7,8 +7,18 @@ import (
 	"github.com/blixard/blixard/spec"
 )
 
-// CommandVersion is the version of the command encoding written by this build.
+// CommandVersion is the version of the command encoding written by this build
+// for every command that needs nothing newer: a version 1 reader decodes it.
 const CommandVersion = 1
+
+// HeartbeatDeltaVersion is the version of a NodeHeartbeat that carries
+// [NodeHeartbeat.Unchanged] (a liveness-only heartbeat). Only it is written
+// with this version, so a build that knows only version 1 refuses just
+// those, with a message saying to upgrade, and decodes everything else.
+const HeartbeatDeltaVersion = 2
+
+// MaxCommandVersion is the newest command version this build decodes.
+const MaxCommandVersion = HeartbeatDeltaVersion
 
 // Bounds of the replicated history so the state (and its snapshots) stay small.
 const (
@@ -78,6 +88,11 @@ type Node struct {
 	// and LastHeartbeatAt the node has. Zero until an ordered one applied.
 	ReportEpoch uint64 `json:"reportEpoch,omitempty"`
 	ReportSeq   uint64 `json:"reportSeq,omitempty"`
+	// StatusSeq is the Seq (of ReportEpoch) of the full report whose
+	// statuses Observed holds for this node: ReportSeq, or an older one
+	// when the reports since were liveness-only ([NodeHeartbeat.Unchanged]).
+	// 0 until an ordered full report applied.
+	StatusSeq uint64 `json:"statusSeq,omitempty"`
 }
 
 // Revision is one committed plan.
@@ -371,6 +386,13 @@ type State struct {
 	// leader to fetch by making it move. The leader fetches when it reads a
 	// value it has not fetched after; the value itself means nothing else.
 	SyncRequests uint64 `json:"syncRequests,omitempty"`
+	// PlanInputs counts the applied commands that may change what the
+	// planner computes (see [AffectsPlanning]): every command but
+	// heartbeats and the ones that touch neither nodes, assignments,
+	// the spec, the network nor functions. The leader re-plans the running
+	// revision only when it moved (and at a slow periodic pass), not on
+	// every pass.
+	PlanInputs uint64 `json:"planInputs,omitempty"`
 	// Tokens are the API's bearer tokens by name ([CreateToken]); nil when
 	// there are none. Only their hashes are kept.
 	Tokens map[string]Token `json:"tokens,omitempty"`
@@ -491,8 +513,18 @@ type NodeHeartbeat struct {
 	Epoch uint64 `json:"epoch,omitempty"`
 	// Seq numbers the heartbeats of one epoch, from 1, in the order they
 	// were sent (so in the order of their snapshots).
-	Seq      uint64     `json:"seq,omitempty"`
-	Statuses []VMStatus `json:"statuses,omitempty"`
+	Seq uint64 `json:"seq,omitempty"`
+	// Unchanged, when set, makes the heartbeat liveness-only: the node's
+	// statuses are those of its heartbeat Seq=Unchanged of this epoch, so
+	// it carries none. Apply keeps the stored statuses for it only when
+	// they are that report's ([Node.StatusSeq]); otherwise (that report was
+	// lost, or has not committed yet) it counts the heartbeat for liveness
+	// only and its result's StatusSeq tells the agent to send its statuses
+	// in full. So a lost or reordered proposal never leaves stale
+	// statuses. A heartbeat with Unchanged is encoded as version
+	// [HeartbeatDeltaVersion].
+	Unchanged uint64     `json:"unchanged,omitempty"`
+	Statuses  []VMStatus `json:"statuses,omitempty"`
 	// CephAddrs are the Ceph client addresses that write for the node's
 	// VMs besides the one it registered (its volumes' qemu-storage-daemons
 	// and kernel mappings); Apply adds them to Node.CephAddrs, so that

@@ -116,7 +116,14 @@ func (s *Store) Propose(_ context.Context, cmd replicated.Command) (replicated.R
 	if s.failWith != nil {
 		return replicated.Result{}, s.failWith
 	}
-	cmd.V = replicated.CommandVersion
+	if cmd.V == 0 {
+		// The oldest version that carries it, as EncodeCommand fills in
+		// on the real path.
+		cmd.V = replicated.CommandVersion
+		if hb := cmd.NodeHeartbeat; hb != nil && hb.Unchanged != 0 {
+			cmd.V = replicated.HeartbeatDeltaVersion
+		}
+	}
 	s.proposed = append(s.proposed, cmd)
 	return s.state.Apply(s.state.Applied+1, cmd), nil
 }

@@ -103,7 +103,8 @@ type Notification struct {
 }
 
 // nodeStateRE reads replicated's NodeStateChanged message, "node N: OLD ->
-// NEW …": the event carries no structured fields.
+// NEW …", for events recorded before events carried structured fields
+// (replicated.About).
 var nodeStateRE = regexp.MustCompile(`^node (\d+): \S+ -> (\S+)`)
 
 // revisionRE and commitRE find the first revision and commit an event's
@@ -118,6 +119,9 @@ var (
 func nodeState(ev replicated.Event) (uint64, replicated.NodeState, bool) {
 	if ev.Kind != replicated.EventNodeStateChanged {
 		return 0, "", false
+	}
+	if ev.Node != 0 && ev.State != "" {
+		return ev.Node, replicated.NodeState(ev.State), true
 	}
 	m := nodeStateRE.FindStringSubmatch(ev.Message)
 	if m == nil {
@@ -166,8 +170,13 @@ func Select(s *replicated.State, after uint64, kinds []string) []Notification {
 			n.Cluster = s.Desired.Name
 		}
 		n.Revision, n.Commit = revisionOf(s, ev)
-		if m := rolloutRE.FindStringSubmatch(ev.Message); m != nil && strings.HasPrefix(ev.Kind, "Rollout") {
-			n.VM = m[1]
+		switch {
+		case ev.VM != "":
+			n.VM = ev.VM
+		case strings.HasPrefix(ev.Kind, "Rollout"):
+			if m := rolloutRE.FindStringSubmatch(ev.Message); m != nil {
+				n.VM = m[1]
+			}
 		}
 		if id, st, ok := nodeState(ev); ok {
 			n.Node, n.State = id, string(st)
@@ -178,9 +187,10 @@ func Select(s *replicated.State, after uint64, kinds []string) []Notification {
 }
 
 // revisionOf is the revision and commit an event concerns: PlanCommitted's
-// own; else the first revision its message names that the history still
-// holds; else the first commit it names, with the newest revision of that
-// commit in the history (0 when none).
+// own; else its structured revision or commit (replicated.About), a commit
+// with the newest revision of it in the history (0 when none); for events
+// of older builds, the first revision its message names that the history
+// still holds, else the first commit it names.
 func revisionOf(s *replicated.State, ev replicated.Event) (uint64, string) {
 	byID := func(id uint64) (replicated.Revision, bool) {
 		for _, r := range s.History {
@@ -194,8 +204,23 @@ func revisionOf(s *replicated.State, ev replicated.Event) (uint64, string) {
 		if r, ok := byID(ev.Index); ok {
 			return r.ID, r.Commit
 		}
-		return ev.Index, "" // older than the bounded history
+		return ev.Index, ev.Commit // older than the bounded history
 	}
+	if ev.Revision != 0 {
+		if r, ok := byID(ev.Revision); ok {
+			return r.ID, r.Commit
+		}
+		return ev.Revision, ev.Commit
+	}
+	if ev.Commit != "" {
+		for i := len(s.History) - 1; i >= 0; i-- {
+			if s.History[i].Commit == ev.Commit {
+				return s.History[i].ID, ev.Commit
+			}
+		}
+		return 0, ev.Commit
+	}
+	// Events of older builds name them in their message only.
 	if m := revisionRE.FindStringSubmatch(ev.Message); m != nil {
 		id, _ := strconv.ParseUint(m[1], 10, 64)
 		if r, ok := byID(id); ok {

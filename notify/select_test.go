@@ -228,3 +228,31 @@ func TestSignIsHMACSHA256(t *testing.T) {
 		t.Fatalf("Sign = %s, want %s", got, want)
 	}
 }
+
+// TestSelectReadsStructuredFields: events that carry replicated.About are
+// read from it, whatever their message says; older ones from the message.
+func TestSelectReadsStructuredFields(t *testing.T) {
+	about := func(e replicated.Event, a replicated.About) replicated.Event {
+		e.About = a
+		return e
+	}
+	s := logState(
+		about(ev(7, replicated.EventNodeStateChanged, "a message in another form"), replicated.About{Node: 4, State: "down"}),
+		about(ev(8, KindRolloutFailed, "rollout failed"), replicated.About{VM: "db", Commit: "c9"}),
+		about(ev(9, KindRolloutReverted, "reverted"), replicated.About{VM: "api", Commit: "c-not-in-history"}),
+		about(ev(10, replicated.EventNodeStateChanged, "node 4: down -> ready"), replicated.About{Node: 4, State: "ready"}),
+	)
+	got := Select(s, 0, DefaultKinds())
+	if len(got) != 3 {
+		t.Fatalf("Select = %+v, want the node going down and both rollouts (not it coming back)", got)
+	}
+	if n := got[0]; n.Node != 4 || n.State != "down" {
+		t.Errorf("NodeStateChanged: %+v, want node 4 down from its fields", n)
+	}
+	if n := got[1]; n.VM != "db" || n.Commit != "c9" || n.Revision != 9 {
+		t.Errorf("RolloutFailed: %+v, want vm db, commit c9 at revision 9", n)
+	}
+	if n := got[2]; n.VM != "api" || n.Commit != "c-not-in-history" || n.Revision != 0 {
+		t.Errorf("RolloutReverted: %+v, want vm api and its commit, no revision", n)
+	}
+}

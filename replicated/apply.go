@@ -208,8 +208,12 @@ func (s *State) reject(code ResultCode, msg string) Result {
 	return Result{Code: code, Message: msg, Revision: s.revisionID()}
 }
 
-func (s *State) event(index uint64, at time.Time, kind, msg string) {
-	s.Events = appendBounded(s.Events, Event{Index: index, At: at, Kind: kind, Message: clip(msg, maxEventMessage)}, MaxEvents)
+func (s *State) event(index uint64, at time.Time, kind, msg string, about ...About) {
+	e := Event{Index: index, At: at, Kind: kind, Message: clip(msg, maxEventMessage)}
+	if len(about) > 0 {
+		e.About = about[0]
+	}
+	s.Events = appendBounded(s.Events, e, MaxEvents)
 }
 
 // clip cuts msg to at most n bytes (on a rune boundary), marking the cut.
@@ -357,7 +361,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	}
 	if c.Rewrote != "" {
 		s.event(index, at, EventHistoryRewritten, fmt.Sprintf("history rewritten (force-push): commit %s was replaced; revision %d follows commit %s",
-			c.Rewrote, index, c.Commit))
+			c.Rewrote, index, c.Commit), About{Commit: c.Commit, Revision: index})
 	}
 	msg := fmt.Sprintf("revision %d (parent %d) of commit %s", index, c.Parent, c.Commit)
 	if c.Ref != "" {
@@ -369,7 +373,7 @@ func (s *State) applyCommitPlan(index uint64, at time.Time, c *CommitPlan) Resul
 	if c.Summary != "" {
 		msg += ": " + c.Summary
 	}
-	s.event(index, at, EventPlanCommitted, msg)
+	s.event(index, at, EventPlanCommitted, msg, About{Commit: c.Commit, Revision: index})
 	// After the plan's event: a rollout it starts follows it in the log.
 	s.planRollouts(index, at, previous, c.Commit, prevCommit)
 	return s.ok("revision %d committed (parent %d, %d assignments)", index, c.Parent, len(assignments))

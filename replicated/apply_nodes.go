@@ -45,7 +45,7 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	if c.APIAddr != "" {
 		msg += ", api " + c.APIAddr
 	}
-	s.event(index, at, kind, msg)
+	s.event(index, at, kind, msg, About{Node: c.ID})
 	return s.ok("node %d %s", c.ID, verb)
 }
 
@@ -242,7 +242,7 @@ func (s *State) applySetNodeState(index uint64, at time.Time, c *SetNodeState) R
 	if len(c.Fenced) > 0 {
 		msg += "; fenced " + strings.Join(c.Fenced, ", ")
 	}
-	s.event(index, at, EventNodeStateChanged, msg)
+	s.event(index, at, EventNodeStateChanged, msg, About{Node: c.ID, State: string(c.State)})
 	return s.ok("%s", msg)
 }
 
@@ -269,7 +269,7 @@ func (s *State) applyUnfenceNode(index uint64, at time.Time, c *UnfenceNode) Res
 	if len(n.ReportedCephAddrs) > 0 {
 		msg += "; its Ceph clients now: " + strings.Join(n.ReportedCephAddrs, ", ")
 	}
-	s.event(index, at, EventNodeUnfenced, msg)
+	s.event(index, at, EventNodeUnfenced, msg, About{Node: c.ID})
 	return s.ok("%s", msg)
 }
 

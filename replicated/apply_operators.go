@@ -58,7 +58,7 @@ func (s *State) applySetCondition(index uint64, at time.Time, c *SetCondition) R
 	case SignatureRefused:
 		kind = EventSignatureRefused
 	}
-	s.event(index, at, kind, fmt.Sprintf("commit %s: %s", orNone(c.Commit), first))
+	s.event(index, at, kind, fmt.Sprintf("commit %s: %s", orNone(c.Commit), first), About{Commit: c.Commit})
 	return s.ok("%s of commit %s recorded; revision %d stays", c.Type, orNone(c.Commit), s.revisionID())
 }
 
@@ -221,7 +221,7 @@ func (s *State) applySetVMRunState(index uint64, at time.Time, c *SetVMRunState)
 	if c.Restart {
 		msg += fmt.Sprintf(" (restart %d)", index)
 	}
-	s.event(index, at, EventVMRunState, msg)
+	s.event(index, at, EventVMRunState, msg, About{VM: c.VM})
 	return s.ok("%s", msg)
 }
 
@@ -297,6 +297,6 @@ func (s *State) applyRecordMember(index uint64, at time.Time, c *RecordMember) R
 		kind = "non-voting"
 	}
 	msg := fmt.Sprintf("node %d added to the Raft shard as a %s member at %s", c.ID, kind, c.RaftAddr)
-	s.event(index, at, EventMemberAdded, msg)
+	s.event(index, at, EventMemberAdded, msg, About{Node: c.ID})
 	return s.ok("%s", msg)
 }

@@ -545,7 +545,7 @@ func renderState(s *State) string {
 		}
 		b.WriteString(":\n")
 		for _, e := range evs {
-			fmt.Fprintf(&b, "  %d %s: %s\n", e.Index, e.Kind, e.Message)
+			fmt.Fprintf(&b, "  %d %s: %s%s\n", e.Index, e.Kind, e.Message, renderAbout(e.About))
 		}
 	}
 	return b.String()
@@ -558,4 +558,24 @@ func sortedKeys[K interface{ ~string | ~uint64 }, V any](m map[K]V) []K {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	return keys
+}
+
+// renderAbout is an event's structured fields, " {…}" ("" without any).
+func renderAbout(a About) string {
+	var parts []string
+	add := func(k, v string) {
+		if v != "" && v != "0" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	add("node", strconv.FormatUint(a.Node, 10))
+	add("state", a.State)
+	add("vm", a.VM)
+	add("function", a.Function)
+	add("commit", a.Commit)
+	add("revision", strconv.FormatUint(a.Revision, 10))
+	if len(parts) == 0 {
+		return ""
+	}
+	return " {" + strings.Join(parts, " ") + "}"
 }

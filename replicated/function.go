@@ -183,7 +183,7 @@ func (s *State) applyScaleFunction(index uint64, at time.Time, c *ScaleFunction)
 	if c.Reason != "" {
 		msg += " (" + c.Reason + ")"
 	}
-	s.event(index, at, EventFunctionScaled, msg)
+	s.event(index, at, EventFunctionScaled, msg, About{Function: c.Function})
 	return s.ok("function %s wants %d instances", c.Function, want)
 }
 
@@ -245,5 +245,5 @@ func (s *State) functionStatusEvent(index uint64, at time.Time, prev VMStatus, h
 	if st.Message != "" {
 		msg += ": " + st.Message
 	}
-	s.event(index, at, EventFunctionStartFailed, msg)
+	s.event(index, at, EventFunctionStartFailed, msg, About{Function: a.Function, VM: st.VM, Node: st.Node})
 }

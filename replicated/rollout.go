@@ -413,7 +413,7 @@ func (s *State) planRollouts(index uint64, at time.Time, previous *spec.Cluster,
 			msg += fmt.Sprintf(" (replaces the unfinished rollout to %s)", old.To)
 		}
 		s.putRollout(r)
-		s.event(index, at, EventRolloutStarted, msg)
+		s.event(index, at, EventRolloutStarted, msg, About{VM: name, Commit: commit})
 	}
 }
 
@@ -508,7 +508,7 @@ func (s *State) applyRolloutStep(index uint64, at time.Time, c *RolloutStep) Res
 		left := len(s.pendingInstances(c.VM, targets))
 		msg = fmt.Sprintf("%s: wave %d: %s to commit %s (%d more to move); healthy for %ds by %s",
 			c.VM, r.Waves, strings.Join(c.Instances, ", "), commit, left, r.Update.MinHealthySeconds, r.Deadline.Format(time.RFC3339))
-		s.event(index, at, EventRolloutWave, msg)
+		s.event(index, at, EventRolloutWave, msg, About{VM: c.VM, Commit: r.To})
 	case RolloutHealthy:
 		if len(r.Wave) == 0 {
 			return s.reject(ResultInvalid, fmt.Sprintf("RolloutStep: %s has no wave to be healthy", c.VM))
@@ -528,7 +528,7 @@ func (s *State) applyRolloutStep(index uint64, at time.Time, c *RolloutStep) Res
 		r.Phase, r.Finished = RolloutSucceeded, at
 		msg = fmt.Sprintf("%s: rolled out commit %s to %d %s in %d %s (%s)", c.VM, r.To, r.Moving, plural(r.Moving, "instance", "instances"),
 			r.Waves, plural(r.Waves, "wave", "waves"), at.Sub(r.Started).Round(time.Second))
-		s.event(index, at, EventRolloutSucceeded, msg)
+		s.event(index, at, EventRolloutSucceeded, msg, About{VM: c.VM, Commit: r.To})
 	case RolloutFail, RolloutRevert:
 		if c.Error == "" {
 			return s.reject(ResultInvalid, fmt.Sprintf("RolloutStep: %s %s: say why (the error is empty)", c.VM, c.Action))
@@ -544,7 +544,7 @@ func (s *State) applyRolloutStep(index uint64, at time.Time, c *RolloutStep) Res
 			r.Phase = RolloutFailed
 			msg = fmt.Sprintf("%s: rollout of commit %s failed and stops where it is (%d of %d moved; autoRevert is off): %s",
 				c.VM, r.To, moved, r.Moving, c.Error)
-			s.event(index, at, EventRolloutFailed, msg)
+			s.event(index, at, EventRolloutFailed, msg, About{VM: c.VM, Commit: r.To})
 			break
 		}
 		restored := 0
@@ -561,7 +561,7 @@ func (s *State) applyRolloutStep(index uint64, at time.Time, c *RolloutStep) Res
 		r.Reverted = appendBounded(r.Reverted, RevertedCommit{Commit: r.To, At: at, Error: c.Error}, MaxRevertedCommits)
 		msg = fmt.Sprintf("%s: rollout of commit %s reverted to commit %s (%d %s put back): %s; commit %s is not tried again for %s until a new commit changes it",
 			c.VM, r.To, orNone(r.From), restored, plural(restored, "instance", "instances"), c.Error, r.To, c.VM)
-		s.event(index, at, EventRolloutReverted, msg)
+		s.event(index, at, EventRolloutReverted, msg, About{VM: c.VM, Commit: r.To})
 	default:
 		return s.reject(ResultInvalid, fmt.Sprintf("RolloutStep: %s: action %q is not one of wave, healthy, unhealthy, succeed, fail, revert", c.VM, c.Action))
 	}

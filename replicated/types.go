@@ -353,6 +353,29 @@ type Event struct {
 	// Actor is who asked for the change through the API ([Command.Actor]),
 	// also named at the end of Message; "" for the cluster's own changes.
 	Actor string `json:"actor,omitempty"`
+	// About names what the event concerns, for programs (notifications,
+	// `blixard events --json`); events recorded by older builds have none
+	// and name it in Message only.
+	About
+}
+
+// About is what an [Event] concerns; each field only when it applies.
+type About struct {
+	// Node: the node registered, changing state, unfenced or added to the
+	// shard, or the node a function instance failed on.
+	Node uint64 `json:"node,omitempty"`
+	// State: NodeStateChanged's new state.
+	State string `json:"state,omitempty"`
+	// VM: the VM or instance (run state, rollouts: the declared VM; a
+	// function's failed instance).
+	VM string `json:"vm,omitempty"`
+	// Function: FunctionScaled's and FunctionStartFailed's function.
+	Function string `json:"function,omitempty"`
+	// Commit: PlanCommitted's, HistoryRewritten's, a condition's, a
+	// rollout's target commit.
+	Commit string `json:"commit,omitempty"`
+	// Revision: PlanCommitted's and HistoryRewritten's revision.
+	Revision uint64 `json:"revision,omitempty"`
 }
 
 // State is the whole replicated state. Maps marshal with sorted keys, so its

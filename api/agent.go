@@ -88,6 +88,8 @@ func agentCommandField(t replicated.CommandType) (field string, ok bool) {
 		return "scaleFunction", true
 	case replicated.CmdFunctionActivity:
 		return "functionActivity", true
+	case replicated.CmdSetNodeProblem:
+		return "setNodeProblem", true
 	}
 	return "", false
 }
@@ -332,12 +334,13 @@ var errMalformed = errors.New("malformed command")
 
 // checkAgentCommand allows only the commands an agent sends, for its own
 // node: RegisterNode and NodeHeartbeat of node, ScaleFunction scale-outs
-// asked for by node's gateway, FunctionActivity of node's gateway.
+// asked for by node's gateway, FunctionActivity of node's gateway,
+// SetNodeProblem of node's parts.
 func checkAgentCommand(cmd replicated.Command, node uint64) error {
 	field, ok := agentCommandField(cmd.Type)
 	if !ok {
-		return fmt.Errorf("an agent may propose %s, %s, %s and %s only, not %q", replicated.CmdRegisterNode, replicated.CmdNodeHeartbeat,
-			replicated.CmdScaleFunction, replicated.CmdFunctionActivity, cmd.Type)
+		return fmt.Errorf("an agent may propose %s, %s, %s, %s and %s only, not %q", replicated.CmdRegisterNode, replicated.CmdNodeHeartbeat,
+			replicated.CmdScaleFunction, replicated.CmdFunctionActivity, replicated.CmdSetNodeProblem, cmd.Type)
 	}
 	// Exactly the type's own field: anything else would be applied too
 	// under a command an agent may send.
@@ -386,6 +389,11 @@ func checkAgentCommand(cmd replicated.Command, node uint64) error {
 			return fmt.Errorf("%w: %s without %q", errMalformed, cmd.Type, field)
 		}
 		named = cmd.FunctionActivity.Node
+	case replicated.CmdSetNodeProblem:
+		if cmd.SetNodeProblem == nil {
+			return fmt.Errorf("%w: %s without %q", errMalformed, cmd.Type, field)
+		}
+		named = cmd.SetNodeProblem.ID
 	}
 	if named != node {
 		return fmt.Errorf("node %d may not propose %s for node %d: an agent proposes for its own node only", node, cmd.Type, named)

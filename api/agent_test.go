@@ -145,6 +145,9 @@ func TestAgentEndpointsAuthorise(t *testing.T) {
 		{"a plan", "node-1", "POST", propose("1"), proposal(t, plan), nil, 403, `not "CommitPlan"`},
 		{"a scale-in", "node-1", "POST", propose("1"), proposal(t, scaleIn), nil, 403, "scales out only"},
 		{"a scale-out for another node", "node-1", "POST", propose("1"), proposal(t, scaleOut), nil, 403, "for node 2"},
+		{"its own node's problem", "node-1", "POST", propose("1"), proposal(t, problemOf(1)), nil, 200, `"result"`},
+		{"another node's problem", "node-1", "POST", propose("1"), proposal(t, problemOf(2)), nil, 403,
+			"node 1 may not propose SetNodeProblem for node 2"},
 		{"a second command smuggled along", "node-1", "POST", propose("1"), proposal(t, smuggled), nil, 400, `carries "setNodeState"`},
 		{"a heartbeat without its field", "node-1", "POST", propose("1"), []byte(`{"command":{"v":1,"type":"NodeHeartbeat"}}`), nil, 400,
 			`without "nodeHeartbeat"`},
@@ -166,10 +169,10 @@ func TestAgentEndpointsAuthorise(t *testing.T) {
 		})
 	}
 	// Nothing forbidden reached Raft: the only proposals are the
-	// allowed heartbeat's.
+	// allowed heartbeat's and node 1's own problem.
 	for _, c := range replica.Proposed() {
 		if c.Type != replicated.CmdNodeHeartbeat && c.Type != replicated.CmdRegisterNode && c.Type != replicated.CmdCommitPlan &&
-			c.Type != replicated.CmdSetCondition {
+			c.Type != replicated.CmdSetCondition && (c.Type != replicated.CmdSetNodeProblem || c.SetNodeProblem.ID != 1) {
 			t.Errorf("a forbidden command was proposed: %s", testkit.JSON(t, c))
 		}
 	}
@@ -466,4 +469,9 @@ func TestAgentOnlyNodeFunctions(t *testing.T) {
 	if c := all.Functions[0].Cluster; c == nil || c.Requests < 9 {
 		t.Errorf("cluster counts %+v: want node 1's 2 requests and node 4's 7 at least", c)
 	}
+}
+
+func problemOf(node uint64) replicated.Command {
+	return replicated.Command{V: 1, Type: replicated.CmdSetNodeProblem, At: testkit.T0,
+		SetNodeProblem: &replicated.SetNodeProblem{ID: node, Part: "network", Message: "route 10.0.0.0/8 overlaps the overlay"}}
 }

@@ -200,7 +200,25 @@ func WriteNodes(w io.Writer, nodes []NodeView) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d/%d MiB\t%s\t%s\n", id, n.State, n.VMs, n.Allocated.VCPU, n.Capacity.VCPU,
 			n.Allocated.MemMiB, n.Capacity.MemMiB, n.APIAddr, strings.Join(labels, ","))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// A node's problems are long: below the table, one line each.
+	for _, n := range nodes {
+		parts := make([]string, 0, len(n.Problems))
+		for part := range n.Problems {
+			parts = append(parts, part)
+		}
+		sort.Strings(parts)
+		for _, part := range parts {
+			p := n.Problems[part]
+			if _, err := fmt.Fprintf(w, "node %d %s problem since %s: %s\n", n.ID, part, p.Since.Local().Format(time.RFC3339),
+				strings.ReplaceAll(p.Message, "\n", " ")); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // WriteHistory writes the revisions newest first, as `blixard history`.

@@ -46,3 +46,17 @@ func TestWriteStatusShowsSuspensionAndRollouts(t *testing.T) {
 		t.Errorf("a finished rollout is listed:\n%s", out)
 	}
 }
+
+func TestWriteNodesShowsProblems(t *testing.T) {
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var b strings.Builder
+	err := WriteNodes(&b, []NodeView{{ID: 1, State: replicated.NodeReady}, {ID: 2, State: replicated.NodeReady,
+		Problems: map[string]replicated.NodeProblem{"network": {Message: "not converged: route 10.100.0.0/16\nvia tun0 overlaps", Since: since}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "node 2 network problem since " + since.Local().Format(time.RFC3339) + ": not converged: route 10.100.0.0/16 via tun0 overlaps\n"
+	if !strings.HasSuffix(b.String(), want) || strings.Contains(b.String(), "node 1 ") {
+		t.Fatalf("WriteNodes:\n%s\nwant it to end with %q and name no problem of node 1", b.String(), want)
+	}
+}

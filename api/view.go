@@ -100,6 +100,9 @@ type NodeView struct {
 	Labels          map[string]string    `json:"labels,omitempty"`
 	LastHeartbeatAt time.Time            `json:"lastHeartbeatAt"`
 	Heartbeats      uint64               `json:"heartbeats"`
+	// Problems are what the node's parts could not fix (by part, e.g.
+	// "network"); none while all is well.
+	Problems map[string]replicated.NodeProblem `json:"problems,omitempty"`
 }
 
 // NewStatusView builds the status of s as node self sees it; local is
@@ -265,7 +268,8 @@ func NodeViews(s *replicated.State, leader uint64) []NodeView {
 	for _, id := range sortedNodeIDs(s.Nodes) {
 		n := s.Nodes[id]
 		v := NodeView{ID: id, State: n.State, Leader: id == leader, APIAddr: n.APIAddr, RaftAddr: n.RaftAddr,
-			Capacity: n.Capacity, Labels: n.Labels, LastHeartbeatAt: n.LastHeartbeatAt, Heartbeats: n.LastHeartbeatSeq}
+			Capacity: n.Capacity, Labels: n.Labels, LastHeartbeatAt: n.LastHeartbeatAt, Heartbeats: n.LastHeartbeatSeq,
+			Problems: n.Problems}
 		for _, a := range s.Assignments {
 			if a.Node == id {
 				v.VMs++

@@ -120,7 +120,7 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 	g.Go("node agent", agent.Start)
 	notify := agent.Notify
 	if nw != nil {
-		nw.start(g, link.LocalRead)
+		nw.start(g, link.LocalRead, link.Propose)
 		notify = func() { agent.Notify(); nw.Notify() }
 	}
 	if fns != nil {

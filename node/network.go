@@ -72,6 +72,11 @@ type network struct {
 	written   map[string][]byte // network.env contents written, by instance
 	lastSkip  string            // the skipped entries last logged
 	lastError string            // the failure last logged
+	// failures counts the passes in a row that failed with lastError;
+	// the second makes it the node's "network" problem (problem, when
+	// set), so a pass failing once does not.
+	failures int
+	problem  func(msg string)
 	// warnedForwarding: the host's IPv4 forwarding was found off and said so.
 	warnedForwarding bool
 	names            *nameCache
@@ -122,8 +127,13 @@ func newNetwork(cfg Config, log *slog.Logger) (_ *network, err error) {
 // start runs the network's parts on g: the converging loop, which reads
 // the local replica with read, dnsmasq, and the ingress proxy (HTTP on
 // --ingress-addr, TCP passthrough on the ports of the TCP entries).
-func (n *network) start(g *group, read func() (*replicated.State, error)) {
+func (n *network) start(g *group, read func() (*replicated.State, error), propose func(context.Context, replicated.Command) (replicated.Result, error)) {
 	n.read = read
+	if propose != nil {
+		r := newProblemReporter(n.cfg.NodeID, "network", propose, read)
+		n.problem = r.set
+		g.Go("network problem reporter", r.Run)
+	}
 	g.Go("network", n.Run)
 	g.Go("dnsmasq", n.dns.Run)
 	if n.ingressL != nil {
@@ -173,14 +183,20 @@ func (n *network) Run(ctx context.Context) error {
 			wait = backoff
 			backoff = min(2*backoff, netRetryMax)
 			if msg := err.Error(); msg != n.lastError {
-				n.lastError = msg
+				n.lastError, n.failures = msg, 0
 				n.log.Error("the cluster network on this node is not converged; retrying", "err", err, "retry_in", wait)
+			}
+			if n.failures++; n.failures == 2 && n.problem != nil {
+				n.problem("not converged: " + n.lastError)
 			}
 		default:
 			backoff = time.Second
 			if n.lastError != "" {
 				n.log.Info("the cluster network on this node converged again")
-				n.lastError = ""
+				n.lastError, n.failures = "", 0
+			}
+			if n.problem != nil {
+				n.problem("")
 			}
 		}
 		if !t.Stop() {

@@ -305,6 +305,49 @@ func TestKernelNixDnsmasqNetworkAcrossNodes(t *testing.T) {
 	}
 	bothAnswer("both replicas answering through node 3's ingress after vm start web-1")
 
+	// A route of the host that overlaps the overlay is refused (nothing
+	// changed) and is node 3's "network" problem in the cluster's status,
+	// until it is gone.
+	overlap := netip.MustParsePrefix("10.123.0.128/30") // in labCIDR, between the instances' and the nodes' addresses
+	ipIn := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", l.net.NS(3)}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v in node 3's namespace: %v: %s", args, err, out)
+		}
+	}
+	problem := func() (string, error) {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, n := range st.Nodes {
+			if n.ID == 3 {
+				return n.Problems["network"].Message, nil
+			}
+		}
+		return "", fmt.Errorf("node 3 is not in the status")
+	}
+	ipIn("route", "add", overlap.String(), "dev", "lo")
+	routeAdded := time.Now()
+	testkit.WaitFor(t, time.Minute, "node 3's network problem in the status", func() error {
+		p, err := problem()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(p, "route "+overlap.String()+" dev lo overlaps the overlay network") {
+			return fmt.Errorf("node 3's network problem: %q", p)
+		}
+		return nil
+	})
+	t.Logf("a route overlapping the overlay on node 3 was in the status %v after it was added", time.Since(routeAdded).Round(time.Millisecond))
+	ipIn("route", "del", overlap.String(), "dev", "lo")
+	testkit.WaitFor(t, time.Minute, "node 3's network problem cleared", func() error {
+		if p, err := problem(); err != nil || p != "" {
+			return fmt.Errorf("node 3's network problem: %q, %v", p, err)
+		}
+		return nil
+	})
+
 	// A node that stops removes its masquerade (and leaves the bridge to
 	// the VMs that keep running).
 	i := where["web-1"]

@@ -210,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go("node agent", agent.Start)
 	notify := agent.Notify
 	if nw != nil {
-		nw.start(g, store.LocalRead)
+		nw.start(g, store.LocalRead, store.Propose)
 		notify = func() { agent.Notify(); nw.Notify() }
 	}
 	if fns != nil {

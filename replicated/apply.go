@@ -106,6 +106,9 @@ const (
 	EventTokenRevoked     = "TokenRevoked"
 	EventMemberAdded      = "MemberAdded"
 	EventNodeUnfenced     = "NodeUnfenced"
+	// A node's part recorded a problem, or it went away (SetNodeProblem).
+	EventNodeProblem        = "NodeProblem"
+	EventNodeProblemCleared = "NodeProblemCleared"
 )
 
 // maxEventMessage bounds an event message (the full text stays elsewhere,
@@ -144,7 +147,7 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 func AffectsPlanning(t CommandType) bool {
 	switch t {
 	case CmdNodeHeartbeat, CmdRequestSync, CmdCreateToken, CmdRevokeToken, CmdRecordMember,
-		CmdSetCondition, CmdClearCondition:
+		CmdSetCondition, CmdClearCondition, CmdSetNodeProblem:
 		return false
 	}
 	return true
@@ -188,6 +191,8 @@ func (s *State) apply(index uint64, cmd Command) Result {
 		return s.applyScaleFunction(index, at, cmd.ScaleFunction)
 	case CmdFunctionActivity:
 		return s.applyFunctionActivity(cmd.FunctionActivity)
+	case CmdSetNodeProblem:
+		return s.applySetNodeProblem(index, at, cmd.SetNodeProblem)
 	}
 	// Unreachable: checkEnvelope knows every type handled above.
 	return s.reject(ResultInvalid, fmt.Sprintf("unknown command type %q", cmd.Type))

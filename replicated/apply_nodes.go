@@ -295,3 +295,51 @@ func intersect(a, b []string) []string {
 	}
 	return out
 }
+
+// maxProblemMessage bounds a node problem's message.
+const maxProblemMessage = 512
+
+// applySetNodeProblem records or clears node c.ID's problem of part
+// c.Part; the same message again changes nothing (no event).
+func (s *State) applySetNodeProblem(index uint64, at time.Time, c *SetNodeProblem) Result {
+	n, ok := s.Nodes[c.ID]
+	if !ok {
+		return s.reject(ResultUnknownNode, fmt.Sprintf("SetNodeProblem: node %d is not registered", c.ID))
+	}
+	if !validProblemPart(c.Part) {
+		return s.reject(ResultInvalid, fmt.Sprintf("SetNodeProblem: node %d: part %q must be 1 to 32 lower-case letters or '-'", c.ID, c.Part))
+	}
+	msg := clip(c.Message, maxProblemMessage)
+	old, had := n.Problems[c.Part]
+	switch {
+	case msg == "" && !had:
+		return s.ok("node %d: %s has no problem", c.ID, c.Part)
+	case msg == "":
+		delete(n.Problems, c.Part)
+		if len(n.Problems) == 0 {
+			n.Problems = nil
+		}
+		s.event(index, at, EventNodeProblemCleared, fmt.Sprintf("node %d: %s: resolved (was: %s)", c.ID, c.Part, old.Message), About{Node: c.ID})
+		return s.ok("node %d: %s problem cleared", c.ID, c.Part)
+	case had && old.Message == msg:
+		return s.ok("node %d: %s problem already recorded", c.ID, c.Part)
+	}
+	if n.Problems == nil {
+		n.Problems = map[string]NodeProblem{}
+	}
+	n.Problems[c.Part] = NodeProblem{Message: msg, Since: at}
+	s.event(index, at, EventNodeProblem, fmt.Sprintf("node %d: %s: %s", c.ID, c.Part, msg), About{Node: c.ID})
+	return s.ok("node %d: %s problem recorded", c.ID, c.Part)
+}
+
+func validProblemPart(p string) bool {
+	if p == "" || len(p) > 32 {
+		return false
+	}
+	for _, r := range p {
+		if (r < 'a' || r > 'z') && r != '-' {
+			return false
+		}
+	}
+	return true
+}

@@ -66,6 +66,7 @@ func (n *Node) clone() *Node {
 	c.CephAddrs = slices.Clone(n.CephAddrs)
 	c.ReportedCephAddrs = slices.Clone(n.ReportedCephAddrs)
 	c.Fenced = slices.Clone(n.Fenced)
+	c.Problems = maps.Clone(n.Problems)
 	return &c
 }
 

@@ -81,6 +81,7 @@ func checkEnvelope(cmd *Command) error {
 		{CmdRecordPending, cmd.RecordPending != nil},
 		{CmdScaleFunction, cmd.ScaleFunction != nil},
 		{CmdFunctionActivity, cmd.FunctionActivity != nil},
+		{CmdSetNodeProblem, cmd.SetNodeProblem != nil},
 	}
 	known := false
 	for _, p := range payloads {
@@ -92,7 +93,7 @@ func checkEnvelope(cmd *Command) error {
 		}
 	}
 	if !known {
-		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode, RolloutStep, SetFollowing, RecordPending, ScaleFunction, FunctionActivity)", cmd.Type)
+		return fmt.Errorf("unknown command type %q (known: RegisterNode, NodeHeartbeat, CommitPlan, SetCondition, ClearCondition, SetNodeState, SetVMRunState, RequestSync, CreateToken, RevokeToken, RecordMember, UnfenceNode, RolloutStep, SetFollowing, RecordPending, ScaleFunction, FunctionActivity, SetNodeProblem)", cmd.Type)
 	}
 	for _, p := range payloads {
 		if p.set && p.t != cmd.Type {

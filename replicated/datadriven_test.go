@@ -467,6 +467,9 @@ func renderState(s *State) string {
 		if len(n.Fenced) > 0 {
 			fmt.Fprintf(&b, " fenced=%s", strings.Join(n.Fenced, ","))
 		}
+		for _, part := range sortedKeys(n.Problems) {
+			fmt.Fprintf(&b, " problem[%s]=%q", part, n.Problems[part].Message)
+		}
 		fmt.Fprintf(&b, " hb=%d", n.LastHeartbeatSeq)
 		if !n.LastHeartbeatAt.IsZero() {
 			fmt.Fprintf(&b, "@%s", n.LastHeartbeatAt.Format(time.TimeOnly))

@@ -93,6 +93,10 @@ type Node struct {
 	// when the reports since were liveness-only ([NodeHeartbeat.Unchanged]).
 	// 0 until an ordered full report applied.
 	StatusSeq uint64 `json:"statusSeq,omitempty"`
+	// Problems are what the node's own parts cannot fix and say so
+	// ([SetNodeProblem]), by part ("network": this host's network refuses
+	// the overlay, …); none while all is well. `blixard status` shows them.
+	Problems map[string]NodeProblem `json:"problems,omitempty"`
 }
 
 // Revision is one committed plan.
@@ -467,6 +471,7 @@ const (
 	// Functions (function.go).
 	CmdScaleFunction    CommandType = "ScaleFunction"
 	CmdFunctionActivity CommandType = "FunctionActivity"
+	CmdSetNodeProblem   CommandType = "SetNodeProblem"
 )
 
 // Command is the self-describing, versioned envelope of every proposal.
@@ -500,6 +505,24 @@ type Command struct {
 	// Functions (function.go).
 	ScaleFunction    *ScaleFunction    `json:"scaleFunction,omitempty"`
 	FunctionActivity *FunctionActivity `json:"functionActivity,omitempty"`
+	SetNodeProblem   *SetNodeProblem   `json:"setNodeProblem,omitempty"`
+}
+
+// SetNodeProblem records (Message set) or clears (Message "") a problem of
+// node ID's part Part, proposed by that node when the part's state of
+// affairs changes (not at every retry).
+type SetNodeProblem struct {
+	ID      uint64 `json:"id"`
+	Part    string `json:"part"`
+	Message string `json:"message,omitempty"`
+}
+
+// NodeProblem is one part's problem on a node.
+type NodeProblem struct {
+	Message string `json:"message"`
+	// Since is when it was first recorded with this message (the
+	// proposer's clock).
+	Since time.Time `json:"since"`
 }
 
 // RegisterNode adds a node or updates its addresses, capacity and labels.

@@ -4,15 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/blixard/blixard/vmsnap"
@@ -74,15 +70,6 @@ const SnapshotDir = ".snapshots"
 // the identity carries no address, takes longer). Past it the guest is
 // taken as unable to take an identity: not saved, or killed and booted.
 const identityTimeout = 20 * time.Second
-
-// netEnv is what network.env says of an instance: its committed identity.
-// Zero without cluster networking (user-mode NICs have no identity to
-// clash with another copy's).
-type netEnv struct {
-	MAC, Hostname, Domain string
-	IP, Gateway, DNS      netip.Addr
-	Prefix, MTU           int
-}
 
 // snapMode is how a start of a snapshot function's instance is done.
 type snapMode int
@@ -238,82 +225,6 @@ func findRunnerQemu(out string) (string, error) {
 	return "", fmt.Errorf("%s/bin/microvm-run execs qemu from %v, none of which exists", out, candidates)
 }
 
-// readNetEnv reads dir's network.env (the network component writes it
-// before a start); zero without the file.
-func readNetEnv(dir string) (netEnv, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "network.env"))
-	if errors.Is(err, os.ErrNotExist) {
-		return netEnv{}, nil
-	}
-	if err != nil {
-		return netEnv{}, err
-	}
-	return parseNetEnv(b)
-}
-
-// parseNetEnv reads network.env's KEY=VALUE lines (the host contract in
-// docs/architecture.md); keys it does not use are ignored, values it uses
-// must parse.
-func parseNetEnv(b []byte) (netEnv, error) {
-	var e netEnv
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
-		if !ok {
-			continue
-		}
-		v = strings.Trim(v, `"'`)
-		if v == "" {
-			continue
-		}
-		var err error
-		switch k {
-		case "BLIXARD_MAC":
-			e.MAC = strings.ToLower(v)
-		case "BLIXARD_HOSTNAME":
-			e.Hostname = v
-		case "BLIXARD_DOMAIN":
-			e.Domain = v
-		case "BLIXARD_IP":
-			e.IP, err = netip.ParseAddr(v)
-		case "BLIXARD_GATEWAY":
-			e.Gateway, err = netip.ParseAddr(v)
-		case "BLIXARD_DNS":
-			e.DNS, err = netip.ParseAddr(v)
-		case "BLIXARD_PREFIX":
-			e.Prefix, err = strconv.Atoi(v)
-		case "BLIXARD_MTU":
-			e.MTU, err = strconv.Atoi(v)
-		}
-		if err != nil {
-			return netEnv{}, fmt.Errorf("network.env: %s=%q: %w", k, v, err)
-		}
-	}
-	return e, nil
-}
-
-// restoredIdentity is the identity a copy restored into the instance of
-// env takes, with now and seed, and the address it must then report
-// (invalid: none is committed). It is checked as the guest will get it
-// (vmsnap.Identity.Command), so a bad network.env is found before qemu
-// starts.
-func restoredIdentity(env netEnv, now time.Time, seed [32]byte) (vmsnap.Identity, netip.Addr, error) {
-	id := vmsnap.Identity{MAC: env.MAC, Hostname: env.Hostname, Time: now, Seed: seed}
-	if env.IP.IsValid() {
-		if env.Prefix <= 0 || env.Prefix > 32 {
-			return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env gives address %s without a prefix length (BLIXARD_PREFIX)", env.IP)
-		}
-		id.Addr = netip.PrefixFrom(env.IP, env.Prefix)
-		id.Gateway, id.DNS, id.Domain, id.MTU = env.Gateway, env.DNS, env.Domain, env.MTU
-	}
-	if env.IP.IsValid() && env.MAC == "" {
-		return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env gives address %s but no MAC (BLIXARD_MAC): the node's DHCP lease is by MAC", env.IP)
-	}
-	if _, err := id.Command(); err != nil {
-		return vmsnap.Identity{}, netip.Addr{}, fmt.Errorf("network.env: %w", err)
-	}
-	return id, env.IP, nil
-}
-
 // snapshotBoot is the bound on a save-mode guest becoming ready.
 const snapshotBoot = 3 * time.Minute
 
@@ -392,44 +303,6 @@ func (a *Agent) removeSnapshot(store vmsnap.Store, out, qemu string) {
 	if err := store.Remove(vmsnap.Key(out, qemu)); err != nil {
 		a.log.Warn("snapshot: cannot remove a refused snapshot", "runner", out, "err", err)
 	}
-}
-
-// identifyGuest gives the guest behind dir's identity channel env's identity
-// (the wall clock now, a fresh seed) and checks its answer.
-func identifyGuest(ctx context.Context, dir string, env netEnv) (hello, answer time.Duration, g vmsnap.GuestIdentity, err error) {
-	var seed [32]byte
-	if _, err := rand.Read(seed[:]); err != nil {
-		return 0, 0, g, fmt.Errorf("a random seed for the guest: %w", err)
-	}
-	id, want, err := restoredIdentity(env, time.Now(), seed)
-	if err != nil {
-		return 0, 0, g, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, identityTimeout)
-	defer cancel()
-	start := time.Now()
-	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
-	if err != nil {
-		return 0, 0, g, err
-	}
-	defer c.Close()
-	hello = time.Since(start)
-	if st := c.State(); st != vmsnap.GuestFrozen {
-		// Its NIC was up through the save: the copy may already have
-		// answered with the saved identity.
-		return hello, 0, g, fmt.Errorf("the guest says it is %q, not %q: it was saved without being frozen", st, vmsnap.GuestFrozen)
-	}
-	start = time.Now()
-	// The clock the guest sets is read when the line is sent, not when
-	// the restore began.
-	id.Time = time.Now()
-	r, err := c.Identify(ctx, id)
-	if err != nil {
-		return hello, 0, g, err
-	}
-	answer = time.Since(start)
-	g, err = vmsnap.CheckIdentified(r, id, want)
-	return hello, answer, g, err
 }
 
 // restoreOrBoot restores snap into a new runner of name and gives the copy
@@ -576,19 +449,6 @@ func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.
 	return snap, nil
 }
 
-// freeze asks the guest behind dir's identity channel to take its NIC down
-// before a save.
-func freeze(ctx context.Context, dir string) error {
-	ctx, cancel := context.WithTimeout(ctx, identityTimeout)
-	defer cancel()
-	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return c.Freeze(ctx)
-}
-
 // waitHealthy probes name with its health check until one probe passes.
 // Polling is the only way to know: the guest says nothing when it is up.
 func (a *Agent) waitHealthy(ctx context.Context, name string, t probeTarget) error {
@@ -604,113 +464,6 @@ func (a *Agent) waitHealthy(ctx context.Context, name string, t probeTarget) err
 		case <-ctx.Done():
 			return fmt.Errorf("no passing health check within %s: %w (last: %v)", snapshotBoot, ctx.Err(), err)
 		case <-time.After(every):
-		}
-	}
-}
-
-// startThen starts unit name and runs then (a restore) under the unit's
-// operation lock, with the runner's exit counted as a stop, not a crash:
-// a qemu that exits on a failed load must not be restarted by the backend
-// with the restore hook. When then fails the runner is killed and the unit
-// ends stopped; the error is then's.
-func (b *ProcessBackend) startThen(ctx context.Context, name string, then func(context.Context) error) error {
-	if err := b.waitReady(ctx); err != nil {
-		return err
-	}
-	u := b.unit(name)
-	u.op.Lock()
-	defer u.op.Unlock()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	b.mu.Lock()
-	running := u.h != nil
-	u.stopping = !running
-	b.mu.Unlock()
-	if running {
-		return nil // as Start: it runs already
-	}
-	defer func() {
-		b.mu.Lock()
-		u.stopping = false
-		b.mu.Unlock()
-	}()
-	if err := b.startOpLocked(u); err != nil {
-		return err
-	}
-	err := then(ctx)
-	if err == nil {
-		return nil
-	}
-	b.mu.Lock()
-	h, exited := u.h, u.exited
-	if h != nil {
-		_ = h.signal(syscall.SIGKILL, true)
-	}
-	b.mu.Unlock()
-	if h != nil {
-		select {
-		case <-exited:
-		case <-ctx.Done():
-		}
-	}
-	b.clearStoppedLocked(u)
-	return err
-}
-
-// stopBy stops unit name by running stop (a save that quits qemu) under
-// the unit's operation lock and waits for the runner to exit: that exit is
-// a stop, not a crash. When stop fails the runner runs on.
-func (b *ProcessBackend) stopBy(ctx context.Context, name string, stop func(context.Context) error) error {
-	if err := b.waitReady(ctx); err != nil {
-		return err
-	}
-	u := b.unit(name)
-	u.op.Lock()
-	defer u.op.Unlock()
-	b.mu.Lock()
-	h, exited := u.h, u.exited
-	if h == nil {
-		b.mu.Unlock()
-		return fmt.Errorf("stop %s: the runner does not run", name)
-	}
-	u.stopping = true
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		u.stopping = false
-		b.mu.Unlock()
-	}()
-	if err := stop(ctx); err != nil {
-		return err
-	}
-	select {
-	case <-exited:
-	case <-ctx.Done():
-		return fmt.Errorf("stop %s: runner (pid %d) still running after the save quit qemu: %w", name, h.id.PID, ctx.Err())
-	}
-	b.clearStoppedLocked(u)
-	return nil
-}
-
-// clearStoppedLocked records u stopped after its runner exited (as
-// stopOpLocked does). u.op must be held.
-func (b *ProcessBackend) clearStoppedLocked(u *procUnit) {
-	b.mu.Lock()
-	gone := u.h == nil
-	if gone {
-		u.booted = ""
-		u.restarts, u.backoff = 0, 0
-		u.since = b.o.Clock.Now()
-	}
-	b.mu.Unlock()
-	if !gone {
-		return
-	}
-	dir := filepath.Join(b.o.StateDir, u.name)
-	for _, p := range []string{filepath.Join(dir, "booted"), filepath.Join(dir, "pid")} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			b.log.Warn("cannot remove a stopped runner's record", "vm", u.name, "path", p, "err", err)
 		}
 	}
 }

@@ -143,6 +143,12 @@ type prober struct {
 	mu  sync.Mutex
 	vms map[string]*probed // guarded by mu
 	wg  sync.WaitGroup     // the probing goroutines
+
+	// adopted are the runners (name → PID) that already ran when the
+	// agent's first pass looked: only their committed verdicts may seed
+	// (see syncProbes). Set once, by the first syncProbes; owned by the
+	// agent's pass goroutine.
+	adopted map[string]int
 }
 
 // probed is one running instance the prober judges.
@@ -372,6 +378,14 @@ func (p *prober) probeTCP(ctx context.Context, hostPort string) error {
 // syncProbes makes the prober judge the VMs d reports running that are
 // assigned here (a fenced node runs none); nw is the committed network.
 func (a *Agent) syncProbes(ctx context.Context, in Input, d Decision, nw *replicated.Network) {
+	if a.probes.adopted == nil {
+		a.probes.adopted = map[string]int{}
+		for name, o := range in.VMs {
+			if o.Unit.Active && o.Unit.PID != 0 {
+				a.probes.adopted[name] = o.Unit.PID
+			}
+		}
+	}
 	running := map[string]probeTarget{}
 	seeds := map[string]healthRecord{}
 	if in.Fenced == "" {
@@ -381,7 +395,11 @@ func (a *Agent) syncProbes(ctx context.Context, in Input, d Decision, nw *replic
 			}
 			if as, ok := in.Assignments[vd.VM]; ok && as.Node == in.Node {
 				running[vd.VM] = targetOf(as, nw, a.o.ClusterNetwork)
-				if o := in.VMs[vd.VM]; o.Judged.Health != "" && o.Unit.Booted == as.OutPath {
+				// A committed verdict is about the runner that ran when this
+				// agent started, not about one started since (a stop and a
+				// start of the same instance, a crash restart).
+				if o := in.VMs[vd.VM]; o.Judged.Health != "" && o.Unit.Booted == as.OutPath && o.Unit.PID != 0 &&
+					a.probes.adopted[vd.VM] == o.Unit.PID {
 					seeds[vd.VM] = healthRecord{State: o.Judged.Health, Since: o.Judged.Since, Err: o.Judged.Err}
 				}
 			}

@@ -527,3 +527,41 @@ func TestObserveTakesTheCommittedVerdict(t *testing.T) {
 		})
 	}
 }
+
+// TestSeedsOnlyTheAdoptedRunner: a committed verdict seeds the prober only
+// for the runner that already ran when the agent started (same PID), never
+// for one started since — a function instance stopped and started again
+// must not look healthy before its first probe.
+func TestSeedsOnlyTheAdoptedRunner(t *testing.T) {
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	h := spec.HealthCheck{TCP: &spec.TCPHealthCheck{Port: 1}, Interval: time.Hour, Timeout: time.Second, HealthyAfter: 1, UnhealthyAfter: 3}
+	as := replicated.Assignment{VM: "fn-0", Node: 1, OutPath: "/nix/store/v1", Health: &h}
+	in := func(pid int) Input {
+		return Input{Node: 1, Assignments: map[string]replicated.Assignment{"fn-0": as},
+			VMs: map[string]Observed{"fn-0": {Unit: UnitStatus{Active: true, PID: pid, Booted: "/nix/store/v1"},
+				Judged: Judged{Health: replicated.Healthy, Since: since}}}}
+	}
+	running := Decision{VMs: []VMDecision{{VM: "fn-0", Status: &replicated.VMStatus{VM: "fn-0", Phase: replicated.PhaseRunning}}}}
+	stopped := Decision{VMs: []VMDecision{{VM: "fn-0", Status: &replicated.VMStatus{VM: "fn-0", Phase: replicated.PhaseStopped}}}}
+	stamp := func(a *Agent) replicated.VMStatus {
+		st := replicated.VMStatus{VM: "fn-0", Phase: replicated.PhaseRunning}
+		a.probes.stamp(&st)
+		return st
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	a := &Agent{probes: newProber(time.Now, slog.New(slog.DiscardHandler), func(string) {})}
+	defer a.probes.stop()
+	a.syncProbes(ctx, in(100), running, nil)
+	if st := stamp(a); st.Health != replicated.Healthy || !st.HealthSince.Equal(since) {
+		t.Fatalf("the runner adopted at start: %+v, want the committed verdict", st)
+	}
+	// It stops, and a new runner (another PID) starts: no seed, although
+	// the committed status still says healthy.
+	a.syncProbes(ctx, in(100), stopped, nil)
+	a.syncProbes(ctx, in(200), running, nil)
+	if st := stamp(a); st.Health == replicated.Healthy {
+		t.Fatalf("a runner started after the agent: %+v, want no verdict from the old runner's", st)
+	}
+}

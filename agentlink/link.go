@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,10 +66,13 @@ type Client struct {
 	changed chan struct{} // buffered 1
 	ready   chan struct{} // closed with the first view
 
-	mu     sync.Mutex
-	view   *replicated.AgentView // guarded by mu; nil before the first
-	state  *replicated.State     // guarded by mu; built from view
-	server int                   // guarded by mu; the server used now
+	mu   sync.Mutex
+	view *replicated.AgentView // guarded by mu; nil before the first
+	// state is built from view when first read after a merge (guarded by
+	// mu; nil: not yet): most merges are a heartbeat's answer that nobody
+	// reads the state for.
+	state  *replicated.State
+	server int // guarded by mu; the server used now
 }
 
 // Backoff between failed attempts, doubling.
@@ -76,6 +80,9 @@ const (
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 5 * time.Second
 )
+
+// maxConns bounds the connections to one server (see New).
+const maxConns = 3
 
 // New checks o and returns a client; it connects to nothing until Run or
 // Propose.
@@ -109,6 +116,17 @@ func New(o Options) (*Client, error) {
 	tr.TLSClientConfig = o.TLS
 	tr.Proxy = nil // the servers are the cluster's own
 	tr.ResponseHeaderTimeout = 0
+	// A view poll and the pipelined heartbeats are in flight at once, over
+	// HTTP/1.1 (the API speaks nothing else): with the default of 2 idle
+	// connections a server, every burst closed connections that the next
+	// one dialed again (a TLS handshake each, on both sides), and a slow
+	// server made every agent open one more connection per heartbeat
+	// period. The server caps its connections (api.DefaultMaxConns, 1,024)
+	// for all the nodes it serves, so a link holds at most maxConns to a
+	// server and keeps them: the poll and two proposals at once; further
+	// proposals wait for one of them (their deadline still runs).
+	tr.MaxConnsPerHost = maxConns
+	tr.MaxIdleConnsPerHost = maxConns
 	// A dead server must cost a connect timeout, not the kernel's minutes.
 	tr.DialContext = (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}).DialContext
 	c.http = &http.Client{Transport: tr}
@@ -148,13 +166,27 @@ func (c *Client) Ready() <-chan struct{} { return c.ready }
 // LocalRead returns the state rebuilt from the newest view: a copy the
 // caller may keep. It fails until the first view arrived.
 func (c *Client) LocalRead() (*replicated.State, error) {
-	c.mu.Lock()
-	st := c.state
-	c.mu.Unlock()
-	if st == nil {
-		return nil, fmt.Errorf("agentlink: node %d has no view from the servers yet (%s): are they reachable?", c.o.NodeID, c.serversString())
+	st, err := c.SharedRead()
+	if err != nil {
+		return nil, err
 	}
 	return st.Clone(), nil
+}
+
+// SharedRead returns the state rebuilt from the newest view without
+// copying it: the caller must not change it (nodeagent's observe reads it
+// on every pass; a deep copy per pass of a state with 1,000 nodes was most
+// of an agent's CPU). It fails like LocalRead.
+func (c *Client) SharedRead() (*replicated.State, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.view == nil {
+		return nil, fmt.Errorf("agentlink: node %d has no view from the servers yet (%s): are they reachable?", c.o.NodeID, c.serversString())
+	}
+	if c.state == nil {
+		c.state = c.view.State(c.o.NodeID)
+	}
+	return c.state, nil
 }
 
 func (c *Client) serversString() string {
@@ -283,16 +315,39 @@ func (c *Client) merge(ans api.AgentViewAnswer) error {
 		return fmt.Errorf("decoding the view: %w", err)
 	}
 	first := c.view == nil
-	c.view = v
-	c.state = v.State(c.o.NodeID)
+	quiet := !first && onlyHeartbeat(c.view, v, ans.Parts)
+	c.view, c.state = v, nil
 	if first {
 		close(c.ready)
+	}
+	if quiet {
+		return nil
 	}
 	select {
 	case c.changed <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+// onlyHeartbeat reports whether the parts that made next from prev changed
+// nothing but this node's heartbeat bookkeeping (its sequence, time and
+// report order): what a committed liveness-only heartbeat changes. A
+// replica wakes nobody for such an entry (raftstore's quiet entries), so
+// the link does not signal Changed for it either; the agent renews its
+// lease from the heartbeat's answer, not from the view.
+func onlyHeartbeat(prev, next *replicated.AgentView, parts map[replicated.ViewPart]replicated.EncodedPart) bool {
+	if len(parts) != 1 || prev.Self == nil || next.Self == nil {
+		return false
+	}
+	if _, ok := parts[replicated.ViewSelf]; !ok {
+		return false
+	}
+	a, b := *prev.Self, *next.Self
+	for _, n := range []*replicated.Node{&a, &b} {
+		n.LastHeartbeatAt, n.LastHeartbeatSeq, n.ReportEpoch, n.ReportSeq, n.StatusSeq = time.Time{}, 0, 0, 0, 0
+	}
+	return reflect.DeepEqual(a, b)
 }
 
 // Propose commits cmd through a server and returns once it committed and
@@ -381,5 +436,10 @@ func (c *Client) do(ctx context.Context, i int, method, path string, q url.Value
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("%s %s: decoding the answer: %w", method, u.Host, err)
 	}
+	// The decoder may stop after the value, before the encoder's newline
+	// or a chunked body's end: a body not read to its end closes the
+	// connection instead of returning it to the pool, and the next request
+	// dials (and shakes hands) anew.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	return nil
 }

@@ -6,10 +6,14 @@
 // /v1/agent/propose), with an in-memory backend whose VMs start and stop
 // at once and no nix realisation (nodeagent.Options.Realise) — and a flake
 // of M = 10 × N light VMs sharing one runner, evaluated by the leader with
-// real nix. It measures push → every instance reported running,
-// placements per second end to end, the leader's CPU and RSS at steady
-// state, Raft entries and bytes per second from heartbeats, and the size
-// of the leader's Raft snapshot.
+// real nix. Each simulated node's --servers list starts at another
+// server (one server's API caps its connections at 1,024, fewer than
+// 1,000 nodes' long polls and heartbeats). It measures push → every
+// instance reported running (when the committed state holds them all, as
+// the first of the heartbeats' results and a follower's /v1/status saw
+// it), placements per second end to end, the leader's CPU and
+// RSS at steady state, Raft entries and bytes per second from heartbeats,
+// and the size of the leader's Raft snapshot.
 //
 // N = 100 (TestScale100, ~40 s) runs in the normal suite, not with
 // -short. N = 300 and 1,000 (TestScaleLarge, BLIXARD_SCALE_NODES=300,1000)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -104,25 +105,29 @@ func (c *traffic) snapshot() trafficSample {
 		fullBytes: c.fullBytes.Load(), liveBytes: c.liveBytes.Load(), failed: c.failed.Load()}
 }
 
-// running counts, per node, the instances its newest committed full
-// report says are running, as the heartbeats' answers tell the agents:
-// a progress indicator only (the measurement reads /v1/status).
+// running counts, per node, the instances running in the report Raft
+// holds for it, as the heartbeats' answers tell the agents
+// (Result.StatusSeq: the seq of the full report whose statuses the state
+// holds, after a full or a liveness-only heartbeat). A full report's
+// count is noted when it is sent, so any later answer naming it counts,
+// also when its own answer was lost (a timeout under load).
 type running struct {
 	mu      sync.Mutex
-	seq     map[uint64]uint64 // node → seq of the report counted
-	n       map[uint64]int    // node → running instances in it
+	sent    map[uint64]map[uint64]int // node → seq of a full report → its running instances
+	seq     map[uint64]uint64         // node → seq of the report counted
+	n       map[uint64]int            // node → running instances in it
 	total   int
 	reached map[int]time.Time // total → when it was first reached
 }
 
 func newRunning() *running {
-	return &running{seq: map[uint64]uint64{}, n: map[uint64]int{}, reached: map[int]time.Time{}}
+	return &running{sent: map[uint64]map[uint64]int{}, seq: map[uint64]uint64{}, n: map[uint64]int{}, reached: map[int]time.Time{}}
 }
 
-// report takes a committed heartbeat and its result.
-func (r *running) report(hb *replicated.NodeHeartbeat, res replicated.Result) {
-	if !res.OK() || hb.Unchanged != 0 || res.StatusSeq != hb.Seq {
-		return // liveness-only (its statuses were counted with their base), or not the report Raft holds
+// send notes a full heartbeat about to be proposed.
+func (r *running) send(hb *replicated.NodeHeartbeat) {
+	if hb.Unchanged != 0 {
+		return
 	}
 	n := 0
 	for _, st := range hb.Statuses {
@@ -132,23 +137,49 @@ func (r *running) report(hb *replicated.NodeHeartbeat, res replicated.Result) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if hb.Seq <= r.seq[hb.ID] {
-		return // an older report answered late
+	if r.sent[hb.ID] == nil {
+		r.sent[hb.ID] = map[uint64]int{}
 	}
-	r.seq[hb.ID] = hb.Seq
-	r.total += n - r.n[hb.ID]
-	r.n[hb.ID] = n
+	r.sent[hb.ID][hb.Seq] = n
+}
+
+// report takes the result of a committed heartbeat of node id.
+func (r *running) report(id uint64, res replicated.Result) {
+	if !res.OK() || res.StatusSeq == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, ok := r.sent[id][res.StatusSeq]
+	if !ok || res.StatusSeq <= r.seq[id] {
+		return // not sent by this process, or an older report answered late
+	}
+	for seq := range r.sent[id] {
+		if seq < res.StatusSeq {
+			delete(r.sent[id], seq) // Raft holds a newer report: never again
+		}
+	}
+	r.seq[id] = res.StatusSeq
+	r.total += n - r.n[id]
+	r.n[id] = n
 	if _, ok := r.reached[r.total]; !ok {
 		r.reached[r.total] = time.Now()
 	}
 }
 
-// count returns the running instances and when m were first reached
-// (zero: not yet).
+// count returns the running instances and when m (or more: a moving
+// instance may count on two nodes for a moment) were first reached (zero:
+// not yet).
 func (r *running) count(m int) (int, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.total, r.reached[m]
+	var first time.Time
+	for n, at := range r.reached {
+		if n >= m && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return r.total, first
 }
 
 type trafficSample struct {
@@ -167,6 +198,9 @@ type countingProposer struct {
 }
 
 func (p countingProposer) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	if cmd.Type == replicated.CmdNodeHeartbeat {
+		p.r.send(cmd.NodeHeartbeat)
+	}
 	res, err := p.link.Propose(ctx, cmd)
 	if cmd.Type != replicated.CmdNodeHeartbeat {
 		return res, err
@@ -175,7 +209,7 @@ func (p countingProposer) Propose(ctx context.Context, cmd replicated.Command) (
 		p.c.failed.Add(1)
 		return res, err
 	}
-	p.r.report(cmd.NodeHeartbeat, res)
+	p.r.report(cmd.NodeHeartbeat.ID, res)
 	cmd.V = 0 // as the server proposes it: the oldest version that carries it
 	data, encErr := replicated.EncodeCommand(cmd)
 	if encErr != nil {
@@ -233,7 +267,13 @@ func startSimNodes(t testing.TB, servers []string, first uint64, n, perNode int,
 	fail := func(err error) { upErr.CompareAndSwap(nil, err) }
 	for i := range n {
 		id := first + uint64(i)
-		link, err := agentlink.New(agentlink.Options{Servers: servers, NodeID: id, Logger: log})
+		// Each node's list starts at another server, as an operator
+		// spreads agent-only nodes (a link uses its first server until it
+		// fails): all 1,000 on one server hold more connections (a long
+		// poll and a heartbeat each) than its API's cap of 1,024, and
+		// requests beyond it wait for a free one.
+		own := append(slices.Clone(servers[i%len(servers):]), servers[:i%len(servers)]...)
+		link, err := agentlink.New(agentlink.Options{Servers: own, NodeID: id, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -111,27 +111,7 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 	} else {
 		ao.StateDir, ao.Backend, ao.StopOnExit, ao.Lease = cfg.StateDir, backend, cfg.StopOnExit, cfg.Lease
 	}
-	ao.Cache = cacheOptions(cfg, sh)
-	if nw != nil {
-		ao.Prepare = nw.WaitReady
-		ao.ClusterNetwork = true
-	}
-	agent := nodeagent.New(ao)
-	g.Go("node agent", agent.Start)
-	notify := agent.Notify
-	if nw != nil {
-		nw.start(g, link.LocalRead, link.Propose)
-		notify = func() { agent.Notify(); nw.Notify() }
-	}
-	if fns != nil {
-		g.Go("functions", fns.Run)
-		withNetwork := notify
-		notify = func() { withNetwork(); fns.Notify() }
-	}
-	if sh != nil {
-		wakeCache, before := sh.start(g, cfg, agent, view), notify
-		notify = func() { before(); wakeCache() }
-	}
+	notify := startNodeParts(g, cfg, ao, nw, fns, sh, link, view)
 	onState := onState(ctx, cfg, vols, log)
 	g.Go("", func(ctx context.Context) error {
 		// The link's change signal stands for the replica's applied

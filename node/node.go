@@ -198,30 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.OnReady(ln.Addr())
 	}
 
-	ao := p.agentOptions(ctx, cfg, store, backend, vols, log)
-	ao.Cache = cacheOptions(cfg, sh)
-	if nw != nil {
-		// A runner starts only once its network.env (and tap) are in place.
-		ao.Prepare = nw.WaitReady
-		// Health checks probe instances at their cluster addresses.
-		ao.ClusterNetwork = true
-	}
-	agent := nodeagent.New(ao)
-	g.Go("node agent", agent.Start)
-	notify := agent.Notify
-	if nw != nil {
-		nw.start(g, store.LocalRead, store.Propose)
-		notify = func() { agent.Notify(); nw.Notify() }
-	}
-	if fns != nil {
-		g.Go("functions", fns.Run)
-		withNetwork := notify
-		notify = func() { withNetwork(); fns.Notify() }
-	}
-	if sh != nil {
-		wakeCache, before := sh.start(g, cfg, agent, store), notify
-		notify = func() { before(); wakeCache() }
-	}
+	notify := startNodeParts(g, cfg, p.agentOptions(ctx, cfg, store, backend, vols, log), nw, fns, sh, store, store)
 	// Waiting `events -f` polls and the notifier (when it has receivers)
 	// look at every applied entry too.
 	wakeNotifier, err := startNotifier(g, notifyOpts, notifying, store, m.Registerer())
@@ -463,4 +440,43 @@ func killOrphans(ctx context.Context, backend nodeagent.Backend, log *slog.Logge
 		}
 		log.Warn("this node's Raft data is lost: VM killed (the cluster runs it elsewhere once the node is marked down)", "vm", name)
 	}
+}
+
+// nodeState is what the node's parts read and propose through: the local
+// replica (*raftstore.Store), or an agent-only node's link.
+type nodeState interface {
+	LocalRead() (*replicated.State, error)
+	Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error)
+}
+
+// startNodeParts starts the agent of ao and, when the node runs them, the
+// network component, the function gateway and the closure sharing, on st
+// (cacheSt for the cache); the returned function wakes them all after a
+// newer state. The same on a replica and on an agent-only node.
+func startNodeParts(g *group, cfg Config, ao nodeagent.Options, nw *network, fns *functions, sh *sharing, st nodeState,
+	cacheSt cacheState) func() {
+	ao.Cache = cacheOptions(cfg, sh)
+	if nw != nil {
+		// A runner starts only once its network.env (and tap) are in place.
+		ao.Prepare = nw.WaitReady
+		// Health checks probe instances at their cluster addresses.
+		ao.ClusterNetwork = true
+	}
+	agent := nodeagent.New(ao)
+	g.Go("node agent", agent.Start)
+	notify := agent.Notify
+	if nw != nil {
+		nw.start(g, st.LocalRead, st.Propose)
+		notify = func() { agent.Notify(); nw.Notify() }
+	}
+	if fns != nil {
+		g.Go("functions", fns.Run)
+		withNetwork := notify
+		notify = func() { withNetwork(); fns.Notify() }
+	}
+	if sh != nil {
+		wakeCache, before := sh.start(g, cfg, agent, cacheSt), notify
+		notify = func() { before(); wakeCache() }
+	}
+	return notify
 }

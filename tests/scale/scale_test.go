@@ -15,12 +15,8 @@ import (
 const perNode = 10
 
 // TestScale100 measures 100 simulated nodes × 1,000 VMs. It runs in the
-// normal suite (~40 s, most of it the steady-state window; skipped with
-// -short): the servers must converge the cluster, or it fails.
+// normal suite (~40 s, most of it the steady-state window): the servers must converge the cluster, or it fails.
 func TestScale100(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts three blixard processes and 100 agents for ~40 s")
-	}
 	measure(t, 100)
 }
 

@@ -104,7 +104,11 @@ func nsClient(ns string, timeout time.Duration) *http.Client {
 				ch <- result{err: fmt.Errorf("entering network namespace %s: %w", ns, err)}
 				return
 			}
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			// net/http dials on after the request gave up (the
+			// connection may serve a later one): without a timeout a
+			// SYN to a guest still booting would hold this thread in ns
+			// for the kernel's two minutes of retransmissions.
+			c, err := (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
 			if netns.Set(own) == nil {
 				runtime.UnlockOSThread()
 			} // else still locked: Go discards the thread with the goroutine

@@ -284,9 +284,15 @@ func pidsInNS(ns string) ([]int, error) {
 		return nil, err
 	}
 	var pids []int
+	self := os.Getpid()
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		// Never this process: /proc/SELF/ns/net is its main thread's, and
+		// a test that dials into a node's namespace from a locked thread
+		// may have the main thread there for a moment (a dial net/http
+		// keeps going after its request gave up). Killing it would kill
+		// the test run, not a node.
+		if err != nil || pid == self {
 			continue
 		}
 		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && l == want {

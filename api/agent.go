@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/pki"
+	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -278,6 +279,16 @@ func (s *Server) handleAgentPropose(w http.ResponseWriter, r *http.Request) {
 	}
 	cmd := p.Command
 	cmd.Actor = c.Name
+	if cmd.Type == replicated.CmdScaleFunction {
+		// The plan the leader would commit next rides along, made from
+		// this replica (Apply drops it when the state moved meanwhile):
+		// the agent-only node's cold start waits for one commit, as a
+		// replica's does.
+		if st, err := s.o.Replica.LocalRead(); err == nil {
+			sf := reconciler.ScaleOutPlan(st, *cmd.ScaleFunction)
+			cmd.ScaleFunction = &sf
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), proposeTimeout)
 	defer cancel()
 	// raftstore forwards a follower's proposal to the leader and returns
@@ -382,6 +393,9 @@ func checkAgentCommand(cmd replicated.Command, node uint64) error {
 		}
 		if cmd.ScaleFunction.Kind != replicated.ScaleOut {
 			return fmt.Errorf("a gateway scales out only (kind %q); scaling in is the leader's", replicated.ScaleOut)
+		}
+		if cmd.ScaleFunction.Plan != nil || cmd.ScaleFunction.Inputs != 0 {
+			return errors.New("an agent's scale-out carries no plan: the server that takes it attaches one from its replica")
 		}
 		named = cmd.ScaleFunction.Node
 	case replicated.CmdFunctionActivity:

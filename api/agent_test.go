@@ -119,6 +119,9 @@ func TestAgentEndpointsAuthorise(t *testing.T) {
 	smuggled := heartbeatOf(1)
 	smuggled.SetNodeState = &replicated.SetNodeState{ID: 2, State: replicated.NodeDown}
 	plan := testkit.Plan(0, "c", testkit.Assign("x", 1, "v"))
+	withPlan := scaleIn
+	withPlan.ScaleFunction = &replicated.ScaleFunction{Function: "f", Kind: replicated.ScaleOut, Want: 1, Node: 1,
+		Plan: plan.CommitPlan, Inputs: 1}
 	for _, tc := range []struct {
 		name, who, method, url string
 		body                   []byte
@@ -145,6 +148,7 @@ func TestAgentEndpointsAuthorise(t *testing.T) {
 		{"a plan", "node-1", "POST", propose("1"), proposal(t, plan), nil, 403, `not "CommitPlan"`},
 		{"a scale-in", "node-1", "POST", propose("1"), proposal(t, scaleIn), nil, 403, "scales out only"},
 		{"a scale-out for another node", "node-1", "POST", propose("1"), proposal(t, scaleOut), nil, 403, "for node 2"},
+		{"a scale-out carrying a plan", "node-1", "POST", propose("1"), proposal(t, withPlan), nil, 403, "carries no plan"},
 		{"its own node's problem", "node-1", "POST", propose("1"), proposal(t, problemOf(1)), nil, 200, `"result"`},
 		{"another node's problem", "node-1", "POST", propose("1"), proposal(t, problemOf(2)), nil, 403,
 			"node 1 may not propose SetNodeProblem for node 2"},
@@ -474,4 +478,44 @@ func TestAgentOnlyNodeFunctions(t *testing.T) {
 func problemOf(node uint64) replicated.Command {
 	return replicated.Command{V: 1, Type: replicated.CmdSetNodeProblem, At: testkit.T0,
 		SetNodeProblem: &replicated.SetNodeProblem{ID: node, Part: "network", Message: "route 10.0.0.0/8 overlaps the overlay"}}
+}
+
+// TestAgentScaleOutGetsTheServersPlan: an agent-only node's scale-out
+// carries no plan; the server attaches the one it makes from its replica,
+// so the instance is placed in the entry that scaled the function.
+func TestAgentScaleOutGetsTheServersPlan(t *testing.T) {
+	p := newTestPKI(t)
+	store := testkit.NewStore(nil)
+	plan := autostarted(testkit.Plan(0, commitA, testkit.Assign("web", 2, "v1")))
+	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"},
+		VCPU: 1, MemMiB: 256, MaxInstances: 2, Concurrency: 4, IdleTimeout: time.Minute,
+		HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
+	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), plan} {
+		if res, err := store.Propose(context.Background(), cmd); err != nil || !res.OK() {
+			t.Fatalf("setting up %s: %v %+v", cmd.Type, err, res)
+		}
+	}
+	replica := testkit.NewReplica(store, 1, 1)
+	addr, _ := agentServer(t, p, replica)
+	out := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdScaleFunction, At: testkit.T0,
+		ScaleFunction: &replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 1}}
+	a := call(t, p.httpsAs(t, "node-1"), "POST", "https://"+addr+"/v1/agent/propose?node=1", proposal(t, out), nil)
+	var answer api.AgentProposeAnswer
+	if a.code != 200 || json.Unmarshal(a.body, &answer) != nil {
+		t.Fatalf("propose: %d %s", a.code, a.body)
+	}
+	if !answer.Result.OK() || !strings.Contains(answer.Result.Message, "placed them in the same entry") {
+		t.Errorf("result %+v, want the instance placed with the scale", answer.Result)
+	}
+	sent := replica.ProposedOf(replicated.CmdScaleFunction)
+	if len(sent) != 1 || sent[0].ScaleFunction.Plan == nil {
+		t.Fatalf("proposed %s; want one scale-out with the server's plan", testkit.JSON(t, sent))
+	}
+	st, err := replica.LocalRead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := st.Assignments["fn-hello-0"]; !ok || a.Node != 1 {
+		t.Errorf("fn-hello-0: %+v (assigned %v); want it on node 1, whose gateway asked", a, ok)
+	}
 }

@@ -109,6 +109,18 @@ func (h *Host) Sync(ctx context.Context, cfg Config, want Desired) ([]Op, error)
 	return done, err
 }
 
+// LinkMTU is the MTU of link name: one netlink request, where Observe
+// dumps the whole namespace.
+func (h *Host) LinkMTU(name string) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l, err := h.nl.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("hostnet: link %s: %w", name, err)
+	}
+	return l.Attrs().MTU, nil
+}
+
 // Observe reads what Plan needs from the namespace: links with their
 // addresses and settings, the VXLAN devices' own FDB entries, static bridge
 // entries and permanent neighbours on bridges, the IPv4 routes and the

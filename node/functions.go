@@ -13,6 +13,7 @@ import (
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/fngateway"
 	"github.com/blixard/blixard/ingress"
+	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -64,7 +65,11 @@ type functions struct {
 	kick    chan struct{} // capacity 1: a newer state applied
 	// trigger wakes the local reconciler for a pass, no fetch (nil: no source).
 	trigger func()
-	now     func() time.Time
+	// carryPlan: scale-outs carry the plan made from the local replica
+	// (reconciler.ScaleOutPlan). Off on agent-only nodes: the server
+	// that takes their proposal attaches it (agents may not propose plans).
+	carryPlan bool
+	now       func() time.Time
 
 	ctxMu sync.Mutex
 	ctx   context.Context // Run's; nil before Run
@@ -219,8 +224,15 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 		defer cancel()
 		reason := fmt.Sprintf("%d in flight, %d queued at node %d's gateway; %d ready, %d starting",
 			d.InFlight, d.Queued, f.self, d.Ready, d.Starting)
-		res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(),
-			ScaleFunction: &replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}})
+		sf := replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}
+		if f.carryPlan {
+			// The plan rides along: one commit instead of the scale's and
+			// then the leader's (Apply drops it if the state moved).
+			if st, err := f.store.LocalRead(); err == nil {
+				sf = reconciler.ScaleOutPlan(st, sf)
+			}
+		}
+		res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf})
 		switch {
 		case err != nil:
 			f.log.Warn("function scale-out not committed; the next waiting request asks again", "function", fn, "want", d.Want, "err", err)

@@ -27,7 +27,7 @@ import (
 // once. Every request goes to node 3's ingress listener, so every answer
 // crosses the overlay from an instance on another node.
 
-func fnLabFlake() string {
+func fnLabFlake(extra string) string {
 	return `{
   outputs = { self }: let
     runner = builtins.derivation {
@@ -52,6 +52,7 @@ func fnLabFlake() string {
         maxInstances = 8; concurrency = 4; idleTimeout = "3s"; };
       functions.broken = { runner = broken; vcpu = 1; memMiB = 64; http = { host = "broken.lab.test"; path = "/"; port = 8080; };
         idleTimeout = "3s"; };
+` + extra + `
     };
   };
 }
@@ -59,7 +60,18 @@ func fnLabFlake() string {
 }
 
 func newFnLab(t *testing.T) *lab {
-	files := map[string][]byte{"flake.nix": []byte(fnLabFlake())}
+	return newFnLabWith(t, "", func(i int) int {
+		if i == 3 {
+			return 0
+		}
+		return 4
+	})
+}
+
+// newFnLabWith is newFnLab with more of the flake's blixard attributes
+// (extra, Nix) and node i given vcpu(i) vCPUs.
+func newFnLabWith(t *testing.T, extra string, vcpu func(i int) int) *lab {
+	files := map[string][]byte{"flake.nix": []byte(fnLabFlake(extra))}
 	for name, src := range map[string]string{"runner.sh": "testdata/fnlab/runner.sh", "udhcpc.sh": "testdata/netlab/udhcpc.sh"} {
 		b, err := os.ReadFile(src)
 		if err != nil {
@@ -67,12 +79,7 @@ func newFnLab(t *testing.T) *lab {
 		}
 		files[name] = b
 	}
-	return newLab(t, labConfig{files: files, vcpu: func(i int) int {
-		if i == 3 {
-			return 0
-		}
-		return 4
-	}})
+	return newLab(t, labConfig{files: files, vcpu: vcpu})
 }
 
 // fnGet sends GET path for host to node i's ingress listener and returns

@@ -123,6 +123,18 @@ func newLab(t *testing.T, cfg labConfig) *lab {
 				}
 			}
 		}
+		// BLIXARD_LAB_LOGS=DIR keeps the nodes' logs (debug level) for
+		// the measurements in docs/benchmarks.md.
+		if dir := os.Getenv("BLIXARD_LAB_LOGS"); dir != "" {
+			for i := 1; i <= cfg.nodeCount(); i++ {
+				if b, err := os.ReadFile(filepath.Join(root, fmt.Sprintf("n%d.log", i))); err == nil {
+					name := fmt.Sprintf("%s-n%d.log", strings.ReplaceAll(t.Name(), "/", "_"), i)
+					if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+						t.Errorf("keeping node %d's log: %v", i, err)
+					}
+				}
+			}
+		}
 		_ = os.RemoveAll(root)
 	})
 	l.bin = filepath.Join(root, "blixard")

@@ -211,7 +211,12 @@ func (n *network) Run(ctx context.Context) error {
 
 // passEnded publishes which instances' network.env a pass left written
 // and wakes WaitReady.
-func (n *network) passEnded() {
+func (n *network) passEnded() { n.publishReady() }
+
+// publishReady publishes which instances' network.env is written (in the
+// pass, once the taps and identities are in place, and when it ends) and
+// wakes WaitReady.
+func (n *network) publishReady() {
 	ready := make(map[string]bool, len(n.written))
 	for name := range n.written {
 		ready[name] = true
@@ -251,10 +256,12 @@ func (n *network) WaitReady(ctx context.Context, vm string) error {
 // not stop DNS for the instances already reachable; the failures are
 // joined.
 func (n *network) pass(ctx context.Context) error {
+	start := time.Now()
 	s, err := n.read()
 	if err != nil {
 		return fmt.Errorf("reading the local replica: %w", err)
 	}
+	read := time.Since(start)
 	n.ingress.Update(ingress.FromState(s))
 	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
 	in.owner, in.group = stateOwner(n.cfg.StateDir)
@@ -270,7 +277,9 @@ func (n *network) pass(ctx context.Context) error {
 		}
 	}
 	var errs []error
+	planned := time.Since(start)
 	ops, err := n.host.Sync(ctx, p.host, p.want) // hostnet logs what it changed
+	synced := time.Since(start)
 	var conflict *hostnet.ConflictError
 	switch {
 	case errors.As(err, &conflict):
@@ -278,8 +287,17 @@ func (n *network) pass(ctx context.Context) error {
 	case err != nil:
 		errs = append(errs, err)
 	case len(ops) > 0 || n.mtu == 0:
-		n.mtu = n.bridgeMTU(ctx)
+		n.mtu = n.bridgeMTU()
 	}
+	// The taps are there: the identities next, and the runners waiting for
+	// them (WaitReady) go on while the rest of the pass runs. dnsmasq learns
+	// the new hosts a few milliseconds later, long before a guest that just
+	// started asks for its lease (and its reload after SIGHUP was never
+	// waited for anyway).
+	wrote, err := n.writeEnv(p.env)
+	errs = append(errs, err)
+	n.publishReady()
+	envDone := time.Since(start)
 	// On a conflict the masquerade is left as it is too: the refused CIDR
 	// may be a range this host routes elsewhere (a VPN's), whose traffic a
 	// new masquerade rule would rewrite.
@@ -299,38 +317,39 @@ func (n *network) pass(ctx context.Context) error {
 	} else if act != netdns.Unchanged {
 		n.log.Debug("dnsmasq files updated", "action", act)
 	}
-	errs = append(errs, n.writeEnv(p.env))
+	if len(ops) > 0 || wrote > 0 {
+		// Where a cold start's wait for its network identity goes
+		// (durations since the pass started).
+		n.log.Debug("network pass", "read", read, "planned", planned, "host", synced, "identities", envDone,
+			"done", time.Since(start), "host_ops", len(ops), "env_written", wrote)
+	}
 	return errors.Join(errs...)
 }
 
 // bridgeMTU is the MTU hostnet gave the bridge (0 when it cannot be read):
 // guests are told it by DHCP and network.env.
-func (n *network) bridgeMTU(ctx context.Context) int {
-	st, err := n.host.Observe(ctx)
+func (n *network) bridgeMTU() int {
+	mtu, err := n.host.LinkMTU(n.set.bridge)
 	if err != nil {
 		return 0
 	}
-	for _, l := range st.Links {
-		if l.Name == n.set.bridge {
-			return l.MTU
-		}
-	}
-	return 0
+	return mtu
 }
 
 // writeEnv writes STATE/NAME/network.env for every local instance whose
 // file differs (atomically: a runner reads the old file or the new one).
 // The directory is created the way the agent creates it; the agent gives it
 // to the runners' user when it prepares the instance.
-func (n *network) writeEnv(env map[string]instanceEnv) error {
+func (n *network) writeEnv(env map[string]instanceEnv) (int, error) {
 	if n.cfg.StateDir == "" {
-		return nil
+		return 0, nil
 	}
 	if _, err := os.Stat(n.cfg.StateDir); err != nil {
 		// The agent makes STATE as microvm.nix would (its owner and mode)
 		// when it starts; until then there is nothing to write into.
-		return nil
+		return 0, nil
 	}
+	wrote := 0
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(env)) {
 		data := env[name].render(n.mtu)
@@ -347,16 +366,17 @@ func (n *network) writeEnv(env map[string]instanceEnv) error {
 			continue
 		}
 		n.written[name] = data
+		wrote++
 	}
 	for name := range n.written {
 		if _, ok := env[name]; !ok {
 			delete(n.written, name) // written again if it comes back
 		}
 	}
-	return errors.Join(errs...)
+	return wrote, errors.Join(errs...)
 }
 
-// writeFileAtomic replaces path with data through a synced temporary file
+// writeFileAtomic replaces path with data through a temporary file
 // in the same directory, readable by everyone (the runner's user).
 func writeFileAtomic(path string, data []byte) (err error) {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
@@ -371,12 +391,13 @@ func writeFileAtomic(path string, data []byte) (err error) {
 			_ = os.Remove(tmp.Name())
 		}
 	}()
+	// Not synced: the file is derived from the replicated state and
+	// rewritten by the first pass after a restart when it differs (a file
+	// a crash left empty included), before any runner may read it; a
+	// cold start should not wait for the disk.
 	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

@@ -163,6 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var fnStats api.FunctionStats
 	if nw != nil && nw.ingressL != nil {
 		fns = newFunctions(cfg.NodeID, store, m, log)
+		fns.carryPlan = true // a replica: it plans from its own state
 		nw.front = fns.frontDoor(nw.ingress)
 		fnStats = fns
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -156,6 +157,10 @@ type realiser struct {
 	// prebuilding: a Prebuilder's realisation, which waits only for peers
 	// that are building, never for another builder's queue.
 	prebuilding bool
+	// roots lets a VM link a runner another VM's root keeps (nil: every
+	// root through nix).
+	roots *rootBook
+	log   *slog.Logger
 }
 
 // flight runs one function per key at a time; concurrent callers with the
@@ -198,6 +203,18 @@ func (f *flight) do(ctx context.Context, key string, fn func() (string, error)) 
 // /nix/var/nix/gcroots/auto). It fails when out is not valid and cannot be
 // substituted.
 func (r realiser) addRoot(ctx context.Context, root, out string) error {
+	if r.roots != nil {
+		unlock, err := r.roots.lock(ctx, root)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	return r.addRootLocked(ctx, root, out)
+}
+
+// addRootLocked is addRoot with root's lock held (rootBook).
+func (r realiser) addRootLocked(ctx context.Context, root, out string) error {
 	if r.rooting != nil {
 		select {
 		case r.rooting <- struct{}{}:
@@ -207,6 +224,9 @@ func (r realiser) addRoot(ctx context.Context, root, out string) error {
 		}
 	}
 	_, err := runNixOf(ctx, r.nix, "nix-store", "--add-root", root, "--indirect", "--realise", out)
+	if err == nil && r.roots != nil {
+		r.roots.rooted(root, out)
+	}
 	return err
 }
 
@@ -216,6 +236,9 @@ func (r realiser) addRoot(ctx context.Context, root, out string) error {
 // building it, waited for; the .drv when it exists locally; the Builder.
 // What it builds it copies to CacheOptions.PushTo.
 func (r realiser) realise(ctx context.Context, root, drv, out, commit, declared string, building func(how string)) error {
+	if r.linkKept(ctx, root, out, r.log) {
+		return nil
+	}
 	ctx = r.share.context(ctx)
 	if err := r.addRoot(ctx, root, out); err == nil {
 		return nil

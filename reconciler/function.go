@@ -255,3 +255,44 @@ func (r *Reconciler) Wake() {
 	default:
 	}
 }
+
+// MaxCarriedPlan bounds the plans a scale-out carries
+// (replicated.ScaleFunction.Plan): a plan holds the whole spec and every
+// assignment, and a bigger cluster's cold starts take the two-commit path
+// (the scale, then the leader's plan) rather than growing every scale-out
+// entry of the Raft log by the cluster's size.
+const MaxCarriedPlan = 512
+
+// ScaleOutPlan attaches to scale-out c, proposed by a node that reads
+// state st from its replica, the plan the leader would commit right after
+// it: the re-plan of the running revision with c's scale applied (Compute
+// and HoldBack on the same inputs as the leader's pass), and the state's
+// PlanInputs it was made from. Apply commits it with the scale when nothing
+// the planner reads changed in between, so the new instance is assigned
+// in the entry that asked for it. It leaves c alone when c changes no
+// Want, when nothing is committed yet, when the plan would change nothing
+// (no room: the leader records why) or when the cluster is too big for
+// a plan to ride along (MaxCarriedPlan).
+func ScaleOutPlan(st *replicated.State, c replicated.ScaleFunction) replicated.ScaleFunction {
+	c.Plan, c.Inputs = nil, 0
+	if st == nil || st.Revision == nil || st.Desired == nil || len(st.Assignments) >= MaxCarriedPlan {
+		return c
+	}
+	fns, ok := st.ScaledOut(c)
+	if !ok {
+		return c
+	}
+	rev := st.Revision
+	plan := Compute(Input{Desired: st.Desired, Nodes: st.Nodes, Current: st.Assignments, Previous: st.Desired,
+		Network: st.Network, Functions: fns})
+	plan = HoldBack(plan, st.Assignments, st.Desired, rev.Commit)
+	if !plan.HasChanges() {
+		return c
+	}
+	c.Plan = &replicated.CommitPlan{
+		Parent: rev.ID, Commit: rev.Commit, Ref: rev.Ref, EvalHash: rev.EvalHash, Signer: rev.Signer,
+		Summary: plan.Summary(), Spec: st.Desired, Assignments: plan.Assignments, Unschedulable: plan.Unschedulable,
+	}
+	c.Inputs = st.PlanInputs
+	return c
+}

@@ -76,6 +76,15 @@ type ScaleFunction struct {
 	Node uint64 `json:"node,omitempty"`
 	// Reason says why, for the event log ("5 in flight, 12 queued on node 2").
 	Reason string `json:"reason,omitempty"`
+	// Plan (ScaleOut only, optional) is the re-plan of the running
+	// revision with this scale-out applied, made by the proposer from a
+	// state whose PlanInputs was Inputs (reconciler.ScaleOutPlan). Apply
+	// commits it in the same entry when the state still stands there and
+	// the scale-out changed Want, so a cold start waits for one Raft commit
+	// instead of two (the scale, then the leader's plan); otherwise it is
+	// dropped and the leader plans as for any scale-out.
+	Plan   *CommitPlan `json:"plan,omitempty"`
+	Inputs uint64      `json:"inputs,omitempty"`
 }
 
 // FunctionActivity reports when a node's gateway last saw requests for
@@ -155,6 +164,9 @@ func (s *State) applyScaleFunction(index uint64, at time.Time, c *ScaleFunction)
 			return s.reject(ResultUnknownNode, fmt.Sprintf("ScaleFunction %s: node %d is not registered", c.Function, c.Node))
 		}
 	}
+	if c.Plan != nil && c.Kind != ScaleOut {
+		return s.reject(ResultInvalid, fmt.Sprintf("ScaleFunction %s: only a scale-out carries a plan", c.Function))
+	}
 	cur := s.FunctionWant(c.Function)
 	want := ClampWant(f, c.Want)
 	st := s.Functions[c.Function]
@@ -184,7 +196,48 @@ func (s *State) applyScaleFunction(index uint64, at time.Time, c *ScaleFunction)
 		msg += " (" + c.Reason + ")"
 	}
 	s.event(index, at, EventFunctionScaled, msg, About{Function: c.Function})
-	return s.ok("function %s wants %d instances", c.Function, want)
+	if c.Plan == nil {
+		return s.ok("function %s wants %d instances", c.Function, want)
+	}
+	// Apply has not counted this entry in PlanInputs yet: equal means no
+	// command the planner reads came between the proposer's read and now.
+	if c.Inputs != s.PlanInputs || c.Plan.Parent != s.revisionID() {
+		return s.ok("function %s wants %d instances; its plan was made against plan inputs %d of revision %d, the state is at %d of revision %d: left to the leader",
+			c.Function, want, c.Inputs, c.Plan.Parent, s.PlanInputs, s.revisionID())
+	}
+	if res := s.applyCommitPlan(index, at, c.Plan); !res.OK() {
+		return s.ok("function %s wants %d instances; its plan was refused, left to the leader: %s", c.Function, want, res.Message)
+	}
+	return s.ok("function %s wants %d instances; revision %d placed them in the same entry", c.Function, want, index)
+}
+
+// ScaledOut returns the functions' scale as scale-out c would leave it,
+// and false when c would change no Want (or be refused): what a proposer
+// plans with to send the plan along (ScaleFunction.Plan). It is
+// applyScaleFunction's scale-out without the event, on a copy.
+func (s *State) ScaledOut(c ScaleFunction) (map[string]FunctionState, bool) {
+	if c.Kind != ScaleOut || s.Desired == nil || c.Want < 0 {
+		return nil, false
+	}
+	f, ok := s.Desired.Functions[c.Function]
+	if !ok {
+		return nil, false
+	}
+	if _, ok := s.Nodes[c.Node]; c.Node != 0 && !ok {
+		return nil, false
+	}
+	want := ClampWant(f, c.Want)
+	if want <= s.FunctionWant(c.Function) {
+		return nil, false
+	}
+	st := s.Functions[c.Function]
+	st.Want, st.Near = want, c.Node
+	out := maps.Clone(s.Functions)
+	if out == nil {
+		out = map[string]FunctionState{}
+	}
+	out[c.Function] = st
+	return out, true
 }
 
 func (s *State) applyFunctionActivity(c *FunctionActivity) Result {

@@ -1,0 +1,112 @@
+package node_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// overheadSamples is how many cold starts TestFunctionsColdStartOverhead
+// measures, one function each, and overheadSpacing the time between them:
+// long enough that one cold start's orchestration is over before the next
+// request arrives (the guests then start side by side).
+const (
+	overheadSamples = 16
+	overheadSpacing = 300 * time.Millisecond
+)
+
+// TestFunctionsColdStartOverhead measures the orchestration of cold
+// starts: overheadSamples functions of the same runner (already in the
+// store), each cold-started once by a request to node 3, which cannot run
+// an instance; from the request's arrival until the runner on node 1 or 2
+// was exec'd (its exec.ns): the gateway's scale-out, its Raft commit (with
+// the plan riding along), the agent's pass, the network identity and the
+// spawn. Every request must be answered by its function's new instance.
+func TestFunctionsColdStartOverhead(t *testing.T) {
+	var extra strings.Builder
+	for i := range overheadSamples {
+		fmt.Fprintf(&extra, `      functions.o%d = { inherit runner; vcpu = 1; memMiB = 32; http = { host = "o%d.lab.test"; path = "/"; port = 8080; };
+        maxInstances = 1; idleTimeout = "60s"; };
+`, i, i)
+	}
+	l := newFnLabWith(t, extra.String(), func(i int) int {
+		if i == 3 {
+			return 0
+		}
+		return 16
+	})
+	commit := run(t, l.work, "git", "rev-parse", "HEAD")
+	for i := 1; i <= 3; i++ {
+		l.start(i)
+	}
+	l.waitRevision(3, commit, 3*time.Minute)
+	// The runner realised once before the samples: a cold start that
+	// builds measures nix, not the orchestration.
+	if code, body, err := l.fnGet(3, "fn.lab.test", "/", 60*time.Second); err != nil || code != http.StatusOK {
+		t.Fatalf("warm-up cold start: %d %q %v", code, body, err)
+	}
+
+	arrived := make([]time.Time, overheadSamples)
+	var wg sync.WaitGroup
+	errs := make([]error, overheadSamples)
+	for i := range overheadSamples {
+		arrived[i] = time.Now()
+		wg.Go(func() {
+			host := fmt.Sprintf("o%d.lab.test", i)
+			code, body, err := l.fnGet(3, host, "/", 60*time.Second)
+			if err == nil && (code != http.StatusOK || !strings.HasPrefix(body, fmt.Sprintf("hello from fn-o%d-0", i))) {
+				err = fmt.Errorf("%d %q", code, body)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w; want 200 from fn-o%d-0", host, err, i)
+			}
+		})
+		time.Sleep(overheadSpacing)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	var overhead []time.Duration
+	for i := range overheadSamples {
+		exec, ok := l.instanceExec(fmt.Sprintf("fn-o%d-0", i))
+		if !ok {
+			t.Errorf("fn-o%d-0 left no exec.ns on node 1 or 2", i)
+			continue
+		}
+		overhead = append(overhead, exec.Sub(arrived[i]))
+	}
+	if len(overhead) == 0 {
+		return
+	}
+	slices.Sort(overhead)
+	pick := func(q float64) time.Duration {
+		return overhead[min(len(overhead)-1, int(q*float64(len(overhead))))].Round(100 * time.Microsecond)
+	}
+	t.Logf("cold start orchestration (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: min %s, p50 %s, p90 %s, max %s",
+		len(overhead), overhead[0].Round(100*time.Microsecond), pick(0.5), pick(0.9), overhead[len(overhead)-1].Round(100*time.Microsecond))
+}
+
+// instanceExec is when instance name's runner was exec'd on node 1 or 2
+// (its exec.ns).
+func (l *lab) instanceExec(name string) (time.Time, bool) {
+	for i := 1; i <= 2; i++ {
+		b, err := os.ReadFile(filepath.Join(l.dir(i, "state"), name, "exec.ns"))
+		if err != nil {
+			continue
+		}
+		if ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			return time.Unix(0, ns), true
+		}
+	}
+	return time.Time{}, false
+}

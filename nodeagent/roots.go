@@ -1,0 +1,146 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// rootBook lets a VM whose runner another VM of this node already rooted
+// start without waiting for nix: `nix-store --add-root --indirect
+// --realise` costs 20–30 ms even for a valid path, most of a function
+// instance's cold start when its name is new on the node. The runner is
+// valid and kept from the garbage collector by the other VM's registered
+// root; the new VM's root is linked at once and registered with nix in the
+// background (until then the other root keeps the runner).
+//
+// Every change of a root goes through its lock, so a registration that
+// finishes late never points a root back at a runner its VM has left.
+type rootBook struct {
+	mu sync.Mutex
+	// registered maps a runner to a root this process registered for it
+	// with nix (which may have moved on since: checked before use).
+	registered map[string]string // guarded by mu
+	// held are the roots being changed (closed when released).
+	held map[string]chan struct{} // guarded by mu
+}
+
+func newRootBook() *rootBook {
+	return &rootBook{registered: map[string]string{}, held: map[string]chan struct{}{}}
+}
+
+// lock takes root's lock; the returned function releases it.
+func (b *rootBook) lock(ctx context.Context, root string) (func(), error) {
+	for {
+		b.mu.Lock()
+		ch, busy := b.held[root]
+		if !busy {
+			ch = make(chan struct{})
+			b.held[root] = ch
+			b.mu.Unlock()
+			return func() {
+				b.mu.Lock()
+				delete(b.held, root)
+				b.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// rooted records that root, registered with nix, points at out.
+func (b *rootBook) rooted(root, out string) {
+	b.mu.Lock()
+	b.registered[out] = root
+	b.mu.Unlock()
+}
+
+// keeper returns a registered root of this process that still points at
+// out ("" for none).
+func (b *rootBook) keeper(out string) string {
+	b.mu.Lock()
+	root := b.registered[out]
+	b.mu.Unlock()
+	if root == "" {
+		return ""
+	}
+	if target, err := os.Readlink(root); err != nil || target != out {
+		return ""
+	}
+	return root
+}
+
+// linkKept points root at out without nix when another registered root
+// of this process keeps out (see rootBook), and registers root in the
+// background. It reports whether it did.
+func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logger) bool {
+	if r.roots == nil {
+		return false
+	}
+	keeper := r.roots.keeper(out)
+	if keeper == "" || keeper == root {
+		return false
+	}
+	if _, err := os.Stat(out); err != nil {
+		return false
+	}
+	unlock, err := r.roots.lock(ctx, root)
+	if err != nil {
+		return false
+	}
+	err = replaceSymlink(root, out)
+	unlock()
+	if err != nil {
+		log.Debug("cannot link the runner's root; rooting it with nix", "root", root, "out", out, "err", err)
+		return false
+	}
+	go func() {
+		// Bounded: a registration that cannot finish leaves the runner
+		// kept by the other root, and the VM's next realisation retries.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if err := r.registerIfLinked(ctx, root, out); err != nil {
+			log.Warn("registering a runner's GC root with nix failed; another VM's root keeps the runner for now", "root", root, "out", out, "err", err)
+		}
+	}()
+	return true
+}
+
+// registerIfLinked registers root with nix if it still points at out.
+func (r realiser) registerIfLinked(ctx context.Context, root, out string) error {
+	unlock, err := r.roots.lock(ctx, root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if target, err := os.Readlink(root); err != nil || target != out {
+		return nil // its VM moved on to another runner: that realisation roots it
+	}
+	return r.addRootLocked(ctx, root, out)
+}
+
+// replaceSymlink points link at target atomically.
+func replaceSymlink(link, target string) error {
+	tmp := filepath.Join(filepath.Dir(link), "."+filepath.Base(link)+".tmp")
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}

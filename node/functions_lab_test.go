@@ -17,6 +17,7 @@ import (
 
 	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/replicated"
 )
 
 // The function lab: the network lab's three `blixard serve --network`
@@ -192,6 +193,27 @@ func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 		t.Logf("%s: 200 %q after %s (request arrival → runner exec'd: %s)", what, body, took.Round(time.Millisecond), overhead)
 	}
 	coldStart("first request (cold start)")
+	// One commit: the scale-out carried its plan, so the entry that
+	// scaled hello is the one that placed its instance.
+	evctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	events, err := l.api(3).Events(evctx)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scaledAt uint64
+	placed := map[uint64]bool{}
+	for _, e := range events {
+		switch {
+		case e.Kind == replicated.EventFunctionScaled && e.About.Function == "hello":
+			scaledAt = e.Index
+		case e.Kind == replicated.EventPlanCommitted:
+			placed[e.Index] = true
+		}
+	}
+	if scaledAt == 0 || !placed[scaledAt] {
+		t.Errorf("hello's scale-out (entry %d) committed no plan in the same entry; want one commit from request to assignment", scaledAt)
+	}
 	v, err := l.functions(3)
 	if err != nil {
 		t.Fatal(err)

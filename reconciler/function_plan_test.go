@@ -115,6 +115,24 @@ func TestScaleOutPlanCommitsWithTheScale(t *testing.T) {
 		}
 	})
 
+	t.Run("activity reported in between: the plan still holds", func(t *testing.T) {
+		// Gateways report activity every 500 ms while requests come; the
+		// planner does not read it, so it must not make plans stale.
+		st := functionState(t)
+		c := ScaleOutPlan(st, scaleOut("hello", 1, 2))
+		activity := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdFunctionActivity, At: testkit.T0,
+			FunctionActivity: &replicated.FunctionActivity{Node: 2, Active: map[string]time.Time{"hello": testkit.T0.Add(time.Second)}}}
+		if res := st.Apply(st.Applied+1, activity); !res.OK() {
+			t.Fatal(res.Err())
+		}
+		if res := applyScale(t, st, c); !res.OK() || !strings.Contains(res.Message, "placed them in the same entry") {
+			t.Fatalf("result %+v", res)
+		}
+		if p := leaderReplan(st); p != nil {
+			t.Errorf("the leader would still commit %s", p.Summary())
+		}
+	})
+
 	t.Run("another revision in between: the plan is stale", func(t *testing.T) {
 		st := functionState(t)
 		c := ScaleOutPlan(st, scaleOut("hello", 1, 2))

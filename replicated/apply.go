@@ -143,11 +143,15 @@ func (s *State) Apply(index uint64, cmd Command) Result {
 // lists the types that cannot rather than those that can, so a command
 // added later counts until shown otherwise. A heartbeat never does: the
 // planner reads no observed status, and liveness becomes a node state
-// only through SetNodeState.
+// only through SetNodeState. Nor does FunctionActivity: the planner reads
+// a function's want and near node, not its activity (the want it may
+// record for a function never scaled is the minInstances the planner
+// assumes then), and it comes every 500 ms from every busy gateway, which
+// would make every scale-out's plan stale (ScaleFunction.Plan).
 func AffectsPlanning(t CommandType) bool {
 	switch t {
 	case CmdNodeHeartbeat, CmdRequestSync, CmdCreateToken, CmdRevokeToken, CmdRecordMember,
-		CmdSetCondition, CmdClearCondition, CmdSetNodeProblem:
+		CmdSetCondition, CmdClearCondition, CmdSetNodeProblem, CmdFunctionActivity:
 		return false
 	}
 	return true

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
 )
 
 // overheadSamples is how many cold starts TestFunctionsColdStartOverhead
@@ -24,16 +26,18 @@ const (
 
 // TestFunctionsColdStartOverhead measures the orchestration of cold
 // starts: overheadSamples functions of the same runner (already in the
-// store), each cold-started once by a request to node 3, which cannot run
-// an instance; from the request's arrival until the runner on node 1 or 2
-// was exec'd (its exec.ns): the gateway's scale-out, its Raft commit (with
-// the plan riding along), the agent's pass, the network identity and the
-// spawn. Every request must be answered by its function's new instance.
+// store), each cold-started by a request to node 3, which cannot run an
+// instance; from the request's arrival until the runner on node 1 or 2 was
+// exec'd (its exec.ns, written by the runner's first command): the
+// gateway's scale-out, its Raft commit (with the plan riding along), the
+// agent's pass, the network identity and the spawn. Two rounds: new
+// instance names, then, after every function scaled to zero, the same
+// names again. Every request must be answered by its function's instance.
 func TestFunctionsColdStartOverhead(t *testing.T) {
 	var extra strings.Builder
 	for i := range overheadSamples {
 		fmt.Fprintf(&extra, `      functions.o%d = { inherit runner; vcpu = 1; memMiB = 32; http = { host = "o%d.lab.test"; path = "/"; port = 8080; };
-        maxInstances = 1; idleTimeout = "60s"; };
+        maxInstances = 1; idleTimeout = "2s"; };
 `, i, i)
 	}
 	l := newFnLabWith(t, extra.String(), func(i int) int {
@@ -52,7 +56,22 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 	if code, body, err := l.fnGet(3, "fn.lab.test", "/", 60*time.Second); err != nil || code != http.StatusOK {
 		t.Fatalf("warm-up cold start: %d %q %v", code, body, err)
 	}
+	l.overheadRound(t, "new instance names")
+	testkit.WaitFor(t, time.Minute, "every o* function scaled to zero, its runner gone", func() error {
+		for i := range overheadSamples {
+			if left := l.fnRunners(fmt.Sprintf("o%d", i)); len(left) > 0 {
+				return fmt.Errorf("o%d: %v", i, left)
+			}
+		}
+		return nil
+	})
+	l.overheadRound(t, "the same names after scale to zero")
+}
 
+// overheadRound cold-starts every o* function once, overheadSpacing
+// apart, and logs the orchestration's distribution.
+func (l *lab) overheadRound(t *testing.T, what string) {
+	t.Helper()
 	arrived := make([]time.Time, overheadSamples)
 	var wg sync.WaitGroup
 	errs := make([]error, overheadSamples)
@@ -65,7 +84,7 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 				err = fmt.Errorf("%d %q", code, body)
 			}
 			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w; want 200 from fn-o%d-0", host, err, i)
+				errs[i] = fmt.Errorf("%s: %s: %w; want 200 from fn-o%d-0", what, host, err, i)
 			}
 		})
 		time.Sleep(overheadSpacing)
@@ -79,8 +98,8 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 	var overhead []time.Duration
 	for i := range overheadSamples {
 		exec, ok := l.instanceExec(fmt.Sprintf("fn-o%d-0", i))
-		if !ok {
-			t.Errorf("fn-o%d-0 left no exec.ns on node 1 or 2", i)
+		if !ok || exec.Before(arrived[i]) {
+			t.Errorf("%s: fn-o%d-0 left no exec.ns on node 1 or 2 after its request", what, i)
 			continue
 		}
 		overhead = append(overhead, exec.Sub(arrived[i]))
@@ -89,24 +108,26 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 		return
 	}
 	slices.Sort(overhead)
-	pick := func(q float64) time.Duration {
+	at := func(q float64) time.Duration {
 		return overhead[min(len(overhead)-1, int(q*float64(len(overhead))))].Round(100 * time.Microsecond)
 	}
-	t.Logf("cold start orchestration (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: min %s, p50 %s, p90 %s, max %s",
-		len(overhead), overhead[0].Round(100*time.Microsecond), pick(0.5), pick(0.9), overhead[len(overhead)-1].Round(100*time.Microsecond))
+	t.Logf("cold start orchestration, %s (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: min %s, p50 %s, p90 %s, max %s",
+		what, len(overhead), at(0), at(0.5), at(0.9), at(1))
 }
 
-// instanceExec is when instance name's runner was exec'd on node 1 or 2
-// (its exec.ns).
+// instanceExec is when instance name's runner was last exec'd on node 1
+// or 2 (the newer exec.ns: an instance may start on the other node the
+// next time).
 func (l *lab) instanceExec(name string) (time.Time, bool) {
+	var last time.Time
 	for i := 1; i <= 2; i++ {
 		b, err := os.ReadFile(filepath.Join(l.dir(i, "state"), name, "exec.ns"))
 		if err != nil {
 			continue
 		}
-		if ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
-			return time.Unix(0, ns), true
+		if ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && time.Unix(0, ns).After(last) {
+			last = time.Unix(0, ns)
 		}
 	}
-	return time.Time{}, false
+	return last, !last.IsZero()
 }

@@ -2,10 +2,8 @@ package nodeagent
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 )
@@ -98,7 +96,7 @@ func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logg
 	if err != nil {
 		return false
 	}
-	err = replaceSymlink(root, out)
+	err = symlinkAtomic(out, root)
 	unlock()
 	if err != nil {
 		log.Debug("cannot link the runner's root; rooting it with nix", "root", root, "out", out, "err", err)
@@ -127,20 +125,4 @@ func (r realiser) registerIfLinked(ctx context.Context, root, out string) error 
 		return nil // its VM moved on to another runner: that realisation roots it
 	}
 	return r.addRootLocked(ctx, root, out)
-}
-
-// replaceSymlink points link at target atomically.
-func replaceSymlink(link, target string) error {
-	tmp := filepath.Join(filepath.Dir(link), "."+filepath.Base(link)+".tmp")
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if err := os.Symlink(target, tmp); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, link); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return nil
 }

@@ -303,12 +303,14 @@ func (l *lab) killGuests() {
 			if err != nil || pid <= 1 {
 				continue
 			}
-			// qemu removes its pid file only on a clean exit: a stale one
-			// may name a reused PID.
+			// A pid file a killed runner left may name a reused PID: only
+			// qemu, and guests still working in the lab's directories.
 			if filepath.Base(f) == "qemu.pid" {
 				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.Contains(string(cmdline), "qemu-system") {
 					continue
 				}
+			} else if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil || !strings.HasPrefix(cwd, l.root+"/") {
+				continue
 			}
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}

@@ -112,6 +112,11 @@ func New(o Options) (*Client, error) {
 		}
 		c.urls = append(c.urls, u)
 	}
+	// Nodes start at different servers (node ID order): a thousand agents
+	// given the same --servers list would otherwise all load the first
+	// server (up to maxConns connections each against its connection cap)
+	// until it fails. Node 1 of 3 servers starts at the first.
+	c.server = int((o.NodeID - 1) % uint64(len(c.urls)))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.TLS
 	tr.Proxy = nil // the servers are the cluster's own

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -267,13 +266,11 @@ func startSimNodes(t testing.TB, servers []string, first uint64, n, perNode int,
 	fail := func(err error) { upErr.CompareAndSwap(nil, err) }
 	for i := range n {
 		id := first + uint64(i)
-		// Each node's list starts at another server, as an operator
-		// spreads agent-only nodes (a link uses its first server until it
-		// fails): all 1,000 on one server hold more connections (a long
-		// poll and a heartbeat each) than its API's cap of 1,024, and
-		// requests beyond it wait for a free one.
-		own := append(slices.Clone(servers[i%len(servers):]), servers[:i%len(servers)]...)
-		link, err := agentlink.New(agentlink.Options{Servers: own, NodeID: id, Logger: log})
+		// The same list for every node, as an operator gives it: the
+		// links spread themselves over the servers by node ID (all 1,000
+		// on one server would hold more connections than its API's cap
+		// of 1,024, and requests beyond it wait for a free one).
+		link, err := agentlink.New(agentlink.Options{Servers: servers, NodeID: id, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}

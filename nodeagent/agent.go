@@ -339,6 +339,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		return fmt.Errorf("nodeagent: state directory %s: %w (set --state-dir to a writable directory)", a.o.StateDir, err)
 	}
 	a.recordLeftAttachments()
+	if n := a.real.roots.seed(nixAutoRoots, a.o.StateDir); n > 0 {
+		a.log.Debug("runner roots of an earlier agent found", "roots", n)
+	}
 	a.startLease()
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -125,4 +127,37 @@ func (r realiser) registerIfLinked(ctx context.Context, root, out string) error 
 		return nil // its VM moved on to another runner: that realisation roots it
 	}
 	return r.addRootLocked(ctx, root, out)
+}
+
+// nixAutoRoots is where nix registers indirect GC roots (a link per root).
+const nixAutoRoots = "/nix/var/nix/gcroots/auto"
+
+// seed records the registered roots under dir (the state directory: the
+// VMs' gcroot links) that an earlier agent process made, found through
+// nix's auto roots in autoDir, so that a restarted agent's first instance
+// of a runner another VM keeps needs no nix run either. Unreadable
+// entries are skipped: the worst outcome is a realisation through nix.
+func (b *rootBook) seed(autoDir, dir string) int {
+	entries, err := os.ReadDir(autoDir)
+	if err != nil {
+		return 0
+	}
+	prefix := filepath.Clean(dir) + string(filepath.Separator)
+	n := 0
+	for _, e := range entries {
+		root, err := os.Readlink(filepath.Join(autoDir, e.Name()))
+		if err != nil || !strings.HasPrefix(root, prefix) {
+			continue
+		}
+		out, err := os.Readlink(root)
+		if err != nil || !strings.HasPrefix(out, "/nix/store/") {
+			continue
+		}
+		if _, err := os.Stat(out); err != nil {
+			continue
+		}
+		b.rooted(root, out)
+		n++
+	}
+	return n
 }

@@ -117,6 +117,18 @@ func TestLinkKeptRootsWithoutWaitingForNix(t *testing.T) {
 		t.Errorf("c's root: %q after %d more nix-store calls; want it left at %s, no call", target, callCount()-before, src)
 	}
 
+	// A restarted agent finds the roots an earlier one registered.
+	seeded := newRootBook()
+	if n := seeded.seed(nixAutoRoots, dir); n < 2 {
+		t.Errorf("seeded %d roots from %s, want a's and b's", n, nixAutoRoots)
+	}
+	if k := seeded.keeper(out); k != a && k != b {
+		t.Errorf("after seeding, the keeper of %s is %q, want %s or %s", out, k, a, b)
+	}
+	if n := newRootBook().seed(nixAutoRoots, filepath.Join(dir, "elsewhere")); n != 0 {
+		t.Errorf("seeded %d roots from outside the state directory", n)
+	}
+
 	// Without another root of the runner, nix roots it.
 	other := realiser{nix: filepath.Join(bin, "nix"), builds: &flight{calls: map[string]*flightCall{}}, roots: newRootBook(), log: slog.Default()}
 	before = callCount()

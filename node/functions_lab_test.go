@@ -193,27 +193,6 @@ func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 		t.Logf("%s: 200 %q after %s (request arrival → runner exec'd: %s)", what, body, took.Round(time.Millisecond), overhead)
 	}
 	coldStart("first request (cold start)")
-	// One commit: the scale-out carried its plan, so the entry that
-	// scaled hello is the one that placed its instance.
-	evctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	events, err := l.api(3).Events(evctx)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var scaledAt uint64
-	placed := map[uint64]bool{}
-	for _, e := range events {
-		switch {
-		case e.Kind == replicated.EventFunctionScaled && e.About.Function == "hello":
-			scaledAt = e.Index
-		case e.Kind == replicated.EventPlanCommitted:
-			placed[e.Index] = true
-		}
-	}
-	if scaledAt == 0 || !placed[scaledAt] {
-		t.Errorf("hello's scale-out (entry %d) committed no plan in the same entry; want one commit from request to assignment", scaledAt)
-	}
 	v, err := l.functions(3)
 	if err != nil {
 		t.Fatal(err)
@@ -291,6 +270,7 @@ func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 	if n := most.Load(); n < 3 || n > 8 {
 		t.Errorf("hello ran at most %d instances under 20 concurrent slow requests; want 3 to 8 (maxInstances)", n)
 	}
+	l.checkOneCommitScaleOuts(t, "hello")
 	if v, err := l.functions(3); err == nil {
 		var b strings.Builder
 		for _, f := range v.Functions {
@@ -436,5 +416,39 @@ func TestFunctionsLoadAcrossNodes(t *testing.T) {
 		n, lost, pct(lat, 0.5), pct(lat, 0.99), slices.Max(lat).Round(time.Millisecond), most.Load())
 	if m := most.Load(); m > 8 {
 		t.Errorf("%d instances, above maxInstances 8", m)
+	}
+}
+
+// checkOneCommitScaleOuts checks that scale-outs of fn carried their plan:
+// the entry that scaled fn out is the one that placed its instances (a
+// PlanCommitted event at the same index). A plan made from a state that
+// moved before its commit is left to the leader, by design, so one such
+// scale-out is enough; none means the plans never ride along.
+func (l *lab) checkOneCommitScaleOuts(t *testing.T, fn string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	events, err := l.api(3).Events(ctx)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	placed := map[uint64]bool{}
+	for _, e := range events {
+		if e.Kind == replicated.EventPlanCommitted {
+			placed[e.Index] = true
+		}
+	}
+	outs, together := 0, 0
+	for _, e := range events {
+		if e.Kind == replicated.EventFunctionScaled && e.About.Function == fn && strings.Contains(e.Message, "scaled out") {
+			outs++
+			if placed[e.Index] {
+				together++
+			}
+		}
+	}
+	t.Logf("%d of %s's %d scale-outs placed their instances in the same entry", together, fn, outs)
+	if together == 0 {
+		t.Errorf("none of %s's %d scale-outs committed a plan in its own entry; want one commit from request to assignment", fn, outs)
 	}
 }

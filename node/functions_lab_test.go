@@ -170,6 +170,32 @@ func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 		t.Fatalf("unknown host: %d %q %v; want 404", code, body, err)
 	}
 
+	// Before any request the nodes that may run hello keep its runner
+	// (realised and rooted: the first cold start runs no nix); node 3,
+	// without a vCPU for it, does not.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	st, err := l.api(3).State(sctx)
+	cancel()
+	if err != nil || st.Desired == nil {
+		t.Fatalf("state: %v", err)
+	}
+	helloOut := st.Desired.Functions["hello"].Runner.Out
+	kept := func(i int) bool {
+		target, err := os.Readlink(filepath.Join(l.dir(i, "data"), "function-runners", filepath.Base(helloOut)))
+		return err == nil && target == helloOut
+	}
+	testkit.WaitFor(t, 2*time.Minute, "hello's runner kept on nodes 1 and 2 before any request", func() error {
+		for i := 1; i <= 2; i++ {
+			if !kept(i) {
+				return fmt.Errorf("node %d has no root of %s yet", i, helloOut)
+			}
+		}
+		return nil
+	})
+	if kept(3) {
+		t.Errorf("node 3, which cannot run hello, keeps its runner")
+	}
+
 	// First request: a cold start. Node 3 cannot fit the function, so the
 	// instance runs on node 1 or 2 and the answer crosses the overlay.
 	coldStart := func(what string) {

@@ -474,6 +474,14 @@ func startNodeParts(g *group, cfg Config, ao nodeagent.Options, nw *network, fns
 		g.Go("functions", fns.Run)
 		withNetwork := notify
 		notify = func() { withNetwork(); fns.Notify() }
+		if !ao.ControlPlaneOnly {
+			// A function's first cold start here finds its runner in the
+			// store and rooted.
+			pf := agent.FunctionPrefetcher(filepath.Join(cfg.DataDir, "function-runners"))
+			g.Go("function runners", pf.Run)
+			withGateway := notify
+			notify = func() { withGateway(); pf.Notify() }
+		}
 	}
 	if sh != nil {
 		wakeCache, before := sh.start(g, cfg, agent, cacheSt), notify

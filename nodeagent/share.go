@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/blixard/blixard/nixcache"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 // CacheOptions say how the agent shares runners with other nodes: every
@@ -382,6 +385,10 @@ type Prebuilder struct {
 	self   uint64
 	dir    string
 	active func() bool
+	// items lists the runners to keep realised here; shared: it tells the
+	// other nodes (Blixard-Building) which of them wait in its queue.
+	items  func(st *replicated.State, self uint64) []prebuildItem
+	shared bool
 	retry  time.Duration
 	now    func() time.Time
 	log    *slog.Logger
@@ -397,9 +404,67 @@ type Prebuilder struct {
 func (a *Agent) Prebuilder(dir string, active func() bool) *Prebuilder {
 	r := a.real
 	r.prebuilding = true
-	return &Prebuilder{real: r, state: a.o.State, self: a.o.NodeID, dir: dir, active: active,
+	return &Prebuilder{real: r, state: a.o.State, self: a.o.NodeID, dir: dir, active: active, items: prebuildItems, shared: true,
 		retry: a.o.BuildRetry, now: a.o.Now, log: a.log.With("component", "prebuild"), wake: make(chan struct{}, 1),
 		failed: map[string]time.Time{}}
+}
+
+// FunctionPrefetcher returns a prebuilder that keeps the runner of every
+// function this node may run realised here, rooted in dir, from the
+// revision that declares it on: a function's first cold start on a node
+// then waits neither for a build nor for a copy of its closure, and its
+// instance links the runner's root without running nix (rootBook). Like
+// every realisation it substitutes from the other nodes' caches first and
+// waits for a peer that builds it.
+func (a *Agent) FunctionPrefetcher(dir string) *Prebuilder {
+	items := functionRunnerItems
+	if a.o.Realise != nil {
+		// A stand-in store (Options.Realise) realises at start only.
+		items = func(*replicated.State, uint64) []prebuildItem { return nil }
+	}
+	return &Prebuilder{real: a.real, state: a.o.State, self: a.o.NodeID, dir: dir, active: func() bool { return true },
+		items: items, retry: a.o.BuildRetry, now: a.o.Now,
+		log: a.log.With("component", "function-runners"), wake: make(chan struct{}, 1), failed: map[string]time.Time{}}
+}
+
+// functionRunnerItems lists the runners of the committed revision's
+// functions that node self may run (functionMayRun), one per out path,
+// sorted.
+func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
+	if st == nil || st.Desired == nil || st.Revision == nil {
+		return nil
+	}
+	node := st.Nodes[self]
+	if node == nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []prebuildItem
+	for _, name := range slices.Sorted(maps.Keys(st.Desired.Functions)) {
+		f := st.Desired.Functions[name]
+		if f.Runner.Out == "" || seen[f.Runner.Out] || !functionMayRun(f, node) {
+			continue
+		}
+		seen[f.Runner.Out] = true
+		out = append(out, prebuildItem{out: f.Runner.Out, drv: f.Runner.Drv, commit: st.Revision.Commit, owner: "functions." + name})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].out < out[j].out })
+	return out
+}
+
+// functionMayRun reports whether the placement rules that do not change
+// with load let an instance of f run on n: its node list, its labels and
+// n's whole capacity (what is free changes with every cold start).
+func functionMayRun(f spec.Function, n *replicated.Node) bool {
+	if len(f.Placement.Nodes) > 0 && !slices.Contains(f.Placement.Nodes, n.ID) {
+		return false
+	}
+	for k, v := range f.Placement.Labels {
+		if n.Labels[k] != v {
+			return false
+		}
+	}
+	return f.VCPU <= n.Capacity.VCPU && f.MemMiB <= n.Capacity.MemMiB
 }
 
 // Notify asks for a look at the state now; it never blocks.
@@ -415,8 +480,9 @@ type prebuildItem struct {
 	out, drv, commit, owner string
 }
 
-// prebuildItems lists the runners assigned to nodes other than self, one
-// per out path, sorted (how each is built: the first assignment's).
+// prebuildItems lists the runners assigned to nodes other than self and
+// every function's runner, one per out path, sorted (how each is built:
+// the first assignment's).
 func prebuildItems(st *replicated.State, self uint64) []prebuildItem {
 	if st == nil {
 		return nil
@@ -440,6 +506,19 @@ func prebuildItems(st *replicated.State, self uint64) []prebuildItem {
 		seen[as.OutPath] = true
 		out = append(out, prebuildItem{out: as.OutPath, drv: as.Drv, commit: buildCommit(as, revision), owner: runnerOwner(as)})
 	}
+	// Every function's runner too, assigned or not: the nodes that may
+	// run it fetch it ahead of its first cold start (FunctionPrefetcher)
+	// and should copy it from here rather than each build it.
+	if st.Desired != nil {
+		for _, name := range slices.Sorted(maps.Keys(st.Desired.Functions)) {
+			f := st.Desired.Functions[name]
+			if f.Runner.Out == "" || seen[f.Runner.Out] {
+				continue
+			}
+			seen[f.Runner.Out] = true
+			out = append(out, prebuildItem{out: f.Runner.Out, drv: f.Runner.Drv, commit: revision, owner: "functions." + name})
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].out < out[j].out })
 	return out
 }
@@ -452,7 +531,7 @@ func (p *Prebuilder) Run(ctx context.Context) error {
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return fmt.Errorf("prebuild roots %s: %w", p.dir, err)
 	}
-	defer p.real.share.setQueued(nil)
+	defer p.setQueued(nil)
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
@@ -470,14 +549,20 @@ func (p *Prebuilder) Run(ctx context.Context) error {
 // step does one round and reports whether it realised something (so the
 // next may follow at once).
 func (p *Prebuilder) step(ctx context.Context) bool {
-	st, err := p.state.LocalRead()
+	var st *replicated.State
+	var err error
+	if r, ok := p.state.(sharedReader); ok {
+		st, err = r.SharedRead() // read only: no copy needed
+	} else {
+		st, err = p.state.LocalRead()
+	}
 	if err != nil {
 		return false
 	}
-	items := prebuildItems(st, p.self)
+	items := p.items(st, p.self)
 	p.prune(items)
 	if !p.active() {
-		p.real.share.setQueued(nil)
+		p.setQueued(nil)
 		return false
 	}
 	now := p.now()
@@ -495,25 +580,32 @@ func (p *Prebuilder) step(ctx context.Context) bool {
 	for i, it := range todo {
 		outs[i] = it.out
 	}
-	p.real.share.setQueued(outs)
+	p.setQueued(outs)
 	if len(todo) == 0 {
 		return false
 	}
 	it := todo[0]
 	err = p.real.realise(ctx, p.root(it.out), it.drv, it.out, it.commit, it.owner, func(how string) {
-		p.log.Info("building a runner assigned to another node, to share it", "out", it.out, "how", how)
+		p.log.Info("building a runner to keep here", "out", it.out, "how", how, "for", it.owner)
 	})
 	switch {
 	case ctx.Err() != nil:
 		return false
 	case err != nil:
 		p.failed[it.out] = now.Add(p.retry)
-		p.log.Warn("realising a runner to share failed; the nodes it is assigned to build it themselves", "out", it.out, "err", err)
+		p.log.Warn("realising a runner ahead of its use failed; the nodes that run it realise it then", "out", it.out, "for", it.owner, "err", err)
 	default:
 		delete(p.failed, it.out)
-		p.log.Info("runner realised for the other nodes", "out", it.out)
+		p.log.Info("runner realised ahead of its use", "out", it.out, "for", it.owner)
 	}
 	return true
+}
+
+// setQueued tells the other nodes what waits in a shared prebuilder's queue.
+func (p *Prebuilder) setQueued(outs []string) {
+	if p.shared {
+		p.real.share.setQueued(outs)
+	}
 }
 
 // root is where out's GC root lives.

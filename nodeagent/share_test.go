@@ -20,6 +20,7 @@ import (
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nixcache"
 	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 )
 
 const (
@@ -117,9 +118,58 @@ func TestPrebuildItems(t *testing.T) {
 		{out: "/nix/store/b-web", drv: "/nix/store/b-web.drv", commit: "rev", owner: "vms.web"},
 		{out: "/nix/store/d-other", commit: "rev", owner: "vms.other-0"},
 		{out: "/nix/store/e-hello", commit: "rev", owner: "functions.hello"},
+		// Unassigned functions' runners too (nodes prefetch them).
+		{out: "/nix/store/f-idle", drv: "/nix/store/f-idle.drv", commit: "rev", owner: "functions.idle"},
 	}
+	st.Desired = &spec.Cluster{Functions: map[string]spec.Function{
+		"hello": {Runner: spec.Runner{Out: "/nix/store/e-hello", Drv: "/nix/store/e-hello.drv"}},
+		"idle":  {Runner: spec.Runner{Out: "/nix/store/f-idle", Drv: "/nix/store/f-idle.drv"}},
+	}}
 	if got := prebuildItems(st, 7); !reflect.DeepEqual(got, want) {
 		t.Errorf("prebuildItems =\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestFunctionRunnerItems: a node keeps the runners of the functions it
+// may run (node list, labels, whole capacity), one per out path.
+func TestFunctionRunnerItems(t *testing.T) {
+	fn := func(out string, vcpu int, p spec.Placement) spec.Function {
+		return spec.Function{Runner: spec.Runner{Out: "/nix/store/" + out, Drv: "/nix/store/" + out + ".drv"}, VCPU: vcpu, MemMiB: 256, Placement: p}
+	}
+	st := replicated.NewState()
+	st.Revision = &replicated.Revision{ID: 3, Commit: "rev"}
+	st.Nodes = map[uint64]*replicated.Node{
+		1: {ID: 1, Capacity: replicated.Resources{VCPU: 4, MemMiB: 4096}, Labels: map[string]string{"zone": "a"}},
+		2: {ID: 2, Capacity: replicated.Resources{VCPU: 1, MemMiB: 4096}, Labels: map[string]string{"zone": "b"}},
+	}
+	st.Desired = &spec.Cluster{Functions: map[string]spec.Function{
+		"any":     fn("a-any", 1, spec.Placement{}),
+		"same":    fn("a-any", 1, spec.Placement{}), // the same runner: once
+		"big":     fn("b-big", 2, spec.Placement{}),
+		"zoned":   fn("c-zoned", 1, spec.Placement{Labels: map[string]string{"zone": "a"}}),
+		"pinned":  fn("d-pinned", 1, spec.Placement{Nodes: []uint64{2}}),
+		"noout":   {VCPU: 1},
+		"too-big": fn("e-huge", 64, spec.Placement{}),
+	}}
+	outs := func(node uint64) string {
+		var o []string
+		for _, it := range functionRunnerItems(st, node) {
+			o = append(o, strings.TrimPrefix(it.out, "/nix/store/")+"="+it.owner+"@"+it.commit)
+		}
+		return strings.Join(o, " ")
+	}
+	if got, want := outs(1), "a-any=functions.any@rev b-big=functions.big@rev c-zoned=functions.zoned@rev"; got != want {
+		t.Errorf("node 1 keeps %q, want %q", got, want)
+	}
+	if got, want := outs(2), "a-any=functions.any@rev d-pinned=functions.pinned@rev"; got != want {
+		t.Errorf("node 2 keeps %q, want %q", got, want)
+	}
+	if got := outs(9); got != "" {
+		t.Errorf("an unregistered node keeps %q", got)
+	}
+	st.Revision = nil
+	if got := outs(1); got != "" {
+		t.Errorf("before any revision: %q", got)
 	}
 }
 

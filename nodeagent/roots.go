@@ -105,8 +105,9 @@ func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logg
 		return false
 	}
 	go func() {
-		// Bounded: a registration that cannot finish leaves the runner
-		// kept by the other root, and the VM's next realisation retries.
+		// Bounded. A registration that fails leaves the runner kept by
+		// the other root alone (logged); the VM's next runner is rooted
+		// through nix as usual.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
 		if err := r.registerIfLinked(ctx, root, out); err != nil {

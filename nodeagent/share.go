@@ -389,10 +389,13 @@ type Prebuilder struct {
 	// other nodes (Blixard-Building) which of them wait in its queue.
 	items  func(st *replicated.State, self uint64) []prebuildItem
 	shared bool
-	retry  time.Duration
-	now    func() time.Time
-	log    *slog.Logger
-	wake   chan struct{}
+	// quiet: a failure is expected until a peer has the runner; logged
+	// once per runner, at Info.
+	quiet bool
+	retry time.Duration
+	now   func() time.Time
+	log   *slog.Logger
+	wake  chan struct{}
 	// failed maps out paths whose realisation failed to when it may be
 	// tried again (owned by Run).
 	failed map[string]time.Time
@@ -416,16 +419,29 @@ func (a *Agent) Prebuilder(dir string, active func() bool) *Prebuilder {
 // instance links the runner's root without running nix (rootBook). Like
 // every realisation it substitutes from the other nodes' caches first and
 // waits for a peer that builds it.
+//
+// It never builds from the flake: every eligible node doing so for every
+// function at every push would multiply the builds. It builds only from a
+// derivation already in this store (the evaluating leader's), else copies
+// from the other nodes' caches and the substituters (the leader's
+// prebuilder builds every function's runner for them), retrying every
+// prefetchRetry until one has it.
 func (a *Agent) FunctionPrefetcher(dir string) *Prebuilder {
 	items := functionRunnerItems
 	if a.o.Realise != nil {
 		// A stand-in store (Options.Realise) realises at start only.
 		items = func(*replicated.State, uint64) []prebuildItem { return nil }
 	}
-	return &Prebuilder{real: a.real, state: a.o.State, self: a.o.NodeID, dir: dir, active: func() bool { return true },
-		items: items, retry: a.o.BuildRetry, now: a.o.Now,
+	r := a.real
+	r.builder = nil
+	return &Prebuilder{real: r, state: a.o.State, self: a.o.NodeID, dir: dir, active: func() bool { return true },
+		items: items, retry: min(a.o.BuildRetry, prefetchRetry), now: a.o.Now, quiet: true,
 		log: a.log.With("component", "function-runners"), wake: make(chan struct{}, 1), failed: map[string]time.Time{}}
 }
+
+// prefetchRetry is how soon a function runner no peer had yet is asked
+// for again: a substitution attempt is a few requests to the caches.
+const prefetchRetry = 10 * time.Second
 
 // functionRunnerItems lists the runners of the committed revision's
 // functions that node self may run (functionMayRun), one per out path,
@@ -592,8 +608,14 @@ func (p *Prebuilder) step(ctx context.Context) bool {
 	case ctx.Err() != nil:
 		return false
 	case err != nil:
+		_, again := p.failed[it.out]
 		p.failed[it.out] = now.Add(p.retry)
-		p.log.Warn("realising a runner ahead of its use failed; the nodes that run it realise it then", "out", it.out, "for", it.owner, "err", err)
+		switch {
+		case !p.quiet:
+			p.log.Warn("realising a runner ahead of its use failed; the nodes that run it realise it then", "out", it.out, "for", it.owner, "err", err)
+		case !again:
+			p.log.Info("runner not fetched ahead yet (no peer has it); asking again", "out", it.out, "for", it.owner, "every", p.retry, "err", err)
+		}
 	default:
 		delete(p.failed, it.out)
 		p.log.Info("runner realised ahead of its use", "out", it.out, "for", it.owner)

@@ -541,3 +541,54 @@ func TestStillProducing(t *testing.T) {
 		}
 	}
 }
+
+// countingBuilder counts flake builds (none should happen).
+type countingBuilder struct{ n atomic.Int64 }
+
+func (b *countingBuilder) Build(context.Context, string, string) (string, error) {
+	b.n.Add(1)
+	return "", errors.New("the test builder builds nothing")
+}
+
+// TestNixFunctionPrefetcher: a node keeps the runner of a function it may
+// run realised and rooted (here from the derivation in its store, as the
+// evaluating leader does); a runner neither in the store, nor derivable
+// here, nor in a peer's cache is not built from the flake but asked for
+// again later; a function no longer declared loses its root.
+func TestNixFunctionPrefetcher(t *testing.T) {
+	e := newEnv(t)
+	r := makeRunner(t, runnerSpec{marker: "prefetched"})
+	b := &countingBuilder{}
+	e.state.Update(func(st *replicated.State) {
+		st.Desired = &spec.Cluster{Functions: map[string]spec.Function{
+			"hello":   {Runner: spec.Runner{Drv: r.drv, Out: r.out}, VCPU: 1, MemMiB: 64},
+			"elusive": {Runner: spec.Runner{Drv: "/nix/store/00000000000000000000000000000000-elusive.drv", Out: "/nix/store/00000000000000000000000000000000-elusive"}, VCPU: 1, MemMiB: 64},
+		}}
+	})
+	a := New(Options{NodeID: testNode, StateDir: e.dir, State: e.state, Proposer: e.state, Builder: b})
+	dir := filepath.Join(t.TempDir(), "function-runners")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := a.FunctionPrefetcher(dir)
+	ctx := context.Background()
+	for p.step(ctx) {
+	}
+	if got, err := os.Readlink(filepath.Join(dir, filepath.Base(r.out))); err != nil || got != r.out || !fileExists(r.out) {
+		t.Errorf("hello's runner: root %q (%v), realised %v; want it rooted at %s", got, err, fileExists(r.out), r.out)
+	}
+	if n := b.n.Load(); n != 0 {
+		t.Errorf("the prefetcher built %d runners from the flake; it never should", n)
+	}
+	if _, ok := p.failed["/nix/store/00000000000000000000000000000000-elusive"]; !ok {
+		t.Errorf("the runner no one has is not marked to be asked for again: %v", p.failed)
+	}
+	if k := a.real.roots.keeper(r.out); k == "" {
+		t.Errorf("the prefetched root does not keep %s for instances to link", r.out)
+	}
+	e.state.Update(func(st *replicated.State) { delete(st.Desired.Functions, "hello") })
+	p.step(ctx)
+	if _, err := os.Lstat(filepath.Join(dir, filepath.Base(r.out))); !os.IsNotExist(err) {
+		t.Errorf("the root of a function no longer declared is still there: %v", err)
+	}
+}

@@ -167,6 +167,22 @@ func TestFunctionRunnerItems(t *testing.T) {
 	if got := outs(9); got != "" {
 		t.Errorf("an unregistered node keeps %q", got)
 	}
+	// An agent-only node with the placement part (--network) sees the
+	// same: its view carries the functions and its own record.
+	views := replicated.ComputeViews(st, replicated.OptionalViewParts(), nil)
+	parts := map[replicated.ViewPart]replicated.EncodedPart{}
+	for _, p := range append(replicated.BaseViewParts(), replicated.OptionalViewParts()...) {
+		if e, ok := views.Part(1, p); ok {
+			parts[p] = e
+		}
+	}
+	av, err := (&replicated.AgentView{}).Merge(views.Applied, parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := functionRunnerItems(av.State(1), 1), functionRunnerItems(st, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("from node 1's agent view: %+v\nwant %+v", got, want)
+	}
 	st.Revision = nil
 	if got := outs(1); got != "" {
 		t.Errorf("before any revision: %q", got)

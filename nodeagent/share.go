@@ -389,8 +389,8 @@ type Prebuilder struct {
 	// other nodes (Blixard-Building) which of them wait in its queue.
 	items  func(st *replicated.State, self uint64) []prebuildItem
 	shared bool
-	// quiet: a failure is expected until a peer has the runner; logged
-	// once per runner, at Info.
+	// quiet: a failure is expected until a peer has the runner (logged
+	// once per runner, at Info), and rounds come at most once a second.
 	quiet bool
 	retry time.Duration
 	now   func() time.Time
@@ -558,6 +558,16 @@ func (p *Prebuilder) Run(ctx context.Context) error {
 			return nil
 		case <-p.wake:
 		case <-tick.C:
+		}
+		if p.quiet {
+			// Function runners change with revisions, not with every
+			// applied entry: at most a round a second (each reads the
+			// state, a copy on a replica).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -209,13 +210,18 @@ func TestNixGitRaftAgentOnlyNode(t *testing.T) {
 		return nil
 	})
 	t.Logf("node 4 killed web %v after the last server died (lease 3s, heartbeat 500ms)", time.Since(gone).Round(100*time.Millisecond))
-	b, err := os.ReadFile(agent.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), "fenced: this node killed its VMs") {
-		t.Errorf("node 4's log does not say it fenced itself")
-	}
+	// The agent logs the fence once its kills returned: the runner may be
+	// seen gone a moment before the line is written.
+	testkit.WaitFor(t, 10*time.Second, "node 4's log saying it fenced itself", func() error {
+		b, err := os.ReadFile(agent.logPath)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "fenced: this node killed its VMs") {
+			return errors.New("no line \"fenced: this node killed its VMs\" yet")
+		}
+		return nil
+	})
 }
 
 // tlsStatusCommit is the revision's commit a server reports.

@@ -351,9 +351,12 @@ func (n *Net) Teardown() error {
 			errs = append(errs, err)
 		}
 	}
+	// The root veth's peer lives in the hub namespace: deleting that
+	// namespace makes the kernel remove the pair a moment later, so the
+	// link may vanish between the look and the delete.
 	root := n.prefix() + "root"
 	if exec.Command("ip", "link", "show", root).Run() == nil {
-		if err := ipCmd("link", "del", root); err != nil {
+		if err := ipCmd("link", "del", root); err != nil && exec.Command("ip", "link", "show", root).Run() == nil {
 			errs = append(errs, err)
 		}
 	}

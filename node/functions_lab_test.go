@@ -159,11 +159,7 @@ func (l *lab) execTimes() map[string]time.Time {
 // an unknown route and a 502 with an event for a runner that cannot start.
 func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 	l := newFnLab(t)
-	commit := run(t, l.work, "git", "rev-parse", "HEAD")
-	for i := 1; i <= 3; i++ {
-		l.start(i)
-	}
-	l.waitRevision(3, commit, 3*time.Minute)
+	l.startAll(3, 3*time.Minute)
 
 	// Unknown route: 404 from the front door (neither ingress nor a function).
 	if code, body, err := l.fnGet(3, "nothing.lab.test", "/", 10*time.Second); err != nil || code != http.StatusNotFound {
@@ -339,11 +335,7 @@ func TestFunctionsColdStartScaleIdleAcrossNodes(t *testing.T) {
 // 3's ingress (which runs no instance), concurrency 4, maxInstances 8.
 func TestFunctionsLoadAcrossNodes(t *testing.T) {
 	l := newFnLab(t)
-	commit := run(t, l.work, "git", "rev-parse", "HEAD")
-	for i := 1; i <= 3; i++ {
-		l.start(i)
-	}
-	l.waitRevision(3, commit, 3*time.Minute)
+	l.startAll(3, 3*time.Minute)
 	if code, body, err := l.fnGet(1, "fn.lab.test", "/", 60*time.Second); err != nil || code != http.StatusOK {
 		t.Fatalf("warm-up: %d %q %v", code, body, err)
 	}

@@ -46,11 +46,7 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 		}
 		return 16
 	})
-	commit := run(t, l.work, "git", "rev-parse", "HEAD")
-	for i := 1; i <= 3; i++ {
-		l.start(i)
-	}
-	l.waitRevision(3, commit, 3*time.Minute)
+	l.startAll(3, 3*time.Minute)
 	// The runner realised once before the samples: a cold start that
 	// builds measures nix, not the orchestration.
 	if code, body, err := l.fnGet(3, "fn.lab.test", "/", 60*time.Second); err != nil || code != http.StatusOK {

@@ -166,11 +166,7 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		// The runners' builds read host files (qemu, the kernel): no sandbox.
 		env: []string{"NIX_CONFIG=" + strings.TrimPrefix(os.Getenv("NIX_CONFIG")+"\n", "\n") + microvm.NixConfig},
 	})
-	commit := run(t, l.work, "git", "rev-parse", "HEAD")
-	for i := 1; i <= 3; i++ {
-		l.start(i)
-	}
-	l.waitRevision(1, commit, 5*time.Minute)
+	l.startAll(1, 5*time.Minute)
 
 	// Requests go to node 1's gateway: an instance is placed on the
 	// requesting node when it fits, so every cold start of this part is on

@@ -267,6 +267,17 @@ func (l *lab) launch(i int, cmd *exec.Cmd) {
 	l.mu.Unlock()
 }
 
+// startAll starts the three Raft nodes and waits until node via runs the
+// revision of the repository's current commit.
+func (l *lab) startAll(via int, within time.Duration) {
+	l.t.Helper()
+	commit := run(l.t, l.work, "git", "rev-parse", "HEAD")
+	for i := 1; i <= 3; i++ {
+		l.start(i)
+	}
+	l.waitRevision(via, commit, within)
+}
+
 // stop ends node i with SIGTERM (SIGKILL after 20 s) and waits for it.
 func (l *lab) stop(i int) {
 	l.mu.Lock()

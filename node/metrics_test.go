@@ -184,13 +184,18 @@ func TestNixNodeMetricsAndDashboard(t *testing.T) {
 	})
 
 	// The leader measures the push at its next pass after the heartbeat
-	// that reported both running; the agent counts the crash at its pass
-	// after the backend restarted the runner.
+	// that reported both running, and re-plans the running revision at the
+	// first pass after it committed the plan — possibly that same pass, so
+	// a scrape may fall between the two; the agent counts the crash at its
+	// pass after the backend restarted the runner.
 	var fams map[string]*dto.MetricFamily
-	testkit.WaitFor(t, 30*time.Second, "the push measured and the crash counted", func() error {
+	testkit.WaitFor(t, 30*time.Second, "the push measured, the revision re-planned and the crash counted", func() error {
 		fams = scrape(t, addr)
 		if n, _ := value(fams, "blixard_push_to_running_seconds", nil); n < 1 {
 			return errors.New("no push to running measured yet")
+		}
+		if n, _ := value(fams, "blixard_plan_duration_seconds", map[string]string{"kind": "replan"}); n < 1 {
+			return errors.New("no re-plan of the running revision measured yet")
 		}
 		if n, _ := value(fams, "blixard_vm_restarts_total", map[string]string{"vm": "crashy", "reason": nodeagent.RestartCrash}); n < 1 {
 			return errors.New("no crash restart of crashy counted yet")

@@ -1,8 +1,10 @@
 package hostnet_test
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -138,5 +140,48 @@ func BenchmarkPlan1000Remotes(b *testing.B) {
 		if ops, err := hostnet.Plan(cfg, want, have); err != nil || len(ops) != 0 {
 			b.Fatalf("Plan: %d operations, %v", len(ops), err)
 		}
+	}
+}
+
+// BenchmarkNetnsNewTap is what a cold start's tap costs on a node that
+// already carries 20 instances: the full Sync (observe the namespace, plan,
+// apply) against AddMissingTaps (the network pass's fast lane: ask for
+// that tap alone, apply). The tap is deleted between iterations, untimed.
+// In a test namespace a tap is created from a thread that enters it (see
+// Host.createTapLocked), which a node in its own namespace does not need.
+func BenchmarkNetnsNewTap(b *testing.B) {
+	var existing []hostnet.Tap
+	for i := range 20 {
+		existing = append(existing, hostnet.Tap{Name: fmt.Sprintf("vm-%d", i), MAC: mac(fmt.Sprintf("52:54:00:00:01:%02x", i))})
+	}
+	fresh := hostnet.Tap{Name: "vm-new", MAC: mac("52:54:00:00:02:01")}
+	for _, lane := range []string{"sync", "fast-lane"} {
+		b.Run(lane, func(b *testing.B) {
+			nd := newLab(b, 1).nodes[0]
+			cfg := nd.config()
+			cfg.CreateTaps = true
+			if _, err := nd.host.Sync(b.Context(), cfg, hostnet.Desired{LocalTaps: existing}); err != nil {
+				b.Fatal(err)
+			}
+			mtu, err := nd.host.LinkMTU(hostnet.DefaultBridge)
+			must(b, err)
+			want := hostnet.Desired{LocalTaps: append(slices.Clone(existing), fresh)}
+			for b.Loop() {
+				b.StopTimer()
+				if l, err := nd.nl.LinkByName(fresh.Name); err == nil {
+					must(b, nd.nl.LinkDel(l))
+				}
+				b.StartTimer()
+				var ops []hostnet.Op
+				if lane == "sync" {
+					ops, err = nd.host.Sync(b.Context(), cfg, want)
+				} else {
+					ops, err = nd.host.AddMissingTaps(b.Context(), cfg, mtu, []hostnet.Tap{fresh})
+				}
+				if err != nil || len(ops) != 4 {
+					b.Fatalf("%s: %q, %v", lane, strs(ops), err)
+				}
+			}
+		})
 	}
 }

@@ -109,6 +109,45 @@ func (h *Host) Sync(ctx context.Context, cfg Config, want Desired) ([]Op, error)
 	return done, err
 }
 
+// AddMissingTaps creates those of taps that do not exist, with the
+// operations Plan gives a missing tap (created with mtu, attached to
+// cfg's bridge, up, a static entry for the guest's MAC), asking the kernel
+// about those taps alone: the fast lane of a start waiting for its tap,
+// where Sync observes the whole namespace first. A tap that exists is left
+// to Sync, and so is everything else; without cfg.CreateTaps (taps made by
+// microvm.nix's units) it does nothing. mtu is the bridge's (Sync's
+// result; see LinkMTU).
+func (h *Host) AddMissingTaps(ctx context.Context, cfg Config, mtu int, taps []Tap) ([]Op, error) {
+	cfg = cfg.withDefaults()
+	if !cfg.CreateTaps || len(taps) == 0 {
+		return nil, nil
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("hostnet: %w", err)
+	}
+	if err := (Desired{LocalTaps: taps}).validate(cfg); err != nil {
+		return nil, fmt.Errorf("hostnet: %w", err)
+	}
+	if mtu <= 0 {
+		return nil, fmt.Errorf("hostnet: the bridge's MTU is not known yet (%d): Sync first", mtu)
+	}
+	var ops []Op
+	h.mu.Lock()
+	for _, t := range taps {
+		_, err := h.nl.LinkByName(t.Name)
+		var missing netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &missing):
+			ops = append(ops, newTapOps(cfg.Bridge, mtu, t)...)
+		case err != nil:
+			h.mu.Unlock()
+			return nil, fmt.Errorf("hostnet: link %s: %w", t.Name, err)
+		}
+	}
+	h.mu.Unlock()
+	return h.Apply(ctx, ops)
+}
+
 // LinkMTU is the MTU of link name: one netlink request, where Observe
 // dumps the whole namespace.
 func (h *Host) LinkMTU(name string) (int, error) {

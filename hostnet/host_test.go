@@ -357,6 +357,54 @@ func TestNetnsProcessBackendCreatesOwnedTapsAndDeletesThem(t *testing.T) {
 	}
 }
 
+// TestNetnsAddMissingTapsIsWhatSyncWouldDo: the fast lane creates only
+// the taps that are missing, exactly as Sync would (the next Sync finds
+// nothing to do for them), leaves an existing tap and everything else to
+// Sync, and does nothing without CreateTaps or before the MTU is known.
+func TestNetnsAddMissingTapsIsWhatSyncWouldDo(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t, 1)
+	nd := l.nodes[0]
+	cfg := nd.config()
+	cfg.CreateTaps = true
+	old := hostnet.Tap{Name: "vm-o", MAC: mac("52:54:00:00:00:01")}
+	if _, err := nd.host.Sync(ctx, cfg, hostnet.Desired{LocalTaps: []hostnet.Tap{old}}); err != nil {
+		t.Fatal(err)
+	}
+	mtu, err := nd.host.LinkMTU("blixard0")
+	must(t, err)
+	fresh := hostnet.Tap{Name: "vm-n", MAC: mac("52:54:00:00:00:02"), Owner: 4242, Group: 4343}
+	// Without CreateTaps (microvm.nix makes the taps) nothing happens.
+	if ops, err := nd.host.AddMissingTaps(ctx, nd.config(), mtu, []hostnet.Tap{fresh}); err != nil || len(ops) != 0 {
+		t.Fatalf("AddMissingTaps without CreateTaps: %q, %v; want nothing", strs(ops), err)
+	}
+	if _, err := nd.host.AddMissingTaps(ctx, cfg, 0, []hostnet.Tap{fresh}); err == nil {
+		t.Fatal("AddMissingTaps with an unknown MTU: no error")
+	}
+	if _, err := nd.host.AddMissingTaps(ctx, cfg, mtu, []hostnet.Tap{{Name: "blixard0", MAC: fresh.MAC}}); err == nil {
+		t.Fatal("AddMissingTaps with the bridge's name for a tap: no error")
+	}
+	ops, err := nd.host.AddMissingTaps(ctx, cfg, mtu, []hostnet.Tap{old, fresh})
+	must(t, err)
+	if got, want := strs(ops), []string{
+		"tuntap add vm-n mode tap user 4242 group 4343 vnet_hdr mtu 1450", "link set vm-n master blixard0", "link set vm-n up",
+		"fdb replace 52:54:00:00:00:02 dev vm-n master static",
+	}; !slices.Equal(got, want) {
+		t.Fatalf("AddMissingTaps: %q, want %q", got, want)
+	}
+	out := ipIn(t, nd, "-d", "link", "show", "vm-n")
+	for _, want := range []string{"master blixard0", "mtu 1450", "UP>", "user 4242", "alias blixard-tap"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ip -d link show vm-n lacks %q:\n%s", want, out)
+		}
+	}
+	ops, err = nd.host.Sync(ctx, cfg, hostnet.Desired{LocalTaps: []hostnet.Tap{old, fresh}})
+	must(t, err)
+	if len(ops) != 0 {
+		t.Errorf("Sync after AddMissingTaps: %q, want nothing left to do", strs(ops))
+	}
+}
+
 // TestNetnsTapMadeLaterIsAttachedByTheNextSync: under systemd a wanted tap
 // that microvm-tap-interfaces@ has not created yet is skipped, and the next
 // Sync attaches it.

@@ -443,10 +443,7 @@ func (p *planner) taps() error {
 				// Sync attaches it.
 				continue
 			}
-			p.add(Op{Kind: OpCreateTap, Link: t.Name, MTU: p.mtu, Tap: t})
-			p.add(Op{Kind: OpSetMaster, Link: t.Name, Master: p.cfg.Bridge})
-			p.add(Op{Kind: OpSetUp, Link: t.Name})
-			p.add(Op{Kind: OpFDBStaticReplace, Link: t.Name, MAC: t.MAC})
+			p.ops = append(p.ops, newTapOps(p.cfg.Bridge, p.mtu, t)...)
 			p.markFresh(t.Name)
 			continue
 		}
@@ -495,6 +492,18 @@ func (p *planner) taps() error {
 		}
 	}
 	return nil
+}
+
+// newTapOps creates tap t, attaches it to bridge and sends its guest's MAC
+// there: what a tap that does not exist needs, in Plan and in
+// [Host.AddMissingTaps].
+func newTapOps(bridge string, mtu int, t Tap) []Op {
+	return []Op{
+		{Kind: OpCreateTap, Link: t.Name, MTU: mtu, Tap: t},
+		{Kind: OpSetMaster, Link: t.Name, Master: bridge},
+		{Kind: OpSetUp, Link: t.Name},
+		{Kind: OpFDBStaticReplace, Link: t.Name, MAC: t.MAC},
+	}
 }
 
 // remotes is steps 5 and 6.

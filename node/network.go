@@ -67,11 +67,18 @@ type network struct {
 	envReady map[string]bool // guarded by readyMu
 	passDone chan struct{}   // guarded by readyMu
 
+	// hostMu orders the changes to the host: a pass holds it from reading
+	// the state until its identities are written, a start's fast lane
+	// (startLane) likewise, so a Sync never plans from a state older than
+	// a tap the fast lane made (and deletes it as no longer wanted).
+	hostMu  sync.Mutex
+	mtu     int               // guarded by hostMu: the bridge's MTU once observed; 0 before
+	synced  bool              // guarded by hostMu: the last host Sync succeeded
+	written map[string][]byte // guarded by hostMu: network.env contents written, by instance
+
 	// Owned by Run's goroutine.
-	mtu       int               // the bridge's MTU once observed; 0 before
-	written   map[string][]byte // network.env contents written, by instance
-	lastSkip  string            // the skipped entries last logged
-	lastError string            // the failure last logged
+	lastSkip  string // the skipped entries last logged
+	lastError string // the failure last logged
 	// failures counts the passes in a row that failed with lastError;
 	// the second makes it the node's "network" problem (problem, when
 	// set), so a pass failing once does not.
@@ -211,11 +218,15 @@ func (n *network) Run(ctx context.Context) error {
 
 // passEnded publishes which instances' network.env a pass left written
 // and wakes WaitReady.
-func (n *network) passEnded() { n.publishReady() }
+func (n *network) passEnded() {
+	n.hostMu.Lock()
+	defer n.hostMu.Unlock()
+	n.publishReady()
+}
 
 // publishReady publishes which instances' network.env is written (in the
 // pass, once the taps and identities are in place, and when it ends) and
-// wakes WaitReady.
+// wakes WaitReady. n.hostMu must be held.
 func (n *network) publishReady() {
 	ready := make(map[string]bool, len(n.written))
 	for name := range n.written {
@@ -228,17 +239,25 @@ func (n *network) publishReady() {
 	n.passDone = make(chan struct{})
 }
 
-// WaitReady returns once a pass has written vm's STATE/NAME/network.env
-// (and, in the same pass, set up its tap), asking for a pass when none
-// has: the agent's Prepare, so that a runner never starts before its
-// network identity is in place.
+// WaitReady returns once vm's STATE/NAME/network.env is written and its
+// tap set up: the agent's Prepare, so that a runner never starts before
+// its network identity is in place. A new instance takes the fast lane
+// (startLane); otherwise, or when that cannot do it, it asks for a pass
+// and waits for one that does.
 func (n *network) WaitReady(ctx context.Context, vm string) error {
+	lane := true
 	for {
 		n.readyMu.Lock()
 		ok, done := n.envReady[vm], n.passDone
 		n.readyMu.Unlock()
 		if ok {
 			return nil
+		}
+		if lane {
+			lane = false
+			if n.startLane(ctx, vm) {
+				return nil
+			}
 		}
 		n.Notify()
 		select {
@@ -257,16 +276,20 @@ func (n *network) WaitReady(ctx context.Context, vm string) error {
 // joined.
 func (n *network) pass(ctx context.Context) error {
 	start := time.Now()
+	n.hostMu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			n.hostMu.Unlock()
+		}
+	}()
 	s, err := n.read()
 	if err != nil {
 		return fmt.Errorf("reading the local replica: %w", err)
 	}
 	read := time.Since(start)
 	n.ingress.Update(ingress.FromState(s))
-	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
-	in.owner, in.group = stateOwner(n.cfg.StateDir)
-	in.multiQueue = multiQueueTaps(n.cfg.StateDir, s, n.cfg.NodeID)
-	p, ok := planNetwork(s, n.set, in)
+	p, ok := n.plan(ctx, s)
 	if !ok {
 		return nil // no plan committed yet: the network has no address range
 	}
@@ -278,9 +301,11 @@ func (n *network) pass(ctx context.Context) error {
 	}
 	var errs []error
 	planned := time.Since(start)
+	fast := n.addNewLocked(ctx, p, "")
 	ops, err := n.host.Sync(ctx, p.host, p.want) // hostnet logs what it changed
 	synced := time.Since(start)
 	var conflict *hostnet.ConflictError
+	n.synced = err == nil
 	switch {
 	case errors.As(err, &conflict):
 		errs = append(errs, fmt.Errorf("this host's network conflicts with the cluster network, nothing was changed: %w", err))
@@ -294,9 +319,12 @@ func (n *network) pass(ctx context.Context) error {
 	// the new hosts a few milliseconds later, long before a guest that just
 	// started asks for its lease (and its reload after SIGHUP was never
 	// waited for anyway).
-	wrote, err := n.writeEnv(p.env)
+	wrote, err := n.writeEnv(p.env, true)
 	errs = append(errs, err)
 	n.publishReady()
+	mtu := n.mtu
+	n.hostMu.Unlock()
+	locked = false
 	envDone := time.Since(start)
 	// On a conflict the masquerade is left as it is too: the refused CIDR
 	// may be a range this host routes elsewhere (a VPN's), whose traffic a
@@ -311,7 +339,7 @@ func (n *network) pass(ctx context.Context) error {
 				"enable it (sysctl net.ipv4.ip_forward=1; NixOS: services.blixard.network.enable sets it)")
 		}
 	}
-	p.dns.Network.MTU = n.mtu
+	p.dns.Network.MTU = mtu
 	if act, err := n.dns.Update(ctx, p.dns); err != nil {
 		errs = append(errs, fmt.Errorf("dnsmasq files: %w", err))
 	} else if act != netdns.Unchanged {
@@ -320,10 +348,89 @@ func (n *network) pass(ctx context.Context) error {
 	if len(ops) > 0 || wrote > 0 {
 		// Where a cold start's wait for its network identity goes
 		// (durations since the pass started).
-		n.log.Debug("network pass", "read", read, "planned", planned, "host", synced, "identities", envDone,
+		n.log.Debug("network pass", "read", read, "planned", planned, "fast_lane", fast, "host", synced, "identities", envDone,
 			"done", time.Since(start), "host_ops", len(ops), "env_written", wrote)
 	}
 	return errors.Join(errs...)
+}
+
+// plan is planNetwork for state s with what it needs from this host.
+func (n *network) plan(ctx context.Context, s *replicated.State) (netPlan, bool) {
+	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
+	in.owner, in.group = stateOwner(n.cfg.StateDir)
+	in.multiQueue = multiQueueTaps(n.cfg.StateDir, s, n.cfg.NodeID)
+	return planNetwork(s, n.set, in)
+}
+
+// startLane is the fast lane of a start: vm, new on this node, is made
+// ready by addNewLocked at once instead of waiting for a pass (and for the
+// pass that may be running). It reports false when it did not make vm
+// ready; a pass then does.
+func (n *network) startLane(ctx context.Context, vm string) bool {
+	n.hostMu.Lock()
+	defer n.hostMu.Unlock()
+	if !n.synced || n.mtu == 0 || n.cfg.StateDir == "" {
+		return false
+	}
+	s, err := n.read()
+	if err != nil {
+		return false
+	}
+	p, ok := n.plan(ctx, s)
+	if !ok {
+		return false
+	}
+	if _, ok := p.env[vm]; !ok {
+		return false // not local in this replica's state (yet): a pass tells
+	}
+	n.addNewLocked(ctx, p, vm)
+	_, ready := n.written[vm]
+	return ready
+}
+
+// addNewLocked is the fast lane for the instances new on this node (no
+// network.env written yet; only for instance only when it is not empty):
+// their taps are created when missing, asking the kernel about those taps
+// alone, and their identities are written and published before a Sync
+// observes and converges the whole namespace, which then finds those taps
+// in place. Only after a Sync succeeded (the bridge is there with its MTU
+// known, the host does not conflict with the cluster network); a failure
+// leaves it all to the next Sync. It returns how long it took (0 when it
+// had nothing to do). n.hostMu must be held.
+func (n *network) addNewLocked(ctx context.Context, p netPlan, only string) time.Duration {
+	if !n.synced || n.mtu == 0 || n.cfg.StateDir == "" {
+		return 0
+	}
+	start := time.Now()
+	env := map[string]instanceEnv{}
+	taps := map[string]bool{}
+	for name, e := range p.env {
+		if _, ok := n.written[name]; !ok && (only == "" || name == only) {
+			env[name], taps[e.tap] = e, true
+		}
+	}
+	if len(env) == 0 {
+		return 0
+	}
+	var want []hostnet.Tap
+	for _, t := range p.want.LocalTaps {
+		if taps[t.Name] {
+			want = append(want, t)
+		}
+	}
+	if _, err := n.host.AddMissingTaps(ctx, p.host, n.mtu, want); err != nil {
+		n.log.Debug("fast lane for new instances: no taps; the full Sync makes them", "instances", slices.Sorted(maps.Keys(env)), "err", err)
+		return 0
+	}
+	_, err := n.writeEnv(env, false)
+	n.publishReady() // those written, even when another one failed
+	took := time.Since(start)
+	if err != nil {
+		n.log.Debug("fast lane for new instances: not every identity written; the pass writes them", "err", err)
+		return took
+	}
+	n.log.Debug("network identities ready (fast lane)", "instances", slices.Sorted(maps.Keys(env)), "took", took)
+	return took
 }
 
 // bridgeMTU is the MTU hostnet gave the bridge (0 when it cannot be read):
@@ -337,10 +444,12 @@ func (n *network) bridgeMTU() int {
 }
 
 // writeEnv writes STATE/NAME/network.env for every local instance whose
-// file differs (atomically: a runner reads the old file or the new one).
-// The directory is created the way the agent creates it; the agent gives it
-// to the runners' user when it prepares the instance.
-func (n *network) writeEnv(env map[string]instanceEnv) (int, error) {
+// file differs (atomically: a runner reads the old file or the new one)
+// and, when env is all of them (not the fast lane's few), forgets the
+// instances no longer here. The directory is created the way the agent
+// creates it; the agent gives it to the runners' user when it prepares the
+// instance.
+func (n *network) writeEnv(env map[string]instanceEnv, all bool) (int, error) {
 	if n.cfg.StateDir == "" {
 		return 0, nil
 	}
@@ -369,7 +478,7 @@ func (n *network) writeEnv(env map[string]instanceEnv) (int, error) {
 		wrote++
 	}
 	for name := range n.written {
-		if _, ok := env[name]; !ok {
+		if _, ok := env[name]; !ok && all {
 			delete(n.written, name) // written again if it comes back
 		}
 	}

@@ -700,13 +700,20 @@ func (a *Agent) operation(act Action, op *opState) func(ctx context.Context) err
 		return func(ctx context.Context) error { return a.detachVolumes(ctx, name, act.Volumes) }
 	case ActStart:
 		return func(ctx context.Context) error {
+			began := time.Now()
 			if err := a.prepare(ctx, name); err != nil {
 				return err
 			}
+			prepared := time.Since(began)
+			var err error
 			if act.Snapshot {
-				return a.snapshotStart(ctx, act)
+				err = a.snapshotStart(ctx, act)
+			} else {
+				err = a.o.Backend.Start(ctx, name)
 			}
-			return a.o.Backend.Start(ctx, name)
+			// Where a cold start's time on this node goes.
+			a.log.Debug("start operation", "vm", name, "prepare", prepared, "start", time.Since(began)-prepared, "err", err)
+			return err
 		}
 	case ActRestart:
 		a.log.Info("restarting VM (new runner or `blixard vm restart`)", "vm", name, "out", act.Out, "restart", act.Restart)

@@ -34,13 +34,21 @@ trap bye TERM INT HUP
 until [ "$(cat /proc/$guest/comm 2>/dev/null)" = sleep ]; do sleep 0.05; done
 g() { nsenter -t "$guest" -n -m "$@"; }
 # The tap hostnet created has no hypervisor behind it: a veth of the same
-# name takes its place (hostnet attaches any tap or veth of that name).
+# name takes its place (hostnet attaches any tap or veth of that name). The
+# veth is made under another name and swapped in by one ip(8) batch, so no
+# network pass of the node finds the name free and makes the tap again.
+tmp=bt${BLIXARD_TAP#??}
+ip link del "$tmp" 2>/dev/null
+if ! ip link add "$tmp" type veth peer name eth0 netns "$guest"; then
+  echo "runner $name: cannot create $tmp"
+  bye
+fi
 n=0
-until ip link add "$BLIXARD_TAP" type veth peer name eth0 netns "$guest" 2>/dev/null; do
-  ip link del "$BLIXARD_TAP" 2>/dev/null
+while ip link show "$tmp" >/dev/null 2>&1; do
+  printf 'link del %s\nlink set %s name %s\n' "$BLIXARD_TAP" "$tmp" "$BLIXARD_TAP" | ip -force -batch - 2>/dev/null
   n=$((n + 1))
-  if [ $n -gt 100 ]; then echo "runner $name: cannot create $BLIXARD_TAP"; bye; fi
-  sleep 0.1
+  if [ $n -gt 100 ]; then echo "runner $name: cannot rename $tmp to $BLIXARD_TAP"; bye; fi
+  ip link show "$tmp" >/dev/null 2>&1 && sleep 0.1
 done
 g ip link set lo up
 g ip link set eth0 address "$BLIXARD_MAC"

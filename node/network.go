@@ -245,7 +245,6 @@ func (n *network) publishReady() {
 // (startLane); otherwise, or when that cannot do it, it asks for a pass
 // and waits for one that does.
 func (n *network) WaitReady(ctx context.Context, vm string) error {
-	lane := true
 	for {
 		n.readyMu.Lock()
 		ok, done := n.envReady[vm], n.passDone
@@ -253,11 +252,8 @@ func (n *network) WaitReady(ctx context.Context, vm string) error {
 		if ok {
 			return nil
 		}
-		if lane {
-			lane = false
-			if n.startLane(ctx, vm) {
-				return nil
-			}
+		if n.startLane(ctx, vm) {
+			return nil
 		}
 		n.Notify()
 		select {
@@ -363,11 +359,15 @@ func (n *network) plan(ctx context.Context, s *replicated.State) (netPlan, bool)
 }
 
 // startLane is the fast lane of a start: vm, new on this node, is made
-// ready by addNewLocked at once instead of waiting for a pass (and for the
-// pass that may be running). It reports false when it did not make vm
-// ready; a pass then does.
+// ready by addNewLocked at once instead of waiting for a whole pass. It
+// reports false when it did not make vm ready; a pass then does. It never
+// waits for a running pass (which holds hostMu through its Sync, and
+// publishes the new instances it reads before that): WaitReady waits for
+// the pass's publication instead and tries again.
 func (n *network) startLane(ctx context.Context, vm string) bool {
-	n.hostMu.Lock()
+	if !n.hostMu.TryLock() {
+		return false
+	}
 	defer n.hostMu.Unlock()
 	if !n.synced || n.mtu == 0 || n.cfg.StateDir == "" {
 		return false

@@ -445,7 +445,8 @@ const prefetchRetry = 10 * time.Second
 
 // functionRunnerItems lists the runners of the committed revision's
 // functions that node self may run (functionMayRun), one per out path,
-// sorted.
+// sorted; a function with `prefetch = false` is left out (another one with
+// the same runner still keeps it).
 func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
 	if st == nil || st.Desired == nil || st.Revision == nil {
 		return nil
@@ -458,7 +459,7 @@ func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
 	var out []prebuildItem
 	for _, name := range slices.Sorted(maps.Keys(st.Desired.Functions)) {
 		f := st.Desired.Functions[name]
-		if f.Runner.Out == "" || seen[f.Runner.Out] || !functionMayRun(f, node) {
+		if f.Runner.Out == "" || f.NoPrefetch || seen[f.Runner.Out] || !functionMayRun(f, node) {
 			continue
 		}
 		seen[f.Runner.Out] = true

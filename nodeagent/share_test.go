@@ -151,6 +151,12 @@ func TestFunctionRunnerItems(t *testing.T) {
 		"noout":   {VCPU: 1},
 		"too-big": fn("e-huge", 64, spec.Placement{}),
 	}}
+	lazy := fn("f-lazy", 1, spec.Placement{})
+	lazy.NoPrefetch = true
+	st.Desired.Functions["lazy"] = lazy // prefetch = false: not kept ahead
+	lazyShared := fn("a-any", 1, spec.Placement{})
+	lazyShared.NoPrefetch = true
+	st.Desired.Functions["lazy-shared"] = lazyShared // any keeps that runner anyway
 	outs := func(node uint64) string {
 		var o []string
 		for _, it := range functionRunnerItems(st, node) {

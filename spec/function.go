@@ -70,6 +70,14 @@ type Function struct {
 	// Placement constrains where instances run, as a VM's does;
 	// antiAffinity may name VMs and functions.
 	Placement Placement `json:"placement,omitzero"`
+	// NoPrefetch is the flake's `prefetch = false`: only the evaluating
+	// leader builds the runner ahead; the nodes that may run an instance
+	// do not keep its closure ready, so a node's first cold start of the
+	// function copies it (from a peer's cache) first. The default keeps it
+	// on every eligible node, which costs their stores the closure. In
+	// JSON it is "prefetch", true unless said otherwise (so a spec written
+	// before the attribute existed reads as prefetched).
+	NoPrefetch bool `json:"-"`
 }
 
 // functionJSON is Function with IdleTimeout as the flake writes it.
@@ -82,7 +90,8 @@ func (f Function) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		functionJSON
 		IdleTimeout string `json:"idleTimeout"` // shadows functionJSON's
-	}{functionJSON(f), f.IdleTimeout.String()})
+		Prefetch    bool   `json:"prefetch"`
+	}{functionJSON(f), f.IdleTimeout.String(), !f.NoPrefetch})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes (the replicated state keeps
@@ -91,10 +100,12 @@ func (f *Function) UnmarshalJSON(data []byte) error {
 	aux := struct {
 		*functionJSON
 		IdleTimeout string `json:"idleTimeout"`
+		Prefetch    *bool  `json:"prefetch"`
 	}{functionJSON: (*functionJSON)(f)}
 	if err := json.Unmarshal(data, &aux); err != nil {
 		return err
 	}
+	f.NoPrefetch = aux.Prefetch != nil && !*aux.Prefetch
 	f.IdleTimeout = 0
 	if aux.IdleTimeout != "" {
 		d, err := time.ParseDuration(aux.IdleTimeout)
@@ -118,7 +129,7 @@ type FunctionHTTP struct {
 
 // functionFields are the attributes of a `functions.NAME` entry.
 var functionFields = []string{"runner", "vcpu", "memMiB", "http", "minInstances", "maxInstances", "concurrency",
-	"idleTimeout", "snapshot", "placement"}
+	"idleTimeout", "snapshot", "placement", "prefetch"}
 
 // function decodes one `functions.NAME` entry, with the defaults for what
 // it leaves out; Validate checks the values.
@@ -167,6 +178,9 @@ func (d *decoder) function(path string, v any) Function {
 	}
 	if x, ok := m["snapshot"]; ok {
 		f.Snapshot = d.bool(attrPath(path, "snapshot"), x)
+	}
+	if x, ok := m["prefetch"]; ok {
+		f.NoPrefetch = !d.bool(attrPath(path, "prefetch"), x)
 	}
 	if x, ok := m["placement"]; ok {
 		f.Placement = d.placement(attrPath(path, "placement"), x)

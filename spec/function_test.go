@@ -2,6 +2,7 @@ package spec
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -75,6 +76,8 @@ func TestDecodeFunctionProblems(t *testing.T) {
 			[]string{`functions.f.idleTimeout: expected a duration string such as "500ms", "5s" or "1m30s", got integer 60`}},
 		{"snapshot that is not a boolean", fn(`, "snapshot": "yes"`),
 			[]string{`functions.f.snapshot: expected a boolean, got string "yes"`}},
+		{"prefetch that is not a boolean", fn(`, "prefetch": 0`),
+			[]string{`functions.f.prefetch: expected a boolean, got integer 0`}},
 		{"concurrency that is not an integer", fn(`, "concurrency": 1.5`),
 			[]string{`functions.f.concurrency: expected an integer, got float 1.5`}},
 		{"unknown attribute with a suggestion", fn(`, "maxInstance": 3`),
@@ -220,5 +223,47 @@ func TestDecodeFunctionEmptyPlacementIsCanonical(t *testing.T) {
 	}
 	if p := got.Functions["f"].Placement; !reflect.DeepEqual(p, Placement{}) {
 		t.Fatalf("placement with empty labels and nodes = %#v, want the zero Placement", p)
+	}
+}
+
+// TestFunctionPrefetch: prefetch is on unless the flake says false, and
+// survives the replicated state's JSON and nixeval's canonical JSON; a
+// function stored before the attribute existed reads as prefetched.
+func TestFunctionPrefetch(t *testing.T) {
+	decode := func(extra string) Function {
+		t.Helper()
+		c, err := Decode([]byte(`{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1,
+			"http": {"host": "f.example.org", "path": "/", "port": 80}` + extra + `}}}`))
+		if err != nil {
+			t.Fatalf("Decode: %v", err)
+		}
+		return c.Functions["f"]
+	}
+	for _, tt := range []struct {
+		extra string
+		no    bool
+	}{{"", false}, {`, "prefetch": true`, false}, {`, "prefetch": false`, true}} {
+		f := decode(tt.extra)
+		if f.NoPrefetch != tt.no {
+			t.Errorf("%q: NoPrefetch = %t, want %t", tt.extra, f.NoPrefetch, tt.no)
+		}
+		data, err := json.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf(`"prefetch":%t`, !tt.no); !strings.Contains(string(data), want) {
+			t.Errorf("%q: JSON %s lacks %s", tt.extra, data, want)
+		}
+		var back Function
+		if err := json.Unmarshal(data, &back); err != nil || !reflect.DeepEqual(back, f) {
+			t.Errorf("%q: JSON round trip = %+v, %v; want %+v", tt.extra, back, err, f)
+		}
+		if again := decode(`, "prefetch": ` + fmt.Sprint(!tt.no)); again.NoPrefetch != tt.no {
+			t.Errorf("%q: canonical JSON decodes to NoPrefetch %t", tt.extra, again.NoPrefetch)
+		}
+	}
+	var old Function
+	if err := json.Unmarshal([]byte(`{"vcpu": 1, "idleTimeout": "1m0s"}`), &old); err != nil || old.NoPrefetch {
+		t.Errorf("a function stored without prefetch: NoPrefetch %t, %v; want prefetched", old.NoPrefetch, err)
 	}
 }

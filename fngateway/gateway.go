@@ -123,6 +123,13 @@ func New(o Options) *Gateway {
 			// placeholder until then.
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = "instance.invalid"
+			if pr.In.Header.Get(HeaderInstance) != "" {
+				// Passed on by another gateway: the client's address stays
+				// first, the gateway's is appended (the rightmost entry is
+				// the one this node vouches for).
+				pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+				pr.Out.Header.Del(HeaderInstance)
+			}
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host // the function sees the host the client asked for
 		},
@@ -234,7 +241,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Stream both ways (see ingress.Server.ServeHTTP).
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	now := time.Now()
-	rq := &request{f: f, arrived: now, deadline: now.Add(g.o.QueueTimeout)}
+	rq := &request{f: f, arrived: now, deadline: now.Add(g.o.QueueTimeout), pin: r.Header.Get(HeaderInstance)}
 	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, rq)))
 }
 
@@ -306,6 +313,13 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := req.WithContext(req.Context())
 		u := *req.URL
 		u.Host = inst.Addr.String()
+		if via := gr.via(); via != "" {
+			// To the instance's node's gateway, which holds it to the
+			// function's concurrency there.
+			u.Host = via
+			out.Header = req.Header.Clone()
+			out.Header.Set(HeaderInstance, inst.Name)
+		}
 		out.URL = &u
 		if body != nil {
 			out.Body = body

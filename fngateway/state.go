@@ -3,6 +3,7 @@ package fngateway
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -31,11 +32,26 @@ type grant struct {
 	s    *slot
 	inst Instance
 	err  error
+	// direct: the request came from another gateway, so it goes to the
+	// instance itself even when the instance has a Via.
+	direct bool
+}
+
+// via is where the request goes when not to the instance itself.
+func (gr grant) via() string {
+	if gr.direct {
+		return ""
+	}
+	return gr.inst.Via
 }
 
 type waiter struct {
 	grant chan grant // buffered (1): dispatch never blocks under the lock
 	since time.Time
+	// pin is the instance a request passed on by another gateway waits
+	// for (request.pin); nil: any.
+	pin    *slot
+	direct bool
 }
 
 type counters struct {
@@ -78,6 +94,10 @@ type request struct {
 	tried      map[*slot]bool // instances that refused this request
 	triedNames []string
 	lastErr    error
+	// pin is the instance another gateway passed this request on for
+	// (HeaderInstance): it is served there, by this gateway's count of the
+	// instance's requests; "" for a client's request.
+	pin string
 }
 
 // acquire returns an instance for rq, counted in flight, waiting in the
@@ -89,14 +109,19 @@ func (f *fnState) acquire(ctx context.Context, rq *request) grant {
 		return grant{err: &Error{Kind: NoRoute}}
 	}
 	now := f.g.o.Now()
+	// A request passed on by another gateway is that gateway's to count
+	// (Requests, ColdStarts); here it is load on this node's instance.
+	pin, direct := f.pinned(rq)
 	if !rq.counted {
 		rq.counted = true
-		f.st.requests++
+		if rq.pin == "" {
+			f.st.requests++
+		}
 		f.lastActive = now
 	}
 	i := -1
-	if len(f.queue) == 0 { // first come, first served: nobody passes those waiting
-		i = f.pick(now, rq.tried)
+	if !f.waitingFor(pin) { // first come, first served: nobody passes those waiting
+		i = f.pickFor(now, rq.tried, pin)
 	}
 	ready, starting := f.counts()
 	act := Admit(AdmitInput{Free: i >= 0, Ready: ready, Starting: starting, Queued: len(f.queue),
@@ -105,7 +130,7 @@ func (f *fnState) acquire(ctx context.Context, rq *request) grant {
 	case Serve:
 		s := f.slots[i]
 		s.inflight++
-		gr := grant{s: s, inst: s.inst}
+		gr := grant{s: s, inst: s.inst, direct: direct}
 		f.mu.Unlock()
 		return gr
 	case FailStart:
@@ -126,12 +151,14 @@ func (f *fnState) acquire(ctx context.Context, rq *request) grant {
 		f.mu.Unlock()
 		return grant{err: &Error{Kind: QueueFull, Function: f.name}}
 	}
-	w := &waiter{grant: make(chan grant, 1), since: now}
+	w := &waiter{grant: make(chan grant, 1), since: now, pin: pin, direct: direct}
 	f.queue = append(f.queue, w)
 	f.armWake(now) // an instance that is only down for a moment takes it then
 	if !rq.waited {
 		rq.waited = true
-		f.st.coldStarts++
+		if rq.pin == "" {
+			f.st.coldStarts++
+		}
 	}
 	d := f.demand()
 	f.mu.Unlock()
@@ -225,24 +252,62 @@ func (f *fnState) refused(s *slot) {
 	f.dispatch(now)
 }
 
+// pinned returns the slot of the instance rq was passed on for, when
+// this gateway knows it as its own node's; and whether rq must go to the
+// instance itself (it came from another gateway: it is never passed on
+// again, even when the two gateways' views of the instances differ for a
+// moment). Called with mu held.
+func (f *fnState) pinned(rq *request) (*slot, bool) {
+	if rq.pin == "" {
+		return nil, false
+	}
+	for _, s := range f.slots {
+		if s.inst.Name == rq.pin && s.inst.Via == "" {
+			return s, true
+		}
+	}
+	return nil, true
+}
+
+// waitingFor reports whether a queued request waits for what a new
+// request pinned to pin (nil: any instance) could take: a request waiting
+// for any instance, or for pin. One pinned to a busy instance does not
+// keep a new request from a free one. Called with mu held.
+func (f *fnState) waitingFor(pin *slot) bool {
+	for _, w := range f.queue {
+		if w.pin == nil || w.pin == pin {
+			return true
+		}
+	}
+	return false
+}
+
 // dispatch hands free instances to waiting requests, first come first
-// served, and ends the waits that cannot succeed. Called with mu held.
+// served, and ends the waits that cannot succeed: a request waiting for
+// its pinned instance lets the ones behind it pass while that instance is
+// busy. Called with mu held.
 func (f *fnState) dispatch(now time.Time) {
 	if f.removed {
 		return
 	}
-	for len(f.queue) > 0 {
-		i := f.pick(now, nil)
+	for q := 0; q < len(f.queue); {
+		w := f.queue[q]
+		if w.pin != nil && !slices.Contains(f.slots, w.pin) {
+			w.pin = nil // gone from this node: any instance, straight
+		}
+		i := f.pickFor(now, nil, w.pin)
 		if i < 0 {
-			break
+			if w.pin == nil {
+				break // no instance is free: nobody behind it is served either
+			}
+			q++
+			continue
 		}
 		s := f.slots[i]
 		s.inflight++
-		w := f.queue[0]
-		f.queue[0] = nil
-		f.queue = f.queue[1:]
+		f.queue = slices.Delete(f.queue, q, q+1)
 		f.recordWait(now.Sub(w.since))
-		w.grant <- grant{s: s, inst: s.inst}
+		w.grant <- grant{s: s, inst: s.inst, direct: w.direct}
 	}
 	if len(f.queue) == 0 {
 		return
@@ -278,6 +343,21 @@ func (f *fnState) armWake(now time.Time) {
 		defer f.mu.Unlock()
 		f.dispatch(f.g.o.Now())
 	})
+}
+
+// pickFor is pick for a request pinned to pin (nil: any instance): the
+// index of pin when it can take a request now, else -1. Called with mu
+// held.
+func (f *fnState) pickFor(now time.Time, tried map[*slot]bool, pin *slot) int {
+	if pin == nil {
+		return f.pick(now, tried)
+	}
+	i := slices.Index(f.slots, pin)
+	if i < 0 || !pin.inst.Ready || !pin.inst.Addr.IsValid() || pin.downUntil.After(now) || tried[pin] ||
+		pin.inflight >= f.fn.Concurrency {
+		return -1
+	}
+	return i
 }
 
 // pick runs Pick over the current instances. Called with mu held.

@@ -47,7 +47,20 @@ type Instance struct {
 	// Ready: it serves requests (started and, when the function has a
 	// health check, healthy). Instances not ready count as starting.
 	Ready bool
+	// Via is the gateway of the instance's node (host:port) when it is
+	// another node's: requests go there, naming the instance in
+	// [HeaderInstance], and that gateway, through which every request for
+	// the instance passes, holds them to the function's concurrency. Empty:
+	// straight to Addr (an instance of this node, or a node that does not
+	// say where its gateway listens).
+	Via string
 }
+
+// HeaderInstance names, on a request one gateway passes to another, the
+// instance the request is for: the receiving gateway (the instance's
+// node's) serves it there, waiting for a free slot in the function's
+// queue, and never passes it on again. The instance does not see it.
+const HeaderInstance = "Blixard-Instance"
 
 // FromSpec returns the functions of a cluster spec as the gateway routes
 // them, sorted by name, without instances: the instance source fills in

@@ -64,10 +64,14 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 
 	var fns *functions
 	var fnStats api.FunctionStats
+	var gatewayAddr string
 	if nw != nil && nw.ingressL != nil {
 		fns = newFunctions(cfg.NodeID, link, m, log)
 		nw.front = fns.frontDoor(nw.ingress)
 		fnStats = fns
+		if gatewayAddr, err = nw.gatewayAddr(advertisedUnderlay(cfg)); err != nil {
+			return err
+		}
 	}
 	apiOpts := api.Options{Replica: view, AgentOnly: true, Logger: log.With("component", "api"), Metrics: m.Gatherer(),
 		TLS: tlsCfg.server, PeerTLS: tlsCfg.peer, Insecure: cfg.Insecure, Functions: fnStats}
@@ -85,7 +89,7 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 	apiAddr := advertisedAPI(ln.Addr().String(), cfg.APIAddr)
 	reg := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: cfg.NodeID, RaftAddr: advertisedUnderlay(cfg), APIAddr: apiAddr,
-		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil,
+		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil, GatewayAddr: gatewayAddr,
 	}}
 	sh.register(reg.RegisterNode)
 	if err := registerThrough(ctx, link, reg, log); err != nil {

@@ -89,13 +89,24 @@ func advertisedCacheURL(explicit, listenAddr, bound, raftAddr string) (string, e
 	if explicit != "" {
 		return explicit, nil
 	}
+	hp, err := advertisedHostPort("--cache-addr", listenAddr, bound, raftAddr)
+	if err != nil {
+		return "", fmt.Errorf("%w: pass --cache-url (how the other nodes reach it)", err)
+	}
+	return "http://" + hp, nil
+}
+
+// advertisedHostPort is how the other nodes reach a listener of flag bound
+// at bound: the host of listenAddr (or of raftAddr when that is a
+// wildcard or empty) and the bound port.
+func advertisedHostPort(flag, listenAddr, bound, raftAddr string) (string, error) {
 	host, _, err := net.SplitHostPort(listenAddr)
 	if err != nil {
-		return "", fmt.Errorf("--cache-addr %q: %w", listenAddr, err)
+		return "", fmt.Errorf("%s %q: %w", flag, listenAddr, err)
 	}
 	if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
 		if raftAddr == "" {
-			return "", fmt.Errorf("--cache-addr %s listens on every address: pass --cache-url (how the other nodes reach it)", listenAddr)
+			return "", fmt.Errorf("%s %s listens on every address and there is no --raft-addr to take the host from", flag, listenAddr)
 		}
 		if host, _, err = net.SplitHostPort(raftAddr); err != nil {
 			return "", fmt.Errorf("--raft-addr %q: %w", raftAddr, err)
@@ -103,9 +114,9 @@ func advertisedCacheURL(explicit, listenAddr, bound, raftAddr string) (string, e
 	}
 	_, port, err := net.SplitHostPort(bound)
 	if err != nil {
-		return "", fmt.Errorf("binary cache address %q: %w", bound, err)
+		return "", fmt.Errorf("%s: bound address %q: %w", flag, bound, err)
 	}
-	return "http://" + net.JoinHostPort(host, port), nil
+	return net.JoinHostPort(host, port), nil
 }
 
 // cacheRoots are the runners the cache may serve: every assignment's out

@@ -130,7 +130,7 @@ func (f *functions) refresh() {
 		f.log.Debug("reading the local replica for the gateway", "err", err)
 		return
 	}
-	f.gateway.Update(gatewayFunctions(st))
+	f.gateway.Update(gatewayFunctions(st, f.self))
 	wants := map[string]int{}
 	if st.Desired != nil {
 		for name := range st.Desired.Functions {
@@ -146,9 +146,11 @@ func (f *functions) refresh() {
 	}
 }
 
-// gatewayFunctions is the gateway's view of st (pure): every function of
-// the committed spec with its assigned instances.
-func gatewayFunctions(st *replicated.State) []fngateway.Function {
+// gatewayFunctions is node self's gateway's view of st (pure): every
+// function of the committed spec with its assigned instances, those of
+// other nodes reached through their nodes' gateways when the nodes
+// registered one.
+func gatewayFunctions(st *replicated.State, self uint64) []fngateway.Function {
 	if st.Desired == nil || len(st.Desired.Functions) == 0 {
 		return nil
 	}
@@ -166,6 +168,9 @@ func gatewayFunctions(st *replicated.State) []fngateway.Function {
 			continue
 		}
 		inst := fngateway.Instance{Name: name, Node: a.Node}
+		if n := st.Nodes[a.Node]; n != nil && a.Node != self {
+			inst.Via = n.GatewayAddr
+		}
 		if st.Network != nil {
 			if id, ok := st.Network.Identities[name]; ok && id.Address.IsValid() {
 				inst.Addr = netip.AddrPortFrom(id.Address, uint16(st.Desired.Functions[a.Function].HTTP.Port))

@@ -349,31 +349,8 @@ func TestFunctionsLoadAcrossNodes(t *testing.T) {
 	}
 
 	// Warm: 300 sequential requests each way, from node 1's namespace.
-	curlTimes := func(host, url string) []time.Duration {
-		args := []string{"-s", "-w", "%{http_code} %{time_total}\n", "-H", "Host: " + host}
-		for range 300 {
-			args = append(args, "-o", "/dev/null", url) // -o holds for one URL
-		}
-		out, err := l.net.Command(1, "curl", args...).Output()
-		if err != nil {
-			t.Fatalf("curl %s: %v", url, err)
-		}
-		var ds []time.Duration
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			f := strings.Fields(line)
-			if len(f) != 2 || f[0] != "200" {
-				t.Fatalf("curl %s: %q", url, line)
-			}
-			s, _ := strconv.ParseFloat(f[1], 64)
-			ds = append(ds, time.Duration(s*float64(time.Second)))
-		}
-		return ds
-	}
-	pct := func(ds []time.Duration, q float64) time.Duration {
-		s := slices.Clone(ds)
-		slices.Sort(s)
-		return s[int(q*float64(len(s)-1)+0.5)].Round(time.Microsecond)
-	}
+	curlTimes := func(host, url string) []time.Duration { return l.curlTimes(t, 1, host, url, 300) }
+	pct := pctl
 	direct := curlTimes("fn.lab.test", "http://"+insts[0].Address+":8080/")
 	via := curlTimes("fn.lab.test", "http://"+l.net.Addr(1)+":8080/")
 	t.Logf("warm, 300 sequential requests from node 1's namespace (instance on node %d): direct p50 %s p99 %s; through node 1's gateway p50 %s p99 %s",
@@ -469,4 +446,36 @@ func (l *lab) checkOneCommitScaleOuts(t *testing.T, fn string) {
 	if together == 0 {
 		t.Errorf("none of %s's %d scale-outs committed a plan in its own entry; want one commit from request to assignment", fn, outs)
 	}
+}
+
+// curlTimes sends n sequential GETs of url with Host host from node
+// from's namespace (one curl, connections kept alive) and returns their
+// times; any answer but 200 fails the test.
+func (l *lab) curlTimes(t *testing.T, from int, host, url string, n int) []time.Duration {
+	t.Helper()
+	args := []string{"-s", "-w", "%{http_code} %{time_total}\n", "-H", "Host: " + host}
+	for range n {
+		args = append(args, "-o", "/dev/null", url) // -o holds for one URL
+	}
+	out, err := l.net.Command(from, "curl", args...).Output()
+	if err != nil {
+		t.Fatalf("curl %s: %v", url, err)
+	}
+	var ds []time.Duration
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || f[0] != "200" {
+			t.Fatalf("curl %s: %q", url, line)
+		}
+		s, _ := strconv.ParseFloat(f[1], 64)
+		ds = append(ds, time.Duration(s*float64(time.Second)))
+	}
+	return ds
+}
+
+// pctl is the q-quantile of ds (nearest rank), to the microsecond.
+func pctl(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[int(q*float64(len(s)-1)+0.5)].Round(time.Microsecond)
 }

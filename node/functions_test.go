@@ -41,7 +41,8 @@ func TestGatewayFunctions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := &replicated.State{Desired: &spec.Cluster{Functions: map[string]spec.Function{"hello": fn}},
 				Assignments: map[string]replicated.Assignment{}, Observed: map[string]replicated.VMStatus{},
-				Network: &replicated.Network{Identities: map[string]replicated.Identity{}}}
+				Network: &replicated.Network{Identities: map[string]replicated.Identity{}},
+				Nodes:   map[uint64]*replicated.Node{1: {ID: 1, GatewayAddr: "10.9.0.1:8080"}, 2: {ID: 2, GatewayAddr: "10.9.0.2:8080"}}}
 			for i, a := range tc.assigned {
 				st.Assignments[a.VM] = a
 				st.Network.Identities[a.VM] = replicated.Identity{Address: netip.AddrFrom4([4]byte{10, 0, 0, byte(2 + i)})}
@@ -49,7 +50,7 @@ func TestGatewayFunctions(t *testing.T) {
 			for _, o := range tc.observed {
 				st.Observed[o.VM] = o
 			}
-			fns := gatewayFunctions(st)
+			fns := gatewayFunctions(st, 1)
 			if len(fns) != 1 || fns[0].Name != "hello" || fns[0].Concurrency != 2 || fns[0].MaxInstances != 4 {
 				t.Fatalf("functions %+v", fns)
 			}
@@ -65,6 +66,11 @@ func TestGatewayFunctions(t *testing.T) {
 				got += i.Name + ":" + state
 				if i.Addr.Port() != 8080 || !i.Addr.Addr().IsValid() {
 					t.Errorf("%s at %s", i.Name, i.Addr)
+				}
+				// Node 2's instances through node 2's gateway; node 1's
+				// (this gateway's own) straight.
+				if want := map[uint64]string{2: "10.9.0.2:8080"}[i.Node]; i.Via != want {
+					t.Errorf("%s on node %d via %q, want %q", i.Name, i.Node, i.Via, want)
 				}
 			}
 			if fns[0].StartFailure != "" {

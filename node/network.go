@@ -155,6 +155,14 @@ func (n *network) start(g *group, read func() (*replicated.State, error), propos
 	}
 }
 
+// gatewayAddr is how the other nodes' gateways reach this node's (the
+// ingress listener, which serves the function gateway): the host of
+// --ingress-addr, or of raftAddr when that listens on every address.
+// Called before start, while the network still owns the listener.
+func (n *network) gatewayAddr(raftAddr string) (string, error) {
+	return advertisedHostPort("--ingress-addr", n.cfg.Network.IngressAddr, n.ingressL.Addr().String(), raftAddr)
+}
+
 // Notify tells the component that a newer state applied; it never blocks.
 func (n *network) Notify() {
 	select {

@@ -161,11 +161,15 @@ func Run(ctx context.Context, cfg Config) error {
 	// The function gateway serves on the ingress listener, beside ingress.
 	var fns *functions
 	var fnStats api.FunctionStats
+	var gatewayAddr string
 	if nw != nil && nw.ingressL != nil {
 		fns = newFunctions(cfg.NodeID, store, m, log)
 		fns.carryPlan = true // a replica: it plans from its own state
 		nw.front = fns.frontDoor(nw.ingress)
 		fnStats = fns
+		if gatewayAddr, err = nw.gatewayAddr(cfg.RaftAddr); err != nil {
+			return err
+		}
 	}
 	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, fnStats, m, log)
 	if err != nil {
@@ -183,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := replicated.Command{Type: replicated.CmdRegisterNode, RegisterNode: &replicated.RegisterNode{
 		ID: cfg.NodeID, RaftAddr: cfg.RaftAddr, APIAddr: advertisedAPI(ln.Addr().String(), cfg.APIAddr),
-		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil,
+		Capacity: cfg.Capacity, Labels: cfg.Labels, CephAddrs: cephAddrs, Ceph: cfg.Ceph != nil, GatewayAddr: gatewayAddr,
 	}}
 	sh.register(reg.RegisterNode)
 	if _, err := store.ProposeOK(ctx, reg, time.Now); err != nil {

@@ -38,6 +38,7 @@ func (s *State) applyRegisterNode(index uint64, at time.Time, c *RegisterNode) R
 	// without the Ceph field keep their volumes.
 	n.Ceph = c.Ceph || len(c.CephAddrs) > 0
 	n.CacheURL, n.CacheKey = c.CacheURL, c.CacheKey
+	n.GatewayAddr = c.GatewayAddr
 	msg := fmt.Sprintf("node %d %s: vcpu %d, memMiB %d", c.ID, verb, c.Capacity.VCPU, c.Capacity.MemMiB)
 	if c.RaftAddr != "" {
 		msg += ", raft " + c.RaftAddr

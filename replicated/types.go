@@ -71,6 +71,13 @@ type Node struct {
 	// the node serves no cache.
 	CacheURL string `json:"cacheURL,omitempty"`
 	CacheKey string `json:"cacheKey,omitempty"`
+	// GatewayAddr is where the node's function gateway listens for the
+	// other nodes (host:port of its --ingress-addr): they pass it the
+	// requests for the node's function instances, so that one gateway
+	// counts every request an instance has. "" when the node serves no
+	// gateway (or was registered by a build without the field): requests
+	// then go straight to its instances.
+	GatewayAddr string `json:"gatewayAddr,omitempty"`
 	// Fenced are the addresses the leader blocklisted when it marked the
 	// node down. They stay when the node is made ready again, until the
 	// leader has lifted their blocklist entries (UnfenceNode): once the
@@ -539,6 +546,8 @@ type RegisterNode struct {
 	// CacheURL and CacheKey: the node's binary cache ([Node.CacheURL]).
 	CacheURL string `json:"cacheURL,omitempty"`
 	CacheKey string `json:"cacheKey,omitempty"`
+	// GatewayAddr: the node's function gateway ([Node.GatewayAddr]).
+	GatewayAddr string `json:"gatewayAddr,omitempty"`
 }
 
 // NodeHeartbeat says a node is alive and carries its agent's observations, batched.

@@ -102,6 +102,9 @@ type ViewNode struct {
 	Ceph     bool      `json:"ceph,omitempty"`
 	CacheURL string    `json:"cacheURL,omitempty"`
 	CacheKey string    `json:"cacheKey,omitempty"`
+	// GatewayAddr: an agent-only node's gateway passes requests for
+	// another node's function instances there.
+	GatewayAddr string `json:"gatewayAddr,omitempty"`
 }
 
 // ViewPlacementPart is the content of [ViewPlacement].
@@ -417,7 +420,7 @@ func nodesOf(st *State) []ViewNode {
 	for _, id := range slices.Sorted(maps.Keys(st.Nodes)) {
 		n := st.Nodes[id]
 		out = append(out, ViewNode{ID: n.ID, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr, State: n.State, Ceph: n.Ceph,
-			CacheURL: n.CacheURL, CacheKey: n.CacheKey})
+			CacheURL: n.CacheURL, CacheKey: n.CacheKey, GatewayAddr: n.GatewayAddr})
 	}
 	return out
 }
@@ -554,7 +557,7 @@ func nodeRecords(nodes []ViewNode) map[uint64]*Node {
 	out := make(map[uint64]*Node, len(nodes))
 	for _, n := range nodes {
 		out[n.ID] = &Node{ID: n.ID, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr, State: n.State, Ceph: n.Ceph,
-			CacheURL: n.CacheURL, CacheKey: n.CacheKey}
+			CacheURL: n.CacheURL, CacheKey: n.CacheKey, GatewayAddr: n.GatewayAddr}
 	}
 	return out
 }

@@ -25,7 +25,9 @@ func viewBase(t testing.TB) (*replicated.State, uint64) {
 		}
 	}
 	for id := uint64(1); id <= 3; id++ {
-		apply(testkit.Register(id))
+		reg := testkit.Register(id)
+		reg.RegisterNode.GatewayAddr = fmt.Sprintf("10.0.0.%d:8080", id)
+		apply(reg)
 	}
 	apply(testkit.Plan(0, "c1", testkit.Assign("a", 1, "v1"), testkit.Assign("b", 2, "v1"), testkit.Assign("c", 3, "v1")))
 	for id, vm := range map[uint64]string{1: "a", 2: "b", 3: "c"} {
@@ -142,6 +144,7 @@ func TestViewChanges(t *testing.T) {
 				c := testkit.Register(2)
 				c.RegisterNode.Labels = map[string]string{"zone": "b"}
 				c.RegisterNode.Capacity.VCPU = 99
+				c.RegisterNode.GatewayAddr = "10.0.0.2:8080" // as before
 				return c
 			}, nil},
 		{"a new node registers", nil,
@@ -233,7 +236,8 @@ func TestViewState(t *testing.T) {
 			}
 			for id, n := range st.Nodes {
 				g := got.Nodes[id]
-				if g == nil || g.State != n.State || g.RaftAddr != n.RaftAddr || g.CacheURL != n.CacheURL || g.CacheKey != n.CacheKey {
+				if g == nil || g.State != n.State || g.RaftAddr != n.RaftAddr || g.CacheURL != n.CacheURL || g.CacheKey != n.CacheKey ||
+					g.GatewayAddr != n.GatewayAddr {
 					t.Errorf("node %d = %+v, want the slow fields of %+v", id, g, n)
 				}
 			}

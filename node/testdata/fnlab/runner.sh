@@ -4,7 +4,7 @@
 # "guest" is a network and mount namespace behind a veth named like the
 # instance's tap, configured by DHCP from the node's dnsmasq, serving HTTP
 # on port 8080: "hello from NAME" at /, and after a second "slow from
-# NAME" at /cgi-bin/slow (busybox httpd's CGI). It writes when it was
+# NAME" at /cgi-bin/slow (busybox httpd's CGI; /cgi-bin/one below). It writes when it was
 # exec'd (exec.ns, nanoseconds since the epoch) and when its server
 # started (ready.ns), for the lab's cold start measurements.
 # It reads the identity the node wrote to STATE/NAME/network.env, as a
@@ -29,6 +29,11 @@ echo "hello from $name" > "$dir/www/index.html"
 mkdir -p "$dir/www/cgi-bin"
 printf '#!/bin/sh\nsleep 1\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow from %s\\n"\n' "$name" > "$dir/www/cgi-bin/slow"
 chmod +x "$dir/www/cgi-bin/slow"
+# /cgi-bin/one takes half a second and says whether another request was
+# inside it meanwhile ("overlap") or not ("alone"): how a handler that is
+# not safe for concurrent requests would fare.
+printf '#!/bin/sh\nif mkdir %s/busy 2>/dev/null; then s=alone; sleep 0.5; rmdir %s/busy; else s=overlap; sleep 0.5; fi\nprintf "Content-Type: text/plain\\r\\n\\r\\n%%s from %s\\n" "$s"\n' "$dir" "$dir" "$name" > "$dir/www/cgi-bin/one"
+chmod +x "$dir/www/cgi-bin/one"
 # The guest: its own network namespace, and its own /etc/resolv.conf
 # (bound from the instance directory) for the DHCP client to write.
 unshare --net --mount sh -c 'mount --bind "$0" /etc/resolv.conf && exec sleep 3600' "$dir/resolv.conf" &

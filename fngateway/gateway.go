@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -85,6 +86,9 @@ type Gateway struct {
 	cur     atomic.Pointer[table] // non-nil after New
 	proxy   *httputil.ReverseProxy
 	conns   *http.Transport
+	// peers are the addresses the other nodes' gateways connect from
+	// (SetPeers): only their requests may name an instance.
+	peers atomic.Pointer[map[netip.Addr]bool]
 }
 
 // table is one Update's functions: the routes (ingress's routing rule,
@@ -230,6 +234,28 @@ func (t *table) match(host, path string) (*fnState, bool) {
 
 type requestKey struct{}
 
+// SetPeers makes addrs the addresses whose requests may name an instance
+// in [HeaderInstance] (the other nodes' gateways); from anyone else the
+// header is dropped, so a client cannot take a request past the count of
+// the instance's node. Safe for concurrent use.
+func (g *Gateway) SetPeers(addrs []netip.Addr) {
+	set := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		set[a.Unmap()] = true
+	}
+	g.peers.Store(&set)
+}
+
+// fromPeer reports whether r came from an address SetPeers named.
+func (g *Gateway) fromPeer(r *http.Request) bool {
+	set := g.peers.Load()
+	if set == nil {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && (*set)[ap.Addr().Unmap()]
+}
+
 // ServeHTTP routes r to its function and proxies it to an instance, or
 // answers it with a plain-text [*Error].
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -240,6 +266,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Stream both ways (see ingress.Server.ServeHTTP).
 	_ = http.NewResponseController(w).EnableFullDuplex()
+	if r.Header.Get(HeaderInstance) != "" && !g.fromPeer(r) {
+		r.Header.Del(HeaderInstance) // a client's: routed like any request
+	}
 	now := time.Now()
 	rq := &request{f: f, arrived: now, deadline: now.Add(g.o.QueueTimeout), pin: r.Header.Get(HeaderInstance)}
 	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, rq)))

@@ -59,7 +59,8 @@ type Instance struct {
 // HeaderInstance names, on a request one gateway passes to another, the
 // instance the request is for: the receiving gateway (the instance's
 // node's) serves it there, waiting for a free slot in the function's
-// queue, and never passes it on again. The instance does not see it.
+// queue, and never passes it on again. It is honoured only from the
+// addresses of [Gateway.SetPeers]; the instance does not see it.
 const HeaderInstance = "Blixard-Instance"
 
 // FromSpec returns the functions of a cluster spec as the gateway routes

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -21,13 +22,15 @@ import (
 // requests passed on wait in node 1's queue and are answered once the
 // instance frees up; the client's address
 // reaches the instance first in X-Forwarded-For; node 3 counts its
-// requests in Requests, node 1 does not count them again.
+// requests in Requests, node 1 does not count them again; a client that
+// names the instance itself gets nothing of it.
 func TestConcurrencyHoldsAcrossGateways(t *testing.T) {
 	gt := newGate()
 	defer gt.release()
 	inst := startInstance(t, "hello-0", 1, gt.handler("hello-0"))
 	g1, url1 := startGateway(t, fngateway.Options{Node: 1})
 	g3, url3 := startGateway(t, fngateway.Options{Node: 3})
+	g1.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.1")}) // node 3's gateway connects from there
 	g1.Update([]fngateway.Function{hello(2, 1, inst)})
 	viaNode1 := inst
 	viaNode1.Via = strings.TrimPrefix(url1, "http://")
@@ -80,6 +83,9 @@ func TestConcurrencyHoldsAcrossGateways(t *testing.T) {
 	}
 	req.Host = "fn.example.org"
 	req.Header.Set("X-Forwarded-For", "192.0.2.7")
+	// A client naming the instance itself is routed like any client (node
+	// 3 does not take it for a peer's): passed on, its headers dropped.
+	req.Header.Set(fngateway.HeaderInstance, "hello-0")
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +111,7 @@ func TestPassedOnRequestIsNeverPassedOnAgain(t *testing.T) {
 	elsewhere := startInstance(t, "hello-1", 2, namer("hello-1"))
 	elsewhere.Via = refusingInstance(t, "gateway-of-node-2").Addr.String() // would fail if used
 	g1, url1 := startGateway(t, fngateway.Options{Node: 1, DownFor: time.Minute})
+	g1.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
 	g1.Update([]fngateway.Function{hello(1, 2, elsewhere)})
 	c := client(t)
 	req := func(pin string) answer {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -131,6 +132,7 @@ func (f *functions) refresh() {
 		return
 	}
 	f.gateway.Update(gatewayFunctions(st, f.self))
+	f.gateway.SetPeers(gatewayPeers(st))
 	wants := map[string]int{}
 	if st.Desired != nil {
 		for name := range st.Desired.Functions {
@@ -144,6 +146,32 @@ func (f *functions) refresh() {
 	if changed && f.trigger != nil {
 		f.trigger()
 	}
+}
+
+// gatewayPeers are the addresses the other nodes' gateways may connect
+// from (pure): every node's gateway, Raft (underlay) and overlay address
+// that is an IP address. A peer connecting from another one loses only
+// the pinning of the requests it passes on (they are routed like a
+// client's).
+func gatewayPeers(st *replicated.State) []netip.Addr {
+	var out []netip.Addr
+	add := func(hostPort string) {
+		if host, _, err := net.SplitHostPort(hostPort); err == nil {
+			if a, err := netip.ParseAddr(host); err == nil {
+				out = append(out, a)
+			}
+		}
+	}
+	for _, n := range st.Nodes {
+		add(n.GatewayAddr)
+		add(n.RaftAddr)
+	}
+	if st.Network != nil {
+		for _, a := range st.Network.NodeAddrs {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // gatewayFunctions is node self's gateway's view of st (pure): every

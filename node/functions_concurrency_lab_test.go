@@ -65,6 +65,15 @@ func TestFunctionsConcurrencyAcrossGateways(t *testing.T) {
 				r.node, r.code, r.body, r.err, "alone from fn-one-0")
 		}
 	}
+	// The instance's node took the others' requests as passed on by
+	// peers (pinned to its instance, not counted again): its gateway
+	// counts only the requests sent to it.
+	home := int(insts[0].Node)
+	if v, err := l.functions(home); err != nil {
+		t.Error(err)
+	} else if local := fnView(v, "one").Local; local == nil || local.Requests != each {
+		t.Errorf("node %d's gateway counted %+v; want the %d requests sent to it, not the ones passed on", home, local, each)
+	}
 	t.Logf("%d requests of 0.5 s through nodes 1, 2 and 3 at once, instance on node %d: all answered after %s (one at a time: ≥ %s)",
 		3*each, insts[0].Node, took.Round(time.Millisecond), time.Duration(3*each)*500*time.Millisecond)
 
@@ -73,7 +82,7 @@ func TestFunctionsConcurrencyAcrossGateways(t *testing.T) {
 	// the instance's node's gateway, interleaved.
 	var own, passed []time.Duration
 	for range 4 {
-		own = append(own, l.curlTimes(t, 3, "one.lab.test", fmt.Sprintf("http://%s:8080/", l.net.Addr(int(insts[0].Node))), 50)...)
+		own = append(own, l.curlTimes(t, 3, "one.lab.test", fmt.Sprintf("http://%s:8080/", l.net.Addr(home)), 50)...)
 		passed = append(passed, l.curlTimes(t, 3, "one.lab.test", fmt.Sprintf("http://%s:8080/", l.net.Addr(3)), 50)...)
 	}
 	t.Logf("warm GET / from node 3's namespace, 200 each: through the instance's node's gateway p50 %s p99 %s; "+

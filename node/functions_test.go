@@ -2,6 +2,7 @@ package node
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -102,5 +103,23 @@ func TestActiveFunctions(t *testing.T) {
 		if !got[k].Equal(v) {
 			t.Errorf("%s: got %v, want %v", k, got[k], v)
 		}
+	}
+}
+
+// TestGatewayPeers: the addresses other gateways may connect from are the
+// nodes' gateway, Raft and overlay addresses that are IP addresses.
+func TestGatewayPeers(t *testing.T) {
+	st := &replicated.State{
+		Nodes: map[uint64]*replicated.Node{
+			1: {ID: 1, RaftAddr: "10.0.0.1:7000", GatewayAddr: "10.1.0.1:8080"},
+			2: {ID: 2, RaftAddr: "node2.example:7000"}, // a name: not an address to compare with
+		},
+		Network: &replicated.Network{NodeAddrs: map[uint64]netip.Addr{1: netip.MustParseAddr("10.100.0.2")}},
+	}
+	got := gatewayPeers(st)
+	slices.SortFunc(got, netip.Addr.Compare)
+	want := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.100.0.2")}
+	if !slices.Equal(got, want) {
+		t.Errorf("peers %v, want %v", got, want)
 	}
 }

@@ -363,14 +363,14 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 					"waited", sent.Sub(rq.arrived).Round(time.Millisecond), "answer", time.Since(sent).Round(time.Millisecond),
 					"status", resp.StatusCode)
 			}
-			resp.Body = releaseOnClose(resp.Body, rq.f, s)
+			resp.Body = releaseOnClose(resp.Body, rq.f, s, rq.pin != "")
 			return resp, nil
 		}
 		if !ingress.IsDialError(err) || req.Context().Err() != nil {
-			rq.f.release(s)
+			rq.f.release(s, rq.pin != "")
 			return nil, fmt.Errorf("function %s, instance %s (%s): %w", rq.f.name, inst.Name, inst.Addr, err)
 		}
-		rq.f.refused(s)
+		rq.f.refused(s, rq.pin != "")
 		t.g.log.Warn("fngateway: instance refused a connection; trying another", "function", rq.f.name,
 			"instance", inst.Name, "addr", inst.Addr, "for", t.g.o.DownFor, "err", err)
 		if rq.tried == nil {
@@ -388,11 +388,12 @@ type keepOpenBody struct{ io.ReadCloser }
 
 func (keepOpenBody) Close() error { return nil }
 
-// releaseOnClose wraps an answer's body so that the request counts as in
-// flight on s until the body is closed: a stream holds its instance (and
-// one of its concurrency) for as long as it runs.
-func releaseOnClose(rc io.ReadCloser, f *fnState, s *slot) io.ReadCloser {
-	r := &released{ReadCloser: rc, f: f, s: s}
+// releaseOnClose wraps an answer's body so that the request (passed on by
+// a peer: peer) counts as in flight on s until the body is closed: a
+// stream holds its instance (and one of its concurrency) for as long as it
+// runs.
+func releaseOnClose(rc io.ReadCloser, f *fnState, s *slot, peer bool) io.ReadCloser {
+	r := &released{ReadCloser: rc, f: f, s: s, peer: peer}
 	if rwc, ok := rc.(io.ReadWriteCloser); ok {
 		// A 101 Switching Protocols answer's body is the connection
 		// itself; ReverseProxy writes to it.
@@ -405,12 +406,13 @@ type released struct {
 	io.ReadCloser
 	f    *fnState
 	s    *slot
+	peer bool
 	once sync.Once
 }
 
 func (r *released) Close() error {
 	err := r.ReadCloser.Close()
-	r.once.Do(func() { r.f.release(r.s) })
+	r.once.Do(func() { r.f.release(r.s, r.peer) })
 	return err
 }
 

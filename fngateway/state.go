@@ -21,6 +21,7 @@ const waitWindow = 1024
 type slot struct {
 	inst      Instance
 	inflight  int
+	fromPeers int       // of inflight, the requests other gateways passed on
 	downUntil time.Time // refused a connection; not picked before then
 }
 
@@ -52,6 +53,7 @@ type waiter struct {
 	// for (request.pin); nil: any.
 	pin    *slot
 	direct bool
+	peer   bool // passed on by another gateway
 }
 
 type counters struct {
@@ -129,7 +131,7 @@ func (f *fnState) acquire(ctx context.Context, rq *request) grant {
 	switch act {
 	case Serve:
 		s := f.slots[i]
-		s.inflight++
+		f.take(s, rq.pin != "")
 		gr := grant{s: s, inst: s.inst, direct: direct}
 		f.mu.Unlock()
 		return gr
@@ -151,7 +153,7 @@ func (f *fnState) acquire(ctx context.Context, rq *request) grant {
 		f.mu.Unlock()
 		return grant{err: &Error{Kind: QueueFull, Function: f.name}}
 	}
-	w := &waiter{grant: make(chan grant, 1), since: now, pin: pin, direct: direct}
+	w := &waiter{grant: make(chan grant, 1), since: now, pin: pin, direct: direct, peer: rq.pin != ""}
 	f.queue = append(f.queue, w)
 	f.armWake(now) // an instance that is only down for a moment takes it then
 	if !rq.waited {
@@ -182,7 +184,7 @@ func (f *fnState) wait(ctx context.Context, rq *request, w *waiter) grant {
 		f.mu.Unlock()
 		gr := <-w.grant
 		if gr.s != nil && ctx.Err() != nil {
-			f.release(gr.s)
+			f.release(gr.s, rq.pin != "")
 			return grant{err: ctx.Err()}
 		}
 		return gr
@@ -230,12 +232,24 @@ func (f *fnState) dequeue(w *waiter) bool {
 	return false
 }
 
+// take counts a request in flight on s (peer: passed on by another
+// gateway). Called with mu held.
+func (f *fnState) take(s *slot, peer bool) {
+	s.inflight++
+	if peer {
+		s.fromPeers++
+	}
+}
+
 // release ends a request's use of s (its answer's body was closed, or it
 // failed) and hands s to the next waiting request.
-func (f *fnState) release(s *slot) {
+func (f *fnState) release(s *slot, peer bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s.inflight--
+	if peer {
+		s.fromPeers--
+	}
 	now := f.g.o.Now()
 	f.lastActive = now
 	f.dispatch(now)
@@ -243,10 +257,13 @@ func (f *fnState) release(s *slot) {
 
 // refused ends a request's attempt on s, which refused the connection:
 // s is not picked for Options.DownFor.
-func (f *fnState) refused(s *slot) {
+func (f *fnState) refused(s *slot, peer bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s.inflight--
+	if peer {
+		s.fromPeers--
+	}
 	now := f.g.o.Now()
 	s.downUntil = now.Add(f.g.o.DownFor)
 	f.dispatch(now)
@@ -304,7 +321,7 @@ func (f *fnState) dispatch(now time.Time) {
 			continue
 		}
 		s := f.slots[i]
-		s.inflight++
+		f.take(s, w.peer)
 		f.queue = slices.Delete(f.queue, q, q+1)
 		f.recordWait(now.Sub(w.since))
 		w.grant <- grant{s: s, inst: s.inst, direct: w.direct}
@@ -487,11 +504,20 @@ func (f *fnState) remove() {
 	}
 }
 
-// stats is the function's Stats now.
+// stats is the function's Stats now: the requests other gateways passed
+// on are load here (in the Demand) but theirs to count.
 func (f *fnState) stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d := f.demand()
+	for _, s := range f.slots {
+		d.InFlight -= s.fromPeers
+	}
+	for _, w := range f.queue {
+		if w.peer {
+			d.Queued--
+		}
+	}
 	return Stats{
 		Function: f.name, Ready: d.Ready, Starting: d.Starting, InFlight: d.InFlight, Queued: d.Queued,
 		LastActive: f.lastActive, Requests: f.st.requests, ColdStarts: f.st.coldStarts,

@@ -110,7 +110,8 @@ func (d Demand) ScaleOut() bool { return d.Want > d.Ready+d.Starting }
 // (ScaleIn with LastActive).
 type Stats struct {
 	Function string
-	// Ready, Starting: its instances; InFlight, Queued: its requests now.
+	// Ready, Starting: its instances; InFlight, Queued: its requests now
+	// (not those other gateways passed on: they count there).
 	Ready, Starting, InFlight, Queued int
 	// LastActive is when a request last arrived or ended, or when the
 	// gateway first learned of the function if none has.

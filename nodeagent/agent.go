@@ -406,9 +406,17 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 }
 
-// shutdown ends every operation and, with StopOnExit, stops every VM.
+// rootsWait bounds how long a stopping agent waits for the runner roots
+// it is registering with nix in the background (20–30 ms each).
+const rootsWait = 30 * time.Second
+
+// shutdown ends every operation, waits for the background root
+// registrations and, with StopOnExit, stops every VM.
 func (a *Agent) shutdown(ctx context.Context) {
 	a.drainOps()
+	if a.real.roots != nil && !a.real.roots.wait(rootsWait) {
+		a.log.Warn("runner roots still being registered with nix after waiting; leaving them", "waited", rootsWait)
+	}
 	if !a.o.StopOnExit {
 		return
 	}

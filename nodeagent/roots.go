@@ -27,6 +27,9 @@ type rootBook struct {
 	registered map[string]string // guarded by mu
 	// held are the roots being changed (closed when released).
 	held map[string]chan struct{} // guarded by mu
+	// registering are the background registrations: the agent waits for
+	// them when it stops, so none writes a root after it.
+	registering sync.WaitGroup
 }
 
 func newRootBook() *rootBook {
@@ -104,7 +107,7 @@ func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logg
 		log.Debug("cannot link the runner's root; rooting it with nix", "root", root, "out", out, "err", err)
 		return false
 	}
-	go func() {
+	r.roots.registering.Go(func() {
 		// Bounded. A registration that fails leaves the runner kept by
 		// the other root alone (logged); the VM's next runner is rooted
 		// through nix as usual.
@@ -113,8 +116,24 @@ func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logg
 		if err := r.registerIfLinked(ctx, root, out); err != nil {
 			log.Warn("registering a runner's GC root with nix failed; another VM's root keeps the runner for now", "root", root, "out", out, "err", err)
 		}
-	}()
+	})
 	return true
+}
+
+// wait waits for the background registrations, at most for timeout; it
+// reports whether they all ended.
+func (b *rootBook) wait(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		b.registering.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }
 
 // registerIfLinked registers root with nix if it still points at out.

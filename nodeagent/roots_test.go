@@ -93,8 +93,19 @@ func TestLinkKeptRootsWithoutWaitingForNix(t *testing.T) {
 		}
 		return nil
 	})
+	// A stopping agent waits for the registration (Agent.shutdown), so
+	// no root is written after it.
+	if r.roots.wait(100 * time.Millisecond) {
+		t.Fatal("the background registrations ended while nix-store was held back")
+	}
 	if err := os.Remove(hold); err != nil {
 		t.Fatal(err)
+	}
+	if !r.roots.wait(30 * time.Second) {
+		t.Fatal("b's background registration did not end within 30s of nix-store going on")
+	}
+	if !registeredRoot(b) {
+		t.Fatalf("b's registration ended without a link to %s in /nix/var/nix/gcroots/auto", b)
 	}
 	testkit.WaitFor(t, 30*time.Second, "b's root registered with nix", func() error {
 		if !registeredRoot(b) {

@@ -47,6 +47,6 @@ done
 go test -count=1 -timeout 20m "$@" "${no_ceph[@]}"
 
 echo "== fuzz (short)"
-go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 10s -fuzzminimizetime 3s ./replicated
-go test -run '^$' -fuzz '^FuzzDecode$' -fuzztime 10s -fuzzminimizetime 3s ./spec
-go test -run '^$' -fuzz '^FuzzDecodeRequest$' -fuzztime 10s -fuzzminimizetime 3s ./api
+go test -run '^$' -fuzz '^FuzzDecodeCommand$' -fuzztime 20000x -fuzzminimizetime 3s ./replicated
+go test -run '^$' -fuzz '^FuzzDecode$' -fuzztime 20000x -fuzzminimizetime 3s ./spec
+go test -run '^$' -fuzz '^FuzzDecodeRequest$' -fuzztime 20000x -fuzzminimizetime 3s ./api

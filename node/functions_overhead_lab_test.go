@@ -28,11 +28,12 @@ const (
 // starts: overheadSamples functions of the same runner (already in the
 // store), each cold-started by a request to node 3, which cannot run an
 // instance; from the request's arrival until the runner on node 1 or 2 was
-// exec'd (its exec.ns, written by the runner's first command): the
-// gateway's scale-out, its Raft commit (with the plan riding along), the
-// agent's pass, the network identity and the spawn. Two rounds: new
-// instance names, then, after every function scaled to zero, the same
-// names again. Every request must be answered by its function's instance.
+// exec'd (the agent's "runner exec'd" log line; also until the runner's
+// first command, its exec.ns): the gateway's scale-out, its Raft commit
+// (with the plan riding along), the agent's pass, the network identity and
+// the spawn. Three rounds: new instance names 300 ms apart, then, after
+// every function scaled to zero, the same names again, then again one at
+// a time. Every request must be answered by its function's instance.
 func TestFunctionsColdStartOverhead(t *testing.T) {
 	var extra strings.Builder
 	for i := range overheadSamples {
@@ -52,16 +53,21 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 	if code, body, err := l.fnGet(3, "fn.lab.test", "/", 60*time.Second); err != nil || code != http.StatusOK {
 		t.Fatalf("warm-up cold start: %d %q %v", code, body, err)
 	}
-	l.overheadRound(t, "new instance names")
-	testkit.WaitFor(t, time.Minute, "every o* function scaled to zero, its runner gone", func() error {
-		for i := range overheadSamples {
-			if left := l.fnRunners(fmt.Sprintf("o%d", i)); len(left) > 0 {
-				return fmt.Errorf("o%d: %v", i, left)
+	scaledToZero := func() {
+		testkit.WaitFor(t, time.Minute, "every o* function scaled to zero, its runner gone", func() error {
+			for i := range overheadSamples {
+				if left := l.fnRunners(fmt.Sprintf("o%d", i)); len(left) > 0 {
+					return fmt.Errorf("o%d: %v", i, left)
+				}
 			}
-		}
-		return nil
-	})
-	l.overheadRound(t, "the same names after scale to zero")
+			return nil
+		})
+	}
+	l.overheadRound(t, "new instance names", false)
+	scaledToZero()
+	l.overheadRound(t, "the same names after scale to zero", false)
+	scaledToZero()
+	l.overheadRound(t, "one at a time, each after the one before answered", true)
 
 	// The new instances' taps and identities came through the network's
 	// fast lane (asking the kernel about the new taps alone), not only
@@ -81,13 +87,18 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 }
 
 // overheadRound cold-starts every o* function once, overheadSpacing
-// apart, and logs the orchestration's distribution.
-func (l *lab) overheadRound(t *testing.T, what string) {
+// apart (their guests start side by side), or, sequential, each once the
+// one before answered (the orchestration alone, without other guests
+// starting beside it), and logs the orchestration's distribution.
+func (l *lab) overheadRound(t *testing.T, what string, sequential bool) {
 	t.Helper()
 	arrived := make([]time.Time, overheadSamples)
 	var wg sync.WaitGroup
 	errs := make([]error, overheadSamples)
 	for i := range overheadSamples {
+		if sequential {
+			wg.Wait()
+		}
 		arrived[i] = time.Now()
 		wg.Go(func() {
 			host := fmt.Sprintf("o%d.lab.test", i)
@@ -99,7 +110,9 @@ func (l *lab) overheadRound(t *testing.T, what string) {
 				errs[i] = fmt.Errorf("%s: %s: %w; want 200 from fn-o%d-0", what, host, err, i)
 			}
 		})
-		time.Sleep(overheadSpacing)
+		if !sequential {
+			time.Sleep(overheadSpacing)
+		}
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -107,24 +120,69 @@ func (l *lab) overheadRound(t *testing.T, what string) {
 			t.Error(err)
 		}
 	}
-	var overhead []time.Duration
+	// Two ends: the agent's exec of the runner (its log line "runner
+	// exec'd", written once exec.Cmd.Start returned: the orchestration the
+	// issue bounds) and the runner's own first command (its exec.ns: the
+	// shell's start and a fork of date(1) more).
+	var toExec, toFirst []time.Duration
+	var samples []string
 	for i := range overheadSamples {
-		exec, ok := l.instanceExec(fmt.Sprintf("fn-o%d-0", i))
-		if !ok || exec.Before(arrived[i]) {
-			t.Errorf("%s: fn-o%d-0 left no exec.ns on node 1 or 2 after its request", what, i)
+		name := fmt.Sprintf("fn-o%d-0", i)
+		first, ok := l.instanceExec(name)
+		if !ok || first.Before(arrived[i]) {
+			t.Errorf("%s: %s left no exec.ns on node 1 or 2 after its request", what, name)
 			continue
 		}
-		overhead = append(overhead, exec.Sub(arrived[i]))
+		exec, ok := l.agentExec(t, name, arrived[i])
+		if !ok {
+			t.Errorf("%s: no node logged \"runner exec'd\" for %s after its request", what, name)
+			continue
+		}
+		toExec, toFirst = append(toExec, exec.Sub(arrived[i])), append(toFirst, first.Sub(arrived[i]))
+		// Each sample, to find it in the node logs (BLIXARD_LAB_LOGS).
+		samples = append(samples, fmt.Sprintf("o%d %s→%s/%s", i, arrived[i].Format("15:04:05.000000"),
+			exec.Sub(arrived[i]).Round(100*time.Microsecond), first.Sub(arrived[i]).Round(100*time.Microsecond)))
 	}
-	if len(overhead) == 0 {
+	if len(toExec) == 0 {
 		return
 	}
-	slices.Sort(overhead)
+	t.Logf("samples, %s (arrival→exec'd/first command): %s", what, strings.Join(samples, ", "))
+	t.Logf("cold start orchestration, %s (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: %s",
+		what, len(toExec), distribution(toExec))
+	t.Logf("the same to the runner's first command (its shell started, date(1) forked): %s", distribution(toFirst))
+}
+
+// distribution is "min, p50, p90, max" of ds (sorted in place).
+func distribution(ds []time.Duration) string {
+	slices.Sort(ds)
 	at := func(q float64) time.Duration {
-		return overhead[min(len(overhead)-1, int(q*float64(len(overhead))))].Round(100 * time.Microsecond)
+		return ds[min(len(ds)-1, int(q*float64(len(ds))))].Round(100 * time.Microsecond)
 	}
-	t.Logf("cold start orchestration, %s (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: min %s, p50 %s, p90 %s, max %s",
-		what, len(overhead), at(0), at(0.5), at(0.9), at(1))
+	return fmt.Sprintf("min %s, p50 %s, p90 %s, max %s", at(0), at(0.5), at(0.9), at(1))
+}
+
+// agentExec is when node 1 or 2 first logged "runner exec'd" for instance
+// name after after (debug lines carry microseconds).
+func (l *lab) agentExec(t *testing.T, name string, after time.Time) (time.Time, bool) {
+	t.Helper()
+	var first time.Time
+	for i := 1; i <= 2; i++ {
+		b, err := os.ReadFile(filepath.Join(l.root, fmt.Sprintf("n%d.log", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, `msg="runner exec'd"`) || !strings.Contains(line+" ", " vm="+name+" ") {
+				continue
+			}
+			ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if err == nil && !at.Before(after) && (first.IsZero() || at.Before(first)) {
+				first = at
+			}
+		}
+	}
+	return first, !first.IsZero()
 }
 
 // instanceExec is when instance name's runner was last exec'd on node 1

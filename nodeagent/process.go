@@ -484,6 +484,9 @@ func (b *ProcessBackend) spawn(name string) (*procHandle, *exec.Cmd, string, err
 		return nil, nil, "", fmt.Errorf("start %s: %w (is %s a runner with bin/microvm-run?)", name, err, out)
 	}
 	pid := cmd.Process.Pid
+	// Start returned once the runner was exec'd: where a cold start's
+	// orchestration ends (the lab reads this line's time).
+	b.log.Debug("runner exec'd", "vm", name, "pid", pid)
 	fail := func(err error) (*procHandle, *exec.Cmd, string, error) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()

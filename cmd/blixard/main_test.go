@@ -186,3 +186,31 @@ func TestDevServesOnlyOnLoopback(t *testing.T) {
 		t.Fatalf("dev on a wildcard address: exit %d: %s%s", code, out.String(), errb.String())
 	}
 }
+
+func TestLoggerTimesHaveMicrosecondsAtDebugOnly(t *testing.T) {
+	for _, tt := range []struct {
+		level  string
+		digits int // fractional digits of the time
+	}{{"debug", 6}, {"info", 3}, {"warn", 3}} {
+		var out bytes.Buffer
+		g := &globals{stderr: &out, logLevel: tt.level}
+		log, err := g.logger()
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Error("x")
+		line := out.String()
+		ts, _, ok := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		if !ok || !strings.HasPrefix(line, "time=") {
+			t.Fatalf("%s: no time in %q", tt.level, line)
+		}
+		when, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || time.Since(when) > time.Minute || time.Since(when) < 0 {
+			t.Errorf("%s: time %q: %v (want now)", tt.level, ts, err)
+		}
+		_, frac, _ := strings.Cut(ts, ".")
+		if digits := len(frac) - len(strings.TrimLeft(frac, "0123456789")); digits != tt.digits {
+			t.Errorf("%s: time %q has %d fractional digits, want %d", tt.level, ts, digits, tt.digits)
+		}
+	}
+}

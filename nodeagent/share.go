@@ -16,7 +16,6 @@ import (
 
 	"github.com/blixard/blixard/nixcache"
 	"github.com/blixard/blixard/replicated"
-	"github.com/blixard/blixard/spec"
 )
 
 // CacheOptions say how the agent shares runners with other nodes: every
@@ -444,7 +443,7 @@ func (a *Agent) FunctionPrefetcher(dir string) *Prebuilder {
 const prefetchRetry = 10 * time.Second
 
 // functionRunnerItems lists the runners of the committed revision's
-// functions that node self may run (functionMayRun), one per out path,
+// functions that node self may run (replicated.FunctionMayRun), one per out path,
 // sorted; a function with `prefetch = false` is left out (another one with
 // the same runner still keeps it).
 func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
@@ -459,7 +458,7 @@ func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
 	var out []prebuildItem
 	for _, name := range slices.Sorted(maps.Keys(st.Desired.Functions)) {
 		f := st.Desired.Functions[name]
-		if f.Runner.Out == "" || f.NoPrefetch || seen[f.Runner.Out] || !functionMayRun(f, node) {
+		if f.Runner.Out == "" || f.NoPrefetch || seen[f.Runner.Out] || !replicated.FunctionMayRun(f, node) {
 			continue
 		}
 		seen[f.Runner.Out] = true
@@ -467,21 +466,6 @@ func functionRunnerItems(st *replicated.State, self uint64) []prebuildItem {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].out < out[j].out })
 	return out
-}
-
-// functionMayRun reports whether the placement rules that do not change
-// with load let an instance of f run on n: its node list, its labels and
-// n's whole capacity (what is free changes with every cold start).
-func functionMayRun(f spec.Function, n *replicated.Node) bool {
-	if len(f.Placement.Nodes) > 0 && !slices.Contains(f.Placement.Nodes, n.ID) {
-		return false
-	}
-	for k, v := range f.Placement.Labels {
-		if n.Labels[k] != v {
-			return false
-		}
-	}
-	return f.VCPU <= n.Capacity.VCPU && f.MemMiB <= n.Capacity.MemMiB
 }
 
 // Notify asks for a look at the state now; it never blocks.

@@ -122,6 +122,26 @@ func FunctionInstanceIndex(fn, name string) (int, bool) {
 	return i, err == nil && i >= 0
 }
 
+// FunctionMayRun reports whether the placement rules that do not change
+// with load let an instance of f run on n: its node list, its labels and
+// n's whole capacity (what is free changes with every cold start). A node
+// that may run f keeps f's runner fetched ahead and a tap ready for f's
+// next instance.
+func FunctionMayRun(f spec.Function, n *Node) bool {
+	if n == nil {
+		return false
+	}
+	if len(f.Placement.Nodes) > 0 && !slices.Contains(f.Placement.Nodes, n.ID) {
+		return false
+	}
+	for k, v := range f.Placement.Labels {
+		if n.Labels[k] != v {
+			return false
+		}
+	}
+	return f.VCPU <= n.Capacity.VCPU && f.MemMiB <= n.Capacity.MemMiB
+}
+
 // ClampWant is the one bound on a function's instances: want within
 // [minInstances, maxInstances] of f.
 func ClampWant(f spec.Function, want int) int {

@@ -151,3 +151,33 @@ func TestClampWant(t *testing.T) {
 		}
 	}
 }
+
+func TestFunctionMayRun(t *testing.T) {
+	node := &Node{ID: 2, Labels: map[string]string{"zone": "a"}, Capacity: Resources{VCPU: 2, MemMiB: 1024}}
+	f := spec.Function{VCPU: 2, MemMiB: 1024}
+	tests := []struct {
+		name   string
+		change func(f *spec.Function)
+		node   *Node
+		want   bool
+	}{
+		{"fits the node's whole capacity", nil, node, true},
+		{"listed among its nodes", func(f *spec.Function) { f.Placement.Nodes = []uint64{1, 2} }, node, true},
+		{"not listed", func(f *spec.Function) { f.Placement.Nodes = []uint64{1, 3} }, node, false},
+		{"its labels match", func(f *spec.Function) { f.Placement.Labels = map[string]string{"zone": "a"} }, node, true},
+		{"a label differs", func(f *spec.Function) { f.Placement.Labels = map[string]string{"zone": "b"} }, node, false},
+		{"a label the node lacks", func(f *spec.Function) { f.Placement.Labels = map[string]string{"gpu": "yes"} }, node, false},
+		{"more vCPUs than the node has", func(f *spec.Function) { f.VCPU = 3 }, node, false},
+		{"more memory than the node has", func(f *spec.Function) { f.MemMiB = 1025 }, node, false},
+		{"no node", nil, nil, false},
+	}
+	for _, tt := range tests {
+		f := f
+		if tt.change != nil {
+			tt.change(&f)
+		}
+		if got := FunctionMayRun(f, tt.node); got != tt.want {
+			t.Errorf("%s: FunctionMayRun = %t, want %t", tt.name, got, tt.want)
+		}
+	}
+}

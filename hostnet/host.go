@@ -113,9 +113,12 @@ func (h *Host) Sync(ctx context.Context, cfg Config, want Desired) ([]Op, error)
 // operations Plan gives a missing tap (created with mtu, attached to
 // cfg's bridge, up, a static entry for the guest's MAC), asking the kernel
 // about those taps alone: the fast lane of a start waiting for its tap,
-// where Sync observes the whole namespace first. A tap that exists is left
-// to Sync, and so is everything else; without cfg.CreateTaps (taps made by
-// microvm.nix's units) it does nothing. mtu is the bridge's (Sync's
+// where Sync observes the whole namespace first. A tap that exists (made
+// ahead, as a spare) is left to Sync, and so is everything else, but one
+// Sync would replace (its owner, group or queues differ, it is not
+// persistent) is an error: the caller's instance waits for that Sync
+// rather than open a tap about to go. Without cfg.CreateTaps (taps made
+// by microvm.nix's units) it does nothing. mtu is the bridge's (Sync's
 // result; see LinkMTU).
 func (h *Host) AddMissingTaps(ctx context.Context, cfg Config, mtu int, taps []Tap) ([]Op, error) {
 	cfg = cfg.withDefaults()
@@ -134,7 +137,7 @@ func (h *Host) AddMissingTaps(ctx context.Context, cfg Config, mtu int, taps []T
 	var ops []Op
 	h.mu.Lock()
 	for _, t := range taps {
-		_, err := h.nl.LinkByName(t.Name)
+		l, err := h.nl.LinkByName(t.Name)
 		var missing netlink.LinkNotFoundError
 		switch {
 		case errors.As(err, &missing):
@@ -142,6 +145,12 @@ func (h *Host) AddMissingTaps(ctx context.Context, cfg Config, mtu int, taps []T
 		case err != nil:
 			h.mu.Unlock()
 			return nil, fmt.Errorf("hostnet: link %s: %w", t.Name, err)
+		default:
+			if tt, ok := l.(*netlink.Tuntap); ok && !tapMatches(*tapInfo(tt), t) {
+				h.mu.Unlock()
+				return nil, fmt.Errorf("hostnet: tap %s exists with other settings (owner %d, group %d, multi_queue %t; want %d, %d, %t): Sync replaces it",
+					t.Name, tt.Owner, tt.Group, tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0, t.Owner, t.Group, t.MultiQueue)
+			}
 		}
 	}
 	h.mu.Unlock()
@@ -243,13 +252,7 @@ func (h *Host) observeLocked() (State, error) {
 				out.Port = &PortFlags{Learning: pi.Learning, NeighSuppress: pi.NeighSuppress}
 			}
 		case *netlink.Tuntap:
-			out.Tap = &TapInfo{
-				Tap:        d.Mode == netlink.TUNTAP_MODE_TAP,
-				Owner:      d.Owner,
-				Group:      d.Group,
-				MultiQueue: d.Flags&netlink.TUNTAP_MULTI_QUEUE != 0,
-				Persistent: !d.NonPersist,
-			}
+			out.Tap = tapInfo(d)
 		}
 		s.Links = append(s.Links, out)
 	}
@@ -549,4 +552,15 @@ func addrOf(ip net.IP) netip.Addr {
 		return netip.Addr{}
 	}
 	return a.Unmap()
+}
+
+// tapInfo is what Plan compares of a tap netlink reports.
+func tapInfo(d *netlink.Tuntap) *TapInfo {
+	return &TapInfo{
+		Tap:        d.Mode == netlink.TUNTAP_MODE_TAP,
+		Owner:      d.Owner,
+		Group:      d.Group,
+		MultiQueue: d.Flags&netlink.TUNTAP_MULTI_QUEUE != 0,
+		Persistent: !d.NonPersist,
+	}
 }

@@ -403,6 +403,23 @@ func TestNetnsAddMissingTapsIsWhatSyncWouldDo(t *testing.T) {
 	if len(ops) != 0 {
 		t.Errorf("Sync after AddMissingTaps: %q, want nothing left to do", strs(ops))
 	}
+	// A tap made ahead with other settings than the instance's (here its
+	// owner) is one Sync would replace: an error, and nothing is done, so
+	// the instance waits for the Sync instead of opening a tap about to go.
+	otherOwner := old
+	otherOwner.Owner = 4242
+	third := hostnet.Tap{Name: "vm-t", MAC: mac("52:54:00:00:00:03")}
+	if ops, err := nd.host.AddMissingTaps(ctx, cfg, mtu, []hostnet.Tap{third, otherOwner}); err == nil || !strings.Contains(err.Error(), "other settings") {
+		t.Errorf("AddMissingTaps for a tap with another owner: %q, %v; want an error about its settings", strs(ops), err)
+	}
+	if out := ipIn(t, nd, "link", "show"); strings.Contains(out, "vm-t") {
+		t.Errorf("AddMissingTaps that failed created vm-t:\n%s", out)
+	}
+	ops, err = nd.host.Sync(ctx, cfg, hostnet.Desired{LocalTaps: []hostnet.Tap{otherOwner, fresh}})
+	must(t, err)
+	if got := strs(ops); !slices.Contains(got, "link del vm-o") {
+		t.Errorf("Sync with vm-o's new owner: %q, want it replaced", got)
+	}
 }
 
 // TestNetnsTapMadeLaterIsAttachedByTheNextSync: under systemd a wanted tap

@@ -35,6 +35,9 @@ type netInputs struct {
 	// multiQueue lists the local instances whose runner wants a tap with
 	// multi_queue (microvm.nix's share/microvm/tap-flags).
 	multiQueue map[string]bool
+	// multiQueueRunners lists the function runners (out paths) that want
+	// one: a spare tap (rule 6) is made as the instance's will be.
+	multiQueueRunners map[string]bool
 	// owner and group own the taps hostnet creates: the owner of the
 	// state directory, whom the runners run as.
 	owner, group uint32
@@ -52,7 +55,16 @@ type netPlan struct {
 	env map[string]instanceEnv
 	// skipped says, one sentence each, what was left out and why.
 	skipped []string
+	// spares are the instances whose taps are made ahead (rule 6), by tap
+	// name.
+	spares map[string]string
 }
+
+// maxSpareTaps bounds the taps a node makes ahead (rule 6 of
+// planNetwork): one per function it may run, in name order, up to this
+// many, so a cluster of many functions does not fill the bridge with
+// ports nobody uses.
+const maxSpareTaps = 64
 
 // planNetwork is the pure part of the node's network component: what this
 // node's overlay, DHCP and DNS must carry for state s. ok is false while the
@@ -78,6 +90,19 @@ type netPlan struct {
 //     this node's own underlay address, an address outside the network, a
 //     node whose underlay address is unknown) are left out and listed in
 //     skipped: one broken entry never cuts the rest of the cluster off.
+//  6. Taps ahead: where this node makes the taps (the process backend),
+//     every function it may run (replicated.FunctionMayRun) below its
+//     maxInstances keeps a spare tap for its next instance, the lowest
+//     numbered one assigned nowhere, named and with the MAC that instance
+//     gets (its identity when it has one, else replicated.DeriveTap and
+//     DeriveMAC at the first attempt, which AllocateNetwork gives unless
+//     another instance holds them: then there is no spare). When the
+//     instance is placed here its tap is on the bridge already and the
+//     start's fast lane only writes its identity: creating a tap and making
+//     it a bridge port is the netlink work a cold start would otherwise
+//     wait for. Placed elsewhere, the spare goes and the next instance's
+//     comes. No lease and no DNS name: nothing runs behind a spare. At most
+//     maxSpareTaps, by function name.
 func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, bool) {
 	if s == nil || s.Network == nil || !s.Network.CIDR.IsValid() || !s.Network.Gateway.IsValid() {
 		return netPlan{}, false
@@ -174,6 +199,10 @@ func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, b
 		p.want.Remote = append(p.want.Remote, hostnet.NodeRemote(addr, u))
 	}
 
+	if set.createTaps {
+		p.spares = spareTaps(s, set.self, &p.want, in)
+	}
+
 	running := ingress.RunningInstances(s)
 	for _, vm := range slices.Sorted(maps.Keys(running)) {
 		for _, inst := range running[vm] {
@@ -183,6 +212,61 @@ func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, b
 		}
 	}
 	return p, true
+}
+
+// spareTaps is rule 6 of planNetwork: it adds the spare taps to want and
+// returns their instances by tap name.
+func spareTaps(s *replicated.State, self uint64, want *hostnet.Desired, in netInputs) map[string]string {
+	node := s.Nodes[self]
+	if s.Desired == nil || len(s.Desired.Functions) == 0 || node == nil {
+		return nil
+	}
+	// A spare's name and MAC must be nobody else's: hostnet refuses a
+	// table that lists one twice.
+	takenTap, takenMAC := map[string]bool{}, map[string]bool{}
+	for _, id := range s.Network.Identities {
+		takenTap[id.Tap], takenMAC[id.MAC.String()] = true, true
+	}
+	for _, t := range want.LocalTaps {
+		takenTap[t.Name], takenMAC[t.MAC.String()] = true, true
+	}
+	for _, r := range want.Remote {
+		takenMAC[r.MAC.String()] = true
+	}
+	spares := map[string]string{}
+	for _, fn := range slices.Sorted(maps.Keys(s.Desired.Functions)) {
+		if len(spares) == maxSpareTaps {
+			break
+		}
+		f := s.Desired.Functions[fn]
+		if !replicated.FunctionMayRun(f, node) {
+			continue
+		}
+		next := ""
+		for i := range f.MaxInstances {
+			if _, assigned := s.Assignments[replicated.FunctionInstance(fn, i)]; !assigned {
+				next = replicated.FunctionInstance(fn, i)
+				break
+			}
+		}
+		if next == "" {
+			continue // at maxInstances: no next instance
+		}
+		tap, mac := replicated.DeriveTap(s.Desired.Name, next, 0), replicated.DeriveMAC(s.Desired.Name, next, 0)
+		if id, ok := s.Network.Identities[next]; ok {
+			tap, mac = id.Tap, id.MAC
+			delete(takenTap, tap) // its own
+			delete(takenMAC, mac.String())
+		}
+		if takenTap[tap] || takenMAC[mac.String()] {
+			continue
+		}
+		takenTap[tap], takenMAC[mac.String()] = true, true
+		want.LocalTaps = append(want.LocalTaps, hostnet.Tap{Name: tap, MAC: mac.HardwareAddr(), Owner: in.owner, Group: in.group,
+			MultiQueue: in.multiQueueRunners[f.Runner.Out]})
+		spares[tap] = next
+	}
+	return spares
 }
 
 // runsAt is the node whose copy of instance name traffic must reach: the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -75,6 +76,9 @@ type network struct {
 	mtu     int               // guarded by hostMu: the bridge's MTU once observed; 0 before
 	synced  bool              // guarded by hostMu: the last host Sync succeeded
 	written map[string][]byte // guarded by hostMu: network.env contents written, by instance
+	// runnerQueues caches which function runners (store paths, which never
+	// change) want multi-queue taps; guarded by hostMu.
+	runnerQueues map[string]bool
 
 	// Owned by Run's goroutine.
 	lastSkip  string // the skipped entries last logged
@@ -363,7 +367,39 @@ func (n *network) plan(ctx context.Context, s *replicated.State) (netPlan, bool)
 	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
 	in.owner, in.group = stateOwner(n.cfg.StateDir)
 	in.multiQueue = multiQueueTaps(n.cfg.StateDir, s, n.cfg.NodeID)
+	if n.set.createTaps {
+		in.multiQueueRunners = n.functionRunnerQueues(s)
+	}
 	return planNetwork(s, n.set, in)
+}
+
+// functionRunnerQueues reports which function runners of s want
+// multi-queue taps, as multiQueueTaps does for instances, reading each
+// runner's tap-flags once it is in the store. n.hostMu must be held.
+func (n *network) functionRunnerQueues(s *replicated.State) map[string]bool {
+	if s.Desired == nil {
+		return nil
+	}
+	known := n.runnerQueues
+	n.runnerQueues = map[string]bool{} // the runners of s only
+	for _, f := range s.Desired.Functions {
+		out := f.Runner.Out
+		if mq, ok := known[out]; ok || out == "" {
+			n.runnerQueues[out] = mq
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(out, "share", "microvm", "tap-flags"))
+		switch {
+		case err == nil:
+			n.runnerQueues[out] = slices.Contains(strings.Fields(string(data)), "multi_queue")
+		case errors.Is(err, fs.ErrNotExist):
+			if _, err := os.Stat(out); err == nil {
+				n.runnerQueues[out] = false // in the store, without tap flags
+			}
+			// else: not fetched yet; asked again next pass
+		}
+	}
+	return n.runnerQueues
 }
 
 // startLane is the fast lane of a start: vm, new on this node, is made

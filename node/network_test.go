@@ -335,3 +335,134 @@ func BenchmarkPlanNetwork(b *testing.B) {
 		}
 	}
 }
+
+// fnState is netState with function f (maxInstances max, placed by
+// placement) declared and every node able to hold 4 vCPUs and 4 GiB.
+func fnState(assigned map[string]uint64, max int, placement spec.Placement) *replicated.State {
+	s := netState(assigned, nil)
+	for _, n := range s.Nodes {
+		n.Capacity = replicated.Resources{VCPU: 4, MemMiB: 4096}
+	}
+	s.Desired.Functions = map[string]spec.Function{"f": {Runner: spec.Runner{Out: "/nix/store/f-runner"}, VCPU: 1, MemMiB: 64,
+		MaxInstances: max, Placement: placement}}
+	return s
+}
+
+func TestPlanNetworkSpareTaps(t *testing.T) {
+	tap := func(name string) string { return replicated.DeriveTap("prod", name, 0) }
+	tests := []struct {
+		name   string
+		self   uint64
+		state  *replicated.State
+		change func(s *replicated.State, set *netSettings, in *netInputs)
+		want   map[string]string // spare tap → instance
+	}{
+		{name: "no instance yet: every node that may run it keeps a tap for fn-f-0", self: 1,
+			state: fnState(nil, 3, spec.Placement{}),
+			want:  map[string]string{tap("fn-f-0"): "fn-f-0"}},
+		{name: "fn-f-0 placed elsewhere: the spare is fn-f-1's", self: 1,
+			state: fnState(map[string]uint64{"fn-f-0": 2}, 3, spec.Placement{}),
+			want:  map[string]string{tap("fn-f-1"): "fn-f-1"}},
+		{name: "the node running fn-f-0 keeps fn-f-1's too", self: 2,
+			state: fnState(map[string]uint64{"fn-f-0": 2}, 3, spec.Placement{}),
+			want:  map[string]string{tap("fn-f-1"): "fn-f-1"}},
+		{name: "the lowest instance assigned nowhere is next", self: 1,
+			state: fnState(map[string]uint64{"fn-f-0": 2, "fn-f-2": 3}, 4, spec.Placement{}),
+			want:  map[string]string{tap("fn-f-1"): "fn-f-1"}},
+		{name: "at maxInstances there is no next instance", self: 1,
+			state: fnState(map[string]uint64{"fn-f-0": 2, "fn-f-1": 3}, 2, spec.Placement{})},
+		{name: "a node the placement leaves out has none", self: 1,
+			state: fnState(nil, 3, spec.Placement{Nodes: []uint64{2}})},
+		{name: "nor a node too small for an instance", self: 1, state: fnState(nil, 3, spec.Placement{}),
+			change: func(s *replicated.State, _ *netSettings, _ *netInputs) { s.Nodes[1].Capacity.VCPU = 0 }},
+		{name: "nor where microvm.nix makes the taps", self: 1, state: fnState(nil, 3, spec.Placement{}),
+			change: func(_ *replicated.State, set *netSettings, _ *netInputs) { set.createTaps = false }},
+		{name: "the next instance's identity, when it has one, names the tap", self: 1, state: fnState(nil, 3, spec.Placement{}),
+			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
+				s.Network.Identities["fn-f-0"] = replicated.Identity{Address: netip.MustParseAddr("10.100.0.9"),
+					MAC: replicated.DeriveMAC("prod", "fn-f-0", 1), Tap: "bxdeclared", Hostname: "fn-f-0"}
+			},
+			want: map[string]string{"bxdeclared": "fn-f-0"}},
+		{name: "a tap name another instance holds is not made ahead", self: 1, state: fnState(map[string]uint64{"db": 1}, 3, spec.Placement{}),
+			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
+				id := s.Network.Identities["db"]
+				id.Tap = tap("fn-f-0")
+				s.Network.Identities["db"] = id
+			}},
+		{name: "nor a MAC another instance holds", self: 1, state: fnState(map[string]uint64{"db": 2}, 3, spec.Placement{}),
+			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
+				id := s.Network.Identities["db"]
+				id.MAC = replicated.DeriveMAC("prod", "fn-f-0", 0)
+				s.Network.Identities["db"] = id
+			}},
+		{name: "at most maxSpareTaps, by function name", self: 1, state: fnState(nil, 3, spec.Placement{}),
+			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
+				for i := range maxSpareTaps + 5 {
+					s.Desired.Functions[fmt.Sprintf("g%03d", i)] = s.Desired.Functions["f"]
+				}
+			},
+			want: func() map[string]string {
+				want := map[string]string{tap("fn-f-0"): "fn-f-0"}
+				for i := range maxSpareTaps - 1 {
+					name := replicated.FunctionInstance(fmt.Sprintf("g%03d", i), 0)
+					want[tap(name)] = name
+				}
+				return want
+			}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, in := settingsOf(tt.self), inputsOf(tt.self)
+			if tt.change != nil {
+				tt.change(tt.state, &set, &in)
+			}
+			p, ok := planNetwork(tt.state, set, in)
+			if !ok {
+				t.Fatal("no plan")
+			}
+			if !maps.Equal(p.spares, tt.want) && len(p.spares)+len(tt.want) > 0 {
+				t.Errorf("spares %v, want %v", p.spares, tt.want)
+			}
+			// Each spare is a local tap with the instance's MAC, and no
+			// lease, DNS name or network.env.
+			taps := map[string]hostnet.Tap{}
+			for _, tp := range p.want.LocalTaps {
+				taps[tp.Name] = tp
+			}
+			for name, inst := range p.spares {
+				tp, ok := taps[name]
+				if !ok {
+					t.Errorf("spare %s (%s) is not among the local taps", name, inst)
+					continue
+				}
+				if id, ok := tt.state.Network.Identities[inst]; ok && tp.MAC.String() != id.MAC.String() ||
+					!ok && tp.MAC.String() != replicated.DeriveMAC("prod", inst, 0).String() {
+					t.Errorf("spare %s has MAC %s, not %s's", name, tp.MAC, inst)
+				}
+				if _, ok := p.env[inst]; ok {
+					t.Errorf("spare %s's instance %s has a network.env", name, inst)
+				}
+				for _, l := range p.dns.Local {
+					if l.Name == inst {
+						t.Errorf("spare %s's instance %s has a lease", name, inst)
+					}
+				}
+			}
+			have := hostnet.State{Links: []hostnet.Link{{Name: "eth0", Kind: "veth", MTU: 1500, Up: true,
+				Addrs: []netip.Prefix{netip.PrefixFrom(underlay(tt.self), 24)}}}}
+			if _, err := hostnet.Plan(p.host, p.want, have); err != nil {
+				t.Errorf("hostnet refuses the plan: %v", err)
+			}
+		})
+	}
+}
+
+func TestPlanNetworkSpareTapQueuesFollowTheRunner(t *testing.T) {
+	s := fnState(nil, 3, spec.Placement{})
+	in := inputsOf(1)
+	in.multiQueueRunners = map[string]bool{"/nix/store/f-runner": true}
+	p, _ := planNetwork(s, settingsOf(1), in)
+	if len(p.want.LocalTaps) != 1 || !p.want.LocalTaps[0].MultiQueue || p.want.LocalTaps[0].Owner != 1000 || p.want.LocalTaps[0].Group != 100 {
+		t.Fatalf("taps %+v, want fn-f-0's spare with multi_queue, owned by 1000:100", p.want.LocalTaps)
+	}
+}

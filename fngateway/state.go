@@ -287,12 +287,14 @@ func (f *fnState) pinned(rq *request) (*slot, bool) {
 }
 
 // waitingFor reports whether a queued request waits for what a new
-// request pinned to pin (nil: any instance) could take: a request waiting
-// for any instance, or for pin. One pinned to a busy instance does not
-// keep a new request from a free one. Called with mu held.
+// request pinned to pin (nil: any instance) could take: any queued request
+// for a pinned one (every pinned request may take any instance of this
+// node, pickFor); a request waiting for any instance for one that is not
+// pinned — a pinned request waiting for this node's instances does not
+// keep it from another node's. Called with mu held.
 func (f *fnState) waitingFor(pin *slot) bool {
 	for _, w := range f.queue {
-		if w.pin == nil || w.pin == pin {
+		if w.pin == nil || pin != nil {
 			return true
 		}
 	}
@@ -300,9 +302,9 @@ func (f *fnState) waitingFor(pin *slot) bool {
 }
 
 // dispatch hands free instances to waiting requests, first come first
-// served, and ends the waits that cannot succeed: a request waiting for
-// its pinned instance lets the ones behind it pass while that instance is
-// busy. Called with mu held.
+// served, and ends the waits that cannot succeed: a request passed on
+// for an instance of this node lets the ones behind it pass while every
+// instance of this node is busy. Called with mu held.
 func (f *fnState) dispatch(now time.Time) {
 	if f.removed {
 		return
@@ -363,30 +365,37 @@ func (f *fnState) armWake(now time.Time) {
 }
 
 // pickFor is pick for a request pinned to pin (nil: any instance): the
-// index of pin when it can take a request now, else -1. Called with mu
-// held.
+// index of pin when it can take a request now, else of another instance
+// of this node that can (the request came here because this node runs
+// the function, and this gateway holds each of its instances to the
+// function's concurrency; the gateway that passed it on counted it at pin
+// and finds that instance freer than it thought for a moment), else -1.
+// Never another node's instance: a passed-on request is not passed on
+// again. Called with mu held.
 func (f *fnState) pickFor(now time.Time, tried map[*slot]bool, pin *slot) int {
 	if pin == nil {
-		return f.pick(now, tried)
+		return f.pick(now, tried, false)
 	}
 	i := slices.Index(f.slots, pin)
 	if i < 0 || !pin.inst.Ready || !pin.inst.Addr.IsValid() || pin.downUntil.After(now) || tried[pin] ||
 		pin.inflight >= f.fn.Concurrency {
-		return -1
+		return f.pick(now, tried, true)
 	}
 	return i
 }
 
-// pick runs Pick over the current instances. Called with mu held.
-func (f *fnState) pick(now time.Time, tried map[*slot]bool) int {
+// pick runs Pick over the current instances, this node's only when
+// localOnly. Called with mu held.
+func (f *fnState) pick(now time.Time, tried map[*slot]bool, localOnly bool) int {
 	f.cands = f.cands[:0]
 	for _, s := range f.slots {
+		local := f.g.o.Node != 0 && s.inst.Node == f.g.o.Node
 		f.cands = append(f.cands, Candidate{
-			Local:    f.g.o.Node != 0 && s.inst.Node == f.g.o.Node,
+			Local:    local,
 			Ready:    s.inst.Ready && s.inst.Addr.IsValid(),
 			InFlight: s.inflight,
 			Down:     s.downUntil.After(now),
-			Tried:    tried[s],
+			Tried:    tried[s] || localOnly && !local,
 		})
 	}
 	i := Pick(f.cands, f.fn.Concurrency, f.turn)

@@ -116,21 +116,7 @@ func TestPassedOnRequestIsNeverPassedOnAgain(t *testing.T) {
 	g1.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
 	g1.Update([]fngateway.Function{hello(1, 2, elsewhere)})
 	c := client(t)
-	req := func(pin string) answer {
-		r, err := http.NewRequest("GET", url1+"/fn/hello", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Host = "fn.example.org"
-		r.Header.Set(fngateway.HeaderInstance, pin)
-		resp, err := c.Do(r)
-		if err != nil {
-			return answer{err: err}
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return answer{status: resp.StatusCode, instance: resp.Header.Get("X-Instance"), body: string(b), err: err}
-	}
+	req := func(pin string) answer { return passedOn(t, c, url1, pin) }
 	if a := req("hello-0"); a.err != nil || a.status != http.StatusOK || a.instance != "hello-1" {
 		t.Fatalf("a request passed on for an instance node 1 does not run: %+v; want hello-1's answer, straight", a)
 	}
@@ -170,4 +156,83 @@ func TestPassedOnRequestIsNeverPassedOnAgain(t *testing.T) {
 	if a := <-held; a.err != nil || a.status != http.StatusOK {
 		t.Errorf("the request in flight at hello-0 when it went: %+v; want it finished", a)
 	}
+}
+
+// TestPassedOnRequestTakesAnotherInstanceOfTheNode: a request passed on
+// for an instance of this node that is busy (the gateway that passed it on
+// counted only its own requests there) is served at once by another of
+// this node's instances with room, never by another node's.
+func TestPassedOnRequestTakesAnotherInstanceOfTheNode(t *testing.T) {
+	gt := newGate()
+	defer gt.release()
+	busy := startInstance(t, "hello-0", 1, gt.handler("hello-0"))
+	free := startInstance(t, "hello-1", 1, namer("hello-1"))
+	remote := startInstance(t, "hello-2", 2, namer("hello-2"))
+	remote.Via = refusingInstance(t, "gateway-of-node-2").Addr.String() // would fail if used
+	w := &wants{}
+	g1, url1 := startGateway(t, fngateway.Options{Node: 1, DownFor: time.Minute, Scaler: w})
+	g1.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
+	c := client(t)
+	pinnedTo := func(pin string) answer { return passedOn(t, c, url1, pin) }
+
+	// Only hello-0 at first: node 1's own request keeps it busy
+	// (concurrency 1).
+	g1.Update([]fngateway.Function{hello(1, 3, busy)})
+	held := make(chan answer, 1)
+	go func() { held <- send(c, "GET", url1, "fn.example.org", "/fn/hello", "") }()
+	testkit.WaitFor(t, 10*time.Second, "hello-0 busy", func() error {
+		if now, _ := gt.counts(); now["hello-0"] != 1 {
+			return fmt.Errorf("hello-0 holds %d", now["hello-0"])
+		}
+		return nil
+	})
+	g1.Update([]fngateway.Function{hello(1, 3, busy, free, remote)})
+	for range 3 {
+		if a := pinnedTo("hello-0"); a.err != nil || a.status != http.StatusOK || a.instance != "hello-1" {
+			t.Fatalf("a request passed on for busy hello-0 while hello-1 (same node) is free: %+v; want hello-1's answer at once", a)
+		}
+	}
+	// With hello-1 gone too, it waits for hello-0 rather than go to node
+	// 2's hello-2 (through a gateway that refuses), and is served once the
+	// request holding hello-0 ends.
+	g1.Update([]fngateway.Function{hello(1, 3, busy, remote)})
+	pinned := make(chan answer, 1)
+	go func() { pinned <- pinnedTo("hello-0") }()
+	testkit.WaitFor(t, 10*time.Second, "the passed-on request queued for this node's instances", func() error {
+		select {
+		case a := <-pinned:
+			t.Fatalf("the passed-on request did not wait for this node's busy instance: %+v", a)
+		default:
+		}
+		if d, _ := w.last(); d.Queued != 1 {
+			return fmt.Errorf("the last Demand has %d queued", d.Queued)
+		}
+		return nil
+	})
+	gt.release()
+	if a := <-held; a.err != nil || a.status != http.StatusOK {
+		t.Errorf("the request holding hello-0: %+v; want it finished", a)
+	}
+	if a := <-pinned; a.err != nil || a.status != http.StatusOK || a.instance != "hello-0" {
+		t.Errorf("the passed-on request after hello-0 freed: %+v; want hello-0's answer", a)
+	}
+}
+
+// passedOn sends GET /fn/hello to the gateway at url as another node's
+// gateway passing it on for instance pin (HeaderInstance).
+func passedOn(t *testing.T, c *http.Client, url, pin string) answer {
+	t.Helper()
+	r, err := http.NewRequest("GET", url+"/fn/hello", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Host = "fn.example.org"
+	r.Header.Set(fngateway.HeaderInstance, pin)
+	resp, err := c.Do(r)
+	if err != nil {
+		return answer{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, instance: resp.Header.Get("X-Instance"), body: string(b), err: err}
 }

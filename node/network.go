@@ -649,7 +649,9 @@ func stateOwner(stateDir string) (uid, gid uint32) {
 
 // multiQueueTaps lists the instances assigned to node self whose runner
 // asks for a multi-queue tap: microvm.nix writes "multi_queue" into the
-// runner's share/microvm/tap-flags (STATE/NAME/current is the runner).
+// runner's share/microvm/tap-flags (STATE/NAME/current is the runner;
+// until the agent links it, the assignment's runner), so a new instance's
+// tap is made as its spare was (rule 6 of planNetwork) and as it stays.
 func multiQueueTaps(stateDir string, s *replicated.State, self uint64) map[string]bool {
 	out := map[string]bool{}
 	if stateDir == "" {
@@ -659,7 +661,13 @@ func multiQueueTaps(stateDir string, s *replicated.State, self uint64) map[strin
 		if a.Node != self {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(stateDir, name, "current", "share", "microvm", "tap-flags"))
+		current := filepath.Join(stateDir, name, "current")
+		data, err := os.ReadFile(filepath.Join(current, "share", "microvm", "tap-flags"))
+		if errors.Is(err, fs.ErrNotExist) && a.OutPath != "" {
+			if _, lerr := os.Lstat(current); errors.Is(lerr, fs.ErrNotExist) {
+				data, err = os.ReadFile(filepath.Join(a.OutPath, "share", "microvm", "tap-flags"))
+			}
+		}
 		if err == nil && slices.Contains(strings.Fields(string(data)), "multi_queue") {
 			out[name] = true
 		}

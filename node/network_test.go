@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -464,5 +466,43 @@ func TestPlanNetworkSpareTapQueuesFollowTheRunner(t *testing.T) {
 	p, _ := planNetwork(s, settingsOf(1), in)
 	if len(p.want.LocalTaps) != 1 || !p.want.LocalTaps[0].MultiQueue || p.want.LocalTaps[0].Owner != 1000 || p.want.LocalTaps[0].Group != 100 {
 		t.Fatalf("taps %+v, want fn-f-0's spare with multi_queue, owned by 1000:100", p.want.LocalTaps)
+	}
+}
+
+// TestMultiQueueTapsBeforeTheRunnerIsLinked: a new instance's tap takes
+// its flags from the assignment's runner until the agent links
+// STATE/NAME/current, and from current once it is there.
+func TestMultiQueueTapsBeforeTheRunnerIsLinked(t *testing.T) {
+	dir := t.TempDir()
+	runner := func(name string, flags string) string {
+		out := filepath.Join(dir, "store", name)
+		if err := os.MkdirAll(filepath.Join(out, "share", "microvm"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if flags != "" {
+			if err := os.WriteFile(filepath.Join(out, "share", "microvm", "tap-flags"), []byte(flags+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	mq, plain := runner("mq", "multi_queue vnet_hdr"), runner("plain", "")
+	state := filepath.Join(dir, "state")
+	s := netState(map[string]uint64{"new": 1, "linked": 1, "elsewhere": 2}, nil)
+	for name, out := range map[string]string{"new": mq, "linked": mq, "elsewhere": mq} {
+		a := s.Assignments[name]
+		a.OutPath = out
+		s.Assignments[name] = a
+	}
+	// linked's current is another runner (the one it runs), without flags.
+	if err := os.MkdirAll(filepath.Join(state, "linked"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(plain, filepath.Join(state, "linked", "current")); err != nil {
+		t.Fatal(err)
+	}
+	got := multiQueueTaps(state, s, 1)
+	if want := map[string]bool{"new": true}; !maps.Equal(got, want) {
+		t.Errorf("multiQueueTaps = %v, want %v (new from its assignment's runner, linked from its current, elsewhere not here)", got, want)
 	}
 }

@@ -349,10 +349,28 @@ func TestFunctionsLoadAcrossNodes(t *testing.T) {
 	}
 
 	// Warm: 300 sequential requests each way, from node 1's namespace.
+	// Requests straight to the instance are no activity for the gateways:
+	// one through the gateway every second keeps hello from scaling to
+	// zero after its idleTimeout (3 s) while they run.
+	keepWarm, warmed := make(chan struct{}), make(chan struct{})
+	stopWarm := sync.OnceFunc(func() { close(keepWarm); <-warmed })
+	defer stopWarm() // also when a curl fails the test
+	go func() {
+		defer close(warmed)
+		for {
+			select {
+			case <-keepWarm:
+				return
+			case <-time.After(time.Second):
+			}
+			_, _, _ = l.fnGet(1, "fn.lab.test", "/", 10*time.Second)
+		}
+	}()
 	curlTimes := func(host, url string) []time.Duration { return l.curlTimes(t, 1, host, url, 300) }
 	pct := pctl
 	direct := curlTimes("fn.lab.test", "http://"+insts[0].Address+":8080/")
 	via := curlTimes("fn.lab.test", "http://"+l.net.Addr(1)+":8080/")
+	stopWarm()
 	t.Logf("warm, 300 sequential requests from node 1's namespace (instance on node %d): direct p50 %s p99 %s; through node 1's gateway p50 %s p99 %s",
 		insts[0].Node, pct(direct, 0.5), pct(direct, 0.99), pct(via, 0.5), pct(via, 0.99))
 

@@ -126,14 +126,7 @@ func TestPassedOnRequestIsNeverPassedOnAgain(t *testing.T) {
 	defer gt.release()
 	mine := startInstance(t, "hello-0", 1, gt.handler("hello-0"))
 	g1.Update([]fngateway.Function{hello(1, 2, mine)})
-	held := make(chan answer, 1)
-	go func() { held <- send(c, "GET", url1, "fn.example.org", "/fn/hello", "") }()
-	testkit.WaitFor(t, 10*time.Second, "hello-0 busy", func() error {
-		if now, _ := gt.counts(); now["hello-0"] != 1 {
-			return fmt.Errorf("hello-0 holds %d", now["hello-0"])
-		}
-		return nil
-	})
+	held := holdHello0(t, c, url1, gt)
 	pinned := make(chan answer, 1)
 	go func() { pinned <- req("hello-0") }()
 	testkit.WaitFor(t, 10*time.Second, "the passed-on request queued for hello-0", func() error {
@@ -178,14 +171,7 @@ func TestPassedOnRequestTakesAnotherInstanceOfTheNode(t *testing.T) {
 	// Only hello-0 at first: node 1's own request keeps it busy
 	// (concurrency 1).
 	g1.Update([]fngateway.Function{hello(1, 3, busy)})
-	held := make(chan answer, 1)
-	go func() { held <- send(c, "GET", url1, "fn.example.org", "/fn/hello", "") }()
-	testkit.WaitFor(t, 10*time.Second, "hello-0 busy", func() error {
-		if now, _ := gt.counts(); now["hello-0"] != 1 {
-			return fmt.Errorf("hello-0 holds %d", now["hello-0"])
-		}
-		return nil
-	})
+	held := holdHello0(t, c, url1, gt)
 	g1.Update([]fngateway.Function{hello(1, 3, busy, free, remote)})
 	for range 3 {
 		if a := pinnedTo("hello-0"); a.err != nil || a.status != http.StatusOK || a.instance != "hello-1" {
@@ -235,4 +221,20 @@ func passedOn(t *testing.T, c *http.Client, url, pin string) answer {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return answer{status: resp.StatusCode, instance: resp.Header.Get("X-Instance"), body: string(b), err: err}
+}
+
+// holdHello0 sends a client's request to the gateway at url and returns
+// once it is in flight at hello-0 (gated by gt); its answer comes on the
+// channel when gt releases it.
+func holdHello0(t *testing.T, c *http.Client, url string, gt *gate) <-chan answer {
+	t.Helper()
+	held := make(chan answer, 1)
+	go func() { held <- send(c, "GET", url, "fn.example.org", "/fn/hello", "") }()
+	testkit.WaitFor(t, 10*time.Second, "hello-0 busy", func() error {
+		if now, _ := gt.counts(); now["hello-0"] != 1 {
+			return fmt.Errorf("hello-0 holds %d", now["hello-0"])
+		}
+		return nil
+	})
+	return held
 }

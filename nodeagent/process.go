@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -226,105 +225,6 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 		}
 		stop()
 	}
-}
-
-// capRunningLogs rotates the console logs of the running units that grew
-// over the cap.
-func (b *ProcessBackend) capRunningLogs() {
-	b.mu.Lock()
-	var names []string
-	for name, u := range b.units {
-		if u.h != nil {
-			names = append(names, name)
-		}
-	}
-	b.mu.Unlock()
-	for _, name := range names {
-		b.capLog(name)
-	}
-}
-
-// capLog rotates VM name's console log when it is over the cap. A failure
-// is logged, not returned: the runner keeps running with a larger log.
-func (b *ProcessBackend) capLog(name string) {
-	if b.o.MaxLogBytes < 0 {
-		return
-	}
-	path := LogPath(b.o.StateDir, name)
-	rotated, err := rotateLog(path, b.o.MaxLogBytes)
-	switch {
-	case err != nil:
-		b.log.Warn("cannot rotate the console log; it keeps growing", "vm", name, "log", path, "err", err)
-	case rotated:
-		b.log.Debug("console log rotated", "vm", name, "log", path, "old", path+".1")
-	}
-}
-
-// rotateLog caps the log at path at about limit bytes: when it is larger,
-// its last limit bytes are copied to path.1 (replacing the previous old
-// log) and it is truncated to zero length. It reports whether it rotated; a
-// missing file is not an error.
-//
-// Why copy and truncate rather than rename: the runner writes the file
-// itself, through the descriptor it inherited (opened with O_APPEND), so
-// that it never depends on the agent staying alive — no pipe, no copier
-// process. A renamed file would keep receiving its output. With O_APPEND
-// the runner's next write after the truncation lands at the new end, offset
-// 0, and readers that follow the file ([TailLog]) see it shrink and start
-// over. The cost (logrotate's copytruncate has the same): what the runner
-// writes between the end of the copy and the truncation is lost, and the
-// cap is soft — the file grows past limit by what is written between two
-// checks, and without bound while no agent runs (the next agent rotates it
-// when it adopts the runner).
-func rotateLog(path string, limit int64) (bool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	if fi.Size() <= limit {
-		return false, nil
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".1-*")
-	if err != nil {
-		return false, fmt.Errorf("rotate %s: %w", path, err)
-	}
-	keep := false
-	defer func() {
-		if !keep {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := f.Seek(fi.Size()-limit, io.SeekStart); err != nil {
-		return false, fmt.Errorf("rotate %s: %w", path, err)
-	}
-	// Copy to the end, whatever the runner appended meanwhile, then cut.
-	if _, err := io.Copy(tmp, f); err != nil {
-		return false, fmt.Errorf("rotate %s: copy to %s: %w", path, tmp.Name(), err)
-	}
-	if err := f.Truncate(0); err != nil {
-		return false, fmt.Errorf("rotate %s: truncate: %w", path, err)
-	}
-	if err := tmp.Chmod(0o640); err != nil {
-		return false, fmt.Errorf("rotate %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("rotate %s: %w", path, err)
-	}
-	keep = true
-	if err := os.Rename(tmp.Name(), path+".1"); err != nil {
-		os.Remove(tmp.Name())
-		return false, fmt.Errorf("rotate %s: %w", path, err)
-	}
-	return true, nil
 }
 
 // adopt takes over the runners recorded in STATE/*/pid that still run.

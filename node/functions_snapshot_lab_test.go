@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/tests/microvm"
 )
 
@@ -130,7 +131,8 @@ func (l *lab) crash(i int) {
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	<-done
 	m, _ := filepath.Glob(filepath.Join(l.dir(i, "state"), "*", "qemu.pid"))
-	for _, f := range m {
+	pool, _ := filepath.Glob(filepath.Join(l.dir(i, "state"), ".pool", "*", "qemu.pid"))
+	for _, f := range append(m, pool...) {
 		b, _ := os.ReadFile(f)
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 		if err != nil || pid <= 1 {
@@ -140,6 +142,27 @@ func (l *lab) crash(i int) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// waitStartedAhead waits until node i's restore pool has a qemu waiting
+// for instance's restore (STATE/.pool/INSTANCE: its QMP socket bound).
+func (l *lab) waitStartedAhead(i int, instance string) {
+	l.t.Helper()
+	dir := filepath.Join(l.dir(i, "state"), nodeagent.PoolDir, instance)
+	testkit.WaitFor(l.t, time.Minute, "node "+strconv.Itoa(i)+"'s restore pool holding a runner for "+instance, func() error {
+		if _, err := os.Stat(filepath.Join(dir, "qmp.sock")); err != nil {
+			return err
+		}
+		procs, _ := filepath.Glob("/proc/[0-9]*/cwd")
+		for _, p := range procs {
+			if cwd, err := os.Readlink(p); err == nil && cwd == dir {
+				if cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline")); strings.Contains(string(cmdline), "qemu-system") {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no qemu works in %s", dir)
+	})
 }
 
 // TestFunctionsSnapshotColdStartsAndNodeLoss runs snapshot cold starts
@@ -165,6 +188,14 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		},
 		// The runners' builds read host files (qemu, the kernel): no sandbox.
 		env: []string{"NIX_CONFIG=" + strings.TrimPrefix(os.Getenv("NIX_CONFIG")+"\n", "\n") + microvm.NixConfig},
+		// One runner started ahead on node 1: snap's next instance's (the
+		// first in name order), not snap2's.
+		serveArgs: func(i int) []string {
+			if i == 1 {
+				return []string{"--restore-pool", "1"}
+			}
+			return nil
+		},
 	})
 	l.startAll(1, 5*time.Minute)
 
@@ -176,7 +207,8 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		start := time.Now()
 		code, body, err := l.fnGet(at, fn+".lab.test", "/", timeout)
 		took := time.Since(start)
-		if err != nil || code != http.StatusOK || !strings.HasPrefix(body, "hello from "+fn+", version 1") {
+		guest := strings.TrimSuffix(fn, "2") // snap2 runs snap's guest
+		if err != nil || code != http.StatusOK || !strings.HasPrefix(body, "hello from "+guest+", version 1") {
 			t.Fatalf("%s: %d %q %v; want 200 and the guest's answer", what, code, body, err)
 		}
 		t.Logf("%s: 200 after %s", what, took.Round(time.Millisecond))
@@ -219,12 +251,16 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	if len(snaps) != 1 {
 		t.Fatalf("node 1's snapshot store holds %v; want one snapshot", snaps)
 	}
-	idle("snap")
-
-	// Cold start again: from the snapshot, no kernel boot on the console.
+	// The console from here on: the runner started ahead prints its first
+	// line when the pool starts it, after the scale to zero.
 	console := filepath.Join(l.dir(1, "state"), "fn-snap-0", "console.log")
 	before, _ := os.ReadFile(console)
-	restored := get(1, "snap", "snap: cold start (restore)", 2*time.Minute)
+	idle("snap")
+
+	// Cold start again: from the snapshot, no kernel boot on the console,
+	// into the runner node 1's restore pool started ahead for fn-snap-0.
+	l.waitStartedAhead(1, "fn-snap-0")
+	restored := get(1, "snap", "snap: cold start (restore, runner started ahead)", 2*time.Minute)
 	if saves(1) != 1 || restores(1) != 2 {
 		t.Fatalf("node 1 logged %d saves and %d restores; want 1 and 2 (the second cold start restores)", saves(1), restores(1))
 	}
@@ -235,21 +271,44 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	if added := string(after[len(before):]); strings.Contains(added, "Linux version") || !strings.Contains(added, "snapshot restore") {
 		t.Errorf("the restored cold start's console shows a boot, or no restore:\n%s", added)
 	}
-	// More samples of both, alternating, each from zero instances.
-	boots, restoreds := []time.Duration{boot}, []time.Duration{restored}
+	idle("snap")
+	// snap2: the same runner and snapshot, no runner started ahead.
+	unpooled := get(1, "snap2", "snap2: cold start (restore, runner spawned)", 2*time.Minute)
+	// More samples of the three, in turn, each from zero instances.
+	boots, restoreds, unpooleds := []time.Duration{boot}, []time.Duration{restored}, []time.Duration{unpooled}
 	for k := 2; k <= coldStartSamples; k++ {
-		idle("snap")
+		idle("snap2")
 		boots = append(boots, get(1, "plain", fmt.Sprintf("plain: cold start %d (full boot)", k), 2*time.Minute))
 		idle("plain")
-		restoreds = append(restoreds, get(1, "snap", fmt.Sprintf("snap: cold start %d (restore)", k), 2*time.Minute))
+		l.waitStartedAhead(1, "fn-snap-0")
+		restoreds = append(restoreds, get(1, "snap", fmt.Sprintf("snap: cold start %d (restore, runner started ahead)", k), 2*time.Minute))
+		idle("snap")
+		unpooleds = append(unpooleds, get(1, "snap2", fmt.Sprintf("snap2: cold start %d (restore, runner spawned)", k), 2*time.Minute))
 	}
-	if saves(1) != 1 || restores(1) != 1+coldStartSamples {
-		t.Fatalf("node 1 logged %d saves and %d restores; want 1 and %d", saves(1), restores(1), 1+coldStartSamples)
+	idle("snap2")
+	if saves(1) != 1 || restores(1) != 1+2*coldStartSamples {
+		t.Fatalf("node 1 logged %d saves and %d restores; want 1 and %d", saves(1), restores(1), 1+2*coldStartSamples)
 	}
-	mb, mr := median(boots), median(restoreds)
-	t.Logf("cold start to first byte through the gateway (%d samples each): full boot (plain) %v, median %s; snapshot restore (snap) %v, median %s: %.1f× faster; first snap request (boot+save+restore) %s",
-		coldStartSamples, rounded(boots), mb.Round(time.Millisecond), rounded(restoreds), mr.Round(time.Millisecond), float64(mb)/float64(mr), first.Round(time.Millisecond))
-	for _, line := range logLines(l.nodeLog(1), `msg="restored from snapshot"`) {
+	log1 := l.nodeLog(1)
+	ahead := logLines(log1, `msg="restored from snapshot" node=1 component=agent node=1 vm=fn-snap-0`)
+	spawned := logLines(log1, `msg="restored from snapshot" node=1 component=agent node=1 vm=fn-snap2-0`)
+	// The first of fn-snap-0's restores followed its save: no snapshot
+	// existed for the pool to start a runner for.
+	if n := len(logLines(strings.Join(ahead, "\n"), "started_ahead=true")); n != coldStartSamples || len(ahead) != coldStartSamples+1 {
+		t.Errorf("fn-snap-0 restored %d times, %d of them into a runner started ahead; want %d and %d:\n%s",
+			len(ahead), n, coldStartSamples+1, coldStartSamples, strings.Join(ahead, "\n"))
+	}
+	if n := len(logLines(strings.Join(spawned, "\n"), "started_ahead=false")); n != coldStartSamples || len(spawned) != coldStartSamples {
+		t.Errorf("fn-snap2-0 restored %d times, %d of them into a spawned runner; want %d of %d:\n%s",
+			len(spawned), n, coldStartSamples, coldStartSamples, strings.Join(spawned, "\n"))
+	}
+	mb, mr, mu := median(boots), median(restoreds), median(unpooleds)
+	t.Logf("cold start to first byte through the gateway (%d samples each): full boot (plain) %v, median %s; "+
+		"snapshot restore into a runner started ahead (snap) %v, median %s: %.1f× faster; "+
+		"snapshot restore, runner spawned (snap2) %v, median %s: %.1f× faster; first snap request (boot+save+restore) %s",
+		coldStartSamples, rounded(boots), mb.Round(time.Millisecond), rounded(restoreds), mr.Round(time.Millisecond), float64(mb)/float64(mr),
+		rounded(unpooleds), mu.Round(time.Millisecond), float64(mb)/float64(mu), first.Round(time.Millisecond))
+	for _, line := range append(ahead, spawned...) {
 		t.Logf("node 1: %s", line)
 	}
 

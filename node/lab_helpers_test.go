@@ -305,7 +305,8 @@ func (l *lab) killGuests() {
 	var files []string
 	for _, pat := range []string{"guest.pids", "qemu.pid"} {
 		m, _ := filepath.Glob(filepath.Join(l.root, "n*", "state", "*", pat))
-		files = append(files, m...)
+		pool, _ := filepath.Glob(filepath.Join(l.root, "n*", "state", ".pool", "*", pat)) // runners started ahead
+		files = append(files, append(m, pool...)...)
 	}
 	for _, f := range files {
 		b, _ := os.ReadFile(f)

@@ -22,6 +22,7 @@ import (
 	"github.com/blixard/blixard/hostnet"
 	"github.com/blixard/blixard/ingress"
 	"github.com/blixard/blixard/netdns"
+	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -79,6 +80,12 @@ type network struct {
 	// runnerQueues caches which function runners (store paths, which never
 	// change) want multi-queue taps; guarded by hostMu.
 	runnerQueues map[string]bool
+
+	// spares are the taps made ahead by the last pass whose Sync succeeded
+	// (the restore pool starts runners on them); guarded by readyMu.
+	// onSpares, when set before Run, is called when they changed.
+	spares   []nodeagent.SpareTap
+	onSpares func()
 
 	// Owned by Run's goroutine.
 	lastSkip  string // the skipped entries last logged
@@ -228,6 +235,32 @@ func (n *network) Run(ctx context.Context) error {
 	}
 }
 
+// publishSpares publishes p's spare taps, which its Sync made.
+func (n *network) publishSpares(p netPlan) {
+	macs := map[string]string{}
+	for _, t := range p.want.LocalTaps {
+		macs[t.Name] = t.MAC.String()
+	}
+	var spares []nodeagent.SpareTap
+	for _, tap := range slices.Sorted(maps.Keys(p.spares)) {
+		spares = append(spares, nodeagent.SpareTap{Instance: p.spares[tap], Tap: tap, MAC: macs[tap]})
+	}
+	n.readyMu.Lock()
+	changed := !slices.Equal(spares, n.spares)
+	n.spares = spares
+	n.readyMu.Unlock()
+	if changed && n.onSpares != nil {
+		n.onSpares()
+	}
+}
+
+// SpareTaps are the taps made ahead for instances not placed yet.
+func (n *network) SpareTaps() []nodeagent.SpareTap {
+	n.readyMu.Lock()
+	defer n.readyMu.Unlock()
+	return slices.Clone(n.spares)
+}
+
 // passEnded publishes which instances' network.env a pass left written
 // and wakes WaitReady.
 func (n *network) passEnded() {
@@ -321,6 +354,9 @@ func (n *network) pass(ctx context.Context) error {
 		errs = append(errs, err)
 	case len(ops) > 0 || n.mtu == 0:
 		n.mtu = n.bridgeMTU()
+	}
+	if err == nil {
+		n.publishSpares(p)
 	}
 	// The taps are there: the identities next, and the runners waiting for
 	// them (WaitReady) go on while the rest of the pass runs. dnsmasq learns

@@ -464,15 +464,22 @@ func startNodeParts(g *group, cfg Config, ao nodeagent.Options, nw *network, fns
 	if nw != nil {
 		// A runner starts only once its network.env (and tap) are in place.
 		ao.Prepare = nw.WaitReady
+		ao.SpareTaps, ao.RestorePool = nw.SpareTaps, cfg.RestorePool
 		// Health checks probe instances at their cluster addresses.
 		ao.ClusterNetwork = true
 	}
 	agent := nodeagent.New(ao)
 	g.Go("node agent", agent.Start)
 	notify := agent.Notify
+	if pool := agent.RestorePool(); pool != nil {
+		nw.onSpares = pool.Notify
+		g.Go("restore pool", pool.Run)
+		notify = func() { agent.Notify(); pool.Notify() }
+	}
 	if nw != nil {
 		nw.start(g, st.LocalRead, st.Propose)
-		notify = func() { agent.Notify(); nw.Notify() }
+		withPool := notify
+		notify = func() { withPool(); nw.Notify() }
 	}
 	if fns != nil {
 		g.Go("functions", fns.Run)

@@ -160,6 +160,14 @@ type Options struct {
 	// [CacheOptions]; the zero value substitutes from the peers the state
 	// lists).
 	Cache CacheOptions
+	// RestorePool is how many runners of snapshot functions this node keeps
+	// started ahead, paused before the restore, for the next instances of
+	// those functions (see pool.go; 0: none). It needs the process backend
+	// and SpareTaps.
+	RestorePool int
+	// SpareTaps lists the taps the node's network made ahead for
+	// instances not placed yet (the restore pool starts runners on them).
+	SpareTaps func() []SpareTap
 	// Now is the agent's clock (default time.Now): the time of each pass,
 	// of statuses and heartbeats, and of when failures may be retried.
 	Now    func() time.Time
@@ -207,6 +215,9 @@ type Agent struct {
 	// holdStarts or a later one has committed (0: none held; guarded by
 	// mu). See pass.
 	holdStarts uint64
+
+	// pool keeps runners started ahead (nil: none; see pool.go).
+	pool *RestorePool
 
 	// probes judges the running VMs' health (its own lock and goroutines;
 	// lock order: mu, then the prober's).
@@ -295,6 +306,7 @@ func New(o Options) *Agent {
 		restarts: map[string]int{},
 	}
 	a.probes = newProber(o.Now, a.log, a.healthChanged)
+	a.pool = newRestorePool(a)
 	return a
 }
 

@@ -227,8 +227,11 @@ func (b *ProcessBackend) Run(ctx context.Context) error {
 	}
 }
 
-// adopt takes over the runners recorded in STATE/*/pid that still run.
+// adopt takes over the runners recorded in STATE/*/pid that still run and
+// kills those an earlier agent started ahead and left unadopted.
 func (b *ProcessBackend) adopt() {
+	adopted := map[procIdentity]bool{}
+	defer func() { b.killAheadLeftovers(adopted) }()
 	entries, err := os.ReadDir(b.o.StateDir)
 	if err != nil {
 		b.log.Warn("cannot list the state directory to adopt runners", "dir", b.o.StateDir, "err", err)
@@ -260,6 +263,7 @@ func (b *ProcessBackend) adopt() {
 		now := b.o.Clock.Now()
 		u := &procUnit{name: name, h: h, exited: make(chan struct{}), booted: booted, startedAt: now, since: now}
 		b.units[name] = u
+		adopted[id] = true
 		b.watchers.Add(1)
 		go b.watch(u, h, nil, u.exited)
 		b.log.Info("adopted running runner", "vm", name, "pid", id.PID, "booted", booted)

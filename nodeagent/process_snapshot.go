@@ -13,8 +13,18 @@ import (
 // operation lock, with the runner's exit counted as a stop, not a crash:
 // a qemu that exits on a failed load must not be restarted by the backend
 // with the restore hook. When then fails the runner is killed and the unit
-// ends stopped; the error is then's.
-func (b *ProcessBackend) startThen(ctx context.Context, name string, then func(context.Context) error) error {
+// ends stopped; the error is then's. With ahead (a runner started ahead
+// for this unit, see pool.go) the unit adopts that runner instead of
+// spawning one; an ahead runner that cannot be adopted is killed and one
+// is spawned.
+func (b *ProcessBackend) startThen(ctx context.Context, name string, ahead *aheadRunner, then func(context.Context) error) error {
+	if ahead != nil {
+		defer func() {
+			if ahead != nil {
+				_ = ahead.kill() // not adopted
+			}
+		}()
+	}
 	if err := b.waitReady(ctx); err != nil {
 		return err
 	}
@@ -36,8 +46,21 @@ func (b *ProcessBackend) startThen(ctx context.Context, name string, then func(c
 		u.stopping = false
 		b.mu.Unlock()
 	}()
-	if err := b.startOpLocked(u); err != nil {
-		return err
+	adopted := false
+	if ahead != nil {
+		// Adopted, or killed when it cannot be.
+		err := b.adoptAheadLocked(u, ahead)
+		ahead = nil
+		if err != nil {
+			b.log.Warn("starting a runner instead", "vm", name, "err", err)
+		} else {
+			adopted = true
+		}
+	}
+	if !adopted {
+		if err := b.startOpLocked(u); err != nil {
+			return err
+		}
 	}
 	err := then(ctx)
 	if err == nil {

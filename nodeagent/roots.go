@@ -3,8 +3,10 @@ package nodeagent
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,9 +24,9 @@ import (
 // finishes late never points a root back at a runner its VM has left.
 type rootBook struct {
 	mu sync.Mutex
-	// registered maps a runner to a root this process registered for it
-	// with nix (which may have moved on since: checked before use).
-	registered map[string]string // guarded by mu
+	// registered maps a runner to the roots this process registered for
+	// it with nix (which may have moved on since: checked before use).
+	registered map[string]map[string]bool // guarded by mu
 	// held are the roots being changed (closed when released).
 	held map[string]chan struct{} // guarded by mu
 	// registering are the background registrations: the agent waits for
@@ -33,7 +35,7 @@ type rootBook struct {
 }
 
 func newRootBook() *rootBook {
-	return &rootBook{registered: map[string]string{}, held: map[string]chan struct{}{}}
+	return &rootBook{registered: map[string]map[string]bool{}, held: map[string]chan struct{}{}}
 }
 
 // lock takes root's lock; the returned function releases it.
@@ -64,38 +66,55 @@ func (b *rootBook) lock(ctx context.Context, root string) (func(), error) {
 // rooted records that root, registered with nix, points at out.
 func (b *rootBook) rooted(root, out string) {
 	b.mu.Lock()
-	b.registered[out] = root
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	if b.registered[out] == nil {
+		b.registered[out] = map[string]bool{}
+	}
+	b.registered[out][root] = true
 }
 
 // keeper returns a registered root of this process that still points at
-// out ("" for none).
-func (b *rootBook) keeper(out string) string {
+// out: root itself when it is one, else any ("" for none). Roots that
+// moved on to another runner are forgotten for out.
+func (b *rootBook) keeper(out, root string) string {
 	b.mu.Lock()
-	root := b.registered[out]
+	roots := slices.Sorted(maps.Keys(b.registered[out]))
 	b.mu.Unlock()
-	if root == "" {
-		return ""
+	found := ""
+	for _, r := range roots {
+		if target, err := os.Readlink(r); err != nil || target != out {
+			b.mu.Lock()
+			delete(b.registered[out], r)
+			b.mu.Unlock()
+			continue
+		}
+		if r == root {
+			return r
+		}
+		if found == "" {
+			found = r
+		}
 	}
-	if target, err := os.Readlink(root); err != nil || target != out {
-		return ""
-	}
-	return root
+	return found
 }
 
-// linkKept points root at out without nix when another registered root
-// of this process keeps out (see rootBook), and registers root in the
-// background. It reports whether it did.
+// linkKept points root at out without nix when a registered root of this
+// process keeps out (see rootBook): nothing to do when root is that root
+// (an instance started again with the runner it had), else root is linked
+// and registered in the background. It reports whether out is kept.
 func (r realiser) linkKept(ctx context.Context, root, out string, log *slog.Logger) bool {
 	if r.roots == nil {
 		return false
 	}
-	keeper := r.roots.keeper(out)
-	if keeper == "" || keeper == root {
+	keeper := r.roots.keeper(out, root)
+	if keeper == "" {
 		return false
 	}
 	if _, err := os.Stat(out); err != nil {
 		return false
+	}
+	if keeper == root {
+		return true
 	}
 	unlock, err := r.roots.lock(ctx, root)
 	if err != nil {

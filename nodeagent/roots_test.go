@@ -75,6 +75,17 @@ func TestLinkKeptRootsWithoutWaitingForNix(t *testing.T) {
 	if n := callCount(); n != 1 {
 		t.Fatalf("%d nix-store calls for the first VM, want 1", n)
 	}
+	// Started again with the same runner: its own root keeps it, no nix
+	// run now or in the background.
+	if err := r.realise(ctx, a, "", out, "", "a", noBuild); err != nil {
+		t.Fatal(err)
+	}
+	if !r.roots.wait(30 * time.Second) {
+		t.Fatal("background registrations still run after 30s")
+	}
+	if n := callCount(); n != 1 {
+		t.Fatalf("%d nix-store calls after the first VM's second realisation, want still 1", n)
+	}
 
 	// The second: linked while nix-store is held back.
 	if err := os.WriteFile(hold, nil, 0o644); err != nil {
@@ -133,7 +144,7 @@ func TestLinkKeptRootsWithoutWaitingForNix(t *testing.T) {
 	if n := seeded.seed(nixAutoRoots, dir); n < 2 {
 		t.Errorf("seeded %d roots from %s, want a's and b's", n, nixAutoRoots)
 	}
-	if k := seeded.keeper(out); k != a && k != b {
+	if k := seeded.keeper(out, ""); k != a && k != b {
 		t.Errorf("after seeding, the keeper of %s is %q, want %s or %s", out, k, a, b)
 	}
 	if n := newRootBook().seed(nixAutoRoots, filepath.Join(dir, "elsewhere")); n != 0 {

@@ -605,7 +605,7 @@ func TestNixFunctionPrefetcher(t *testing.T) {
 	if _, ok := p.failed["/nix/store/00000000000000000000000000000000-elusive"]; !ok {
 		t.Errorf("the runner no one has is not marked to be asked for again: %v", p.failed)
 	}
-	if k := a.real.roots.keeper(r.out); k == "" {
+	if k := a.real.roots.keeper(r.out, ""); k == "" {
 		t.Errorf("the prefetched root does not keep %s for instances to link", r.out)
 	}
 	e.state.Update(func(st *replicated.State) { delete(st.Desired.Functions, "hello") })

@@ -321,7 +321,10 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 		hello, answer  time.Duration
 		guest          vmsnap.GuestIdentity
 	)
-	err := pb.startThen(ctx, name, func(ctx context.Context) error {
+	// A runner started ahead for this instance (the restore pool) skips
+	// the spawn and qemu's start-up.
+	ahead := a.pool.take(ctx, name, out, env.Tap, snap)
+	err := pb.startThen(ctx, name, ahead, func(ctx context.Context) error {
 		spawned = time.Now()
 		var err error
 		if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
@@ -348,7 +351,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 			addr = guest.Addr.String()
 		}
 		a.log.Info("restored from snapshot", "vm", name, "snapshot", snap.Dir, "took", time.Since(begin).Round(time.Millisecond),
-			"plan", ms(start.Sub(begin)), "spawn", ms(spawned.Sub(start)), "verify", ms(timing.Verify),
+			"plan", ms(start.Sub(begin)), "spawn", ms(spawned.Sub(start)), "started_ahead", ahead != nil, "verify", ms(timing.Verify),
 			"qemu_start", ms(timing.Connect), "load", ms(timing.Load), "cont", ms(timing.Resume),
 			"hello", ms(hello), "identity", ms(answer), "identity_in_guest", ms(guest.Took), "after", ms(time.Since(ended)),
 			"mac", guest.MAC, "host", guest.Hostname, "addr", addr)

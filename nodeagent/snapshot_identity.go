@@ -22,9 +22,9 @@ import (
 // Zero without cluster networking (user-mode NICs have no identity to
 // clash with another copy's).
 type netEnv struct {
-	MAC, Hostname, Domain string
-	IP, Gateway, DNS      netip.Addr
-	Prefix, MTU           int
+	Tap, MAC, Hostname, Domain string
+	IP, Gateway, DNS           netip.Addr
+	Prefix, MTU                int
 }
 
 // readNetEnv reads dir's network.env (the network component writes it
@@ -56,6 +56,8 @@ func parseNetEnv(b []byte) (netEnv, error) {
 		}
 		var err error
 		switch k {
+		case "BLIXARD_TAP":
+			e.Tap = v
 		case "BLIXARD_MAC":
 			e.MAC = strings.ToLower(v)
 		case "BLIXARD_HOSTNAME":

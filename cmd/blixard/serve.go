@@ -28,6 +28,7 @@ type serveOptions struct {
 	webhookSecret, secretFile, configFile, stateDir string
 	backend                                         string
 	restartDelay                                    time.Duration
+	restorePool                                     int
 	ceph                                            cephOptions
 	git                                             node.Source // credentials and trust only
 	eval                                            node.Eval
@@ -138,6 +139,8 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.stateDir, "state-dir", nodeagent.DefaultStateDir, "per-VM state directories (microvm.nix layout: NAME/current, NAME/booted)")
 	f.StringVar(&o.backend, "backend", "", "how VMs run: systemd (microvm@NAME units; the default under systemd) or process (the agent supervises microvm-run; the default otherwise)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
+	f.IntVar(&o.restorePool, "restore-pool", 4, "with --network and the process backend: runners of snapshot functions kept started ahead, paused before "+
+		"their restore, for the next instances of those functions (0: none; each costs a paused qemu's memory, and saves a cold start the runner's and qemu's start-up)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
 	removedFlag(f, "ceph-pool", removedCephPool)
 	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user name, without the client. prefix")
@@ -245,7 +248,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Raft:     o.raft,
 		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,
-		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay,
+		WebhookSecret: o.webhookSecret, StateDir: o.stateDir, Backend: backend, RestartBackoff: o.restartDelay, RestorePool: o.restorePool,
 		Ceph: o.ceph.config(), TLS: o.tls, Insecure: o.insecure, InsecureIKnow: o.insecureIKnow, Network: nw,
 		Notify: o.notify, Cache: o.cache, AgentOnly: o.agentOnly,
 	}

@@ -257,17 +257,45 @@ func (p *prober) stamp(st *replicated.VMStatus) {
 	}
 }
 
+// startingProbe is how soon a probe that failed before any passed is
+// tried again (see run).
+const startingProbe = 100 * time.Millisecond
+
 // run probes vm every interval until ctx ends, the first time at once.
 // Probes never overlap: each ends within the check's timeout, which is
 // shorter than the interval.
+//
+// Until the first probe passes (of a new instance: not one whose verdict
+// was seeded), a failed probe is retried every
+// startingProbe without being counted, and a failure is counted once per
+// interval as before: an instance that is up a moment after the first
+// probe (a restored guest's first ARP and SYN under software emulation) is
+// judged healthy then, not an interval later, and one that takes long is
+// judged no sooner than before.
 func (p *prober) run(ctx context.Context, vm string, v *probed, t probeTarget) {
 	tick := time.NewTicker(t.check.Interval)
 	defer tick.Stop()
+	// A verdict seeded from the committed state (a restarted agent) is no
+	// start: its probes count at once.
+	p.mu.Lock()
+	passed := v.rec.State != ""
+	p.mu.Unlock()
+	counted := time.Now()
 	for {
 		err := p.probe(ctx, vm, t)
 		if ctx.Err() != nil {
 			return // stopped: the result says nothing about the instance
 		}
+		if err != nil && !passed && time.Since(counted) < t.check.Interval {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(min(startingProbe, t.check.Interval)):
+			}
+			continue
+		}
+		passed = passed || err == nil
+		counted = time.Now()
 		msg := ""
 		if err != nil {
 			msg = clipHealthError(err.Error())

@@ -565,3 +565,48 @@ func TestSeedsOnlyTheAdoptedRunner(t *testing.T) {
 		t.Fatalf("a runner started after the agent: %+v, want no verdict from the old runner's", st)
 	}
 }
+
+// TestProberRetriesAStartingInstanceSoon: a new instance that fails its
+// first probes and passes a moment later is judged healthy then, not an
+// interval later, and the failures before are not counted.
+func TestProberRetriesAStartingInstanceSoon(t *testing.T) {
+	var mu sync.Mutex
+	calls := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	ap := netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
+	// An hour between counted probes: only the starting retries can see
+	// the pass within the test.
+	h := spec.HealthCheck{HTTP: &spec.HTTPHealthCheck{Port: int(ap.Port()), Path: "/"},
+		Interval: time.Hour, Timeout: time.Second, HealthyAfter: 1, UnhealthyAfter: 1}
+	var logs lockedBuffer
+	p := newProber(time.Now, slog.New(slog.NewTextHandler(&logs, nil)), func(string) {})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	defer p.stop()
+	p.sync(ctx, map[string]probeTarget{"web": {check: &h, addr: ap.Addr()}}, nil)
+	testkit.WaitFor(t, waitTimeout, "the instance judged healthy", func() error {
+		st := replicated.VMStatus{VM: "web", Phase: replicated.PhaseRunning}
+		p.stamp(&st)
+		if st.Health != replicated.Healthy {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	mu.Lock()
+	n := calls
+	mu.Unlock()
+	if n != 3 {
+		t.Errorf("%d probes; want 3 (two failed while starting, then the pass)", n)
+	}
+	if strings.Contains(logs.String(), "health=unhealthy") {
+		t.Errorf("a starting instance's failed probes were counted:\n%s", logs.String())
+	}
+}

@@ -270,3 +270,11 @@ func (b *ProcessBackend) killAheadLeftovers(adopted map[procIdentity]bool) {
 		b.log.Warn("cannot remove the runners started ahead", "dir", pool, "err", err)
 	}
 }
+
+// runs reports whether unit name's runner is process pid.
+func (b *ProcessBackend) runs(name string, pid int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	u := b.units[name]
+	return u != nil && u.h != nil && u.h.id.PID == pid
+}

@@ -92,29 +92,6 @@ func (s *Server) planStream(w http.ResponseWriter, r *http.Request, commit strin
 		default:
 		}
 	}
-	type answer struct {
-		v   PlanView
-		err error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		wctx := progress.With(ctx, func(l string) {
-			line.Store(&l)
-			signal()
-		})
-		if s.o.Source != nil {
-			if _, err := s.o.Source.Fetch(wctx); err != nil {
-				s.log.Warn("fetch before plan failed; planning from the mirror as it is", "err", err)
-			}
-			stage.Store(&evaluating)
-			signal()
-		}
-		p, err := reconciler.PlanCommit(wctx, s.o.Evaluator, commit, st)
-		v := NewPlanView(p, "")
-		v.Freshness = fresh
-		done <- answer{v, err}
-	}()
-
 	w.Header().Set("Content-Type", NDJSONType)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -140,9 +117,34 @@ func (s *Server) planStream(w http.ResponseWriter, r *http.Request, commit strin
 		}
 		return send(PlanStreamLine{Progress: p})
 	}
+	// The first line, before the work starts: it always shows the first
+	// stage, however quickly the fetch then goes.
 	if !report() {
 		return
 	}
+	type answer struct {
+		v   PlanView
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		wctx := progress.With(ctx, func(l string) {
+			line.Store(&l)
+			signal()
+		})
+		if s.o.Source != nil {
+			if _, err := s.o.Source.Fetch(wctx); err != nil {
+				s.log.Warn("fetch before plan failed; planning from the mirror as it is", "err", err)
+			}
+			stage.Store(&evaluating)
+			signal()
+		}
+		p, err := reconciler.PlanCommit(wctx, s.o.Evaluator, commit, st)
+		v := NewPlanView(p, "")
+		v.Freshness = fresh
+		done <- answer{v, err}
+	}()
+
 	tick := time.NewTicker(progressEvery)
 	defer tick.Stop()
 	var gap <-chan time.Time // armed while a change waits for progressGap

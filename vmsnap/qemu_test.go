@@ -434,3 +434,39 @@ func TestQemuSaveKeepsTheGuestRunningWhenItFails(t *testing.T) {
 		t.Errorf("qemu: %v", err)
 	}
 }
+
+func TestQemuAnnounceSendsTheNICsAnnouncements(t *testing.T) {
+	dir := t.TempDir()
+	dump := filepath.Join(dir, "nic.pcap")
+	p := startQemu(t, dir, "-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:2a",
+		"-object", "filter-dump,id=f0,netdev=n0,file="+dump)
+	ctx := testCtx(t)
+	c, err := WaitDial(ctx, p.qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// A RARP frame (ethertype 0x8035) from the NIC's MAC, as qemu sends
+	// after a migration.
+	rarp := []byte{0x02, 0, 0, 0, 0, 0x2a, 0x80, 0x35}
+	if b, _ := os.ReadFile(dump); bytes.Contains(b, rarp) {
+		t.Fatalf("the NIC announced itself before Announce")
+	}
+	if err := Announce(ctx, p.qmp); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(dump)
+		if n := bytes.Count(b, rarp); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no RARP frame from 02:00:00:00:00:2a in %s within 10s of Announce", dump)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := Announce(ctx, filepath.Join(dir, "no.sock")); err == nil {
+		t.Errorf("Announce to a socket that does not exist succeeded")
+	}
+}

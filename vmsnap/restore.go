@@ -177,3 +177,23 @@ func checkRestoreRAM(snap Snapshot, r ramLayout) error {
 	}
 	return nil
 }
+
+// Announce asks the qemu behind qmpSocket to announce the guest's NICs on
+// their networks now (QMP announce-self: qemu's RARP frames with the NIC's
+// MAC and, for a guest that negotiated it, the guest's own gratuitous ARPs
+// for its addresses), as qemu does by itself right after an incoming
+// migration. A copy restored long before it took its identity has had
+// those announcements already, with the saved identity.
+func Announce(ctx context.Context, qmpSocket string) error {
+	c, err := Dial(ctx, qmpSocket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// qemu's defaults for the announcements after a migration.
+	args := map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}
+	if err := c.Execute(ctx, "announce-self", args, nil); err != nil {
+		return fmt.Errorf("announcing the guest's NICs: %w", err)
+	}
+	return nil
+}

@@ -155,6 +155,9 @@ func TestNixProcessRestartedAgentAdoptsRunners(t *testing.T) {
 	if e.ever("a", replicated.PhaseStarting) {
 		t.Errorf("the new agent reported a starting although a was running")
 	}
+	// Running is reported once the runner was exec'd, which may be before
+	// its shell printed anything (a loaded machine).
+	testkit.WaitFor(t, waitTimeout, "a's first start on its console", fileContains(LogPath(e.dir, "a"), "once"))
 	b, _ := os.ReadFile(LogPath(e.dir, "a"))
 	if n := strings.Count(string(b), "once"); n != 1 {
 		t.Errorf("a's console shows %d starts, want 1", n)

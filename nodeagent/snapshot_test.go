@@ -121,7 +121,7 @@ func TestParseNetEnv(t *testing.T) {
 		want     netEnv
 		wantErr  string
 	}{
-		{"every key", full, netEnv{MAC: "02:ab:00:00:00:01", Hostname: "fn-a-1", Domain: "c.internal", IP: netip.MustParseAddr("10.1.0.5"),
+		{"every key", full, netEnv{Tap: "blxt1", MAC: "02:ab:00:00:00:01", Hostname: "fn-a-1", Domain: "c.internal", IP: netip.MustParseAddr("10.1.0.5"),
 			Gateway: netip.MustParseAddr("10.1.0.1"), DNS: netip.MustParseAddr("10.1.0.1"), Prefix: 24, MTU: 1450}, ""},
 		{"no file content", "", netEnv{}, ""},
 		{"empty values are absent (MTU not known yet)", "BLIXARD_MTU=\nBLIXARD_MAC='02:00:00:00:00:09'\n", netEnv{MAC: "02:00:00:00:00:09"}, ""},

@@ -144,21 +144,21 @@ func (l *lab) crash(i int) {
 	}
 }
 
-// restoredAhead counts the guests node i's restore pool restored ahead
-// for instance.
-func (l *lab) restoredAhead(i int, instance string) int {
-	return strings.Count(l.nodeLog(i), fmt.Sprintf(`msg="restored ahead" node=%d component=agent node=%d component=restore-pool vm=%s `, i, i, instance))
+// startedAhead counts the runners node i's restore pool started ahead for
+// instance that reached their QMP socket, waiting for a restore.
+func (l *lab) startedAhead(i int, instance string) int {
+	return strings.Count(l.nodeLog(i), fmt.Sprintf(`msg="runner started ahead waits for its restore" node=%d component=agent node=%d component=restore-pool vm=%s `, i, i, instance))
 }
 
-// waitRestoredAhead waits until node i's restore pool has restored a guest
-// ahead for instance more than after times and its qemu works in
-// STATE/.pool/INSTANCE.
-func (l *lab) waitRestoredAhead(i int, instance string, after int) {
+// waitStartedAhead waits until node i's restore pool has a runner waiting
+// for instance's restore, started after the first after of them, whose
+// qemu works in STATE/.pool/INSTANCE.
+func (l *lab) waitStartedAhead(i int, instance string, after int) {
 	l.t.Helper()
 	dir := filepath.Join(l.dir(i, "state"), nodeagent.PoolDir, instance)
-	testkit.WaitFor(l.t, time.Minute, "node "+strconv.Itoa(i)+"'s restore pool holding a guest restored ahead for "+instance, func() error {
-		if n := l.restoredAhead(i, instance); n <= after {
-			return fmt.Errorf("%d restored ahead so far", n)
+	testkit.WaitFor(l.t, time.Minute, "node "+strconv.Itoa(i)+"'s restore pool holding a runner for "+instance, func() error {
+		if n := l.startedAhead(i, instance); n <= after {
+			return fmt.Errorf("%d started ahead so far", n)
 		}
 		procs, _ := filepath.Glob("/proc/[0-9]*/cwd")
 		for _, p := range procs {
@@ -262,14 +262,13 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	// line when the pool starts it, after the scale to zero.
 	console := filepath.Join(l.dir(1, "state"), "fn-snap-0", "console.log")
 	before, _ := os.ReadFile(console)
-	ahead0 := l.restoredAhead(1, "fn-snap-0")
+	ahead0 := l.startedAhead(1, "fn-snap-0")
 	idle("snap")
 
-	// Cold start again: from the snapshot, no kernel boot on the console:
-	// the guest node 1's restore pool restored ahead for fn-snap-0 takes
-	// its identity.
-	l.waitRestoredAhead(1, "fn-snap-0", ahead0)
-	restored := get(1, "snap", "snap: cold start (restored ahead)", 2*time.Minute)
+	// Cold start again: from the snapshot, no kernel boot on the console,
+	// into the runner node 1's restore pool started ahead for fn-snap-0.
+	l.waitStartedAhead(1, "fn-snap-0", ahead0)
+	restored := get(1, "snap", "snap: cold start (restore into a runner started ahead)", 2*time.Minute)
 	if saves(1) != 1 || restores(1) != 2 {
 		t.Fatalf("node 1 logged %d saves and %d restores; want 1 and 2 (the second cold start restores)", saves(1), restores(1))
 	}
@@ -280,11 +279,11 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	if added := string(after[len(before):]); strings.Contains(added, "Linux version") || !strings.Contains(added, "snapshot restore") {
 		t.Errorf("the restored cold start's console shows a boot, or no restore:\n%s", added)
 	}
-	// The pool restores fn-snap-0 ahead again once snap scaled to zero.
-	ahead0 = l.restoredAhead(1, "fn-snap-0")
+	// The pool starts a runner for fn-snap-0 again once snap scaled to zero.
+	ahead0 = l.startedAhead(1, "fn-snap-0")
 	idle("snap")
-	// snap2: the same runner and snapshot, restored when a request comes
-	// (node 1's pool of one holds snap's next instance).
+	// snap2: the same runner and snapshot, its runner spawned at the
+	// request (node 1's pool of one holds snap's next instance).
 	unpooled := get(1, "snap2", "snap2: cold start (restore into a runner spawned)", 2*time.Minute)
 	// More samples of the three, in turn, each from zero instances.
 	boots, restoreds, unpooleds := []time.Duration{boot}, []time.Duration{restored}, []time.Duration{unpooled}
@@ -292,9 +291,9 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		idle("snap2")
 		boots = append(boots, get(1, "plain", fmt.Sprintf("plain: cold start %d (full boot)", k), 2*time.Minute))
 		idle("plain")
-		l.waitRestoredAhead(1, "fn-snap-0", ahead0)
-		restoreds = append(restoreds, get(1, "snap", fmt.Sprintf("snap: cold start %d (restored ahead)", k), 2*time.Minute))
-		ahead0 = l.restoredAhead(1, "fn-snap-0")
+		l.waitStartedAhead(1, "fn-snap-0", ahead0)
+		restoreds = append(restoreds, get(1, "snap", fmt.Sprintf("snap: cold start %d (restore into a runner started ahead)", k), 2*time.Minute))
+		ahead0 = l.startedAhead(1, "fn-snap-0")
 		idle("snap")
 		unpooleds = append(unpooleds, get(1, "snap2", fmt.Sprintf("snap2: cold start %d (restore into a runner spawned)", k), 2*time.Minute))
 	}
@@ -307,32 +306,32 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	spawned := logLines(log1, `msg="restored from snapshot" node=1 component=agent node=1 vm=fn-snap2-0`)
 	// The first of fn-snap-0's restores followed its save: no snapshot
 	// existed for the pool to start a runner for.
-	if n := len(logLines(strings.Join(ahead, "\n"), "restored_ahead=true")); n != coldStartSamples || len(ahead) != coldStartSamples+1 {
-		t.Errorf("fn-snap-0 restored %d times, %d of them ahead; want %d and %d:\n%s",
+	if n := len(logLines(strings.Join(ahead, "\n"), "started_ahead=true")); n != coldStartSamples || len(ahead) != coldStartSamples+1 {
+		t.Errorf("fn-snap-0 restored %d times, %d of them into a runner started ahead; want %d and %d:\n%s",
 			len(ahead), n, coldStartSamples+1, coldStartSamples, strings.Join(ahead, "\n"))
 	}
 	// snap2's samples compare restores into a spawned runner; when snap
 	// had no spare for a moment (its instance still stopping) the pool
-	// restored fn-snap2-0 ahead instead: such a sample is left out.
+	// started fn-snap2-0's runner instead: such a sample is left out.
 	if len(spawned) != coldStartSamples {
 		t.Fatalf("fn-snap2-0 restored %d times; want %d:\n%s", len(spawned), coldStartSamples, strings.Join(spawned, "\n"))
 	}
 	var kept []time.Duration
 	for k, line := range spawned {
-		if strings.Contains(line, "restored_ahead=true") {
-			t.Logf("snap2 sample %d was restored ahead: left out of the comparison", k+1)
+		if strings.Contains(line, "started_ahead=true") {
+			t.Logf("snap2 sample %d was restored into a runner started ahead: left out of the comparison", k+1)
 			continue
 		}
 		kept = append(kept, unpooleds[k])
 	}
 	if len(kept) == 0 {
-		t.Fatalf("every snap2 sample was restored ahead; none into a spawned runner to compare")
+		t.Fatalf("every snap2 sample was restored into a runner started ahead; none into a spawned runner to compare")
 	}
 	unpooleds = kept
 	mb, mr, mu := median(boots), median(restoreds), median(unpooleds)
 	t.Logf("cold start to first byte through the gateway (%d samples each): full boot (plain) %v, median %s; "+
-		"snapshot restored ahead, identity at the request (snap) %v, median %s: %.1f× faster; "+
-		"snapshot restore at the request (snap2) %v, median %s: %.1f× faster; first snap request (boot+save+restore) %s",
+		"snapshot restore into a runner started ahead (snap) %v, median %s: %.1f× faster; "+
+		"snapshot restore into a runner spawned (snap2) %v, median %s: %.1f× faster; first snap request (boot+save+restore) %s",
 		coldStartSamples, rounded(boots), mb.Round(time.Millisecond), rounded(restoreds), mr.Round(time.Millisecond), float64(mb)/float64(mr),
 		rounded(unpooleds), mu.Round(time.Millisecond), float64(mb)/float64(mu), first.Round(time.Millisecond))
 	for _, line := range append(ahead, spawned...) {

@@ -17,34 +17,37 @@ import (
 	"github.com/blixard/blixard/vmsnap"
 )
 
-// The restore pool: snapshot functions' guests restored ahead, each for
-// the next instance of its function that may come to this node, so that a
-// cold start is only the identity exchange: no runner spawn, no qemu
-// start-up, no load (most of a restore's time on the agent's side; see
-// docs/benchmarks.md).
+// The restore pool: runners of snapshot functions started ahead, each
+// paused in qemu's `-incoming defer` for the next instance of its
+// function that may come to this node, so that a restore's cold start
+// skips the runner's spawn and qemu's start-up (most of a restore's time
+// on the agent's side, see docs/benchmarks.md).
 //
 // The next instance's tap exists before any request (the network's spare
 // taps: the microvm machine cannot hotplug a NIC, so qemu must be started
-// on the very tap the instance will have). The pool starts that instance's
-// runner in restore mode in STATE/.pool/NAME, with a network.env naming
-// that tap and MAC and the restore hook of the node's snapshot of the
-// function's runner, and restores the snapshot into it (vmsnap.Restore):
-// the guest runs on as it was saved, frozen — eth0 down without an
-// address, its identity agent waiting — so it sends and answers nothing.
-// When the instance is placed here, its start (restoreOrBoot) takes that
-// runner if it was started for the same runner, tap and snapshot and the
-// restore succeeded; the process backend adopts it as the unit's runner
-// and the start gives the guest the instance's identity as after any
-// restore, then has qemu announce the NIC (vmsnap.Announce: qemu's own
-// announcements followed the load, long before, with no address; without
-// new ones the host reached such a guest only after its DHCP client ran,
-// two seconds later). Anything else is killed and the start restores into a runner
-// of its own. A guest restored ahead costs its qemu, the guest memory it
-// touches (the snapshot's RAM file is mapped copy-on-write) and an idle
-// vCPU. Runners whose instance is placed on another node, whose spare tap
-// or snapshot changed, or beyond Options.RestorePool are killed; an agent
-// that stops kills them, and the backend's Run kills those an earlier
-// agent left (STATE/.pool/*/pid).
+// on the very tap the instance will have); the pool starts that
+// instance's runner in restore mode in STATE/.pool/NAME with a network.env
+// naming that tap and MAC and the restore hook of the node's snapshot of
+// the function's runner. When the instance is placed here, its start
+// (restoreOrBoot) takes the waiting runner if it was started for the same
+// runner, tap and snapshot, and the process backend adopts it as the
+// unit's runner; anything else is killed and the start spawns as before.
+// A waiting runner runs no guest code (qemu has not loaded the state) and
+// maps the snapshot's RAM file copy-on-write: it costs qemu's own memory.
+// Runners whose instance is placed on another node, whose spare tap or
+// snapshot changed, or beyond Options.RestorePool are killed; an agent that
+// stops kills them, and the backend's Run kills those an earlier agent
+// left (STATE/.pool/*/pid).
+
+// Restoring ahead too (the guest running frozen until its identity) was
+// tried and measured (docs/benchmarks.md): it takes qemu's load off the
+// path, but such a guest was unreachable until its DHCP client ran, 2 s
+// after its identity, because qemu's announcements had followed the load
+// long before; with an announcement after the identity (vmsnap.Announce)
+// its first health probe still passed only ~200 ms later, against ~30 ms
+// for a guest restored at the request, so the restore stays on the
+// request's path, which was faster end to end and keeps waiting guests
+// paused (no guest memory touched, no vCPU).
 
 // SpareTap is an instance whose tap the node made ahead of its placement
 // (the network's spare taps): the restore pool starts runners on them.
@@ -52,7 +55,7 @@ type SpareTap struct {
 	Instance, Tap, MAC string
 }
 
-// RestorePool keeps guests of snapshot functions restored ahead (see the
+// RestorePool keeps runners of snapshot functions started ahead (see the
 // comment above). Run it; Notify it after a new state.
 type RestorePool struct {
 	a      *Agent
@@ -77,11 +80,9 @@ type RestorePool struct {
 type poolEntry struct {
 	want  poolWant
 	r     *aheadRunner
-	ready chan struct{} // closed once the snapshot was restored into it or that failed
+	ready chan struct{} // closed once its QMP socket answered or it failed
 	err   error         // why it is not ready; set before ready is closed
-	// timing is the restore's (set before ready is closed).
-	timing vmsnap.RestoreTiming
-	stop   context.CancelFunc
+	stop  context.CancelFunc
 }
 
 // poolWant is a runner the pool wants started ahead.
@@ -367,28 +368,27 @@ func (p *RestorePool) start(ctx context.Context, w poolWant) (*poolEntry, error)
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
+	started := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, poolReadyTimeout)
 	e := &poolEntry{want: w, r: r, ready: make(chan struct{}), stop: cancel}
 	go func() {
 		defer cancel()
-		e.timing, e.err = restoreAhead(rctx, filepath.Join(dir, "qmp.sock"), r, w.Snap)
+		e.err = waitInMigrate(rctx, filepath.Join(dir, "qmp.sock"), r)
 		close(e.ready)
 		switch {
 		case e.err != nil && rctx.Err() == nil:
-			p.log.Warn("restoring ahead failed; the instance's cold start restores into a runner of its own", "vm", w.Instance, "err", e.err)
+			p.log.Warn("a runner started ahead is not waiting for a restore; the instance's cold start spawns one", "vm", w.Instance, "err", e.err)
 		case e.err == nil:
-			p.log.Debug("restored ahead", "vm", w.Instance, "qemu_start", e.timing.Connect, "load", e.timing.Load)
+			p.log.Debug("runner started ahead waits for its restore", "vm", w.Instance, "took", time.Since(started))
 		}
 	}()
 	p.log.Debug("runner started ahead", "vm", w.Instance, "tap", w.Tap, "pid", r.h.id.PID)
 	return e, nil
 }
 
-// restoreAhead restores snap into the runner r started ahead (qemu behind
-// socket): the guest runs on, frozen as it was saved (eth0 down, no
-// address), and waits on its identity channel for the identity of the
-// instance that takes it. It gives up when r exits.
-func restoreAhead(ctx context.Context, socket string, r *aheadRunner, snap vmsnap.Snapshot) (vmsnap.RestoreTiming, error) {
+// waitInMigrate waits until the qemu behind socket answers and waits for
+// an incoming migration.
+func waitInMigrate(ctx context.Context, socket string, r *aheadRunner) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -398,20 +398,29 @@ func restoreAhead(ctx context.Context, socket string, r *aheadRunner, snap vmsna
 		case <-ctx.Done():
 		}
 	}()
-	t, err := vmsnap.Restore(ctx, socket, snap)
+	c, err := vmsnap.WaitDial(ctx, socket)
 	if err != nil {
 		if res := r.exitResult(); res != "" {
-			return t, fmt.Errorf("the runner exited (%s): %w", res, err)
+			return fmt.Errorf("the runner exited (%s)", res)
 		}
-		return t, err
+		return err
 	}
-	return t, nil
+	defer c.Close()
+	var status struct {
+		Status string `json:"status"`
+	}
+	if err := c.Execute(ctx, "query-status", nil, &status); err != nil {
+		return err
+	}
+	if status.Status != "inmigrate" {
+		return fmt.Errorf("the VM is %q, not waiting for an incoming migration", status.Status)
+	}
+	return nil
 }
 
 // take hands a start the runner started ahead for instance name when it
-// was started for runner out, tap and snap and the snapshot was restored
-// into it (its guest waits for its identity); nil otherwise (a runner
-// started for anything else is killed).
+// was started for runner out, tap and snap and is waiting for the
+// restore; nil otherwise (a runner started for anything else is killed).
 func (p *RestorePool) take(ctx context.Context, name, out, tap string, snap vmsnap.Snapshot) *aheadRunner {
 	if p == nil {
 		return nil

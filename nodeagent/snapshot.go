@@ -321,30 +321,27 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 		hello, answer  time.Duration
 		guest          vmsnap.GuestIdentity
 	)
-	// A runner the restore pool started ahead for this instance, with the
-	// snapshot restored into it, skips the spawn, qemu's start-up, the
-	// load and the guest's resumption.
+	// A runner the restore pool started ahead for this instance skips the
+	// spawn and qemu's start-up.
 	ahead := a.pool.take(ctx, name, out, env.Tap, snap)
-	adopted := ahead != nil
+	adopted := false
 	err := pb.startThen(ctx, name, ahead, func(ctx context.Context) error {
 		spawned = time.Now()
 		var err error
-		// A runner taken from the pool was restored ahead: its guest waits
-		// for its identity. (One that could not be adopted was killed and
-		// this runner spawned: its Status PID is not the pool's.)
-		if ahead == nil || !pb.runs(name, ahead.h.id.PID) {
-			adopted = false
-			if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
-				return err
-			}
+		// Into the runner taken from the pool when the backend adopted it
+		// (else killed, and this one spawned: its PID is not the pool's).
+		adopted = ahead != nil && pb.runs(name, ahead.h.id.PID)
+		if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
+			return err
 		}
 		if hello, answer, guest, err = identifyGuest(ctx, dir, env); err != nil {
 			return fmt.Errorf("restored %s from snapshot %s, but the guest did not take its identity: %w", name, snap.Dir, err)
 		}
-		// qemu's own announcements after the load may all have gone out
-		// before the identity (always so for a guest restored ahead): a
-		// host that has not learnt the new address cannot reach the guest
-		// until its DHCP client runs, seconds later.
+		// qemu's own announcements follow the load (50–450 ms after it);
+		// on a loaded host the identity may come after all of them, and
+		// until the host learns the new address it reaches the guest only
+		// once its DHCP client runs, seconds later (seen with guests
+		// restored long before their identity).
 		if err := vmsnap.Announce(ctx, filepath.Join(dir, "qmp.sock")); err != nil {
 			a.log.Warn("snapshot: cannot announce the restored guest's new identity; the network learns it later", "vm", name, "err", err)
 		}
@@ -366,7 +363,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 			addr = guest.Addr.String()
 		}
 		a.log.Info("restored from snapshot", "vm", name, "snapshot", snap.Dir, "took", time.Since(begin).Round(time.Millisecond),
-			"plan", ms(start.Sub(begin)), "spawn", ms(spawned.Sub(start)), "restored_ahead", adopted, "verify", ms(timing.Verify),
+			"plan", ms(start.Sub(begin)), "spawn", ms(spawned.Sub(start)), "started_ahead", adopted, "verify", ms(timing.Verify),
 			"qemu_start", ms(timing.Connect), "load", ms(timing.Load), "cont", ms(timing.Resume),
 			"hello", ms(hello), "identity", ms(answer), "identity_in_guest", ms(guest.Took), "after", ms(time.Since(ended)),
 			"mac", guest.MAC, "host", guest.Hostname, "addr", addr)

@@ -363,6 +363,15 @@ in
           the running instances from any node; TCP entries listen on HOST and their listenPort. null: no ingress here.
         '';
       };
+      restorePool = mkOption {
+        type = types.ints.unsigned;
+        default = 4;
+        description = ''
+          Runners of snapshot functions this node keeps started ahead, paused before their restore, for the next
+          instances of those functions (`--restore-pool`; needs `backend = "process"`): a cold start that finds one skips
+          the runner's spawn and qemu's start-up. Each costs a paused qemu's memory. 0: none.
+        '';
+      };
       masquerade = mkOption {
         type = types.bool;
         default = true;

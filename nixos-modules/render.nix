@@ -89,6 +89,7 @@ let
         "vxlan-port" = net.vxlanPort or 4789;
         "dns-dir" = "/run/blixard-netdns";
         masquerade = net.masquerade or true;
+        "restore-pool" = net.restorePool or 4;
       }
       // nonNull "underlay-addr" (net.underlayAddress or null)
       // nonNull "ingress-addr" (net.ingressAddress or null)

@@ -330,7 +330,7 @@ func TestNixModuleNetwork(t *testing.T) {
 	t.Parallel()
 	v := inspectHost(t, `{ services.blixard = { openFirewall = true; network = { enable = true; ingressAddress = ":80"; vxlanId = 77; }; }; }`)
 	want := map[string]any{"network": true, "bridge": "blixard0", "vxlan-id": float64(77), "vxlan-port": float64(4789),
-		"dns-dir": "/run/blixard-netdns", "masquerade": true, "ingress-addr": ":80"}
+		"dns-dir": "/run/blixard-netdns", "masquerade": true, "ingress-addr": ":80", "restore-pool": float64(4)}
 	for k, w := range want {
 		if v.ConfigFile[k] != w {
 			t.Errorf("config file %q = %v, want %v", k, v.ConfigFile[k], w)
@@ -382,9 +382,10 @@ func TestNixModuleNetworkUnderlayAndMasquerade(t *testing.T) {
 	t.Parallel()
 	v := inspectHost(t, `{ services.blixard = {
 		members = fx.nixpkgsLib.mkForce { "1" = "node1.example.org:7001"; };
-		network = { enable = true; underlayAddress = "100.64.0.1"; masquerade = false; bridge = "br-cluster"; };
+		network = { enable = true; underlayAddress = "100.64.0.1"; masquerade = false; bridge = "br-cluster"; restorePool = 0; };
 	}; }`)
-	if v.ConfigFile["underlay-addr"] != "100.64.0.1" || v.ConfigFile["masquerade"] != false || v.ConfigFile["bridge"] != "br-cluster" {
+	if v.ConfigFile["underlay-addr"] != "100.64.0.1" || v.ConfigFile["masquerade"] != false || v.ConfigFile["bridge"] != "br-cluster" ||
+		v.ConfigFile["restore-pool"] != float64(0) {
 		t.Errorf("config file: %v", v.ConfigFile)
 	}
 	if _, ok := v.FirewallInterfaces["br-cluster"]; !ok {

@@ -85,6 +85,8 @@ type Metrics struct {
 	fetch, eval, plan, commit *prometheus.HistogramVec
 	push                      prometheus.Histogram
 	realise, attach, start    *prometheus.HistogramVec
+	restore                   *prometheus.HistogramVec
+	pool                      prometheus.Gauge
 	restarts                  *prometheus.CounterVec
 	fnWait, fnRequest         *prometheus.HistogramVec
 }
@@ -132,6 +134,11 @@ func New(o Options) *Metrics {
 		fnRequest: histogram("blixard_function_request_duration_seconds",
 			"Function requests through this node's gateway, arrival to the end of the answer, whatever the outcome, by function.",
 			fnBuckets, "function"),
+		restore: histogram("blixard_snapshot_restore_duration_seconds",
+			"Restores of snapshot functions' instances on this node, from the start to the guest's identity acknowledged, by result (ok, error) and runner "+
+				"(started_ahead: the restore pool's; spawned).", fnBuckets, "result", "runner"),
+		pool: prometheus.NewGauge(prometheus.GaugeOpts{Name: "blixard_restore_pool_runners",
+			Help: "Runners of snapshot functions this node keeps started ahead, paused before their restore (serve --restore-pool)."}),
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "blixard_vm_restarts_total",
 			Help: "Restarts of VMs on this node: reason crash (the backend restarted a runner that exited), requested (a new runner or `blixard vm restart`)."},
 			[]string{"vm", "reason"}),
@@ -141,6 +148,9 @@ func New(o Options) *Metrics {
 		m.eval.WithLabelValues(r)
 		m.attach.WithLabelValues(r)
 		m.start.WithLabelValues(r)
+		for _, runner := range []string{"started_ahead", "spawned"} {
+			m.restore.WithLabelValues(r, runner)
+		}
 		for _, b := range []string{"true", "false"} {
 			m.realise.WithLabelValues(r, b)
 		}
@@ -154,7 +164,7 @@ func New(o Options) *Metrics {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.fetch, m.eval, m.plan, m.commit, m.push, m.realise, m.attach, m.start, m.restarts, m.fnWait, m.fnRequest,
+		m.fetch, m.eval, m.plan, m.commit, m.push, m.realise, m.attach, m.start, m.restore, m.pool, m.restarts, m.fnWait, m.fnRequest,
 	)
 	if o.Replica != nil {
 		m.reg.MustRegister(&stateCollector{replica: o.Replica, raft: o.Raft})
@@ -226,6 +236,18 @@ func (m *Metrics) ObserveStart(d time.Duration, err error) {
 func (m *Metrics) CountRestarts(vm, reason string, n int) {
 	m.restarts.WithLabelValues(vm, reason).Add(float64(n))
 }
+
+// ObserveRestore implements nodeagent.Metrics.
+func (m *Metrics) ObserveRestore(d time.Duration, startedAhead bool, err error) {
+	runner := "spawned"
+	if startedAhead {
+		runner = "started_ahead"
+	}
+	m.restore.WithLabelValues(result(err), runner).Observe(d.Seconds())
+}
+
+// SetRestorePool implements nodeagent.Metrics.
+func (m *Metrics) SetRestorePool(n int) { m.pool.Set(float64(n)) }
 
 // ObserveQueueWait records that a request of function fn waited d at this
 // node's gateway for an instance (fngateway.Metrics).

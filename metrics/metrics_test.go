@@ -163,6 +163,9 @@ func TestRegistryGathersEverySource(t *testing.T) {
 	m.ObserveAttach(time.Second, nil)
 	m.ObserveStart(time.Second, nil)
 	m.CountRestarts("web-0", "crash", 2)
+	m.ObserveRestore(300*time.Millisecond, true, nil)
+	m.ObserveRestore(600*time.Millisecond, false, errors.New("boom"))
+	m.SetRestorePool(3)
 	fs, err := families(t, m)
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +186,9 @@ func TestRegistryGathersEverySource(t *testing.T) {
 		{"blixard_realise_duration_seconds", map[string]string{"result": "ok", "built": "true"}, 1},
 		{"blixard_attach_duration_seconds", map[string]string{"result": "ok"}, 1},
 		{"blixard_start_duration_seconds", map[string]string{"result": "ok"}, 1},
+		{"blixard_snapshot_restore_duration_seconds", map[string]string{"result": "ok", "runner": "started_ahead"}, 1},
+		{"blixard_snapshot_restore_duration_seconds", map[string]string{"result": "error", "runner": "spawned"}, 1},
+		{"blixard_snapshot_restore_duration_seconds", map[string]string{"result": "ok", "runner": "spawned"}, 0},
 	} {
 		f, ok := fs[tc.family]
 		if !ok {
@@ -192,6 +198,9 @@ func TestRegistryGathersEverySource(t *testing.T) {
 		if n, ok := histogramCount(f, tc.labels); !ok || n != tc.want {
 			t.Errorf("%s%v count = %d (found %t), want %d", tc.family, tc.labels, n, ok, tc.want)
 		}
+	}
+	if f := fs["blixard_restore_pool_runners"]; f == nil || f.GetMetric()[0].GetGauge().GetValue() != 3 {
+		t.Errorf("blixard_restore_pool_runners = %v, want 3", f)
 	}
 	if f := fs["blixard_vm_restarts_total"]; f == nil || f.GetMetric()[0].GetCounter().GetValue() != 2 {
 		t.Errorf("blixard_vm_restarts_total = %v, want 2 for web-0", f)

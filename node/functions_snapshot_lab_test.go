@@ -328,6 +328,14 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		t.Fatalf("every snap2 sample was restored into a runner started ahead; none into a spawned runner to compare")
 	}
 	unpooleds = kept
+	// The same on node 1's /metrics.
+	fams := scrape(t, l.net.Addr(1)+":7070")
+	if n, ok := value(fams, "blixard_snapshot_restore_duration_seconds", map[string]string{"result": "ok", "runner": "started_ahead"}); !ok || n < coldStartSamples {
+		t.Errorf("node 1's /metrics counts %v restores into runners started ahead (found %t); want at least %d", n, ok, coldStartSamples)
+	}
+	if _, ok := value(fams, "blixard_restore_pool_runners", nil); !ok {
+		t.Errorf("node 1's /metrics has no blixard_restore_pool_runners")
+	}
 	mb, mr, mu := median(boots), median(restoreds), median(unpooleds)
 	t.Logf("cold start to first byte through the gateway (%d samples each): full boot (plain) %v, median %s; "+
 		"snapshot restore into a runner started ahead (snap) %v, median %s: %.1f× faster; "+

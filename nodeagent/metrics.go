@@ -25,6 +25,12 @@ type Metrics interface {
 	// (its backend restarted a runner that exited on its own) or
 	// "requested" (a new runner, or `blixard vm restart`).
 	CountRestarts(vm, reason string, n int)
+	// ObserveRestore: restoring a snapshot function's instance took d
+	// (from its start operation to the guest's identity acknowledged);
+	// startedAhead: into a runner the restore pool started ahead.
+	ObserveRestore(d time.Duration, startedAhead bool, err error)
+	// SetRestorePool: the restore pool holds n runners started ahead.
+	SetRestorePool(n int)
 }
 
 // Restart reasons of [Metrics.CountRestarts].
@@ -40,6 +46,8 @@ func (noMetrics) ObserveRealise(time.Duration, bool, error) {}
 func (noMetrics) ObserveAttach(time.Duration, error)        {}
 func (noMetrics) ObserveStart(time.Duration, error)         {}
 func (noMetrics) CountRestarts(string, string, int)         {}
+func (noMetrics) ObserveRestore(time.Duration, bool, error) {}
+func (noMetrics) SetRestorePool(int)                        {}
 
 // BuildProgress is one report of a runner being built ([Options.OnBuild]):
 // when the build starts, for every line nix prints while it runs, and when

@@ -87,6 +87,10 @@ func (m *recordedMetrics) ObserveStart(_ time.Duration, err error)  { m.add("sta
 func (m *recordedMetrics) CountRestarts(vm, reason string, n int) {
 	m.add("restart %s %s %d", vm, reason, n)
 }
+func (m *recordedMetrics) ObserveRestore(_ time.Duration, startedAhead bool, err error) {
+	m.add("restore ahead=%t err=%v", startedAhead, err)
+}
+func (m *recordedMetrics) SetRestorePool(n int) { m.add("pool %d", n) }
 
 func (m *recordedMetrics) has(prefix string) error {
 	for _, o := range m.get() {

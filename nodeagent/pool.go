@@ -301,6 +301,10 @@ func (p *RestorePool) pass(ctx context.Context) {
 			p.log.Warn("cannot start a runner ahead; its instance's cold start spawns one", "vm", w.Instance, "err", err)
 		}
 	}
+	p.mu.Lock()
+	n := len(p.entries)
+	p.mu.Unlock()
+	p.a.o.Metrics.SetRestorePool(n)
 }
 
 // wantedSince is since when a runner is wanted as it is now.
@@ -466,4 +470,5 @@ func (p *RestorePool) killAll() {
 		}
 		delete(p.entries, name)
 	}
+	p.a.o.Metrics.SetRestorePool(0)
 }

@@ -367,11 +367,13 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 			"qemu_start", ms(timing.Connect), "load", ms(timing.Load), "cont", ms(timing.Resume),
 			"hello", ms(hello), "identity", ms(answer), "identity_in_guest", ms(guest.Took), "after", ms(time.Since(ended)),
 			"mac", guest.MAC, "host", guest.Hostname, "addr", addr)
+		a.o.Metrics.ObserveRestore(time.Since(begin), adopted, nil)
 		return nil
 	}
 	if ctx.Err() != nil {
 		return err
 	}
+	a.o.Metrics.ObserveRestore(time.Since(begin), adopted, err)
 	a.log.Warn("restoring from snapshot failed; booting fresh", "vm", name, "err", err, "console", LogPath(a.o.StateDir, name))
 	if dropAfterRestore(err) {
 		a.removeSnapshot(store, out, qemu)

@@ -372,29 +372,42 @@ func (b *ProcessBackend) spawn(name string) (*procHandle, *exec.Cmd, string, err
 	if out == "" {
 		return nil, nil, "", fmt.Errorf("start %s: %s does not exist (the agent links it to the runner first)", name, filepath.Join(dir, "current"))
 	}
-	run := filepath.Join(out, "bin", "microvm-run")
+	h, cmd, err := b.execRunner(name, dir, out, "booted", "pid")
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("start %s: %w", name, err)
+	}
+	return h, cmd, out, nil
+}
+
+// execRunner starts out's bin/microvm-run for instance name in its own
+// session, with working directory dir and its output appended to name's
+// console log, and records it in dir: a link booted → out when booted is
+// not "", and its pid file. On an error nothing of it runs.
+func (b *ProcessBackend) execRunner(name, dir, out, booted, pidFile string) (*procHandle, *exec.Cmd, error) {
 	b.capLog(name)
 	logf, err := os.OpenFile(LogPath(b.o.StateDir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("start %s: console log: %w", name, err)
+		return nil, nil, fmt.Errorf("console log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(run)
+	cmd := exec.Command(filepath.Join(out, "bin", "microvm-run"))
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own session: the runner outlives the agent and gets no terminal signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, nil, "", fmt.Errorf("start %s: %w (is %s a runner with bin/microvm-run?)", name, err, out)
+		return nil, nil, fmt.Errorf("%w (is %s a runner with bin/microvm-run?)", err, out)
 	}
 	pid := cmd.Process.Pid
 	// Start returned once the runner was exec'd: where a cold start's
 	// orchestration ends (the lab reads this line's time).
 	b.log.Debug("runner exec'd", "vm", name, "pid", pid)
-	fail := func(err error) (*procHandle, *exec.Cmd, string, error) {
+	fail := func(err error) (*procHandle, *exec.Cmd, error) {
+		// The group too: a runner may have started children already.
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, nil, "", fmt.Errorf("start %s: %w", name, err)
+		return nil, nil, err
 	}
 	// Our unreaped child cannot vanish, even if it exits at once (a zombie
 	// keeps its /proc entry and its pidfd), so its identity is stable here.
@@ -406,15 +419,17 @@ func (b *ProcessBackend) spawn(name string) (*procHandle, *exec.Cmd, string, err
 	if fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK); err == nil {
 		h.pidfd = os.NewFile(uintptr(fd), "pidfd")
 	}
-	if err := symlinkAtomic(out, filepath.Join(dir, "booted")); err != nil {
-		h.close()
-		return fail(fmt.Errorf("record booted: %w", err))
+	if booted != "" {
+		if err := symlinkAtomic(out, filepath.Join(dir, booted)); err != nil {
+			h.close()
+			return fail(fmt.Errorf("record booted: %w", err))
+		}
 	}
-	if err := writePidFile(filepath.Join(dir, "pid"), id); err != nil {
+	if err := writePidFile(filepath.Join(dir, pidFile), id); err != nil {
 		h.close()
 		return fail(fmt.Errorf("record pid: %w", err))
 	}
-	return h, cmd, out, nil
+	return h, cmd, nil
 }
 
 // watch waits for the runner h to exit and records it; an exit that Stop

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // PoolDir is where runners started ahead of their instance's start wait
@@ -62,39 +60,13 @@ func (b *ProcessBackend) spawnAhead(ctx context.Context, name, dir string) (*ahe
 	if err != nil || out == "" {
 		return nil, fmt.Errorf("start %s ahead: %s: no runner linked (%v)", name, filepath.Join(dir, "current"), err)
 	}
+	// The console log is the instance's.
 	if err := os.MkdirAll(filepath.Join(b.o.StateDir, name), 0o755); err != nil {
 		return nil, fmt.Errorf("start %s ahead: %w", name, err)
 	}
-	b.capLog(name)
-	logf, err := os.OpenFile(LogPath(b.o.StateDir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	h, cmd, err := b.execRunner(name, dir, out, "", "pid")
 	if err != nil {
-		return nil, fmt.Errorf("start %s ahead: console log: %w", name, err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(filepath.Join(out, "bin", "microvm-run"))
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s ahead: %w (is %s a runner with bin/microvm-run?)", name, err, out)
-	}
-	fail := func(err error) (*aheadRunner, error) {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
 		return nil, fmt.Errorf("start %s ahead: %w", name, err)
-	}
-	id, err := identify(cmd.Process.Pid)
-	if err != nil {
-		return fail(err)
-	}
-	h := &procHandle{id: id}
-	if fd, err := unix.PidfdOpen(id.PID, unix.PIDFD_NONBLOCK); err == nil {
-		h.pidfd = os.NewFile(uintptr(fd), "pidfd")
-	}
-	if err := writePidFile(filepath.Join(dir, "pid"), id); err != nil {
-		h.close()
-		return fail(fmt.Errorf("record pid: %w", err))
 	}
 	wctx, cancel := context.WithCancel(runCtx)
 	r := &aheadRunner{name: name, dir: dir, out: out, h: h, cmd: cmd, exited: make(chan struct{}), stopWatch: cancel, watchDone: make(chan struct{})}

@@ -166,7 +166,16 @@ func TestNixGitRaftAgentOnlyNode(t *testing.T) {
 	})
 	t.Logf("node 4: %d heartbeats committed in the %v after its server was killed", 12, time.Since(killed).Round(100*time.Millisecond))
 	if pid := agent.runnerPID("web"); pid != webPID {
-		t.Errorf("web's runner changed from %d to %d while node 4 failed over", webPID, pid)
+		// Why, from node 4's whole log (the cleanup shows only its tail).
+		b, _ := os.ReadFile(agent.logPath)
+		var why []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "fenced") || strings.Contains(line, "vm=web") && (strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
+				strings.Contains(line, "stopp") || strings.Contains(line, "exited")) {
+				why = append(why, line)
+			}
+		}
+		t.Errorf("web's runner changed from %d to %d while node 4 failed over; node 4's log says:\n%s", webPID, pid, strings.Join(why, "\n"))
 	}
 
 	// 3. A new push converges on node 4.

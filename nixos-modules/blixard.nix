@@ -367,9 +367,10 @@ in
         type = types.ints.unsigned;
         default = 4;
         description = ''
-          Runners of snapshot functions this node keeps started ahead, paused before their restore, for the next
-          instances of those functions (`--restore-pool`; needs `backend = "process"`): a cold start that finds one skips
-          the runner's spawn and qemu's start-up. Each costs a paused qemu's memory. 0: none.
+          Guests of snapshot functions this node keeps restored ahead and warmed up, frozen until they take an identity,
+          for the next instances of those functions (`--restore-pool`; needs `backend = "process"`): a cold start that
+          finds one is only the identity exchange. Each costs a qemu, the guest memory it touched and an idle vCPU.
+          0: none.
         '';
       };
       masquerade = mkOption {

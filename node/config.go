@@ -164,11 +164,12 @@ type Config struct {
 	// RestartBackoff is the first delay before a crashed VM is restarted
 	// (process backend; default 250ms, doubling to 30s).
 	RestartBackoff time.Duration
-	// RestorePool is how many runners of snapshot functions the node keeps
-	// started ahead, paused before their restore, for the next instances
-	// of those functions (process backend with Network; 0: none). Each
-	// costs a paused qemu's own memory; a cold start that finds one skips
-	// the runner's spawn and qemu's start-up.
+	// RestorePool is how many guests of snapshot functions the node keeps
+	// restored ahead and warmed up, frozen until they take an identity,
+	// for the next instances of those functions (process backend with
+	// Network; 0: none). Each costs a qemu, the guest memory it touched and
+	// an idle vCPU; a cold start that finds one is only the identity
+	// exchange.
 	RestorePool int
 	// StopOnExit stops every VM when Run returns (`blixard dev`); otherwise
 	// they keep running and the next agent adopts them.
@@ -359,7 +360,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	if c.RestorePool < 0 {
-		return c, fmt.Errorf("--restore-pool %d: want 0 (none) or more runners started ahead", c.RestorePool)
+		return c, fmt.Errorf("--restore-pool %d: want 0 (none) or more guests restored ahead", c.RestorePool)
 	}
 	switch c.Backend {
 	case BackendNone, BackendSystemd, BackendProcess:

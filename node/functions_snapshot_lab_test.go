@@ -26,7 +26,9 @@ import (
 
 func snapLabFiles(t *testing.T) map[string][]byte {
 	t.Helper()
-	files := map[string][]byte{"settings.nix": fmt.Appendf(nil, "{ kernelDir = %s; }\n", strconv.Quote(microvm.KernelDir()))}
+	// The guest agent beside the flake: a path in it, so nix copies it
+	// into the store with the flake.
+	files := map[string][]byte{"settings.nix": fmt.Appendf(nil, "{ kernelDir = %s; guestAgent = ./blixard-guest; }\n", strconv.Quote(microvm.KernelDir()))}
 	read := func(name, path string) {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -35,6 +37,7 @@ func snapLabFiles(t *testing.T) map[string][]byte {
 		files[name] = b
 	}
 	read("flake.nix", filepath.Join("testdata", "fnsnap", "flake.nix"))
+	read("blixard-guest", microvm.GuestAgent(t))
 	for _, f := range []string{"microvm.nix", "build-runner.sh", "guest-init.sh"} {
 		read(f, filepath.Join(microvm.DemoDir(), f))
 	}
@@ -147,7 +150,7 @@ func (l *lab) crash(i int) {
 // startedAhead counts the runners node i's restore pool started ahead for
 // instance that reached their QMP socket, waiting for a restore.
 func (l *lab) startedAhead(i int, instance string) int {
-	return strings.Count(l.nodeLog(i), fmt.Sprintf(`msg="runner started ahead waits for its restore" node=%d component=agent node=%d component=restore-pool vm=%s `, i, i, instance))
+	return strings.Count(l.nodeLog(i), fmt.Sprintf(`msg="restored ahead" node=%d component=agent node=%d component=restore-pool vm=%s `, i, i, instance))
 }
 
 // waitStartedAhead waits until node i's restore pool has a runner waiting

@@ -160,10 +160,10 @@ type Options struct {
 	// [CacheOptions]; the zero value substitutes from the peers the state
 	// lists).
 	Cache CacheOptions
-	// RestorePool is how many runners of snapshot functions this node keeps
-	// started ahead, paused before the restore, for the next instances of
-	// those functions (see pool.go; 0: none). It needs the process backend
-	// and SpareTaps.
+	// RestorePool is how many guests of snapshot functions this node keeps
+	// restored ahead and warmed up for the next instances of those
+	// functions (see pool.go; 0: none). It needs the process backend and
+	// SpareTaps.
 	RestorePool int
 	// SpareTaps lists the taps the node's network made ahead for
 	// instances not placed yet (the restore pool starts runners on them).

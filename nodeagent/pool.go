@@ -17,37 +17,45 @@ import (
 	"github.com/blixard/blixard/vmsnap"
 )
 
-// The restore pool: runners of snapshot functions started ahead, each
-// paused in qemu's `-incoming defer` for the next instance of its
-// function that may come to this node, so that a restore's cold start
-// skips the runner's spawn and qemu's start-up (most of a restore's time
-// on the agent's side, see docs/benchmarks.md).
+// The restore pool: guests of snapshot functions restored ahead and warmed
+// up, each for the next instance of its function that may come to this
+// node, so that a cold start that finds one is the identity exchange
+// alone: no runner spawn, no qemu start-up, no load, and the code of a
+// request already run once (see docs/benchmarks.md).
 //
 // The next instance's tap exists before any request (the network's spare
 // taps: the microvm machine cannot hotplug a NIC, so qemu must be started
-// on the very tap the instance will have); the pool starts that
-// instance's runner in restore mode in STATE/.pool/NAME with a network.env
-// naming that tap and MAC and the restore hook of the node's snapshot of
-// the function's runner. When the instance is placed here, its start
-// (restoreOrBoot) takes the waiting runner if it was started for the same
-// runner, tap and snapshot, and the process backend adopts it as the
-// unit's runner; anything else is killed and the start spawns as before.
-// A waiting runner runs no guest code (qemu has not loaded the state) and
-// maps the snapshot's RAM file copy-on-write: it costs qemu's own memory.
+// on the very tap the instance will have). The pool starts that instance's
+// runner in restore mode in STATE/.pool/NAME, with a network.env naming
+// that tap and MAC and the restore hook of the node's snapshot of the
+// function's runner, restores the snapshot into it (vmsnap.Restore) — the
+// guest runs on as it was saved, frozen: eth0 down without an address, so
+// it sends and answers nothing — and warms it up over its identity
+// channel (IdentityConn.Warm: the guest GETs the function's path from its
+// own loopback twice; under software emulation a restored guest
+// translates every code path anew on its first run, ~150 ms of its first
+// request otherwise). The channel stays open: a new connection right
+// after the warm-up's can come before the guest saw that one close, and
+// the guest would not greet it.
+//
+// When the instance is placed here, its start (restoreOrBoot) takes the
+// guest if it was restored for the same runner, tap and snapshot; the
+// process backend adopts its runner as the unit's and the start gives the
+// guest the instance's identity over the open channel, then has qemu
+// announce the NIC (vmsnap.Announce: qemu's own announcements followed the
+// load, long before, with no address). Anything else is killed and the
+// start restores into a runner of its own. A guest waiting in the pool
+// costs its qemu, the guest memory it touched (the snapshot's RAM file is
+// mapped copy-on-write; ~70 MB for the demo's guest) and an idle vCPU.
 // Runners whose instance is placed on another node, whose spare tap or
-// snapshot changed, or beyond Options.RestorePool are killed; an agent that
-// stops kills them, and the backend's Run kills those an earlier agent
-// left (STATE/.pool/*/pid).
-
-// Restoring ahead too (the guest running frozen until its identity) was
-// tried and measured (docs/benchmarks.md): it takes qemu's load off the
-// path, but such a guest was unreachable until its DHCP client ran, 2 s
-// after its identity, because qemu's announcements had followed the load
-// long before; with an announcement after the identity (vmsnap.Announce)
-// its first health probe still passed only ~200 ms later, against ~30 ms
-// for a guest restored at the request, so the restore stays on the
-// request's path, which was faster end to end and keeps waiting guests
-// paused (no guest memory touched, no vCPU).
+// snapshot changed, or beyond Options.RestorePool are killed; an agent
+// that stops kills them, and the backend's Run kills those an earlier
+// agent left (STATE/.pool/*/pid).
+//
+// Restoring ahead without the warm-up was tried before (docs/benchmarks.md):
+// its guests answered their first probe ~200 ms after the identity, slower
+// end to end than restoring at the request, whose identity exchange (then
+// four programs in the guest) ran much of that code first.
 
 // SpareTap is an instance whose tap the node made ahead of its placement
 // (the network's spare taps): the restore pool starts runners on them.
@@ -55,7 +63,7 @@ type SpareTap struct {
 	Instance, Tap, MAC string
 }
 
-// RestorePool keeps runners of snapshot functions started ahead (see the
+// RestorePool keeps guests of snapshot functions restored ahead (see the
 // comment above). Run it; Notify it after a new state.
 type RestorePool struct {
 	a      *Agent
@@ -80,15 +88,23 @@ type RestorePool struct {
 type poolEntry struct {
 	want  poolWant
 	r     *aheadRunner
-	ready chan struct{} // closed once its QMP socket answered or it failed
+	ready chan struct{} // closed once the snapshot was restored into it (and the guest warmed up) or that failed
 	err   error         // why it is not ready; set before ready is closed
-	stop  context.CancelFunc
+	// timing and warmed are the restore's and the warm-up's (set before
+	// ready is closed).
+	timing vmsnap.RestoreTiming
+	warmed time.Duration
+	stop   context.CancelFunc
 }
 
 // poolWant is a runner the pool wants started ahead.
 type poolWant struct {
 	Instance, Tap, MAC, Out string
 	Snap                    vmsnap.Snapshot
+	// Port and Path are the function's HTTP port and path: the restored
+	// guest's warm-up requests them (Port 0: no warm-up).
+	Port int
+	Path string
 }
 
 // same: w and o start the same runner.
@@ -342,7 +358,7 @@ func (p *RestorePool) want(st *replicated.State, sp SpareTap) (poolWant, bool) {
 		if err != nil || snap.Manifest.Identity != vmsnap.IdentityProtocol {
 			return poolWant{}, false
 		}
-		return poolWant{Instance: sp.Instance, Tap: sp.Tap, MAC: sp.MAC, Out: f.Runner.Out, Snap: snap}, true
+		return poolWant{Instance: sp.Instance, Tap: sp.Tap, MAC: sp.MAC, Out: f.Runner.Out, Snap: snap, Port: f.HTTP.Port, Path: f.HTTP.Path}, true
 	}
 	return poolWant{}, false
 }
@@ -372,27 +388,35 @@ func (p *RestorePool) start(ctx context.Context, w poolWant) (*poolEntry, error)
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
-	started := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, poolReadyTimeout)
 	e := &poolEntry{want: w, r: r, ready: make(chan struct{}), stop: cancel}
 	go func() {
 		defer cancel()
-		e.err = waitInMigrate(rctx, filepath.Join(dir, "qmp.sock"), r)
+		e.timing, e.err = restoreAhead(rctx, filepath.Join(dir, "qmp.sock"), r, w.Snap)
+		if e.err == nil {
+			r.restored = true
+			// The warm-up's connection stays open for the identity: a
+			// new one right after it can come before the guest saw the
+			// old one close, and it would not greet again.
+			r.ident, e.warmed = p.warm(rctx, dir, w)
+		}
 		close(e.ready)
 		switch {
 		case e.err != nil && rctx.Err() == nil:
-			p.log.Warn("a runner started ahead is not waiting for a restore; the instance's cold start spawns one", "vm", w.Instance, "err", e.err)
+			p.log.Warn("restoring ahead failed; the instance's cold start restores into a runner of its own", "vm", w.Instance, "err", e.err)
 		case e.err == nil:
-			p.log.Debug("runner started ahead waits for its restore", "vm", w.Instance, "took", time.Since(started))
+			p.log.Debug("restored ahead", "vm", w.Instance, "qemu_start", e.timing.Connect, "load", e.timing.Load, "warm_up", e.warmed)
 		}
 	}()
 	p.log.Debug("runner started ahead", "vm", w.Instance, "tap", w.Tap, "pid", r.h.id.PID)
 	return e, nil
 }
 
-// waitInMigrate waits until the qemu behind socket answers and waits for
-// an incoming migration.
-func waitInMigrate(ctx context.Context, socket string, r *aheadRunner) error {
+// restoreAhead restores snap into the runner r started ahead (qemu behind
+// socket): the guest runs on, frozen as it was saved (eth0 down, no
+// address), and waits on its identity channel for the identity of the
+// instance that takes it. It gives up when r exits.
+func restoreAhead(ctx context.Context, socket string, r *aheadRunner, snap vmsnap.Snapshot) (vmsnap.RestoreTiming, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -402,24 +426,39 @@ func waitInMigrate(ctx context.Context, socket string, r *aheadRunner) error {
 		case <-ctx.Done():
 		}
 	}()
-	c, err := vmsnap.WaitDial(ctx, socket)
+	t, err := vmsnap.Restore(ctx, socket, snap)
 	if err != nil {
 		if res := r.exitResult(); res != "" {
-			return fmt.Errorf("the runner exited (%s)", res)
+			return t, fmt.Errorf("the runner exited (%s): %w", res, err)
 		}
-		return err
+		return t, err
 	}
-	defer c.Close()
-	var status struct {
-		Status string `json:"status"`
+	return t, nil
+}
+
+// warm has the frozen guest restored ahead in dir request its own HTTP
+// server (IdentityConn.Warm), so that the code of a request has run once
+// before the first real one: under emulation that run translates it,
+// ~150 ms of a cold start otherwise. A guest that cannot is used all the
+// same. It returns the identity channel it opened (nil if it could not).
+func (p *RestorePool) warm(ctx context.Context, dir string, w poolWant) (*vmsnap.IdentityConn, time.Duration) {
+	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
+	if err != nil {
+		p.log.Info("no identity channel to the guest restored ahead; its start connects again", "vm", w.Instance, "err", err)
+		return nil, 0
 	}
-	if err := c.Execute(ctx, "query-status", nil, &status); err != nil {
-		return err
+	if w.Port == 0 {
+		return c, 0
 	}
-	if status.Status != "inmigrate" {
-		return fmt.Errorf("the VM is %q, not waiting for an incoming migration", status.Status)
+	path := w.Path
+	if path == "" {
+		path = "/"
 	}
-	return nil
+	took, err := c.Warm(ctx, w.Port, path)
+	if err != nil {
+		p.log.Info("the guest restored ahead did not warm up; its first request runs its code cold", "vm", w.Instance, "err", err)
+	}
+	return c, took
 }
 
 // take hands a start the runner started ahead for instance name when it

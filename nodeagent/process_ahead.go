@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/blixard/blixard/vmsnap"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,13 @@ type aheadRunner struct {
 	exited         chan struct{} // closed once it exited and was reaped
 	stopWatch      context.CancelFunc
 	watchDone      chan struct{} // closed when the watcher returned
+
+	// restored: the restore pool restored the snapshot into it (the guest
+	// waits frozen for its identity); ident is the identity channel the
+	// pool warmed the guest up on, kept open for the identity (nil: none).
+	// Set before the pool hands it out.
+	restored bool
+	ident    *vmsnap.IdentityConn
 
 	mu       sync.Mutex
 	released bool // the watcher was stopped (adoption, kill)
@@ -142,6 +150,7 @@ func (r *aheadRunner) kill() error {
 
 // killReleased is kill after release returned true.
 func (r *aheadRunner) killReleased() error {
+	r.closeIdent()
 	err := r.h.signal(syscall.SIGKILL, true)
 	if err == nil {
 		_ = r.cmd.Wait()
@@ -153,7 +162,28 @@ func (r *aheadRunner) killReleased() error {
 	return r.removeDir()
 }
 
+// closeIdent closes the identity channel the pool kept open, if any.
+func (r *aheadRunner) closeIdent() {
+	r.mu.Lock()
+	c := r.ident
+	r.ident = nil
+	r.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+// takeIdent hands over the identity channel the pool kept open (nil: none).
+func (r *aheadRunner) takeIdent() *vmsnap.IdentityConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.ident
+	r.ident = nil
+	return c
+}
+
 func (r *aheadRunner) removeDir() error {
+	r.closeIdent()
 	if err := os.RemoveAll(r.dir); err != nil {
 		return fmt.Errorf("removing %s: %w", r.dir, err)
 	}

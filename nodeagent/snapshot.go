@@ -321,20 +321,24 @@ func (a *Agent) restoreOrBoot(ctx context.Context, pb *ProcessBackend, store vms
 		hello, answer  time.Duration
 		guest          vmsnap.GuestIdentity
 	)
-	// A runner the restore pool started ahead for this instance skips the
-	// spawn and qemu's start-up.
+	// A runner the restore pool started ahead for this instance, with the
+	// snapshot restored into it, skips the spawn, qemu's start-up, the
+	// load and the guest's first run of a request's code (its warm-up).
 	ahead := a.pool.take(ctx, name, out, env.Tap, snap)
 	adopted := false
 	err := pb.startThen(ctx, name, ahead, func(ctx context.Context) error {
 		spawned = time.Now()
 		var err error
-		// Into the runner taken from the pool when the backend adopted it
-		// (else killed, and this one spawned: its PID is not the pool's).
+		// The runner taken from the pool when the backend adopted it (else
+		// killed, and this one spawned: its PID is not the pool's).
 		adopted = ahead != nil && pb.runs(name, ahead.h.id.PID)
-		if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
+		var open *vmsnap.IdentityConn
+		if adopted && ahead.restored {
+			open = ahead.takeIdent()
+		} else if timing, err = vmsnap.Restore(ctx, filepath.Join(dir, "qmp.sock"), snap); err != nil {
 			return err
 		}
-		if hello, answer, guest, err = identifyGuest(ctx, dir, env); err != nil {
+		if hello, answer, guest, err = identifyGuest(ctx, dir, env, open); err != nil {
 			return fmt.Errorf("restored %s from snapshot %s, but the guest did not take its identity: %w", name, snap.Dir, err)
 		}
 		// qemu's own announcements follow the load (50–450 ms after it);
@@ -438,7 +442,7 @@ func (a *Agent) saveFirst(ctx context.Context, pb *ProcessBackend, store vmsnap.
 	})
 	if err != nil {
 		// The guest runs on, frozen: give it its own identity back.
-		if _, _, _, ierr := identifyGuest(ctx, dir, env); ierr != nil {
+		if _, _, _, ierr := identifyGuest(ctx, dir, env, nil); ierr != nil {
 			a.log.Warn("snapshot: the frozen guest did not take its identity back after the failed save; killing it", "vm", name, "err", ierr)
 			abort()
 			if kerr := a.o.Backend.Kill(ctx, name); kerr != nil {

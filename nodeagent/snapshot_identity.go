@@ -106,8 +106,14 @@ func restoredIdentity(env netEnv, now time.Time, seed [32]byte) (vmsnap.Identity
 }
 
 // identifyGuest gives the guest behind dir's identity channel env's identity
-// (the wall clock now, a fresh seed) and checks its answer.
-func identifyGuest(ctx context.Context, dir string, env netEnv) (hello, answer time.Duration, g vmsnap.GuestIdentity, err error) {
+// (the wall clock now, a fresh seed) and checks its answer. With open (a
+// channel the restore pool kept open to a guest it restored ahead, frozen)
+// the identity goes over it, without a new connection or hello; open is
+// closed.
+func identifyGuest(ctx context.Context, dir string, env netEnv, open *vmsnap.IdentityConn) (hello, answer time.Duration, g vmsnap.GuestIdentity, err error) {
+	if open != nil {
+		defer open.Close()
+	}
 	var seed [32]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		return 0, 0, g, fmt.Errorf("a random seed for the guest: %w", err)
@@ -118,29 +124,27 @@ func identifyGuest(ctx context.Context, dir string, env netEnv) (hello, answer t
 	}
 	ctx, cancel := context.WithTimeout(ctx, identityTimeout)
 	defer cancel()
-	start := time.Now()
-	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
-	if err != nil {
-		return 0, 0, g, err
-	}
-	defer c.Close()
-	hello = time.Since(start)
-	if st := c.State(); st != vmsnap.GuestFrozen {
-		// Its NIC was up through the save: the copy may already have
-		// answered with the saved identity.
-		return hello, 0, g, fmt.Errorf("the guest says it is %q, not %q: it was saved without being frozen", st, vmsnap.GuestFrozen)
-	}
-	start = time.Now()
 	// The clock the guest sets is read when the line is sent, not when
 	// the restore began.
 	id.Time = time.Now()
-	r, err := c.Identify(ctx, id)
-	if err != nil {
-		return hello, 0, g, err
+	if open != nil {
+		start := time.Now()
+		if st := open.State(); st != vmsnap.GuestFrozen {
+			return 0, 0, g, fmt.Errorf("the guest says it is %q, not %q: it was saved without being frozen", st, vmsnap.GuestFrozen)
+		}
+		r, err := open.Identify(ctx, id)
+		if err != nil {
+			return 0, 0, g, err
+		}
+		g, err = vmsnap.CheckIdentified(r, id, want)
+		return 0, time.Since(start), g, err
 	}
-	answer = time.Since(start)
-	g, err = vmsnap.CheckIdentified(r, id, want)
-	return hello, answer, g, err
+	r, err := vmsnap.IdentifyRestored(ctx, filepath.Join(dir, vmsnap.IdentitySocket), id)
+	if err != nil {
+		return r.HelloAfter, 0, g, err
+	}
+	g, err = vmsnap.CheckIdentified(r.Answer, id, want)
+	return r.HelloAfter, r.AnswerAfter - r.HelloAfter, g, err
 }
 
 // freeze asks the guest behind dir's identity channel to take its NIC down

@@ -45,7 +45,12 @@ import (
 //	       /dev/urandom, NIC up; with ip= the address is configured at
 //	       once and the DHCP client runs on in the background, without it
 //	       the address comes by DHCP first; addr "-" without one)
-//	guest: err MESSAGE               (instead of frozen or ok)
+//	host:  warm port=N path=/PATH   (a frozen guest restored ahead of its
+//	       request: two GETs of PATH from its loopback to its HTTP server
+//	       on port N, so that the code a request runs is translated before
+//	       the first one under emulation)
+//	guest: warmed ms=N
+//	guest: err MESSAGE               (instead of frozen, ok or warmed)
 //
 // MAC and host are "-" to keep the guest's (a user-mode NIC has no
 // identity to clash with another copy's). The host closes the connection
@@ -112,61 +117,78 @@ type Identity struct {
 // Command is the ident line for id, checked so that every value stays one
 // word the guest's shell can take apart.
 func (id Identity) Command() (string, error) {
+	if err := id.check(); err != nil {
+		return "", err
+	}
 	mac, host := "-", "-"
 	if id.MAC != "" {
-		hw, err := net.ParseMAC(id.MAC)
-		if err != nil || len(hw) != 6 {
-			return "", fmt.Errorf("identity: MAC %q is not a 6-byte MAC address", id.MAC)
-		}
+		hw, _ := net.ParseMAC(id.MAC)
 		mac = hw.String()
 	}
 	if id.Hostname != "" {
-		if !dnsLabel(id.Hostname) {
-			return "", fmt.Errorf("identity: hostname %q is not a DNS label (letters, digits and -, at most 63)", id.Hostname)
-		}
 		host = id.Hostname
-	}
-	if id.Time.Unix() <= 0 {
-		return "", fmt.Errorf("identity: time %s is before 1970", id.Time)
 	}
 	line := fmt.Sprintf("ident mac=%s host=%s time=%d seed=%s", mac, host, id.Time.Unix(), hex.EncodeToString(id.Seed[:]))
 	if !id.Addr.IsValid() {
-		if id.Gateway.IsValid() || id.DNS.IsValid() || id.Domain != "" || id.MTU != 0 {
-			return "", errors.New("identity: a gateway, DNS server, domain or MTU without an address")
-		}
 		return line, nil
 	}
-	if !id.Addr.Addr().Is4() || id.Addr.Bits() < 1 {
-		return "", fmt.Errorf("identity: address %s is not an IPv4 address with a prefix length", id.Addr)
-	}
 	line += " ip=" + id.Addr.String()
-	for _, a := range []struct {
-		key  string
-		addr netip.Addr
-	}{{"gw", id.Gateway}, {"dns", id.DNS}} {
-		if !a.addr.IsValid() {
-			continue
+	if id.Gateway.IsValid() {
+		line += " gw=" + id.Gateway.String()
+	}
+	if id.DNS.IsValid() {
+		line += " dns=" + id.DNS.String()
+	}
+	if id.Domain != "" {
+		line += " domain=" + id.Domain
+	}
+	if id.MTU != 0 {
+		line += " mtu=" + strconv.Itoa(id.MTU)
+	}
+	return line, nil
+}
+
+// check is what both sides check of an identity. It formats only on
+// failure: the guest runs it on a restore's path, where every code path
+// is new under emulation.
+func (id Identity) check() error {
+	if id.MAC != "" {
+		if hw, err := net.ParseMAC(id.MAC); err != nil || len(hw) != 6 {
+			return fmt.Errorf("identity: MAC %q is not a 6-byte MAC address", id.MAC)
 		}
-		if !a.addr.Is4() {
-			return "", fmt.Errorf("identity: %s %s is not an IPv4 address", a.key, a.addr)
+	}
+	if id.Hostname != "" && !dnsLabel(id.Hostname) {
+		return fmt.Errorf("identity: hostname %q is not a DNS label (letters, digits and -, at most 63)", id.Hostname)
+	}
+	if id.Time.Unix() <= 0 {
+		return fmt.Errorf("identity: time %s is before 1970", id.Time)
+	}
+	if !id.Addr.IsValid() {
+		if id.Gateway.IsValid() || id.DNS.IsValid() || id.Domain != "" || id.MTU != 0 {
+			return errors.New("identity: a gateway, DNS server, domain or MTU without an address")
 		}
-		line += " " + a.key + "=" + a.addr.String()
+		return nil
+	}
+	if !id.Addr.Addr().Is4() || id.Addr.Bits() < 1 {
+		return fmt.Errorf("identity: address %s is not an IPv4 address with a prefix length", id.Addr)
+	}
+	if id.Gateway.IsValid() && !id.Gateway.Is4() {
+		return fmt.Errorf("identity: gw %s is not an IPv4 address", id.Gateway)
+	}
+	if id.DNS.IsValid() && !id.DNS.Is4() {
+		return fmt.Errorf("identity: dns %s is not an IPv4 address", id.DNS)
 	}
 	if id.Domain != "" {
 		for _, label := range strings.Split(id.Domain, ".") {
 			if !dnsLabel(label) {
-				return "", fmt.Errorf("identity: domain %q is not a DNS name", id.Domain)
+				return fmt.Errorf("identity: domain %q is not a DNS name", id.Domain)
 			}
 		}
-		line += " domain=" + id.Domain
 	}
-	if id.MTU != 0 {
-		if id.MTU < 68 || id.MTU > 65535 {
-			return "", fmt.Errorf("identity: MTU %d outside 68–65535", id.MTU)
-		}
-		line += " mtu=" + strconv.Itoa(id.MTU)
+	if id.MTU != 0 && (id.MTU < 68 || id.MTU > 65535) {
+		return fmt.Errorf("identity: MTU %d outside 68–65535", id.MTU)
 	}
-	return line, nil
+	return nil
 }
 
 func dnsLabel(s string) bool {
@@ -191,7 +213,7 @@ const (
 
 // Reply is one line of the guest.
 type Reply struct {
-	// Kind is the first word: hello, frozen, ok or err.
+	// Kind is the first word: hello, frozen, ok, warmed or err.
 	Kind string
 	// Fields are the KEY=VALUE words.
 	Fields map[string]string
@@ -221,7 +243,7 @@ func ParseReply(line string) (Reply, error) {
 			r.Message = "(no reason given)"
 		}
 		return r, nil
-	case "hello", "frozen", "ok":
+	case "hello", "frozen", "ok", "warmed":
 	case "":
 		return Reply{}, errors.New("an empty line")
 	default:
@@ -307,15 +329,90 @@ type IdentityConn struct {
 // when the guest agent's pending write goes through, so a guest without
 // the agent (or one still booting) keeps this waiting until ctx ends.
 func DialIdentity(ctx context.Context, path string) (*IdentityConn, error) {
+	c, err := dialIdentity(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.readHello(ctx); err != nil {
+		c.conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Identified is the outcome of IdentifyRestored.
+type Identified struct {
+	// Hello and Answer are the guest's greeting and its answer to the
+	// ident line (check it with CheckIdentified).
+	Hello, Answer Reply
+	// HelloAfter and AnswerAfter are when they came, from the call.
+	HelloAfter, AnswerAfter time.Duration
+}
+
+// IdentifyRestored gives id to the guest behind the identity socket at
+// path without waiting for its hello first: the line is sent as soon as
+// the socket accepts, and the guest reads it right after its greeting goes
+// out, one wake-up fewer for a guest that runs every code path anew
+// (a restored guest under emulation). The hello must say frozen: a guest
+// saved running may already have answered with the saved identity. A
+// guest that answers without greeting (it did not see the previous host
+// leave) is taken at its answer.
+func IdentifyRestored(ctx context.Context, path string, id Identity) (Identified, error) {
+	var out Identified
+	line, err := id.Command()
+	if err != nil {
+		return out, err
+	}
+	start := time.Now()
+	c, err := dialIdentity(ctx, path)
+	if err != nil {
+		return out, err
+	}
+	defer c.Close()
+	if err := c.write(ctx, line); err != nil {
+		return out, fmt.Errorf("identity channel %s: sending ident: %w", path, err)
+	}
+	// The guest greets when it sees a host connect; if the previous host
+	// left just before, it may not have seen that and answers the line
+	// without a greeting. Answers of earlier exchanges (frozen) are
+	// skipped, as in DialIdentity.
+	for range 4 {
+		r, err := c.read(ctx, "waiting for the guest's hello or its answer to ident (does the guest run the identity agent? see examples/demo/guest-init.sh)")
+		if err != nil {
+			return out, err
+		}
+		switch r.Kind {
+		case "hello":
+			if len(r.Words) == 0 || r.Words[0] != IdentityProtocol {
+				return out, fmt.Errorf("identity channel %s: the guest greets %v, want hello %s", path, r.Words, IdentityProtocol)
+			}
+			c.Hello, out.Hello, out.HelloAfter = r, r, time.Since(start)
+			if st := c.State(); st != GuestFrozen {
+				return out, fmt.Errorf("the guest says it is %q, not %q: it was saved without being frozen", st, GuestFrozen)
+			}
+			if out.Answer, err = c.read(ctx, "waiting for the guest's answer to ident"); err != nil {
+				return out, err
+			}
+			out.AnswerAfter = time.Since(start)
+			return out, nil
+		case "ok", "err":
+			out.Answer, out.AnswerAfter = r, time.Since(start)
+			out.HelloAfter = out.AnswerAfter
+			return out, nil
+		}
+	}
+	return out, fmt.Errorf("identity channel %s: neither a hello nor an answer to ident in the guest's first lines", path)
+}
+
+// dialIdentity connects to the identity socket at path, retrying while it
+// does not exist or refuses connections (qemu creates it when it starts).
+func dialIdentity(ctx context.Context, path string) (*IdentityConn, error) {
 	const every = 2 * time.Millisecond // on a restore's critical path
-	var conn net.Conn
-	var err error
 	for {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", path)
+		conn, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
-			conn = c
-			break
+			return &IdentityConn{path: path, conn: conn, r: bufio.NewReaderSize(conn, maxIdentityLine+2)}, nil
 		}
 		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
 			return nil, fmt.Errorf("connecting to the guest's identity channel %s: %w", path, err)
@@ -328,26 +425,30 @@ func DialIdentity(ctx context.Context, path string) (*IdentityConn, error) {
 		case <-t.C:
 		}
 	}
-	c := &IdentityConn{path: path, conn: conn, r: bufio.NewReaderSize(conn, maxIdentityLine+2)}
+}
+
+// readHello waits for the guest's hello. It comes when the guest agent's
+// pending write goes through, so a guest without the agent (or one still
+// booting) keeps this waiting until ctx ends.
+func (c *IdentityConn) readHello(ctx context.Context) error {
 	// An answer the guest wrote after the host of an earlier exchange
 	// gave up waits in the port until this connection: skip it.
 	var hello Reply
+	var err error
 	for range 4 {
 		hello, err = c.read(ctx, "waiting for the guest's hello (does the guest run the identity agent? see examples/demo/guest-init.sh)")
 		if err != nil {
-			conn.Close()
-			return nil, err
+			return err
 		}
 		if hello.Kind == "hello" {
 			break
 		}
 	}
 	if hello.Kind != "hello" || len(hello.Words) == 0 || hello.Words[0] != IdentityProtocol {
-		conn.Close()
-		return nil, fmt.Errorf("identity channel %s: the guest greets %q %v, want hello %s", path, hello.Kind, hello.Words, IdentityProtocol)
+		return fmt.Errorf("identity channel %s: the guest greets %q %v, want hello %s", c.path, hello.Kind, hello.Words, IdentityProtocol)
 	}
 	c.Hello = hello
-	return c, nil
+	return nil
 }
 
 // State is the guest's state from its hello.
@@ -438,4 +539,108 @@ func bindConn(ctx context.Context, conn net.Conn) (stop func()) {
 		close(done)
 		<-exited
 	}
+}
+
+// ParseIdent is the guest's side of Command: the Identity an ident line
+// gives (the same checks, so a line Command would not write is refused).
+// MAC and Hostname are "" for "-" (keep the guest's).
+func ParseIdent(line string) (Identity, error) {
+	line = strings.TrimRight(line, "\r")
+	if len(line) > maxIdentityLine {
+		return Identity{}, fmt.Errorf("a line of %d bytes (at most %d)", len(line), maxIdentityLine)
+	}
+	words := strings.Fields(line)
+	if len(words) == 0 || words[0] != "ident" {
+		return Identity{}, fmt.Errorf("%q is not an ident command", line)
+	}
+	var id Identity
+	seen := map[string]bool{}
+	for _, w := range words[1:] {
+		k, v, ok := strings.Cut(w, "=")
+		if !ok || v == "" {
+			return Identity{}, fmt.Errorf("ident: %q is not KEY=VALUE", w)
+		}
+		if seen[k] {
+			return Identity{}, fmt.Errorf("ident: %s twice", k)
+		}
+		seen[k] = true
+		var err error
+		switch k {
+		case "mac":
+			if v != "-" {
+				id.MAC = v
+			}
+		case "host":
+			if v != "-" {
+				id.Hostname = v
+			}
+		case "time":
+			var secs int64
+			secs, err = strconv.ParseInt(v, 10, 64)
+			id.Time = time.Unix(secs, 0)
+		case "seed":
+			var b []byte
+			b, err = hex.DecodeString(v)
+			if err == nil && len(b) != len(id.Seed) {
+				err = fmt.Errorf("%d bytes, want %d", len(b), len(id.Seed))
+			}
+			copy(id.Seed[:], b)
+		case "ip":
+			id.Addr, err = netip.ParsePrefix(v)
+		case "gw":
+			id.Gateway, err = netip.ParseAddr(v)
+		case "dns":
+			id.DNS, err = netip.ParseAddr(v)
+		case "domain":
+			id.Domain = v
+		case "mtu":
+			id.MTU, err = strconv.Atoi(v)
+		default:
+			// A later protocol version's field: the guest does what it
+			// knows (the host checks the answer).
+		}
+		if err != nil {
+			return Identity{}, fmt.Errorf("ident: %s=%s: %w", k, v, err)
+		}
+	}
+	for _, k := range []string{"mac", "host", "time", "seed"} {
+		if !seen[k] {
+			return Identity{}, fmt.Errorf("ident: no %s=", k)
+		}
+	}
+	if err := id.check(); err != nil {
+		return Identity{}, err
+	}
+	return id, nil
+}
+
+// Hello is the guest's greeting line in state s.
+func Hello(s GuestState) string { return "hello " + IdentityProtocol + " state=" + string(s) }
+
+// Warm asks the frozen guest on c to run the code a request takes, before
+// any request: two GETs of httpPath from its own loopback to its HTTP
+// server on port (a restored guest under emulation translates every code
+// path anew on its first run: its first request after the identity took
+// ~150 ms more than later ones). It returns how long the guest says it
+// took. A guest agent that does not know the command answers an error;
+// nothing in the guest changes, and c stays usable either way.
+func (c *IdentityConn) Warm(ctx context.Context, port int, httpPath string) (time.Duration, error) {
+	if port < 1 || port > 65535 {
+		return 0, fmt.Errorf("warm: port %d outside 1–65535", port)
+	}
+	if !strings.HasPrefix(httpPath, "/") || checkWord(httpPath) != nil || len(httpPath) > 200 {
+		return 0, fmt.Errorf("warm: path %q is not one word starting with /", httpPath)
+	}
+	r, err := c.call(ctx, "warm port="+strconv.Itoa(port)+" path="+httpPath)
+	if err != nil {
+		return 0, err
+	}
+	switch r.Kind {
+	case "warmed":
+		ms, _ := strconv.Atoi(r.Fields["ms"])
+		return time.Duration(ms) * time.Millisecond, nil
+	case "err":
+		return 0, fmt.Errorf("identity channel %s: the guest did not warm up: %s", c.path, r.Message)
+	}
+	return 0, fmt.Errorf("identity channel %s: the guest answered %q to warm, want warmed", c.path, r.Kind)
 }

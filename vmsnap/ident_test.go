@@ -1,8 +1,11 @@
 package vmsnap
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -184,5 +187,129 @@ func TestQemuIdentityChannelWithoutAGuestAgent(t *testing.T) {
 	defer cancel2()
 	if _, err := DialIdentity(short2, filepath.Join(t.TempDir(), IdentitySocket)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("DialIdentity without a socket: %v, want a deadline error", err)
+	}
+}
+
+func TestParseIdentIsCommandsInverse(t *testing.T) {
+	at := time.Unix(1767323045, 0)
+	for _, id := range []Identity{
+		{MAC: "02:ab:00:00:00:01", Hostname: "fn-a-1", Time: at, Seed: [32]byte{0xab, 1}, Addr: netip.MustParsePrefix("10.1.0.5/24"),
+			Gateway: netip.MustParseAddr("10.1.0.1"), DNS: netip.MustParseAddr("10.1.0.2"), Domain: "lab.internal", MTU: 1450},
+		{Time: at},
+		{MAC: "02:00:00:00:00:01", Time: at, Addr: netip.MustParsePrefix("10.1.0.5/16")},
+	} {
+		line, err := id.Command()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseIdent(line)
+		if err != nil {
+			t.Fatalf("ParseIdent(%q): %v", line, err)
+		}
+		if !got.Time.Equal(id.Time) {
+			t.Errorf("ParseIdent(%q) time %s, want %s", line, got.Time, id.Time)
+		}
+		got.Time = id.Time
+		if got != id {
+			t.Errorf("ParseIdent(%q) = %+v, want %+v", line, got, id)
+		}
+	}
+}
+
+func TestParseIdentRefuses(t *testing.T) {
+	seed := " seed=" + strings.Repeat("0", 64)
+	for _, tc := range []struct{ line, want string }{
+		{"", "not an ident command"},
+		{"freeze", "not an ident command"},
+		{"ident mac=- host=- time=1" + seed + " mac=-", "mac twice"},
+		{"ident mac=- host=-" + seed, "no time="},
+		{"ident mac=- host=- time=1", "no seed="},
+		{"ident mac=- host=- time=x" + seed, "time=x"},
+		{"ident mac=- host=- time=1 seed=ab", "want 32"},
+		{"ident mac=- host=- time=1 seed=zz", "seed=zz"},
+		{"ident mac=02:00 host=- time=1" + seed, "MAC"},
+		{"ident mac=- host=a_b time=1" + seed, "DNS label"},
+		{"ident mac=- host=- time=1" + seed + " gw=10.0.0.1", "without an address"},
+		{"ident mac=- host=- time=1" + seed + " ip=10.0.0.5", "ip=10.0.0.5"},
+		{"ident mac=- host=- time=1" + seed + " ip=10.0.0.5/24 mtu=9", "MTU"},
+		{"ident mac=- host=- time=1" + seed + " flag", "not KEY=VALUE"},
+		{"ident mac=- host=- time=1" + seed + strings.Repeat(" x=y", 200), "at most"},
+	} {
+		_, err := ParseIdent(tc.line)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseIdent(%q) = %v, want an error with %q", tc.line, err, tc.want)
+		}
+	}
+	id, err := ParseIdent("ident mac=- host=- time=1" + seed + " later=1")
+	if err != nil || id.Time.Unix() != 1 {
+		t.Errorf("a field of a later version: %+v, %v; want it ignored", id, err)
+	}
+}
+
+// fakeGuest serves one connection on a unix socket as a guest agent would:
+// it reads the host's first line, writes greet (if any) and then answer.
+func fakeGuest(t *testing.T, greet, answer string) (path string, got <-chan string) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), IdentitySocket)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	lines := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		lines <- strings.TrimSpace(line)
+		if greet != "" {
+			_, _ = io.WriteString(c, greet+"\n")
+		}
+		_, _ = io.WriteString(c, answer+"\n")
+	}()
+	return path, lines
+}
+
+func TestIdentifyRestored(t *testing.T) {
+	id := Identity{MAC: "02:b1:00:00:00:01", Hostname: "fn-a-1", Time: time.Unix(1767323045, 0)}
+	const ok = "ok addr=- mac=02:b1:00:00:00:01 host=fn-a-1 ms=3"
+	for _, tc := range []struct {
+		name, greet, answer, wantErr string
+		wantHello                    bool
+	}{
+		{"a frozen guest greets, then answers", "hello blixard.identity/1 state=frozen", ok, "", true},
+		{"a guest that did not see the last host leave answers at once", "", ok, "", false},
+		{"a stale answer is skipped", "frozen", "hello blixard.identity/1 state=frozen", "waiting for the guest's answer", true},
+		{"a guest saved running is refused", "hello blixard.identity/1 state=running", ok, "saved without being frozen", true},
+		{"another protocol", "hello blixard.identity/9 state=frozen", ok, "want hello blixard.identity/1", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, got := fakeGuest(t, tc.greet, tc.answer)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			r, err := IdentifyRestored(ctx, path, id)
+			want, _ := id.Command()
+			if line := <-got; line != want {
+				t.Errorf("the guest got %q, want %q", line, want)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("IdentifyRestored = %+v, %v; want an error with %q", r, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := CheckIdentified(r.Answer, id, netip.Addr{}); err != nil {
+				t.Errorf("answer %+v: %v", r.Answer, err)
+			}
+			if (r.Hello.Kind == "hello") != tc.wantHello {
+				t.Errorf("hello %+v, want one: %t", r.Hello, tc.wantHello)
+			}
+		})
 	}
 }

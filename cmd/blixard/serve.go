@@ -139,8 +139,9 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.stateDir, "state-dir", nodeagent.DefaultStateDir, "per-VM state directories (microvm.nix layout: NAME/current, NAME/booted)")
 	f.StringVar(&o.backend, "backend", "", "how VMs run: systemd (microvm@NAME units; the default under systemd) or process (the agent supervises microvm-run; the default otherwise)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
-	f.IntVar(&o.restorePool, "restore-pool", 4, "with --network and the process backend: runners of snapshot functions kept started ahead, paused before "+
-		"their restore, for the next instances of those functions (0: none; each costs a paused qemu's memory, and saves a cold start the runner's and qemu's start-up)")
+	f.IntVar(&o.restorePool, "restore-pool", 4, "with --network and the process backend: guests of snapshot functions kept restored ahead and warmed up, "+
+		"frozen until they take an identity, for the next instances of those functions (0: none; each costs a qemu, the guest memory it touched and an idle vCPU; "+
+		"a cold start that finds one is only the identity exchange)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
 	removedFlag(f, "ceph-pool", removedCephPool)
 	f.StringVar(&o.ceph.user, "ceph-user", "", "Ceph client user name, without the client. prefix")

@@ -9,7 +9,9 @@
 #   $out/bin/microvm-run           runs qemu in the foreground
 #   $out/bin/microvm-shutdown      powers the guest off through QMP
 # Inputs (environment): vmName port version memMiB vcpu kernelDir guestInit,
-# and volumes (names separated by spaces; absent when the VM has none).
+# volumes (names separated by spaces; absent when the VM has none) and
+# guestAgent (blixard's static guest agent, /bin/blixard-guest in the
+# initramfs; absent: the identity agent is guest-init.sh's shell).
 set -eu
 PATH=/usr/bin:/bin
 export PATH
@@ -54,6 +56,13 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
 done
 cp "$guestInit" "$root/init"
 chmod 0755 "$root/init" "$root/bin/busybox"
+if [ -n "${guestAgent:-}" ]; then
+	if grep -q /lib64/ld-linux "$guestAgent"; then
+		fail "the guest agent $guestAgent is dynamically linked: build it with CGO_ENABLED=0"
+	fi
+	cp "$guestAgent" "$root/bin/blixard-guest"
+	chmod 0755 "$root/bin/blixard-guest"
+fi
 printf 'NAME=%s\nVERSION=%s\nVOLUMES="%s"\n' "$vmName" "$version" "$volumes" >"$root/etc/microvm"
 printf 'hello from %s, version %s (a blixard demo microVM)\n' "$vmName" "$version" >"$root/www/index.html"
 

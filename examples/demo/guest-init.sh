@@ -16,7 +16,8 @@
 # `blixard.hostname=NAME` sets the hostname.
 #
 # `blixard.ident=1` (the runner's snapshot modes) runs the identity agent:
-# see identd below.
+# blixard's guest agent /bin/blixard-guest when the runner has it, else the
+# shell's identd below.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -129,7 +130,9 @@ done
 #            for the lease: the node's dnsmasq has the static lease of the
 #            new MAC), else by DHCP first; answers "ok addr=IP mac=MAC
 #            host=NAME ms=N" ("-" for no address; N: the milliseconds
-#            this took in the guest, at 10 ms resolution).
+#            this took in the guest, at 10 ms resolution);
+#   warm port=N path=/PATH   to a copy restored ahead of its request: two
+#            GETs from the loopback (see ident_warm); answers "warmed".
 # The boot id stays the saved guest's: it changes only with a boot. Every
 # step on the restore path avoids forking where the shell can do it (sysfs,
 # procfs, builtins): under software emulation each program costs
@@ -224,6 +227,23 @@ ident_set() {
 	fi
 	log "IDENTITY mac=$m host=$h addr=${a:--}"
 }
+# warm port=N path=/PATH: two GETs from the loopback, so that a guest
+# restored ahead of its request has run a request's code once.
+ident_warm() {
+	wport= wpath=
+	for kv; do
+		case $kv in
+		port=*) wport=${kv#port=} ;;
+		path=*) wpath=${kv#path=} ;;
+		esac
+	done
+	case $wport in '' | *[!0-9]*) ident_reply "err warm: want port=N path=/PATH"; return ;; esac
+	case $wpath in /*) ;; *) ident_reply "err warm: want port=N path=/PATH"; return ;; esac
+	case $wpath in *[!A-Za-z0-9._/+@-]*) ident_reply "err warm: bad path $wpath"; return ;; esac
+	wget -q -O /dev/null "http://127.0.0.1:$wport$wpath" 2>/dev/null 3>&-
+	wget -q -O /dev/null "http://127.0.0.1:$wport$wpath" 2>/dev/null 3>&-
+	ident_reply "warmed"
+}
 identd() {
 	port=
 	n=0
@@ -251,12 +271,21 @@ identd() {
 			case $cmd in
 			freeze) ident_freeze ;;
 			ident) ident_set "$@" ;;
+			warm) ident_warm "$@" ;;
 			*) ident_reply "err unknown command $cmd" ;;
 			esac
 		done
 	done
 }
-[ "$ident" != 1 ] || identd &
+if [ "$ident" = 1 ] && [ -x /bin/blixard-guest ]; then
+	# The same protocol without a program start per restore (see
+	# guestagent in blixard's source).
+	/bin/blixard-guest -net "$([ "$net" = dhcp ] && echo dhcp || echo user)" -addr "$addr" \
+		-dhcp-command "udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -A 2 -b" \
+		-static-marker /tmp/blixard-static 2>&1 | sed "s/^/microvm[$NAME]: /" &
+elif [ "$ident" = 1 ]; then
+	identd &
+fi
 
 ready="READY name=$NAME version=$VERSION http=$addr:80"
 [ -z "$host" ] || ready="$ready hostname=$(hostname)"

@@ -40,6 +40,10 @@ let
     , kernelDir ? "/var/cache/blixard/kernel"
       # Names of the VM's volumes: one virtio-blk disk each, in this order.
     , volumes ? [ ]
+      # blixard's guest agent (a static cmd/blixard-guest, a path): the
+      # identity agent of the snapshot modes. null: the shell's (slower
+      # under emulation: it starts four programs per restore).
+    , guestAgent ? null
     }:
     builtins.derivation ({
       name = "microvm-${name}";
@@ -55,6 +59,9 @@ let
     } // (if volumes == [ ] then { } else {
       # A list becomes its elements separated by spaces.
       inherit volumes;
+    }) // (if guestAgent == null then { } else {
+      # A path: copied into the store, so the runner changes with it.
+      inherit guestAgent;
     }));
 in
 {
@@ -62,9 +69,9 @@ in
 
   # vm: a blixard VM entry (schema v1) whose runner gets the same memory,
   # vCPUs and volumes (volumes.<vol> = { sizeMiB; pool ? "rbd"; }).
-  vm = { name, port, version ? "1", memMiB ? 128, vcpu ? 1, kernelDir ? "/var/cache/blixard/kernel", volumes ? { } }: {
+  vm = { name, port, version ? "1", memMiB ? 128, vcpu ? 1, kernelDir ? "/var/cache/blixard/kernel", volumes ? { }, guestAgent ? null }: {
     runner = runner {
-      inherit name port version memMiB vcpu kernelDir;
+      inherit name port version memMiB vcpu kernelDir guestAgent;
       volumes = builtins.attrNames volumes;
     };
     inherit vcpu memMiB;

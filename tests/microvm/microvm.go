@@ -87,6 +87,29 @@ type Options struct {
 	Port    int    // the guest's HTTP server is forwarded to 127.0.0.1:Port
 	Version string // "" = the demo's default
 	Volumes []string
+	// GuestAgent is a static blixard-guest (GuestAgent builds one) the
+	// initramfs runs as its identity agent; "": the shell's.
+	GuestAgent string
+}
+
+// GuestAgent builds cmd/blixard-guest statically (the guest's libc is
+// none) into a temporary directory and returns its path. The build is
+// reproducible (-trimpath, no VCS stamp), so a runner built with it
+// changes only when the agent's code does.
+func GuestAgent(t testing.TB) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go toolchain is not on PATH: it builds the guest agent (cmd/blixard-guest): %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "blixard-guest")
+	cmd := exec.Command(gobin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", out, "./cmd/blixard-guest")
+	cmd.Dir = filepath.Join(DemoDir(), "..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the guest agent: %v\n%s", err, b)
+	}
+	return out
 }
 
 // Build instantiates and realises the demo's runner with the real nix.
@@ -95,6 +118,10 @@ func Build(t testing.TB, o Options) Runner {
 	args := fmt.Sprintf("name = %q; port = %d; kernelDir = %q;", o.Name, o.Port, KernelDir())
 	if o.Version != "" {
 		args += fmt.Sprintf(" version = %q;", o.Version)
+	}
+	if o.GuestAgent != "" {
+		// A path literal: nix copies the file into the store.
+		args += fmt.Sprintf(" guestAgent = %s;", o.GuestAgent)
 	}
 	if len(o.Volumes) > 0 {
 		vols := make([]string, len(o.Volumes))

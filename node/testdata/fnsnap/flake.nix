@@ -1,7 +1,7 @@
 # The cluster of node/functions_snapshot_lab_test.go: two functions served
 # by the demo's real qemu microVM (examples/demo; the test copies
-# microvm.nix, build-runner.sh and guest-init.sh beside this file and
-# writes settings.nix: { kernelDir; }). snap restores its cold starts from a
+# microvm.nix, build-runner.sh, guest-init.sh and blixard's guest agent
+# beside this file and writes settings.nix: { kernelDir; guestAgent; }). snap restores its cold starts from a
 # memory snapshot, up to two instances at once, each with its own identity;
 # plain, the same guest under another name, boots every time (the
 # comparison). snap2 is snap's runner under another route, restoring from
@@ -16,7 +16,7 @@
       microvm = import ./microvm.nix;
       settings = import ./settings.nix;
       fn = name: port: snapshot: maxInstances: {
-        inherit (microvm.vm { inherit name port; inherit (settings) kernelDir; }) runner vcpu memMiB;
+        inherit (microvm.vm { inherit name port; inherit (settings) kernelDir guestAgent; }) runner vcpu memMiB;
         http = { host = "${name}.lab.test"; path = "/"; port = 80; };
         inherit maxInstances;
         concurrency = 1;

@@ -13,4 +13,9 @@
 // The agent is a loop around a pure-ish core: Agent.Handle turns one line
 // of the host into one answer through a System, the small set of changes an
 // identity makes; the Linux System is in system_linux.go.
+//
+// It must not know the host's side (the node agent, Raft, the replicated
+// state, git, nix or Ceph) nor pull in large libraries: it runs inside
+// every snapshot guest, and on a restore's path every code path it takes
+// is translated anew under emulation.
 package guestagent

@@ -257,18 +257,29 @@ func (p *prober) stamp(st *replicated.VMStatus) {
 	}
 }
 
-// startingProbe is how soon a probe that failed before any passed is
-// tried again (see run).
+// startingProbe is how often probes start while none has passed (see
+// run).
 const startingProbe = 100 * time.Millisecond
+
+// startingRetry is how long after a failed probe that took took the next
+// starts while none has passed (pure): startingProbe after the failed one
+// began (at most the interval), and at least 10 ms after it ended. A probe
+// that timed out is not followed by another full wait: a restored guest's
+// first answer under software emulation can take longer than a function's
+// 80 ms timeout once and come at once the next time.
+func startingRetry(took, interval time.Duration) time.Duration {
+	return max(min(startingProbe, interval)-took, 10*time.Millisecond)
+}
 
 // run probes vm every interval until ctx ends, the first time at once.
 // Probes never overlap: each ends within the check's timeout, which is
 // shorter than the interval.
 //
 // Until the first probe passes (of a new instance: not one whose verdict
-// was seeded), a failed probe is retried every
-// startingProbe without being counted, and a failure is counted once per
-// interval as before: an instance that is up a moment after the first
+// was seeded), failed probes are retried so that one starts every
+// startingProbe (startingRetry), without being counted, and a failure is
+// counted once per interval as before: an instance that is up a moment
+// after the first
 // probe (a restored guest's first ARP and SYN under software emulation) is
 // judged healthy then, not an interval later, and one that takes long is
 // judged no sooner than before.
@@ -282,6 +293,7 @@ func (p *prober) run(ctx context.Context, vm string, v *probed, t probeTarget) {
 	p.mu.Unlock()
 	counted := time.Now()
 	for {
+		began := time.Now()
 		err := p.probe(ctx, vm, t)
 		if ctx.Err() != nil {
 			return // stopped: the result says nothing about the instance
@@ -290,7 +302,7 @@ func (p *prober) run(ctx context.Context, vm string, v *probed, t probeTarget) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(min(startingProbe, t.check.Interval)):
+			case <-time.After(startingRetry(time.Since(began), t.check.Interval)):
 			}
 			continue
 		}

@@ -610,3 +610,19 @@ func TestProberRetriesAStartingInstanceSoon(t *testing.T) {
 		t.Errorf("a starting instance's failed probes were counted:\n%s", logs.String())
 	}
 }
+
+func TestStartingRetry(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for _, tc := range []struct{ took, interval, want time.Duration }{
+		{ms(1), ms(100), ms(99)},      // refused at once: the next a period after it began
+		{ms(80), ms(100), ms(20)},     // timed out (a function's 80 ms): soon after
+		{ms(95), ms(100), ms(10)},     // never closer than 10 ms
+		{ms(1), ms(50), ms(49)},       // an interval below startingProbe bounds the period
+		{ms(2000), ms(5000), ms(10)},  // a VM's long timeout
+		{0, 5 * time.Second, ms(100)}, // a VM's default interval
+	} {
+		if got := startingRetry(tc.took, tc.interval); got != tc.want {
+			t.Errorf("startingRetry(%s, %s) = %s, want %s", tc.took, tc.interval, got, tc.want)
+		}
+	}
+}

@@ -284,3 +284,39 @@ func TestNixProcessAfterAFenceAVMStartsOnlyOnceRaftShowsItStarting(t *testing.T)
 		t.Errorf("no committed heartbeat said a is starting")
 	}
 }
+
+func TestReadyWait(t *testing.T) {
+	now := time.Unix(1000, 0)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	ago := func(d ...time.Duration) []time.Time {
+		var out []time.Time
+		for _, x := range d {
+			out = append(out, now.Add(-x))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		last      time.Time
+		early     []time.Time
+		minGap    time.Duration
+		wait      time.Duration
+		wantEarly bool
+	}{
+		{"long after the last heartbeat: at once", now.Add(-ms(5000)), nil, time.Second, 0, true},
+		{"right after the last heartbeat: not the regular gap", now.Add(-ms(50)), nil, time.Second, 0, true},
+		{"within readyGap of the last: shares the moment", now.Add(-ms(4)), nil, time.Second, ms(6), true},
+		{"three early ones in the last second: still early", now.Add(-ms(50)), ago(ms(100), ms(300), ms(900)), time.Second, 0, true},
+		{"four early ones in the last second: the regular gap", now.Add(-ms(50)), ago(ms(100), ms(300), ms(500), ms(900)), time.Second, ms(950), false},
+		{"early ones older than a second do not count", now.Add(-ms(50)), ago(ms(1000), ms(1200), ms(1500), ms(3000)), time.Second, 0, true},
+		{"the regular gap, when due, is no later", now.Add(-ms(2000)), ago(ms(100), ms(200), ms(300), ms(400)), time.Second, 0, false},
+		{"a regular gap below readyGap is kept", now.Add(-ms(1)), nil, ms(5), ms(4), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wait, isEarly := readyWait(now, tc.last, tc.early, tc.minGap)
+			if wait != tc.wait || isEarly != tc.wantEarly {
+				t.Errorf("readyWait = %s, early %t; want %s, %t", wait, isEarly, tc.wait, tc.wantEarly)
+			}
+		})
+	}
+}

@@ -20,6 +20,35 @@ func becameReady(old *replicated.VMStatus, now replicated.VMStatus) bool {
 	return ready(now) && (old == nil || !ready(*old) || old.Generation != now.Generation)
 }
 
+// A heartbeat that reports a newly ready instance goes early: requests
+// queued at the gateways wait for it (a cold start's first byte), and the
+// regular gap after the last heartbeat (up to a second) would hold it back.
+// readyGap lets readinesses of one moment share it; at most readyBurst
+// such early heartbeats go in any second, so that a burst of hundreds of
+// VMs becoming ready still costs one proposal per regular gap.
+const (
+	readyGap   = 10 * time.Millisecond
+	readyBurst = 4
+)
+
+// readyWait is how long a heartbeat reporting a newly ready instance waits
+// from now (pure): readyGap after the last heartbeat when fewer than
+// readyBurst early ones went in the second before now (early: their send
+// times), else minGap after it. early reports whether it goes early.
+func readyWait(now, last time.Time, early []time.Time, minGap time.Duration) (wait time.Duration, isEarly bool) {
+	recent := 0
+	for _, t := range early {
+		if now.Sub(t) < time.Second {
+			recent++
+		}
+	}
+	gap, isEarly := minGap, false
+	if recent < readyBurst && readyGap < minGap {
+		gap, isEarly = readyGap, true
+	}
+	return max(last.Add(gap).Sub(now), 0), isEarly
+}
+
 func (a *Agent) signalReadiedLocked() {
 	select {
 	case a.readied <- struct{}{}:
@@ -53,7 +82,9 @@ func (a *Agent) snapshotLocked() []replicated.VMStatus {
 // are coalesced: a heartbeat follows the previous one by at least half the
 // period (100ms to 1s). Every heartbeat carries all of the node's
 // statuses, so a burst costs one Raft proposal per half period instead of
-// one per 100ms, and leaves Raft its time.
+// one per 100ms, and leaves Raft its time. A heartbeat that reports a newly
+// ready instance goes early (readyWait: up to readyBurst a second beyond
+// that rate), since requests wait for it.
 //
 // The cap on heartbeats in flight: one sent more than the timeout ago is
 // given up, so sending once a period never has more than ⌈timeout/period⌉
@@ -70,11 +101,13 @@ func (a *Agent) report(ctx context.Context) {
 	defer wg.Wait() // every heartbeat in flight ends with ctx
 	t := time.NewTicker(a.o.Heartbeat)
 	defer t.Stop()
-	var last time.Time // when the last heartbeat was sent
+	var last time.Time    // when the last heartbeat was sent
+	var early []time.Time // when the early ones of the last second were (readyWait)
 	// The first heartbeat goes at once: a restarted agent's lease runs
 	// from its predecessor's last committed heartbeat, and may be close to
 	// its end.
 	for first := true; ; first = false {
+		isEarly := false
 		if !first {
 			select {
 			case <-ctx.Done():
@@ -92,9 +125,10 @@ func (a *Agent) report(ctx context.Context) {
 					case <-a.readied:
 						// An instance is ready: requests queued at the
 						// gateways wait for this very report, and what
-						// the debounce would add comes later anyway. The
-						// gap still bounds the rate in a burst.
-						d.Reset(max(time.Until(last.Add(minGap)), 0))
+						// the debounce would add comes later anyway.
+						var wait time.Duration
+						wait, isEarly = readyWait(time.Now(), last, early, minGap)
+						d.Reset(wait)
 					}
 				}
 			}
@@ -125,6 +159,9 @@ func (a *Agent) report(ctx context.Context) {
 			a.sendHeartbeat(ctx, hb, timeout)
 		})
 		last = time.Now()
+		if isEarly {
+			early = append(slices.DeleteFunc(early, func(t time.Time) bool { return last.Sub(t) >= time.Second }), last)
+		}
 		t.Reset(a.o.Heartbeat)
 	}
 }

@@ -88,6 +88,13 @@ var mustNot = map[string][]string{
 	// files; decides nothing about when to use them, runs no programs, and
 	// knows no Raft, replicated state, agent, git, nix or Ceph.
 	"vmsnap": {module, "os/exec", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/"},
+	// The guest's side of the identity channel (cmd/blixard-guest, inside
+	// a VM): speaks vmsnap's protocol and changes the guest's own system;
+	// knows nothing of the host's agent, Raft, the state, HTTP routing,
+	// git, nix or Ceph, and stays small (it runs in every snapshot guest).
+	"guestagent": {"net/http", "github.com/lni/", "github.com/go-git/", "github.com/ceph/", "github.com/vishvananda/",
+		"github.com/prometheus/", module + "nodeagent", module + "node", module + "replicated", module + "raftstore",
+		module + "reconciler", module + "spec", module + "api", module + "hostnet", module + "netdns", module + "cmd"},
 	// The node's Prometheus registry: turns what the parts measure and the
 	// local replica's state into series; serves no HTTP (the API does),
 	// proposes nothing, runs no programs, reaches no Raft library, git,

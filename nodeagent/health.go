@@ -279,10 +279,9 @@ func startingRetry(took, interval time.Duration) time.Duration {
 // was seeded), failed probes are retried so that one starts every
 // startingProbe (startingRetry), without being counted, and a failure is
 // counted once per interval as before: an instance that is up a moment
-// after the first
-// probe (a restored guest's first ARP and SYN under software emulation) is
-// judged healthy then, not an interval later, and one that takes long is
-// judged no sooner than before.
+// after the first probe (a restored guest's first ARP and SYN under
+// software emulation) is judged healthy then, not an interval later, and
+// one that takes long is judged no sooner than before.
 func (p *prober) run(ctx context.Context, vm string, v *probed, t probeTarget) {
 	tick := time.NewTicker(t.check.Interval)
 	defer tick.Stop()

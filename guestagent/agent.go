@@ -44,6 +44,10 @@ type System interface {
 	Remove(path string) error
 	// Get sends GET path to 127.0.0.1:port and reads the whole answer.
 	Get(ctx context.Context, port int, path string) error
+	// Greet sends one datagram to gw without waiting for anything: the
+	// kernel first asks gw's MAC by ARP, and gw learns the guest's new
+	// address and MAC from that request.
+	Greet(gw netip.Addr) error
 }
 
 // Config is how the guest's network is set up.
@@ -288,6 +292,14 @@ func (a *Agent) address(ctx context.Context, id vmsnap.Identity) (netip.Addr, er
 	if id.Gateway.IsValid() {
 		if err := a.sys.ReplaceDefaultRoute(a.cfg.Iface, id.Gateway); err != nil {
 			return netip.Addr{}, fmt.Errorf("cannot route via %s: %w", id.Gateway, err)
+		}
+		// The node (the gateway) connects to the guest right after the
+		// answer; without an ARP entry for the new address it would ask
+		// first, and a restored guest's first ARP answer under emulation
+		// can outlast a function's 80 ms health probe. Its own request
+		// teaches the node. Best effort: the node can still ask.
+		if err := a.sys.Greet(id.Gateway); err != nil {
+			a.log.Debug("could not greet the gateway", "gw", id.Gateway, "err", err)
 		}
 	}
 	if id.DNS.IsValid() && a.cfg.ResolvConf != "" {

@@ -78,6 +78,7 @@ func (f *fakeSystem) WriteFile(path string, data []byte) error {
 	return f.record(fmt.Sprintf("write %s %q", path, data))
 }
 func (f *fakeSystem) Remove(path string) error { return f.record("remove " + path) }
+func (f *fakeSystem) Greet(gw netip.Addr) error { return f.record("greet " + gw.String()) }
 func (f *fakeSystem) Get(_ context.Context, port int, path string) error {
 	return f.record(fmt.Sprintf("get %d %s", port, path))
 }
@@ -103,7 +104,7 @@ func TestAgentHandle(t *testing.T) {
 			cfg:       dhcpConfig,
 			line:      "ident mac=02:b1:00:00:00:01 host=fn-a-1 time=1767323045 seed=" + seedHex + " ip=10.1.0.5/24 gw=10.1.0.1 dns=10.1.0.1 domain=lab.internal mtu=1450",
 			want:      "ok addr=10.1.0.5 mac=02:b1:00:00:00:01 host=fn-a-1",
-			wantCalls: `seed ab01; hostname fn-a-1; clock 1767323045; link eth0 mac=02:b1:00:00:00:01 mtu=1450 up=true; write /tmp/static ""; addr eth0 10.1.0.5/24; route eth0 10.1.0.1; write /etc/resolv.conf "nameserver 10.1.0.1\nsearch lab.internal\n"`,
+			wantCalls: `seed ab01; hostname fn-a-1; clock 1767323045; link eth0 mac=02:b1:00:00:00:01 mtu=1450 up=true; write /tmp/static ""; addr eth0 10.1.0.5/24; route eth0 10.1.0.1; greet 10.1.0.1; write /etc/resolv.conf "nameserver 10.1.0.1\nsearch lab.internal\n"`,
 			state:     vmsnap.GuestRunning,
 		},
 		{

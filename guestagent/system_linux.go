@@ -338,6 +338,16 @@ func (Linux) Get(ctx context.Context, port int, path string) error {
 	return err
 }
 
+func (Linux) Greet(gw netip.Addr) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	// Port 9 (discard): nothing is meant to answer.
+	return unix.Sendto(fd, []byte{0}, unix.MSG_DONTWAIT, &unix.SockaddrInet4{Port: 9, Addr: gw.As4()})
+}
+
 // OpenPort opens the virtio-serial port named name
 // (/sys/class/virtio-ports/*/name), waiting up to wait for its device to
 // appear (the driver may still be loading). The file is in blocking mode:

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -13,7 +14,7 @@ import (
 // inNewNamespace runs f on a thread of its own inside a new network
 // namespace (needs root), so the ioctls reach only the test's interfaces;
 // the thread is discarded afterwards.
-func inNewNamespace(t *testing.T, f func() error) {
+func inNewNamespace(t *testing.T, f func(netns.NsHandle) error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -24,7 +25,7 @@ func inNewNamespace(t *testing.T, f func() error) {
 			return
 		}
 		defer ns.Close()
-		errc <- f()
+		errc <- f(ns)
 	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -34,7 +35,7 @@ func inNewNamespace(t *testing.T, f func() error) {
 // The Linux system's NIC changes against a real kernel: a dummy interface
 // in a namespace of the test's own.
 func TestLinuxConfiguresTheNIC(t *testing.T) {
-	inNewNamespace(t, func() error {
+	inNewNamespace(t, func(guestNS netns.NsHandle) error {
 		const iface = "bxg0"
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: iface}, PeerName: "bxg1"}); err != nil {
 			t.Errorf("creating a veth pair (needs root): %v", err)
@@ -85,6 +86,52 @@ func TestLinuxConfiguresTheNIC(t *testing.T) {
 		gotMAC, gotAddr, err := sys.Link(iface)
 		if err != nil || gotMAC != mac.String() || gotAddr != netip.MustParseAddr("10.9.0.5") {
 			t.Errorf("Link = %s %s %v, want %s 10.9.0.5", gotMAC, gotAddr, err, mac)
+		}
+
+		// Greet: the peer, in a namespace of its own as the node's bridge
+		// would be, learns the guest's address and MAC from the ARP
+		// request the datagram needs.
+		peerNS, err := netns.New() // this thread moves there; back below
+		if err != nil {
+			return err
+		}
+		defer peerNS.Close()
+		if err := netns.Set(guestNS); err != nil {
+			return err
+		}
+		peer, err := netlink.LinkByName("bxg1")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetNsFd(peer, int(peerNS)); err != nil {
+			return err
+		}
+		h, err := netlink.NewHandleAt(peerNS)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		if peer, err = h.LinkByName("bxg1"); err != nil {
+			return err
+		}
+		must("peer address", h.AddrAdd(peer, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 9, 0, 2), Mask: net.CIDRMask(24, 32)}}))
+		must("peer up", h.LinkSetUp(peer))
+		learnt := ""
+		for range 100 {
+			must("Greet", sys.Greet(netip.MustParseAddr("10.9.0.2")))
+			neighs, _ := h.NeighList(peer.Attrs().Index, netlink.FAMILY_V4)
+			for _, n := range neighs {
+				if n.IP.Equal(net.IPv4(10, 9, 0, 5)) && n.HardwareAddr != nil {
+					learnt = n.HardwareAddr.String()
+				}
+			}
+			if learnt != "" {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // the peer's link comes up; polling, not synchronisation
+		}
+		if learnt != mac.String() {
+			t.Errorf("after Greet the peer knows 10.9.0.5 at %q, want %s", learnt, mac)
 		}
 
 		// Two addresses (a lease's and the identity's) both go.

@@ -77,7 +77,7 @@ func (f *fakeSystem) StopDHCP(context.Context) error { return f.record("stop-dhc
 func (f *fakeSystem) WriteFile(path string, data []byte) error {
 	return f.record(fmt.Sprintf("write %s %q", path, data))
 }
-func (f *fakeSystem) Remove(path string) error { return f.record("remove " + path) }
+func (f *fakeSystem) Remove(path string) error  { return f.record("remove " + path) }
 func (f *fakeSystem) Greet(gw netip.Addr) error { return f.record("greet " + gw.String()) }
 func (f *fakeSystem) Get(_ context.Context, port int, path string) error {
 	return f.record(fmt.Sprintf("get %d %s", port, path))

@@ -444,6 +444,9 @@ func restoreAhead(ctx context.Context, socket string, r *aheadRunner, snap vmsna
 func (p *RestorePool) warm(ctx context.Context, dir string, w poolWant) (*vmsnap.IdentityConn, time.Duration) {
 	c, err := vmsnap.DialIdentity(ctx, filepath.Join(dir, vmsnap.IdentitySocket))
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, 0 // killed meanwhile
+		}
 		p.log.Info("no identity channel to the guest restored ahead; its start connects again", "vm", w.Instance, "err", err)
 		return nil, 0
 	}
@@ -455,7 +458,7 @@ func (p *RestorePool) warm(ctx context.Context, dir string, w poolWant) (*vmsnap
 		path = "/"
 	}
 	took, err := c.Warm(ctx, w.Port, path)
-	if err != nil {
+	if err != nil && ctx.Err() == nil {
 		p.log.Info("the guest restored ahead did not warm up; its first request runs its code cold", "vm", w.Instance, "err", err)
 	}
 	return c, took

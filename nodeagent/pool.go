@@ -398,7 +398,9 @@ func (p *RestorePool) start(ctx context.Context, w poolWant) (*poolEntry, error)
 			// The warm-up's connection stays open for the identity: a
 			// new one right after it can come before the guest saw the
 			// old one close, and it would not greet again.
-			r.ident, e.warmed = p.warm(rctx, dir, w)
+			var c *vmsnap.IdentityConn
+			c, e.warmed = p.warm(rctx, dir, w)
+			r.setIdent(c)
 		}
 		close(e.ready)
 		switch {

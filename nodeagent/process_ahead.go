@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/blixard/blixard/vmsnap"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"github.com/blixard/blixard/vmsnap"
 )
 
 // PoolDir is where runners started ahead of their instance's start wait
@@ -41,15 +42,15 @@ type aheadRunner struct {
 	watchDone      chan struct{} // closed when the watcher returned
 
 	// restored: the restore pool restored the snapshot into it (the guest
-	// waits frozen for its identity); ident is the identity channel the
-	// pool warmed the guest up on, kept open for the identity (nil: none).
-	// Set before the pool hands it out.
+	// waits frozen for its identity). Set before the pool hands it out.
 	restored bool
-	ident    *vmsnap.IdentityConn
 
 	mu       sync.Mutex
 	released bool // the watcher was stopped (adoption, kill)
-	result   string
+	// ident is the identity channel the pool warmed the guest up on, kept
+	// open for the identity (nil: none; see setIdent, takeIdent).
+	ident  *vmsnap.IdentityConn
+	result string
 }
 
 // spawnAhead starts dir/current/bin/microvm-run for instance name in dir
@@ -171,6 +172,21 @@ func (r *aheadRunner) closeIdent() {
 	if c != nil {
 		_ = c.Close()
 	}
+}
+
+// setIdent keeps c open for the identity; a runner killed meanwhile has
+// no use for it.
+func (r *aheadRunner) setIdent(c *vmsnap.IdentityConn) {
+	if c == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.released {
+		_ = c.Close()
+		return
+	}
+	r.ident = c
 }
 
 // takeIdent hands over the identity channel the pool kept open (nil: none).

@@ -253,6 +253,7 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			delete(f.proposing, fn)
 			f.mu.Unlock()
 		}()
+		began := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, fnProposeTimeout)
 		defer cancel()
 		reason := fmt.Sprintf("%d in flight, %d queued at node %d's gateway; %d ready, %d starting",
@@ -265,6 +266,7 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 				sf = reconciler.ScaleOutPlan(st, sf)
 			}
 		}
+		planned := time.Since(began)
 		res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf})
 		switch {
 		case err != nil:
@@ -272,7 +274,10 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 		case !res.OK():
 			f.log.Warn("function scale-out refused", "function", fn, "want", d.Want, "err", res.Err())
 		default:
-			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason)
+			// plan: reading the replica and the plan riding along; commit:
+			// Raft, until this node's replica applied it.
+			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason,
+				"plan", planned, "commit", time.Since(began)-planned)
 			f.mu.Lock()
 			f.wants[fn] = max(f.wants[fn], d.Want)
 			f.mu.Unlock()

@@ -77,6 +77,14 @@ type network struct {
 	mtu     int               // guarded by hostMu: the bridge's MTU once observed; 0 before
 	synced  bool              // guarded by hostMu: the last host Sync succeeded
 	written map[string][]byte // guarded by hostMu: network.env contents written, by instance
+	// syncedTaps are the local taps, by name, as the last Sync that
+	// succeeded made them (guarded by hostMu): the fast lane asks the
+	// kernel only about the others. Asking costs a netlink request, which
+	// waits for the kernel's RTNL lock, held for milliseconds while any tap
+	// on the host is deleted (an instance stopping, a spare placed
+	// elsewhere); a tap removed behind the agent's back since fails its
+	// runner's start as it would have a moment after the check.
+	syncedTaps map[string]hostnet.Tap
 	// runnerQueues caches which function runners (store paths, which never
 	// change) want multi-queue taps; guarded by hostMu.
 	runnerQueues map[string]bool
@@ -355,7 +363,12 @@ func (n *network) pass(ctx context.Context) error {
 	case len(ops) > 0 || n.mtu == 0:
 		n.mtu = n.bridgeMTU()
 	}
+	n.syncedTaps = nil
 	if err == nil {
+		n.syncedTaps = make(map[string]hostnet.Tap, len(p.want.LocalTaps))
+		for _, t := range p.want.LocalTaps {
+			n.syncedTaps[t.Name] = t
+		}
 		n.publishSpares(p)
 	}
 	// The taps are there: the identities next, and the runners waiting for
@@ -492,13 +505,9 @@ func (n *network) addNewLocked(ctx context.Context, p netPlan, only string) time
 	if len(env) == 0 {
 		return 0
 	}
-	var want []hostnet.Tap
-	for _, t := range p.want.LocalTaps {
-		if taps[t.Name] {
-			want = append(want, t)
-		}
-	}
+	want, synced := laneTaps(p.want.LocalTaps, taps, n.syncedTaps)
 	ops, err := n.host.AddMissingTaps(ctx, p.host, n.mtu, want)
+	tapsTook := time.Since(start)
 	if err != nil {
 		n.log.Debug("fast lane for new instances: no taps; the full Sync makes them", "instances", slices.Sorted(maps.Keys(env)), "err", err)
 		return 0
@@ -511,8 +520,30 @@ func (n *network) addNewLocked(ctx context.Context, p netPlan, only string) time
 		return took
 	}
 	// tap_ops is 0 when the taps were made ahead (spares).
-	n.log.Debug("network identities ready (fast lane)", "instances", slices.Sorted(maps.Keys(env)), "took", took, "tap_ops", len(ops))
+	n.log.Debug("network identities ready (fast lane)", "instances", slices.Sorted(maps.Keys(env)), "took", took, "taps", tapsTook,
+		"taps_synced", synced, "tap_ops", len(ops))
 	return took
+}
+
+// laneTaps splits the local taps named in lane (the fast lane's new
+// instances') into those to ask the kernel about (ask) and how many the
+// last successful Sync made exactly as wanted (synced: spares).
+func laneTaps(local []hostnet.Tap, lane map[string]bool, synced map[string]hostnet.Tap) (ask []hostnet.Tap, trusted int) {
+	for _, t := range local {
+		switch {
+		case !lane[t.Name]:
+		case sameTap(synced[t.Name], t):
+			trusted++
+		default:
+			ask = append(ask, t)
+		}
+	}
+	return ask, trusted
+}
+
+// sameTap: a and b are the same tap with the same settings.
+func sameTap(a, b hostnet.Tap) bool {
+	return a.Name == b.Name && slices.Equal(a.MAC, b.MAC) && a.Owner == b.Owner && a.Group == b.Group && a.MultiQueue == b.MultiQueue
 }
 
 // bridgeMTU is the MTU hostnet gave the bridge (0 when it cannot be read):

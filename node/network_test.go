@@ -3,6 +3,7 @@ package node
 import (
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -504,5 +505,52 @@ func TestMultiQueueTapsBeforeTheRunnerIsLinked(t *testing.T) {
 	got := multiQueueTaps(state, s, 1)
 	if want := map[string]bool{"new": true}; !maps.Equal(got, want) {
 		t.Errorf("multiQueueTaps = %v, want %v (new from its assignment's runner, linked from its current, elsewhere not here)", got, want)
+	}
+}
+
+// TestLaneTaps: the fast lane asks the kernel only about the new
+// instances' taps that the last successful Sync did not make exactly as
+// wanted.
+func TestLaneTaps(t *testing.T) {
+	mac := func(b byte) net.HardwareAddr { return net.HardwareAddr{2, 0, 0, 0, 0, b} }
+	spare := hostnet.Tap{Name: "bxspare", MAC: mac(1), Owner: 1000, Group: 100}
+	other := hostnet.Tap{Name: "bxother", MAC: mac(2), Owner: 1000, Group: 100}
+	fresh := hostnet.Tap{Name: "bxfresh", MAC: mac(3), Owner: 1000, Group: 100}
+	with := func(t hostnet.Tap, f func(*hostnet.Tap)) hostnet.Tap { f(&t); return t }
+	local := []hostnet.Tap{spare, other, fresh}
+	for _, tc := range []struct {
+		name    string
+		lane    []string
+		synced  []hostnet.Tap
+		ask     []string
+		trusted int
+	}{
+		{"nothing synced yet: every lane tap is asked about", []string{"bxspare", "bxfresh"}, nil, []string{"bxspare", "bxfresh"}, 0},
+		{"a spare the Sync made is trusted", []string{"bxspare"}, []hostnet.Tap{spare, other}, nil, 1},
+		{"a tap the Sync did not make is asked about", []string{"bxspare", "bxfresh"}, []hostnet.Tap{spare}, []string{"bxfresh"}, 1},
+		{"taps outside the lane are left to the pass", []string{"bxfresh"}, []hostnet.Tap{spare, other}, []string{"bxfresh"}, 0},
+		{"another MAC", []string{"bxspare"}, []hostnet.Tap{with(spare, func(t *hostnet.Tap) { t.MAC = mac(9) })}, []string{"bxspare"}, 0},
+		{"another owner", []string{"bxspare"}, []hostnet.Tap{with(spare, func(t *hostnet.Tap) { t.Owner = 0 })}, []string{"bxspare"}, 0},
+		{"another group", []string{"bxspare"}, []hostnet.Tap{with(spare, func(t *hostnet.Tap) { t.Group = 0 })}, []string{"bxspare"}, 0},
+		{"multi-queue now", []string{"bxspare"}, []hostnet.Tap{with(spare, func(t *hostnet.Tap) { t.MultiQueue = true })}, []string{"bxspare"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lane := map[string]bool{}
+			for _, n := range tc.lane {
+				lane[n] = true
+			}
+			synced := map[string]hostnet.Tap{}
+			for _, s := range tc.synced {
+				synced[s.Name] = s
+			}
+			ask, trusted := laneTaps(local, lane, synced)
+			var names []string
+			for _, a := range ask {
+				names = append(names, a.Name)
+			}
+			if !slices.Equal(names, tc.ask) || trusted != tc.trusted {
+				t.Errorf("laneTaps = ask %v, trusted %d; want ask %v, trusted %d", names, trusted, tc.ask, tc.trusted)
+			}
+		})
 	}
 }

@@ -384,6 +384,7 @@ func (b *ProcessBackend) spawn(name string) (*procHandle, *exec.Cmd, string, err
 // console log, and records it in dir: a link booted → out when booted is
 // not "", and its pid file. On an error nothing of it runs.
 func (b *ProcessBackend) execRunner(name, dir, out, booted, pidFile string) (*procHandle, *exec.Cmd, error) {
+	began := time.Now()
 	b.capLog(name)
 	logf, err := os.OpenFile(LogPath(b.o.StateDir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
@@ -395,13 +396,14 @@ func (b *ProcessBackend) execRunner(name, dir, out, booted, pidFile string) (*pr
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own session: the runner outlives the agent and gets no terminal signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	opened := time.Since(began)
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("%w (is %s a runner with bin/microvm-run?)", err, out)
 	}
 	pid := cmd.Process.Pid
 	// Start returned once the runner was exec'd: where a cold start's
 	// orchestration ends (the lab reads this line's time).
-	b.log.Debug("runner exec'd", "vm", name, "pid", pid)
+	b.log.Debug("runner exec'd", "vm", name, "pid", pid, "log_opened", opened, "exec", time.Since(began)-opened)
 	fail := func(err error) (*procHandle, *exec.Cmd, error) {
 		// The group too: a runner may have started children already.
 		_ = syscall.Kill(-pid, syscall.SIGKILL)

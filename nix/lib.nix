@@ -359,12 +359,12 @@ let
     builtins.seq (checkName "VM" name) (if e ? nixosConfiguration then configVM where cluster name e else plainVM where e);
 
   # functions.NAME = { runner; vcpu; memMiB; http = { host; path; port; };
-  #   minInstances; maxInstances; concurrency; idleTimeout; snapshot; prefetch; placement; }
+  #   minInstances; maxInstances; concurrency; idleTimeout; snapshot; restoreAhead; prefetch; placement; }
   # or { nixosConfiguration; http; minInstances; … }, from which runner, vcpu
   # and memMiB are read (config.microvm.{declaredRunner,vcpu,mem}). The
   # daemon checks the values (host names, bounds, idleTimeout as a duration
   # string such as "60s", host and path unique across functions and ingress).
-  functionOptionalKeys = [ "minInstances" "maxInstances" "concurrency" "idleTimeout" "snapshot" "prefetch" "placement" ];
+  functionOptionalKeys = [ "minInstances" "maxInstances" "concurrency" "idleTimeout" "snapshot" "restoreAhead" "prefetch" "placement" ];
   functionKeys = [ "runner" "vcpu" "memMiB" "http" ] ++ functionOptionalKeys;
   configFunctionKeys = [ "nixosConfiguration" "http" ] ++ functionOptionalKeys;
 
@@ -406,6 +406,7 @@ let
     // optional "concurrency" positiveInt
     // optional "idleTimeout" string
     // optional "snapshot" bool
+    // optional "restoreAhead" nonNegativeInt
     // optional "prefetch" bool
     // optional "placement" checkPlacement;
 

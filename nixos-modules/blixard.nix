@@ -369,8 +369,9 @@ in
         description = ''
           Guests of snapshot functions this node keeps restored ahead and warmed up, frozen until they take an identity,
           for the next instances of those functions (`--restore-pool`; needs `backend = "process"`): a cold start that
-          finds one is only the identity exchange. Each costs a qemu, the guest memory it touched and an idle vCPU.
-          0: none.
+          finds one is only the identity exchange. Each function asks for its `restoreAhead` (default 1); every
+          function's next instance is served before any function's second. Each costs a qemu, the guest memory it
+          touched and an idle vCPU. 0: none.
         '';
       };
       masquerade = mkOption {

@@ -167,9 +167,10 @@ type Config struct {
 	// RestorePool is how many guests of snapshot functions the node keeps
 	// restored ahead and warmed up, frozen until they take an identity,
 	// for the next instances of those functions (process backend with
-	// Network; 0: none). Each costs a qemu, the guest memory it touched and
-	// an idle vCPU; a cold start that finds one is only the identity
-	// exchange.
+	// Network; 0: none): each function's restoreAhead of them, every
+	// function's next instance before any function's second. Each costs a
+	// qemu, the guest memory it touched and an idle vCPU; a cold start that
+	// finds one is only the identity exchange.
 	RestorePool int
 	// StopOnExit stops every VM when Run returns (`blixard dev`); otherwise
 	// they keep running and the next agent adopts them.

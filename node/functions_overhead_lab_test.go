@@ -222,13 +222,13 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func()) {
 	t.Logf("the same to the runner's first command: %s", distribution(toFirst))
 }
 
-// distribution is "min, p50, p90, max" of ds (sorted in place).
+// distribution is "min, p50, p90, p99, max" of ds (sorted in place).
 func distribution(ds []time.Duration) string {
 	slices.Sort(ds)
 	at := func(q float64) time.Duration {
 		return ds[min(len(ds)-1, int(q*float64(len(ds))))].Round(100 * time.Microsecond)
 	}
-	return fmt.Sprintf("min %s, p50 %s, p90 %s, max %s", at(0), at(0.5), at(0.9), at(1))
+	return fmt.Sprintf("min %s, p50 %s, p90 %s, p99 %s, max %s", at(0), at(0.5), at(0.9), at(0.99), at(1))
 }
 
 // agentExec is when node 1 or 2 first logged "runner exec'd" for instance

@@ -198,11 +198,11 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 		},
 		// The runners' builds read host files (qemu, the kernel): no sandbox.
 		env: []string{"NIX_CONFIG=" + strings.TrimPrefix(os.Getenv("NIX_CONFIG")+"\n", "\n") + microvm.NixConfig},
-		// One runner started ahead on node 1: snap's next instance's (the
-		// first in name order), not snap2's.
+		// Two guests restored ahead on node 1: snap's next two instances
+		// (its restoreAhead), none of snap2's (restoreAhead = 0).
 		serveArgs: func(i int) []string {
 			if i == 1 {
-				return []string{"--restore-pool", "1"}
+				return []string{"--restore-pool", "2"}
 			}
 			return nil
 		},
@@ -286,7 +286,7 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	ahead0 = l.startedAhead(1, "fn-snap-0")
 	idle("snap")
 	// snap2: the same runner and snapshot, its runner spawned at the
-	// request (node 1's pool of one holds snap's next instance).
+	// request (restoreAhead = 0: node 1's pool holds snap's instances only).
 	unpooled := get(1, "snap2", "snap2: cold start (restore into a runner spawned)", 2*time.Minute)
 	// More samples of the three, in turn, each from zero instances.
 	boots, restoreds, unpooleds := []time.Duration{boot}, []time.Duration{restored}, []time.Duration{unpooled}
@@ -355,6 +355,9 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	// snapshot saved from fn-snap-0. Each answers with its own committed
 	// MAC, address and hostname, and both answer at once.
 	restoresBefore := restores(1)
+	// snap's second instance has its guest restored ahead too
+	// (restoreAhead = 2): the burst's second request finds it.
+	l.waitStartedAhead(1, "fn-snap-1", 0)
 	held := make(chan identAnswer, 1)
 	go func() { held <- l.ident(1, "/cgi-bin/ident?sleep=20") }()
 	testkit.WaitFor(t, 2*time.Minute, "the held request in flight on snap's instance", func() error {
@@ -432,8 +435,13 @@ func TestFunctionsSnapshotColdStartsAndNodeLoss(t *testing.T) {
 	}
 	t.Logf("identities: %s mac=%s addr=%s and %s mac=%s addr=%s, boot id %s",
 		firstAns.host, firstAns.mac, firstAns.addr, second.host, second.mac, second.addr, second.bootID)
-	for _, line := range logLines(l.nodeLog(1), `msg="restored from snapshot" node=1 component=agent node=1 vm=fn-snap-1`) {
+	secondRestores := logLines(l.nodeLog(1), `msg="restored from snapshot" node=1 component=agent node=1 vm=fn-snap-1`)
+	for _, line := range secondRestores {
 		t.Logf("node 1: %s", line)
+	}
+	if len(secondRestores) != 1 || !strings.Contains(secondRestores[0], "started_ahead=true") {
+		t.Errorf("fn-snap-1 was restored %d times, not once into the guest node 1's pool restored ahead for it (restoreAhead = 2)",
+			len(secondRestores))
 	}
 	idle("snap")
 

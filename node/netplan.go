@@ -24,6 +24,10 @@ type netSettings struct {
 	underlay  netip.Addr
 	// createTaps: the process backend, where nobody else creates taps.
 	createTaps bool
+	// restorePool is the node's --restore-pool: a snapshot function keeps
+	// spare taps for up to that many of its next instances (its
+	// restoreAhead), one for each guest the pool may restore ahead.
+	restorePool int
 }
 
 // netInputs are what the shell observed for one pass, besides the state.
@@ -101,8 +105,12 @@ const maxSpareTaps = 64
 //     start's fast lane only writes its identity: creating a tap and making
 //     it a bridge port is the netlink work a cold start would otherwise
 //     wait for. Placed elsewhere, the spare goes and the next instance's
-//     comes. No lease and no DNS name: nothing runs behind a spare. At most
-//     maxSpareTaps, by function name.
+//     comes. No lease and no DNS name: nothing runs behind a spare. A
+//     snapshot function keeps spares for its next restoreAhead instances
+//     (at most the node's restore pool), on which the pool restores its
+//     guests ahead: every function's next instance comes first, then the
+//     second next ones, and so on, each round by function name, up to
+//     maxSpareTaps.
 func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, bool) {
 	if s == nil || s.Network == nil || !s.Network.CIDR.IsValid() || !s.Network.Gateway.IsValid() {
 		return netPlan{}, false
@@ -200,7 +208,7 @@ func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, b
 	}
 
 	if set.createTaps {
-		p.spares = spareTaps(s, set.self, &p.want, in)
+		p.spares = spareTaps(s, set, &p.want, in)
 	}
 
 	running := ingress.RunningInstances(s)
@@ -216,8 +224,8 @@ func planNetwork(s *replicated.State, set netSettings, in netInputs) (netPlan, b
 
 // spareTaps is rule 6 of planNetwork: it adds the spare taps to want and
 // returns their instances by tap name.
-func spareTaps(s *replicated.State, self uint64, want *hostnet.Desired, in netInputs) map[string]string {
-	node := s.Nodes[self]
+func spareTaps(s *replicated.State, set netSettings, want *hostnet.Desired, in netInputs) map[string]string {
+	node := s.Nodes[set.self]
 	if s.Desired == nil || len(s.Desired.Functions) == 0 || node == nil {
 		return nil
 	}
@@ -233,38 +241,50 @@ func spareTaps(s *replicated.State, self uint64, want *hostnet.Desired, in netIn
 	for _, r := range want.Remote {
 		takenMAC[r.MAC.String()] = true
 	}
-	spares := map[string]string{}
-	for _, fn := range slices.Sorted(maps.Keys(s.Desired.Functions)) {
-		if len(spares) == maxSpareTaps {
-			break
-		}
-		f := s.Desired.Functions[fn]
+	// Each function's next instances, lowest first: those assigned nowhere,
+	// as many as it keeps spares for.
+	next := map[string][]string{}
+	deepest := 0
+	for fn, f := range s.Desired.Functions {
 		if !replicated.FunctionMayRun(f, node) {
 			continue
 		}
-		next := ""
-		for i := range f.MaxInstances {
+		depth := 1
+		if f.Snapshot {
+			depth = max(1, min(f.RestoreAhead, set.restorePool))
+		}
+		for i := 0; i < f.MaxInstances && len(next[fn]) < depth; i++ {
 			if _, assigned := s.Assignments[replicated.FunctionInstance(fn, i)]; !assigned {
-				next = replicated.FunctionInstance(fn, i)
-				break
+				next[fn] = append(next[fn], replicated.FunctionInstance(fn, i))
 			}
 		}
-		if next == "" {
-			continue // at maxInstances: no next instance
+		deepest = max(deepest, len(next[fn]))
+	}
+	names := slices.Sorted(maps.Keys(next))
+	spares := map[string]string{}
+	for d := range deepest {
+		for _, fn := range names {
+			if len(spares) == maxSpareTaps {
+				return spares
+			}
+			if d >= len(next[fn]) {
+				continue
+			}
+			inst := next[fn][d]
+			tap, mac := replicated.DeriveTap(s.Desired.Name, inst, 0), replicated.DeriveMAC(s.Desired.Name, inst, 0)
+			if id, ok := s.Network.Identities[inst]; ok {
+				tap, mac = id.Tap, id.MAC
+				delete(takenTap, tap) // its own
+				delete(takenMAC, mac.String())
+			}
+			if takenTap[tap] || takenMAC[mac.String()] {
+				continue
+			}
+			takenTap[tap], takenMAC[mac.String()] = true, true
+			want.LocalTaps = append(want.LocalTaps, hostnet.Tap{Name: tap, MAC: mac.HardwareAddr(), Owner: in.owner, Group: in.group,
+				MultiQueue: in.multiQueueRunners[s.Desired.Functions[fn].Runner.Out]})
+			spares[tap] = inst
 		}
-		tap, mac := replicated.DeriveTap(s.Desired.Name, next, 0), replicated.DeriveMAC(s.Desired.Name, next, 0)
-		if id, ok := s.Network.Identities[next]; ok {
-			tap, mac = id.Tap, id.MAC
-			delete(takenTap, tap) // its own
-			delete(takenMAC, mac.String())
-		}
-		if takenTap[tap] || takenMAC[mac.String()] {
-			continue
-		}
-		takenTap[tap], takenMAC[mac.String()] = true, true
-		want.LocalTaps = append(want.LocalTaps, hostnet.Tap{Name: tap, MAC: mac.HardwareAddr(), Owner: in.owner, Group: in.group,
-			MultiQueue: in.multiQueueRunners[f.Runner.Out]})
-		spares[tap] = next
 	}
 	return spares
 }

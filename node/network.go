@@ -116,7 +116,7 @@ func newNetwork(cfg Config, log *slog.Logger) (_ *network, err error) {
 	n := &network{cfg: cfg, log: log.With("component", "network"), kick: make(chan struct{}, 1), passDone: make(chan struct{}),
 		written: map[string][]byte{}, names: &nameCache{ttl: time.Minute, addrs: map[string]cachedAddr{}}}
 	n.set = netSettings{self: cfg.NodeID, bridge: nc.Bridge, vxlanID: nc.VXLANID, vxlanPort: nc.VXLANPort,
-		underlay: nc.UnderlayAddr, createTaps: cfg.Backend == BackendProcess}
+		underlay: nc.UnderlayAddr, createTaps: cfg.Backend == BackendProcess, restorePool: cfg.RestorePool}
 	defer func() {
 		if err != nil {
 			n.Close()

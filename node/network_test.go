@@ -351,6 +351,14 @@ func fnState(assigned map[string]uint64, max int, placement spec.Placement) *rep
 	return s
 }
 
+// snapshot makes function fn of s a snapshot function keeping ahead
+// guests restored ahead.
+func snapshot(s *replicated.State, fn string, ahead int) {
+	f := s.Desired.Functions[fn]
+	f.Snapshot, f.RestoreAhead = true, ahead
+	s.Desired.Functions[fn] = f
+}
+
 func TestPlanNetworkSpareTaps(t *testing.T) {
 	tap := func(name string) string { return replicated.DeriveTap("prod", name, 0) }
 	tests := []struct {
@@ -398,6 +406,49 @@ func TestPlanNetworkSpareTaps(t *testing.T) {
 				id.MAC = replicated.DeriveMAC("prod", "fn-f-0", 0)
 				s.Network.Identities["db"] = id
 			}},
+		{name: "a snapshot function keeps spares for its next restoreAhead instances", self: 1,
+			state: fnState(map[string]uint64{"fn-f-1": 2}, 4, spec.Placement{}),
+			change: func(s *replicated.State, set *netSettings, _ *netInputs) {
+				snapshot(s, "f", 2)
+				set.restorePool = 4
+			},
+			want: map[string]string{tap("fn-f-0"): "fn-f-0", tap("fn-f-2"): "fn-f-2"}},
+		{name: "at most the node's restore pool", self: 1, state: fnState(nil, 4, spec.Placement{}),
+			change: func(s *replicated.State, set *netSettings, _ *netInputs) {
+				snapshot(s, "f", 3)
+				set.restorePool = 2
+			},
+			want: map[string]string{tap("fn-f-0"): "fn-f-0", tap("fn-f-1"): "fn-f-1"}},
+		{name: "and one without a restore pool, or with restoreAhead 0, as for a function without snapshots", self: 1,
+			state: fnState(nil, 4, spec.Placement{}),
+			change: func(s *replicated.State, set *netSettings, _ *netInputs) {
+				snapshot(s, "f", 3)
+				set.restorePool = 0
+				s.Desired.Functions["g"] = s.Desired.Functions["f"]
+				snapshot(s, "g", 0)
+				s.Desired.Functions["h"] = s.Desired.Functions["f"]
+				snapshot(s, "h", 3)
+				f := s.Desired.Functions["h"]
+				f.Snapshot = false
+				s.Desired.Functions["h"] = f
+			},
+			want: map[string]string{tap("fn-f-0"): "fn-f-0", tap("fn-g-0"): "fn-g-0", tap("fn-h-0"): "fn-h-0"}},
+		{name: "every function's next instance before any function's second", self: 1, state: fnState(nil, 4, spec.Placement{}),
+			change: func(s *replicated.State, set *netSettings, _ *netInputs) {
+				snapshot(s, "f", 2)
+				set.restorePool = 2
+				for i := range maxSpareTaps - 1 {
+					s.Desired.Functions[fmt.Sprintf("g%03d", i)] = s.Desired.Functions["f"]
+				}
+			},
+			want: func() map[string]string {
+				want := map[string]string{tap("fn-f-0"): "fn-f-0"}
+				for i := range maxSpareTaps - 1 {
+					name := replicated.FunctionInstance(fmt.Sprintf("g%03d", i), 0)
+					want[tap(name)] = name
+				}
+				return want
+			}()},
 		{name: "at most maxSpareTaps, by function name", self: 1, state: fnState(nil, 3, spec.Placement{}),
 			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
 				for i := range maxSpareTaps + 5 {

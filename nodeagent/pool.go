@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,9 +19,10 @@ import (
 )
 
 // The restore pool: guests of snapshot functions restored ahead and warmed
-// up, each for the next instance of its function that may come to this
-// node, so that a cold start that finds one is the identity exchange
-// alone: no runner spawn, no qemu start-up, no load, and the code of a
+// up, each for one of the next instances of its function that may come to
+// this node (its restoreAhead: 1 by default, 2 for a burst's second
+// instance to find one too), so that a cold start that finds one is the
+// identity exchange alone: no runner spawn, no qemu start-up, no load, and the code of a
 // request already run once (see docs/benchmarks.md).
 //
 // The next instance's tap exists before any request (the network's spare
@@ -105,6 +107,10 @@ type poolWant struct {
 	// guest's warm-up requests them (Port 0: no warm-up).
 	Port int
 	Path string
+	// Depth is how many of the function's instances assigned nowhere come
+	// before this one (0: its next): the pool fills every function's next
+	// instance before any function's second.
+	Depth int
 }
 
 // same: w and o start the same runner.
@@ -284,7 +290,7 @@ func (p *RestorePool) pass(ctx context.Context) {
 		f.Settled[sp.Instance] = now.Sub(ws.at) >= poolSettle
 	}
 	p.since = since
-	slices.SortFunc(f.Wanted, func(a, b poolWant) int { return strings.Compare(a.Instance, b.Instance) })
+	sortWanted(f.Wanted)
 	plan := planPool(f)
 	var kill []*poolEntry
 	for _, name := range plan.Kill {
@@ -323,6 +329,15 @@ func (p *RestorePool) pass(ctx context.Context) {
 	p.a.o.Metrics.SetRestorePool(n)
 }
 
+// sortWanted orders the runners wanted ahead as the pool prefers them
+// (planPool keeps the first Size): every function's next instance before
+// any function's second, each depth by instance name.
+func sortWanted(ws []poolWant) {
+	slices.SortFunc(ws, func(a, b poolWant) int {
+		return cmp.Or(cmp.Compare(a.Depth, b.Depth), strings.Compare(a.Instance, b.Instance))
+	})
+}
+
 // wantedSince is since when a runner is wanted as it is now.
 type wantedSince struct {
 	want poolWant
@@ -337,10 +352,11 @@ func (p *RestorePool) want(st *replicated.State, sp SpareTap) (poolWant, bool) {
 		return poolWant{}, false
 	}
 	for name, f := range st.Desired.Functions {
-		if _, ok := replicated.FunctionInstanceIndex(name, sp.Instance); !ok || !f.Snapshot || f.Runner.Out == "" {
+		if _, ok := replicated.FunctionInstanceIndex(name, sp.Instance); !ok {
 			continue
 		}
-		if _, assigned := st.Assignments[sp.Instance]; assigned {
+		depth, ok := aheadDepth(st, name, sp.Instance)
+		if !ok {
 			return poolWant{}, false
 		}
 		qemu, ok := p.qemus[f.Runner.Out]
@@ -358,9 +374,33 @@ func (p *RestorePool) want(st *replicated.State, sp SpareTap) (poolWant, bool) {
 		if err != nil || snap.Manifest.Identity != vmsnap.IdentityProtocol {
 			return poolWant{}, false
 		}
-		return poolWant{Instance: sp.Instance, Tap: sp.Tap, MAC: sp.MAC, Out: f.Runner.Out, Snap: snap, Port: f.HTTP.Port, Path: f.HTTP.Path}, true
+		return poolWant{Instance: sp.Instance, Tap: sp.Tap, MAC: sp.MAC, Out: f.Runner.Out, Snap: snap, Port: f.HTTP.Port, Path: f.HTTP.Path,
+			Depth: depth}, true
 	}
 	return poolWant{}, false
+}
+
+// aheadDepth reports whether instance of function fn in st may have a
+// guest restored ahead — fn is a snapshot function with a runner, the
+// instance is assigned nowhere and fewer than fn's restoreAhead instances
+// assigned nowhere come before it — and how many do (its depth: 0 for the
+// function's next instance).
+func aheadDepth(st *replicated.State, fn, instance string) (int, bool) {
+	f, ok := st.Desired.Functions[fn]
+	idx, isInst := replicated.FunctionInstanceIndex(fn, instance)
+	if !ok || !isInst || !f.Snapshot || f.Runner.Out == "" {
+		return 0, false
+	}
+	if _, assigned := st.Assignments[instance]; assigned {
+		return 0, false
+	}
+	depth := 0
+	for i := range idx {
+		if _, assigned := st.Assignments[replicated.FunctionInstance(fn, i)]; !assigned {
+			depth++
+		}
+	}
+	return depth, depth < f.RestoreAhead
 }
 
 // start starts w's runner in STATE/.pool/NAME and, in the background,

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
 	"github.com/blixard/blixard/vmsnap"
 )
 
@@ -307,4 +309,56 @@ func readPid(t *testing.T, path string) procIdentity {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestAheadDepth: the pool restores ahead only for snapshot functions'
+// instances assigned nowhere, within their restoreAhead, and orders them
+// by how many such instances come first.
+func TestAheadDepth(t *testing.T) {
+	state := func(snapshot bool, ahead int, assigned ...string) *replicated.State {
+		st := &replicated.State{Desired: &spec.Cluster{Functions: map[string]spec.Function{
+			"f": {Runner: spec.Runner{Out: "/nix/store/f-runner"}, MaxInstances: 5, Snapshot: snapshot, RestoreAhead: ahead},
+		}}, Assignments: map[string]replicated.Assignment{}}
+		for _, a := range assigned {
+			st.Assignments[a] = replicated.Assignment{Node: 2}
+		}
+		return st
+	}
+	for _, tc := range []struct {
+		name     string
+		st       *replicated.State
+		instance string
+		depth    int
+		ok       bool
+	}{
+		{"the next instance", state(true, 1), "fn-f-0", 0, true},
+		{"the second next beyond restoreAhead 1", state(true, 1), "fn-f-1", 1, false},
+		{"the second next within restoreAhead 2", state(true, 2), "fn-f-1", 1, true},
+		{"assigned instances do not count", state(true, 2, "fn-f-0", "fn-f-1"), "fn-f-3", 1, true},
+		{"an assigned instance is not restored ahead", state(true, 2, "fn-f-0"), "fn-f-0", 0, false},
+		{"restoreAhead 0", state(true, 0), "fn-f-0", 0, false},
+		{"not a snapshot function", state(false, 1), "fn-f-0", 0, false},
+		{"another function's instance", state(true, 1), "fn-g-0", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			depth, ok := aheadDepth(tc.st, "f", tc.instance)
+			if ok != tc.ok || ok && depth != tc.depth {
+				t.Errorf("aheadDepth(%s) = %d, %t; want %d, %t", tc.instance, depth, ok, tc.depth, tc.ok)
+			}
+		})
+	}
+}
+
+// TestSortWanted: a pool of two keeps snap's and web's next instances
+// rather than both of snap's.
+func TestSortWanted(t *testing.T) {
+	ws := []poolWant{{Instance: "fn-snap-1", Depth: 1}, {Instance: "fn-web-0"}, {Instance: "fn-snap-0"}, {Instance: "fn-web-1", Depth: 1}}
+	sortWanted(ws)
+	var got []string
+	for _, w := range ws {
+		got = append(got, w.Instance)
+	}
+	if want := []string{"fn-snap-0", "fn-web-0", "fn-snap-1", "fn-web-1"}; !slices.Equal(got, want) {
+		t.Errorf("sortWanted = %v, want %v", got, want)
+	}
 }

@@ -54,7 +54,7 @@ func TestDecodeFullSpec(t *testing.T) {
 		},
 		Functions: map[string]Function{
 			"hello": {Runner: r, VCPU: 1, MemMiB: 128, HTTP: FunctionHTTP{Host: "fn.example.org", Path: "/hello", Port: 8080},
-				MinInstances: 0, MaxInstances: 4, Concurrency: 1, IdleTimeout: DefaultIdleTimeout},
+				MinInstances: 0, MaxInstances: 4, Concurrency: 1, IdleTimeout: DefaultIdleTimeout, RestoreAhead: DefaultRestoreAhead},
 		},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -78,11 +78,11 @@ func TestDecodeDefaults(t *testing.T) {
 				Runner: Runner{testDrv, testOut}, VCPU: 1, MemMiB: 1, Replicas: 1, Autostart: true,
 				Volumes: map[string]Volume{"v": {SizeMiB: 5, Pool: "rbd"}},
 			}}}},
-		{"missing minInstances, maxInstances, concurrency, idleTimeout and snapshot get 0, 1, 1, 60s and false",
+		{"missing minInstances, maxInstances, concurrency, idleTimeout, snapshot and restoreAhead get 0, 1, 1, 60s, false and 1",
 			`{"functions": {"f": {"runner": ` + testRunnerJSON + `, "vcpu": 1, "memMiB": 1, "http": {"host": "f.example.org", "path": "/", "port": 80}}}}`,
 			&Cluster{VMs: map[string]VM{}, Functions: map[string]Function{"f": {
 				Runner: Runner{testDrv, testOut}, VCPU: 1, MemMiB: 1, HTTP: FunctionHTTP{Host: "f.example.org", Path: "/", Port: 80},
-				MaxInstances: 1, Concurrency: 1, IdleTimeout: 60 * time.Second,
+				MaxInstances: 1, Concurrency: 1, IdleTimeout: 60 * time.Second, RestoreAhead: 1,
 			}}}},
 	}
 	for _, tt := range tests {

@@ -29,6 +29,11 @@ const (
 	// the guest held when it was taken (random seeds, keys, tokens) into
 	// every instance restored from it, a trade the flake makes knowingly.
 	DefaultSnapshot = false
+	// DefaultRestoreAhead is one guest of a snapshot function restored
+	// ahead on each node that may run it: the next cold start there finds
+	// it; a burst's further instances restore into runners spawned at the
+	// request until the pool refills.
+	DefaultRestoreAhead = 1
 	// MinIdleTimeout bounds idleTimeout from below, so that a slip such as
 	// "60ms" does not start and stop an instance for every request.
 	MinIdleTimeout = time.Second
@@ -67,6 +72,14 @@ type Function struct {
 	// attribute), so no restore runs against a disk that moved on since
 	// the save.
 	Snapshot bool `json:"snapshot"`
+	// RestoreAhead is how many of a snapshot function's next instances
+	// each node that may run it keeps restored ahead, frozen until one
+	// takes an instance's identity (default DefaultRestoreAhead; 0: none;
+	// at most maxInstances). Each costs the node a paused qemu and the
+	// guest memory it touched; the node's --restore-pool bounds them all.
+	// Only with Snapshot. In JSON it is 1 when absent, so a spec stored
+	// before the attribute existed reads as the default.
+	RestoreAhead int `json:"restoreAhead"`
 	// Placement constrains where instances run, as a VM's does;
 	// antiAffinity may name VMs and functions.
 	Placement Placement `json:"placement,omitzero"`
@@ -101,11 +114,17 @@ func (f *Function) UnmarshalJSON(data []byte) error {
 		*functionJSON
 		IdleTimeout string `json:"idleTimeout"`
 		Prefetch    *bool  `json:"prefetch"`
+		// Shadows functionJSON's: absent is the default, not 0.
+		RestoreAhead *int `json:"restoreAhead"`
 	}{functionJSON: (*functionJSON)(f)}
 	if err := json.Unmarshal(data, &aux); err != nil {
 		return err
 	}
 	f.NoPrefetch = aux.Prefetch != nil && !*aux.Prefetch
+	f.RestoreAhead = DefaultRestoreAhead
+	if aux.RestoreAhead != nil {
+		f.RestoreAhead = *aux.RestoreAhead
+	}
 	f.IdleTimeout = 0
 	if aux.IdleTimeout != "" {
 		d, err := time.ParseDuration(aux.IdleTimeout)
@@ -129,13 +148,13 @@ type FunctionHTTP struct {
 
 // functionFields are the attributes of a `functions.NAME` entry.
 var functionFields = []string{"runner", "vcpu", "memMiB", "http", "minInstances", "maxInstances", "concurrency",
-	"idleTimeout", "snapshot", "placement", "prefetch"}
+	"idleTimeout", "snapshot", "restoreAhead", "placement", "prefetch"}
 
 // function decodes one `functions.NAME` entry, with the defaults for what
 // it leaves out; Validate checks the values.
 func (d *decoder) function(path string, v any) Function {
 	f := Function{MinInstances: DefaultMinInstances, MaxInstances: DefaultMaxInstances, Concurrency: DefaultConcurrency,
-		IdleTimeout: DefaultIdleTimeout, Snapshot: DefaultSnapshot}
+		IdleTimeout: DefaultIdleTimeout, Snapshot: DefaultSnapshot, RestoreAhead: DefaultRestoreAhead}
 	m, ok := d.object(path, v, functionFields...)
 	if !ok {
 		return f
@@ -178,6 +197,9 @@ func (d *decoder) function(path string, v any) Function {
 	}
 	if x, ok := m["snapshot"]; ok {
 		f.Snapshot = d.bool(attrPath(path, "snapshot"), x)
+	}
+	if x, ok := m["restoreAhead"]; ok {
+		f.RestoreAhead = d.int(attrPath(path, "restoreAhead"), x)
 	}
 	if x, ok := m["prefetch"]; ok {
 		f.NoPrefetch = !d.bool(attrPath(path, "prefetch"), x)
@@ -246,6 +268,14 @@ func validateFunctions(ps *problems, c *Cluster) {
 		}
 		if f.Concurrency < 1 {
 			ps.addf(attrPath(path, "concurrency"), "must be >= 1 (the requests one instance serves at once), got %d", f.Concurrency)
+		}
+		switch rp := attrPath(path, "restoreAhead"); {
+		case f.RestoreAhead < 0:
+			ps.addf(rp, "must be >= 0 (the guests each node keeps restored ahead), got %d", f.RestoreAhead)
+		case f.RestoreAhead > max(f.MaxInstances, 1):
+			ps.addf(rp, "must be at most maxInstances (%d), got %d: no more instances can start", f.MaxInstances, f.RestoreAhead)
+		case !f.Snapshot && f.RestoreAhead > DefaultRestoreAhead:
+			ps.addf(rp, "applies to snapshot functions only (guests are restored ahead from the function's snapshot): set snapshot = true or leave restoreAhead out")
 		}
 		if f.IdleTimeout < MinIdleTimeout {
 			ps.addf(attrPath(path, "idleTimeout"), "must be at least %s, got %s: instances would stop between requests", MinIdleTimeout, f.IdleTimeout)

@@ -14,7 +14,7 @@ func TestDecodeFunctionFullSchema(t *testing.T) {
 		"runner": ` + testRunnerJSON + `, "vcpu": 2, "memMiB": 256,
 		"http": {"host": "fn.example.org", "path": "/fn/hello", "port": 8080},
 		"minInstances": 1, "maxInstances": 10, "concurrency": 4, "idleTimeout": "1m30s", "snapshot": true,
-		"placement": {"nodes": [1, 2], "labels": {"zone": "a"}, "antiAffinity": ["hello"], "spreadBy": "zone",
+		"restoreAhead": 2, "placement": {"nodes": [1, 2], "labels": {"zone": "a"}, "antiAffinity": ["hello"], "spreadBy": "zone",
 			"prefer": {"labels": {"disk": "ssd"}}}
 	}}}`
 	got, err := Decode([]byte(in))
@@ -24,7 +24,7 @@ func TestDecodeFunctionFullSchema(t *testing.T) {
 	want := Function{
 		Runner: Runner{testDrv, testOut}, VCPU: 2, MemMiB: 256,
 		HTTP:         FunctionHTTP{Host: "fn.example.org", Path: "/fn/hello", Port: 8080},
-		MinInstances: 1, MaxInstances: 10, Concurrency: 4, IdleTimeout: 90 * time.Second, Snapshot: true,
+		MinInstances: 1, MaxInstances: 10, Concurrency: 4, IdleTimeout: 90 * time.Second, Snapshot: true, RestoreAhead: 2,
 		Placement: Placement{Nodes: []uint64{1, 2}, Labels: map[string]string{"zone": "a"}, AntiAffinity: []string{"hello"},
 			SpreadBy: "zone", Prefer: Preference{Labels: map[string]string{"disk": "ssd"}}},
 	}
@@ -76,6 +76,8 @@ func TestDecodeFunctionProblems(t *testing.T) {
 			[]string{`functions.f.idleTimeout: expected a duration string such as "500ms", "5s" or "1m30s", got integer 60`}},
 		{"snapshot that is not a boolean", fn(`, "snapshot": "yes"`),
 			[]string{`functions.f.snapshot: expected a boolean, got string "yes"`}},
+		{"restoreAhead that is not an integer", fn(`, "snapshot": true, "restoreAhead": true`),
+			[]string{`functions.f.restoreAhead: expected an integer, got boolean true`}},
 		{"prefetch that is not a boolean", fn(`, "prefetch": 0`),
 			[]string{`functions.f.prefetch: expected a boolean, got integer 0`}},
 		{"concurrency that is not an integer", fn(`, "concurrency": 1.5`),
@@ -129,6 +131,21 @@ func TestValidateFunctions(t *testing.T) {
 		{"idleTimeout below a second", func(c *Cluster) {
 			editFunction(c, "fn", func(f *Function) { f.IdleTimeout = 60 * time.Millisecond })
 		}, []string{`functions.fn.idleTimeout: must be at least 1s, got 60ms`}},
+		{"restoreAhead up to maxInstances on a snapshot function passes", func(c *Cluster) {
+			editFunction(c, "fn", func(f *Function) { f.Snapshot, f.MaxInstances, f.RestoreAhead = true, 3, 3 })
+		}, nil},
+		{"restoreAhead 0 turns it off, with or without snapshot", func(c *Cluster) {
+			editFunction(c, "fn", func(f *Function) { f.RestoreAhead = 0 })
+		}, nil},
+		{"restoreAhead above maxInstances", func(c *Cluster) {
+			editFunction(c, "fn", func(f *Function) { f.Snapshot, f.MaxInstances, f.RestoreAhead = true, 2, 3 })
+		}, []string{`functions.fn.restoreAhead: must be at most maxInstances (2), got 3: no more instances can start`}},
+		{"negative restoreAhead", func(c *Cluster) {
+			editFunction(c, "fn", func(f *Function) { f.Snapshot, f.RestoreAhead = true, -1 })
+		}, []string{`functions.fn.restoreAhead: must be >= 0 (the guests each node keeps restored ahead), got -1`}},
+		{"restoreAhead without snapshot", func(c *Cluster) {
+			editFunction(c, "fn", func(f *Function) { f.Snapshot, f.MaxInstances, f.RestoreAhead = false, 4, 2 })
+		}, []string{`functions.fn.restoreAhead: applies to snapshot functions only (guests are restored ahead from the function's snapshot): set snapshot = true or leave restoreAhead out`}},
 		{"zero vcpu and memory, like a VM's", func(c *Cluster) {
 			editFunction(c, "fn", func(f *Function) { f.VCPU, f.MemMiB = 0, -1 })
 		}, []string{`functions.fn.memMiB: must be > 0, got -1`, `functions.fn.vcpu: must be > 0, got 0`}},
@@ -223,6 +240,26 @@ func TestDecodeFunctionEmptyPlacementIsCanonical(t *testing.T) {
 	}
 	if p := got.Functions["f"].Placement; !reflect.DeepEqual(p, Placement{}) {
 		t.Fatalf("placement with empty labels and nodes = %#v, want the zero Placement", p)
+	}
+}
+
+// TestFunctionRestoreAheadJSON: restoreAhead survives the replicated
+// state's JSON, 0 included; a function stored before the attribute
+// existed reads as the default.
+func TestFunctionRestoreAheadJSON(t *testing.T) {
+	for _, n := range []int{0, 1, 3} {
+		data, err := json.Marshal(Function{Snapshot: true, RestoreAhead: n, IdleTimeout: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Function
+		if err := json.Unmarshal(data, &back); err != nil || back.RestoreAhead != n {
+			t.Errorf("restoreAhead %d: JSON %s reads back as %d, %v", n, data, back.RestoreAhead, err)
+		}
+	}
+	var old Function
+	if err := json.Unmarshal([]byte(`{"vcpu": 1, "snapshot": true, "idleTimeout": "1m0s"}`), &old); err != nil || old.RestoreAhead != DefaultRestoreAhead {
+		t.Errorf("a function stored without restoreAhead: RestoreAhead %d, %v; want %d", old.RestoreAhead, err, DefaultRestoreAhead)
 	}
 }
 

@@ -140,7 +140,8 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.backend, "backend", "", "how VMs run: systemd (microvm@NAME units; the default under systemd) or process (the agent supervises microvm-run; the default otherwise)")
 	f.DurationVar(&o.restartDelay, "restart-backoff", 250*time.Millisecond, "first delay before a crashed VM is restarted (doubles per crash, capped at 30s)")
 	f.IntVar(&o.restorePool, "restore-pool", 4, "with --network and the process backend: guests of snapshot functions kept restored ahead and warmed up, "+
-		"frozen until they take an identity, for the next instances of those functions (0: none; each costs a qemu, the guest memory it touched and an idle vCPU; "+
+		"frozen until they take an identity, for the next instances of those functions (each function's restoreAhead, every function's next instance first; "+
+		"0: none; each costs a qemu, the guest memory it touched and an idle vCPU; "+
 		"a cold start that finds one is only the identity exchange)")
 	f.BoolVar(&o.agent, "agent", true, "run the node agent (false: a control-plane-only node that runs no VMs)")
 	removedFlag(f, "ceph-pool", removedCephPool)

@@ -351,8 +351,8 @@ func fnState(assigned map[string]uint64, max int, placement spec.Placement) *rep
 	return s
 }
 
-// snapshot makes function fn of s a snapshot function keeping ahead
-// guests restored ahead.
+// snapshot makes function fn of s a snapshot function with restoreAhead
+// ahead.
 func snapshot(s *replicated.State, fn string, ahead int) {
 	f := s.Desired.Functions[fn]
 	f.Snapshot, f.RestoreAhead = true, ahead
@@ -361,6 +361,13 @@ func snapshot(s *replicated.State, fn string, ahead int) {
 
 func TestPlanNetworkSpareTaps(t *testing.T) {
 	tap := func(name string) string { return replicated.DeriveTap("prod", name, 0) }
+	// The spares of f and of the first maxSpareTaps-1 functions g000…:
+	// each one's next instance.
+	firstInstancesSpares := map[string]string{tap("fn-f-0"): "fn-f-0"}
+	for i := range maxSpareTaps - 1 {
+		name := replicated.FunctionInstance(fmt.Sprintf("g%03d", i), 0)
+		firstInstancesSpares[tap(name)] = name
+	}
 	tests := []struct {
 		name   string
 		self   uint64
@@ -441,28 +448,14 @@ func TestPlanNetworkSpareTaps(t *testing.T) {
 					s.Desired.Functions[fmt.Sprintf("g%03d", i)] = s.Desired.Functions["f"]
 				}
 			},
-			want: func() map[string]string {
-				want := map[string]string{tap("fn-f-0"): "fn-f-0"}
-				for i := range maxSpareTaps - 1 {
-					name := replicated.FunctionInstance(fmt.Sprintf("g%03d", i), 0)
-					want[tap(name)] = name
-				}
-				return want
-			}()},
+			want: firstInstancesSpares},
 		{name: "at most maxSpareTaps, by function name", self: 1, state: fnState(nil, 3, spec.Placement{}),
 			change: func(s *replicated.State, _ *netSettings, _ *netInputs) {
 				for i := range maxSpareTaps + 5 {
 					s.Desired.Functions[fmt.Sprintf("g%03d", i)] = s.Desired.Functions["f"]
 				}
 			},
-			want: func() map[string]string {
-				want := map[string]string{tap("fn-f-0"): "fn-f-0"}
-				for i := range maxSpareTaps - 1 {
-					name := replicated.FunctionInstance(fmt.Sprintf("g%03d", i), 0)
-					want[tap(name)] = name
-				}
-				return want
-			}()},
+			want: firstInstancesSpares},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

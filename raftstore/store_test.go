@@ -41,6 +41,12 @@ func startCluster(t testing.TB, n int) ([]*Store, map[uint64]string) {
 // startClusterTLS is startCluster with each replica's TLS files.
 func startClusterTLS(t testing.TB, n int, tlsFor func(id uint64) TLSFiles) ([]*Store, map[uint64]string) {
 	t.Helper()
+	return startClusterWith(t, n, tlsFor, func(uint64) func(uint64) { return nil })
+}
+
+// startClusterWith is startClusterTLS with each replica's OnApply hook.
+func startClusterWith(t testing.TB, n int, tlsFor func(id uint64) TLSFiles, onApply func(id uint64) func(uint64)) ([]*Store, map[uint64]string) {
+	t.Helper()
 	tlsFiles := make([]TLSFiles, n)
 	for i := range n {
 		tlsFiles[i] = tlsFor(uint64(i + 1)) // here: it may fail the test, which a goroutine may not
@@ -65,7 +71,7 @@ func startClusterTLS(t testing.TB, n int, tlsFor func(id uint64) TLSFiles) ([]*S
 			id := uint64(i + 1)
 			stores[i], errs[i] = Start(ctx, Config{
 				NodeID: id, RaftAddr: members[id], DataDir: filepath.Join(t.TempDir(), fmt.Sprint(id)),
-				Members: members, Logger: quietLogger(), TLS: tlsFiles[i],
+				Members: members, Logger: quietLogger(), TLS: tlsFiles[i], OnApply: onApply(id),
 			})
 		}()
 	}

@@ -215,7 +215,7 @@ func TestNixMkClusterOutput(t *testing.T) {
 				functions.hello = {
 					runner = fx.runners.hello; vcpu = 1; memMiB = 128;
 					http = { host = "fn.example.org"; path = "/hello"; port = 8080; };
-					minInstances = 0; maxInstances = 10; concurrency = 4; idleTimeout = "60s"; snapshot = true; prefetch = false;
+					minInstances = 0; maxInstances = 10; concurrency = 4; idleTimeout = "60s"; snapshot = true; restoreAhead = 2; prefetch = false;
 					placement = { labels.zone = "a"; spreadBy = "zone"; };
 				};
 				functions.web = {
@@ -226,7 +226,7 @@ func TestNixMkClusterOutput(t *testing.T) {
 			want: `{"cluster": "prod", "vms": {}, "functions": {
 				"hello": {"runner": {"drv": "@hello.drv@", "out": "@hello.out@"}, "vcpu": 1, "memMiB": 128,
 					"http": {"host": "fn.example.org", "path": "/hello", "port": 8080},
-					"minInstances": 0, "maxInstances": 10, "concurrency": 4, "idleTimeout": "60s", "snapshot": true, "prefetch": false,
+					"minInstances": 0, "maxInstances": 10, "concurrency": 4, "idleTimeout": "60s", "snapshot": true, "restoreAhead": 2, "prefetch": false,
 					"placement": {"labels": {"zone": "a"}, "spreadBy": "zone"}},
 				"web": {"runner": {"drv": "@web.drv@", "out": "@web.out@"}, "vcpu": 3, "memMiB": 64,
 					"http": {"host": "fn.example.org", "path": "/web", "port": 80}, "minInstances": 0}
@@ -389,13 +389,15 @@ func TestNixMkClusterThrows(t *testing.T) {
 			`functions.hello.idleTimeout: want a string, got the number 60`},
 		{"snapshot as a string is rejected", `{ functions.hello = { ` + fn + ` snapshot = "yes"; }; }`,
 			`functions.hello.snapshot: want true or false, got the string "yes"`},
+		{"a negative restoreAhead is rejected", `{ functions.hello = { ` + fn + ` snapshot = true; restoreAhead = -1; }; }`,
+			`functions.hello.restoreAhead: want an integer >= 0, got`},
 		{"prefetch as a string is rejected", `{ functions.hello = { ` + fn + ` prefetch = "no"; }; }`,
 			`functions.hello.prefetch: want true or false, got the string "no"`},
 		{"unknown function placement attribute is rejected", `{ functions.hello = { ` + fn + ` placement.node = [ 1 ]; }; }`,
 			`functions.hello.placement: unknown attribute node`},
 		{"vcpu next to a function's nixosConfiguration points at microvm.vcpu",
 			`{ functions.hello = { nixosConfiguration = fx.microvmConfig { runner = fx.runners.hello; }; vcpu = 2; ` + fnHTTP + ` }; }`,
-			`functions.hello: unknown attribute vcpu; allowed: nixosConfiguration, http, minInstances, maxInstances, concurrency, idleTimeout, snapshot, prefetch, placement (runner, vcpu and memMiB come from the nixosConfiguration`},
+			`functions.hello: unknown attribute vcpu; allowed: nixosConfiguration, http, minInstances, maxInstances, concurrency, idleTimeout, snapshot, restoreAhead, prefetch, placement (runner, vcpu and memMiB come from the nixosConfiguration`},
 		{"invalid function name is rejected", `{ functions.Hello = { ` + fn + ` }; }`,
 			`function name "Hello" is invalid`},
 	}

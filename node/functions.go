@@ -70,7 +70,10 @@ type functions struct {
 	// (reconciler.ScaleOutPlan). Off on agent-only nodes: the server
 	// that takes their proposal attaches it (agents may not propose plans).
 	carryPlan bool
-	now       func() time.Time
+	// ahead, when set, starts the instances a carried plan places on this
+	// node while its scale-out commits (speculate.go).
+	ahead *speculation
+	now   func() time.Time
 
 	ctxMu sync.Mutex
 	ctx   context.Context // Run's; nil before Run
@@ -259,15 +262,27 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 		reason := fmt.Sprintf("%d in flight, %d queued at node %d's gateway; %d ready, %d starting",
 			d.InFlight, d.Queued, f.self, d.Ready, d.Starting)
 		sf := replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}
+		var st *replicated.State
 		if f.carryPlan {
 			// The plan rides along: one commit instead of the scale's and
 			// then the leader's (Apply drops it if the state moved).
-			if st, err := f.store.LocalRead(); err == nil {
+			var err error
+			if st, err = f.store.LocalRead(); err == nil {
 				sf = reconciler.ScaleOutPlan(st, sf)
 			}
 		}
 		planned := time.Since(began)
-		res, err := f.store.Propose(pctx, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf})
+		cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf}
+		var (
+			res   replicated.Result
+			err   error
+			ahead bool
+		)
+		if f.ahead != nil && st != nil {
+			res, ahead, err = f.ahead.propose(pctx, st, cmd, f.store.Propose)
+		} else {
+			res, err = f.store.Propose(pctx, cmd)
+		}
 		switch {
 		case err != nil:
 			f.log.Warn("function scale-out not committed; the next waiting request asks again", "function", fn, "want", d.Want, "err", err)
@@ -276,8 +291,9 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 		default:
 			// plan: reading the replica and the plan riding along; commit:
 			// Raft, until this node's replica applied it.
+			// ahead: the instance was started here while this committed.
 			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason,
-				"plan", planned, "commit", time.Since(began)-planned)
+				"plan", planned, "commit", time.Since(began)-planned, "ahead", ahead)
 			f.mu.Lock()
 			f.wants[fn] = max(f.wants[fn], d.Want)
 			f.mu.Unlock()

@@ -69,7 +69,9 @@ func TestFunctionsColdStartOverhead(t *testing.T) {
 	scaledToZero()
 	l.overheadRound(t, "one at a time, each after the one before answered", true)
 	scaledToZero()
-	l.quietRound(t, scaledToZero)
+	l.quietRound(t, scaledToZero, 3)
+	scaledToZero()
+	l.quietRound(t, scaledToZero, 1)
 
 	// The new instances' taps and identities came through the network's
 	// fast lane (asking the kernel about the new taps alone), not only
@@ -178,18 +180,30 @@ func (l *lab) overheadRound(t *testing.T, what string, sequential bool) {
 // function's idle time and stop included).
 const quietSamples = 8
 
-// quietRound cold-starts o* functions one at a time, each only once every
-// instance of the round before it scaled to zero, its runner gone and the
-// network's spare taps settled: the orchestration with nothing else
-// starting or stopping on the nodes (in the other rounds earlier
-// instances stop while later ones start: their taps' deletion holds the
-// kernel's RTNL lock, which every node of this lab shares, and their
-// processes exit on the same two cores).
-func (l *lab) quietRound(t *testing.T, scaledToZero func()) {
+// quietRound cold-starts o* functions one at a time through node
+// gateway's gateway, each only once every instance of the round before it
+// scaled to zero, its runner gone and the network's spare taps settled:
+// the orchestration with nothing else starting or stopping on the nodes
+// (in the other rounds earlier instances stop while later ones start:
+// their taps' deletion holds the kernel's RTNL lock, which every node of
+// this lab shares, and their processes exit on the same two cores).
+// Through node 3, which cannot run an instance, every instance starts on
+// node 1 or 2 once the scale-out committed; through node 1 it starts
+// there, ahead of the commit (speculate.go).
+func (l *lab) quietRound(t *testing.T, scaledToZero func(), gateway int) {
 	t.Helper()
 	samples := quietSamples
 	if v, err := strconv.Atoi(os.Getenv("BLIXARD_QUIET_SAMPLES")); err == nil && v > 0 {
 		samples = v
+	}
+	where := "at node 3 → runner exec'd on node 1 or 2"
+	if gateway != 3 {
+		where = fmt.Sprintf("at node %d → runner exec'd there, started ahead of the commit", gateway)
+	}
+	// The client's connection to that gateway is made before the first
+	// sample (an unknown host: 404), so that no sample counts its setup.
+	if code, _, err := l.fnGet(gateway, "nothing.lab.test", "/", 10*time.Second); err != nil || code != http.StatusNotFound {
+		t.Fatalf("node %d's gateway, unknown host: %d %v; want 404", gateway, code, err)
 	}
 	var toExec, toFirst []time.Duration
 	for k := range samples {
@@ -198,18 +212,18 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func()) {
 		scaledToZero()
 		time.Sleep(time.Second) // the spare taps made again, the stops' processes reaped
 		arrived := time.Now()
-		code, body, err := l.fnGet(3, fmt.Sprintf("o%d.lab.test", i), "/", 60*time.Second)
+		code, body, err := l.fnGet(gateway, fmt.Sprintf("o%d.lab.test", i), "/", 60*time.Second)
 		if err == nil && (code != http.StatusOK || !strings.HasPrefix(body, "hello from "+name)) {
 			err = fmt.Errorf("%d %q", code, body)
 		}
 		if err != nil {
-			t.Errorf("quiet round: o%d: %v; want 200 from %s", i, err, name)
+			t.Errorf("quiet round through node %d: o%d: %v; want 200 from %s", gateway, i, err, name)
 			continue
 		}
 		first, ok := l.instanceExec(name)
 		exec, ok2 := l.agentExec(t, name, arrived)
 		if !ok || !ok2 || first.Before(arrived) {
-			t.Errorf("quiet round: %s left no exec.ns or \"runner exec'd\" line after its request", name)
+			t.Errorf("quiet round through node %d: %s left no exec.ns or \"runner exec'd\" line after its request", gateway, name)
 			continue
 		}
 		toExec, toFirst = append(toExec, exec.Sub(arrived)), append(toFirst, first.Sub(arrived))
@@ -217,9 +231,29 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func()) {
 	if len(toExec) == 0 {
 		return
 	}
-	t.Logf("cold start orchestration, one at a time on quiet nodes (request arrival at node 3 → runner exec'd on node 1 or 2), %d samples: %s",
-		len(toExec), distribution(toExec))
+	t.Logf("cold start orchestration, one at a time on quiet nodes (request arrival %s), %d samples: %s",
+		where, len(toExec), distribution(toExec))
 	t.Logf("the same to the runner's first command: %s", distribution(toFirst))
+	if gateway == 3 {
+		return
+	}
+	// Which of them started ahead of their commit (and committed) is in
+	// the gateway node's log; a planning input that moved meanwhile (a
+	// commit of another node's) sends one back to the commit's pace.
+	b, err := os.ReadFile(filepath.Join(l.root, fmt.Sprintf("n%d.log", gateway)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "instances started ahead of their scale-out's commit") && strings.Contains(line, " committed=true") {
+			ahead++
+		}
+	}
+	t.Logf("instances started ahead of their commit at node %d: %d (of %d cold starts there)", gateway, ahead, samples)
+	if ahead == 0 {
+		t.Errorf("no cold start through node %d started its instance ahead of the scale-out's commit", gateway)
+	}
 }
 
 // distribution is "min, p50, p90, p99, max" of ds (sorted in place).

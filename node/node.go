@@ -203,7 +203,16 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.OnReady(ln.Addr())
 	}
 
-	notify := startNodeParts(g, cfg, p.agentOptions(ctx, cfg, store, backend, vols, log), nw, fns, sh, store, store)
+	// The agent and the network read the replica with the instances this
+	// node's scale-outs start ahead of their commit (speculate.go).
+	var nodeSt nodeState = store
+	ao := p.agentOptions(ctx, cfg, store, backend, vols, log)
+	if fns != nil {
+		fns.ahead = newSpeculation(cfg.NodeID, log)
+		nodeSt = speculativeState{nodeState: store, sp: fns.ahead}
+		ao.State = nodeSt
+	}
+	notify := startNodeParts(g, cfg, ao, nw, fns, sh, nodeSt, store)
 	// Waiting `events -f` polls and the notifier (when it has receivers)
 	// look at every applied entry too.
 	wakeNotifier, err := startNotifier(g, notifyOpts, notifying, store, m.Registerer())
@@ -469,6 +478,9 @@ func startNodeParts(g *group, cfg Config, ao nodeagent.Options, nw *network, fns
 		ao.ClusterNetwork = true
 	}
 	agent := nodeagent.New(ao)
+	if fns != nil && fns.ahead != nil {
+		fns.ahead.setWake(agent.Notify)
+	}
 	g.Go("node agent", agent.Start)
 	notify := agent.Notify
 	if pool := agent.RestorePool(); pool != nil {

@@ -1,0 +1,212 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/blixard/blixard/replicated"
+)
+
+// Starts ahead of their commit. A scale-out that a gateway places on its
+// own node carries its plan (reconciler.ScaleOutPlan), so this node knows,
+// before Raft does, the instance it will run and its network identity: the
+// node's agent and network read the local replica with that instance added
+// (speculation.overlay) while the proposal is in flight, and the runner is
+// exec'd in parallel with the commit instead of after it. The gateway
+// still dispatches only to committed instances its node reports ready, and
+// the guess holds only while the state it was made from still plans the
+// same: once any planning input moves (the scale-out's own commit among
+// them: then the replica has the instance itself), or the proposal
+// returns, it is gone, and an instance Raft did not commit is stopped by
+// the agent's next pass like any instance no longer assigned here.
+
+// guess is one scale-out's new local instances, as its plan assigns them.
+type guess struct {
+	// inputs and revision are the replica's PlanInputs and revision ID the
+	// plan was made from: the guess holds while they are unchanged.
+	inputs, revision uint64
+	assignments      map[string]replicated.Assignment
+	identities       map[string]replicated.Identity
+}
+
+// speculation holds the guesses of the scale-outs in flight on this node.
+type speculation struct {
+	self uint64
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	next    int
+	guesses map[int]guess // guarded by mu
+	wake    func()        // guarded by mu: wakes the agent (nil until set)
+}
+
+func newSpeculation(self uint64, log *slog.Logger) *speculation {
+	return &speculation{self: self, log: log.With("component", "functions"), guesses: map[int]guess{}}
+}
+
+// setWake sets what wakes the node's agent when a guess comes or goes.
+func (sp *speculation) setWake(wake func()) {
+	sp.mu.Lock()
+	sp.wake = wake
+	sp.mu.Unlock()
+}
+
+// propose adds cmd's guess made from st (when cmd places a new instance on
+// this node), proposes it with propose and takes the guess back when the
+// proposal returns; it reports whether there was a guess.
+func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd replicated.Command,
+	propose func(context.Context, replicated.Command) (replicated.Result, error)) (replicated.Result, bool, error) {
+	began := time.Now()
+	g, ok := guessFrom(st, cmd, sp.self)
+	if !ok {
+		res, err := propose(ctx, cmd)
+		return res, false, err
+	}
+	sp.mu.Lock()
+	id := sp.next
+	sp.next++
+	sp.guesses[id] = g
+	wake := sp.wake
+	sp.mu.Unlock()
+	guessed := time.Since(began)
+	if wake != nil {
+		wake()
+	}
+	res, err := propose(ctx, cmd)
+	sp.mu.Lock()
+	delete(sp.guesses, id)
+	wake = sp.wake
+	sp.mu.Unlock()
+	committed := err == nil && res.OK()
+	if wake != nil && !committed {
+		wake() // not committed: the instance stops now, not at a resync
+	}
+	// guess: copying the replica and applying the scale-out to the copy.
+	sp.log.Debug("instances started ahead of their scale-out's commit", "instances", slices.Sorted(maps.Keys(g.assignments)),
+		"guess", guessed, "committed", committed)
+	return res, true, err
+}
+
+// overlay is s with the guesses in flight (s itself when there are none).
+func (sp *speculation) overlay(s *replicated.State) *replicated.State {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if len(sp.guesses) == 0 {
+		return s
+	}
+	return overlayGuesses(s, slices.Collect(maps.Values(sp.guesses)))
+}
+
+// guessFrom is cmd's guess made from st (pure): the instances that
+// applying cmd to a copy of st newly assigns to node self, with their
+// identities. None (false) when cmd carries no plan, is refused, or
+// assigns nothing new here.
+func guessFrom(st *replicated.State, cmd replicated.Command, self uint64) (guess, bool) {
+	if st == nil || st.Revision == nil || cmd.Type != replicated.CmdScaleFunction || cmd.ScaleFunction == nil ||
+		cmd.ScaleFunction.Plan == nil {
+		return guess{}, false
+	}
+	next := st.Clone()
+	cmd.V = replicated.CommandVersion // as the replica decodes it (the store sets it when encoding)
+	if res := next.Apply(st.Applied+1, cmd); !res.OK() {
+		return guess{}, false
+	}
+	g := guess{inputs: st.PlanInputs, revision: st.Revision.ID, assignments: map[string]replicated.Assignment{},
+		identities: map[string]replicated.Identity{}}
+	for name, a := range next.Assignments {
+		if _, had := st.Assignments[name]; had || a.Node != self {
+			continue
+		}
+		g.assignments[name] = a
+		if next.Network != nil {
+			if id, ok := next.Network.Identities[name]; ok {
+				g.identities[name] = id
+			}
+		}
+	}
+	return g, len(g.assignments) > 0
+}
+
+// overlayGuesses is s with the guesses' instances added (pure; s is not
+// changed, and is returned as it is when no guess holds): a guess holds
+// while s plans from the same inputs and revision as it was made from; an
+// instance s already has, or whose address or tap another instance of s
+// has, is left out.
+func overlayGuesses(s *replicated.State, guesses []guess) *replicated.State {
+	if s == nil || s.Revision == nil {
+		return s
+	}
+	var out *replicated.State
+	taken := func(name string, id replicated.Identity) bool {
+		nw := s.Network
+		if out != nil {
+			nw = out.Network
+		}
+		if nw == nil {
+			return false
+		}
+		for other, oid := range nw.Identities {
+			if other != name && (oid.Address == id.Address || oid.Tap == id.Tap) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, g := range guesses {
+		if g.inputs != s.PlanInputs || g.revision != s.Revision.ID {
+			continue
+		}
+		for _, name := range slices.Sorted(maps.Keys(g.assignments)) {
+			if _, ok := s.Assignments[name]; ok {
+				continue
+			}
+			id, hasID := g.identities[name]
+			if hasID && taken(name, id) {
+				continue
+			}
+			if out == nil {
+				c := *s
+				c.Assignments = maps.Clone(s.Assignments)
+				if c.Assignments == nil {
+					c.Assignments = map[string]replicated.Assignment{}
+				}
+				if s.Network != nil {
+					nw := *s.Network
+					nw.Identities = maps.Clone(s.Network.Identities)
+					c.Network = &nw
+				}
+				out = &c
+			}
+			out.Assignments[name] = g.assignments[name]
+			if hasID && out.Network != nil {
+				if out.Network.Identities == nil {
+					out.Network.Identities = map[string]replicated.Identity{}
+				}
+				out.Network.Identities[name] = id
+			}
+		}
+	}
+	if out == nil {
+		return s
+	}
+	return out
+}
+
+// speculativeState is a node's state as its agent and network read it:
+// the local replica with the guesses in flight.
+type speculativeState struct {
+	nodeState
+	sp *speculation
+}
+
+func (r speculativeState) LocalRead() (*replicated.State, error) {
+	s, err := r.nodeState.LocalRead()
+	if err != nil {
+		return nil, err
+	}
+	return r.sp.overlay(s), nil
+}

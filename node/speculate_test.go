@@ -1,0 +1,233 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/blixard/blixard/internal/testkit"
+	"github.com/blixard/blixard/reconciler"
+	"github.com/blixard/blixard/replicated"
+	"github.com/blixard/blixard/spec"
+)
+
+// aheadState is a committed state of three ready nodes running commit c1,
+// whose spec has VM db on node 1 and function hello (0–3 instances).
+func aheadState(t *testing.T) *replicated.State {
+	t.Helper()
+	st := replicated.NewState()
+	for id := uint64(1); id <= 3; id++ {
+		applyOK(t, st, testkit.Register(id))
+	}
+	plan := testkit.Plan(0, "c1", testkit.Assign("db", 1, "v1"))
+	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {
+		Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"}, VCPU: 1, MemMiB: 256,
+		MaxInstances: 3, Concurrency: 4, IdleTimeout: time.Minute, HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
+	applyOK(t, st, plan)
+	return st
+}
+
+func applyOK(t *testing.T, st *replicated.State, cmd replicated.Command) {
+	t.Helper()
+	if res := st.Apply(st.Applied+1, cmd); !res.OK() {
+		t.Fatalf("%s: %v", cmd.Type, res.Err())
+	}
+}
+
+// scaleOutAt is the scale-out node's gateway proposes for hello to want,
+// carrying the plan made from st (as functions.Want makes it).
+func scaleOutAt(st *replicated.State, node uint64, want int) replicated.Command {
+	sf := reconciler.ScaleOutPlan(st, replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: want,
+		Node: node, Reason: "test"})
+	return replicated.Command{Type: replicated.CmdScaleFunction, At: testkit.T0.Add(time.Minute), ScaleFunction: &sf}
+}
+
+func TestGuessFrom(t *testing.T) {
+	st := aheadState(t)
+	cmd := scaleOutAt(st, 2, 1)
+	if cmd.ScaleFunction.Plan == nil {
+		t.Fatal("the scale-out carries no plan")
+	}
+	g, ok := guessFrom(st, cmd, 2)
+	a, placed := g.assignments["fn-hello-0"]
+	if !ok || !placed || len(g.assignments) != 1 || a.Node != 2 || a.Function != "hello" {
+		t.Fatalf("guess on the receiving node: %v %+v", ok, g)
+	}
+	if id := g.identities["fn-hello-0"]; !id.Address.IsValid() || id.Tap == "" {
+		t.Errorf("the guessed instance has no identity: %+v", g.identities)
+	}
+	if g.inputs != st.PlanInputs || g.revision != st.Revision.ID {
+		t.Errorf("guess made from inputs %d revision %d, the state's are %d and %d", g.inputs, g.revision, st.PlanInputs, st.Revision.ID)
+	}
+	if _, had := st.Assignments["fn-hello-0"]; had {
+		t.Error("guessing changed the state it was made from")
+	}
+	// The guess is what the commit makes: the same assignment and
+	// identity, bar the generation (the entry's index, unknown before).
+	committed := st.Clone()
+	applyOK(t, committed, func() replicated.Command { c := cmd; c.V = replicated.CommandVersion; return c }())
+	got, want := a, committed.Assignments["fn-hello-0"]
+	got.Generation, want.Generation = 0, 0
+	if got.Node != want.Node || got.OutPath != want.OutPath || got.VCPU != want.VCPU || got.MemMiB != want.MemMiB ||
+		g.identities["fn-hello-0"] != committed.Network.Identities["fn-hello-0"] {
+		t.Errorf("guess %+v %+v, committed %+v %+v", a, g.identities["fn-hello-0"], want, committed.Network.Identities["fn-hello-0"])
+	}
+
+	for _, tc := range []struct {
+		name string
+		cmd  replicated.Command
+		self uint64
+	}{
+		{"another node's instance", cmd, 1},
+		{"no plan carried", replicated.Command{Type: replicated.CmdScaleFunction, ScaleFunction: &replicated.ScaleFunction{
+			Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 2}}, 2},
+		{"refused: unknown function", func() replicated.Command {
+			c := scaleOutAt(st, 2, 1)
+			sf := *c.ScaleFunction
+			sf.Function = "nope"
+			c.ScaleFunction = &sf
+			return c
+		}(), 2},
+		{"not a scale-out", testkit.Register(4), 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if g, ok := guessFrom(st, tc.cmd, tc.self); ok {
+				t.Errorf("guess %+v", g)
+			}
+		})
+	}
+}
+
+func TestOverlayGuesses(t *testing.T) {
+	base := aheadState(t)
+	cmd := scaleOutAt(base, 2, 1)
+	g, ok := guessFrom(base, cmd, 2)
+	if !ok {
+		t.Fatal("no guess")
+	}
+	id := g.identities["fn-hello-0"]
+	for _, tc := range []struct {
+		name   string
+		change func(s *replicated.State)
+		want   bool // the guessed instance is in the overlay, with its identity
+		same   bool // the overlay is the state itself
+	}{
+		{name: "the state it was made from", want: true},
+		{name: "heartbeats since: still holds", want: true, change: func(s *replicated.State) {
+			applyOK(t, s, replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdNodeHeartbeat, At: testkit.T0,
+				NodeHeartbeat: &replicated.NodeHeartbeat{ID: 3}})
+		}},
+		{name: "committed: the replica's own", same: true, change: func(s *replicated.State) {
+			c := cmd
+			c.V = replicated.CommandVersion
+			applyOK(t, s, c)
+		}},
+		{name: "a planning input moved", same: true, change: func(s *replicated.State) {
+			applyOK(t, s, testkit.Register(4))
+		}},
+		{name: "the name is taken in the state", same: true, change: func(s *replicated.State) {
+			s.Assignments["fn-hello-0"] = replicated.Assignment{VM: "fn-hello-0", Node: 3, Function: "hello"}
+		}},
+		{name: "its address is another instance's", same: true, change: func(s *replicated.State) {
+			s.Network.Identities["other"] = replicated.Identity{Address: id.Address, Tap: "other"}
+		}},
+		{name: "its tap is another instance's", same: true, change: func(s *replicated.State) {
+			s.Network.Identities["other"] = replicated.Identity{Address: netip.MustParseAddr("10.1.2.3"), Tap: id.Tap}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base.Clone()
+			if tc.change != nil {
+				tc.change(s)
+			}
+			before := s.Clone()
+			out := overlayGuesses(s, []guess{g})
+			if (out == s) != tc.same {
+				t.Errorf("overlay is the state itself: %v, want %v", out == s, tc.same)
+			}
+			a, placed := out.Assignments["fn-hello-0"]
+			gotID, hasID := out.Network.Identities["fn-hello-0"]
+			if tc.want && (!placed || a.Node != 2 || !hasID || gotID != id) {
+				t.Errorf("overlay lacks the guess: %+v %v %+v", a, placed, gotID)
+			}
+			if own, had := before.Assignments["fn-hello-0"]; !tc.want && (placed != had || a.Node != own.Node || a.Generation != own.Generation) {
+				t.Errorf("overlay has the guess: %+v, the state's own: %+v", a, own)
+			}
+			if len(s.Assignments) != len(before.Assignments) || len(s.Network.Identities) != len(before.Network.Identities) {
+				t.Error("the overlay changed the state it was given")
+			}
+		})
+	}
+	if out := overlayGuesses(base, nil); out != base {
+		t.Error("no guesses: not the state itself")
+	}
+}
+
+// TestSpeculationPropose: while the scale-out is proposed, the node's
+// state shows its instance and the agent was woken; once refused, or
+// failed, it shows it no more and the agent is woken to stop it.
+func TestSpeculationPropose(t *testing.T) {
+	st := aheadState(t)
+	for _, tc := range []struct {
+		name      string
+		res       replicated.Result
+		err       error
+		wakesLeft int // wakes after the proposal returned
+	}{
+		{name: "committed", res: replicated.Result{Code: replicated.ResultOK}},
+		{name: "refused", res: replicated.Result{Code: replicated.ResultInvalid, Message: "no"}, wakesLeft: 1},
+		{name: "outcome unknown", err: errors.New("timeout"), wakesLeft: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := newSpeculation(2, slog.New(slog.DiscardHandler))
+			wakes := 0
+			sp.setWake(func() { wakes++ })
+			read := speculativeState{nodeState: fixedState{st}, sp: sp}
+			var during *replicated.State
+			_, ahead, err := sp.propose(context.Background(), st, scaleOutAt(st, 2, 1),
+				func(context.Context, replicated.Command) (replicated.Result, error) {
+					during, _ = read.LocalRead()
+					if wakes != 1 {
+						t.Errorf("agent woken %d times before the proposal", wakes)
+					}
+					return tc.res, tc.err
+				})
+			if !ahead || !errors.Is(err, tc.err) {
+				t.Fatalf("ahead %v, err %v", ahead, err)
+			}
+			if a, ok := during.Assignments["fn-hello-0"]; !ok || a.Node != 2 {
+				t.Errorf("while proposing, the node's state lacks the instance: %v", during.Assignments)
+			}
+			after, _ := read.LocalRead()
+			if _, ok := after.Assignments["fn-hello-0"]; ok || after != st {
+				t.Error("after the proposal the guess is still read")
+			}
+			if wakes != 1+tc.wakesLeft {
+				t.Errorf("agent woken %d times, want %d", wakes, 1+tc.wakesLeft)
+			}
+		})
+	}
+	t.Run("nothing placed here: proposed as it is", func(t *testing.T) {
+		sp := newSpeculation(1, slog.New(slog.DiscardHandler))
+		called := false
+		_, ahead, err := sp.propose(context.Background(), st, scaleOutAt(st, 2, 1),
+			func(context.Context, replicated.Command) (replicated.Result, error) {
+				called = true
+				return replicated.Result{}, nil
+			})
+		if ahead || err != nil || !called {
+			t.Errorf("ahead %v, err %v, proposed %v", ahead, err, called)
+		}
+	})
+}
+
+// fixedState is a nodeState that reads st and proposes nothing.
+type fixedState struct{ st *replicated.State }
+
+func (f fixedState) LocalRead() (*replicated.State, error) { return f.st, nil }
+func (f fixedState) Propose(context.Context, replicated.Command) (replicated.Result, error) {
+	return replicated.Result{}, errors.New("fixedState proposes nothing")
+}

@@ -18,16 +18,9 @@ import (
 // whose spec has VM db on node 1 and function hello (0–3 instances).
 func aheadState(t *testing.T) *replicated.State {
 	t.Helper()
-	st := replicated.NewState()
-	for id := uint64(1); id <= 3; id++ {
-		applyOK(t, st, testkit.Register(id))
-	}
-	plan := testkit.Plan(0, "c1", testkit.Assign("db", 1, "v1"))
-	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {
+	return testkit.FunctionState(t, "hello", spec.Function{
 		Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"}, VCPU: 1, MemMiB: 256,
-		MaxInstances: 3, Concurrency: 4, IdleTimeout: time.Minute, HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
-	applyOK(t, st, plan)
-	return st
+		MaxInstances: 3, Concurrency: 4, IdleTimeout: time.Minute, HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}})
 }
 
 func applyOK(t *testing.T, st *replicated.State, cmd replicated.Command) {

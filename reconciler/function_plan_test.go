@@ -16,21 +16,7 @@ import (
 // and VM db on node 1.
 func functionState(t *testing.T) *replicated.State {
 	t.Helper()
-	st := replicated.NewState()
-	index := uint64(0)
-	apply := func(cmd replicated.Command) {
-		index++
-		if res := st.Apply(index, cmd); !res.OK() {
-			t.Fatalf("%s: %v", cmd.Type, res.Err())
-		}
-	}
-	for id := uint64(1); id <= 3; id++ {
-		apply(testkit.Register(id))
-	}
-	plan := testkit.Plan(0, "c1", testkit.Assign("db", 1, "v1"))
-	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": testFunction(0, 3)}
-	apply(plan)
-	return st
+	return testkit.FunctionState(t, "hello", testFunction(0, 3))
 }
 
 // leaderReplan is what the leader's pass would commit after st: the

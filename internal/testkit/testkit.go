@@ -163,6 +163,26 @@ func Register(id uint64) replicated.Command {
 			Capacity: replicated.Resources{VCPU: 8, MemMiB: 16384}, Labels: map[string]string{"zone": "a"}}}
 }
 
+// FunctionState is a committed state of three registered nodes running
+// the revision of commit c1, whose spec has VM db on node 1 and function
+// name declared as f.
+func FunctionState(t testing.TB, name string, f spec.Function) *replicated.State {
+	t.Helper()
+	st := replicated.NewState()
+	apply := func(cmd replicated.Command) {
+		if res := st.Apply(st.Applied+1, cmd); !res.OK() {
+			t.Fatalf("%s: %v", cmd.Type, res.Err())
+		}
+	}
+	for id := uint64(1); id <= 3; id++ {
+		apply(Register(id))
+	}
+	plan := Plan(0, "c1", Assign("db", 1, "v1"))
+	plan.CommitPlan.Spec.Functions = map[string]spec.Function{name: f}
+	apply(plan)
+	return st
+}
+
 // Assign is an assignment of vm to node running version ver of its runner.
 func Assign(vm string, node uint64, ver string) replicated.Assignment {
 	return replicated.Assignment{VM: vm, Declared: vm, Node: node, Drv: "/nix/store/" + vm + "-" + ver + ".drv",

@@ -33,6 +33,10 @@ func NewFront(in *ingress.Server, g *Gateway) *Front {
 }
 
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == AheadPath {
+		f.g.serveAhead(w, r)
+		return
+	}
 	ir, ierr := f.ingress.Table().Match(r.Host, r.URL.Path)
 	fn, fok := f.g.cur.Load().match(r.Host, r.URL.Path)
 	fpath := ""

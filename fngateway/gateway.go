@@ -69,6 +69,10 @@ type Options struct {
 	// Metrics receives the latencies of the function requests (nil:
 	// nothing does; [Gateway.Stats] and [Front.Latency] keep their own).
 	Metrics Metrics
+	// Ahead, when set, is told of a peer's notice (AheadPath) that its
+	// scale-out places an instance on this node; it runs on its own
+	// goroutine. Nil: notices are answered 404.
+	Ahead func(AheadNotice)
 	// Now is the clock of the bookkeeping (LastActive, queue waits, down
 	// marks); default time.Now. The queue's timeout runs on real time.
 	Now    func() time.Time
@@ -259,6 +263,10 @@ func (g *Gateway) fromPeer(r *http.Request) bool {
 // ServeHTTP routes r to its function and proxies it to an instance, or
 // answers it with a plain-text [*Error].
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == AheadPath {
+		g.serveAhead(w, r)
+		return
+	}
 	f, ok := g.cur.Load().match(r.Host, r.URL.Path)
 	if !ok {
 		g.writeError(w, &Error{Kind: NoRoute, Host: r.Host, Path: r.URL.Path})

@@ -91,7 +91,7 @@ type functions struct {
 func newFunctions(self uint64, store fnStore, m fngateway.Metrics, log *slog.Logger) *functions {
 	f := &functions{self: self, store: store, log: log.With("component", "functions"), kick: make(chan struct{}, 1),
 		now: time.Now, proposing: map[string]bool{}, wants: map[string]int{}}
-	f.gateway = fngateway.New(fngateway.Options{Node: self, Scaler: f, Metrics: m, Logger: f.log})
+	f.gateway = fngateway.New(fngateway.Options{Node: self, Scaler: f, Metrics: m, Logger: f.log, Ahead: f.noticed})
 	return f
 }
 
@@ -272,6 +272,18 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			}
 		}
 		planned := time.Since(began)
+		if st != nil && f.ahead != nil {
+			// The nodes the plan places new instances on start them while
+			// this commits, told by their gateways (speculate.go).
+			for node, via := range aheadTargets(st, sf, f.self) {
+				go func() {
+					n := fngateway.AheadNotice{Function: fn, Want: d.Want, From: f.self}
+					if err := f.gateway.SendAhead(pctx, via, n); err != nil {
+						f.log.Debug("ahead notice not taken; the instance starts once committed", "function", fn, "node", node, "err", err)
+					}
+				}()
+			}
+		}
 		cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf}
 		var (
 			res   replicated.Result
@@ -299,6 +311,55 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			f.mu.Unlock()
 		}
 	}()
+}
+
+// aheadHold is how long a node runs an instance a peer's notice guessed
+// before the scale-out commits: far beyond a commit's few milliseconds; a
+// proposal that takes longer stops it and starts it again once committed.
+const aheadHold = 3 * time.Second
+
+// noticed is the gateway's Ahead: a peer proposes a scale-out of n.Function
+// whose plan may place an instance here. This node makes the plan its own
+// replica gives for that scale-out (trusting the notice for nothing but
+// the function and the want) and runs what it places here while the
+// proposal commits, for at most aheadHold.
+func (f *functions) noticed(n fngateway.AheadNotice) {
+	if f.ahead == nil || !f.carryPlan {
+		return
+	}
+	began := time.Now()
+	st, err := f.store.LocalRead()
+	if err != nil {
+		return
+	}
+	sf := reconciler.ScaleOutPlan(st, replicated.ScaleFunction{Function: n.Function, Kind: replicated.ScaleOut, Want: n.Want,
+		Node: n.From, Reason: fmt.Sprintf("ahead notice from node %d", n.From)})
+	g, ok := guessFrom(st, replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf}, f.self)
+	if !ok {
+		f.log.Debug("ahead notice: this replica's plan starts nothing here", "function", n.Function, "want", n.Want, "from", n.From)
+		return
+	}
+	held := f.ahead.hold(g, aheadHold)
+	f.log.Debug("instances started ahead of a peer's scale-out", "function", n.Function, "from", n.From,
+		"instances", slices.Sorted(maps.Keys(g.assignments)), "held", held, "guess", time.Since(began))
+}
+
+// aheadTargets are the other nodes sf's plan places new instances on, by
+// their gateways' addresses (pure; nodes without one are left out).
+func aheadTargets(st *replicated.State, sf replicated.ScaleFunction, self uint64) map[uint64]string {
+	out := map[uint64]string{}
+	if sf.Plan == nil {
+		return out
+	}
+	for _, a := range sf.Plan.Assignments {
+		if _, had := st.Assignments[a.VM]; had || a.Node == self {
+			continue
+		}
+		if n := st.Nodes[a.Node]; n != nil && n.GatewayAddr != "" {
+			out[a.Node] = n.GatewayAddr
+		}
+	}
+	return out
 }
 
 // reportActivity proposes the functions that saw requests since the last

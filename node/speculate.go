@@ -22,10 +22,15 @@ import (
 // same: once any planning input moves (the scale-out's own commit among
 // them: then the replica has the instance itself), or the proposal
 // returns, it is gone, and an instance Raft did not commit is stopped by
-// the agent's next pass like any instance no longer assigned here.
+// the agent's next pass like any instance no longer assigned here. A
+// scale-out placed on another node reaches that node as an ahead notice
+// (functions.noticed): the receiver makes its own guess from its own
+// replica and holds it for a while (hold), as it never sees the proposal
+// return.
 
 // guess is one scale-out's new local instances, as its plan assigns them.
 type guess struct {
+	function string
 	// inputs and revision are the replica's PlanInputs and revision ID the
 	// plan was made from: the guess holds while they are unchanged.
 	inputs, revision uint64
@@ -91,6 +96,37 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 	return res, true, err
 }
 
+// hold adds g for d (a notice's guess: this node does not see the
+// proposal return), unless a guess for the same function is held; it
+// reports whether it added g.
+func (sp *speculation) hold(g guess, d time.Duration) bool {
+	sp.mu.Lock()
+	for _, other := range sp.guesses {
+		if other.function == g.function {
+			sp.mu.Unlock()
+			return false
+		}
+	}
+	id := sp.next
+	sp.next++
+	sp.guesses[id] = g
+	wake := sp.wake
+	sp.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+	time.AfterFunc(d, func() {
+		sp.mu.Lock()
+		delete(sp.guesses, id)
+		wake := sp.wake
+		sp.mu.Unlock()
+		if wake != nil {
+			wake() // when nothing committed it meanwhile, the instance stops
+		}
+	})
+	return true
+}
+
 // overlay is s with the guesses in flight (s itself when there are none).
 func (sp *speculation) overlay(s *replicated.State) *replicated.State {
 	sp.mu.Lock()
@@ -115,7 +151,7 @@ func guessFrom(st *replicated.State, cmd replicated.Command, self uint64) (guess
 	if res := next.Apply(st.Applied+1, cmd); !res.OK() {
 		return guess{}, false
 	}
-	g := guess{inputs: st.PlanInputs, revision: st.Revision.ID, assignments: map[string]replicated.Assignment{},
+	g := guess{function: cmd.ScaleFunction.Function, inputs: st.PlanInputs, revision: st.Revision.ID, assignments: map[string]replicated.Assignment{},
 		identities: map[string]replicated.Identity{}}
 	for name, a := range next.Assignments {
 		if _, had := st.Assignments[name]; had || a.Node != self {

@@ -3,8 +3,11 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,4 +226,76 @@ type fixedState struct{ st *replicated.State }
 func (f fixedState) LocalRead() (*replicated.State, error) { return f.st, nil }
 func (f fixedState) Propose(context.Context, replicated.Command) (replicated.Result, error) {
 	return replicated.Result{}, errors.New("fixedState proposes nothing")
+}
+
+func TestAheadTargets(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(s *replicated.State)
+		want   map[uint64]string
+	}{
+		{name: "placed on the receiving node: none", want: map[uint64]string{}},
+		{name: "the receiving node is full: the least loaded other's gateway", change: func(s *replicated.State) {
+			s.Nodes[3].Capacity = replicated.Resources{}
+		}, want: map[uint64]string{2: "10.0.0.2:8080"}},
+		{name: "that node has no gateway: none", change: func(s *replicated.State) {
+			s.Nodes[3].Capacity = replicated.Resources{}
+			s.Nodes[2].GatewayAddr = ""
+		}, want: map[uint64]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := aheadState(t)
+			for id, n := range st.Nodes {
+				n.GatewayAddr = fmt.Sprintf("10.0.0.%d:8080", id)
+			}
+			if tc.change != nil {
+				tc.change(st)
+			}
+			cmd := scaleOutAt(st, 3, 1)
+			if got := aheadTargets(st, *cmd.ScaleFunction, 3); !maps.Equal(got, tc.want) {
+				t.Errorf("targets %v, want %v (plan %+v)", got, tc.want, cmd.ScaleFunction.Plan)
+			}
+		})
+	}
+	st := aheadState(t)
+	if got := aheadTargets(st, replicated.ScaleFunction{Function: "hello", Want: 1, Node: 3}, 3); len(got) != 0 {
+		t.Errorf("no plan: targets %v", got)
+	}
+}
+
+// TestSpeculationHold: a notice's guess is read until it expires, then
+// the agent is woken to stop what nothing committed; a second notice for
+// the same function meanwhile adds nothing.
+func TestSpeculationHold(t *testing.T) {
+	st := aheadState(t)
+	st.Nodes[3].Capacity = replicated.Resources{} // node 3's scale-out places on node 2
+	sp := newSpeculation(2, slog.New(slog.DiscardHandler))
+	var wakes atomic.Int32
+	sp.setWake(func() { wakes.Add(1) })
+	read := speculativeState{nodeState: fixedState{st}, sp: sp}
+	g, ok := guessFrom(st, scaleOutAt(st, 3, 1), 2)
+	if !ok {
+		t.Fatal("node 2 guesses nothing for node 3's scale-out")
+	}
+	if !sp.hold(g, 300*time.Millisecond) {
+		t.Fatal("the first notice's guess was not held")
+	}
+	if sp.hold(g, time.Minute) {
+		t.Error("a second guess for the same function was held")
+	}
+	if s, _ := read.LocalRead(); s.Assignments["fn-hello-0"].Node != 2 {
+		t.Errorf("while held, node 2 reads %v", s.Assignments)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the guess expired", func() error {
+		if s, _ := read.LocalRead(); s != st {
+			return errors.New("still read")
+		}
+		return nil
+	})
+	testkit.WaitFor(t, 5*time.Second, "the agent woken at the expiry", func() error {
+		if n := wakes.Load(); n != 2 {
+			return fmt.Errorf("woken %d times", n)
+		}
+		return nil
+	})
 }

@@ -97,14 +97,20 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 }
 
 // hold adds g for d (a notice's guess: this node does not see the
-// proposal return), unless a guess for the same function is held; it
+// proposal return), unless a guess for the same function made from the
+// same inputs is held (a notice sent twice); one made from older inputs
+// can no longer hold and is dropped (a burst's next scale-out). It
 // reports whether it added g.
 func (sp *speculation) hold(g guess, d time.Duration) bool {
 	sp.mu.Lock()
-	for _, other := range sp.guesses {
-		if other.function == g.function {
+	for id, other := range sp.guesses {
+		switch {
+		case other.function != g.function:
+		case other.inputs == g.inputs && other.revision == g.revision:
 			sp.mu.Unlock()
 			return false
+		default:
+			delete(sp.guesses, id)
 		}
 	}
 	id := sp.next

@@ -264,24 +264,19 @@ func TestAheadTargets(t *testing.T) {
 }
 
 // TestSpeculationHold: a notice's guess is read until it expires, then
-// the agent is woken to stop what nothing committed; a second notice for
-// the same function meanwhile adds nothing.
+// the agent is woken to stop what nothing committed; the same notice
+// again meanwhile adds nothing.
 func TestSpeculationHold(t *testing.T) {
-	st := aheadState(t)
-	st.Nodes[3].Capacity = replicated.Resources{} // node 3's scale-out places on node 2
+	st, g := noticeGuess(t, nil, 1)
 	sp := newSpeculation(2, slog.New(slog.DiscardHandler))
 	var wakes atomic.Int32
 	sp.setWake(func() { wakes.Add(1) })
 	read := speculativeState{nodeState: fixedState{st}, sp: sp}
-	g, ok := guessFrom(st, scaleOutAt(st, 3, 1), 2)
-	if !ok {
-		t.Fatal("node 2 guesses nothing for node 3's scale-out")
-	}
 	if !sp.hold(g, 300*time.Millisecond) {
 		t.Fatal("the first notice's guess was not held")
 	}
 	if sp.hold(g, time.Minute) {
-		t.Error("a second guess for the same function was held")
+		t.Error("a second guess for the same function from the same inputs was held")
 	}
 	if s, _ := read.LocalRead(); s.Assignments["fn-hello-0"].Node != 2 {
 		t.Errorf("while held, node 2 reads %v", s.Assignments)
@@ -298,4 +293,48 @@ func TestSpeculationHold(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSpeculationHoldReplacesOlder: a burst's next notice, once the first
+// scale-out committed, is held in place of the first's guess, which can
+// no longer hold.
+func TestSpeculationHoldReplacesOlder(t *testing.T) {
+	st, g := noticeGuess(t, nil, 1)
+	sp := newSpeculation(2, slog.New(slog.DiscardHandler))
+	if !sp.hold(g, time.Minute) {
+		t.Fatal("the first guess was not held")
+	}
+	first := scaleOutAt(st, 3, 1)
+	first.V = replicated.CommandVersion
+	next, g2 := noticeGuess(t, func(s *replicated.State) { applyOK(t, s, first) }, 2)
+	if !sp.hold(g2, time.Minute) {
+		t.Fatal("the next scale-out's guess was not held")
+	}
+	sp.mu.Lock()
+	held := len(sp.guesses)
+	sp.mu.Unlock()
+	if held != 1 {
+		t.Errorf("%d guesses held, want the newer one alone", held)
+	}
+	if s := sp.overlay(next); s.Assignments["fn-hello-1"].Node != 2 || s.Assignments["fn-hello-0"].Node != 2 {
+		t.Errorf("the committed instance and the newer guess are not both read: %v", s.Assignments)
+	}
+}
+
+// noticeGuess is node 2's guess for node 3's scale-out of hello to want
+// (node 3 has no room, node 1 room for db alone), from aheadState
+// changed by change.
+func noticeGuess(t *testing.T, change func(*replicated.State), want int) (*replicated.State, guess) {
+	t.Helper()
+	st := aheadState(t)
+	st.Nodes[3].Capacity = replicated.Resources{}
+	st.Nodes[1].Capacity = replicated.Resources{VCPU: 1, MemMiB: 256}
+	if change != nil {
+		change(st)
+	}
+	g, ok := guessFrom(st, scaleOutAt(st, 3, want), 2)
+	if !ok {
+		t.Fatalf("node 2 guesses nothing for node 3's scale-out to %d", want)
+	}
+	return st, g
 }

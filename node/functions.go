@@ -313,11 +313,6 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 	}()
 }
 
-// aheadHold is how long a node runs an instance a peer's notice guessed
-// before the scale-out commits: far beyond a commit's few milliseconds; a
-// proposal that takes longer stops it and starts it again once committed.
-const aheadHold = 3 * time.Second
-
 // noticed is the gateway's Ahead: a peer proposes a scale-out of n.Function
 // whose plan may place an instance here. This node makes the plan its own
 // replica gives for that scale-out (trusting the notice for nothing but

@@ -17,22 +17,31 @@ import (
 // node's agent and network read the local replica with that instance added
 // (speculation.overlay) while the proposal is in flight, and the runner is
 // exec'd in parallel with the commit instead of after it. The gateway
-// still dispatches only to committed instances its node reports ready, and
-// the guess holds only while the state it was made from still plans the
-// same: once any planning input moves (the scale-out's own commit among
-// them: then the replica has the instance itself), or the proposal
-// returns, it is gone, and an instance Raft did not commit is stopped by
-// the agent's next pass like any instance no longer assigned here. A
+// still dispatches only to committed instances its node reports ready. A
 // scale-out placed on another node reaches that node as an ahead notice
 // (functions.noticed): the receiver makes its own guess from its own
 // replica and holds it for a while (hold), as it never sees the proposal
 // return.
+//
+// A guess is read only while the replica is at the revision it was made
+// from, has no instance of its name (once the commit, or the leader's plan
+// when the carried one was dropped, assigns it anywhere, the replica's own
+// wins), no other instance with its address or tap, and room for it on
+// this node beside everything assigned here. It is dropped when its
+// proposal fails, and aheadHold after it committed or was noticed: an
+// instance nothing committed by then is no longer assigned, and the
+// agent's pass stops it like any other.
+
+// aheadHold is how long a guess outlives its committed proposal, or a
+// notice's guess its notice: far beyond a commit's few milliseconds, and
+// time for the leader's plan when the carried one was dropped.
+const aheadHold = 3 * time.Second
 
 // guess is one scale-out's new local instances, as its plan assigns them.
 type guess struct {
 	function string
 	// inputs and revision are the replica's PlanInputs and revision ID the
-	// plan was made from: the guess holds while they are unchanged.
+	// plan was made from.
 	inputs, revision uint64
 	assignments      map[string]replicated.Assignment
 	identities       map[string]replicated.Identity
@@ -60,9 +69,36 @@ func (sp *speculation) setWake(wake func()) {
 	sp.mu.Unlock()
 }
 
+// add holds g until drop(id); the agent is woken.
+func (sp *speculation) add(g guess) (id int) {
+	sp.mu.Lock()
+	id = sp.next
+	sp.next++
+	sp.guesses[id] = g
+	wake := sp.wake
+	sp.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+	return id
+}
+
+// drop forgets guess id, and wakes the agent: what it started and nothing
+// committed stops now, not at a resync.
+func (sp *speculation) drop(id int) {
+	sp.mu.Lock()
+	delete(sp.guesses, id)
+	wake := sp.wake
+	sp.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+}
+
 // propose adds cmd's guess made from st (when cmd places a new instance on
-// this node), proposes it with propose and takes the guess back when the
-// proposal returns; it reports whether there was a guess.
+// this node), proposes it with propose, and drops the guess when the
+// proposal fails, or aheadHold after it committed; it reports whether
+// there was a guess.
 func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd replicated.Command,
 	propose func(context.Context, replicated.Command) (replicated.Result, error)) (replicated.Result, bool, error) {
 	began := time.Now()
@@ -71,24 +107,14 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 		res, err := propose(ctx, cmd)
 		return res, false, err
 	}
-	sp.mu.Lock()
-	id := sp.next
-	sp.next++
-	sp.guesses[id] = g
-	wake := sp.wake
-	sp.mu.Unlock()
 	guessed := time.Since(began)
-	if wake != nil {
-		wake()
-	}
+	id := sp.add(g)
 	res, err := propose(ctx, cmd)
-	sp.mu.Lock()
-	delete(sp.guesses, id)
-	wake = sp.wake
-	sp.mu.Unlock()
 	committed := err == nil && res.OK()
-	if wake != nil && !committed {
-		wake() // not committed: the instance stops now, not at a resync
+	if committed {
+		time.AfterFunc(aheadHold, func() { sp.drop(id) })
+	} else {
+		sp.drop(id)
 	}
 	// guess: copying the replica and applying the scale-out to the copy.
 	sp.log.Debug("instances started ahead of their scale-out's commit", "instances", slices.Sorted(maps.Keys(g.assignments)),
@@ -98,8 +124,8 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 
 // hold adds g for d (a notice's guess: this node does not see the
 // proposal return), unless a guess for the same function made from the
-// same inputs is held (a notice sent twice); one made from older inputs
-// can no longer hold and is dropped (a burst's next scale-out). It
+// same inputs is held (a notice sent twice); one for the same function
+// made from other inputs is replaced (a burst's next scale-out). It
 // reports whether it added g.
 func (sp *speculation) hold(g guess, d time.Duration) bool {
 	sp.mu.Lock()
@@ -113,34 +139,25 @@ func (sp *speculation) hold(g guess, d time.Duration) bool {
 			delete(sp.guesses, id)
 		}
 	}
-	id := sp.next
-	sp.next++
-	sp.guesses[id] = g
-	wake := sp.wake
 	sp.mu.Unlock()
-	if wake != nil {
-		wake()
-	}
-	time.AfterFunc(d, func() {
-		sp.mu.Lock()
-		delete(sp.guesses, id)
-		wake := sp.wake
-		sp.mu.Unlock()
-		if wake != nil {
-			wake() // when nothing committed it meanwhile, the instance stops
-		}
-	})
+	id := sp.add(g)
+	time.AfterFunc(d, func() { sp.drop(id) })
 	return true
 }
 
-// overlay is s with the guesses in flight (s itself when there are none).
+// overlay is s with the guesses held (s itself when there are none).
 func (sp *speculation) overlay(s *replicated.State) *replicated.State {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if len(sp.guesses) == 0 {
 		return s
 	}
-	return overlayGuesses(s, slices.Collect(maps.Values(sp.guesses)))
+	ids := slices.Sorted(maps.Keys(sp.guesses))
+	guesses := make([]guess, len(ids))
+	for i, id := range ids {
+		guesses[i] = sp.guesses[id]
+	}
+	return overlayGuesses(s, sp.self, guesses)
 }
 
 // guessFrom is cmd's guess made from st (pure): the instances that
@@ -157,8 +174,8 @@ func guessFrom(st *replicated.State, cmd replicated.Command, self uint64) (guess
 	if res := next.Apply(st.Applied+1, cmd); !res.OK() {
 		return guess{}, false
 	}
-	g := guess{function: cmd.ScaleFunction.Function, inputs: st.PlanInputs, revision: st.Revision.ID, assignments: map[string]replicated.Assignment{},
-		identities: map[string]replicated.Identity{}}
+	g := guess{function: cmd.ScaleFunction.Function, inputs: st.PlanInputs, revision: st.Revision.ID,
+		assignments: map[string]replicated.Assignment{}, identities: map[string]replicated.Identity{}}
 	for name, a := range next.Assignments {
 		if _, had := st.Assignments[name]; had || a.Node != self {
 			continue
@@ -173,14 +190,22 @@ func guessFrom(st *replicated.State, cmd replicated.Command, self uint64) (guess
 	return g, len(g.assignments) > 0
 }
 
-// overlayGuesses is s with the guesses' instances added (pure; s is not
-// changed, and is returned as it is when no guess holds): a guess holds
-// while s plans from the same inputs and revision as it was made from; an
-// instance s already has, or whose address or tap another instance of s
-// has, is left out.
-func overlayGuesses(s *replicated.State, guesses []guess) *replicated.State {
-	if s == nil || s.Revision == nil {
+// overlayGuesses is s with the guesses' instances on node self added, in
+// order (pure; s is not changed, and is returned as it is when nothing is
+// added): a guess counts while s is at the revision it was made from; an
+// instance s already has, one whose address or tap another instance of s
+// has, and one there is no room for on self beside s's assignments there
+// and the guesses added before it, are left out.
+func overlayGuesses(s *replicated.State, self uint64, guesses []guess) *replicated.State {
+	if s == nil || s.Revision == nil || s.Nodes[self] == nil {
 		return s
+	}
+	room := s.Nodes[self].Capacity
+	for _, a := range s.Assignments {
+		if a.Node == self {
+			room.VCPU -= a.VCPU
+			room.MemMiB -= a.MemMiB
+		}
 	}
 	var out *replicated.State
 	taken := func(name string, id replicated.Identity) bool {
@@ -199,12 +224,18 @@ func overlayGuesses(s *replicated.State, guesses []guess) *replicated.State {
 		return false
 	}
 	for _, g := range guesses {
-		if g.inputs != s.PlanInputs || g.revision != s.Revision.ID {
+		if g.revision != s.Revision.ID {
 			continue
 		}
 		for _, name := range slices.Sorted(maps.Keys(g.assignments)) {
-			if _, ok := s.Assignments[name]; ok {
+			a := g.assignments[name]
+			if _, ok := s.Assignments[name]; ok || a.VCPU > room.VCPU || a.MemMiB > room.MemMiB {
 				continue
+			}
+			if out != nil {
+				if _, ok := out.Assignments[name]; ok {
+					continue // an earlier guess has it
+				}
 			}
 			id, hasID := g.identities[name]
 			if hasID && taken(name, id) {
@@ -223,7 +254,9 @@ func overlayGuesses(s *replicated.State, guesses []guess) *replicated.State {
 				}
 				out = &c
 			}
-			out.Assignments[name] = g.assignments[name]
+			out.Assignments[name] = a
+			room.VCPU -= a.VCPU
+			room.MemMiB -= a.MemMiB
 			if hasID && out.Network != nil {
 				if out.Network.Identities == nil {
 					out.Network.Identities = map[string]replicated.Identity{}

@@ -121,8 +121,23 @@ func TestOverlayGuesses(t *testing.T) {
 			c.V = replicated.CommandVersion
 			applyOK(t, s, c)
 		}},
-		{name: "a planning input moved", same: true, change: func(s *replicated.State) {
+		{name: "a planning input moved: still holds", want: true, change: func(s *replicated.State) {
 			applyOK(t, s, testkit.Register(4))
+		}},
+		{name: "another revision", same: true, change: func(s *replicated.State) {
+			rev := *s.Revision
+			rev.ID++
+			s.Revision = &rev
+		}},
+		{name: "no room left on the node", same: true, change: func(s *replicated.State) {
+			s.Nodes[2].Capacity = replicated.Resources{VCPU: 8, MemMiB: 255}
+		}},
+		{name: "room for it beside what is assigned there", want: true, change: func(s *replicated.State) {
+			s.Assignments["other"] = replicated.Assignment{VM: "other", Node: 2, VCPU: 7, MemMiB: 1024}
+			s.Nodes[2].Capacity = replicated.Resources{VCPU: 8, MemMiB: 1280}
+		}},
+		{name: "no room beside what is assigned there", same: true, change: func(s *replicated.State) {
+			s.Assignments["other"] = replicated.Assignment{VM: "other", Node: 2, VCPU: 8, MemMiB: 1024}
 		}},
 		{name: "the name is taken in the state", same: true, change: func(s *replicated.State) {
 			s.Assignments["fn-hello-0"] = replicated.Assignment{VM: "fn-hello-0", Node: 3, Function: "hello"}
@@ -140,7 +155,7 @@ func TestOverlayGuesses(t *testing.T) {
 				tc.change(s)
 			}
 			before := s.Clone()
-			out := overlayGuesses(s, []guess{g})
+			out := overlayGuesses(s, 2, []guess{g})
 			if (out == s) != tc.same {
 				t.Errorf("overlay is the state itself: %v, want %v", out == s, tc.same)
 			}
@@ -157,13 +172,20 @@ func TestOverlayGuesses(t *testing.T) {
 			}
 		})
 	}
-	if out := overlayGuesses(base, nil); out != base {
+	if out := overlayGuesses(base, 2, nil); out != base {
 		t.Error("no guesses: not the state itself")
+	}
+	// Two guesses of the same instance (a notice's and the proposer's
+	// own, say): the first counts, once.
+	two := overlayGuesses(base, 2, []guess{g, g})
+	if a := two.Assignments["fn-hello-0"]; a.Node != 2 || len(two.Assignments) != len(base.Assignments)+1 {
+		t.Errorf("two guesses of one instance: %v", two.Assignments)
 	}
 }
 
 // TestSpeculationPropose: while the scale-out is proposed, the node's
-// state shows its instance and the agent was woken; once refused, or
+// state shows its instance and the agent was woken; once committed it
+// stays (until the replica has it, or aheadHold), once refused, or
 // failed, it shows it no more and the agent is woken to stop it.
 func TestSpeculationPropose(t *testing.T) {
 	st := aheadState(t)
@@ -171,23 +193,24 @@ func TestSpeculationPropose(t *testing.T) {
 		name      string
 		res       replicated.Result
 		err       error
-		wakesLeft int // wakes after the proposal returned
+		kept      bool // still read after the proposal returned
+		wakesLeft int  // wakes after the proposal returned
 	}{
-		{name: "committed", res: replicated.Result{Code: replicated.ResultOK}},
+		{name: "committed", res: replicated.Result{Code: replicated.ResultOK}, kept: true},
 		{name: "refused", res: replicated.Result{Code: replicated.ResultInvalid, Message: "no"}, wakesLeft: 1},
 		{name: "outcome unknown", err: errors.New("timeout"), wakesLeft: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sp := newSpeculation(2, slog.New(slog.DiscardHandler))
-			wakes := 0
-			sp.setWake(func() { wakes++ })
+			var wakes atomic.Int32
+			sp.setWake(func() { wakes.Add(1) })
 			read := speculativeState{nodeState: fixedState{st}, sp: sp}
 			var during *replicated.State
 			_, ahead, err := sp.propose(context.Background(), st, scaleOutAt(st, 2, 1),
 				func(context.Context, replicated.Command) (replicated.Result, error) {
 					during, _ = read.LocalRead()
-					if wakes != 1 {
-						t.Errorf("agent woken %d times before the proposal", wakes)
+					if n := wakes.Load(); n != 1 {
+						t.Errorf("agent woken %d times before the proposal", n)
 					}
 					return tc.res, tc.err
 				})
@@ -198,11 +221,11 @@ func TestSpeculationPropose(t *testing.T) {
 				t.Errorf("while proposing, the node's state lacks the instance: %v", during.Assignments)
 			}
 			after, _ := read.LocalRead()
-			if _, ok := after.Assignments["fn-hello-0"]; ok || after != st {
-				t.Error("after the proposal the guess is still read")
+			if _, ok := after.Assignments["fn-hello-0"]; ok != tc.kept {
+				t.Errorf("after the proposal the guess is read: %v, want %v", ok, tc.kept)
 			}
-			if wakes != 1+tc.wakesLeft {
-				t.Errorf("agent woken %d times, want %d", wakes, 1+tc.wakesLeft)
+			if n := wakes.Load(); n != int32(1+tc.wakesLeft) {
+				t.Errorf("agent woken %d times, want %d", n, 1+tc.wakesLeft)
 			}
 		})
 	}

@@ -40,6 +40,7 @@ const aheadHold = 3 * time.Second
 // guess is one scale-out's new local instances, as its plan assigns them.
 type guess struct {
 	function string
+	noticed  bool // a notice's (hold), not this node's own proposal's
 	// inputs and revision are the replica's PlanInputs and revision ID the
 	// plan was made from.
 	inputs, revision uint64
@@ -124,10 +125,11 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 
 // hold adds g for d (a notice's guess: this node does not see the
 // proposal return), unless a guess for the same function made from the
-// same inputs is held (a notice sent twice); one for the same function
-// made from other inputs is replaced (a burst's next scale-out). It
-// reports whether it added g.
+// same inputs is held (a notice sent twice); a notice's guess for the
+// same function made from other inputs is replaced (a burst's next
+// scale-out). It reports whether it added g.
 func (sp *speculation) hold(g guess, d time.Duration) bool {
+	g.noticed = true
 	sp.mu.Lock()
 	for id, other := range sp.guesses {
 		switch {
@@ -135,7 +137,7 @@ func (sp *speculation) hold(g guess, d time.Duration) bool {
 		case other.inputs == g.inputs && other.revision == g.revision:
 			sp.mu.Unlock()
 			return false
-		default:
+		case other.noticed:
 			delete(sp.guesses, id)
 		}
 	}

@@ -384,7 +384,19 @@ func TestKernelNixQemuGuestsAcrossNodes(t *testing.T) {
 		return nil
 	})
 
-	// The next new instance gets the freed address (the lowest free one).
+	// The next new instance gets the freed address (the lowest free one)
+	// once node 3 reported back stopped (until then it is retiring: no
+	// other instance gets it).
+	testkit.WaitFor(t, time.Minute, "node 3 reports back stopped", func() error {
+		s, err := c.State(ctx)
+		if err != nil {
+			return err
+		}
+		if obs, ok := s.Observed["back"]; ok && obs.Phase != replicated.PhaseStopped && obs.Phase != replicated.PhaseFailed {
+			return fmt.Errorf("back: %s", obs.Phase)
+		}
+		return nil
+	})
 	commit = l.push(map[string][]byte{"settings.nix": qlabSettings("front", "spare")}, "add spare")
 	l.waitRevision(1, commit, 2*time.Minute)
 	if s, err = c.State(ctx); err != nil {

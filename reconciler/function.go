@@ -284,7 +284,7 @@ func ScaleOutPlan(st *replicated.State, c replicated.ScaleFunction) replicated.S
 	}
 	rev := st.Revision
 	plan := Compute(Input{Desired: st.Desired, Nodes: st.Nodes, Current: st.Assignments, Previous: st.Desired,
-		Network: st.Network, Functions: fns})
+		Network: st.Network, Functions: fns, Observed: st.Observed})
 	plan = HoldBack(plan, st.Assignments, st.Desired, rev.Commit)
 	if !plan.HasChanges() {
 		return c

@@ -290,7 +290,7 @@ func (r *Reconciler) reconcilePlan(ctx context.Context, state *replicated.State,
 		}
 		start := time.Now()
 		plan = Compute(Input{Desired: desired, Nodes: state.Nodes, Current: state.Assignments, Previous: state.Desired,
-			Network: state.Network, Functions: state.Functions})
+			Network: state.Network, Functions: state.Functions, Observed: state.Observed})
 		plan = HoldBack(plan, state.Assignments, desired, commit)
 		r.opts.Metrics.ObservePlan(time.Since(start), true)
 		if !plan.HasChanges() {

@@ -68,6 +68,7 @@ package reconciler
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -97,6 +98,10 @@ type Input struct {
 	// (replicated.State.Functions): how many instances of each function
 	// of Desired to place (function.go).
 	Functions map[string]replicated.FunctionState
+	// Observed are the instances' reported statuses
+	// (replicated.State.Observed): a removed instance its node still runs
+	// keeps its address from the others (replicated.RetiringAddrs).
+	Observed map[string]replicated.VMStatus
 }
 
 // Plan is the outcome of Compute: the complete new assignment set and what
@@ -290,9 +295,16 @@ func (s *scheduler) allocateNetwork() (*replicated.Network, []string) {
 	}
 	declared, _ := replicated.DeclaredIdentities(s.in.Desired)
 	cidr := s.in.Desired.NetworkCIDR()
+	// Removed instances their nodes may still run keep their addresses
+	// from the others, as Apply computes them.
+	retiring := replicated.RetiringAddrs(s.in.Network, names, s.in.Current, s.in.Observed, s.in.Nodes)
 	network, refused := replicated.AllocateNetwork(s.in.Network, replicated.NetworkRequest{
 		Cluster: s.in.Desired.Name, CIDR: cidr, Instances: names, Declared: declared, Nodes: s.ids,
+		Reserved: slices.Collect(maps.Values(retiring)),
 	})
+	if len(retiring) > 0 {
+		network.Retiring = retiring
+	}
 	unaddressed := make([]string, 0, len(refused))
 	for _, u := range refused {
 		unaddressed = append(unaddressed, u.VM)

@@ -43,7 +43,7 @@ func PlanSpec(st *replicated.State, commit string, res Evaluation) (Preview, err
 		return Preview{}, err
 	}
 	p := Compute(Input{Desired: res.Spec, Nodes: st.Nodes, Current: st.Assignments, Previous: st.Desired, Network: st.Network,
-		Functions: st.Functions})
+		Functions: st.Functions, Observed: st.Observed})
 	p.Rollouts = Rollouts(p, st.Assignments, res.Spec)
 	pv := Preview{Commit: commit, Spec: res.Spec, Hash: res.Hash, Plan: p}
 	if st.Revision != nil {

@@ -109,6 +109,13 @@ type Network struct {
 	// handed out from the top of CIDR downwards, never an instance's
 	// address; a node has none only while every address is taken.
 	NodeAddrs map[uint64]netip.Addr `json:"nodeAddrs,omitempty"`
+	// Retiring are the addresses of instances that plans removed and that
+	// their nodes may still run (assigned when the plan removed them, or
+	// reported starting, running or stopping since; see planNetwork), by
+	// instance: no other instance gets one of them (a guest still answering
+	// there would take its traffic and pass its health checks) until a
+	// plan finds its instance stopped.
+	Retiring map[string]netip.Addr `json:"retiring,omitempty"`
 }
 
 func (n *Network) clone() *Network {
@@ -118,6 +125,7 @@ func (n *Network) clone() *Network {
 	c := *n
 	c.Identities = maps.Clone(n.Identities)
 	c.NodeAddrs = maps.Clone(n.NodeAddrs)
+	c.Retiring = maps.Clone(n.Retiring)
 	return &c
 }
 
@@ -267,8 +275,8 @@ type freeAddrs struct {
 }
 
 // newFreeAddrs hands out the instance addresses of p that no identity of
-// held and no address of nodes has.
-func newFreeAddrs(p netip.Prefix, held map[string]Identity, nodes map[uint64]netip.Addr) *freeAddrs {
+// held, no address of nodes and none of reserved has.
+func newFreeAddrs(p netip.Prefix, held map[string]Identity, nodes map[uint64]netip.Addr, reserved []netip.Addr) *freeAddrs {
 	first, last, ok := ipv4Range(p)
 	if !ok {
 		return &freeAddrs{lo: 1, hi: 0}
@@ -283,6 +291,9 @@ func newFreeAddrs(p netip.Prefix, held map[string]Identity, nodes map[uint64]net
 		add(id.Address)
 	}
 	for _, a := range nodes {
+		add(a)
+	}
+	for _, a := range reserved {
 		add(a)
 	}
 	slices.Sort(f.taken)
@@ -416,6 +427,9 @@ type NetworkRequest struct {
 	Declared map[string]DeclaredIdentity
 	// Nodes are the registered nodes' ids, in any order.
 	Nodes []uint64
+	// Reserved are addresses no instance gets unless it holds it already
+	// (Network.Retiring), in any order.
+	Reserved []netip.Addr
 }
 
 // Unaddressed is an instance a plan's network gives no identity, and why:
@@ -643,7 +657,7 @@ func AllocateNetwork(prev *Network, req NetworkRequest) (*Network, []Unaddressed
 		addressable = append(addressable, n)
 	}
 
-	free := newFreeAddrs(cidr, held, heldNodes)
+	free := newFreeAddrs(cidr, held, heldNodes, req.Reserved)
 	for _, id := range homeless {
 		if a, ok := free.takeHighest(); ok {
 			nodeAddrs[id] = a
@@ -679,6 +693,55 @@ func AllocateNetwork(prev *Network, req NetworkRequest) (*Network, []Unaddressed
 // refuses a network.cidr or a declared identity the spec rules refuse, and
 // a plan that assigns an instance the network gives no identity: the
 // planner lists such an instance unschedulable.
+// retiring is RetiringAddrs of the state for a plan of names.
+func (s *State) retiring(names []string) map[string]netip.Addr {
+	return RetiringAddrs(s.Network, names, s.Assignments, s.Observed, s.Nodes)
+}
+
+// RetiringAddrs are the addresses (Network.Retiring) of the instances prev
+// holds, as identities or retiring, that a plan of names drops but whose
+// nodes may still run them: those assigned (their node has not seen the
+// plan yet), and those a node that is not down reports starting, running
+// or stopping. Pure: Apply and the planner compute the same.
+func RetiringAddrs(prev *Network, names []string, assignments map[string]Assignment, observed map[string]VMStatus,
+	nodes map[uint64]*Node) map[string]netip.Addr {
+	if prev == nil {
+		return nil
+	}
+	kept := make(map[string]bool, len(names))
+	for _, n := range names {
+		kept[n] = true
+	}
+	runs := func(vm string) bool {
+		if kept[vm] {
+			return false // desired again: its identity is allocated anew, as any other's
+		}
+		if _, ok := assignments[vm]; ok {
+			return true
+		}
+		obs, ok := observed[vm]
+		if !ok {
+			return false
+		}
+		if n := nodes[obs.Node]; n == nil || n.State == NodeDown {
+			return false
+		}
+		return obs.Phase == PhaseStarting || obs.Phase == PhaseRunning || obs.Phase == PhaseStopping
+	}
+	out := map[string]netip.Addr{}
+	for vm, id := range prev.Identities {
+		if id.Address.IsValid() && runs(vm) {
+			out[vm] = id.Address
+		}
+	}
+	for vm, a := range prev.Retiring {
+		if _, ok := out[vm]; !ok && runs(vm) {
+			out[vm] = a
+		}
+	}
+	return out
+}
+
 func (s *State) planNetwork(c *CommitPlan, desired *spec.Cluster) (*Network, error) {
 	cidr := desired.NetworkCIDR()
 	if err := spec.ValidCIDR(cidr); err != nil {
@@ -695,9 +758,14 @@ func (s *State) planNetwork(c *CommitPlan, desired *spec.Cluster) (*Network, err
 	for _, u := range c.Unschedulable {
 		names = append(names, u.VM)
 	}
+	retiring := s.retiring(names)
 	network, refused := AllocateNetwork(s.Network, NetworkRequest{
 		Cluster: desired.Name, CIDR: cidr, Instances: names, Declared: declared, Nodes: slices.Collect(maps.Keys(s.Nodes)),
+		Reserved: slices.Collect(maps.Values(retiring)),
 	})
+	if len(retiring) > 0 {
+		network.Retiring = retiring
+	}
 	for _, a := range c.Assignments {
 		if i, ok := slices.BinarySearchFunc(refused, a.VM, func(u Unaddressed, vm string) int { return strings.Compare(u.VM, vm) }); ok {
 			return nil, fmt.Errorf("VM %q is assigned to node %d but %s; the planner lists such an instance as unschedulable: plan again against the current state",

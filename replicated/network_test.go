@@ -755,8 +755,9 @@ func netPlanDeclared(s *State, commit string, cidr netip.Prefix, move int, decl 
 	if err != nil {
 		panic(err)
 	}
+	retiring := RetiringAddrs(s.Network, instances, s.Assignments, s.Observed, s.Nodes)
 	_, refused := AllocateNetwork(s.Network, NetworkRequest{Cluster: sp.Name, CIDR: sp.NetworkCIDR(), Instances: instances,
-		Declared: declared, Nodes: slices.Collect(maps.Keys(s.Nodes))})
+		Declared: declared, Nodes: slices.Collect(maps.Keys(s.Nodes)), Reserved: slices.Collect(maps.Values(retiring))})
 	for i, vm := range instances {
 		a := asg(vm, uint64(1+(i+move)%3), "v1")
 		if j, ok := slices.BinarySearchFunc(refused, vm, func(u Unaddressed, vm string) int { return strings.Compare(u.VM, vm) }); ok {
@@ -883,6 +884,69 @@ func TestApplyCommitPlanAllocatesTheNetwork(t *testing.T) {
 			t.Fatalf("unschedulable = %+v, want 11 with the network's reason", s.Unschedulable)
 		}
 		checkNetwork(t, s.Network)
+	})
+}
+
+// TestApplyCommitPlanKeepsRetiringAddresses: a removed instance's address
+// goes to no other instance while its node may still run it (assigned
+// when the plan removed it, reported starting, running or stopping since
+// by a node that is not down), and is free for the first plan after it
+// stopped.
+func TestApplyCommitPlanKeepsRetiringAddresses(t *testing.T) {
+	s := NewState()
+	applyAll(t, s, reg(1), reg(2), reg(3))
+	// web-0 on node 1 at .2, web-1 on node 2 at .3.
+	applyAll(t, s, netPlan(s, "c1", netip.Prefix{}, 0, "web-0", "web-1"))
+	applyAll(t, s, hb(2, VMStatus{VM: "web-1", Node: 2, Phase: PhaseRunning}))
+	retiring := func() map[string]string {
+		out := map[string]string{}
+		for vm, a := range s.Network.Retiring {
+			out[vm] = a.String()
+		}
+		return out
+	}
+	steps := []struct {
+		name      string
+		cmds      []Command // before the plan
+		instances []string
+		check     string // instance whose address is checked
+		address   string
+		retiring  map[string]string
+	}{
+		{"the plan that removes web-1: still held as any identity is", nil, []string{"web-0", "api"}, "api", "10.100.0.4",
+			map[string]string{"web-1": "10.100.0.3"}},
+		{"web-1 reported running: its address stays taken", nil, []string{"web-0", "api", "cache"}, "cache", "10.100.0.5",
+			map[string]string{"web-1": "10.100.0.3"}},
+		{"web-1 reported stopping: still taken", []Command{hb(2, VMStatus{VM: "web-1", Node: 2, Phase: PhaseStopping})},
+			[]string{"web-0", "api", "cache", "db"}, "db", "10.100.0.6", map[string]string{"web-1": "10.100.0.3"}},
+		{"web-1 reported stopped: the next plan hands it out", []Command{hb(2, VMStatus{VM: "web-1", Node: 2, Phase: PhaseStopped})},
+			[]string{"web-0", "api", "cache", "db", "queue"}, "queue", "10.100.0.3", map[string]string{}},
+	}
+	for _, st := range steps {
+		applyAll(t, s, st.cmds...)
+		applyAll(t, s, netPlan(s, st.name, netip.Prefix{}, 0, st.instances...))
+		if got := addressOf(t, s, st.check); got != st.address {
+			t.Errorf("%s: %s = %s, want %s", st.name, st.check, got, st.address)
+		}
+		if got := retiring(); !reflect.DeepEqual(got, st.retiring) {
+			t.Errorf("%s: retiring %v, want %v", st.name, got, st.retiring)
+		}
+		checkNetwork(t, s.Network)
+	}
+
+	t.Run("a node marked down runs nothing", func(t *testing.T) {
+		// queue (the 5th instance) is on node 2; removing it while node 2
+		// reports it running keeps its address, until node 2 is down.
+		applyAll(t, s, hb(2, VMStatus{VM: "queue", Node: 2, Phase: PhaseRunning}))
+		applyAll(t, s, netPlan(s, "d1", netip.Prefix{}, 0, "web-0", "api", "cache", "db"))
+		if got := retiring(); !reflect.DeepEqual(got, map[string]string{"queue": "10.100.0.3"}) {
+			t.Fatalf("retiring %v, want queue's 10.100.0.3", got)
+		}
+		applyAll(t, s, cmdAt(t0, Command{Type: CmdSetNodeState, SetNodeState: &SetNodeState{ID: 2, State: NodeDown}}))
+		applyAll(t, s, netPlan(s, "d2", netip.Prefix{}, 0, "web-0", "api", "cache", "db", "mail"))
+		if got := addressOf(t, s, "mail"); got != "10.100.0.3" || len(s.Network.Retiring) != 0 {
+			t.Errorf("mail = %s, retiring %v; want queue's 10.100.0.3 and nothing retiring", got, retiring())
+		}
 	})
 }
 
@@ -1063,8 +1127,12 @@ func TestReplicasAgreeOnTheNetwork(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			retiring := RetiringAddrs(s.Network, names, s.Assignments, s.Observed, s.Nodes)
 			want, _ := AllocateNetwork(s.Network, NetworkRequest{Cluster: "t", CIDR: specCIDR(cidr), Instances: names, Declared: d,
-				Nodes: slices.Collect(maps.Keys(s.Nodes))})
+				Nodes: slices.Collect(maps.Keys(s.Nodes)), Reserved: slices.Collect(maps.Values(retiring))})
+			if len(retiring) > 0 {
+				want.Retiring = retiring
+			}
 			apply(cmd)
 			if !reflect.DeepEqual(s.Network, want) {
 				t.Fatalf("seed %d step %d: Apply committed\n%v\nAllocateNetwork on the same state gives\n%v", seed, step, s.Network, want)

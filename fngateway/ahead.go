@@ -52,7 +52,7 @@ func (g *Gateway) serveAhead(w http.ResponseWriter, r *http.Request) {
 		writePlain(w, http.StatusBadRequest, "ahead notice: "+err.Error())
 		return
 	}
-	go g.o.Ahead(n) // the sender does not wait for the start
+	g.o.Ahead(r.Context(), n)
 	w.WriteHeader(http.StatusAccepted)
 }
 
@@ -75,7 +75,8 @@ func parseAhead(q url.Values) (AheadNotice, error) {
 }
 
 // SendAhead posts n to the gateway at via (host:port), bounded by
-// aheadTimeout, on the connections the gateway keeps to other gateways.
+// aheadTimeout, on the connections the gateway keeps to other gateways;
+// it returns once the receiver took it (Options.Ahead returned there).
 func (g *Gateway) SendAhead(ctx context.Context, via string, n AheadNotice) error {
 	ctx, cancel := context.WithTimeout(ctx, aheadTimeout)
 	defer cancel()

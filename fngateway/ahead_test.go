@@ -16,7 +16,7 @@ import (
 // path has no route; a malformed notice is refused and reaches nothing.
 func TestAheadNotice(t *testing.T) {
 	got := make(chan fngateway.AheadNotice, 8)
-	g1, url1 := startGateway(t, fngateway.Options{Node: 1, Ahead: func(n fngateway.AheadNotice) { got <- n }})
+	g1, url1 := startGateway(t, fngateway.Options{Node: 1, Ahead: func(_ context.Context, n fngateway.AheadNotice) { got <- n }})
 	g1.Update([]fngateway.Function{hello(2, 3)})
 	g3, _ := startGateway(t, fngateway.Options{Node: 3})
 	via1 := strings.TrimPrefix(url1, "http://")
@@ -76,5 +76,33 @@ func TestAheadNotice(t *testing.T) {
 	g2.Update([]fngateway.Function{hello(2, 3)})
 	if err := g3.SendAhead(context.Background(), strings.TrimPrefix(url2, "http://"), want); err == nil {
 		t.Error("a gateway without Ahead took a notice")
+	}
+}
+
+// TestAheadNoticeAnsweredOnceTaken: SendAhead returns only once the
+// receiver's Ahead returned (the sender proposes after its notices were
+// answered, so that the receiver's start has the CPUs to itself).
+func TestAheadNoticeAnsweredOnceTaken(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	g1, url1 := startGateway(t, fngateway.Options{Node: 1, Ahead: func(context.Context, fngateway.AheadNotice) {
+		close(entered)
+		<-release
+	}})
+	g1.Update([]fngateway.Function{hello(2, 3)})
+	g1.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
+	g3, _ := startGateway(t, fngateway.Options{Node: 3})
+	sent := make(chan error, 1)
+	go func() {
+		sent <- g3.SendAhead(context.Background(), strings.TrimPrefix(url1, "http://"), fngateway.AheadNotice{Function: "hello", Want: 1, From: 3})
+	}()
+	<-entered
+	select {
+	case err := <-sent:
+		t.Fatalf("SendAhead returned (%v) while the receiver's Ahead had not", err)
+	case <-time.After(50 * time.Millisecond): // an answer sent at once would be here by now
+	}
+	close(release)
+	if err := <-sent; err != nil {
+		t.Fatalf("SendAhead: %v", err)
 	}
 }

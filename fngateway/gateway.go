@@ -70,9 +70,11 @@ type Options struct {
 	// nothing does; [Gateway.Stats] and [Front.Latency] keep their own).
 	Metrics Metrics
 	// Ahead, when set, is told of a peer's notice (AheadPath) that its
-	// scale-out places an instance on this node; it runs on its own
-	// goroutine. Nil: notices are answered 404.
-	Ahead func(AheadNotice)
+	// scale-out places an instance on this node, with the request's
+	// context; the notice is answered when it returns (the sender proposes
+	// once its notices are answered, so it should return once what it
+	// started runs, and soon). Nil: notices are answered 404.
+	Ahead func(context.Context, AheadNotice)
 	// Now is the clock of the bookkeeping (LastActive, queue waits, down
 	// marks); default time.Now. The queue's timeout runs on real time.
 	Now    func() time.Time

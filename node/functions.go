@@ -272,17 +272,27 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			}
 		}
 		planned := time.Since(began)
+		var notices sync.WaitGroup
 		if st != nil && f.ahead != nil {
-			// The nodes the plan places new instances on start them while
-			// this commits, told by their gateways (speculate.go).
+			// The nodes the plan places new instances on start them ahead
+			// of this commit, told by their gateways (speculate.go); each
+			// answers once it ran them (at most aheadLead).
 			for node, via := range aheadTargets(st, sf, f.self) {
-				go func() {
+				notices.Go(func() {
 					n := fngateway.AheadNotice{Function: fn, Want: d.Want, From: f.self}
 					if err := f.gateway.SendAhead(pctx, via, n); err != nil {
 						f.log.Debug("ahead notice not taken; the instance starts once committed", "function", fn, "node", node, "err", err)
 					}
-				}()
+				})
 			}
+		}
+		var proposed time.Time
+		propose := func(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+			// The commit's work would compete for the CPUs with the
+			// starts the notices asked for (speculate.go, aheadLead).
+			waitAtMost(&notices, aheadNoticeWait)
+			proposed = time.Now()
+			return f.store.Propose(ctx, cmd)
 		}
 		cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf}
 		var (
@@ -291,9 +301,9 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			ahead bool
 		)
 		if f.ahead != nil && st != nil {
-			res, ahead, err = f.ahead.propose(pctx, st, cmd, f.store.Propose)
+			res, ahead, err = f.ahead.propose(pctx, st, cmd, propose)
 		} else {
-			res, err = f.store.Propose(pctx, cmd)
+			res, err = propose(pctx, cmd)
 		}
 		switch {
 		case err != nil:
@@ -301,11 +311,12 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 		case !res.OK():
 			f.log.Warn("function scale-out refused", "function", fn, "want", d.Want, "err", res.Err())
 		default:
-			// plan: reading the replica and the plan riding along; commit:
-			// Raft, until this node's replica applied it.
-			// ahead: the instance was started here while this committed.
+			// plan: reading the replica and the plan riding along; lead:
+			// waiting for the starts ahead, here and on the nodes told;
+			// commit: Raft, until this node's replica applied it.
+			// ahead: the instance was started here before this committed.
 			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason,
-				"plan", planned, "commit", time.Since(began)-planned, "ahead", ahead)
+				"plan", planned, "lead", proposed.Sub(began)-planned, "commit", time.Since(proposed), "ahead", ahead)
 			f.mu.Lock()
 			f.wants[fn] = max(f.wants[fn], d.Want)
 			f.mu.Unlock()
@@ -318,7 +329,7 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 // replica gives for that scale-out (trusting the notice for nothing but
 // the function and the want) and runs what it places here while the
 // proposal commits, for at most aheadHold.
-func (f *functions) noticed(n fngateway.AheadNotice) {
+func (f *functions) noticed(ctx context.Context, n fngateway.AheadNotice) {
 	if f.ahead == nil || !f.carryPlan {
 		return
 	}
@@ -334,9 +345,17 @@ func (f *functions) noticed(n fngateway.AheadNotice) {
 		f.log.Debug("ahead notice: this replica's plan starts nothing here", "function", n.Function, "want", n.Want, "from", n.From)
 		return
 	}
+	wait := f.ahead.expect(slices.Sorted(maps.Keys(g.assignments)))
 	held := f.ahead.hold(g, aheadHold)
+	guessed := time.Since(began)
+	lead := aheadLead
+	if !held {
+		lead = 0 // a notice sent twice: its first is being started
+	}
+	ran := wait(ctx, lead)
+	// lead: until the agent ran them (ran), and the notice is answered.
 	f.log.Debug("instances started ahead of a peer's scale-out", "function", n.Function, "from", n.From,
-		"instances", slices.Sorted(maps.Keys(g.assignments)), "held", held, "guess", time.Since(began))
+		"instances", slices.Sorted(maps.Keys(g.assignments)), "held", held, "guess", guessed, "lead", time.Since(began)-guessed, "ran", ran)
 }
 
 // aheadTargets are the other nodes sf's plan places new instances on, by

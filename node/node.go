@@ -210,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if fns != nil {
 		fns.ahead = newSpeculation(cfg.NodeID, log)
 		nodeSt = speculativeState{nodeState: store, sp: fns.ahead}
-		ao.State = nodeSt
+		ao.State, ao.OnPhase = nodeSt, fns.ahead.phase
 	}
 	notify := startNodeParts(g, cfg, ao, nw, fns, sh, nodeSt, store)
 	// Waiting `events -f` polls and the notifier (when it has receivers)

@@ -15,13 +15,16 @@ import (
 // own node carries its plan (reconciler.ScaleOutPlan), so this node knows,
 // before Raft does, the instance it will run and its network identity: the
 // node's agent and network read the local replica with that instance added
-// (speculation.overlay) while the proposal is in flight, and the runner is
-// exec'd in parallel with the commit instead of after it. The gateway
-// still dispatches only to committed instances its node reports ready. A
-// scale-out placed on another node reaches that node as an ahead notice
-// (functions.noticed): the receiver makes its own guess from its own
-// replica and holds it for a while (hold), as it never sees the proposal
-// return.
+// (speculation.overlay), and the runner is exec'd before the commit
+// instead of after it: the proposal waits until the agent ran the
+// instance (at most aheadLead), so that the commit's work does not compete
+// with the fork and exec for the CPUs. The gateway still dispatches only
+// to committed instances its node reports ready. A scale-out placed on
+// another node reaches that node as an ahead notice (functions.noticed):
+// the receiver makes its own guess from its own replica, holds it for a
+// while (hold), as it never sees the proposal return, and answers the
+// notice once it ran the instance (at most aheadLead); the proposer
+// proposes once its notices were answered.
 //
 // A guess is read only while the replica is at the revision it was made
 // from, has no instance of its name (once the commit, or the leader's plan
@@ -48,6 +51,36 @@ type guess struct {
 	identities       map[string]replicated.Identity
 }
 
+// aheadLead bounds how long a scale-out waits for the instances it starts
+// ahead to run before it is proposed (and a notice's receiver before it
+// answers). Proposing at once would put the commit's work (encoding, Raft
+// and its fsyncs, every node applying) on the CPUs at the moment the
+// runners are forked and exec'd; the commit is not on a cold start's path
+// any more (the guest boots meanwhile, the gateway dispatches only once it
+// is ready), so it waits for the starts, a few milliseconds, and never
+// longer than this when the agent is slow to start them (a runner to
+// fetch, a busy agent).
+const aheadLead = 20 * time.Millisecond
+
+// aheadNoticeWait bounds how long a scale-out waits for its notices'
+// answers (each receiver answers within aheadLead, plus the round trip).
+const aheadNoticeWait = aheadLead + 10*time.Millisecond
+
+// waitAtMost waits for wg, at most d.
+func waitAtMost(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	}
+}
+
 // speculation holds the guesses of the scale-outs in flight on this node.
 type speculation struct {
 	self uint64
@@ -57,10 +90,70 @@ type speculation struct {
 	next    int
 	guesses map[int]guess // guarded by mu
 	wake    func()        // guarded by mu: wakes the agent (nil until set)
+	// waiting are closed when the agent runs their instance (or it
+	// failed): the proposals and notices waiting for their starts.
+	waiting map[string]chan struct{} // guarded by mu
 }
 
 func newSpeculation(self uint64, log *slog.Logger) *speculation {
-	return &speculation{self: self, log: log.With("component", "functions"), guesses: map[int]guess{}}
+	return &speculation{self: self, log: log.With("component", "functions"), guesses: map[int]guess{},
+		waiting: map[string]chan struct{}{}}
+}
+
+// phase is the agent's OnPhase: an instance that runs, or failed to,
+// releases what waits for its start.
+func (sp *speculation) phase(vm string, p replicated.Phase) {
+	if p != replicated.PhaseRunning && p != replicated.PhaseFailed {
+		return
+	}
+	sp.mu.Lock()
+	if ch, ok := sp.waiting[vm]; ok {
+		close(ch)
+		delete(sp.waiting, vm)
+	}
+	sp.mu.Unlock()
+}
+
+// expect starts watching for instances to run, before their guess wakes
+// the agent; the returned wait waits until every one of them ran, at most
+// lead, and reports whether they did.
+func (sp *speculation) expect(instances []string) (wait func(ctx context.Context, lead time.Duration) bool) {
+	sp.mu.Lock()
+	chs := make(map[string]chan struct{}, len(instances))
+	for _, name := range instances {
+		ch, ok := sp.waiting[name]
+		if !ok {
+			ch = make(chan struct{})
+			sp.waiting[name] = ch
+		}
+		chs[name] = ch
+	}
+	sp.mu.Unlock()
+	return func(ctx context.Context, lead time.Duration) bool {
+		timer := time.NewTimer(lead)
+		defer timer.Stop()
+		ran := true
+		for _, ch := range chs {
+			select {
+			case <-ch:
+				continue
+			case <-timer.C:
+			case <-ctx.Done():
+			}
+			ran = false
+			break
+		}
+		if !ran {
+			sp.mu.Lock()
+			for name, ch := range chs {
+				if sp.waiting[name] == ch {
+					delete(sp.waiting, name)
+				}
+			}
+			sp.mu.Unlock()
+		}
+		return ran
+	}
 }
 
 // setWake sets what wakes the node's agent when a guess comes or goes.
@@ -97,7 +190,8 @@ func (sp *speculation) drop(id int) {
 }
 
 // propose adds cmd's guess made from st (when cmd places a new instance on
-// this node), proposes it with propose, and drops the guess when the
+// this node), waits until the agent runs its instances (at most
+// aheadLead), proposes it with propose, and drops the guess when the
 // proposal fails, or aheadHold after it committed; it reports whether
 // there was a guess.
 func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd replicated.Command,
@@ -109,7 +203,10 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 		return res, false, err
 	}
 	guessed := time.Since(began)
+	wait := sp.expect(slices.Sorted(maps.Keys(g.assignments)))
 	id := sp.add(g)
+	ran := wait(ctx, aheadLead)
+	lead := time.Since(began) - guessed
 	res, err := propose(ctx, cmd)
 	committed := err == nil && res.OK()
 	if committed {
@@ -117,9 +214,10 @@ func (sp *speculation) propose(ctx context.Context, st *replicated.State, cmd re
 	} else {
 		sp.drop(id)
 	}
-	// guess: copying the replica and applying the scale-out to the copy.
+	// guess: copying the replica and applying the scale-out to the copy;
+	// lead: until the agent ran them (ran) or aheadLead passed.
 	sp.log.Debug("instances started ahead of their scale-out's commit", "instances", slices.Sorted(maps.Keys(g.assignments)),
-		"guess", guessed, "committed", committed)
+		"guess", guessed, "lead", lead, "ran", ran, "committed", committed)
 	return res, true, err
 }
 

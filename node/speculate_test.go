@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -362,4 +363,85 @@ func noticeGuess(t *testing.T, change func(*replicated.State), want int) (*repli
 		t.Fatalf("node 2 guesses nothing for node 3's scale-out to %d", want)
 	}
 	return st, g
+}
+
+// TestSpeculationProposeWaitsForTheStart: a scale-out that starts an
+// instance ahead here is proposed once the agent ran it, or, when the
+// agent does not, after aheadLead all the same.
+func TestSpeculationProposeWaitsForTheStart(t *testing.T) {
+	st := aheadState(t)
+	for _, agentRuns := range []bool{true, false} {
+		sp := newSpeculation(2, slog.New(slog.DiscardHandler))
+		var ran atomic.Bool
+		sp.setWake(func() {
+			if agentRuns && !ran.Load() {
+				go func() {
+					sp.phase("fn-hello-0", replicated.PhaseStarting) // not yet
+					ran.Store(true)
+					sp.phase("fn-hello-0", replicated.PhaseRunning)
+				}()
+			}
+		})
+		proposed := false
+		_, ahead, err := sp.propose(context.Background(), st, scaleOutAt(st, 2, 1),
+			func(context.Context, replicated.Command) (replicated.Result, error) {
+				proposed = true
+				if agentRuns && !ran.Load() {
+					t.Error("proposed before the agent ran the instance")
+				}
+				return replicated.Result{Code: replicated.ResultOK}, nil
+			})
+		if !ahead || err != nil || !proposed {
+			t.Errorf("agent runs it %v: ahead %v, err %v, proposed %v", agentRuns, ahead, err, proposed)
+		}
+		sp.mu.Lock()
+		if len(sp.waiting) != 0 {
+			t.Errorf("agent runs it %v: still waiting for %v", agentRuns, slices.Collect(maps.Keys(sp.waiting)))
+		}
+		sp.mu.Unlock()
+	}
+}
+
+// TestSpeculationExpect: what waits for instances to start is released
+// when every one of them runs or failed, not by other phases; when it
+// gives up (its lead passed, its context ended) it leaves nothing behind.
+func TestSpeculationExpect(t *testing.T) {
+	sp := newSpeculation(1, slog.New(slog.DiscardHandler))
+	wait := sp.expect([]string{"a", "b"})
+	sp.phase("a", replicated.PhaseRunning)
+	sp.phase("b", replicated.PhasePending)
+	sp.phase("b", replicated.PhaseStarting)
+	if wait(context.Background(), 10*time.Millisecond) {
+		t.Error("released while b was only starting")
+	}
+	sp.mu.Lock()
+	if len(sp.waiting) != 0 {
+		t.Errorf("left waiting after giving up: %v", slices.Collect(maps.Keys(sp.waiting)))
+	}
+	sp.mu.Unlock()
+
+	wait = sp.expect([]string{"a", "b"})
+	sp.phase("b", replicated.PhaseFailed)
+	sp.phase("a", replicated.PhaseRunning)
+	if !wait(context.Background(), time.Minute) {
+		t.Error("not released once a ran and b failed")
+	}
+
+	// Two waiting for the same instance are both released.
+	w1, w2 := sp.expect([]string{"c"}), sp.expect([]string{"c"})
+	sp.phase("c", replicated.PhaseRunning)
+	if !w1(context.Background(), time.Minute) || !w2(context.Background(), time.Minute) {
+		t.Error("a second wait for the same instance was not released")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if sp.expect([]string{"d"})(ctx, time.Minute) {
+		t.Error("released by an ended context")
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if len(sp.waiting) != 0 {
+		t.Errorf("left waiting: %v", slices.Collect(maps.Keys(sp.waiting)))
+	}
 }

@@ -156,6 +156,11 @@ type Options struct {
 	// shows it). It is called from the operations' goroutines, possibly
 	// several at once, and must be quick.
 	OnBuild func(BuildProgress)
+	// OnPhase, when set, is told each change of a VM's phase as the agent
+	// records it (a scale-out started ahead here waits for its instances
+	// to run before it is proposed). It is called with the agent's lock
+	// held: it must not block nor call the agent.
+	OnPhase func(vm string, phase replicated.Phase)
 	// Cache shares runners with the other nodes' binary caches (see
 	// [CacheOptions]; the zero value substitutes from the peers the state
 	// lists).
@@ -613,6 +618,9 @@ func (a *Agent) set(vd VMDecision) {
 		old.Generation != st.Generation || old.Health != st.Health {
 		if old == nil || old.Phase != st.Phase {
 			a.log.Debug("phase", "vm", st.VM, "phase", st.Phase, "message", st.Message)
+			if a.o.OnPhase != nil {
+				a.o.OnPhase(st.VM, st.Phase)
+			}
 		}
 		var was *replicated.VMStatus
 		if old != nil {

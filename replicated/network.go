@@ -111,7 +111,7 @@ type Network struct {
 	NodeAddrs map[uint64]netip.Addr `json:"nodeAddrs,omitempty"`
 	// Retiring are the addresses of instances that plans removed and that
 	// their nodes may still run (assigned when the plan removed them, or
-	// reported starting, running or stopping since; see planNetwork), by
+	// reported starting, running or stopping since; see RetiringAddrs), by
 	// instance: no other instance gets one of them (a guest still answering
 	// there would take its traffic and pass its health checks) until a
 	// plan finds its instance stopped.
@@ -688,11 +688,6 @@ func AllocateNetwork(prev *Network, req NetworkRequest) (*Network, []Unaddressed
 	return out, refused
 }
 
-// planNetwork allocates the network of plan c, whose (canonical, copied)
-// spec is desired, against the committed one and the registered nodes. It
-// refuses a network.cidr or a declared identity the spec rules refuse, and
-// a plan that assigns an instance the network gives no identity: the
-// planner lists such an instance unschedulable.
 // retiring is RetiringAddrs of the state for a plan of names.
 func (s *State) retiring(names []string) map[string]netip.Addr {
 	return RetiringAddrs(s.Network, names, s.Assignments, s.Observed, s.Nodes)
@@ -742,6 +737,11 @@ func RetiringAddrs(prev *Network, names []string, assignments map[string]Assignm
 	return out
 }
 
+// planNetwork allocates the network of plan c, whose (canonical, copied)
+// spec is desired, against the committed one and the registered nodes. It
+// refuses a network.cidr or a declared identity the spec rules refuse, and
+// a plan that assigns an instance the network gives no identity: the
+// planner lists such an instance unschedulable.
 func (s *State) planNetwork(c *CommitPlan, desired *spec.Cluster) (*Network, error) {
 	cidr := desired.NetworkCIDR()
 	if err := spec.ValidCIDR(cidr); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"slices"
@@ -86,18 +87,37 @@ func newFnLabWith(t *testing.T, extra string, vcpu func(i int) int) *lab {
 // fnGet sends GET path for host to node i's ingress listener and returns
 // the status and the body, trimmed.
 func (l *lab) fnGet(i int, host, path string, timeout time.Duration) (int, string, error) {
+	code, body, _, err := l.fnGetSent(i, host, path, timeout)
+	return code, body, err
+}
+
+// fnGetSent is fnGet that also returns when the client had written the
+// request to its connection (zero if it never did): the latest time the
+// test's side can tell before the node has the request.
+func (l *lab) fnGetSent(i int, host, path string, timeout time.Duration) (int, string, time.Time, error) {
 	req, err := http.NewRequest("GET", "http://"+l.net.Addr(i)+":8080"+path, nil)
 	if err != nil {
-		return 0, "", err
+		return 0, "", time.Time{}, err
 	}
 	req.Host = host
+	var mu sync.Mutex
+	var sent time.Time
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) {
+			mu.Lock()
+			sent = time.Now()
+			mu.Unlock()
+		},
+	}))
 	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	mu.Lock()
+	defer mu.Unlock()
 	if err != nil {
-		return 0, "", err
+		return 0, "", sent, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(b)), err
+	return resp.StatusCode, strings.TrimSpace(string(b)), sent, err
 }
 
 // fnRunners lists the processes whose working directory is a function

@@ -1,9 +1,6 @@
 package fngateway
 
-import (
-	"slices"
-	"time"
-)
+import "time"
 
 // The gateway's decisions, as pure functions of what it knows at the
 // moment of a request: which instance takes it (Pick), what happens to a
@@ -149,15 +146,4 @@ func ScaleIn(now, lastActive time.Time, idle time.Duration, inFlight, queued, ru
 		return running, false
 	}
 	return minInstances, true
-}
-
-// percentile returns the q-quantile (0 ≤ q ≤ 1) of ds by the nearest-rank
-// method on a sorted copy; 0 for none.
-func percentile(ds []time.Duration, q float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[int(q*float64(len(s)-1)+0.5)]
 }

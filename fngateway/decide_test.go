@@ -123,36 +123,3 @@ func TestScaleIn(t *testing.T) {
 		})
 	}
 }
-
-func TestPercentile(t *testing.T) {
-	ms := func(ns ...int) []time.Duration {
-		out := make([]time.Duration, len(ns))
-		for i, n := range ns {
-			out[i] = time.Duration(n) * time.Millisecond
-		}
-		return out
-	}
-	hundred := make([]int, 100)
-	for i := range hundred {
-		hundred[i] = 100 - i // 100 … 1, unsorted on purpose
-	}
-	tests := []struct {
-		name string
-		ds   []time.Duration
-		q    float64
-		want time.Duration
-	}{
-		{"none", nil, 0.5, 0},
-		{"one", ms(7), 0.99, 7 * time.Millisecond},
-		{"median of three", ms(9, 1, 5), 0.5, 5 * time.Millisecond},
-		{"p99 of 1…100", ms(hundred...), 0.99, 99 * time.Millisecond},
-		{"p50 of 1…100", ms(hundred...), 0.5, 51 * time.Millisecond},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := percentile(tt.ds, tt.q); got != tt.want {
-				t.Fatalf("percentile = %s, want %s", got, tt.want)
-			}
-		})
-	}
-}

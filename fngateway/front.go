@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/ingress"
+	"github.com/blixard/blixard/internal/stats"
 )
 
 // Front is a node's ingress listener's handler: a request goes to the
@@ -104,7 +105,7 @@ func (f *Front) Latency(fn string) (p50, p99 time.Duration) {
 		ds = slices.Clone(r.d)
 	}
 	f.mu.Unlock()
-	return percentile(ds, 0.50), percentile(ds, 0.99)
+	return stats.Quantile(ds, 0.50), stats.Quantile(ds, 0.99)
 }
 
 // Serve serves the front on ln until ctx ends, with ingress's timeouts,

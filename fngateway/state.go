@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/blixard/blixard/internal/stats"
 )
 
 // waitWindow is how many of the latest queue waits Stats' percentiles
@@ -532,7 +534,7 @@ func (f *fnState) stats() Stats {
 		LastActive: f.lastActive, Requests: f.st.requests, ColdStarts: f.st.coldStarts,
 		QueueFull: f.st.queueFull, TimedOut: f.st.timedOut, StartFailed: f.st.startFailed,
 		Unreachable: f.st.unreachable, Canceled: f.st.canceled,
-		QueueWaitP50: percentile(f.waits, 0.50), QueueWaitP99: percentile(f.waits, 0.99),
+		QueueWaitP50: stats.Quantile(f.waits, 0.50), QueueWaitP99: stats.Quantile(f.waits, 0.99),
 		StartFailure: f.fn.StartFailure,
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/stats"
 )
 
 // TestFunctionsConcurrencyAcrossGateways: a function with concurrency 1
@@ -86,5 +88,5 @@ func TestFunctionsConcurrencyAcrossGateways(t *testing.T) {
 		passed = append(passed, l.curlTimes(t, 3, "one.lab.test", fmt.Sprintf("http://%s:8080/", l.net.Addr(3)), 50)...)
 	}
 	t.Logf("warm GET / from node 3's namespace, 200 each: through the instance's node's gateway p50 %s p99 %s; "+
-		"through node 3's gateway, passed on to it, p50 %s p99 %s", pctl(own, 0.5), pctl(own, 0.99), pctl(passed, 0.5), pctl(passed, 0.99))
+		"through node 3's gateway, passed on to it, p50 %s p99 %s", stats.Quantile(own, 0.5).Round(time.Microsecond), stats.Quantile(own, 0.99).Round(time.Microsecond), stats.Quantile(passed, 0.5).Round(time.Microsecond), stats.Quantile(passed, 0.99).Round(time.Microsecond))
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/internal/stats"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/replicated"
 )
@@ -387,7 +388,9 @@ func TestFunctionsLoadAcrossNodes(t *testing.T) {
 		}
 	}()
 	curlTimes := func(host, url string) []time.Duration { return l.curlTimes(t, 1, host, url, 300) }
-	pct := pctl
+	pct := func(ds []time.Duration, q float64) time.Duration {
+		return stats.Quantile(ds, q).Round(time.Microsecond)
+	}
 	direct := curlTimes("fn.lab.test", "http://"+insts[0].Address+":8080/")
 	via := curlTimes("fn.lab.test", "http://"+l.net.Addr(1)+":8080/")
 	stopWarm()
@@ -509,11 +512,4 @@ func (l *lab) curlTimes(t *testing.T, from int, host, url string, n int) []time.
 		ds = append(ds, time.Duration(s*float64(time.Second)))
 	}
 	return ds
-}
-
-// pctl is the q-quantile of ds (nearest rank), to the microsecond.
-func pctl(ds []time.Duration, q float64) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[int(q*float64(len(s)-1)+0.5)].Round(time.Microsecond)
 }

@@ -6,13 +6,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/stats"
 	"github.com/blixard/blixard/internal/testkit"
 )
 
@@ -273,11 +273,10 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func(), gateway int) {
 	}
 }
 
-// distribution is "min, p50, p90, p99, max" of ds (sorted in place).
+// distribution is "min, p50, p90, p99, max" of ds (nearest rank).
 func distribution(ds []time.Duration) string {
-	slices.Sort(ds)
 	at := func(q float64) time.Duration {
-		return ds[min(len(ds)-1, int(q*float64(len(ds))))].Round(100 * time.Microsecond)
+		return stats.Quantile(ds, q).Round(100 * time.Microsecond)
 	}
 	return fmt.Sprintf("min %s, p50 %s, p90 %s, p99 %s, max %s", at(0), at(0.5), at(0.9), at(0.99), at(1))
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/blixard/blixard/api"
+	"github.com/blixard/blixard/internal/stats"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
@@ -160,15 +161,6 @@ func fetchFrom(client *http.Client, addr netip.Addr, target string) (resolved, b
 		return "", "", fmt.Errorf("fetch?%s answered %q, want %q first", target, out, host+" is ADDRESS")
 	}
 	return resolved, strings.TrimSpace(body), nil
-}
-
-// percentile is the p-th percentile (nearest rank) of sorted ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	i := int(float64(len(ds))*p/100+0.5) - 1
-	return ds[min(max(i, 0), len(ds)-1)]
 }
 
 // TestKernelNixQemuGuestsAcrossNodes runs real qemu guests on the cluster
@@ -512,9 +504,9 @@ func measureIngress(t *testing.T, l *lab, i int, a netip.Addr) {
 	}
 	for _, p := range paths {
 		t.Logf("GET / of back, %s: p50 %v p99 %v (%d requests)", p.name,
-			percentile(p.took, 50).Round(time.Microsecond), percentile(p.took, 99).Round(time.Microsecond), len(p.took))
+			stats.Quantile(p.took, 0.50).Round(time.Microsecond), stats.Quantile(p.took, 0.99).Round(time.Microsecond), len(p.took))
 	}
 	d, g := paths[0].took, paths[2].took
 	t.Logf("ingress added latency (node 3's ingress − direct): p50 %v p99 %v",
-		(percentile(g, 50) - percentile(d, 50)).Round(time.Microsecond), (percentile(g, 99) - percentile(d, 99)).Round(time.Microsecond))
+		(stats.Quantile(g, 0.50) - stats.Quantile(d, 0.50)).Round(time.Microsecond), (stats.Quantile(g, 0.99) - stats.Quantile(d, 0.99)).Round(time.Microsecond))
 }

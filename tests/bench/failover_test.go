@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/internal/stats"
 )
 
 // TestLoadNodeKillFailover kills whole nodes — `blixard serve` and its VMs'
@@ -165,14 +167,14 @@ func measureFailover(t *testing.T, nodeTimeout time.Duration, heartbeat string, 
 	}
 	r2 := func(d time.Duration) time.Duration { return d.Round(100 * time.Millisecond) }
 	t.Logf("--node-timeout %v, --heartbeat %s, %d kills, %d VMs: killed → VMs running elsewhere p50 %v, max %v (marked down p50 %v, max %v)",
-		nodeTimeout, hb, len(samples), vms, r2(quantile(all, 0.5)), r2(quantile(all, 1)), r2(quantile(downs, 0.5)), r2(quantile(downs, 1)))
+		nodeTimeout, hb, len(samples), vms, r2(stats.Quantile(all, 0.5)), r2(stats.Quantile(all, 1)), r2(stats.Quantile(downs, 0.5)), r2(stats.Quantile(downs, 1)))
 	t.Logf("  followers killed: %d, p50 %v, max %v; leaders killed: %d, p50 %v, max %v",
-		len(followers), r2(quantile(followers, 0.5)), r2(quantile(followers, 1)),
-		len(leaders), r2(quantile(leaders, 0.5)), r2(quantile(leaders, 1)))
+		len(followers), r2(stats.Quantile(followers, 0.5)), r2(stats.Quantile(followers, 1)),
+		len(leaders), r2(stats.Quantile(leaders, 0.5)), r2(stats.Quantile(leaders, 1)))
 	fmt.Printf("FAILOVERRESULT timeout=%v heartbeat=%s kills=%d p50=%v max=%v down_p50=%v down_max=%v followers=%d/%v/%v leaders=%d/%v/%v\n",
-		nodeTimeout, hb, len(samples), r2(quantile(all, 0.5)), r2(quantile(all, 1)), r2(quantile(downs, 0.5)), r2(quantile(downs, 1)),
-		len(followers), r2(quantile(followers, 0.5)), r2(quantile(followers, 1)),
-		len(leaders), r2(quantile(leaders, 0.5)), r2(quantile(leaders, 1)))
+		nodeTimeout, hb, len(samples), r2(stats.Quantile(all, 0.5)), r2(stats.Quantile(all, 1)), r2(stats.Quantile(downs, 0.5)), r2(stats.Quantile(downs, 1)),
+		len(followers), r2(stats.Quantile(followers, 0.5)), r2(stats.Quantile(followers, 1)),
+		len(leaders), r2(stats.Quantile(leaders, 0.5)), r2(stats.Quantile(leaders, 1)))
 }
 
 // status asks the nodes in turn for /v1/status; the first answer wins.

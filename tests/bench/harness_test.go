@@ -12,14 +12,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -487,17 +485,6 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// quantile returns the q-quantile (0 < q ≤ 1) of ds by nearest rank: the
-// ⌈q·n⌉-th smallest (the median of 10 is the 5th).
-func quantile(ds []time.Duration, q float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[max(int(math.Ceil(q*float64(len(s))))-1, 0)]
 }
 
 // memAvailable returns MemAvailable from /proc/meminfo in bytes (0 when

@@ -1,11 +1,13 @@
 package node_test
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,6 +211,12 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func(), gateway int) {
 		t.Fatalf("node %d's gateway, unknown host: %d %v; want 404", gateway, code, err)
 	}
 	var toExec, toFirst, fromCall []time.Duration
+	type sample struct {
+		fn      string
+		arrived time.Time
+		took    time.Duration
+	}
+	var all []sample
 	for k := range samples {
 		i := k % overheadSamples
 		name := fmt.Sprintf("fn-o%d-0", i)
@@ -234,10 +242,18 @@ func (l *lab) quietRound(t *testing.T, scaledToZero func(), gateway int) {
 		}
 		toExec, toFirst = append(toExec, exec.Sub(arrived)), append(toFirst, first.Sub(arrived))
 		fromCall = append(fromCall, exec.Sub(called))
+		all = append(all, sample{fmt.Sprintf("o%d", i), arrived, exec.Sub(arrived)})
 	}
 	if len(toExec) == 0 {
 		return
 	}
+	// The slowest samples, to find in the nodes' logs (BLIXARD_LAB_LOGS).
+	slices.SortFunc(all, func(a, b sample) int { return cmp.Compare(b.took, a.took) })
+	var slowest []string
+	for _, s := range all[:min(5, len(all))] {
+		slowest = append(slowest, fmt.Sprintf("%s %s→%s", s.fn, s.arrived.UTC().Format("15:04:05.000000"), s.took.Round(100*time.Microsecond)))
+	}
+	t.Logf("slowest samples through node %d (arrival→exec'd): %s", gateway, strings.Join(slowest, ", "))
 	t.Logf("cold start orchestration, one at a time on quiet nodes (request arrival %s), %d samples: %s",
 		where, len(toExec), distribution(toExec))
 	t.Logf("the same to the runner's first command: %s", distribution(toFirst))

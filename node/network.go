@@ -73,18 +73,34 @@ type network struct {
 	// the state until its identities are written, a start's fast lane
 	// (startLane) likewise, so a Sync never plans from a state older than
 	// a tap the fast lane made (and deletes it as no longer wanted).
-	hostMu  sync.Mutex
-	mtu     int               // guarded by hostMu: the bridge's MTU once observed; 0 before
-	synced  bool              // guarded by hostMu: the last host Sync succeeded
-	written map[string][]byte // guarded by hostMu: network.env contents written, by instance
+	hostMu sync.Mutex
+	// envMu guards the identities written (and, with hostMu, what a lane
+	// needs to know of the host), so that a start whose tap is in place
+	// writes its identity beside a pass's Sync (sideLane) instead of
+	// waiting for it. Taken after hostMu, never held through a host change.
+	envMu   sync.Mutex
+	written map[string][]byte // guarded by envMu: network.env contents written, by instance
+	// Written holding hostMu and envMu, read holding either:
+	mtu    int  // the bridge's MTU once observed; 0 before
+	synced bool // the last host Sync succeeded
 	// syncedTaps are the local taps, by name, as the last Sync that
-	// succeeded made them (guarded by hostMu): the fast lane asks the
-	// kernel only about the others. Asking costs a netlink request, which
-	// waits for the kernel's RTNL lock, held for milliseconds while any tap
-	// on the host is deleted (an instance stopping, a spare placed
-	// elsewhere); a tap removed behind the agent's back since fails its
-	// runner's start as it would have a moment after the check.
+	// succeeded made them: the fast lane asks the kernel only about the
+	// others. Asking costs a netlink request, which waits for the kernel's
+	// RTNL lock, held for milliseconds while any tap on the host is deleted
+	// (an instance stopping, a spare placed elsewhere); a tap removed
+	// behind the agent's back since fails its runner's start as it would
+	// have a moment after the check.
 	syncedTaps map[string]hostnet.Tap
+	// laneIn are the inputs of the last pass's plan, which the lanes plan
+	// with (a start does not wait for DNS or read every instance's tap
+	// flags again); nil before the first plan.
+	laneIn *netInputs
+	// What the pass holding hostMu does to the taps, guarded by envMu:
+	// syncing from taking hostMu until its Sync ended, keeps (nil while it
+	// has not planned) the local taps its Sync converges to, by name. A
+	// side lane trusts no tap that Sync may delete.
+	syncing bool
+	keeps   map[string]hostnet.Tap
 	// runnerQueues caches which function runners (store paths, which never
 	// change) want multi-queue taps; guarded by hostMu.
 	runnerQueues map[string]bool
@@ -272,14 +288,14 @@ func (n *network) SpareTaps() []nodeagent.SpareTap {
 // passEnded publishes which instances' network.env a pass left written
 // and wakes WaitReady.
 func (n *network) passEnded() {
-	n.hostMu.Lock()
-	defer n.hostMu.Unlock()
+	n.envMu.Lock()
+	defer n.envMu.Unlock()
 	n.publishReady()
 }
 
 // publishReady publishes which instances' network.env is written (in the
 // pass, once the taps and identities are in place, and when it ends) and
-// wakes WaitReady. n.hostMu must be held.
+// wakes WaitReady. n.envMu must be held.
 func (n *network) publishReady() {
 	ready := make(map[string]bool, len(n.written))
 	for name := range n.written {
@@ -300,9 +316,11 @@ func (n *network) publishReady() {
 func (n *network) pass(ctx context.Context) error {
 	start := time.Now()
 	n.hostMu.Lock()
+	n.setSyncing(true, nil)
 	locked := true
 	defer func() {
 		if locked {
+			n.setSyncing(false, nil)
 			n.hostMu.Unlock()
 		}
 	}()
@@ -312,10 +330,15 @@ func (n *network) pass(ctx context.Context) error {
 	}
 	read := time.Since(start)
 	n.ingress.Update(ingress.FromState(s))
-	p, ok := n.plan(ctx, s)
+	in := n.inputs(ctx, s)
+	p, ok := planNetwork(s, n.set, in)
 	if !ok {
 		return nil // no plan committed yet: the network has no address range
 	}
+	n.envMu.Lock()
+	n.laneIn = &in
+	n.envMu.Unlock()
+	n.setSyncing(true, p.want.LocalTaps)
 	if msg := strings.Join(p.skipped, "; "); msg != n.lastSkip {
 		n.lastSkip = msg
 		if msg != "" {
@@ -328,21 +351,18 @@ func (n *network) pass(ctx context.Context) error {
 	ops, err := n.host.Sync(ctx, p.host, p.want) // hostnet logs what it changed
 	synced := time.Since(start)
 	var conflict *hostnet.ConflictError
-	n.synced = err == nil
+	mtu := n.mtu
 	switch {
 	case errors.As(err, &conflict):
 		errs = append(errs, fmt.Errorf("this host's network conflicts with the cluster network, nothing was changed: %w", err))
 	case err != nil:
 		errs = append(errs, err)
-	case len(ops) > 0 || n.mtu == 0:
-		n.mtu = n.bridgeMTU()
+	case len(ops) > 0 || mtu == 0:
+		mtu = n.bridgeMTU()
 	}
-	n.syncedTaps = nil
+	var syncedTaps map[string]hostnet.Tap
 	if err == nil {
-		n.syncedTaps = make(map[string]hostnet.Tap, len(p.want.LocalTaps))
-		for _, t := range p.want.LocalTaps {
-			n.syncedTaps[t.Name] = t
-		}
+		syncedTaps = tapsByName(p.want.LocalTaps)
 		n.publishSpares(p)
 	}
 	// The taps are there: the identities next, and the runners waiting for
@@ -350,10 +370,13 @@ func (n *network) pass(ctx context.Context) error {
 	// the new hosts a few milliseconds later, long before a guest that just
 	// started asks for its lease (and its reload after SIGHUP was never
 	// waited for anyway).
+	n.envMu.Lock()
+	n.synced, n.mtu, n.syncedTaps = err == nil, mtu, syncedTaps
+	n.syncing, n.keeps = false, nil
 	wrote, err := n.writeEnv(p.env, true)
 	errs = append(errs, err)
 	n.publishReady()
-	mtu := n.mtu
+	n.envMu.Unlock()
 	n.hostMu.Unlock()
 	locked = false
 	envDone := time.Since(start)
@@ -385,15 +408,35 @@ func (n *network) pass(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// plan is planNetwork for state s with what it needs from this host.
-func (n *network) plan(ctx context.Context, s *replicated.State) (netPlan, bool) {
+// inputs is what planNetwork needs from this host for state s. n.hostMu
+// must be held.
+func (n *network) inputs(ctx context.Context, s *replicated.State) netInputs {
 	in := netInputs{underlays: n.underlays(ctx, s), upstreams: n.upstreams()}
 	in.owner, in.group = stateOwner(n.cfg.StateDir)
 	in.multiQueue = multiQueueTaps(n.cfg.StateDir, s, n.cfg.NodeID)
 	if n.set.createTaps {
 		in.multiQueueRunners = n.functionRunnerQueues(s)
 	}
-	return planNetwork(s, n.set, in)
+	return in
+}
+
+// setSyncing records what the pass holding hostMu may do to the taps:
+// while syncing with want nil, anything; with want, converge them to it.
+func (n *network) setSyncing(syncing bool, want []hostnet.Tap) {
+	n.envMu.Lock()
+	defer n.envMu.Unlock()
+	n.syncing, n.keeps = syncing, nil
+	if syncing && want != nil {
+		n.keeps = tapsByName(want)
+	}
+}
+
+func tapsByName(taps []hostnet.Tap) map[string]hostnet.Tap {
+	out := make(map[string]hostnet.Tap, len(taps))
+	for _, t := range taps {
+		out[t.Name] = t
+	}
+	return out
 }
 
 // functionRunnerQueues reports which function runners of s want
@@ -438,9 +481,11 @@ func (n *network) bridgeMTU() int {
 // writeEnv writes STATE/NAME/network.env for every local instance whose
 // file differs (atomically: a runner reads the old file or the new one)
 // and, when env is all of them (not the fast lane's few), forgets the
-// instances no longer here. The directory is created the way the agent
-// creates it; the agent gives it to the runners' user when it prepares the
-// instance.
+// instances no longer here (an instance a side lane wrote after the pass
+// read its state included: the next pass finds its file as it should be
+// and leaves it). The directory is created the way the agent creates it;
+// the agent gives it to the runners' user when it prepares the instance.
+// n.envMu must be held.
 func (n *network) writeEnv(env map[string]instanceEnv, all bool) (int, error) {
 	if n.cfg.StateDir == "" {
 		return 0, nil
@@ -604,21 +649,24 @@ func multiQueueTaps(stateDir string, s *replicated.State, self uint64) map[strin
 		return out
 	}
 	for name, a := range s.Assignments {
-		if a.Node != self {
-			continue
-		}
-		current := filepath.Join(stateDir, name, "current")
-		data, err := os.ReadFile(filepath.Join(current, "share", "microvm", "tap-flags"))
-		if errors.Is(err, fs.ErrNotExist) && a.OutPath != "" {
-			if _, lerr := os.Lstat(current); errors.Is(lerr, fs.ErrNotExist) {
-				data, err = os.ReadFile(filepath.Join(a.OutPath, "share", "microvm", "tap-flags"))
-			}
-		}
-		if err == nil && slices.Contains(strings.Fields(string(data)), "multi_queue") {
+		if a.Node == self && wantsMultiQueue(stateDir, name, a) {
 			out[name] = true
 		}
 	}
 	return out
+}
+
+// wantsMultiQueue reports whether instance name's runner (assigned as a)
+// asks for a multi-queue tap; see multiQueueTaps.
+func wantsMultiQueue(stateDir, name string, a replicated.Assignment) bool {
+	current := filepath.Join(stateDir, name, "current")
+	data, err := os.ReadFile(filepath.Join(current, "share", "microvm", "tap-flags"))
+	if errors.Is(err, fs.ErrNotExist) && a.OutPath != "" {
+		if _, lerr := os.Lstat(current); errors.Is(lerr, fs.ErrNotExist) {
+			data, err = os.ReadFile(filepath.Join(a.OutPath, "share", "microvm", "tap-flags"))
+		}
+	}
+	return err == nil && slices.Contains(strings.Fields(string(data)), "multi_queue")
 }
 
 // Close releases what newNetwork opened and removes the masquerade: the

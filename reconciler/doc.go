@@ -20,7 +20,8 @@
 // event woke it; time is Options.Now, read once):
 //
 //  1. Read the replicated state linearizably.
-//  2. Fetch the tracked ref when the poll interval passed, a trigger asked
+//  2. Fetch the tracked ref when the poll interval passed (after a failed
+//     fetch: the retry wait, Resync then doubling up to Poll), a trigger asked
 //     for it (webhook, `POST /v1/sync`, a node state change), this replica
 //     just became leader, or the state's SyncRequests differs from the
 //     value read before this term's last fetch (another node was told of a
@@ -42,8 +43,9 @@
 //     evaluation is no verdict. Meanwhile passes go on with the committed
 //     desired spec. Whether a failed commit is evaluated again is decided
 //     from the replicated EvalFailed condition and the clock alone: never
-//     after a permanent failure, Poll after a temporary one (at once for a
-//     new leader), so every leader decides the same way. A commit recorded
+//     after a permanent failure; after a temporary one, once it has waited
+//     as long as it has been failing (from Resync up to Poll; at once for
+//     a new leader), so every leader decides the same way. A commit recorded
 //     as SignatureRefused is never evaluated.
 //  6. Trust (only with a Verifier, that is with trust files): the commit
 //     about to be evaluated must verify first, so nix never runs on an

@@ -76,10 +76,11 @@ type Options struct {
 	Source    Source
 	Evaluator Evaluator
 	Ref       string // recorded in revisions
-	// Poll is how often the ref is fetched, and how long a temporarily
-	// failed evaluation waits before it is tried again (default 5 s). It
-	// also bounds a follower's RequestSync proposal: by then the leader
-	// has polled anyway.
+	// Poll is how often the ref is fetched (default 5 s), and the longest a
+	// failed fetch or a temporarily failed evaluation waits before it is
+	// tried again (the first retries come sooner: after Resync, then
+	// doubling). It also bounds a follower's RequestSync proposal: by then
+	// the leader has polled anyway.
 	Poll time.Duration
 	// Resync is how often a pass runs without any other input, to act on
 	// changes of the replicated state (new nodes, capacity, drains, silent
@@ -153,9 +154,12 @@ type loopState struct {
 	// what the Source knows).
 	commit string
 	// fetchErr is the error of this term's last fetch, nil after a good
-	// one; fetched says whether this term fetched at all.
-	fetchErr error
-	fetched  bool
+	// one; fetched says whether this term fetched at all. fetchFailing is
+	// when this term's current run of failed fetches began (zero after a
+	// good one): the next try waits as long as it has been failing.
+	fetchErr     error
+	fetched      bool
+	fetchFailing time.Time
 	// rewrite is a force-push seen by a fetch of this term and not yet
 	// recorded on a revision.
 	rewrite *Fetched
@@ -333,7 +337,7 @@ func (r *Reconciler) step(ctx context.Context) (Result, error) {
 		r.startEvaluation(ctx, evaluate)
 	}
 	if err == nil {
-		if untilPoll := l.lastFetch.Add(r.opts.Poll).Sub(now); res.RequeueAfter <= 0 || untilPoll < res.RequeueAfter {
+		if untilPoll := r.nextFetch().Sub(now); res.RequeueAfter <= 0 || untilPoll < res.RequeueAfter {
 			res.RequeueAfter = max(untilPoll, time.Millisecond)
 		}
 	}
@@ -355,7 +359,7 @@ func (r *Reconciler) follow() {
 		r.opts.Logger.Info("no longer leading: passes stop until this replica leads again")
 	}
 	r.cancelEvaluation("this replica no longer leads")
-	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, nil, 0
+	l.leading, l.fetched, l.fetchErr, l.fetchFailing, l.syncSeen = false, false, nil, time.Time{}, 0
 	l.heartbeats, l.outcome, l.rewrite, l.refused, l.refusedErr = nil, nil, nil, nil, nil
 	l.planned = PlanMark{}
 	l.observed, l.push = time.Time{}, nil
@@ -406,11 +410,24 @@ func (r *Reconciler) requestSync(ctx context.Context, now time.Time) Result {
 }
 
 // shouldFetch reports whether this pass fetches: a trigger or a new term asked
-// for it, the poll interval passed, or state holds sync requests this term
-// has not fetched after (RequestSync, from nodes that do not lead).
+// for it, the next fetch is due (the poll interval passed, or the retry
+// wait after a failed fetch), or state holds sync requests this term has
+// not fetched after (RequestSync, from nodes that do not lead).
 func (r *Reconciler) shouldFetch(state *replicated.State, now time.Time) bool {
 	l := &r.loop
-	return l.fetchDue || !now.Before(l.lastFetch.Add(r.opts.Poll)) || state.SyncRequests != l.syncSeen
+	return l.fetchDue || !now.Before(r.nextFetch()) || state.SyncRequests != l.syncSeen
+}
+
+// nextFetch is when the next fetch is due without a trigger: Poll after
+// the last one, or sooner after a failed one (RetryWait), so that a push
+// announced while the repository could not be reached waits seconds, not
+// a whole poll interval, once it can.
+func (r *Reconciler) nextFetch() time.Time {
+	l := &r.loop
+	if l.fetchErr == nil || l.fetchFailing.IsZero() {
+		return l.lastFetch.Add(r.opts.Poll)
+	}
+	return l.lastFetch.Add(RetryWait(l.lastFetch.Sub(l.fetchFailing), r.opts.Resync, r.opts.Poll))
 }
 
 // fetch asks the Source for the tracked ref. An error is kept for the pass,
@@ -429,10 +446,14 @@ func (r *Reconciler) fetch(ctx context.Context, now time.Time) {
 		if l.fetchErr == nil || l.fetchErr.Error() != err.Error() {
 			r.opts.Logger.Warn("fetching the cluster repository failed; keeping the current revision", "err", err)
 		}
+		if l.fetchErr == nil {
+			l.fetchFailing = now
+		}
 		l.fetchErr = err
 		r.updateStatus(func(s *Status) { s.LastFetch, s.FetchError = now, err.Error() })
 		return
 	}
+	l.fetchFailing = time.Time{}
 	if l.fetchErr != nil {
 		r.opts.Logger.Info("fetching the cluster repository works again", "commit", f.Commit)
 	}

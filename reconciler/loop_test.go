@@ -327,34 +327,38 @@ func TestPassRetriesTemporaryEvalFailuresOnly(t *testing.T) {
 	if p := store.Proposed(); len(p) != 1 || !p[0].SetCondition.Retryable {
 		t.Fatalf("proposed %+v, want one retryable SetCondition", p)
 	}
-	// … not evaluated again before the poll interval has passed …
-	clock.Advance(time.Second)
-	if res, err := settle(t, ctx, r); err != nil || ev.count() != 1 {
-		t.Fatalf("pass before the retry time: err %v, evaluations %d, want 1", err, ev.count())
-	} else if res.RequeueAfter != 4*time.Second {
-		t.Errorf("pass before the retry time asks for a pass in %s, want 4s (when the retry is due)", res.RequeueAfter)
-	}
-	// … evaluated again after it, without recording the same error twice.
-	clock.Advance(5 * time.Second)
-	if _, err := settle(t, ctx, r); err != nil || ev.count() != 2 || len(store.Proposed()) != 1 {
-		t.Fatalf("pass after the retry time: err %v, evaluations %d (want 2), proposals %d (want 1)", err, ev.count(), len(store.Proposed()))
+	// … tried again after waits that double from Resync (1 s) and stop
+	// growing at Poll (5 s), without recording the same error twice: the
+	// failure was recorded at +0 s, the tries come at +1, +2, +4, +8, +13 s.
+	start := clock.Now()
+	for i, at := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 13 * time.Second} {
+		clock.Advance(start.Add(at - time.Second/2).Sub(clock.Now()))
+		if res, err := settle(t, ctx, r); err != nil || ev.count() != i+1 {
+			t.Fatalf("pass at +%s, before try %d: err %v, evaluations %d, want %d", at-time.Second/2, i+2, err, ev.count(), i+1)
+		} else if res.RequeueAfter != time.Second/2 {
+			t.Errorf("pass at +%s asks for a pass in %s, want 500ms (when the retry is due)", at-time.Second/2, res.RequeueAfter)
+		}
+		clock.Advance(start.Add(at).Sub(clock.Now()))
+		if _, err := settle(t, ctx, r); err != nil || ev.count() != i+2 || len(store.Proposed()) != 1 {
+			t.Fatalf("pass at +%s: err %v, evaluations %d (want %d), proposals %d (want 1)", at, err, ev.count(), i+2, len(store.Proposed()))
+		}
 	}
 	// A new leader (a fresh reconciler) retries a retryable failure at once.
 	r2 := newTestReconciler(t, opts)
-	if _, err := settle(t, ctx, r2); err != nil || ev.count() != 3 {
-		t.Fatalf("new leader: err %v, evaluations %d, want 3", err, ev.count())
+	if _, err := settle(t, ctx, r2); err != nil || ev.count() != 7 {
+		t.Fatalf("new leader: err %v, evaluations %d, want 7", err, ev.count())
 	}
 	// A failure for good is never evaluated again, by any leader.
 	store.Update(func(s *replicated.State) {
 		s.Conditions = []replicated.Condition{{Type: replicated.EvalFailed, Commit: "slow", Message: "error: syntax error"}}
 	})
 	r3 := newTestReconciler(t, opts)
-	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 3 {
-		t.Fatalf("permanent failure: err %v, evaluations %d, want still 3", err, ev.count())
+	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 7 {
+		t.Fatalf("permanent failure: err %v, evaluations %d, want still 7", err, ev.count())
 	}
 	clock.Advance(time.Hour)
-	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 3 {
-		t.Fatalf("permanent failure an hour later: err %v, evaluations %d, want still 3", err, ev.count())
+	if _, err := settle(t, ctx, r3); err != nil || ev.count() != 7 {
+		t.Fatalf("permanent failure an hour later: err %v, evaluations %d, want still 7", err, ev.count())
 	}
 }
 

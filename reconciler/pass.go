@@ -207,7 +207,7 @@ func (r *Reconciler) nextEvaluation(state *replicated.State, now time.Time) (act
 		lastTry = o.at
 	}
 	cond, failed := state.Condition(replicated.EvalFailed)
-	due, at := evalDue(cond, failed, target, now, l.termStart, lastTry, r.opts.Poll)
+	due, at := EvalDue(cond, failed, target, now, l.termStart, lastTry, r.opts.Resync, r.opts.Poll)
 	switch {
 	case due:
 		return nil, target, Result{}
@@ -217,32 +217,36 @@ func (r *Reconciler) nextEvaluation(state *replicated.State, now time.Time) (act
 	return nil, "", Result{}
 }
 
-// evalDue decides whether commit may be evaluated now and, when not yet,
+// EvalDue decides whether commit may be evaluated now and, when not yet,
 // from when (zero: never). The decision is the replicated EvalFailed
 // condition's, so any leader makes the same one:
 //
 //   - no failure recorded for commit: now;
 //   - a permanent failure (not Retryable): never;
-//   - a temporary failure: Poll after it was recorded (At), or at once when
-//     it was recorded before this leader's term began (termStart) — the
-//     failure may have been the old leader's own (nix killed, a full disk).
+//   - a temporary failure: after a wait that grows with how long it has
+//     been failing (RetryWait: base, then doubling, at most poll) counted
+//     from when it was recorded (At), or at once when it was recorded
+//     before this leader's term began (termStart) — the failure may have
+//     been the old leader's own (nix killed, a full disk).
 //
 // lastTry, when set, is when this term's own last evaluation of commit
 // finished: an identical failure is not proposed again (the condition and
-// its event log would not change), so the next try waits Poll after it.
-func evalDue(cond replicated.Condition, failed bool, commit string, now, termStart, lastTry time.Time, poll time.Duration) (bool, time.Time) {
+// its event log would not change), so the next try waits counting from it.
+func EvalDue(cond replicated.Condition, failed bool, commit string, now, termStart, lastTry time.Time, base, poll time.Duration) (bool, time.Time) {
 	if !failed || cond.Commit != commit {
 		return true, time.Time{}
 	}
 	if !cond.Retryable {
 		return false, time.Time{}
 	}
-	next := cond.At.Add(poll)
+	next := cond.At.Add(RetryWait(cond.At.Sub(cond.Since), base, poll))
 	if cond.At.Before(termStart) {
 		next = termStart
 	}
-	if !lastTry.IsZero() && lastTry.Add(poll).After(next) {
-		next = lastTry.Add(poll)
+	if !lastTry.IsZero() {
+		if t := lastTry.Add(RetryWait(lastTry.Sub(cond.Since), base, poll)); t.After(next) {
+			next = t
+		}
 	}
 	if !now.Before(next) {
 		return true, time.Time{}

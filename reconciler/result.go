@@ -87,6 +87,16 @@ func waitAfter(res Result, err error, backoff, resync time.Duration) (wait, next
 	return backoff, backoff
 }
 
+// RetryWait is how long a failure that may go away (a fetch that failed, a
+// temporarily failed evaluation) waits before the next try, given how long
+// it has been failing: as long again, at least base and at most limit. The
+// tries come after base, 2·base, 4·base, … and then every limit, so a
+// short outage costs seconds, not a whole poll interval, and a long one
+// costs no more tries than polling would.
+func RetryWait(failingFor, base, limit time.Duration) time.Duration {
+	return min(max(failingFor, base), max(limit, base))
+}
+
 // joinErrors joins the errors of a pass's steps. The result is terminal
 // only when every error is: one transient error makes the pass worth
 // retrying, so terminal ones are then kept as plain messages.

@@ -61,10 +61,15 @@ func TestJoinErrorsIsTerminalOnlyWhenEveryErrorIs(t *testing.T) {
 }
 
 func TestEvalDue(t *testing.T) {
-	const poll = 5 * time.Second
+	const base, poll = time.Second, 5 * time.Second
 	t0 := time.Unix(1000, 0)
 	failed := func(commit string, retryable bool, at time.Time) replicated.Condition {
 		return replicated.Condition{Type: replicated.EvalFailed, Commit: commit, Message: "boom", Retryable: retryable, Since: at, At: at}
+	}
+	failingSince := func(since, at time.Time) replicated.Condition {
+		c := failed("c", true, at)
+		c.Since = since
+		return c
 	}
 	for _, tt := range []struct {
 		name      string
@@ -82,20 +87,52 @@ func TestEvalDue(t *testing.T) {
 			now: t0.Add(time.Hour), termStart: t0.Add(-time.Hour), wantDue: false},
 		{name: "a permanent failure recorded by an older term is never evaluated again either", cond: failed("c", false, t0), set: true,
 			now: t0.Add(time.Hour), termStart: t0.Add(30 * time.Minute), wantDue: false},
-		{name: "a temporary failure waits Poll after it was recorded", cond: failed("c", true, t0), set: true,
-			now: t0.Add(time.Second), termStart: t0.Add(-time.Minute), wantAt: t0.Add(poll)},
-		{name: "a temporary failure is retried Poll after it was recorded", cond: failed("c", true, t0), set: true,
-			now: t0.Add(poll), termStart: t0.Add(-time.Minute), wantDue: true},
+		{name: "a first temporary failure waits the base after it was recorded", cond: failed("c", true, t0), set: true,
+			now: t0.Add(time.Second / 2), termStart: t0.Add(-time.Minute), wantAt: t0.Add(base)},
+		{name: "a first temporary failure is retried the base after it was recorded", cond: failed("c", true, t0), set: true,
+			now: t0.Add(base), termStart: t0.Add(-time.Minute), wantDue: true},
+		{name: "a failure recorded anew waits as long as it has been failing", cond: failingSince(t0, t0.Add(3*time.Second)), set: true,
+			now: t0.Add(4 * time.Second), termStart: t0.Add(-time.Minute), wantAt: t0.Add(6 * time.Second)},
+		{name: "a long failure waits at most Poll", cond: failingSince(t0, t0.Add(time.Hour)), set: true,
+			now: t0.Add(time.Hour), termStart: t0.Add(-time.Minute), wantAt: t0.Add(time.Hour + poll)},
 		{name: "a temporary failure recorded before this term is retried at once by a new leader", cond: failed("c", true, t0), set: true,
-			now: t0.Add(time.Second), termStart: t0.Add(time.Second), wantDue: true},
-		{name: "an identical failure of this term's own retry pushes the next try Poll later", cond: failed("c", true, t0), set: true,
+			now: t0.Add(time.Second / 2), termStart: t0.Add(time.Second / 2), wantDue: true},
+		{name: "an identical failure of this term's own retry waits as long as it has been failing, from that try", cond: failed("c", true, t0), set: true,
+			now: t0.Add(2 * time.Second), termStart: t0.Add(-time.Minute), lastTry: t0.Add(time.Second), wantAt: t0.Add(2 * time.Second), wantDue: true},
+		{name: "the waits between a term's own tries double", cond: failed("c", true, t0), set: true,
+			now: t0.Add(3 * time.Second), termStart: t0.Add(-time.Minute), lastTry: t0.Add(2 * time.Second), wantAt: t0.Add(4 * time.Second)},
+		{name: "and stop growing at Poll", cond: failed("c", true, t0), set: true,
 			now: t0.Add(7 * time.Second), termStart: t0.Add(-time.Minute), lastTry: t0.Add(6 * time.Second), wantAt: t0.Add(11 * time.Second)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			due, at := evalDue(tt.cond, tt.set, "c", tt.now, tt.termStart, tt.lastTry, poll)
+			due, at := EvalDue(tt.cond, tt.set, "c", tt.now, tt.termStart, tt.lastTry, base, poll)
+			if tt.wantDue {
+				tt.wantAt = time.Time{}
+			}
 			if due != tt.wantDue || !at.Equal(tt.wantAt) {
-				t.Fatalf("evalDue = (%t, %s), want (%t, %s)", due, at, tt.wantDue, tt.wantAt)
+				t.Fatalf("EvalDue = (%t, %s), want (%t, %s)", due, at, tt.wantDue, tt.wantAt)
 			}
 		})
+	}
+}
+
+func TestRetryWait(t *testing.T) {
+	const base, limit = time.Second, time.Minute
+	for _, tt := range []struct {
+		failingFor, want time.Duration
+	}{
+		{0, base},
+		{time.Second / 2, base},
+		{3 * time.Second, 3 * time.Second},
+		{limit, limit},
+		{time.Hour, limit},
+	} {
+		if got := RetryWait(tt.failingFor, base, limit); got != tt.want {
+			t.Errorf("RetryWait(%s, %s, %s) = %s, want %s", tt.failingFor, base, limit, got, tt.want)
+		}
+	}
+	// A limit below the base (a Poll shorter than Resync) waits the base.
+	if got := RetryWait(0, base, time.Millisecond); got != base {
+		t.Errorf("RetryWait with limit < base = %s, want the base %s", got, base)
 	}
 }

@@ -287,3 +287,74 @@ func TestTriggerOnFollowerMakesLeaderFetch(t *testing.T) {
 		t.Errorf("follower status %+v; want a request without error", st)
 	}
 }
+
+// flakySource fails its first failures fetches, then answers commit; it
+// counts the fetches.
+type flakySource struct {
+	commit   string
+	failures int
+
+	mu sync.Mutex
+	n  int
+}
+
+func (s *flakySource) Fetch(context.Context) (Fetched, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.n++
+	if s.n <= s.failures {
+		return Fetched{}, errors.New("repository unreachable")
+	}
+	return Fetched{Commit: s.commit}, nil
+}
+
+func (s *flakySource) fetches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// TestFailedFetchesAreRetriedBeforeThePoll: a new leader whose fetch fails
+// tries again after Resync, then after waits that double, capped at Poll,
+// instead of waiting a whole poll interval (an hour here) with the push
+// that was announced; after a good fetch the poll interval applies again.
+func TestFailedFetchesAreRetriedBeforeThePoll(t *testing.T) {
+	ctx := context.Background()
+	clock := testkit.NewClock(time.Unix(1000, 0))
+	store := testkit.NewStore(nil)
+	src := &flakySource{commit: "c1", failures: 7}
+	const resync, poll = time.Second, 10 * time.Second
+	r := newTestReconciler(t, Options{Store: store, Source: src, Evaluator: &countingEval{err: timeoutErr{}},
+		Poll: poll, Resync: resync, Now: clock.Now})
+	start := clock.Now()
+	if _, err := r.step(ctx); err != nil || src.fetches() != 1 {
+		t.Fatalf("first pass of a new leader: err %v, %d fetches; want 1", err, src.fetches())
+	}
+	// The fetch at +0 s failed; the next ones come at +1, +2, +4, +8, +16
+	// and +26 s (the waits stop growing at Poll); the 8th, at +36 s, works.
+	for i, at := range []time.Duration{1, 2, 4, 8, 16, 26, 36} {
+		at *= time.Second
+		clock.Advance(start.Add(at - resync/2).Sub(clock.Now()))
+		if res, err := r.step(ctx); err != nil || src.fetches() != i+1 || res.RequeueAfter != resync/2 {
+			t.Fatalf("pass at +%s, before retry %d: %+v, err %v, %d fetches; want %d and a requeue in %s",
+				at-resync/2, i+1, res, err, src.fetches(), i+1, resync/2)
+		}
+		clock.Advance(resync / 2)
+		if _, err := r.step(ctx); err != nil || src.fetches() != i+2 {
+			t.Fatalf("pass at +%s: err %v, %d fetches; want %d", at, err, src.fetches(), i+2)
+		}
+		if got := r.Status().FetchError; (i+2 <= src.failures) != (got != "") {
+			t.Fatalf("after fetch %d: Status().FetchError = %q", i+2, got)
+		}
+	}
+	// Fetching works again: the next fetch is a poll interval later.
+	fetchedAt := clock.Now()
+	clock.Advance(poll - resync/2)
+	if _, err := r.step(ctx); err != nil || src.fetches() != 8 {
+		t.Fatalf("pass before the poll: err %v, %d fetches; want still 8", err, src.fetches())
+	}
+	clock.Advance(fetchedAt.Add(poll).Sub(clock.Now()))
+	if _, err := r.step(ctx); err != nil || src.fetches() != 9 {
+		t.Fatalf("pass at the poll: err %v, %d fetches; want 9", err, src.fetches())
+	}
+}

@@ -273,6 +273,55 @@ func (c *cluster) stopAll() {
 			}
 		}
 	}
+	if c.t.Failed() {
+		c.logDigest()
+	}
+}
+
+// logDigest logs, after the nodes' tails, the lines of every node's log
+// that say what the leader loop did and what went wrong (blixard's own
+// warnings and errors, and the leader loop's lines), so that the end of a
+// failed test's output (often all a CI report keeps) names the cause even
+// when it happened long before the tails begin.
+func (c *cluster) logDigest() {
+	const keep = 30
+	var out strings.Builder
+	for _, n := range c.nodes {
+		b, err := os.ReadFile(n.logPath)
+		if err != nil {
+			continue
+		}
+		var lines []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "time=") {
+				continue // Dragonboat's own lines: transport noise around every stop
+			}
+			// The leader loop logs without a component; the other parts
+			// (Raft, agent, backend, …) name theirs and are kept only for
+			// their warnings and errors.
+			warn := strings.Contains(line, " level=WARN ") || strings.Contains(line, " level=ERROR ")
+			if warn || strings.Contains(line, " level=INFO ") && !strings.Contains(line, " component=") {
+				lines = append(lines, line)
+			}
+		}
+		fmt.Fprintf(&out, "node %d: %d such lines", n.id, len(lines))
+		if len(lines) > keep {
+			fmt.Fprintf(&out, ", the last %d", keep)
+			lines = lines[len(lines)-keep:]
+		}
+		out.WriteString(":\n")
+		for _, line := range lines {
+			out.WriteString("  " + truncate(line, 600) + "\n")
+		}
+	}
+	c.t.Logf("--- digest: blixard's warnings, errors and leader-loop lines of every node:\n%s", out.String())
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func tail(b []byte, n int) []byte {

@@ -19,13 +19,15 @@
 // replicated.State.Apply on every node's replica (each command round-trips
 // through EncodeCommand/DecodeCommand first, as on the wire);
 // reconciler.ObserveHeartbeats, StaleNodes, PlanSpec, Compute,
-// Plan.HasChanges, HoldBack, MayRoll, NextRolloutStep and ComputeDrift;
+// Plan.HasChanges, HoldBack, MayRoll, NextRolloutStep, ComputeDrift, EvalDue
+// and RetryWait;
 // nodeagent.Decide, FenceReason and MarkedDownReason.
 // Around them, the simulator rewrites, step for step, the parts that are
 // unexported or do I/O: the leader loop (reconciler loop.go/pass.go/rollout.go/
 // result.go: fetch, liveness, FetchFailed, evaluation, plan with the parent
 // compare-and-set and HoldBack, the rollout steps (step 8), waits and
-// backoff, with copies of evalDue, waitAfter and joinErrors), the agent (observe with observeVMs' rules, the records, the
+// backoff, the retry wait of failed fetches, with copies of waitAfter and
+// joinErrors), the agent (observe with observeVMs' rules, the records, the
 // executor with its kills, the lease — started from the node's last
 // committed heartbeat in its replica, renewed by a committed heartbeat to
 // its send time, a pass at its expiry, starts held after a fence until a

@@ -14,8 +14,8 @@ import (
 // loop is reconciler.Reconciler's loop (loop.go, pass.go, result.go) on
 // the simulated cluster: the same steps in the same order, built from the
 // package's exported pure parts (ObserveHeartbeats, StaleNodes, PlanSpec,
-// Compute, Plan.HasChanges, TerminalError) and copies of the small
-// unexported rules (evalDue, waitAfter, joinErrors), because the real loop
+// Compute, Plan.HasChanges, TerminalError, EvalDue, RetryWait) and copies of
+// the small unexported rules (waitAfter, joinErrors), because the real loop
 // owns goroutines and timers. Every node's process runs one; it passes only
 // while its replica leads. Not modelled: commit signatures (no Verifier),
 // force-pushes, RequestSync from followers (pushes are found by polling),
@@ -24,21 +24,24 @@ type loop struct {
 	w *world
 	n *node
 
-	leading    bool
-	termStart  int64
-	fetchDue   bool
-	lastFetch  int64
-	syncSeen   uint64
-	commit     string // the last good fetch's commit; kept across terms
-	fetchErr   string // this term's last fetch error ("" after a good one)
-	fetched    bool
-	heartbeats reconciler.Heartbeats
-	observed   time.Time // when heartbeats was last updated from a read
-	eval       *evalRun
-	outcome    *outcome
-	refused    *replicated.CommitPlan
-	refusedErr error
-	backoff    int64
+	leading   bool
+	termStart int64
+	fetchDue  bool
+	lastFetch int64
+	syncSeen  uint64
+	commit    string // the last good fetch's commit; kept across terms
+	fetchErr  string // this term's last fetch error ("" after a good one)
+	fetched   bool
+	// fetchFailing is when this term's run of failed fetches began (-1:
+	// none), for the retry wait (loop.go's nextFetch).
+	fetchFailing int64
+	heartbeats   reconciler.Heartbeats
+	observed     time.Time // when heartbeats was last updated from a read
+	eval         *evalRun
+	outcome      *outcome
+	refused      *replicated.CommitPlan
+	refusedErr   error
+	backoff      int64
 
 	gen       int      // the scheduled step in force
 	inPass    bool     // a pass waits on a proposal or a read
@@ -62,7 +65,7 @@ type outcome struct {
 }
 
 func newLoop(w *world, n *node) *loop {
-	return &loop{w: w, n: n, lastFetch: -1 << 40}
+	return &loop{w: w, n: n, lastFetch: -1 << 40, fetchFailing: -1}
 }
 
 func (l *loop) start() { l.step() }
@@ -98,7 +101,7 @@ func (l *loop) step() {
 			l.startEvaluation(evaluate)
 		}
 		if err == nil {
-			if untilPoll := l.lastFetch + pollEvery - w.now; requeue <= 0 || untilPoll < requeue {
+			if untilPoll := l.nextFetch() - w.now; requeue <= 0 || untilPoll < requeue {
 				requeue = max(untilPoll, 1)
 			}
 		}
@@ -129,7 +132,7 @@ func (l *loop) follow() {
 		l.w.tracef("node %d: reconciler no longer leads", l.n.id)
 	}
 	l.cancelEvaluation()
-	l.leading, l.fetched, l.fetchErr, l.syncSeen = false, false, "", 0
+	l.leading, l.fetched, l.fetchErr, l.fetchFailing, l.syncSeen = false, false, "", -1, 0
 	l.heartbeats, l.outcome, l.refused, l.refusedErr = nil, nil, nil, nil
 	l.observed = time.Time{}
 }
@@ -175,7 +178,7 @@ func (l *loop) proposeOK(what string, cmd replicated.Command, then func(error)) 
 func (l *loop) reconcile(now int64, done func(requeue int64, evaluate string, err error)) {
 	l.read(func(state *replicated.State) {
 		// 2. Fetch.
-		if l.fetchDue || now >= l.lastFetch+pollEvery || state.SyncRequests != l.syncSeen {
+		if l.fetchDue || now >= l.nextFetch() || state.SyncRequests != l.syncSeen {
 			l.fetch(now)
 			l.syncSeen = state.SyncRequests
 		}
@@ -220,15 +223,28 @@ func (l *loop) reconcile(now int64, done func(requeue int64, evaluate string, er
 	})
 }
 
+// nextFetch is loop.go's: Poll after the last fetch, sooner after a failed
+// one.
+func (l *loop) nextFetch() int64 {
+	if l.fetchErr == "" || l.fetchFailing < 0 {
+		return l.lastFetch + pollEvery
+	}
+	wait := reconciler.RetryWait(msDuration(l.lastFetch-l.fetchFailing), msDuration(resyncEvery), msDuration(pollEvery))
+	return l.lastFetch + wait.Milliseconds()
+}
+
 func (l *loop) fetch(now int64) {
 	l.fetchDue, l.lastFetch = false, now
 	l.fetched = true
 	head, err := l.w.repo.fetch()
 	if err != nil {
+		if l.fetchErr == "" {
+			l.fetchFailing = now
+		}
 		l.fetchErr = err.Error()
 		return
 	}
-	l.fetchErr = ""
+	l.fetchErr, l.fetchFailing = "", -1
 	if head != l.commit {
 		l.w.tracef("node %d: fetched %s", l.n.id, head)
 	}
@@ -339,7 +355,7 @@ func (l *loop) nextEvaluation(state *replicated.State, now int64) (act *outcome,
 		lastTry = at(o.at)
 	}
 	cond, failed := state.Condition(replicated.EvalFailed)
-	due, next := evalDue(cond, failed, target, at(now), at(l.termStart), lastTry, msDuration(pollEvery))
+	due, next := reconciler.EvalDue(cond, failed, target, at(now), at(l.termStart), lastTry, msDuration(resyncEvery), msDuration(pollEvery))
 	switch {
 	case due:
 		return nil, target, 0
@@ -347,27 +363,6 @@ func (l *loop) nextEvaluation(state *replicated.State, now int64) (act *outcome,
 		return nil, "", next.Sub(at(now)).Milliseconds()
 	}
 	return nil, "", 0
-}
-
-// evalDue is a copy of pass.go's evalDue.
-func evalDue(cond replicated.Condition, failed bool, commit string, now, termStart, lastTry time.Time, poll time.Duration) (bool, time.Time) {
-	if !failed || cond.Commit != commit {
-		return true, time.Time{}
-	}
-	if !cond.Retryable {
-		return false, time.Time{}
-	}
-	next := cond.At.Add(poll)
-	if cond.At.Before(termStart) {
-		next = termStart
-	}
-	if !lastTry.IsZero() && lastTry.Add(poll).After(next) {
-		next = lastTry.Add(poll)
-	}
-	if !now.Before(next) {
-		return true, time.Time{}
-	}
-	return false, next
 }
 
 // reconcilePlan is pass.go's.

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // gitEnv makes the git CLI independent of the user's and the system's config.
@@ -514,5 +517,36 @@ func TestRedactURLHidesPassword(t *testing.T) {
 	got := redactURL("https://bot:s3cret@git.example.invalid/c.git")
 	if strings.Contains(got, "s3cret") {
 		t.Fatalf("redactURL kept the password: %s", got)
+	}
+}
+
+// A remote that accepts the request and never answers (a stalled HTTP
+// server) is given up when the fetch's context ends: the leader's fetch
+// timeout relies on it.
+func TestGitFetchFromAStalledRemoteEndsWithItsContext(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	m := newMirror(t, Options{URL: srv.URL + "/cluster.git", Dir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Fetch(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), srv.URL) {
+			t.Fatalf("fetch from a stalled remote: err = %v, want an error naming %s", err, srv.URL)
+		}
+	case <-time.After(30 * time.Second): // a hang guard, not a timing assertion
+		t.Fatal("a fetch from a stalled remote did not end with its context")
 	}
 }

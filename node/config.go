@@ -146,7 +146,11 @@ type Config struct {
 	Lease time.Duration
 	// EvalTimeout bounds one nix evaluation (default 2m).
 	EvalTimeout time.Duration
-	Eval        Eval
+	// FetchTimeout bounds one fetch of the cluster repository (default
+	// 2m): the leader's loop waits for its fetch, and a remote that
+	// accepts the connection and then stalls must not stop it.
+	FetchTimeout time.Duration
+	Eval         Eval
 
 	// Capacity and Labels are what the node offers to placement.
 	Capacity replicated.Resources
@@ -426,6 +430,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.Source.Debounce, 300*time.Millisecond)
 	setDefault(&c.Poll, 5*time.Second)
 	setDefault(&c.EvalTimeout, 2*time.Minute)
+	setDefault(&c.FetchTimeout, 2*time.Minute)
 	if c.Attr == "" {
 		c.Attr = "blixard"
 	}

@@ -258,7 +258,8 @@ func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *vol
 	p := &parts{metrics: m}
 	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
 		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
-	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, NodeTimeout: cfg.NodeTimeout, Metrics: m, Logger: log}
+	recOpts := reconciler.Options{Store: store, Ref: cfg.Source.Ref, Poll: cfg.Poll, FetchTimeout: cfg.FetchTimeout,
+		NodeTimeout: cfg.NodeTimeout, Metrics: m, Logger: log}
 	if vols != nil {
 		f := fencer{volumes.NewFencer(vols, 0)}
 		recOpts.Fencer, recOpts.Unfencer = f, f

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -82,6 +83,10 @@ type Options struct {
 	// doubling). It also bounds a follower's RequestSync proposal: by then
 	// the leader has polled anyway.
 	Poll time.Duration
+	// FetchTimeout bounds one Source.Fetch (default 2 min): the loop waits
+	// for its fetch, so a remote that stalls would otherwise stop liveness
+	// and planning with it. A fetch that runs out is a failed fetch.
+	FetchTimeout time.Duration
 	// Resync is how often a pass runs without any other input, to act on
 	// changes of the replicated state (new nodes, capacity, drains, silent
 	// nodes, sync requests); it is also the first backoff step after a
@@ -213,6 +218,9 @@ func New(o Options) *Reconciler {
 	}
 	if o.Resync <= 0 {
 		o.Resync = time.Second
+	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 2 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -436,9 +444,15 @@ func (r *Reconciler) fetch(ctx context.Context, now time.Time) {
 	l := &r.loop
 	l.fetchDue, l.lastFetch = false, now
 	start := time.Now()
-	f, err := r.opts.Source.Fetch(ctx)
+	fctx, cancel := context.WithTimeout(ctx, r.opts.FetchTimeout)
+	defer cancel()
+	f, err := r.opts.Source.Fetch(fctx)
 	if ctx.Err() != nil {
 		return // shutting down: no verdict on the repository
+	}
+	if err != nil && fctx.Err() != nil {
+		err = fmt.Errorf("the fetch did not finish within %s and was stopped; the remote may be stalled (if it is only slow, raise the fetch timeout, --fetch-timeout): %w",
+			r.opts.FetchTimeout, err)
 	}
 	r.opts.Metrics.ObserveFetch(time.Since(start), err)
 	l.fetched = true

@@ -358,3 +358,42 @@ func TestFailedFetchesAreRetriedBeforeThePoll(t *testing.T) {
 		t.Fatalf("pass at the poll: err %v, %d fetches; want 9", err, src.fetches())
 	}
 }
+
+// stalledSource is a remote that accepts the fetch and never answers: its
+// Fetch returns only when its context ends.
+type stalledSource struct{}
+
+func (stalledSource) Fetch(ctx context.Context) (Fetched, error) {
+	<-ctx.Done()
+	return Fetched{}, ctx.Err()
+}
+
+// TestAStalledFetchIsGivenUp: a fetch that does not return within
+// FetchTimeout is stopped and counts as a failed fetch (FetchFailed, the
+// status says why), so the leader's pass goes on to liveness and planning.
+func TestAStalledFetchIsGivenUp(t *testing.T) {
+	ctx := context.Background()
+	clock := testkit.NewClock(time.Unix(1000, 0))
+	store := testkit.NewStore(nil)
+	r := newTestReconciler(t, Options{Store: store, Source: stalledSource{}, Evaluator: &countingEval{},
+		Poll: time.Minute, Resync: time.Second, FetchTimeout: 50 * time.Millisecond, Now: clock.Now})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.step(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("pass: %v", err)
+		}
+	case <-time.After(30 * time.Second): // a hang guard, not a timing assertion
+		t.Fatal("the pass waits for a stalled fetch")
+	}
+	if got := r.Status().FetchError; !strings.Contains(got, "did not finish within 50ms") || !strings.Contains(got, "--fetch-timeout") {
+		t.Errorf("Status().FetchError = %q, want it to say the fetch was stopped after 50ms and name --fetch-timeout", got)
+	}
+	if got := describe(store.Proposed()); len(got) != 1 || !strings.HasPrefix(got[0], "Set FetchFailed") {
+		t.Errorf("proposed %q, want one FetchFailed", got)
+	}
+}

@@ -22,6 +22,7 @@ type serveOptions struct {
 	join, nonVoting, agent, checkConfig             bool
 	repo, ref, attr, labels, logDB                  string
 	poll, heartbeat, nodeTimeout, evalTimeout       time.Duration
+	fetchTimeout                                    time.Duration
 	lease                                           time.Duration
 	raft                                            node.RaftTiming
 	capacityVCPU, capacityMem                       int
@@ -131,6 +132,7 @@ func newServeCommand(g *globals) *cobra.Command {
 	f.Uint64Var(&o.raft.ElectionRTT, "raft-election-rtt", raftstore.DefaultElectionRTT,
 		"a follower calls an election after this many ticks without the leader, randomised up to twice that (100 × 10ms: 1-2s); at least 10 heartbeats; the same on every node")
 	f.DurationVar(&o.evalTimeout, "eval-timeout", 2*time.Minute, "limit for one nix evaluation")
+	f.DurationVar(&o.fetchTimeout, "fetch-timeout", 2*time.Minute, "limit for one fetch of --repo (a stalled remote is given up and tried again)")
 	f.IntVar(&o.capacityVCPU, "capacity-vcpu", 0, "vCPUs this node offers to VMs")
 	f.IntVar(&o.capacityMem, "capacity-mem-mib", 0, "memory (MiB) this node offers to VMs")
 	f.StringVar(&o.labels, "labels", "", "node labels: k=v,… (matched by placement.labels)")
@@ -246,7 +248,7 @@ func (o *serveOptions) config(underSystemd bool) (node.Config, error) {
 		Join: o.join, NonVoting: o.nonVoting, LogDB: o.logDB,
 		Source: node.Source{Repo: o.repo, Ref: o.ref, SSHKeyFile: o.git.SSHKeyFile, SSHKnownHostsFile: o.git.SSHKnownHostsFile,
 			HTTPTokenFile: o.git.HTTPTokenFile, HTTPUsername: o.git.HTTPUsername, Trust: o.git.Trust},
-		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, Lease: o.lease, EvalTimeout: o.evalTimeout,
+		Attr: o.attr, Poll: o.poll, Heartbeat: o.heartbeat, NodeTimeout: o.nodeTimeout, Lease: o.lease, EvalTimeout: o.evalTimeout, FetchTimeout: o.fetchTimeout,
 		Raft:     o.raft,
 		Eval:     node.Eval{MaxMemory: o.eval.MaxMemory << 20, User: o.eval.User, Store: o.eval.Store},
 		Capacity: replicated.Resources{VCPU: o.capacityVCPU, MemMiB: o.capacityMem}, Labels: labels,

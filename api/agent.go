@@ -279,7 +279,18 @@ func (s *Server) handleAgentPropose(w http.ResponseWriter, r *http.Request) {
 	}
 	cmd := p.Command
 	cmd.Actor = c.Name
-	if cmd.Type == replicated.CmdScaleFunction {
+	ctx, cancel := context.WithTimeout(r.Context(), proposeTimeout)
+	defer cancel()
+	// raftstore forwards a follower's proposal to the leader and returns
+	// once this replica applied it: every view computed from now on
+	// includes it.
+	var res replicated.Result
+	switch {
+	case cmd.Type == replicated.CmdScaleFunction && s.o.ScaleOuts != nil:
+		// As this node's own gateway's: the plan rides along, and what
+		// it places on nodes with a replica starts ahead of the commit.
+		res, err = s.o.ScaleOuts.ProposeScaleOut(ctx, cmd)
+	case cmd.Type == replicated.CmdScaleFunction:
 		// The plan the leader would commit next rides along, made from
 		// this replica (Apply drops it when the state moved meanwhile):
 		// the agent-only node's cold start waits for one commit, as a
@@ -288,13 +299,10 @@ func (s *Server) handleAgentPropose(w http.ResponseWriter, r *http.Request) {
 			sf := reconciler.ScaleOutPlan(st, *cmd.ScaleFunction)
 			cmd.ScaleFunction = &sf
 		}
+		res, err = s.o.Replica.Propose(ctx, cmd)
+	default:
+		res, err = s.o.Replica.Propose(ctx, cmd)
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), proposeTimeout)
-	defer cancel()
-	// raftstore forwards a follower's proposal to the leader and returns
-	// once this replica applied it: every view computed from now on
-	// includes it.
-	res, err := s.o.Replica.Propose(ctx, cmd)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,17 @@ import (
 // returns its address and the server (to call Applied).
 func agentServer(t *testing.T, p *testPKI, replica *testkit.Replica) (string, *api.Server) {
 	t.Helper()
-	srv := api.NewServer(api.Options{Replica: replica, TLS: p.server(t, "node-1"), Now: func() time.Time { return testkit.T0 }})
+	return agentServerWith(t, p, replica, nil)
+}
+
+// agentServerWith is agentServer with options changed by opts (nil: none).
+func agentServerWith(t *testing.T, p *testPKI, replica *testkit.Replica, opts func(*api.Options)) (string, *api.Server) {
+	t.Helper()
+	o := api.Options{Replica: replica, TLS: p.server(t, "node-1"), Now: func() time.Time { return testkit.T0 }}
+	if opts != nil {
+		opts(&o)
+	}
+	srv := api.NewServer(o)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -517,5 +528,68 @@ func TestAgentScaleOutGetsTheServersPlan(t *testing.T) {
 	}
 	if a, ok := st.Assignments["fn-hello-0"]; !ok || a.Node != 1 {
 		t.Errorf("fn-hello-0: %+v (assigned %v); want it on node 1, whose gateway asked", a, ok)
+	}
+}
+
+// recordingScaleOuts stands in for the node's function component (its
+// plan and starts ahead are node's tests): it records the scale-outs it
+// is given and proposes them through the replica as they are.
+type recordingScaleOuts struct {
+	replica *testkit.Replica
+	mu      sync.Mutex
+	got     []replicated.Command
+}
+
+func (r *recordingScaleOuts) ProposeScaleOut(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	r.mu.Lock()
+	r.got = append(r.got, cmd)
+	r.mu.Unlock()
+	return r.replica.Propose(ctx, cmd)
+}
+
+// TestAgentScaleOutGoesThroughTheNodesScaleOuts: with a ScaleOuts (a
+// server running a gateway), an agent-only node's scale-out is handed to
+// it as the agent sent it (the caller named as its actor, no plan
+// attached by the API), and the answer carries the committed result and
+// the agent's view after it. Other commands are proposed as before.
+func TestAgentScaleOutGoesThroughTheNodesScaleOuts(t *testing.T) {
+	p := newTestPKI(t)
+	store := testkit.NewStore(nil)
+	plan := autostarted(testkit.Plan(0, commitA, testkit.Assign("web", 2, "v1")))
+	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"},
+		VCPU: 1, MemMiB: 256, MaxInstances: 2, Concurrency: 4, IdleTimeout: time.Minute,
+		HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
+	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), plan} {
+		if res, err := store.Propose(context.Background(), cmd); err != nil || !res.OK() {
+			t.Fatalf("setting up %s: %v %+v", cmd.Type, err, res)
+		}
+	}
+	replica := testkit.NewReplica(store, 1, 1)
+	so := &recordingScaleOuts{replica: replica}
+	addr, _ := agentServerWith(t, p, replica, func(o *api.Options) { o.ScaleOuts = so })
+	out := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdScaleFunction, At: testkit.T0,
+		ScaleFunction: &replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 2}}
+	a := call(t, p.httpsAs(t, "node-2"), "POST", "https://"+addr+"/v1/agent/propose?node=2", proposal(t, out), nil)
+	var answer api.AgentProposeAnswer
+	if a.code != 200 || json.Unmarshal(a.body, &answer) != nil {
+		t.Fatalf("propose: %d %s", a.code, a.body)
+	}
+	if !answer.Result.OK() || answer.View.Node != 2 || answer.View.Applied == 0 {
+		t.Errorf("answer %+v; want the committed result and node 2's view after it", answer)
+	}
+	so.mu.Lock()
+	got := so.got
+	so.mu.Unlock()
+	if len(got) != 1 || got[0].ScaleFunction.Plan != nil || got[0].ScaleFunction.Node != 2 || got[0].Actor != "node-2" {
+		t.Fatalf("ScaleOuts was given %s; want node 2's scale-out, without a plan, with node-2 as its actor", testkit.JSON(t, got))
+	}
+	// A heartbeat is not a scale-out: proposed as it is.
+	hb := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdNodeHeartbeat, At: testkit.T0,
+		NodeHeartbeat: &replicated.NodeHeartbeat{ID: 2, Seq: 1}}
+	if a := call(t, p.httpsAs(t, "node-2"), "POST", "https://"+addr+"/v1/agent/propose?node=2", proposal(t, hb), nil); a.code != 200 {
+		t.Fatalf("heartbeat: %d %s", a.code, a.body)
+	}
+	if n := len(so.got); n != 1 {
+		t.Errorf("ScaleOuts was given %d commands after a heartbeat; want still 1", n)
 	}
 }

@@ -23,6 +23,15 @@ type FunctionStats interface {
 	FunctionStats() []FunctionLocal
 }
 
+// ScaleOuts proposes a gateway's scale-out (a ScaleFunction command
+// without a plan) with the plan made from this replica riding along, and
+// may start the instances it places ahead of the commit (the node's
+// function component); it returns when the command committed, as
+// [Replica.Propose] does.
+type ScaleOuts interface {
+	ProposeScaleOut(ctx context.Context, cmd replicated.Command) (replicated.Result, error)
+}
+
 // FunctionLocal is one function's requests as this node's gateway saw
 // them (not cluster-wide: every node's gateway counts its own).
 type FunctionLocal struct {

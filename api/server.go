@@ -101,6 +101,11 @@ type Options struct {
 	// Functions is the node's function gateway, for GET /v1/functions and
 	// /metrics (nil: the node runs none; its answers lack local counts).
 	Functions FunctionStats
+	// ScaleOuts proposes the scale-outs that agent-only nodes' gateways
+	// send (POST /v1/agent/propose) the way this node's own gateway's are
+	// (nil: the plan made from this replica is attached here and the
+	// command proposed as it is).
+	ScaleOuts ScaleOuts
 	// WebhookSecret is the HMAC secret of POST /v1/webhook ("" accepts any
 	// POST).
 	WebhookSecret string

@@ -449,6 +449,28 @@ func TestKernelNixAgentOnlyNodeNetworkAndCache(t *testing.T) {
 			t.Errorf("hello's instance %s on node 4, which its placement excludes", in.Name)
 		}
 	}
+	// The server that took node 4's scale-out proposed it as its own
+	// gateway's (api.ScaleOuts): the plan made there, and the instance
+	// started ahead of the commit on the server it places it on (that
+	// server itself, or another one told by its gateway). Whether the
+	// start came first depends on timing: logged, not asserted.
+	var took []string
+	for i := 1; i <= 3; i++ {
+		b, err := os.ReadFile(filepath.Join(l.root, fmt.Sprintf("n%d.log", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "function scaled out for another node's gateway") && strings.Contains(line, " for=4 ") ||
+				strings.Contains(line, "instances started ahead of a peer's scale-out") {
+				took = append(took, fmt.Sprintf("node %d: %s", i, line))
+			}
+		}
+	}
+	if !slices.ContainsFunc(took, func(line string) bool { return strings.Contains(line, "for another node's gateway") }) {
+		t.Errorf("no server logged that it proposed node 4's scale-out as its gateway's would; lines: %q", took)
+	}
+	t.Logf("node 4's scale-out on the servers:\n%s", strings.Join(took, "\n"))
 	// A server's cluster-wide function counts include node 4's gateway.
 	var all api.FunctionsView
 	if _, err := c.Get(ctx, "/v1/functions?nodes=all", &all); err != nil {

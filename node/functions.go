@@ -256,72 +256,101 @@ func (f *functions) Want(fn string, d fngateway.Demand) {
 			delete(f.proposing, fn)
 			f.mu.Unlock()
 		}()
-		began := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, fnProposeTimeout)
 		defer cancel()
 		reason := fmt.Sprintf("%d in flight, %d queued at node %d's gateway; %d ready, %d starting",
 			d.InFlight, d.Queued, f.self, d.Ready, d.Starting)
-		sf := replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}
-		var st *replicated.State
-		if f.carryPlan {
-			// The plan rides along: one commit instead of the scale's and
-			// then the leader's (Apply drops it if the state moved).
-			var err error
-			if st, err = f.store.LocalRead(); err == nil {
-				sf = reconciler.ScaleOutPlan(st, sf)
-			}
-		}
-		planned := time.Since(began)
-		var notices sync.WaitGroup
-		if st != nil && f.ahead != nil {
-			// The nodes the plan places new instances on start them ahead
-			// of this commit, told by their gateways (speculate.go); each
-			// answers once it ran them (at most aheadLead).
-			for node, via := range aheadTargets(st, sf, f.self) {
-				notices.Go(func() {
-					n := fngateway.AheadNotice{Function: fn, Want: d.Want, From: f.self}
-					if err := f.gateway.SendAhead(pctx, via, n); err != nil {
-						f.log.Debug("ahead notice not taken; the instance starts once committed", "function", fn, "node", node, "err", err)
-					}
-				})
-			}
-		}
-		var proposed time.Time
-		propose := func(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
-			// The commit's work would compete for the CPUs with the
-			// starts the notices asked for (speculate.go, aheadLead).
-			waitAtMost(&notices, aheadNoticeWait)
-			proposed = time.Now()
-			return f.store.Propose(ctx, cmd)
-		}
-		cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(), ScaleFunction: &sf}
-		var (
-			res   replicated.Result
-			err   error
-			ahead bool
-		)
-		if f.ahead != nil && st != nil {
-			res, ahead, err = f.ahead.propose(pctx, st, cmd, propose)
-		} else {
-			res, err = propose(pctx, cmd)
-		}
+		cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: f.now(),
+			ScaleFunction: &replicated.ScaleFunction{Function: fn, Kind: replicated.ScaleOut, Want: d.Want, Node: f.self, Reason: reason}}
+		out, err := f.proposeScaleOut(pctx, cmd)
 		switch {
 		case err != nil:
 			f.log.Warn("function scale-out not committed; the next waiting request asks again", "function", fn, "want", d.Want, "err", err)
-		case !res.OK():
-			f.log.Warn("function scale-out refused", "function", fn, "want", d.Want, "err", res.Err())
+		case !out.res.OK():
+			f.log.Warn("function scale-out refused", "function", fn, "want", d.Want, "err", out.res.Err())
 		default:
-			// plan: reading the replica and the plan riding along; lead:
-			// waiting for the starts ahead, here and on the nodes told;
-			// commit: Raft, until this node's replica applied it.
-			// ahead: the instance was started here before this committed.
 			f.log.Info("function scaled out", "function", fn, "want", d.Want, "reason", reason,
-				"plan", planned, "lead", proposed.Sub(began)-planned, "commit", time.Since(proposed), "ahead", ahead)
+				"plan", out.plan, "lead", out.lead, "commit", out.commit, "ahead", out.ahead)
 			f.mu.Lock()
 			f.wants[fn] = max(f.wants[fn], d.Want)
 			f.mu.Unlock()
 		}
 	}()
+}
+
+// ProposeScaleOut implements api.ScaleOuts: a scale-out that an agent-only
+// node's gateway sent this server (POST /v1/agent/propose) goes the way
+// of this node's own gateway's: with the plan made from this replica, and
+// the instances it places here or on other nodes with a replica started
+// ahead of its commit.
+func (f *functions) ProposeScaleOut(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	out, err := f.proposeScaleOut(ctx, cmd)
+	if err == nil && out.res.OK() {
+		sf := cmd.ScaleFunction
+		f.log.Info("function scaled out for another node's gateway", "function", sf.Function, "want", sf.Want, "for", sf.Node,
+			"reason", sf.Reason, "plan", out.plan, "lead", out.lead, "commit", out.commit, "ahead", out.ahead)
+	}
+	return out.res, err
+}
+
+// scaleOutcome is what proposing a scale-out did.
+type scaleOutcome struct {
+	res replicated.Result
+	// ahead: an instance was started on this node before the commit.
+	ahead bool
+	// plan: reading the replica and making the plan that rides along;
+	// lead: waiting for the starts ahead, here and on the nodes told;
+	// commit: Raft, until this node's replica applied it.
+	plan, lead, commit time.Duration
+}
+
+// proposeScaleOut proposes cmd, a ScaleFunction scale-out. With carryPlan
+// the plan made from the local replica rides along (one commit instead of
+// the scale's and then the leader's; Apply drops it if the state moved),
+// the other nodes it places new instances on are told by their gateways
+// and start them ahead (speculate.go), and so does this node.
+func (f *functions) proposeScaleOut(ctx context.Context, cmd replicated.Command) (scaleOutcome, error) {
+	began := time.Now()
+	sf := *cmd.ScaleFunction
+	var st *replicated.State
+	if f.carryPlan {
+		var err error
+		if st, err = f.store.LocalRead(); err == nil {
+			sf = reconciler.ScaleOutPlan(st, sf)
+		}
+	}
+	cmd.ScaleFunction = &sf
+	var out scaleOutcome
+	out.plan = time.Since(began)
+	var notices sync.WaitGroup
+	if st != nil && f.ahead != nil {
+		// Each node told answers once it ran its instances (at most
+		// aheadLead).
+		for node, via := range aheadTargets(st, sf, f.self) {
+			notices.Go(func() {
+				n := fngateway.AheadNotice{Function: sf.Function, Want: sf.Want, From: sf.Node}
+				if err := f.gateway.SendAhead(ctx, via, n); err != nil {
+					f.log.Debug("ahead notice not taken; the instance starts once committed", "function", sf.Function, "node", node, "err", err)
+				}
+			})
+		}
+	}
+	var proposed time.Time
+	propose := func(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+		// The commit's work would compete for the CPUs with the starts
+		// the notices asked for (speculate.go, aheadLead).
+		waitAtMost(&notices, aheadNoticeWait)
+		proposed = time.Now()
+		return f.store.Propose(ctx, cmd)
+	}
+	var err error
+	if f.ahead != nil && st != nil {
+		out.res, out.ahead, err = f.ahead.propose(ctx, st, cmd, propose)
+	} else {
+		out.res, err = propose(ctx, cmd)
+	}
+	out.lead, out.commit = proposed.Sub(began)-out.plan, time.Since(proposed)
+	return out, err
 }
 
 // noticed is the gateway's Ahead: a peer proposes a scale-out of n.Function

@@ -160,18 +160,18 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// The function gateway serves on the ingress listener, beside ingress.
 	var fns *functions
-	var fnStats api.FunctionStats
 	var gatewayAddr string
 	if nw != nil && nw.ingressL != nil {
 		fns = newFunctions(cfg.NodeID, store, m, log)
 		fns.carryPlan = true // a replica: it plans from its own state
+		// Before the API serves: agent-only nodes' scale-outs use it too.
+		fns.ahead = newSpeculation(cfg.NodeID, log)
 		nw.front = fns.frontDoor(nw.ingress)
-		fnStats = fns
 		if gatewayAddr, err = nw.gatewayAddr(cfg.RaftAddr); err != nil {
 			return err
 		}
 	}
-	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, fnStats, m, log)
+	p, err := newParts(cfg, rc, store, vols, backend, tlsCfg, fns, m, log)
 	if err != nil {
 		return err
 	}
@@ -208,7 +208,6 @@ func Run(ctx context.Context, cfg Config) error {
 	var nodeSt nodeState = store
 	ao := p.agentOptions(ctx, cfg, store, backend, vols, log)
 	if fns != nil {
-		fns.ahead = newSpeculation(cfg.NodeID, log)
 		nodeSt = speculativeState{nodeState: store, sp: fns.ahead}
 		ao.State, ao.OnPhase = nodeSt, fns.ahead.phase
 	}
@@ -254,7 +253,7 @@ type parts struct {
 }
 
 func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *volumes.Manager, backend nodeagent.Backend, tlsCfg apiTLS,
-	fns api.FunctionStats, m *metrics.Metrics, log *slog.Logger) (*parts, error) {
+	fns *functions, m *metrics.Metrics, log *slog.Logger) (*parts, error) {
 	p := &parts{metrics: m}
 	ev := nixeval.New(nixeval.Options{Timeout: cfg.EvalTimeout, MaxMemory: cfg.Eval.MaxMemory,
 		User: cfg.Eval.User, Store: cfg.Eval.Store, Logger: log})
@@ -274,7 +273,9 @@ func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *vol
 	if backend != nil {
 		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}
-	apiOpts.Functions = fns
+	if fns != nil {
+		apiOpts.Functions, apiOpts.ScaleOuts = fns, fns
+	}
 	switch {
 	case cfg.Source.Repo != "":
 		m, err := gitsync.New(gitsync.Options{URL: cfg.Source.Repo, Dir: filepath.Join(cfg.DataDir, "mirror"), Ref: cfg.Source.Ref,

@@ -445,3 +445,74 @@ func TestSpeculationExpect(t *testing.T) {
 		t.Errorf("left waiting: %v", slices.Collect(maps.Keys(sp.waiting)))
 	}
 }
+
+// proposeRecorder is a store that reads st and records what is proposed,
+// reading read at that moment (the node's speculative state).
+type proposeRecorder struct {
+	st       *replicated.State
+	read     nodeState
+	proposed []replicated.Command
+	during   *replicated.State
+}
+
+func (p *proposeRecorder) LocalRead() (*replicated.State, error) { return p.st, nil }
+func (p *proposeRecorder) Propose(_ context.Context, cmd replicated.Command) (replicated.Result, error) {
+	p.proposed = append(p.proposed, cmd)
+	p.during, _ = p.read.LocalRead()
+	return replicated.Result{Code: replicated.ResultOK}, nil
+}
+
+// TestProposeScaleOutForAnAgentOnlyNode: a scale-out that an agent-only
+// node's gateway sent this server (api.ScaleOuts) is proposed with the
+// plan made from this replica, for the node that asked, with its actor;
+// the instance it places on this server runs ahead of the commit, as for
+// the server's own gateway.
+func TestProposeScaleOutForAnAgentOnlyNode(t *testing.T) {
+	st := aheadState(t)
+	// Node 4, agent-only, asks; a function instance does not fit on it.
+	applyOK(t, st, replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdRegisterNode, At: testkit.T0,
+		RegisterNode: &replicated.RegisterNode{ID: 4, RaftAddr: "127.0.0.1:7004", Capacity: replicated.Resources{VCPU: 1, MemMiB: 128}}})
+	sf := replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 4, Reason: "1 in flight at node 4's gateway"}
+	planned := reconciler.ScaleOutPlan(st, sf)
+	if planned.Plan == nil || len(planned.Plan.Assignments) == 0 {
+		t.Fatalf("no plan for node 4's scale-out: %+v", planned)
+	}
+	var self uint64
+	for _, a := range planned.Plan.Assignments {
+		if _, had := st.Assignments[a.VM]; !had {
+			self = a.Node
+		}
+	}
+	if self == 0 || self == 4 {
+		t.Fatalf("the plan places the instance on node %d; the test wants a server", self)
+	}
+	log := slog.New(slog.DiscardHandler)
+	store := &proposeRecorder{st: st}
+	f := newFunctions(self, store, nil, log)
+	f.carryPlan, f.ahead = true, newSpeculation(self, log)
+	store.read = speculativeState{nodeState: store, sp: f.ahead}
+	cmd := replicated.Command{Type: replicated.CmdScaleFunction, At: testkit.T0.Add(time.Minute), Actor: "node-4", ScaleFunction: &sf}
+	res, err := f.ProposeScaleOut(context.Background(), cmd)
+	if err != nil || !res.OK() {
+		t.Fatalf("ProposeScaleOut: %+v, %v", res, err)
+	}
+	if len(store.proposed) != 1 {
+		t.Fatalf("proposed %d commands, want 1", len(store.proposed))
+	}
+	got := store.proposed[0]
+	if got.Actor != "node-4" || got.ScaleFunction.Node != 4 || got.ScaleFunction.Plan == nil {
+		t.Errorf("proposed %s; want node 4's scale-out, its actor kept, with this server's plan", testkit.JSON(t, got))
+	}
+	if cmd.ScaleFunction.Plan != nil {
+		t.Error("the caller's command was changed")
+	}
+	placed := 0
+	for name, a := range store.during.Assignments {
+		if _, had := st.Assignments[name]; !had && a.Node == self {
+			placed++
+		}
+	}
+	if placed != 1 {
+		t.Errorf("while proposing, this node's state has %d new instances on it, want 1 (started ahead): %v", placed, store.during.Assignments)
+	}
+}

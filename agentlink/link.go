@@ -71,7 +71,10 @@ type Client struct {
 	// state is built from view when first read after a merge (guarded by
 	// mu; nil: not yet): most merges are a heartbeat's answer that nobody
 	// reads the state for.
-	state  *replicated.State
+	state *replicated.State
+	// ahead is state with the instances started ahead of their commit
+	// (Ahead), built likewise when first read.
+	ahead  *replicated.State
 	server int // guarded by mu; the server used now
 }
 
@@ -192,6 +195,44 @@ func (c *Client) SharedRead() (*replicated.State, error) {
 		c.state = c.view.State(c.o.NodeID)
 	}
 	return c.state, nil
+}
+
+// Ahead is the link as the node's agent and network read it: the state
+// with the instances a server started ahead of their commit, which the
+// link's own reads leave out (replicated.AgentView.StateAhead), so that
+// they run at once while the gateway dispatches only to committed ones.
+func (c *Client) Ahead() AheadReader { return AheadReader{c} }
+
+// AheadReader reads the link's state with the instances started ahead;
+// it proposes through the link.
+type AheadReader struct{ c *Client }
+
+// LocalRead is [Client.LocalRead] with the instances started ahead.
+func (r AheadReader) LocalRead() (*replicated.State, error) {
+	st, err := r.SharedRead()
+	if err != nil {
+		return nil, err
+	}
+	return st.Clone(), nil
+}
+
+// SharedRead is [Client.SharedRead] with the instances started ahead.
+func (r AheadReader) SharedRead() (*replicated.State, error) {
+	c := r.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.view == nil {
+		return nil, fmt.Errorf("agentlink: node %d has no view from the servers yet (%s): are they reachable?", c.o.NodeID, c.serversString())
+	}
+	if c.ahead == nil {
+		c.ahead = c.view.StateAhead(c.o.NodeID)
+	}
+	return c.ahead, nil
+}
+
+// Propose is [Client.Propose].
+func (r AheadReader) Propose(ctx context.Context, cmd replicated.Command) (replicated.Result, error) {
+	return r.c.Propose(ctx, cmd)
 }
 
 func (c *Client) serversString() string {
@@ -321,7 +362,7 @@ func (c *Client) merge(ans api.AgentViewAnswer) error {
 	}
 	first := c.view == nil
 	quiet := !first && onlyHeartbeat(c.view, v, ans.Parts)
-	c.view, c.state = v, nil
+	c.view, c.state, c.ahead = v, nil, nil
 	if first {
 		close(c.ready)
 	}

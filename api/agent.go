@@ -432,10 +432,17 @@ type agentViews struct {
 	mu      sync.Mutex
 	running bool
 	poke    chan struct{} // buffered 1: compute soon (a proposal waits)
-	// views is the newest computation (nil before the first); seq
-	// numbers computations in the order they started, done is the seq of
-	// the one views holds.
+	// urgent (buffered 1) asks for a computation at once, without the
+	// interval's wait: an instance started ahead (WakeAgentViews) is
+	// worth something only before its commit, a few milliseconds.
+	urgent chan struct{}
+	// views is the newest computation (nil before the first), with the
+	// instances started ahead lent to their nodes' views; base is the same
+	// computation without them, the next one's prev. seq numbers
+	// computations in the order they started, done is the seq of the one
+	// views holds.
 	views   *replicated.Views
+	base    *replicated.Views
 	seq     uint64
 	done    uint64
 	changed chan struct{} // closed and replaced when views changes
@@ -447,7 +454,18 @@ type agentViews struct {
 }
 
 func newAgentViews(s *Server) *agentViews {
-	return &agentViews{s: s, poke: make(chan struct{}, 1), changed: make(chan struct{}), wanted: map[replicated.ViewPart]time.Time{}}
+	return &agentViews{s: s, poke: make(chan struct{}, 1), urgent: make(chan struct{}, 1), changed: make(chan struct{}),
+		wanted: map[replicated.ViewPart]time.Time{}}
+}
+
+// WakeAgentViews asks for the agent-only nodes' views to be computed again
+// at once, when they are being computed: the instances started ahead
+// (Options.AgentAhead) changed.
+func (s *Server) WakeAgentViews() {
+	select {
+	case s.agents.urgent <- struct{}{}:
+	default:
+	}
 }
 
 // computed reports whether views were computed since the loop started.
@@ -544,16 +562,19 @@ func (a *agentViews) run() {
 	var last time.Time
 	first := true
 	for {
+		urgent := false
 		if !first {
 			applied := a.s.applied.wait()
 			select {
 			case <-applied:
 			case <-a.poke:
+			case <-a.urgent:
+				urgent = true
 			case <-tick.C:
 			}
 		}
 		first = false
-		if wait := time.Until(last.Add(interval)); wait > 0 {
+		if wait := time.Until(last.Add(interval)); wait > 0 && !urgent {
 			time.Sleep(wait) // coalesces the entries applied meanwhile
 		}
 		a.mu.Lock()
@@ -561,7 +582,7 @@ func (a *agentViews) run() {
 		if now.Sub(a.lastAsk) > viewsIdle {
 			// Idle: stop, and forget the views (a new request computes
 			// fresh ones rather than answering from old ones).
-			a.running, a.views, a.done = false, nil, 0
+			a.running, a.views, a.base, a.done = false, nil, nil, 0
 			a.mu.Unlock()
 			return
 		}
@@ -575,14 +596,20 @@ func (a *agentViews) run() {
 		}
 		slices.Sort(optional)
 		a.seq++
-		seq, prev := a.seq, a.views
+		seq, prev := a.seq, a.base
 		a.mu.Unlock()
 
 		start := time.Now()
 		st, err := a.s.o.Replica.LocalRead()
-		var v *replicated.Views
+		var v, served *replicated.Views
 		if err == nil {
 			v = replicated.ComputeViews(st, optional, prev)
+			served = v
+			if a.s.o.AgentAhead != nil {
+				for node, in := range a.s.o.AgentAhead.Ahead(st) {
+					served = served.WithAhead(node, in.State, in.Instances)
+				}
+			}
 		}
 		took := time.Since(start)
 		last = time.Now()
@@ -594,7 +621,7 @@ func (a *agentViews) run() {
 			a.s.log.Warn("computing the agents' views: reading the local replica failed; trying again", "err", err)
 		} else {
 			a.failed = nil
-			a.views, a.done = v, seq
+			a.views, a.base, a.done = served, v, seq
 			if took > minViewInterval {
 				a.s.log.Debug("agent views computed", "applied", v.Applied, "took", took, "optional", optional)
 			}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -591,5 +592,81 @@ func TestAgentScaleOutGoesThroughTheNodesScaleOuts(t *testing.T) {
 	}
 	if n := len(so.got); n != 1 {
 		t.Errorf("ScaleOuts was given %d commands after a heartbeat; want still 1", n)
+	}
+}
+
+// fakeAhead lends node 1's view one instance started ahead once set.
+type fakeAhead struct {
+	mu  sync.Mutex
+	set bool
+}
+
+func (f *fakeAhead) Ahead(st *replicated.State) map[uint64]api.AheadInstances {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.set {
+		return nil
+	}
+	with := st.Clone()
+	with.Assignments["fn-hello-0"] = replicated.Assignment{VM: "fn-hello-0", Declared: "fn-hello-0", Function: "hello", Node: 1,
+		Drv: "/nix/store/fn.drv", OutPath: "/nix/store/fn", VCPU: 1, MemMiB: 64}
+	return map[uint64]api.AheadInstances{1: {State: with, Instances: []string{"fn-hello-0"}}}
+}
+
+// TestAgentViewLendsTheInstancesAhead: WakeAgentViews answers a waiting
+// view poll with the work part that has the instance started ahead
+// (marked Ahead), without an applied entry; the state is not changed.
+func TestAgentViewLendsTheInstancesAhead(t *testing.T) {
+	p := newTestPKI(t)
+	replica := testkit.NewReplica(clusterState(t), 1, 1)
+	ahead := &fakeAhead{}
+	addr, srv := agentServerWith(t, p, replica, func(o *api.Options) { o.AgentAhead = ahead })
+	c := p.httpsAs(t, "node-1")
+	base := "https://" + addr
+	a := call(t, c, "GET", base+"/v1/agent/view?node=1&wait=0s", nil, nil)
+	var first api.AgentViewAnswer
+	if err := json.Unmarshal(a.body, &first); err != nil || a.code != 200 {
+		t.Fatalf("first view: %d %s %v", a.code, a.body, err)
+	}
+	q := url.Values{"node": {"1"}, "wait": {"20s"}}
+	for part, e := range first.Parts {
+		q.Set(string(part), e.Version)
+	}
+	polled := make(chan answer, 1)
+	go func() {
+		var a answer
+		req, _ := http.NewRequest("GET", base+"/v1/agent/view?"+q.Encode(), nil)
+		if resp, err := c.Do(req); err == nil {
+			a.code = resp.StatusCode
+			a.body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		polled <- a
+	}()
+	time.Sleep(100 * time.Millisecond) // the poll waits (its answer would say otherwise)
+	ahead.mu.Lock()
+	ahead.set = true
+	ahead.mu.Unlock()
+	srv.WakeAgentViews()
+	var r answer
+	select {
+	case r = <-polled:
+	case <-time.After(15 * time.Second): // a hang guard, not a timing assertion
+		t.Fatal("the poll did not answer after WakeAgentViews")
+	}
+	var changed api.AgentViewAnswer
+	if err := json.Unmarshal(r.body, &changed); err != nil || r.code != 200 {
+		t.Fatalf("poll: %d %s %v", r.code, r.body, err)
+	}
+	var work replicated.ViewWorkPart
+	if len(changed.Parts) != 1 || json.Unmarshal(changed.Parts[replicated.ViewWork].Data, &work) != nil {
+		t.Fatalf("changed parts %v, want the work part only", keys(changed.Parts))
+	}
+	if _, ok := work.Assignments["fn-hello-0"]; !ok || !slices.Equal(work.Ahead, []string{"fn-hello-0"}) {
+		t.Errorf("work part %+v; want fn-hello-0 assigned and marked ahead", work)
+	}
+	st, _ := replica.LocalRead()
+	if _, ok := st.Assignments["fn-hello-0"]; ok {
+		t.Error("the replica's state has the instance lent to the view")
 	}
 }

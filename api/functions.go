@@ -32,6 +32,23 @@ type ScaleOuts interface {
 	ProposeScaleOut(ctx context.Context, cmd replicated.Command) (replicated.Result, error)
 }
 
+// AgentAhead holds the instances this server started ahead of their
+// scale-out's commit on agent-only nodes (the node's function component,
+// for the scale-outs their gateways sent it). Ahead returns, for each node
+// with such instances, st with them added and their
+// names ([AheadInstances]); none when there are none. It must not change
+// st.
+type AgentAhead interface {
+	Ahead(st *replicated.State) map[uint64]AheadInstances
+}
+
+// AheadInstances are one node's instances started ahead: State is the
+// state they were guessed from with them added, Instances their names.
+type AheadInstances struct {
+	State     *replicated.State
+	Instances []string
+}
+
 // FunctionLocal is one function's requests as this node's gateway saw
 // them (not cluster-wide: every node's gateway counts its own).
 type FunctionLocal struct {

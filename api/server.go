@@ -106,6 +106,10 @@ type Options struct {
 	// (nil: the plan made from this replica is attached here and the
 	// command proposed as it is).
 	ScaleOuts ScaleOuts
+	// AgentAhead lends agent-only nodes' views the instances started
+	// ahead of their scale-out's commit (nil: none); see
+	// [Server.WakeAgentViews].
+	AgentAhead AgentAhead
 	// WebhookSecret is the HMAC secret of POST /v1/webhook ("" accepts any
 	// POST).
 	WebhookSecret string

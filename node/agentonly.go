@@ -105,7 +105,9 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 		cfg.OnReady(ln.Addr())
 	}
 
-	ao := nodeagent.Options{NodeID: cfg.NodeID, State: link, Proposer: link, Heartbeat: cfg.Heartbeat, Metrics: m, OnBuild: cfg.OnBuild,
+	// The agent and the network read the view with the instances a
+	// server started ahead of their commit; the gateway does not.
+	ao := nodeagent.Options{NodeID: cfg.NodeID, State: link.Ahead(), Proposer: link, Heartbeat: cfg.Heartbeat, Metrics: m, OnBuild: cfg.OnBuild,
 		Builder: builder, Logger: log.With("component", "agent")}
 	if vols != nil {
 		ao.Volumes = vols
@@ -115,7 +117,7 @@ func runAgentOnly(ctx context.Context, cfg Config, ln net.Listener, tlsCfg apiTL
 	} else {
 		ao.StateDir, ao.Backend, ao.StopOnExit, ao.Lease = cfg.StateDir, backend, cfg.StopOnExit, cfg.Lease
 	}
-	notify := startNodeParts(g, cfg, ao, nw, fns, sh, link, view)
+	notify := startNodeParts(g, cfg, ao, nw, fns, sh, link.Ahead(), view)
 	onState := onState(ctx, cfg, vols, log)
 	g.Go("", func(ctx context.Context) error {
 		// The link's change signal stands for the replica's applied

@@ -73,7 +73,11 @@ type functions struct {
 	// ahead, when set, starts the instances a carried plan places on this
 	// node while its scale-out commits (speculate.go).
 	ahead *speculation
-	now   func() time.Time
+	// agents, when set (a server), lends the instances that the plan of an
+	// agent-only node's scale-out places on that node to its view, so it
+	// starts them while the scale-out commits (speculate.go).
+	agents *agentGuesses
+	now    func() time.Time
 
 	ctxMu sync.Mutex
 	ctx   context.Context // Run's; nil before Run
@@ -296,7 +300,8 @@ func (f *functions) ProposeScaleOut(ctx context.Context, cmd replicated.Command)
 // scaleOutcome is what proposing a scale-out did.
 type scaleOutcome struct {
 	res replicated.Result
-	// ahead: an instance was started on this node before the commit.
+	// ahead: an instance was started before the commit, on this node or
+	// on the agent-only node that asked (lent to its view).
 	ahead bool
 	// plan: reading the replica and making the plan that rides along;
 	// lead: waiting for the starts ahead, here and on the nodes told;
@@ -327,6 +332,9 @@ func (f *functions) proposeScaleOut(ctx context.Context, cmd replicated.Command)
 		// Each node told answers once it ran its instances (at most
 		// aheadLead).
 		for node, via := range aheadTargets(st, sf, f.self) {
+			if node == sf.Node {
+				continue // an agent-only node asking for itself: its view carries the guess (below)
+			}
 			notices.Go(func() {
 				n := fngateway.AheadNotice{Function: sf.Function, Want: sf.Want, From: sf.Node}
 				if err := f.gateway.SendAhead(ctx, via, n); err != nil {
@@ -343,6 +351,12 @@ func (f *functions) proposeScaleOut(ctx context.Context, cmd replicated.Command)
 		proposed = time.Now()
 		return f.store.Propose(ctx, cmd)
 	}
+	agentGuess := -1
+	if st != nil && f.agents != nil && sf.Node != f.self {
+		if g, ok := guessFrom(st, cmd, sf.Node); ok {
+			agentGuess = f.agents.add(g)
+		}
+	}
 	var err error
 	if f.ahead != nil && st != nil {
 		out.res, out.ahead, err = f.ahead.propose(ctx, st, cmd, propose)
@@ -350,6 +364,14 @@ func (f *functions) proposeScaleOut(ctx context.Context, cmd replicated.Command)
 		out.res, err = propose(ctx, cmd)
 	}
 	out.lead, out.commit = proposed.Sub(began)-out.plan, time.Since(proposed)
+	if agentGuess >= 0 {
+		out.ahead = true
+		if err == nil && out.res.OK() {
+			time.AfterFunc(aheadHold, func() { f.agents.drop(agentGuess) })
+		} else {
+			f.agents.drop(agentGuess)
+		}
+	}
 	return out, err
 }
 

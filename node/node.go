@@ -164,8 +164,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if nw != nil && nw.ingressL != nil {
 		fns = newFunctions(cfg.NodeID, store, m, log)
 		fns.carryPlan = true // a replica: it plans from its own state
-		// Before the API serves: agent-only nodes' scale-outs use it too.
-		fns.ahead = newSpeculation(cfg.NodeID, log)
+		// Before the API serves: agent-only nodes' scale-outs use them too.
+		fns.ahead, fns.agents = newSpeculation(cfg.NodeID, log), newAgentGuesses()
 		nw.front = fns.frontDoor(nw.ingress)
 		if gatewayAddr, err = nw.gatewayAddr(cfg.RaftAddr); err != nil {
 			return err
@@ -177,6 +177,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if fns != nil && p.rec != nil {
 		fns.trigger = p.rec.Wake
+	}
+	if fns != nil {
+		fns.agents.setWake(p.api.WakeAgentViews)
 	}
 
 	g := newGroup(ctx)
@@ -274,7 +277,7 @@ func newParts(cfg Config, rc raftstore.Config, store *raftstore.Store, vols *vol
 		apiOpts.Logs = consoleLogs{backend: backend, stateDir: cfg.StateDir}
 	}
 	if fns != nil {
-		apiOpts.Functions, apiOpts.ScaleOuts = fns, fns
+		apiOpts.Functions, apiOpts.ScaleOuts, apiOpts.AgentAhead = fns, fns, fns.agents
 	}
 	switch {
 	case cfg.Source.Repo != "":

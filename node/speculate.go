@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/replicated"
 )
 
@@ -43,7 +44,8 @@ const aheadHold = 3 * time.Second
 // guess is one scale-out's new local instances, as its plan assigns them.
 type guess struct {
 	function string
-	noticed  bool // a notice's (hold), not this node's own proposal's
+	node     uint64 // the node the instances are placed on
+	noticed  bool   // a notice's (hold), not this node's own proposal's
 	// inputs and revision are the replica's PlanInputs and revision ID the
 	// plan was made from.
 	inputs, revision uint64
@@ -274,7 +276,7 @@ func guessFrom(st *replicated.State, cmd replicated.Command, self uint64) (guess
 	if res := next.Apply(st.Applied+1, cmd); !res.OK() {
 		return guess{}, false
 	}
-	g := guess{function: cmd.ScaleFunction.Function, inputs: st.PlanInputs, revision: st.Revision.ID,
+	g := guess{function: cmd.ScaleFunction.Function, node: self, inputs: st.PlanInputs, revision: st.Revision.ID,
 		assignments: map[string]replicated.Assignment{}, identities: map[string]replicated.Identity{}}
 	for name, a := range next.Assignments {
 		if _, had := st.Assignments[name]; had || a.Node != self {
@@ -384,4 +386,80 @@ func (r speculativeState) LocalRead() (*replicated.State, error) {
 		return nil, err
 	}
 	return r.sp.overlay(s), nil
+}
+
+// agentGuesses are the instances this server starts ahead of their
+// commit on agent-only nodes: the guesses of the scale-outs their gateways
+// sent it (functions.ProposeScaleOut) for themselves, lent to those
+// nodes' views (api.AgentAhead), whose agents start them as this node's
+// agent starts its own guesses; dropped when the proposal fails, and
+// aheadHold after it committed.
+type agentGuesses struct {
+	mu      sync.Mutex
+	next    int
+	guesses map[int]guess // guarded by mu
+	wake    func()        // guarded by mu: the API's WakeAgentViews (nil until set)
+}
+
+func newAgentGuesses() *agentGuesses { return &agentGuesses{guesses: map[int]guess{}} }
+
+// setWake sets what recomputes the agents' views when a guess comes or goes.
+func (a *agentGuesses) setWake(wake func()) {
+	a.mu.Lock()
+	a.wake = wake
+	a.mu.Unlock()
+}
+
+func (a *agentGuesses) add(g guess) (id int) {
+	a.mu.Lock()
+	id = a.next
+	a.next++
+	a.guesses[id] = g
+	wake := a.wake
+	a.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+	return id
+}
+
+func (a *agentGuesses) drop(id int) {
+	a.mu.Lock()
+	delete(a.guesses, id)
+	wake := a.wake
+	a.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+}
+
+// Ahead implements api.AgentAhead: for each node with guesses, st with
+// them added as overlayGuesses adds them (only while st is at the revision
+// they were made from, has no instance of their names, …), and their names.
+func (a *agentGuesses) Ahead(st *replicated.State) map[uint64]api.AheadInstances {
+	a.mu.Lock()
+	byNode := map[uint64][]guess{}
+	for _, id := range slices.Sorted(maps.Keys(a.guesses)) {
+		g := a.guesses[id]
+		byNode[g.node] = append(byNode[g.node], g)
+	}
+	a.mu.Unlock()
+	var out map[uint64]api.AheadInstances
+	for node, gs := range byNode {
+		with := overlayGuesses(st, node, gs)
+		if with == st {
+			continue
+		}
+		var names []string
+		for name, as := range with.Assignments {
+			if _, had := st.Assignments[name]; !had && as.Node == node {
+				names = append(names, name)
+			}
+		}
+		if out == nil {
+			out = map[uint64]api.AheadInstances{}
+		}
+		out[node] = api.AheadInstances{State: with, Instances: names}
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/api"
 	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/reconciler"
 	"github.com/blixard/blixard/replicated"
@@ -514,5 +515,74 @@ func TestProposeScaleOutForAnAgentOnlyNode(t *testing.T) {
 	}
 	if placed != 1 {
 		t.Errorf("while proposing, this node's state has %d new instances on it, want 1 (started ahead): %v", placed, store.during.Assignments)
+	}
+}
+
+// outcomeStore is a store that reads st and answers every proposal with
+// res and err, calling during first.
+type outcomeStore struct {
+	st     *replicated.State
+	res    replicated.Result
+	err    error
+	during func()
+}
+
+func (o *outcomeStore) LocalRead() (*replicated.State, error) { return o.st, nil }
+func (o *outcomeStore) Propose(context.Context, replicated.Command) (replicated.Result, error) {
+	o.during()
+	return o.res, o.err
+}
+
+// TestProposeScaleOutLendsTheAgentOnlyNodeItsInstance: when the plan of an
+// agent-only node's scale-out places the instance on that node (it fits:
+// locality), the server lends it to the node's view (api.AgentAhead) while
+// the proposal commits, waking the views' computation; the guess stays
+// after a commit (aheadHold) and goes at once with a failed proposal.
+func TestProposeScaleOutLendsTheAgentOnlyNodeItsInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		res  replicated.Result
+		err  error
+		kept bool
+	}{
+		{name: "committed", res: replicated.Result{Code: replicated.ResultOK}, kept: true},
+		{name: "refused", res: replicated.Result{Code: replicated.ResultInvalid, Message: "no"}},
+		{name: "outcome unknown", err: errors.New("timeout")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := aheadState(t)
+			applyOK(t, st, testkit.Register(4)) // agent-only, room for the instance
+			log := slog.New(slog.DiscardHandler)
+			var during map[uint64]api.AheadInstances
+			store := &outcomeStore{st: st, res: tc.res, err: tc.err}
+			f := newFunctions(1, store, nil, log)
+			f.carryPlan, f.ahead, f.agents = true, newSpeculation(1, log), newAgentGuesses()
+			var wakes atomic.Int32
+			f.agents.setWake(func() { wakes.Add(1) })
+			store.during = func() { during = f.agents.Ahead(st) }
+			sf := replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 4, Reason: "test"}
+			out, err := f.proposeScaleOut(context.Background(), replicated.Command{Type: replicated.CmdScaleFunction,
+				At: testkit.T0.Add(time.Minute), ScaleFunction: &sf})
+			if !errors.Is(err, tc.err) || !out.ahead {
+				t.Fatalf("proposeScaleOut: %+v, %v; want ahead", out, err)
+			}
+			in, ok := during[4]
+			if !ok || !slices.Equal(in.Instances, []string{"fn-hello-0"}) || in.State.Assignments["fn-hello-0"].Node != 4 || len(during) != 1 {
+				t.Fatalf("while proposing, lent to the agents' views: %+v; want fn-hello-0 on node 4 only", during)
+			}
+			if _, ok := st.Assignments["fn-hello-0"]; ok {
+				t.Error("the replica's state was changed")
+			}
+			if _, kept := f.agents.Ahead(st)[4]; kept != tc.kept {
+				t.Errorf("after the proposal the guess is lent: %v, want %v", kept, tc.kept)
+			}
+			wantWakes := int32(1) // lent
+			if !tc.kept {
+				wantWakes = 2 // lent, dropped
+			}
+			if n := wakes.Load(); n != wantWakes {
+				t.Errorf("views woken %d times, want %d", n, wantWakes)
+			}
+		})
 	}
 }

@@ -87,6 +87,12 @@ type ViewWorkPart struct {
 	RunControls map[string]RunControl `json:"runControls,omitempty"`
 	// Identities are the network identities of the node's instances.
 	Identities map[string]Identity `json:"identities,omitempty"`
+	// Ahead names the instances among Assignments that are not committed
+	// yet: the server that took the node's scale-out started them ahead
+	// of its commit ([Views.WithAhead]). The node's agent and network run
+	// them ([AgentView.StateAhead]); its gateway does not dispatch to them
+	// ([AgentView.State] leaves them out).
+	Ahead []string `json:"ahead,omitempty"`
 }
 
 // ViewNode is a node's slow-changing fields that other nodes use
@@ -282,6 +288,35 @@ func ComputeViews(st *State, optional []ViewPart, prev *Views) *Views {
 		}
 	}
 	return v
+}
+
+// WithAhead returns v with node id's work part made from st, the state v
+// was computed from with the instances ahead (on node id, not committed
+// yet) added, and naming them as Ahead (pure; v is not changed, and is
+// returned as it is when ahead is empty). Only node id's view changes: the
+// instances are no other node's business before they commit. A Views
+// returned by WithAhead must not be passed to [ComputeViews] as prev.
+func (v *Views) WithAhead(id uint64, st *State, ahead []string) *Views {
+	nv, ok := v.perNode[id]
+	if !ok || len(ahead) == 0 {
+		return v
+	}
+	var names []string
+	for name, a := range st.Assignments {
+		if a.Node == id {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	w := workOf(st, v.cluster, names)
+	w.Ahead = slices.Sorted(slices.Values(ahead))
+	n := *v
+	n.perNode = maps.Clone(v.perNode)
+	c := *nv
+	c.parts = maps.Clone(nv.parts)
+	c.work, c.parts[ViewWork] = w, encodePart(w)
+	n.perNode[id] = &c
+	return &n
 }
 
 // Part returns part p of node id's view; ok is false for an optional part
@@ -572,7 +607,14 @@ func nodeRecords(nodes []ViewNode) map[uint64]*Node {
 // The states built from one view (and the views merged from it while the
 // nodes part stays) share the other nodes' records: treat them as
 // read-only, or Clone them.
-func (v *AgentView) State(self uint64) *State {
+func (v *AgentView) State(self uint64) *State { return v.state(self, false) }
+
+// StateAhead is State with the node's instances started ahead of their
+// commit ([ViewWorkPart.Ahead]) assigned too, with their identities: what
+// the node's agent and network read.
+func (v *AgentView) StateAhead(self uint64) *State { return v.state(self, true) }
+
+func (v *AgentView) state(self uint64, withAhead bool) *State {
 	st := &State{Applied: v.Applied, Assignments: map[string]Assignment{}, Observed: map[string]VMStatus{}}
 	if v.nodes != nil && len(v.nodes) == len(v.Nodes) {
 		st.Nodes = maps.Clone(v.nodes)
@@ -619,6 +661,14 @@ func (v *AgentView) State(self uint64) *State {
 			st.Assignments[name] = a
 		}
 		identity(w.Identities)
+		if !withAhead {
+			for _, name := range w.Ahead {
+				delete(st.Assignments, name)
+				if st.Network != nil {
+					delete(st.Network.Identities, name)
+				}
+			}
+		}
 		if len(w.RunControls) > 0 {
 			st.RunControls = maps.Clone(w.RunControls)
 		}

@@ -438,3 +438,82 @@ func BenchmarkAgentViewState(b *testing.B) {
 		}
 	})
 }
+
+// TestViewWithAhead: an instance a server started ahead of its commit on
+// node 1 changes node 1's work part only; node 1's agent and network
+// (StateAhead) see it assigned with its identity, its gateway (State)
+// does not; once the state holds it, the plain computation gives node 1
+// the same assignment without the Ahead mark.
+func TestViewWithAhead(t *testing.T) {
+	st, _ := viewBase(t)
+	views := replicated.ComputeViews(st, replicated.OptionalViewParts(), nil)
+	guessed := st.Clone()
+	guessed.Assignments["fn-hello-0"] = replicated.Assignment{VM: "fn-hello-0", Declared: "fn-hello-0", Function: "hello", Node: 1,
+		Drv: "/nix/store/fn.drv", OutPath: "/nix/store/fn", VCPU: 1, MemMiB: 256}
+	if guessed.Network == nil {
+		guessed.Network = &replicated.Network{}
+	}
+	guessed.Network.Identities = maps.Clone(guessed.Network.Identities)
+	if guessed.Network.Identities == nil {
+		guessed.Network.Identities = map[string]replicated.Identity{}
+	}
+	guessed.Network.Identities["fn-hello-0"] = replicated.Identity{Tap: "bx-fnhello0"}
+
+	if same := views.WithAhead(1, guessed, nil); same != views {
+		t.Error("WithAhead with nothing ahead made new views")
+	}
+	ahead := views.WithAhead(1, guessed, []string{"fn-hello-0"})
+	before, after := versions(views, 1), versions(ahead, 1)
+	for _, p := range allParts() {
+		if changed := before[p] != after[p]; changed != (p == replicated.ViewWork) {
+			t.Errorf("node 1's part %s changed: %v; want only the work part changed", p, changed)
+		}
+	}
+	for id := uint64(2); id <= 3; id++ {
+		if !maps.Equal(versions(views, id), versions(ahead, id)) {
+			t.Errorf("node %d's view changed; the instance ahead is node 1's business only", id)
+		}
+	}
+	if !maps.Equal(versions(views, 1), before) {
+		t.Error("WithAhead changed the views it was given")
+	}
+
+	parts := map[replicated.ViewPart]replicated.EncodedPart{}
+	for _, p := range allParts() {
+		parts[p], _ = ahead.Part(1, p)
+	}
+	av, err := (&replicated.AgentView{}).Merge(ahead.Applied, parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(av.Work.Ahead, []string{"fn-hello-0"}) {
+		t.Errorf("work part's Ahead %v, want [fn-hello-0]", av.Work.Ahead)
+	}
+	withAhead, plain := av.StateAhead(1), av.State(1)
+	if a, ok := withAhead.Assignments["fn-hello-0"]; !ok || a.Node != 1 || withAhead.Network.Identities["fn-hello-0"].Tap != "bx-fnhello0" {
+		t.Errorf("StateAhead: fn-hello-0 %+v (assigned %v), identity %+v; want it on node 1 with its identity",
+			a, ok, withAhead.Network.Identities["fn-hello-0"])
+	}
+	if _, ok := plain.Assignments["fn-hello-0"]; ok {
+		t.Error("State assigns the instance started ahead: the gateway would dispatch to an instance nothing committed")
+	}
+	if _, ok := plain.Network.Identities["fn-hello-0"]; ok {
+		t.Error("State has the identity of the instance started ahead")
+	}
+	if _, ok := plain.Assignments["a"]; !ok {
+		t.Error("State lost node 1's committed instance a")
+	}
+
+	// Committed (a scale-out moves PlanInputs): the plain computation, no
+	// Ahead mark, the same assignment.
+	guessed.PlanInputs++
+	committed := replicated.ComputeViews(guessed, replicated.OptionalViewParts(), views)
+	e, _ := committed.Part(1, replicated.ViewWork)
+	av2, err := (&replicated.AgentView{}).Merge(committed.Applied, map[replicated.ViewPart]replicated.EncodedPart{replicated.ViewWork: e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(av2.Work.Ahead) != 0 || !reflect.DeepEqual(av2.Work.Assignments["fn-hello-0"], av.Work.Assignments["fn-hello-0"]) {
+		t.Errorf("committed work part %+v; want fn-hello-0 as it was ahead, without the Ahead mark", av2.Work)
+	}
+}

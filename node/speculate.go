@@ -83,23 +83,76 @@ func waitAtMost(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-// speculation holds the guesses of the scale-outs in flight on this node.
+// guessSet holds guesses by id, and wakes whoever reads them (an agent,
+// the agents' views) when one comes or goes.
+type guessSet struct {
+	mu      sync.Mutex
+	next    int
+	guesses map[int]guess // guarded by mu
+	wake    func()        // guarded by mu (nil until set)
+}
+
+// setWake sets what wakes the readers when a guess comes or goes.
+func (gs *guessSet) setWake(wake func()) {
+	gs.mu.Lock()
+	gs.wake = wake
+	gs.mu.Unlock()
+}
+
+// add holds g until drop(id); the readers are woken.
+func (gs *guessSet) add(g guess) (id int) {
+	gs.mu.Lock()
+	if gs.guesses == nil {
+		gs.guesses = map[int]guess{}
+	}
+	id = gs.next
+	gs.next++
+	gs.guesses[id] = g
+	wake := gs.wake
+	gs.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+	return id
+}
+
+// drop forgets guess id, and wakes the readers: what an agent started and
+// nothing committed stops now, not at a resync.
+func (gs *guessSet) drop(id int) {
+	gs.mu.Lock()
+	delete(gs.guesses, id)
+	wake := gs.wake
+	gs.mu.Unlock()
+	if wake != nil {
+		wake()
+	}
+}
+
+// sortedLocked returns the guesses in the order they were added; gs.mu
+// is held.
+func (gs *guessSet) sortedLocked() []guess {
+	ids := slices.Sorted(maps.Keys(gs.guesses))
+	out := make([]guess, len(ids))
+	for i, id := range ids {
+		out[i] = gs.guesses[id]
+	}
+	return out
+}
+
+// speculation holds the guesses of the scale-outs in flight on this node;
+// their reader is the node's agent.
 type speculation struct {
 	self uint64
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	next    int
-	guesses map[int]guess // guarded by mu
-	wake    func()        // guarded by mu: wakes the agent (nil until set)
+	guessSet // its mu also guards waiting
 	// waiting are closed when the agent runs their instance (or it
 	// failed): the proposals and notices waiting for their starts.
 	waiting map[string]chan struct{} // guarded by mu
 }
 
 func newSpeculation(self uint64, log *slog.Logger) *speculation {
-	return &speculation{self: self, log: log.With("component", "functions"), guesses: map[int]guess{},
-		waiting: map[string]chan struct{}{}}
+	return &speculation{self: self, log: log.With("component", "functions"), waiting: map[string]chan struct{}{}}
 }
 
 // phase is the agent's OnPhase: an instance that runs, or failed to,
@@ -155,39 +208,6 @@ func (sp *speculation) expect(instances []string) (wait func(ctx context.Context
 			sp.mu.Unlock()
 		}
 		return ran
-	}
-}
-
-// setWake sets what wakes the node's agent when a guess comes or goes.
-func (sp *speculation) setWake(wake func()) {
-	sp.mu.Lock()
-	sp.wake = wake
-	sp.mu.Unlock()
-}
-
-// add holds g until drop(id); the agent is woken.
-func (sp *speculation) add(g guess) (id int) {
-	sp.mu.Lock()
-	id = sp.next
-	sp.next++
-	sp.guesses[id] = g
-	wake := sp.wake
-	sp.mu.Unlock()
-	if wake != nil {
-		wake()
-	}
-	return id
-}
-
-// drop forgets guess id, and wakes the agent: what it started and nothing
-// committed stops now, not at a resync.
-func (sp *speculation) drop(id int) {
-	sp.mu.Lock()
-	delete(sp.guesses, id)
-	wake := sp.wake
-	sp.mu.Unlock()
-	if wake != nil {
-		wake()
 	}
 }
 
@@ -254,12 +274,7 @@ func (sp *speculation) overlay(s *replicated.State) *replicated.State {
 	if len(sp.guesses) == 0 {
 		return s
 	}
-	ids := slices.Sorted(maps.Keys(sp.guesses))
-	guesses := make([]guess, len(ids))
-	for i, id := range ids {
-		guesses[i] = sp.guesses[id]
-	}
-	return overlayGuesses(s, sp.self, guesses)
+	return overlayGuesses(s, sp.self, sp.sortedLocked())
 }
 
 // guessFrom is cmd's guess made from st (pure): the instances that
@@ -393,45 +408,11 @@ func (r speculativeState) LocalRead() (*replicated.State, error) {
 // sent it (functions.ProposeScaleOut) for themselves, lent to those
 // nodes' views (api.AgentAhead), whose agents start them as this node's
 // agent starts its own guesses; dropped when the proposal fails, and
-// aheadHold after it committed.
-type agentGuesses struct {
-	mu      sync.Mutex
-	next    int
-	guesses map[int]guess // guarded by mu
-	wake    func()        // guarded by mu: the API's WakeAgentViews (nil until set)
-}
+// aheadHold after it committed. Their reader is the API's view
+// computation (setWake: WakeAgentViews).
+type agentGuesses struct{ guessSet }
 
-func newAgentGuesses() *agentGuesses { return &agentGuesses{guesses: map[int]guess{}} }
-
-// setWake sets what recomputes the agents' views when a guess comes or goes.
-func (a *agentGuesses) setWake(wake func()) {
-	a.mu.Lock()
-	a.wake = wake
-	a.mu.Unlock()
-}
-
-func (a *agentGuesses) add(g guess) (id int) {
-	a.mu.Lock()
-	id = a.next
-	a.next++
-	a.guesses[id] = g
-	wake := a.wake
-	a.mu.Unlock()
-	if wake != nil {
-		wake()
-	}
-	return id
-}
-
-func (a *agentGuesses) drop(id int) {
-	a.mu.Lock()
-	delete(a.guesses, id)
-	wake := a.wake
-	a.mu.Unlock()
-	if wake != nil {
-		wake()
-	}
-}
+func newAgentGuesses() *agentGuesses { return &agentGuesses{} }
 
 // Ahead implements api.AgentAhead: for each node with guesses, st with
 // them added as overlayGuesses adds them (only while st is at the revision
@@ -439,8 +420,7 @@ func (a *agentGuesses) drop(id int) {
 func (a *agentGuesses) Ahead(st *replicated.State) map[uint64]api.AheadInstances {
 	a.mu.Lock()
 	byNode := map[uint64][]guess{}
-	for _, id := range slices.Sorted(maps.Keys(a.guesses)) {
-		g := a.guesses[id]
+	for _, g := range a.sortedLocked() {
 		byNode[g.node] = append(byNode[g.node], g)
 	}
 	a.mu.Unlock()

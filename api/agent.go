@@ -311,7 +311,15 @@ func (s *Server) handleAgentPropose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	want := append(replicated.BaseViewParts(), optional...)
-	v, parts, err := s.agents.await(ctx, node, want, p.Have, 0, s.agents.startedNow())
+	minSeq := s.agents.startedNow()
+	if cmd.Type == replicated.CmdScaleFunction {
+		// The gateway asks for no more of the function until this answer:
+		// the views after the commit are computed at once, not after the
+		// interval (an instance lent ahead was just computed). Scale-outs
+		// are few; heartbeats, the many, wait for the interval.
+		s.WakeAgentViews()
+	}
+	v, parts, err := s.agents.await(ctx, node, want, p.Have, 0, minSeq)
 	if v == nil {
 		if r.Context().Err() != nil {
 			return
@@ -571,6 +579,11 @@ func (a *agentViews) run() {
 			case <-a.urgent:
 				urgent = true
 			case <-tick.C:
+			}
+			select {
+			case <-a.urgent: // asked for together with another input
+				urgent = true
+			default:
 			}
 		}
 		first = false

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -242,5 +243,63 @@ func FreeLoopbackAddr(t testing.TB) string {
 		return addr
 	}
 	t.Fatal("no free port on a loopback address")
+	return ""
+}
+
+// Ports hands out 127.0.0.1 ports below the kernel's ephemeral port range
+// (ip_local_port_range), for servers a test starts in other processes
+// (which bind a port some time after it was chosen). A port from the
+// ephemeral range (127.0.0.1:0) may meanwhile become the local port of any
+// outgoing connection on the machine — packages tested in parallel make
+// many — and the server then fails with "address already in use"; the
+// kernel never picks a port below that range by itself. One Ports hands
+// out each port once, in sequence from a random start (so that two test
+// processes rarely walk the same ports), skipping ports something has
+// bound. Use one per test process; it is safe for concurrent use.
+type Ports struct {
+	mu         sync.Mutex
+	low, span  int
+	next, used int
+}
+
+// NewPorts returns a Ports over [10000, the ephemeral range's start).
+func NewPorts() *Ports {
+	low, high := 10000, ephemeralStart()
+	span := high - low
+	return &Ports{low: low, span: span, next: rand.IntN(span)}
+}
+
+// ephemeralStart reads the start of the kernel's ephemeral port range
+// (32768 when it cannot be read).
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 11000 {
+		return 32768
+	}
+	return lo
+}
+
+// Addr returns 127.0.0.1:PORT, a port free now that this Ports has not
+// handed out before.
+func (p *Ports) Addr(t testing.TB) string {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.used < p.span {
+		port := p.low + p.next
+		p.next, p.used = (p.next+1)%p.span, p.used+1
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // bound by something else
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}
+	t.Fatal("testkit.Ports: every port below the ephemeral range was handed out")
 	return ""
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/internal/testkit"
 	"github.com/blixard/blixard/volumes"
 )
 
@@ -51,14 +51,14 @@ func requireTools(t testing.TB, names ...string) {
 	}
 }
 
+// ports hands out the nodes' ports: 127.0.0.1 (the tests' certificates
+// name it) below the ephemeral range, so that no outgoing connection of
+// the packages tested beside takes one before its node binds it.
+var ports = testkit.NewPorts()
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return ports.Addr(t)
 }
 
 func gitRun(t testing.TB, dir string, args ...string) string {

@@ -35,9 +35,8 @@ type ScaleOuts interface {
 // AgentAhead holds the instances this server started ahead of their
 // scale-out's commit on agent-only nodes (the node's function component,
 // for the scale-outs their gateways sent it). Ahead returns, for each node
-// with such instances, st with them added and their
-// names ([AheadInstances]); none when there are none. It must not change
-// st.
+// with such instances, st with them added and their names
+// ([AheadInstances]); none when there are none. It must not change st.
 type AgentAhead interface {
 	Ahead(st *replicated.State) map[uint64]AheadInstances
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/blixard/blixard/netdns"
 	"github.com/blixard/blixard/nodeagent"
 	"github.com/blixard/blixard/replicated"
-	"github.com/vishvananda/netlink"
 )
 
 // netResync is how often the network component converges without a new
@@ -512,11 +511,6 @@ func (n *network) writeEnv(env map[string]instanceEnv, all bool) (int, error) {
 			errs = append(errs, fmt.Errorf("network identity of %s: %w", name, err))
 			continue
 		}
-		if _, had := n.written[name]; !had && n.host != nil {
-			if err := forgetOtherNeighbour(n.set.bridge, env[name].ip, env[name].mac); err != nil {
-				n.log.Warn("cannot forget the host's stale neighbour entry of a new instance's address", "vm", name, "err", err)
-			}
-		}
 		n.written[name] = data
 		wrote++
 	}
@@ -690,37 +684,4 @@ func (n *network) Close() {
 	if n.host != nil {
 		_ = n.host.Close()
 	}
-}
-
-// forgetOtherNeighbour deletes the bridge's dynamic neighbour (ARP) entry
-// for ip when it names another MAC than mac: the address was another
-// instance's a moment ago (an instance stopped, the next one given its
-// address), and an entry its health checks just confirmed stays REACHABLE
-// for up to 45 s, sending the host's packets to a MAC no port has (the new
-// guest drops them). Without it the kernel resolves the address again at
-// its next use. Entries the network component made (permanent) are left.
-func forgetOtherNeighbour(bridge string, ip netip.Addr, mac string) error {
-	if !ip.IsValid() {
-		return nil
-	}
-	link, err := netlink.LinkByName(bridge)
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", bridge, err)
-	}
-	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
-	if err != nil {
-		return fmt.Errorf("neighbours of bridge %s: %w", bridge, err)
-	}
-	for _, ne := range neighs {
-		if ne.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 || len(ne.HardwareAddr) == 0 {
-			continue
-		}
-		if a, ok := netip.AddrFromSlice(ne.IP.To4()); !ok || a != ip || strings.EqualFold(ne.HardwareAddr.String(), mac) {
-			continue
-		}
-		if err := netlink.NeighDel(&ne); err != nil {
-			return fmt.Errorf("delete %s lladdr %s on %s: %w", ip, ne.HardwareAddr, bridge, err)
-		}
-	}
-	return nil
 }

@@ -492,11 +492,10 @@ func problemOf(node uint64) replicated.Command {
 		SetNodeProblem: &replicated.SetNodeProblem{ID: node, Part: "network", Message: "route 10.0.0.0/8 overlaps the overlay"}}
 }
 
-// TestAgentScaleOutGetsTheServersPlan: an agent-only node's scale-out
-// carries no plan; the server attaches the one it makes from its replica,
-// so the instance is placed in the entry that scaled the function.
-func TestAgentScaleOutGetsTheServersPlan(t *testing.T) {
-	p := newTestPKI(t)
+// helloReplica is node 1's replica of two registered nodes running web on
+// node 2, whose spec declares function hello (0–2 instances).
+func helloReplica(t *testing.T) *testkit.Replica {
+	t.Helper()
 	store := testkit.NewStore(nil)
 	plan := autostarted(testkit.Plan(0, commitA, testkit.Assign("web", 2, "v1")))
 	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"},
@@ -507,7 +506,15 @@ func TestAgentScaleOutGetsTheServersPlan(t *testing.T) {
 			t.Fatalf("setting up %s: %v %+v", cmd.Type, err, res)
 		}
 	}
-	replica := testkit.NewReplica(store, 1, 1)
+	return testkit.NewReplica(store, 1, 1)
+}
+
+// TestAgentScaleOutGetsTheServersPlan: an agent-only node's scale-out
+// carries no plan; the server attaches the one it makes from its replica,
+// so the instance is placed in the entry that scaled the function.
+func TestAgentScaleOutGetsTheServersPlan(t *testing.T) {
+	p := newTestPKI(t)
+	replica := helloReplica(t)
 	addr, _ := agentServer(t, p, replica)
 	out := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdScaleFunction, At: testkit.T0,
 		ScaleFunction: &replicated.ScaleFunction{Function: "hello", Kind: replicated.ScaleOut, Want: 1, Node: 1}}
@@ -555,17 +562,7 @@ func (r *recordingScaleOuts) ProposeScaleOut(ctx context.Context, cmd replicated
 // the agent's view after it. Other commands are proposed as before.
 func TestAgentScaleOutGoesThroughTheNodesScaleOuts(t *testing.T) {
 	p := newTestPKI(t)
-	store := testkit.NewStore(nil)
-	plan := autostarted(testkit.Plan(0, commitA, testkit.Assign("web", 2, "v1")))
-	plan.CommitPlan.Spec.Functions = map[string]spec.Function{"hello": {Runner: spec.Runner{Drv: "/nix/store/fn.drv", Out: "/nix/store/fn"},
-		VCPU: 1, MemMiB: 256, MaxInstances: 2, Concurrency: 4, IdleTimeout: time.Minute,
-		HTTP: spec.FunctionHTTP{Host: "fn.test", Path: "/", Port: 8080}}}
-	for _, cmd := range []replicated.Command{testkit.Register(1), testkit.Register(2), plan} {
-		if res, err := store.Propose(context.Background(), cmd); err != nil || !res.OK() {
-			t.Fatalf("setting up %s: %v %+v", cmd.Type, err, res)
-		}
-	}
-	replica := testkit.NewReplica(store, 1, 1)
+	replica := helloReplica(t)
 	so := &recordingScaleOuts{replica: replica}
 	addr, _ := agentServerWith(t, p, replica, func(o *api.Options) { o.ScaleOuts = so })
 	out := replicated.Command{V: replicated.CommandVersion, Type: replicated.CmdScaleFunction, At: testkit.T0,
